@@ -1,0 +1,391 @@
+"""The addressing plan: every host, switch, link, address and HA pair of a deployment.
+
+``build_plan(spec)`` is pure (no root, no Mininet): the network builder, the
+``describe`` command and the tests all read the same plan.
+
+Layout (cluster k = 1..N, see docs/architecture.md for the picture):
+
+  user 198.51.100.10 --- gw --- ext 203.0.113.10           (border gateway, external site)
+                          |
+                 cloud network 10.0.0.0/16                  (core switch + two access switches)
+        CLC, Walrus: 10.0.0.x1 primary, x2 secondary, x0 service virtual IP
+        cluster k:   CC 10.0.k.1x, SC 10.0.k.2x (public sides)
+                          |
+        cluster k private network 10.(100+k).0.0/16
+            router .0.1 (primary CC in MANAGED*, the gateway in SYSTEM/STATIC)
+            CC .0.1x, SC .0.2x (private sides), NC j at .1.j
+            VM slots behind each NC on the NC's bridge (addressed when an instance boots)
+        heartbeat links 10.254.p.0/24 between the two members of HA pair p
+
+Primaries hang off access switch A, secondaries off access switch B, so cutting one
+member's uplink leaves it alone with its peer on the heartbeat link.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from .spec import ARBITRATOR_TARGETS, DeploymentSpec, NetworkMode
+
+USER_NET = ipaddress.ip_network("198.51.100.0/24")
+EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")
+CLOUD_NET = ipaddress.ip_network("10.0.0.0/16")
+# Elastic (public) addresses handed out by the CLC, inside the cloud network.
+PUBLIC_IP_POOL = ipaddress.ip_network("10.0.128.0/24")
+
+# Real Eucalyptus ports.
+PORTS = {"clc": 8773, "walrus": 8773, "cc": 8774, "sc": 8773, "nc": 8775}
+
+
+def private_net(cluster: int) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(f"10.{100 + cluster}.0.0/16")
+
+
+def heartbeat_net(pair_index: int) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(f"10.254.{pair_index}.0/24")
+
+
+@dataclass
+class Interface:
+    name: str  # Linux interface name, e.g. clc1-eth0
+    network: str  # Network.name
+    ip: str | None  # "10.0.0.11/16", None for an unaddressed interface (idle VM slot)
+    mac: str
+    peer: str  # switch or host at the other end
+
+
+@dataclass
+class Host:
+    name: str
+    role: str  # clc walrus cc sc nc slot gateway user external
+    cluster: int | None = None
+    ha_role: str | None = None  # primary secondary single (component hosts only)
+    interfaces: list[Interface] = field(default_factory=list)
+    default_route: str | None = None
+    routes: list[tuple[str, str]] = field(default_factory=list)  # (destination, via)
+    forwarding: bool = False  # IPv4 forwarding on (routers)
+    nc: str | None = None  # for a VM slot: the NC host it belongs to
+    slot: int | None = None  # for a VM slot: its index on that NC
+
+    def intf(self, network: str) -> Interface:
+        for intf in self.interfaces:
+            if intf.network == network:
+                return intf
+        raise KeyError(f"{self.name} has no interface on {network}")
+
+    def ip_on(self, network: str) -> str | None:
+        ip = self.intf(network).ip
+        return ip.split("/")[0] if ip else None
+
+    @property
+    def main_ip(self) -> str | None:
+        """The address other components use to reach this host."""
+        for intf in self.interfaces:
+            if intf.ip:
+                return intf.ip.split("/")[0]
+        return None
+
+
+@dataclass
+class Switch:
+    name: str
+    network: str
+    dpid: str  # 16 hex digits, explicit: Mininet's name-derived ids collide (br1n12 / br11n2)
+    tier: str  # core access ncbridge
+
+
+@dataclass
+class Link:
+    a: str
+    b: str
+    a_intf: str
+    b_intf: str
+    network: str
+    shaped: bool = True  # host links carry the spec's link parameters; trunks between switches don't
+
+
+@dataclass
+class Network:
+    name: str
+    kind: str  # user external cloud private heartbeat
+    subnet: str
+    cluster: int | None = None
+    router: str | None = None  # default gateway address of hosts on it
+
+
+@dataclass
+class ServicePair:
+    """A component with its members; HA pairs have a secondary."""
+
+    kind: str  # clc walrus cc sc
+    cluster: int | None
+    primary: str
+    secondary: str | None
+    port: int
+    vip: str  # service virtual IP on the cloud network (users and other components use it)
+    private_vip: str | None = None  # CC only: the cluster router address on the private network
+    heartbeat_network: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.cluster is None else f"{self.kind}{self.cluster}"
+
+    @property
+    def members(self) -> list[str]:
+        return [self.primary] + ([self.secondary] if self.secondary else [])
+
+
+@dataclass
+class Arbitrator:
+    name: str
+    host: str
+    target: str  # gateway | external
+    target_ip: str
+
+
+@dataclass
+class Plan:
+    spec: DeploymentSpec
+    hosts: dict[str, Host] = field(default_factory=dict)
+    switches: dict[str, Switch] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+    networks: dict[str, Network] = field(default_factory=dict)
+    pairs: list[ServicePair] = field(default_factory=list)
+    arbitrators: list[Arbitrator] = field(default_factory=list)
+
+    def hosts_by_role(self, role: str) -> list[Host]:
+        return [h for h in self.hosts.values() if h.role == role]
+
+    def pair(self, kind: str, cluster: int | None = None) -> ServicePair:
+        for pair in self.pairs:
+            if pair.kind == kind and pair.cluster == cluster:
+                return pair
+        raise KeyError(f"no {kind} for cluster {cluster}")
+
+    def host_for(self, kind: str, member: str = "primary", cluster: int | None = None) -> Host:
+        """The host of a component: ``host_for('cc', 'secondary', cluster=1)``."""
+        pair = self.pair(kind, cluster)
+        name = pair.primary if member == "primary" else pair.secondary
+        if name is None:
+            raise KeyError(f"{pair.name} has no {member} (HA off for {kind})")
+        return self.hosts[name]
+
+    def slots_of(self, nc: str) -> list[Host]:
+        return sorted((h for h in self.hosts.values() if h.nc == nc), key=lambda h: h.slot or 0)
+
+    def endpoints(self) -> dict:
+        """Service URLs through their virtual IPs, as written to endpoints.json."""
+        out: dict = {"clc": None, "walrus": None, "cc": {}, "sc": {}}
+        for pair in self.pairs:
+            if pair.kind == "clc":
+                out["clc"] = f"http://{pair.vip}:{pair.port}/services/Eucalyptus"
+            elif pair.kind == "walrus":
+                out["walrus"] = f"http://{pair.vip}:{pair.port}/services/Walrus"
+            else:
+                out[pair.kind][f"cluster{pair.cluster}"] = f"http://{pair.vip}:{pair.port}"
+        return out
+
+    def graph(self) -> nx.Graph:
+        """Hosts and switches as nodes, links as edges (attributes carry the plan)."""
+        g = nx.Graph()
+        for h in self.hosts.values():
+            g.add_node(h.name, kind="host", role=h.role, cluster=h.cluster, ha_role=h.ha_role)
+        for s in self.switches.values():
+            g.add_node(s.name, kind="switch", role=s.tier, network=s.network)
+        for link in self.links:
+            g.add_edge(link.a, link.b, network=link.network)
+        return g
+
+    def network_graph(self, network: str) -> nx.Graph:
+        """The layer-2 segment of one network: its links and their end points."""
+        g = nx.Graph()
+        for link in self.links:
+            if link.network == network:
+                g.add_edge(link.a, link.b)
+        return g
+
+
+class _Macs:
+    """Deterministic, locally administered MAC addresses."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> str:
+        self.n += 1
+        n = self.n
+        return f"02:ec:00:{(n >> 16) & 0xFF:02x}:{(n >> 8) & 0xFF:02x}:{n & 0xFF:02x}"
+
+
+class _Builder:
+    def __init__(self, spec: DeploymentSpec):
+        self.plan = Plan(spec=spec)
+        self.macs = _Macs()
+        self.dpid = 0
+        self.ports: dict[str, int] = {}
+
+    def network(self, name: str, kind: str, subnet, cluster=None, router=None) -> Network:
+        net = Network(name, kind, str(subnet), cluster, router)
+        self.plan.networks[name] = net
+        return net
+
+    def switch(self, name: str, network: str, tier: str) -> Switch:
+        self.dpid += 1
+        sw = Switch(name, network, f"{0xEC000000 + self.dpid:016x}", tier)
+        self.plan.switches[name] = sw
+        return sw
+
+    def host(self, name: str, role: str, **kw) -> Host:
+        host = Host(name, role, **kw)
+        self.plan.hosts[name] = host
+        return host
+
+    def _port(self, node: str) -> str:
+        n = self.ports.get(node, -1) + 1
+        self.ports[node] = n
+        return f"{node}-eth{n}"
+
+    def attach(self, host: Host, switch: Switch, ip, prefix: int | None = None) -> Interface:
+        """A host link: host interface (addressed) to a switch port."""
+        a_intf = self._port(host.name)
+        b_intf = self._port(switch.name)
+        addr = None if ip is None else f"{ip}/{prefix}"
+        intf = Interface(a_intf, switch.network, addr, self.macs.next(), switch.name)
+        host.interfaces.append(intf)
+        self.plan.links.append(Link(host.name, switch.name, a_intf, b_intf, switch.network))
+        return intf
+
+    def trunk(self, a: Switch, b: Switch) -> None:
+        self.plan.links.append(
+            Link(a.name, b.name, self._port(a.name), self._port(b.name), a.network, shaped=False)
+        )
+
+    def p2p(self, a: Host, b: Host, network: Network, ip_a, ip_b, prefix: int) -> None:
+        a_intf, b_intf = self._port(a.name), self._port(b.name)
+        a.interfaces.append(Interface(a_intf, network.name, f"{ip_a}/{prefix}", self.macs.next(), b.name))
+        b.interfaces.append(Interface(b_intf, network.name, f"{ip_b}/{prefix}", self.macs.next(), a.name))
+        self.plan.links.append(Link(a.name, b.name, a_intf, b_intf, network.name))
+
+
+def build_plan(spec: DeploymentSpec) -> Plan:
+    """Lay out hosts, switches, links and addresses for a validated spec."""
+    spec.validate()
+    b = _Builder(spec)
+    plan = b.plan
+    mode = spec.mode
+    cloud_pfx = CLOUD_NET.prefixlen
+
+    # Border gateway with the user network and the external site behind it.
+    b.network("user", "user", USER_NET, router=str(USER_NET[1]))
+    b.network("external", "external", EXTERNAL_NET, router=str(EXTERNAL_NET[1]))
+    b.network("cloud", "cloud", CLOUD_NET, router=str(CLOUD_NET[1]))
+    gw = b.host("gw", "gateway", forwarding=True)
+    user = b.host("user", "user", default_route=str(USER_NET[1]))
+    ext = b.host("ext", "external", default_route=str(EXTERNAL_NET[1]))
+    sw_user = b.switch("swusr", "user", "core")
+    sw_ext = b.switch("swext", "external", "core")
+    b.attach(gw, sw_user, USER_NET[1], USER_NET.prefixlen)
+    b.attach(user, sw_user, USER_NET[10], USER_NET.prefixlen)
+    b.attach(gw, sw_ext, EXTERNAL_NET[1], EXTERNAL_NET.prefixlen)
+    b.attach(ext, sw_ext, EXTERNAL_NET[10], EXTERNAL_NET.prefixlen)
+
+    # Cloud network: a core switch under the gateway, two access switches below it.
+    cloud_core = b.switch("swcl0", "cloud", "core")
+    cloud_access = {"primary": b.switch("swcla", "cloud", "access"),
+                    "secondary": b.switch("swclb", "cloud", "access")}
+    b.attach(gw, cloud_core, CLOUD_NET[1], cloud_pfx)
+    b.trunk(cloud_core, cloud_access["primary"])
+    b.trunk(cloud_core, cloud_access["secondary"])
+
+    def members(kind: str, base: str) -> list[tuple[str, str]]:
+        if spec.ha.enabled(kind):
+            return [(f"{base}1", "primary"), (f"{base}2", "secondary")]
+        return [(f"{base}1", "single")]
+
+    def cloud_ip(cluster: int, last: int) -> ipaddress.IPv4Address:
+        return ipaddress.ip_address(f"10.0.{cluster}.{last}")
+
+    pair_index = 0
+
+    def make_pair(kind: str, cluster: int | None, hosts: list[Host], vip: str,
+                  private_vip: str | None = None) -> ServicePair:
+        nonlocal pair_index
+        pair = ServicePair(kind, cluster, hosts[0].name, hosts[1].name if len(hosts) > 1 else None,
+                           PORTS[kind], vip, private_vip)
+        if len(hosts) > 1:
+            pair_index += 1
+            hb = b.network(f"hb{pair_index}", "heartbeat", heartbeat_net(pair_index))
+            b.p2p(hosts[0], hosts[1], hb, heartbeat_net(pair_index)[1], heartbeat_net(pair_index)[2],
+                  heartbeat_net(pair_index).prefixlen)
+            pair.heartbeat_network = hb.name
+        plan.pairs.append(pair)
+        return pair
+
+    # Cloud tier: CLC (x1) and Walrus (x2) in 10.0.0.0/24.
+    for kind, base, tens in (("clc", "clc", 10), ("walrus", "walrus", 20)):
+        hosts = []
+        for i, (name, ha_role) in enumerate(members(kind, base), start=1):
+            h = b.host(name, kind, ha_role=ha_role, default_route=str(CLOUD_NET[1]))
+            access = cloud_access["secondary" if ha_role == "secondary" else "primary"]
+            b.attach(h, access, cloud_ip(0, tens + i), cloud_pfx)
+            hosts.append(h)
+        make_pair(kind, None, hosts, str(cloud_ip(0, tens)))
+
+    # Cluster tier and node tier.
+    for k in range(1, spec.clusters + 1):
+        pnet = private_net(k)
+        router = str(pnet[1])
+        b.network(f"priv{k}", "private", pnet, cluster=k, router=router)
+        core = b.switch(f"swc{k}", f"priv{k}", "core")
+        access = {"primary": b.switch(f"swc{k}a", f"priv{k}", "access"),
+                  "secondary": b.switch(f"swc{k}b", f"priv{k}", "access")}
+        b.trunk(core, access["primary"])
+        b.trunk(core, access["secondary"])
+        if not mode.private_cluster_network:
+            # SYSTEM/STATIC: the site router serves the cluster network directly.
+            b.attach(gw, core, router, pnet.prefixlen)
+        for kind, base, tens in (("cc", f"c{k}cc", 10), ("sc", f"c{k}sc", 20)):
+            hosts = []
+            for i, (name, ha_role) in enumerate(members(kind, base), start=1):
+                h = b.host(name, kind, cluster=k, ha_role=ha_role, default_route=str(CLOUD_NET[1]))
+                side = "secondary" if ha_role == "secondary" else "primary"
+                b.attach(h, cloud_access[side], cloud_ip(k, tens + i), cloud_pfx)
+                b.attach(h, access[side], pnet[tens + i], pnet.prefixlen)
+                if kind == "cc" and mode.private_cluster_network:
+                    h.forwarding = True  # the CC is the cluster's software router
+                hosts.append(h)
+            private_vip = router if kind == "cc" and mode.private_cluster_network else None
+            make_pair(kind, k, hosts, str(cloud_ip(k, tens)), private_vip)
+        for j in range(1, spec.ncs_per_cluster + 1):
+            nc = b.host(f"c{k}n{j}", "nc", cluster=k, default_route=router)
+            bridge = b.switch(f"br{k}n{j}", f"priv{k}", "ncbridge")
+            b.trunk(core, bridge)
+            b.attach(nc, bridge, ipaddress.ip_address(f"10.{100 + k}.1.{j}"), pnet.prefixlen)
+            for s in range(1, spec.vm_slots_per_nc + 1):
+                slot = b.host(f"c{k}n{j}v{s}", "slot", cluster=k, nc=nc.name, slot=s)
+                b.attach(slot, bridge, None)
+
+    # Routes towards the private networks: in MANAGED modes via the cluster's CC.
+    if mode.private_cluster_network:
+        cloud_routes = [(str(private_net(p.cluster)), p.vip) for p in plan.pairs if p.kind == "cc"]
+        for h in plan.hosts.values():
+            if h.role in ("clc", "walrus", "sc"):
+                h.routes.extend(r for r in cloud_routes
+                                if not (h.role == "sc" and r[0] == str(private_net(h.cluster))))
+    # The gateway knows only its connected networks: in MANAGED modes users cannot
+    # reach a cluster's private network at all.
+
+    # Arbitrators: per HA host, cycling over the targets.
+    targets = {"gateway": str(CLOUD_NET[1]), "external": str(EXTERNAL_NET[10])}
+    assert set(targets) == set(ARBITRATOR_TARGETS)
+    for pair in plan.pairs:
+        if pair.secondary is None:
+            continue
+        for host in pair.members:
+            for i in range(spec.arbitrators.per_host):
+                target = spec.arbitrators.targets[i % len(spec.arbitrators.targets)]
+                plan.arbitrators.append(Arbitrator(f"{host}-arb{i + 1}", host, target, targets[target]))
+    return plan

@@ -1,0 +1,276 @@
+"""The deployment spec: what a Eucalyptus deployment looks like, as data.
+
+A spec is a YAML file or the same fields as dataclasses. Loading validates every
+field and names it in the error, so a typo never turns silently into a default.
+
+    spec = load_spec("topologies/specs/default.yaml")
+    spec = DeploymentSpec()            # the default deployment, in code
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Eucalyptus allows up to three arbitrators per component host.
+MAX_ARBITRATORS_PER_HOST = 3
+# Address plan limits (see topologies/plan.py): one /24 of the cloud network per cluster,
+# NC addresses in one /24 of the cluster's private network.
+MAX_CLUSTERS = 32
+MAX_NCS_PER_CLUSTER = 200
+MAX_SLOTS_PER_NC = 16
+
+ARBITRATOR_TARGETS = ("gateway", "external")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built. The message names the offending field."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field_path = field_path
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+
+
+class NetworkMode(str, enum.Enum):
+    """Eucalyptus 3.x networking modes (VNET_MODE)."""
+
+    SYSTEM = "SYSTEM"
+    STATIC = "STATIC"
+    MANAGED = "MANAGED"
+    MANAGED_NOVLAN = "MANAGED-NOVLAN"
+
+    @property
+    def private_cluster_network(self) -> bool:
+        """NCs sit on a private network behind the CC, which routes for them."""
+        return self in (NetworkMode.MANAGED, NetworkMode.MANAGED_NOVLAN)
+
+    @property
+    def needs_vlans(self) -> bool:
+        """One VLAN per security group: the switches must pass tagged frames."""
+        return self is NetworkMode.MANAGED
+
+
+COMPONENT_KINDS = ("clc", "walrus", "cc", "sc")
+
+
+@dataclass
+class HASpec:
+    """Which component kinds run as primary/secondary pairs."""
+
+    clc: bool = True
+    walrus: bool = True
+    cc: bool = True
+    sc: bool = True
+
+    def enabled(self, kind: str) -> bool:
+        return bool(getattr(self, kind))
+
+
+@dataclass
+class ArbitratorSpec:
+    """Arbitrators: ICMP reachability probes from each HA host to an external entity."""
+
+    per_host: int = 2
+    # Entities pinged, cycled over a host's arbitrators: the border gateway and the
+    # external site behind it.
+    targets: list[str] = field(default_factory=lambda: list(ARBITRATOR_TARGETS))
+    period_s: float = 1.0
+    timeout_s: float = 0.5
+
+
+@dataclass
+class LinkSpec:
+    """Parameters of every host link. None means: not shaped."""
+
+    bw_mbit: float | None = None
+    delay_ms: float | None = None  # needs netem
+    loss_pct: float | None = None  # needs netem
+
+    @property
+    def needs_netem(self) -> bool:
+        return self.delay_ms is not None or self.loss_pct is not None
+
+
+@dataclass
+class DeploymentSpec:
+    """A Eucalyptus deployment. The defaults are a real small Eucalyptus."""
+
+    name: str = "default"
+    clusters: int = 2
+    ncs_per_cluster: int = 2
+    vm_slots_per_nc: int = 2
+    mode: NetworkMode = NetworkMode.MANAGED
+    # Whether the site's switches pass 802.1Q-tagged frames ("VLAN clean").
+    vlan_clean: bool = True
+    ha: HASpec = field(default_factory=HASpec)
+    arbitrators: ArbitratorSpec = field(default_factory=ArbitratorSpec)
+    links: LinkSpec = field(default_factory=LinkSpec)
+    # Open vSwitch datapath: auto picks the kernel datapath where the module exists.
+    datapath: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mode, str) and not isinstance(self.mode, NetworkMode):
+            self.mode = _parse_mode(self.mode, "mode")
+
+    def validate(self, netem: bool | None = None) -> "DeploymentSpec":
+        """Check every field; raise SpecError naming the first bad one.
+
+        ``netem`` says whether this kernel can emulate delay and loss; None skips
+        that check (it is made again when a network is built).
+        """
+        _check_name(self.name, "name")
+        _check_int(self.clusters, "clusters", 1, MAX_CLUSTERS)
+        _check_int(self.ncs_per_cluster, "ncs_per_cluster", 1, MAX_NCS_PER_CLUSTER)
+        _check_int(self.vm_slots_per_nc, "vm_slots_per_nc", 0, MAX_SLOTS_PER_NC)
+        if not isinstance(self.mode, NetworkMode):
+            raise SpecError("mode", f"unknown networking mode {self.mode!r}")
+        _check_bool(self.vlan_clean, "vlan_clean")
+        if self.mode.needs_vlans and not self.vlan_clean:
+            raise SpecError(
+                "mode",
+                "MANAGED needs a VLAN-clean network (one VLAN per security group) but "
+                "vlan_clean is false; use MANAGED-NOVLAN or set vlan_clean: true",
+            )
+        for kind in COMPONENT_KINDS:
+            _check_bool(getattr(self.ha, kind), f"ha.{kind}")
+        arb = self.arbitrators
+        _check_int(arb.per_host, "arbitrators.per_host", 0, MAX_ARBITRATORS_PER_HOST)
+        if not isinstance(arb.targets, list) or not arb.targets:
+            raise SpecError("arbitrators.targets", "must be a non-empty list")
+        for i, target in enumerate(arb.targets):
+            if target not in ARBITRATOR_TARGETS:
+                raise SpecError(
+                    f"arbitrators.targets[{i}]",
+                    f"unknown target {target!r}; choose from {', '.join(ARBITRATOR_TARGETS)}",
+                )
+        _check_float(arb.period_s, "arbitrators.period_s", 0.01, 3600)
+        _check_float(arb.timeout_s, "arbitrators.timeout_s", 0.001, 3600)
+        if arb.timeout_s > arb.period_s:
+            raise SpecError("arbitrators.timeout_s", "must not exceed arbitrators.period_s")
+        links = self.links
+        if links.bw_mbit is not None:
+            _check_float(links.bw_mbit, "links.bw_mbit", 0.1, 100_000)
+        if links.delay_ms is not None:
+            _check_float(links.delay_ms, "links.delay_ms", 0, 60_000)
+        if links.loss_pct is not None:
+            _check_float(links.loss_pct, "links.loss_pct", 0, 100)
+        if netem is False and links.needs_netem:
+            bad = "links.delay_ms" if links.delay_ms is not None else "links.loss_pct"
+            raise SpecError(
+                bad,
+                "this kernel has no netem (sch_netem), so link delay and loss cannot be "
+                "emulated here; remove the field, or run on a kernel with netem "
+                "(`eucalab check` tells)",
+            )
+        if self.datapath not in ("auto", "kernel", "user"):
+            raise SpecError("datapath", f"must be auto, kernel or user, not {self.datapath!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["mode"] = self.mode.value
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- loading -------------------------------------------------------------------------
+
+_SECTIONS = {"ha": HASpec, "arbitrators": ArbitratorSpec, "links": LinkSpec}
+
+
+def spec_from_dict(data: Any, netem: bool | None = None) -> DeploymentSpec:
+    """Build and validate a spec from parsed YAML; unknown keys are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError("", f"a spec is a mapping of fields, not {type(data).__name__}")
+    top = {f.name: f for f in dataclasses.fields(DeploymentSpec)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in top:
+            raise SpecError(str(key), f"unknown field; known fields: {', '.join(top)}")
+        if key in _SECTIONS:
+            kwargs[key] = _section_from_dict(_SECTIONS[key], value, key)
+        elif key == "mode":
+            kwargs[key] = _parse_mode(value, "mode")
+        else:
+            kwargs[key] = value
+    spec = DeploymentSpec(**kwargs)
+    return spec.validate(netem=netem)
+
+
+def load_spec(path: str | Path | None = None, netem: bool | None = None) -> DeploymentSpec:
+    """Load a spec from YAML; None gives the default deployment."""
+    if path is None:
+        return DeploymentSpec().validate(netem=netem)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError("", f"cannot read spec {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError("", f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return spec_from_dict(data, netem=netem)
+    except SpecError as exc:
+        raise SpecError(exc.field_path, f"{exc.args[0]} (in {path})") from None
+
+
+def _section_from_dict(cls: type, value: Any, name: str) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        raise SpecError(name, f"must be a mapping, not {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in known:
+            raise SpecError(f"{name}.{key}", f"unknown field; known fields: {', '.join(sorted(known))}")
+    return cls(**value)
+
+
+def _parse_mode(value: Any, path: str) -> NetworkMode:
+    if isinstance(value, NetworkMode):
+        return value
+    text = str(value).upper().replace("_", "-")
+    try:
+        return NetworkMode(text)
+    except ValueError:
+        choices = ", ".join(m.value for m in NetworkMode)
+        raise SpecError(path, f"unknown networking mode {value!r}; choose from {choices}") from None
+
+
+def _check_int(value: Any, path: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be an integer, not {value!r}")
+    if value < low:
+        raise SpecError(path, f"must be at least {low}, not {value}")
+    if value > high:
+        raise SpecError(path, f"must be at most {high}, not {value}")
+
+
+def _check_float(value: Any, path: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise SpecError(path, f"must be between {low} and {high}, not {value}")
+
+
+def _check_bool(value: Any, path: str) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(path, f"must be true or false, not {value!r}")
+
+
+def _check_name(value: Any, path: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise SpecError(path, "must be a non-empty string")
+    if not all(c.isalnum() or c in "-_." for c in value):
+        raise SpecError(path, f"may hold only letters, digits, '-', '_' and '.', not {value!r}")
