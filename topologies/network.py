@@ -215,6 +215,7 @@ class Created:
     bridges: list[str] = field(default_factory=list)
     root_links: list[str] = field(default_factory=list)  # veth ends left in the root namespace
     shell_pids: list[int] = field(default_factory=list)
+    netns: list[int] = field(default_factory=list)  # inode numbers of the hosts' namespaces
 
 
 class EucaNetwork:
@@ -290,6 +291,15 @@ class EucaNetwork:
             self.on_created(self.created)
         for host in hosts:
             host.wait_prompt()
+        # Only now is every shell surely inside its new namespace (mnexec unshares
+        # after the fork): recording earlier could record the root namespace.
+        root_ns = _root_netns()
+        for host in hosts:
+            ino = os.stat(f"/proc/{host.pid}/ns/net").st_ino
+            if ino in root_ns:
+                raise NetworkError(f"host {host.name} is not in a namespace of its own")
+            self.created.netns.append(ino)
+        self.on_created(self.created)
         for host in hosts:
             host.waitOutput()
 
@@ -482,13 +492,41 @@ def kill_pids(pids: list[int], sig: int = signal.SIGKILL, wait_s: float = 5.0) -
     return left
 
 
+def _root_netns() -> set[int]:
+    """Namespaces never to empty: this driver's own and init's (when visible)."""
+    inodes = {os.stat("/proc/self/ns/net").st_ino}
+    try:
+        inodes.add(os.stat("/proc/1/ns/net").st_ino)
+    except OSError:
+        pass
+    return inodes
+
+
+def namespace_pids(inodes: list[int]) -> list[int]:
+    """PIDs of every process living in one of the given network namespaces."""
+    # Never the namespace this driver or init lives in: that would be every process.
+    wanted = set(inodes) - _root_netns()
+    if not wanted:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.stat(f"/proc/{entry.name}/ns/net").st_ino in wanted:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
 def teardown(created: Created) -> list[str]:
     """Delete what a run created; returns the problems met (empty when clean)."""
     problems = []
-    # Killing the host shells ends their namespaces; veths in them die with them.
-    left = kill_pids(created.shell_pids)
+    # Everything still running in the run's namespaces (host shells, their jobs, what
+    # components started inside VM slots) goes; the namespaces and their veths die with it.
+    left = kill_pids(created.shell_pids + namespace_pids(created.netns))
     if left:
-        problems.append(f"host shells still alive: {left}")
+        problems.append(f"processes still alive: {left}")
     bridges = existing_bridges() & set(created.bridges)
     if bridges:
         args = ["ovs-vsctl", "--timeout=60"]

@@ -1,0 +1,168 @@
+"""The ``eucalab`` command.
+
+    eucalab check                     preflight: what this machine can do, what is missing
+    eucalab describe [SPEC] [--png F] hosts, networks, addresses, HA pairs (and a diagram)
+    eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
+    eucalab cleanup                   finish runs whose driver was killed
+    eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
+    eucalab run                       the main job on the default deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from topologies.spec import SpecError, load_spec
+
+log = logging.getLogger("eucalab")
+
+
+def _spec(path: str | None):
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise SystemExit(f"eucalab: bad spec: {exc}") from None
+
+
+def cmd_check(args) -> int:
+    from . import preflight
+
+    findings = preflight.run_checks()
+    preflight.render(findings)
+    return 0 if all(f.ok for f in findings if f.required) else 1
+
+
+def cmd_describe(args) -> int:
+    from topologies.describe import draw_png, print_description
+    from topologies.plan import build_plan
+
+    plan = build_plan(_spec(args.spec))
+    print_description(plan)
+    if args.png:
+        path = draw_png(plan, Path(args.png))
+        print(f"diagram written to {path}")
+    return 0
+
+
+def cmd_up(args) -> int:
+    from mininet.cli import CLI
+
+    from .deployment import Deployment
+
+    if not args.script and not sys.stdin.isatty():
+        raise SystemExit("eucalab up: no terminal for the Mininet CLI; give --script FILE "
+                         "(one CLI command per line) to drive the deployment non-interactively")
+    spec = _spec(args.spec)
+    with Deployment(spec, run_dir=args.run_dir) as dep:
+        if not args.no_services:
+            dep.start_services()
+        _print_summary(dep)
+        CLI(dep.net, script=args.script)
+    print(f"deployment down; run directory: {dep.run_dir}")
+    return 0
+
+
+def _print_summary(dep) -> None:
+    import json
+
+    print(f"run directory: {dep.run_dir}")
+    print(f"  up in {dep.timings['up']:.2f} s: {len(dep.plan.hosts)} hosts, "
+          f"{len(dep.plan.switches)} switches, {len(dep.plan.links)} links ({dep.network.datapath} datapath)")
+    print(f"  endpoints: {json.dumps(dep.plan.endpoints())}")
+    print(f"  credentials: {dep.run_dir / 'credentials'}")
+    running = sorted({p.label for p in dep.processes.values() if p.alive()})
+    print(f"  services running: {', '.join(running) if running else 'none'}")
+
+
+def cmd_cleanup(args) -> int:
+    from .deployment import cleanup_runs
+
+    if os.geteuid() != 0:
+        raise SystemExit("eucalab cleanup: needs root")
+    report = cleanup_runs(force=args.force)
+    for line in report:
+        print(line)
+    if not report:
+        print("nothing to clean up: no recorded run is left")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_bringup
+
+    if args.what != "bringup":
+        raise SystemExit(f"eucalab bench: unknown benchmark {args.what!r}")
+    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+    return bench_bringup(sizes, repeat=args.repeat, baseline=not args.no_baseline)
+
+
+def cmd_run(args) -> int:
+    from .mainjob import main_job
+
+    return main_job(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eucalab", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("check", help="preflight: what this machine has, what is missing and how to fix it")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("describe", help="hosts, networks, addresses and HA pairs of a spec")
+    s.add_argument("spec", nargs="?", help="deployment spec (YAML); default: the default deployment")
+    s.add_argument("--png", metavar="FILE", help="also draw the deployment diagram to FILE")
+    s.set_defaults(fn=cmd_describe)
+
+    s = sub.add_parser("up", help="bring a deployment up and open the Mininet CLI")
+    s.add_argument("spec", nargs="?")
+    s.add_argument("--script", metavar="FILE", help="run these Mininet CLI commands, then tear down")
+    s.add_argument("--run-dir", metavar="DIR", help="run directory (default results/<UTC>-<name>)")
+    s.add_argument("--no-services", action="store_true", help="network only, no component processes")
+    s.set_defaults(fn=cmd_up)
+
+    s = sub.add_parser("cleanup", help="remove what crashed runs left (only what they recorded)")
+    s.add_argument("--force", action="store_true", help="also runs whose driver still lives")
+    s.set_defaults(fn=cmd_cleanup)
+
+    s = sub.add_parser("bench", help="benchmarks that print figures")
+    s.add_argument("what", choices=["bringup"])
+    s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
+    s.add_argument("--repeat", type=int, default=1)
+    s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("run", help="the main job on the default deployment")
+    s.add_argument("spec", nargs="?")
+    s.set_defaults(fn=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; everything the run created was removed", file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        from .deployment import DeploymentError, Terminated
+
+        if isinstance(exc, Terminated):
+            print(f"terminated by {exc}; everything the run created was removed", file=sys.stderr)
+            return 143
+        if isinstance(exc, DeploymentError):
+            print(f"eucalab: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

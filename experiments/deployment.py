@@ -1,0 +1,474 @@
+"""A live deployment: the network of a spec, the processes on its hosts, and a run directory.
+
+    from experiments.deployment import Deployment
+    with Deployment(load_spec()) as dep:
+        dep.start_services()                       # every component that exists
+        clc = dep.host("clc", "primary")           # Mininet host
+        print(clc.cmd("curl -s localhost:8773/health"))
+
+It is the one way anything starts a process on an emulated host. On normal exit,
+an exception, SIGINT or SIGTERM it stops every process and deletes exactly the
+bridges and interfaces it created; a run killed with SIGKILL leaves a record that
+``eucalab cleanup`` finishes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import signal
+import string
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from topologies.network import Created, EucaNetwork, kill_pids, pid_alive, teardown
+from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
+from topologies.spec import DeploymentSpec
+
+from . import rundir as rd
+
+log = logging.getLogger(__name__)
+
+# Components in start order (a component's module may not exist yet: it is skipped).
+COMPONENT_ORDER = ("clc", "walrus", "sc", "cc", "nc")
+
+
+class DeploymentError(RuntimeError):
+    """A deployment could not be brought up or driven (the message says why)."""
+
+
+class Terminated(BaseException):
+    """Raised in the driver on SIGTERM/SIGHUP so that teardown runs."""
+
+
+def component_exists(component: str) -> bool:
+    return importlib.util.find_spec(f"components.{component}.__main__") is not None
+
+
+def _random_key(n: int, alphabet: str) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+@dataclass
+class Credentials:
+    account_id: str
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def generate(cls) -> "Credentials":
+        return cls(
+            account_id="".join(secrets.choice(string.digits) for _ in range(12)),
+            access_key="AKIA" + _random_key(16, string.ascii_uppercase + string.digits),
+            secret_key=_random_key(40, string.ascii_letters + string.digits + "+/"),
+        )
+
+
+@dataclass
+class Process:
+    """A process the deployment started on a host."""
+
+    host: str
+    label: str  # the component name, or another label for extra processes
+    pid: int
+    start_time: int | None
+    dir: Path
+    popen: subprocess.Popen = field(repr=False)
+    config: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def events(self) -> list[dict]:
+        """The process's events so far (the JSON-lines log it writes)."""
+        if not self.events_path.exists():
+            return []
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line being written right now
+        return out
+
+
+class Deployment:
+    """The network of a spec plus the processes on its hosts, as a context manager."""
+
+    def __init__(self, spec: DeploymentSpec | None = None, run_dir: Path | str | None = None,
+                 name: str | None = None, datapath: str | None = None):
+        self.spec = spec or DeploymentSpec()
+        self.name = name or self.spec.name
+        self._run_dir_arg = Path(run_dir) if run_dir else None
+        self._datapath_arg = datapath
+        self.plan: Plan = build_plan(self.spec)
+        self.run_dir: Path | None = None
+        self.network: EucaNetwork | None = None
+        self.net = None
+        self.processes: dict[tuple[str, str], Process] = {}
+        self.credentials = Credentials.generate()
+        self.internal_token = secrets.token_hex(16)
+        self.events: rd.EventWriter | None = None
+        self._registry_file: Path | None = None
+        self._old_handlers: dict = {}
+        self.timings: dict[str, float] = {}
+        self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
+        self._main_label: dict[str, str] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> "Deployment":
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> None:
+        from . import preflight
+
+        if os.geteuid() != 0:
+            raise DeploymentError("building a network needs root: run as root (make run / make test do)")
+        datapath = self._datapath_arg or self.spec.datapath
+        if datapath == "auto":
+            datapath = preflight.datapath()
+        if self.spec.links.needs_netem and not preflight.has_netem():
+            raise DeploymentError(
+                "links.delay_ms / links.loss_pct: this kernel has no netem (sch_netem); "
+                "delay and loss cannot be emulated here")
+        problem = preflight.ovs_problem()
+        if problem:
+            raise DeploymentError(problem)
+        self._install_signal_handlers()
+        t0 = time.monotonic()
+        self.run_dir = (rd.new_run_dir(self.name) if self._run_dir_arg is None
+                        else self._prepare_dir(self._run_dir_arg))
+        self.events = rd.EventWriter(self.run_dir / "events.jsonl")
+        (self.run_dir / "spec.yaml").write_text(self.spec.to_yaml())
+        rd.write_json(self.run_dir / "endpoints.json", self.plan.endpoints())
+        self._write_credentials()
+        self.network = EucaNetwork(self.plan, datapath=datapath, on_created=self._record)
+        self.events.emit("network.build", datapath=datapath, hosts=len(self.plan.hosts),
+                         switches=len(self.plan.switches), links=len(self.plan.links))
+        self.net = self.network.build()
+        for pair in self.plan.pairs:
+            self.place_vip(pair, pair.primary, announce=False)
+        self.timings["up"] = time.monotonic() - t0
+        self.events.emit("network.up", seconds=round(self.timings["up"], 4), **{
+            k: round(v, 4) for k, v in self.network.timings.items()})
+
+    def down(self) -> None:
+        """Stop every process, then remove the network; safe to call more than once."""
+        t0 = time.monotonic()
+        procs = [p for p in self.processes.values() if p.alive()]
+        for p in procs:
+            _signal(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for p in procs:
+            try:
+                p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(p.pid, signal.SIGKILL)
+                p.popen.wait(timeout=5)
+            if self.events:
+                self.events.emit("process.exit", host=p.host, label=p.label, pid=p.pid,
+                                 returncode=p.popen.returncode)
+        if self.network is not None:
+            problems = teardown(self.network.created)
+            self.network.stop()
+            self.network = None
+            if problems:
+                log.warning("teardown: %s", "; ".join(problems))
+        self.timings["down"] = time.monotonic() - t0
+        if self.events:
+            self.events.emit("network.down", seconds=round(self.timings["down"], 4))
+            self.events.close()
+            self.events = None
+        if self._registry_file is not None:
+            self._registry_file.unlink(missing_ok=True)
+            self._registry_file = None
+        self._restore_signal_handlers()
+
+    # -- hosts and processes -----------------------------------------------------------
+
+    def host(self, kind: str, member: str = "primary", cluster: int | None = None):
+        """A Mininet host by role: ``dep.host('cc', 'secondary', cluster=1)``, ``dep.host('user')``."""
+        if kind in ("user", "gw", "ext", "gateway", "external"):
+            return self.net[{"gateway": "gw", "external": "ext"}.get(kind, kind)]
+        return self.net[self.plan.host_for(kind, member, cluster).name]
+
+    def __getitem__(self, name: str):
+        return self.net[name]
+
+    def host_dir(self, host: str, label: str | None = None) -> Path:
+        path = self.run_dir / "hosts" / host
+        if label:
+            path = path / label
+        (path / "data").mkdir(parents=True, exist_ok=True)
+        return path
+
+    def component_config(self, component: str, host: str) -> dict:
+        """The config file a component process gets (see components/common/config.py)."""
+        ph = self.plan.hosts[host]
+        pair = next((p for p in self.plan.pairs if host in p.members), None)
+        hdir = self.host_dir(host)
+        cfg = {
+            "host": host,
+            "component": component,
+            "role": ph.ha_role or "single",
+            "listen_host": "0.0.0.0",
+            "port": pair.port if pair else 8775,
+            "data_dir": str(hdir / "data"),
+            "events_path": str(hdir / "events.jsonl"),
+            "state": "DISABLED" if ph.ha_role == "secondary" else "ENABLED",
+            "region": "eucalyptus",
+            "admin": asdict(self.credentials),
+            "internal_token": self.internal_token,
+            "endpoints": self.plan.endpoints(),
+            "zones": [f"cluster{k}" for k in range(1, self.spec.clusters + 1)],
+            "public_ips": str(PUBLIC_IP_POOL),
+            "mode": self.spec.mode.value,
+            "cluster": ph.cluster,
+            "run_dir": str(self.run_dir),
+        }
+        if pair is not None:
+            cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
+                           "vip": pair.vip, "private_vip": pair.private_vip}
+        return cfg
+
+    def start(self, component: str, host: str, config: dict | None = None, *, label: str | None = None,
+              argv: list[str] | None = None, wait: bool = True, timeout: float = 20.0) -> Process:
+        """Start a process on a host and record it.
+
+        With ``argv`` None this runs ``python -m components.<component> --config FILE``
+        with the default config updated by ``config``; otherwise ``argv`` is run as is
+        (``label`` names its directory). ``wait`` waits for its ``service.start`` event.
+        """
+        label = label or component
+        key = (host, label)
+        if key in self.processes and self.processes[key].alive():
+            raise DeploymentError(f"{label} already runs on {host} (pid {self.processes[key].pid})")
+        # A host's first component gets the plain layout hosts/<host>/{config,...};
+        # any other process gets hosts/<host>/<label>/.
+        main = argv is None and self._main_label.setdefault(host, label) == label
+        pdir = self.host_dir(host) if main else self.host_dir(host, label)
+        cfg: dict = {}
+        if argv is None:
+            if not component_exists(component):
+                raise DeploymentError(f"no component {component!r} (components/{component}/__main__.py)")
+            cfg = self.component_config(component, host)
+            cfg["data_dir"], cfg["events_path"] = str(pdir / "data"), str(pdir / "events.jsonl")
+            cfg.update(config or {})
+            rd.write_json(pdir / "config", cfg)
+            argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        node = self.net[host]
+        with open(pdir / "stdout.log", "ab") as out:
+            popen = node.popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=env, cwd=str(pdir))
+        proc = Process(host, label, popen.pid, rd.process_start_time(popen.pid), pdir, popen, cfg)
+        self.processes[key] = proc
+        (pdir / "pid").write_text(f"{popen.pid}\n")
+        self._record(self.network.created)
+        self.events.emit("process.start", host=host, label=label, pid=popen.pid, argv=argv[:6])
+        if wait and argv[1:3] == ["-m", f"components.{component}"]:
+            self.wait_event(proc, "service.start", timeout=timeout)
+        return proc
+
+    def wait_event(self, proc: Process, event: str, timeout: float = 20.0, **match) -> dict:
+        """Wait until a process logs ``event`` (with fields equal to ``match``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in proc.events():
+                if ev.get("event") == event and all(ev.get(k) == v for k, v in match.items()):
+                    return ev
+            if not proc.alive():
+                raise DeploymentError(
+                    f"{proc.label} on {proc.host} exited with {proc.popen.returncode} before {event}; "
+                    f"last output:\n{_tail(proc.dir / 'stdout.log')}")
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"{proc.label} on {proc.host} did not report {event} within {timeout:.0f} s; "
+                    f"last output:\n{_tail(proc.dir / 'stdout.log')}")
+            time.sleep(0.02)
+
+    def process(self, host: str, label: str | None = None) -> Process:
+        if label is None:
+            matches = [p for (h, _), p in self.processes.items() if h == host]
+            if not matches:
+                raise KeyError(f"no process on {host}")
+            return matches[0]
+        return self.processes[(host, label)]
+
+    def stop(self, host: str, label: str | None = None, timeout: float = 5.0) -> int | None:
+        """SIGTERM a process, SIGKILL it after ``timeout``; returns its exit code."""
+        proc = self.process(host, label)
+        _signal(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal(proc.pid, signal.SIGKILL)
+            proc.popen.wait(timeout=5)
+        self.events.emit("process.exit", host=proc.host, label=proc.label, pid=proc.pid,
+                         returncode=proc.popen.returncode)
+        return proc.popen.returncode
+
+    def kill(self, host: str, label: str | None = None, sig: int = signal.SIGKILL) -> None:
+        """Send a signal (default SIGKILL: a crash) to a process; returns at once."""
+        proc = self.process(host, label)
+        self.events.emit("process.signal", host=proc.host, label=proc.label, pid=proc.pid, signal=int(sig))
+        _signal(proc.pid, sig)
+
+    def start_services(self, kinds: tuple[str, ...] = COMPONENT_ORDER, timeout: float = 30.0) -> list[Process]:
+        """Start every component that exists, on every member of its pair, in order."""
+        started = []
+        for kind in kinds:
+            if not component_exists(kind):
+                log.info("component %s does not exist yet: skipped", kind)
+                continue
+            hosts = ([h.name for h in self.plan.hosts_by_role("nc")] if kind == "nc"
+                     else [m for p in self.plan.pairs if p.kind == kind for m in p.members])
+            procs = [self.start(kind, h, wait=False) for h in hosts]
+            for proc in procs:
+                self.wait_event(proc, "service.start", timeout=timeout)
+            started.extend(procs)
+        return started
+
+    # -- service virtual IPs -------------------------------------------------------------
+
+    def place_vip(self, pair: ServicePair, host: str, announce: bool = True) -> None:
+        """Put a pair's virtual IP(s) on ``host`` (and take them off its peer)."""
+        for member in pair.members:
+            node = self.net[member]
+            ph = self.plan.hosts[member]
+            cmds = []
+            for vip, network in ((pair.vip, "cloud"), (pair.private_vip, f"priv{pair.cluster}")):
+                if vip is None:
+                    continue
+                intf = ph.intf(network)
+                prefix = intf.ip.split("/")[1]
+                if member == host:
+                    cmds.append(f"ip addr replace {vip}/{prefix} dev {intf.name}")
+                    if announce:
+                        cmds.append(f"arping -q -U -c 1 -I {intf.name} {vip} &")
+                else:
+                    cmds.append(f"ip addr del {vip}/{prefix} dev {intf.name} 2>/dev/null")
+            node.cmd("; ".join(cmds))
+        self.vip_holder[pair.name] = host
+        if self.events:
+            self.events.emit("vip.placed", pair=pair.name, host=host, vip=pair.vip)
+
+    # -- records -------------------------------------------------------------------------
+
+    def _record(self, created: Created) -> None:
+        """Write what exists now to created.json and the registry entry."""
+        record = {
+            "run_dir": str(self.run_dir),
+            "driver_pid": os.getpid(),
+            "driver_start": rd.process_start_time(os.getpid()),
+            "created": asdict(created),
+            "shell_start": {str(pid): rd.process_start_time(pid) for pid in created.shell_pids},
+            "processes": [{"host": p.host, "label": p.label, "pid": p.pid, "start_time": p.start_time}
+                          for p in self.processes.values()],
+        }
+        rd.write_json(self.run_dir / "created.json", record)
+        if self._registry_file is None:
+            rd.REGISTRY.mkdir(parents=True, exist_ok=True)
+            self._registry_file = rd.REGISTRY / f"{self.run_dir.name}-{os.getpid()}.json"
+        rd.write_json(self._registry_file, record)
+
+    def _write_credentials(self) -> None:
+        c = self.credentials
+        path = self.run_dir / "credentials"
+        path.write_text("[default]\n"
+                        f"aws_access_key_id = {c.access_key}\n"
+                        f"aws_secret_access_key = {c.secret_key}\n"
+                        "region = eucalyptus\n")
+        path.chmod(0o600)
+
+    @staticmethod
+    def _prepare_dir(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            raise Terminated(signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: the caller handles signals
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def cleanup_runs(force: bool = False) -> list[str]:
+    """Finish runs whose driver died: kill their processes, delete their bridges and links.
+
+    Only what a run recorded creating is touched; a PID is killed only if its start
+    time still matches the record (so a reused PID is left alone).
+    """
+    report = []
+    for entry in rd.registry_entries():
+        try:
+            record = json.loads(entry.read_text())
+        except (OSError, json.JSONDecodeError):
+            report.append(f"{entry.name}: unreadable record, removed")
+            entry.unlink(missing_ok=True)
+            continue
+        driver = record.get("driver_pid")
+        if (not force and driver and pid_alive(driver)
+                and rd.process_start_time(driver) == record.get("driver_start")):
+            report.append(f"{record.get('run_dir')}: driver {driver} still running, left alone")
+            continue
+        created = Created(**record.get("created", {}))
+        # Only namespaces whose holder shell is still the recorded process are ours.
+        live_shells = [pid for pid in created.shell_pids
+                       if rd.process_start_time(pid) == record.get("shell_start", {}).get(str(pid))]
+        if not live_shells:
+            created.netns = []
+        created.shell_pids = live_shells
+        procs = [p["pid"] for p in record.get("processes", [])
+                 if rd.process_start_time(p["pid"]) == p.get("start_time")]
+        kill_pids(procs)
+        problems = teardown(created)
+        entry.unlink(missing_ok=True)
+        report.append(f"{record.get('run_dir')}: cleaned ({len(procs)} processes, "
+                      f"{len(live_shells)} hosts, {len(created.bridges)} bridges)"
+                      + (f"; problems: {'; '.join(problems)}" if problems else ""))
+    return report

@@ -1,0 +1,82 @@
+"""Run directories and the registry of live runs.
+
+Every run writes into one directory, ``results/<UTC timestamp>-<name>/``:
+
+    spec.yaml          the deployment spec as run
+    endpoints.json     service URLs through their virtual IPs
+    credentials        the admin account's keys (AWS credentials-file format)
+    created.json       what the run created (bridges, interfaces, PIDs), for cleanup
+    events.jsonl       the driver's own events (network up, process start/exit, faults)
+    hosts/<host>/      config, data/, events.jsonl, stdout.log, pid
+
+and registers itself in ``/run/eucalab/runs/`` so that ``eucalab cleanup`` can find
+and finish a run whose driver was killed, wherever its directory is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "results"
+REGISTRY = Path(os.environ.get("EUCALAB_REGISTRY", "/run/eucalab/runs"))
+
+
+def utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_run_dir(name: str, root: Path | None = None) -> Path:
+    """A fresh, unique run directory under ``root`` (default: results/)."""
+    root = Path(root) if root else RESULTS
+    base = root / f"{utc_stamp()}-{name}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot): tells a PID reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class EventWriter:
+    """The driver's JSON-lines event log, in the schema every component uses."""
+
+    def __init__(self, path: Path, host: str = "driver", component: str = "eucalab"):
+        self.path, self.host, self.component = path, host, component
+        self._f = open(path, "a", buffering=1)
+
+    def emit(self, event: str, **fields) -> None:
+        record = {"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "t_wall": time.time(),
+                  "host": self.host, "component": self.component, "event": event, **fields}
+        self._f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def registry_entries() -> list[Path]:
+    if not REGISTRY.is_dir():
+        return []
+    return sorted(REGISTRY.glob("*.json"))
