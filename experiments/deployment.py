@@ -51,6 +51,10 @@ def component_exists(component: str) -> bool:
     return importlib.util.find_spec(f"components.{component}.__main__") is not None
 
 
+def controller_exists() -> bool:
+    return importlib.util.find_spec("controllers.__main__") is not None
+
+
 def _random_key(n: int, alphabet: str) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
@@ -106,7 +110,7 @@ class Deployment:
     """The network of a spec plus the processes on its hosts, as a context manager."""
 
     def __init__(self, spec: DeploymentSpec | None = None, run_dir: Path | str | None = None,
-                 name: str | None = None, datapath: str | None = None):
+                 name: str | None = None, datapath: str | None = None, sdn: bool | None = None):
         self.spec = spec or DeploymentSpec()
         self.name = name or self.spec.name
         self._run_dir_arg = Path(run_dir) if run_dir else None
@@ -124,6 +128,11 @@ class Deployment:
         self.timings: dict[str, float] = {}
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
         self._main_label: dict[str, str] = {}
+        # The SDN controller owns every bridge once it exists (controllers/__main__.py);
+        # until then the switches run standalone.
+        self.sdn = controller_exists() if sdn is None else sdn
+        self.controller: subprocess.Popen | None = None
+        self.controller_port: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -161,10 +170,16 @@ class Deployment:
         (self.run_dir / "spec.yaml").write_text(self.spec.to_yaml())
         rd.write_json(self.run_dir / "endpoints.json", self.plan.endpoints())
         self._write_credentials()
-        self.network = EucaNetwork(self.plan, datapath=datapath, on_created=self._record)
+        controller_url = None
+        if self.sdn:
+            controller_url = self._start_controller()
+        self.network = EucaNetwork(self.plan, datapath=datapath, on_created=self._record,
+                                   controller=controller_url)
         self.events.emit("network.build", datapath=datapath, hosts=len(self.plan.hosts),
                          switches=len(self.plan.switches), links=len(self.plan.links))
         self.net = self.network.build()
+        if self.controller is not None:
+            self._wait_controller_ready()
         for pair in self.plan.pairs:
             self.place_vip(pair, pair.primary, announce=False)
         self.timings["up"] = time.monotonic() - t0
@@ -187,6 +202,8 @@ class Deployment:
             if self.events:
                 self.events.emit("process.exit", host=p.host, label=p.label, pid=p.pid,
                                  returncode=p.popen.returncode)
+        if self.controller is not None:
+            self._stop_controller()
         if self.network is not None:
             problems = teardown(self.network.created)
             self.network.stop()
@@ -244,6 +261,7 @@ class Deployment:
             "mode": self.spec.mode.value,
             "cluster": ph.cluster,
             "run_dir": str(self.run_dir),
+            "control_socket": str(self.control_socket),
         }
         if pair is not None:
             cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
@@ -374,6 +392,96 @@ class Deployment:
         if self.events:
             self.events.emit("vip.placed", pair=pair.name, host=host, vip=pair.vip)
 
+    # -- SDN controller (root namespace) --------------------------------------------------
+
+    @property
+    def control_socket(self) -> Path:
+        """The run's local control channel (a Unix socket every host can reach)."""
+        return self.run_dir / "control.sock"
+
+    def _start_controller(self) -> str:
+        import socket
+
+        with socket.socket() as sock:  # a free loopback port for OpenFlow
+            sock.bind(("127.0.0.1", 0))
+            self.controller_port = sock.getsockname()[1]
+        cdir = self.run_dir / "controller"
+        cdir.mkdir(parents=True, exist_ok=True)
+        rd.write_json(self.run_dir / "topology.json", {
+            "mode": self.spec.mode.value, "switches": self.plan.switch_ports(),
+            "pairs": [asdict(p) for p in self.plan.pairs]})
+        argv = [sys.executable, "-m", "controllers", "--run-dir", str(self.run_dir),
+                "--port", str(self.controller_port)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(cdir / "stdout.log", "ab") as out:
+            self.controller = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=env, cwd=str(cdir),
+                                               start_new_session=True)
+        self._controller_start = rd.process_start_time(self.controller.pid)
+        self.events.emit("controller.start", pid=self.controller.pid, port=self.controller_port)
+        return f"tcp:127.0.0.1:{self.controller_port}"
+
+    def _wait_controller_ready(self, timeout: float = 60.0) -> None:
+        events = self.run_dir / "controller" / "events.jsonl"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if events.exists() and '"controller.ready"' in events.read_text():
+                return
+            if self.controller.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise DeploymentError(
+            f"the SDN controller did not report ready within {timeout:.0f} s "
+            f"(exit code {self.controller.poll()}); last output:\n"
+            f"{_tail(self.run_dir / 'controller' / 'stdout.log')}")
+
+    def crash_controller(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the SDN controller (a fault); the switches keep their flows (fail-secure)."""
+        self.events.emit("controller.signal", pid=self.controller.pid, signal=int(sig))
+        _signal(self.controller.pid, sig)
+        self.controller.wait(timeout=10)
+
+    def restart_controller(self, timeout: float = 60.0) -> None:
+        """Start the controller again on the same port; it resynchronises from the intent."""
+        if self.controller is not None and self.controller.poll() is None:
+            self._stop_controller()
+        events = self.run_dir / "controller" / "events.jsonl"
+        seen = events.read_text().count('"controller.ready"') if events.exists() else 0
+        argv = [sys.executable, "-m", "controllers", "--run-dir", str(self.run_dir),
+                "--port", str(self.controller_port)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.run_dir / "controller" / "stdout.log", "ab") as out:
+            self.controller = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=env,
+                                               cwd=str(self.run_dir / "controller"), start_new_session=True)
+        self._controller_start = rd.process_start_time(self.controller.pid)
+        self._record(self.network.created)
+        self.events.emit("controller.start", pid=self.controller.pid, port=self.controller_port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if events.exists() and events.read_text().count('"controller.ready"') > seen:
+                return
+            if self.controller.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise DeploymentError("the restarted SDN controller did not report ready; last output:\n"
+                              + _tail(self.run_dir / "controller" / "stdout.log"))
+
+    def _stop_controller(self) -> None:
+        proc = self.controller
+        if proc.poll() is None:
+            _signal(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        if self.events:
+            self.events.emit("controller.exit", pid=proc.pid, returncode=proc.returncode)
+        self.controller = None
+
     # -- records -------------------------------------------------------------------------
 
     def _record(self, created: Created) -> None:
@@ -385,7 +493,9 @@ class Deployment:
             "created": asdict(created),
             "shell_start": {str(pid): rd.process_start_time(pid) for pid in created.shell_pids},
             "processes": [{"host": p.host, "label": p.label, "pid": p.pid, "start_time": p.start_time}
-                          for p in self.processes.values()],
+                          for p in self.processes.values()]
+            + ([{"host": None, "label": "controller", "pid": self.controller.pid,
+                 "start_time": self._controller_start}] if self.controller is not None else []),
         }
         rd.write_json(self.run_dir / "created.json", record)
         if self._registry_file is None:

@@ -368,7 +368,10 @@ class EucaNetwork:
         for name, sw in self.plan.switches.items():
             args += ["--", "add-br", name,
                      "--", "set", "bridge", name, f"datapath_type={dp_type}",
-                     f"other-config:datapath-id={sw.dpid}", "fail_mode=standalone",
+                     f"other-config:datapath-id={sw.dpid}",
+                     # With a controller: fail-secure (keep flows, never fall back to
+                     # MAC learning, which would break isolation).
+                     f"fail_mode={'secure' if self.controller else 'standalone'}",
                      "other-config:disable-in-band=true", "protocols=OpenFlow13",
                      f"external-ids:eucalab-run={os.getpid()}"]
             for intf in ports[name]:

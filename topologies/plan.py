@@ -188,6 +188,38 @@ class Plan:
                 out[pair.kind][f"cluster{pair.cluster}"] = f"http://{pair.vip}:{pair.port}"
         return out
 
+    def switch_ports(self) -> dict:
+        """Per switch: datapath id and every port with what sits behind it.
+
+        The SDN controller reads this (as topology.json) to know which OpenFlow port
+        leads to which VM slot, NC, CC or trunk. Switch port ``X-ethN`` is OpenFlow
+        port N+1 (the builder requests it).
+        """
+        out = {name: {"dpid": sw.dpid, "network": sw.network, "tier": sw.tier, "ports": {}}
+               for name, sw in self.switches.items()}
+        for link in self.links:
+            for (node, intf), (peer, peer_intf) in (((link.a, link.a_intf), (link.b, link.b_intf)),
+                                                    ((link.b, link.b_intf), (link.a, link.a_intf))):
+                if node not in self.switches:
+                    continue
+                entry = {"name": intf, "peer": peer, "peer_intf": peer_intf}
+                if peer in self.switches:
+                    entry["kind"] = "trunk"
+                else:
+                    host = self.hosts[peer]
+                    entry["kind"] = host.role
+                    entry["mac"] = host.intf(link.network).mac
+                    ip = host.intf(link.network).ip
+                    entry["ip"] = ip.split("/")[0] if ip else None
+                    if host.role == "slot":
+                        entry["nc"], entry["slot"] = host.nc, host.slot
+                    if host.ha_role:
+                        entry["ha_role"] = host.ha_role
+                    if host.cluster is not None:
+                        entry["cluster"] = host.cluster
+                out[node]["ports"][str(int(intf.rsplit("eth", 1)[1]) + 1)] = entry
+        return out
+
     def graph(self) -> nx.Graph:
         """Hosts and switches as nodes, links as edges (attributes carry the plan)."""
         g = nx.Graph()
