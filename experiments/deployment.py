@@ -293,9 +293,7 @@ class Deployment:
             cfg.update(config or {})
             rd.write_json(pdir / "config", cfg)
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env["PYTHONUNBUFFERED"] = "1"
+        env = _child_env()
         node = self.net[host]
         with open(pdir / "stdout.log", "ab") as out:
             popen = node.popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -410,17 +408,21 @@ class Deployment:
         rd.write_json(self.run_dir / "topology.json", {
             "mode": self.spec.mode.value, "switches": self.plan.switch_ports(),
             "pairs": [asdict(p) for p in self.plan.pairs]})
+        self._spawn_controller()
+        return f"tcp:127.0.0.1:{self.controller_port}"
+
+    def _spawn_controller(self) -> None:
+        cdir = self.run_dir / "controller"
         argv = [sys.executable, "-m", "controllers", "--run-dir", str(self.run_dir),
                 "--port", str(self.controller_port)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(cdir / "stdout.log", "ab") as out:
             self.controller = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=env, cwd=str(cdir),
+                                               stdin=subprocess.DEVNULL, env=_child_env(), cwd=str(cdir),
                                                start_new_session=True)
         self._controller_start = rd.process_start_time(self.controller.pid)
+        if self.network is not None:
+            self._record(self.network.created)
         self.events.emit("controller.start", pid=self.controller.pid, port=self.controller_port)
-        return f"tcp:127.0.0.1:{self.controller_port}"
 
     def _wait_controller_ready(self, timeout: float = 60.0) -> None:
         events = self.run_dir / "controller" / "events.jsonl"
@@ -448,17 +450,7 @@ class Deployment:
             self._stop_controller()
         events = self.run_dir / "controller" / "events.jsonl"
         seen = events.read_text().count('"controller.ready"') if events.exists() else 0
-        argv = [sys.executable, "-m", "controllers", "--run-dir", str(self.run_dir),
-                "--port", str(self.controller_port)]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        with open(self.run_dir / "controller" / "stdout.log", "ab") as out:
-            self.controller = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=env,
-                                               cwd=str(self.run_dir / "controller"), start_new_session=True)
-        self._controller_start = rd.process_start_time(self.controller.pid)
-        self._record(self.network.created)
-        self.events.emit("controller.start", pid=self.controller.pid, port=self.controller_port)
+        self._spawn_controller()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if events.exists() and events.read_text().count('"controller.ready"') > seen:
@@ -531,6 +523,13 @@ class Deployment:
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()
+
+
+def _child_env() -> dict:
+    """Environment of started processes: the project importable, output unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(rd.REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def _signal(pid: int, sig: int) -> None:
