@@ -47,12 +47,19 @@ class Terminated(BaseException):
     """Raised in the driver on SIGTERM/SIGHUP so that teardown runs."""
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
 def component_exists(component: str) -> bool:
-    return importlib.util.find_spec(f"components.{component}.__main__") is not None
+    return _module_exists(f"components.{component}.__main__")
 
 
 def controller_exists() -> bool:
-    return importlib.util.find_spec("controllers.__main__") is not None
+    return _module_exists("controllers.__main__")
 
 
 def _random_key(n: int, alphabet: str) -> str:

@@ -1,0 +1,35 @@
+"""One default deployment shared by every integration test that does not break it.
+
+Tests that break the network (faults, teardown checks, other specs) build their
+own deployment; everything else uses the session-scoped ``deployment`` fixture,
+which has every existing component running.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import preflight
+from experiments.deployment import Deployment
+from topologies.spec import DeploymentSpec
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _network_ready():
+    problem = preflight.ovs_problem()
+    if problem:
+        pytest.fail(f"Open vSwitch is not usable: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory):
+    """The default deployment with all existing services, shared by the session."""
+    run_dir = tmp_path_factory.mktemp("default-run")
+    with Deployment(DeploymentSpec(name="test-default"), run_dir=run_dir) as dep:
+        dep.start_services()
+        yield dep
+
+
+@pytest.fixture(scope="session")
+def plan(deployment):
+    return deployment.plan

@@ -1,0 +1,215 @@
+"""The foundation on a real network: the deployment comes up, TCP crosses it where the
+seed says it must, private networks stay private, and nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.deployment import Deployment, cleanup_runs
+from topologies.network import existing_bridges, existing_links
+from topologies.spec import DeploymentSpec, NetworkMode
+
+TCP_PORT = 9999
+
+
+def http_server(dep, host: str, port: int = TCP_PORT):
+    """A plain TCP (HTTP) responder on a host, started through the deployment."""
+    label = f"tcp{port}"
+    key = (host, label)
+    if key in dep.processes and dep.processes[key].alive():
+        return dep.processes[key]
+    proc = dep.start(label, host, label=label, wait=False,
+                     argv=[sys.executable, "-m", "http.server", "--bind", "0.0.0.0", str(port)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if f":{port:04X} " in dep[host].cmd("cat /proc/net/tcp"):
+            return proc
+        time.sleep(0.05)
+    raise AssertionError(f"TCP server on {host} did not listen")
+
+
+def curl_code(dep, src: str, ip: str, port: int = TCP_PORT, timeout: float = 3) -> str:
+    return dep[src].cmd(f"curl -s -o /dev/null -m {timeout} -w '%{{http_code}}' http://{ip}:{port}/").strip()
+
+
+def test_default_deployment_shape(deployment):
+    plan = deployment.plan
+    assert len(plan.hosts) == 27 and plan.spec.mode is NetworkMode.MANAGED
+    # Every planned interface exists in its host with its address.
+    for name in ("clc1", "c1cc1", "c2n2"):
+        out = deployment[name].cmd("ip -o -4 addr show")
+        for intf in plan.hosts[name].interfaces:
+            assert intf.ip.split("/")[0] in out, (name, intf.name, out)
+    # Offload is off on host interfaces: TCP over the userspace datapath needs it.
+    assert "tx-checksumming: off" in deployment["c1n1"].cmd("ethtool -k c1n1-eth0")
+    # Service VIPs sit on the primaries.
+    assert "10.0.0.10/16" in deployment["clc1"].cmd("ip -o -4 addr show")
+    assert "10.0.0.10/16" not in deployment["clc2"].cmd("ip -o -4 addr show")
+    assert "10.101.0.1/16" in deployment["c1cc1"].cmd("ip -o -4 addr show")
+
+
+@pytest.mark.parametrize("src,dst_host,dst_ip", [
+    # Cloud tier to cluster tier (through the service VIPs and directly).
+    ("clc1", "c1cc1", "10.0.1.10"),
+    ("clc1", "c2sc1", "10.0.2.20"),
+    ("walrus1", "c1sc1", "10.0.1.20"),
+    ("clc2", "c2cc2", "10.0.2.12"),
+    # Cluster tier to node tier, on the private network.
+    ("c1cc1", "c1n2", "10.101.1.2"),
+    ("c2sc1", "c2n1", "10.102.1.1"),
+    # NCs to Walrus, routed by the primary CC.
+    ("c1n1", "walrus1", "10.0.0.20"),
+    ("c2n2", "walrus1", "10.0.0.20"),
+    # Users to the cloud front end, through the border gateway.
+    ("user", "clc1", "10.0.0.10"),
+])
+def test_tcp_between_tiers(deployment, src, dst_host, dst_ip):
+    http_server(deployment, dst_host)
+    assert curl_code(deployment, src, dst_ip) == "200"
+
+
+def test_nc_not_reachable_from_users(deployment):
+    http_server(deployment, "c1n1")
+    assert curl_code(deployment, "c1cc1", "10.101.1.1") == "200"  # the server is there
+    assert curl_code(deployment, "user", "10.101.1.1", timeout=1) == "000"
+    out = deployment["user"].cmd("ping -c 2 -i 0.2 -W 1 10.101.1.1")
+    assert " 0 received" in out, out
+
+
+def test_ncs_reach_walrus_only_through_the_primary_cc(deployment):
+    # Traceroute-free check: the NC's next hop is the cluster router address, held by
+    # the primary CC, whose forwarding counter grows when the NC talks to Walrus.
+    route = deployment["c1n1"].cmd("ip route get 10.0.0.20")
+    assert "via 10.101.0.1" in route
+    before = deployment["c1cc1"].cmd("cat /sys/class/net/c1cc1-eth0/statistics/tx_packets")
+    http_server(deployment, "walrus1")
+    assert curl_code(deployment, "c1n1", "10.0.0.20") == "200"
+    after = deployment["c1cc1"].cmd("cat /sys/class/net/c1cc1-eth0/statistics/tx_packets")
+    assert int(after) > int(before)
+
+
+def test_run_directory_layout(deployment):
+    run = deployment.run_dir
+    for name in ("spec.yaml", "endpoints.json", "credentials", "created.json", "events.jsonl"):
+        assert (run / name).exists(), name
+    endpoints = json.loads((run / "endpoints.json").read_text())
+    assert endpoints["clc"] == "http://10.0.0.10:8773/services/Eucalyptus"
+    created = json.loads((run / "created.json").read_text())
+    assert set(created["created"]["bridges"]) == set(deployment.plan.switches)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert {"network.build", "network.up"} <= {e["event"] for e in events}
+    for e in events:
+        assert {"t_mono", "t_wall", "host", "component", "event"} <= set(e)
+
+
+def _leftovers(plan, pids) -> list[str]:
+    left = [f"bridge {b}" for b in existing_bridges() & set(plan.switches)]
+    switch_ends = {l.b_intf for l in plan.links if l.b in plan.switches and l.a in plan.hosts}
+    left += [f"interface {i}" for i in existing_links() & switch_ends]
+    for pid in pids:
+        if os.path.exists(f"/proc/{pid}"):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+            if state != "Z":
+                left.append(f"process {pid}")
+    return left
+
+
+def test_larger_spec_and_clean_teardown(tmp_path):
+    spec = DeploymentSpec(name="test-large", clusters=2, ncs_per_cluster=8, vm_slots_per_nc=2)
+    with Deployment(spec, run_dir=tmp_path / "run") as dep:
+        assert len(dep.net.hosts) == len(dep.plan.hosts) == 63
+        http_server(dep, "c2n8")
+        assert curl_code(dep, "c2cc1", "10.102.1.8") == "200"
+        http_server(dep, "walrus1")
+        assert curl_code(dep, "c2n8", "10.0.0.20") == "200"
+        pids = list(dep.network.created.shell_pids) + [p.pid for p in dep.processes.values()]
+        plan = dep.plan
+    assert _leftovers(plan, pids) == []
+
+
+SCRIPT = """\
+import sys, time
+from experiments.deployment import Deployment
+from topologies.spec import DeploymentSpec
+dep = Deployment(DeploymentSpec(name="test-crash", clusters=1, ncs_per_cluster=2), run_dir=sys.argv[1])
+dep.up()
+dep.start("tcp", "c1n1", label="tcp", wait=False,
+          argv=[sys.executable, "-m", "http.server", "9999"])
+print("UP", flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigkilled_run_is_finished_by_cleanup(tmp_path):
+    driver = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "UP"
+        record = json.loads((tmp_path / "run" / "created.json").read_text())
+        bridges = set(record["created"]["bridges"])
+        assert bridges <= existing_bridges()
+        pids = record["created"]["shell_pids"] + [p["pid"] for p in record["processes"]]
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+        assert bridges <= existing_bridges()  # SIGKILL left everything behind ...
+        report = cleanup_runs()
+        assert any(str(tmp_path / "run") in line and "cleaned" in line for line in report), report
+        # ... and cleanup removed exactly that.
+        assert not bridges & existing_bridges()
+        time.sleep(0.2)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+                 and Path(f"/proc/{p}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"]
+        assert alive == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            cleanup_runs()
+
+
+def test_sigterm_tears_down(tmp_path):
+    driver = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "UP"
+        record = json.loads((tmp_path / "run" / "created.json").read_text())
+        bridges = set(record["created"]["bridges"])
+        driver.send_signal(signal.SIGTERM)
+        driver.wait(timeout=30)
+        assert not bridges & existing_bridges()
+        assert not (tmp_path / "run").joinpath("created.json").read_text() == ""
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            cleanup_runs()
+
+
+def test_system_mode_routes_through_the_site(tmp_path):
+    spec = DeploymentSpec(name="test-system", clusters=1, ncs_per_cluster=1, mode=NetworkMode.SYSTEM)
+    with Deployment(spec, run_dir=tmp_path / "run") as dep:
+        assert "via 10.101.0.1" in dep["c1n1"].cmd("ip route get 10.0.0.20")
+        assert "10.101.0.1/16" in dep["gw"].cmd("ip -o -4 addr show")
+        http_server(dep, "c1n1")
+        # The site routes the cluster network: users reach NCs directly (no CC in the path).
+        assert curl_code(dep, "user", "10.101.1.1") == "200"
+
+
+def test_up_script_drives_a_deployment(tmp_path):
+    script = tmp_path / "cmds"
+    script.write_text("user ping -c 1 -W 2 10.0.0.10\nc1n1 ip route\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: test-script\nclusters: 1\nncs_per_cluster: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "up", str(spec), "--no-services",
+                           "--script", str(script), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 received" in proc.stdout
+    assert "default via 10.101.0.1" in proc.stdout
+    assert "deployment down" in proc.stdout
