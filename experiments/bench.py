@@ -114,14 +114,14 @@ def bench_bringup(sizes: list[tuple[int, int]], repeat: int = 1, baseline: bool 
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench: needs root")
     datapath = preflight.datapath()
-    console = Console()
+    console = Console(width=max(150, Console().width))
     switch_desc = f"OVSSwitch(datapath={'user' if datapath == 'user' else 'kernel'})"
     console.print(f"[bold]Bring-up benchmark[/]: eucalab's builder vs plain Mininet "
                   f"(Mininet(topo, switch={switch_desc}, controller=None), default settings); "
                   f"{datapath} datapath, {psutil.cpu_count()} cores, best of {repeat}")
     table = Table()
-    for col in ("size", "hosts", "switches", "links", "eucalab up s", "mininet up s", "up ratio",
-                "eucalab down s", "mininet down s", "down ratio", "eucalab MiB", "mininet MiB"):
+    for col in ("size", "hosts", "switches", "links", "up s eucalab", "up s mininet", "up ratio",
+                "down s eucalab", "down s mininet", "down ratio", "MiB eucalab", "MiB mininet"):
         table.add_column(col, justify="right")
     rows = []
     for clusters, ncs in sizes:
