@@ -56,6 +56,11 @@ def cmd_up(args) -> int:
     if not args.script and not sys.stdin.isatty():
         raise SystemExit("eucalab up: no terminal for the Mininet CLI; give --script FILE "
                          "(one CLI command per line) to drive the deployment non-interactively")
+    from mininet.log import setLogLevel
+
+    setLogLevel("info")  # the CLI's command output
+    # Mininet prints through its own handler; keep it from printing twice via ours.
+    logging.getLogger("mininet").propagate = False
     spec = _spec(args.spec)
     with Deployment(spec, run_dir=args.run_dir) as dep:
         if not args.no_services:

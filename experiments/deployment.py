@@ -122,7 +122,8 @@ class Deployment:
         self.name = name or self.spec.name
         self._run_dir_arg = Path(run_dir) if run_dir else None
         self._datapath_arg = datapath
-        self.plan: Plan = build_plan(self.spec)
+        self.tag = _random_key(2, string.ascii_lowercase)
+        self.plan: Plan = build_plan(self.spec, tag=self.tag)
         self.run_dir: Path | None = None
         self.network: EucaNetwork | None = None
         self.net = None
@@ -171,6 +172,7 @@ class Deployment:
             raise DeploymentError(problem)
         self._install_signal_handlers()
         t0 = time.monotonic()
+        self._pick_free_tag()
         self.run_dir = (rd.new_run_dir(self.name) if self._run_dir_arg is None
                         else self._prepare_dir(self._run_dir_arg))
         self.events = rd.EventWriter(self.run_dir / "events.jsonl")
@@ -226,6 +228,22 @@ class Deployment:
             self._registry_file.unlink(missing_ok=True)
             self._registry_file = None
         self._restore_signal_handlers()
+
+    def _pick_free_tag(self) -> None:
+        """Choose a switch-name tag no bridge on this machine uses, so runs can coexist."""
+        from topologies.network import existing_bridges
+
+        bridges = existing_bridges()
+        for _ in range(50):
+            if not any(b.startswith(self.tag) for b in bridges):
+                return
+            self.tag = _random_key(2, string.ascii_lowercase)
+            self.plan = build_plan(self.spec, tag=self.tag)
+        raise DeploymentError("no free switch-name tag: too many bridges on this machine")
+
+    def switch(self, name: str):
+        """A Mininet switch by its plan name without the run tag: ``dep.switch('br1n1')``."""
+        return self.net[self.tag + name]
 
     # -- hosts and processes -----------------------------------------------------------
 

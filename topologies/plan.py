@@ -36,6 +36,10 @@ CLOUD_NET = ipaddress.ip_network("10.0.0.0/16")
 # Elastic (public) addresses handed out by the CLC, inside the cloud network.
 PUBLIC_IP_POOL = ipaddress.ip_network("10.0.128.0/24")
 
+# Linux interface names hold at most 15 characters; switch names carry a run tag.
+IFNAMSIZ = 16
+MAX_TAG = 2
+
 # Real Eucalyptus ports.
 PORTS = {"clc": 8773, "walrus": 8773, "cc": 8774, "sc": 8773, "nc": 8775}
 
@@ -149,6 +153,7 @@ class Arbitrator:
 @dataclass
 class Plan:
     spec: DeploymentSpec
+    tag: str = ""  # prefix of every switch name in this plan
     hosts: dict[str, Host] = field(default_factory=dict)
     switches: dict[str, Switch] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
@@ -253,8 +258,9 @@ class _Macs:
 
 
 class _Builder:
-    def __init__(self, spec: DeploymentSpec):
-        self.plan = Plan(spec=spec)
+    def __init__(self, spec: DeploymentSpec, tag: str):
+        self.plan = Plan(spec=spec, tag=tag)
+        self.tag = tag
         self.macs = _Macs()
         self.dpid = 0
         self.ports: dict[str, int] = {}
@@ -265,6 +271,7 @@ class _Builder:
         return net
 
     def switch(self, name: str, network: str, tier: str) -> Switch:
+        name = self.tag + name
         self.dpid += 1
         sw = Switch(name, network, f"{0xEC000000 + self.dpid:016x}", tier)
         self.plan.switches[name] = sw
@@ -302,10 +309,18 @@ class _Builder:
         self.plan.links.append(Link(a.name, b.name, a_intf, b_intf, network.name))
 
 
-def build_plan(spec: DeploymentSpec) -> Plan:
-    """Lay out hosts, switches, links and addresses for a validated spec."""
+def build_plan(spec: DeploymentSpec, tag: str = "") -> Plan:
+    """Lay out hosts, switches, links and addresses for a validated spec.
+
+    ``tag`` prefixes every switch name (and so every switch port name): bridges and
+    their ports live in the root namespace, so two deployments on one machine need
+    distinct names there. Host names and host interfaces live in each host's own
+    namespace and need no tag.
+    """
     spec.validate()
-    b = _Builder(spec)
+    if len(tag) > MAX_TAG or not all(c.isalnum() for c in tag):
+        raise ValueError(f"a tag is at most {MAX_TAG} letters or digits, not {tag!r}")
+    b = _Builder(spec, tag)
     plan = b.plan
     mode = spec.mode
     cloud_pfx = CLOUD_NET.prefixlen
@@ -420,4 +435,7 @@ def build_plan(spec: DeploymentSpec) -> Plan:
             for i in range(spec.arbitrators.per_host):
                 target = spec.arbitrators.targets[i % len(spec.arbitrators.targets)]
                 plan.arbitrators.append(Arbitrator(f"{host}-arb{i + 1}", host, target, targets[target]))
+    too_long = [n for l in plan.links for n in (l.a_intf, l.b_intf) if len(n) > IFNAMSIZ - 1]
+    if too_long:
+        raise ValueError(f"interface names longer than {IFNAMSIZ - 1} characters: {too_long[:3]}")
     return plan

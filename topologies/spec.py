@@ -19,10 +19,10 @@ import yaml
 
 # Eucalyptus allows up to three arbitrators per component host.
 MAX_ARBITRATORS_PER_HOST = 3
-# Address plan limits (see topologies/plan.py): one /24 of the cloud network per cluster,
-# NC addresses in one /24 of the cluster's private network.
+# Address plan limits (see topologies/plan.py): one /24 of the cloud network per cluster;
+# NC bridge port names (tag + "br32n99-eth17") must fit Linux's 15 characters.
 MAX_CLUSTERS = 32
-MAX_NCS_PER_CLUSTER = 200
+MAX_NCS_PER_CLUSTER = 99
 MAX_SLOTS_PER_NC = 16
 
 ARBITRATOR_TARGETS = ("gateway", "external")

@@ -139,12 +139,12 @@ SCRIPT = """\
 import sys, time
 from experiments.deployment import Deployment
 from topologies.spec import DeploymentSpec
-dep = Deployment(DeploymentSpec(name="test-crash", clusters=1, ncs_per_cluster=2), run_dir=sys.argv[1])
-dep.up()
-dep.start("tcp", "c1n1", label="tcp", wait=False,
-          argv=[sys.executable, "-m", "http.server", "9999"])
-print("UP", flush=True)
-time.sleep(600)
+with Deployment(DeploymentSpec(name="test-crash", clusters=1, ncs_per_cluster=2),
+                run_dir=sys.argv[1]) as dep:
+    dep.start("tcp", "c1n1", label="tcp", wait=False,
+              argv=[sys.executable, "-m", "http.server", "9999"])
+    print("UP", flush=True)
+    time.sleep(600)
 """
 
 
@@ -181,10 +181,15 @@ def test_sigterm_tears_down(tmp_path):
         assert driver.stdout.readline().strip() == "UP"
         record = json.loads((tmp_path / "run" / "created.json").read_text())
         bridges = set(record["created"]["bridges"])
+        pids = record["created"]["shell_pids"] + [p["pid"] for p in record["processes"]]
         driver.send_signal(signal.SIGTERM)
-        driver.wait(timeout=30)
+        assert driver.wait(timeout=30) != 0
         assert not bridges & existing_bridges()
-        assert not (tmp_path / "run").joinpath("created.json").read_text() == ""
+        time.sleep(0.2)
+        assert [p for p in pids if os.path.exists(f"/proc/{p}")
+                and Path(f"/proc/{p}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"] == []
+        # The run unregistered itself: nothing is left for cleanup.
+        assert not any(str(tmp_path / "run") in line for line in cleanup_runs())
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -209,7 +214,8 @@ def test_up_script_drives_a_deployment(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.cli", "up", str(spec), "--no-services",
                            "--script", str(script), "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr
-    assert "1 received" in proc.stdout
-    assert "default via 10.101.0.1" in proc.stdout
+    out = proc.stdout + proc.stderr  # Mininet's CLI prints command output on stderr
+    assert proc.returncode == 0, out
+    assert "1 received" in out
+    assert "default via 10.101.0.1" in out
     assert "deployment down" in proc.stdout
