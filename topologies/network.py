@@ -418,16 +418,19 @@ class EucaNetwork:
         from .shaping import shape_commands, verify_shaping
 
         spec = self.plan.spec.links
-        root_cmds = []
+        root_cmds: list[str] = []
+        host_cmds: dict[str, list[str]] = {}
         for link in self.plan.links:
             if not link.shaped:
                 continue
             for node_name, intf in ((link.a, link.a_intf), (link.b, link.b_intf)):
                 cmds = shape_commands(intf, spec.bw_mbit, spec.delay_ms, spec.loss_pct)
                 if node_name in self.plan.hosts:
-                    net[node_name].sendCmd("tc -batch - <<'EOF'\n" + "\n".join(cmds) + "\nEOF")
+                    host_cmds.setdefault(node_name, []).extend(cmds)
                 else:
                     root_cmds.extend(cmds)
+        for node_name, cmds in host_cmds.items():
+            net[node_name].sendCmd("tc -batch - <<'EOF'\n" + "\n".join(cmds) + "\nEOF")
         if root_cmds:
             run(["tc", "-batch", "-"], stdin="\n".join(root_cmds) + "\n")
         for host in net.hosts:

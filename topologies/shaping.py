@@ -20,9 +20,13 @@ def shape_commands(intf: str, bw_mbit: float | None, delay_ms: float | None,
     parent = "root"
     if bw_mbit is not None:
         # burst: enough for one timer tick at this rate, at least one MTU-sized frame.
-        burst = max(15_000, int(bw_mbit * 1e6 / 8 / 250))
+        rate_bytes = bw_mbit * 1e6 / 8
+        burst = max(15_000, int(rate_bytes / 250))
+        # An explicit quantum keeps HTB from warning (rate / r2q outside 1514..200000).
+        quantum = int(min(200_000, max(1514, rate_bytes / 10)))
         cmds.append(f"qdisc add dev {intf} root handle 5: htb default 1")
-        cmds.append(f"class add dev {intf} parent 5: classid 5:1 htb rate {bw_mbit}mbit burst {burst}")
+        cmds.append(f"class add dev {intf} parent 5: classid 5:1 htb rate {bw_mbit}mbit "
+                    f"burst {burst} quantum {quantum}")
         parent = "parent 5:1"
     if delay_ms is not None or loss_pct is not None:
         netem = f"qdisc add dev {intf} {parent} handle 10: netem"

@@ -15,7 +15,7 @@ import pytest
 
 from experiments.deployment import Deployment, cleanup_runs
 from topologies.network import existing_bridges, existing_links
-from topologies.spec import DeploymentSpec, NetworkMode
+from topologies.spec import DeploymentSpec, LinkSpec, NetworkMode
 
 TCP_PORT = 9999
 
@@ -219,3 +219,17 @@ def test_up_script_drives_a_deployment(tmp_path):
     assert "1 received" in out
     assert "default via 10.101.0.1" in out
     assert "deployment down" in proc.stdout
+
+
+def test_link_bandwidth_is_shaped_and_verified(tmp_path):
+    spec = DeploymentSpec(name="test-bw", clusters=1, ncs_per_cluster=1, links=LinkSpec(bw_mbit=20.0))
+    with Deployment(spec, run_dir=tmp_path / "run") as dep:
+        assert "qdisc htb 5: root" in dep["clc1"].cmd("tc qdisc show dev clc1-eth0")
+        server = dep.start("iperf", "walrus1", label="iperf", wait=False, argv=["iperf3", "-s", "-1"])
+        deadline = time.monotonic() + 5
+        while ":1451 " not in dep["walrus1"].cmd("cat /proc/net/tcp") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = dep["clc1"].cmd("iperf3 -c 10.0.0.21 -t 2 -J")
+        rate = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+        assert 10 < rate <= 21, f"{rate:.1f} Mbit/s through a 20 Mbit/s link"
+        server.popen.wait(timeout=5)
