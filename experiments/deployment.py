@@ -256,6 +256,16 @@ class Deployment:
     def __getitem__(self, name: str):
         return self.net[name]
 
+    def in_host(self, name: str):
+        """``with dep.in_host('user'):`` sockets opened in the block belong to that host.
+
+        The calling thread enters the host's network namespace for the block, so a
+        test or probe can use boto3 or a socket as the host would, in-process.
+        """
+        from topologies.network import namespace
+
+        return namespace(self.net[name].pid)
+
     def host_dir(self, host: str, label: str | None = None) -> Path:
         path = self.run_dir / "hosts" / host
         if label:

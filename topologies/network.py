@@ -22,6 +22,7 @@ made, so that a run killed with SIGKILL can be cleaned up from its record.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -168,16 +169,27 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def in_namespace(pid: int, fn):
-    """Call fn() with this thread inside the network namespace of process ``pid``."""
-    with open("/proc/self/ns/net") as home, open(f"/proc/{pid}/ns/net") as target:
+@contextlib.contextmanager
+def namespace(pid: int):
+    """Run the block with this thread inside the network namespace of process ``pid``.
+
+    Sockets made inside keep that namespace after the block: a test or a probe can
+    open connections "from" an emulated host without a subprocess.
+    """
+    with open("/proc/thread-self/ns/net") as home, open(f"/proc/{pid}/ns/net") as target:
         if _libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into the namespace of {pid} failed")
         try:
-            return fn()
+            yield
         finally:
             if _libc.setns(home.fileno(), _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the root namespace failed")
+                raise OSError(ctypes.get_errno(), "setns back to the original namespace failed")
+
+
+def in_namespace(pid: int, fn):
+    """Call fn() with this thread inside the network namespace of process ``pid``."""
+    with namespace(pid):
+        return fn()
 
 
 def _tx_off_all(interfaces) -> None:
