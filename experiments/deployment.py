@@ -301,6 +301,18 @@ class Deployment:
         if pair is not None:
             cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
                            "vip": pair.vip, "private_vip": pair.private_vip}
+        if ph.role == "nc":
+            # The NC boots instances into its VM slots by entering their namespaces.
+            cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,
+                             "netns": f"/proc/{self.net[slot.name].pid}/ns/net"}
+                            for slot in self.plan.slots_of(host)]
+        if ph.role == "cc":
+            k = ph.cluster
+            cfg["ncs"] = {nc.name: {"url": f"http://{nc.main_ip}:8775",
+                                    "slots": [s.name for s in self.plan.slots_of(nc.name)]}
+                          for nc in self.plan.hosts_by_role("nc") if nc.cluster == k}
+            cfg["private_interface"] = ph.intf(f"priv{k}").name
+            cfg["public_interface"] = ph.intf("cloud").name
         return cfg
 
     def start(self, component: str, host: str, config: dict | None = None, *, label: str | None = None,
