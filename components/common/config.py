@@ -1,0 +1,65 @@
+"""The JSON config file the testbed writes for each component process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the field."""
+
+
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "host": str, "component": str, "port": int, "data_dir": str,
+}
+OPTIONAL: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "role": (str, "single"),
+    "listen_host": (str, "0.0.0.0"),
+    "events_path": ((str, type(None)), None),
+    "state": (str, "ENABLED"),
+    "region": (str, "eucalyptus"),
+    "internal_token": (str, ""),
+    "endpoints": (dict, {}),
+    "zones": (list, []),
+}
+
+
+def validate_config(cfg: Any) -> dict:
+    """Check types and fill defaults; raise ConfigError naming the first bad field."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("a component config is a JSON object")
+    for key, typ in REQUIRED.items():
+        if key not in cfg:
+            raise ConfigError(f"{key}: missing")
+        if not isinstance(cfg[key], typ) or isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {cfg[key]!r}")
+    for key, (typ, default) in OPTIONAL.items():
+        cfg.setdefault(key, default)
+        if not isinstance(cfg[key], typ):
+            raise ConfigError(f"{key}: has the wrong type ({cfg[key]!r})")
+    if cfg["role"] not in ("primary", "secondary", "single"):
+        raise ConfigError(f"role: must be primary, secondary or single, not {cfg['role']!r}")
+    if cfg["state"] not in ("ENABLED", "DISABLED"):
+        raise ConfigError(f"state: must be ENABLED or DISABLED, not {cfg['state']!r}")
+    if not 0 < cfg["port"] < 65536:
+        raise ConfigError(f"port: out of range ({cfg['port']})")
+    admin = cfg.get("admin")
+    if admin is not None:
+        for key in ("account_id", "access_key", "secret_key"):
+            if not isinstance(admin.get(key), str) or not admin[key]:
+                raise ConfigError(f"admin.{key}: missing")
+    Path(cfg["data_dir"]).mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    return validate_config(cfg)

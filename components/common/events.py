@@ -1,0 +1,57 @@
+"""Structured events: one JSON line per event, the schema every eucalab process shares.
+
+    {"t_mono": ..., "t_wall": ..., "host": "clc1", "component": "clc", "event": "state.change", ...}
+
+``t_mono`` is CLOCK_MONOTONIC, the same clock on every emulated host of the
+machine, so experiments can order events across hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+
+class EventLog:
+    """Append-only JSON-lines event log, flushed per event (experiments read it live)."""
+
+    def __init__(self, path: str | Path | None, host: str, component: str):
+        self.path = Path(path) if path else None
+        self.host, self.component = host, component
+        self._lock = threading.Lock()
+        self._f = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", buffering=1)
+
+    def emit(self, event: str, **fields) -> dict:
+        record = {"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "t_wall": time.time(),
+                  "host": self.host, "component": self.component, "event": event, **fields}
+        if self._f is not None:
+            line = json.dumps(record, default=str) + "\n"
+            with self._lock:
+                self._f.write(line)
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """All complete events in a log (a line being written is skipped)."""
+    out = []
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out

@@ -1,0 +1,150 @@
+"""The aiohttp service skeleton every component process is built on.
+
+A component subclasses ``Service``, adds its routes in ``setup_routes`` and runs as
+
+    python -m components.<name> --config FILE
+
+It gets: the config, an ``EventLog``, a Eucalyptus service state with
+``set_state`` (emitting ``state.change``), ``GET /health`` and ``GET /status``, a
+gate that answers API requests with the API's own 503 error unless the service
+may serve (ENABLED, and, under HA, not fenced), internal-token checks for
+component-to-component routes, and clean shutdown on SIGTERM/SIGINT (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+from aiohttp import web
+
+from .config import ConfigError, load_config
+from .events import EventLog
+from .states import ServiceState
+
+INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
+# Large enough for multi-megabyte objects and images; Walrus streams bigger bodies.
+MAX_BODY = 64 * 2**20
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    component = "service"
+    # Paths under these prefixes are the user-facing API, gated by the service state.
+    api_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.host = config["host"]
+        self.role = config.get("role", "single")
+        self.events = EventLog(config.get("events_path"), self.host, self.component)
+        self.state = ServiceState(config.get("state", "ENABLED"))
+        self.since = time.time()
+        # HA replaces this with its fencing-aware check.
+        self.may_serve: Callable[[], bool] = lambda: self.state is ServiceState.ENABLED
+        self.app = web.Application(client_max_size=config.get("max_body", MAX_BODY),
+                                   middlewares=[self._gate])
+        self.app.router.add_get("/health", self.handle_health)
+        self.app.router.add_get("/status", self.handle_status)
+        self.setup_routes(self.app)
+        self._stop: asyncio.Event | None = None
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def setup_routes(self, app: web.Application) -> None:
+        """Add the component's routes."""
+
+    async def on_start(self) -> None:
+        """Called once the event loop runs, before the socket listens."""
+
+    async def on_stop(self) -> None:
+        """Called on shutdown, before the socket closes."""
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        """The API's own error for 'not serving now' (override per API dialect)."""
+        return web.json_response({"error": "ServiceUnavailable", "state": self.state.value}, status=503)
+
+    def status_extra(self) -> dict:
+        return {}
+
+    # -- state ----------------------------------------------------------------------------
+
+    def set_state(self, new: ServiceState, reason: str = "") -> None:
+        if new is self.state:
+            return
+        old, self.state, self.since = self.state, new, time.time()
+        self.events.emit("state.change", **{"from": old.value, "to": new.value, "reason": reason})
+
+    # -- routes ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler):
+        if self.api_prefixes and request.path.startswith(self.api_prefixes) and not self.may_serve():
+            return self.unavailable(request)
+        return await handler(request)
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        return web.json_response({"component": self.component, "host": self.host, "role": self.role,
+                                  "state": self.state.value, "since": self.since, "pid": os.getpid(),
+                                  **self.status_extra()})
+
+    def require_internal(self, request: web.Request) -> None:
+        """Refuse an internal call without the run's shared token."""
+        token = self.config.get("internal_token")
+        if not token or request.headers.get(INTERNAL_TOKEN_HEADER) != token:
+            raise web.HTTPForbidden(text="internal route: bad or missing token")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self) -> None:
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.on_start()
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.get("listen_host", "0.0.0.0"), self.config["port"],
+                           reuse_address=True)
+        await site.start()
+        self.events.emit("service.start", port=self.config["port"], pid=os.getpid(),
+                         state=self.state.value, role=self.role)
+        try:
+            await self._stop.wait()
+        finally:
+            await self.on_stop()
+            await runner.cleanup()
+            self.events.emit("service.stop", pid=os.getpid())
+            self.events.close()
+
+    def run(self) -> None:
+        asyncio.run(self.serve())
+
+
+def main(service_cls: type[Service], argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m components.<name> --config FILE``."""
+    parser = argparse.ArgumentParser(prog=f"components.{service_cls.component}")
+    parser.add_argument("--config", required=True, help="JSON config written by the testbed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service_cls.component} %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{service_cls.component}: bad config: {exc}", file=sys.stderr)
+        return 2
+    service_cls(config).run()
+    return 0
