@@ -1,0 +1,1 @@
+"""The node controller: runs instances in its VM slots."""

@@ -1,0 +1,394 @@
+"""The NC (port 8775): boots instances into VM slots and answers its CC.
+
+Booting an instance:
+1. download the image from Walrus (real bytes, verified against the ETag, cached
+   on the NC by ETag);
+2. configure the slot's interface (MAC, IP, default route) by entering the slot's
+   network namespace, whose path the testbed gives in the config; the slot stays
+   untagged: VLAN membership is Open vSwitch's business, never the slot's;
+3. start the instance's workload inside the slot (an HTTP server answering its id);
+4. report ``running``.
+
+Instance records live in ``data_dir/instances.json``: an NC restart finds its
+instances (whose workloads run on in their slots) and carries on.
+
+Internal API (header X-Eucalab-Internal-Token):
+    GET    /instances                 every instance with its state
+    POST   /instances                 {id, slot, image:{bucket,key}, mac, ip, prefix, gateway}
+    DELETE /instances/{id}            terminate: stop the workload, free the slot
+    GET    /capacity                  slots, free slots
+    POST   /instances/{id}/volumes    {volume, target:{host,port}}: attach (a block session to the SC)
+    DELETE /instances/{id}/volumes/{volume}
+    GET    /volumes/{volume}/blocks?offset=&length=   read through the attachment
+    PUT    /volumes/{volume}/blocks?offset=           write through the attachment
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from components.common.service import INTERNAL_TOKEN_HEADER, Service
+from components.sc.blockproto import BlockClient, BlockError
+
+# Instance states, as DescribeInstances names them.
+PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-down", "terminated"
+
+
+class BootError(Exception):
+    """An instance could not boot; the reason ends up on the instance."""
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class NodeController(Service):
+    component = "nc"
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.slots = {s["name"]: s for s in config.get("slots", [])}
+        self.data = Path(config["data_dir"])
+        self.images = self.data / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.data / "instances.json"
+        self.instances: dict[str, dict] = self._load()
+        walrus = config.get("endpoints", {}).get("walrus") or ""
+        self.walrus_base = walrus.split("/services/")[0]
+        self.workload_port = int(config.get("workload_port", 80))
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._image_locks: dict[str, asyncio.Lock] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self.attachments: dict[str, BlockClient] = {}  # volume id -> block session
+
+    # -- persistence ------------------------------------------------------------------
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.instances, indent=1, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    def _set(self, iid: str, state: str, reason: str = "", **fields) -> None:
+        inst = self.instances[iid]
+        inst.update(fields, state=state)
+        if reason:
+            inst["reason"] = reason
+        self._save()
+        self.events.emit(f"instance.{state.replace('-', '_')}", instance=iid, slot=inst.get("slot"),
+                         **({"reason": reason} if reason else {}))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def setup_routes(self, app: web.Application) -> None:
+        app.router.add_get("/instances", self.handle_list)
+        app.router.add_post("/instances", self.handle_run)
+        app.router.add_delete("/instances/{id}", self.handle_terminate)
+        app.router.add_get("/capacity", self.handle_capacity)
+        app.router.add_post("/instances/{id}/volumes", self.handle_attach)
+        app.router.add_delete("/instances/{id}/volumes/{volume}", self.handle_detach)
+        app.router.add_get("/volumes/{volume}/blocks", self.handle_read)
+        app.router.add_put("/volumes/{volume}/blocks", self.handle_write)
+
+    async def on_start(self) -> None:
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        # After a restart: instances whose workload still runs stay running; a boot
+        # that was cut short is finished as terminated, and its slot freed.
+        for iid, inst in list(self.instances.items()):
+            if inst["state"] == RUNNING and not self._workload_alive(inst):
+                self._set(iid, TERMINATED, "workload exited while the NC was down")
+            elif inst["state"] in (PENDING, SHUTTING_DOWN):
+                await self._teardown_slot(inst)
+                self._set(iid, TERMINATED, "NC restarted during " +
+                          ("boot" if inst["state"] == PENDING else "termination"))
+        self.events.emit("nc.recovered", instances={i: v["state"] for i, v in self.instances.items()})
+
+    async def on_stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for client in self.attachments.values():
+            await client.close()
+        if self.http:
+            await self.http.close()
+
+    def status_extra(self) -> dict:
+        return {"slots": len(self.slots), "free": len(self._free_slots())}
+
+    # -- API ----------------------------------------------------------------------------
+
+    def _free_slots(self) -> list[str]:
+        busy = {i["slot"] for i in self.instances.values() if i["state"] != TERMINATED}
+        return [s for s in self.slots if s not in busy]
+
+    async def handle_list(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"instances": list(self.instances.values())})
+
+    async def handle_capacity(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"slots": list(self.slots), "free": self._free_slots()})
+
+    async def handle_run(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        try:
+            body = await request.json()
+            iid, slot = str(body["id"]), str(body["slot"])
+            image = body["image"]
+            net = {k: body[k] for k in ("mac", "ip", "prefix", "gateway")}
+            if not (isinstance(image, dict) and image.get("bucket") and image.get("key")):
+                raise ValueError("image needs bucket and key")
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": "InvalidParameterValue", "message": f"bad request: {exc}"},
+                                     status=400)
+        if slot not in self.slots:
+            return web.json_response({"error": "InvalidSlot",
+                                      "message": f"{self.host} has no VM slot {slot}"}, status=400)
+        if iid in self.instances and self.instances[iid]["state"] != TERMINATED:
+            return web.json_response({"error": "InstanceExists", "message": f"{iid} already here"},
+                                     status=409)
+        if slot not in self._free_slots():
+            return web.json_response({"error": "SlotBusy", "message": f"slot {slot} is in use"}, status=409)
+        self.instances[iid] = {"id": iid, "slot": slot, "image": image, **net, "state": PENDING,
+                               "reason": "", "pid": None}
+        self._save()
+        self.events.emit("instance.pending", instance=iid, slot=slot)
+        self._tasks[iid] = asyncio.create_task(self._boot(iid))
+        return web.json_response(self.instances[iid], status=202)
+
+    async def handle_terminate(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        iid = request.match_info["id"]
+        inst = self.instances.get(iid)
+        if inst is None:
+            return web.json_response({"error": "InvalidInstanceID.NotFound", "message": iid}, status=404)
+        if inst["state"] != TERMINATED:
+            task = self._tasks.pop(iid, None)
+            if task:
+                task.cancel()
+            self._set(iid, SHUTTING_DOWN)
+            await self._teardown_slot(inst)
+            self._set(iid, TERMINATED, inst.get("reason") or "terminated by request", pid=None)
+        return web.json_response(inst)
+
+    # -- volumes ------------------------------------------------------------------------
+
+    async def handle_attach(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        inst = self.instances.get(request.match_info["id"])
+        if inst is None or inst["state"] != RUNNING:
+            return web.json_response({"error": "IncorrectState", "message": "instance not running here"},
+                                     status=409)
+        try:
+            body = await request.json()
+            vid, host, port = str(body["volume"]), str(body["target"]["host"]), int(body["target"]["port"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
+        client = BlockClient(host, port, vid)
+        try:
+            await client.connect()
+        except (OSError, asyncio.TimeoutError, BlockError, asyncio.IncompleteReadError) as exc:
+            await client.close()
+            return web.json_response({"error": "VolumeAttachFailed", "message": str(exc)}, status=502)
+        old = self.attachments.pop(vid, None)
+        if old:
+            await old.close()
+        self.attachments[vid] = client
+        inst.setdefault("volumes", {})[vid] = {"host": host, "port": port}
+        self._save()
+        self.events.emit("volume.attached", instance=inst["id"], volume=vid)
+        return web.json_response({"volume": vid, "instance": inst["id"], "state": "attached"})
+
+    async def handle_detach(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        vid = request.match_info["volume"]
+        client = self.attachments.pop(vid, None)
+        if client:
+            await client.close()
+        inst = self.instances.get(request.match_info["id"])
+        if inst:
+            inst.get("volumes", {}).pop(vid, None)
+            self._save()
+        self.events.emit("volume.detached", volume=vid)
+        return web.json_response({"volume": vid, "state": "detached"})
+
+    def _session(self, request: web.Request) -> BlockClient:
+        client = self.attachments.get(request.match_info["volume"])
+        if client is None:
+            raise web.HTTPNotFound(text="volume not attached here")
+        return client
+
+    async def handle_read(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        client = self._session(request)
+        try:
+            offset, length = int(request.query["offset"]), int(request.query["length"])
+            data = await client.read(offset, length)
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
+        except (BlockError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def handle_write(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        client = self._session(request)
+        try:
+            offset = int(request.query["offset"])
+            await client.write(offset, await request.read())
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
+        except (BlockError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
+        return web.json_response({"written": True})
+
+    # -- booting ------------------------------------------------------------------------
+
+    async def _boot(self, iid: str) -> None:
+        inst = self.instances[iid]
+        try:
+            path = await self._fetch_image(inst["image"])
+            await self._configure_slot(inst)
+            pid = await self._start_workload(inst, path)
+            self._set(iid, RUNNING, pid=pid, pid_start=_start_time(pid))
+        except asyncio.CancelledError:
+            raise
+        except BootError as exc:
+            await self._teardown_slot(inst)
+            self._set(iid, TERMINATED, str(exc), pid=None)
+        except Exception as exc:  # a boot must never leave a slot half-used
+            await self._teardown_slot(inst)
+            self._set(iid, TERMINATED, f"boot failed: {exc}", pid=None)
+        finally:
+            self._tasks.pop(iid, None)
+
+    async def _fetch_image(self, image: dict) -> Path:
+        """Download (or reuse the cached copy of) an image, verified against its ETag."""
+        key = f"{image['bucket']}/{image['key']}"
+        lock = self._image_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            url = f"{self.walrus_base}/internal/object"
+            headers = {INTERNAL_TOKEN_HEADER: self.config.get("internal_token", "")}
+            params = {"bucket": image["bucket"], "key": image["key"]}
+            async with self.http.head(url, params=params, headers=headers) as r:
+                if r.status == 404:
+                    raise BootError(f"image {key} not found in Walrus")
+                if r.status != 200:
+                    raise BootError(f"Walrus answered {r.status} for image {key}")
+                etag = r.headers.get("ETag", "").strip('"')
+            cached = self.images / etag if etag else None
+            if cached is not None and cached.exists():
+                self.events.emit("image.cached", image=key, etag=etag)
+                return cached
+            md5 = hashlib.md5()
+            tmp = self.images / f".{os.getpid()}.{abs(hash(key))}.part"
+            size = 0
+            async with self.http.get(url, params=params, headers=headers) as r:
+                if r.status != 200:
+                    raise BootError(f"Walrus answered {r.status} for image {key}")
+                etag = r.headers.get("ETag", "").strip('"')
+                with open(tmp, "wb") as f:
+                    async for chunk in r.content.iter_chunked(1 << 20):
+                        md5.update(chunk)
+                        f.write(chunk)
+                        size += len(chunk)
+            if md5.hexdigest() != etag:
+                tmp.unlink(missing_ok=True)
+                self.events.emit("image.corrupt", image=key, etag=etag, md5=md5.hexdigest())
+                raise BootError(f"image {key} is corrupt: MD5 {md5.hexdigest()} does not match ETag {etag}")
+            final = self.images / etag
+            os.replace(tmp, final)
+            self.events.emit("image.downloaded", image=key, etag=etag, size=size)
+            return final
+
+    async def _in_slot(self, slot: dict, *argv: str, stdin: str | None = None) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", f"--net={slot['netns']}", *argv,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate(stdin.encode() if stdin else None)
+        if proc.returncode != 0:
+            raise BootError(f"configuring slot {slot['name']} failed: {out.decode().strip()[:300]}")
+        return out.decode()
+
+    async def _configure_slot(self, inst: dict) -> None:
+        slot = self.slots[inst["slot"]]
+        intf = slot["interface"]
+        await self._in_slot(slot, "ip", "-batch", "-", stdin="\n".join([
+            f"link set dev {intf} down",
+            f"link set dev {intf} address {inst['mac']}",
+            f"addr flush dev {intf}",
+            f"addr add {inst['ip']}/{inst['prefix']} dev {intf}",
+            f"link set dev {intf} up",
+            "link set dev lo up",
+            f"route replace default via {inst['gateway']}",
+        ]) + "\n")
+
+    async def _start_workload(self, inst: dict, image: Path) -> int:
+        slot = self.slots[inst["slot"]]
+        log = open(self.data / f"{inst['id']}.log", "ab")
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", f"--net={slot['netns']}", sys.executable, "-m", "components.nc.workload",
+            "--instance-id", inst["id"], "--port", str(self.workload_port),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env=dict(os.environ, EUCALAB_IMAGE=str(image)))
+        log.close()
+        # The workload answers once it listens; waiting for that makes "running" true.
+        for _ in range(200):
+            out = await self._in_slot(slot, "cat", "/proc/net/tcp")
+            if f":{self.workload_port:04X} 00000000:0000 0A" in out:
+                return proc.pid
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.01)
+        raise BootError(f"the workload of {inst['id']} did not start listening")
+
+    def _workload_alive(self, inst: dict) -> bool:
+        pid = inst.get("pid")
+        return bool(pid) and _start_time(pid) == inst.get("pid_start") and _start_time(pid) is not None
+
+    async def _teardown_slot(self, inst: dict) -> None:
+        """Stop the workload and clear the slot's interface; safe on a half-booted slot."""
+        pid = inst.get("pid")
+        if pid and self._workload_alive(inst):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(100):
+                if _start_time(pid) is None:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        slot = self.slots.get(inst["slot"])
+        if slot:
+            try:
+                await self._in_slot(slot, "ip", "-batch", "-", stdin=(
+                    f"addr flush dev {slot['interface']}\nroute flush dev {slot['interface']}\n"))
+            except BootError:
+                pass

@@ -1,0 +1,1 @@
+"""The storage controller: EBS-style volumes, exported to NCs over a TCP block protocol."""
