@@ -1,0 +1,1 @@
+"""The cluster controller: scheduling, the cluster network, routing for its VMs."""

@@ -1,0 +1,357 @@
+"""The CC (cluster controller, port 8774): schedules instances onto NCs and runs the cluster network.
+
+Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
+    POST   /cluster/instances           {instances: [{id, account, image:{bucket,key}, group:{id,name,rules}}]}
+                                        -> {placements: [...]} or 409 InsufficientInstanceCapacity
+    GET    /cluster/instances           every instance with state, NC, slot, address, VLAN, reason
+    DELETE /cluster/instances/{id}      terminate
+    PUT    /cluster/groups/{id}         {name, account, rules}: a security group's rules changed
+    PUT    /cluster/addresses/{ip}      {instance}: associate an elastic IP
+    DELETE /cluster/addresses/{ip}      disassociate
+    GET    /cluster/capacity            VM slots in the zone, free slots, per NC
+
+The CC keeps the cluster's network intent (instances with MAC, IP, NC, slot, VLAN,
+group; group rules; elastic IPs; which CC is primary, with the pair's epoch) and
+publishes it to the SDN controller over the run directory's Unix socket
+(docs/intent.md). After a restart it rebuilds its view from its NCs, as Eucalyptus did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from components.common.service import INTERNAL_TOKEN_HEADER, Service
+
+from .netalloc import AllocationError, NetworkAllocator
+from .scheduler import InsufficientCapacity, NodeState, Scheduler
+
+POLL_S = 0.1  # how often the CC asks its NCs for instance states
+
+
+class ClusterController(Service):
+    component = "cc"
+    api_prefixes = ("/cluster",)
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.cluster = int(config.get("cluster") or 1)
+        self.zone = f"cluster{self.cluster}"
+        self.mode = config.get("mode", "MANAGED")
+        self.ncs: dict[str, dict] = config.get("ncs", {})
+        self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
+                                   config.get("schedule_policy", "ROUNDROBIN"))
+        self.alloc = NetworkAllocator(self.mode, self.cluster, int(config.get("addrs_per_net", 32)))
+        self.data = Path(config["data_dir"])
+        self.state_file = self.data / "cluster.json"
+        saved = self._load()
+        self.instances: dict[str, dict] = saved.get("instances", {})
+        self.groups: dict[str, dict] = saved.get("groups", {})
+        self.addresses: dict[str, str] = saved.get("addresses", {})  # public ip -> instance
+        self.epoch = int(saved.get("epoch", 1))
+        self.token = config.get("internal_token", "")
+        self.http: aiohttp.ClientSession | None = None
+        self.intent_http: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task | None = None
+        self._intent_lock = asyncio.Lock()
+
+    # -- persistence --------------------------------------------------------------------
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"instances": self.instances, "groups": self.groups,
+                                   "addresses": self.addresses, "epoch": self.epoch}, sort_keys=True))
+        os.replace(tmp, self.state_file)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def setup_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/cluster/instances", self.handle_run)
+        r.add_get("/cluster/instances", self.handle_describe)
+        r.add_delete("/cluster/instances/{id}", self.handle_terminate)
+        r.add_put("/cluster/groups/{id}", self.handle_group)
+        r.add_put("/cluster/addresses/{ip}", self.handle_associate)
+        r.add_delete("/cluster/addresses/{ip}", self.handle_disassociate)
+        r.add_get("/cluster/capacity", self.handle_capacity)
+
+    async def on_start(self) -> None:
+        self.http = aiohttp.ClientSession(headers={INTERNAL_TOKEN_HEADER: self.token},
+                                          timeout=aiohttp.ClientTimeout(total=10))
+        sock = self.config.get("control_socket")
+        if sock:
+            self.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock),
+                                                     timeout=aiohttp.ClientTimeout(total=5))
+        await self.rebuild_from_ncs()
+        self._poller = asyncio.create_task(self._poll_ncs())
+        if self.state.value == "ENABLED":
+            await self.publish_intent("start")
+
+    async def on_stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        for session in (self.http, self.intent_http):
+            if session:
+                await session.close()
+
+    def status_extra(self) -> dict:
+        return {"zone": self.zone, "instances": len(self.instances), "epoch": self.epoch,
+                "capacity": self.scheduler.capacity()}
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": "ServiceUnavailable",
+                                  "message": f"{self.host} is {self.state.value}"}, status=503)
+
+    # -- the view of the cluster ------------------------------------------------------------
+
+    async def rebuild_from_ncs(self) -> None:
+        """Rebuild placements and addresses from what the NCs run (Eucalyptus did the same)."""
+        found = 0
+        for nc, info in self.ncs.items():
+            try:
+                async with self.http.get(f"{info['url']}/instances") as r:
+                    listing = (await r.json())["instances"]
+            except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                continue
+            for inst in listing:
+                if inst.get("state") == "terminated":
+                    continue
+                iid = inst["id"]
+                rec = self.instances.setdefault(iid, {
+                    "id": iid, "nc": nc, "slot": inst["slot"], "ip": inst["ip"], "mac": inst["mac"],
+                    "prefix": inst.get("prefix"), "gateway": inst.get("gateway"),
+                    "group": inst.get("group"), "vlan": inst.get("vlan"), "account": inst.get("account"),
+                    "image": inst.get("image"), "public_ip": None, "reason": ""})
+                rec["state"] = inst["state"]
+                found += 1
+        for iid, rec in self.instances.items():
+            if rec.get("state") == "terminated":
+                continue
+            try:
+                self.scheduler.occupy(rec["nc"], rec["slot"], iid)
+                self.alloc.restore(iid, rec.get("group") or "default", rec["ip"])
+            except (KeyError, ValueError, AllocationError) as exc:
+                rec["state"], rec["reason"] = "terminated", f"inconsistent after restart: {exc}"
+        self._save()
+        self.events.emit("cc.rebuilt", instances=found)
+
+    async def _poll_ncs(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            changed = False
+            for nc, info in self.ncs.items():
+                mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
+                if not mine:
+                    continue
+                try:
+                    async with self.http.get(f"{info['url']}/instances") as r:
+                        states = {i["id"]: i for i in (await r.json())["instances"]}
+                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                    continue
+                for rec in mine:
+                    got = states.get(rec["id"])
+                    if got and got["state"] != rec["state"]:
+                        rec["state"] = got["state"]
+                        rec["reason"] = got.get("reason", "")
+                        changed = True
+                        if got["state"] == "terminated":
+                            self._release(rec)
+            if changed:
+                self._save()
+                await self.publish_intent("instance state")
+
+    def _release(self, rec: dict) -> None:
+        self.scheduler.release(rec["id"])
+        self.alloc.release(rec["id"])
+        for ip, iid in list(self.addresses.items()):
+            if iid == rec["id"]:
+                del self.addresses[ip]
+
+    # -- API ------------------------------------------------------------------------------
+
+    def _error(self, code: str, message: str, status: int = 400) -> web.Response:
+        return web.json_response({"error": code, "message": message}, status=status)
+
+    async def handle_run(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        try:
+            body = await request.json()
+            wanted = body["instances"]
+            for w in wanted:
+                str(w["id"]), w["image"]["bucket"], w["image"]["key"], w["group"]["id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error("InvalidParameterValue", f"bad request: {exc}")
+        if any(w["id"] in self.instances and self.instances[w["id"]]["state"] != "terminated" for w in wanted):
+            return self._error("InvalidParameterValue", "instance id already known", 409)
+        try:
+            placed = self.scheduler.place([w["id"] for w in wanted])
+        except InsufficientCapacity as exc:
+            return self._error("InsufficientInstanceCapacity", f"{self.zone}: {exc}", 409)
+        placements = []
+        try:
+            for w in wanted:
+                group = w["group"]
+                self.groups.setdefault(group["id"], {"id": group["id"], "name": group.get("name", group["id"]),
+                                                     "account": w.get("account"), "rules": group.get("rules", [])})
+                ip, mac, gateway, vlan, prefix = self.alloc.allocate(w["id"], group["id"])
+                nc, slot = placed[w["id"]]
+                rec = {"id": w["id"], "account": w.get("account"), "image": w["image"], "group": group["id"],
+                       "nc": nc, "slot": slot, "ip": ip, "mac": mac, "gateway": gateway, "vlan": vlan,
+                       "prefix": prefix, "state": "pending", "reason": "", "public_ip": None}
+                self.instances[w["id"]] = rec
+                placements.append(rec)
+        except AllocationError as exc:
+            for w in wanted:
+                self.scheduler.release(w["id"])
+                self.alloc.release(w["id"])
+                self.instances.pop(w["id"], None)
+            return self._error("InsufficientAddressCapacity", str(exc), 409)
+        self._save()
+        self.events.emit("cc.scheduled", instances=[(p["id"], p["nc"], p["slot"], p["ip"]) for p in placements])
+        # Network first, so the instance's traffic flows the moment it boots.
+        await self.publish_intent("run")
+        for rec in placements:
+            asyncio.create_task(self._boot_on_nc(rec))
+        return web.json_response({"placements": placements})
+
+    async def _boot_on_nc(self, rec: dict) -> None:
+        url = self.ncs[rec["nc"]]["url"]
+        body = {k: rec[k] for k in ("id", "slot", "image", "mac", "ip", "prefix", "gateway", "group", "vlan",
+                                    "account")}
+        try:
+            async with self.http.post(f"{url}/instances", json=body) as r:
+                if r.status >= 300:
+                    answer = await r.json(content_type=None)
+                    raise RuntimeError(f"{rec['nc']} refused: {answer.get('error')}: {answer.get('message')}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, ValueError) as exc:
+            rec["state"], rec["reason"] = "terminated", f"boot request failed: {exc}"
+            self._release(rec)
+            self._save()
+            self.events.emit("instance.failed", instance=rec["id"], reason=rec["reason"])
+            await self.publish_intent("boot failed")
+
+    async def handle_describe(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"zone": self.zone, "instances": list(self.instances.values())})
+
+    async def handle_terminate(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        rec = self.instances.get(request.match_info["id"])
+        if rec is None:
+            return self._error("InvalidInstanceID.NotFound", request.match_info["id"], 404)
+        if rec["state"] != "terminated":
+            try:
+                async with self.http.delete(f"{self.ncs[rec['nc']]['url']}/instances/{rec['id']}") as r:
+                    await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the NC is gone: its slot is free when it comes back empty
+            rec["state"], rec["reason"] = "terminated", "terminated by request"
+            self._release(rec)
+            self._save()
+            await self.publish_intent("terminate")
+        return web.json_response(rec)
+
+    async def handle_group(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        try:
+            body = await request.json()
+            rules = list(body.get("rules", []))
+        except (ValueError, TypeError) as exc:
+            return self._error("InvalidParameterValue", str(exc))
+        gid = request.match_info["id"]
+        self.groups[gid] = {"id": gid, "name": body.get("name", gid), "account": body.get("account"),
+                            "rules": rules}
+        self._save()
+        await self.publish_intent("group rules")
+        return web.json_response(self.groups[gid])
+
+    async def handle_associate(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        ip = request.match_info["ip"]
+        try:
+            iid = (await request.json())["instance"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error("InvalidParameterValue", str(exc))
+        rec = self.instances.get(iid)
+        if rec is None or rec["state"] == "terminated":
+            return self._error("InvalidInstanceID.NotFound", iid, 404)
+        for other in self.instances.values():
+            if other.get("public_ip") == ip:
+                other["public_ip"] = None
+        rec["public_ip"] = ip
+        self.addresses[ip] = iid
+        self._save()
+        await self.publish_intent("associate")
+        return web.json_response({"public_ip": ip, "instance": iid})
+
+    async def handle_disassociate(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        ip = request.match_info["ip"]
+        iid = self.addresses.pop(ip, None)
+        if iid and iid in self.instances:
+            self.instances[iid]["public_ip"] = None
+        self._save()
+        await self.publish_intent("disassociate")
+        return web.json_response({"public_ip": ip, "instance": None})
+
+    async def handle_capacity(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"zone": self.zone, **self.scheduler.capacity()})
+
+    # -- network intent -----------------------------------------------------------------------
+
+    def intent(self) -> dict:
+        """The cluster's network intent in the schema of docs/intent.md."""
+        live = [i for i in self.instances.values() if i["state"] != "terminated"]
+        used_groups = {i["group"] for i in live}
+        groups = []
+        for gid in sorted(used_groups):
+            net = self.alloc.group_net(gid)
+            g = self.groups.get(gid, {"name": gid, "account": None, "rules": []})
+            groups.append({"id": gid, "name": g["name"], "account": g.get("account"), "vlan": net.vlan,
+                           "subnet": net.subnet, "gateway": net.gateway, "rules": g.get("rules", [])})
+        return {"cluster": self.cluster, "epoch": self.epoch, "mode": self.mode, "primary_cc": self.host,
+                "groups": groups,
+                "instances": [{"id": i["id"], "mac": i["mac"], "ip": i["ip"], "nc": i["nc"], "slot": i["slot"],
+                               "group": i["group"], "public_ip": i.get("public_ip")} for i in live]}
+
+    async def publish_intent(self, reason: str) -> None:
+        """Push the intent to the SDN controller and apply the routing on this host."""
+        if self.state.value != "ENABLED":
+            return
+        intent = self.intent()
+        async with self._intent_lock:
+            await self._apply_router(intent)
+            if self.intent_http is None or not Path(self.config["control_socket"]).exists():
+                return
+            try:
+                async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}",
+                                                json=intent) as r:
+                    answer = await r.json(content_type=None)
+                    if r.status != 200:
+                        self.events.emit("intent.refused", status=r.status, answer=answer, reason=reason)
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                self.events.emit("intent.failed", error=str(exc), reason=reason)
+                return
+        self.events.emit("intent.published", epoch=self.epoch, reason=reason,
+                         instances=len(intent["instances"]), groups=len(intent["groups"]))
+
+    async def _apply_router(self, intent: dict) -> None:
+        """Make this host the cluster's router for the intent (MANAGED modes only)."""
+        if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
+            return
+        from . import routing
+
+        await routing.apply(self, intent)
