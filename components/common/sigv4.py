@@ -1,0 +1,248 @@
+"""AWS Signature Version 4 verification, for the CLC's EC2 API and Walrus's S3 API.
+
+Both forms a client can use are checked: the ``Authorization`` header and the
+presigned query string (``X-Amz-Signature``). Payload forms:
+
+* a hex SHA-256 in ``x-amz-content-sha256`` (what botocore 1.44.5 sends to S3 over
+  plain http, with an ``x-amz-checksum-crc32`` of the body beside it) or, for EC2,
+  the SHA-256 of the body computed here;
+* ``UNSIGNED-PAYLOAD`` (presigned URLs);
+* ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` (aws-chunked bodies, every chunk signed):
+  ``ChunkedDecoder`` checks each chunk's signature as the body streams in.
+
+The canonical request follows the AWS reference: S3 paths are used as sent (no
+double encoding), other services' paths are encoded once more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import parse_qsl, quote
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED = "UNSIGNED-PAYLOAD"
+STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_SKEW = dt.timedelta(minutes=15)
+
+_AUTH_RE = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*"
+                      r"Signature=([0-9a-f]{64})\s*$")
+
+# Error codes per dialect: (missing/malformed, unknown key, bad signature, skewed clock, expired)
+CODES = {
+    "ec2": {"malformed": ("AuthFailure", 401), "unknown_key": ("AuthFailure", 401),
+            "signature": ("AuthFailure", 401), "skew": ("RequestExpired", 400),
+            "expired": ("RequestExpired", 400), "missing": ("AuthFailure", 401)},
+    "s3": {"malformed": ("AuthorizationHeaderMalformed", 400), "unknown_key": ("InvalidAccessKeyId", 403),
+           "signature": ("SignatureDoesNotMatch", 403), "skew": ("RequestTimeTooSkewed", 403),
+           "expired": ("AccessDenied", 403), "missing": ("AccessDenied", 403)},
+}
+
+
+class SigV4Error(Exception):
+    def __init__(self, code: str, message: str, http_status: int):
+        self.code, self.message, self.http_status = code, message, http_status
+        super().__init__(f"{code}: {message}")
+
+
+def _fail(dialect: str, kind: str, message: str) -> SigV4Error:
+    code, status = CODES[dialect][kind]
+    return SigV4Error(code, message, status)
+
+
+@dataclass
+class AuthResult:
+    access_key: str
+    account_id: str
+    region: str
+    service: str
+    payload_mode: str  # "signed", "unsigned" or "streaming"
+    signing_key: bytes
+    signature: str
+    amz_date: str
+    scope: str
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    k = _hmac(("AWS4" + secret).encode(), date)
+    k = _hmac(k, region)
+    k = _hmac(k, service)
+    return _hmac(k, "aws4_request")
+
+
+def canonical_query(raw_query: str, drop: tuple[str, ...] = ()) -> str:
+    pairs = [(k, v) for k, v in parse_qsl(raw_query, keep_blank_values=True) if k not in drop]
+    encoded = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in pairs)
+    return "&".join(f"{k}={v}" for k, v in encoded)
+
+
+def canonical_uri(raw_path: str, service: str) -> str:
+    path = raw_path or "/"
+    if service == "s3":
+        return path
+    return quote(path, safe="/~")
+
+
+def _lower_headers(headers) -> dict[str, str]:
+    """Header names lower-cased; repeated headers joined with commas, as SigV4 does."""
+    lower: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        lower.setdefault(name.lower(), []).append(value)
+    return {k: ",".join(" ".join(v.split()) for v in vs) for k, vs in lower.items()}
+
+
+def _canonical_headers(headers: dict[str, str], signed: list[str]) -> str:
+    out = []
+    for name in signed:
+        if name not in headers:
+            raise KeyError(name)
+        out.append(f"{name}:{headers[name]}\n")
+    return "".join(out)
+
+
+def _parse_amz_date(value: str) -> dt.datetime:
+    return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: str | None,
+           lookup_secret: Callable[[str], tuple[str, str] | None], dialect: str = "ec2",
+           now: dt.datetime | None = None) -> AuthResult:
+    """Check a request's SigV4 signature; return who signed it, or raise SigV4Error.
+
+    ``payload_hash`` is the hex SHA-256 of the body when the caller computed it
+    (EC2 form bodies); for S3 the declared ``x-amz-content-sha256`` is signed and
+    the caller checks the body against it while reading.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    headers = _lower_headers(headers)
+    query = dict(parse_qsl(raw_query, keep_blank_values=True))
+    auth = headers.get("authorization")
+    presigned = "X-Amz-Signature" in query
+    if auth:
+        m = _AUTH_RE.match(auth.strip())
+        if not m:
+            raise _fail(dialect, "malformed", "the Authorization header is not AWS4-HMAC-SHA256")
+        credential, signed_headers, signature = m.groups()
+        amz_date = headers.get("x-amz-date")
+        if not amz_date:
+            raise _fail(dialect, "malformed", "X-Amz-Date is missing")
+        drop: tuple[str, ...] = ()
+        expires = None
+    elif presigned:
+        if query.get("X-Amz-Algorithm") != ALGORITHM:
+            raise _fail(dialect, "malformed", "X-Amz-Algorithm must be AWS4-HMAC-SHA256")
+        try:
+            credential, signed_headers = query["X-Amz-Credential"], query["X-Amz-SignedHeaders"]
+            signature, amz_date = query["X-Amz-Signature"], query["X-Amz-Date"]
+            expires = int(query.get("X-Amz-Expires", "604800"))
+        except (KeyError, ValueError):
+            raise _fail(dialect, "malformed", "incomplete presigned query") from None
+        drop = ("X-Amz-Signature",)
+    else:
+        raise _fail(dialect, "missing", "the request is not signed")
+
+    parts = credential.split("/")
+    if len(parts) != 5 or parts[4] != "aws4_request":
+        raise _fail(dialect, "malformed", f"bad credential scope {credential!r}")
+    access_key, date, region, service, _ = parts
+    try:
+        when = _parse_amz_date(amz_date)
+    except ValueError:
+        raise _fail(dialect, "malformed", f"bad X-Amz-Date {amz_date!r}") from None
+    if date != amz_date[:8]:
+        raise _fail(dialect, "malformed", "the credential date does not match X-Amz-Date")
+    if expires is not None:
+        if now > when + dt.timedelta(seconds=expires):
+            raise _fail(dialect, "expired", "the presigned request has expired")
+    elif abs(now - when) > MAX_SKEW:
+        raise _fail(dialect, "skew", "the request time is more than 15 minutes from the server's")
+    found = lookup_secret(access_key)
+    if found is None:
+        raise _fail(dialect, "unknown_key", f"unknown access key {access_key}")
+    secret, account_id = found
+
+    declared = headers.get("x-amz-content-sha256")
+    if presigned and not declared:
+        body_hash, mode = UNSIGNED, "unsigned"
+    elif declared:
+        body_hash = declared
+        mode = {UNSIGNED: "unsigned", STREAMING: "streaming"}.get(declared, "signed")
+        if mode == "signed" and payload_hash is not None and payload_hash != declared:
+            raise _fail(dialect, "signature", "x-amz-content-sha256 does not match the body")
+    else:
+        body_hash = payload_hash if payload_hash is not None else EMPTY_SHA256
+        mode = "signed"
+
+    signed = signed_headers.split(";")
+    if "host" not in signed:
+        raise _fail(dialect, "malformed", "the host header must be signed")
+    try:
+        canon_headers = _canonical_headers(headers, signed)
+    except KeyError as exc:
+        raise _fail(dialect, "signature", f"signed header {exc.args[0]} is missing") from None
+    canonical = "\n".join([method, canonical_uri(raw_path, service), canonical_query(raw_query, drop),
+                           canon_headers, signed_headers, body_hash])
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = signing_key(secret, date, region, service)
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise _fail(dialect, "signature", "the request signature does not match")
+    return AuthResult(access_key, account_id, region, service, mode, key, signature, amz_date, scope)
+
+
+class ChunkedDecoder:
+    """Decode an aws-chunked body, verifying each chunk's signature as it arrives.
+
+    Feed raw bytes with ``feed()``; it returns the payload bytes decoded so far.
+    ``finished`` is True after the final zero-length chunk.
+    """
+
+    def __init__(self, auth: AuthResult, max_chunk: int = 16 * 2**20):
+        self.auth = auth
+        self.prev = auth.signature
+        self.buf = bytearray()
+        self.finished = False
+        self.max_chunk = max_chunk
+
+    def _chunk_signature(self, data: bytes) -> str:
+        to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", self.auth.amz_date, self.auth.scope, self.prev,
+                             EMPTY_SHA256, hashlib.sha256(data).hexdigest()])
+        return hmac.new(self.auth.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+    def feed(self, raw: bytes) -> bytes:
+        self.buf.extend(raw)
+        out = bytearray()
+        while not self.finished:
+            end = self.buf.find(b"\r\n")
+            if end < 0:
+                break
+            header = bytes(self.buf[:end]).decode("ascii", "replace")
+            size_hex, _, sig_part = header.partition(";chunk-signature=")
+            try:
+                size = int(size_hex, 16)
+            except ValueError:
+                raise SigV4Error("IncompleteBody", "malformed aws-chunked body", 400) from None
+            if size > self.max_chunk or len(sig_part) != 64:
+                raise SigV4Error("IncompleteBody", "malformed aws-chunked chunk header", 400)
+            if len(self.buf) < end + 2 + size + 2:
+                break
+            data = bytes(self.buf[end + 2:end + 2 + size])
+            del self.buf[:end + 2 + size + 2]
+            expected = self._chunk_signature(data)
+            if not hmac.compare_digest(expected, sig_part):
+                raise SigV4Error("SignatureDoesNotMatch", "a chunk signature does not match", 403)
+            self.prev = expected
+            if size == 0:
+                self.finished = True
+            out.extend(data)
+        return bytes(out)
