@@ -1,0 +1,448 @@
+"""Walrus (port 8773): the S3-compatible object store, path-style under /services/Walrus.
+
+Operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject, GetObject
+(with Range), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
+continuation, start-after); S3 error XML. Objects are files named by a random id
+under data_dir/objects (never by their key, so no key can escape the store),
+written to a temporary file, fsynced and renamed before their metadata row is
+committed: after a crash an object is either entirely there or not at all.
+
+Machine images are objects; NCs, which hold the run's internal token rather than
+user keys, fetch them at ``GET|HEAD /internal/object?bucket=&key=``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import uuid
+import zlib
+from email.utils import formatdate
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from aiohttp import web
+
+from components.common.accounts import AccountResolver, access_key_of
+from components.common.service import Service
+from components.common.sigv4 import ChunkedDecoder, SigV4Error, verify
+
+PREFIX = "/services/Walrus"
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+SMALL = 1 << 20  # objects up to this size are answered from memory
+CHUNK = 1 << 16
+
+
+class S3Error(Exception):
+    def __init__(self, code: str, message: str, status: int, resource: str = ""):
+        self.code, self.message, self.status, self.resource = code, message, status, resource
+        super().__init__(message)
+
+
+def _xml(root: ET.Element, status: int = 200) -> web.Response:
+    body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root)
+    return web.Response(body=body, status=status, content_type="application/xml")
+
+
+def _sub(parent: ET.Element, tag: str, text=None) -> ET.Element:
+    el = ET.SubElement(parent, tag)
+    if text is not None:
+        el.text = str(text)
+    return el
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def valid_bucket(name: str) -> bool:
+    return bool(BUCKET_RE.match(name)) and ".." not in name and not IP_RE.match(name)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """Inclusive byte range of a Range header; raises S3Error(InvalidRange)."""
+    m = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
+    first, last = m.groups()
+    if first == "":
+        n = int(last)
+        if n == 0 or size == 0:
+            raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
+    return start, min(end, size - 1)
+
+
+class Store:
+    """Buckets and object metadata in SQLite; object bytes in files."""
+
+    def __init__(self, root: Path):
+        self.objects = root / "objects"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(root / "walrus.db", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript("""
+            CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, account TEXT NOT NULL,
+                                                created REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL,
+                etag TEXT NOT NULL, content_type TEXT, modified REAL NOT NULL, meta TEXT, file TEXT NOT NULL,
+                PRIMARY KEY (bucket, key));
+        """)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove files no metadata row points to (left by a crash mid-write)."""
+        live = {row[0] for row in self.db.execute("SELECT file FROM objects")}
+        for f in self.objects.iterdir():
+            if f.name not in live:
+                f.unlink(missing_ok=True)
+
+    def bucket(self, name: str):
+        return self.db.execute("SELECT name, account, created FROM buckets WHERE name=?", (name,)).fetchone()
+
+    def obj(self, bucket: str, key: str):
+        return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file FROM objects "
+                               "WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+
+
+class Walrus(Service):
+    component = "walrus"
+    api_prefixes = (PREFIX,)
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.store = Store(Path(config["data_dir"]))
+        clc = (config.get("endpoints", {}).get("clc") or "").split("/services/")[0] or None
+        self.accounts = AccountResolver(config, clc)
+        self.max_object = int(config.get("max_object_bytes", 5 * 2**30))
+
+    def setup_routes(self, app: web.Application) -> None:
+        app.router.add_route("GET", "/internal/object", self.handle_internal_object)
+        app.router.add_route("HEAD", "/internal/object", self.handle_internal_object)
+        app.router.add_route("*", PREFIX, self.dispatch)
+        app.router.add_route("*", PREFIX + "/{rest:.*}", self.dispatch)
+
+    async def on_stop(self) -> None:
+        await self.accounts.close()
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        return self._error(S3Error("ServiceUnavailable", f"{self.host} is {self.state.value}", 503))
+
+    def status_extra(self) -> dict:
+        n = self.store.db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        return {"objects": n}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _error(self, err: S3Error) -> web.Response:
+        root = ET.Element("Error")
+        _sub(root, "Code", err.code)
+        _sub(root, "Message", err.message)
+        _sub(root, "Resource", err.resource)
+        _sub(root, "RequestId", uuid.uuid4().hex[:16].upper())
+        return _xml(root, err.status)
+
+    def _raw_path_query(self, request: web.Request) -> tuple[str, str]:
+        raw = request.raw_path
+        path, _, query = raw.partition("?")
+        return path, query
+
+    async def _authenticate(self, request: web.Request) -> tuple[str, object]:
+        raw_path, raw_query = self._raw_path_query(request)
+        await self.accounts.ensure(access_key_of(request.headers, request.query))
+        try:
+            auth = verify(request.method, raw_path, raw_query, request.headers, None,
+                          self.accounts.lookup, dialect="s3")
+        except SigV4Error as exc:
+            raise S3Error(exc.code, exc.message, exc.http_status, request.path) from None
+        return auth.account_id, auth
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        rest = request.path[len(PREFIX):].lstrip("/")
+        bucket, _, key = rest.partition("/")
+        try:
+            if not bucket and key == "":
+                if request.method != "GET":
+                    raise S3Error("MethodNotAllowed", "not allowed on the service", 405)
+                account, _ = await self._authenticate(request)
+                return self.list_buckets(account)
+            if not valid_bucket(bucket):
+                raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, bucket)
+            account, auth = await self._authenticate(request)
+            m = request.method
+            if not key:
+                handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
+                           "HEAD": self.head_bucket}.get(m)
+                if handler is None:
+                    raise S3Error("MethodNotAllowed", f"{m} is not allowed on a bucket", 405)
+                return await handler(request, account, bucket)
+            if len(key.encode()) > 1024:
+                raise S3Error("KeyTooLongError", "Your key is too long", 400, key)
+            handler = {"PUT": self.put_object, "GET": self.get_object, "HEAD": self.get_object,
+                       "DELETE": self.delete_object}.get(m)
+            if handler is None:
+                raise S3Error("MethodNotAllowed", f"{m} is not allowed on an object", 405)
+            return await handler(request, account, bucket, key, auth)
+        except S3Error as err:
+            if not err.resource:
+                err.resource = request.path
+            if request.method == "HEAD":
+                return web.Response(status=err.status, headers={"x-amz-error-code": err.code})
+            return self._error(err)
+
+    def _owned_bucket(self, account: str, bucket: str):
+        row = self.store.bucket(bucket)
+        if row is None:
+            raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404, bucket)
+        if row[1] != account:
+            raise S3Error("AccessDenied", "Access Denied", 403, bucket)
+        return row
+
+    # -- buckets --------------------------------------------------------------------------
+
+    def list_buckets(self, account: str) -> web.Response:
+        root = ET.Element("ListAllMyBucketsResult", xmlns=S3_NS)
+        owner = _sub(root, "Owner")
+        _sub(owner, "ID", account)
+        _sub(owner, "DisplayName", account)
+        buckets = _sub(root, "Buckets")
+        for name, _, created in self.store.db.execute(
+                "SELECT name, account, created FROM buckets WHERE account=? ORDER BY name", (account,)):
+            b = _sub(buckets, "Bucket")
+            _sub(b, "Name", name)
+            _sub(b, "CreationDate", _iso(created))
+        return _xml(root)
+
+    async def create_bucket(self, request, account, bucket):
+        body = await request.read()
+        if body.strip():
+            try:
+                ET.fromstring(body)
+            except ET.ParseError:
+                raise S3Error("MalformedXML", "The XML you provided was not well-formed", 400, bucket) from None
+        row = self.store.bucket(bucket)
+        if row is not None:
+            if row[1] == account:
+                raise S3Error("BucketAlreadyOwnedByYou", "You already own this bucket", 409, bucket)
+            raise S3Error("BucketAlreadyExists", "The requested bucket name is not available", 409, bucket)
+        self.store.db.execute("INSERT INTO buckets VALUES (?, ?, ?)", (bucket, account, dt.datetime.now().timestamp()))
+        self.events.emit("bucket.create", bucket=bucket)
+        return web.Response(status=200, headers={"Location": f"/{bucket}"})
+
+    async def delete_bucket(self, request, account, bucket):
+        self._owned_bucket(account, bucket)
+        if self.store.db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (bucket,)).fetchone():
+            raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, bucket)
+        self.store.db.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+        self.events.emit("bucket.delete", bucket=bucket)
+        return web.Response(status=204)
+
+    async def head_bucket(self, request, account, bucket):
+        self._owned_bucket(account, bucket)
+        return web.Response(status=200)
+
+    async def list_objects(self, request, account, bucket):
+        self._owned_bucket(account, bucket)
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        try:
+            max_keys = int(q.get("max-keys", "1000"))
+            if not 0 <= max_keys <= 1000:
+                raise ValueError
+        except ValueError:
+            raise S3Error("InvalidArgument", "max-keys must be an integer between 0 and 1000", 400) from None
+        token = q.get("continuation-token")
+        after = q.get("start-after", "")
+        if token:
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise S3Error("InvalidArgument", "The continuation token provided is incorrect", 400) from None
+        rows = self.store.db.execute(
+            "SELECT key, size, etag, modified FROM objects WHERE bucket=? AND key > ? AND key >= ? "
+            "ORDER BY key", (bucket, after, prefix))
+        contents: list[tuple] = []
+        prefixes: list[str] = []
+        resume, truncated = None, False  # resume: list again after this string
+        for key, size, etag, modified in rows:
+            if not key.startswith(prefix):
+                break  # sorted: past every key under the prefix
+            common = None
+            if delimiter:
+                cut = key.find(delimiter, len(prefix))
+                if cut >= 0:
+                    common = key[:cut + len(delimiter)]
+                    if prefixes and prefixes[-1] == common:
+                        continue
+            if len(contents) + len(prefixes) >= max_keys:
+                truncated = True
+                break
+            if common is not None:
+                prefixes.append(common)
+                resume = common + "\U0010ffff"  # skip every key under this common prefix
+            else:
+                contents.append((key, size, etag, modified))
+                resume = key
+        root = ET.Element("ListBucketResult", xmlns=S3_NS)
+        _sub(root, "Name", bucket)
+        _sub(root, "Prefix", prefix)
+        if delimiter:
+            _sub(root, "Delimiter", delimiter)
+        _sub(root, "MaxKeys", max_keys)
+        _sub(root, "KeyCount", len(contents) + len(prefixes))
+        _sub(root, "IsTruncated", "true" if truncated else "false")
+        if token:
+            _sub(root, "ContinuationToken", token)
+        if q.get("start-after"):
+            _sub(root, "StartAfter", q["start-after"])
+        if truncated and resume is not None:
+            _sub(root, "NextContinuationToken", base64.urlsafe_b64encode(resume.encode()).decode())
+        for key, size, etag, modified in contents:
+            c = _sub(root, "Contents")
+            _sub(c, "Key", key)
+            _sub(c, "LastModified", _iso(modified))
+            _sub(c, "ETag", f'"{etag}"')
+            _sub(c, "Size", size)
+            _sub(c, "StorageClass", "STANDARD")
+        for p in prefixes:
+            _sub(_sub(root, "CommonPrefixes"), "Prefix", p)
+        return _xml(root)
+
+    # -- objects --------------------------------------------------------------------------
+
+    async def put_object(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        length = request.content_length
+        declared_len = request.headers.get("x-amz-decoded-content-length")
+        size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
+        if size_hint is not None and size_hint > self.max_object:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
+        decoder = ChunkedDecoder(auth) if auth.payload_mode == "streaming" else None
+        md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
+        name = uuid.uuid4().hex
+        tmp = self.store.objects / f".{name}.part"
+        try:
+            with open(tmp, "wb") as f:
+                async for raw in request.content.iter_chunked(CHUNK):
+                    data = decoder.feed(raw) if decoder else raw
+                    size += len(data)
+                    if size > self.max_object:
+                        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size",
+                                      400, key)
+                    md5.update(data)
+                    sha.update(data)
+                    crc = zlib.crc32(data, crc)
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if decoder and not decoder.finished:
+                raise S3Error("IncompleteBody", "The request body ended early", 400, key)
+            if auth.payload_mode == "signed" and sha.hexdigest() != request.headers["x-amz-content-sha256"]:
+                raise S3Error("XAmzContentSHA256Mismatch",
+                              "The provided 'x-amz-content-sha256' header does not match what was computed.", 400, key)
+            want_crc = request.headers.get("x-amz-checksum-crc32")
+            if want_crc and base64.b64encode(crc.to_bytes(4, "big")).decode() != want_crc:
+                raise S3Error("BadDigest", "The CRC32 you specified did not match the calculated checksum.", 400, key)
+            want_md5 = request.headers.get("Content-MD5")
+            if want_md5 and base64.b64encode(md5.digest()).decode() != want_md5:
+                raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400, key)
+        except S3Error:
+            tmp.unlink(missing_ok=True)
+            raise
+        except SigV4Error as exc:
+            tmp.unlink(missing_ok=True)
+            raise S3Error(exc.code, exc.message, exc.http_status, key) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.store.objects / name)
+        etag = md5.hexdigest()
+        meta = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
+        old = self.store.obj(bucket, key)
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (bucket, key, size, etag, request.headers.get("Content-Type", "binary/octet-stream"),
+             dt.datetime.now().timestamp(), json.dumps(meta), name))
+        if old is not None:
+            (self.store.objects / old[6]).unlink(missing_ok=True)
+        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
+        return web.Response(status=200, headers={"ETag": f'"{etag}"'})
+
+    def _object_headers(self, row) -> dict:
+        key, size, etag, ctype, modified, meta, _ = row
+        headers = {"ETag": f'"{etag}"', "Last-Modified": formatdate(modified, usegmt=True),
+                   "Accept-Ranges": "bytes", "Content-Type": ctype or "binary/octet-stream"}
+        for k, v in json.loads(meta or "{}").items():
+            headers[f"x-amz-meta-{k}"] = v
+        return headers
+
+    async def get_object(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        row = self.store.obj(bucket, key)
+        if row is None:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, key)
+        return await self._send_object(request, row)
+
+    async def _send_object(self, request: web.Request, row) -> web.StreamResponse:
+        size, path = row[1], self.store.objects / row[6]
+        headers = self._object_headers(row)
+        start, end, status = 0, size - 1, 200
+        if request.headers.get("Range"):
+            start, end = parse_range(request.headers["Range"], size)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = max(0, end - start + 1)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(length)
+            return web.Response(status=status, headers=headers)
+        if length <= SMALL:
+            with open(path, "rb") as f:
+                f.seek(start)
+                body = f.read(length)
+            return web.Response(status=status, body=body, headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        await resp.prepare(request)
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = length
+            while left:
+                chunk = f.read(min(CHUNK * 16, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def delete_object(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        row = self.store.obj(bucket, key)
+        if row is not None:
+            self.store.db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
+            (self.store.objects / row[6]).unlink(missing_ok=True)
+            self.events.emit("object.delete", bucket=bucket, key=key)
+        return web.Response(status=204)
+
+    # -- internal: image downloads by NCs -------------------------------------------------------
+
+    async def handle_internal_object(self, request: web.Request) -> web.StreamResponse:
+        self.require_internal(request)
+        if not self.may_serve():
+            return web.Response(status=503, text=f"{self.host} is {self.state.value}")
+        row = self.store.obj(request.query.get("bucket", ""), request.query.get("key", ""))
+        if row is None:
+            return web.Response(status=404, text="no such object")
+        return await self._send_object(request, row)
