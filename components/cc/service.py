@@ -85,6 +85,8 @@ class ClusterController(Service):
         r.add_put("/cluster/addresses/{ip}", self.handle_associate)
         r.add_delete("/cluster/addresses/{ip}", self.handle_disassociate)
         r.add_get("/cluster/capacity", self.handle_capacity)
+        r.add_post("/cluster/instances/{id}/volumes", self.handle_attach)
+        r.add_delete("/cluster/instances/{id}/volumes/{volume}", self.handle_detach)
 
     async def on_start(self) -> None:
         self.http = aiohttp.ClientSession(headers={INTERNAL_TOKEN_HEADER: self.token},
@@ -308,6 +310,32 @@ class ClusterController(Service):
     async def handle_capacity(self, request: web.Request) -> web.Response:
         self.require_internal(request)
         return web.json_response({"zone": self.zone, **self.scheduler.capacity()})
+
+    async def handle_attach(self, request: web.Request) -> web.Response:
+        """Relay a volume attachment to the instance's NC (the CLC never talks to NCs)."""
+        self.require_internal(request)
+        rec = self.instances.get(request.match_info["id"])
+        if rec is None or rec["state"] != "running":
+            return self._error("IncorrectState", "instance not running in this cluster", 409)
+        body = await request.read()
+        try:
+            async with self.http.post(f"{self.ncs[rec['nc']]['url']}/instances/{rec['id']}/volumes", data=body,
+                                      headers={"Content-Type": "application/json"}) as r:
+                return web.Response(status=r.status, body=await r.read(), content_type="application/json")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return self._error("Unavailable", f"{rec['nc']}: {exc}", 503)
+
+    async def handle_detach(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        rec = self.instances.get(request.match_info["id"])
+        if rec is None:
+            return self._error("InvalidInstanceID.NotFound", request.match_info["id"], 404)
+        url = f"{self.ncs[rec['nc']]['url']}/instances/{rec['id']}/volumes/{request.match_info['volume']}"
+        try:
+            async with self.http.delete(url) as r:
+                return web.Response(status=r.status, body=await r.read(), content_type="application/json")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return self._error("Unavailable", f"{rec['nc']}: {exc}", 503)
 
     # -- network intent -----------------------------------------------------------------------
 

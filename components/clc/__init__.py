@@ -1,0 +1,1 @@
+"""The cloud controller: the EC2-compatible front end of the cloud."""

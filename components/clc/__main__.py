@@ -1,0 +1,7 @@
+import sys
+
+from components.common.service import main
+
+from .service import CloudController
+
+sys.exit(main(CloudController))

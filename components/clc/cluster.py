@@ -1,0 +1,143 @@
+"""The CLC's side of the cluster tier: instance work to the zone's CC, volume work to its SC.
+
+The CLC never talks to NCs (as in Eucalyptus): volume attachments go CLC -> SC
+(export) and CLC -> CC -> NC (the NC opens its block session to the SC).
+A zone whose CC or SC is not configured (or does not answer for instance work)
+leaves instances pending, as Eucalyptus did with a cluster that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from components.common.service import INTERNAL_TOKEN_HEADER
+
+
+class ClusterError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400):
+        self.code, self.message, self.status = code, message, status
+        super().__init__(message)
+
+
+class ClusterClient:
+    def __init__(self, config: dict, zones: list[str]):
+        endpoints = config.get("endpoints") or {}
+        self.cc = {z: u.rstrip("/") for z, u in (endpoints.get("cc") or {}).items() if z in zones}
+        self.sc = {z: u.rstrip("/") for z, u in (endpoints.get("sc") or {}).items() if z in zones}
+        self.token = config.get("internal_token", "")
+        self.timeout = float(config.get("cluster_timeout_s", 5.0))
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession(headers={INTERNAL_TOKEN_HEADER: self.token},
+                                          timeout=aiohttp.ClientTimeout(total=self.timeout))
+
+    async def close(self) -> None:
+        if self.http:
+            await self.http.close()
+
+    async def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+        try:
+            async with self.http.request(method, url, json=body) as r:
+                data = await r.json(content_type=None)
+                if r.status >= 300:
+                    raise ClusterError(data.get("error", "InternalError"), data.get("message", str(data)),
+                                       500 if r.status >= 500 else 400)
+                return data
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise ClusterError("Unavailable", f"{url}: {exc or type(exc).__name__}", 503) from None
+
+    # -- instances ----------------------------------------------------------------------------
+
+    async def run(self, zone: str, instances: list[dict], min_count: int = 1) -> list[dict] | None:
+        """Place instances in the zone (as many as fit, at least ``min_count``); None: CC unreachable."""
+        base = self.cc.get(zone)
+        if base is None:
+            return None
+        try:
+            cap = await self._call("GET", f"{base}/cluster/capacity")
+        except ClusterError as exc:
+            if exc.code == "Unavailable":
+                return None
+            raise
+        n = min(len(instances), int(cap.get("free", 0)))
+        if n < min_count:
+            raise ClusterError("InsufficientInstanceCapacity",
+                               f"There is not enough capacity in {zone} ({cap.get('free', 0)} free VM slot(s)) "
+                               f"to fulfill the request for {min_count} instance(s)", 400)
+        answer = await self._call("POST", f"{base}/cluster/instances", {"instances": instances[:n]})
+        return answer["placements"]
+
+    async def describe(self, zone: str) -> dict[str, dict] | None:
+        base = self.cc.get(zone)
+        if base is None:
+            return None
+        try:
+            data = await self._call("GET", f"{base}/cluster/instances")
+        except ClusterError:
+            return None
+        return {i["id"]: i for i in data.get("instances", [])}
+
+    async def terminate(self, zone: str, instance: str) -> None:
+        base = self.cc.get(zone)
+        if base is None:
+            return
+        try:
+            await self._call("DELETE", f"{base}/cluster/instances/{instance}")
+        except ClusterError:
+            pass  # not known there (never placed) or the CC is down: terminated here all the same
+
+    async def push_group(self, group: dict) -> None:
+        """A group's rules changed: every CC enforces them for its instances of the group."""
+        await asyncio.gather(*(self._quiet("PUT", f"{base}/cluster/groups/{group['id']}", group)
+                               for base in self.cc.values()))
+
+    async def _quiet(self, method: str, url: str, body: dict | None = None) -> None:
+        try:
+            await self._call(method, url, body)
+        except ClusterError:
+            pass
+
+    async def associate(self, zone: str, ip: str, instance: str) -> None:
+        if zone in self.cc:
+            await self._call("PUT", f"{self.cc[zone]}/cluster/addresses/{ip}", {"instance": instance})
+
+    async def disassociate(self, zone: str, ip: str) -> None:
+        if zone in self.cc:
+            await self._quiet("DELETE", f"{self.cc[zone]}/cluster/addresses/{ip}")
+
+    # -- volumes --------------------------------------------------------------------------------
+
+    async def create_volume(self, zone: str, volume: str, size_gib: int) -> None:
+        # Sizes are GiB in the API; the SC stores MiB-sized sparse files (a GiB of the
+        # API is a MiB here, so experiments need no disk space).
+        if zone in self.sc:
+            await self._call("POST", f"{self.sc[zone]}/volumes", {"id": volume, "size_mib": size_gib})
+
+    async def delete_volume(self, zone: str, volume: str) -> None:
+        if zone in self.sc:
+            await self._call("DELETE", f"{self.sc[zone]}/volumes/{volume}")
+
+    async def attach_volume(self, zone: str, volume: str, instance: str) -> None:
+        if zone not in self.sc or zone not in self.cc:
+            return
+        nc = None
+        view = await self.describe(zone)
+        if view and instance in view:
+            nc = view[instance].get("nc")
+        export = await self._call("POST", f"{self.sc[zone]}/volumes/{volume}/attach",
+                                  {"instance": instance, "nc": nc})
+        try:
+            await self._call("POST", f"{self.cc[zone]}/cluster/instances/{instance}/volumes",
+                             {"volume": volume, "target": export["target"]})
+        except ClusterError:
+            await self._quiet("POST", f"{self.sc[zone]}/volumes/{volume}/detach")
+            raise
+
+    async def detach_volume(self, zone: str, volume: str, instance: str) -> None:
+        if zone in self.cc:
+            await self._quiet("DELETE", f"{self.cc[zone]}/cluster/instances/{instance}/volumes/{volume}")
+        if zone in self.sc:
+            await self._call("POST", f"{self.sc[zone]}/volumes/{volume}/detach")

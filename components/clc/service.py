@@ -1,0 +1,660 @@
+"""The CLC (cloud controller, port 8773): the EC2 Query API at /services/Eucalyptus.
+
+Users drive it with AWS tools (boto3, the AWS CLI). It authenticates SigV4
+requests against accounts, keeps the cloud's bookkeeping in SQLite (state.py) and
+hands instance and volume work to the zone's CC and SC (cluster.py). It also
+answers the instance metadata service, which the cluster network forwards from
+169.254.169.254 to here, identifying the instance by its source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import secrets
+import string
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from components.common.service import Service
+from components.common.sigv4 import SigV4Error, verify
+
+from .cluster import ClusterClient, ClusterError
+from .ec2 import EC2Error, Params, check_id, error_xml, new_id, request_id, response_xml, sub_list
+from .state import Store
+
+API_PATHS = ("/services/Eucalyptus", "/")
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+MAX_QUERY_BYTES = 256 * 1024
+MAX_INSTANCES_PER_REQUEST = 64
+PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
+
+
+class CloudController(Service):
+    component = "clc"
+    api_prefixes = ("/services/Eucalyptus", "/latest/")
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.store = Store(Path(config["data_dir"]) / "clc.db")
+        self.zones: list[str] = list(config.get("zones") or ["cluster1"])
+        self.public_pool = [str(ip) for ip in ipaddress.ip_network(config.get("public_ips", "10.0.128.0/24")).hosts()]
+        self.cluster = ClusterClient(config, self.zones)
+        self.admin = config.get("admin") or {}
+        self._ensure_admin()
+        self.actions = {name[len("act_"):]: getattr(self, name) for name in dir(self) if name.startswith("act_")}
+        self._sync_task: asyncio.Task | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _ensure_admin(self) -> None:
+        a = self.admin
+        if a and self.store.one("SELECT 1 FROM accounts WHERE id=?", a["account_id"]) is None:
+            self._apply({"type": "account.create", "id": a["account_id"], "name": "eucalyptus",
+                         "access_key": a["access_key"], "secret_key": a["secret_key"], "time": time.time(),
+                         "default_group": "sg-" + hashlib.sha256(a["account_id"].encode()).hexdigest()[:8]})
+
+    def setup_routes(self, app: web.Application) -> None:
+        for path in ("/services/Eucalyptus", "/services/Eucalyptus/"):
+            app.router.add_route("GET", path, self.handle_api)
+            app.router.add_route("POST", path, self.handle_api)
+        app.router.add_route("POST", "/", self.handle_api)
+        app.router.add_get("/internal/accounts/{access_key}", self.handle_account_lookup)
+        app.router.add_get("/latest/meta-data/{path:.*}", self.handle_metadata)
+        app.router.add_get("/latest/meta-data", self.handle_metadata)
+
+    async def on_start(self) -> None:
+        await self.cluster.start()
+        self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def on_stop(self) -> None:
+        if self._sync_task:
+            self._sync_task.cancel()
+        await self.cluster.close()
+
+    def status_extra(self) -> dict:
+        return {"last_seq": self.store.last_seq}
+
+    def unavailable(self, request: web.Request) -> web.Response:
+        err = EC2Error("ServiceUnavailable", f"{self.host} is {self.state.value}", 503)
+        return web.Response(body=error_xml(err, request_id()), status=503, content_type="text/xml")
+
+    def _apply(self, op: dict) -> int:
+        seq = self.store.apply(op)
+        self.events.emit("state.write", seq=seq, op_type=op["type"])
+        return seq
+
+    # -- the API entry point ---------------------------------------------------------------
+
+    def _lookup(self, access_key: str):
+        row = self.store.one("SELECT secret_key, id FROM accounts WHERE access_key=?", access_key)
+        return (row[0], row[1]) if row else None
+
+    async def handle_api(self, request: web.Request) -> web.Response:
+        rid = request_id()
+        try:
+            if request.content_length and request.content_length > MAX_QUERY_BYTES:
+                raise EC2Error("RequestEntityTooLarge", "the request body is too large", 413)
+            body = await request.read() if request.method == "POST" else b""
+            if len(body) > MAX_QUERY_BYTES:
+                raise EC2Error("RequestEntityTooLarge", "the request body is too large", 413)
+            raw_path, _, raw_query = request.raw_path.partition("?")
+            try:
+                text = body.decode("utf-8")
+                pairs = parse_qsl(raw_query, keep_blank_values=True, strict_parsing=bool(raw_query))
+                if text:
+                    pairs += parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+            except (UnicodeDecodeError, ValueError):
+                raise EC2Error("MalformedQueryString", "the query string is not well formed") from None
+            params = Params(dict(pairs))
+            try:
+                auth = verify(request.method, raw_path, raw_query, request.headers,
+                              hashlib.sha256(body).hexdigest(), self._lookup, dialect="ec2")
+            except SigV4Error as exc:
+                raise EC2Error(exc.code, exc.message, exc.http_status) from None
+            action = params.get("Action")
+            if not action:
+                raise EC2Error("MissingAction", "The request must contain the parameter Action")
+            handler = self.actions.get(action)
+            if handler is None:
+                raise EC2Error("InvalidAction", f"The action {action} is not valid for this web service.")
+            result = await handler(params, auth.account_id)
+            return web.Response(body=response_xml(action, result, rid), content_type="text/xml")
+        except EC2Error as err:
+            return web.Response(body=error_xml(err, rid), status=err.status, content_type="text/xml")
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def act_CreateAccount(self, p: Params, account: str) -> dict:
+        """Euare-style extension: the admin creates an account and gets its first key."""
+        if account != self.admin.get("account_id"):
+            raise EC2Error("UnauthorizedOperation", "only the cloud administrator may create accounts", 403)
+        name = p.req("AccountName")
+        if not (1 <= len(name) <= 63 and all(c.isalnum() or c in "-_." for c in name)):
+            raise EC2Error("InvalidParameterValue", f"invalid account name {name!r}")
+        if self.store.one("SELECT 1 FROM accounts WHERE name=?", name):
+            raise EC2Error("EntityAlreadyExists", f"account {name} already exists", 409)
+        acct = "".join(secrets.choice(string.digits) for _ in range(12))
+        key = "AKIA" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+        secret = secrets.token_urlsafe(30)[:40]
+        self._apply({"type": "account.create", "id": acct, "name": name, "access_key": key, "secret_key": secret,
+                     "time": time.time(), "default_group": new_id("sg")})
+        return {"account": {"accountId": acct, "accountName": name, "accessKeyId": key,
+                            "secretAccessKey": secret}}
+
+    async def handle_account_lookup(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        found = self._lookup(request.match_info["access_key"])
+        if found is None:
+            return web.json_response({"error": "NoSuchEntity"}, status=404)
+        return web.json_response({"account_id": found[1], "secret_key": found[0]})
+
+    # -- zones and images --------------------------------------------------------------------
+
+    async def act_DescribeAvailabilityZones(self, p: Params, account: str) -> dict:
+        wanted = set(p.list("ZoneName"))
+        return {"availabilityZoneInfo": [{"zoneName": z, "zoneState": "available", "regionName":
+                                          self.config.get("region", "eucalyptus"), "messageSet": []}
+                                         for z in self.zones if not wanted or z in wanted]}
+
+    async def act_RegisterImage(self, p: Params, account: str) -> dict:
+        location = p.req("ImageLocation")
+        bucket, _, key = location.partition("/")
+        if not bucket or not key:
+            raise EC2Error("InvalidParameterValue", "ImageLocation must be bucket/key")
+        iid = new_id("emi")
+        self._apply({"type": "image.register", "id": iid, "account": account, "location": location,
+                     "name": p.get("Name") or key, "time": time.time()})
+        return {"imageId": iid}
+
+    async def act_DescribeImages(self, p: Params, account: str) -> dict:
+        ids = [check_id("image", i) for i in p.list("ImageId")]
+        rows = self.store.q("SELECT * FROM images ORDER BY id")
+        if ids:
+            missing = set(ids) - {r["id"] for r in rows}
+            if missing:
+                raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(sorted(missing))}]' does not exist")
+            rows = [r for r in rows if r["id"] in ids]
+        return {"imagesSet": [{"imageId": r["id"], "imageLocation": r["location"], "imageState": "available",
+                               "imageOwnerId": r["account"], "isPublic": True, "architecture": "x86_64",
+                               "imageType": "machine", "name": r["name"], "rootDeviceType": "instance-store",
+                               "virtualizationType": "hvm", "hypervisor": "kvm"} for r in rows]}
+
+    # -- security groups ---------------------------------------------------------------------
+
+    def _group(self, account: str, group_id: str | None = None, name: str | None = None):
+        if group_id:
+            check_id("group", group_id)
+            row = self.store.one("SELECT * FROM groups WHERE id=? AND account=?", group_id, account)
+            shown = group_id
+        else:
+            row = self.store.one("SELECT * FROM groups WHERE name=? AND account=?", name, account)
+            shown = name
+        if row is None:
+            raise EC2Error("InvalidGroup.NotFound", f"The security group '{shown}' does not exist")
+        return row
+
+    def _group_info(self, row) -> dict:
+        perms = []
+        for r in self.store.q("SELECT * FROM rules WHERE group_id=? ORDER BY protocol, from_port, cidr", row["id"]):
+            perm = {"ipProtocol": r["protocol"], "groups": [], "ipRanges": [], "ipv6Ranges": [],
+                    "prefixListIds": []}
+            if r["protocol"] != "-1":
+                perm["fromPort"], perm["toPort"] = r["from_port"], r["to_port"]
+            if r["cidr"]:
+                perm["ipRanges"].append({"cidrIp": r["cidr"]})
+            if r["source_group"]:
+                perm["groups"].append({"userId": row["account"], "groupId": r["source_group"]})
+            perms.append(perm)
+        return {"ownerId": row["account"], "groupId": row["id"], "groupName": row["name"],
+                "groupDescription": row["description"], "ipPermissions": perms,
+                "ipPermissionsEgress": [{"ipProtocol": "-1", "groups": [], "ipRanges": [{"cidrIp": "0.0.0.0/0"}],
+                                         "ipv6Ranges": [], "prefixListIds": []}]}
+
+    async def act_CreateSecurityGroup(self, p: Params, account: str) -> dict:
+        name, desc = p.req("GroupName"), p.req("GroupDescription")
+        if len(name) > 255 or len(desc) > 255:
+            raise EC2Error("InvalidParameterValue", "group name and description are at most 255 characters")
+        if self.store.one("SELECT 1 FROM groups WHERE account=? AND name=?", account, name):
+            raise EC2Error("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
+        gid = new_id("sg")
+        self._apply({"type": "group.create", "id": gid, "account": account, "name": name, "description": desc})
+        return {"return": True, "groupId": gid}
+
+    async def act_DeleteSecurityGroup(self, p: Params, account: str) -> dict:
+        row = self._group(account, p.get("GroupId"), p.get("GroupName") or (None if p.get("GroupId") else
+                                                                             p.req("GroupId")))
+        if row["name"] == "default":
+            raise EC2Error("CannotDelete", "the default security group cannot be deleted")
+        for inst in self.store.q("SELECT groups FROM instances WHERE account=? AND state!='terminated'", account):
+            if row["id"] in json.loads(inst["groups"]):
+                raise EC2Error("InvalidGroup.InUse", f"There are active instances using security group '{row['name']}'")
+        if self.store.one("SELECT 1 FROM rules WHERE source_group=? AND group_id!=?", row["id"], row["id"]):
+            raise EC2Error("DependencyViolation", f"resource {row['id']} has a dependent object")
+        self._apply({"type": "group.delete", "id": row["id"]})
+        return {"return": True}
+
+    async def act_DescribeSecurityGroups(self, p: Params, account: str) -> dict:
+        ids, names = p.list("GroupId"), p.list("GroupName")
+        rows = self.store.q("SELECT * FROM groups WHERE account=? ORDER BY name", account)
+        for gid in ids:
+            check_id("group", gid)
+            if gid not in {r["id"] for r in rows}:
+                raise EC2Error("InvalidGroup.NotFound", f"The security group '{gid}' does not exist")
+        for name in names:
+            if name not in {r["name"] for r in rows}:
+                raise EC2Error("InvalidGroup.NotFound", f"The security group '{name}' does not exist")
+        if ids or names:
+            rows = [r for r in rows if r["id"] in ids or r["name"] in names]
+        return {"securityGroupInfo": [self._group_info(r) for r in rows]}
+
+    def _parse_permissions(self, p: Params, account: str) -> list[dict]:
+        rules = []
+        perms = p.structs("IpPermissions")
+        if not perms:
+            raise EC2Error("MissingParameter", "The request must contain the parameter IpPermissions")
+        for perm in perms:
+            proto_raw = (perm.get("IpProtocol") or "").lower()
+            proto = PROTOCOLS.get(proto_raw)
+            if proto is None:
+                raise EC2Error("InvalidParameterValue", f"Invalid value '{proto_raw}' for IP protocol")
+            try:
+                lo = int(perm.get("FromPort", "-1" if proto in ("icmp", "-1") else "x"))
+                hi = int(perm.get("ToPort", "-1" if proto in ("icmp", "-1") else "x"))
+            except ValueError:
+                raise EC2Error("InvalidParameterValue", "FromPort and ToPort must be integers") from None
+            if proto in ("tcp", "udp") and not (0 <= lo <= hi <= 65535):
+                raise EC2Error("InvalidParameterValue", f"Invalid port range {lo}-{hi}")
+            if proto == "-1":
+                lo, hi = -1, -1
+            cidrs = [r.get("CidrIp", "") for r in sub_list(perm, "IpRanges")]
+            sources = [g.get("GroupId") or self._group(account, name=g.get("GroupName"))["id"]
+                       for g in sub_list(perm, "Groups")]
+            if not cidrs and not sources:
+                raise EC2Error("MissingParameter", "a permission needs IpRanges or source groups")
+            for cidr in cidrs:
+                try:
+                    cidr = str(ipaddress.ip_network(cidr, strict=False))
+                except ValueError:
+                    raise EC2Error("InvalidParameterValue", f"Value ({cidr}) for parameter cidrIp is invalid") from None
+                rules.append({"protocol": proto, "from_port": lo, "to_port": hi, "cidr": cidr, "source_group": ""})
+            for src in sources:
+                self._group(account, group_id=src)
+                rules.append({"protocol": proto, "from_port": lo, "to_port": hi, "cidr": "", "source_group": src})
+        return rules
+
+    def _rule_exists(self, gid: str, r: dict) -> bool:
+        return self.store.one("SELECT 1 FROM rules WHERE group_id=? AND protocol=? AND from_port=? AND to_port=? "
+                              "AND cidr=? AND source_group=?", gid, r["protocol"], r["from_port"], r["to_port"],
+                              r["cidr"], r["source_group"]) is not None
+
+    async def act_AuthorizeSecurityGroupIngress(self, p: Params, account: str) -> dict:
+        row = self._group(account, p.get("GroupId"), p.get("GroupName") or (None if p.get("GroupId") else
+                                                                             p.req("GroupId")))
+        rules = self._parse_permissions(p, account)
+        for r in rules:
+            if self._rule_exists(row["id"], r):
+                raise EC2Error("InvalidPermission.Duplicate", "the specified rule already exists")
+        self._apply({"type": "rules.add", "group": row["id"], "rules": rules})
+        await self.cluster.push_group(self._group_for_cluster(row))
+        return {"return": True}
+
+    async def act_RevokeSecurityGroupIngress(self, p: Params, account: str) -> dict:
+        row = self._group(account, p.get("GroupId"), p.get("GroupName") or (None if p.get("GroupId") else
+                                                                             p.req("GroupId")))
+        rules = self._parse_permissions(p, account)
+        for r in rules:
+            if not self._rule_exists(row["id"], r):
+                raise EC2Error("InvalidPermission.NotFound", "the specified rule does not exist in this group")
+        self._apply({"type": "rules.revoke", "group": row["id"], "rules": rules})
+        await self.cluster.push_group(self._group_for_cluster(row))
+        return {"return": True}
+
+    def _group_for_cluster(self, row) -> dict:
+        rules = [{"protocol": r["protocol"], "from_port": r["from_port"], "to_port": r["to_port"],
+                  **({"cidr": r["cidr"]} if r["cidr"] else {}),
+                  **({"source_group": r["source_group"]} if r["source_group"] else {})}
+                 for r in self.store.q("SELECT * FROM rules WHERE group_id=?", row["id"])]
+        return {"id": row["id"], "name": row["name"], "account": row["account"], "rules": rules}
+
+    # -- instances ------------------------------------------------------------------------------
+
+    def _instance_item(self, r) -> dict:
+        groups = json.loads(r["groups"])
+        names = {g["id"]: g["name"] for g in self.store.q(
+            f"SELECT id, name FROM groups WHERE id IN ({','.join('?' * len(groups))})", *groups)} if groups else {}
+        item = {"instanceId": r["id"], "imageId": r["image"],
+                "instanceState": {"code": STATE_CODES.get(r["state"], 0), "name": r["state"]},
+                "privateDnsName": r["private_ip"] or "", "dnsName": r["public_ip"] or "",
+                "reason": r["reason"] or "", "amiLaunchIndex": r["launch_index"], "instanceType": r["type"],
+                "launchTime": _iso(r["launched"]), "placement": {"availabilityZone": r["zone"], "tenancy": "default"},
+                "monitoring": {"state": "disabled"},
+                "privateIpAddress": r["private_ip"], "ipAddress": r["public_ip"],
+                "groupSet": [{"groupId": g, "groupName": names.get(g, g)} for g in groups],
+                "architecture": "x86_64", "rootDeviceType": "instance-store", "virtualizationType": "hvm",
+                "hypervisor": "kvm"}
+        if r["key_name"]:
+            item["keyName"] = r["key_name"]
+        if r["state"] == "terminated" and r["reason"]:
+            item["stateReason"] = {"code": "Server.InternalError" if "fail" in r["reason"] or "corrupt" in r["reason"]
+                                   else "Client.UserInitiatedShutdown", "message": r["reason"]}
+        return item
+
+    def _instances(self, account: str, ids: list[str]) -> list:
+        for i in ids:
+            check_id("instance", i)
+        rows = self.store.q("SELECT * FROM instances WHERE account=? ORDER BY launched, launch_index", account)
+        if ids:
+            have = {r["id"] for r in rows}
+            missing = [i for i in ids if i not in have]
+            if missing:
+                raise EC2Error("InvalidInstanceID.NotFound",
+                               f"The instance IDs '{', '.join(missing)}' do not exist")
+            rows = [r for r in rows if r["id"] in ids]
+        return rows
+
+    async def act_RunInstances(self, p: Params, account: str) -> dict:
+        image = check_id("image", p.req("ImageId"))
+        lo = p.int("MinCount", low=1, high=MAX_INSTANCES_PER_REQUEST)
+        hi = p.int("MaxCount", low=1, high=MAX_INSTANCES_PER_REQUEST)
+        if lo > hi:
+            raise EC2Error("InvalidParameterValue", "MinCount must not exceed MaxCount")
+        img = self.store.one("SELECT * FROM images WHERE id=?", image)
+        if img is None:
+            raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{image}]' does not exist")
+        zone = p.get("Placement.AvailabilityZone") or self.zones[0]
+        if zone not in self.zones:
+            raise EC2Error("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
+        group_ids = [check_id("group", g) for g in p.list("SecurityGroupId")]
+        group_ids += [self._group(account, name=n)["id"] for n in p.list("SecurityGroup")]
+        if not group_ids:
+            group_ids = [self._group(account, name="default")["id"]]
+        groups = [self._group(account, group_id=g) for g in group_ids]
+        itype = p.get("InstanceType") or "m1.small"
+        ids = [new_id("i") for _ in range(hi)]
+        reservation = new_id("r")
+        bucket, _, key = img["location"].partition("/")
+        # Ask the zone's CC first: capacity decides how many start, and nothing is
+        # recorded for a request the cluster refuses.
+        try:
+            placements = await self.cluster.run(zone, [{"id": i, "account": account, "image": {"bucket": bucket, "key": key},
+                                                        "group": self._group_for_cluster(groups[0])} for i in ids],
+                                                min_count=lo)
+        except ClusterError as exc:
+            raise EC2Error(exc.code, exc.message, exc.status) from None
+        if placements is not None:
+            ids = [pl["id"] for pl in placements]
+        self._apply({"type": "instances.create", "account": account, "reservation": reservation, "image": image,
+                     "zone": zone, "instance_type": itype, "groups": group_ids, "time": time.time(),
+                     "key_name": p.get("KeyName"),
+                     "instances": [{"id": i, "launch_index": n} for n, i in enumerate(ids)]})
+        for pl in placements or []:
+            self._apply({"type": "instance.update", "id": pl["id"], "private_ip": pl["ip"], "nc": pl["nc"],
+                         "slot": pl["slot"]})
+        rows = self._instances(account, ids)
+        return {"reservationId": reservation, "ownerId": account,
+                "groupSet": [{"groupId": g["id"], "groupName": g["name"]} for g in groups],
+                "instancesSet": [self._instance_item(r) for r in rows]}
+
+    async def act_DescribeInstances(self, p: Params, account: str) -> dict:
+        rows = self._instances(account, p.list("InstanceId"))
+        filters = p.filters()
+        for name, values in filters.items():
+            if name == "instance-id":
+                rows = [r for r in rows if r["id"] in values]
+            elif name == "instance-state-name":
+                rows = [r for r in rows if r["state"] in values]
+            elif name == "availability-zone":
+                rows = [r for r in rows if r["zone"] in values]
+            elif name == "image-id":
+                rows = [r for r in rows if r["image"] in values]
+            else:
+                raise EC2Error("InvalidParameterValue", f"The filter '{name}' is invalid")
+        reservations: dict[str, dict] = {}
+        for r in rows:
+            res = reservations.setdefault(r["reservation"], {"reservationId": r["reservation"], "ownerId": account,
+                                                             "groupSet": [], "instancesSet": []})
+            res["instancesSet"].append(self._instance_item(r))
+        return {"reservationSet": list(reservations.values())}
+
+    async def act_TerminateInstances(self, p: Params, account: str) -> dict:
+        ids = p.list("InstanceId")
+        if not ids:
+            raise EC2Error("MissingParameter", "The request must contain the parameter InstanceId")
+        rows = self._instances(account, ids)
+        out = []
+        for r in rows:
+            before = r["state"]
+            if before != "terminated":
+                await self.cluster.terminate(r["zone"], r["id"])
+                for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
+                    self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
+                self._apply({"type": "instance.update", "id": r["id"], "state": "terminated",
+                             "reason": "terminated by the user"})
+            out.append({"instanceId": r["id"],
+                        "previousState": {"code": STATE_CODES[before], "name": before},
+                        "currentState": {"code": STATE_CODES["terminated"], "name": "terminated"}})
+        return {"instancesSet": out}
+
+    async def _sync_loop(self) -> None:
+        """Follow the CCs' view of instances (pending -> running, addresses, failures)."""
+        while True:
+            await asyncio.sleep(self.config.get("cluster_poll_s", 0.1))
+            if not self.may_serve():
+                continue
+            live = self.store.q("SELECT id, zone, state, private_ip, reason FROM instances "
+                                "WHERE state IN ('pending', 'running', 'shutting-down')")
+            zones = sorted({r["zone"] for r in live})
+            for zone in zones:
+                view = await self.cluster.describe(zone)
+                if view is None:
+                    continue
+                for r in live:
+                    if r["zone"] != zone:
+                        continue
+                    got = view.get(r["id"])
+                    if got is None:
+                        continue
+                    change = {}
+                    if got["state"] != r["state"]:
+                        change["state"] = got["state"]
+                        if got.get("reason"):
+                            change["reason"] = got["reason"]
+                    if got.get("ip") and got["ip"] != r["private_ip"]:
+                        change["private_ip"] = got["ip"]
+                    if change:
+                        self._apply({"type": "instance.update", "id": r["id"], **change})
+                        if change.get("state") == "terminated":
+                            for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
+                                self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
+
+    # -- elastic IPs ------------------------------------------------------------------------------
+
+    def _address(self, account: str, ip: str | None, allocation: str | None):
+        if allocation:
+            check_id("allocation", allocation)
+            row = self.store.one("SELECT * FROM addresses WHERE allocation_id=?", allocation)
+            if row is None or row["account"] != account:
+                raise EC2Error("InvalidAllocationID.NotFound", f"The allocation ID '{allocation}' does not exist")
+            return row
+        if not ip:
+            raise EC2Error("MissingParameter", "The request must contain the parameter PublicIp or AllocationId")
+        row = self.store.one("SELECT * FROM addresses WHERE public_ip=?", ip)
+        if row is None or row["account"] != account:
+            raise EC2Error("AuthFailure" if row else "InvalidAddress.NotFound",
+                           f"The address '{ip}' does not belong to you" if row else f"Address '{ip}' not found.",
+                           400)
+        return row
+
+    async def act_AllocateAddress(self, p: Params, account: str) -> dict:
+        used = {r["public_ip"] for r in self.store.q("SELECT public_ip FROM addresses")}
+        free = [ip for ip in self.public_pool if ip not in used]
+        if not free:
+            raise EC2Error("AddressLimitExceeded", "Too many addresses allocated")
+        alloc = new_id("eipalloc")
+        self._apply({"type": "address.allocate", "ip": free[0], "account": account, "allocation_id": alloc})
+        return {"publicIp": free[0], "domain": p.get("Domain") or "standard", "allocationId": alloc}
+
+    async def act_AssociateAddress(self, p: Params, account: str) -> dict:
+        row = self._address(account, p.get("PublicIp"), p.get("AllocationId"))
+        inst = self._instances(account, [p.req("InstanceId")])[0]
+        if inst["state"] not in ("pending", "running"):
+            raise EC2Error("IncorrectInstanceState", f"The instance '{inst['id']}' is not in a valid state")
+        assoc = new_id("eipassoc")
+        await self.cluster.associate(inst["zone"], row["public_ip"], inst["id"])
+        self._apply({"type": "address.associate", "ip": row["public_ip"], "instance": inst["id"],
+                     "association_id": assoc})
+        return {"return": True, "associationId": assoc}
+
+    async def act_DisassociateAddress(self, p: Params, account: str) -> dict:
+        assoc = p.get("AssociationId")
+        if assoc:
+            check_id("association", assoc)
+            row = self.store.one("SELECT * FROM addresses WHERE association_id=? AND account=?", assoc, account)
+            if row is None:
+                raise EC2Error("InvalidAssociationID.NotFound", f"The association ID '{assoc}' does not exist")
+        else:
+            row = self._address(account, p.req("PublicIp"), None)
+        if row["instance"]:
+            zone = self.store.one("SELECT zone FROM instances WHERE id=?", row["instance"])["zone"]
+            await self.cluster.disassociate(zone, row["public_ip"])
+        self._apply({"type": "address.disassociate", "ip": row["public_ip"]})
+        return {"return": True}
+
+    async def act_ReleaseAddress(self, p: Params, account: str) -> dict:
+        row = self._address(account, p.get("PublicIp"), p.get("AllocationId"))
+        if row["instance"]:
+            zone = self.store.one("SELECT zone FROM instances WHERE id=?", row["instance"])["zone"]
+            await self.cluster.disassociate(zone, row["public_ip"])
+        self._apply({"type": "address.release", "ip": row["public_ip"]})
+        return {"return": True}
+
+    async def act_DescribeAddresses(self, p: Params, account: str) -> dict:
+        rows = self.store.q("SELECT a.*, i.private_ip FROM addresses a LEFT JOIN instances i ON a.instance=i.id "
+                            "WHERE a.account=? ORDER BY a.public_ip", account)
+        ips, allocs = p.list("PublicIp"), p.list("AllocationId")
+        for ip in ips:
+            if ip not in {r["public_ip"] for r in rows}:
+                raise EC2Error("InvalidAddress.NotFound", f"Address '{ip}' not found.")
+        if ips or allocs:
+            rows = [r for r in rows if r["public_ip"] in ips or r["allocation_id"] in allocs]
+        return {"addressesSet": [{"publicIp": r["public_ip"], "allocationId": r["allocation_id"], "domain": "standard",
+                                  "instanceId": r["instance"], "associationId": r["association_id"],
+                                  "privateIpAddress": r["private_ip"] if r["instance"] else None} for r in rows]}
+
+    # -- volumes ------------------------------------------------------------------------------------
+
+    def _volume(self, account: str, vid: str):
+        check_id("volume", vid)
+        row = self.store.one("SELECT * FROM volumes WHERE id=? AND account=?", vid, account)
+        if row is None:
+            raise EC2Error("InvalidVolume.NotFound", f"The volume '{vid}' does not exist.")
+        return row
+
+    def _volume_item(self, r) -> dict:
+        item = {"volumeId": r["id"], "size": r["size"], "availabilityZone": r["zone"], "status": r["state"],
+                "createTime": _iso(r["created"]), "volumeType": "standard", "attachmentSet": []}
+        if r["instance"]:
+            item["attachmentSet"].append({"volumeId": r["id"], "instanceId": r["instance"], "device": r["device"],
+                                          "status": r["attach_state"], "attachTime": _iso(r["attached"] or r["created"]),
+                                          "deleteOnTermination": False})
+        return item
+
+    async def act_CreateVolume(self, p: Params, account: str) -> dict:
+        size = p.int("Size", low=1, high=int(self.config.get("max_volume_gib", 1024)))
+        zone = p.req("AvailabilityZone")
+        if zone not in self.zones:
+            raise EC2Error("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
+        vid = new_id("vol")
+        try:
+            await self.cluster.create_volume(zone, vid, size)
+        except ClusterError as exc:
+            raise EC2Error(exc.code, exc.message, exc.status) from None
+        self._apply({"type": "volume.create", "id": vid, "account": account, "size": size, "zone": zone,
+                     "state": "available", "time": time.time()})
+        return self._volume_item(self._volume(account, vid))
+
+    async def act_AttachVolume(self, p: Params, account: str) -> dict:
+        vol = self._volume(account, p.req("VolumeId"))
+        inst = self._instances(account, [p.req("InstanceId")])[0]
+        device = p.req("Device")
+        if vol["state"] != "available":
+            raise EC2Error("VolumeInUse", f"{vol['id']} is already attached to an instance")
+        if inst["zone"] != vol["zone"]:
+            raise EC2Error("InvalidVolume.ZoneMismatch", "The volume is not in the same availability zone as the instance")
+        if inst["state"] != "running":
+            raise EC2Error("IncorrectState", f"Instance '{inst['id']}' is not 'running'.")
+        try:
+            await self.cluster.attach_volume(vol["zone"], vol["id"], inst["id"])
+        except ClusterError as exc:
+            raise EC2Error(exc.code, exc.message, exc.status) from None
+        now = time.time()
+        self._apply({"type": "volume.update", "id": vol["id"], "state": "in-use", "instance": inst["id"],
+                     "device": device, "attach_state": "attached", "attached": now})
+        return {"volumeId": vol["id"], "instanceId": inst["id"], "device": device, "status": "attached",
+                "attachTime": _iso(now)}
+
+    async def act_DetachVolume(self, p: Params, account: str) -> dict:
+        vol = self._volume(account, p.req("VolumeId"))
+        if not vol["instance"]:
+            raise EC2Error("IncorrectState", f"Volume '{vol['id']}' is in the 'available' state.")
+        try:
+            await self.cluster.detach_volume(vol["zone"], vol["id"], vol["instance"])
+        except ClusterError as exc:
+            raise EC2Error(exc.code, exc.message, exc.status) from None
+        self._apply({"type": "volume.update", "id": vol["id"], "state": "available", "instance": None,
+                     "device": None, "attach_state": None, "attached": None})
+        return {"volumeId": vol["id"], "instanceId": vol["instance"], "device": vol["device"], "status": "detached",
+                "attachTime": _iso(vol["attached"] or vol["created"])}
+
+    async def act_DeleteVolume(self, p: Params, account: str) -> dict:
+        vol = self._volume(account, p.req("VolumeId"))
+        if vol["instance"]:
+            raise EC2Error("VolumeInUse", f"Volume {vol['id']} is currently attached to {vol['instance']}")
+        try:
+            await self.cluster.delete_volume(vol["zone"], vol["id"])
+        except ClusterError as exc:
+            raise EC2Error(exc.code, exc.message, exc.status) from None
+        self._apply({"type": "volume.delete", "id": vol["id"]})
+        return {"return": True}
+
+    async def act_DescribeVolumes(self, p: Params, account: str) -> dict:
+        ids = [check_id("volume", v) for v in p.list("VolumeId")]
+        rows = self.store.q("SELECT * FROM volumes WHERE account=? ORDER BY created", account)
+        if ids:
+            missing = set(ids) - {r["id"] for r in rows}
+            if missing:
+                raise EC2Error("InvalidVolume.NotFound", f"The volume '{sorted(missing)[0]}' does not exist.")
+            rows = [r for r in rows if r["id"] in ids]
+        return {"volumeSet": [self._volume_item(r) for r in rows]}
+
+    # -- the metadata service ---------------------------------------------------------------------
+
+    async def handle_metadata(self, request: web.Request) -> web.Response:
+        source = request.remote
+        row = self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running')", source)
+        if row is None:
+            return web.Response(status=404, text="not an instance of this cloud\n")
+        groups = json.loads(row["groups"])
+        names = [self.store.one("SELECT name FROM groups WHERE id=?", g)["name"] for g in groups]
+        data = {"instance-id": row["id"], "local-ipv4": row["private_ip"] or "",
+                "public-ipv4": row["public_ip"] or "", "security-groups": "\n".join(names),
+                "placement/availability-zone": row["zone"], "ami-id": row["image"],
+                "instance-type": row["type"], "reservation-id": row["reservation"]}
+        path = request.match_info.get("path", "").strip("/")
+        if path == "":
+            return web.Response(text="\n".join(sorted({k.split("/")[0] + ("/" if "/" in k else "") for k in data})))
+        if path == "placement":
+            return web.Response(text="availability-zone")
+        if path not in data:
+            return web.Response(status=404, text="not found\n")
+        return web.Response(text=data[path])
