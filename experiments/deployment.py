@@ -36,7 +36,7 @@ from . import rundir as rd
 log = logging.getLogger(__name__)
 
 # Components in start order (a component's module may not exist yet: it is skipped).
-COMPONENT_ORDER = ("clc", "walrus", "sc", "cc", "nc")
+COMPONENT_ORDER = ("clc", "walrus", "sc", "nc", "cc")
 
 
 class DeploymentError(RuntimeError):
