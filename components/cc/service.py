@@ -133,7 +133,8 @@ class ClusterController(Service):
                 rec = self.instances.setdefault(iid, {
                     "id": iid, "nc": nc, "slot": inst["slot"], "ip": inst["ip"], "mac": inst["mac"],
                     "prefix": inst.get("prefix"), "gateway": inst.get("gateway"),
-                    "group": inst.get("group"), "vlan": inst.get("vlan"), "account": inst.get("account"),
+                    "group": inst.get("group") or "default", "vlan": inst.get("vlan"),
+                    "account": inst.get("account"),
                     "image": inst.get("image"), "public_ip": None, "reason": ""})
                 rec["state"] = inst["state"]
                 found += 1
@@ -272,11 +273,12 @@ class ClusterController(Service):
         except (ValueError, TypeError) as exc:
             return self._error("InvalidParameterValue", str(exc))
         gid = request.match_info["id"]
-        self.groups[gid] = {"id": gid, "name": body.get("name", gid), "account": body.get("account"),
-                            "rules": rules}
-        self._save()
-        await self.publish_intent("group rules")
-        return web.json_response(self.groups[gid])
+        group = {"id": gid, "name": body.get("name", gid), "account": body.get("account"), "rules": rules}
+        if self.groups.get(gid) != group:  # the CLC re-sends unchanged groups now and then
+            self.groups[gid] = group
+            self._save()
+            await self.publish_intent("group rules")
+        return web.json_response(group)
 
     async def handle_associate(self, request: web.Request) -> web.Response:
         self.require_internal(request)

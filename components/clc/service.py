@@ -447,10 +447,17 @@ class CloudController(Service):
 
     async def _sync_loop(self) -> None:
         """Follow the CCs' view of instances (pending -> running, addresses, failures)."""
+        rounds = 0
         while True:
             await asyncio.sleep(self.config.get("cluster_poll_s", 0.1))
             if not self.may_serve():
                 continue
+            rounds += 1
+            if rounds % 20 == 0:
+                # Re-send every group's rules now and then: a CC that restarted with
+                # nothing learns them again (Eucalyptus's CLC re-sent network config too).
+                for g in self.store.q("SELECT * FROM groups"):
+                    await self.cluster.push_group(self._group_for_cluster(g))
             live = self.store.q("SELECT id, zone, state, private_ip, reason FROM instances "
                                 "WHERE state IN ('pending', 'running', 'shutting-down')")
             zones = sorted({r["zone"] for r in live})

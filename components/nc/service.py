@@ -166,7 +166,10 @@ class NodeController(Service):
                                      status=409)
         if slot not in self._free_slots():
             return web.json_response({"error": "SlotBusy", "message": f"slot {slot} is in use"}, status=409)
-        self.instances[iid] = {"id": iid, "slot": slot, "image": image, **net, "state": PENDING,
+        # What the CC said about the instance's network is kept too: a restarted CC
+        # rebuilds its view from these records.
+        extra = {k: body.get(k) for k in ("group", "vlan", "account")}
+        self.instances[iid] = {"id": iid, "slot": slot, "image": image, **net, **extra, "state": PENDING,
                                "reason": "", "pid": None}
         self._save()
         self.events.emit("instance.pending", instance=iid, slot=slot)
