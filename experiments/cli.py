@@ -97,10 +97,16 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "cloud":
+        from .bench_cloud import run
+
+        return run(args.requests)
+    if args.what == "instances":
+        from .bench_instances import run
+
+        return run(args.boots)
     from .bench import bench_bringup
 
-    if args.what != "bringup":
-        raise SystemExit(f"eucalab bench: unknown benchmark {args.what!r}")
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     return bench_bringup(sizes, repeat=args.repeat, baseline=not args.no_baseline)
 
@@ -136,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances"])
+    s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
+    s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
     s.add_argument("--repeat", type=int, default=1)
     s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
