@@ -214,8 +214,7 @@ class Deployment:
         if self.controller is not None:
             self._stop_controller()
         if self.network is not None:
-            problems = teardown(self.network.created)
-            self.network.stop()
+            problems = self.network.stop()
             self.network = None
             if problems:
                 log.warning("teardown: %s", "; ".join(problems))

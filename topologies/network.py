@@ -246,6 +246,7 @@ class EucaNetwork:
         self.created = Created()
         self.net: Mininet | None = None
         self.timings: dict[str, float] = {}
+        self._stopped = False
 
     # -- bring-up ---------------------------------------------------------------------
 
@@ -454,13 +455,15 @@ class EucaNetwork:
 
     # -- teardown ---------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Remove exactly what this network made; safe to call twice."""
-        teardown(self.created)
+    def stop(self) -> list[str]:
+        """Remove exactly what this network made; safe to call twice. Returns problems met."""
+        problems = [] if self._stopped else teardown(self.created)
+        self._stopped = True
         if self.net is not None:
             for node in self.net.hosts:
                 _close_pty(node)
             self.net = None
+        return problems
 
 
 def _close_pty(node) -> None:
@@ -555,8 +558,10 @@ def teardown(created: Created) -> list[str]:
         except (NetworkError, subprocess.TimeoutExpired) as exc:
             problems.append(str(exc))
     # Veth pairs whose other end sat in a namespace vanish when the kernel reaps
-    # the namespace (in one batch, far faster than deleting them one by one).
-    deadline = time.monotonic() + 10
+    # the namespace (in one batch, far faster than deleting them one by one). A
+    # namespace can outlive its processes while a socket opened in it is still
+    # open (e.g. a client's connection pool in the driver): such veths are deleted.
+    deadline = time.monotonic() + 1.5
     present = existing_links() & set(created.root_links)
     while present and time.monotonic() < deadline:
         time.sleep(0.02)
