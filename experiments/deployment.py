@@ -136,6 +136,7 @@ class Deployment:
         self.timings: dict[str, float] = {}
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
         self._main_label: dict[str, str] = {}
+        self.realtime = True
         # The SDN controller owns every bridge once it exists (controllers/__main__.py);
         # until then the switches run standalone.
         self.sdn = controller_exists() if sdn is None else sdn
@@ -300,6 +301,8 @@ class Deployment:
         if pair is not None:
             cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
                            "vip": pair.vip, "private_vip": pair.private_vip}
+        if pair is not None and pair.secondary is not None:
+            cfg["ha"] = self.ha_config(pair, host)
         if ph.role == "nc":
             # The NC boots instances into its VM slots by entering their namespaces.
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,
@@ -313,6 +316,32 @@ class Deployment:
             cfg["private_interface"] = ph.intf(f"priv{k}").name
             cfg["public_interface"] = ph.intf("cloud").name
         return cfg
+
+    def ha_config(self, pair: ServicePair, host: str) -> dict:
+        """What a member's HA agent needs: its peer's addresses, its VIPs, its arbitrators."""
+        peer = pair.secondary if host == pair.primary else pair.primary
+        me, other = self.plan.hosts[host], self.plan.hosts[peer]
+        vips = [{"address": pair.vip, "prefix": int(me.intf("cloud").ip.split("/")[1]),
+                 "interface": me.intf("cloud").name}]
+        if pair.private_vip:
+            net = f"priv{pair.cluster}"
+            vips.append({"address": pair.private_vip, "prefix": int(me.intf(net).ip.split("/")[1]),
+                         "interface": me.intf(net).name})
+        spec = self.spec
+        return {
+            "peer": peer,
+            # The heartbeat link first, the cloud network second: either path alone suffices.
+            "peer_addresses": [other.ip_on(pair.heartbeat_network), other.ip_on("cloud")],
+            "port": 7800,
+            "interval_ms": spec.heartbeat.interval_ms,
+            "misses": spec.heartbeat.misses,
+            "vips": vips,
+            "arbitrators": [{"name": a.name, "target": a.target_ip} for a in self.plan.arbitrators
+                            if a.host == host],
+            "arbitrator_period_s": spec.arbitrators.period_s,
+            "arbitrator_timeout_s": spec.arbitrators.timeout_s,
+            "arbitrator_fail_after": spec.arbitrators.fail_after,
+        }
 
     def start(self, component: str, host: str, config: dict | None = None, *, label: str | None = None,
               argv: list[str] | None = None, wait: bool = True, timeout: float = 20.0) -> Process:
@@ -339,6 +368,10 @@ class Deployment:
             cfg.update(config or {})
             rd.write_json(pdir / "config", cfg)
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
+            if cfg.get("ha") and self.realtime:
+                # Heartbeats at realtime priority: CPU starvation, not the network, causes
+                # most false failovers on a small host.
+                argv = ["chrt", "-f", "10"] + argv
         env = _child_env()
         node = self.net[host]
         with open(pdir / "stdout.log", "ab") as out:
@@ -349,7 +382,7 @@ class Deployment:
         (pdir / "pid").write_text(f"{popen.pid}\n")
         self._record(self.network.created)
         self.events.emit("process.start", host=host, label=label, pid=popen.pid, argv=argv[:6])
-        if wait and argv[1:3] == ["-m", f"components.{component}"]:
+        if wait and f"components.{component}" in argv:
             self.wait_event(proc, "service.start", timeout=timeout)
         return proc
 

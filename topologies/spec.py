@@ -81,6 +81,15 @@ class ArbitratorSpec:
     targets: list[str] = field(default_factory=lambda: list(ARBITRATOR_TARGETS))
     period_s: float = 1.0
     timeout_s: float = 0.5
+    fail_after: int = 2  # consecutive unanswered pings before an arbitrator counts as failed
+
+
+@dataclass
+class HeartbeatSpec:
+    """Failure detection between the members of an HA pair (docs/ha.md justifies the defaults)."""
+
+    interval_ms: float = 50.0
+    misses: int = 3
 
 
 @dataclass
@@ -109,6 +118,7 @@ class DeploymentSpec:
     vlan_clean: bool = True
     ha: HASpec = field(default_factory=HASpec)
     arbitrators: ArbitratorSpec = field(default_factory=ArbitratorSpec)
+    heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
     links: LinkSpec = field(default_factory=LinkSpec)
     # Open vSwitch datapath: auto picks the kernel datapath where the module exists.
     datapath: str = "auto"
@@ -148,6 +158,9 @@ class DeploymentSpec:
                     f"arbitrators.targets[{i}]",
                     f"unknown target {target!r}; choose from {', '.join(ARBITRATOR_TARGETS)}",
                 )
+        _check_int(arb.fail_after, "arbitrators.fail_after", 1, 100)
+        _check_float(self.heartbeat.interval_ms, "heartbeat.interval_ms", 5, 60_000)
+        _check_int(self.heartbeat.misses, "heartbeat.misses", 1, 100)
         _check_float(arb.period_s, "arbitrators.period_s", 0.01, 3600)
         _check_float(arb.timeout_s, "arbitrators.timeout_s", 0.001, 3600)
         if arb.timeout_s > arb.period_s:
@@ -182,7 +195,7 @@ class DeploymentSpec:
 
 # -- loading -------------------------------------------------------------------------
 
-_SECTIONS = {"ha": HASpec, "arbitrators": ArbitratorSpec, "links": LinkSpec}
+_SECTIONS = {"ha": HASpec, "arbitrators": ArbitratorSpec, "heartbeat": HeartbeatSpec, "links": LinkSpec}
 
 
 def spec_from_dict(data: Any, netem: bool | None = None) -> DeploymentSpec:

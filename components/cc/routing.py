@@ -125,9 +125,18 @@ async def _sync_addresses(intf: str, want: list[str], scope_net: str | None, kee
     return added
 
 
-async def announce(intf: str, addresses: list[str]) -> None:
-    """Gratuitous ARP for addresses that moved here, so neighbours learn at once."""
-    await asyncio.gather(*(_run("arping", "-q", "-U", "-c", "1", "-I", intf, a) for a in addresses))
+_background: set[asyncio.Task] = set()
+
+
+def announce(intf: str, addresses: list[str]) -> None:
+    """Gratuitous ARP for addresses that moved here, so neighbours learn at once.
+
+    arping lingers after sending; it runs in the background so routing is never held up.
+    """
+    for a in addresses:
+        task = asyncio.get_running_loop().create_task(_run("arping", "-q", "-U", "-c", "2", "-I", intf, a))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
 
 async def apply(cc, intent: dict) -> None:
@@ -146,8 +155,8 @@ async def apply(cc, intent: dict) -> None:
     vm_space = f"10.{100 + cc.cluster}.16.0/20"
     added_priv = await _sync_addresses(private_if, rc.private_addresses, vm_space, set())
     added_pub = await _sync_addresses(public_if, rc.public_addresses, "10.0.128.0/17", set())
-    await announce(private_if, added_priv)
-    await announce(public_if, added_pub)
+    announce(private_if, added_priv)
+    announce(public_if, added_pub)
     cc.events.emit("router.applied", gateways=len(rc.private_addresses), elastic_ips=len(rc.public_addresses))
 
 

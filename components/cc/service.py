@@ -59,6 +59,9 @@ class ClusterController(Service):
         self.intent_http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task | None = None
         self._intent_lock = asyncio.Lock()
+        if self.ha is not None:
+            self.ha.on_promote = self._on_promote
+            self.ha.on_demote = self._on_demote
 
     # -- persistence --------------------------------------------------------------------
 
@@ -68,11 +71,54 @@ class ClusterController(Service):
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
+    def _snapshot(self) -> dict:
+        return {"instances": self.instances, "groups": self.groups, "addresses": self.addresses,
+                "epoch": self.epoch}
+
     def _save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"instances": self.instances, "groups": self.groups,
-                                   "addresses": self.addresses, "epoch": self.epoch}, sort_keys=True))
+        tmp.write_text(json.dumps(self._snapshot(), sort_keys=True))
         os.replace(tmp, self.state_file)
+        if self.ha is not None and self.state.value == "ENABLED" and self.http is not None:
+            # The DISABLED peer keeps a copy, so a takeover starts from the same view.
+            asyncio.get_running_loop().create_task(self._push_state())
+
+    async def _push_state(self) -> None:
+        url = f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}/internal/ha/state"
+        try:
+            async with self.http.put(url, json=self._snapshot()) as r:
+                await r.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass  # the peer is down: it rebuilds from the NCs when it returns
+
+    async def handle_peer_state(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        if self.state.value == "ENABLED":
+            return self._error("Conflict", "this CC is the primary", 409)
+        snap = await request.json()
+        if int(snap.get("epoch", 0)) < self.epoch:
+            return self._error("StaleEpoch", f"epoch {snap.get('epoch')} < {self.epoch}", 409)
+        self.instances, self.groups = snap["instances"], snap["groups"]
+        self.addresses, self.epoch = snap["addresses"], int(snap["epoch"])
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._snapshot(), sort_keys=True))
+        os.replace(tmp, self.state_file)
+        return web.json_response({"ok": True})
+
+    async def _on_promote(self, epoch: int) -> None:
+        """Take the cluster over: rebuild the view, then route (before the VIPs move here)."""
+        self.epoch = epoch
+        self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
+                                   self.scheduler.policy)
+        self.alloc = NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32)))
+        await self.rebuild_from_ncs()
+        await self.publish_intent("promoted", force=True)
+
+    async def _on_demote(self, reason: str) -> None:
+        if self.mode in ("MANAGED", "MANAGED-NOVLAN"):
+            from . import routing
+
+            await routing.withdraw(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -85,6 +131,7 @@ class ClusterController(Service):
         r.add_put("/cluster/addresses/{ip}", self.handle_associate)
         r.add_delete("/cluster/addresses/{ip}", self.handle_disassociate)
         r.add_get("/cluster/capacity", self.handle_capacity)
+        r.add_put("/internal/ha/state", self.handle_peer_state)
         r.add_post("/cluster/instances/{id}/volumes", self.handle_attach)
         r.add_delete("/cluster/instances/{id}/volumes/{volume}", self.handle_detach)
 
@@ -97,7 +144,13 @@ class ClusterController(Service):
                                                      timeout=aiohttp.ClientTimeout(total=5))
         await self.rebuild_from_ncs()
         self._poller = asyncio.create_task(self._poll_ncs())
-        if self.state.value == "ENABLED":
+        if self.ha is not None and self.mode in ("MANAGED", "MANAGED-NOVLAN"):
+            # A CC restarting after a crash may have left routes and addresses in its
+            # kernel: a member starts clean and routes only once elected.
+            from . import routing
+
+            await routing.withdraw(self)
+        elif self.state.value == "ENABLED":
             await self.publish_intent("start")
 
     async def on_stop(self) -> None:
@@ -356,9 +409,9 @@ class ClusterController(Service):
                 "instances": [{"id": i["id"], "mac": i["mac"], "ip": i["ip"], "nc": i["nc"], "slot": i["slot"],
                                "group": i["group"], "public_ip": i.get("public_ip")} for i in live]}
 
-    async def publish_intent(self, reason: str) -> None:
+    async def publish_intent(self, reason: str, force: bool = False) -> None:
         """Push the intent to the SDN controller and apply the routing on this host."""
-        if self.state.value != "ENABLED":
+        if self.state.value != "ENABLED" and not force:
             return
         intent = self.intent()
         async with self._intent_lock:

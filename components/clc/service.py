@@ -53,6 +53,11 @@ class CloudController(Service):
         self._ensure_admin()
         self.actions = {name[len("act_"):]: getattr(self, name) for name in dir(self) if name.startswith("act_")}
         self._sync_task: asyncio.Task | None = None
+        self._catchup_task: asyncio.Task | None = None
+        self.replica = None  # set up in on_start when HA is on
+        if self.ha is not None:
+            self.ha.last_seq = lambda: self.store.last_seq
+            self.ha.on_demote = self._on_demote
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -69,17 +74,93 @@ class CloudController(Service):
             app.router.add_route("POST", path, self.handle_api)
         app.router.add_route("POST", "/", self.handle_api)
         app.router.add_get("/internal/accounts/{access_key}", self.handle_account_lookup)
+        app.router.add_post("/internal/ha/ops", self.handle_replicate)
+        app.router.add_get("/internal/ha/ops", self.handle_export)
         app.router.add_get("/latest/meta-data/{path:.*}", self.handle_metadata)
         app.router.add_get("/latest/meta-data", self.handle_metadata)
 
     async def on_start(self) -> None:
         await self.cluster.start()
         self._sync_task = asyncio.create_task(self._sync_loop())
+        if self.ha is not None:
+            import aiohttp
+
+            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
+                                                 timeout=aiohttp.ClientTimeout(total=1.0))
+            self._catchup_task = asyncio.create_task(self._catch_up_loop())
 
     async def on_stop(self) -> None:
-        if self._sync_task:
-            self._sync_task.cancel()
+        for task in (self._sync_task, self._catchup_task):
+            if task:
+                task.cancel()
         await self.cluster.close()
+        if self.replica is not None:
+            await self.replica.close()
+
+    # -- replication to the DISABLED peer (HA) ------------------------------------------------
+
+    def _peer_url(self) -> str:
+        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+
+    async def replicate(self, upto: int) -> None:
+        """Before a write is acknowledged, the DISABLED peer has it too (when it is alive)."""
+        ha = self.ha
+        if ha is None or not ha.peer_alive() or ha.peer.state != "DISABLED" or ha.peer.last_seq >= upto:
+            return
+        ops = self.store.export_ops(after_seq=ha.peer.last_seq)
+        try:
+            async with self.replica.post(f"{self._peer_url()}/internal/ha/ops",
+                                         json={"epoch": ha.epoch, "ops": ops}) as r:
+                answer = await r.json()
+                if r.status == 200:
+                    ha.peer.last_seq = max(ha.peer.last_seq, int(answer["last_seq"]))
+                    return
+                self.events.emit("ha.replication_refused", status=r.status, answer=answer)
+        except Exception as exc:  # the peer may die mid-request: the write stands here
+            self.events.emit("ha.replication_failed", error=repr(exc), upto=upto)
+
+    async def handle_replicate(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        body = await request.json()
+        ha = self.ha
+        if ha is None or self.state.value == "ENABLED":
+            return web.json_response({"error": "not a secondary"}, status=409)
+        if int(body["epoch"]) < max(ha.epoch, ha.peer.epoch):
+            return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
+        try:
+            last = self.store.apply_ops(body["ops"])
+        except Exception as exc:
+            return web.json_response({"error": str(exc), "last_seq": self.store.last_seq}, status=409)
+        return web.json_response({"last_seq": last})
+
+    async def handle_export(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        after = int(request.query.get("after", "0"))
+        return web.json_response({"epoch": self.ha.epoch if self.ha else 0, "ops": self.store.export_ops(after)})
+
+    async def _catch_up_loop(self) -> None:
+        """A DISABLED member pulls what it lacks from the ENABLED peer (after a restart or a cut)."""
+        while True:
+            await asyncio.sleep(0.2)
+            ha = self.ha
+            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
+                continue
+            if ha.peer.last_seq <= self.store.last_seq:
+                continue
+            try:
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
+                                            params={"after": str(self.store.last_seq)}) as r:
+                    data = await r.json()
+                self.store.apply_ops(data["ops"])
+                self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
+            except Exception as exc:
+                self.events.emit("ha.catch_up_failed", error=repr(exc))
+
+    async def _on_demote(self, reason: str) -> None:
+        # An ex-primary may hold writes nobody acknowledged; the new primary's log wins.
+        if "took over" in reason or "higher epoch" in reason:
+            self.store.reset()
+            self.events.emit("ha.state_reset", reason=reason)
 
     def status_extra(self) -> dict:
         return {"last_seq": self.store.last_seq}
@@ -127,7 +208,10 @@ class CloudController(Service):
             handler = self.actions.get(action)
             if handler is None:
                 raise EC2Error("InvalidAction", f"The action {action} is not valid for this web service.")
+            before = self.store.last_seq
             result = await handler(params, auth.account_id)
+            if self.store.last_seq > before:
+                await self.replicate(self.store.last_seq)
             return web.Response(body=response_xml(action, result, rid), content_type="text/xml")
         except EC2Error as err:
             return web.Response(body=error_xml(err, rid), status=err.status, content_type="text/xml")

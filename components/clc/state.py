@@ -159,6 +159,14 @@ class Store:
         cur.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)", (op["id"], op["account"], op["location"],
                                                                  op["name"], op["time"]))
 
+    def reset(self) -> None:
+        """Forget everything (an ex-primary rejoining takes the new primary's log whole)."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        for table in ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog"):
+            cur.execute(f"DELETE FROM {table}")
+        cur.execute("COMMIT")
+
     # -- queries ------------------------------------------------------------------------------
 
     def q(self, sql: str, *args) -> list[sqlite3.Row]:

@@ -53,6 +53,13 @@ class Service:
                                    middlewares=[self._gate])
         self.app.router.add_get("/health", self.handle_health)
         self.app.router.add_get("/status", self.handle_status)
+        self.ha = None
+        if config.get("ha"):
+            from .ha import HAAgent
+
+            self.ha = HAAgent(self, config)
+            self.may_serve = self.ha.may_serve
+            self.app.router.add_post("/ha/arbitrators/{name}/{action}", self.handle_arbitrator)
         self.setup_routes(self.app)
         self._stop: asyncio.Event | None = None
 
@@ -94,9 +101,20 @@ class Service:
         return web.json_response({"ok": True})
 
     async def handle_status(self, request: web.Request) -> web.Response:
+        extra = {"ha": self.ha.status()} if self.ha else {}
         return web.json_response({"component": self.component, "host": self.host, "role": self.role,
                                   "state": self.state.value, "since": self.since, "pid": os.getpid(),
-                                  **self.status_extra()})
+                                  "serving": self.may_serve(), **extra, **self.status_extra()})
+
+    async def handle_arbitrator(self, request: web.Request) -> web.Response:
+        """Stop or start an arbitrator (maintenance): POST /ha/arbitrators/{name}/stop|start."""
+        self.require_internal(request)
+        action = request.match_info["action"]
+        if action not in ("stop", "start"):
+            raise web.HTTPNotFound(text="stop or start")
+        if not self.ha.set_arbitrator_stopped(request.match_info["name"], action == "stop"):
+            raise web.HTTPNotFound(text="no such arbitrator")
+        return web.json_response(self.ha.status())
 
     def require_internal(self, request: web.Request) -> None:
         """Refuse an internal call without the run's shared token."""
@@ -121,11 +139,15 @@ class Service:
         site = web.TCPSite(runner, self.config.get("listen_host", "0.0.0.0"), self.config["port"],
                            reuse_address=True)
         await site.start()
+        if self.ha is not None:
+            await self.ha.start()
         self.events.emit("service.start", port=self.config["port"], pid=os.getpid(),
                          state=self.state.value, role=self.role)
         try:
             await self._stop.wait()
         finally:
+            if self.ha is not None:
+                await self.ha.stop()
             await self.on_stop()
             await runner.cleanup()
             self.events.emit("service.stop", pid=os.getpid())
