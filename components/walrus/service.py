@@ -13,6 +13,7 @@ user keys, fetch them at ``GET|HEAD /internal/object?bucket=&key=``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -99,8 +100,61 @@ class Store:
             CREATE TABLE IF NOT EXISTS objects (bucket TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL,
                 etag TEXT NOT NULL, content_type TEXT, modified REAL NOT NULL, meta TEXT, file TEXT NOT NULL,
                 PRIMARY KEY (bucket, key));
+            CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
         """)
         self._sweep()
+
+    @property
+    def last_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0]
+
+    def apply(self, op: dict, seq: int | None = None, epoch: int = 1) -> str | None:
+        """Apply one logged operation in one transaction; returns a file the change made obsolete.
+
+        The op log is what HA replication ships: a DISABLED peer applies the same ops
+        (with the object bytes) and so holds the same buckets and objects.
+        """
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        obsolete = None
+        try:
+            t = op["type"]
+            if t == "bucket.create":
+                cur.execute("INSERT INTO buckets VALUES (?, ?, ?)", (op["bucket"], op["account"], op["created"]))
+            elif t == "bucket.delete":
+                cur.execute("DELETE FROM buckets WHERE name=?", (op["bucket"],))
+            elif t == "object.put":
+                old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
+                                  (op["bucket"], op["key"])).fetchone()
+                cur.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (op["bucket"], op["key"], op["size"], op["etag"], op["content_type"], op["modified"],
+                             json.dumps(op["meta"]), op["file"]))
+                obsolete = old[0] if old and old[0] != op["file"] else None
+            elif t == "object.delete":
+                old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
+                                  (op["bucket"], op["key"])).fetchone()
+                cur.execute("DELETE FROM objects WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
+                obsolete = old[0] if old else None
+            else:
+                raise ValueError(f"unknown operation {t!r}")
+            seq = seq if seq is not None else (cur.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0] + 1)
+            cur.execute("INSERT INTO ops VALUES (?, ?, ?)", (seq, epoch, json.dumps(op, sort_keys=True)))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        if obsolete:
+            (self.objects / obsolete).unlink(missing_ok=True)
+        return obsolete
+
+    def export_ops(self, after: int) -> list[dict]:
+        return [{"seq": seq, "epoch": epoch, "op": json.loads(op)} for seq, epoch, op in
+                self.db.execute("SELECT seq, epoch, op FROM ops WHERE seq > ? ORDER BY seq", (after,))]
+
+    def reset(self) -> None:
+        self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops;")
+        for f in self.objects.iterdir():
+            f.unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         """Remove files no metadata row points to (left by a crash mid-write)."""
@@ -127,8 +181,24 @@ class Walrus(Service):
         clc = (config.get("endpoints", {}).get("clc") or "").split("/services/")[0] or None
         self.accounts = AccountResolver(config, clc)
         self.max_object = int(config.get("max_object_bytes", 5 * 2**30))
+        self.replica = None
+        self._catchup: asyncio.Task | None = None
+        if self.ha is not None:
+            self.ha.last_seq = lambda: self.store.last_seq
+            self.ha.on_demote = self._on_demote
+
+    async def on_start(self) -> None:
+        if self.ha is not None:
+            import aiohttp
+
+            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
+                                                 timeout=aiohttp.ClientTimeout(total=5))
+            self._catchup = asyncio.create_task(self._catch_up_loop())
 
     def setup_routes(self, app: web.Application) -> None:
+        app.router.add_post("/internal/ha/apply", self.handle_ha_apply)
+        app.router.add_get("/internal/ha/ops", self.handle_ha_ops)
+        app.router.add_get("/internal/ha/file/{name}", self.handle_ha_file)
         app.router.add_route("GET", "/internal/object", self.handle_internal_object)
         app.router.add_route("HEAD", "/internal/object", self.handle_internal_object)
         app.router.add_route("*", PREFIX, self.dispatch)
@@ -136,6 +206,10 @@ class Walrus(Service):
 
     async def on_stop(self) -> None:
         await self.accounts.close()
+        if self._catchup:
+            self._catchup.cancel()
+        if self.replica is not None:
+            await self.replica.close()
 
     def unavailable(self, request: web.Request) -> web.Response:
         return self._error(S3Error("ServiceUnavailable", f"{self.host} is {self.state.value}", 503))
@@ -237,7 +311,9 @@ class Walrus(Service):
             if row[1] == account:
                 raise S3Error("BucketAlreadyOwnedByYou", "You already own this bucket", 409, bucket)
             raise S3Error("BucketAlreadyExists", "The requested bucket name is not available", 409, bucket)
-        self.store.db.execute("INSERT INTO buckets VALUES (?, ?, ?)", (bucket, account, dt.datetime.now().timestamp()))
+        self._apply({"type": "bucket.create", "bucket": bucket, "account": account,
+                     "created": dt.datetime.now().timestamp()})
+        await self.replicate()
         self.events.emit("bucket.create", bucket=bucket)
         return web.Response(status=200, headers={"Location": f"/{bucket}"})
 
@@ -245,7 +321,8 @@ class Walrus(Service):
         self._owned_bucket(account, bucket)
         if self.store.db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (bucket,)).fetchone():
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, bucket)
-        self.store.db.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+        self._apply({"type": "bucket.delete", "bucket": bucket})
+        await self.replicate()
         self.events.emit("bucket.delete", bucket=bucket)
         return web.Response(status=204)
 
@@ -370,13 +447,10 @@ class Walrus(Service):
         os.replace(tmp, self.store.objects / name)
         etag = md5.hexdigest()
         meta = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
-        old = self.store.obj(bucket, key)
-        self.store.db.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (bucket, key, size, etag, request.headers.get("Content-Type", "binary/octet-stream"),
-             dt.datetime.now().timestamp(), json.dumps(meta), name))
-        if old is not None:
-            (self.store.objects / old[6]).unlink(missing_ok=True)
+        self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
+                     "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
+                     "modified": dt.datetime.now().timestamp(), "meta": meta, "file": name})
+        await self.replicate()  # the DISABLED peer has the object before the client hears success
         self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
         return web.Response(status=200, headers={"ETag": f'"{etag}"'})
 
@@ -431,10 +505,114 @@ class Walrus(Service):
         self._owned_bucket(account, bucket)
         row = self.store.obj(bucket, key)
         if row is not None:
-            self.store.db.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
-            (self.store.objects / row[6]).unlink(missing_ok=True)
+            self._apply({"type": "object.delete", "bucket": bucket, "key": key})
+            await self.replicate()
             self.events.emit("object.delete", bucket=bucket, key=key)
         return web.Response(status=204)
+
+    # -- HA replication ---------------------------------------------------------------------------
+
+    def _apply(self, op: dict) -> None:
+        self.store.apply(op, epoch=self.ha.epoch if self.ha else 1)
+
+    def _peer_url(self) -> str:
+        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+
+    async def replicate(self) -> None:
+        """Ship what the DISABLED peer lacks (ops and object bytes) before acknowledging."""
+        ha = self.ha
+        if ha is None or not ha.peer_alive() or ha.peer.state != "DISABLED":
+            return
+        for entry in self.store.export_ops(ha.peer.last_seq):
+            op = entry["op"]
+            body = b""
+            if op["type"] == "object.put":
+                path = self.store.objects / op["file"]
+                if not path.exists():
+                    continue  # replaced since: a later op carries the object
+                body = path.read_bytes()
+            try:
+                async with self.replica.post(f"{self._peer_url()}/internal/ha/apply", data=body,
+                                             headers={"X-Eucalab-Op": json.dumps(entry),
+                                                      "X-Eucalab-Epoch": str(ha.epoch)}) as r:
+                    answer = await r.json()
+                    if r.status != 200:
+                        self.events.emit("ha.replication_refused", status=r.status, answer=answer)
+                        return
+                    ha.peer.last_seq = int(answer["last_seq"])
+            except Exception as exc:  # the peer may die mid-request: the write stands here
+                self.events.emit("ha.replication_failed", error=repr(exc))
+                return
+
+    async def handle_ha_apply(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        ha = self.ha
+        if ha is None or self.state.value == "ENABLED":
+            return web.json_response({"error": "not a secondary"}, status=409)
+        entry = json.loads(request.headers["X-Eucalab-Op"])
+        sender_epoch = int(request.headers.get("X-Eucalab-Epoch", "0"))
+        if sender_epoch < max(ha.epoch, ha.peer.epoch):  # a stale ex-primary's stream
+            return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
+        body = await request.read()
+        self._apply_replica(entry, body)
+        return web.json_response({"last_seq": self.store.last_seq})
+
+    def _apply_replica(self, entry: dict, body: bytes) -> None:
+        if entry["seq"] <= self.store.last_seq:
+            return
+        op = entry["op"]
+        if op["type"] == "object.put":
+            tmp = self.store.objects / f".{op['file']}.part"
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.store.objects / op["file"])
+        self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
+
+    async def handle_ha_ops(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"ops": self.store.export_ops(int(request.query.get("after", "0")))})
+
+    async def handle_ha_file(self, request: web.Request) -> web.StreamResponse:
+        self.require_internal(request)
+        name = request.match_info["name"]
+        if not re.fullmatch(r"[0-9a-f]{32}", name) or not (self.store.objects / name).exists():
+            return web.Response(status=404)
+        return web.FileResponse(self.store.objects / name)
+
+    async def _catch_up_loop(self) -> None:
+        """A DISABLED member pulls the ops and objects it lacks from the ENABLED peer."""
+        while True:
+            await asyncio.sleep(0.2)
+            ha = self.ha
+            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
+                continue
+            if ha.peer.last_seq <= self.store.last_seq:
+                continue
+            try:
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
+                                            params={"after": str(self.store.last_seq)}) as r:
+                    ops = (await r.json())["ops"]
+                for entry in ops:
+                    body = b""
+                    if entry["op"]["type"] == "object.put":
+                        async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}") as r:
+                            if r.status != 200:
+                                # Replaced on the peer since: record the op so later ones apply.
+                                self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
+                                                      (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
+                                continue
+                            body = await r.read()
+                    self._apply_replica(entry, body)
+                self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
+            except Exception as exc:
+                self.events.emit("ha.catch_up_failed", error=repr(exc))
+
+    async def _on_demote(self, reason: str) -> None:
+        if "took over" in reason or "higher epoch" in reason:
+            self.store.reset()
+            self.events.emit("ha.state_reset", reason=reason)
 
     # -- internal: image downloads by NCs -------------------------------------------------------
 
