@@ -445,6 +445,25 @@ class Deployment:
             started.extend(procs)
         return started
 
+    # -- links (fault injection) -------------------------------------------------------
+
+    def set_link(self, host: str, network: str | None, up: bool) -> None:
+        """Take a host's interface on ``network`` (None: every interface) down or up.
+
+        The kernel drops a host's routes through an interface that goes down and does
+        not bring them back: bringing a link up re-applies the host's planned routes.
+        """
+        ph = self.plan.hosts[host]
+        intfs = [i.name for i in ph.interfaces if network is None or i.network == network]
+        cmds = [f"ip link set dev {name} {'up' if up else 'down'}" for name in intfs]
+        if up:
+            if ph.default_route:
+                cmds.append(f"ip route replace default via {ph.default_route}")
+            cmds += [f"ip route replace {dest} via {via}" for dest, via in ph.routes]
+        self.net[host].cmd("; ".join(cmds) + " 2>/dev/null")
+        self.events.emit("link.up" if up else "link.down", host=host, network=network or "all",
+                         interfaces=intfs)
+
     # -- service virtual IPs -------------------------------------------------------------
 
     def place_vip(self, pair: ServicePair, host: str, announce: bool = True) -> None:

@@ -36,6 +36,8 @@ from typing import Awaitable, Callable
 from .states import ServiceState
 
 ENABLED, DISABLED, NOTREADY = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.NOTREADY
+# When gratuitous ARPs go out after a takeover: at once, and again past the 1 s ARP locktime.
+GARP_SCHEDULE_S = (0.0, 1.1, 2.2)
 
 
 def _mono() -> float:
@@ -124,6 +126,7 @@ class Peer:
     last_seq: int = 0
     priority: int = 0
     arb_ok: bool = True
+    sent: float = 0.0  # the sender's CLOCK_MONOTONIC when it sent the last heartbeat heard
     paths: dict = field(default_factory=dict)  # address -> t_mono last heard on it
 
 
@@ -166,6 +169,7 @@ class HAAgent:
         self._advised: list[str] = []
         self._running: set[asyncio.Task] = set()
         self._deadline: asyncio.TimerHandle | None = None
+        self._last_reannounce = 0.0
 
     # -- what the component asks -----------------------------------------------------------
 
@@ -226,7 +230,7 @@ class HAAgent:
 
     def _message(self) -> bytes:
         self.seq += 1
-        return json.dumps({"pair": self.pair, "host": self.host, "epoch": self.epoch,
+        return json.dumps({"pair": self.pair, "host": self.host, "epoch": self.epoch, "sent": _mono(),
                            "state": self.svc.state.value, "seq": self.seq, "last_seq": self.last_seq(),
                            "priority": self.priority, "arb_ok": not self.all_arbitrators_failed(),
                            "fenced": self.fenced_since is not None}).encode()
@@ -252,6 +256,7 @@ class HAAgent:
         was_alive = self.peer_alive(now)
         p = self.peer
         p.heard, p.state, p.epoch = now, m["state"], int(m["epoch"])
+        p.sent = float(m.get("sent", 0.0))
         p.last_seq, p.priority, p.arb_ok = int(m.get("last_seq", 0)), int(m.get("priority", 0)), bool(m["arb_ok"])
         p.paths[addr[0]] = now
         # Check for silence exactly one detection window after this heartbeat, not at
@@ -263,6 +268,12 @@ class HAAgent:
         if not was_alive:
             self.peer_dead_reported = False
             self.events.emit("ha.peer_alive", peer=m["host"], epoch=p.epoch, state=p.state)
+        if self.svc.state is ENABLED and (p.state == "ENABLED" or m.get("fenced")) and self.fenced_since is None \
+                and now - self._last_reannounce > 1.0:
+            # A peer that believes (or believed) it is primary may have answered ARP for
+            # our VIPs: announce them again so nobody keeps its stale location.
+            self._last_reannounce = now
+            self._spawn(self._announce())
         if self.fenced_since is not None or (self.svc.state is ENABLED and p.state == "ENABLED"):
             self._spawn(self._decide("heartbeat"))
         elif p.state == "NOTREADY" and self.svc.state is DISABLED:
@@ -279,9 +290,11 @@ class HAAgent:
                 next_at = _mono()  # ran late: do not try to catch up with a burst
             now = _mono()
             if now - self.last_tick > self.window and self.svc.state is ENABLED and self.fenced_since is None:
-                # This process did not run for a detection window: the peer may have taken over.
+                # This process did not run for a detection window: the peer may have taken
+                # over. Stop serving and let go of the VIPs at once, before anything else.
                 self.fenced_since = now
                 self.events.emit("ha.frozen", late_s=round(now - self.last_tick, 4))
+                self._spawn(self._release_vips())
             self.last_tick = now
             self.send_heartbeat()
             # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
@@ -318,13 +331,18 @@ class HAAgent:
                 self.events.emit("ha.peer_dead", last_heard=self.peer.heard, detected_at=now,
                                  silence_s=round(now - self.peer.heard, 4))
             if self.fenced_since is not None:
-                if alive and self.peer.heard > self.fenced_since:
+                # Only a heartbeat *sent* after the freeze tells the truth: older ones
+                # queued in the socket while this process was stopped say nothing of now.
+                if alive and self.peer.sent > self.fenced_since:
                     if self.peer.state == "ENABLED" or self.peer.epoch > self.epoch:
                         await self._demote("peer took over while this member was frozen")
+                    else:
+                        await self._acquire_vips()  # the peer did not take over: carry on
                     self.fenced_since = None
                     self.events.emit("ha.unfenced", peer_state=self.peer.state)
                 elif now - self.fenced_since > self.window:
                     self.fenced_since = None  # heard nothing for a whole window: the peer is gone
+                    await self._acquire_vips()
                     self.events.emit("ha.unfenced", peer_state=None)
                 return
             if state is ENABLED:
@@ -388,12 +406,29 @@ class HAAgent:
     async def _acquire_vips(self) -> bool:
         codes = await asyncio.gather(*(self._run("ip", "addr", "replace", f"{v['address']}/{v['prefix']}",
                                                  "dev", v["interface"]) for v in self.vips))
-        # Gratuitous ARP: routers and clients learn the new location at once. arping
-        # lingers after sending, so it runs on its own.
+        await self._announce()
         for v in self.vips:
-            self._spawn(self._run("arping", "-q", "-U", "-c", "2", "-I", v["interface"], v["address"]))
             self.events.emit("ha.vip_acquired", vip=v["address"], interface=v["interface"])
         return all(c == 0 for c in codes)
+
+    async def _announce(self) -> None:
+        """Gratuitous ARP: routers and clients learn the VIPs' location at once.
+
+        Linux ignores an ARP update for an entry changed less than locktime (1 s) ago,
+        so the announcement is repeated after that; arping runs on its own, never in
+        the way of a heartbeat.
+        """
+        for delay in GARP_SCHEDULE_S:
+            for v in self.vips:
+                self._spawn(self._garp(delay, v))
+
+    async def _garp(self, delay: float, vip: dict) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        # A member that lost the VIP meanwhile must not announce it: that would pull
+        # traffic back to a host that drops it.
+        if self.svc.state is ENABLED and self.fenced_since is None:
+            await self._run("arping", "-q", "-U", "-c", "1", "-I", vip["interface"], vip["address"])
 
     async def _release_vips(self) -> None:
         await asyncio.gather(*(self._run("ip", "addr", "del", f"{v['address']}/{v['prefix']}", "dev",

@@ -1,0 +1,299 @@
+"""High availability on the real network: the fault table, and one regression test for each
+failure of the real Eucalyptus listed in REFERENCE.md (EUCA-2281, -3202, -3440, -4846, -8110)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from components.common.events import read_events
+from experiments.deployment import Deployment
+from topologies.spec import DeploymentSpec
+
+from .conftest import aws_client
+
+
+def state(dep, host: str) -> str | None:
+    """A member's current state, from its own event log (no network needed)."""
+    proc = dep.process(host)
+    current = None
+    for e in read_events(proc.events_path):
+        if e["event"] == "state.change":
+            current = e["to"]
+        elif e["event"] == "service.start":
+            current = e.get("state")
+    return current if proc.alive() else "DEAD"
+
+
+def wait_until(fn, timeout: float = 10.0, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    return fn()
+
+
+def enabled_members(dep, pair: str) -> list[str]:
+    p = next(x for x in dep.plan.pairs if x.name == pair)
+    return [m for m in p.members if state(dep, m) == "ENABLED"]
+
+
+def heal(dep, pair: str) -> str:
+    """Bring both members back and wait for exactly one ENABLED; returns it."""
+    p = next(x for x in dep.plan.pairs if x.name == pair)
+    for m in p.members:
+        dep.set_link(m, None, up=True)
+        proc = dep.process(m)
+        if not proc.alive():
+            dep.start(p.kind, m)
+    assert wait_until(lambda: len(enabled_members(dep, pair)) == 1 and all(
+        state(dep, m) in ("ENABLED", "DISABLED") for m in p.members), 15), \
+        {m: state(dep, m) for m in p.members}
+    return enabled_members(dep, pair)[0]
+
+
+class Probe:
+    """HTTP GETs from the user host every 10 ms; records (sent, done, ok)."""
+
+    def __init__(self, dep, url: str, check=lambda status, body: status == 200):
+        self.dep, self.url, self.check = dep, url, check
+        self.log: list[tuple[float, float, bool]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.url)
+        with self.dep.in_host("user"):
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=0.3)
+                    c.request("GET", u.path + ("?" + u.query if u.query else ""))
+                    r = c.getresponse()
+                    ok = self.check(r.status, r.read())
+                    c.close()
+                except OSError:
+                    ok = False
+                self.log.append((t0, time.monotonic(), ok))
+                time.sleep(max(0.0, 0.01 - (time.monotonic() - t0)))
+
+    def __enter__(self):
+        self._t.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=5)
+
+    def outage_after(self, t_fault: float) -> float | None:
+        """Completion of the first success after the fault minus that of the last success before it."""
+        before = [d for s, d, ok in self.log if ok and d <= t_fault]
+        after = [d for s, d, ok in self.log if ok and s >= t_fault]
+        if not before or not after:
+            return None
+        return after[0] - before[-1]
+
+    def failures_after(self, t: float) -> int:
+        return sum(1 for s, d, ok in self.log if s >= t and not ok)
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory):
+    spec = DeploymentSpec(name="test-ha", clusters=1, ncs_per_cluster=2, vm_slots_per_nc=2)
+    with Deployment(spec, run_dir=tmp_path_factory.mktemp("ha")) as dep:
+        dep.start_services()
+        for pair in ("clc", "walrus", "cc1", "sc1"):
+            heal(dep, pair)
+        ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
+        s3.create_bucket(Bucket="images")
+        s3.put_object(Bucket="images", Key="ha.img", Body=os.urandom(2**20))
+        emi = ec2.register_image(ImageLocation="images/ha.img", Name="ha-image")["ImageId"]
+        gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        assert wait_until(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+                          ["State"]["Name"] == "running")
+        eip = ec2.allocate_address()["PublicIp"]
+        ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        yield {"dep": dep, "ec2": ec2, "s3": s3, "iid": iid, "eip": eip}
+
+
+def test_clc_kill9_fails_over_with_all_data(ha):
+    """EUCA-3202 (no failover after kill -9) and EUCA-8110 (data lost during failover)."""
+    dep, ec2 = ha["dep"], ha["ec2"]
+    primary = heal(dep, "clc")
+    gid = ec2.create_security_group(GroupName="written-before-crash", Description="x")["GroupId"]
+    before = sorted(i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"])
+    with Probe(dep, "http://10.0.0.10:8773/health") as probe:
+        t = time.monotonic()
+        dep.kill(primary)
+        assert wait_until(lambda: enabled_members(dep, "clc") and enabled_members(dep, "clc")[0] != primary, 5)
+        time.sleep(0.3)
+    outage = probe.outage_after(t)
+    assert outage is not None and outage < 1.0, outage
+    after = sorted(i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"])
+    assert after == before
+    assert gid in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+    # The old primary comes back as DISABLED and catches up; it never overwrites newer state.
+    ec2.create_security_group(GroupName="written-after-failover", Description="y")
+    dep.start("clc", primary)
+    assert wait_until(lambda: state(dep, primary) == "DISABLED", 5)
+    new = enabled_members(dep, "clc")[0]
+    seq = lambda h: max([e["seq"] for e in read_events(dep.process(h).events_path) if e["event"] == "state.write"]
+                        + [0])
+    assert wait_until(lambda: any(e["event"] == "ha.caught_up" for e in read_events(dep.process(primary).events_path)),
+                      5)
+    assert len(enabled_members(dep, "clc")) == 1 and seq(new) >= 1
+
+
+def test_walrus_failover_keeps_every_acknowledged_object(ha):
+    """EUCA-8110: objects put before the Walrus primary crash are all there after."""
+    dep, s3 = ha["dep"], ha["s3"]
+    primary = heal(dep, "walrus")
+    s3.create_bucket(Bucket="durable")
+    data = {f"obj-{i}": os.urandom(4096 + i) for i in range(20)}
+    for k, v in data.items():
+        s3.put_object(Bucket="durable", Key=k, Body=v)
+    dep.kill(primary)
+    assert wait_until(lambda: enabled_members(dep, "walrus") and enabled_members(dep, "walrus")[0] != primary, 5)
+    for k, v in data.items():
+        assert s3.get_object(Bucket="durable", Key=k)["Body"].read() == v
+    dep.start("walrus", primary)
+    heal(dep, "walrus")
+
+
+def test_cc_failover_moves_elastic_ip_traffic(ha):
+    """EUCA-2281: a newly ENABLED CC announces its addresses (gratuitous ARP), so traffic resumes."""
+    dep, eip, iid = ha["dep"], ha["eip"], ha["iid"]
+    primary = heal(dep, "cc1")
+    assert dep["user"].cmd(f"curl -s -m 2 http://{eip}/").strip() == iid
+    with Probe(dep, f"http://{eip}/", check=lambda s, b: s == 200 and b.strip().decode() == iid) as probe:
+        t = time.monotonic()
+        # A host failure: every link of the primary CC goes down with its process.
+        dep.set_link(primary, None, up=False)
+        dep.kill(primary)
+        assert wait_until(lambda: enabled_members(dep, "cc1") and enabled_members(dep, "cc1")[0] != primary, 5)
+        time.sleep(0.5)
+    outage = probe.outage_after(t)
+    assert outage is not None and outage < 2.0, outage
+    assert dep["user"].cmd(f"curl -s -m 2 http://{eip}/").strip() == iid
+    # The gateway learned the new CC's MAC by gratuitous ARP, not by timing out.
+    new = enabled_members(dep, "cc1")[0]
+    new_mac = dep.plan.hosts[new].intf("cloud").mac
+    assert new_mac in dep["gw"].cmd(f"ip neigh show {eip}")
+    heal(dep, "cc1")
+
+
+def test_metadata_nat_exists_once(ha):
+    """EUCA-3440: the metadata DNAT lives on the primary CC only, never on both."""
+    dep = ha["dep"]
+    primary = heal(dep, "cc1")
+    secondary = next(m for m in ("c1cc1", "c1cc2") if m != primary)
+    rule = "169.254.169.254/32"
+    assert wait_until(lambda: dep[primary].cmd("iptables-save -t nat").count(rule) == 1, 5)
+    assert dep[secondary].cmd("iptables-save -t nat").count(rule) == 0
+
+
+def test_heartbeat_link_cut_never_two_enabled(ha):
+    """EUCA-4846: with the heartbeat network cut, both members reach each other over the cloud
+    network: no failover, and never two ENABLED."""
+    dep = ha["dep"]
+    primary = heal(dep, "clc")
+    hb_net = dep.plan.pair("clc").heartbeat_network
+    dep.set_link(primary, hb_net, up=False)
+    seen = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        members = enabled_members(dep, "clc")
+        assert len(members) <= 1, members
+        seen.update(members)
+        time.sleep(0.02)
+    assert seen == {primary}
+    dep.set_link(primary, hb_net, up=True)
+
+
+def test_one_arbitrator_down_is_advisory_only(ha):
+    dep = ha["dep"]
+    primary = heal(dep, "clc")
+    arb = next(a.name for a in dep.plan.arbitrators if a.host == primary)
+    ip = dep.plan.hosts[primary].ip_on("cloud")
+    out = dep["clc1" if primary == "clc2" else "clc2"].cmd(
+        f"curl -s -X POST -H 'X-Eucalab-Internal-Token: {dep.internal_token}' http://{ip}:8773/ha/arbitrators/{arb}/stop")
+    assert '"stopped": true' in out
+    time.sleep(3)
+    assert enabled_members(dep, "clc") == [primary]
+    events = [e["event"] for e in read_events(dep.process(primary).events_path)]
+    assert "arbitrator.advisory" in events
+    dep["clc1" if primary == "clc2" else "clc2"].cmd(
+        f"curl -s -X POST -H 'X-Eucalab-Internal-Token: {dep.internal_token}' http://{ip}:8773/ha/arbitrators/{arb}/start")
+
+
+def test_uplink_cut_fails_over_through_the_arbitrators(ha):
+    """Users can't reach the primary (its cloud uplink is cut) but it still hears its peer on the
+    heartbeat link: its arbitrators all fail, it goes NOTREADY and the peer takes over."""
+    dep = ha["dep"]
+    primary = heal(dep, "clc")
+    t = time.monotonic()
+    dep.set_link(primary, "cloud", up=False)
+    assert wait_until(lambda: state(dep, primary) == "NOTREADY", 6)
+    assert wait_until(lambda: enabled_members(dep, "clc") and enabled_members(dep, "clc")[0] != primary, 2)
+    spec = dep.spec.arbitrators
+    assert time.monotonic() - t <= (spec.fail_after + 1) * spec.period_s + spec.timeout_s + 1.0
+    dep.set_link(primary, "cloud", up=True)
+    assert wait_until(lambda: state(dep, primary) == "DISABLED", 6)
+
+
+def test_sigstopped_primary_steps_down_without_serving(ha):
+    dep = ha["dep"]
+    primary = heal(dep, "clc")
+    ip = dep.plan.hosts[primary].ip_on("cloud")
+    dep.kill(primary, sig=signal.SIGSTOP)
+    assert wait_until(lambda: [m for m in ("clc1", "clc2") if m != primary and state(dep, m) == "ENABLED"], 5)
+    dep.kill(primary, sig=signal.SIGCONT)
+    # The resumed primary answers its API with 503 from the first request on, then steps down.
+    codes = [dep["user"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' -m 1 "
+                             f"'http://{ip}:8773/services/Eucalyptus?Action=DescribeInstances'").strip()
+             for _ in range(5)]
+    assert all(c in ("503", "000") for c in codes), codes
+    assert wait_until(lambda: state(dep, primary) == "DISABLED", 5)
+    assert len(enabled_members(dep, "clc")) == 1
+
+
+def test_secondary_crash_is_no_outage(ha):
+    dep = ha["dep"]
+    primary = heal(dep, "clc")
+    secondary = next(m for m in ("clc1", "clc2") if m != primary)
+    with Probe(dep, "http://10.0.0.10:8773/health") as probe:
+        t = time.monotonic()
+        dep.kill(secondary)
+        time.sleep(1.0)
+    bad = [(round(s - t, 3), round(d - s, 3)) for s, d, ok in probe.log if s >= t and not ok]
+    assert bad == [], bad
+    assert enabled_members(dep, "clc") == [primary]
+    assert any(e["event"] == "ha.peer_dead" for e in read_events(dep.process(primary).events_path))
+    heal(dep, "clc")
+
+
+def test_both_members_restart_together(ha):
+    dep, ec2 = ha["dep"], ha["ec2"]
+    heal(dep, "clc")
+    gid = ec2.create_security_group(GroupName="before-double-restart", Description="z")["GroupId"]
+    for m in ("clc1", "clc2"):
+        dep.kill(m)
+    for m in ("clc1", "clc2"):
+        dep.process(m).popen.wait(timeout=5)
+    for m in ("clc1", "clc2"):
+        dep.start("clc", m, wait=False)
+    heal(dep, "clc")
+    assert gid in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
