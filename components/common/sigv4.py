@@ -3,24 +3,31 @@
 Both forms a client can use are checked: the ``Authorization`` header and the
 presigned query string (``X-Amz-Signature``). Payload forms:
 
-* a hex SHA-256 in ``x-amz-content-sha256`` (what botocore 1.44.5 sends to S3 over
-  plain http, with an ``x-amz-checksum-crc32`` of the body beside it) or, for EC2,
-  the SHA-256 of the body computed here;
+* a hex SHA-256 in ``x-amz-content-sha256`` or, for EC2, the SHA-256 of the body
+  computed here. This is what botocore 1.44.5 sends for every S3 upload to a plain
+  http endpoint (PutObject, upload_fileobj, the AWS CLI), with an
+  ``x-amz-checksum-crc32`` of the body and ``x-amz-sdk-checksum-algorithm`` beside it,
+  both signed. (Over https it would send ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``
+  instead; eucalab serves http only and refuses that form with a clear error.)
 * ``UNSIGNED-PAYLOAD`` (presigned URLs);
 * ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` (aws-chunked bodies, every chunk signed):
   ``ChunkedDecoder`` checks each chunk's signature as the body streams in.
 
-The canonical request follows the AWS reference: S3 paths are used as sent (no
-double encoding), other services' paths are encoded once more.
+The request time comes from ``X-Amz-Date``, or from ``Date`` when that is absent;
+it must be within 15 minutes of the server's clock (a presigned URL instead must
+not have expired). The canonical request follows the AWS reference: S3 paths are
+used as sent (no double encoding), other services' paths are encoded once more.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Callable
 from urllib.parse import parse_qsl, quote
 
@@ -29,6 +36,9 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = dt.timedelta(minutes=15)
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
+MAX_CHUNK_HEADER = 4096  # "<hex size>;chunk-signature=<64 hex>" is ~90 bytes
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _AUTH_RE = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*"
                       r"Signature=([0-9a-f]{64})\s*$")
@@ -37,14 +47,18 @@ _AUTH_RE = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHead
 CODES = {
     "ec2": {"malformed": ("AuthFailure", 401), "unknown_key": ("AuthFailure", 401),
             "signature": ("AuthFailure", 401), "skew": ("RequestExpired", 400),
-            "expired": ("RequestExpired", 400), "missing": ("AuthFailure", 401)},
+            "expired": ("RequestExpired", 400), "missing": ("AuthFailure", 401),
+            "payload": ("AuthFailure", 401)},
     "s3": {"malformed": ("AuthorizationHeaderMalformed", 400), "unknown_key": ("InvalidAccessKeyId", 403),
            "signature": ("SignatureDoesNotMatch", 403), "skew": ("RequestTimeTooSkewed", 403),
-           "expired": ("AccessDenied", 403), "missing": ("AccessDenied", 403)},
+           "expired": ("AccessDenied", 403), "missing": ("AccessDenied", 403),
+           "payload": ("InvalidArgument", 400)},
 }
 
 
 class SigV4Error(Exception):
+    """A refused request: ``code`` and ``http_status`` are what the API answers."""
+
     def __init__(self, code: str, message: str, http_status: int):
         self.code, self.message, self.http_status = code, message, http_status
         super().__init__(f"{code}: {message}")
@@ -72,7 +86,9 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The derived key of one credential scope (cached: it changes once a day per key)."""
     k = _hmac(("AWS4" + secret).encode(), date)
     k = _hmac(k, region)
     k = _hmac(k, service)
@@ -113,14 +129,34 @@ def _parse_amz_date(value: str) -> dt.datetime:
     return dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
 
 
+def _request_date(headers: dict[str, str]) -> str | None:
+    """X-Amz-Date, else the Date header converted to the ISO 8601 basic form SigV4 signs."""
+    if headers.get("x-amz-date"):
+        return headers["x-amz-date"]
+    if headers.get("date"):
+        try:
+            when = parsedate_to_datetime(headers["date"])
+        except (TypeError, ValueError):
+            return headers["date"]  # reported as a bad date below
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return None
+
+
 def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: str | None,
            lookup_secret: Callable[[str], tuple[str, str] | None], dialect: str = "ec2",
-           now: dt.datetime | None = None) -> AuthResult:
+           now: dt.datetime | None = None, service: str | None = None) -> AuthResult:
     """Check a request's SigV4 signature; return who signed it, or raise SigV4Error.
 
+    ``raw_path`` and ``raw_query`` are as received (still percent-encoded).
     ``payload_hash`` is the hex SHA-256 of the body when the caller computed it
     (EC2 form bodies); for S3 the declared ``x-amz-content-sha256`` is signed and
-    the caller checks the body against it while reading.
+    the caller checks the body against it while reading (``payload_mode``).
+    ``lookup_secret(access_key)`` returns ``(secret, account_id)`` or None; an async
+    caller resolves unknown keys first (see ``accounts.AccountResolver.ensure``).
+    ``dialect`` ("ec2" or "s3") picks the error codes; ``service``, when given, is
+    the only service name accepted in the credential scope.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     headers = _lower_headers(headers)
@@ -132,9 +168,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
         if not m:
             raise _fail(dialect, "malformed", "the Authorization header is not AWS4-HMAC-SHA256")
         credential, signed_headers, signature = m.groups()
-        amz_date = headers.get("x-amz-date")
+        amz_date = _request_date(headers)
         if not amz_date:
-            raise _fail(dialect, "malformed", "X-Amz-Date is missing")
+            raise _fail(dialect, "malformed", "neither X-Amz-Date nor Date is present")
         drop: tuple[str, ...] = ()
         expires = None
     elif presigned:
@@ -146,6 +182,8 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
             expires = int(query.get("X-Amz-Expires", "604800"))
         except (KeyError, ValueError):
             raise _fail(dialect, "malformed", "incomplete presigned query") from None
+        if not 0 < expires <= MAX_PRESIGN_EXPIRES:
+            raise _fail(dialect, "malformed", "X-Amz-Expires must be between 1 second and one week")
         drop = ("X-Amz-Signature",)
     else:
         raise _fail(dialect, "missing", "the request is not signed")
@@ -153,7 +191,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request":
         raise _fail(dialect, "malformed", f"bad credential scope {credential!r}")
-    access_key, date, region, service, _ = parts
+    access_key, date, region, scope_service, _ = parts
+    if service is not None and scope_service != service:
+        raise _fail(dialect, "malformed", f"the credential is for service {scope_service!r}, not {service!r}")
     try:
         when = _parse_amz_date(amz_date)
     except ValueError:
@@ -163,6 +203,8 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
     if expires is not None:
         if now > when + dt.timedelta(seconds=expires):
             raise _fail(dialect, "expired", "the presigned request has expired")
+        if when - now > MAX_SKEW:
+            raise _fail(dialect, "skew", "the presigned request is not valid yet")
     elif abs(now - when) > MAX_SKEW:
         raise _fail(dialect, "skew", "the request time is more than 15 minutes from the server's")
     found = lookup_secret(access_key)
@@ -176,6 +218,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
     elif declared:
         body_hash = declared
         mode = {UNSIGNED: "unsigned", STREAMING: "streaming"}.get(declared, "signed")
+        if mode == "signed" and not _SHA256_RE.match(declared):
+            raise _fail(dialect, "payload", f"unsupported x-amz-content-sha256 {declared!r}: eucalab accepts "
+                        "a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
         if mode == "signed" and payload_hash is not None and payload_hash != declared:
             raise _fail(dialect, "signature", "x-amz-content-sha256 does not match the body")
     else:
@@ -189,22 +234,25 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
         canon_headers = _canonical_headers(headers, signed)
     except KeyError as exc:
         raise _fail(dialect, "signature", f"signed header {exc.args[0]} is missing") from None
-    canonical = "\n".join([method, canonical_uri(raw_path, service), canonical_query(raw_query, drop),
+    canonical = "\n".join([method, canonical_uri(raw_path, scope_service), canonical_query(raw_query, drop),
                            canon_headers, signed_headers, body_hash])
-    scope = f"{date}/{region}/{service}/aws4_request"
+    scope = f"{date}/{region}/{scope_service}/aws4_request"
     to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = signing_key(secret, date, region, service)
+    key = signing_key(secret, date, region, scope_service)
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature):
         raise _fail(dialect, "signature", "the request signature does not match")
-    return AuthResult(access_key, account_id, region, service, mode, key, signature, amz_date, scope)
+    return AuthResult(access_key, account_id, region, scope_service, mode, key, signature, amz_date, scope)
 
 
 class ChunkedDecoder:
     """Decode an aws-chunked body, verifying each chunk's signature as it arrives.
 
-    Feed raw bytes with ``feed()``; it returns the payload bytes decoded so far.
-    ``finished`` is True after the final zero-length chunk.
+    Feed raw bytes with ``feed()``; it returns the payload bytes decoded so far, so a
+    caller streams the body to disk holding at most one chunk (``max_chunk``) here.
+    ``finished`` is True after the final zero-length chunk; bytes after it, a chunk
+    not followed by CRLF or a bad chunk signature raise SigV4Error. ``decoded`` counts
+    payload bytes (to compare with ``x-amz-decoded-content-length``).
     """
 
     def __init__(self, auth: AuthResult, max_chunk: int = 16 * 2**20):
@@ -213,36 +261,59 @@ class ChunkedDecoder:
         self.buf = bytearray()
         self.finished = False
         self.max_chunk = max_chunk
+        self.decoded = 0
 
-    def _chunk_signature(self, data: bytes) -> str:
+    def _chunk_signature(self, data) -> str:
         to_sign = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", self.auth.amz_date, self.auth.scope, self.prev,
                              EMPTY_SHA256, hashlib.sha256(data).hexdigest()])
         return hmac.new(self.auth.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
 
+    @staticmethod
+    def _malformed(what: str) -> SigV4Error:
+        return SigV4Error("IncompleteBody", f"malformed aws-chunked body: {what}", 400)
+
     def feed(self, raw: bytes) -> bytes:
+        if self.finished:
+            if raw:
+                raise self._malformed("data after the final chunk")
+            return b""
         self.buf.extend(raw)
         out = bytearray()
-        while not self.finished:
-            end = self.buf.find(b"\r\n")
+        pos = 0  # consume from the front once per feed, not once per chunk
+        while True:
+            end = self.buf.find(b"\r\n", pos, pos + MAX_CHUNK_HEADER)
             if end < 0:
+                if len(self.buf) - pos > MAX_CHUNK_HEADER:
+                    raise self._malformed("chunk header too long")
                 break
-            header = bytes(self.buf[:end]).decode("ascii", "replace")
+            header = bytes(self.buf[pos:end]).decode("ascii", "replace")
             size_hex, _, sig_part = header.partition(";chunk-signature=")
             try:
                 size = int(size_hex, 16)
             except ValueError:
-                raise SigV4Error("IncompleteBody", "malformed aws-chunked body", 400) from None
+                raise self._malformed("bad chunk size") from None
             if size > self.max_chunk or len(sig_part) != 64:
-                raise SigV4Error("IncompleteBody", "malformed aws-chunked chunk header", 400)
-            if len(self.buf) < end + 2 + size + 2:
+                raise self._malformed("bad chunk header")
+            start = end + 2
+            if len(self.buf) < start + size + 2:
                 break
-            data = bytes(self.buf[end + 2:end + 2 + size])
-            del self.buf[:end + 2 + size + 2]
-            expected = self._chunk_signature(data)
-            if not hmac.compare_digest(expected, sig_part):
-                raise SigV4Error("SignatureDoesNotMatch", "a chunk signature does not match", 403)
+            if self.buf[start + size:start + size + 2] != b"\r\n":
+                raise self._malformed("a chunk is not followed by CRLF")
+            data = memoryview(self.buf)[start:start + size]
+            try:
+                expected = self._chunk_signature(data)
+                if not hmac.compare_digest(expected, sig_part):
+                    raise SigV4Error("SignatureDoesNotMatch", "a chunk signature does not match", 403)
+                out += data
+            finally:
+                data.release()
             self.prev = expected
+            self.decoded += size
+            pos = start + size + 2
             if size == 0:
                 self.finished = True
-            out.extend(data)
+                if len(self.buf) > pos:
+                    raise self._malformed("data after the final chunk")
+                break
+        del self.buf[:pos]
         return bytes(out)

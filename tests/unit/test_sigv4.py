@@ -128,3 +128,145 @@ def test_streaming_chunks_verify_and_a_tampered_chunk_fails():
     bad[200] ^= 1
     with pytest.raises(SigV4Error):
         ChunkedDecoder(res).feed(bytes(bad))
+
+
+def test_query_needing_encoding_and_unicode_key_with_botocore_client():
+    """The exact request boto3 builds (ListObjectsV2 with awkward parameters) verifies."""
+    import boto3
+    from botocore.config import Config
+
+    seen = {}
+
+    def capture(request, **_):
+        parts = urlsplit(request.url)
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        seen.update(path=parts.path, query=parts.query, headers=headers,
+                    host=parts.netloc, method=request.method)
+
+    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9/services/Walrus", aws_access_key_id=AK,
+                      aws_secret_access_key=SK, region_name="eucalyptus",
+                      config=Config(s3={"addressing_style": "path"}))
+    s3.meta.events.register("before-send.s3.*", lambda request, **kw: capture(request) or _ok())
+    s3.list_objects_v2(Bucket="b", Prefix="données/€ a+b=c&d", Delimiter="/", StartAfter="x y")
+    assert "%E2%82%AC" in seen["query"] and "%2B" in seen["query"]
+    headers = dict(seen["headers"], Host=seen["host"])
+    res = verify(seen["method"], seen["path"], seen["query"], headers, None, lookup, "s3", service="s3")
+    assert res.access_key == AK
+    s3.put_object(Bucket="b", Key="dir/ünï cødé ☃.txt", Body=b"")
+    assert seen["headers"]["X-Amz-Content-SHA256"] == hashlib.sha256(b"").hexdigest()
+    headers = dict(seen["headers"], Host=seen["host"])
+    assert verify("PUT", seen["path"], seen["query"], headers, None, lookup, "s3").payload_mode == "signed"
+    # The path is signed exactly as sent: the same key percent-encoded differently fails.
+    with pytest.raises(SigV4Error) as err:
+        verify("PUT", seen["path"].replace("%E2%98%83", "%e2%98%83"), seen["query"], headers, None, lookup, "s3")
+    assert err.value.code == "SignatureDoesNotMatch"
+
+
+def _ok():
+    from botocore.awsrequest import AWSResponse
+
+    class Raw:
+        def stream(self, **_):
+            yield b""
+
+    return AWSResponse("http://x", 200, {}, Raw())
+
+
+def test_date_header_instead_of_x_amz_date():
+    from email.utils import formatdate
+
+    path, query, headers, _ = sign("GET", "http://h/services/Walrus/b", "s3")
+    # Re-sign by hand with only a Date header: same time, RFC 1123 form.
+    when = dt.datetime.strptime(headers.pop("X-Amz-Date"), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    headers["Date"] = formatdate(when.timestamp(), usegmt=True)
+    headers["Authorization"] = headers["Authorization"].replace("x-amz-date", "date")
+    # The old signature covered x-amz-date: must now fail, proving the Date header is what is signed.
+    with pytest.raises(SigV4Error):
+        verify("GET", path, query, headers, None, lookup, "s3")
+    import hmac
+
+    from components.common.sigv4 import canonical_query, signing_key
+
+    amz = when.strftime("%Y%m%dT%H%M%SZ")
+    signed = "date;host;x-amz-content-sha256"
+    canon = "\n".join(["GET", path, canonical_query(query), f"date:{headers['Date']}\nhost:h\n"
+                       f"x-amz-content-sha256:{headers['X-Amz-Content-SHA256']}\n", signed,
+                       headers["X-Amz-Content-SHA256"]])
+    scope = f"{amz[:8]}/eucalyptus/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz, scope, hashlib.sha256(canon.encode()).hexdigest()])
+    sig = hmac.new(signing_key(SK, amz[:8], "eucalyptus", "s3"), to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={signed}, Signature={sig}"
+    assert verify("GET", path, query, headers, None, lookup, "s3").amz_date == amz
+
+
+def test_wrong_service_and_unsupported_payload_forms():
+    path, query, headers, _ = sign("GET", "http://h/services/Walrus/b", "ec2")
+    with pytest.raises(SigV4Error) as err:
+        verify("GET", path, query, headers, None, lookup, "s3", service="s3")
+    assert err.value.code == "AuthorizationHeaderMalformed" and err.value.http_status == 400
+    hdrs = {"X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER"}
+    path, query, headers, _ = sign("PUT", "http://h/services/Walrus/b/k", "s3", headers=hdrs, auth_cls=SigV4Auth)
+    with pytest.raises(SigV4Error) as err:
+        verify("PUT", path, query, headers, None, lookup, "s3")
+    assert err.value.code == "InvalidArgument" and "STREAMING-UNSIGNED-PAYLOAD-TRAILER" in err.value.message
+
+
+def test_presigned_bounds_and_ec2_skew():
+    req = AWSRequest(method="GET", url="http://h:8773/services/Walrus/b/k")
+    S3SigV4QueryAuth(CREDS, "s3", "eucalyptus", expires=60).add_auth(req)
+    parts = urlsplit(req.prepare().url)
+    earlier = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
+    with pytest.raises(SigV4Error) as err:
+        verify("GET", parts.path, parts.query, {"Host": "h:8773"}, None, lookup, "s3", now=earlier)
+    assert err.value.code == "RequestTimeTooSkewed"
+    # X-Amz-Expires is signed: raising it past a week is refused before the signature.
+    too_long = parts.query.replace("X-Amz-Expires=60", f"X-Amz-Expires={8 * 24 * 3600}")
+    with pytest.raises(SigV4Error) as err:
+        verify("GET", parts.path, too_long, {"Host": "h:8773"}, None, lookup, "s3")
+    assert err.value.code == "AuthorizationHeaderMalformed"
+    tampered = parts.query.replace("X-Amz-Expires=60", "X-Amz-Expires=61")
+    with pytest.raises(SigV4Error) as err:
+        verify("GET", parts.path, tampered, {"Host": "h:8773"}, None, lookup, "s3")
+    assert err.value.code == "SignatureDoesNotMatch"
+    body = b"Action=DescribeRegions&Version=2016-11-15"
+    path, query, headers, _ = sign("POST", "http://h/services/Eucalyptus", "ec2", body)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=16)
+    with pytest.raises(SigV4Error) as err:
+        verify("POST", path, query, headers, hashlib.sha256(body).hexdigest(), lookup, "ec2", now=later)
+    assert err.value.code == "RequestExpired"
+
+
+def _streaming_auth():
+    hdrs = {"X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"}
+    path, query, headers, _ = sign("PUT", "http://h/services/Walrus/b/k", "s3", headers=hdrs, auth_cls=SigV4Auth)
+    return verify("PUT", path, query, headers, None, lookup, "s3")
+
+
+@pytest.mark.parametrize("mangle,what", [
+    (lambda body: body + b"extra", "after the final chunk"),
+    (lambda body: body.replace(b"x" * 100 + b"\r\n", b"x" * 100 + b"\n\n"), "CRLF"),
+    (lambda body: b"zz;" + body[body.index(b"chunk-signature"):], "chunk size"),
+    (lambda body: b"1" * 5000, "too long"),
+])
+def test_malformed_chunked_bodies(mangle, what):
+    res = _streaming_auth()
+    body = mangle(_chunked(res, [b"x" * 100]))
+    with pytest.raises(SigV4Error) as err:
+        ChunkedDecoder(res).feed(body)
+    assert err.value.code == "IncompleteBody" and what in err.value.message
+
+
+def test_chunked_decoder_fed_one_byte_at_a_time_and_reordered_chunks():
+    res = _streaming_auth()
+    body = _chunked(res, [b"one", b"two" * 1000, b"three"])
+    dec = ChunkedDecoder(res)
+    assert b"".join(dec.feed(body[i:i + 1]) for i in range(len(body))) == b"one" + b"two" * 1000 + b"three"
+    assert dec.finished and dec.decoded == 3 + 3000 + 5
+    # Each chunk's signature chains on the previous one: chunks cannot be reordered.
+    body = _chunked(res, [b"AAAA", b"BBBB"])
+    first, second = body.index(b"4;chunk"), body.index(b"4;chunk", body.index(b"AAAA"))
+    end = body.index(b"BBBB") + 6
+    swapped = body[second:end] + body[first:second] + body[end:]
+    with pytest.raises(SigV4Error) as err:
+        ChunkedDecoder(res).feed(swapped)
+    assert err.value.code == "SignatureDoesNotMatch"
