@@ -112,9 +112,49 @@ def cmd_bench(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .mainjob import main_job
+    """The main job: the default failover experiment on the default deployment."""
+    from .failover import DEFINITIONS
 
-    return main_job(args)
+    args.definition = str(DEFINITIONS / "default.yaml")
+    return cmd_experiment(args)
+
+
+def cmd_experiment(args) -> int:
+    import json
+
+    from .failover import run_definition
+
+    if os.geteuid() != 0:
+        raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
+    run_dir = run_definition(args.definition, trials=args.trials)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name, s in summary.items():
+        o = s["outage_ms"]
+        print(f"  {name:32} {s['ok']:>3}/{s['trials']:<3} outage p50 {o.get('p50', float('nan')):8.1f} ms"
+              f"   max {o.get('max', float('nan')):8.1f} ms   lost writes {s['lost_writes']}")
+    print(f"report: {run_dir / 'report.md'} (and report.html, plots, raw data beside it)")
+    bad = [n for n, s in summary.items() if s["ok"] < s["trials"]]
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from .report import build
+
+    print(f"report written: {build(args.dir)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report import compare
+
+    print(compare(args.a, args.b))
+    return 0
+
+
+def cmd_services(args) -> int:
+    from .services import print_services
+
+    return print_services(args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,9 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
     s.set_defaults(fn=cmd_bench)
 
-    s = sub.add_parser("run", help="the main job on the default deployment")
-    s.add_argument("spec", nargs="?")
+    s = sub.add_parser("run", help="the main job: the default failover experiment")
+    s.add_argument("--trials", type=int, help="at most this many trials per configuration")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("experiment", help="run a failover experiment definition (YAML)")
+    s.add_argument("definition", help="e.g. experiments/definitions/default.yaml")
+    s.add_argument("--trials", type=int, help="at most this many trials per configuration")
+    s.set_defaults(fn=cmd_experiment)
+
+    s = sub.add_parser("report", help="regenerate plots and report of a run from its raw data")
+    s.add_argument("dir")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("compare", help="two runs' results side by side")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.set_defaults(fn=cmd_compare)
+
+    s = sub.add_parser("services", help="every component's service state (like euca-describe-services)")
+    s.add_argument("run_dir", nargs="?", help="a run directory (default: the newest live run)")
+    s.set_defaults(fn=cmd_services)
     return p
 
 

@@ -303,6 +303,11 @@ class Deployment:
                            "vip": pair.vip, "private_vip": pair.private_vip}
         if pair is not None and pair.secondary is not None:
             cfg["ha"] = self.ha_config(pair, host)
+            if self.realtime:
+                # Heartbeats at realtime priority: CPU starvation, not the network, causes
+                # most false failovers on a small host. The component raises itself once
+                # started, so that starting processes never starve running ones.
+                cfg["realtime_priority"] = 10
         if ph.role == "nc":
             # The NC boots instances into its VM slots by entering their namespaces.
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,
@@ -368,10 +373,6 @@ class Deployment:
             cfg.update(config or {})
             rd.write_json(pdir / "config", cfg)
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
-            if cfg.get("ha") and self.realtime:
-                # Heartbeats at realtime priority: CPU starvation, not the network, causes
-                # most false failovers on a small host.
-                argv = ["chrt", "-f", "10"] + argv
         env = _child_env()
         node = self.net[host]
         with open(pdir / "stdout.log", "ab") as out:
@@ -437,13 +438,49 @@ class Deployment:
             if not component_exists(kind):
                 log.info("component %s does not exist yet: skipped", kind)
                 continue
-            hosts = ([h.name for h in self.plan.hosts_by_role("nc")] if kind == "nc"
-                     else [m for p in self.plan.pairs if p.kind == kind for m in p.members])
-            procs = [self.start(kind, h, wait=False) for h in hosts]
-            for proc in procs:
-                self.wait_event(proc, "service.start", timeout=timeout)
-            started.extend(procs)
+            if kind == "nc":
+                waves = [[h.name for h in self.plan.hosts_by_role("nc")]]
+            else:
+                # Primaries first, elected before their secondaries start: the plan's
+                # primary is then the ENABLED member, run after run.
+                pairs = [p for p in self.plan.pairs if p.kind == kind]
+                waves = [[p.primary for p in pairs], [p.secondary for p in pairs if p.secondary]]
+            for wave in waves:
+                procs = [self.start(kind, h, wait=False) for h in wave]
+                for proc in procs:
+                    self.wait_event(proc, "service.start", timeout=timeout)
+                started.extend(procs)
+                if kind != "nc":
+                    self.wait_for_primaries(kind, timeout=timeout)
         return started
+
+    def member_state(self, host: str) -> str | None:
+        """A component's current service state, from its own event log (no network needed)."""
+        proc = self.process(host)
+        if not proc.alive():
+            return None
+        current = None
+        for e in proc.events():
+            if e["event"] == "state.change":
+                current = e["to"]
+            elif e["event"] == "service.start":
+                current = e.get("state")
+        return current
+
+    def wait_for_primaries(self, kind: str, timeout: float = 30.0) -> None:
+        """Wait until every HA pair of ``kind`` has elected its ENABLED member and put up its VIPs."""
+        pairs = [p for p in self.plan.pairs if p.kind == kind and p.secondary is not None]
+        deadline = time.monotonic() + timeout
+        for pair in pairs:
+            while True:
+                running = [m for m in pair.members if any(h == m for h, _ in self.processes)]
+                promoted = [m for m in running if any(
+                    e["event"] == "ha.promote" for e in self.process(m).events())]
+                if any(self.member_state(m) == "ENABLED" for m in promoted):
+                    break
+                if time.monotonic() > deadline:
+                    raise DeploymentError(f"{pair.name}: no member became ENABLED within {timeout:.0f} s")
+                time.sleep(0.02)
 
     # -- links (fault injection) -------------------------------------------------------
 

@@ -430,6 +430,9 @@ class HAAgent:
         if self.svc.state is ENABLED and self.fenced_since is None:
             await self._run("arping", "-q", "-U", "-c", "1", "-I", vip["interface"], vip["address"])
 
+    async def release_vips(self) -> None:
+        await self._release_vips()
+
     async def _release_vips(self) -> None:
         await asyncio.gather(*(self._run("ip", "addr", "del", f"{v['address']}/{v['prefix']}", "dev",
                                          v["interface"]) for v in self.vips))

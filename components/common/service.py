@@ -133,12 +133,23 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if self.ha is not None:
+            # A member restarting after a crash may still hold the VIPs in its kernel:
+            # let go of them before anything else, so no client is answered by a host
+            # that does not serve.
+            await self.ha.release_vips()
         await self.on_start()
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.config.get("listen_host", "0.0.0.0"), self.config["port"],
                            reuse_address=True)
         await site.start()
+        prio = self.config.get("realtime_priority")
+        if prio:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(prio)))
+            except (PermissionError, OSError) as exc:
+                self.events.emit("service.no_realtime", error=str(exc))
         if self.ha is not None:
             await self.ha.start()
         self.events.emit("service.start", port=self.config["port"], pid=os.getpid(),

@@ -25,6 +25,7 @@ import uuid
 import zlib
 from email.utils import formatdate
 from pathlib import Path
+from urllib.parse import quote
 from xml.etree import ElementTree as ET
 
 from aiohttp import web
@@ -39,6 +40,18 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 SMALL = 1 << 20  # objects up to this size are answered from memory
 CHUNK = 1 << 16
+MAX_XML_BODY = 1 << 16  # request bodies that are XML documents (CreateBucketConfiguration)
+# Sub-resources of the S3 API that Walrus does not implement: refused with NotImplemented
+# rather than served as if they were plain bucket or object requests.
+UNSUPPORTED_SUBRESOURCES = frozenset((
+    "accelerate", "acl", "analytics", "attributes", "cors", "delete", "encryption", "intelligent-tiering",
+    "inventory", "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
+    "ownershipControls", "partNumber", "policy", "policyStatus", "publicAccessBlock", "replication",
+    "requestPayment", "restore", "retention", "select", "tagging", "torrent", "uploadId", "uploads",
+    "versioning", "versionId", "versions", "website"))
+# Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
+CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
+UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
 
 
 class S3Error(Exception):
@@ -163,6 +176,49 @@ class Store:
             if f.name not in live:
                 f.unlink(missing_ok=True)
 
+    def list(self, bucket: str, prefix: str, delimiter: str, after: str,
+             max_keys: int) -> tuple[list[tuple], list[str], bool, str]:
+        """One page of keys after ``after``: (contents, common prefixes, truncated, resume point).
+
+        ``resume`` is the string the next page lists after: the last key, or a
+        common prefix followed by the highest code point, so the keys it rolled up
+        are skipped and a common prefix never repeats across pages.
+        """
+        rows = self.db.execute("SELECT key, size, etag, modified FROM objects WHERE bucket=? AND key > ? "
+                               "AND key >= ? ORDER BY key", (bucket, after, prefix))
+        contents: list[tuple] = []
+        prefixes: list[str] = []
+        resume, truncated = after, False
+        for key, size, etag, modified in rows:
+            if not key.startswith(prefix):
+                break  # sorted: past every key under the prefix
+            common = None
+            if delimiter:
+                cut = key.find(delimiter, len(prefix))
+                if cut >= 0:
+                    common = key[:cut + len(delimiter)]
+                    if prefixes and prefixes[-1] == common:
+                        continue
+            if len(contents) + len(prefixes) >= max_keys:
+                truncated = max_keys > 0
+                break
+            if common is not None:
+                prefixes.append(common)
+                resume = common + "\U0010ffff"
+            else:
+                contents.append((key, size, etag, modified))
+                resume = key
+        return contents, prefixes, truncated, resume
+
+    def install(self, tmp: Path, name: str) -> None:
+        """Rename a written, fsynced temporary file into place durably (the rename too)."""
+        os.replace(tmp, self.objects / name)
+        fd = os.open(self.objects, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def bucket(self, name: str):
         return self.db.execute("SELECT name, account, created FROM buckets WHERE name=?", (name,)).fetchone()
 
@@ -225,8 +281,11 @@ class Walrus(Service):
         _sub(root, "Code", err.code)
         _sub(root, "Message", err.message)
         _sub(root, "Resource", err.resource)
-        _sub(root, "RequestId", uuid.uuid4().hex[:16].upper())
-        return _xml(root, err.status)
+        rid = uuid.uuid4().hex[:16].upper()
+        _sub(root, "RequestId", rid)
+        resp = _xml(root, err.status)
+        resp.headers["x-amz-request-id"] = rid
+        return resp
 
     def _raw_path_query(self, request: web.Request) -> tuple[str, str]:
         raw = request.raw_path
@@ -238,7 +297,7 @@ class Walrus(Service):
         await self.accounts.ensure(access_key_of(request.headers, request.query))
         try:
             auth = verify(request.method, raw_path, raw_query, request.headers, None,
-                          self.accounts.lookup, dialect="s3")
+                          self.accounts.lookup, dialect="s3", service="s3")
         except SigV4Error as exc:
             raise S3Error(exc.code, exc.message, exc.http_status, request.path) from None
         return auth.account_id, auth
@@ -256,6 +315,13 @@ class Walrus(Service):
                 raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, bucket)
             account, auth = await self._authenticate(request)
             m = request.method
+            unsupported = UNSUPPORTED_SUBRESOURCES.intersection(request.query)
+            if unsupported:
+                raise S3Error("NotImplemented", f"Walrus does not implement ?{min(unsupported)}", 501)
+            if not key and "location" in request.query:
+                if m != "GET":
+                    raise S3Error("MethodNotAllowed", f"{m} is not allowed on ?location", 405)
+                return self.bucket_location(account, bucket)
             if not key:
                 handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
                            "HEAD": self.head_bucket}.get(m)
@@ -272,7 +338,7 @@ class Walrus(Service):
         except S3Error as err:
             if not err.resource:
                 err.resource = request.path
-            if request.method == "HEAD":
+            if request.method == "HEAD":  # a HEAD answer has no body: the code goes in a header
                 return web.Response(status=err.status, headers={"x-amz-error-code": err.code})
             return self._error(err)
 
@@ -299,8 +365,17 @@ class Walrus(Service):
             _sub(b, "CreationDate", _iso(created))
         return _xml(root)
 
+    def bucket_location(self, account: str, bucket: str) -> web.Response:
+        self._owned_bucket(account, bucket)
+        root = ET.Element("LocationConstraint", xmlns=S3_NS)  # empty: the default region
+        return _xml(root)
+
     async def create_bucket(self, request, account, bucket):
-        body = await request.read()
+        if (request.content_length or 0) > MAX_XML_BODY:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
+        body = await request.content.read(MAX_XML_BODY + 1)
+        if len(body) > MAX_XML_BODY:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
         if body.strip():
             try:
                 ET.fromstring(body)
@@ -331,70 +406,60 @@ class Walrus(Service):
         return web.Response(status=200)
 
     async def list_objects(self, request, account, bucket):
+        """ListObjectsV2 (list-type=2) or the original ListObjects (marker)."""
         self._owned_bucket(account, bucket)
         q = request.query
+        v2 = q.get("list-type") == "2"
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        encoding = q.get("encoding-type")
+        if encoding not in (None, "url"):
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", 400)
         try:
             max_keys = int(q.get("max-keys", "1000"))
             if not 0 <= max_keys <= 1000:
                 raise ValueError
         except ValueError:
             raise S3Error("InvalidArgument", "max-keys must be an integer between 0 and 1000", 400) from None
-        token = q.get("continuation-token")
-        after = q.get("start-after", "")
+        token = q.get("continuation-token") if v2 else None
+        after = q.get("start-after", "") if v2 else q.get("marker", "")
         if token:
             try:
                 after = base64.urlsafe_b64decode(token.encode()).decode()
             except (ValueError, UnicodeDecodeError):
                 raise S3Error("InvalidArgument", "The continuation token provided is incorrect", 400) from None
-        rows = self.store.db.execute(
-            "SELECT key, size, etag, modified FROM objects WHERE bucket=? AND key > ? AND key >= ? "
-            "ORDER BY key", (bucket, after, prefix))
-        contents: list[tuple] = []
-        prefixes: list[str] = []
-        resume, truncated = None, False  # resume: list again after this string
-        for key, size, etag, modified in rows:
-            if not key.startswith(prefix):
-                break  # sorted: past every key under the prefix
-            common = None
-            if delimiter:
-                cut = key.find(delimiter, len(prefix))
-                if cut >= 0:
-                    common = key[:cut + len(delimiter)]
-                    if prefixes and prefixes[-1] == common:
-                        continue
-            if len(contents) + len(prefixes) >= max_keys:
-                truncated = True
-                break
-            if common is not None:
-                prefixes.append(common)
-                resume = common + "\U0010ffff"  # skip every key under this common prefix
-            else:
-                contents.append((key, size, etag, modified))
-                resume = key
+        contents, prefixes, truncated, resume = self.store.list(bucket, prefix, delimiter, after, max_keys)
+        enc = (lambda v: quote(v, safe="/")) if encoding == "url" else (lambda v: v)
         root = ET.Element("ListBucketResult", xmlns=S3_NS)
         _sub(root, "Name", bucket)
-        _sub(root, "Prefix", prefix)
+        # botocore decodes Prefix in V2 answers only (handlers.decode_list_object*).
+        _sub(root, "Prefix", enc(prefix) if v2 else prefix)
         if delimiter:
-            _sub(root, "Delimiter", delimiter)
+            _sub(root, "Delimiter", enc(delimiter))
         _sub(root, "MaxKeys", max_keys)
-        _sub(root, "KeyCount", len(contents) + len(prefixes))
+        if encoding:
+            _sub(root, "EncodingType", encoding)
         _sub(root, "IsTruncated", "true" if truncated else "false")
-        if token:
-            _sub(root, "ContinuationToken", token)
-        if q.get("start-after"):
-            _sub(root, "StartAfter", q["start-after"])
-        if truncated and resume is not None:
-            _sub(root, "NextContinuationToken", base64.urlsafe_b64encode(resume.encode()).decode())
+        if v2:
+            _sub(root, "KeyCount", len(contents) + len(prefixes))
+            if token:
+                _sub(root, "ContinuationToken", token)
+            if q.get("start-after"):
+                _sub(root, "StartAfter", enc(q["start-after"]))
+            if truncated:
+                _sub(root, "NextContinuationToken", base64.urlsafe_b64encode(resume.encode()).decode())
+        else:
+            _sub(root, "Marker", enc(q.get("marker", "")))
+            if truncated and delimiter:  # without a delimiter, clients resume after the last Key
+                _sub(root, "NextMarker", enc(resume))
         for key, size, etag, modified in contents:
             c = _sub(root, "Contents")
-            _sub(c, "Key", key)
+            _sub(c, "Key", enc(key))
             _sub(c, "LastModified", _iso(modified))
             _sub(c, "ETag", f'"{etag}"')
             _sub(c, "Size", size)
             _sub(c, "StorageClass", "STANDARD")
         for p in prefixes:
-            _sub(_sub(root, "CommonPrefixes"), "Prefix", p)
+            _sub(_sub(root, "CommonPrefixes"), "Prefix", enc(p))
         return _xml(root)
 
     # -- objects --------------------------------------------------------------------------
@@ -406,6 +471,11 @@ class Walrus(Service):
         size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
+        unverified = [h for h in UNVERIFIED_CHECKSUMS if h in request.headers]
+        if unverified:
+            raise S3Error("NotImplemented", f"Walrus cannot verify {unverified[0]}; use CRC32, SHA1 or SHA256",
+                          501, key)
+        digests = {h: fn() for h, fn in CHECKSUMS.items() if h in request.headers}
         decoder = ChunkedDecoder(auth) if auth.payload_mode == "streaming" else None
         md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
         name = uuid.uuid4().hex
@@ -420,12 +490,20 @@ class Walrus(Service):
                                       400, key)
                     md5.update(data)
                     sha.update(data)
+                    for d in digests.values():
+                        d.update(data)
                     crc = zlib.crc32(data, crc)
                     f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             if decoder and not decoder.finished:
                 raise S3Error("IncompleteBody", "The request body ended early", 400, key)
+            if decoder and declared_len is not None and str(size) != declared_len:
+                raise S3Error("IncompleteBody", "x-amz-decoded-content-length does not match the body", 400, key)
+            for header, d in digests.items():
+                if base64.b64encode(d.digest()).decode() != request.headers[header]:
+                    raise S3Error("BadDigest", f"The {header[len('x-amz-checksum-'):].upper()} you specified "
+                                  "did not match the calculated checksum.", 400, key)
             if auth.payload_mode == "signed" and sha.hexdigest() != request.headers["x-amz-content-sha256"]:
                 raise S3Error("XAmzContentSHA256Mismatch",
                               "The provided 'x-amz-content-sha256' header does not match what was computed.", 400, key)
@@ -444,7 +522,7 @@ class Walrus(Service):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, self.store.objects / name)
+        self.store.install(tmp, name)
         etag = md5.hexdigest()
         meta = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
         self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
@@ -507,7 +585,7 @@ class Walrus(Service):
         if row is not None:
             self._apply({"type": "object.delete", "bucket": bucket, "key": key})
             await self.replicate()
-            self.events.emit("object.delete", bucket=bucket, key=key)
+            self.events.emit("object.delete", bucket=bucket, key=key, size=row[1], etag=row[2])
         return web.Response(status=204)
 
     # -- HA replication ---------------------------------------------------------------------------
@@ -567,7 +645,7 @@ class Walrus(Service):
                 f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.store.objects / op["file"])
+            self.store.install(tmp, op["file"])
         self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
 
     async def handle_ha_ops(self, request: web.Request) -> web.Response:

@@ -44,6 +44,11 @@ def enabled_members(dep, pair: str) -> list[str]:
     return [m for m in p.members if state(dep, m) == "ENABLED"]
 
 
+def taken_over(dep, pair: str, old: str) -> bool:
+    members = enabled_members(dep, pair)
+    return len(members) == 1 and members[0] != old
+
+
 def heal(dep, pair: str) -> str:
     """Bring both members back and wait for exactly one ENABLED; returns it."""
     p = next(x for x in dep.plan.pairs if x.name == pair)
@@ -55,6 +60,9 @@ def heal(dep, pair: str) -> str:
     assert wait_until(lambda: len(enabled_members(dep, pair)) == 1 and all(
         state(dep, m) in ("ENABLED", "DISABLED") for m in p.members), 15), \
         {m: state(dep, m) for m in p.members}
+    # ... and users reach the service through its VIP (gratuitous ARP has done its work).
+    assert wait_until(lambda: dep["user"].cmd(
+        f"curl -s -m 0.5 -o /dev/null -w '%{{http_code}}' http://{p.vip}:{p.port}/health").strip() == "200", 5)
     return enabled_members(dep, pair)[0]
 
 
@@ -138,7 +146,7 @@ def test_clc_kill9_fails_over_with_all_data(ha):
     with Probe(dep, "http://10.0.0.10:8773/health") as probe:
         t = time.monotonic()
         dep.kill(primary)
-        assert wait_until(lambda: enabled_members(dep, "clc") and enabled_members(dep, "clc")[0] != primary, 5)
+        assert wait_until(lambda: taken_over(dep, "clc", primary), 5)
         time.sleep(0.3)
     outage = probe.outage_after(t)
     assert outage is not None and outage < 1.0, outage
@@ -166,7 +174,7 @@ def test_walrus_failover_keeps_every_acknowledged_object(ha):
     for k, v in data.items():
         s3.put_object(Bucket="durable", Key=k, Body=v)
     dep.kill(primary)
-    assert wait_until(lambda: enabled_members(dep, "walrus") and enabled_members(dep, "walrus")[0] != primary, 5)
+    assert wait_until(lambda: taken_over(dep, "walrus", primary), 5)
     for k, v in data.items():
         assert s3.get_object(Bucket="durable", Key=k)["Body"].read() == v
     dep.start("walrus", primary)
@@ -183,7 +191,7 @@ def test_cc_failover_moves_elastic_ip_traffic(ha):
         # A host failure: every link of the primary CC goes down with its process.
         dep.set_link(primary, None, up=False)
         dep.kill(primary)
-        assert wait_until(lambda: enabled_members(dep, "cc1") and enabled_members(dep, "cc1")[0] != primary, 5)
+        assert wait_until(lambda: taken_over(dep, "cc1", primary), 5)
         time.sleep(0.5)
     outage = probe.outage_after(t)
     assert outage is not None and outage < 2.0, outage
@@ -247,7 +255,7 @@ def test_uplink_cut_fails_over_through_the_arbitrators(ha):
     t = time.monotonic()
     dep.set_link(primary, "cloud", up=False)
     assert wait_until(lambda: state(dep, primary) == "NOTREADY", 6)
-    assert wait_until(lambda: enabled_members(dep, "clc") and enabled_members(dep, "clc")[0] != primary, 2)
+    assert wait_until(lambda: taken_over(dep, "clc", primary), 2)
     spec = dep.spec.arbitrators
     assert time.monotonic() - t <= (spec.fail_after + 1) * spec.period_s + spec.timeout_s + 1.0
     dep.set_link(primary, "cloud", up=True)

@@ -1,0 +1,83 @@
+"""Turning raw probe streams and component events into numbers: outage, detection, takeover.
+
+Definitions (also in docs/experiments.md):
+
+* A probe is one request from the user host, recorded as (sent, done, ok) with
+  CLOCK_MONOTONIC times. Probes overlap nothing: each has a short timeout, and the
+  next starts one probe interval after the previous one started (or at once when
+  it took longer), so the measurement's resolution is the probe interval plus the
+  probe's own duration.
+* Outage of a trial = completion of the first successful probe sent after the fault
+  minus completion of the last successful probe before the fault. Probes in flight
+  at the fault count as "before" only if they completed before it.
+* Detection = the new primary's ``ha.peer_dead`` (or the arbitrator-driven
+  promotion) minus the fault time; takeover = the VIP being up (``ha.promote``'s
+  ``vip_at``) minus detection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass
+class Probe:
+    sent: float
+    done: float
+    ok: bool
+
+
+def outage(probes: list[Probe], t_fault: float) -> float | None:
+    """Seconds without service around a fault; None if service never resumed (or never ran)."""
+    before = [p.done for p in probes if p.ok and p.done <= t_fault]
+    after = sorted(p.done for p in probes if p.ok and p.sent >= t_fault)
+    if not before or not after:
+        return None
+    return after[0] - max(before)
+
+
+def resolution(probes: list[Probe]) -> dict:
+    """How finely the probes sample time: start-to-start gaps, as a researcher should read them."""
+    starts = sorted(p.sent for p in probes)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    if not gaps:
+        return {"interval_p50_ms": None, "interval_p99_ms": None, "interval_max_ms": None}
+    return {"interval_p50_ms": 1000 * percentile(gaps, 50), "interval_p99_ms": 1000 * percentile(gaps, 99),
+            "interval_max_ms": 1000 * max(gaps)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100)."""
+    if not values:
+        raise ValueError("no values")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def bootstrap_ci(values: list[float], stat=statistics.median, n: int = 2000, conf: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a statistic."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (math.nan, math.nan)
+    rng = random.Random(seed)
+    stats = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
+    lo = stats[int((1 - conf) / 2 * n)]
+    hi = stats[min(n - 1, int((1 + conf) / 2 * n))]
+    return lo, hi
+
+
+def summarize(values: list[float]) -> dict:
+    """p50/p95/max (and p99 only with at least 100 samples), with a bootstrap CI of the median."""
+    if not values:
+        return {"n": 0}
+    out = {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values),
+           "mean": statistics.mean(values)}
+    if len(values) >= 100:
+        out["p99"] = percentile(values, 99)
+    out["p50_ci95"] = list(bootstrap_ci(values))
+    return out

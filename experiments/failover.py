@@ -1,0 +1,463 @@
+"""Failover experiments: crash a primary, measure the outage a user sees, repeat; keepalived beside it.
+
+    eucalab run                                 the default experiment (experiments/definitions/default.yaml)
+    eucalab experiment FILE                     any other definition (copy and edit the default)
+
+Flow: definition -> deployment -> workload (an instance with an elastic IP, an
+object, a signed EC2 request) -> trials (probe, fault at a seeded random phase,
+recovery, restore) -> raw data (trials.jsonl, probes.jsonl, every component's
+events) -> report (experiments/report.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import yaml
+
+from components.common.events import read_events
+from topologies.spec import DeploymentSpec, spec_from_dict
+
+from .analysis import Probe, outage, resolution
+from .deployment import Deployment
+from .rundir import REPO_ROOT, new_run_dir, write_json
+
+DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
+TARGETS = ("clc", "walrus", "cc", "keepalived")
+
+
+@dataclass
+class TrialSet:
+    target: str  # clc walrus cc keepalived
+    trials: int
+    fault: str = "sigkill"
+    advert_ms: float | None = None  # keepalived only: VRRP advert interval
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.target == "keepalived":
+            return f"keepalived advert {self.advert_ms:g} ms"
+        return f"eucalab {self.target.upper()} {self.fault}"
+
+
+@dataclass
+class Experiment:
+    name: str = "default"
+    seed: int = 1
+    spec: dict = field(default_factory=lambda: {"name": "default"})
+    probe_interval_ms: float = 10.0
+    probe_timeout_ms: float = 300.0
+    recovery_timeout_s: float = 10.0
+    sets: list[TrialSet] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Experiment":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        sets = []
+        for i, s in enumerate(data.pop("sets", [])):
+            if s.get("target") not in TARGETS:
+                raise ValueError(f"{path}: sets[{i}].target must be one of {', '.join(TARGETS)}")
+            if s.get("fault", "sigkill") != "sigkill":
+                raise ValueError(f"{path}: sets[{i}].fault: only sigkill is implemented")
+            sets.append(TrialSet(**s))
+        return cls(sets=sets, **data)
+
+
+class ProbeThread:
+    """Requests from the user host every interval; a request that hangs is cut at its timeout."""
+
+    def __init__(self, dep: Deployment, url: str, headers: dict, interval: float, timeout: float, check):
+        self.dep, self.url, self.headers = dep, url, headers
+        self.interval, self.timeout, self.check = interval, timeout, check
+        self.probes: list[Probe] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        u = urlsplit(self.url)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        with self.dep.in_host("user"):  # every socket of this thread belongs to the user host
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                ok = False
+                try:
+                    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=self.timeout)
+                    c.request("GET", path, headers=self.headers)
+                    r = c.getresponse()
+                    ok = self.check(r.status, r.read())
+                    c.close()
+                except (OSError, http.client.HTTPException):
+                    pass
+                self.probes.append(Probe(t0, time.monotonic(), ok))
+                next_at = max(next_at + self.interval, time.monotonic())
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def start(self) -> "ProbeThread":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Probe]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.probes
+
+
+def _mono() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _state(dep: Deployment, host: str) -> str:
+    proc = dep.process(host)
+    if not proc.alive():
+        return "DEAD"
+    current = None
+    for e in read_events(proc.events_path):
+        if e["event"] == "state.change":
+            current = e["to"]
+        elif e["event"] == "service.start":
+            current = e.get("state")
+    return current or "UNKNOWN"
+
+
+def _wait(fn, timeout: float, step: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
+class Runner:
+    def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True):
+        self.exp = exp
+        self.run_dir = run_dir or new_run_dir(exp.name)
+        self.rng = random.Random(exp.seed)
+        self.progress = progress
+        self.trials_file = open(self.run_dir / "trials.jsonl", "a", buffering=1)
+        self.probes_file = open(self.run_dir / "probes.jsonl", "a", buffering=1)
+
+    # -- workload ---------------------------------------------------------------------------------
+
+    def _prepare(self, dep: Deployment) -> dict:
+        import boto3
+        from botocore.auth import SigV4Auth
+        from botocore.config import Config
+
+        c = dep.credentials
+        ep = dep.plan.endpoints()
+        kw = dict(aws_access_key_id=c.access_key, aws_secret_access_key=c.secret_key, region_name="eucalyptus",
+                  config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+        w: dict = {}
+        with dep.in_host("user"):
+            ec2 = boto3.client("ec2", endpoint_url=ep["clc"], **kw)
+            s3 = boto3.client("s3", endpoint_url=ep["walrus"], **kw)
+            s3.create_bucket(Bucket="probe")
+            s3.put_object(Bucket="probe", Key="object", Body=b"eucalab probe object\n")
+            s3.put_object(Bucket="probe", Key="image.img", Body=os.urandom(1 << 20))
+            w["presigned"] = s3.generate_presigned_url("get_object", Params={"Bucket": "probe", "Key": "object"},
+                                                       ExpiresIn=6 * 3600)
+            emi = ec2.register_image(ImageLocation="probe/image.img", Name="probe-image")["ImageId"]
+            gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+            iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
+                                    Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
+            if not _wait(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+                         ["State"]["Name"] == "running", 30, 0.1):
+                raise RuntimeError("the probe instance did not reach running")
+            eip = ec2.allocate_address()["PublicIp"]
+            ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        w.update(ec2=ec2, s3=s3, iid=iid, eip=eip, sigv4=SigV4Auth, creds=c, ep=ep)
+        return w
+
+    def _describe_request(self, w: dict) -> tuple[str, dict]:
+        """A DescribeInstances GET signed once per trial (signing per probe would cost more than it measures)."""
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        url = w["ep"]["clc"] + "?Action=DescribeInstances&Version=2016-11-15"
+        req = AWSRequest(method="GET", url=url)
+        w["sigv4"](Credentials(w["creds"].access_key, w["creds"].secret_key), "ec2", "eucalyptus").add_auth(req)
+        headers = dict(req.prepare().headers)
+        headers["Host"] = urlsplit(url).netloc
+        return url, headers
+
+    def _probe_for(self, target: str, w: dict) -> tuple[str, dict, object]:
+        if target == "clc":
+            url, headers = self._describe_request(w)
+            return url, headers, lambda s, b: s == 200 and b"DescribeInstancesResponse" in b
+        if target == "walrus":
+            return w["presigned"], {}, lambda s, b: s == 200 and b == b"eucalab probe object\n"
+        if target == "cc":
+            iid = w["iid"].encode()
+            return f"http://{w['eip']}/", {}, lambda s, b: s == 200 and b.strip() == iid
+        return "http://10.0.0.10:8080/", {}, lambda s, b: s == 200
+
+    # -- one trial ------------------------------------------------------------------------------------
+
+    def _pair(self, dep: Deployment, target: str):
+        return dep.plan.pair(target, 1 if target == "cc" else None)
+
+    def _marker_write(self, target: str, w: dict, n: int) -> str | None:
+        """An acknowledged write just before the fault; checked after it (lost writes)."""
+        if target == "clc":
+            name = f"marker-{n}-{self.rng.randrange(1 << 30)}"
+            w["ec2"].create_security_group(GroupName=name, Description="written before a fault")
+            return name
+        if target == "walrus":
+            key = f"marker-{n}-{self.rng.randrange(1 << 30)}"
+            w["s3"].put_object(Bucket="probe", Key=key, Body=key.encode())
+            return key
+        return None
+
+    def _marker_present(self, target: str, w: dict, marker: str | None) -> bool | None:
+        if marker is None:
+            return None
+        try:
+            if target == "clc":
+                return marker in [g["GroupName"] for g in w["ec2"].describe_security_groups()["SecurityGroups"]]
+            return w["s3"].get_object(Bucket="probe", Key=marker)["Body"].read() == marker.encode()
+        except Exception:
+            return False
+
+    def trial(self, dep: Deployment, ts: TrialSet, n: int, w: dict) -> dict:
+        pair = self._pair(dep, ts.target)
+        primary = next((m for m in pair.members if _state(dep, m) == "ENABLED"), None)
+        record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "trial": n, "primary": primary}
+        if primary is None:
+            record.update(status="invalid", error="no ENABLED member before the fault")
+            return record
+        peer = next(m for m in pair.members if m != primary)
+        marker = self._marker_write(ts.target, w, n)
+        url, headers, check = self._probe_for(ts.target, w)
+        probe = ProbeThread(dep, url, headers, self.exp.probe_interval_ms / 1000,
+                            self.exp.probe_timeout_ms / 1000, check).start()
+        psutil.cpu_percent(None)
+        time.sleep(0.3)  # warm-up: probes succeed before the fault
+        # A random phase relative to the heartbeat, seeded: faults do not line up with ticks.
+        phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
+        time.sleep(phase)
+        t_fault = _mono()
+        dep.kill(primary, sig=signal.SIGKILL)
+        recovered = _wait(lambda: _state(dep, peer) == "ENABLED" and any(
+            p.ok and p.sent >= t_fault for p in list(probe.probes)), self.exp.recovery_timeout_s)
+        time.sleep(0.1)
+        probes = probe.stop()
+        cpu = psutil.cpu_percent(None)
+        out = outage(probes, t_fault)
+        ev = [e for e in read_events(dep.process(peer).events_path) if e["t_mono"] >= t_fault - 1]
+        dead = next((e["detected_at"] for e in ev if e["event"] == "ha.peer_dead"), None)
+        promote = next((e for e in ev if e["event"] == "ha.promote" and e["t_mono"] >= t_fault), None)
+        record.update(
+            status="ok" if recovered and out is not None else "no-recovery",
+            new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase,
+            outage_s=out, detection_s=(promote["detected_at"] - t_fault) if promote else None,
+            takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
+            peer_dead_after_s=(dead - t_fault) if dead else None,
+            probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0], **{
+                f"probe_{k}": v for k, v in resolution(probes).items()})
+        record["lost_writes"] = 0 if self._marker_present(ts.target, w, marker) in (True, None) else 1
+        # Restore: the crashed member returns, as DISABLED, and catches up.
+        t_restore = _mono()
+        dep.start(pair.kind, primary)
+        back = _wait(lambda: _state(dep, primary) == "DISABLED", 15)
+        record["redundancy_restored_s"] = (_mono() - t_restore) if back else None
+        enabled = [m for m in pair.members if _state(dep, m) == "ENABLED"]
+        record["two_enabled_at_end"] = len(enabled) > 1
+        self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
+                                           "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
+        return record
+
+    # -- keepalived baseline ------------------------------------------------------------------------
+
+    def _keepalived_conf(self, dep: Deployment, host: str, advert_ms: float, priority: int) -> Path:
+        intf = dep.plan.hosts[host].intf("cloud").name
+        d = dep.host_dir(host, "keepalived")
+        version = "3" if advert_ms < 1000 else "2"
+        advert = f"{advert_ms / 1000:g}"
+        conf = d / "keepalived.conf"
+        conf.write_text(f"""global_defs {{
+    router_id {host}
+    vrrp_version {version}
+}}
+vrrp_instance EUCALAB {{
+    state BACKUP
+    nopreempt
+    interface {intf}
+    virtual_router_id 51
+    priority {priority}
+    advert_int {advert}
+    virtual_ipaddress {{
+        10.0.0.10/16 dev {intf}
+    }}
+}}
+""")
+        return conf
+
+    def _start_keepalived(self, dep: Deployment, host: str, advert_ms: float, priority: int) -> None:
+        conf = self._keepalived_conf(dep, host, advert_ms, priority)
+        d = conf.parent
+        dep.start("keepalived", host, label="keepalived", wait=False, argv=[
+            "keepalived", "-n", "-l", "-P", "-f", str(conf), "-p", str(d / "keepalived.pid"),
+            "-r", str(d / "vrrp.pid")])
+
+    def keepalived_set(self, dep: Deployment, ts: TrialSet, bar) -> list[dict]:
+        pair = dep.plan.pair("clc")
+        hosts = pair.members
+        for h in hosts:  # the same hosts and VIP, with the eucalab CLC out of the way
+            if dep.process(h, "clc").alive():
+                dep.stop(h, "clc")
+            dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
+            if (h, "http8080") not in dep.processes or not dep.processes[(h, "http8080")].alive():
+                dep.start("http8080", h, label="http8080", wait=False,
+                          argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
+        for i, h in enumerate(hosts):
+            self._start_keepalived(dep, h, ts.advert_ms, 100 - 10 * i)
+        records = []
+
+        def holder():
+            for h in hosts:
+                if "10.0.0.10/16" in dep[h].cmd("ip -o -4 addr show"):
+                    return h
+            return None
+
+        for n in range(ts.trials):
+            master = _wait(holder, 15)
+            record = {"set": ts.name, "target": "keepalived", "fault": "sigkill", "trial": n, "primary": master}
+            if master is None:
+                record.update(status="invalid", error="no keepalived master")
+                records.append(record)
+                continue
+            backup = next(h for h in hosts if h != master)
+            probe = ProbeThread(dep, "http://10.0.0.10:8080/", {}, self.exp.probe_interval_ms / 1000,
+                                self.exp.probe_timeout_ms / 1000, lambda s, b: s == 200).start()
+            psutil.cpu_percent(None)
+            time.sleep(0.3 + self.rng.uniform(0, ts.advert_ms / 1000))
+            t_fault = _mono()
+            dep.kill(master, "keepalived")
+            # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
+            # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
+            ok = _wait(lambda: any(p.ok and p.sent >= t_fault for p in list(probe.probes)) and
+                       "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
+            time.sleep(0.1)
+            probes = probe.stop()
+            out = outage(probes, t_fault)
+            record.update(status="ok" if ok and out is not None else "no-recovery", t_fault=t_fault,
+                          outage_s=out, new_primary=backup, probes=len(probes),
+                          cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
+                          lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+            self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
+                                               "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
+            # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
+            dep.process(master, "keepalived").popen.wait(timeout=5)
+            dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
+            self._start_keepalived(dep, master, ts.advert_ms, 90)
+            records.append(record)
+            self.trials_file.write(json.dumps(record) + "\n")
+            bar(ts.name)
+        for h in hosts:
+            dep.stop(h, "keepalived")
+            dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
+        return records
+
+    # -- the whole run ----------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from . import report
+        from .versions import versions
+
+        exp = self.exp
+        spec = spec_from_dict(exp.spec)
+        write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))
+        write_json(self.run_dir / "versions.json", versions())
+        total = sum(s.trials for s in exp.sets)
+        load = _LoadRecorder(self.run_dir / "load.jsonl").start()
+        t0 = time.monotonic()
+        try:
+            with Deployment(spec, run_dir=self.run_dir / "deployment") as dep, Progress(
+                    TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress) as progress:
+                task = progress.add_task("starting the deployment", total=total)
+                dep.start_services()
+                w = self._prepare(dep)
+                for pair in dep.plan.pairs:
+                    _wait(lambda p=pair: [m for m in p.members if _state(dep, m) == "ENABLED"], 10)
+
+                def bar(name):
+                    progress.update(task, advance=1, description=name)
+
+                for ts in [s for s in exp.sets if s.target != "keepalived"]:
+                    for n in range(ts.trials):
+                        progress.update(task, description=ts.name)
+                        try:
+                            record = self.trial(dep, ts, n, w)
+                        except Exception as exc:  # recorded, never silently dropped
+                            record = {"set": ts.name, "target": ts.target, "trial": n, "status": "error",
+                                      "error": repr(exc)}
+                        self.trials_file.write(json.dumps(record) + "\n")
+                        bar(ts.name)
+                for ts in [s for s in exp.sets if s.target == "keepalived"]:
+                    self.keepalived_set(dep, ts, bar)
+        finally:
+            load.stop()
+            self.trials_file.close()
+            self.probes_file.close()
+        write_json(self.run_dir / "timing.json", {"wall_s": time.monotonic() - t0, "trials": total,
+                                                  "trials_per_minute": total / (time.monotonic() - t0) * 60})
+        report.build(self.run_dir)
+        return self.run_dir
+
+
+class _LoadRecorder:
+    """The machine's CPU load during the run, every half second (a measurement's context)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", buffering=1)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        psutil.cpu_percent(None)
+        while not self._stop.wait(0.5):
+            self.f.write(json.dumps({"t_mono": _mono(), "cpu_percent": psutil.cpu_percent(None),
+                                     "load1": os.getloadavg()[0]}) + "\n")
+
+    def start(self):
+        self._t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(timeout=2)
+        self.f.close()
+
+
+def run_definition(path: str | Path | None = None, trials: int | None = None) -> Path:
+    exp = Experiment.load(path or DEFINITIONS / "default.yaml")
+    if trials is not None:
+        for s in exp.sets:
+            s.trials = min(s.trials, trials)
+    return Runner(exp).run()

@@ -1,0 +1,211 @@
+"""Plots and a report made from a run's raw data alone: ``eucalab report DIR`` regenerates them."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .analysis import Probe, summarize
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def load(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    return {"trials": _jsonl(run_dir / "trials.jsonl"), "probes": _jsonl(run_dir / "probes.jsonl"),
+            "load": _jsonl(run_dir / "load.jsonl"),
+            "experiment": json.loads((run_dir / "experiment.json").read_text())
+            if (run_dir / "experiment.json").exists() else {},
+            "versions": json.loads((run_dir / "versions.json").read_text())
+            if (run_dir / "versions.json").exists() else {},
+            "timing": json.loads((run_dir / "timing.json").read_text())
+            if (run_dir / "timing.json").exists() else {}}
+
+
+def summary(data: dict) -> dict:
+    sets: dict[str, dict] = {}
+    for t in data["trials"]:
+        s = sets.setdefault(t["set"], {"target": t.get("target"), "trials": 0, "ok": 0, "flagged": [],
+                                       "outage_ms": [], "detection_ms": [], "takeover_ms": [],
+                                       "lost_writes": 0, "split_brain": 0, "probe_p99_ms": []})
+        s["trials"] += 1
+        if t.get("status") == "ok":
+            s["ok"] += 1
+            s["outage_ms"].append(1000 * t["outage_s"])
+            if t.get("detection_s") is not None:
+                s["detection_ms"].append(1000 * t["detection_s"])
+            if t.get("takeover_s") is not None:
+                s["takeover_ms"].append(1000 * t["takeover_s"])
+            if t.get("probe_interval_p99_ms") is not None:
+                s["probe_p99_ms"].append(t["probe_interval_p99_ms"])
+        else:
+            s["flagged"].append({"trial": t["trial"], "status": t.get("status"), "error": t.get("error")})
+        s["lost_writes"] += t.get("lost_writes") or 0
+        s["split_brain"] += 1 if t.get("two_enabled_at_end") else 0
+    out = {}
+    for name, s in sets.items():
+        out[name] = {"target": s["target"], "trials": s["trials"], "ok": s["ok"], "flagged": s["flagged"],
+                     "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
+                     "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
+                     "two_enabled_after_trial": s["split_brain"],
+                     "probe_interval_p99_ms": max(s["probe_p99_ms"]) if s["probe_p99_ms"] else None}
+    return out
+
+
+def plots(data: dict, run_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    by_set: dict[str, list[float]] = {}
+    for t in data["trials"]:
+        if t.get("status") == "ok":
+            by_set.setdefault(t["set"], []).append(1000 * t["outage_s"])
+    if by_set:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name, values in sorted(by_set.items()):
+            v = sorted(values)
+            ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=f"{name} (n={len(v)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("client-observed outage (ms, log scale)")
+        ax.set_ylabel("fraction of trials")
+        ax.set_title("Outage CDF per configuration (SIGKILL of the primary)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "outage_cdf.png", dpi=110)
+        plt.close(fig)
+        made.append("outage_cdf.png")
+    parts = {}
+    for t in data["trials"]:
+        if t.get("status") == "ok" and t.get("detection_s") is not None:
+            parts.setdefault(t["set"], []).append((1000 * t["detection_s"], 1000 * t["takeover_s"],
+                                                   1000 * t["outage_s"]))
+    if parts:
+        import statistics
+
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = sorted(parts)
+        det = [statistics.median(p[0] for p in parts[n]) for n in names]
+        tak = [statistics.median(p[1] for p in parts[n]) for n in names]
+        out = [statistics.median(p[2] for p in parts[n]) for n in names]
+        ax.barh(names, det, label="detection (fault -> peer declared dead)")
+        ax.barh(names, tak, left=det, label="takeover (-> VIP up, ARP sent)")
+        ax.scatter(out, names, color="black", zorder=3, label="client-observed outage")
+        ax.set_xlabel("median, ms")
+        ax.set_title("Where the outage goes")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "breakdown.png", dpi=110)
+        plt.close(fig)
+        made.append("breakdown.png")
+    sample = next((p for p in data["probes"] if any(t.get("set") == p["set"] and t.get("trial") == p["trial"]
+                                                       and t.get("status") == "ok" for t in data["trials"])), None)
+    if sample:
+        fig, ax = plt.subplots(figsize=(9, 3))
+        t0 = sample["t_fault"]
+        probes = [Probe(*p) for p in sample["probes"]]
+        ok = [(1000 * (p.sent - t0), 1000 * (p.done - p.sent)) for p in probes if p.ok]
+        bad = [(1000 * (p.sent - t0), 1000 * (p.done - p.sent)) for p in probes if not p.ok]
+        if ok:
+            ax.scatter(*zip(*ok), s=8, color="tab:green", label="probe answered")
+        if bad:
+            ax.scatter(*zip(*bad), s=8, color="tab:red", label="probe failed")
+        ax.axvline(0, color="black", linestyle="--", label="fault (SIGKILL)")
+        trial = next(t for t in data["trials"] if t.get("set") == sample["set"] and t.get("trial") == sample["trial"])
+        if trial.get("detection_s") is not None:
+            ax.axvline(1000 * trial["detection_s"], color="tab:orange", label="peer declared dead")
+            ax.axvline(1000 * (trial["detection_s"] + trial["takeover_s"]), color="tab:blue", label="VIP up")
+        ax.set_xlabel("ms since the fault")
+        ax.set_ylabel("probe latency (ms)")
+        ax.set_title(f"One trial: {sample['set']} #{sample['trial']}")
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(run_dir / "timeline.png", dpi=110)
+        plt.close(fig)
+        made.append("timeline.png")
+    return made
+
+
+def _fmt(s: dict, key: str) -> str:
+    v = s.get(key)
+    return "-" if v is None else f"{v:.1f}"
+
+
+def build(run_dir: str | Path) -> Path:
+    """Write summary.json, the plots, report.md and report.html from the raw data."""
+    run_dir = Path(run_dir)
+    data = load(run_dir)
+    summ = summary(data)
+    (run_dir / "summary.json").write_text(json.dumps(summ, indent=2, sort_keys=True))
+    images = plots(data, run_dir)
+    exp, ver, timing = data["experiment"], data["versions"], data["timing"]
+    rows = []
+    for name, s in summ.items():
+        o, d, k = s["outage_ms"], s["detection_ms"], s["takeover_ms"]
+        ci = o.get("p50_ci95")
+        rows.append([name, f"{s['ok']}/{s['trials']}", _fmt(o, "p50"),
+                     f"{ci[0]:.1f}-{ci[1]:.1f}" if ci else "-", _fmt(o, "p95"),
+                     _fmt(o, "p99") if "p99" in o else "(n<100)", _fmt(o, "max"), _fmt(d, "p50"), _fmt(k, "p50"),
+                     str(s["lost_writes"]), str(s["two_enabled_after_trial"]),
+                     "-" if s["probe_interval_p99_ms"] is None else f"{s['probe_interval_p99_ms']:.1f}"])
+    head = ["configuration", "ok/trials", "outage p50 ms", "p50 95% CI", "p95", "p99", "max",
+            "detection p50", "takeover p50", "lost writes", "two ENABLED", "probe gap p99 ms"]
+    load_vals = [x["cpu_percent"] for x in data["load"]]
+    md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
+          f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "
+          f"from the user host with a {exp.get('probe_timeout_ms')} ms timeout and no retries.", "",
+          "Outage = completion of the first successful probe after the fault minus completion of the last "
+          "successful probe before it (resolution: the probe gap, reported per configuration). Detection = "
+          "fault to the surviving member declaring its peer dead; takeover = from there to the VIP being up "
+          "with gratuitous ARP sent. p99 is reported only for configurations with at least 100 trials; "
+          "the median's 95% confidence interval is a percentile bootstrap.", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    flagged = [(n, f) for n, s in summ.items() for f in s["flagged"]]
+    md += ["", "## Trials that went wrong", ""]
+    md += [f"- {n} trial {f['trial']}: {f['status']} {f.get('error') or ''}" for n, f in flagged] or ["None."]
+    md += ["", "## Plots", ""] + [f"![{i}]({i})" for i in images]
+    md += ["", "## Context", "",
+           f"- CPU during the run: mean {sum(load_vals) / len(load_vals):.0f}%, max {max(load_vals):.0f}% "
+           f"({len(load_vals)} samples)" if load_vals else "- CPU: not recorded",
+           f"- wall time {timing.get('wall_s', 0):.0f} s, {timing.get('trials_per_minute', 0):.1f} trials/minute",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    table = "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    body = [f"<h1>Failover report: {html.escape(str(exp.get('name', run_dir.name)))}</h1>",
+            f"<p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>", table,
+            "<h2>Trials that went wrong</h2><ul>" + ("".join(
+                f"<li>{html.escape(n)} trial {f['trial']}: {html.escape(str(f['status']))}</li>" for n, f in flagged)
+                or "<li>None.</li>") + "</ul>",
+            "<h2>Plots</h2>" + "".join(f'<p><img src="{i}" alt="{i}"></p>' for i in images),
+            "<h2>Context</h2><ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[-3:]) + "</ul>"]
+    (run_dir / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>eucalab report"
+                                         "</title></head><body>" + "\n".join(body) + "</body></html>\n")
+    return run_dir / "report.md"
+
+
+def compare(a: str | Path, b: str | Path) -> str:
+    """Two runs' summaries side by side (markdown)."""
+    sa, sb = summary(load(Path(a))), summary(load(Path(b)))
+    lines = [f"| configuration | {Path(a).name} outage p50 / max ms | {Path(b).name} outage p50 / max ms |",
+             "|---|---|---|"]
+    for name in sorted(set(sa) | set(sb)):
+        cell = lambda s: (f"{s[name]['outage_ms'].get('p50', float('nan')):.1f} / "
+                          f"{s[name]['outage_ms'].get('max', float('nan')):.1f}") if name in s and s[name]["ok"] else "-"
+        lines.append(f"| {name} | {cell(sa)} | {cell(sb)} |")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Outage computation and statistics on synthetic probe streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.analysis import Probe, bootstrap_ci, outage, percentile, resolution, summarize
+
+
+def stream(start, end, step, down=None, duration=0.002):
+    out, t = [], start
+    while t < end:
+        ok = not (down and down[0] <= t < down[1])
+        out.append(Probe(t, t + (duration if ok else 0.3), ok))
+        t += step
+    return out
+
+
+def test_outage_is_first_success_after_minus_last_success_before():
+    probes = stream(0.0, 2.0, 0.01, down=(1.0, 1.2))
+    assert outage(probes, 1.0) == pytest.approx(1.2 + 0.002 - (0.99 + 0.002), abs=1e-6)
+
+
+def test_probe_in_flight_at_the_fault_counts_only_if_done_before_it():
+    probes = [Probe(0.0, 0.005, True), Probe(0.01, 0.05, True), Probe(0.06, 0.07, True)]
+    # The second probe completes after the fault at 0.02: it is neither before nor after.
+    assert outage(probes, 0.02) == pytest.approx(0.07 - 0.005)
+
+
+def test_no_success_after_or_before_gives_none():
+    assert outage(stream(0, 1, 0.01, down=(0.5, 2.0)), 0.5) is None
+    assert outage(stream(0, 1, 0.01, down=(0.0, 0.5)), 0.2) is None
+    assert outage([], 1.0) is None
+
+
+def test_out_of_order_records_are_handled():
+    ordered = stream(0.0, 1.0, 0.01, down=(0.5, 0.6))
+    assert outage(list(reversed(ordered)), 0.5) == outage(ordered, 0.5) == pytest.approx(0.11, abs=0.011)
+
+
+def test_lost_probes_widen_the_gap_not_the_outage():
+    probes = [p for i, p in enumerate(stream(0.0, 1.0, 0.01)) if i % 7]  # some probes never recorded
+    o = outage(probes, 0.5)
+    assert 0 < o <= 0.03
+
+
+def test_resolution_reports_probe_spacing():
+    r = resolution(stream(0.0, 1.0, 0.01))
+    assert r["interval_p50_ms"] == pytest.approx(10, abs=0.01)
+
+
+def test_percentile_and_summary():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == pytest.approx(50.5)
+    s = summarize([float(v) for v in values])
+    assert s["n"] == 100 and "p99" in s and s["max"] == 100
+    small = summarize([1.0, 2.0, 3.0])
+    assert "p99" not in small and small["p50"] == 2.0
+    lo, hi = small["p50_ci95"]
+    assert lo <= 2.0 <= hi
+    assert summarize([]) == {"n": 0}
+
+
+def test_bootstrap_is_seeded_and_brackets_the_median():
+    values = [0.1 * i for i in range(50)]
+    assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
+    lo, hi = bootstrap_ci(values)
+    assert lo <= percentile(values, 50) <= hi
