@@ -43,7 +43,7 @@ class AccountResolver:
             async with self._http.get(f"{self.clc_base}/internal/accounts/{access_key}",
                                       headers={INTERNAL_TOKEN_HEADER: self.token}) as r:
                 if r.status == 200:
-                    data = await r.json()
+                    data = await r.json(content_type=None)
                     self.known[access_key] = (data["secret_key"], data["account_id"])
                     return
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):

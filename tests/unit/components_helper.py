@@ -43,7 +43,9 @@ def component(name: str, tmp: Path, **extra):
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 15
-        while not any(e["event"] == "service.start" for e in read_events(tmp / "events.jsonl")):
+        # This process's start: a restarted component appends to the same event log.
+        while not any(e["event"] == "service.start" and e.get("pid") == proc.pid
+                      for e in read_events(tmp / "events.jsonl")):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start:\n{(tmp / 'stdout.log').read_text()[-2000:]}")
             time.sleep(0.02)
