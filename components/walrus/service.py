@@ -373,12 +373,17 @@ class Walrus(Service):
     async def create_bucket(self, request, account, bucket):
         if (request.content_length or 0) > MAX_XML_BODY:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
-        body = await request.content.read(MAX_XML_BODY + 1)
+        body = bytearray()
+        while len(body) <= MAX_XML_BODY:  # read() may return part of the body: read to EOF
+            piece = await request.content.read(MAX_XML_BODY + 1 - len(body))
+            if not piece:
+                break
+            body += piece
         if len(body) > MAX_XML_BODY:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
         if body.strip():
             try:
-                ET.fromstring(body)
+                ET.fromstring(bytes(body))
             except ET.ParseError:
                 raise S3Error("MalformedXML", "The XML you provided was not well-formed", 400, bucket) from None
         row = self.store.bucket(bucket)

@@ -294,6 +294,8 @@ def test_bad_input_gets_its_error_and_changes_nothing(walrus, case):
 
 @pytest.mark.parametrize("case,request_args,status,code", [
     ("malformed XML", ("PUT", "/xmlbucket", b"<CreateBucketConfiguration><oops>"), 400, "MalformedXML"),
+    ("oversized bucket configuration", ("PUT", "/xmlbucket", b"<a>" + b" " * 70000 + b"</a>"), 400,
+     "MaxMessageLengthExceeded"),
     ("body does not match its signed hash", ("PUT", "/keep/k", b"tampered", None, b"original"), 400,
      "XAmzContentSHA256Mismatch"),
     ("wrong x-amz-checksum-crc32", ("PUT", "/keep/k", b"new", {"x-amz-checksum-crc32": "AAAAAA=="}), 400,
@@ -477,6 +479,8 @@ def test_bucket_location_and_list_objects_v1(walrus):
     s3 = s3_client(base)
     s3.create_bucket(Bucket="v1list")
     assert s3.get_bucket_location(Bucket="v1list")["LocationConstraint"] is None
+    s3.create_bucket(Bucket="with-config", CreateBucketConfiguration={"LocationConstraint": "eucalyptus"})
+    assert "with-config" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     keys = [f"k{i:02d}" for i in range(12)] + ["dir/a", "dir/b"]
     for k in keys:
         s3.put_object(Bucket="v1list", Key=k, Body=b"")
