@@ -256,6 +256,27 @@ class Deployment:
     def __getitem__(self, name: str):
         return self.net[name]
 
+    def aws_client(self, service: str, host: str = "user", access_key: str | None = None,
+                   secret_key: str | None = None, **config):
+        """A boto3 client ("ec2" or "s3") for the cloud's endpoints, acting from ``host``.
+
+        Every call of the returned client runs inside the host's network namespace
+        (boto3 opens sockets lazily, on any call), so no request can leave from the
+        root namespace. Client retries are off: callers see every failure.
+        """
+        import boto3
+        from botocore.config import Config
+
+        endpoint = self.plan.endpoints()["clc" if service == "ec2" else "walrus"]
+        options = dict(retries={"max_attempts": 1}, s3={"addressing_style": "path"}, connect_timeout=5,
+                       read_timeout=30)
+        options.update(config)
+        client = boto3.client(service, endpoint_url=endpoint, region_name="eucalyptus",
+                              aws_access_key_id=access_key or self.credentials.access_key,
+                              aws_secret_access_key=secret_key or self.credentials.secret_key,
+                              config=Config(**options))
+        return InHost(self, host, client)
+
     def in_host(self, name: str):
         """``with dep.in_host('user'):`` sockets opened in the block belong to that host.
 
@@ -425,11 +446,22 @@ class Deployment:
                          returncode=proc.popen.returncode)
         return proc.popen.returncode
 
-    def kill(self, host: str, label: str | None = None, sig: int = signal.SIGKILL) -> None:
-        """Send a signal (default SIGKILL: a crash) to a process; returns at once."""
+    def kill(self, host: str, label: str | None = None, sig: int = signal.SIGKILL, group: bool = False) -> None:
+        """Send a signal (default SIGKILL: a crash) to a process; returns at once.
+
+        ``group`` signals its whole process group (a daemon and the children it forked:
+        every process started here leads a session of its own).
+        """
         proc = self.process(host, label)
-        self.events.emit("process.signal", host=proc.host, label=proc.label, pid=proc.pid, signal=int(sig))
-        _signal(proc.pid, sig)
+        self.events.emit("process.signal", host=proc.host, label=proc.label, pid=proc.pid, signal=int(sig),
+                         group=group)
+        if group:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            _signal(proc.pid, sig)
 
     def start_services(self, kinds: tuple[str, ...] = COMPONENT_ORDER, timeout: float = 30.0) -> list[Process]:
         """Start every component that exists, on every member of its pair, in order."""
@@ -658,6 +690,24 @@ class Deployment:
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()
+
+
+class InHost:
+    """A client whose every call runs inside an emulated host's network namespace."""
+
+    def __init__(self, dep: "Deployment", host: str, client):
+        self._dep, self._host, self._client = dep, host, client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._dep.in_host(self._host):
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def _child_env() -> dict:

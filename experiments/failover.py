@@ -160,36 +160,36 @@ class Runner:
     # -- workload ---------------------------------------------------------------------------------
 
     def _prepare(self, dep: Deployment) -> dict:
-        import boto3
         from botocore.auth import SigV4Auth
-        from botocore.config import Config
 
         c = dep.credentials
         ep = dep.plan.endpoints()
-        kw = dict(aws_access_key_id=c.access_key, aws_secret_access_key=c.secret_key, region_name="eucalyptus",
-                  config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
         w: dict = {}
-        with dep.in_host("user"):
-            ec2 = boto3.client("ec2", endpoint_url=ep["clc"], **kw)
-            s3 = boto3.client("s3", endpoint_url=ep["walrus"], **kw)
-            s3.create_bucket(Bucket="probe")
-            s3.put_object(Bucket="probe", Key="object", Body=b"eucalab probe object\n")
-            s3.put_object(Bucket="probe", Key="image.img", Body=os.urandom(1 << 20))
-            w["presigned"] = s3.generate_presigned_url("get_object", Params={"Bucket": "probe", "Key": "object"},
-                                                       ExpiresIn=6 * 3600)
-            emi = ec2.register_image(ImageLocation="probe/image.img", Name="probe-image")["ImageId"]
-            gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-                {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-            iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
-                                    Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-            if not _wait(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
-                         ["State"]["Name"] == "running", 30, 0.1):
-                raise RuntimeError("the probe instance did not reach running")
-            eip = ec2.allocate_address()["PublicIp"]
-            ec2.associate_address(InstanceId=iid, PublicIp=eip)
-        w.update(ec2=ec2, s3=s3, iid=iid, eip=eip, sigv4=SigV4Auth, creds=c, ep=ep)
+        ec2, s3 = dep.aws_client("ec2"), dep.aws_client("s3")  # every call from the user host
+        s3.create_bucket(Bucket="probe")
+        s3.put_object(Bucket="probe", Key="object", Body=b"eucalab probe object\n")
+        s3.put_object(Bucket="probe", Key="image.img", Body=os.urandom(1 << 20))
+        w["presigned"] = s3.generate_presigned_url("get_object", Params={"Bucket": "probe", "Key": "object"},
+                                                   ExpiresIn=6 * 3600)
+        emi = ec2.register_image(ImageLocation="probe/image.img", Name="probe-image")["ImageId"]
+        gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
+                                Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
+        if not _wait(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+                     ["State"]["Name"] == "running", 30, 0.1):
+            raise RuntimeError("the probe instance did not reach running")
+        eip = ec2.allocate_address()["PublicIp"]
+        ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        w.update(ec2=ec2, s3=s3, iid=iid, eip=eip, sigv4=SigV4Auth, creds=c, ep=ep, dep=dep)
         return w
+
+    @staticmethod
+    def _fresh_clients(w: dict) -> None:
+        """New clients (new connection pools): pooled connections to a crashed primary would
+        each fail once, which says nothing about the data."""
+        w["ec2"], w["s3"] = w["dep"].aws_client("ec2"), w["dep"].aws_client("s3")
 
     def _describe_request(self, w: dict) -> tuple[str, dict]:
         """A DescribeInstances GET signed once per trial (signing per probe would cost more than it measures)."""
@@ -219,26 +219,51 @@ class Runner:
     def _pair(self, dep: Deployment, target: str):
         return dep.plan.pair(target, 1 if target == "cc" else None)
 
+    @staticmethod
+    def _retry(fn, attempts: int = 5):
+        """A client's pooled connection to the old primary fails once after a failover:
+        like any user, retry (the probes themselves never retry)."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except Exception:
+                if i == attempts - 1:
+                    raise
+                time.sleep(0.2)
+
     def _marker_write(self, target: str, w: dict, n: int) -> str | None:
         """An acknowledged write just before the fault; checked after it (lost writes)."""
+        from botocore.exceptions import ClientError
+
         if target == "clc":
             name = f"marker-{n}-{self.rng.randrange(1 << 30)}"
-            w["ec2"].create_security_group(GroupName=name, Description="written before a fault")
+
+            def create():
+                try:
+                    w["ec2"].create_security_group(GroupName=name, Description="written before a fault")
+                except ClientError as exc:  # an earlier attempt did get through
+                    if exc.response["Error"]["Code"] != "InvalidGroup.Duplicate":
+                        raise
+            self._retry(create)
             return name
         if target == "walrus":
             key = f"marker-{n}-{self.rng.randrange(1 << 30)}"
-            w["s3"].put_object(Bucket="probe", Key=key, Body=key.encode())
+            self._retry(lambda: w["s3"].put_object(Bucket="probe", Key=key, Body=key.encode()))
             return key
         return None
 
     def _marker_present(self, target: str, w: dict, marker: str | None) -> bool | None:
         if marker is None:
             return None
+        self._fresh_clients(w)
         try:
             if target == "clc":
-                return marker in [g["GroupName"] for g in w["ec2"].describe_security_groups()["SecurityGroups"]]
-            return w["s3"].get_object(Bucket="probe", Key=marker)["Body"].read() == marker.encode()
-        except Exception:
+                groups = self._retry(lambda: w["ec2"].describe_security_groups()["SecurityGroups"])
+                return marker in [g["GroupName"] for g in groups]
+            return self._retry(lambda: w["s3"].get_object(Bucket="probe", Key=marker)["Body"].read()) == \
+                marker.encode()
+        except Exception as exc:
+            self._check_error = repr(exc)
             return False
 
     def trial(self, dep: Deployment, ts: TrialSet, n: int, w: dict) -> dict:
@@ -277,7 +302,10 @@ class Runner:
             peer_dead_after_s=(dead - t_fault) if dead else None,
             probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0], **{
                 f"probe_{k}": v for k, v in resolution(probes).items()})
+        self._check_error = None
         record["lost_writes"] = 0 if self._marker_present(ts.target, w, marker) in (True, None) else 1
+        if self._check_error:
+            record["check_error"] = self._check_error
         # Restore: the crashed member returns, as DISABLED, and catches up.
         t_restore = _mono()
         dep.start(pair.kind, primary)
@@ -318,6 +346,8 @@ vrrp_instance EUCALAB {{
     def _start_keepalived(self, dep: Deployment, host: str, advert_ms: float, priority: int) -> None:
         conf = self._keepalived_conf(dep, host, advert_ms, priority)
         d = conf.parent
+        for stale in ("keepalived.pid", "vrrp.pid"):  # left by a crashed instance
+            (d / stale).unlink(missing_ok=True)
         dep.start("keepalived", host, label="keepalived", wait=False, argv=[
             "keepalived", "-n", "-l", "-P", "-f", str(conf), "-p", str(d / "keepalived.pid"),
             "-r", str(d / "vrrp.pid")])
@@ -355,7 +385,7 @@ vrrp_instance EUCALAB {{
             psutil.cpu_percent(None)
             time.sleep(0.3 + self.rng.uniform(0, ts.advert_ms / 1000))
             t_fault = _mono()
-            dep.kill(master, "keepalived")
+            dep.kill(master, "keepalived", group=True)  # the daemon and its VRRP child
             # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
             # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
             ok = _wait(lambda: any(p.ok and p.sent >= t_fault for p in list(probe.probes)) and

@@ -35,40 +35,8 @@ def plan(deployment):
     return deployment.plan
 
 
-class InHost:
-    """A client whose every call runs inside an emulated host's network namespace.
-
-    Sockets are opened lazily by boto3, so entering the namespace only around
-    client creation would let later calls leave from the root namespace. This
-    wrapper enters it around every call.
-    """
-
-    def __init__(self, dep, host: str, client):
-        self._dep, self._host, self._client = dep, host, client
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with self._dep.in_host(self._host):
-                return attr(*args, **kwargs)
-
-        return call
-
-
 def aws_client(dep, service: str, host: str = "user", access_key=None, secret_key=None):
-    import boto3
-    from botocore.config import Config
-
-    endpoint = dep.plan.endpoints()["clc" if service == "ec2" else "walrus"]
-    client = boto3.client(service, endpoint_url=endpoint, region_name="eucalyptus",
-                          aws_access_key_id=access_key or dep.credentials.access_key,
-                          aws_secret_access_key=secret_key or dep.credentials.secret_key,
-                          config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"},
-                                        connect_timeout=5, read_timeout=30))
-    return InHost(dep, host, client)
+    return dep.aws_client(service, host, access_key=access_key, secret_key=secret_key)
 
 
 @pytest.fixture(scope="session")
