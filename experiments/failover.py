@@ -35,6 +35,9 @@ from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
 TARGETS = ("clc", "walrus", "cc", "keepalived")
+# sigkill: the primary's process crashes (its host's kernel keeps its addresses and routes);
+# host: the primary's host fails (every link down, its process gone).
+FAULTS = ("sigkill", "host")
 
 
 @dataclass
@@ -51,7 +54,7 @@ class TrialSet:
             return self.label
         if self.target == "keepalived":
             return f"keepalived advert {self.advert_ms:g} ms"
-        return f"eucalab {self.target.upper()} {self.fault}"
+        return f"eucalab {self.target.upper()} {'crash' if self.fault == 'sigkill' else 'host failure'}"
 
 
 @dataclass
@@ -75,50 +78,65 @@ class Experiment:
         for i, s in enumerate(data.pop("sets", [])):
             if s.get("target") not in TARGETS:
                 raise ValueError(f"{path}: sets[{i}].target must be one of {', '.join(TARGETS)}")
-            if s.get("fault", "sigkill") != "sigkill":
-                raise ValueError(f"{path}: sets[{i}].fault: only sigkill is implemented")
+            if s.get("fault", "sigkill") not in FAULTS:
+                raise ValueError(f"{path}: sets[{i}].fault must be one of {', '.join(FAULTS)}")
             sets.append(TrialSet(**s))
         return cls(sets=sets, **data)
 
 
 class ProbeThread:
-    """Requests from the user host every interval; a request that hangs is cut at its timeout."""
+    """Requests from the user host every interval, overlapping: one that hangs (a dead host
+    answers nothing) is cut at its timeout and never delays the next ones."""
 
     def __init__(self, dep: Deployment, url: str, headers: dict, interval: float, timeout: float, check):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.dep, self.url, self.headers = dep, url, headers
         self.interval, self.timeout, self.check = interval, timeout, check
         self.probes: list[Probe] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=int(timeout / interval) + 4)
         self._thread = threading.Thread(target=self._run, daemon=True)
+        u = urlsplit(url)
+        self._target = (u.hostname, u.port or 80, u.path + (f"?{u.query}" if u.query else ""))
+
+    def _one(self) -> None:
+        host, port, path = self._target
+        t0 = time.monotonic()
+        ok = False
+        with self.dep.in_host("user"):  # this worker's sockets belong to the user host
+            try:
+                c = http.client.HTTPConnection(host, port, timeout=self.timeout)
+                c.request("GET", path, headers=self.headers)
+                r = c.getresponse()
+                ok = self.check(r.status, r.read())
+                c.close()
+            except (OSError, http.client.HTTPException):
+                pass
+        with self._lock:
+            self.probes.append(Probe(t0, time.monotonic(), ok))
 
     def _run(self) -> None:
-        u = urlsplit(self.url)
-        path = u.path + (f"?{u.query}" if u.query else "")
-        with self.dep.in_host("user"):  # every socket of this thread belongs to the user host
-            next_at = time.monotonic()
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                ok = False
-                try:
-                    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=self.timeout)
-                    c.request("GET", path, headers=self.headers)
-                    r = c.getresponse()
-                    ok = self.check(r.status, r.read())
-                    c.close()
-                except (OSError, http.client.HTTPException):
-                    pass
-                self.probes.append(Probe(t0, time.monotonic(), ok))
-                next_at = max(next_at + self.interval, time.monotonic())
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self._pool.submit(self._one)
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def start(self) -> "ProbeThread":
         self._thread.start()
         return self
 
+    def snapshot(self) -> list[Probe]:
+        with self._lock:
+            return list(self.probes)
+
     def stop(self) -> list[Probe]:
         self._stop.set()
         self._thread.join(timeout=5)
-        return self.probes
+        self._pool.shutdown(wait=True)
+        return sorted(self.snapshot(), key=lambda p: p.sent)
 
 
 def _mono() -> float:
@@ -284,9 +302,11 @@ class Runner:
         phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
         time.sleep(phase)
         t_fault = _mono()
+        if ts.fault == "host":
+            dep.set_link(primary, None, up=False)
         dep.kill(primary, sig=signal.SIGKILL)
         recovered = _wait(lambda: _state(dep, peer) == "ENABLED" and any(
-            p.ok and p.sent >= t_fault for p in list(probe.probes)), self.exp.recovery_timeout_s)
+            p.ok and p.sent >= t_fault for p in probe.snapshot()), self.exp.recovery_timeout_s)
         time.sleep(0.1)
         probes = probe.stop()
         cpu = psutil.cpu_percent(None)
@@ -308,6 +328,9 @@ class Runner:
             record["check_error"] = self._check_error
         # Restore: the crashed member returns, as DISABLED, and catches up.
         t_restore = _mono()
+        if ts.fault == "host":
+            dep.set_link(primary, None, up=True)
+        dep.process(primary).popen.wait(timeout=5)
         dep.start(pair.kind, primary)
         back = _wait(lambda: _state(dep, primary) == "DISABLED", 15)
         record["redundancy_restored_s"] = (_mono() - t_restore) if back else None
@@ -352,6 +375,13 @@ vrrp_instance EUCALAB {{
             "keepalived", "-n", "-l", "-P", "-f", str(conf), "-p", str(d / "keepalived.pid"),
             "-r", str(d / "vrrp.pid")])
 
+    @staticmethod
+    def _start_http(dep: Deployment, host: str) -> None:
+        """The trivial service keepalived fronts: an HTTP responder on port 8080."""
+        dep.start("http8080", host, label="http8080", wait=False,
+                  argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
+        _wait(lambda: ":1F90 " in dep[host].cmd("cat /proc/net/tcp"), 10, 0.05)
+
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar) -> list[dict]:
         pair = dep.plan.pair("clc")
         hosts = pair.members
@@ -360,8 +390,7 @@ vrrp_instance EUCALAB {{
                 dep.stop(h, "clc")
             dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
             if (h, "http8080") not in dep.processes or not dep.processes[(h, "http8080")].alive():
-                dep.start("http8080", h, label="http8080", wait=False,
-                          argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
+                self._start_http(dep, h)
         for i, h in enumerate(hosts):
             self._start_keepalived(dep, h, ts.advert_ms, 100 - 10 * i)
         records = []
@@ -385,10 +414,13 @@ vrrp_instance EUCALAB {{
             psutil.cpu_percent(None)
             time.sleep(0.3 + self.rng.uniform(0, ts.advert_ms / 1000))
             t_fault = _mono()
-            dep.kill(master, "keepalived", group=True)  # the daemon and its VRRP child
+            # The service crashes with its keepalived (the daemon and its VRRP child), as
+            # eucalab's component does with its HA agent.
+            dep.kill(master, "keepalived", group=True)
+            dep.kill(master, "http8080")
             # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
             # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
-            ok = _wait(lambda: any(p.ok and p.sent >= t_fault for p in list(probe.probes)) and
+            ok = _wait(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
                        "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
             time.sleep(0.1)
             probes = probe.stop()
@@ -401,7 +433,9 @@ vrrp_instance EUCALAB {{
                                                "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
             # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
             dep.process(master, "keepalived").popen.wait(timeout=5)
+            dep.process(master, "http8080").popen.wait(timeout=5)
             dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
+            self._start_http(dep, master)
             self._start_keepalived(dep, master, ts.advert_ms, 90)
             records.append(record)
             self.trials_file.write(json.dumps(record) + "\n")
