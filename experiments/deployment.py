@@ -137,9 +137,11 @@ class Deployment:
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
         self._main_label: dict[str, str] = {}
         self.realtime = True
-        # The SDN controller owns every bridge once it exists (controllers/__main__.py);
-        # until then the switches run standalone.
-        self.sdn = controller_exists() if sdn is None else sdn
+        # The SDN controller (controllers/__main__.py) owns every bridge when asked for;
+        # otherwise the switches run standalone (MAC learning on loop-free trees).
+        self.sdn = bool(sdn) and controller_exists()
+        if sdn and not controller_exists():
+            raise DeploymentError("sdn=True but there is no SDN controller (controllers/__main__.py)")
         self.controller: subprocess.Popen | None = None
         self.controller_port: int | None = None
 
