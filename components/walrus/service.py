@@ -500,7 +500,9 @@ class Walrus(Service):
                     crc = zlib.crc32(data, crc)
                     f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                # fsync of a large object takes hundreds of ms: off the event loop, so
+                # GETs and HA heartbeats keep running meanwhile.
+                await asyncio.to_thread(os.fsync, f.fileno())
             if decoder and not decoder.finished:
                 raise S3Error("IncompleteBody", "The request body ended early", 400, key)
             if decoder and declared_len is not None and str(size) != declared_len:
@@ -527,7 +529,7 @@ class Walrus(Service):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.store.install(tmp, name)
+        await asyncio.to_thread(self.store.install, tmp, name)
         etag = md5.hexdigest()
         meta = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
         self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
