@@ -470,8 +470,18 @@ vrrp_instance EUCALAB {{
                 for pair in dep.plan.pairs:
                     _wait(lambda p=pair: [m for m in p.members if _state(dep, m) == "ENABLED"], 10)
 
+                done = [0]
+                tty = progress.console.is_terminal
+
                 def bar(name):
                     progress.update(task, advance=1, description=name)
+                    done[0] += 1
+                    if not tty and (done[0] % 10 == 0 or done[0] == total):
+                        # No terminal (CI, a log file): a plain progress line instead of the bar.
+                        elapsed = time.monotonic() - t0
+                        eta = elapsed / done[0] * (total - done[0])
+                        print(f"eucalab: {done[0]}/{total} trials ({name}), {elapsed:.0f} s elapsed, "
+                              f"about {eta:.0f} s left", flush=True)
 
                 for ts in [s for s in exp.sets if s.target != "keepalived"]:
                     for n in range(ts.trials):

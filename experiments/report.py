@@ -82,7 +82,7 @@ def plots(data: dict, run_dir: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_xlabel("client-observed outage (ms, log scale)")
         ax.set_ylabel("fraction of trials")
-        ax.set_title("Outage CDF per configuration (SIGKILL of the primary)")
+        ax.set_title("Client-observed outage per configuration")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -150,3 +150,22 @@ def test_volume_attach_and_write_lands_on_the_sc(deployment, ec2, image):
     ec2.delete_volume(VolumeId=vol)
     ec2.terminate_instances(InstanceIds=[iid])
     assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+
+
+def test_metadata_service_answers_the_instance(deployment, ec2, image):
+    """169.254.169.254:80 is DNATed by the primary CC to the CLC, which knows the instance
+    by its source address."""
+    res = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, Placement={"AvailabilityZone": "cluster1"})
+    iid = res["Instances"][0]["InstanceId"]
+    inst = wait_state(ec2, iid)
+    assert inst["State"]["Name"] == "running"
+    listing = json.loads(deployment["c1cc1"].cmd(
+        f"curl -s -H 'X-Eucalab-Internal-Token: {deployment.internal_token}' http://10.0.1.10:8774/cluster/instances"))
+    slot = next(i["slot"] for i in listing["instances"] if i["id"] == iid)
+    base = "http://169.254.169.254/latest/meta-data"
+    assert deployment[slot].cmd(f"curl -s -m 3 {base}/instance-id").strip() == iid
+    assert deployment[slot].cmd(f"curl -s -m 3 {base}/local-ipv4").strip() == inst["PrivateIpAddress"]
+    assert deployment[slot].cmd(f"curl -s -m 3 {base}/placement/availability-zone").strip() == "cluster1"
+    assert "default" in deployment[slot].cmd(f"curl -s -m 3 {base}/security-groups")
+    ec2.terminate_instances(InstanceIds=[iid])
+    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
