@@ -1,0 +1,178 @@
+"""The HA agent's decisions, without a network: the fault table as state transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from components.common import ha as ha_mod
+from components.common.events import EventLog, read_events
+from components.common.ha import HAAgent, _mono
+from components.common.states import ServiceState
+
+
+class FakeService:
+    def __init__(self, tmp, state="DISABLED"):
+        self.state = ServiceState(state)
+        self.events = EventLog(tmp / "events.jsonl", "clc1", "clc")
+
+    def set_state(self, new, reason=""):
+        self.events.emit("state.change", **{"from": self.state.value, "to": new.value, "reason": reason})
+        self.state = new
+
+
+def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2):
+    cfg = {"host": "clc1" if role == "primary" else "clc2", "role": role, "data_dir": str(tmp_path),
+           "pair": {"name": "clc"},
+           "ha": {"peer": "clc2", "peer_addresses": ["10.254.1.2", "10.0.0.12"], "interval_ms": 50, "misses": 3,
+                  "vips": [{"address": "10.0.0.10", "prefix": 16, "interface": "clc1-eth0"}],
+                  "arbitrators": [{"name": f"a{i}", "target": "10.0.0.1"} for i in range(arbitrators)]}}
+    svc = FakeService(tmp_path, state)
+    agent = HAAgent(svc, cfg)
+    agent.commands = []
+
+    async def run(*argv):
+        agent.commands.append(argv)
+        return 0
+
+    agent._run = run
+    agent.hold_until = 0  # past the start-up listening window
+    return svc, agent
+
+
+def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, sent=None,
+              addr="10.254.1.2"):
+    msg = {"pair": "clc", "host": "peer", "epoch": epoch, "state": state, "seq": 1, "last_seq": last_seq,
+           "priority": priority, "arb_ok": arb_ok, "fenced": False, "sent": sent if sent is not None else _mono()}
+    agent.on_heartbeat(json.dumps(msg).encode(), (addr, 7800))
+
+
+def decide(agent):
+    async def go():
+        await agent._decide("test")
+        await asyncio.sleep(0)
+    asyncio.run(go())
+
+
+def events(tmp_path):
+    return [e["event"] for e in read_events(tmp_path / "events.jsonl")]
+
+
+def run_in_loop(fn):
+    async def go():
+        fn()
+        await asyncio.sleep(0)
+    asyncio.run(go())
+
+
+def test_alone_at_start_it_promotes_takes_the_vip_and_persists_the_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(ha_mod, "GARP_SCHEDULE_S", (0.0,))
+    svc, agent = make_agent(tmp_path)
+    decide(agent)
+    assert svc.state is ServiceState.ENABLED and agent.epoch == 2
+    assert (tmp_path / "ha-epoch").read_text() == "2"
+    assert any(c[:3] == ("ip", "addr", "replace") and "10.0.0.10/16" in c for c in agent.commands)
+    assert "ha.promote" in events(tmp_path)
+
+
+def test_stays_disabled_while_the_peer_is_enabled(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, priority=1))
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED
+
+
+def test_takes_over_when_the_peer_loses_its_arbitrators(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="NOTREADY", epoch=2, arb_ok=False))
+    decide(agent)
+    assert svc.state is ServiceState.ENABLED and agent.epoch == 3
+
+
+def test_no_failover_when_users_reach_neither(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    for a in agent.arbitrators:
+        a.ok = False
+    decide(agent)  # peer never heard, but this member's own arbitrators all fail
+    assert svc.state is ServiceState.DISABLED
+
+
+def test_a_member_behind_never_promotes(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, last_seq=10))
+    agent.peer.heard -= 1.0  # the peer has gone silent since
+    agent.last_seq = lambda: 7
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED
+    assert "ha.cannot_promote" in events(tmp_path)
+
+
+def test_primary_with_every_arbitrator_failed_goes_notready(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    for a in agent.arbitrators:
+        a.ok = False
+    decide(agent)
+    assert svc.state is ServiceState.NOTREADY
+    assert any(c[:3] == ("ip", "addr", "del") for c in agent.commands)
+    for a in agent.arbitrators:
+        a.ok = True
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED
+
+
+def test_one_arbitrator_down_changes_nothing(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    agent.set_arbitrator_stopped("a0", True)
+    decide(agent)
+    assert svc.state is ServiceState.ENABLED
+    assert "arbitrator.stop" in events(tmp_path)
+
+
+def test_two_enabled_the_older_epoch_steps_down(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    agent.epoch = 2
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=3))
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED
+
+
+def test_election_newest_data_then_priority(tmp_path):
+    svc_a, a = make_agent(tmp_path / "a", role="secondary")
+    run_in_loop(lambda: heartbeat(a, state="DISABLED", epoch=1, last_seq=5, priority=1))
+    a.last_seq = lambda: 9  # more data than the configured primary
+    decide(a)
+    assert svc_a.state is ServiceState.ENABLED
+    svc_b, b = make_agent(tmp_path / "b", role="secondary")
+    run_in_loop(lambda: heartbeat(b, state="DISABLED", epoch=1, last_seq=0, priority=1))
+    decide(b)
+    assert svc_b.state is ServiceState.DISABLED  # equal data: the configured primary wins
+
+
+def test_heartbeats_on_either_path_keep_the_peer_alive(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, priority=1, addr="10.0.0.12"))
+    decide(agent)  # only the cloud path answers: the heartbeat link is cut
+    assert svc.state is ServiceState.DISABLED and agent.peer_alive()
+
+
+def test_a_frozen_primary_refuses_to_serve_and_judges_only_fresh_heartbeats(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    agent.last_tick = _mono() - 1.0  # this process was stopped for a second
+    assert not agent.may_serve()
+    agent.fenced_since = _mono()
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5, sent=agent.fenced_since - 0.5))
+    decide(agent)  # a heartbeat queued during the freeze says nothing
+    assert agent.fenced_since is not None and svc.state is ServiceState.ENABLED
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5))
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED and agent.fenced_since is None
+    assert not agent.may_serve()
+
+
+@pytest.mark.parametrize("state", ["DISABLED", "NOTREADY"])
+def test_only_an_enabled_member_serves(tmp_path, state):
+    svc, agent = make_agent(tmp_path, state=state)
+    agent.last_tick = _mono()
+    assert not agent.may_serve()
