@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.etree import ElementTree as ET
 
+import aiohttp
 from aiohttp import web
 
 from components.common.accounts import AccountResolver, access_key_of
@@ -40,6 +41,9 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 SMALL = 1 << 20  # objects up to this size are answered from memory
 CHUNK = 1 << 16
+# Replication streams whole objects (images of hundreds of MiB): no total time limit,
+# only a stall limit.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=10)
 MAX_XML_BODY = 1 << 16  # request bodies that are XML documents (CreateBucketConfiguration)
 # Sub-resources of the S3 API that Walrus does not implement: refused with NotImplemented
 # rather than served as if they were plain bucket or object requests.
@@ -52,6 +56,10 @@ UNSUPPORTED_SUBRESOURCES = frozenset((
 # Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
 CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
 UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
+
+
+class ReplicaError(Exception):
+    """A replicated op that cannot be applied as sent (its object's bytes do not match it)."""
 
 
 class S3Error(Exception):
@@ -239,14 +247,13 @@ class Walrus(Service):
         self.max_object = int(config.get("max_object_bytes", 5 * 2**30))
         self.replica = None
         self._catchup: asyncio.Task | None = None
+        self._replica_lock = asyncio.Lock()
         if self.ha is not None:
             self.ha.last_seq = lambda: self.store.last_seq
             self.ha.on_demote = self._on_demote
 
     async def on_start(self) -> None:
         if self.ha is not None:
-            import aiohttp
-
             self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
                                                  timeout=aiohttp.ClientTimeout(total=5))
             self._catchup = asyncio.create_task(self._catch_up_loop())
@@ -610,17 +617,20 @@ class Walrus(Service):
             return
         for entry in self.store.export_ops(ha.peer.last_seq):
             op = entry["op"]
-            body = b""
+            body = None
             if op["type"] == "object.put":
-                path = self.store.objects / op["file"]
-                if not path.exists():
+                try:
+                    # Streamed from the open file: an image is never held in memory, and a
+                    # concurrent overwrite cannot remove it under the request.
+                    body = open(self.store.objects / op["file"], "rb")
+                except FileNotFoundError:
                     continue  # replaced since: a later op carries the object
-                body = path.read_bytes()
             try:
-                async with self.replica.post(f"{self._peer_url()}/internal/ha/apply", data=body,
+                async with self.replica.post(f"{self._peer_url()}/internal/ha/apply",
+                                             data=body if body is not None else b"", timeout=STREAM_TIMEOUT,
                                              headers={"X-Eucalab-Op": json.dumps(entry),
                                                       "X-Eucalab-Epoch": str(ha.epoch)}) as r:
-                    answer = await r.json()
+                    answer = await r.json(content_type=None)
                     if r.status != 200:
                         self.events.emit("ha.replication_refused", status=r.status, answer=answer)
                         return
@@ -628,6 +638,9 @@ class Walrus(Service):
             except Exception as exc:  # the peer may die mid-request: the write stands here
                 self.events.emit("ha.replication_failed", error=repr(exc))
                 return
+            finally:
+                if body is not None:
+                    body.close()
 
     async def handle_ha_apply(self, request: web.Request) -> web.Response:
         self.require_internal(request)
@@ -638,22 +651,46 @@ class Walrus(Service):
         sender_epoch = int(request.headers.get("X-Eucalab-Epoch", "0"))
         if sender_epoch < max(ha.epoch, ha.peer.epoch):  # a stale ex-primary's stream
             return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
-        body = await request.read()
-        self._apply_replica(entry, body)
+        try:
+            await self._apply_replica(entry, request.content)
+        except ReplicaError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"last_seq": self.store.last_seq})
 
-    def _apply_replica(self, entry: dict, body: bytes) -> None:
+    async def _apply_replica(self, entry: dict, body: aiohttp.StreamReader | None) -> None:
+        """Apply one replicated op; an object's bytes stream to disk first (any size, one chunk held).
+
+        Concurrent streams may carry the same op: the first to finish applies it, the
+        others find it applied and drop their copy.
+        """
         if entry["seq"] <= self.store.last_seq:
             return
         op = entry["op"]
+        tmp = None
         if op["type"] == "object.put":
-            tmp = self.store.objects / f".{op['file']}.part"
-            with open(tmp, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            self.store.install(tmp, op["file"])
-        self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
+            tmp = self.store.objects / f".{op['file']}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                size = 0
+                with open(tmp, "wb") as f:
+                    if body is not None:
+                        async for chunk in body.iter_chunked(CHUNK):
+                            size += len(chunk)
+                            f.write(chunk)
+                    if size != op["size"]:
+                        raise ReplicaError(f"object {op['key']!r}: got {size} bytes, the op says {op['size']}")
+                    f.flush()
+                    await asyncio.to_thread(os.fsync, f.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        async with self._replica_lock:
+            if entry["seq"] <= self.store.last_seq:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+                return
+            if tmp is not None:
+                await asyncio.to_thread(self.store.install, tmp, op["file"])
+            self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
 
     async def handle_ha_ops(self, request: web.Request) -> web.Response:
         self.require_internal(request)
@@ -680,16 +717,17 @@ class Walrus(Service):
                                             params={"after": str(self.store.last_seq)}) as r:
                     ops = (await r.json())["ops"]
                 for entry in ops:
-                    body = b""
-                    if entry["op"]["type"] == "object.put":
-                        async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}") as r:
-                            if r.status != 200:
-                                # Replaced on the peer since: record the op so later ones apply.
-                                self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
-                                                      (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
-                                continue
-                            body = await r.read()
-                    self._apply_replica(entry, body)
+                    if entry["op"]["type"] != "object.put":
+                        await self._apply_replica(entry, None)
+                        continue
+                    async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}",
+                                                timeout=STREAM_TIMEOUT) as r:
+                        if r.status != 200:
+                            # Replaced on the peer since: record the op so later ones apply.
+                            self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
+                                                  (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
+                            continue
+                        await self._apply_replica(entry, r.content)
                 self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
             except Exception as exc:
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
