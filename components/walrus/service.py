@@ -247,7 +247,8 @@ class Walrus(Service):
         self.max_object = int(config.get("max_object_bytes", 5 * 2**30))
         self.replica = None
         self._catchup: asyncio.Task | None = None
-        self._replica_lock = asyncio.Lock()
+        self._replica_lock = asyncio.Lock()  # a DISABLED member applies one op at a time
+        self._replicate_lock = asyncio.Lock()  # an ENABLED member streams to its peer once at a time
         if self.ha is not None:
             self.ha.last_seq = lambda: self.store.last_seq
             self.ha.on_demote = self._on_demote
@@ -611,9 +612,19 @@ class Walrus(Service):
         return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
 
     async def replicate(self) -> None:
-        """Ship what the DISABLED peer lacks (ops and object bytes) before acknowledging."""
+        """Ship what the DISABLED peer lacks (ops and object bytes) before acknowledging.
+
+        Writes that arrive while an image is streaming wait for it, then send only
+        what is still missing, instead of each sending the image again.
+        """
+        if self.ha is None:
+            return
+        async with self._replicate_lock:
+            await self._replicate()
+
+    async def _replicate(self) -> None:
         ha = self.ha
-        if ha is None or not ha.peer_alive() or ha.peer.state != "DISABLED":
+        if not ha.peer_alive() or ha.peer.state != "DISABLED":
             return
         for entry in self.store.export_ops(ha.peer.last_seq):
             op = entry["op"]

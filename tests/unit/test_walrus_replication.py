@@ -72,13 +72,30 @@ def test_objects_larger_than_a_request_body_replicate_streamed(tmp_path):
             assert _stored(secondary, "images", "big.img") == image
             assert _leftovers(secondary) == []
 
-            # Two writes replicating at once carry the same ops: each is applied once.
+            # Writes replicating at once: every op crosses once, and is applied once.
+            applied = []
+            original = secondary._apply_replica
+
+            async def counting(entry, body):
+                applied.append(entry["seq"])
+                await original(entry, body)
+
+            secondary._apply_replica = counting
             _put_on(primary, "images", "a", b"a" * 300_000)
             _put_on(primary, "images", "b", b"b" * 10)
-            await asyncio.gather(primary.replicate(), primary.replicate())
+            await asyncio.gather(primary.replicate(), primary.replicate(), primary.replicate())
             assert secondary.store.export_ops(0) == primary.store.export_ops(0)
+            assert sorted(applied) == [3, 4]
             assert _stored(secondary, "images", "a") == b"a" * 300_000
             assert _leftovers(secondary) == []
+            # A stream the secondary already applied is dropped there, leaving nothing behind.
+            entry = primary.store.export_ops(2)[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"http://127.0.0.1:{port}/internal/ha/apply", data=b"a" * 300_000,
+                                     headers={"X-Eucalab-Op": json.dumps(entry), "X-Eucalab-Epoch": "1",
+                                              "X-Eucalab-Internal-Token": TOKEN}) as r:
+                    assert r.status == 200
+            assert secondary.store.export_ops(0) == primary.store.export_ops(0) and _leftovers(secondary) == []
 
             # Bytes that do not match their op are refused; the replica is unchanged.
             before = secondary.store.export_ops(0)
