@@ -744,8 +744,7 @@ def cleanup_runs(force: bool = False) -> list[str]:
         try:
             record = json.loads(entry.read_text())
         except (OSError, json.JSONDecodeError):
-            report.append(f"{entry.name}: unreadable record, removed")
-            entry.unlink(missing_ok=True)
+            report.append(f"{entry.name}: unreadable record, left alone")
             continue
         driver = record.get("driver_pid")
         if (not force and driver and pid_alive(driver)

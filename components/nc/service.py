@@ -264,10 +264,22 @@ class NodeController(Service):
 
     # -- booting ------------------------------------------------------------------------
 
+    async def _fetch_image_retrying(self, image: dict, attempts: int = 3) -> Path:
+        """A download cut short (a congested path, a Walrus failover) is tried again."""
+        for attempt in range(attempts):
+            try:
+                return await self._fetch_image(image)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if attempt == attempts - 1:
+                    raise BootError(f"image download failed {attempts} times: {exc}") from None
+                self.events.emit("image.retry", image=f"{image['bucket']}/{image['key']}", error=str(exc))
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     async def _boot(self, iid: str) -> None:
         inst = self.instances[iid]
         try:
-            path = await self._fetch_image(inst["image"])
+            path = await self._fetch_image_retrying(inst["image"])
             await self._configure_slot(inst)
             pid = await self._start_workload(inst, path)
             self._set(iid, RUNNING, pid=pid, pid_start=_start_time(pid))
