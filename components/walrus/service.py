@@ -31,7 +31,7 @@ from xml.etree import ElementTree as ET
 import aiohttp
 from aiohttp import web
 
-from components.common.accounts import AccountResolver, access_key_of
+from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.service import Service
 from components.common.sigv4 import ChunkedDecoder, SigV4Error, verify
 
@@ -302,7 +302,10 @@ class Walrus(Service):
 
     async def _authenticate(self, request: web.Request) -> tuple[str, object]:
         raw_path, raw_query = self._raw_path_query(request)
-        await self.accounts.ensure(access_key_of(request.headers, request.query))
+        try:
+            await self.accounts.ensure(access_key_of(request.headers, request.query))
+        except AccountsUnavailable as exc:
+            raise S3Error("ServiceUnavailable", f"cannot check the access key now: {exc}", 503, request.path) from None
         try:
             auth = verify(request.method, raw_path, raw_query, request.headers, None,
                           self.accounts.lookup, dialect="s3", service="s3")

@@ -1,0 +1,122 @@
+"""Account lookups at the CLC (Walrus's client side of GET /internal/accounts/{access_key}), loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import boto3
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from components.common.accounts import AccountResolver, AccountsUnavailable
+
+from .components_helper import ADMIN, TOKEN, component, free_port
+
+KNOWN = {"AKIAUSER000000000001": {"account_id": "000000000042", "secret_key": "usersecret"}}
+
+
+class FakeCLC:
+    """Answers account lookups like the CLC; ``status`` forces an answer (e.g. 503 while failing over)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.status: int | None = None
+        self.delay = 0.0
+        app = web.Application()
+        app.router.add_get("/internal/accounts/{ak}", self.handle)
+        self.server = TestServer(app, host="127.0.0.1", port=free_port())
+
+    async def handle(self, request):
+        ak = request.match_info["ak"]
+        self.calls.append(ak)
+        await asyncio.sleep(self.delay)
+        if request.headers.get("X-Eucalab-Internal-Token") != TOKEN:
+            return web.json_response({"error": "token"}, status=403)
+        if self.status is not None:
+            return web.json_response({"error": "forced"}, status=self.status)
+        if ak not in KNOWN:
+            return web.json_response({"error": "NoSuchEntity"}, status=404)
+        return web.json_response(KNOWN[ak])
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+
+def run_with_clc(scenario):
+    async def main():
+        clc = FakeCLC()
+        await clc.server.start_server()
+        resolver = AccountResolver({"admin": ADMIN, "internal_token": TOKEN}, clc.base)
+        try:
+            await scenario(clc, resolver)
+        finally:
+            await resolver.close()
+            await clc.server.close()
+
+    asyncio.run(main())
+
+
+def test_known_key_is_asked_once_even_by_concurrent_requests():
+    async def scenario(clc, resolver):
+        clc.delay = 0.05
+        ak = "AKIAUSER000000000001"
+        await asyncio.gather(*(resolver.ensure(ak) for _ in range(5)))
+        await resolver.ensure(ak)
+        assert resolver.lookup(ak) == ("usersecret", "000000000042")
+        assert clc.calls == [ak]
+        await resolver.ensure(ADMIN["access_key"])  # the admin comes from the config
+        assert clc.calls == [ak] and resolver.lookup(ADMIN["access_key"])[1] == ADMIN["account_id"]
+
+    run_with_clc(scenario)
+
+
+def test_unknown_key_is_cached_as_unknown_but_an_unavailable_clc_is_not():
+    async def scenario(clc, resolver):
+        await resolver.ensure("AKIANOBODY")
+        await resolver.ensure("AKIANOBODY")
+        assert resolver.lookup("AKIANOBODY") is None and clc.calls == ["AKIANOBODY"]
+        clc.status = 503  # the CLC is failing over
+        for _ in range(2):
+            with pytest.raises(AccountsUnavailable, match="503"):
+                await resolver.ensure("AKIAUSER000000000001")
+        assert clc.calls.count("AKIAUSER000000000001") == 2  # not remembered as unknown
+        clc.status = None
+        await resolver.ensure("AKIAUSER000000000001")
+        assert resolver.lookup("AKIAUSER000000000001") is not None
+
+    run_with_clc(scenario)
+
+
+def test_wrong_token_and_unreachable_clc_are_unavailable_not_unknown():
+    async def scenario(clc, resolver):
+        resolver.token = "wrong"
+        with pytest.raises(AccountsUnavailable, match="403"):
+            await resolver.ensure("AKIAUSER000000000001")
+        dead = AccountResolver({"internal_token": TOKEN}, f"http://127.0.0.1:{free_port()}")
+        try:
+            with pytest.raises(AccountsUnavailable, match="cannot reach"):
+                await dead.ensure("AKIAUSER000000000001")
+        finally:
+            await dead.close()
+
+    run_with_clc(scenario)
+
+
+def test_walrus_answers_503_while_the_clc_cannot_be_asked(tmp_path):
+    cfg = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+    dead_clc = f"http://127.0.0.1:{free_port()}/services/Eucalyptus"
+    with component("walrus", tmp_path, endpoints={"clc": dead_clc}) as (base, _, proc):
+        def client(ak, sk):
+            return boto3.client("s3", endpoint_url=f"{base}/services/Walrus", aws_access_key_id=ak,
+                                aws_secret_access_key=sk, region_name="eucalyptus", config=cfg)
+
+        with pytest.raises(ClientError) as err:
+            client("AKIAUSER000000000001", "usersecret").list_buckets()
+        assert err.value.response["Error"]["Code"] == "ServiceUnavailable"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert client(ADMIN["access_key"], ADMIN["secret_key"]).list_buckets()["Buckets"] == []
+        assert proc.poll() is None
