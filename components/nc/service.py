@@ -360,7 +360,7 @@ class NodeController(Service):
         slot = self.slots[inst["slot"]]
         log = open(self.data / f"{inst['id']}.log", "ab")
         proc = await asyncio.create_subprocess_exec(
-            "nsenter", f"--net={slot['netns']}", sys.executable, "-m", "components.nc.workload",
+            "nsenter", f"--net={slot['netns']}", sys.executable, "-S", str(Path(__file__).with_name("workload.py")),
             "--instance-id", inst["id"], "--port", str(self.workload_port),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             env=dict(os.environ, EUCALAB_IMAGE=str(image)))
