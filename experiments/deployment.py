@@ -489,10 +489,11 @@ class Deployment:
         return started
 
     def member_state(self, host: str) -> str | None:
-        """A component's current service state, from its own event log (no network needed)."""
+        """A component's current service state, from its own event log (no network needed);
+        "DEAD" when its process is gone."""
         proc = self.process(host)
         if not proc.alive():
-            return None
+            return "DEAD"
         current = None
         for e in proc.events():
             if e["event"] == "state.change":
@@ -710,6 +711,17 @@ class InHost:
                 return attr(*args, **kwargs)
 
         return call
+
+
+def wait_until(fn, timeout: float = 10.0, step: float = 0.01):
+    """Poll ``fn`` until it returns something true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    return fn()
 
 
 def _child_env() -> dict:

@@ -30,7 +30,7 @@ from components.common.events import read_events
 from topologies.spec import DeploymentSpec, spec_from_dict
 
 from .analysis import Probe, outage, resolution
-from .deployment import Deployment
+from .deployment import Deployment, wait_until
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
@@ -143,29 +143,6 @@ def _mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
-def _state(dep: Deployment, host: str) -> str:
-    proc = dep.process(host)
-    if not proc.alive():
-        return "DEAD"
-    current = None
-    for e in read_events(proc.events_path):
-        if e["event"] == "state.change":
-            current = e["to"]
-        elif e["event"] == "service.start":
-            current = e.get("state")
-    return current or "UNKNOWN"
-
-
-def _wait(fn, timeout: float, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
-
-
 class Runner:
     def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True):
         self.exp = exp
@@ -195,7 +172,7 @@ class Runner:
             {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
                                 Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-        if not _wait(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        if not wait_until(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
                      ["State"]["Name"] == "running", 30, 0.1):
             raise RuntimeError("the probe instance did not reach running")
         eip = ec2.allocate_address()["PublicIp"]
@@ -286,7 +263,7 @@ class Runner:
 
     def trial(self, dep: Deployment, ts: TrialSet, n: int, w: dict) -> dict:
         pair = self._pair(dep, ts.target)
-        primary = next((m for m in pair.members if _state(dep, m) == "ENABLED"), None)
+        primary = next((m for m in pair.members if dep.member_state(m) == "ENABLED"), None)
         record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "trial": n, "primary": primary}
         if primary is None:
             record.update(status="invalid", error="no ENABLED member before the fault")
@@ -305,7 +282,7 @@ class Runner:
         if ts.fault == "host":
             dep.set_link(primary, None, up=False)
         dep.kill(primary, sig=signal.SIGKILL)
-        recovered = _wait(lambda: _state(dep, peer) == "ENABLED" and any(
+        recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and any(
             p.ok and p.sent >= t_fault for p in probe.snapshot()), self.exp.recovery_timeout_s)
         time.sleep(0.1)
         probes = probe.stop()
@@ -332,9 +309,9 @@ class Runner:
             dep.set_link(primary, None, up=True)
         dep.process(primary).popen.wait(timeout=5)
         dep.start(pair.kind, primary)
-        back = _wait(lambda: _state(dep, primary) == "DISABLED", 15)
+        back = wait_until(lambda: dep.member_state(primary) == "DISABLED", 15)
         record["redundancy_restored_s"] = (_mono() - t_restore) if back else None
-        enabled = [m for m in pair.members if _state(dep, m) == "ENABLED"]
+        enabled = [m for m in pair.members if dep.member_state(m) == "ENABLED"]
         record["two_enabled_at_end"] = len(enabled) > 1
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
                                            "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
@@ -380,7 +357,7 @@ vrrp_instance EUCALAB {{
         """The trivial service keepalived fronts: an HTTP responder on port 8080."""
         dep.start("http8080", host, label="http8080", wait=False,
                   argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
-        _wait(lambda: ":1F90 " in dep[host].cmd("cat /proc/net/tcp"), 10, 0.05)
+        wait_until(lambda: ":1F90 " in dep[host].cmd("cat /proc/net/tcp"), 10, 0.05)
 
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar) -> list[dict]:
         pair = dep.plan.pair("clc")
@@ -402,7 +379,7 @@ vrrp_instance EUCALAB {{
             return None
 
         for n in range(ts.trials):
-            master = _wait(holder, 15)
+            master = wait_until(holder, 15)
             record = {"set": ts.name, "target": "keepalived", "fault": "sigkill", "trial": n, "primary": master}
             if master is None:
                 record.update(status="invalid", error="no keepalived master")
@@ -420,7 +397,7 @@ vrrp_instance EUCALAB {{
             dep.kill(master, "http8080")
             # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
             # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
-            ok = _wait(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
+            ok = wait_until(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
                        "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
             time.sleep(0.1)
             probes = probe.stop()
@@ -468,7 +445,7 @@ vrrp_instance EUCALAB {{
                 dep.start_services()
                 w = self._prepare(dep)
                 for pair in dep.plan.pairs:
-                    _wait(lambda p=pair: [m for m in p.members if _state(dep, m) == "ENABLED"], 10)
+                    wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)
 
                 done = [0]
                 tty = progress.console.is_terminal

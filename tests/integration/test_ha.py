@@ -11,7 +11,7 @@ import time
 import pytest
 
 from components.common.events import read_events
-from experiments.deployment import Deployment
+from experiments.deployment import Deployment, wait_until
 from topologies.spec import DeploymentSpec
 
 from .conftest import aws_client
@@ -19,24 +19,7 @@ from .conftest import aws_client
 
 def state(dep, host: str) -> str | None:
     """A member's current state, from its own event log (no network needed)."""
-    proc = dep.process(host)
-    current = None
-    for e in read_events(proc.events_path):
-        if e["event"] == "state.change":
-            current = e["to"]
-        elif e["event"] == "service.start":
-            current = e.get("state")
-    return current if proc.alive() else "DEAD"
-
-
-def wait_until(fn, timeout: float = 10.0, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    return fn()
+    return dep.member_state(host)
 
 
 def enabled_members(dep, pair: str) -> list[str]:
