@@ -1,27 +1,43 @@
-# eucalab: `make run` and `make test` are the front door; both set the machine up first.
-PY := .venv/bin/python
+# eucalab: `make run` and `make test` are the front door; both set the machine up first
+# (.ci/setup.sh: Debian packages, Open vSwitch, .venv; idempotent, about a second when ready).
+PY      := .venv/bin/python
+EUCALAB := .venv/bin/eucalab
+# Building networks needs root: as a normal user, run/test/bench go through sudo
+# (setup has already stopped with a clear message where there is no sudo).
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo -E)
+PYTEST  := -m pytest -v -ra -p no:cacheprovider
 
-.PHONY: setup run test unit integration bench clean
+.PHONY: setup venv run test unit integration bench clean
 
 setup:
 	@bash .ci/setup.sh
 
+# Only .venv, no root: enough for the unit tests.
+venv:
+	@bash .ci/setup.sh venv
+
+# The main job: the default failover experiment; prints where its report is.
 run: setup
-	$(PY) -m experiments.cli run
+	$(SUDO) $(EUCALAB) run
 
-# Every test: unit tests and real-network integration tests (root). pytest exits
-# non-zero when a test fails or when no test ran at all.
+# Every test, unit and real-network integration (as root they run, never skip).
+# pytest exit 5 means no test was collected: a failure, said so plainly.
 test: setup
-	$(PY) -m pytest tests -v -ra -p no:cacheprovider
+	@echo "$(strip $(SUDO) $(PY) $(PYTEST) tests)"
+	@$(SUDO) $(PY) $(PYTEST) tests || { rc=$$?; \
+	  [ $$rc -ne 5 ] || echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; \
+	  exit $$rc; }
 
-unit: setup
-	$(PY) -m pytest tests/unit -q -p no:cacheprovider
+unit: venv
+	$(PY) $(PYTEST) -m 'not integration' tests
 
 integration: setup
-	$(PY) -m pytest tests/integration -v -ra -p no:cacheprovider
+	$(SUDO) $(PY) $(PYTEST) -m integration tests
 
 bench: setup
-	$(PY) -m experiments.cli bench bringup
+	$(SUDO) $(EUCALAB) bench bringup
 
+# Removes the environment and build junk; results/ stays.
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv build dist *.egg-info .pytest_cache
+	find topologies controllers components experiments tests -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,25 +1,37 @@
 """``eucalab check``: what this machine can do, what is missing, and how to fix it.
 
 ``datapath()``, ``has_netem()`` and ``ovs_problem()`` are also what the network
-builder asks before it builds; they are cached and import nothing heavy.
+builder asks before it builds: the first two are cached, and this module imports
+only the standard library (rich is imported inside ``render``).
+
+Every probe takes the command runner as a parameter, so the logic that turns
+command results into findings is unit-tested with injected results, without root.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import platform
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 SETUP_FIX = "run `make setup` (as root)"
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+OVS_START_FIX = f"run `make setup`, or `{OVS_CTL} start --system-id=random`"
+NETNS_PREFIX = "eucalab-probe-"
+
+Runner = Callable[[list[str]], tuple[int, str]]
+"""Runs a command; returns (exit code, stdout+stderr). 127: not found, 124: timed out."""
 
 
 @dataclass
 class Finding:
+    """One line of ``eucalab check``: a capability, whether it is there, and the fix."""
+
     name: str
     ok: bool
     detail: str
@@ -27,121 +39,211 @@ class Finding:
     required: bool = True  # a missing optional capability is reported, not fatal
 
 
-def _run(cmd: list[str], timeout: float = 5.0) -> tuple[int, str]:
+def run_command(cmd: list[str], timeout: float = 5.0) -> tuple[int, str]:
+    """Run ``cmd`` without a shell; never raises for a missing or hanging command."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
         return proc.returncode, (proc.stdout + proc.stderr).strip()
     except FileNotFoundError:
         return 127, f"{cmd[0]}: not found"
     except subprocess.TimeoutExpired:
-        return 124, f"{' '.join(cmd)}: no answer within {timeout:.0f} s"
+        return 124, f"{' '.join(cmd)}: no answer within {timeout:g} s"
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _apt_fix(package: str) -> str:
+    return f"apt-get install -y --no-install-recommends {package}, or {SETUP_FIX}"
+
+
+# --- probes the network builder uses --------------------------------------------------
+
+def probe_datapath(run: Runner = run_command, present: Callable[[str], bool] = os.path.isdir,
+                   is_root: Callable[[], bool] = _is_root) -> str:
+    """'kernel' where the openvswitch kernel module is present or loadable, else 'user'."""
+    if present("/sys/module/openvswitch"):
+        return "kernel"
+    if run(["modprobe", "-n", "openvswitch"])[0] != 0:
+        return "user"
+    # Loadable but not loaded: ovs-vswitchd does not load it when a bridge is added.
+    if is_root() and run(["modprobe", "openvswitch"])[0] != 0:
+        return "user"
+    return "kernel"
+
+
+def probe_netem(run: Runner = run_command, present: Callable[[str], bool] = os.path.isdir,
+                is_root: Callable[[], bool] = _is_root, pid: int | None = None) -> bool:
+    """Whether this kernel can emulate delay and loss: a netem qdisc is really added, on a
+    veth in a throw-away network namespace (as root), else ``modprobe -n sch_netem``."""
+    if present("/sys/module/sch_netem"):
+        return True
+    modprobe_says = lambda: run(["modprobe", "-n", "sch_netem"])[0] == 0  # noqa: E731
+    if not is_root():
+        return modprobe_says()
+    ns = f"{NETNS_PREFIX}{os.getpid() if pid is None else pid}"
+    if run(["ip", "netns", "add", ns])[0] != 0:
+        return modprobe_says()
+    try:
+        if run(["ip", "-n", ns, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"])[0] != 0:
+            return modprobe_says()
+        return run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "probe0", "root",
+                    "netem", "delay", "1ms"])[0] == 0
+    finally:
+        run(["ip", "netns", "del", ns])  # takes the veth pair with it
+
+
+def probe_8021q(run: Runner = run_command, present: Callable[[str], bool] = os.path.isdir) -> bool:
+    """Whether hosts could have VLAN sub-interfaces (the 8021q module)."""
+    return present("/sys/module/8021q") or run(["modprobe", "-n", "8021q"])[0] == 0
 
 
 @functools.lru_cache(maxsize=None)
 def datapath() -> str:
-    """'kernel' where the openvswitch kernel module is loaded or loadable, else 'user'."""
-    if os.path.isdir("/sys/module/openvswitch"):
-        return "kernel"
-    if shutil.which("modprobe"):
-        code, _ = _run(["modprobe", "openvswitch"])
-        if code == 0 and os.path.isdir("/sys/module/openvswitch"):
-            return "kernel"
-    return "user"
+    """'kernel' or 'user': the Open vSwitch datapath this machine supports (cached)."""
+    return probe_datapath()
 
 
 @functools.lru_cache(maxsize=None)
 def has_netem() -> bool:
-    """Whether this kernel can emulate delay and loss (sch_netem), tried for real."""
-    if os.path.isdir("/sys/module/sch_netem"):
-        return True
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
-        code, _ = _run(["modprobe", "-n", "sch_netem"])
-        return code == 0
-    ns = f"eucalab-probe-{os.getpid()}"
-    if _run(["ip", "netns", "add", ns])[0] != 0:
-        return False
-    try:
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        code, _ = _run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-                        "delay", "1ms"])
-        return code == 0
-    finally:
-        _run(["ip", "netns", "del", ns])
+    """Whether link delay, jitter and netem loss can be emulated here (cached)."""
+    return probe_netem()
 
 
-def ovs_problem() -> str | None:
-    """None when Open vSwitch answers, else what is wrong and how to fix it."""
-    if not shutil.which("ovs-vsctl"):
-        return "Open vSwitch is not installed: " + SETUP_FIX
-    code, out = _run(["ovs-vsctl", "--timeout=5", "show"], timeout=8)
+def ovs_problem(run: Runner = run_command, which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """None when Open vSwitch answers (database and switch daemon), else what is wrong and the fix."""
+    if not which("ovs-vsctl"):
+        return f"Open vSwitch is not installed: {_apt_fix('openvswitch-switch')}"
+    code, out = run(["ovs-vsctl", "--timeout=5", "show"])
     if code != 0:
-        return (f"Open vSwitch is not running ({out.splitlines()[0] if out else 'no answer'}): "
-                "run `make setup`, or `/usr/share/openvswitch/scripts/ovs-ctl start --system-id=random`")
+        first = out.splitlines()[0] if out else "no answer"
+        return f"Open vSwitch is not running (ovs-vsctl show: {first}): {OVS_START_FIX}"
+    # Without ovs-vswitchd the database still answers, but adding a bridge hangs.
+    code, out = run(["ovs-appctl", "--timeout=5", "-t", "ovs-vswitchd", "version"])
+    if code != 0:
+        first = out.splitlines()[0] if out else "no answer"
+        return f"ovs-vswitchd is not running ({first}): {OVS_START_FIX}"
     return None
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+# --- findings ---------------------------------------------------------------------------
+
+def check_root(euid: int) -> Finding:
+    return Finding("root", euid == 0, f"uid {euid}",
+                   "run as root: make run / make test re-run themselves with sudo where it exists")
+
+
+def check_python(version: tuple[int, ...], text: str) -> Finding:
+    return Finding("python", tuple(version[:2]) >= (3, 11), text, "Python 3.11 or newer: /usr/bin/python3 on Debian bookworm")
+
+
+def check_ovs(run: Runner = run_command, which: Callable[[str], str | None] = shutil.which) -> Finding:
+    problem = ovs_problem(run, which)
+    if problem is not None:
+        return Finding("open vswitch", False, problem.split(":")[0], problem)
+    code, out = run(["ovs-vsctl", "--version"])
+    # "ovs-vsctl (Open vSwitch) 3.1.0": the version is the last word of the first line.
+    version = out.splitlines()[0].split()[-1] if code == 0 and out else "unknown version"
+    return Finding("open vswitch", True, f"running, {version}")
+
+
+def check_datapath(kind: str) -> Finding:
+    detail = ("kernel (openvswitch module)" if kind == "kernel" else
+              "userspace (netdev): no openvswitch kernel module; the builder turns tx checksum "
+              "offload off on every host interface so TCP works")
+    return Finding("ovs datapath", True, detail, required=False)
+
+
+def check_netem(ok: bool) -> Finding:
+    return Finding("netem", ok,
+                   "link delay, jitter and loss can be emulated" if ok
+                   else "absent: link delay, jitter and netem loss cannot be emulated here",
+                   "a kernel with sch_netem (a standard Ubuntu VM has it); loss alone can use "
+                   "iptables' statistic match", required=False)
+
+
+def check_8021q(ok: bool) -> Finding:
+    return Finding("802.1Q", ok, "module present" if ok else
+                   "absent: hosts cannot have VLAN sub-interfaces; Open vSwitch does all tagging",
+                   "none needed: eucalab tags VLANs in Open vSwitch", required=False)
+
+
+# Run in a child interpreter: it proves the import works, and keeps os_ken imports
+# in controllers/ only, as everywhere else in the project.
+_VERSION_PROBES = {
+    "mininet": ("from mininet.net import VERSION; print(VERSION)", "mininet"),
+    "os-ken": ("import importlib.metadata as m, os_ken; "
+               "print(getattr(os_ken, '__version__', None) or m.version('os-ken'))", None),
+}
+
+
+def check_python_module(name: str, run: Runner = run_command, python: str = sys.executable) -> Finding:
+    """Whether ``name`` (mininet or os-ken) imports in this interpreter, with its version."""
+    code, package = _VERSION_PROBES[name]
+    rc, out = run([python, "-c", code])
+    if rc == 0 and out:
+        return Finding(name, True, out.splitlines()[-1])
+    last = out.splitlines()[-1] if out else "not importable"
+    fix = _apt_fix(package) if package else SETUP_FIX
+    return Finding(name, False, f"not importable ({last})", fix)
+
+
+TOOLS = (("mnexec", "mininet"), ("ethtool", "ethtool"), ("arping", "iputils-arping"),
+         ("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3"),
+         ("keepalived", "keepalived"), ("iptables", "iptables"), ("tc", "iproute2"),
+         ("curl", "curl"))
+"""Binaries used on emulated hosts, with the Debian package that has each."""
+
+
+def find_tool(tool: str) -> str | None:
+    """``shutil.which`` that also looks in the sbin directories a normal user's PATH lacks."""
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/local/sbin:/usr/sbin:/sbin"
+    return shutil.which(tool, path=path)
+
+
+def check_tool(tool: str, package: str, which: Callable[[str], str | None] = find_tool) -> Finding:
+    path = which(tool)
+    return Finding(tool, path is not None, path or "not found", _apt_fix(package))
 
 
 def run_checks() -> list[Finding]:
     """Every check, in the order a newcomer would fix them."""
-    f: list[Finding] = []
-    f.append(Finding("root", os.geteuid() == 0, f"uid {os.geteuid()}",
-                     "run as root (make run / make test re-run themselves with sudo)"))
-    py_ok = sys.version_info >= (3, 11)
-    f.append(Finding("python", py_ok, platform.python_version(), "Python 3.11 or newer is needed"))
-    problem = ovs_problem()
-    if problem is None:
-        _, ver = _run(["ovs-vsctl", "--version"])
-        f.append(Finding("open vswitch", True, ver.splitlines()[0] if ver else "running"))
-    else:
-        f.append(Finding("open vswitch", False, problem.split(":")[0], problem))
-    dp = datapath()
-    f.append(Finding("ovs datapath", True,
-                     "kernel (openvswitch module)" if dp == "kernel"
-                     else "userspace (netdev): no openvswitch kernel module; TCP needs tx offload off, "
-                          "which the builder does", required=False))
-    netem = has_netem()
-    f.append(Finding("netem", netem, "link delay/loss can be emulated" if netem
-                     else "absent: link delay, jitter and netem loss cannot be emulated here",
-                     "a kernel with sch_netem (e.g. a standard Ubuntu VM)", required=False))
-    vlan = os.path.isdir("/sys/module/8021q") or _run(["modprobe", "-n", "8021q"])[0] == 0
-    f.append(Finding("802.1Q", vlan, "present" if vlan else
-                     "absent: hosts cannot have VLAN sub-interfaces; OVS does all tagging",
-                     "not needed: eucalab tags VLANs in Open vSwitch", required=False))
-    try:
-        from mininet.net import VERSION as mn_version
-        f.append(Finding("mininet", True, mn_version))
-    except ImportError:
-        f.append(Finding("mininet", False, "not importable", "apt-get install mininet; " + SETUP_FIX))
-    osken = _version("os-ken")
-    f.append(Finding("os-ken", osken is not None, osken or "not installed", SETUP_FIX))
-    for tool, pkg in (("mnexec", "mininet"), ("ethtool", "ethtool"), ("arping", "iputils-arping"),
-                      ("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3"),
-                      ("keepalived", "keepalived"), ("iptables", "iptables"), ("curl", "curl")):
-        path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
-        f.append(Finding(tool, path is not None, path or "not found", f"apt-get install {pkg}; {SETUP_FIX}"))
-    return f
+    findings = [check_root(os.geteuid()),
+                check_python(tuple(sys.version_info), platform.python_version()),
+                check_ovs(),
+                check_datapath(datapath()),
+                check_netem(has_netem()),
+                check_8021q(probe_8021q()),
+                check_python_module("mininet"),
+                check_python_module("os-ken")]
+    findings += [check_tool(tool, package) for tool, package in TOOLS]
+    return findings
 
 
-def render(findings: list[Finding]) -> None:
-    """Print the findings as a table, problems with their fix."""
+def problems(findings: list[Finding]) -> list[Finding]:
+    """The findings that stop eucalab from running (missing optional ones do not)."""
+    return [f for f in findings if not f.ok and f.required]
+
+
+def render(findings: list[Finding], console=None) -> None:
+    """Print the findings as a table; every problem shows its fix."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="eucalab check")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("detail")
-    for x in findings:
-        status = "[green]ok[/]" if x.ok else ("[red]MISSING[/]" if x.required else "[yellow]absent[/]")
-        detail = x.detail if x.ok else f"{x.detail}\nfix: {x.fix}" if x.fix else x.detail
-        table.add_row(x.name, status, detail)
-    console = Console(width=max(120, Console().width))
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail / fix")
+    for f in findings:
+        status = "[green]ok[/]" if f.ok else ("[red]MISSING[/]" if f.required else "[yellow]absent[/]")
+        detail = escape(f.detail)
+        if not f.ok and f.fix:
+            detail += f"\n[bold]fix:[/] {escape(f.fix)}"
+        table.add_row(f.name, status, detail)
+    console = console or Console(width=max(120, Console().width))
     console.print(table)
-    bad = [x for x in findings if not x.ok and x.required]
+    bad = problems(findings)
     console.print("[green]ready[/]" if not bad else f"[red]{len(bad)} problem(s)[/]: fix them and run again")
