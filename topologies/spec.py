@@ -33,6 +33,7 @@ class SpecError(ValueError):
 
     def __init__(self, field_path: str, message: str):
         self.field_path = field_path
+        self.message = message
         super().__init__(f"{field_path}: {message}" if field_path else message)
 
 
@@ -235,7 +236,7 @@ def load_spec(path: str | Path | None = None, netem: bool | None = None) -> Depl
     try:
         return spec_from_dict(data, netem=netem)
     except SpecError as exc:
-        raise SpecError(exc.field_path, f"{exc.args[0]} (in {path})") from None
+        raise SpecError(exc.field_path, f"{exc.message} (in {path})") from None
 
 
 def _section_from_dict(cls: type, value: Any, name: str) -> Any:
