@@ -38,20 +38,37 @@ class BlockClient:
         self.lock = asyncio.Lock()
 
     async def connect(self, timeout: float = 5.0) -> None:
+        async with self.lock:
+            await self._login(timeout)
+
+    async def _login(self, timeout: float = 5.0) -> None:
         self.reader, self.writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), timeout)
         vid = self.volume.encode()
-        await self._call(b"L", 0, len(vid), vid)
+        await self._exchange(b"L", 0, len(vid), vid)
 
-    async def _call(self, op: bytes, offset: int, length: int, data: bytes = b"") -> bytes:
-        async with self.lock:
-            self.writer.write(HEADER.pack(op, offset, length) + data)
-            await self.writer.drain()
-            status, n = REPLY.unpack(await self.reader.readexactly(REPLY.size))
-            payload = await self.reader.readexactly(n) if n else b""
+    async def _exchange(self, op: bytes, offset: int, length: int, data: bytes = b"") -> bytes:
+        self.writer.write(HEADER.pack(op, offset, length) + data)
+        await self.writer.drain()
+        status, n = REPLY.unpack(await self.reader.readexactly(REPLY.size))
+        payload = await self.reader.readexactly(n) if n else b""
         if status != OK:
             raise BlockError(status, payload.decode(errors="replace"))
         return payload
+
+    async def _call(self, op: bytes, offset: int, length: int, data: bytes = b"") -> bytes:
+        """One request; a session broken (the SC failed over to its peer) is logged into
+        again, once, through the same address: the SC's service VIP."""
+        async with self.lock:
+            try:
+                return await self._exchange(op, offset, length, data)
+            except (ConnectionError, asyncio.IncompleteReadError, OSError, BlockError) as exc:
+                if isinstance(exc, BlockError) and exc.status != NOT_ATTACHED:
+                    raise
+                if self.writer is not None:
+                    self.writer.close()
+                await self._login()
+                return await self._exchange(op, offset, length, data)
 
     async def read(self, offset: int, length: int) -> bytes:
         return await self._call(b"R", offset, length)

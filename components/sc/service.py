@@ -36,21 +36,126 @@ class StorageController(Service):
         self.vol_dir = Path(config["data_dir"]) / "volumes"
         self.vol_dir.mkdir(parents=True, exist_ok=True)
         self.meta_file = Path(config["data_dir"]) / "volumes.json"
-        self.volumes: dict[str, dict] = self._load()
+        self.volumes: dict[str, dict] = {}
+        self.wseq = 0  # how many changes this SC's volumes have seen (HA replication position)
+        self._load()
         self.block_port = int(config.get("block_port", bp.BLOCK_PORT))
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
         self._block_server: asyncio.AbstractServer | None = None
+        self.replica = None
+        self._catchup: asyncio.Task | None = None
+        self._replicating = asyncio.Lock()
+        if self.ha is not None:
+            self.ha.last_seq = lambda: self.wseq
 
-    def _load(self) -> dict:
+    def _load(self) -> None:
         try:
-            return json.loads(self.meta_file.read_text())
+            data = json.loads(self.meta_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+            return
+        self.volumes, self.wseq = data.get("volumes", {}), int(data.get("wseq", 0))
 
     def _save(self) -> None:
         tmp = self.meta_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.volumes, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps({"wseq": self.wseq, "volumes": self.volumes}, indent=1, sort_keys=True))
         os.replace(tmp, self.meta_file)
+
+    # -- every change goes through here: applied locally, then to the DISABLED peer ---------------
+
+    def _apply(self, op: dict, data: bytes = b"") -> None:
+        kind, vid = op["type"], op["id"]
+        if kind == "create":
+            with open(self._path(vid), "wb") as f:
+                f.truncate(op["size_mib"] * 2**20)  # sparse: the SC's disk holds only written blocks
+            self.volumes[vid] = {"id": vid, "size_mib": op["size_mib"], "state": "available", "attachment": None}
+        elif kind == "delete":
+            self._path(vid).unlink(missing_ok=True)
+            self.volumes.pop(vid, None)
+        elif kind == "meta":
+            self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
+        elif kind == "write":
+            with open(self._path(vid), "r+b") as f:
+                f.seek(op["offset"])
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # acknowledged writes are on disk
+        else:
+            raise ValueError(f"unknown volume operation {kind!r}")
+        self.wseq += 1
+        self._save()
+
+    async def _mutate(self, op: dict, data: bytes = b"") -> None:
+        """Apply a change and, under HA, have the DISABLED peer apply it before answering."""
+        self._apply(op, data)
+        ha = self.ha
+        if ha is None or self.replica is None or not ha.peer_alive() or ha.peer.state != "DISABLED" \
+                or ha.peer.last_seq != self.wseq - 1:
+            return
+        async with self._replicating:
+            try:
+                async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
+                        "X-Eucalab-Op": json.dumps({"seq": self.wseq, "epoch": ha.epoch, "op": op})}) as r:
+                    if r.status == 200:
+                        ha.peer.last_seq = self.wseq
+                    else:
+                        self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
+            except Exception as exc:  # the peer may die mid-request: the change stands here
+                self.events.emit("ha.replication_failed", error=repr(exc))
+
+    def _peer_url(self) -> str:
+        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+
+    async def handle_ha_apply(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        ha = self.ha
+        if ha is None or self.state.value == "ENABLED":
+            return self._error("Conflict", "not a secondary", 409)
+        entry = json.loads(request.headers["X-Eucalab-Op"])
+        if int(entry["epoch"]) < max(ha.epoch, ha.peer.epoch):
+            return self._error("StaleEpoch", "a stale primary's change", 409)
+        if int(entry["seq"]) != self.wseq + 1:
+            return self._error("Gap", f"have {self.wseq}, got {entry['seq']}: catching up instead", 409)
+        self._apply(entry["op"], await request.read())
+        return web.json_response({"wseq": self.wseq})
+
+    async def handle_ha_state(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"wseq": self.wseq, "volumes": self.volumes})
+
+    async def handle_ha_volume(self, request: web.Request) -> web.StreamResponse:
+        self.require_internal(request)
+        vid = request.match_info["id"]
+        if not VOLUME_ID.match(vid) or vid not in self.volumes:
+            return web.Response(status=404)
+        return web.FileResponse(self._path(vid))
+
+    async def _catch_up_loop(self) -> None:
+        """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole."""
+        while True:
+            await asyncio.sleep(0.3)
+            ha = self.ha
+            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
+                    or ha.peer.last_seq <= self.wseq:
+                continue
+            try:
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
+                    state = await r.json()
+                for vid in state["volumes"]:
+                    async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
+                        tmp = self.vol_dir / f".{vid}.part"
+                        with open(tmp, "wb") as f:
+                            async for chunk in r.content.iter_chunked(1 << 20):
+                                f.write(chunk)
+                            f.flush()
+                            os.fsync(f.fileno())
+                        os.replace(tmp, self._path(vid))
+                for vid in set(self.volumes) - set(state["volumes"]):
+                    self._path(vid).unlink(missing_ok=True)
+                self.volumes, self.wseq = state["volumes"], int(state["wseq"])
+                self._save()
+                self.events.emit("ha.caught_up", last_seq=self.wseq)
+            except Exception as exc:
+                self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     def _path(self, vid: str) -> Path:
         return self.vol_dir / f"{vid}.img"
@@ -61,8 +166,17 @@ class StorageController(Service):
         app.router.add_delete("/volumes/{id}", self.handle_delete)
         app.router.add_post("/volumes/{id}/attach", self.handle_attach)
         app.router.add_post("/volumes/{id}/detach", self.handle_detach)
+        app.router.add_post("/internal/ha/sc", self.handle_ha_apply)
+        app.router.add_get("/internal/ha/sc/state", self.handle_ha_state)
+        app.router.add_get("/internal/ha/sc/volume/{id}", self.handle_ha_volume)
 
     async def on_start(self) -> None:
+        if self.ha is not None:
+            import aiohttp
+
+            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
+                                                 timeout=aiohttp.ClientTimeout(total=30))
+            self._catchup = asyncio.create_task(self._catch_up_loop())
         self._block_server = await asyncio.start_server(
             self._serve_block, self.config.get("listen_host", "0.0.0.0"), self.block_port,
             reuse_address=True)
@@ -70,6 +184,10 @@ class StorageController(Service):
     async def on_stop(self) -> None:
         if self._block_server is not None:
             self._block_server.close()
+        if self._catchup is not None:
+            self._catchup.cancel()
+        if self.replica is not None:
+            await self.replica.close()
 
     def status_extra(self) -> dict:
         return {"volumes": len(self.volumes), "block_port": self.block_port}
@@ -104,10 +222,7 @@ class StorageController(Service):
             return self._error("InvalidParameterValue", f"size must be 1..{self.max_size_mib} MiB")
         if vid in self.volumes:
             return self._error("VolumeExists", vid, 409)
-        with open(self._path(vid), "wb") as f:
-            f.truncate(size * 2**20)  # sparse: the SC's disk holds only written blocks
-        self.volumes[vid] = {"id": vid, "size_mib": size, "state": "available", "attachment": None}
-        self._save()
+        await self._mutate({"type": "create", "id": vid, "size_mib": size})
         self.events.emit("volume.create", volume=vid, size_mib=size)
         return web.json_response(self.volumes[vid], status=201)
 
@@ -116,9 +231,7 @@ class StorageController(Service):
         vol = self._volume(request)
         if vol["attachment"]:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
-        self._path(vol["id"]).unlink(missing_ok=True)
-        del self.volumes[vol["id"]]
-        self._save()
+        await self._mutate({"type": "delete", "id": vol["id"]})
         self.events.emit("volume.delete", volume=vol["id"])
         return web.json_response({"id": vol["id"], "state": "deleted"})
 
@@ -132,9 +245,8 @@ class StorageController(Service):
             return self._error("InvalidParameterValue", f"bad request: {exc}")
         if vol["attachment"] and vol["attachment"]["instance"] != instance:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
-        vol["attachment"] = {"instance": instance, "nc": nc}
-        vol["state"] = "in-use"
-        self._save()
+        await self._mutate({"type": "meta", "id": vol["id"], "state": "in-use",
+                            "attachment": {"instance": instance, "nc": nc}})
         self.events.emit("volume.attach", volume=vol["id"], instance=instance, nc=nc)
         target_host = self.config.get("block_address") or request.host.split(":")[0]
         return web.json_response({**vol, "target": {"host": target_host, "port": self.block_port}})
@@ -142,9 +254,7 @@ class StorageController(Service):
     async def handle_detach(self, request: web.Request) -> web.Response:
         self.require_internal(request)
         vol = self._volume(request)
-        vol["attachment"] = None
-        vol["state"] = "available"
-        self._save()
+        await self._mutate({"type": "meta", "id": vol["id"], "state": "available", "attachment": None})
         self.events.emit("volume.detach", volume=vol["id"])
         return web.json_response(vol)
 
@@ -191,10 +301,7 @@ class StorageController(Service):
                     f.seek(offset)
                     await reply(bp.OK, f.read(length))
                 elif op == b"W":
-                    f.seek(offset)
-                    f.write(payload)
-                    f.flush()
-                    os.fsync(f.fileno())  # acknowledged writes are on disk
+                    await self._mutate({"type": "write", "id": volume, "offset": offset}, payload)
                     await reply(bp.OK)
                 elif op == b"F":
                     os.fsync(f.fileno())

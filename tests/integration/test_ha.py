@@ -3,6 +3,7 @@ failure of the real Eucalyptus listed in REFERENCE.md (EUCA-2281, -3202, -3440, 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -288,3 +289,27 @@ def test_both_members_restart_together(ha):
         dep.start("clc", m, wait=False)
     heal(dep, "clc")
     assert gid in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+
+
+def test_sc_failover_keeps_volume_data(ha):
+    """Blocks written through an attachment before the SC primary crashes are read back
+    through the same attachment after its peer took over."""
+    dep, ec2, iid = ha["dep"], ha["ec2"], ha["iid"]
+    primary = heal(dep, "sc1")
+    vol = ec2.create_volume(Size=2, AvailabilityZone="cluster1")["VolumeId"]
+    ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
+    listing = json.loads(dep["c1cc1" if state(dep, "c1cc1") == "ENABLED" else "c1cc2"].cmd(
+        f"curl -s -H 'X-Eucalab-Internal-Token: {dep.internal_token}' http://10.0.1.10:8774/cluster/instances"))
+    nc = next(i["nc"] for i in listing["instances"] if i["id"] == iid)
+    base = f"http://{dep.plan.hosts[nc].main_ip}:8775/volumes/{vol}/blocks"
+    token = f"-H 'X-Eucalab-Internal-Token: {dep.internal_token}'"
+    data = os.urandom(500).hex()  # a Mininet shell line holds at most 4095 characters
+    out = dep[nc].cmd(f"curl -s -m 5 -X PUT {token} --data-binary '{data}' '{base}?offset=65536'")
+    assert json.loads(out) == {"written": True}
+    dep.kill(primary)
+    assert wait_until(lambda: taken_over(dep, "sc1", primary), 5)
+    read = wait_until(lambda: dep[nc].cmd(f"curl -s -m 2 {token} '{base}?offset=65536&length={len(data)}'") == data
+                      or None, 5)
+    assert read, "the volume's data did not survive the SC failover"
+    dep.start("sc", primary)
+    heal(dep, "sc1")
