@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
@@ -109,6 +110,19 @@ class Params:
                 raise EC2Error("InvalidParameterValue", "a filter needs a Name")
             out[name] = [v for k, v in sorted(f.items()) if k.startswith("Value.")]
         return out
+
+
+def parse_query(raw_query: str, body: bytes = b"") -> Params:
+    """The parameters of a request: its URL query and its form-encoded body, strictly parsed."""
+    try:
+        pairs = parse_qsl(raw_query, keep_blank_values=True, strict_parsing=bool(raw_query))
+        text = body.decode("utf-8")
+        if text:
+            pairs += parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        # The AWS common-errors reference gives MalformedQueryString HTTP 404.
+        raise EC2Error("MalformedQueryString", "the query string contains a syntax error", 404) from None
+    return Params(dict(pairs))
 
 
 def sub_list(struct: dict[str, str], name: str) -> list[dict[str, str]]:

@@ -13,11 +13,11 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import string
 import time
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -25,13 +25,18 @@ from components.common.service import Service
 from components.common.sigv4 import SigV4Error, verify
 
 from .cluster import ClusterClient, ClusterError
-from .ec2 import EC2Error, Params, check_id, error_xml, new_id, request_id, response_xml, sub_list
-from .state import Store
+from .ec2 import (EC2Error, Params, check_id, error_xml, new_id, parse_query, request_id, response_xml,
+                  sub_list)
+from .state import Store, redact
 
-API_PATHS = ("/services/Eucalyptus", "/")
+log = logging.getLogger(__name__)
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
-MAX_QUERY_BYTES = 256 * 1024
+MAX_QUERY_BYTES = 256 * 1024  # default of config max_query_bytes; EC2 itself takes far less
 MAX_INSTANCES_PER_REQUEST = 64
+# DescribeInstances filter name -> instances column (values compared as strings).
+INSTANCE_FILTERS = {"instance-id": "id", "instance-state-name": "state", "availability-zone": "zone",
+                    "image-id": "image", "instance-type": "type", "reservation-id": "reservation",
+                    "private-ip-address": "private_ip", "ip-address": "public_ip", "key-name": "key_name"}
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
 
 
@@ -50,6 +55,7 @@ class CloudController(Service):
         self.public_pool = [str(ip) for ip in ipaddress.ip_network(config.get("public_ips", "10.0.128.0/24")).hosts()]
         self.cluster = ClusterClient(config, self.zones)
         self.admin = config.get("admin") or {}
+        self.max_query_bytes = int(config.get("max_query_bytes", MAX_QUERY_BYTES))
         self._ensure_admin()
         self.actions = {name[len("act_"):]: getattr(self, name) for name in dir(self) if name.startswith("act_")}
         self._sync_task: asyncio.Task | None = None
@@ -69,10 +75,9 @@ class CloudController(Service):
                          "default_group": "sg-" + hashlib.sha256(a["account_id"].encode()).hexdigest()[:8]})
 
     def setup_routes(self, app: web.Application) -> None:
-        for path in ("/services/Eucalyptus", "/services/Eucalyptus/"):
+        for path in ("/services/Eucalyptus", "/services/Eucalyptus/", "/"):
             app.router.add_route("GET", path, self.handle_api)
             app.router.add_route("POST", path, self.handle_api)
-        app.router.add_route("POST", "/", self.handle_api)
         app.router.add_get("/internal/accounts/{access_key}", self.handle_account_lookup)
         app.router.add_post("/internal/ha/ops", self.handle_replicate)
         app.router.add_get("/internal/ha/ops", self.handle_export)
@@ -171,7 +176,7 @@ class CloudController(Service):
 
     def _apply(self, op: dict) -> int:
         seq = self.store.apply(op)
-        self.events.emit("state.write", seq=seq, op_type=op["type"])
+        self.events.emit("state.write", seq=seq, op_type=op["type"], op=redact(op))
         return seq
 
     # -- the API entry point ---------------------------------------------------------------
@@ -180,23 +185,30 @@ class CloudController(Service):
         row = self.store.one("SELECT secret_key, id FROM accounts WHERE access_key=?", access_key)
         return (row[0], row[1]) if row else None
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The form body, refused once it passes ``max_query_bytes`` (even when chunked)."""
+        limit = self.max_query_bytes
+        too_large = EC2Error("InvalidParameterValue", f"the request body exceeds {limit} bytes", 413)
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def handle_api(self, request: web.Request) -> web.Response:
+        """One EC2 Query request: parse, authenticate, dispatch; every failure as EC2 error XML."""
         rid = request_id()
+        if not self.may_serve():  # "/" is not under the gated api_prefixes
+            return self.unavailable(request)
+        action = None
         try:
-            if request.content_length and request.content_length > MAX_QUERY_BYTES:
-                raise EC2Error("RequestEntityTooLarge", "the request body is too large", 413)
-            body = await request.read() if request.method == "POST" else b""
-            if len(body) > MAX_QUERY_BYTES:
-                raise EC2Error("RequestEntityTooLarge", "the request body is too large", 413)
+            body = await self._read_body(request) if request.method == "POST" else b""
             raw_path, _, raw_query = request.raw_path.partition("?")
-            try:
-                text = body.decode("utf-8")
-                pairs = parse_qsl(raw_query, keep_blank_values=True, strict_parsing=bool(raw_query))
-                if text:
-                    pairs += parse_qsl(text, keep_blank_values=True, strict_parsing=True)
-            except (UnicodeDecodeError, ValueError):
-                raise EC2Error("MalformedQueryString", "the query string is not well formed") from None
-            params = Params(dict(pairs))
+            params = parse_query(raw_query, body)
             try:
                 auth = verify(request.method, raw_path, raw_query, request.headers,
                               hashlib.sha256(body).hexdigest(), self._lookup, dialect="ec2")
@@ -215,6 +227,11 @@ class CloudController(Service):
             return web.Response(body=response_xml(action, result, rid), content_type="text/xml")
         except EC2Error as err:
             return web.Response(body=error_xml(err, rid), status=err.status, content_type="text/xml")
+        except Exception as exc:  # a bug must not take the API down, and clients still get EC2 XML
+            log.exception("%s failed", action)
+            self.events.emit("api.internal_error", action=action, error=repr(exc), request_id=rid)
+            err = EC2Error("InternalError", "An internal error has occurred", 500)
+            return web.Response(body=error_xml(err, rid), status=500, content_type="text/xml")
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -342,8 +359,16 @@ class CloudController(Service):
         return {"securityGroupInfo": [self._group_info(r) for r in rows]}
 
     def _parse_permissions(self, p: Params, account: str) -> list[dict]:
+        """IpPermissions.N.* (or the older top-level IpProtocol/FromPort/ToPort/CidrIp form) as rules."""
         rules = []
         perms = p.structs("IpPermissions")
+        if not perms and p.get("IpProtocol"):
+            legacy = {k: p.get(k) for k in ("IpProtocol", "FromPort", "ToPort") if p.get(k) is not None}
+            if p.get("CidrIp"):
+                legacy["IpRanges.1.CidrIp"] = p.get("CidrIp")
+            if p.get("SourceSecurityGroupName"):
+                legacy["Groups.1.GroupName"] = p.get("SourceSecurityGroupName")
+            perms = [legacy]
         if not perms:
             raise EC2Error("MissingParameter", "The request must contain the parameter IpPermissions")
         for perm in perms:
@@ -358,21 +383,31 @@ class CloudController(Service):
                 raise EC2Error("InvalidParameterValue", "FromPort and ToPort must be integers") from None
             if proto in ("tcp", "udp") and not (0 <= lo <= hi <= 65535):
                 raise EC2Error("InvalidParameterValue", f"Invalid port range {lo}-{hi}")
+            # For ICMP the "ports" are the ICMP type and code, -1 meaning all.
+            if proto == "icmp" and not (-1 <= lo <= 255 and -1 <= hi <= 255):
+                raise EC2Error("InvalidParameterValue", f"Invalid ICMP type {lo} or code {hi}")
             if proto == "-1":
                 lo, hi = -1, -1
             cidrs = [r.get("CidrIp", "") for r in sub_list(perm, "IpRanges")]
-            sources = [g.get("GroupId") or self._group(account, name=g.get("GroupName"))["id"]
-                       for g in sub_list(perm, "Groups")]
+            sources = []
+            for g in sub_list(perm, "Groups"):
+                if g.get("GroupId"):
+                    sources.append(self._group(account, group_id=g["GroupId"])["id"])
+                elif g.get("GroupName"):
+                    sources.append(self._group(account, name=g["GroupName"])["id"])
+                else:
+                    raise EC2Error("MissingParameter", "a source group needs GroupId or GroupName")
             if not cidrs and not sources:
                 raise EC2Error("MissingParameter", "a permission needs IpRanges or source groups")
             for cidr in cidrs:
                 try:
-                    cidr = str(ipaddress.ip_network(cidr, strict=False))
+                    net = ipaddress.ip_network(cidr, strict=False)
                 except ValueError:
                     raise EC2Error("InvalidParameterValue", f"Value ({cidr}) for parameter cidrIp is invalid") from None
-                rules.append({"protocol": proto, "from_port": lo, "to_port": hi, "cidr": cidr, "source_group": ""})
+                if net.version != 4:
+                    raise EC2Error("InvalidParameterValue", f"Value ({cidr}) for parameter cidrIp is not IPv4")
+                rules.append({"protocol": proto, "from_port": lo, "to_port": hi, "cidr": str(net), "source_group": ""})
             for src in sources:
-                self._group(account, group_id=src)
                 rules.append({"protocol": proto, "from_port": lo, "to_port": hi, "cidr": "", "source_group": src})
         return rules
 
@@ -412,10 +447,11 @@ class CloudController(Service):
 
     # -- instances ------------------------------------------------------------------------------
 
-    def _instance_item(self, r) -> dict:
+    def _group_names(self, account: str) -> dict[str, str]:
+        return {g["id"]: g["name"] for g in self.store.q("SELECT id, name FROM groups WHERE account=?", account)}
+
+    def _instance_item(self, r, names: dict[str, str]) -> dict:
         groups = json.loads(r["groups"])
-        names = {g["id"]: g["name"] for g in self.store.q(
-            f"SELECT id, name FROM groups WHERE id IN ({','.join('?' * len(groups))})", *groups)} if groups else {}
         item = {"instanceId": r["id"], "imageId": r["image"],
                 "instanceState": {"code": STATE_CODES.get(r["state"], 0), "name": r["state"]},
                 "privateDnsName": r["private_ip"] or "", "dnsName": r["public_ip"] or "",
@@ -485,29 +521,25 @@ class CloudController(Service):
             self._apply({"type": "instance.update", "id": pl["id"], "private_ip": pl["ip"], "nc": pl["nc"],
                          "slot": pl["slot"]})
         rows = self._instances(account, ids)
+        names = self._group_names(account)
         return {"reservationId": reservation, "ownerId": account,
                 "groupSet": [{"groupId": g["id"], "groupName": g["name"]} for g in groups],
-                "instancesSet": [self._instance_item(r) for r in rows]}
+                "instancesSet": [self._instance_item(r, names) for r in rows]}
 
     async def act_DescribeInstances(self, p: Params, account: str) -> dict:
         rows = self._instances(account, p.list("InstanceId"))
-        filters = p.filters()
-        for name, values in filters.items():
-            if name == "instance-id":
-                rows = [r for r in rows if r["id"] in values]
-            elif name == "instance-state-name":
-                rows = [r for r in rows if r["state"] in values]
-            elif name == "availability-zone":
-                rows = [r for r in rows if r["zone"] in values]
-            elif name == "image-id":
-                rows = [r for r in rows if r["image"] in values]
-            else:
+        for name, values in p.filters().items():
+            column = INSTANCE_FILTERS.get(name)
+            if column is None:
                 raise EC2Error("InvalidParameterValue", f"The filter '{name}' is invalid")
+            rows = [r for r in rows if r[column] in values]
+        names = self._group_names(account)
         reservations: dict[str, dict] = {}
         for r in rows:
+            item = self._instance_item(r, names)
             res = reservations.setdefault(r["reservation"], {"reservationId": r["reservation"], "ownerId": account,
-                                                             "groupSet": [], "instancesSet": []})
-            res["instancesSet"].append(self._instance_item(r))
+                                                             "groupSet": item["groupSet"], "instancesSet": []})
+            res["instancesSet"].append(item)
         return {"reservationSet": list(reservations.values())}
 
     async def act_TerminateInstances(self, p: Params, account: str) -> dict:
@@ -731,16 +763,17 @@ class CloudController(Service):
     # -- the metadata service ---------------------------------------------------------------------
 
     async def handle_metadata(self, request: web.Request) -> web.Response:
-        source = request.remote
-        row = self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running')", source)
+        """Instance metadata for the instance whose private address sent the request (404 for others)."""
+        row = self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running') "
+                             "ORDER BY launched DESC LIMIT 1", request.remote)
         if row is None:
             return web.Response(status=404, text="not an instance of this cloud\n")
-        groups = json.loads(row["groups"])
-        names = [self.store.one("SELECT name FROM groups WHERE id=?", g)["name"] for g in groups]
+        names = self._group_names(row["account"])
         data = {"instance-id": row["id"], "local-ipv4": row["private_ip"] or "",
-                "public-ipv4": row["public_ip"] or "", "security-groups": "\n".join(names),
-                "placement/availability-zone": row["zone"], "ami-id": row["image"],
-                "instance-type": row["type"], "reservation-id": row["reservation"]}
+                "security-groups": "\n".join(names.get(g, g) for g in json.loads(row["groups"])), "placement/availability-zone": row["zone"],
+                "ami-id": row["image"], "instance-type": row["type"], "reservation-id": row["reservation"]}
+        if row["public_ip"]:  # as in EC2: no public address, no public-ipv4 entry
+            data["public-ipv4"] = row["public_ip"]
         path = request.match_info.get("path", "").strip("/")
         if path == "":
             return web.Response(text="\n".join(sorted({k.split("/")[0] + ("/" if "/" in k else "") for k in data})))

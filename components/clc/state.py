@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS oplog (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NUL
 """
 
 
+SECRET_FIELDS = ("secret_key",)
+
+
+def redact(op: dict) -> dict:
+    """The op as events may show it: secrets replaced, everything else kept."""
+    return {k: ("<redacted>" if k in SECRET_FIELDS else v) for k, v in op.items()}
+
+
 class StoreError(Exception):
     """An operation that does not apply to the current state."""
 
@@ -150,7 +158,9 @@ class Store:
 
     def _op_volume_update(self, cur, op):
         fields = {k: op[k] for k in ("state", "instance", "device", "attach_state", "attached") if k in op}
-        cur.execute(f"UPDATE volumes SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), op["id"]))
+        if fields:
+            cur.execute(f"UPDATE volumes SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
+                        (*fields.values(), op["id"]))
 
     def _op_volume_delete(self, cur, op):
         cur.execute("DELETE FROM volumes WHERE id=?", (op["id"],))

@@ -1,0 +1,150 @@
+"""What the CLC tests share: boto3 and raw signed clients, and a stand-in CC on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlencode, urlsplit
+
+import boto3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from .components_helper import ADMIN, TOKEN
+
+CFG = Config(retries={"max_attempts": 1})
+
+
+def ec2_client(base: str, ak: str = ADMIN["access_key"], sk: str = ADMIN["secret_key"],
+               path: str = "/services/Eucalyptus"):
+    return boto3.client("ec2", endpoint_url=f"{base}{path}", aws_access_key_id=ak,
+                        aws_secret_access_key=sk, region_name="eucalyptus", config=CFG)
+
+
+def raw_call(base: str, params: dict, ak: str = ADMIN["access_key"], sk: str = ADMIN["secret_key"],
+             body: bytes | None = None, path: str = "/services/Eucalyptus") -> tuple[int, str]:
+    """A signed EC2 Query POST outside boto3's model (CreateAccount, malformed input)."""
+    data = body if body is not None else urlencode(params).encode()
+    req = AWSRequest(method="POST", url=f"{base}{path}", data=data,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    SigV4Auth(Credentials(ak, sk), "ec2", "eucalyptus").add_auth(req)
+    p = req.prepare()
+    r = urllib.request.Request(p.url, data=p.body, headers=dict(p.headers), method="POST")
+    try:
+        with urllib.request.urlopen(r) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def get_from(base: str, path: str, source: str) -> tuple[int, str]:
+    """GET with a chosen loopback source address (the metadata service identifies callers by it)."""
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def code_of(exc) -> str:
+    return exc.response["Error"]["Code"]
+
+
+class FakeCC:
+    """A CC's internal API (components/cc/service.py) reduced to bookkeeping.
+
+    Placed instances get private addresses from ``addresses`` (loopback ones, so a test can
+    call the metadata service as that instance) and report ``running`` at once.
+    """
+
+    def __init__(self, addresses: list[str], free: int = 8):
+        self.addresses, self.free = list(addresses), free
+        self.instances: dict[str, dict] = {}
+        self.groups: dict[str, dict] = {}
+        self.elastic: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeCC:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        cc = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self) -> None:
+                cc.calls.append((self.command, self.path))
+                if self.headers.get("X-Eucalab-Internal-Token") != TOKEN:
+                    return self._answer(403, {"error": "Forbidden"})
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n)) if n else {}
+                parts = self.path.strip("/").split("/")
+                if (self.command, parts) == ("GET", ["cluster", "capacity"]):
+                    return self._answer(200, {"free": cc.free})
+                if (self.command, parts) == ("GET", ["cluster", "instances"]):
+                    return self._answer(200, {"instances": list(cc.instances.values())})
+                if (self.command, parts) == ("POST", ["cluster", "instances"]):
+                    placements = []
+                    for w in body["instances"]:
+                        rec = {"id": w["id"], "ip": cc.addresses.pop(0), "nc": "nc1", "slot": f"s{len(cc.instances)}",
+                               "state": "running", "reason": "", "group": w["group"]["id"]}
+                        cc.instances[w["id"]] = rec
+                        placements.append(rec)
+                    cc.free -= len(placements)
+                    return self._answer(200, {"placements": placements})
+                if self.command == "DELETE" and parts[:2] == ["cluster", "instances"] and len(parts) == 3:
+                    cc.instances[parts[2]]["state"] = "terminated"
+                    return self._answer(200, cc.instances[parts[2]])
+                if self.command == "PUT" and parts[:2] == ["cluster", "groups"]:
+                    cc.groups[parts[2]] = body
+                    return self._answer(200, body)
+                if parts[:2] == ["cluster", "addresses"]:
+                    if self.command == "PUT":
+                        cc.elastic[parts[2]] = body["instance"]
+                    else:
+                        cc.elastic.pop(parts[2], None)
+                    return self._answer(200, {"public_ip": parts[2]})
+                return self._answer(404, {"error": "NotFound", "message": self.path})
+
+            do_GET = do_POST = do_PUT = do_DELETE = _route
+
+        return Handler
+
+
+def wait_for(fn, timeout: float = 5.0, step: float = 0.02):
+    """Poll ``fn`` until it returns something true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    return fn()

@@ -1,0 +1,114 @@
+"""The CLC with a cluster tier behind its ClusterClient: a stand-in CC on loopback.
+
+The stand-in places instances on loopback addresses (127.0.0.2, 127.0.0.3), so a
+request from that source address is, to the CLC, a request from that instance:
+the metadata service's positive path, tested without a cluster network.
+"""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError
+
+from .clc_client import FakeCC, code_of, ec2_client, get_from, wait_for
+from .components_helper import component
+
+ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clc-cc")
+    with FakeCC(ADDRESSES) as cc, component("clc", tmp, endpoints={"cc": {"cluster1": cc.url}},
+                                             cluster_poll_s=0.05) as (base, cfg, proc):
+        ec2 = ec2_client(base)
+        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        web = ec2.create_security_group(GroupName="web", Description="web")["GroupId"]
+        ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2,
+                                                           SecurityGroupIds=[web])["Instances"]]
+        yield base, cc, ec2, ids, web
+
+
+def states(ec2, ids) -> dict:
+    return {i["InstanceId"]: i["State"]["Name"]
+            for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
+
+
+def test_instances_are_placed_and_follow_the_cc(cloud):
+    base, cc, ec2, ids, web = cloud
+    assert set(cc.instances) == set(ids)
+    assert wait_for(lambda: set(states(ec2, ids).values()) == {"running"})
+    got = {i["InstanceId"]: i["PrivateIpAddress"]
+           for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
+    assert sorted(got.values()) == ADDRESSES[:2]
+    by_ip = ec2.describe_instances(Filters=[{"Name": "private-ip-address", "Values": ["127.0.0.3"]}])
+    assert [i["PrivateIpAddress"] for r in by_ip["Reservations"] for i in r["Instances"]] == ["127.0.0.3"]
+
+
+def test_metadata_answers_each_instance_by_source_address(cloud):
+    base, cc, ec2, ids, web = cloud
+    ip_of = {i["PrivateIpAddress"]: i["InstanceId"]
+             for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
+    for ip, iid in ip_of.items():
+        assert get_from(base, "/latest/meta-data/instance-id", ip) == (200, iid)
+        assert get_from(base, "/latest/meta-data/local-ipv4", ip) == (200, ip)
+        assert get_from(base, "/latest/meta-data/security-groups", ip) == (200, "web")
+        assert get_from(base, "/latest/meta-data/placement/availability-zone", ip) == (200, "cluster1")
+        assert get_from(base, "/latest/meta-data/public-ipv4", ip)[0] == 404  # no elastic IP yet
+    status, listing = get_from(base, "/latest/meta-data/", "127.0.0.2")
+    assert status == 200 and {"instance-id", "local-ipv4", "placement/", "security-groups"} <= set(listing.split())
+    assert get_from(base, "/latest/meta-data/no-such-key", "127.0.0.2")[0] == 404
+    assert get_from(base, "/latest/meta-data/instance-id", "127.0.0.9")[0] == 404  # no instance there
+
+    ip = ec2.allocate_address()["PublicIp"]
+    ec2.associate_address(InstanceId=ip_of["127.0.0.2"], PublicIp=ip)
+    assert cc.elastic == {ip: ip_of["127.0.0.2"]}  # the CC was told, for its NAT
+    assert get_from(base, "/latest/meta-data/public-ipv4", "127.0.0.2") == (200, ip)
+    ec2.disassociate_address(PublicIp=ip)
+    assert cc.elastic == {}
+    ec2.release_address(PublicIp=ip)
+
+
+def test_group_rules_reach_the_cc(cloud):
+    base, cc, ec2, ids, web = cloud
+    ec2.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}])
+    assert cc.groups[web]["rules"] == [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}]
+
+
+def test_volume_attach_detach_round_trip(cloud):
+    base, cc, ec2, ids, web = cloud
+    assert wait_for(lambda: states(ec2, ids)[ids[0]] == "running")
+    vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+    att = ec2.attach_volume(VolumeId=vol, InstanceId=ids[0], Device="/dev/vdb")
+    assert (att["State"], att["InstanceId"], att["Device"]) == ("attached", ids[0], "/dev/vdb")
+    got = ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]
+    assert got["State"] == "in-use" and got["Attachments"][0]["InstanceId"] == ids[0]
+    with pytest.raises(ClientError) as err:
+        ec2.attach_volume(VolumeId=vol, InstanceId=ids[1], Device="/dev/vdc")
+    assert code_of(err.value) == "VolumeInUse"
+    with pytest.raises(ClientError) as err:
+        ec2.delete_volume(VolumeId=vol)
+    assert code_of(err.value) == "VolumeInUse"
+    assert ec2.detach_volume(VolumeId=vol)["State"] == "detached"
+    assert ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]["State"] == "available"
+    ec2.delete_volume(VolumeId=vol)
+
+
+def test_terminate_goes_to_the_cc_and_ends_metadata(cloud):
+    base, cc, ec2, ids, web = cloud
+    ip = ec2.describe_instances(InstanceIds=[ids[1]])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    ec2.terminate_instances(InstanceIds=[ids[1]])
+    assert ("DELETE", f"/cluster/instances/{ids[1]}") in cc.calls
+    assert states(ec2, [ids[1]]) == {ids[1]: "terminated"}
+    assert get_from(base, "/latest/meta-data/instance-id", ip)[0] == 404
+
+
+def test_insufficient_capacity_records_nothing(cloud):
+    base, cc, ec2, ids, web = cloud
+    emi = ec2.describe_images()["Images"][0]["ImageId"]
+    before = len(ec2.describe_instances()["Reservations"])
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=emi, MinCount=cc.free + 1, MaxCount=cc.free + 1)
+    assert code_of(err.value) == "InsufficientInstanceCapacity"
+    assert len(ec2.describe_instances()["Reservations"]) == before
