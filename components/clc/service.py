@@ -33,11 +33,22 @@ log = logging.getLogger(__name__)
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 MAX_QUERY_BYTES = 256 * 1024  # default of config max_query_bytes; EC2 itself takes far less
 MAX_INSTANCES_PER_REQUEST = 64
+DEFAULT_PUBLIC_IPS = "10.0.128.0/24"  # the deployment plan's public pool (topologies/plan.py)
 # DescribeInstances filter name -> instances column (values compared as strings).
 INSTANCE_FILTERS = {"instance-id": "id", "instance-state-name": "state", "availability-zone": "zone",
                     "image-id": "image", "instance-type": "type", "reservation-id": "reservation",
                     "private-ip-address": "private_ip", "ip-address": "public_ip", "key-name": "key_name"}
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
+
+
+def public_pool(spec: str | list[str]) -> list[str]:
+    """Elastic IPs from config ``public_ips``: a CIDR (its host addresses) or a list of addresses."""
+    try:
+        if isinstance(spec, str):
+            return [str(ip) for ip in ipaddress.ip_network(spec, strict=False).hosts()]
+        return [str(ipaddress.IPv4Address(ip)) for ip in spec]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"public_ips: expected a CIDR or a list of IPv4 addresses, got {spec!r} ({exc})") from None
 
 
 def _iso(ts: float) -> str:
@@ -52,7 +63,7 @@ class CloudController(Service):
         super().__init__(config)
         self.store = Store(Path(config["data_dir"]) / "clc.db")
         self.zones: list[str] = list(config.get("zones") or ["cluster1"])
-        self.public_pool = [str(ip) for ip in ipaddress.ip_network(config.get("public_ips", "10.0.128.0/24")).hosts()]
+        self.public_pool = public_pool(config.get("public_ips", DEFAULT_PUBLIC_IPS))
         self.cluster = ClusterClient(config, self.zones)
         self.admin = config.get("admin") or {}
         self.max_query_bytes = int(config.get("max_query_bytes", MAX_QUERY_BYTES))
@@ -175,7 +186,8 @@ class CloudController(Service):
         return web.Response(body=error_xml(err, request_id()), status=503, content_type="text/xml")
 
     def _apply(self, op: dict) -> int:
-        seq = self.store.apply(op)
+        # Ops carry the HA epoch they were written in, so a log shows which primary wrote what.
+        seq = self.store.apply(op, epoch=self.ha.epoch if self.ha is not None else None)
         self.events.emit("state.write", seq=seq, op_type=op["type"], op=redact(op))
         return seq
 

@@ -87,3 +87,13 @@ def test_botocore_reads_errors():
     body = error_xml(EC2Error("InvalidGroup.NotFound", "The security group 'x' does not exist"), "rid-3")
     got = botocore_reads("DescribeSecurityGroups", body, status=400)
     assert got["Error"]["Code"] == "InvalidGroup.NotFound" and got["ResponseMetadata"]["RequestId"] == "rid-3"
+
+
+def test_public_pool_from_cidr_or_list():
+    from components.clc.service import public_pool
+
+    assert public_pool("10.0.128.0/29") == [f"10.0.128.{i}" for i in range(1, 7)]
+    assert public_pool(["192.0.2.7", "192.0.2.9"]) == ["192.0.2.7", "192.0.2.9"]
+    for bad in ("10.0.128.0/33", ["10.0.0.300"], 5):
+        with pytest.raises(ValueError, match="public_ips"):
+            public_pool(bad)
