@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+# Python's int() also takes " 1", "+1" and "1_000"; the API takes plain decimal integers.
+INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 class EC2Error(Exception):
@@ -77,11 +79,10 @@ class Params:
             if default is None:
                 raise EC2Error("MissingParameter", f"The request must contain the parameter {name}")
             return default
-        try:
-            value = int(raw)
-        except ValueError:
+        if not INTEGER.fullmatch(raw):
             raise EC2Error("InvalidParameterValue", f"Value ({raw}) for parameter {name} is invalid. "
-                           "Expected an integer.") from None
+                           "Expected an integer.")
+        value = int(raw)
         if (low is not None and value < low) or (high is not None and value > high):
             raise EC2Error("InvalidParameterValue", f"Value ({raw}) for parameter {name} is out of range")
         return value

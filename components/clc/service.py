@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import string
 import time
@@ -38,6 +39,7 @@ DEFAULT_PUBLIC_IPS = "10.0.128.0/24"  # the deployment plan's public pool (topol
 INSTANCE_FILTERS = {"instance-id": "id", "instance-state-name": "state", "availability-zone": "zone",
                     "image-id": "image", "instance-type": "type", "reservation-id": "reservation",
                     "private-ip-address": "private_ip", "ip-address": "public_ip", "key-name": "key_name"}
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
 
 
@@ -252,7 +254,7 @@ class CloudController(Service):
         if account != self.admin.get("account_id"):
             raise EC2Error("UnauthorizedOperation", "only the cloud administrator may create accounts", 403)
         name = p.req("AccountName")
-        if not (1 <= len(name) <= 63 and all(c.isalnum() or c in "-_." for c in name)):
+        if not ACCOUNT_NAME.fullmatch(name):
             raise EC2Error("InvalidParameterValue", f"invalid account name {name!r}")
         if self.store.one("SELECT 1 FROM accounts WHERE name=?", name):
             raise EC2Error("EntityAlreadyExists", f"account {name} already exists", 409)
@@ -388,11 +390,9 @@ class CloudController(Service):
             proto = PROTOCOLS.get(proto_raw)
             if proto is None:
                 raise EC2Error("InvalidParameterValue", f"Invalid value '{proto_raw}' for IP protocol")
-            try:
-                lo = int(perm.get("FromPort", "-1" if proto in ("icmp", "-1") else "x"))
-                hi = int(perm.get("ToPort", "-1" if proto in ("icmp", "-1") else "x"))
-            except ValueError:
-                raise EC2Error("InvalidParameterValue", "FromPort and ToPort must be integers") from None
+            default = "-1" if proto in ("icmp", "-1") else ""
+            ports = Params({k: perm.get(k, default) for k in ("FromPort", "ToPort")})
+            lo, hi = ports.int("FromPort", low=-1, high=65535), ports.int("ToPort", low=-1, high=65535)
             if proto in ("tcp", "udp") and not (0 <= lo <= hi <= 65535):
                 raise EC2Error("InvalidParameterValue", f"Invalid port range {lo}-{hi}")
             # For ICMP the "ports" are the ICMP type and code, -1 meaning all.

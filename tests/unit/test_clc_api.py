@@ -308,6 +308,10 @@ BAD = [
      "InvalidVolume.NotFound", 400),
     ({"Action": "CreateAccount"}, "MissingParameter", 400),
     ({"Action": "CreateAccount", "AccountName": "no spaces"}, "InvalidParameterValue", 400),
+    ({"Action": "CreateAccount", "AccountName": "caf\u00e9"}, "InvalidParameterValue", 400),
+    ({"Action": "AuthorizeSecurityGroupIngress", "GroupName": "default", "IpPermissions.1.IpProtocol": "tcp",
+      "IpPermissions.1.FromPort": "2_2", "IpPermissions.1.ToPort": "22",
+      "IpPermissions.1.IpRanges.1.CidrIp": "0.0.0.0/0"}, "InvalidParameterValue", 400),
 ]
 
 
