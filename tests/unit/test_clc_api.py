@@ -8,10 +8,13 @@ import urllib.error
 import urllib.request
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from .clc_client import code_of, ec2_client, get_from, raw_call
-from .components_helper import TOKEN, component
+from .components_helper import ADMIN, TOKEN, component
 
 TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog")
 
@@ -346,3 +349,13 @@ def test_a_disabled_clc_answers_service_unavailable(tmp_path):
             assert status == 503 and "<Code>ServiceUnavailable</Code>" in text
         with urllib.request.urlopen(f"{base}/health") as r:
             assert r.status == 200
+
+
+def test_get_with_the_query_in_the_url(clc):
+    req = AWSRequest(method="GET", url=f"{clc[0]}/services/Eucalyptus?Action=DescribeAvailabilityZones"
+                                        "&ZoneName.1=cluster2&Version=2016-11-15")
+    SigV4Auth(Credentials(ADMIN["access_key"], ADMIN["secret_key"]), "ec2", "eucalyptus").add_auth(req)
+    p = req.prepare()
+    with urllib.request.urlopen(urllib.request.Request(p.url, headers=dict(p.headers))) as resp:
+        text = resp.read().decode()
+    assert re.findall(r"<zoneName>(.*?)</zoneName>", text) == ["cluster2"]
