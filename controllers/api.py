@@ -1,0 +1,128 @@
+"""The intent API: HTTP/1.1 over the run directory's Unix socket ``control.sock``.
+
+CCs run in network namespaces of their own, where the controller's loopback is out
+of reach; the run directory's filesystem is shared, so a Unix socket reaches every
+emulated host. Standard library only (os-ken 4.x's native hub has no WSGI server).
+
+    PUT /intent/clusters/{k}   200 {"accepted": true, "epoch": E, ...}
+                               409 {"error": "stale epoch", "current": E}
+                               400 {"error": "<field>: <what is wrong>"}
+    GET /intent                {"clusters": {"1": intent, ...}}
+    GET /health                {"status": "ok", "switches": ..., "synced": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socketserver
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+from .intent import IntentError, StaleEpoch
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024 * 1024
+_CLUSTER_PATH = re.compile(r"^/intent/clusters/(\d+)$")
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "eucalab-sdn"
+
+    def address_string(self) -> str:  # a Unix socket peer has no address
+        return "unix"
+
+    def log_message(self, fmt, *args) -> None:
+        log.debug("api: " + fmt, *args)
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        api: IntentAPI = self.server.api
+        if self.path == "/health":
+            self._reply(200, api.health())
+        elif self.path == "/intent":
+            self._reply(200, {"clusters": {str(k): v for k, v in sorted(api.store.snapshot().items())}})
+        else:
+            self._reply(404, {"error": f"no resource {self.path}"})
+
+    def do_PUT(self) -> None:  # noqa: N802
+        api: IntentAPI = self.server.api
+        m = _CLUSTER_PATH.match(self.path)
+        if not m:
+            self._reply(404, {"error": f"no resource {self.path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._reply(413, {"error": f"intent larger than {MAX_BODY} bytes"})
+            return
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._reply(400, {"error": f"intent: not JSON ({exc})"})
+            return
+        status, answer = api.put(int(m.group(1)), body)
+        self._reply(status, answer)
+
+
+class IntentAPI:
+    """Validates, stores and applies intents; ``apply`` is the fabric's (or a test's)."""
+
+    def __init__(self, store, apply, health=None, events=None):
+        self.store = store
+        self._apply = apply
+        self._health = health or (lambda: {})
+        self.events = events
+        # One intent at a time: epochs are checked and flows pushed in arrival order.
+        self._lock = threading.Lock()
+
+    def put(self, cluster: int, body) -> tuple[int, dict]:
+        with self._lock:
+            try:
+                intent, previous = self.store.put(cluster, body)
+            except IntentError as exc:
+                self._emit("intent.rejected", cluster=cluster, error=str(exc))
+                return 400, {"error": str(exc)}
+            except StaleEpoch as exc:
+                self._emit("intent.stale", cluster=cluster, epoch=body.get("epoch"), current=exc.current)
+                return 409, {"error": "stale epoch", "current": exc.current}
+            self._emit("intent.accepted", cluster=cluster, epoch=intent["epoch"], primary_cc=intent["primary_cc"],
+                       groups=len(intent["groups"]), instances=len(intent["instances"]))
+            result = self._apply(intent, previous)
+        return 200, {"accepted": True, "epoch": intent["epoch"], **result}
+
+    def health(self) -> dict:
+        return {"status": "ok", **self._health()}
+
+    def _emit(self, event: str, **fields) -> None:
+        if self.events is not None:
+            self.events.emit(event, **fields)
+
+
+def serve(path: str | Path, api: IntentAPI) -> _Server:
+    """Listen on the Unix socket ``path`` in a thread of its own; ``shutdown()`` ends it."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        path.unlink()  # left by a controller that was killed
+    server = _Server(str(path), _Handler)
+    os.chmod(path, 0o660)
+    server.api = api
+    threading.Thread(target=server.serve_forever, name="intent-api", daemon=True).start()
+    return server

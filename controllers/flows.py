@@ -1,0 +1,234 @@
+"""Flow computation: (topology, accepted intents) -> the flows every switch should hold.
+
+Pure Python data in, pure Python data out; ``oskit`` turns a ``Flow`` into an
+OpenFlow 1.3 FlowMod and ``fakeoftable`` executes flows without a switch.
+
+MANAGED private networks (one per cluster) get proactive flows, two tables:
+
+* table 0, ingress: what a port may send. A VM slot holding an instance may send
+  only IPv4 from the instance's MAC and IP and ARP whose sender fields are the
+  instance's own (anti-spoofing); the frame gets its security group's VLAN tag.
+  Any tagged frame from a host port is dropped (double tagging). NCs, SCs and CCs
+  send untagged infrastructure traffic from their own MAC; the primary CC's frames
+  for a group's subnet (IPv4 destination or ARP target) get that group's tag, which
+  is how routed traffic re-enters a group. Trunks pass everything on. Anything else
+  is dropped.
+* table 1, forwarding: per VLAN (and untagged for the cluster infrastructure) a
+  flow per known destination MAC towards its port, popping the tag at the host
+  port, plus one flood flow for broadcast and multicast over the members of that
+  VLAN only. Unknown destinations are dropped, never flooded. Only the primary CC is
+  a member of the groups' VLANs: that is the steering of routed traffic.
+
+Every other switch (cloud, user, external networks; private networks in SYSTEM,
+STATIC and MANAGED-NOVLAN, where isolation is the CC's iptables only, the weakness
+Eucalyptus documented) runs the switch's own NORMAL L2 forwarding.
+
+Each flow's cookie is a hash of the flow itself: a switch's flows are diffed against
+the wanted set by cookie, so a resynchronisation or an intent update touches only
+what changed and never disturbs a flow that stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+from .topology import HostPort, Topology
+
+TABLE_INGRESS = 0
+TABLE_FORWARD = 1
+OFPVID_PRESENT = 0x1000
+OFPVID_NONE = 0x0000
+ETH_IPV4 = 0x0800
+ETH_ARP = 0x0806
+MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+ANY_TAG = (OFPVID_PRESENT, OFPVID_PRESENT)
+
+# Priorities, highest first.
+PRIO_DROP_TAGGED = 30
+PRIO_CLASSIFY = 20
+PRIO_HOST = 10
+PRIO_FORWARD = 10
+PRIO_FLOOD = 5
+PRIO_MISS = 0
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry as plain data.
+
+    ``match``: sorted (field, value) pairs with OpenFlow 1.3 field names; a value is
+    exact or a (value, mask) pair. ``actions``: ("push_vlan", vid) ("pop_vlan",)
+    ("output", port) ("normal",) ("goto", table), applied in order; no action drops.
+    """
+
+    table: int
+    priority: int
+    match: tuple = ()
+    actions: tuple = ()
+    cookie: int = field(default=0, compare=False)
+
+    @classmethod
+    def make(cls, table: int, priority: int, match: dict, actions: list | tuple) -> "Flow":
+        m = tuple(sorted(match.items()))
+        a = tuple(tuple(x) for x in actions)
+        digest = hashlib.blake2b(repr((table, priority, m, a)).encode(), digest_size=8).digest()
+        # The top bit stays clear: 0xffff_ffff_ffff_ffff is reserved by OpenFlow.
+        cookie = int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+        return cls(table, priority, m, a, cookie)
+
+    @property
+    def match_dict(self) -> dict:
+        return dict(self.match)
+
+
+def _vid(vlan: int | None) -> int:
+    return OFPVID_NONE if vlan is None else OFPVID_PRESENT | vlan
+
+
+def _net(subnet: str) -> tuple[str, str]:
+    n = ipaddress.ip_network(subnet)
+    return str(n.network_address), str(n.netmask)
+
+
+@dataclass
+class _Member:
+    switch: str
+    port: int
+    mac: str
+
+
+def compute_flows(topo: Topology, intents: dict[int, dict]) -> dict[str, list[Flow]]:
+    """Every switch's wanted flows, by switch name."""
+    out: dict[str, list[Flow]] = {}
+    managed_nets = {}
+    if topo.mode == "MANAGED":
+        managed_nets = {topo.private_network(k): k for k in topo.clusters()}
+    for name in topo.switches:
+        if topo.network_of(name) not in managed_nets:
+            out[name] = [Flow.make(TABLE_INGRESS, PRIO_MISS, {}, [("normal",)])]
+    for net, k in managed_nets.items():
+        out.update(_managed_network(topo, net, intents.get(k)))
+    return out
+
+
+def _managed_network(topo: Topology, net: str, intent: dict | None) -> dict[str, list[Flow]]:
+    hops = topo.next_hops(net)
+    tree = topo.tree_edges(net)
+    host_ports = topo.host_ports(net)
+    infra = [hp for hp in host_ports if hp.kind != "slot"]
+    slot_ports = {hp.host: hp for hp in host_ports if hp.kind == "slot"}
+    groups = {g["id"]: g for g in (intent or {}).get("groups", [])}
+    primary = (intent or {}).get("primary_cc")
+    primary_hp = next((hp for hp in infra if hp.host == primary), None)
+
+    # Broadcast domains: None is the untagged cluster infrastructure, a VLAN is a group.
+    members: dict[int | None, list[_Member]] = {None: [_Member(hp.switch, hp.port, hp.mac) for hp in infra]}
+    placed: dict[str, tuple[dict, dict]] = {}  # slot -> (instance, group)
+    for g in groups.values():
+        members[g["vlan"]] = [_Member(primary_hp.switch, primary_hp.port, primary_hp.mac)] if primary_hp else []
+    for inst in (intent or {}).get("instances", []):
+        hp = slot_ports.get(inst.get("slot") or "")
+        if hp is None:
+            continue
+        group = groups[inst["group"]]
+        placed[hp.host] = (inst, group)
+        members[group["vlan"]].append(_Member(hp.switch, hp.port, inst["mac"]))
+
+    flows: dict[str, list[Flow]] = {}
+    for s in topo.switches_of(net):
+        f = [Flow.make(TABLE_INGRESS, PRIO_MISS, {}, []), Flow.make(TABLE_FORWARD, PRIO_MISS, {}, [])]
+        for port in topo.trunk_ports(s):
+            if (s, port) in tree:
+                f.append(Flow.make(TABLE_INGRESS, PRIO_HOST, {"in_port": port}, [("goto", TABLE_FORWARD)]))
+        for hp in host_ports:
+            if hp.switch != s:
+                continue
+            f.extend(_ingress(hp, placed.get(hp.host), groups if hp is primary_hp else {}))
+        for vlan, mems in members.items():
+            f.extend(_forwarding(s, vlan, mems, hops[s], tree, topo))
+        flows[s] = f
+    return flows
+
+
+def _ingress(hp: HostPort, placed: tuple[dict, dict] | None, routed_groups: dict) -> list[Flow]:
+    """Table 0 for one host port."""
+    port = hp.port
+    if hp.kind == "slot" and placed is None:
+        return []  # an idle slot sends nothing anywhere (table miss drops)
+    f = [Flow.make(TABLE_INGRESS, PRIO_DROP_TAGGED, {"in_port": port, "vlan_vid": ANY_TAG}, [])]
+    if hp.kind == "slot":
+        inst, group = placed
+        tag = [("push_vlan", group["vlan"]), ("goto", TABLE_FORWARD)]
+        mac, ip = inst["mac"], inst["ip"]
+        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY,
+                           {"in_port": port, "eth_src": mac, "eth_type": ETH_IPV4, "ipv4_src": ip}, tag))
+        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY,
+                           {"in_port": port, "eth_src": mac, "eth_type": ETH_ARP, "arp_sha": mac, "arp_spa": ip},
+                           tag))
+        return f
+    for g in routed_groups.values():
+        tag = [("push_vlan", g["vlan"]), ("goto", TABLE_FORWARD)]
+        subnet = _net(g["subnet"])
+        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY,
+                           {"in_port": port, "eth_src": hp.mac, "eth_type": ETH_IPV4, "ipv4_dst": subnet}, tag))
+        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY,
+                           {"in_port": port, "eth_src": hp.mac, "eth_type": ETH_ARP, "arp_tpa": subnet}, tag))
+    f.append(Flow.make(TABLE_INGRESS, PRIO_HOST, {"in_port": port, "eth_src": hp.mac},
+                       [("goto", TABLE_FORWARD)]))
+    return f
+
+
+def _forwarding(s: str, vlan: int | None, mems: list[_Member], hops: dict[str, int],
+                tree: set[tuple[str, int]], topo: Topology) -> list[Flow]:
+    """Table 1 of switch ``s`` for one broadcast domain."""
+    vid = _vid(vlan)
+    pop = [("pop_vlan",)] if vlan is not None else []
+    f = []
+    for m in mems:
+        if m.switch == s:
+            actions = pop + [("output", m.port)]
+        else:
+            actions = [("output", hops[m.switch])]
+        f.append(Flow.make(TABLE_FORWARD, PRIO_FORWARD, {"vlan_vid": vid, "eth_dst": m.mac}, actions))
+    # Flood over the tree, only towards switches with members of this domain.
+    trunks = sorted({hops[m.switch] for m in mems if m.switch != s and (s, hops[m.switch]) in tree})
+    local = sorted({m.port for m in mems if m.switch == s})
+    actions = [("output", p) for p in trunks] + (pop + [("output", p) for p in local] if local else [])
+    if actions:
+        f.append(Flow.make(TABLE_FORWARD, PRIO_FLOOD, {"vlan_vid": vid, "eth_dst": MULTICAST}, actions))
+    return f
+
+
+# -- gateway announcements ---------------------------------------------------------------------
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def garp(mac: str, ip: str) -> bytes:
+    """A gratuitous ARP request (sender = target = ip) from ``mac``, untagged."""
+    ip_b = ipaddress.ip_address(ip).packed
+    return (b"\xff" * 6 + _mac_bytes(mac) + struct.pack("!H", ETH_ARP)
+            + struct.pack("!HHBBH", 1, ETH_IPV4, 6, 4, 1) + _mac_bytes(mac) + ip_b + b"\x00" * 6 + ip_b)
+
+
+def announcements(topo: Topology, intent: dict, previous: dict | None) -> list[tuple[str, int, bytes]]:
+    """Gratuitous ARPs for the group gateways when the primary CC changed.
+
+    Returned as (switch, in_port, frame): the frame is injected through the pipeline
+    as if the new primary had sent it, so it lands in each group's VLAN (or, without
+    VLANs, on the segment). Instances then route through the new primary at once,
+    whatever the CC host itself announced (EUCA-2281: a new CC announced nothing).
+    """
+    if previous is not None and previous.get("primary_cc") == intent["primary_cc"]:
+        return []
+    if intent["mode"] not in ("MANAGED", "MANAGED-NOVLAN"):
+        return []
+    try:
+        hp = topo.host_port(intent["primary_cc"], topo.private_network(intent["cluster"]))
+    except KeyError:
+        return []
+    return [(hp.switch, hp.port, garp(hp.mac, g["gateway"])) for g in intent["groups"]]

@@ -1,0 +1,276 @@
+"""The one module that imports os-ken (after Faucet's valve_of): OpenFlow 1.3 plumbing.
+
+``Fabric`` is the os-ken app. It keeps no forwarding logic of its own: it asks
+``flows.compute_flows`` what every switch should hold and makes the switches hold
+exactly that, by cookie:
+
+* a switch that connects (first start, or a restarted controller) is asked for its
+  flows; only the difference to the wanted set is sent (adds, then deletes by
+  cookie), so flows that stay are never touched and traffic keeps running;
+* an accepted intent recomputes the wanted set and sends each connected switch its
+  difference, followed by a barrier; the caller waits for the barriers, so when
+  ``apply`` returns the flows are in the switches.
+
+os-ken 4.x's native hub runs every app and every switch connection in its own
+thread; all state here is guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+
+from os_ken import cfg as os_ken_cfg
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.lib import hub
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3
+
+from . import flows as fl
+from .flows import Flow
+from .intent import IntentStore
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+ALL_COOKIES = 0xFFFF_FFFF_FFFF_FFFF
+
+# os-ken instantiates apps itself; the launcher hands over what the app needs here.
+_CONTEXT: dict = {}
+
+
+def _match(parser, flow: Flow):
+    return parser.OFPMatch(**{k: v for k, v in flow.match})
+
+
+def _instructions(ofp, parser, flow: Flow) -> list:
+    actions, goto = [], None
+    for a in flow.actions:
+        if a[0] == "output":
+            actions.append(parser.OFPActionOutput(a[1], 0))
+        elif a[0] == "push_vlan":
+            actions.append(parser.OFPActionPushVlan(0x8100))
+            actions.append(parser.OFPActionSetField(vlan_vid=fl.OFPVID_PRESENT | a[1]))
+        elif a[0] == "pop_vlan":
+            actions.append(parser.OFPActionPopVlan())
+        elif a[0] == "normal":
+            actions.append(parser.OFPActionOutput(ofp.OFPP_NORMAL, 0))
+        elif a[0] == "goto":
+            goto = a[1]
+        else:
+            raise ValueError(f"unknown action {a!r}")
+    inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)] if actions else []
+    if goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(goto))
+    return inst
+
+
+def flow_add(dp, flow: Flow):
+    """The FlowMod that installs ``flow`` (an identical flow already there is left as it is)."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return parser.OFPFlowMod(dp, cookie=flow.cookie, table_id=flow.table, command=ofp.OFPFC_ADD,
+                             priority=flow.priority, match=_match(parser, flow),
+                             instructions=_instructions(ofp, parser, flow))
+
+
+def flow_delete(dp, cookie: int):
+    """Delete the one flow carrying ``cookie`` (cookies are unique per flow)."""
+    ofp, parser = dp.ofproto, dp.ofproto_parser
+    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=ALL_COOKIES, table_id=ofp.OFPTT_ALL,
+                             command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                             match=parser.OFPMatch())
+
+
+def _guarded(handler):
+    """Log a handler's exception instead of raising it: on the native hub os-ken treats
+    any exception as TaskExit and silently ends the app's event loop."""
+
+    @functools.wraps(handler)
+    def wrapper(self, ev):
+        try:
+            handler(self, ev)
+        except Exception:  # noqa: BLE001 (the event loop must survive)
+            log.exception("%s failed on %s", handler.__name__, type(ev).__name__)
+            self.eventlog.emit("controller.error", handler=handler.__name__, event=type(ev).__name__)
+
+    return wrapper
+
+
+class Fabric(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.topo: Topology = _CONTEXT["topology"]
+        self.store: IntentStore = _CONTEXT["store"]
+        self.eventlog = _CONTEXT["events"]  # self.events is os-ken's own queue
+        self.barrier_timeout = _CONTEXT.get("barrier_timeout", 2.0)
+        self.names = self.topo.switch_by_dpid()
+        self.lock = threading.RLock()
+        self.datapaths: dict[str, object] = {}
+        self.installed: dict[str, set[int]] = {}  # switch -> cookies it holds
+        self.synced: set[str] = set()
+        self._stats: dict[str, list] = {}
+        self._barriers: dict[tuple[str, int], threading.Event] = {}
+        self.wanted = fl.compute_flows(self.topo, self.store.snapshot())
+        self._ready = False
+        self._t0 = time.monotonic()
+
+    # -- switch connections --------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @_guarded
+    def _switch_state(self, ev):
+        """A switch became ready (os-ken has its features: ask for its flows) or went away."""
+        dp = ev.datapath
+        name = self.names.get(dp.id) if dp.id is not None else None
+        if ev.state == DEAD_DISPATCHER:
+            with self.lock:
+                if name is not None and self.datapaths.get(name) is dp:
+                    del self.datapaths[name]
+                    self.synced.discard(name)
+            if name:
+                self.eventlog.emit("switch.disconnect", switch=name)
+            return
+        if name is None:
+            log.warning("unknown datapath %s: ignored", dp.id)
+            return
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        with self.lock:
+            self.datapaths[name] = dp
+            self.synced.discard(name)
+            self._stats[name] = []
+            dp.send_msg(parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                                   0, 0, parser.OFPMatch()))
+        self.eventlog.emit("switch.connect", switch=name, dpid=f"{dp.id:016x}")
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @_guarded
+    def _flow_stats(self, ev):
+        msg = ev.msg
+        dp = msg.datapath
+        name = self.names.get(dp.id)
+        if name is None:
+            return
+        with self.lock:
+            self._stats.setdefault(name, []).extend(msg.body)
+            if msg.flags & dp.ofproto.OFPMPF_REPLY_MORE:
+                return
+            present = {s.cookie for s in self._stats.pop(name)}
+            self.installed[name] = present
+            added, removed = self._push(name)
+            self.synced.add(name)
+            ready = not self._ready and self.synced >= set(self.topo.switches)
+            if ready:
+                self._ready = True
+        self.eventlog.emit("switch.synced", switch=name, kept=len(present) - removed, added=added,
+                         removed=removed)
+        if ready:
+            self.eventlog.emit("controller.ready", switches=len(self.synced),
+                             seconds=round(time.monotonic() - self._t0, 3))
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @_guarded
+    def _barrier_reply(self, ev):
+        name = self.names.get(ev.msg.datapath.id)
+        with self.lock:
+            done = self._barriers.pop((name, ev.msg.xid), None)
+        if done is not None:
+            done.set()
+
+    # -- pushing flows ---------------------------------------------------------------------
+
+    def _push(self, name: str) -> tuple[int, int]:
+        """Send one switch the difference between what it holds and what it should (lock held)."""
+        dp = self.datapaths[name]
+        wanted = self.wanted.get(name, [])
+        have = self.installed.setdefault(name, set())
+        want_cookies = {f.cookie for f in wanted}
+        adds = [f for f in wanted if f.cookie not in have]
+        deletes = sorted(have - want_cookies)
+        # Adds first: a changed flow (same match and priority) is replaced in place,
+        # so the delete of its old cookie finds nothing and no packet sees a gap.
+        for f in adds:
+            dp.send_msg(flow_add(dp, f))
+        for cookie in deletes:
+            dp.send_msg(flow_delete(dp, cookie))
+        self.installed[name] = want_cookies | (have - set(deletes))
+        return len(adds), len(deletes)
+
+    def _barrier(self, name: str) -> threading.Event:
+        dp = self.datapaths[name]
+        req = dp.ofproto_parser.OFPBarrierRequest(dp)
+        xid = dp.set_xid(req)
+        done = threading.Event()
+        self._barriers[(name, xid)] = done
+        dp.send_msg(req)
+        return done
+
+    def apply(self, intent: dict, previous: dict | None) -> dict:
+        """Bring every connected switch to the flows of the accepted intents; wait for them."""
+        t0 = time.monotonic()
+        with self.lock:
+            self.wanted = fl.compute_flows(self.topo, self.store.snapshot())
+            added = removed = 0
+            waits = []
+            for name in sorted(self.synced):
+                a, r = self._push(name)
+                added, removed = added + a, removed + r
+                if a or r:
+                    waits.append(self._barrier(name))
+            outs = fl.announcements(self.topo, intent, previous)
+        installed = all(w.wait(self.barrier_timeout) for w in waits)
+        with self.lock:
+            for switch, in_port, frame in outs:
+                dp = self.datapaths.get(switch)
+                if dp is not None:
+                    ofp, parser = dp.ofproto, dp.ofproto_parser
+                    dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
+                                                    actions=[parser.OFPActionOutput(ofp.OFPP_TABLE, 0)],
+                                                    data=frame))
+        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
+                  "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
+        self.eventlog.emit("intent.applied", cluster=intent["cluster"], epoch=intent["epoch"],
+                         primary_cc=intent["primary_cc"], announcements=len(outs), **result)
+        return result
+
+    def flow_count(self) -> dict[str, int]:
+        with self.lock:
+            return {name: len(f) for name, f in self.wanted.items()}
+
+
+def _log_thread_deaths() -> None:
+    """Make a dying os-ken thread say why: on the native hub HubThread.run swallows every
+    Exception (TaskExit is Exception there), so a broken app would just go quiet."""
+    if getattr(hub.HubThread, "_eucalab_logged", False):
+        return
+
+    def run(thread):
+        try:
+            threading.Thread.run(thread)
+        except Exception:  # noqa: BLE001
+            log.exception("os-ken thread %s died", thread.name)
+
+    hub.HubThread.run = run
+    hub.HubThread._eucalab_logged = True
+
+
+def start(topo: Topology, store: IntentStore, events, host: str, port: int) -> Fabric:
+    """Start os-ken's OpenFlow server on host:port with the Fabric app; returns the app.
+
+    The app threads are os-ken's (native hub); the caller keeps the main thread for
+    signal handling, since run_apps would block it and cannot stop its threads.
+    """
+    _log_thread_deaths()
+    os_ken_cfg.CONF(args=[], project="os_ken", default_config_files=[])
+    os_ken_cfg.CONF.set_override("ofp_listen_host", host)
+    os_ken_cfg.CONF.set_override("ofp_tcp_listen_port", port)
+    _CONTEXT.update(topology=topo, store=store, events=events)
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps([__name__, "os_ken.controller.ofp_handler"])
+    contexts = manager.create_contexts()
+    manager.instantiate_apps(**contexts)
+    return next(a for a in manager.applications.values() if isinstance(a, Fabric))
