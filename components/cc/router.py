@@ -1,0 +1,229 @@
+"""The primary CC as its cluster's router, rendered from the cluster intent (docs/intent.md).
+
+As Eucalyptus's CC did in MANAGED and MANAGED-NOVLAN modes:
+
+* each security group's gateway address on the private interface (VNET_PRIVINTERFACE),
+  each elastic IP on the public one (VNET_PUBINTERFACE), announced by gratuitous ARP
+  when it arrives (EUCA-2281: a newly ENABLED CC announced nothing);
+* FORWARD policy DROP; ESTABLISHED,RELATED accepted; one ACCEPT per security-group
+  ingress rule (protocol, port range, CIDR or source group); instances may open
+  connections out of the cluster; the cluster's infrastructure (NCs to Walrus) passes;
+* elastic IPs DNAT in and SNAT out; the metadata service 169.254.169.254:80 DNATed
+  to the CLC's virtual IP port 8773 by exactly one rule (EUCA-3440 had one per CC),
+  without SNAT, so the CLC sees the instance's own address.
+
+A secondary CC holds none of the addresses and none of the rules.
+
+``render_router`` is pure (unit-tested without root). ``apply_router`` changes the
+namespace it runs in; ``python -m components.cc.router --apply FILE --primary``
+applies a rendered config (JSON) from a shell on the CC host. No Mininet, no os-ken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CHAIN_FWD = "EUCA-FORWARD"
+CHAIN_DNAT = "EUCA-PREROUTING"
+CHAIN_SNAT = "EUCA-POSTROUTING"
+METADATA_IP = "169.254.169.254"
+PUBLIC_IP_POOL = "10.0.128.0/24"
+CLOUD_NET = "10.0.0.0/16"
+
+
+@dataclass
+class RouterHost:
+    """What the router needs to know about the CC host it runs on."""
+
+    cluster: int
+    private_interface: str  # on the cluster's private network
+    public_interface: str  # on the cloud network
+    clc_vip: str | None = None  # metadata DNAT target (the CLC pair's virtual IP)
+    clc_port: int = 8773
+    cloud_net: str = CLOUD_NET
+    public_pool: str = PUBLIC_IP_POOL
+
+    @property
+    def infra_net(self) -> str:
+        """CC, SC and NC addresses of the cluster (10.(100+k).0.0/20, see topologies/plan.py)."""
+        return f"10.{100 + self.cluster}.0.0/20"
+
+    @property
+    def vm_space(self) -> str:
+        """Where the cluster's security-group subnets (and so the gateways) live."""
+        return f"10.{100 + self.cluster}.16.0/20"
+
+
+@dataclass
+class RouterConfig:
+    private_interface: str
+    public_interface: str
+    filter: str  # iptables-restore --noflush input for the filter table
+    nat: str  # the same for the nat table
+    private_addresses: list[str] = field(default_factory=list)  # group gateways, "10.101.16.1/28"
+    public_addresses: list[str] = field(default_factory=list)  # elastic IPs, "10.0.128.5/16"
+    managed_private: str = ""  # addresses in this range on the private interface are ours
+    managed_public: str = PUBLIC_IP_POOL
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def iptables(self) -> str:
+        return self.filter + self.nat
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RouterConfig":
+        return cls(**json.loads(text))
+
+
+def _rule_matches(rule: dict, groups: dict[str, dict]) -> list[str]:
+    """iptables match fragments for one ingress rule (empty if it cannot match anything)."""
+    proto = str(rule.get("protocol", "-1")).lower()
+    proto = {"6": "tcp", "17": "udp", "1": "icmp"}.get(proto, proto)
+    if proto in ("tcp", "udp"):
+        lo, hi = int(rule.get("from_port", 0)), int(rule.get("to_port", 65535))
+        proto_part = f"-p {proto} --dport {lo}" if lo == hi else f"-p {proto} --dport {lo}:{hi}"
+    elif proto == "icmp":
+        icmp_type = int(rule.get("from_port", -1))
+        proto_part = "-p icmp" + (f" --icmp-type {icmp_type}" if icmp_type >= 0 else "")
+    elif proto in ("-1", "all"):
+        proto_part = ""
+    else:
+        return []
+    if rule.get("cidr"):
+        source = f"-s {ipaddress.ip_network(rule['cidr'], strict=False)}"
+    elif rule.get("source_group") in groups:
+        source = f"-s {groups[rule['source_group']]['subnet']}"
+    else:
+        return []  # a source group with no instances in this cluster: nothing to admit
+    return [f"{source} {proto_part}".strip()]
+
+
+def render_router(intent: dict, host: RouterHost) -> RouterConfig:
+    """The addresses, rules and sysctls that make ``host`` the router for ``intent``."""
+    priv, pub = host.private_interface, host.public_interface
+    groups = {g["id"]: g for g in intent.get("groups", [])}
+    public_prefix = ipaddress.ip_network(host.cloud_net).prefixlen
+    fwd = [f"-A {CHAIN_FWD} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+           f"-A {CHAIN_FWD} -i {priv} -s {host.infra_net} -o {pub} -j ACCEPT"]
+    dnat, snat = [], []
+    private_addresses = []
+    for g in groups.values():
+        net = ipaddress.ip_network(g["subnet"])
+        private_addresses.append(f"{g['gateway']}/{net.prefixlen}")
+        fwd.append(f"-A {CHAIN_FWD} -i {priv} -s {net} -o {pub} -j ACCEPT")
+    if host.clc_vip and groups:
+        dnat.append(f"-A {CHAIN_DNAT} -i {priv} -d {METADATA_IP}/32 -p tcp --dport 80 "
+                    f"-j DNAT --to-destination {host.clc_vip}:{host.clc_port}")
+        fwd.append(f"-A {CHAIN_FWD} -i {priv} -d {host.clc_vip}/32 -p tcp --dport {host.clc_port} -j ACCEPT")
+    for g in groups.values():
+        for rule in g.get("rules", []):
+            for match in _rule_matches(rule, groups):
+                fwd.append(f"-A {CHAIN_FWD} -d {g['subnet']} {match} -j ACCEPT")
+    public_addresses = []
+    for inst in intent.get("instances", []):
+        if inst.get("public_ip"):
+            public_addresses.append(f"{inst['public_ip']}/{public_prefix}")
+            dnat.append(f"-A {CHAIN_DNAT} -d {inst['public_ip']}/32 -j DNAT --to-destination {inst['ip']}")
+            snat.append(f"-A {CHAIN_SNAT} -s {inst['ip']}/32 -o {pub} -j SNAT --to-source {inst['public_ip']}")
+    if groups:
+        # Instances without an elastic IP reach beyond the cloud network through the CC's address.
+        snat.append(f"-A {CHAIN_SNAT} -s {host.vm_space} ! -d {host.cloud_net} -o {pub} -j MASQUERADE")
+    filter_text = "\n".join(["*filter", f":{CHAIN_FWD} - [0:0]", *fwd, "COMMIT", ""])
+    nat_text = "\n".join(["*nat", f":{CHAIN_DNAT} - [0:0]", f":{CHAIN_SNAT} - [0:0]", *dnat, *snat,
+                          "COMMIT", ""])
+    sysctls = {"net.ipv4.ip_forward": "1",
+               # Routing between group subnets on one interface must not teach instances
+               # a direct path (ICMP redirects) around the CC's FORWARD rules.
+               "net.ipv4.conf.all.send_redirects": "0",
+               f"net.ipv4.conf.{priv}.send_redirects": "0"}
+    return RouterConfig(priv, pub, filter_text, nat_text, private_addresses, public_addresses,
+                        host.vm_space, host.public_pool, sysctls)
+
+
+def _empty(config: RouterConfig) -> str:
+    return (f"*filter\n:{CHAIN_FWD} - [0:0]\nCOMMIT\n"
+            f"*nat\n:{CHAIN_DNAT} - [0:0]\n:{CHAIN_SNAT} - [0:0]\nCOMMIT\n")
+
+
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+def _ensure_chains() -> None:
+    """Hook our chains into the built-in ones once, with FORWARD's policy DROP."""
+    for table, builtin, chain in (("filter", "FORWARD", CHAIN_FWD), ("nat", "PREROUTING", CHAIN_DNAT),
+                                  ("nat", "POSTROUTING", CHAIN_SNAT)):
+        _run(["iptables", "-w", "-t", table, "-N", chain], check=False)
+        if _run(["iptables", "-w", "-t", table, "-C", builtin, "-j", chain], check=False).returncode != 0:
+            _run(["iptables", "-w", "-t", table, "-A", builtin, "-j", chain])
+    _run(["iptables", "-w", "-P", "FORWARD", "DROP"])
+
+
+def _sync_addresses(intf: str, want: list[str], managed: str) -> list[str]:
+    """Make ``intf`` hold exactly ``want`` among the addresses in ``managed``; returns those added."""
+    out = _run(["ip", "-o", "-4", "addr", "show", "dev", intf]).stdout
+    have = {line.split()[3] for line in out.splitlines() if " inet " in line}
+    mine = {a for a in have if ipaddress.ip_interface(a).ip in ipaddress.ip_network(managed)}
+    added = []
+    for addr in sorted(set(want) - have):
+        _run(["ip", "addr", "replace", addr, "dev", intf])
+        added.append(addr.split("/")[0])
+    for addr in sorted(mine - set(want)):
+        _run(["ip", "addr", "del", addr, "dev", intf], check=False)
+    return added
+
+
+def apply_router(config: RouterConfig, primary: bool) -> dict:
+    """Apply ``config`` in this network namespace: as the router (primary) or as nothing (secondary).
+
+    Returns what changed: {"added": [...], "announced": [...]}. Gratuitous ARPs go out
+    in the background (arping lingers after sending); routing never waits for them.
+    """
+    for key, value in config.sysctls.items():
+        Path("/proc/sys", *key.split(".")).write_text(value + "\n")
+    _ensure_chains()
+    _run(["iptables-restore", "-w", "--noflush"], stdin=config.iptables if primary else _empty(config))
+    want_priv = config.private_addresses if primary else []
+    want_pub = config.public_addresses if primary else []
+    added_priv = _sync_addresses(config.private_interface, want_priv, config.managed_private)
+    added_pub = _sync_addresses(config.public_interface, want_pub, config.managed_public)
+    announced = []
+    for intf, addrs in ((config.private_interface, added_priv), (config.public_interface, added_pub)):
+        for addr in addrs:
+            subprocess.Popen(["arping", "-q", "-U", "-c", "2", "-I", intf, addr],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            announced.append(addr)
+    return {"added": added_priv + added_pub, "announced": announced}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.cc.router", description=__doc__.splitlines()[0])
+    parser.add_argument("--apply", required=True, type=Path, help="a RouterConfig as JSON (render_router)")
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--primary", action="store_true", help="hold the addresses and rules")
+    role.add_argument("--secondary", action="store_true", help="hold none of them")
+    args = parser.parse_args(argv)
+    config = RouterConfig.from_json(args.apply.read_text())
+    try:
+        result = apply_router(config, primary=args.primary)
+    except (OSError, RuntimeError) as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

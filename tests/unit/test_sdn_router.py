@@ -1,0 +1,83 @@
+"""The CC router's rendering (components/cc/router.py): rules, NAT and addresses, no root."""
+
+from __future__ import annotations
+
+import json
+
+from components.cc.router import RouterConfig, RouterHost, render_router
+
+HOST = RouterHost(cluster=1, private_interface="c1cc1-eth1", public_interface="c1cc1-eth0", clc_vip="10.0.0.10")
+
+INTENT = {
+    "cluster": 1, "epoch": 2, "mode": "MANAGED", "primary_cc": "c1cc1",
+    "groups": [
+        {"id": "sg-a", "name": "a", "account": None, "vlan": 10, "subnet": "10.101.16.0/28",
+         "gateway": "10.101.16.1", "rules": [{"protocol": "icmp", "from_port": -1, "to_port": -1,
+                                               "cidr": "0.0.0.0/0"}]},
+        {"id": "sg-b", "name": "b", "account": None, "vlan": 11, "subnet": "10.101.16.16/28",
+         "gateway": "10.101.16.17", "rules": [
+             {"protocol": "tcp", "from_port": 8080, "to_port": 8080, "source_group": "sg-a"},
+             {"protocol": "udp", "from_port": 1000, "to_port": 2000, "cidr": "10.0.0.0/16"},
+             {"protocol": "tcp", "from_port": 22, "to_port": 22, "source_group": "sg-elsewhere"}]},
+    ],
+    "instances": [
+        {"id": "i-a1", "mac": "d0:0d:0a:65:10:02", "ip": "10.101.16.2", "nc": "c1n1", "slot": "c1n1v1",
+         "group": "sg-a", "public_ip": "10.0.128.5"},
+        {"id": "i-b1", "mac": "d0:0d:0a:65:10:12", "ip": "10.101.16.18", "nc": "c1n1", "slot": "c1n1v2",
+         "group": "sg-b", "public_ip": None},
+    ],
+}
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("-A")]
+
+
+def test_one_accept_per_ingress_rule_after_established():
+    cfg = render_router(INTENT, HOST)
+    fwd = lines(cfg.filter)
+    assert fwd[0] == "-A EUCA-FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    assert "-A EUCA-FORWARD -d 10.101.16.0/28 -s 0.0.0.0/0 -p icmp -j ACCEPT" in fwd
+    assert "-A EUCA-FORWARD -d 10.101.16.16/28 -s 10.101.16.0/28 -p tcp --dport 8080 -j ACCEPT" in fwd
+    assert "-A EUCA-FORWARD -d 10.101.16.16/28 -s 10.0.0.0/16 -p udp --dport 1000:2000 -j ACCEPT" in fwd
+    # A source group with no instances here admits nothing (never "any source").
+    assert not any("--dport 22" in line for line in fwd)
+    ingress = [line for line in fwd if line.startswith("-A EUCA-FORWARD -d 10.101.16.")]
+    assert len(ingress) == 3
+
+
+def test_elastic_ip_nat_and_address_on_the_public_interface():
+    cfg = render_router(INTENT, HOST)
+    nat = lines(cfg.nat)
+    assert "-A EUCA-PREROUTING -d 10.0.128.5/32 -j DNAT --to-destination 10.101.16.2" in nat
+    assert "-A EUCA-POSTROUTING -s 10.101.16.2/32 -o c1cc1-eth0 -j SNAT --to-source 10.0.128.5" in nat
+    assert cfg.public_addresses == ["10.0.128.5/16"]
+    assert cfg.private_addresses == ["10.101.16.1/28", "10.101.16.17/28"]
+
+
+def test_metadata_dnat_exactly_once_and_never_snatted():
+    cfg = render_router(INTENT, HOST)
+    meta = [line for line in lines(cfg.nat) if "169.254.169.254" in line]
+    assert meta == ["-A EUCA-PREROUTING -i c1cc1-eth1 -d 169.254.169.254/32 -p tcp --dport 80 "
+                    "-j DNAT --to-destination 10.0.0.10:8773"]
+    assert not any("10.0.0.10" in line for line in lines(cfg.nat) if "POSTROUTING" in line)
+    # Rendering again (a re-applied intent) replaces the chain: still one rule.
+    assert cfg.nat.count(":EUCA-PREROUTING - [0:0]") == 1
+
+
+def test_sysctls_forwarding_without_redirects():
+    cfg = render_router(INTENT, HOST)
+    assert cfg.sysctls["net.ipv4.ip_forward"] == "1"
+    assert cfg.sysctls["net.ipv4.conf.c1cc1-eth1.send_redirects"] == "0"
+
+
+def test_no_groups_no_gateways_no_metadata():
+    cfg = render_router(dict(INTENT, groups=[], instances=[]), HOST)
+    assert cfg.private_addresses == [] and cfg.public_addresses == []
+    assert "169.254.169.254" not in cfg.nat
+
+
+def test_config_round_trips_as_json():
+    cfg = render_router(INTENT, HOST)
+    assert RouterConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["managed_private"] == "10.101.16.0/20"
