@@ -1,0 +1,288 @@
+"""SDN benchmark: flow setup time, routed throughput through the CC, flow-table size.
+
+    python -m experiments.bench_sdn [--setups 40] [--seconds 5]
+
+Prints figures (it is not a timed test):
+
+* flow setup: an instance's intent pushed (PUT to control.sock) -> its first TCP
+  connection to a peer of its group succeeds; p50/p99 over ``--setups`` new instances
+  (target p99 <= 50 ms);
+* routed throughput: iperf3 between two groups through the primary CC (VLAN to CC,
+  Linux forwarding with the FORWARD rules, back into the other VLAN) against two
+  instances of one group (direct L2 path), links unshaped (target ratio >= 0.8);
+* flow-table size: flows over all switches against instances and rules (from the
+  pure flow computation, and checked against one switch's real table).
+
+The helpers above ``run`` (intent client, booting an instance into a VM slot,
+applying the CC router) are shared with tests/integration/test_sdn_*.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from components.cc.router import RouterHost, render_router
+from topologies.spec import DeploymentSpec, HASpec, NetworkMode
+
+from .deployment import Deployment, wait_until
+
+# -- the intent API from the driver ---------------------------------------------------------
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0):
+        super().__init__("controller", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def intent_request(dep: Deployment, method: str, path: str, body=None) -> tuple[int, dict]:
+    """One HTTP request to the controller's intent API over ``control.sock``."""
+    conn = _UnixHTTPConnection(str(dep.control_socket))
+    try:
+        data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def put_intent(dep: Deployment, intent: dict) -> tuple[int, dict]:
+    return intent_request(dep, "PUT", f"/intent/clusters/{intent['cluster']}", intent)
+
+
+# -- instances and the CC router -----------------------------------------------------------------
+
+
+def slot_interface(dep: Deployment, slot: str) -> str:
+    return dep.plan.hosts[slot].interfaces[0].name
+
+
+def boot(dep: Deployment, inst: dict, group: dict) -> None:
+    """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway."""
+    intf = slot_interface(dep, inst["slot"])
+    prefix = group["subnet"].split("/")[1]
+    dep[inst["slot"]].cmd(
+        f"ip link set dev {intf} address {inst['mac']}; ip addr flush dev {intf}; "
+        f"ip addr add {inst['ip']}/{prefix} dev {intf}; ip link set dev {intf} up; "
+        f"ip route replace default via {group['gateway']}; ip neigh flush dev {intf}")
+
+
+def router_host(dep: Deployment, cc: str) -> RouterHost:
+    ph = dep.plan.hosts[cc]
+    clc = dep.plan.pair("clc")
+    return RouterHost(cluster=ph.cluster, private_interface=ph.intf(f"priv{ph.cluster}").name,
+                      public_interface=ph.intf("cloud").name, clc_vip=clc.vip)
+
+
+def apply_router(dep: Deployment, intent: dict) -> None:
+    """Make the intent's primary CC the router and every other CC of the cluster nothing.
+
+    The secondary is withdrawn first, so that at no moment do both hold the gateways.
+    """
+    members = dep.plan.pair("cc", intent["cluster"]).members
+    order = sorted(members, key=lambda m: m == intent["primary_cc"])
+    for cc in order:
+        cfg = render_router(intent, router_host(dep, cc))
+        path = dep.run_dir / f"router-{cc}.json"
+        path.write_text(cfg.to_json())
+        role = "--primary" if cc == intent["primary_cc"] else "--secondary"
+        out = dep[cc].cmd(f"{sys.executable} -m components.cc.router --apply {path} {role}; echo rc=$?")
+        if "rc=0" not in out:
+            raise RuntimeError(f"router on {cc} failed: {out}")
+
+
+def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str = "ok") -> None:
+    """A TCP responder on ``host`` answering each connection with ``reply`` (socat; $SOCAT_PEERADDR works)."""
+    dep.start("socat", host, argv=["socat", f"TCP-LISTEN:{port},fork,reuseaddr", f"SYSTEM:echo {reply}"],
+              label=label, wait=False)
+    wait_until(lambda: f":{port} " in dep[host].cmd(f"ss -ltn 'sport = :{port}'"), timeout=5)
+
+
+def tcp_answer(dep: Deployment, host: str, ip: str, port: int, timeout: float = 1.0) -> str:
+    """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect)."""
+    return dep[host].cmd(f"socat -T{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
+                         "2>/dev/null").strip()
+
+
+@contextlib.contextmanager
+def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.3):
+    """tcpdump on ``host``'s first interface for the block; ``box["count"]`` = packets seen after it."""
+    path = dep.host_dir(host, label) / "capture.pcap"
+    intf = dep.plan.hosts[host].interfaces[0].name
+    dep.start("tcpdump", host, argv=["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), bpf],
+              label=label, wait=False)
+    if not wait_until(lambda: path.exists() and path.stat().st_size >= 24, timeout=5):
+        raise RuntimeError(f"tcpdump on {host} did not start")
+    box: dict = {}
+    try:
+        yield box
+        time.sleep(settle)  # frames still on their way through the switches
+    finally:
+        dep.stop(host, label)
+    out = subprocess.run(["tcpdump", "-r", str(path), "-n", "-e"], capture_output=True, text=True).stdout
+    box["lines"] = out.splitlines()
+    box["count"] = len(box["lines"])
+
+
+def send_frames(dep: Deployment, host: str, frames: list[bytes], repeat: int = 3) -> None:
+    """Put raw Ethernet frames on ``host``'s first interface (as root inside the VM would)."""
+    intf = dep.plan.hosts[host].interfaces[0].name
+    with dep.in_host(host):
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((intf, 0))
+            for _ in range(repeat):
+                for frame in frames:
+                    sock.send(frame)
+                time.sleep(0.02)
+
+
+# -- scenario ---------------------------------------------------------------------------------------
+
+
+def sdn_spec(mode: NetworkMode = NetworkMode.MANAGED, name: str = "sdn", ncs: int = 2, slots: int = 2,
+             ha_cc: bool = True) -> DeploymentSpec:
+    """One cluster, HA CC pair, no other HA (the SDN tests need no CLC/Walrus pairs)."""
+    spec = DeploymentSpec(name=name, clusters=1, ncs_per_cluster=ncs, vm_slots_per_nc=slots, mode=mode,
+                          ha=HASpec(clc=False, walrus=False, cc=ha_cc, sc=False))
+    spec.arbitrators.per_host = 0
+    return spec
+
+
+def group(gid: str, n: int, mode: NetworkMode, rules: list[dict], cluster: int = 1, prefix: int = 28) -> dict:
+    """Security group number ``n``: subnet n of the cluster's VM space, VLAN 10+n (MANAGED)."""
+    size = 2 ** (32 - prefix)
+    base = 16 * 256 + n * size
+    net = f"10.{100 + cluster}.{base // 256}.{base % 256}"
+    gw = f"10.{100 + cluster}.{(base + 1) // 256}.{(base + 1) % 256}"
+    return {"id": gid, "name": gid[3:], "account": "123456789012",
+            "vlan": 10 + n if mode is NetworkMode.MANAGED else None,
+            "subnet": f"{net}/{prefix}", "gateway": gw, "rules": rules}
+
+
+def instance(iid: str, g: dict, index: int, slot: str, public_ip: str | None = None) -> dict:
+    """The index-th instance of a group (address .index+1 of its subnet, Eucalyptus-style MAC)."""
+    import ipaddress
+
+    ip = ipaddress.ip_network(g["subnet"])[index + 1]
+    mac = "d0:0d:" + ":".join(f"{b:02x}" for b in ip.packed)
+    return {"id": iid, "mac": mac, "ip": str(ip), "nc": slot.rsplit("v", 1)[0], "slot": slot,
+            "group": g["id"], "public_ip": public_ip}
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+
+
+def _iperf(dep: Deployment, client: str, server_ip: str, port: int, seconds: float) -> float:
+    out = dep[client].cmd(f"iperf3 -c {server_ip} -p {port} -t {seconds} -J 2>/dev/null")
+    try:
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+    except (ValueError, KeyError):
+        raise RuntimeError(f"iperf3 from {client} to {server_ip}:{port} failed: {out[-500:]}") from None
+
+
+def run(setups: int = 40, seconds: float = 5.0) -> int:
+    mode = NetworkMode.MANAGED
+    spec = sdn_spec(mode, name="bench-sdn", ncs=2, slots=2)
+    with Deployment(spec, sdn=True) as dep:
+        # /24 groups: every setup round gets an address (and MAC) never used before.
+        ga = group("sg-a", 0, mode, [{"protocol": "tcp", "from_port": 0, "to_port": 65535,
+                                      "source_group": "sg-b"}], prefix=24)
+        gb = group("sg-b", 1, mode, [{"protocol": "tcp", "from_port": 0, "to_port": 65535,
+                                      "source_group": "sg-a"}], prefix=24)
+        a1 = instance("i-a1", ga, 1, "c1n1v1")
+        a2 = instance("i-a2", ga, 2, "c1n2v1")
+        b1 = instance("i-b1", gb, 1, "c1n2v2")
+        intent = {"cluster": 1, "epoch": 1, "mode": mode.value, "primary_cc": "c1cc1", "groups": [ga, gb],
+                  "instances": [a1, a2, b1]}
+        for inst, g in ((a1, ga), (a2, ga), (b1, gb)):
+            boot(dep, inst, g)
+        status, answer = put_intent(dep, intent)
+        assert status == 200, answer
+        apply_router(dep, intent)
+        for host in ("c1n2v1", "c1n2v2"):
+            dep.start("iperf3", host, argv=["iperf3", "-s", "-p", "5201"], label="iperf3", wait=False)
+        start_listener(dep, "c1n2v1", 7000, "echo")
+        time.sleep(0.3)
+        direct = _iperf(dep, "c1n1v1", a2["ip"], 5201, seconds)
+        routed = _iperf(dep, "c1n1v1", b1["ip"], 5201, seconds)
+
+        # Flow setup: a fresh instance in slot c1n1v2, pushed, then connect to a2.
+        setup_ms = []
+        intf = slot_interface(dep, "c1n1v2")
+        for n in range(setups):
+            new = instance(f"i-n{n}", ga, 10 + n, "c1n1v2")
+            new["mac"] = f"d0:0d:99:00:{n // 256:02x}:{n % 256:02x}"
+            boot(dep, new, ga)
+            cur = copy.deepcopy(intent)
+            cur["epoch"] = intent["epoch"]
+            cur["instances"].append(new)
+            probe = (f"for i in $(seq 2000); do socat -T0.2 - TCP:{a2['ip']}:7000,connect-timeout=0.01 "
+                     f"</dev/null 2>/dev/null | grep -q ok && break; done")
+            node = dep["c1n1v2"]
+            t0 = time.monotonic()
+            status, _ = put_intent(dep, cur)
+            node.cmd(probe)
+            setup_ms.append((time.monotonic() - t0) * 1000)
+            assert status == 200
+            status, _ = put_intent(dep, intent)  # the instance goes again
+            dep["c1n1v2"].cmd(f"ip addr flush dev {intf}")
+
+        # Flow-table size against instances and rules (pure computation), and one real table.
+        from controllers.flows import compute_flows
+        from controllers.topology import Topology
+
+        topo = Topology.load(dep.run_dir / "topology.json")
+        slots = [h.name for h in dep.plan.hosts_by_role("slot")]
+        sizes = []
+        for n_inst in range(0, len(slots) + 1):
+            for n_rules in (0, 10):
+                it = copy.deepcopy(intent)
+                it["groups"][0]["rules"] = [{"protocol": "tcp", "from_port": p, "to_port": p, "cidr": "0.0.0.0/0"}
+                                            for p in range(n_rules)]
+                it["instances"] = [instance(f"i-s{j}", ga, j + 1, slots[j]) for j in range(n_inst)]
+                sizes.append((n_inst, n_rules, sum(len(f) for f in compute_flows(topo, {1: it}).values())))
+        br = dep.switch("br1n1").name
+        real = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br], capture_output=True,
+                              text=True).stdout.count("cookie=")
+        wanted = len(compute_flows(topo, {1: intent})[br])
+
+    print("SDN benchmark (MANAGED, 1 cluster, 2 NCs x 2 slots, OVS userspace datapath)")
+    q = statistics.quantiles(setup_ms, n=100)
+    print(f"flow setup, intent PUT -> first TCP answer ({len(setup_ms)} instances): "
+          f"p50 {statistics.median(setup_ms):.1f} ms, p99 {q[98]:.1f} ms, max {max(setup_ms):.1f} ms "
+          f"(target p99 <= 50 ms)")
+    print(f"throughput: direct (same group, L2) {direct:.0f} Mbit/s, routed through the CC {routed:.0f} Mbit/s, "
+          f"ratio {routed / direct:.2f} (target >= 0.8)")
+    print("flow-table size (all switches of the deployment):")
+    print("  instances  rules  flows")
+    for n_inst, n_rules, n in sizes:
+        print(f"  {n_inst:9d}  {n_rules:5d}  {n:5d}")
+    print(f"  br1n1 holds {real} flows, the computation wants {wanted}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_sdn", description=__doc__.splitlines()[0])
+    parser.add_argument("--setups", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    return run(args.setups, args.seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

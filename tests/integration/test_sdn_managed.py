@@ -1,0 +1,231 @@
+"""MANAGED mode on a real network: per-group VLANs, the CC as router, anti-spoofing, failover of
+the router and of the controller.
+
+One deployment for the module: 1 cluster, 2 NCs x 2 VM slots, a CC pair, the SDN
+controller. Three groups:
+
+  a  10.101.16.0/28   VLAN 10  a1 c1n1v1, a2 c1n2v1   admits icmp from anywhere
+  b  10.101.16.16/28  VLAN 11  b1 c1n1v2              admits tcp 8080-8090 from group a
+  c  10.101.16.32/28  VLAN 12  c1 c1n2v2 (10.0.128.5) admits tcp 80 from anywhere
+
+a1 and b1 share an NC bridge: only the VLANs keep them apart at layer 2.
+Isolation is shown both ways: allowed pairs answer over TCP, denied pairs fail AND
+a capture on the far side sees none of their packets.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from experiments.bench_sdn import (apply_router, boot, capture, group, instance, intent_request, put_intent,
+                                   sdn_spec, send_frames, start_listener, tcp_answer)
+from experiments.deployment import Deployment, wait_until
+from topologies.spec import NetworkMode
+
+MODE = NetworkMode.MANAGED
+GA = group("sg-a", 0, MODE, [{"protocol": "icmp", "from_port": -1, "to_port": -1, "cidr": "0.0.0.0/0"}])
+GB = group("sg-b", 1, MODE, [{"protocol": "tcp", "from_port": 8080, "to_port": 8090, "source_group": "sg-a"}])
+GC = group("sg-c", 2, MODE, [{"protocol": "tcp", "from_port": 80, "to_port": 80, "cidr": "0.0.0.0/0"}])
+A1 = instance("i-a1", GA, 1, "c1n1v1")
+A2 = instance("i-a2", GA, 2, "c1n2v1")
+B1 = instance("i-b1", GB, 1, "c1n1v2")
+C1 = instance("i-c1", GC, 1, "c1n2v2", public_ip="10.0.128.5")
+GROUPS = {"sg-a": GA, "sg-b": GB, "sg-c": GC}
+INSTANCES = {"a1": A1, "a2": A2, "b1": B1, "c1": C1}
+
+
+def cluster_intent(epoch: int = 1, primary: str = "c1cc1") -> dict:
+    return {"cluster": 1, "epoch": epoch, "mode": MODE.value, "primary_cc": primary,
+            "groups": [GA, GB, GC], "instances": [A1, A2, B1, C1]}
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory):
+    with Deployment(sdn_spec(MODE, name="test-sdn-managed"), run_dir=tmp_path_factory.mktemp("sdn-managed"),
+                    sdn=True) as d:
+        for inst in INSTANCES.values():
+            boot(d, inst, GROUPS[inst["group"]])
+        intent = cluster_intent()
+        status, answer = put_intent(d, intent)
+        assert status == 200 and answer["installed"], answer
+        apply_router(d, intent)
+        for name, inst in INSTANCES.items():
+            start_listener(d, inst["slot"], 8080, f"l8080-{name}", reply=name)
+        start_listener(d, C1["slot"], 80, "l80-c1", reply="c1")
+        yield d
+
+
+def slot(name: str) -> str:
+    return INSTANCES[name]["slot"]
+
+
+def icmp(src: dict, dst: dict, **over) -> bytes:
+    eth_src = over.pop("eth_src", src["mac"])
+    ip_src = over.pop("ip_src", src["ip"])
+    return bytes(Ether(src=eth_src, dst=dst["mac"]) / IP(src=ip_src, dst=dst["ip"]) / ICMP(id=0x4242))
+
+
+def test_intent_api_contract(dep):
+    status, body = intent_request(dep, "GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["synced"] == body["switches"]
+    # Malformed: rejected with the field named, nothing changes.
+    bad = cluster_intent(epoch=5)
+    bad["instances"][0] = dict(A1, ip="10.101.16.20")  # outside its group's subnet
+    status, body = put_intent(dep, bad)
+    assert status == 400 and "instances[0].ip" in body["error"]
+    status, body = intent_request(dep, "PUT", "/intent/clusters/1", b"{not json")
+    assert status == 400
+    status, body = intent_request(dep, "GET", "/intent")
+    assert body["clusters"]["1"]["epoch"] == 1
+
+
+def test_same_group_reaches_at_layer_2_across_ncs(dep):
+    assert tcp_answer(dep, slot("a1"), A2["ip"], 8080) == "a2"
+    assert tcp_answer(dep, slot("a2"), A1["ip"], 8080) == "a1"
+
+
+def _forwarded(dep, cc: str) -> int:
+    out = dep[cc].cmd("iptables -w -L EUCA-FORWARD -v -x -n")
+    return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.split())
+
+
+def test_allowed_rule_is_routed_through_the_primary_cc(dep):
+    before = _forwarded(dep, "c1cc1")
+    assert tcp_answer(dep, slot("a1"), B1["ip"], 8080) == "b1"
+    assert _forwarded(dep, "c1cc1") > before  # the packets crossed the CC's FORWARD chain
+    assert "0% packet loss" in dep[slot("b1")].cmd(f"ping -c 2 -i 0.2 -W 1 {A1['ip']}")
+
+
+@pytest.mark.parametrize("src,dst,port", [("b1", "a1", 8080), ("c1", "a1", 8080), ("a1", "c1", 8080),
+                                           ("c1", "b1", 8080)])
+def test_denied_pairs_see_nothing(dep, src, dst, port):
+    s, d = INSTANCES[src], INSTANCES[dst]
+    with capture(dep, d["slot"], f"host {s['ip']} or ether host {s['mac']}", f"cap-{src}-{dst}") as cap:
+        assert tcp_answer(dep, s["slot"], d["ip"], port, timeout=0.5) == ""
+        if dst != "a1":  # group a admits ICMP from anywhere
+            assert "100% packet loss" in dep[s["slot"]].cmd(f"ping -c 3 -i 0.2 -W 1 {d['ip']}")
+    assert cap["count"] == 0, cap["lines"]
+
+
+def test_elastic_ip_reachable_from_user(dep):
+    assert tcp_answer(dep, "user", C1["public_ip"], 80) == "c1"
+    assert tcp_answer(dep, "user", C1["public_ip"], 8080, timeout=0.5) == ""  # not admitted by group c
+    # The elastic IP answers from the primary CC's public interface only.
+    assert C1["public_ip"] in dep["c1cc1"].cmd("ip -o addr")
+    assert C1["public_ip"] not in dep["c1cc2"].cmd("ip -o addr")
+
+
+def test_metadata_dnat_once_without_snat(dep):
+    start_listener(dep, "clc1", 8773, "metadata", reply="$SOCAT_PEERADDR")
+    assert tcp_answer(dep, slot("a1"), "169.254.169.254", 80) == A1["ip"]
+    rules = dep["c1cc1"].cmd("iptables -w -t nat -S")
+    assert rules.count("169.254.169.254") == 1
+    assert "169.254.169.254" not in dep["c1cc2"].cmd("iptables -w -t nat -S")
+
+
+def test_cluster_infrastructure_keeps_working(dep):
+    nc = dep["c1n1"]
+    for target in ("10.101.0.11", "10.101.0.21", "10.101.1.2", "10.0.0.20"):  # CC, SC, NC, Walrus via CC
+        assert " 0% packet loss" in nc.cmd(f"ping -c 1 -W 1 {target}"), target
+
+
+def test_attacks_fail(dep):
+    a1, a2, b1 = A1, A2, B1
+    gw = GA["gateway"]
+    dep[slot("a1")].cmd(f"ping -c 1 -W 1 {gw}")  # a1 knows its gateway's MAC
+    gw_mac = dep[slot("a1")].cmd(f"ip neigh show {gw}").split("lladdr ")[1].split()[0]
+    # Control: a correct frame from a2 reaches a1.
+    with capture(dep, slot("a1"), "icmp", "cap-control") as cap:
+        send_frames(dep, slot("a2"), [icmp(a2, a1)])
+    assert cap["count"] > 0
+    time.sleep(1.1)  # past the kernel's ARP locktime: a forged reply would be taken now
+    with capture(dep, slot("a1"), f"ether src {a2['mac']} or ether src {b1['mac']}", "cap-spoof") as cap:
+        send_frames(dep, slot("a2"), [
+            icmp(a2, a1, eth_src=b1["mac"]),  # MAC spoof
+            icmp(a2, a1, ip_src=C1["ip"]),  # IP spoof
+            bytes(Ether(src=a2["mac"], dst=a1["mac"]) / ARP(op=2, hwsrc=a2["mac"], psrc=gw,
+                                                              hwdst=a1["mac"], pdst=a1["ip"])),  # ARP poisoning
+        ])
+    assert cap["count"] == 0, cap["lines"]
+    assert gw_mac in dep[slot("a1")].cmd(f"ip neigh show {gw}")
+    # VLAN hopping from group a into group b (single and double tag).
+    with capture(dep, slot("b1"), "", "cap-hop") as cap:
+        send_frames(dep, slot("a1"), [
+            bytes(Ether(src=a1["mac"], dst=b1["mac"]) / Dot1Q(vlan=11) / IP(src=a1["ip"], dst=b1["ip"]) / ICMP()),
+            bytes(Ether(src=a1["mac"], dst=b1["mac"]) / Dot1Q(vlan=10) / Dot1Q(vlan=11)
+                  / IP(src=a1["ip"], dst=b1["ip"]) / ICMP()),
+            bytes(Ether(src=a1["mac"], dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=a1["mac"], psrc=a1["ip"],
+                                                                       pdst=a2["ip"])),  # broadcast
+        ])
+    assert not [line for line in cap["lines"] if a1["mac"] in line], cap["lines"]
+
+
+def test_broadcast_stays_inside_the_group(dep):
+    with capture(dep, slot("b1"), "arp or ether broadcast", "cap-bcast-b1") as other, \
+            capture(dep, slot("a2"), "arp", "cap-bcast-a2") as same:
+        dep[slot("a1")].cmd(f"arping -c 2 -w 1 -I {dep.plan.hosts[slot('a1')].interfaces[0].name} {A2['ip']}")
+    assert same["count"] > 0
+    assert not [line for line in other["lines"] if A1["mac"] in line], other["lines"]
+
+
+def test_primary_change_moves_routing_at_once_and_stale_epochs_are_refused(dep):
+    intent = cluster_intent(epoch=2, primary="c1cc2")
+    apply_router(dep, intent)
+    dep.place_vip(dep.plan.pair("cc", 1), "c1cc2")  # what the CC pair's HA agent does
+    status, answer = put_intent(dep, intent)
+    assert status == 200 and answer["installed"]
+    before = _forwarded(dep, "c1cc2")
+    assert wait_until(lambda: tcp_answer(dep, slot("a1"), B1["ip"], 8080, timeout=0.3) == "b1", timeout=3)
+    assert _forwarded(dep, "c1cc2") > before
+    assert "10.101.16.1/" not in dep["c1cc1"].cmd("ip -o addr")
+    assert tcp_answer(dep, "user", C1["public_ip"], 80) == "c1"
+    status, answer = put_intent(dep, cluster_intent(epoch=1, primary="c1cc1"))  # the stale ex-primary
+    assert status == 409 and answer == {"error": "stale epoch", "current": 2}
+    status, body = intent_request(dep, "GET", "/intent")
+    assert body["clusters"]["1"]["primary_cc"] == "c1cc2"
+
+
+def test_controller_restart_keeps_an_allowed_tcp_flow(dep):
+    dep.start("iperf3", slot("b1"), argv=["iperf3", "-s", "-p", "8081", "-1"], label="iperf3-s", wait=False)
+    wait_until(lambda: ":8081 " in dep[slot("b1")].cmd("ss -ltn 'sport = :8081'"), timeout=5)
+    client = dep.start("iperf3", slot("a1"), argv=["iperf3", "-c", B1["ip"], "-p", "8081", "-t", "6", "-b", "20M",
+                                                   "-i", "0.5", "-J"], label="iperf3-c", wait=False)
+    ping = dep.start("ping", slot("b1"), argv=["ping", "-q", "-i", "0.01", "-c", "600", "-W", "1", A1["ip"]],
+                     label="ping", wait=False)
+    time.sleep(1.5)
+    dep.crash_controller()
+    time.sleep(0.5)
+    dep.restart_controller()
+    assert client.popen.wait(timeout=20) == 0
+    assert ping.popen.wait(timeout=20) == 0
+    result = json.loads((client.dir / "stdout.log").read_text())
+    assert "error" not in result, result.get("error")
+    rates = [i["sum"]["bits_per_second"] for i in result["intervals"]]
+    assert min(rates) > 0, rates  # no stall, no reset
+    summary = (ping.dir / "stdout.log").read_text()
+    sent, received = _ping_counts(summary)
+    assert (sent - received) / sent < 0.01, summary
+    # The restarted controller found every flow in place: nothing wiped, nothing re-added.
+    events = [json.loads(line) for line in (dep.run_dir / "controller" / "events.jsonl").read_text().splitlines()]
+    last_start = max(i for i, e in enumerate(events) if e["event"] == "controller.start")
+    synced = [e for e in events[last_start:] if e["event"] == "switch.synced"]
+    assert synced and all(e["added"] == 0 and e["removed"] == 0 for e in synced), synced
+
+
+def _ping_counts(summary: str) -> tuple[int, int]:
+    line = next(line for line in summary.splitlines() if "packets transmitted" in line)
+    parts = line.split(", ")
+    return int(parts[0].split()[0]), int(parts[1].split()[0])
+
+
+def test_switches_are_fail_secure(dep):
+    for name in ("br1n1", "swc1", "swcl0"):
+        br = dep.switch(name).name
+        out = subprocess.run(["ovs-vsctl", "get", "bridge", br, "fail_mode"], capture_output=True, text=True)
+        assert out.stdout.strip() == "secure"
