@@ -5,7 +5,7 @@ The design and its guarantees are in docs/ha.md; in short:
 
 * Heartbeats every ``interval`` over two paths (the pair's heartbeat link and the
   cloud network). The peer is dead when nothing arrived on any path for
-  ``misses x interval``. Cutting one path never causes a failover.
+  ``misses x interval`` (the window). Cutting one path never causes a failover.
 * Arbitrators ping external entities (the border gateway, the external site) with
   ICMP. Some failing: advisory. All failing on the ENABLED member: it goes NOTREADY
   (fail-stop), drops its VIPs and says so at once on the heartbeat link; the peer
@@ -14,10 +14,16 @@ The design and its guarantees are in docs/ha.md; in short:
   a member hearing a higher epoch while ENABLED steps down at once. Elections
   order members by (epoch, replicated state, configured priority): the member with
   the newest data wins, and a member that lacks acknowledged writes never promotes.
-* Fencing: a member whose own loop ran late by more than the detection window
-  (SIGSTOP, starvation) refuses to serve until it has heard its peer again, so a
-  resumed ex-primary never answers after its peer has taken over.
+* A lease: the ENABLED member serves only while its last heartbeat went out less
+  than a window ago, so its peer cannot have declared it dead yet. A member whose
+  own loop ran late by more than the window (SIGSTOP, starvation) is fenced: it
+  refuses every request until its peer has answered a heartbeat sent after the
+  freeze, then steps down if the peer took over.
 * Takeover adds the VIPs and sends gratuitous ARP (EUCA-2281 forgot this).
+
+Everything that touches time, the network or the host is injectable (``clock``,
+``transport``, ``run``, ``garp``), so tests/unit/test_ha_*.py drive two agents
+through the fault table without root or real time.
 """
 
 from __future__ import annotations
@@ -26,80 +32,24 @@ import asyncio
 import json
 import os
 import random
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from . import ha_net
+from .ha_config import HAConfig, VIP
 from .states import ServiceState
 
 ENABLED, DISABLED, NOTREADY = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.NOTREADY
 # When gratuitous ARPs go out after a takeover: at once, and again past the 1 s ARP locktime.
 GARP_SCHEDULE_S = (0.0, 1.1, 2.2)
+# Peer states in which it serves nobody: the DISABLED member may take over at once.
+NOT_SERVING = ("NOTREADY", "BROKEN", "STOPPED")
 
 
 def _mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-# -- arbitrators ----------------------------------------------------------------------------------
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-class Pinger:
-    """ICMP echo over one raw socket, shared by a host's arbitrators (emulated hosts run as root)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.sock.setblocking(False)
-        self.ident = os.getpid() & 0xFFFF
-        self.seq = 0
-        self.waiters: dict[int, asyncio.Future] = {}
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
-            ihl = (data[0] & 0x0F) * 4
-            if len(data) < ihl + 8:
-                continue
-            kind, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if kind == 0 and ident == self.ident:
-                fut = self.waiters.pop(seq, None)
-                if fut and not fut.done():
-                    fut.set_result(True)
-
-    async def ping(self, target: str, timeout: float) -> bool:
-        self.seq = (self.seq + 1) & 0xFFFF
-        seq = self.seq
-        header = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-        payload = b"eucalab-arbitrator"
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), self.ident, seq) + payload
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[seq] = fut
-        try:
-            self.sock.sendto(packet, (target, 0))
-            return await asyncio.wait_for(fut, timeout)
-        except (asyncio.TimeoutError, OSError):
-            return False
-        finally:
-            self.waiters.pop(seq, None)
-
-    def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        self.sock.close()
 
 
 @dataclass
@@ -116,189 +66,278 @@ class Arbitrator:
         return self.stopped or not self.ok
 
 
-# -- the agent ---------------------------------------------------------------------------------
-
 @dataclass
 class Peer:
-    heard: float | None = None  # t_mono of the last heartbeat on any path
+    """What this member knows of its peer, from the newest heartbeat heard."""
+
+    member: str | None = None
+    heard: float | None = None  # local clock when the newest heartbeat arrived (any path)
     state: str | None = None
     epoch: int = 0
-    last_seq: int = 0
+    last_seq: int = 0  # the peer's replicated-state position
     priority: int = 0
     arb_ok: bool = True
-    sent: float = 0.0  # the sender's CLOCK_MONOTONIC when it sent the last heartbeat heard
-    paths: dict = field(default_factory=dict)  # address -> t_mono last heard on it
+    fenced: bool = False
+    arb_confirm: tuple = (0, False)  # (our heartbeat seq it answered, did any of its arbitrators answer)
+    sent: float = 0.0  # the peer's own clock when it sent that heartbeat (for events only)
+    boot: int | None = None  # the peer process's incarnation
+    seq: int = 0  # newest heartbeat sequence number heard from that incarnation
+    acked: int = 0  # our newest heartbeat (this incarnation) the peer says it heard
+    paths: dict = field(default_factory=dict)  # address -> local clock when last heard on it
 
 
 class HAAgent:
-    """The HA half of a component: decides when it is ENABLED, and fences it when it must not serve."""
+    """The HA half of a component: decides when it is ENABLED, and fences it when it must not serve.
 
-    def __init__(self, service, config: dict):
-        ha = config["ha"]
+    ``service`` needs ``events`` (an EventLog), ``state`` (a ServiceState) and
+    ``set_state(state, reason)``. The component sets ``last_seq`` (its replicated-state
+    position), ``on_promote(epoch)`` and ``on_demote(reason)`` before ``start()``.
+    """
+
+    def __init__(self, service, config: dict, *, clock: Callable[[], float] | None = None,
+                 transport=None, run: Callable[..., Awaitable[int]] | None = None,
+                 garp: Callable[[str, str], None] | None = None):
+        self.cfg = HAConfig.from_config(config)
         self.svc = service
         self.events = service.events
-        self.pair = config["pair"]["name"]
-        self.host = config["host"]
-        self.priority = 1 if config.get("role") == "primary" else 0
-        self.interval = float(ha.get("interval_ms", 50)) / 1000
-        self.misses = int(ha.get("misses", 3))
-        self.window = self.interval * self.misses
-        self.port = int(ha.get("port", 7800))
-        self.peer_addresses: list[str] = list(ha["peer_addresses"])
-        self.vips: list[dict] = list(ha.get("vips", []))
-        self.arbitrators = [Arbitrator(a["name"], a["target"], int(ha.get("arbitrator_fail_after", 2)))
-                            for a in ha.get("arbitrators", [])]
-        self.arb_period = float(ha.get("arbitrator_period_s", 1.0))
-        self.arb_timeout = float(ha.get("arbitrator_timeout_s", 0.5))
-        self.data = Path(config["data_dir"])
+        self.clock = clock or _mono
+        self.pair, self.host, self.priority = self.cfg.pair, self.cfg.host, self.cfg.priority
+        self.interval, self.misses, self.window = self.cfg.interval, self.cfg.misses, self.cfg.window
+        self.port = self.cfg.port
+        self.peer_addresses = self.cfg.peer_addresses
+        self.vips: list[VIP] = self.cfg.vips
+        self.arbitrators = [Arbitrator(a.name, a.target, self.cfg.arbitrator_fail_after)
+                            for a in self.cfg.arbitrators]
+        self.arb_period, self.arb_timeout = self.cfg.arbitrator_period_s, self.cfg.arbitrator_timeout_s
+        self.data = Path(self.cfg.data_dir)
         self.epoch_file = self.data / "ha-epoch"
         self.epoch = int(self.epoch_file.read_text()) if self.epoch_file.exists() else 1
+        self.boot = int.from_bytes(os.urandom(4), "big")
         self.peer = Peer()
         self.seq = 0
-        self.last_tick = _mono()
+        now = self.clock()
+        self.last_tick = now
+        self.last_sent: float | None = None  # the lease: when a heartbeat last left this member
         self.fenced_since: float | None = None
-        self.hold_until = _mono() + self.window + self.interval  # listen before claiming anything
-        self.last_seq: Callable[[], int] = lambda: 0  # the component's replicated-state position
+        self.fence_seq = 0  # first heartbeat sent after the freeze: the peer must acknowledge it
+        self.hold_until = now + self.window + self.interval  # listen before claiming anything
+        self.peer_dead_reported = False
+        self.last_seq: Callable[[], int] = lambda: 0
         self.on_promote: Callable[[int], Awaitable[None]] | None = None
         self.on_demote: Callable[[str], Awaitable[None]] | None = None
-        self._transport = None
+        self._transport = transport
+        self._endpoints: list[asyncio.DatagramTransport] = []
+        self._run_cmd = run or _run_quiet
+        self._garp = garp or ha_net.send_garp
         self._tasks: list[asyncio.Task] = []
-        self._pinger: Pinger | None = None
-        self._busy = asyncio.Lock()
-        self.peer_dead_reported = False
-        self._advised: list[str] = []
         self._running: set[asyncio.Task] = set()
+        self._pinger: ha_net.Pinger | None = None
+        self._busy = False
+        self._again = False
         self._deadline: asyncio.TimerHandle | None = None
-        self._last_reannounce = 0.0
+        self._last_reannounce = float("-inf")
+        self._failed_arbitrators: list[str] = []
+        self.arb_failed_seq: int | None = None  # our heartbeat that first said all arbitrators failed
+        self.confirm_wanted: int | None = None  # the peer's heartbeat asking for a fresh arbitrator round
+        self.arb_confirm: tuple = (0, False)
+        self._arb_wake: asyncio.Event | None = None
+        self._held_enabled = False
 
-    # -- what the component asks -----------------------------------------------------------
+    # -- what the component asks ----------------------------------------------------------------
 
     def may_serve(self) -> bool:
-        """True only while ENABLED, not fenced, and this loop is running on time."""
-        if self.svc.state is not ENABLED or self.fenced_since is not None:
+        """The request gate: ENABLED, not fenced, and within the lease.
+
+        The lease: the peer cannot declare this member dead earlier than a window after
+        its last heartbeat, so a member whose last heartbeat is older than a window
+        (its loop stalled) must not answer: the peer may be ENABLED already.
+        """
+        if self.svc.state is not ENABLED or self.fenced_since is not None or self.last_sent is None:
             return False
-        return _mono() - self.last_tick <= self.window
+        return self.clock() - self.last_sent <= self.window
 
     def peer_alive(self, now: float | None = None) -> bool:
-        now = now if now is not None else _mono()
+        now = self.clock() if now is None else now
         return self.peer.heard is not None and now - self.peer.heard <= self.window
 
     def all_arbitrators_failed(self) -> bool:
         return bool(self.arbitrators) and all(a.failed for a in self.arbitrators)
 
     def status(self) -> dict:
-        return {"epoch": self.epoch, "peer": {"alive": self.peer_alive(), "state": self.peer.state,
-                                               "epoch": self.peer.epoch},
-                "fenced": self.fenced_since is not None,
+        return {"epoch": self.epoch, "serving": self.may_serve(), "fenced": self.fenced_since is not None,
+                "interval_ms": self.interval * 1000, "misses": self.misses,
+                "peer": {"member": self.peer.member, "alive": self.peer_alive(), "state": self.peer.state,
+                         "epoch": self.peer.epoch, "paths": sorted(
+                             a for a, t in self.peer.paths.items() if self.clock() - t <= self.window)},
                 "arbitrators": [{"name": a.name, "target": a.target, "ok": not a.failed, "stopped": a.stopped}
                                 for a in self.arbitrators]}
 
     def set_arbitrator_stopped(self, name: str, stopped: bool) -> bool:
+        """Stop (maintenance) or start an arbitrator; False when there is no such arbitrator."""
         for a in self.arbitrators:
             if a.name == name:
-                a.stopped = stopped
-                self.events.emit("arbitrator.stop" if stopped else "arbitrator.start", arbitrator=name)
+                if a.stopped != stopped:
+                    a.stopped = stopped
+                    self.events.emit("arbitrator.stop" if stopped else "arbitrator.start", arbitrator=name)
+                    self._arbitrators_changed()
                 return True
         return False
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Heartbeats(self), local_addr=("0.0.0.0", self.port), reuse_port=True)
+        if self._transport is None:
+            for address in self.cfg.listen:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Heartbeats(self), local_addr=(address, self.port), reuse_port=True)
+                self._endpoints.append(transport)
+            self._transport = self._endpoints[0]
         # Start DISABLED whatever the config said: the election decides (docs/ha.md).
         if self.svc.state is ENABLED:
             self.svc.set_state(DISABLED, "HA start: electing")
         await self._release_vips()
+        self.last_tick = self.clock()
+        self.hold_until = self.last_tick + self.window + self.interval
         self._tasks.append(asyncio.create_task(self._ticker()))
         if self.arbitrators:
-            self._pinger = Pinger()
+            self._pinger = ha_net.Pinger()
+            self._arb_wake = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._arbitrate()))
         self.events.emit("ha.start", pair=self.pair, epoch=self.epoch, interval_ms=self.interval * 1000,
-                         misses=self.misses, arbitrators=len(self.arbitrators))
+                         misses=self.misses, peer_addresses=self.peer_addresses,
+                         arbitrators=[a.name for a in self.arbitrators], vips=[v.address for v in self.vips])
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self._transport:
-            self._transport.close()
+        for transport in self._endpoints:
+            transport.close()
+        for t in list(self._running):
+            t.cancel()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._pinger:
             self._pinger.close()
 
-    # -- heartbeats ---------------------------------------------------------------------------
+    # -- heartbeats --------------------------------------------------------------------------------
 
-    def _message(self) -> bytes:
+    def _message(self, now: float) -> bytes:
         self.seq += 1
-        return json.dumps({"pair": self.pair, "host": self.host, "epoch": self.epoch, "sent": _mono(),
-                           "state": self.svc.state.value, "seq": self.seq, "last_seq": self.last_seq(),
-                           "priority": self.priority, "arb_ok": not self.all_arbitrators_failed(),
-                           "fenced": self.fenced_since is not None}).encode()
+        return json.dumps({
+            "pair": self.pair, "member": self.host, "epoch": self.epoch, "state": self.svc.state.value,
+            "seq": self.seq, "t_mono": now, "boot": self.boot, "ack": [self.peer.boot, self.peer.seq],
+            "last_seq": self.last_seq(), "priority": self.priority,
+            "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
+            "fenced": self.fenced_since is not None,
+        }).encode()
 
     def send_heartbeat(self) -> None:
+        """One heartbeat on every path; renews the lease when at least one path took it."""
         if self._transport is None:
             return
-        msg = self._message()
+        now = self.clock()
+        msg = self._message(now)
+        sent = False
         for addr in self.peer_addresses:
             try:
                 self._transport.sendto(msg, (addr, self.port))
+                sent = True
             except OSError:
                 pass  # a cut path: the other one carries the heartbeat
+        if sent:
+            self.last_sent = now
 
     def on_heartbeat(self, data: bytes, addr) -> None:
         try:
             m = json.loads(data)
-        except ValueError:
+            member, boot, seq = m["member"], int(m["boot"]), int(m["seq"])
+        except (ValueError, KeyError, TypeError):
             return
-        if m.get("pair") != self.pair or m.get("host") == self.host:
+        if m.get("pair") != self.pair or member == self.host:
             return
-        now = _mono()
-        was_alive = self.peer_alive(now)
+        now = self.clock()
         p = self.peer
-        p.heard, p.state, p.epoch = now, m["state"], int(m["epoch"])
-        p.sent = float(m.get("sent", 0.0))
-        p.last_seq, p.priority, p.arb_ok = int(m.get("last_seq", 0)), int(m.get("priority", 0)), bool(m["arb_ok"])
         p.paths[addr[0]] = now
-        # Check for silence exactly one detection window after this heartbeat, not at
-        # the next tick: detection then costs misses x interval, not up to one interval more.
-        if self._deadline is not None:
-            self._deadline.cancel()
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_at(loop.time() + self.window + 0.0005, lambda: self._spawn(self._decide("silence")))
+        if boot == p.boot and seq <= p.seq:
+            return  # the same heartbeat on the other path, or an old one overtaken
+        was_alive = self.peer_alive(now)
+        if boot != p.boot:
+            p.boot, p.acked = boot, 0  # a new incarnation of the peer
+        p.member, p.seq, p.heard = member, seq, now
+        ack = m.get("ack") or [None, 0]
+        p.state, p.epoch, p.sent = m["state"], int(m["epoch"]), float(m.get("t_mono", 0.0))
+        p.last_seq, p.priority = int(m.get("last_seq", 0)), int(m.get("priority", 0))
+        arb_was_ok = p.arb_ok
+        p.arb_ok, p.fenced = bool(m.get("arb_ok", True)), bool(m.get("fenced", False))
+        confirm = m.get("arb_confirm") or [0, False]
+        p.arb_confirm = (int(confirm[0]), bool(confirm[1])) if ack[0] == self.boot else (0, False)
+        if arb_was_ok and not p.arb_ok and self.arbitrators:
+            # The peer's users look gone: probe ours now, so it learns within milliseconds
+            # whether stepping down would help (it stays ENABLED if we cannot do better).
+            self.confirm_wanted = seq
+            if self._arb_wake is not None:
+                self._arb_wake.set()
+        if ack[0] == self.boot:
+            p.acked = max(p.acked, int(ack[1]))
+        self._arm_deadline()
         if not was_alive:
             self.peer_dead_reported = False
-            self.events.emit("ha.peer_alive", peer=m["host"], epoch=p.epoch, state=p.state)
-        if self.svc.state is ENABLED and (p.state == "ENABLED" or m.get("fenced")) and self.fenced_since is None \
+            self.events.emit("ha.peer_alive", peer=member, epoch=p.epoch, state=p.state,
+                             my_state=self.svc.state.value)
+        if self.svc.state is ENABLED and self.fenced_since is None and (p.state == "ENABLED" or p.fenced) \
                 and now - self._last_reannounce > 1.0:
             # A peer that believes (or believed) it is primary may have answered ARP for
             # our VIPs: announce them again so nobody keeps its stale location.
             self._last_reannounce = now
-            self._spawn(self._announce())
-        if self.fenced_since is not None or (self.svc.state is ENABLED and p.state == "ENABLED"):
+            self._spawn(self._announce(GARP_SCHEDULE_S[:1]))
+        urgent = (self.fenced_since is not None
+                  or (self.svc.state is ENABLED and (p.state == "ENABLED" or p.epoch > self.epoch
+                                                     or self.all_arbitrators_failed()))
+                  or (self.svc.state is DISABLED and p.state != "ENABLED"))
+        if urgent:
             self._spawn(self._decide("heartbeat"))
-        elif p.state == "NOTREADY" and self.svc.state is DISABLED:
-            self._spawn(self._decide("peer NOTREADY"))
+
+    def _arm_deadline(self) -> None:
+        """Check for silence exactly one window after this heartbeat, not at the next tick:
+        detection then costs misses x interval, not up to one interval more."""
+        if not self._tasks:
+            return  # not started (unit tests drive decisions through tick())
+        loop = asyncio.get_running_loop()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = loop.call_later(self.window + 0.0005, lambda: self._spawn(self._decide("silence")))
 
     async def _ticker(self) -> None:
-        next_at = _mono()
+        next_at = self.clock()
         while True:
+            self.tick()
             next_at += self.interval
-            delay = next_at - _mono()
+            delay = next_at - self.clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
-                next_at = _mono()  # ran late: do not try to catch up with a burst
-            now = _mono()
-            if now - self.last_tick > self.window and self.svc.state is ENABLED and self.fenced_since is None:
-                # This process did not run for a detection window: the peer may have taken
-                # over. Stop serving and let go of the VIPs at once, before anything else.
+                next_at = self.clock()  # ran late: do not try to catch up with a burst
+
+    def tick(self) -> None:
+        """One heartbeat period: freeze check, heartbeat, decision."""
+        now = self.clock()
+        late = now - self.last_tick
+        if late > self.window:
+            # This process did not run for a whole window: what it knows is stale and the
+            # peer may have taken over. Listen again before claiming anything, and if it
+            # was ENABLED stop serving and let go of the VIPs at once, before anything else.
+            self.hold_until = max(self.hold_until, now + self.window + self.interval)
+            fence = self.svc.state is ENABLED and self.fenced_since is None
+            self.events.emit("ha.frozen", late_s=round(late, 4), state=self.svc.state.value, fenced=fence)
+            if fence:
                 self.fenced_since = now
-                self.events.emit("ha.frozen", late_s=round(now - self.last_tick, 4))
+                self.fence_seq = self.seq + 1  # the heartbeat sent just below
                 self._spawn(self._release_vips())
-            self.last_tick = now
-            self.send_heartbeat()
-            # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
-            self._spawn(self._decide("tick"))
+        self.last_tick = now
+        self.send_heartbeat()
+        # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
+        self._spawn(self._decide("tick"))
 
     def _spawn(self, coro) -> None:
         """Run a coroutine beside the ticker; an exception is logged as an event, never lost."""
@@ -312,7 +351,7 @@ class HAAgent:
 
         task.add_done_callback(done)
 
-    # -- decisions ------------------------------------------------------------------------------
+    # -- decisions ---------------------------------------------------------------------------------
 
     def _outranks_peer(self) -> bool:
         mine = (self.epoch, self.last_seq(), self.priority)
@@ -320,150 +359,252 @@ class HAAgent:
         return mine > theirs
 
     async def _decide(self, why: str) -> None:
-        if self._busy.locked():
+        # One decision at a time; a request arriving meanwhile runs right after it.
+        if self._busy:
+            self._again = True
             return
-        async with self._busy:
-            now = _mono()
-            state = self.svc.state
-            alive = self.peer_alive(now)
-            if not alive and self.peer.heard is not None and not self.peer_dead_reported:
-                self.peer_dead_reported = True
-                self.events.emit("ha.peer_dead", last_heard=self.peer.heard, detected_at=now,
-                                 silence_s=round(now - self.peer.heard, 4))
-            if self.fenced_since is not None:
-                # Only a heartbeat *sent* after the freeze tells the truth: older ones
-                # queued in the socket while this process was stopped say nothing of now.
-                if alive and self.peer.sent > self.fenced_since:
-                    if self.peer.state == "ENABLED" or self.peer.epoch > self.epoch:
-                        await self._demote("peer took over while this member was frozen")
-                    else:
-                        await self._acquire_vips()  # the peer did not take over: carry on
-                    self.fenced_since = None
-                    self.events.emit("ha.unfenced", peer_state=self.peer.state)
-                elif now - self.fenced_since > self.window:
-                    self.fenced_since = None  # heard nothing for a whole window: the peer is gone
-                    await self._acquire_vips()
-                    self.events.emit("ha.unfenced", peer_state=None)
-                return
-            if state is ENABLED:
-                if self.all_arbitrators_failed():
-                    await self._demote("all arbitrators failed", to=NOTREADY)
-                elif alive and self.peer.state == "ENABLED" and not self._outranks_peer():
-                    await self._demote("peer is ENABLED with a higher epoch")
-                return
-            if state is NOTREADY:
-                if not self.all_arbitrators_failed():
-                    self.svc.set_state(DISABLED, "arbitrators recovered")
-                return
-            # DISABLED: take over only when users can reach us and the data is ours to serve.
-            if now < self.hold_until or self.all_arbitrators_failed():
-                return
-            if alive:
-                if self.peer.state == "ENABLED" and self.peer.arb_ok:
+        self._busy = True
+        try:
+            while True:
+                self._again = False
+                await self._decide_once(why)
+                if not self._again:
                     return
-                if self.last_seq() < self.peer.last_seq:
-                    return  # behind: catching up first (never serve older state)
-                if self.peer.state == "NOTREADY" or (self.peer.state == "ENABLED" and not self.peer.arb_ok):
-                    await self._promote("peer lost its arbitrators")
-                elif self.peer.state == "DISABLED" and self._outranks_peer():
-                    await self._promote("election")
-                return
-            if self.peer.heard is not None and self.last_seq() < self.peer.last_seq:
-                self.events.emit("ha.cannot_promote", reason="missing replicated state",
-                                 mine=self.last_seq(), peer=self.peer.last_seq)
-                return
-            await self._promote("peer dead" if self.peer.heard is not None else "no peer at start")
+                why = "again"
+        finally:
+            self._busy = False
 
-    async def _promote(self, reason: str) -> None:
-        detected = _mono()
+    async def _decide_once(self, why: str) -> None:
+        now = self.clock()
+        state = self.svc.state
+        p = self.peer
+        alive = self.peer_alive(now)
+        if not alive and p.heard is not None and not self.peer_dead_reported:
+            self.peer_dead_reported = True
+            self.events.emit("ha.peer_dead", peer=p.member, last_heard=p.heard, detected_at=now,
+                             silence_s=round(now - p.heard, 4), my_state=state.value, why=why)
+            if state is ENABLED:
+                self.events.emit("ha.redundancy_lost", peer=p.member)
+        if self.fenced_since is not None:
+            await self._after_freeze(now, alive)
+            return
+        if state is ENABLED:
+            if self.all_arbitrators_failed():
+                if self._peer_confirms_users():
+                    await self._demote("all arbitrators failed", to=NOTREADY)
+                elif not self._held_enabled:
+                    # Users reach neither member (or the peer is gone): stepping down would
+                    # only turn a doubtful reachability problem into a certain outage.
+                    self._held_enabled = True
+                    self.events.emit("ha.no_failover", reason="all arbitrators failed but the peer cannot "
+                                     "take over", peer_alive=alive, peer_arb_ok=p.arb_ok,
+                                     peer_confirm=list(p.arb_confirm))
+                return
+            self._held_enabled = False
+            if alive and p.epoch > self.epoch:
+                await self._demote(f"peer has a higher epoch ({p.epoch} > {self.epoch})")
+            elif alive and p.state == "ENABLED" and not self._outranks_peer():
+                await self._demote("peer is ENABLED and outranks this member")
+            return
+        if state is NOTREADY:
+            if not self.all_arbitrators_failed():
+                self.svc.set_state(DISABLED, "arbitrators recovered")
+            return
+        if state is not DISABLED:
+            return
+        # DISABLED: take over only when users can reach us and the data is ours to serve.
+        if now < self.hold_until or self.all_arbitrators_failed():
+            return
+        if alive:
+            if p.state == "ENABLED":
+                return
+            if self.last_seq() < p.last_seq:
+                return  # behind: catching up first (never serve older state)
+            if p.state in NOT_SERVING:
+                await self._promote(f"peer {p.state}" + ("" if p.arb_ok else ": it lost its arbitrators"), now)
+            elif self._outranks_peer():
+                await self._promote("election", now)
+            return
+        if p.heard is not None and self.last_seq() < p.last_seq:
+            self.events.emit("ha.cannot_promote", reason="missing replicated state",
+                             mine=self.last_seq(), peer=p.last_seq)
+            return
+        await self._promote("peer dead" if p.heard is not None else "no peer at start", now)
+
+    def _peer_confirms_users(self) -> bool:
+        """True when the alive peer probed its arbitrators after ours all failed and reached one."""
+        p = self.peer
+        return (self.peer_alive() and p.arb_ok and self.arb_failed_seq is not None
+                and p.arb_confirm[0] >= self.arb_failed_seq and p.arb_confirm[1])
+
+    async def _after_freeze(self, now: float, alive: bool) -> None:
+        """A fenced member decides only on a heartbeat the peer sent after hearing this
+        member's post-freeze heartbeat (older ones may be queued in the socket), or on
+        a window of silence after the freeze."""
+        p = self.peer
+        if alive and p.acked >= self.fence_seq:
+            self.fenced_since = None
+            self.events.emit("ha.unfenced", peer_state=p.state, peer_epoch=p.epoch)
+            if p.state == "ENABLED" or p.epoch > self.epoch:
+                await self._demote("peer took over while this member was frozen")
+            else:
+                await self._acquire_vips()  # the peer did not take over: carry on
+        elif now - self.fenced_since > self.window + self.interval:
+            self.fenced_since = None
+            self.events.emit("ha.unfenced", peer_state=None, peer_epoch=p.epoch)
+            if p.epoch > self.epoch:
+                # The peer promoted while this member was frozen and is silent now: step
+                # down; a fresh election with a new epoch follows if it stays silent.
+                await self._demote("peer took over while this member was frozen")
+            else:
+                await self._acquire_vips()
+
+    async def _promote(self, reason: str, detected_at: float) -> None:
         self.epoch = max(self.epoch, self.peer.epoch) + 1
         tmp = self.epoch_file.with_suffix(".tmp")
         tmp.write_text(str(self.epoch))
-        os.replace(tmp, self.epoch_file)
+        os.replace(tmp, self.epoch_file)  # before acting: a restart never reuses an epoch
         if self.on_promote is not None:
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
         self.send_heartbeat()  # tell the peer first: it must not think it is primary
         garp = await self._acquire_vips()
-        self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected,
-                         vip_at=_mono(), garp_sent=garp)
+        self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected_at,
+                         last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp)
 
     async def _demote(self, reason: str, to: ServiceState = DISABLED) -> None:
         self.svc.set_state(to, reason)
-        self.send_heartbeat()
+        self.send_heartbeat()  # at once: the peer may take over now
         await self._release_vips()
         if self.on_demote is not None:
             await self.on_demote(reason)
         self.events.emit("ha.demote", to=to.value, reason=reason, epoch=self.epoch)
 
-    # -- VIPs ---------------------------------------------------------------------------------------
-
-    async def _run(self, *argv: str) -> int:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        return await proc.wait()
+    # -- VIPs --------------------------------------------------------------------------------------
 
     async def _acquire_vips(self) -> bool:
-        codes = await asyncio.gather(*(self._run("ip", "addr", "replace", f"{v['address']}/{v['prefix']}",
-                                                 "dev", v["interface"]) for v in self.vips))
-        await self._announce()
-        for v in self.vips:
-            self.events.emit("ha.vip_acquired", vip=v["address"], interface=v["interface"])
-        return all(c == 0 for c in codes)
+        """Add the VIPs and announce them; True when every VIP is up and announced."""
+        codes = await asyncio.gather(*(self._run_cmd("ip", "addr", "replace", f"{v.address}/{v.prefix}",
+                                                     "dev", v.interface) for v in self.vips))
+        ok = True
+        for v, code in zip(self.vips, codes):
+            garp = code == 0 and self._send_garp(v)
+            ok = ok and garp
+            self.events.emit("ha.vip_acquired", vip=v.address, interface=v.interface, added=code == 0,
+                             garp_sent=garp)
+        self._spawn(self._announce(GARP_SCHEDULE_S[1:]))
+        return ok
 
-    async def _announce(self) -> None:
-        """Gratuitous ARP: routers and clients learn the VIPs' location at once.
+    def _send_garp(self, vip: VIP) -> bool:
+        try:
+            self._garp(vip.interface, vip.address)
+            return True
+        except OSError as exc:
+            self.events.emit("ha.garp_failed", vip=vip.address, interface=vip.interface, error=str(exc))
+            return False
 
-        Linux ignores an ARP update for an entry changed less than locktime (1 s) ago,
-        so the announcement is repeated after that; arping runs on its own, never in
-        the way of a heartbeat.
-        """
-        for delay in GARP_SCHEDULE_S:
+    async def _announce(self, schedule=GARP_SCHEDULE_S) -> None:
+        """Gratuitous ARP again: Linux ignores an ARP update for an entry changed less than
+        locktime (1 s) ago, so the announcement is repeated past it."""
+        start = self.clock()
+        for at in schedule:
+            delay = start + at - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A member that lost the VIPs meanwhile must not announce them: that would pull
+            # traffic back to a host that drops it.
+            if self.svc.state is not ENABLED or self.fenced_since is not None:
+                return
             for v in self.vips:
-                self._spawn(self._garp(delay, v))
-
-    async def _garp(self, delay: float, vip: dict) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        # A member that lost the VIP meanwhile must not announce it: that would pull
-        # traffic back to a host that drops it.
-        if self.svc.state is ENABLED and self.fenced_since is None:
-            await self._run("arping", "-q", "-U", "-c", "1", "-I", vip["interface"], vip["address"])
+                self._send_garp(v)
 
     async def release_vips(self) -> None:
+        """Drop the VIPs (a member restarting after a crash may still hold them)."""
         await self._release_vips()
 
     async def _release_vips(self) -> None:
-        await asyncio.gather(*(self._run("ip", "addr", "del", f"{v['address']}/{v['prefix']}", "dev",
-                                         v["interface"]) for v in self.vips))
+        await asyncio.gather(*(self._run_cmd("ip", "addr", "del", f"{v.address}/{v.prefix}", "dev",
+                                             v.interface) for v in self.vips))
 
-    # -- arbitrators ---------------------------------------------------------------------------------
+    # -- arbitrators -------------------------------------------------------------------------------
+
+    def _flagged(self, a: Arbitrator) -> bool:
+        """Maintenance by file: ``<data_dir>/arbitrators/<name>.stopped`` stops an arbitrator."""
+        return (self.data / "arbitrators" / f"{a.name}.stopped").exists()
 
     async def _arbitrate(self) -> None:
         # A random phase keeps the arbitrators of a pair from probing in lock step.
-        await asyncio.sleep(random.uniform(0, self.arb_period))
+        await self._arbitration_pause(random.uniform(0, self.arb_period))
         while True:
-            t0 = _mono()
+            t0 = self.clock()
+            self._arb_wake.clear()
             results = await asyncio.gather(*(self._pinger.ping(a.target, self.arb_timeout)
                                              for a in self.arbitrators))
-            before = self.all_arbitrators_failed()
-            for a, ok in zip(self.arbitrators, results):
-                was_failed = a.failed
-                a.misses = 0 if ok else a.misses + 1
-                a.ok = a.misses < a.fail_after
-                if a.failed != was_failed:
-                    self.events.emit("arbitrator.fail" if a.failed else "arbitrator.recover",
-                                     arbitrator=a.name, target=a.target)
-            failed = [a.name for a in self.arbitrators if a.failed]
-            if self.all_arbitrators_failed() and not before:
-                self.events.emit("arbitrator.all_failed", arbitrators=failed)
-                self.send_heartbeat()
-                self._spawn(self._decide("arbitrators"))
-            elif failed and not self.all_arbitrators_failed() and failed != self._advised:
-                # Some arbitrators down (maintenance, a flaky path): advisory only.
-                self.events.emit("arbitrator.advisory", failed=failed)
-            self._advised = failed
-            await asyncio.sleep(max(0.0, self.arb_period - (_mono() - t0)))
+            self.record_arbitration(results)
+            await self._arbitration_pause(self.arb_period - (self.clock() - t0))
+
+    async def _arbitration_pause(self, seconds: float) -> None:
+        """Sleep until the next round, or until the peer asks for a fresh one."""
+        try:
+            await asyncio.wait_for(self._arb_wake.wait(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+    def record_arbitration(self, results: list[bool]) -> None:
+        """One round of arbitrator probes (one result per arbitrator, in order)."""
+        confirm = self.confirm_wanted
+        self.confirm_wanted = None
+        for a, ok in zip(self.arbitrators, results):
+            a.misses = 0 if ok else a.misses + 1
+            a.ok = a.misses < a.fail_after
+            flagged = self._flagged(a)
+            if flagged != a.stopped:
+                a.stopped = flagged
+                self.events.emit("arbitrator.stop" if flagged else "arbitrator.start", arbitrator=a.name,
+                                 by="file")
+        if confirm is not None:
+            # A round that started after the peer asked: tell it whether users reach us.
+            self.arb_confirm = (confirm, any(r for r, a in zip(results, self.arbitrators) if not a.stopped))
+            self.events.emit("arbitrator.confirm", peer_seq=confirm, reachable=self.arb_confirm[1])
+        if not self._arbitrators_changed() and confirm is not None:
+            self.send_heartbeat()
+
+    def _arbitrators_changed(self) -> bool:
+        """Report arbitrator changes; True when the set of failed arbitrators changed (a
+        heartbeat then went out)."""
+        failed = [a.name for a in self.arbitrators if a.failed]
+        before = self._failed_arbitrators
+        for a in self.arbitrators:
+            if (a.name in failed) != (a.name in before):
+                self.events.emit("arbitrator.fail" if a.failed else "arbitrator.recover", arbitrator=a.name,
+                                 target=a.target, reason="stopped" if a.stopped else f"{a.misses} misses")
+        if failed == before:
+            return False
+        self._failed_arbitrators = failed
+        if self.all_arbitrators_failed():
+            self.arb_failed_seq = self.seq + 1  # the heartbeat sent below
+            self.events.emit("arbitrator.all_failed", arbitrators=failed, state=self.svc.state.value)
+        elif failed:
+            # Some arbitrators down (maintenance, a flaky path): advisory only.
+            self.events.emit("arbitrator.advisory", failed=failed, total=len(self.arbitrators))
+        if _loop_running():
+            self._spawn(self._decide("arbitrators"))
+        self.send_heartbeat()  # arb_ok travels in the heartbeat: the peer learns at once
+        return True
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+async def _run_quiet(*argv: str) -> int:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait()
 
 
 class _Heartbeats(asyncio.DatagramProtocol):

@@ -30,22 +30,27 @@ def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2):
                   "vips": [{"address": "10.0.0.10", "prefix": 16, "interface": "clc1-eth0"}],
                   "arbitrators": [{"name": f"a{i}", "target": "10.0.0.1"} for i in range(arbitrators)]}}
     svc = FakeService(tmp_path, state)
-    agent = HAAgent(svc, cfg)
-    agent.commands = []
+    commands, garps = [], []
 
     async def run(*argv):
-        agent.commands.append(argv)
+        commands.append(argv)
         return 0
 
-    agent._run = run
+    agent = HAAgent(svc, cfg, run=run, garp=lambda intf, ip: garps.append((intf, ip)))
+    agent.commands, agent.garps = commands, garps
     agent.hold_until = 0  # past the start-up listening window
+    agent.last_sent = _mono()
     return svc, agent
 
 
-def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, sent=None,
+_SEQ = iter(range(1, 1_000_000))
+
+
+def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, ack=0,
               addr="10.254.1.2"):
-    msg = {"pair": "clc", "host": "peer", "epoch": epoch, "state": state, "seq": 1, "last_seq": last_seq,
-           "priority": priority, "arb_ok": arb_ok, "fenced": False, "sent": sent if sent is not None else _mono()}
+    msg = {"pair": "clc", "member": "peer", "epoch": epoch, "state": state, "seq": next(_SEQ), "boot": 7,
+           "t_mono": _mono(), "ack": [agent.boot, ack], "last_seq": last_seq, "priority": priority,
+           "arb_ok": arb_ok, "fenced": False}
     agent.on_heartbeat(json.dumps(msg).encode(), (addr, 7800))
 
 
@@ -86,7 +91,7 @@ def test_stays_disabled_while_the_peer_is_enabled(tmp_path):
 
 def test_takes_over_when_the_peer_loses_its_arbitrators(tmp_path):
     svc, agent = make_agent(tmp_path, role="secondary")
-    run_in_loop(lambda: heartbeat(agent, state="NOTREADY", epoch=2, arb_ok=False))
+    run_in_loop(lambda: heartbeat(agent, state="NOTREADY", epoch=2, arb_ok=False, priority=1))
     decide(agent)
     assert svc.state is ServiceState.ENABLED and agent.epoch == 3
 
@@ -109,17 +114,37 @@ def test_a_member_behind_never_promotes(tmp_path):
     assert "ha.cannot_promote" in events(tmp_path)
 
 
-def test_primary_with_every_arbitrator_failed_goes_notready(tmp_path):
+def test_primary_with_every_arbitrator_failed_goes_notready_when_the_peer_reaches_users(tmp_path):
     svc, agent = make_agent(tmp_path, state="ENABLED")
-    for a in agent.arbitrators:
-        a.ok = False
-    decide(agent)
+    agent._transport = type("T", (), {"sendto": lambda self, m, a: None})()
+
+    async def go():
+        agent.record_arbitration([False, False])
+        agent.record_arbitration([False, False])  # fail_after 2: all arbitrators failed
+        await asyncio.sleep(0)
+        assert svc.state is ServiceState.ENABLED  # the peer has not confirmed yet
+        msg = {"pair": "clc", "member": "peer", "epoch": 1, "state": "DISABLED", "seq": 1, "boot": 7,
+               "ack": [agent.boot, agent.arb_failed_seq], "arb_ok": True,
+               "arb_confirm": [agent.arb_failed_seq, True]}
+        agent.on_heartbeat(json.dumps(msg).encode(), ("10.254.1.2", 7800))
+        for _ in range(10):
+            await asyncio.sleep(0)
+    asyncio.run(go())
     assert svc.state is ServiceState.NOTREADY
     assert any(c[:3] == ("ip", "addr", "del") for c in agent.commands)
     for a in agent.arbitrators:
         a.ok = True
     decide(agent)
     assert svc.state is ServiceState.DISABLED
+
+
+def test_primary_alone_with_every_arbitrator_failed_stays_enabled(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    for a in agent.arbitrators:
+        a.ok = False
+    decide(agent)  # no peer to take over: stepping down would only make an outage certain
+    assert svc.state is ServiceState.ENABLED
+    assert "ha.no_failover" in events(tmp_path)
 
 
 def test_one_arbitrator_down_changes_nothing(tmp_path):
@@ -159,13 +184,15 @@ def test_heartbeats_on_either_path_keep_the_peer_alive(tmp_path):
 
 def test_a_frozen_primary_refuses_to_serve_and_judges_only_fresh_heartbeats(tmp_path):
     svc, agent = make_agent(tmp_path, state="ENABLED")
-    agent.last_tick = _mono() - 1.0  # this process was stopped for a second
-    assert not agent.may_serve()
-    agent.fenced_since = _mono()
-    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5, sent=agent.fenced_since - 0.5))
+    agent._transport = type("T", (), {"sendto": lambda self, m, a: None})()
+    agent.last_tick = agent.last_sent = _mono() - 1.0  # this process was stopped for a second
+    assert not agent.may_serve()  # the lease ran out: refused before the ticker even runs
+    run_in_loop(agent.tick)
+    assert agent.fenced_since is not None and not agent.may_serve()
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5, ack=agent.fence_seq - 1))
     decide(agent)  # a heartbeat queued during the freeze says nothing
     assert agent.fenced_since is not None and svc.state is ServiceState.ENABLED
-    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5))
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=5, ack=agent.fence_seq))
     decide(agent)
     assert svc.state is ServiceState.DISABLED and agent.fenced_since is None
     assert not agent.may_serve()

@@ -1,0 +1,133 @@
+"""The ``ha`` section of a component's config: what its HA agent needs, and where it comes from.
+
+The testbed computes it from a plan with ``ha_config_for(plan, host, spec)``; the agent
+reads it with ``HAConfig.from_config(config)``. Keys (all under ``config["ha"]``):
+
+    peer                  the peer member's host name (for events)
+    peer_addresses        [peer's heartbeat-link IP, peer's cloud IP]: heartbeats go to each
+    port                  UDP port of heartbeats (7800)
+    listen                addresses the heartbeat socket binds ("0.0.0.0": both paths)
+    interval_ms, misses   heartbeat period and how many may be missed before the peer is dead
+    vips                  [{address, prefix, interface}]: the service VIP on the cloud network,
+                          and for a CC the cluster router address on its private network
+                          (``vip`` and ``private_vip`` as single dicts are accepted too)
+    arbitrators           [{name, target}] (``target_ip`` accepted for ``target``)
+    arbitrator_period_s, arbitrator_timeout_s, arbitrator_fail_after
+
+The component config around it supplies ``host``, ``role`` (primary/secondary),
+``pair.name`` and ``data_dir``. This module imports nothing of the testbed: a plan is
+read by duck typing, so components stay ordinary programs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+HEARTBEAT_PORT = 7800
+
+
+@dataclass(frozen=True)
+class VIP:
+    address: str
+    prefix: int
+    interface: str
+
+
+@dataclass(frozen=True)
+class ArbitratorConfig:
+    name: str
+    target: str
+
+
+@dataclass
+class HAConfig:
+    """The parsed ``ha`` section, with the defaults docs/ha.md justifies."""
+
+    pair: str
+    host: str
+    priority: int  # 1 for the configured primary: it wins ties
+    data_dir: str
+    peer_addresses: list[str]
+    peer: str | None = None
+    port: int = HEARTBEAT_PORT
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0"])
+    interval_ms: float = 50.0
+    misses: int = 3
+    vips: list[VIP] = field(default_factory=list)
+    arbitrators: list[ArbitratorConfig] = field(default_factory=list)
+    arbitrator_period_s: float = 1.0
+    arbitrator_timeout_s: float = 0.5
+    arbitrator_fail_after: int = 2
+
+    @property
+    def interval(self) -> float:
+        return self.interval_ms / 1000
+
+    @property
+    def window(self) -> float:
+        """Silence after which the peer is dead (and lateness after which this member is frozen)."""
+        return self.interval * self.misses
+
+    @classmethod
+    def from_config(cls, config: dict) -> "HAConfig":
+        ha = config["ha"]
+        vips = [dict(v) for v in ha.get("vips", [])]
+        for key in ("vip", "private_vip"):
+            if ha.get(key):
+                vips.append(dict(ha[key]))
+        if not ha.get("peer_addresses"):
+            raise ValueError("ha.peer_addresses: at least one address of the peer is needed")
+        interval_ms, misses = float(ha.get("interval_ms", 50)), int(ha.get("misses", 3))
+        if interval_ms <= 0 or misses < 1:
+            raise ValueError("ha.interval_ms must be > 0 and ha.misses >= 1")
+        return cls(
+            pair=config["pair"]["name"], host=config["host"],
+            priority=1 if config.get("role") == "primary" else 0,
+            data_dir=config["data_dir"], peer=ha.get("peer"),
+            peer_addresses=list(ha["peer_addresses"]), port=int(ha.get("port", HEARTBEAT_PORT)),
+            listen=list(ha.get("listen", ["0.0.0.0"])), interval_ms=interval_ms, misses=misses,
+            vips=[VIP(v["address"], int(v["prefix"]), v["interface"]) for v in vips],
+            arbitrators=[ArbitratorConfig(a["name"], a.get("target") or a["target_ip"])
+                         for a in ha.get("arbitrators", [])],
+            arbitrator_period_s=float(ha.get("arbitrator_period_s", 1.0)),
+            arbitrator_timeout_s=float(ha.get("arbitrator_timeout_s", 0.5)),
+            arbitrator_fail_after=int(ha.get("arbitrator_fail_after", 2)),
+        )
+
+
+def ha_config_for(plan, host: str, spec=None) -> dict:
+    """The ``ha`` config section of ``host`` (a member of an HA pair) in ``plan``.
+
+    ``spec`` (a DeploymentSpec) gives the timers; it defaults to the plan's own spec.
+    Raises ValueError for a host that is not a member of an HA pair.
+    """
+    spec = spec if spec is not None else plan.spec
+    pair = next((p for p in plan.pairs if host in p.members), None)
+    if pair is None or pair.secondary is None:
+        raise ValueError(f"{host} is not a member of an HA pair")
+    peer = pair.secondary if host == pair.primary else pair.primary
+    me, other = plan.hosts[host], plan.hosts[peer]
+
+    def vip(address: str, network: str) -> dict:
+        intf = me.intf(network)
+        return {"address": address, "prefix": int(intf.ip.split("/")[1]), "interface": intf.name}
+
+    vips = [vip(pair.vip, "cloud")]
+    if pair.private_vip:
+        vips.append(vip(pair.private_vip, f"priv{pair.cluster}"))
+    # The heartbeat link first, the cloud network second: either path alone suffices.
+    peer_addresses = [a for a in (other.ip_on(pair.heartbeat_network) if pair.heartbeat_network else None,
+                                  other.ip_on("cloud")) if a]
+    return {
+        "peer": peer,
+        "peer_addresses": peer_addresses,
+        "port": HEARTBEAT_PORT,
+        "listen": ["0.0.0.0"],
+        "interval_ms": spec.heartbeat.interval_ms,
+        "misses": spec.heartbeat.misses,
+        "vips": vips,
+        "arbitrators": [{"name": a.name, "target": a.target_ip} for a in plan.arbitrators if a.host == host],
+        "arbitrator_period_s": spec.arbitrators.period_s,
+        "arbitrator_timeout_s": spec.arbitrators.timeout_s,
+        "arbitrator_fail_after": spec.arbitrators.fail_after,
+    }
