@@ -1,0 +1,123 @@
+"""The intent API contract: validation, epochs, persistence, HTTP over a Unix socket (no OVS, no root)."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import socket
+
+import pytest
+
+from controllers.api import IntentAPI, serve
+from controllers.intent import IntentError, IntentStore, validate
+
+from .test_sdn_flows import intent, topology
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("controller", timeout=5)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+@pytest.fixture(scope="module")
+def topo():
+    return topology()
+
+
+@pytest.fixture
+def api(tmp_path, topo):
+    applied = []
+    store = IntentStore(tmp_path, topo)
+    api = IntentAPI(store, lambda new, prev: applied.append((new, prev)) or {"installed": True})
+    server = serve(tmp_path / "control.sock", api)
+    api.applied = applied
+    yield api, tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+def request(path, method, url, body=None):
+    conn = UnixHTTP(str(path / "control.sock"))
+    conn.request(method, url, body=None if body is None else (body if isinstance(body, bytes) else json.dumps(body)))
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def test_accept_then_refuse_a_stale_epoch(api):
+    a, path = api
+    it = intent()
+    it["epoch"] = 3
+    assert request(path, "PUT", "/intent/clusters/1", it) == (200, {"accepted": True, "epoch": 3, "installed": True})
+    it["epoch"] = 3  # the same epoch again: the primary's own update
+    assert request(path, "PUT", "/intent/clusters/1", it)[0] == 200
+    it["epoch"] = 2
+    assert request(path, "PUT", "/intent/clusters/1", it) == (409, {"error": "stale epoch", "current": 3})
+    assert len(a.applied) == 2
+    status, body = request(path, "GET", "/intent")
+    assert status == 200 and body["clusters"]["1"]["epoch"] == 3
+    assert request(path, "GET", "/health")[1]["status"] == "ok"
+
+
+def test_malformed_intents_change_nothing(api):
+    a, path = api
+    assert request(path, "PUT", "/intent/clusters/1", intent())[0] == 200
+    for body in (b"{", [], dict(intent(), cluster=2)):
+        status, answer = request(path, "PUT", "/intent/clusters/1", body)
+        assert status == 400 and answer["error"]
+    assert request(path, "PUT", "/intent/clusters/9", dict(intent(), cluster=9))[0] == 400
+    assert len(a.applied) == 1
+    assert request(path, "GET", "/nowhere")[0] == 404
+
+
+def test_intents_survive_a_restart(tmp_path, topo):
+    store = IntentStore(tmp_path, topo)
+    it = intent()
+    it["epoch"] = 7
+    store.put(1, it)
+    again = IntentStore(tmp_path, topo)
+    assert again.epoch(1) == 7 and again.snapshot()[1]["primary_cc"] == "c1cc1"
+
+
+def _broken(mutate) -> str:
+    it = copy.deepcopy(intent())
+    mutate(it)
+    with pytest.raises(IntentError) as exc:
+        validate(it, 1, topology())
+    return str(exc.value)
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda i: i.pop("epoch"), "intent.epoch: missing"),
+    (lambda i: i.update(mode="EDGE"), "intent.mode"),
+    (lambda i: i.update(mode="SYSTEM"), "intent.mode: SYSTEM but the deployment runs MANAGED"),
+    (lambda i: i.update(primary_cc="c1sc1"), "intent.primary_cc"),
+    (lambda i: i.update(extra=1), "unknown field(s) extra"),
+    (lambda i: i["groups"][1].update(vlan=10), "groups[1].vlan: VLAN 10 used by two groups"),
+    (lambda i: i["groups"][1].update(vlan=None), "groups[1].vlan: MANAGED needs a VLAN"),
+    (lambda i: i["groups"][0].update(subnet="10.0.0.0/28"), "outside the cluster's VM space"),
+    (lambda i: i["groups"][1].update(subnet="10.101.16.0/27"), "overlaps"),
+    (lambda i: i["groups"][0].update(gateway="10.101.16.0"), "groups[0].gateway"),
+    (lambda i: i["groups"][0]["rules"].append({"protocol": "gre", "cidr": "0.0.0.0/0"}), "rules[1].protocol"),
+    (lambda i: i["groups"][1]["rules"][0].update(cidr="0.0.0.0/0"), "exactly one of cidr and source_group"),
+    (lambda i: i["groups"][1]["rules"][0].update(from_port=9000), "from_port 9000 > to_port 8080"),
+    (lambda i: i["instances"][0].update(mac="d1:0d:00:00:00:01"), "instances[0].mac"),
+    (lambda i: i["instances"][1].update(mac=i["instances"][0]["mac"]), "used by two instances"),
+    (lambda i: i["instances"][0].update(ip="10.101.16.1"), "instances[0].ip"),
+    (lambda i: i["instances"][0].update(slot="c1n9v1"), "instances[0].slot"),
+    (lambda i: i["instances"][0].update(nc="c1n2"), "belongs to c1n1"),
+    (lambda i: i["instances"][1].update(slot="c1n1v1", nc="c1n1"), "holds two instances"),
+    (lambda i: i["instances"][0].update(group="sg-zz"), "instances[0].group"),
+    (lambda i: i["instances"][0].update(public_ip="10.0.5.5"), "instances[0].public_ip"),
+    (lambda i: i["instances"][0].update(public_ip="10.0.128.5"), "instances[3].public_ip"),  # c1 holds it too
+    (lambda i: i["instances"][0].update(ip=True), "instances[0].ip: expected str"),
+])
+def test_validation_names_the_field(mutate, field):
+    assert field in _broken(mutate)
