@@ -256,9 +256,9 @@ class IntentStore:
             return dict(self.clusters)
 
     def _save(self) -> None:
+        # Atomic (rename), not fsynced: it must survive the controller's crash, and the
+        # page cache does; a machine crash takes the whole emulated cloud with it, and
+        # an fsync would cost every intent (and every flow setup) tens of milliseconds.
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"clusters": {str(k): v for k, v in sorted(self.clusters.items())}},
-                                  indent=1))
-        with open(tmp) as f:
-            os.fsync(f.fileno())
+        tmp.write_text(json.dumps({"clusters": {str(k): v for k, v in sorted(self.clusters.items())}}))
         os.replace(tmp, self.path)
