@@ -22,7 +22,7 @@ The design and its guarantees are in docs/ha.md; in short:
 * Takeover adds the VIPs and sends gratuitous ARP (EUCA-2281 forgot this).
 
 Everything that touches time, the network or the host is injectable (``clock``,
-``transport``, ``run``, ``garp``), so tests/unit/test_ha_*.py drive two agents
+``transport``, ``run`` for `ip addr`, ``garp``), so tests/unit/test_ha_*.py drive two agents
 through the fault table without root or real time.
 """
 
@@ -127,8 +127,9 @@ class HAAgent:
         self.on_demote: Callable[[str], Awaitable[None]] | None = None
         self._transport = transport
         self._endpoints: list[asyncio.DatagramTransport] = []
-        self._run_cmd = run or _run_quiet
-        self._garp = garp or ha_net.send_garp
+        self._run_cmd = run  # tests record `ip addr` commands; by default rtnetlink does it
+        self._garp_sender = ha_net.GarpSender()
+        self._garp = garp or self._garp_sender.send
         self._tasks: list[asyncio.Task] = []
         self._running: set[asyncio.Task] = set()
         self._pinger: ha_net.Pinger | None = None
@@ -219,6 +220,7 @@ class HAAgent:
             self._deadline.cancel()
         if self._pinger:
             self._pinger.close()
+        self._garp_sender.close()
 
     # -- heartbeats --------------------------------------------------------------------------------
 
@@ -484,8 +486,7 @@ class HAAgent:
 
     async def _acquire_vips(self) -> bool:
         """Add the VIPs and announce them; True when every VIP is up and announced."""
-        codes = await asyncio.gather(*(self._run_cmd("ip", "addr", "replace", f"{v.address}/{v.prefix}",
-                                                     "dev", v.interface) for v in self.vips))
+        codes = [await self._set_vip(True, v) for v in self.vips]
         ok = True
         for v, code in zip(self.vips, codes):
             garp = code == 0 and self._send_garp(v)
@@ -523,8 +524,21 @@ class HAAgent:
         await self._release_vips()
 
     async def _release_vips(self) -> None:
-        await asyncio.gather(*(self._run_cmd("ip", "addr", "del", f"{v.address}/{v.prefix}", "dev",
-                                             v.interface) for v in self.vips))
+        for v in self.vips:
+            await self._set_vip(False, v)
+
+    async def _set_vip(self, add: bool, v: VIP) -> int:
+        """Add or delete one VIP; 0 on success (deleting a VIP not held is no error)."""
+        if self._run_cmd is not None:
+            return await self._run_cmd("ip", "addr", "replace" if add else "del", f"{v.address}/{v.prefix}",
+                                       "dev", v.interface)
+        try:
+            code = ha_net.set_address(add, v.interface, v.address, v.prefix)
+        except OSError as exc:
+            code = exc.errno or -1
+        if add and code:
+            self.events.emit("ha.vip_error", vip=v.address, interface=v.interface, errno=code)
+        return code
 
     # -- arbitrators -------------------------------------------------------------------------------
 
@@ -599,12 +613,6 @@ def _loop_running() -> bool:
         return True
     except RuntimeError:
         return False
-
-
-async def _run_quiet(*argv: str) -> int:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    return await proc.wait()
 
 
 class _Heartbeats(asyncio.DatagramProtocol):

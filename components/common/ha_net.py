@@ -1,19 +1,22 @@
 """The HA agent's packets: ICMP echo for arbitrators and gratuitous ARP for VIP takeover.
 
 Raw sockets (emulated hosts run as root); nothing here blocks the event loop: the
-pinger reads replies from a loop reader, and a gratuitous ARP is one non-blocking
-send on a packet socket (microseconds, where ``arping`` costs a fork and an exec).
+pinger reads replies from a loop reader, a gratuitous ARP is one send on a packet
+socket and a VIP one rtnetlink request (microseconds each, where ``arping`` and
+``ip addr`` cost a fork and an exec, in the middle of the outage).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import socket
 import struct
 
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
+SIOCGIFHWADDR = 0x8927
 
 
 def _checksum(data: bytes) -> int:
@@ -80,12 +83,71 @@ def garp_frame(mac: bytes, ip: str) -> bytes:
     return BROADCAST + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def send_garp(interface: str, ip: str) -> None:
-    """Announce that ``ip`` is at ``interface``'s MAC to everyone on its segment.
+class GarpSender:
+    """Gratuitous ARP from one packet socket kept open for the agent's life.
 
-    Raises OSError when the interface is missing or down (the caller reports it).
+    Closing a packet socket waits for an RCU grace period (about 10-30 ms here), which
+    would land in the takeover; protocol 0 registers no receive hook, so the open
+    socket costs nothing while idle.
     """
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
-        sock.bind((interface, 0))
-        mac = sock.getsockname()[4]  # the interface's hardware address, in this namespace
-        sock.send(garp_frame(mac, ip))
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+
+    def send(self, interface: str, ip: str) -> None:
+        """Announce that ``ip`` is at ``interface``'s MAC to everyone on its segment.
+
+        Raises OSError when the interface is missing or down (the caller reports it).
+        """
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        info = fcntl.ioctl(self._sock.fileno(), SIOCGIFHWADDR, struct.pack("256s", interface.encode()))
+        mac = info[18:24]  # struct ifreq: 16 bytes of name, then sa_family (2), then the address
+        self._sock.sendto(garp_frame(mac, ip), (interface, ETH_P_ARP))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# -- addresses over rtnetlink: a VIP is up microseconds after the decision ------------------
+
+NETLINK_ROUTE = 0
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+NLMSG_ERROR = 2
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+
+
+def _rtattr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def _address_request(add: bool, interface: str, ip: str, prefix: int, seq: int) -> bytes:
+    addr = socket.inet_aton(ip)
+    body = struct.pack("=BBBBI", socket.AF_INET, prefix, 0, 0, socket.if_nametoindex(interface))
+    body += _rtattr(IFA_LOCAL, addr) + _rtattr(IFA_ADDRESS, addr)
+    flags = NLM_F_REQUEST | NLM_F_ACK | ((NLM_F_CREATE | NLM_F_REPLACE) if add else 0)
+    return struct.pack("=IHHII", 16 + len(body), RTM_NEWADDR if add else RTM_DELADDR, flags, seq, 0) + body
+
+
+def set_address(add: bool, interface: str, ip: str, prefix: int) -> int:
+    """``ip addr replace|del IP/PREFIX dev INTERFACE`` in this network namespace.
+
+    Returns 0 or the kernel's errno (EADDRNOTAVAIL deleting an address that is not
+    there); raises OSError when the interface does not exist. The kernel answers a
+    netlink request synchronously, so this does not wait on anything.
+    """
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(_address_request(add, interface, ip, prefix, seq=1))
+        while True:
+            data = sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+                if kind == NLMSG_ERROR and seq == 1:
+                    return -struct.unpack_from("=i", data, offset + 16)[0]
+                offset += max(16, (length + 3) & ~3)
