@@ -116,19 +116,21 @@ def validate(intent, cluster: int, topo: Topology) -> dict:
             subnet = ipaddress.ip_network(_need(g, "subnet", str, where))
         except ValueError as exc:
             raise IntentError(f"{where}.subnet: {exc}") from None
-        if mode in MANAGED_MODES and not subnet.subnet_of(space):
-            raise IntentError(f"{where}.subnet: {subnet} is outside the cluster's VM space {space}")
-        if subnet.num_addresses < 4:
-            raise IntentError(f"{where}.subnet: {subnet} is too small (at least a /30)")
-        if any(subnet.overlaps(s) for s in subnets):
-            raise IntentError(f"{where}.subnet: {subnet} overlaps another group's subnet")
-        subnets.append(subnet)
         try:
             gateway = ipaddress.ip_address(_need(g, "gateway", str, where))
         except ValueError as exc:
             raise IntentError(f"{where}.gateway: {exc}") from None
-        if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
-            raise IntentError(f"{where}.gateway: {gateway} is not a host address of {subnet}")
+        # SYSTEM/STATIC: every group shares the cluster's flat range behind the site router.
+        if mode in MANAGED_MODES:
+            if not subnet.subnet_of(space):
+                raise IntentError(f"{where}.subnet: {subnet} is outside the cluster's VM space {space}")
+            if subnet.num_addresses < 4:
+                raise IntentError(f"{where}.subnet: {subnet} is too small (at least a /30)")
+            if any(subnet.overlaps(s) for s in subnets):
+                raise IntentError(f"{where}.subnet: {subnet} overlaps another group's subnet")
+            if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
+                raise IntentError(f"{where}.gateway: {gateway} is not a host address of {subnet}")
+        subnets.append(subnet)
         rules = _need(g, "rules", list, where)
         out_rules = []
         for r_n, rule in enumerate(rules):
