@@ -203,3 +203,17 @@ def test_cookies_are_stable_and_distinct(topo):
     for s in a:
         assert [f.cookie for f in a[s]] == [f.cookie for f in b[s]]
         assert len({f.cookie for f in a[s]}) == len(a[s])
+
+
+def test_system_mode_is_flat_normal_everywhere():
+    from controllers.intent import validate
+
+    topo = topology(NetworkMode.SYSTEM)
+    flat = intent("SYSTEM")
+    for g in flat["groups"]:  # every group shares the cluster's flat range behind the site router
+        g.update(subnet="10.101.2.0/23", gateway="10.101.0.1")
+    for n, inst in enumerate(flat["instances"]):
+        inst["ip"] = f"10.101.2.{n + 2}"
+    validate(flat, 1, topo)
+    flows = compute_flows(topo, {1: flat})
+    assert all(len(f) == 1 and f[0].actions == (("normal",),) for f in flows.values())
