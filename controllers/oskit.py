@@ -172,6 +172,15 @@ class Fabric(app_manager.OSKenApp):
             self.eventlog.emit("controller.ready", switches=len(self.synced),
                              seconds=round(time.monotonic() - self._t0, 3))
 
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    @_guarded
+    def _switch_error(self, ev):
+        """A switch refused something we sent: always a bug here, so it is an event."""
+        msg = ev.msg
+        name = self.names.get(msg.datapath.id)
+        log.error("switch %s: OpenFlow error type %s code %s", name, msg.type, msg.code)
+        self.eventlog.emit("switch.error", switch=name, type=msg.type, code=msg.code, xid=msg.xid)
+
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     @_guarded
     def _barrier_reply(self, ev):

@@ -124,8 +124,10 @@ def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.
     """tcpdump on ``host``'s first interface for the block; ``box["count"]`` = packets seen after it."""
     path = dep.host_dir(host, label) / "capture.pcap"
     intf = dep.plan.hosts[host].interfaces[0].name
-    dep.start("tcpdump", host, argv=["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), bpf],
-              label=label, wait=False)
+    # --immediate-mode: without it libpcap hands packets over in blocks and a capture
+    # stopped soon after its packets can miss them all (a denied pair would look isolated).
+    argv = ["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), bpf]
+    dep.start("tcpdump", host, argv=argv, label=label, wait=False)
     if not wait_until(lambda: path.exists() and path.stat().st_size >= 24, timeout=5):
         raise RuntimeError(f"tcpdump on {host} did not start")
     box: dict = {}
