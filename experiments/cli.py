@@ -5,6 +5,7 @@
     eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
+    eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab run                       the main job on the default deployment
 """
 
@@ -105,6 +106,11 @@ def cmd_bench(args) -> int:
         from .bench_instances import run
 
         return run(args.boots)
+    if args.what == "soak":
+        from .bench_soak import run
+
+        return run(minutes=args.minutes, interval_ms=args.interval_ms, misses=args.misses, loss_pct=args.loss,
+                   hog_cores=args.hog_cores, loss_paths=args.loss_paths)
     from .bench import bench_bringup
 
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
@@ -182,12 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
     s.add_argument("--repeat", type=int, default=1)
     s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
+    s.add_argument("--minutes", type=float, default=10.0, help="soak: how long to run")
+    s.add_argument("--interval-ms", type=int, default=50, help="soak: heartbeat interval")
+    s.add_argument("--misses", type=int, default=3, help="soak: silent intervals before a peer is dead")
+    s.add_argument("--loss", type=float, default=1.0, help="soak: percent of heartbeat packets dropped")
+    s.add_argument("--loss-paths", choices=["heartbeat", "all"], default="heartbeat",
+                   help="soak: drop on the heartbeat link only, or also heartbeats on the cloud network")
+    s.add_argument("--hog-cores", type=int, default=1, help="soak: cores kept busy by a CPU hog")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("run", help="the main job: the default failover experiment")
