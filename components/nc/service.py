@@ -12,6 +12,13 @@ Booting an instance:
 Instance records live in ``data_dir/instances.json``: an NC restart finds its
 instances (whose workloads run on in their slots) and carries on.
 
+Each instance has a directory ``data_dir/instances/{id}/`` holding its virtio disk
+channel, ``disk.sock``: a Unix socket on which the NC serves the volumes attached to
+that instance, and only those (the workload reaches it through the shared filesystem,
+whatever network namespace it sits in). It exists from boot to termination:
+    GET    /volumes/{volume}/blocks?offset=&length=
+    PUT    /volumes/{volume}/blocks?offset=
+
 Internal API (header X-Eucalab-Internal-Token):
     GET    /instances                 every instance with its state
     POST   /instances                 {id, slot, image:{bucket,key}, mac, ip, prefix, gateway}
@@ -31,16 +38,20 @@ import json
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from components.common.service import INTERNAL_TOKEN_HEADER, Service
+from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
 from components.sc.blockproto import BlockClient, BlockError
 
 # Instance states, as DescribeInstances names them.
 PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-down", "terminated"
+DISK_SOCKET = "disk.sock"
+# sun_path holds 108 bytes with its terminating NUL.
+UNIX_PATH_MAX = 107
 
 
 class BootError(Exception):
@@ -53,6 +64,20 @@ def _start_time(pid: int) -> int | None:
             return int(f.read().rsplit(") ", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+@contextmanager
+def _bindable(path: Path):
+    """A name for ``path`` short enough for a Unix socket address: the path itself, or
+    the same file reached through an open descriptor of its directory."""
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 class NodeController(Service):
@@ -73,6 +98,7 @@ class NodeController(Service):
         self._image_locks: dict[str, asyncio.Lock] = {}
         self.http: aiohttp.ClientSession | None = None
         self.attachments: dict[str, BlockClient] = {}  # volume id -> block session
+        self.disks: dict[str, web.AppRunner] = {}  # instance id -> its disk channel
 
     # -- persistence ------------------------------------------------------------------
 
@@ -119,11 +145,15 @@ class NodeController(Service):
                 await self._teardown_slot(inst)
                 self._set(iid, TERMINATED, "NC restarted during " +
                           ("boot" if inst["state"] == PENDING else "termination"))
+            if inst["state"] == RUNNING:
+                await self._open_disk(inst)
         self.events.emit("nc.recovered", instances={i: v["state"] for i, v in self.instances.items()})
 
     async def on_stop(self) -> None:
         for task in self._tasks.values():
             task.cancel()
+        for iid in list(self.disks):
+            await self._close_disk(iid)
         for client in self.attachments.values():
             await client.close()
         if self.http:
@@ -214,8 +244,11 @@ class NodeController(Service):
         if old:
             await old.close()
         self.attachments[vid] = client
+        for other in self.instances.values():  # a volume is attached to one instance at a time
+            other.get("volumes", {}).pop(vid, None)
         inst.setdefault("volumes", {})[vid] = {"host": host, "port": port}
         self._save()
+        await self._open_disk(inst)
         self.events.emit("volume.attached", instance=inst["id"], volume=vid)
         return web.json_response({"volume": vid, "instance": inst["id"], "state": "attached"})
 
@@ -240,7 +273,13 @@ class NodeController(Service):
 
     async def handle_read(self, request: web.Request) -> web.Response:
         self.require_internal(request)
-        client = self._session(request)
+        return await self._read_blocks(request, self._session(request))
+
+    async def handle_write(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return await self._write_blocks(request, self._session(request))
+
+    async def _read_blocks(self, request: web.Request, client: BlockClient) -> web.Response:
         try:
             offset, length = int(request.query["offset"]), int(request.query["length"])
             data = await client.read(offset, length)
@@ -250,9 +289,7 @@ class NodeController(Service):
             return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
         return web.Response(body=data, content_type="application/octet-stream")
 
-    async def handle_write(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        client = self._session(request)
+    async def _write_blocks(self, request: web.Request, client: BlockClient) -> web.Response:
         try:
             offset = int(request.query["offset"])
             await client.write(offset, await request.read())
@@ -261,6 +298,67 @@ class NodeController(Service):
         except (BlockError, ConnectionError, asyncio.IncompleteReadError) as exc:
             return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
         return web.json_response({"written": True})
+
+    # -- the virtio disk channel ------------------------------------------------------
+
+    def disk_path(self, iid: str) -> Path:
+        """Where instance ``iid``'s disk channel listens."""
+        return self.data / "instances" / iid / DISK_SOCKET
+
+    def _disk_app(self, iid: str) -> web.Application:
+        """The block routes of the NC API, limited to the volumes attached to ``iid``.
+        No token: the socket is reachable only through the NC's own filesystem."""
+
+        def session(request: web.Request) -> BlockClient:
+            vid = request.match_info["volume"]
+            inst = self.instances.get(iid)
+            client = self.attachments.get(vid)
+            if inst is None or vid not in inst.get("volumes", {}) or client is None:
+                raise web.HTTPNotFound(text=f"volume {vid} is not attached to {iid}")
+            return client
+
+        async def read(request: web.Request) -> web.Response:
+            return await self._read_blocks(request, session(request))
+
+        async def write(request: web.Request) -> web.Response:
+            return await self._write_blocks(request, session(request))
+
+        app = web.Application(client_max_size=self.config.get("max_body", MAX_BODY))
+        app.router.add_get("/volumes/{volume}/blocks", read)
+        app.router.add_put("/volumes/{volume}/blocks", write)
+        return app
+
+    async def _open_disk(self, inst: dict) -> None:
+        """Listen on the instance's disk channel (once; a stale socket file is replaced)."""
+        iid = inst["id"]
+        if iid in self.disks:
+            return
+        path = self.disk_path(iid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A request hanging on the SC must not hold up a termination for long.
+        runner = web.AppRunner(self._disk_app(iid), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            with _bindable(path) as name:
+                await web.UnixSite(runner, name).start()
+        except OSError as exc:
+            # The instance runs on without a disk: its workload answers disk requests 503.
+            await runner.cleanup()
+            self.events.emit("disk.failed", instance=iid, path=str(path), error=str(exc))
+            return
+        self.disks[iid] = runner
+        self.events.emit("disk.open", instance=iid, path=str(path))
+
+    async def _close_disk(self, iid: str) -> None:
+        runner = self.disks.pop(iid, None)
+        if runner is not None:
+            await runner.cleanup()
+        path = self.disk_path(iid)
+        path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass
 
     # -- booting ------------------------------------------------------------------------
 
@@ -281,6 +379,7 @@ class NodeController(Service):
         try:
             path = await self._fetch_image_retrying(inst["image"])
             await self._configure_slot(inst)
+            await self._open_disk(inst)
             pid = await self._start_workload(inst, path)
             self._set(iid, RUNNING, pid=pid, pid_start=_start_time(pid))
         except asyncio.CancelledError:
@@ -362,6 +461,7 @@ class NodeController(Service):
         proc = await asyncio.create_subprocess_exec(
             "nsenter", f"--net={slot['netns']}", sys.executable, "-S", str(Path(__file__).with_name("workload.py")),
             "--instance-id", inst["id"], "--port", str(self.workload_port),
+            "--disk", str(self.disk_path(inst["id"])),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             env=dict(os.environ, EUCALAB_IMAGE=str(image)))
         log.close()
@@ -380,7 +480,9 @@ class NodeController(Service):
         return bool(pid) and _start_time(pid) == inst.get("pid_start") and _start_time(pid) is not None
 
     async def _teardown_slot(self, inst: dict) -> None:
-        """Stop the workload and clear the slot's interface; safe on a half-booted slot."""
+        """Stop the workload, close its disk channel and clear the slot's interface; safe on
+        a half-booted slot."""
+        await self._close_disk(inst["id"])
         pid = inst.get("pid")
         if pid and self._workload_alive(inst):
             try:
