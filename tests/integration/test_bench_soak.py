@@ -1,0 +1,39 @@
+"""The soak benchmark on the real network, for 20 seconds: every stress is applied and measured,
+the verdict is the exit code, and nothing it started outlives it."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+
+from experiments.bench_soak import run
+
+
+def test_soak_applies_and_measures_every_stress(tmp_path):
+    rc = run(minutes=20 / 60, interval_ms=50, misses=3, loss_pct=1.0, hog_cores=1, results_root=tmp_path,
+             progress=False)
+    (run_dir,) = tmp_path.glob("*-soak")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert rc == (0 if summary["ok"] else 1)
+    assert summary["soak_s"] >= 20 and summary["samples"] >= 150
+
+    # One arbitrator down on every ENABLED member (6 pairs), for the whole soak.
+    assert len(summary["arbitrators_stopped"]) == 6
+    assert summary["arbitrators_started_again"] == []
+
+    # The loss happened, about as asked, on heartbeats that kept flowing.
+    hb = summary["heartbeats"]["hb"]
+    assert hb["seen"] > 0.8 * hb["expected"]
+    assert 0 < hb["dropped"] < 0.05 * hb["seen"]
+
+    # The hog ran, and was ended with the run.
+    assert summary["cores_used"]["hog"] > 0.1
+    driver = [json.loads(line) for line in (run_dir / "deployment" / "events.jsonl").read_text().splitlines()]
+    (stressed,) = [e for e in driver if e["event"] == "soak.stressed"]
+    assert stressed["hog_pids"] and not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                                            for pid in stressed["hog_pids"])
+
+    # Raw data beside the figures.
+    for name in ("config.json", "versions.json", "events.jsonl", "states.jsonl", "load.jsonl", "iptables.json"):
+        assert (run_dir / name).stat().st_size > 0, name
