@@ -12,22 +12,28 @@ As Eucalyptus's CC did in MANAGED and MANAGED-NOVLAN modes:
   to the CLC's virtual IP port 8773 by exactly one rule (EUCA-3440 had one per CC),
   without SNAT, so the CLC sees the instance's own address.
 
-A secondary CC holds none of the addresses and none of the rules.
+A secondary CC holds none of the addresses and none of the rules: a CC that stops
+being primary withdraws them (``withdraw_config``), and so does one that starts, in
+case a crash left them in its kernel.
 
 ``render_router`` is pure (unit-tested without root). ``apply_router`` changes the
-namespace it runs in; ``python -m components.cc.router --apply FILE --primary``
-applies a rendered config (JSON) from a shell on the CC host. No Mininet, no os-ken.
+namespace it runs in: the CC service calls it through ``apply_router_async`` (the
+commands run in a worker thread, its event loop keeps serving), and
+``python -m components.cc.router --apply FILE --primary`` applies a rendered config
+(JSON) from a shell on the CC host. No Mininet, no os-ken.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 CHAIN_FWD = "EUCA-FORWARD"
 CHAIN_DNAT = "EUCA-PREROUTING"
@@ -35,6 +41,7 @@ CHAIN_SNAT = "EUCA-POSTROUTING"
 METADATA_IP = "169.254.169.254"
 PUBLIC_IP_POOL = "10.0.128.0/24"
 CLOUD_NET = "10.0.0.0/16"
+PROC_SYS = Path("/proc/sys")
 
 
 @dataclass
@@ -48,6 +55,14 @@ class RouterHost:
     clc_port: int = 8773
     cloud_net: str = CLOUD_NET
     public_pool: str = PUBLIC_IP_POOL
+
+    @classmethod
+    def from_cc_config(cls, config: dict) -> "RouterHost":
+        """The router host of a CC, from the component config the deployment writes for it."""
+        clc = urlsplit((config.get("endpoints") or {}).get("clc") or "")
+        return cls(cluster=int(config.get("cluster") or 1), private_interface=config["private_interface"],
+                   public_interface=config["public_interface"], clc_vip=clc.hostname,
+                   clc_port=clc.port or cls.clc_port)
 
     @property
     def infra_net(self) -> str:
@@ -149,6 +164,11 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
                         host.vm_space, host.public_pool, sysctls)
 
 
+def withdraw_config(host: RouterHost) -> RouterConfig:
+    """What ``host`` applies as a secondary: no intent, so no addresses and empty chains."""
+    return render_router({"groups": [], "instances": []}, host)
+
+
 def _empty(config: RouterConfig) -> str:
     return (f"*filter\n:{CHAIN_FWD} - [0:0]\nCOMMIT\n"
             f"*nat\n:{CHAIN_DNAT} - [0:0]\n:{CHAIN_SNAT} - [0:0]\nCOMMIT\n")
@@ -185,27 +205,39 @@ def _sync_addresses(intf: str, want: list[str], managed: str) -> list[str]:
     return added
 
 
+def announce(intf: str, addresses: list[str]) -> None:
+    """Gratuitous ARP for addresses that arrived here, so neighbours learn at once (EUCA-2281).
+
+    arping lingers after sending: it runs in the background, routing never waits for it.
+    """
+    for addr in addresses:
+        subprocess.Popen(["arping", "-q", "-U", "-c", "2", "-I", intf, addr],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def apply_router(config: RouterConfig, primary: bool) -> dict:
     """Apply ``config`` in this network namespace: as the router (primary) or as nothing (secondary).
 
-    Returns what changed: {"added": [...], "announced": [...]}. Gratuitous ARPs go out
-    in the background (arping lingers after sending); routing never waits for them.
+    Returns what changed: {"added": [...], "announced": [...]}. Raises RuntimeError
+    (a command failed) or OSError (a sysctl could not be written).
     """
     for key, value in config.sysctls.items():
-        Path("/proc/sys", *key.split(".")).write_text(value + "\n")
+        (PROC_SYS / key.replace(".", "/")).write_text(value + "\n")
     _ensure_chains()
     _run(["iptables-restore", "-w", "--noflush"], stdin=config.iptables if primary else _empty(config))
     want_priv = config.private_addresses if primary else []
     want_pub = config.public_addresses if primary else []
     added_priv = _sync_addresses(config.private_interface, want_priv, config.managed_private)
     added_pub = _sync_addresses(config.public_interface, want_pub, config.managed_public)
-    announced = []
-    for intf, addrs in ((config.private_interface, added_priv), (config.public_interface, added_pub)):
-        for addr in addrs:
-            subprocess.Popen(["arping", "-q", "-U", "-c", "2", "-I", intf, addr],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            announced.append(addr)
-    return {"added": added_priv + added_pub, "announced": announced}
+    announce(config.private_interface, added_priv)
+    announce(config.public_interface, added_pub)
+    return {"added": added_priv + added_pub, "announced": added_priv + added_pub}
+
+
+async def apply_router_async(config: RouterConfig, primary: bool) -> dict:
+    """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
+    thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls."""
+    return await asyncio.to_thread(apply_router, config, primary)
 
 
 def main(argv: list[str] | None = None) -> int:

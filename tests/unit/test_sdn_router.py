@@ -1,10 +1,15 @@
-"""The CC router's rendering (components/cc/router.py): rules, NAT and addresses, no root."""
+"""The CC router (components/cc/router.py): rendering, and what apply does, without root."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
-from components.cc.router import RouterConfig, RouterHost, render_router
+import pytest
+
+from components.cc import router
+from components.cc.router import RouterConfig, RouterHost, apply_router, render_router, withdraw_config
 
 HOST = RouterHost(cluster=1, private_interface="c1cc1-eth1", public_interface="c1cc1-eth0", clc_vip="10.0.0.10")
 
@@ -81,3 +86,85 @@ def test_config_round_trips_as_json():
     cfg = render_router(INTENT, HOST)
     assert RouterConfig.from_json(cfg.to_json()) == cfg
     assert json.loads(cfg.to_json())["managed_private"] == "10.101.16.0/20"
+
+
+def test_router_host_from_the_cc_config():
+    config = {"cluster": 2, "private_interface": "c2cc1-eth1", "public_interface": "c2cc1-eth0",
+              "endpoints": {"clc": "http://10.0.0.10:8773/services/Eucalyptus"}}
+    host = RouterHost.from_cc_config(config)
+    assert host == RouterHost(cluster=2, private_interface="c2cc1-eth1", public_interface="c2cc1-eth0",
+                              clc_vip="10.0.0.10", clc_port=8773)
+    assert RouterHost.from_cc_config(dict(config, endpoints={})).clc_vip is None
+
+
+class FakeHost:
+    """The commands apply_router runs, answered as a CC host would, recorded instead of run."""
+
+    def __init__(self, addresses: dict[str, list[str]]):
+        self.addresses = addresses  # interface -> "10.101.16.1/28", ...
+        self.commands: list[list[str]] = []
+        self.restored: list[str] = []
+        self.announced: list[tuple[str, str]] = []
+
+    def run(self, argv, stdin=None, check=True):
+        self.commands.append(argv)
+        out = ""
+        if argv[:2] == ["iptables-restore", "-w"]:
+            self.restored.append(stdin)
+        elif argv[:4] == ["ip", "-o", "-4", "addr"]:
+            intf = argv[-1]
+            out = "".join(f"2: {intf}    inet {a} scope global {intf}\n" for a in self.addresses[intf])
+        elif argv[:3] == ["ip", "addr", "replace"]:
+            self.addresses[argv[-1]].append(argv[3])
+        elif argv[:3] == ["ip", "addr", "del"]:
+            self.addresses[argv[-1]].remove(argv[3])
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    def announce(self, intf, addresses):
+        self.announced.extend((intf, a) for a in addresses)
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    host = FakeHost({"c1cc1-eth1": ["10.101.0.11/16", "10.101.0.1/16", "10.101.16.49/28"],
+                     "c1cc1-eth0": ["10.0.1.11/16", "10.0.1.10/16"]})
+    monkeypatch.setattr(router, "_run", host.run)
+    monkeypatch.setattr(router, "announce", host.announce)
+    monkeypatch.setattr(router, "PROC_SYS", tmp_path)
+    for key in render_router(INTENT, HOST).sysctls:
+        (tmp_path / Path(*key.split(".")).parent).mkdir(parents=True, exist_ok=True)
+    return host
+
+
+def test_primary_holds_exactly_the_intents_addresses_and_announces_the_new_ones(fake, tmp_path):
+    result = apply_router(render_router(INTENT, HOST), primary=True)
+    # A gateway of a group no longer in the intent goes; the CC's own addresses and VIPs stay.
+    assert sorted(fake.addresses["c1cc1-eth1"]) == ["10.101.0.1/16", "10.101.0.11/16", "10.101.16.1/28",
+                                                    "10.101.16.17/28"]
+    assert sorted(fake.addresses["c1cc1-eth0"]) == ["10.0.1.10/16", "10.0.1.11/16", "10.0.128.5/16"]
+    assert fake.announced == [("c1cc1-eth1", "10.101.16.1"), ("c1cc1-eth1", "10.101.16.17"),
+                              ("c1cc1-eth0", "10.0.128.5")]
+    assert result["added"] == ["10.101.16.1", "10.101.16.17", "10.0.128.5"]
+    assert fake.restored == [render_router(INTENT, HOST).iptables]
+    assert ["iptables", "-w", "-P", "FORWARD", "DROP"] in fake.commands
+    assert (tmp_path / "net/ipv4/conf/c1cc1-eth1/send_redirects").read_text() == "0\n"
+    # Applied again: nothing to add, nothing announced twice.
+    fake.announced.clear()
+    assert apply_router(render_router(INTENT, HOST), primary=True)["added"] == []
+    assert fake.announced == []
+
+
+def test_withdraw_leaves_no_address_and_empty_chains(fake):
+    apply_router(render_router(INTENT, HOST), primary=True)
+    apply_router(withdraw_config(HOST), primary=False)
+    assert sorted(fake.addresses["c1cc1-eth1"]) == ["10.101.0.1/16", "10.101.0.11/16"]
+    assert sorted(fake.addresses["c1cc1-eth0"]) == ["10.0.1.10/16", "10.0.1.11/16"]
+    empty = fake.restored[-1]
+    assert "-A " not in empty and ":EUCA-FORWARD - [0:0]" in empty and ":EUCA-PREROUTING - [0:0]" in empty
+
+
+def test_a_secondary_given_the_full_config_holds_nothing_either(fake):
+    apply_router(render_router(INTENT, HOST), primary=False)
+    assert "-A " not in fake.restored[-1]
+    assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
+    assert fake.announced == []
