@@ -454,6 +454,12 @@ class NodeController(Service):
             "link set dev lo up",
             f"route replace default via {inst['gateway']}",
         ]) + "\n")
+        # A booting VM speaks first (DHCP, ARP). A silent slot would leave the switches
+        # sending its MAC, derived from its address and so an earlier instance's too, to
+        # the port where they last saw it. arping lingers after sending: not waited for.
+        await asyncio.create_subprocess_exec(
+            "nsenter", f"--net={slot['netns']}", "arping", "-q", "-U", "-c", "1", "-I", intf, inst["ip"],
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
     async def _start_workload(self, inst: dict, image: Path) -> int:
         slot = self.slots[inst["slot"]]

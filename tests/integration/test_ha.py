@@ -313,3 +313,31 @@ def test_sc_failover_keeps_volume_data(ha):
     assert read, "the volume's data did not survive the SC failover"
     dep.start("sc", primary)
     heal(dep, "sc1")
+
+
+def test_sc_failover_seen_through_an_elastic_ip(ha):
+    """A user's block read through an instance's elastic IP (workload, the NC's disk channel,
+    the NC's block session to the SC VIP) answers the same bytes again after the SC primary
+    is killed."""
+    dep, ec2, iid, eip = ha["dep"], ha["ec2"], ha["iid"], ha["eip"]
+    primary = heal(dep, "sc1")
+    heal(dep, "cc1")
+    vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+    ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdc")
+    url = f"http://{eip}/volumes/{vol}/blocks"
+    data = os.urandom(500).hex()
+    assert json.loads(dep["user"].cmd(f"curl -s -m 5 -X PUT --data-binary '{data}' '{url}?offset=0'")) == \
+        {"written": True}
+    read = f"{url}?offset=0&length={len(data)}"
+    with Probe(dep, read, check=lambda status, body: status == 200 and body == data.encode()) as probe:
+        assert wait_until(lambda: any(ok for _, _, ok in probe.log), 5), probe.log
+        t = time.monotonic()
+        dep.kill(primary, sig=signal.SIGKILL)
+        assert wait_until(lambda: taken_over(dep, "sc1", primary), 5)
+        assert wait_until(lambda: any(ok for s, _, ok in probe.log if s >= t), 5)
+        time.sleep(0.3)
+    outage = probe.outage_after(t)
+    assert outage is not None and outage < 2.0, outage
+    assert dep["user"].cmd(f"curl -s -m 3 '{read}'") == data
+    dep.start("sc", primary)
+    heal(dep, "sc1")

@@ -9,6 +9,8 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from experiments.deployment import wait_until
+
 IMAGE = os.urandom(2 * 2**20)
 
 
@@ -150,6 +152,48 @@ def test_volume_attach_and_write_lands_on_the_sc(deployment, ec2, image):
     ec2.delete_volume(VolumeId=vol)
     ec2.terminate_instances(InstanceIds=[iid])
     assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+
+
+def test_volume_blocks_through_an_elastic_ip(deployment, ec2, image):
+    """A user reads and writes an instance's volume through its elastic IP: the workload
+    relays to the NC's disk channel for that instance, the NC to the SC."""
+    iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                            Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
+    assert wait_state(ec2, iid)["State"]["Name"] == "running"
+    eip = ec2.allocate_address()["PublicIp"]
+    ec2.associate_address(InstanceId=iid, PublicIp=eip)
+    vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+    other = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+    url = f"http://{eip}/volumes/{vol}/blocks"
+    user = deployment["user"]
+    # The CC installs the elastic IP's NAT shortly after the association returns.
+    assert wait_until(lambda: user.cmd(f"curl -s -m 1 http://{eip}/").strip() == iid, 10)
+    # Before the attachment the NC knows no such volume for this instance.
+    assert user.cmd(f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' '{url}?offset=0&length=4'") == "404"
+    ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
+    data = os.urandom(1500).hex()  # over 1 KiB: curl sends Expect: 100-continue
+    out = user.cmd(f"curl -s -m 5 -X PUT --data-binary '{data}' '{url}?offset=4096'")
+    assert json.loads(out) == {"written": True}
+    assert user.cmd(f"curl -s -m 3 '{url}?offset=4096&length={len(data)}'") == data
+    on_sc = (deployment.run_dir / "hosts" / "c1sc1" / "data" / "volumes" / f"{vol}.img").read_bytes()
+    assert on_sc[4096:4096 + len(data)] == data.encode()
+    # A volume of the cloud not attached to this instance is not on its disk.
+    assert user.cmd(f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' "
+                    f"'http://{eip}/volumes/{other}/blocks?offset=0&length=4'") == "404"
+    assert user.cmd(f"curl -s -m 3 http://{eip}/").strip() == iid  # every other path: its id
+    ec2.detach_volume(VolumeId=vol)
+    assert user.cmd(f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' '{url}?offset=4096&length=4'") == "404"
+    listing = json.loads(deployment["c1cc1"].cmd(
+        f"curl -s -H 'X-Eucalab-Internal-Token: {deployment.internal_token}' http://10.0.1.10:8774/cluster/instances"))
+    nc = next(i["nc"] for i in listing["instances"] if i["id"] == iid)
+    disk = deployment.run_dir / "hosts" / nc / "data" / "instances" / iid / "disk.sock"
+    assert disk.is_socket()
+    ec2.terminate_instances(InstanceIds=[iid])
+    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert not disk.exists() and not disk.parent.exists()  # the channel goes with the instance
+    ec2.release_address(PublicIp=eip)
+    for v in (vol, other):
+        ec2.delete_volume(VolumeId=v)
 
 
 def test_metadata_service_answers_the_instance(deployment, ec2, image):
