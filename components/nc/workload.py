@@ -104,7 +104,7 @@ def ask_disk(disk: str, method: str, target: str, body: bytes, timeout: float) -
 def serve_disk(conn: socket.socket, data: bytes, request, disk, timeout: float, slots) -> None:
     """One disk request, in its own thread: finish reading its body, relay it, answer."""
     method, target, headers = request
-    head, _, body = data.partition(b"\r\n\r\n")
+    body = data.partition(b"\r\n\r\n")[2]
     try:
         conn.setblocking(True)
         conn.settimeout(timeout)
