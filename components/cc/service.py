@@ -28,6 +28,7 @@ from aiohttp import web
 
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
 
+from . import router
 from .netalloc import AllocationError, NetworkAllocator
 from .scheduler import InsufficientCapacity, NodeState, Scheduler
 
@@ -59,6 +60,7 @@ class ClusterController(Service):
         self.intent_http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task | None = None
         self._intent_lock = asyncio.Lock()
+        self._router_lock = asyncio.Lock()  # router changes never interleave
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -115,10 +117,7 @@ class ClusterController(Service):
         await self.publish_intent("promoted", force=True)
 
     async def _on_demote(self, reason: str) -> None:
-        if self.mode in ("MANAGED", "MANAGED-NOVLAN"):
-            from . import routing
-
-            await routing.withdraw(self)
+        await self._withdraw_router()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -147,9 +146,7 @@ class ClusterController(Service):
         if self.ha is not None and self.mode in ("MANAGED", "MANAGED-NOVLAN"):
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
-            from . import routing
-
-            await routing.withdraw(self)
+            await self._withdraw_router()
         elif self.state.value == "ENABLED":
             await self.publish_intent("start")
 
@@ -415,7 +412,7 @@ class ClusterController(Service):
             return
         intent = self.intent()
         async with self._intent_lock:
-            await self._apply_router(intent)
+            await self._apply_router(intent, force)
             if self.intent_http is None or not Path(self.config["control_socket"]).exists():
                 return
             try:
@@ -431,10 +428,32 @@ class ClusterController(Service):
         self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                          instances=len(intent["instances"]), groups=len(intent["groups"]))
 
-    async def _apply_router(self, intent: dict) -> None:
+    async def _apply_router(self, intent: dict, force: bool = False) -> None:
         """Make this host the cluster's router for the intent (MANAGED modes only)."""
         if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
             return
-        from . import routing
+        config = router.render_router(intent, router.RouterHost.from_cc_config(self.config))
+        async with self._router_lock:
+            # A demotion may have withdrawn the router while this intent waited.
+            if self.state.value != "ENABLED" and not force:
+                return
+            try:
+                await router.apply_router_async(config, primary=True)
+            except (OSError, RuntimeError) as exc:
+                self.events.emit("router.error", error=str(exc)[:500])
+                return
+        self.events.emit("router.applied", gateways=len(config.private_addresses),
+                         elastic_ips=len(config.public_addresses))
 
-        await routing.apply(self, intent)
+    async def _withdraw_router(self) -> None:
+        """Hold none of the router's addresses and rules (this CC is not, or no longer, primary)."""
+        if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
+            return
+        config = router.withdraw_config(router.RouterHost.from_cc_config(self.config))
+        async with self._router_lock:
+            try:
+                await router.apply_router_async(config, primary=False)
+            except (OSError, RuntimeError) as exc:
+                self.events.emit("router.error", error=str(exc)[:500])
+                return
+        self.events.emit("router.withdrawn")
