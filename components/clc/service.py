@@ -121,11 +121,13 @@ class CloudController(Service):
         return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
 
     async def replicate(self, upto: int) -> None:
-        """Before a write is acknowledged, the DISABLED peer has it too (when it is alive)."""
+        """Before a write is acknowledged, the DISABLED peer has it too (when it is alive);
+        raises ServiceUnavailable when the write may not be acknowledged."""
         ha = self.ha
         if ha is None or not ha.peer_alive() or ha.peer.state != "DISABLED" or ha.peer.last_seq >= upto:
             return
         ops = self.store.export_ops(after_seq=ha.peer.last_seq)
+        refused = False
         try:
             async with self.replica.post(f"{self._peer_url()}/internal/ha/ops",
                                          json={"epoch": ha.epoch, "ops": ops}) as r:
@@ -133,9 +135,13 @@ class CloudController(Service):
                 if r.status == 200:
                     ha.peer.last_seq = max(ha.peer.last_seq, int(answer["last_seq"]))
                     return
+                refused = True
                 self.events.emit("ha.replication_refused", status=r.status, answer=answer)
-        except Exception as exc:  # the peer may die mid-request: the write stands here
+        except Exception as exc:
             self.events.emit("ha.replication_failed", error=repr(exc), upto=upto)
+        if not await ha.may_acknowledge_unreplicated(refused):
+            self.events.emit("ha.write_not_acknowledged", upto=upto, refused=refused)
+            raise EC2Error("ServiceUnavailable", "the write could not be replicated to the peer; retry", 503)
 
     async def handle_replicate(self, request: web.Request) -> web.Response:
         self.require_internal(request)

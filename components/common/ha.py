@@ -112,6 +112,12 @@ class HAAgent:
         self.data = Path(self.cfg.data_dir)
         self.epoch_file = self.data / "ha-epoch"
         self.epoch = int(self.epoch_file.read_text()) if self.epoch_file.exists() else 1
+        # A member that has been primary before holds state its peer may have moved past
+        # (the peer took over and acknowledged writes while this one was down): after a
+        # restart it never claims the pair without hearing the peer first (EUCA-8110).
+        # Only a member with no history may start the pair alone.
+        self.rejoining = self.epoch_file.exists()
+        self._refusal: tuple | None = None  # the last ha.cannot_promote, logged once per change
         self.boot = int.from_bytes(os.urandom(4), "big")
         self.peer = Peer()
         self.seq = 0
@@ -156,6 +162,26 @@ class HAAgent:
         if self.svc.state is not ENABLED or self.fenced_since is not None or self.last_sent is None:
             return False
         return self.clock() - self.last_sent <= self.window
+
+    async def may_acknowledge_unreplicated(self, refused: bool) -> bool:
+        """A write whose replication to the DISABLED peer did not succeed: may the client be
+        told it succeeded?
+
+        Refused by the peer (it is ENABLED, or has a newer epoch): never; the peer took over
+        and this member's copy will be discarded when it steps down. A transport error: only
+        once the peer is declared dead (the write then lives here alone, and redundancy loss
+        is reported), never while the peer may still be alive and about to take over.
+        """
+        if refused:
+            return False
+        deadline = self.clock() + self.window + 2 * self.interval
+        while self.clock() < deadline:
+            if self.svc.state is not ENABLED or not self.may_serve():
+                return False
+            if not self.peer_alive():
+                return True
+            await asyncio.sleep(self.interval / 2)
+        return False
 
     def peer_alive(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
@@ -428,10 +454,19 @@ class HAAgent:
                 await self._promote("election", now)
             return
         if p.heard is not None and self.last_seq() < p.last_seq:
-            self.events.emit("ha.cannot_promote", reason="missing replicated state",
-                             mine=self.last_seq(), peer=p.last_seq)
+            self._cannot_promote("missing replicated state", mine=self.last_seq(), peer=p.last_seq)
+            return
+        if p.heard is None and self.rejoining:
+            self._cannot_promote("restarted without hearing its peer, which may hold newer state",
+                                 epoch=self.epoch)
             return
         await self._promote("peer dead" if p.heard is not None else "no peer at start", now)
+
+    def _cannot_promote(self, reason: str, **facts) -> None:
+        """Log a refusal to take over once, not on every tick it is re-decided."""
+        if self._refusal != (reason, facts):
+            self._refusal = (reason, facts)
+            self.events.emit("ha.cannot_promote", reason=reason, **facts)
 
     def _peer_confirms_users(self) -> bool:
         """True when the alive peer probed its arbitrators after ours all failed and reached one."""

@@ -28,6 +28,10 @@ from . import blockproto as bp
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
 
 
+class NotAcknowledged(web.HTTPServiceUnavailable):
+    """A change the peer did not take: never acknowledged (503 on the API)."""
+
+
 class StorageController(Service):
     component = "sc"
 
@@ -76,9 +80,8 @@ class StorageController(Service):
         elif kind == "write":
             with open(self._path(vid), "r+b") as f:
                 f.seek(op["offset"])
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())  # acknowledged writes are on disk
+                f.write(data)  # in the page cache: it survives a crash of this process, and the
+                # peer has it before the client hears OK; FLUSH (the F operation) makes it durable
         else:
             raise ValueError(f"unknown volume operation {kind!r}")
         self.wseq += 1
@@ -91,6 +94,7 @@ class StorageController(Service):
         if ha is None or self.replica is None or not ha.peer_alive() or ha.peer.state != "DISABLED" \
                 or ha.peer.last_seq != self.wseq - 1:
             return
+        refused = None
         async with self._replicating:
             try:
                 async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
@@ -98,9 +102,14 @@ class StorageController(Service):
                     if r.status == 200:
                         ha.peer.last_seq = self.wseq
                     else:
+                        refused = True
                         self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
-            except Exception as exc:  # the peer may die mid-request: the change stands here
+            except Exception as exc:
+                refused = False
                 self.events.emit("ha.replication_failed", error=repr(exc))
+        if refused is not None and not await ha.may_acknowledge_unreplicated(refused):
+            self.events.emit("ha.write_not_acknowledged", seq=self.wseq, refused=refused)
+            raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
 
     def _peer_url(self) -> str:
         return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
@@ -301,10 +310,16 @@ class StorageController(Service):
                     f.seek(offset)
                     await reply(bp.OK, f.read(length))
                 elif op == b"W":
-                    await self._mutate({"type": "write", "id": volume, "offset": offset}, payload)
+                    try:
+                        await self._mutate({"type": "write", "id": volume, "offset": offset}, payload)
+                    except NotAcknowledged:
+                        # No longer the primary to write through: the client logs in again
+                        # through the VIP, reaching the member that took over, and retries.
+                        await reply(bp.NOT_ATTACHED, b"this member is no longer primary: log in again")
+                        return
                     await reply(bp.OK)
                 elif op == b"F":
-                    os.fsync(f.fileno())
+                    await asyncio.to_thread(os.fsync, f.fileno())  # off the loop: heartbeats keep going
                     await reply(bp.OK)
                 else:
                     await reply(bp.BAD_REQUEST, b"unknown operation")

@@ -114,7 +114,7 @@ class Store:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(root / "walrus.db", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # see docs/ha.md, "Durability and the event loop"
         self.db.executescript("""
             CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, account TEXT NOT NULL,
                                                 created REAL NOT NULL);
@@ -623,12 +623,16 @@ class Walrus(Service):
         if self.ha is None:
             return
         async with self._replicate_lock:
-            await self._replicate()
+            refused = await self._replicate()
+        if refused is not None and not await self.ha.may_acknowledge_unreplicated(refused):
+            self.events.emit("ha.write_not_acknowledged", refused=refused)
+            raise S3Error("ServiceUnavailable", "the write could not be replicated to the peer; retry", 503)
 
-    async def _replicate(self) -> None:
+    async def _replicate(self) -> bool | None:
+        """None when the peer has everything (or is dead); else whether the peer refused."""
         ha = self.ha
         if not ha.peer_alive() or ha.peer.state != "DISABLED":
-            return
+            return None
         for entry in self.store.export_ops(ha.peer.last_seq):
             op = entry["op"]
             body = None
@@ -647,11 +651,11 @@ class Walrus(Service):
                     answer = await r.json(content_type=None)
                     if r.status != 200:
                         self.events.emit("ha.replication_refused", status=r.status, answer=answer)
-                        return
+                        return True
                     ha.peer.last_seq = int(answer["last_seq"])
-            except Exception as exc:  # the peer may die mid-request: the write stands here
+            except Exception as exc:
                 self.events.emit("ha.replication_failed", error=repr(exc))
-                return
+                return False
             finally:
                 if body is not None:
                     body.close()

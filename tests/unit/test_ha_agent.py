@@ -203,3 +203,38 @@ def test_only_an_enabled_member_serves(tmp_path, state):
     svc, agent = make_agent(tmp_path, state=state)
     agent.last_tick = _mono()
     assert not agent.may_serve()
+
+
+def test_a_restarted_member_never_claims_the_pair_without_hearing_its_peer(tmp_path):
+    """The double fault (EUCA-8110): the old primary restarts while the peer that took over
+    (and acknowledged writes) is down; it must wait for the peer, not serve stale state."""
+    (tmp_path / "ha-epoch").write_text("4")  # it has been primary before
+    svc, agent = make_agent(tmp_path, role="primary")
+    for _ in range(3):
+        decide(agent)
+    assert svc.state is ServiceState.DISABLED
+    refusals = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "ha.cannot_promote"]
+    assert len(refusals) == 1 and "without hearing its peer" in refusals[0]["reason"]
+    # Once the peer is heard (it has the newer state), the ordinary rules apply: it catches up first.
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=5, last_seq=9))
+    agent.last_seq = lambda: 7
+    decide(agent)
+    assert svc.state is ServiceState.DISABLED
+
+
+def test_a_member_with_no_history_starts_the_pair_alone(tmp_path):
+    svc, agent = make_agent(tmp_path, role="primary")
+    decide(agent)
+    assert svc.state is ServiceState.ENABLED
+
+
+def test_an_unreplicated_write_is_acknowledged_only_once_the_peer_is_dead(tmp_path):
+    """EUCA-8110 again: a primary whose replication the peer refused (it took over) or that
+    cannot reach a peer still alive must not tell the client its write succeeded."""
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    assert asyncio.run(agent.may_acknowledge_unreplicated(refused=True)) is False
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=1))
+    assert asyncio.run(agent.may_acknowledge_unreplicated(refused=False)) is False  # alive all along
+    agent.peer.heard -= 1.0  # silent past the detection window: declared dead
+    agent.last_sent = _mono()  # (no ticker here: renew this member's lease by hand)
+    assert asyncio.run(agent.may_acknowledge_unreplicated(refused=False)) is True
