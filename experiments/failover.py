@@ -17,6 +17,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,22 +32,23 @@ from topologies.spec import DeploymentSpec, spec_from_dict
 
 from .analysis import Probe, outage, resolution
 from .deployment import Deployment, wait_until
+from .faults import CATALOGUE, FAILOVER, ONE_ENABLED, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
-TARGETS = ("clc", "walrus", "cc", "keepalived")
-# sigkill: the primary's process crashes (its host's kernel keeps its addresses and routes);
-# host: the primary's host fails (every link down, its process gone).
-FAULTS = ("sigkill", "host")
+TARGETS = ("clc", "walrus", "cc", "sc", "keepalived")
+FAULTS = tuple(CATALOGUE)  # experiments/faults.py: what each does and the outcome it expects
 
 
 @dataclass
 class TrialSet:
-    target: str  # clc walrus cc keepalived
+    target: str  # clc walrus cc sc keepalived
     trials: int
     fault: str = "sigkill"
     advert_ms: float | None = None  # keepalived only: VRRP advert interval
     label: str | None = None
+    hold_s: float | None = None  # how long a fault that expects no failover is held (default: see hold())
+    params: dict = field(default_factory=dict)  # the fault's own parameters (loss_percent, network, ...)
 
     @property
     def name(self) -> str:
@@ -54,7 +56,9 @@ class TrialSet:
             return self.label
         if self.target == "keepalived":
             return f"keepalived advert {self.advert_ms:g} ms"
-        return f"eucalab {self.target.upper()} {'crash' if self.fault == 'sigkill' else 'host failure'}"
+        words = {"sigkill": "crash", "host": "host failure", "sigstop": "hang"}
+        extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
+        return f"eucalab {self.target.upper()} {words.get(self.fault, self.fault)}{extra}"
 
 
 @dataclass
@@ -65,6 +69,8 @@ class Experiment:
     probe_interval_ms: float = 10.0
     probe_timeout_ms: float = 300.0
     recovery_timeout_s: float = 10.0
+    capture: bool = True  # keep a pcap (user host) and flow dumps for every trial that went wrong
+    sdn: bool = False  # run the SDN controller (required by the 'controller' fault)
     sets: list[TrialSet] = field(default_factory=list)
 
     @classmethod
@@ -75,11 +81,21 @@ class Experiment:
         if unknown:
             raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         sets = []
+        set_fields = {f.name for f in dataclasses.fields(TrialSet)}
         for i, s in enumerate(data.pop("sets", [])):
+            if not isinstance(s, dict):
+                raise ValueError(f"{path}: sets[{i}] must be a mapping")
+            if set(s) - set_fields:
+                raise ValueError(f"{path}: sets[{i}]: unknown field(s) {', '.join(sorted(set(s) - set_fields))}; "
+                                 f"known: {', '.join(sorted(set_fields))}")
             if s.get("target") not in TARGETS:
                 raise ValueError(f"{path}: sets[{i}].target must be one of {', '.join(TARGETS)}")
             if s.get("fault", "sigkill") not in FAULTS:
                 raise ValueError(f"{path}: sets[{i}].fault must be one of {', '.join(FAULTS)}")
+            if s.get("target") == "keepalived" and s.get("fault", "sigkill") != "sigkill":
+                raise ValueError(f"{path}: sets[{i}]: the keepalived baseline is measured with 'sigkill' only")
+            if not isinstance(s.get("trials"), int) or s["trials"] < 1:
+                raise ValueError(f"{path}: sets[{i}].trials must be a positive integer")
             sets.append(TrialSet(**s))
         return cls(sets=sets, **data)
 
@@ -143,6 +159,45 @@ def _mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def _settled(dep: Deployment, pair) -> bool:
+    """Full redundancy: one member ENABLED, the other DISABLED."""
+    return sorted(dep.member_state(m) or "" for m in pair.members) == ["DISABLED", "ENABLED"]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+class _Capture:
+    """What the user host's interface carried during one trial (tcpdump), kept with the
+    switches' flow tables only for a trial that went wrong."""
+
+    def __init__(self, dep: Deployment, path: Path):
+        self.dep, self.path, self.kept = dep, path, False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        intf = dep.plan.hosts["user"].interfaces[0].name
+        self.proc = dep.start("tcpdump", "user", label="tcpdump", wait=False, argv=[
+            "tcpdump", "-i", intf, "-n", "-s", "256", "-U", "--immediate-mode", "-w", str(path.with_suffix(".pcap"))])
+
+    def finish(self, keep: bool) -> None:
+        self.dep.kill("user", "tcpdump", sig=signal.SIGTERM)
+        try:
+            self.proc.popen.wait(timeout=5)
+        except Exception:
+            self.dep.kill("user", "tcpdump")
+        pcap = self.path.with_suffix(".pcap")
+        if not keep:
+            pcap.unlink(missing_ok=True)
+            return
+        self.kept = True
+        dumps = []
+        for sw in self.dep.plan.switches:
+            out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw],
+                                 capture_output=True, text=True, timeout=10)
+            dumps.append(f"# {sw}\n{out.stdout}{out.stderr}")
+        self.path.with_suffix(".flows.txt").write_text("\n".join(dumps))
+
+
 class Runner:
     def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True):
         self.exp = exp
@@ -178,13 +233,15 @@ class Runner:
         eip = ec2.allocate_address()["PublicIp"]
         ec2.associate_address(InstanceId=iid, PublicIp=eip)
         w.update(ec2=ec2, s3=s3, iid=iid, eip=eip, sigv4=SigV4Auth, creds=c, ep=ep, dep=dep)
+        self._fresh_clients(w)
         return w
 
     @staticmethod
     def _fresh_clients(w: dict) -> None:
         """New clients (new connection pools): pooled connections to a crashed primary would
         each fail once, which says nothing about the data."""
-        w["ec2"], w["s3"] = w["dep"].aws_client("ec2"), w["dep"].aws_client("s3")
+        short = dict(connect_timeout=2, read_timeout=5)  # a request stuck on a dead primary must not stall a trial
+        w["ec2"], w["s3"] = w["dep"].aws_client("ec2", **short), w["dep"].aws_client("s3", **short)
 
     def _describe_request(self, w: dict) -> tuple[str, dict]:
         """A DescribeInstances GET signed once per trial (signing per probe would cost more than it measures)."""
@@ -212,7 +269,7 @@ class Runner:
     # -- one trial ------------------------------------------------------------------------------------
 
     def _pair(self, dep: Deployment, target: str):
-        return dep.plan.pair(target, 1 if target == "cc" else None)
+        return dep.plan.pair(target, 1 if target in ("cc", "sc") else None)
 
     @staticmethod
     def _retry(fn, attempts: int = 5):
@@ -261,16 +318,33 @@ class Runner:
             self._check_error = repr(exc)
             return False
 
+    def hold(self, dep: Deployment, ts: TrialSet) -> float:
+        """How long a fault that expects no failover is held: long enough for every
+        detector to have fired if it were going to (heartbeat misses, arbitrator rounds)."""
+        if ts.hold_s is not None:
+            return ts.hold_s
+        hb, arb = dep.spec.heartbeat, dep.spec.arbitrators
+        return max(2.0, 4 * hb.interval_ms * hb.misses / 1000, (arb.fail_after + 1) * arb.period_s + arb.timeout_s)
+
     def trial(self, dep: Deployment, ts: TrialSet, n: int, w: dict) -> dict:
+        """One fault: probe, inject at a seeded phase, wait for its effect, restore, judge."""
+        fault = CATALOGUE[ts.fault]
         pair = self._pair(dep, ts.target)
-        primary = next((m for m in pair.members if dep.member_state(m) == "ENABLED"), None)
-        record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "trial": n, "primary": primary}
-        if primary is None:
-            record.update(status="invalid", error="no ENABLED member before the fault")
+        record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "expect": fault.expect, "trial": n,
+                  "params": ts.params}
+        # Every trial starts from full redundancy: one ENABLED member, its peer DISABLED and caught up.
+        markers = [self._marker_write(ts.target, w, n)]
+        if not wait_until(lambda: _settled(dep, pair), 20):
+            record.update(status="invalid", error="the pair was not one ENABLED and one DISABLED before the fault",
+                          states={m: dep.member_state(m) for m in pair.members})
             return record
+        primary = next(m for m in pair.members if dep.member_state(m) == "ENABLED")
         peer = next(m for m in pair.members if m != primary)
-        marker = self._marker_write(ts.target, w, n)
+        record["primary"] = primary
+        ctx = FaultContext(dep, pair, primary, peer, params=dict(ts.params),
+                           write_marker=lambda: self._marker_write(ts.target, w, n))
         url, headers, check = self._probe_for(ts.target, w)
+        capture = _Capture(dep, self.run_dir / "captures" / f"{_slug(ts.name)}-{n}") if self.exp.capture else None
         probe = ProbeThread(dep, url, headers, self.exp.probe_interval_ms / 1000,
                             self.exp.probe_timeout_ms / 1000, check).start()
         psutil.cpu_percent(None)
@@ -279,40 +353,77 @@ class Runner:
         phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
         time.sleep(phase)
         t_fault = _mono()
-        if ts.fault == "host":
-            dep.set_link(primary, None, up=False)
-        dep.kill(primary, sig=signal.SIGKILL)
-        recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and any(
-            p.ok and p.sent >= t_fault for p in probe.snapshot()), self.exp.recovery_timeout_s)
+        error = None
+        try:
+            fault.inject(ctx)
+        except Exception as exc:
+            error = f"inject: {exc!r}"
+        served_after = lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot())  # noqa: E731
+        if error:
+            recovered = False
+        elif fault.expect == FAILOVER:
+            recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and served_after(),
+                                   self.exp.recovery_timeout_s)
+        elif ts.fault == "both":
+            recovered = wait_until(lambda: any(dep.member_state(m) == "ENABLED" for m in pair.members)
+                                   and served_after(), self.exp.recovery_timeout_s)
+        else:
+            time.sleep(self.hold(dep, ts))
+            recovered = True  # judged after the restore: users must be served again then
+        t_restore = _mono()
+        primary_enabled = dep.member_state(primary) == "ENABLED"
+        cpu = psutil.cpu_percent(None)
+        try:
+            ctx.restore()
+        except Exception as exc:
+            error = (error + "; " if error else "") + repr(exc)
+        # Back to full redundancy: one ENABLED, the other DISABLED (caught up), users served.
+        settled = wait_until(lambda: _settled(dep, pair) and any(p.ok and p.sent >= _mono() - 0.2 for p in probe.snapshot()), 20)
+        t_settled = _mono()
+        if fault.expect != FAILOVER:
+            recovered = recovered and settled
         time.sleep(0.1)
         probes = probe.stop()
-        cpu = psutil.cpu_percent(None)
         out = outage(probes, t_fault)
-        ev = [e for e in read_events(dep.process(peer).events_path) if e["t_mono"] >= t_fault - 1]
-        dead = next((e["detected_at"] for e in ev if e["event"] == "ha.peer_dead"), None)
-        promote = next((e for e in ev if e["event"] == "ha.promote" and e["t_mono"] >= t_fault), None)
-        record.update(
-            status="ok" if recovered and out is not None else "no-recovery",
-            new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase,
-            outage_s=out, detection_s=(promote["detected_at"] - t_fault) if promote else None,
-            takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
-            peer_dead_after_s=(dead - t_fault) if dead else None,
-            probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0], **{
-                f"probe_{k}": v for k, v in resolution(probes).items()})
+        fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
+        rejoin_probes = [p for p in probes if p.sent >= t_restore]
+        ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
+        promotes = [(m, e) for m in pair.members for e in ev[m]
+                    if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= t_restore]
+        promote = next((e for m, e in promotes if m == peer), None)
+        dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
+                     and e["t_mono"] >= t_fault), None)
+        lo = t_fault - 0.5
+        spans = {m: [(max(x, lo), y) for x, y in enabled_intervals(ev[m], t_settled, ctx.silenced.get(m)) if y > lo]
+                 for m in pair.members}
+        two_enabled = overlap(*spans.values())
+        markers += ctx.markers
         self._check_error = None
-        record["lost_writes"] = 0 if self._marker_present(ts.target, w, marker) in (True, None) else 1
+        lost = sum(1 for mk in markers if self._marker_present(ts.target, w, mk) is False)
+        record.update(
+            status="error" if error else ("ok" if recovered and out is not None else "no-recovery"),
+            new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase, hold_s=t_restore - t_fault,
+            outage_s=out, failed_probes=sum(1 for p in fault_probes if not p.ok),
+            rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
+            detection_s=(promote["detected_at"] - t_fault) if promote else None,
+            takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
+            peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
+            two_enabled_s=two_enabled, probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0],
+            lost_writes=lost, redundancy_restored_s=(t_settled - t_restore) if settled else None,
+            two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
+            **ctx.notes, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+        if error:
+            record["error"] = error
         if self._check_error:
             record["check_error"] = self._check_error
-        # Restore: the crashed member returns, as DISABLED, and catches up.
-        t_restore = _mono()
-        if ts.fault == "host":
-            dep.set_link(primary, None, up=True)
-        dep.process(primary).popen.wait(timeout=5)
-        dep.start(pair.kind, primary)
-        back = wait_until(lambda: dep.member_state(primary) == "DISABLED", 15)
-        record["redundancy_restored_s"] = (_mono() - t_restore) if back else None
-        enabled = [m for m in pair.members if dep.member_state(m) == "ENABLED"]
-        record["two_enabled_at_end"] = len(enabled) > 1
+        record["flags"] = judge(fault.expect, promoted=bool(promotes), primary_enabled_after=primary_enabled,
+                                failed_probes=record["failed_probes"], two_enabled_s=two_enabled, lost_writes=lost,
+                                settled=settled, recovered=recovered)
+        record["as_expected"] = not record["flags"] and record["status"] == "ok"
+        if capture is not None:
+            capture.finish(keep=not record["as_expected"])
+            if capture.kept:
+                record["capture"] = str(capture.path.relative_to(self.run_dir))
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
                                            "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
         return record
@@ -430,15 +541,19 @@ vrrp_instance EUCALAB {{
         from . import report
         from .versions import versions
 
+        from .preflight import has_netem
+
         exp = self.exp
         spec = spec_from_dict(exp.spec)
+        for ts in exp.sets:  # refuse what this machine cannot do before building anything
+            check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=exp.sdn)
         write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))
         write_json(self.run_dir / "versions.json", versions())
         total = sum(s.trials for s in exp.sets)
         load = _LoadRecorder(self.run_dir / "load.jsonl").start()
         t0 = time.monotonic()
         try:
-            with Deployment(spec, run_dir=self.run_dir / "deployment") as dep, Progress(
+            with Deployment(spec, run_dir=self.run_dir / "deployment", sdn=exp.sdn) as dep, Progress(
                     TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress) as progress:
                 task = progress.add_task("starting the deployment", total=total)

@@ -36,11 +36,21 @@ def load(run_dir: Path) -> dict:
 def summary(data: dict) -> dict:
     sets: dict[str, dict] = {}
     for t in data["trials"]:
-        s = sets.setdefault(t["set"], {"target": t.get("target"), "trials": 0, "ok": 0, "flagged": [],
+        s = sets.setdefault(t["set"], {"target": t.get("target"), "fault": t.get("fault"), "expect": t.get("expect"),
+                                       "trials": 0, "ok": 0, "as_expected": 0, "flagged": [],
                                        "outage_ms": [], "detection_ms": [], "takeover_ms": [],
-                                       "lost_writes": 0, "split_brain": 0, "probe_p99_ms": []})
+                                       "lost_writes": 0, "split_brain": 0, "two_enabled_ms": 0.0,
+                                       "false_failovers": 0, "probe_p99_ms": []})
         s["trials"] += 1
-        if t.get("status") == "ok":
+        # Older runs (and the keepalived baseline) carry no verdict: a trial that ran is as expected.
+        as_expected = t.get("as_expected", t.get("status") == "ok")
+        s["as_expected"] += 1 if as_expected else 0
+        s["two_enabled_ms"] += 1000 * (t.get("two_enabled_s") or 0)
+        s["false_failovers"] += 1 if "false failover" in (t.get("flags") or []) else 0
+        if not as_expected:
+            s["flagged"].append({"trial": t["trial"], "status": t.get("status"), "error": t.get("error"),
+                                 "flags": t.get("flags") or [], "capture": t.get("capture")})
+        if t.get("status") == "ok" and t.get("outage_s") is not None:
             s["ok"] += 1
             s["outage_ms"].append(1000 * t["outage_s"])
             if t.get("detection_s") is not None:
@@ -49,13 +59,13 @@ def summary(data: dict) -> dict:
                 s["takeover_ms"].append(1000 * t["takeover_s"])
             if t.get("probe_interval_p99_ms") is not None:
                 s["probe_p99_ms"].append(t["probe_interval_p99_ms"])
-        else:
-            s["flagged"].append({"trial": t["trial"], "status": t.get("status"), "error": t.get("error")})
         s["lost_writes"] += t.get("lost_writes") or 0
         s["split_brain"] += 1 if t.get("two_enabled_at_end") else 0
     out = {}
     for name, s in sets.items():
-        out[name] = {"target": s["target"], "trials": s["trials"], "ok": s["ok"], "flagged": s["flagged"],
+        out[name] = {"target": s["target"], "fault": s["fault"], "expect": s["expect"], "trials": s["trials"],
+                     "ok": s["ok"], "as_expected": s["as_expected"], "flagged": s["flagged"],
+                     "two_enabled_ms": s["two_enabled_ms"], "false_failovers": s["false_failovers"],
                      "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
                      "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
                      "two_enabled_after_trial": s["split_brain"],
@@ -157,13 +167,13 @@ def build(run_dir: str | Path) -> Path:
     for name, s in summ.items():
         o, d, k = s["outage_ms"], s["detection_ms"], s["takeover_ms"]
         ci = o.get("p50_ci95")
-        rows.append([name, f"{s['ok']}/{s['trials']}", _fmt(o, "p50"),
+        rows.append([name, s.get("expect") or "failover", f"{s['as_expected']}/{s['trials']}", _fmt(o, "p50"),
                      f"{ci[0]:.1f}-{ci[1]:.1f}" if ci else "-", _fmt(o, "p95"),
                      _fmt(o, "p99") if "p99" in o else "(n<100)", _fmt(o, "max"), _fmt(d, "p50"), _fmt(k, "p50"),
-                     str(s["lost_writes"]), str(s["two_enabled_after_trial"]),
+                     str(s["lost_writes"]), f"{s['two_enabled_ms']:.0f}",
                      "-" if s["probe_interval_p99_ms"] is None else f"{s['probe_interval_p99_ms']:.1f}"])
-    head = ["configuration", "ok/trials", "outage p50 ms", "p50 95% CI", "p95", "p99", "max",
-            "detection p50", "takeover p50", "lost writes", "two ENABLED", "probe gap p99 ms"]
+    head = ["configuration", "expected", "as expected/trials", "outage p50 ms", "p50 95% CI", "p95", "p99", "max",
+            "detection p50", "takeover p50", "lost writes", "two ENABLED ms", "probe gap p99 ms"]
     load_vals = [x["cpu_percent"] for x in data["load"]]
     md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
           f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "
@@ -177,7 +187,9 @@ def build(run_dir: str | Path) -> Path:
     md += ["| " + " | ".join(r) + " |" for r in rows]
     flagged = [(n, f) for n, s in summ.items() for f in s["flagged"]]
     md += ["", "## Trials that went wrong", ""]
-    md += [f"- {n} trial {f['trial']}: {f['status']} {f.get('error') or ''}" for n, f in flagged] or ["None."]
+    md += [f"- {n} trial {f['trial']}: {f['status']}; " + "; ".join(f.get("flags") or [])
+           + (f" ({f['error']})" if f.get("error") else "") + (f"; capture `{f['capture']}`" if f.get("capture") else "")
+           for n, f in flagged] or ["None."]
     md += ["", "## Plots", ""] + [f"![{i}]({i})" for i in images]
     md += ["", "## Context", "",
            f"- CPU during the run: mean {sum(load_vals) / len(load_vals):.0f}%, max {max(load_vals):.0f}% "
@@ -190,7 +202,8 @@ def build(run_dir: str | Path) -> Path:
     body = [f"<h1>Failover report: {html.escape(str(exp.get('name', run_dir.name)))}</h1>",
             f"<p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>", table,
             "<h2>Trials that went wrong</h2><ul>" + ("".join(
-                f"<li>{html.escape(n)} trial {f['trial']}: {html.escape(str(f['status']))}</li>" for n, f in flagged)
+                f"<li>{html.escape(n)} trial {f['trial']}: {html.escape(str(f['status']))}; "
+                f"{html.escape('; '.join(f.get('flags') or []))}</li>" for n, f in flagged)
                 or "<li>None.</li>") + "</ul>",
             "<h2>Plots</h2>" + "".join(f'<p><img src="{i}" alt="{i}"></p>' for i in images),
             "<h2>Context</h2><ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[-3:]) + "</ul>"]

@@ -1,0 +1,93 @@
+"""The fault catalogue's pure parts: verdicts, ENABLED intervals, split-brain overlap, loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.failover import Experiment
+from experiments.faults import (CATALOGUE, FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED, check_available,
+                                enabled_intervals, judge, overlap)
+
+
+def verdict(expect, **kw):
+    base = dict(promoted=False, primary_enabled_after=True, failed_probes=0, two_enabled_s=0.0, lost_writes=0,
+                settled=True, recovered=True)
+    base.update(kw)
+    return judge(expect, **base)
+
+
+def test_a_failover_fault_needs_a_promotion_and_users_served_again():
+    assert verdict(FAILOVER, promoted=True) == []
+    assert verdict(FAILOVER) == ["no failover"]
+    assert verdict(FAILOVER, promoted=True, recovered=False) == ["failover but users were not served again"]
+
+
+def test_a_promotion_during_a_no_failover_fault_is_a_false_failover():
+    assert verdict(NO_FAILOVER, promoted=True) == ["false failover"]
+    assert verdict(NO_FAILOVER, primary_enabled_after=False) == ["the primary stopped serving"]
+    assert verdict(NO_FAILOVER, failed_probes=40) == []  # e.g. the gateway is dead: users reach nothing
+    assert verdict(NO_OUTAGE, failed_probes=3) == ["3 failed user requests"]
+
+
+def test_split_brain_lost_writes_and_an_unsettled_pair_are_flagged_whatever_the_fault():
+    for expect in (FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED):
+        flags = verdict(expect, promoted=expect in (FAILOVER, ONE_ENABLED), two_enabled_s=0.0125, lost_writes=1,
+                        settled=False)
+        assert flags[-3:] == ["two ENABLED for 12 ms", "1 acknowledged write(s) lost",
+                              "not exactly one ENABLED and one DISABLED after the restore"]
+
+
+def ev(t, event, **kw):
+    return {"t_mono": t, "event": event, **kw}
+
+
+def test_enabled_intervals_end_at_a_state_change_a_restart_a_fence_or_the_fault():
+    log = [ev(0, "service.start", state="DISABLED"), ev(1, "state.change", to="ENABLED"),
+           ev(2, "state.change", to="DISABLED"), ev(3, "state.change", to="ENABLED"),
+           ev(5, "service.start", state="DISABLED"),  # crashed and restarted: it served until then at most
+           ev(6, "state.change", to="ENABLED"), ev(7, "ha.frozen", fenced=True)]
+    assert enabled_intervals(log, end=10) == [(1, 2), (3, 5), (6, 7)]
+    # A SIGKILL at 4 silences the member: its open interval ends there, later ones stand.
+    assert enabled_intervals(log, end=10, silenced_at=4) == [(1, 2), (3, 4), (6, 7)]
+    assert enabled_intervals([ev(1, "state.change", to="ENABLED")], end=9) == [(1, 9)]
+
+
+def test_overlap_is_the_total_time_both_were_enabled():
+    assert overlap([(0, 2), (5, 6)], [(1, 3), (5.5, 9)]) == pytest.approx(1.5)
+    assert overlap([(0, 1)], [(1, 2)]) == 0
+
+
+def test_the_catalogue_covers_the_ha_fault_table():
+    assert {"sigkill", "sigstop", "host", "uplink", "partition", "heartbeat", "arbitrator", "arbitrators",
+            "gateway", "loss", "delay", "cpu", "slow-replica", "secondary", "both", "double",
+            "controller"} <= set(CATALOGUE)
+    assert CATALOGUE["heartbeat"].expect == NO_FAILOVER and CATALOGUE["uplink"].expect == FAILOVER
+
+
+def test_faults_this_machine_cannot_inject_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="netem"):
+        check_available(CATALOGUE["delay"], netem=False, sdn=False)
+    with pytest.raises(ValueError, match="sdn: true"):
+        check_available(CATALOGUE["controller"], netem=True, sdn=False)
+    check_available(CATALOGUE["delay"], netem=True, sdn=False)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("sets: [{target: clc, trials: 1, fault: meteor}]", "fault must be one of"),
+    ("sets: [{target: clc, trials: 0}]", "positive integer"),
+    ("sets: [{target: clc, trials: 1, colour: red}]", "unknown field"),
+    ("sets: [{target: keepalived, trials: 1, fault: uplink, advert_ms: 50}]", "sigkill"),
+    ("sets: [{target: moon, trials: 1}]", "target must be one of"),
+])
+def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=message):
+        Experiment.load(path)
+
+
+def test_the_shipped_definitions_load():
+    from experiments.failover import DEFINITIONS
+
+    for path in sorted(DEFINITIONS.glob("*.yaml")):
+        assert Experiment.load(path).sets, path
