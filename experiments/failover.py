@@ -72,6 +72,38 @@ class Experiment:
     capture: bool = True  # keep a pcap (user host) and flow dumps for every trial that went wrong
     sdn: bool = False  # run the SDN controller (required by the 'controller' fault)
     sets: list[TrialSet] = field(default_factory=list)
+    # Parameters swept, each point on its own deployment: "spec.heartbeat.interval_ms",
+    # "probe_interval_ms", "set.fault", "set.params.loss_percent", ... -> list of values.
+    sweep: dict = field(default_factory=dict)
+
+    def at(self, point: dict) -> "Experiment":
+        """This experiment with one sweep point's values set; set names say the point."""
+        import copy
+
+        e = copy.deepcopy(self)
+        e.sweep = {}
+        for path, value in point.items():
+            head, *rest = path.split(".")
+            if head == "spec":
+                _set_path(e.spec, rest, value, path)
+            elif head == "set":
+                for ts in e.sets:
+                    if not rest or not hasattr(ts, rest[0]) or rest[0] == "label":
+                        raise ValueError(f"sweep: {path!r} names no trial-set field")
+                    if len(rest) == 1:
+                        setattr(ts, rest[0], value)
+                    else:
+                        _set_path(getattr(ts, rest[0]), rest[1:], value, path)
+            elif head in {f.name for f in dataclasses.fields(self)} - {"sets", "sweep", "spec", "name"} and not rest:
+                setattr(e, head, value)
+            else:
+                raise ValueError(f"sweep: cannot set {path!r} (spec.<field>, set.<field> or an experiment field)")
+        if point:
+            for ts in e.sets:
+                if ts.fault not in CATALOGUE:
+                    raise ValueError(f"sweep: fault {ts.fault!r} is not in the catalogue")
+                ts.label = f"{ts.name} [{_point_label(point)}]"
+        return e
 
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
@@ -97,7 +129,13 @@ class Experiment:
             if not isinstance(s.get("trials"), int) or s["trials"] < 1:
                 raise ValueError(f"{path}: sets[{i}].trials must be a positive integer")
             sets.append(TrialSet(**s))
-        return cls(sets=sets, **data)
+        exp = cls(sets=sets, **data)
+        try:
+            for point in sweep_points(exp.sweep):
+                spec_from_dict(exp.at(point).spec)
+        except Exception as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return exp
 
 
 class ProbeThread:
@@ -157,6 +195,35 @@ class ProbeThread:
 
 def _mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+PROBE_BLOCK = b"eucalab probe block\n" * 16
+
+
+def _user_http(dep: Deployment, method: str, url: str, body: bytes | None = None,
+               timeout: float = 5.0) -> tuple[int, bytes]:
+    """One plain HTTP request from the user host; (0, error) when it fails."""
+    u = urlsplit(url)
+    with dep.in_host("user"):
+        try:
+            c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+            c.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body)
+            r = c.getresponse()
+            out = r.status, r.read()
+            c.close()
+            return out
+        except (OSError, http.client.HTTPException) as exc:
+            return 0, repr(exc).encode()
+
+
+def _set_path(tree: dict, keys: list[str], value, path: str) -> None:
+    if not isinstance(tree, dict) or not keys:
+        raise ValueError(f"sweep: cannot set {path!r}")
+    for k in keys[:-1]:
+        tree = tree.setdefault(k, {})
+        if not isinstance(tree, dict):
+            raise ValueError(f"sweep: cannot set {path!r}")
+    tree[keys[-1]] = value
 
 
 def _settled(dep: Deployment, pair) -> bool:
@@ -232,6 +299,13 @@ class Runner:
             raise RuntimeError("the probe instance did not reach running")
         eip = ec2.allocate_address()["PublicIp"]
         ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        # A volume attached to the instance: the SC is probed by block reads through it (the
+        # instance's virtio disk channel to its NC, the NC's block session to the SC VIP).
+        vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+        ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
+        w["disk"] = f"http://{eip}/volumes/{vol}/blocks"
+        if not wait_until(lambda: _user_http(dep, "PUT", w["disk"] + "?offset=0", PROBE_BLOCK)[0] == 200, 30, 0.2):
+            raise RuntimeError("the probe volume did not take a block write through the instance")
         w.update(ec2=ec2, s3=s3, iid=iid, eip=eip, sigv4=SigV4Auth, creds=c, ep=ep, dep=dep)
         self._fresh_clients(w)
         return w
@@ -261,6 +335,9 @@ class Runner:
             return url, headers, lambda s, b: s == 200 and b"DescribeInstancesResponse" in b
         if target == "walrus":
             return w["presigned"], {}, lambda s, b: s == 200 and b == b"eucalab probe object\n"
+        if target == "sc":
+            return (f"{w['disk']}?offset=0&length={len(PROBE_BLOCK)}", {},
+                    lambda s, b: s == 200 and b == PROBE_BLOCK)
         if target == "cc":
             iid = w["iid"].encode()
             return f"http://{w['eip']}/", {}, lambda s, b: s == 200 and b.strip() == iid
@@ -302,6 +379,16 @@ class Runner:
             key = f"marker-{n}-{self.rng.randrange(1 << 30)}"
             self._retry(lambda: w["s3"].put_object(Bucket="probe", Key=key, Body=key.encode()))
             return key
+        if target == "sc":  # a block of its own, written through the instance's volume
+            offset = 4096 * self.rng.randrange(1, 256)
+            body = f"marker-{n}-{self.rng.randrange(1 << 30)}".encode()
+
+            def put():
+                status, answer = _user_http(w["dep"], "PUT", f"{w['disk']}?offset={offset}", body)
+                if status != 200:
+                    raise RuntimeError(f"block write answered {status}: {answer[:200]!r}")
+            self._retry(put)
+            return f"{offset}:{body.decode()}"
         return None
 
     def _marker_present(self, target: str, w: dict, marker: str | None) -> bool | None:
@@ -312,6 +399,15 @@ class Runner:
             if target == "clc":
                 groups = self._retry(lambda: w["ec2"].describe_security_groups()["SecurityGroups"])
                 return marker in [g["GroupName"] for g in groups]
+            if target == "sc":
+                offset, body = marker.split(":", 1)
+
+                def get():
+                    status, data = _user_http(w["dep"], "GET", f"{w['disk']}?offset={offset}&length={len(body)}")
+                    if status != 200:
+                        raise RuntimeError(f"block read answered {status}")
+                    return data
+                return self._retry(get) == body.encode()
             return self._retry(lambda: w["s3"].get_object(Bucket="probe", Key=marker)["Body"].read()) == \
                 marker.encode()
         except Exception as exc:
@@ -470,7 +566,7 @@ vrrp_instance EUCALAB {{
                   argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
         wait_until(lambda: ":1F90 " in dep[host].cmd("cat /proc/net/tcp"), 10, 0.05)
 
-    def keepalived_set(self, dep: Deployment, ts: TrialSet, bar) -> list[dict]:
+    def keepalived_set(self, dep: Deployment, ts: TrialSet, bar, point: dict | None = None) -> list[dict]:
         pair = dep.plan.pair("clc")
         hosts = pair.members
         for h in hosts:  # the same hosts and VIP, with the eucalab CLC out of the way
@@ -525,6 +621,8 @@ vrrp_instance EUCALAB {{
             dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
             self._start_http(dep, master)
             self._start_keepalived(dep, master, ts.advert_ms, 90)
+            if point:
+                record["point"] = point
             records.append(record)
             self.trials_file.write(json.dumps(record) + "\n")
             bar(ts.name)
@@ -536,32 +634,29 @@ vrrp_instance EUCALAB {{
     # -- the whole run ----------------------------------------------------------------------------------
 
     def run(self) -> Path:
+        """Every sweep point (one when there is no sweep) on its own deployment, then the report."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from . import report
+        from .preflight import has_netem
         from .versions import versions
 
-        from .preflight import has_netem
-
         exp = self.exp
-        spec = spec_from_dict(exp.spec)
-        for ts in exp.sets:  # refuse what this machine cannot do before building anything
-            check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=exp.sdn)
+        points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
+        for _, e in points:  # refuse what this machine cannot do before building anything
+            spec_from_dict(e.spec)
+            for ts in e.sets:
+                check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=e.sdn)
         write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))
         write_json(self.run_dir / "versions.json", versions())
-        total = sum(s.trials for s in exp.sets)
+        total = sum(s.trials for _, e in points for s in e.sets)
         load = _LoadRecorder(self.run_dir / "load.jsonl").start()
         t0 = time.monotonic()
         try:
-            with Deployment(spec, run_dir=self.run_dir / "deployment", sdn=exp.sdn) as dep, Progress(
-                    TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not self.progress) as progress:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                          disable=not self.progress) as progress:
                 task = progress.add_task("starting the deployment", total=total)
-                dep.start_services()
-                w = self._prepare(dep)
-                for pair in dep.plan.pairs:
-                    wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)
-
                 done = [0]
                 tty = progress.console.is_terminal
 
@@ -575,18 +670,11 @@ vrrp_instance EUCALAB {{
                         print(f"eucalab: {done[0]}/{total} trials ({name}), {elapsed:.0f} s elapsed, "
                               f"about {eta:.0f} s left", flush=True)
 
-                for ts in [s for s in exp.sets if s.target != "keepalived"]:
-                    for n in range(ts.trials):
-                        progress.update(task, description=ts.name)
-                        try:
-                            record = self.trial(dep, ts, n, w)
-                        except Exception as exc:  # recorded, never silently dropped
-                            record = {"set": ts.name, "target": ts.target, "trial": n, "status": "error",
-                                      "error": repr(exc)}
-                        self.trials_file.write(json.dumps(record) + "\n")
-                        bar(ts.name)
-                for ts in [s for s in exp.sets if s.target == "keepalived"]:
-                    self.keepalived_set(dep, ts, bar)
+                for i, (point, e) in enumerate(points):
+                    progress.update(task, description="starting the deployment" + (f" ({_point_label(point)})"
+                                                                                   if point else ""))
+                    sub = self.run_dir / ("deployment" if len(points) == 1 else f"deployment-{i}")
+                    self._run_point(e, point, sub, progress, task, bar)
         finally:
             load.stop()
             self.trials_file.close()
@@ -595,6 +683,48 @@ vrrp_instance EUCALAB {{
                                                   "trials_per_minute": total / (time.monotonic() - t0) * 60})
         report.build(self.run_dir)
         return self.run_dir
+
+    def _run_point(self, exp: "Experiment", point: dict, run_dir: Path, progress, task, bar) -> None:
+        saved, self.exp = self.exp, exp  # trials read the point's timing parameters
+        try:
+            with Deployment(spec_from_dict(exp.spec), run_dir=run_dir, sdn=exp.sdn) as dep:
+                dep.start_services()
+                w = self._prepare(dep)
+                for pair in dep.plan.pairs:
+                    wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)
+                for ts in [s for s in exp.sets if s.target != "keepalived"]:
+                    for n in range(ts.trials):
+                        progress.update(task, description=ts.name)
+                        try:
+                            record = self.trial(dep, ts, n, w)
+                        except Exception as exc:  # recorded, never silently dropped
+                            record = {"set": ts.name, "target": ts.target, "trial": n, "status": "error",
+                                      "error": repr(exc)}
+                        if point:
+                            record["point"] = point
+                        self.trials_file.write(json.dumps(record) + "\n")
+                        bar(ts.name)
+                for ts in [s for s in exp.sets if s.target == "keepalived"]:
+                    self.keepalived_set(dep, ts, bar, point)
+        finally:
+            self.exp = saved
+
+
+def sweep_points(sweep: dict) -> list[dict]:
+    """Every combination of the swept values ([{}] without a sweep), in a stable order."""
+    import itertools
+
+    if not sweep:
+        return [{}]
+    keys = list(sweep)
+    for k in keys:
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise ValueError(f"sweep.{k} must be a non-empty list of values")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def _point_label(point: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
 
 
 class _LoadRecorder:

@@ -122,6 +122,7 @@ def plots(data: dict, run_dir: Path) -> list[str]:
         fig.savefig(run_dir / "breakdown.png", dpi=110)
         plt.close(fig)
         made.append("breakdown.png")
+    made += _sweep_plots(data, run_dir, plt)
     sample = next((p for p in data["probes"] if any(t.get("set") == p["set"] and t.get("trial") == p["trial"]
                                                        and t.get("status") == "ok" for t in data["trials"])), None)
     if sample:
@@ -147,6 +148,49 @@ def plots(data: dict, run_dir: Path) -> list[str]:
         fig.savefig(run_dir / "timeline.png", dpi=110)
         plt.close(fig)
         made.append("timeline.png")
+    return made
+
+
+def _sweep_plots(data: dict, run_dir: Path, plt) -> list[str]:
+    """Outage against each swept parameter (median, with the 5th-95th percentile range)."""
+    from .analysis import percentile
+
+    swept = sorted({k for t in data["trials"] for k in (t.get("point") or {})})
+    made = []
+    for key in swept:
+        series: dict[str, dict] = {}
+        for t in data["trials"]:
+            point = t.get("point") or {}
+            if key not in point or t.get("status") != "ok" or t.get("outage_s") is None:
+                continue
+            base = t["set"].split(" [")[0]
+            others = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items() if k != key)
+            series.setdefault(base + (f" ({others})" if others else ""), {}).setdefault(point[key], []).append(
+                1000 * t["outage_s"])
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        values = sorted({v for s in series.values() for v in s}, key=lambda v: (isinstance(v, str), v))
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        for name, by_value in sorted(series.items()):
+            xs = [v for v in values if v in by_value]
+            med = [percentile(by_value[v], 50) for v in xs]
+            lo = [m - percentile(by_value[v], 5) for m, v in zip(med, xs)]
+            hi = [percentile(by_value[v], 95) - m for m, v in zip(med, xs)]
+            pos = xs if numeric else [values.index(v) for v in xs]
+            ax.errorbar(pos, med, yerr=[lo, hi], marker="o", capsize=3, label=name)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("client-observed outage (ms): median, 5th-95th percentile")
+        ax.set_title(f"Outage versus {key.split('.')[-1]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"sweep_{key.replace('.', '_')}.png"
+        fig.savefig(run_dir / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
     return made
 
 

@@ -91,3 +91,32 @@ def test_the_shipped_definitions_load():
 
     for path in sorted(DEFINITIONS.glob("*.yaml")):
         assert Experiment.load(path).sets, path
+
+
+def test_a_sweep_expands_to_every_combination_each_labelled(tmp_path):
+    from experiments.failover import sweep_points
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("sweep: {spec.heartbeat.interval_ms: [20, 50], set.params.loss_percent: [1, 5]}\n"
+                    "sets: [{target: clc, trials: 2, fault: loss}]\n")
+    exp = Experiment.load(path)
+    points = sweep_points(exp.sweep)
+    assert len(points) == 4
+    e = exp.at(points[1])
+    assert e.spec["heartbeat"]["interval_ms"] == 20 and e.sets[0].params == {"loss_percent": 5}
+    assert e.sets[0].name.endswith("[interval_ms=20, loss_percent=5]")
+    assert exp.sets[0].params == {}  # the definition itself is untouched
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ("{spec.heartbeat.interval_ms: []}", "non-empty list"),
+    ("{spec.heartbeat.interval_ms: [1]}", "heartbeat.interval_ms"),  # the spec's own validation
+    ("{set.colour: [1]}", "names no trial-set field"),
+    ("{moon: [1]}", "cannot set"),
+    ("{set.fault: [meteor]}", "not in the catalogue"),
+])
+def test_a_bad_sweep_is_refused_before_anything_is_built(tmp_path, sweep, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"sweep: {sweep}\nsets: [{{target: clc, trials: 1}}]\n")
+    with pytest.raises(ValueError, match=message):
+        Experiment.load(path)
