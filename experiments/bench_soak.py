@@ -42,7 +42,7 @@ import psutil
 from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
-from .rundir import new_run_dir, write_json
+from .rundir import new_run_dir, registry_entries, write_json
 
 SAMPLE_S = 0.1
 # Events that change who serves: after start-up, in a soak where nothing fails, each is false.
@@ -211,7 +211,9 @@ class LoadSampler:
         while not self._stop.wait(1.0):
             percpu = psutil.cpu_percent(None, percpu=True)
             s = {"t_mono": time.monotonic(), "cpu_percent": round(sum(percpu) / len(percpu), 1),
-                 "percpu": percpu, "load1": os.getloadavg()[0]}
+                 "percpu": percpu, "load1": os.getloadavg()[0],
+                 # Other deployments on the machine run their HA members at the same realtime priority.
+                 "other_runs": max(0, len(registry_entries()) - 1)}
             self.samples.append(s)
             self._f.write(json.dumps(s) + "\n")
 
@@ -505,7 +507,9 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
         "arbitrators_started_again": restarted,
         "cpu_percent": {"mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
                         "p50": percentile(cpu, 50), "p95": percentile(cpu, 95), "max": max(cpu, default=None)},
-        "load1": {"mean": round(sum(load1) / len(load1), 2) if load1 else None, "max": max(load1, default=None)},
+        "load1": {"mean": round(sum(load1) / len(load1), 2) if load1 else None,
+                  "max": round(max(load1), 2) if load1 else None},
+        "other_runs_max": max((s["other_runs"] for s in load), default=None),
         "cores_used": {k: round(v, 3) for k, v in cores_used.items()},
         "config": config,
     }
@@ -537,6 +541,7 @@ def _print(console, s: dict, run_dir: Path) -> None:
                       f"(target {c['loss_pct']:g}%)")
     cu = s["cores_used"]
     console.print(f"  CPU: machine {s['cpu_percent']['mean']}% mean, p95 {s['cpu_percent']['p95']}% of "
-                  f"{c['cpu_count']} cores; load1 mean {s['load1']['mean']}, max {s['load1']['max']}")
+                  f"{c['cpu_count']} cores; load1 mean {s['load1']['mean']}, max {s['load1']['max']}; "
+                  f"other eucalab runs on the machine: up to {s['other_runs_max']}")
     console.print("  cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cu.items()))
     console.print(f"results: {run_dir / 'summary.json'}")
