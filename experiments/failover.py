@@ -484,8 +484,10 @@ class Runner:
         fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
         rejoin_probes = [p for p in probes if p.sent >= t_restore]
         ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
+        # Up to full redundancy: a promotion is logged just after the state change and VIP
+        # that may already have let users in, and none may follow a restore.
         promotes = [(m, e) for m in pair.members for e in ev[m]
-                    if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= t_restore]
+                    if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= t_settled]
         promote = next((e for m, e in promotes if m == peer), None)
         dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
                      and e["t_mono"] >= t_fault), None)

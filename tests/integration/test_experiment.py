@@ -11,25 +11,31 @@ from experiments.report import build
 
 def test_tiny_experiment_report_matches_raw_data(tmp_path):
     exp = Experiment(name="tiny", seed=7, spec={"name": "tiny", "clusters": 1, "ncs_per_cluster": 1},
-                     sets=[TrialSet("clc", 2), TrialSet("cc", 1, fault="host"),
-                           TrialSet("keepalived", 1, advert_ms=50)])
+                     sets=[TrialSet("clc", 2), TrialSet("cc", 1, fault="host"), TrialSet("sc", 1),
+                           TrialSet("clc", 1, fault="heartbeat"), TrialSet("keepalived", 1, advert_ms=50)])
     run_dir = Runner(exp, run_dir=tmp_path, progress=False).run()
     trials = [json.loads(l) for l in (run_dir / "trials.jsonl").read_text().splitlines()]
-    assert [t["status"] for t in trials] == ["ok"] * 4, trials
+    assert [t["status"] for t in trials] == ["ok"] * 6, trials
     assert all(t["lost_writes"] in (0, None) for t in trials)
+    # Each trial judged against its fault's expected outcome: the heartbeat cut is no failover.
+    assert all(t.get("as_expected", True) for t in trials), [t.get("flags") for t in trials]
+    cut = next(t for t in trials if t.get("fault") == "heartbeat")
+    assert cut["expect"] == "no-failover" and cut["promotions"] == 0 and cut["two_enabled_s"] == 0
     # The outage in trials.jsonl is recomputed from the raw probes alone.
     probes = [json.loads(l) for l in (run_dir / "probes.jsonl").read_text().splitlines()]
-    assert len(probes) == 4
+    assert len(probes) == 6
     for p in probes:
         trial = next(t for t in trials if t["set"] == p["set"] and t["trial"] == p["trial"])
         assert outage([Probe(*x) for x in p["probes"]], p["t_fault"]) == trial["outage_s"]
-        assert 0.05 < trial["outage_s"] < 2.0
+        if trial.get("expect", "failover") == "failover":
+            assert 0.05 < trial["outage_s"] < 2.0
     summary = json.loads((run_dir / "summary.json").read_text())
     clc = [t["outage_s"] * 1000 for t in trials if t["target"] == "clc"]
     assert summary["eucalab CLC crash"]["outage_ms"]["max"] == max(clc)
     assert summary["eucalab CLC crash"]["ok"] == 2
     report = (run_dir / "report.md").read_text()
-    assert "| eucalab CLC crash | 2/2 |" in report and "keepalived advert 50 ms" in report
+    assert "| eucalab CLC crash | failover | 2/2 |" in report and "keepalived advert 50 ms" in report
+    assert "| eucalab CLC heartbeat | no-failover | 1/1 |" in report and "eucalab SC crash" in report
     for png in ("outage_cdf.png", "breakdown.png", "timeline.png"):
         assert (run_dir / png).stat().st_size > 10_000
         assert png in (run_dir / "report.html").read_text()
