@@ -3,10 +3,10 @@
 Definitions (also in docs/experiments.md):
 
 * A probe is one request from the user host, recorded as (sent, done, ok) with
-  CLOCK_MONOTONIC times. Probes overlap nothing: each has a short timeout, and the
-  next starts one probe interval after the previous one started (or at once when
-  it took longer), so the measurement's resolution is the probe interval plus the
-  probe's own duration.
+  CLOCK_MONOTONIC times. A probe starts every probe interval whatever the earlier ones
+  are doing (they overlap: one that hangs on a dead primary is cut at its timeout and
+  never delays the next), so the measurement's resolution is the probe interval; the
+  start-to-start gaps actually achieved are recorded per trial (``resolution``).
 * Outage of a trial = completion of the first successful probe sent after the fault
   minus completion of the last successful probe before the fault. Probes in flight
   at the fault count as "before" only if they completed before it.
