@@ -28,6 +28,11 @@ Internal API (header X-Eucalab-Internal-Token):
     DELETE /instances/{id}/volumes/{volume}
     GET    /volumes/{volume}/blocks?offset=&length=   read through the attachment
     PUT    /volumes/{volume}/blocks?offset=           write through the attachment
+
+A block request not answered by the SC within its deadline (an SC failover under way)
+gets 503; the attachment's session logs in again through the SC's VIP meanwhile
+(``volume.relogin`` events). Config ``block_session``: the fields of
+``components.sc.blockproto.SessionTimeouts`` (seconds).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import aiohttp
 from aiohttp import web
 
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
-from components.sc.blockproto import BlockClient, BlockError
+from components.sc.blockproto import BlockClient, BlockError, BlockUnavailable, SessionTimeouts
 
 # Instance states, as DescribeInstances names them.
 PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-down", "terminated"
@@ -99,6 +104,7 @@ class NodeController(Service):
         self.http: aiohttp.ClientSession | None = None
         self.attachments: dict[str, BlockClient] = {}  # volume id -> block session
         self.disks: dict[str, web.AppRunner] = {}  # instance id -> its disk channel
+        self.session_timeouts = SessionTimeouts(**config.get("block_session", {}))
 
     # -- persistence ------------------------------------------------------------------
 
@@ -234,10 +240,11 @@ class NodeController(Service):
             vid, host, port = str(body["volume"]), str(body["target"]["host"]), int(body["target"]["port"])
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
-        client = BlockClient(host, port, vid)
+        client = BlockClient(host, port, vid, self.session_timeouts,
+                             on_relogin=lambda info: self.events.emit("volume.relogin", **info))
         try:
             await client.connect()
-        except (OSError, asyncio.TimeoutError, BlockError, asyncio.IncompleteReadError) as exc:
+        except (OSError, BlockError, BlockUnavailable, asyncio.IncompleteReadError) as exc:
             await client.close()
             return web.json_response({"error": "VolumeAttachFailed", "message": str(exc)}, status=502)
         old = self.attachments.pop(vid, None)
@@ -285,7 +292,9 @@ class NodeController(Service):
             data = await client.read(offset, length)
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
-        except (BlockError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        except BlockUnavailable as exc:
+            return web.json_response({"error": "VolumeUnavailable", "message": str(exc)}, status=503)
+        except BlockError as exc:
             return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
         return web.Response(body=data, content_type="application/octet-stream")
 
@@ -295,7 +304,9 @@ class NodeController(Service):
             await client.write(offset, await request.read())
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
-        except (BlockError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        except BlockUnavailable as exc:
+            return web.json_response({"error": "VolumeUnavailable", "message": str(exc)}, status=503)
+        except BlockError as exc:
             return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
         return web.json_response({"written": True})
 

@@ -7,17 +7,22 @@ that makes writes durable) without the SCSI layers.
     request : op (1 byte: L login, R read, W write, F flush), offset (u64), length (u32)
               [L: the volume id, length bytes] [W: length bytes of data]
     response: status (1 byte: 0 ok, 1 no such volume, 2 out of range, 3 bad request,
-              4 not attached), length (u32), data
+              4 not attached, 5 not the primary), length (u32), data
+
+"Not the primary" comes from an SC member that does not serve (a standby, or a
+primary that stepped down): the initiator logs in again through the service VIP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import dataclass
+from typing import Callable
 
 HEADER = struct.Struct("!cQI")
 REPLY = struct.Struct("!BI")
-OK, NO_VOLUME, OUT_OF_RANGE, BAD_REQUEST, NOT_ATTACHED = 0, 1, 2, 3, 4
+OK, NO_VOLUME, OUT_OF_RANGE, BAD_REQUEST, NOT_ATTACHED, NOT_PRIMARY = 0, 1, 2, 3, 4, 5
 MAX_IO = 4 * 2**20
 BLOCK_PORT = 3260
 
@@ -28,56 +33,178 @@ class BlockError(Exception):
         super().__init__(message or f"block protocol status {status}")
 
 
-class BlockClient:
-    """The NC's side of an attachment: one session, requests one at a time."""
+class BlockUnavailable(Exception):
+    """No answer from the SC before the request's deadline: it is failing over, or cannot
+    be reached. A write given up may or may not have reached the disk; written again, the
+    same bytes land at the same offset."""
 
-    def __init__(self, host: str, port: int, volume: str):
+
+@dataclass(frozen=True)
+class SessionTimeouts:
+    """How an attachment's session recovers after an SC failover.
+
+    The takeover moves the SC's service VIP about one heartbeat window after the crash
+    (150 ms at the defaults). Until then a connection to the VIP is refused at once (the
+    crashed member's host still holds the address) or its SYN is lost (nobody holds it,
+    or a neighbour's ARP entry still names the old member): one long attempt would wait
+    out its whole timeout, since the kernel retransmits a SYN only after 1 s. Short
+    attempts, paced, reach the new primary within about ``retry_interval_s`` of it
+    answering."""
+
+    connect_s: float = 0.2  # one TCP handshake
+    reply_s: float = 0.5  # one answer on an open session (login, read, write, flush)
+    retry_interval_s: float = 0.02  # from one login attempt to the next
+    # How long a request may wait for the session (queueing and logging in again). Its
+    # answer, once sent, may take reply_s more: together below the 2 s an instance's
+    # workload waits for its disk, so a request is answered, or given up, before its
+    # client has gone.
+    request_s: float = 1.2
+
+
+class BlockClient:
+    """The NC's side of an attachment: one session, requests one at a time, in order.
+
+    Every request has a deadline. A session found broken (closed by the SC, silent for
+    ``reply_s``, or answered by a member that no longer serves) is logged
+    into again through the same address, the SC's service VIP, with short attempts until
+    the deadline of the request that found it broken; the next request carries on from
+    there. A request still waiting for the session at its deadline is given up
+    (BlockUnavailable) rather than served after its client has gone: a backlog never
+    builds up behind a failover. ``on_relogin`` hears of every recovered session."""
+
+    def __init__(self, host: str, port: int, volume: str, timeouts: SessionTimeouts | None = None,
+                 on_relogin: Callable[[dict], None] | None = None):
         self.host, self.port, self.volume = host, port, volume
+        self.timeouts = timeouts or SessionTimeouts()
+        self.on_relogin = on_relogin
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.lock = asyncio.Lock()
+        self.given_up = 0  # requests that reached their deadline unserved
+        self._lost: dict | None = None  # since the session broke: when, why, login attempts
 
     async def connect(self, timeout: float = 5.0) -> None:
+        """Log in (at attachment), attempt after attempt until ``timeout``."""
         async with self.lock:
-            await self._login(timeout)
+            await self._login(asyncio.get_running_loop().time() + timeout)
 
-    async def _login(self, timeout: float = 5.0) -> None:
-        self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port), timeout)
-        vid = self.volume.encode()
-        await self._exchange(b"L", 0, len(vid), vid)
+    def _usable(self) -> bool:
+        """Whether the session can carry a request: open on both sides, no error on it.
+        (Writing into a transport the SC has closed raises nothing: the bytes are dropped.)"""
+        return (self.writer is not None and not self.writer.is_closing() and not self.reader.at_eof()
+                and self.reader.exception() is None)
+
+    def _close_session(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    def _lose(self, reason: str) -> None:
+        """The session is broken: close it and remember since when, and why."""
+        self._close_session()
+        if self._lost is None:
+            self._lost = {"lost_at": asyncio.get_running_loop().time(), "reason": reason, "attempts": 0,
+                          "given_up": self.given_up}
+
+    async def _login(self, deadline: float) -> None:
+        """Connect and log in, attempt after attempt, until ``deadline`` (then
+        BlockUnavailable). A member that serves but has no such volume is final (BlockError)."""
+        loop = asyncio.get_running_loop()
+        t = self.timeouts
+        while True:
+            started = loop.time()
+            if self._lost is not None:
+                self._lost["attempts"] += 1
+            try:
+                async with asyncio.timeout_at(min(started + t.connect_s, deadline)):
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                vid = self.volume.encode()
+                await self._exchange(b"L", 0, len(vid), vid)
+                return
+            except BlockError as exc:
+                self._close_session()
+                if exc.status != NOT_PRIMARY:  # the primary's answer: final
+                    raise
+                error: Exception = exc  # that member does not serve (any more, or yet)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                self._close_session()
+                error = exc
+            now = loop.time()
+            if now + t.retry_interval_s >= deadline:
+                raise BlockUnavailable(f"no session to {self.host}:{self.port} for {self.volume} "
+                                       f"before the deadline: {error!r}")
+            await asyncio.sleep(started + t.retry_interval_s - now)  # pacing; refusals come at once
+
+    async def _relogin(self, deadline: float) -> None:
+        await self._login(deadline)
+        lost, self._lost = self._lost, None
+        if lost is not None and self.on_relogin is not None:
+            now = asyncio.get_running_loop().time()
+            self.on_relogin({"volume": self.volume, "target": f"{self.host}:{self.port}", "reason": lost["reason"],
+                             "lost_at": lost["lost_at"], "down_s": round(now - lost["lost_at"], 4),
+                             "attempts": lost["attempts"], "given_up": self.given_up - lost["given_up"]})
 
     async def _exchange(self, op: bytes, offset: int, length: int, data: bytes = b"") -> bytes:
-        self.writer.write(HEADER.pack(op, offset, length) + data)
-        await self.writer.drain()
-        status, n = REPLY.unpack(await self.reader.readexactly(REPLY.size))
-        payload = await self.reader.readexactly(n) if n else b""
+        try:
+            async with asyncio.timeout(self.timeouts.reply_s):
+                self.writer.write(HEADER.pack(op, offset, length) + data)
+                await self.writer.drain()
+                status, n = REPLY.unpack(await self.reader.readexactly(REPLY.size))
+                payload = await self.reader.readexactly(n) if n else b""
+        except asyncio.CancelledError:
+            self._lose("request cancelled")  # its answer would be taken for the next one's
+            raise
         if status != OK:
             raise BlockError(status, payload.decode(errors="replace"))
         return payload
 
-    async def _call(self, op: bytes, offset: int, length: int, data: bytes = b"") -> bytes:
-        """One request; a session broken (the SC failed over to its peer) is logged into
-        again, once, through the same address: the SC's service VIP."""
-        async with self.lock:
-            try:
-                return await self._exchange(op, offset, length, data)
-            except (ConnectionError, asyncio.IncompleteReadError, OSError, BlockError) as exc:
-                if isinstance(exc, BlockError) and exc.status != NOT_ATTACHED:
-                    raise
-                if self.writer is not None:
-                    self.writer.close()
-                await self._login()
-                return await self._exchange(op, offset, length, data)
+    async def _call(self, op: bytes, offset: int, length: int, data: bytes = b"",
+                    deadline: float | None = None) -> bytes:
+        """One request, sent before ``deadline`` (event-loop time; default now plus
+        ``request_s``) or given up (BlockUnavailable)."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeouts.request_s
+        try:
+            if loop.time() >= deadline:
+                raise TimeoutError
+            async with asyncio.timeout_at(deadline):
+                await self.lock.acquire()
+        except TimeoutError:
+            self.given_up += 1
+            raise BlockUnavailable(f"{self.volume}: the session was busy up to the request's deadline") from None
+        try:
+            while True:
+                if loop.time() >= deadline:  # its turn came too late: its client has gone
+                    raise BlockUnavailable(f"{self.volume}: no answer before the request's deadline")
+                if not self._usable():
+                    if self.writer is not None:
+                        self._lose("closed by the SC")
+                    await self._relogin(deadline)
+                try:
+                    return await self._exchange(op, offset, length, data)
+                except BlockError as exc:
+                    if exc.status not in (NOT_PRIMARY, NOT_ATTACHED):
+                        raise
+                    # That member no longer serves (or no longer knows the session): log in
+                    # again through the VIP, where the member that took over answers.
+                    self._lose(f"SC refused: {exc}")
+                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                    self._lose(f"request failed: {exc!r}")
+        except BlockUnavailable:
+            self.given_up += 1
+            raise
+        finally:
+            self.lock.release()
 
-    async def read(self, offset: int, length: int) -> bytes:
-        return await self._call(b"R", offset, length)
+    async def read(self, offset: int, length: int, deadline: float | None = None) -> bytes:
+        return await self._call(b"R", offset, length, deadline=deadline)
 
-    async def write(self, offset: int, data: bytes) -> None:
-        await self._call(b"W", offset, len(data), data)
+    async def write(self, offset: int, data: bytes, deadline: float | None = None) -> None:
+        await self._call(b"W", offset, len(data), data, deadline=deadline)
 
-    async def flush(self) -> None:
-        await self._call(b"F", 0, 0)
+    async def flush(self, deadline: float | None = None) -> None:
+        await self._call(b"F", 0, 0, deadline=deadline)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -86,4 +213,4 @@ class BlockClient:
                 await self.writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
-            self.writer = None
+            self.reader = self.writer = None

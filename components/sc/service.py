@@ -288,6 +288,11 @@ class StorageController(Service):
                     return
                 payload = await reader.readexactly(length) if op in (b"L", b"W") and length else b""
                 if op == b"L":
+                    if not self.may_serve():
+                        # A standby (or a member that lost the pair) takes no session: the
+                        # initiator tries the VIP again until the primary answers there.
+                        await reply(bp.NOT_PRIMARY, b"not the primary: log in through the service VIP")
+                        return
                     vid = payload.decode(errors="replace")
                     vol = self.volumes.get(vid)
                     if vol is None:
@@ -299,7 +304,10 @@ class StorageController(Service):
                     volume, f = vid, open(self._path(vid), "r+b")
                     await reply(bp.OK)
                     continue
-                if f is None or volume not in self.volumes or not self.may_serve():
+                if not self.may_serve():
+                    await reply(bp.NOT_PRIMARY, b"no longer the primary: log in through the service VIP")
+                    return
+                if f is None or volume not in self.volumes:
                     await reply(bp.NOT_ATTACHED, b"log in to an attached volume first")
                     return
                 size = self.volumes[volume]["size_mib"] * 2**20
@@ -315,7 +323,7 @@ class StorageController(Service):
                     except NotAcknowledged:
                         # No longer the primary to write through: the client logs in again
                         # through the VIP, reaching the member that took over, and retries.
-                        await reply(bp.NOT_ATTACHED, b"this member is no longer primary: log in again")
+                        await reply(bp.NOT_PRIMARY, b"this member is no longer primary: log in again")
                         return
                     await reply(bp.OK)
                 elif op == b"F":

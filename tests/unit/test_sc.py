@@ -9,6 +9,7 @@ from aiohttp import ClientSession
 
 from components.common.config import validate_config
 from components.common.events import read_events
+from components.common.states import ServiceState
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
 
@@ -99,3 +100,32 @@ def test_volumes_survive_a_restart(tmp_path):
     sc.volumes["vol-00000001"] = {"id": "vol-00000001", "size_mib": 1, "state": "available", "attachment": None}
     sc._save()
     assert make_sc(tmp_path).volumes["vol-00000001"]["size_mib"] == 1
+
+
+def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path):
+    """A standby (or a primary that stepped down) takes no block session and ends the
+    ones it has with NOT_PRIMARY: the NC logs in again through the VIP until the primary
+    answers there."""
+    sc = make_sc(tmp_path)
+    sc.volumes["vol-0000abcd"] = {"id": "vol-0000abcd", "size_mib": 1, "state": "in-use",
+                                  "attachment": {"instance": "i-1", "nc": "c1n1"}}
+    (tmp_path / "data" / "volumes" / "vol-0000abcd.img").write_bytes(b"\0" * 2**20)
+    fast = bp.SessionTimeouts(connect_s=0.1, reply_s=0.2, retry_interval_s=0.01, request_s=0.3)
+
+    async def scenario():
+        task = await _started(sc, tmp_path)
+        client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", fast)
+        await client.connect()
+        sc.state = ServiceState.DISABLED  # it stepped down
+        try:
+            await client.read(0, 4)
+            raise AssertionError("a member that stepped down served a read")
+        except bp.BlockUnavailable as exc:
+            assert "not the primary" in str(exc)
+        sc.state = ServiceState.ENABLED  # the VIP's primary answers again
+        assert await client.read(0, 4) == b"\0" * 4
+        await client.close()
+        sc.stop()
+        await task
+
+    asyncio.run(scenario())
