@@ -228,10 +228,11 @@ class LoadSampler:
 
 
 class StateTail:
-    """A member's service state from the new lines of its event log (read incrementally)."""
+    """A member's service state, and whether it is fenced (ENABLED but refusing every
+    request after a freeze), from the new lines of its event log (read incrementally)."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.state = path, 0, None
+        self.path, self.offset, self.state, self.fenced = path, 0, None, False
 
     def poll(self) -> str | None:
         try:
@@ -251,6 +252,10 @@ class StateTail:
                 self.state = e.get("to")
             elif e.get("event") == "service.start":
                 self.state = e.get("state")
+            elif e.get("event") == "ha.frozen" and e.get("fenced"):
+                self.fenced = True
+            elif e.get("event") == "ha.unfenced":
+                self.fenced = False
         return self.state
 
 
@@ -459,7 +464,8 @@ def _sample(dep, pairs: dict[str, list[str]], seconds: float, path: Path, consol
                 last = states
             for name in enabled_twice(states, pairs):
                 dual.append({"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "pair": name,
-                             "states": {m: states[m] for m in pairs[name]}})
+                             "states": {m: states[m] for m in pairs[name]},
+                             "fenced": [m for m in pairs[name] if tails[m].fenced]})
             changed = sum(1 for m, s in states.items() if s not in ("ENABLED", "DISABLED"))
             bar.update(task, completed=now - t0,
                        description=f"soak: {len(dual)} dual-ENABLED samples, {changed} members not ENABLED/DISABLED")
@@ -495,6 +501,8 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
         "demotions": [brief(e) for e in verdict.demotions],
         "state_changes": [brief(e) for e in verdict.state_changes],
         "dual_enabled_samples": len(verdict.dual_enabled),
+        # Two ENABLED of which neither was fenced: both may have served (the lease is not in the events).
+        "dual_enabled_unfenced_samples": sum(1 for d in verdict.dual_enabled if not d.get("fenced")),
         "dual_enabled": verdict.dual_enabled[:100],
         "samples": sampled,
         "soak_s": round(wall, 2),
@@ -522,7 +530,7 @@ def _print(console, s: dict, run_dir: Path) -> None:
                   f"{s['samples']} state samples")
     console.print(f"  false failovers (ha.promote): {s['false_failovers']}   demotions: {len(s['demotions'])}   "
                   f"member state changes: {len(s['state_changes'])}   samples with two ENABLED: "
-                  f"{s['dual_enabled_samples']}")
+                  f"{s['dual_enabled_samples']} ({s['dual_enabled_unfenced_samples']} with neither fenced)")
     for e in s["promotions"] + s["demotions"] + s["state_changes"]:
         console.print(f"    {e['t_mono']:.3f} {e['host']:10} {e['event']:14} "
                       f"{e.get('from', '')}{'->' if 'to' in e else ''}{e.get('to', '')} {e.get('reason', '')}")

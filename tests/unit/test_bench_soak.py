@@ -105,4 +105,10 @@ def test_state_tail_reads_only_complete_new_lines(tmp_path):
     with open(path, "a") as f:
         f.write(json.dumps(ev(1.2, "clc1", "state.change", **{"from": "DISABLED", "to": "ENABLED"}))[20:] + "\n")
     assert tail.poll() == "ENABLED"
-    assert tail.poll() == "ENABLED"
+    assert tail.poll() == "ENABLED" and not tail.fenced
+    with open(path, "a") as f:
+        f.write(json.dumps(ev(2.0, "clc1", "ha.frozen", late_s=0.2, state="ENABLED", fenced=True)) + "\n")
+    assert tail.poll() == "ENABLED" and tail.fenced  # ENABLED in name, refusing every request
+    with open(path, "a") as f:
+        f.write(json.dumps(ev(2.1, "clc1", "ha.unfenced", peer_state="DISABLED", peer_epoch=1)) + "\n")
+    assert tail.poll() == "ENABLED" and not tail.fenced
