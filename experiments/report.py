@@ -40,7 +40,7 @@ def summary(data: dict) -> dict:
                                        "trials": 0, "ok": 0, "as_expected": 0, "flagged": [],
                                        "outage_ms": [], "detection_ms": [], "takeover_ms": [],
                                        "lost_writes": 0, "split_brain": 0, "two_enabled_ms": 0.0,
-                                       "false_failovers": 0, "probe_p99_ms": []})
+                                       "false_failovers": 0, "probe_p99_ms": [], "restored_s": []})
         s["trials"] += 1
         # Older runs (and the keepalived baseline) carry no verdict: a trial that ran is as expected.
         as_expected = t.get("as_expected", t.get("status") == "ok")
@@ -59,6 +59,8 @@ def summary(data: dict) -> dict:
                 s["takeover_ms"].append(1000 * t["takeover_s"])
             if t.get("probe_interval_p99_ms") is not None:
                 s["probe_p99_ms"].append(t["probe_interval_p99_ms"])
+        if t.get("redundancy_restored_s") is not None:
+            s["restored_s"].append(t["redundancy_restored_s"])
         s["lost_writes"] += t.get("lost_writes") or 0
         s["split_brain"] += 1 if t.get("two_enabled_at_end") else 0
     out = {}
@@ -66,6 +68,7 @@ def summary(data: dict) -> dict:
         out[name] = {"target": s["target"], "fault": s["fault"], "expect": s["expect"], "trials": s["trials"],
                      "ok": s["ok"], "as_expected": s["as_expected"], "flagged": s["flagged"],
                      "two_enabled_ms": s["two_enabled_ms"], "false_failovers": s["false_failovers"],
+                     "redundancy_restored_s": summarize(s["restored_s"]),
                      "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
                      "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
                      "two_enabled_after_trial": s["split_brain"],
@@ -214,10 +217,11 @@ def build(run_dir: str | Path) -> Path:
         rows.append([name, s.get("expect") or "failover", f"{s['as_expected']}/{s['trials']}", _fmt(o, "p50"),
                      f"{ci[0]:.1f}-{ci[1]:.1f}" if ci else "-", _fmt(o, "p95"),
                      _fmt(o, "p99") if "p99" in o else "(n<100)", _fmt(o, "max"), _fmt(d, "p50"), _fmt(k, "p50"),
+                     _fmt(s.get("redundancy_restored_s") or {}, "p50"),
                      str(s["lost_writes"]), f"{s['two_enabled_ms']:.0f}",
                      "-" if s["probe_interval_p99_ms"] is None else f"{s['probe_interval_p99_ms']:.1f}"])
     head = ["configuration", "expected", "as expected/trials", "outage p50 ms", "p50 95% CI", "p95", "p99", "max",
-            "detection p50", "takeover p50", "lost writes", "two ENABLED ms", "probe gap p99 ms"]
+            "detection p50", "takeover p50", "redundancy back p50 s", "lost writes", "two ENABLED ms", "probe gap p99 ms"]
     load_vals = [x["cpu_percent"] for x in data["load"]]
     md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
           f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "
