@@ -57,16 +57,21 @@ class NetworkMode(str, enum.Enum):
 
 
 COMPONENT_KINDS = ("clc", "walrus", "cc", "sc")
+# How a service VIP follows a takeover (docs/ha.md): the new primary announces it by
+# gratuitous ARP, or the SDN controller steers the VIP's fixed virtual MAC to it.
+TAKEOVER_METHODS = ("garp", "sdn")
 
 
 @dataclass
 class HASpec:
-    """Which component kinds run as primary/secondary pairs."""
+    """Which component kinds run as primary/secondary pairs, and how their VIPs move."""
 
     clc: bool = True
     walrus: bool = True
     cc: bool = True
     sc: bool = True
+    # sdn: the deployment runs the SDN controller (Deployment starts it for this spec).
+    takeover: str = "garp"
 
     def enabled(self, kind: str) -> bool:
         return bool(getattr(self, kind))
@@ -149,6 +154,13 @@ class DeploymentSpec:
             )
         for kind in COMPONENT_KINDS:
             _check_bool(getattr(self.ha, kind), f"ha.{kind}")
+        if self.ha.takeover not in TAKEOVER_METHODS:
+            raise SpecError(
+                "ha.takeover",
+                f"unknown takeover method {self.ha.takeover!r}; choose garp (gratuitous ARP from "
+                "the new primary) or sdn (the SDN controller redirects the VIP; the deployment "
+                "then runs the controller)",
+            )
         arb = self.arbitrators
         _check_int(arb.per_host, "arbitrators.per_host", 0, MAX_ARBITRATORS_PER_HOST)
         if not isinstance(arb.targets, list) or not arb.targets:
