@@ -2,8 +2,8 @@
 
 One os-ken process in the root namespace owns every bridge of the deployment (it
 listens on loopback; the bridges are fail-secure). It reads ``RUN/topology.json``,
-serves the intent API on ``RUN/control.sock``, keeps accepted intents and its
-events under ``RUN/controller/``, and logs ``controller.ready`` once every switch
+serves the intent API on ``RUN/control.sock``, keeps accepted intents, VIP
+redirects and its events under ``RUN/controller/``, and logs ``controller.ready`` once every switch
 is connected and synchronised.
 
 SIGTERM and SIGINT end it cleanly with exit code 0. os-ken's native hub cannot stop
@@ -29,6 +29,7 @@ from components.common.events import EventLog
 from .api import IntentAPI, serve
 from .intent import IntentStore
 from .topology import Topology
+from .vips import VipStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     topo = Topology.load(topology_file)
     store = IntentStore(cdir, topo)
+    vips = VipStore(cdir, topo)
     from . import oskit  # os-ken only once the process is set up
 
-    fabric = oskit.start(topo, store, events, args.host, args.port)
-    api = IntentAPI(store, fabric.apply, events=events,
+    fabric = oskit.start(topo, store, vips, events, args.host, args.port)
+    api = IntentAPI(store, fabric.apply, events=events, vips=vips, apply_redirect=fabric.apply_redirect,
                     health=lambda: {"switches": len(topo.switches), "synced": len(fabric.synced),
-                                    "clusters": {str(k): v["epoch"] for k, v in store.snapshot().items()}})
+                                    "clusters": {str(k): v["epoch"] for k, v in store.snapshot().items()},
+                                    "vips": {k: v["epoch"] for k, v in vips.snapshot().items()}})
     server = serve(run_dir / "control.sock", api)
     events.emit("controller.start", pid=os.getpid(), port=args.port,
                 intents={str(k): v["epoch"] for k, v in store.snapshot().items()})

@@ -8,6 +8,10 @@ emulated host. Standard library only (os-ken 4.x's native hub has no WSGI server
                                409 {"error": "stale epoch", "current": E}
                                400 {"error": "<field>: <what is wrong>"}
     GET /intent                {"clusters": {"1": intent, ...}}
+    PUT /vips/{pair}           200 {"accepted": true, "epoch": E, "primary": host, ...}  (takeover sdn)
+                               409 {"error": "stale epoch", "current": E}
+                               400 {"error": "<field>: <what is wrong>"}
+    GET /vips                  {"pairs": {"clc": {"pair", "epoch", "primary", "mac"}, ...}}
     GET /health                {"status": "ok", "switches": ..., "synced": ...}
 """
 
@@ -23,11 +27,13 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from .intent import IntentError, StaleEpoch
+from .vips import virtual_mac
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
 _CLUSTER_PATH = re.compile(r"^/intent/clusters/(\d+)$")
+_VIP_PATH = re.compile(r"^/vips/([a-z0-9]+)$")
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -59,35 +65,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, api.health())
         elif self.path == "/intent":
             self._reply(200, {"clusters": {str(k): v for k, v in sorted(api.store.snapshot().items())}})
+        elif self.path == "/vips":
+            self._reply(200, {"pairs": api.vip_table()})
         else:
             self._reply(404, {"error": f"no resource {self.path}"})
 
     def do_PUT(self) -> None:  # noqa: N802
         api: IntentAPI = self.server.api
-        m = _CLUSTER_PATH.match(self.path)
-        if not m:
+        cluster, vip = _CLUSTER_PATH.match(self.path), _VIP_PATH.match(self.path)
+        if not cluster and not vip:
             self._reply(404, {"error": f"no resource {self.path}"})
             return
+        what = "intent" if cluster else "redirect"
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
-            self._reply(413, {"error": f"intent larger than {MAX_BODY} bytes"})
+            self._reply(413, {"error": f"{what} larger than {MAX_BODY} bytes"})
             return
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            self._reply(400, {"error": f"intent: not JSON ({exc})"})
+            self._reply(400, {"error": f"{what}: not JSON ({exc})"})
             return
-        status, answer = api.put(int(m.group(1)), body)
+        if cluster:
+            status, answer = api.put(int(cluster.group(1)), body)
+        else:
+            status, answer = api.put_vip(vip.group(1), body)
         self._reply(status, answer)
 
 
 class IntentAPI:
-    """Validates, stores and applies intents; ``apply`` is the fabric's (or a test's)."""
+    """Validates, stores and applies intents and VIP redirects; ``apply`` and
+    ``apply_redirect`` are the fabric's (or a test's)."""
 
-    def __init__(self, store, apply, health=None, events=None):
+    def __init__(self, store, apply, health=None, events=None, vips=None, apply_redirect=None):
         self.store = store
         self._apply = apply
+        self.vips = vips
+        self._apply_redirect = apply_redirect
         self._health = health or (lambda: {})
         self.events = events
         # One intent at a time: epochs are checked and flows pushed in arrival order.
@@ -107,6 +122,34 @@ class IntentAPI:
                        groups=len(intent["groups"]), instances=len(intent["instances"]))
             result = self._apply(intent, previous)
         return 200, {"accepted": True, "epoch": intent["epoch"], **result}
+
+    def put_vip(self, pair: str, body) -> tuple[int, dict]:
+        """A promoted member claims its pair's VIP (takeover sdn); refused below the newest epoch."""
+        if self.vips is None:
+            return 404, {"error": "this controller steers no VIPs"}
+        with self._lock:
+            try:
+                redirect, previous = self.vips.put(pair, body)
+            except IntentError as exc:
+                self._emit("vip.rejected", pair=pair, error=str(exc))
+                return 400, {"error": str(exc)}
+            except StaleEpoch as exc:
+                self._emit("vip.stale", pair=pair, epoch=body.get("epoch"), primary=body.get("primary"),
+                           current=exc.current)
+                return 409, {"error": "stale epoch", "current": exc.current}
+            self._emit("vip.accepted", pair=pair, epoch=redirect["epoch"], primary=redirect["primary"])
+            result = self._apply_redirect(redirect, previous)
+        return 200, {"accepted": True, "epoch": redirect["epoch"], "primary": redirect["primary"], **result}
+
+    def vip_table(self) -> dict:
+        """Every steered pair with its virtual MAC and the accepted redirect (primary null before one)."""
+        if self.vips is None:
+            return {}
+        accepted = self.vips.snapshot()
+        return {name: {"pair": name, "vip": p["vip"], "mac": virtual_mac(p["vip"]),
+                       "epoch": accepted.get(name, {}).get("epoch"),
+                       "primary": accepted.get(name, {}).get("primary")}
+                for name, p in sorted(self.vips.topo.redirected_pairs().items())}
 
     def health(self) -> dict:
         return {"status": "ok", **self._health()}

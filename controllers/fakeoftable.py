@@ -1,7 +1,7 @@
 """A fake OpenFlow fabric: where would this packet go, given these flows? (after Faucet's fakeoftable)
 
 Packets are dicts with eth_src, eth_dst, eth_type, vlans (outermost first) and, for
-IPv4, ipv4_src/ipv4_dst, for ARP arp_sha/arp_spa/arp_tpa. ``FakeFabric.send`` injects
+IPv4, ipv4_src/ipv4_dst, for ARP arp_op/arp_sha/arp_spa/arp_tha/arp_tpa. ``FakeFabric.send`` injects
 one at a host's switch port and follows it across trunks (patch ports) until it
 reaches host ports or is dropped. NORMAL is modelled as flooding (every port but
 the one it came in on), an over-approximation of MAC learning that is exact for
@@ -44,7 +44,7 @@ def _matches(flow: Flow, pkt: dict, in_port: int) -> bool:
         have = _field_value(pkt, name)
         if have is None:
             return False
-        if name in ("eth_src", "eth_dst", "arp_sha"):
+        if name in ("eth_src", "eth_dst", "arp_sha", "arp_tha"):
             have_i = _mac_int(have)
             value, mask = (want if isinstance(want, tuple) else (want, "ff:ff:ff:ff:ff:ff"))
             if have_i & _mac_int(mask) != _mac_int(value) & _mac_int(mask):
@@ -105,8 +105,14 @@ class FakeFabric:
                     pkt["vlans"].insert(0, action[1])
                 elif kind == "pop_vlan":
                     pkt["vlans"].pop(0)
+                elif kind == "set_field":
+                    pkt[action[1]] = action[2]
+                elif kind == "move":
+                    pkt[action[2]] = pkt.get(action[1])
                 elif kind == "output":
-                    if action[1] != in_port:
+                    if action[1] == "in_port":
+                        self._emit(switch, in_port, pkt, out, depth)
+                    elif action[1] != in_port:
                         self._emit(switch, action[1], pkt, out, depth)
                 elif kind == "normal":
                     for p in sorted(int(x) for x in ports):

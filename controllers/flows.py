@@ -23,6 +23,12 @@ Every other switch (cloud, user, external networks; private networks in SYSTEM,
 STATIC and MANAGED-NOVLAN, where isolation is the CC's iptables only, the weakness
 Eucalyptus documented) runs the switch's own NORMAL L2 forwarding.
 
+With ``ha.takeover: sdn`` the cloud switches also steer each HA pair's service VIP
+(``vip_flows``): they answer ARP for it with the pair's fixed virtual MAC, send
+frames for that MAC to the current primary (rewritten to its own MAC), and let only
+the primary's ARP speak for the VIP, rewritten to the virtual MAC. A takeover moves
+one flow per switch; nobody's ARP cache changes.
+
 Each flow's cookie is a hash of the flow itself: a switch's flows are diffed against
 the wanted set by cookie, so a resynchronisation or an intent update touches only
 what changed and never disturbs a flow that stays.
@@ -36,6 +42,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .topology import HostPort, Topology
+from .vips import virtual_mac
 
 TABLE_INGRESS = 0
 TABLE_FORWARD = 1
@@ -47,12 +54,16 @@ MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 ANY_TAG = (OFPVID_PRESENT, OFPVID_PRESENT)
 
 # Priorities, highest first.
+PRIO_VIP_ARP_REPLY = 40
+PRIO_VIP_SENDER = 35
 PRIO_DROP_TAGGED = 30
 PRIO_CLASSIFY = 20
 PRIO_HOST = 10
 PRIO_FORWARD = 10
 PRIO_FLOOD = 5
 PRIO_MISS = 0
+ARP_REQUEST, ARP_REPLY = 1, 2
+CLOUD = "cloud"
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,9 @@ class Flow:
 
     ``match``: sorted (field, value) pairs with OpenFlow 1.3 field names; a value is
     exact or a (value, mask) pair. ``actions``: ("push_vlan", vid) ("pop_vlan",)
-    ("output", port) ("normal",) ("goto", table), applied in order; no action drops.
+    ("output", port) ("output", "in_port") ("normal",) ("goto", table)
+    ("set_field", field, value) ("move", src_field, dst_field) (a whole-field copy,
+    Open vSwitch's move), applied in order; no action drops.
     """
 
     table: int
@@ -100,8 +113,9 @@ class _Member:
     mac: str
 
 
-def compute_flows(topo: Topology, intents: dict[int, dict]) -> dict[str, list[Flow]]:
-    """Every switch's wanted flows, by switch name."""
+def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict] | None = None
+                  ) -> dict[str, list[Flow]]:
+    """Every switch's wanted flows, by switch name (``vips``: accepted redirects by pair)."""
     out: dict[str, list[Flow]] = {}
     managed_nets = {}
     if topo.mode == "MANAGED":
@@ -111,6 +125,60 @@ def compute_flows(topo: Topology, intents: dict[int, dict]) -> dict[str, list[Fl
             out[name] = [Flow.make(TABLE_INGRESS, PRIO_MISS, {}, [("normal",)])]
     for net, k in managed_nets.items():
         out.update(_managed_network(topo, net, intents.get(k)))
+    for name, flows in vip_flows(topo, vips or {}).items():
+        out[name] = out.get(name, []) + flows
+    return out
+
+
+def vip_flows(topo: Topology, vips: dict[str, dict]) -> dict[str, list[Flow]]:
+    """The cloud switches' flows for every pair whose VIP the controller steers (takeover sdn).
+
+    Per pair, on every cloud switch, above NORMAL:
+
+    * an ARP request for the VIP, from anyone, is answered by the switch itself with
+      the virtual MAC (a proxy-ARP flow: it works with no primary and no controller);
+    * ARP from a member's port that speaks for the VIP: the current primary's gets the
+      virtual MAC as sender (so a neighbour that learns from it learns the virtual
+      MAC), anyone else's is dropped (a resumed ex-primary still holding the VIP);
+    * a frame for the virtual MAC goes towards the primary's switch and leaves there
+      with the primary's own MAC as destination (hosts see plain untagged frames and
+      accept them). No primary named yet: dropped.
+    """
+    pairs = topo.redirected_pairs()
+    if not pairs:
+        return {}
+    switches = topo.switches_of(CLOUD)
+    hops = topo.next_hops(CLOUD)
+    ports = {hp.host: hp for hp in topo.host_ports(CLOUD)}
+    out: dict[str, list[Flow]] = {s: [] for s in switches}
+    for name, pair in sorted(pairs.items()):
+        vip, vmac = pair["vip"], virtual_mac(pair["vip"])
+        accepted = vips.get(name)
+        primary = ports.get(accepted["primary"]) if accepted else None
+        reply = [("move", "eth_src", "eth_dst"), ("set_field", "eth_src", vmac),
+                 ("set_field", "arp_op", ARP_REPLY),
+                 ("move", "arp_sha", "arp_tha"), ("set_field", "arp_sha", vmac),
+                 ("move", "arp_spa", "arp_tpa"), ("set_field", "arp_spa", vip),
+                 ("output", "in_port")]
+        for s in switches:
+            f = out[s]
+            f.append(Flow.make(TABLE_INGRESS, PRIO_VIP_ARP_REPLY,
+                               {"eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": vip}, reply))
+            for member in (pair["primary"], pair["secondary"]):
+                hp = ports.get(member)
+                if hp is None or hp.switch != s:
+                    continue
+                speaks = ([("set_field", "eth_src", vmac), ("set_field", "arp_sha", vmac), ("normal",)]
+                          if hp is primary else [])
+                f.append(Flow.make(TABLE_INGRESS, PRIO_VIP_SENDER,
+                                   {"in_port": hp.port, "eth_type": ETH_ARP, "arp_spa": vip}, speaks))
+            if primary is None:
+                towards = []
+            elif primary.switch == s:
+                towards = [("set_field", "eth_dst", primary.mac), ("output", primary.port)]
+            else:
+                towards = [("output", hops[s][primary.switch])]
+            f.append(Flow.make(TABLE_INGRESS, PRIO_FORWARD, {"eth_dst": vmac}, towards))
     return out
 
 

@@ -33,10 +33,13 @@ from . import flows as fl
 from .flows import Flow
 from .intent import IntentStore
 from .topology import Topology
+from .vips import VipStore
 
 log = logging.getLogger(__name__)
 
 ALL_COOKIES = 0xFFFF_FFFF_FFFF_FFFF
+# Widths of the fields a ("move", src, dst) action copies whole.
+FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "arp_sha": 48, "arp_tha": 48, "arp_spa": 32, "arp_tpa": 32}
 
 # os-ken instantiates apps itself; the launcher hands over what the app needs here.
 _CONTEXT: dict = {}
@@ -50,7 +53,11 @@ def _instructions(ofp, parser, flow: Flow) -> list:
     actions, goto = [], None
     for a in flow.actions:
         if a[0] == "output":
-            actions.append(parser.OFPActionOutput(a[1], 0))
+            actions.append(parser.OFPActionOutput(ofp.OFPP_IN_PORT if a[1] == "in_port" else a[1], 0))
+        elif a[0] == "set_field":
+            actions.append(parser.OFPActionSetField(**{a[1]: a[2]}))
+        elif a[0] == "move":
+            actions.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=FIELD_BITS[a[1]]))
         elif a[0] == "push_vlan":
             actions.append(parser.OFPActionPushVlan(0x8100))
             actions.append(parser.OFPActionSetField(vlan_vid=fl.OFPVID_PRESENT | a[1]))
@@ -106,6 +113,7 @@ class Fabric(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.topo: Topology = _CONTEXT["topology"]
         self.store: IntentStore = _CONTEXT["store"]
+        self.vips: VipStore = _CONTEXT["vips"]
         self.eventlog = _CONTEXT["events"]  # self.events is os-ken's own queue
         self.barrier_timeout = _CONTEXT.get("barrier_timeout", 2.0)
         self.names = self.topo.switch_by_dpid()
@@ -115,7 +123,7 @@ class Fabric(app_manager.OSKenApp):
         self.synced: set[str] = set()
         self._stats: dict[str, list] = {}
         self._barriers: dict[tuple[str, int], threading.Event] = {}
-        self.wanted = fl.compute_flows(self.topo, self.store.snapshot())
+        self.wanted = self._compute()
         self._ready = False
         self._t0 = time.monotonic()
 
@@ -218,18 +226,26 @@ class Fabric(app_manager.OSKenApp):
         dp.send_msg(req)
         return done
 
+    def _compute(self) -> dict[str, list[Flow]]:
+        return fl.compute_flows(self.topo, self.store.snapshot(), self.vips.snapshot())
+
+    def _push_all(self) -> tuple[int, int, list[threading.Event]]:
+        """Recompute the wanted flows and send every synced switch its difference (lock held)."""
+        self.wanted = self._compute()
+        added = removed = 0
+        waits = []
+        for name in sorted(self.synced):
+            a, r = self._push(name)
+            added, removed = added + a, removed + r
+            if a or r:
+                waits.append(self._barrier(name))
+        return added, removed, waits
+
     def apply(self, intent: dict, previous: dict | None) -> dict:
         """Bring every connected switch to the flows of the accepted intents; wait for them."""
         t0 = time.monotonic()
         with self.lock:
-            self.wanted = fl.compute_flows(self.topo, self.store.snapshot())
-            added = removed = 0
-            waits = []
-            for name in sorted(self.synced):
-                a, r = self._push(name)
-                added, removed = added + a, removed + r
-                if a or r:
-                    waits.append(self._barrier(name))
+            added, removed, waits = self._push_all()
             outs = fl.announcements(self.topo, intent, previous)
         installed = all(w.wait(self.barrier_timeout) for w in waits)
         with self.lock:
@@ -244,6 +260,21 @@ class Fabric(app_manager.OSKenApp):
                   "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
         self.eventlog.emit("intent.applied", cluster=intent["cluster"], epoch=intent["epoch"],
                          primary_cc=intent["primary_cc"], announcements=len(outs), **result)
+        return result
+
+    def apply_redirect(self, redirect: dict, previous: dict | None) -> dict:
+        """Steer a pair's virtual MAC to its new primary on every connected switch; wait for them.
+
+        No announcement: the VIP's MAC does not change, so no neighbour's cache does.
+        """
+        t0 = time.monotonic()
+        with self.lock:
+            added, removed, waits = self._push_all()
+        installed = all(w.wait(self.barrier_timeout) for w in waits)
+        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
+                  "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
+        self.eventlog.emit("vip.applied", pair=redirect["pair"], epoch=redirect["epoch"],
+                           primary=redirect["primary"], previous=(previous or {}).get("primary"), **result)
         return result
 
     def flow_count(self) -> dict[str, int]:
@@ -267,7 +298,7 @@ def _log_thread_deaths() -> None:
     hub.HubThread._eucalab_logged = True
 
 
-def start(topo: Topology, store: IntentStore, events, host: str, port: int) -> Fabric:
+def start(topo: Topology, store: IntentStore, vips: VipStore, events, host: str, port: int) -> Fabric:
     """Start os-ken's OpenFlow server on host:port with the Fabric app; returns the app.
 
     The app threads are os-ken's (native hub); the caller keeps the main thread for
@@ -277,7 +308,7 @@ def start(topo: Topology, store: IntentStore, events, host: str, port: int) -> F
     os_ken_cfg.CONF(args=[], project="os_ken", default_config_files=[])
     os_ken_cfg.CONF.set_override("ofp_listen_host", host)
     os_ken_cfg.CONF.set_override("ofp_tcp_listen_port", port)
-    _CONTEXT.update(topology=topo, store=store, events=events)
+    _CONTEXT.update(topology=topo, store=store, vips=vips, events=events)
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([__name__, "os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()

@@ -34,6 +34,7 @@ class Topology:
     mode: str
     switches: dict[str, dict]  # name -> {"dpid", "network", "tier", "ports": {port: entry}}
     pairs: list[dict] = field(default_factory=list)
+    takeover: str = "garp"  # how HA pairs' cloud VIPs move: garp (by the hosts) or sdn (here)
 
     @classmethod
     def load(cls, path: str | Path) -> "Topology":
@@ -42,7 +43,8 @@ class Topology:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Topology":
-        return cls(mode=data["mode"], switches=data["switches"], pairs=data.get("pairs", []))
+        return cls(mode=data["mode"], switches=data["switches"], pairs=data.get("pairs", []),
+                   takeover=data.get("takeover", "garp"))
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -87,6 +89,17 @@ class Topology:
 
     def pair(self, kind: str, cluster: int | None = None) -> dict | None:
         return next((p for p in self.pairs if p["kind"] == kind and p.get("cluster") == cluster), None)
+
+    @staticmethod
+    def pair_name(pair: dict) -> str:
+        """``clc``, ``walrus``, ``cc1``, ``sc2``: the name HA agents use for their pair."""
+        return pair["kind"] if pair.get("cluster") is None else f"{pair['kind']}{pair['cluster']}"
+
+    def redirected_pairs(self) -> dict[str, dict]:
+        """The HA pairs whose cloud VIP the controller steers (takeover sdn), by name."""
+        if self.takeover != "sdn":
+            return {}
+        return {self.pair_name(p): p for p in self.pairs if p.get("secondary")}
 
     @staticmethod
     def private_network(cluster: int) -> str:
