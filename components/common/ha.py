@@ -19,10 +19,12 @@ The design and its guarantees are in docs/ha.md; in short:
   own loop ran late by more than the window (SIGSTOP, starvation) is fenced: it
   refuses every request until its peer has answered a heartbeat sent after the
   freeze, then steps down if the peer took over.
-* Takeover adds the VIPs and sends gratuitous ARP (EUCA-2281 forgot this).
+* Takeover adds the VIPs and sends gratuitous ARP (EUCA-2281 forgot this), or, for a
+  VIP with takeover sdn, tells the SDN controller (with the epoch) to steer the VIP's
+  fixed virtual MAC here: nobody's ARP cache has to change.
 
 Everything that touches time, the network or the host is injectable (``clock``,
-``transport``, ``run`` for `ip addr`, ``garp``), so tests/unit/test_ha_*.py drive two agents
+``transport``, ``run`` for `ip addr`, ``garp``, ``redirect``), so tests/unit/test_ha_*.py drive two agents
 through the fault table without root or real time.
 """
 
@@ -96,7 +98,8 @@ class HAAgent:
 
     def __init__(self, service, config: dict, *, clock: Callable[[], float] | None = None,
                  transport=None, run: Callable[..., Awaitable[int]] | None = None,
-                 garp: Callable[[str, str], None] | None = None):
+                 garp: Callable[[str, str], None] | None = None,
+                 redirect: Callable[[int], Awaitable[tuple[int, dict]]] | None = None):
         self.cfg = HAConfig.from_config(config)
         self.svc = service
         self.events = service.events
@@ -106,6 +109,9 @@ class HAAgent:
         self.port = self.cfg.port
         self.peer_addresses = self.cfg.peer_addresses
         self.vips: list[VIP] = self.cfg.vips
+        self.garp_vips = [v for v in self.vips if v.takeover == "garp"]
+        self.sdn_vips = [v for v in self.vips if v.takeover == "sdn"]
+        self.superseded: int | None = None  # a newer epoch the controller holds the VIP for
         self.arbitrators = [Arbitrator(a.name, a.target, self.cfg.arbitrator_fail_after)
                             for a in self.cfg.arbitrators]
         self.arb_period, self.arb_timeout = self.cfg.arbitrator_period_s, self.cfg.arbitrator_timeout_s
@@ -136,6 +142,8 @@ class HAAgent:
         self._run_cmd = run  # tests record `ip addr` commands; by default rtnetlink does it
         self._garp_sender = ha_net.GarpSender()
         self._garp = garp or self._garp_sender.send
+        self._redirect_call = redirect or (lambda epoch: ha_net.redirect_vip(
+            self.cfg.control_socket, self.pair, epoch, self.host))
         self._tasks: list[asyncio.Task] = []
         self._running: set[asyncio.Task] = set()
         self._pinger: ha_net.Pinger | None = None
@@ -319,6 +327,8 @@ class HAAgent:
             # our VIPs: announce them again so nobody keeps its stale location.
             self._last_reannounce = now
             self._spawn(self._announce(GARP_SCHEDULE_S[:1]))
+            if self.sdn_vips:
+                self._spawn(self._redirect())
         urgent = (self.fenced_since is not None
                   or (self.svc.state is ENABLED and (p.state == "ENABLED" or p.epoch > self.epoch
                                                      or self.all_arbitrators_failed()))
@@ -429,7 +439,9 @@ class HAAgent:
                                      peer_confirm=list(p.arb_confirm))
                 return
             self._held_enabled = False
-            if alive and p.epoch > self.epoch:
+            if self.superseded is not None and self.superseded > self.epoch:
+                await self._demote(f"the SDN controller holds the VIP for a newer epoch ({self.superseded})")
+            elif alive and p.epoch > self.epoch:
                 await self._demote(f"peer has a higher epoch ({p.epoch} > {self.epoch})")
             elif alive and p.state == "ENABLED" and not self._outranks_peer():
                 await self._demote("peer is ENABLED and outranks this member")
@@ -497,7 +509,7 @@ class HAAgent:
                 await self._acquire_vips()
 
     async def _promote(self, reason: str, detected_at: float) -> None:
-        self.epoch = max(self.epoch, self.peer.epoch) + 1
+        self.epoch = max(self.epoch, self.peer.epoch, self.superseded or 0) + 1
         tmp = self.epoch_file.with_suffix(".tmp")
         tmp.write_text(str(self.epoch))
         os.replace(tmp, self.epoch_file)  # before acting: a restart never reuses an epoch
@@ -520,16 +532,65 @@ class HAAgent:
     # -- VIPs --------------------------------------------------------------------------------------
 
     async def _acquire_vips(self) -> bool:
-        """Add the VIPs and announce them; True when every VIP is up and announced."""
-        codes = [await self._set_vip(True, v) for v in self.vips]
+        """Add the VIPs and announce them (gratuitous ARP, or the controller's redirect for a
+        VIP with takeover sdn); True when every VIP is up and announced."""
+        codes = {v: await self._set_vip(True, v) for v in self.vips}
         ok = True
-        for v, code in zip(self.vips, codes):
-            garp = code == 0 and self._send_garp(v)
+        for v in self.garp_vips:
+            garp = codes[v] == 0 and self._send_garp(v)
             ok = ok and garp
-            self.events.emit("ha.vip_acquired", vip=v.address, interface=v.interface, added=code == 0,
+            self.events.emit("ha.vip_acquired", vip=v.address, interface=v.interface, added=codes[v] == 0,
                              garp_sent=garp)
-        self._spawn(self._announce(GARP_SCHEDULE_S[1:]))
+        if self.garp_vips:
+            self._spawn(self._announce(GARP_SCHEDULE_S[1:]))
+        if self.sdn_vips:
+            # The address first (the kernel must accept the VIP's packets), then the flows.
+            redirected = await self._redirect()
+            for v in self.sdn_vips:
+                ok = ok and codes[v] == 0 and redirected
+                self.events.emit("ha.vip_acquired", vip=v.address, interface=v.interface, added=codes[v] == 0,
+                                 redirected=redirected)
         return ok
+
+    async def _redirect(self) -> bool:
+        """Tell the SDN controller this member holds the pair's VIP at this epoch (takeover sdn).
+
+        Refused (409): the controller accepted a newer epoch, the peer took over while this
+        member could not hear it; the decision loop steps down. No controller or no answer:
+        retried every interval in the background while this member stays ENABLED at this epoch.
+        """
+        epoch = self.epoch
+        done = await self._redirect_once(epoch)
+        if done is None:
+            self._spawn(self._redirect_retry(epoch))
+        return bool(done)
+
+    async def _redirect_once(self, epoch: int) -> bool | None:
+        """One redirect request; True accepted, False refused, None not answered."""
+        t0 = self.clock()
+        try:
+            status, body = await self._redirect_call(epoch)
+        except (OSError, ValueError) as exc:
+            self.events.emit("ha.redirect_failed", epoch=epoch, error=str(exc))
+            return None
+        if status == 200:
+            self.events.emit("ha.vip_redirected", epoch=epoch, seconds=round(self.clock() - t0, 4),
+                             installed=body.get("installed"), flows_added=body.get("flows_added"))
+            return True
+        self.events.emit("ha.redirect_refused", epoch=epoch, status=status, error=body.get("error"),
+                         current=body.get("current"))
+        if status == 409 and isinstance(body.get("current"), int):
+            self.superseded = max(self.superseded or 0, body["current"])
+            self._spawn(self._decide("redirect refused"))
+        return False
+
+    async def _redirect_retry(self, epoch: int) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.svc.state is not ENABLED or self.fenced_since is not None or self.epoch != epoch:
+                return
+            if await self._redirect_once(epoch) is not None:
+                return
 
     def _send_garp(self, vip: VIP) -> bool:
         try:
@@ -551,7 +612,7 @@ class HAAgent:
             # traffic back to a host that drops it.
             if self.svc.state is not ENABLED or self.fenced_since is not None:
                 return
-            for v in self.vips:
+            for v in self.garp_vips:
                 self._send_garp(v)
 
     async def release_vips(self) -> None:

@@ -8,9 +8,11 @@ reads it with ``HAConfig.from_config(config)``. Keys (all under ``config["ha"]``
     port                  UDP port of heartbeats (7800)
     listen                addresses the heartbeat socket binds ("0.0.0.0": both paths)
     interval_ms, misses   heartbeat period and how many may be missed before the peer is dead
-    vips                  [{address, prefix, interface}]: the service VIP on the cloud network,
-                          and for a CC the cluster router address on its private network
-                          (``vip`` and ``private_vip`` as single dicts are accepted too)
+    vips                  [{address, prefix, interface, takeover}]: the service VIP on the cloud
+                          network, and for a CC the cluster router address on its private
+                          network (``vip`` and ``private_vip`` as single dicts are accepted too);
+                          ``takeover`` garp (default) or sdn: the SDN controller steers it
+    control_socket        the SDN controller's Unix socket (needed by a VIP with takeover sdn)
     arbitrators           [{name, target}] (``target_ip`` accepted for ``target``)
     arbitrator_period_s, arbitrator_timeout_s, arbitrator_fail_after
 
@@ -26,11 +28,17 @@ from dataclasses import dataclass, field
 HEARTBEAT_PORT = 7800
 
 
+TAKEOVER_METHODS = ("garp", "sdn")
+
+
 @dataclass(frozen=True)
 class VIP:
     address: str
     prefix: int
     interface: str
+    # garp: announced by gratuitous ARP from this member; sdn: the SDN controller steers
+    # the VIP's fixed virtual MAC to this member once told (docs/ha.md, Takeover).
+    takeover: str = "garp"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class HAConfig:
     arbitrator_period_s: float = 1.0
     arbitrator_timeout_s: float = 0.5
     arbitrator_fail_after: int = 2
+    control_socket: str | None = None
 
     @property
     def interval(self) -> float:
@@ -80,25 +89,32 @@ class HAConfig:
         interval_ms, misses = float(ha.get("interval_ms", 50)), int(ha.get("misses", 3))
         if interval_ms <= 0 or misses < 1:
             raise ValueError("ha.interval_ms must be > 0 and ha.misses >= 1")
+        for v in vips:
+            if v.get("takeover", "garp") not in TAKEOVER_METHODS:
+                raise ValueError(f"ha.vips: takeover of {v['address']} must be garp or sdn, not {v['takeover']!r}")
+            if v.get("takeover") == "sdn" and not ha.get("control_socket"):
+                raise ValueError(f"ha.vips: {v['address']} has takeover sdn but ha.control_socket is not set")
         return cls(
             pair=config["pair"]["name"], host=config["host"],
             priority=1 if config.get("role") == "primary" else 0,
             data_dir=config["data_dir"], peer=ha.get("peer"),
             peer_addresses=list(ha["peer_addresses"]), port=int(ha.get("port", HEARTBEAT_PORT)),
             listen=list(ha.get("listen", ["0.0.0.0"])), interval_ms=interval_ms, misses=misses,
-            vips=[VIP(v["address"], int(v["prefix"]), v["interface"]) for v in vips],
+            vips=[VIP(v["address"], int(v["prefix"]), v["interface"], v.get("takeover", "garp")) for v in vips],
             arbitrators=[ArbitratorConfig(a["name"], a.get("target") or a["target_ip"])
                          for a in ha.get("arbitrators", [])],
             arbitrator_period_s=float(ha.get("arbitrator_period_s", 1.0)),
             arbitrator_timeout_s=float(ha.get("arbitrator_timeout_s", 0.5)),
             arbitrator_fail_after=int(ha.get("arbitrator_fail_after", 2)),
+            control_socket=ha.get("control_socket"),
         )
 
 
-def ha_config_for(plan, host: str, spec=None) -> dict:
+def ha_config_for(plan, host: str, spec=None, control_socket: str | None = None) -> dict:
     """The ``ha`` config section of ``host`` (a member of an HA pair) in ``plan``.
 
-    ``spec`` (a DeploymentSpec) gives the timers; it defaults to the plan's own spec.
+    ``spec`` (a DeploymentSpec) gives the timers and the takeover method; it defaults
+    to the plan's own spec. ``control_socket`` is the SDN controller's (takeover sdn).
     Raises ValueError for a host that is not a member of an HA pair.
     """
     spec = spec if spec is not None else plan.spec
@@ -112,7 +128,8 @@ def ha_config_for(plan, host: str, spec=None) -> dict:
         intf = me.intf(network)
         return {"address": address, "prefix": int(intf.ip.split("/")[1]), "interface": intf.name}
 
-    vips = [vip(pair.vip, "cloud")]
+    # The controller steers the cloud VIP; a CC's private router address keeps garp.
+    vips = [dict(vip(pair.vip, "cloud"), takeover=spec.ha.takeover)]
     if pair.private_vip:
         vips.append(vip(pair.private_vip, f"priv{pair.cluster}"))
     # The heartbeat link first, the cloud network second: either path alone suffices.
@@ -130,4 +147,5 @@ def ha_config_for(plan, host: str, spec=None) -> dict:
         "arbitrator_period_s": spec.arbitrators.period_s,
         "arbitrator_timeout_s": spec.arbitrators.timeout_s,
         "arbitrator_fail_after": spec.arbitrators.fail_after,
+        "control_socket": control_socket,
     }

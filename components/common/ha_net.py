@@ -1,4 +1,5 @@
-"""The HA agent's packets: ICMP echo for arbitrators and gratuitous ARP for VIP takeover.
+"""The HA agent's packets: ICMP echo for arbitrators, gratuitous ARP for VIP takeover, and
+the SDN controller's VIP redirect (takeover sdn).
 
 Raw sockets (emulated hosts run as root); nothing here blocks the event loop: the
 pinger reads replies from a loop reader, a gratuitous ARP is one send on a packet
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import socket
 import struct
@@ -151,3 +153,38 @@ def set_address(add: bool, interface: str, ip: str, prefix: int) -> int:
                 if kind == NLMSG_ERROR and seq == 1:
                     return -struct.unpack_from("=i", data, offset + 16)[0]
                 offset += max(16, (length + 3) & ~3)
+
+
+# -- VIP redirects through the SDN controller (takeover sdn) ----------------------------------
+
+async def redirect_vip(control_socket: str, pair: str, epoch: int, primary: str,
+                       timeout: float = 3.0) -> tuple[int, dict]:
+    """Ask the SDN controller to steer ``pair``'s VIP to ``primary`` (``PUT /vips/{pair}``).
+
+    HTTP/1.1 over the run directory's Unix socket (docs/intent.md), on the event loop:
+    the controller answers once the flows are in the switches, a few milliseconds.
+    Returns (status, body): 200 accepted, 409 a newer epoch holds the VIP. Raises
+    OSError (no controller, no answer within ``timeout``) or ValueError (not HTTP).
+    """
+    body = json.dumps({"pair": pair, "epoch": epoch, "primary": primary}).encode()
+    head = (f"PUT /vips/{pair} HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_unix_connection(control_socket)
+        try:
+            writer.write(head + body)
+            await writer.drain()
+            return await reader.read()
+        finally:
+            writer.close()
+
+    try:
+        raw = await asyncio.wait_for(exchange(), timeout)
+    except asyncio.TimeoutError:
+        raise OSError(f"no answer from the controller within {timeout} s") from None
+    header, _, payload = raw.partition(b"\r\n\r\n")
+    status_line = header.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {raw[:80]!r}")
+    return int(status_line[1]), json.loads(payload or b"{}")
