@@ -139,9 +139,12 @@ class Deployment:
         self.realtime = True
         # The SDN controller (controllers/__main__.py) owns every bridge when asked for;
         # otherwise the switches run standalone (MAC learning on loop-free trees).
-        self.sdn = bool(sdn) and controller_exists()
-        if sdn and not controller_exists():
-            raise DeploymentError("sdn=True but there is no SDN controller (controllers/__main__.py)")
+        # A spec with ha.takeover sdn needs the controller, so it always gets one.
+        wanted = bool(sdn) or self.spec.ha.takeover == "sdn"
+        self.sdn = wanted and controller_exists()
+        if wanted and not controller_exists():
+            why = "sdn=True" if sdn else "ha.takeover is sdn"
+            raise DeploymentError(f"{why} but there is no SDN controller (controllers/__main__.py)")
         self.controller: subprocess.Popen | None = None
         self.controller_port: int | None = None
 
@@ -349,8 +352,10 @@ class Deployment:
         """What a member's HA agent needs: its peer's addresses, its VIPs, its arbitrators."""
         peer = pair.secondary if host == pair.primary else pair.primary
         me, other = self.plan.hosts[host], self.plan.hosts[peer]
+        # takeover sdn: the controller steers the cloud VIP; the CC's private router
+        # address keeps gratuitous ARP (docs/ha.md).
         vips = [{"address": pair.vip, "prefix": int(me.intf("cloud").ip.split("/")[1]),
-                 "interface": me.intf("cloud").name}]
+                 "interface": me.intf("cloud").name, "takeover": self.spec.ha.takeover}]
         if pair.private_vip:
             net = f"priv{pair.cluster}"
             vips.append({"address": pair.private_vip, "prefix": int(me.intf(net).ip.split("/")[1]),
@@ -369,6 +374,7 @@ class Deployment:
             "arbitrator_period_s": spec.arbitrators.period_s,
             "arbitrator_timeout_s": spec.arbitrators.timeout_s,
             "arbitrator_fail_after": spec.arbitrators.fail_after,
+            "control_socket": str(self.control_socket),
         }
 
     def start(self, component: str, host: str, config: dict | None = None, *, label: str | None = None,
@@ -556,9 +562,45 @@ class Deployment:
                 else:
                     cmds.append(f"ip addr del {vip}/{prefix} dev {intf.name} 2>/dev/null")
             node.cmd("; ".join(cmds))
+        if self.spec.ha.takeover == "sdn" and pair.secondary is not None:
+            self.redirect_vip(pair, host)
         self.vip_holder[pair.name] = host
         if self.events:
             self.events.emit("vip.placed", pair=pair.name, host=host, vip=pair.vip)
+
+    def redirect_vip(self, pair: ServicePair, host: str, epoch: int | None = None) -> tuple[int, dict]:
+        """Ask the SDN controller to steer ``pair``'s VIP to ``host`` (takeover sdn).
+
+        ``epoch`` None uses the epoch the controller holds (0 before any), as the driver
+        placing a VIP must not outrank the pair's own HA agents. Returns (status, body).
+        """
+        if epoch is None:
+            status, table = self.control_request("GET", "/vips")
+            epoch = (table.get("pairs", {}).get(pair.name, {}).get("epoch") or 0) if status == 200 else 0
+        status, body = self.control_request("PUT", f"/vips/{pair.name}",
+                                            {"pair": pair.name, "epoch": epoch, "primary": host})
+        if status != 200:
+            raise DeploymentError(f"the controller refused to steer {pair.name}'s VIP to {host}: {status} {body}")
+        return status, body
+
+    def control_request(self, method: str, path: str, body: dict | None = None,
+                        timeout: float = 5.0) -> tuple[int, dict]:
+        """One request to the SDN controller's API on the run's control socket (docs/intent.md)."""
+        import http.client
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(self.control_socket))
+        conn = http.client.HTTPConnection("controller", timeout=timeout)
+        conn.sock = sock
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
 
     # -- SDN controller (root namespace) --------------------------------------------------
 
@@ -577,7 +619,7 @@ class Deployment:
         cdir.mkdir(parents=True, exist_ok=True)
         rd.write_json(self.run_dir / "topology.json", {
             "mode": self.spec.mode.value, "switches": self.plan.switch_ports(),
-            "pairs": [asdict(p) for p in self.plan.pairs]})
+            "pairs": [asdict(p) for p in self.plan.pairs], "takeover": self.spec.ha.takeover})
         self._spawn_controller()
         return f"tcp:127.0.0.1:{self.controller_port}"
 
