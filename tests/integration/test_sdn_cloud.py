@@ -13,7 +13,7 @@ import time
 import pytest
 
 from experiments.bench_sdn import capture, intent_request
-from experiments.deployment import Deployment
+from experiments.deployment import Deployment, wait_until
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 
@@ -60,6 +60,10 @@ def test_instances_reach_each_other_only_as_their_groups_allow(cloud):
     dep, _, (web, closed) = cloud
     assert dep["c1cc1"].cmd(f"curl -s -m 3 http://{web['PrivateIpAddress']}/").strip() == web["InstanceId"]
     assert dep[closed["slot"]].cmd(f"curl -s -m 3 http://{web['PrivateIpAddress']}/").strip() == web["InstanceId"]
+    # curl returns before its connection has closed: the last packets from web (FIN, the
+    # final ACK) must have arrived before the capture starts, or they would count as leaks.
+    assert wait_until(lambda: not dep[closed["slot"]].cmd(
+        f"ss -Htn state connected exclude time-wait dst {web['PrivateIpAddress']}").strip(), 5)
     with capture(dep, closed["slot"], f"host {web['PrivateIpAddress']}", "cap-closed") as cap:
         code = dep[web["slot"]].cmd(f"curl -s -m 1 -o /dev/null -w '%{{http_code}}' "
                                     f"http://{closed['PrivateIpAddress']}/").strip()
