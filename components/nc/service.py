@@ -30,7 +30,8 @@ Internal API (header X-Eucalab-Internal-Token):
     PUT    /volumes/{volume}/blocks?offset=           write through the attachment
 
 A block request not answered by the SC within its deadline (an SC failover under way)
-gets 503; the attachment's session logs in again through the SC's VIP meanwhile
+gets 503, and one whose client has closed its connection is not sent to the SC at
+all; the attachment's session logs in again through the SC's VIP meanwhile
 (``volume.relogin`` events). Config ``block_session``: the fields of
 ``components.sc.blockproto.SessionTimeouts`` (seconds).
 """
@@ -286,10 +287,16 @@ class NodeController(Service):
         self.require_internal(request)
         return await self._write_blocks(request, self._session(request))
 
+    @staticmethod
+    def _still_wanted(request: web.Request):
+        """Whether the request's client still waits: a request it abandoned (its connection
+        closed) is not sent to the SC when its turn on the session comes."""
+        return lambda: request.transport is not None and not request.transport.is_closing()
+
     async def _read_blocks(self, request: web.Request, client: BlockClient) -> web.Response:
         try:
             offset, length = int(request.query["offset"]), int(request.query["length"])
-            data = await client.read(offset, length)
+            data = await client.read(offset, length, wanted=self._still_wanted(request))
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
         except BlockUnavailable as exc:
@@ -301,7 +308,7 @@ class NodeController(Service):
     async def _write_blocks(self, request: web.Request, client: BlockClient) -> web.Response:
         try:
             offset = int(request.query["offset"])
-            await client.write(offset, await request.read())
+            await client.write(offset, await request.read(), wanted=self._still_wanted(request))
         except (KeyError, ValueError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
         except BlockUnavailable as exc:

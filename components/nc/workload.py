@@ -10,7 +10,10 @@ and ``PUT /volumes/{volume}/blocks?offset=`` are relayed, as HTTP/1.0, over the 
 disk channel (``--disk``, a Unix socket) and the NC's status and body returned, so a
 user reaches the instance's volumes through its elastic IP. Without a disk channel,
 or when the NC does not answer in time, those requests get 503. Each disk request has
-its own thread: a slow disk never holds up the answers to other requests.
+its own thread: a slow disk never holds up the answers to other requests. A client that
+gives up on a disk request (closes its connection) gives it up on the disk too: its
+channel connection is closed at once, so the NC never serves it, and its thread and slot
+are free for the next request.
 """
 
 import os
@@ -19,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 MAX_HEADER = 16384
 # The largest body relayed to the disk: the block protocol's largest I/O.
@@ -72,20 +76,48 @@ def connect_unix(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def ask_disk(disk: str, method: str, target: str, body: bytes, timeout: float) -> bytes:
-    """Relay one block request to the NC; its answer as our reply (503 if there is none)."""
+def client_gone(conn: socket.socket) -> bool:
+    """Whether the client of a request read in full has closed its connection (anything
+    else it sends is not ours to read yet)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def ask_disk(disk: str, method: str, target: str, body: bytes, timeout: float,
+             client: socket.socket | None = None) -> bytes | None:
+    """Relay one block request to the NC; its answer as our reply (503 if there is none),
+    or None once ``client`` has closed its connection (the request is then dropped)."""
+    deadline = time.monotonic() + timeout
     try:
         sock = connect_unix(disk, timeout)
+        sel = selectors.DefaultSelector()
         try:
             sock.sendall(f"{method} {target} HTTP/1.0\r\nHost: disk\r\nContent-Length: {len(body)}\r\n\r\n"
                          .encode("latin-1") + body)
+            sel.register(sock, selectors.EVENT_READ)
+            if client is not None:
+                sel.register(client, selectors.EVENT_READ)
             chunks = []
             while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+                remaining = deadline - time.monotonic()
+                ready = sel.select(remaining) if remaining > 0 else []
+                if not ready:
+                    raise socket.timeout("timed out")
+                if any(key.fileobj is client for key, _ in ready):
+                    if client_gone(client):
+                        return None
+                    sel.unregister(client)  # it sent more: seen to when its answer has gone out
+                if any(key.fileobj is sock for key, _ in ready):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
         finally:
+            sel.close()
             sock.close()
     except OSError as exc:
         return response("503 Service Unavailable", f"disk unavailable: {exc}\n".encode())
@@ -125,7 +157,9 @@ def serve_disk(conn: socket.socket, data: bytes, request, disk, timeout: float, 
         if disk is None:
             conn.sendall(response("503 Service Unavailable", b"no disk attached to this instance\n"))
         else:
-            conn.sendall(ask_disk(disk, method, target, body[:length], timeout))
+            answer = ask_disk(disk, method, target, body[:length], timeout, client=conn)
+            if answer is not None:
+                conn.sendall(answer)
     except OSError:
         pass
     finally:

@@ -52,13 +52,16 @@ class SessionTimeouts:
     answering."""
 
     connect_s: float = 0.2  # one TCP handshake
-    reply_s: float = 0.5  # one answer on an open session (login, read, write, flush)
+    # One answer on an open session (login, read, write, flush); none by then: the member
+    # hangs or its host is gone, and the session is left for the VIP. Generous: an NC
+    # starved of CPU for a while (HA members run at realtime priority) must not take its
+    # own stall for the SC's.
+    reply_s: float = 1.0
     retry_interval_s: float = 0.02  # from one login attempt to the next
     # How long a request may wait for the session (queueing and logging in again). Its
-    # answer, once sent, may take reply_s more: together below the 2 s an instance's
-    # workload waits for its disk, so a request is answered, or given up, before its
-    # client has gone.
-    request_s: float = 1.2
+    # answer, once sent, may take reply_s more: together within the 2 s an instance's
+    # workload waits for its disk, so a request is answered, or given up, by then.
+    request_s: float = 1.0
 
 
 class BlockClient:
@@ -68,9 +71,12 @@ class BlockClient:
     ``reply_s``, or answered by a member that no longer serves) is logged
     into again through the same address, the SC's service VIP, with short attempts until
     the deadline of the request that found it broken; the next request carries on from
-    there. A request still waiting for the session at its deadline is given up
-    (BlockUnavailable) rather than served after its client has gone: a backlog never
-    builds up behind a failover. ``on_relogin`` hears of every recovered session."""
+    there. A request still waiting for the session at its deadline, or whose client has
+    gone (``wanted`` says so), is given up (BlockUnavailable) when its turn comes rather
+    than served: clients that retry on their own timeouts keep arriving during a
+    failover, and serving the requests they abandoned would keep every fresh one waiting
+    past its own timeout long after the SC is back. ``on_relogin`` hears of every
+    recovered session."""
 
     def __init__(self, host: str, port: int, volume: str, timeouts: SessionTimeouts | None = None,
                  on_relogin: Callable[[dict], None] | None = None):
@@ -159,9 +165,9 @@ class BlockClient:
         return payload
 
     async def _call(self, op: bytes, offset: int, length: int, data: bytes = b"",
-                    deadline: float | None = None) -> bytes:
+                    deadline: float | None = None, wanted: Callable[[], bool] | None = None) -> bytes:
         """One request, sent before ``deadline`` (event-loop time; default now plus
-        ``request_s``) or given up (BlockUnavailable)."""
+        ``request_s``) while ``wanted()`` holds, or given up (BlockUnavailable)."""
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.timeouts.request_s
@@ -175,12 +181,15 @@ class BlockClient:
             raise BlockUnavailable(f"{self.volume}: the session was busy up to the request's deadline") from None
         try:
             while True:
-                if loop.time() >= deadline:  # its turn came too late: its client has gone
+                if loop.time() >= deadline:  # its turn came too late
                     raise BlockUnavailable(f"{self.volume}: no answer before the request's deadline")
+                if wanted is not None and not wanted():
+                    raise BlockUnavailable(f"{self.volume}: the request's client has gone")
                 if not self._usable():
                     if self.writer is not None:
                         self._lose("closed by the SC")
                     await self._relogin(deadline)
+                    continue  # is the request still worth sending?
                 try:
                     return await self._exchange(op, offset, length, data)
                 except BlockError as exc:
@@ -197,14 +206,16 @@ class BlockClient:
         finally:
             self.lock.release()
 
-    async def read(self, offset: int, length: int, deadline: float | None = None) -> bytes:
-        return await self._call(b"R", offset, length, deadline=deadline)
+    async def read(self, offset: int, length: int, deadline: float | None = None,
+                   wanted: Callable[[], bool] | None = None) -> bytes:
+        return await self._call(b"R", offset, length, deadline=deadline, wanted=wanted)
 
-    async def write(self, offset: int, data: bytes, deadline: float | None = None) -> None:
-        await self._call(b"W", offset, len(data), data, deadline=deadline)
+    async def write(self, offset: int, data: bytes, deadline: float | None = None,
+                    wanted: Callable[[], bool] | None = None) -> None:
+        await self._call(b"W", offset, len(data), data, deadline=deadline, wanted=wanted)
 
-    async def flush(self, deadline: float | None = None) -> None:
-        await self._call(b"F", 0, 0, deadline=deadline)
+    async def flush(self, deadline: float | None = None, wanted: Callable[[], bool] | None = None) -> None:
+        await self._call(b"F", 0, 0, deadline=deadline, wanted=wanted)
 
     async def close(self) -> None:
         if self.writer is not None:

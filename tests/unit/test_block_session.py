@@ -238,3 +238,19 @@ def test_a_volume_the_primary_does_not_have_is_an_error_at_once():
             server.close()
             await server.wait_closed()
     run(scenario)
+
+
+def test_requests_abandoned_by_their_clients_are_not_sent_when_their_turn_comes():
+    async def scenario(sc, client, relogins):
+        await sc.crash()
+        gone = {n: False for n in range(30)}
+        tasks = [asyncio.create_task(client.read(n, 1, wanted=lambda n=n: not gone[n])) for n in range(30)]
+        await asyncio.sleep(0.1)
+        for n in range(25):  # their clients timed out while the SC was failing over
+            gone[n] = True
+        await sc.start("sc2")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, bp.BlockUnavailable) for r in results[:25])
+        assert results[25:] == [b"\0"] * 5
+        assert ops(sc, "sc2") == [b"L"] + [b"R"] * 5
+    run(scenario)

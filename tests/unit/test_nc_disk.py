@@ -39,7 +39,8 @@ def free_port() -> int:
 
 class FakeDisk(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """A stand-in for the NC's disk channel: a dict of volumes; records each request.
-    A read of volume ``vol-slow`` never gets an answer."""
+    A read of volume ``vol-slow`` never gets an answer; when its relay closes the
+    connection meanwhile, the time is recorded in ``abandoned``."""
 
     daemon_threads = True
 
@@ -47,6 +48,7 @@ class FakeDisk(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.volumes: dict[str, bytearray] = {"vol-00000001": bytearray(4096)}
         self.requests: list[bytes] = []
         self.release = threading.Event()
+        self.abandoned: list[float] = []
         super().__init__(path, FakeDisk.Handler)
 
     class Handler(socketserver.StreamRequestHandler):
@@ -63,7 +65,16 @@ class FakeDisk(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             q = dict(p.split("=") for p in query.split("&") if p)
             vol = path.split("/")[2]
             if vol == "vol-slow":
-                self.server.release.wait(10)
+                self.connection.settimeout(0.01)
+                while not self.server.release.is_set():
+                    try:
+                        if self.connection.recv(1) == b"":
+                            self.server.abandoned.append(time.monotonic())
+                            return
+                    except socket.timeout:
+                        pass
+                    except OSError:
+                        return
                 return
             if version != "HTTP/1.0" or vol not in self.server.volumes:
                 self._answer("404 Not Found", b"volume not attached to this instance", "text/plain")
@@ -193,6 +204,26 @@ def test_a_slow_disk_times_out_and_holds_up_nothing_else(workload, fake_disk, tm
     assert call(port, "GET", "/volumes/vol-00000001/blocks?offset=0&length=4", timeout=0.5)[0] == 200
     t.join(5)
     assert slow[0][0] == 503 and 0.9 < time.monotonic() - t0 < 3
+
+
+def test_a_client_that_gives_up_gives_up_its_disk_request(workload, fake_disk, tmp_path):
+    """The user's client stops waiting: the relay drops the disk request at once (the NC
+    never serves it), and its slot is free again."""
+    port = workload(str(tmp_path / "disk.sock"), timeout=5.0)
+    for _ in range(3):
+        c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        c.sendall(b"GET /volumes/vol-slow/blocks?offset=0&length=4 HTTP/1.0\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while len(fake_disk.requests) < len(fake_disk.abandoned) + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        t = time.monotonic()
+        c.close()  # a 300 ms client timeout, say
+        while len(fake_disk.abandoned) < len(fake_disk.requests):
+            assert time.monotonic() - t < 1.0, "the disk request outlived its client"
+            time.sleep(0.01)
+        assert fake_disk.abandoned[-1] - t < 0.2
+    assert call(port, "GET", "/volumes/vol-00000001/blocks?offset=0&length=4")[:2] == (200, b"\0\0\0\0")
 
 
 def test_a_long_disk_path_still_connects(workload, fake_disk, tmp_path):
