@@ -271,6 +271,7 @@ class Runner:
         self.run_dir = run_dir or new_run_dir(exp.name)
         self.rng = random.Random(exp.seed)
         self.progress = progress
+        self.written = 0  # trials recorded at the current sweep point
         self.trials_file = open(self.run_dir / "trials.jsonl", "a", buffering=1)
         self.probes_file = open(self.run_dir / "probes.jsonl", "a", buffering=1)
 
@@ -297,8 +298,11 @@ class Runner:
         if not wait_until(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
                      ["State"]["Name"] == "running", 30, 0.1):
             raise RuntimeError("the probe instance did not reach running")
-        eip = ec2.allocate_address()["PublicIp"]
-        ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        if dep.spec.mode.private_cluster_network:
+            eip = ec2.allocate_address()["PublicIp"]  # users reach it through the CC's NAT
+            ec2.associate_address(InstanceId=iid, PublicIp=eip)
+        else:  # SYSTEM and STATIC: the site routes VMs, users reach an instance's own address
+            eip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
         # A volume attached to the instance: the SC is probed by block reads through it (the
         # instance's virtio disk channel to its NC, the NC's block session to the SC VIP).
         vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
@@ -625,6 +629,7 @@ vrrp_instance EUCALAB {{
             self._start_keepalived(dep, master, ts.advert_ms, 90)
             if point:
                 record["point"] = point
+            self.written += 1
             records.append(record)
             self.trials_file.write(json.dumps(record) + "\n")
             bar(ts.name)
@@ -676,15 +681,35 @@ vrrp_instance EUCALAB {{
                     progress.update(task, description="starting the deployment" + (f" ({_point_label(point)})"
                                                                                    if point else ""))
                     sub = self.run_dir / ("deployment" if len(points) == 1 else f"deployment-{i}")
-                    self._run_point(e, point, sub, progress, task, bar)
+                    self.written = 0
+                    try:
+                        self._run_point(e, point, sub, progress, task, bar)
+                    except Exception as exc:
+                        # A point that cannot be set up is recorded, trial by trial, and the
+                        # run goes on with the next one.
+                        self._record_failed_point(e, point, f"{type(exc).__name__}: {exc}", bar)
         finally:
             load.stop()
             self.trials_file.close()
             self.probes_file.close()
-        write_json(self.run_dir / "timing.json", {"wall_s": time.monotonic() - t0, "trials": total,
-                                                  "trials_per_minute": total / (time.monotonic() - t0) * 60})
-        report.build(self.run_dir)
+            write_json(self.run_dir / "timing.json", {"wall_s": time.monotonic() - t0, "trials": total,
+                                                      "trials_per_minute": total / (time.monotonic() - t0) * 60})
+            report.build(self.run_dir)  # whatever happened, the raw data gets its report
         return self.run_dir
+
+    def _record_failed_point(self, exp: "Experiment", point: dict, error: str, bar) -> None:
+        n_written = self.written
+        for ts in exp.sets:
+            for n in range(ts.trials):
+                if n_written > 0:  # trials already run at this point stand
+                    n_written -= 1
+                    continue
+                record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "trial": n, "status": "error",
+                          "error": f"deployment: {error}"}
+                if point:
+                    record["point"] = point
+                self.trials_file.write(json.dumps(record) + "\n")
+                bar(ts.name)
 
     def _run_point(self, exp: "Experiment", point: dict, run_dir: Path, progress, task, bar) -> None:
         saved, self.exp = self.exp, exp  # trials read the point's timing parameters
@@ -705,6 +730,7 @@ vrrp_instance EUCALAB {{
                         if point:
                             record["point"] = point
                         self.trials_file.write(json.dumps(record) + "\n")
+                        self.written += 1
                         bar(ts.name)
                 for ts in [s for s in exp.sets if s.target == "keepalived"]:
                     self.keepalived_set(dep, ts, bar, point)
