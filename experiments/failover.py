@@ -511,6 +511,7 @@ class Runner:
             takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
             peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
             two_enabled_s=two_enabled, probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0],
+            detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
             lost_writes=lost, redundancy_restored_s=(t_settled - t_restore) if settled else None,
             two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
             **ctx.notes, **{f"probe_{k}": v for k, v in resolution(probes).items()})
