@@ -1,0 +1,45 @@
+"""The report from raw trial records alone: verdict columns, flagged trials, the HA-target section."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from experiments.report import build
+
+
+def write_trials(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def crash(i, outage):
+    return {"set": "eucalab CLC crash", "target": "clc", "fault": "sigkill", "expect": "failover", "trial": i,
+            "status": "ok", "outage_s": outage, "detection_s": 0.13, "takeover_s": 0.003, "new_primary": "clc2",
+            "detection_bound_s": 0.15, "redundancy_restored_s": 1.0, "as_expected": True, "flags": []}
+
+
+def test_the_ha_target_section_needs_100_trials_and_reads_the_raw_records(tmp_path):
+    rng = random.Random(1)
+    outages = [rng.uniform(0.14, 0.17) for _ in range(100)]
+    write_trials(tmp_path / "trials.jsonl", [crash(i, o) for i, o in enumerate(outages)])
+    build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Against the HA targets" in md and "Against the HA targets" in (tmp_path / "report.html").read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())["eucalab CLC crash"]
+    assert summary["outage_beyond_detection_bound_ms"]["max"] == max(1000 * (o - 0.15) for o in outages)
+    write_trials(tmp_path / "trials.jsonl", [crash(i, o) for i, o in enumerate(outages[:99])])
+    build(tmp_path)
+    assert "## Against the HA targets" not in (tmp_path / "report.md").read_text()  # no p99 below 100 trials
+
+
+def test_a_trial_that_went_wrong_is_listed_with_its_reasons_and_capture(tmp_path):
+    bad = {**crash(1, 0.3), "expect": "no-failover", "fault": "heartbeat", "set": "eucalab CLC heartbeat",
+           "as_expected": False, "flags": ["false failover", "two ENABLED for 193 ms"],
+           "capture": "captures/eucalab-clc-heartbeat-1"}
+    write_trials(tmp_path / "trials.jsonl", [crash(0, 0.15), bad])
+    build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| eucalab CLC heartbeat | no-failover | 0/1 |" in md
+    assert "false failover; two ENABLED for 193 ms" in md and "captures/eucalab-clc-heartbeat-1" in md
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eucalab CLC heartbeat"]["false_failovers"] == 1
