@@ -139,25 +139,39 @@ class StorageController(Service):
         return web.FileResponse(self._path(vid))
 
     async def _catch_up_loop(self) -> None:
-        """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole."""
+        """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole.
+
+        Everything is downloaded before anything is replaced, and nothing is replaced if
+        this member was promoted meanwhile (the peer died during the copy: its own state
+        is the pair's now) or the peer no longer serves: a copy cut short leaves the
+        member as it was, never half-updated."""
         while True:
             await asyncio.sleep(0.3)
             ha = self.ha
             if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
                     or ha.peer.last_seq <= self.wseq:
                 continue
+            parts: dict[str, Path] = {}
             try:
                 async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
+                    r.raise_for_status()
                     state = await r.json()
                 for vid in state["volumes"]:
                     async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
-                        tmp = self.vol_dir / f".{vid}.part"
+                        r.raise_for_status()
+                        parts[vid] = tmp = self.vol_dir / f".{vid}.part"
                         with open(tmp, "wb") as f:
                             async for chunk in r.content.iter_chunked(1 << 20):
                                 f.write(chunk)
                             f.flush()
-                            os.fsync(f.fileno())
-                        os.replace(tmp, self._path(vid))
+                            await asyncio.to_thread(os.fsync, f.fileno())  # off the loop: heartbeats go on
+                if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" or int(state["wseq"]) <= self.wseq:
+                    self.events.emit("ha.catch_up_abandoned", state=self.state.value, peer_state=ha.peer.state,
+                                     peer_seq=int(state["wseq"]), last_seq=self.wseq)
+                    continue
+                for vid, tmp in parts.items():
+                    os.replace(tmp, self._path(vid))
+                parts.clear()
                 for vid in set(self.volumes) - set(state["volumes"]):
                     self._path(vid).unlink(missing_ok=True)
                 self.volumes, self.wseq = state["volumes"], int(state["wseq"])
@@ -165,6 +179,9 @@ class StorageController(Service):
                 self.events.emit("ha.caught_up", last_seq=self.wseq)
             except Exception as exc:
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
+            finally:
+                for tmp in parts.values():
+                    tmp.unlink(missing_ok=True)
 
     def _path(self, vid: str) -> Path:
         return self.vol_dir / f"{vid}.img"

@@ -13,8 +13,9 @@ import pytest
 from components.sc import blockproto as bp
 
 VOLUME = "vol-0000abcd"
-# Failovers here take tens of milliseconds; the timeouts are the defaults scaled to match.
-FAST = bp.SessionTimeouts(connect_s=0.1, reply_s=0.2, retry_interval_s=0.01, request_s=0.6)
+# Failovers here take tens of milliseconds; the timeouts are the defaults scaled to match
+# (with room for a loaded machine: loopback connections can take a while then too).
+FAST = bp.SessionTimeouts(connect_s=0.3, reply_s=0.3, retry_interval_s=0.01, request_s=0.6)
 
 
 def free_port() -> int:
@@ -127,9 +128,9 @@ def test_the_session_comes_back_within_a_retry_interval_of_the_takeover():
         task = asyncio.create_task(takeover())
         assert await client.read(0, 4) == b"\0" * 4
         t_served, t_takeover = loop.time(), await task
-        assert t_served - t_takeover < 0.1, "not a 1 s SYN retransmission, nor a long connect timeout"
+        assert t_served - t_takeover < 0.25, "not a 1 s SYN retransmission, nor a long connect timeout"
         (r,) = relogins
-        assert r["attempts"] > 3 and 0.14 < r["down_s"] < 0.3 and r["lost_at"] >= t_crash
+        assert r["attempts"] > 3 and 0.14 < r["down_s"] < 0.4 and r["lost_at"] >= t_crash
     run(scenario)
 
 
@@ -167,7 +168,7 @@ def test_requests_queued_behind_a_failover_give_up_at_their_deadlines():
         # the first probe after the takeover was answered within a few retry intervals.
         assert len(ops(sc, "sc2")) - 1 <= 20 + FAST.request_s / 0.01
         first_after = min(done for sent, done in served if sent >= t_takeover)
-        assert first_after - t_takeover < 0.1
+        assert first_after - t_takeover < 0.25
         assert len(relogins) == 1 and relogins[0]["given_up"] == len(early)
     run(scenario)
 

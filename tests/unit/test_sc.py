@@ -120,8 +120,14 @@ def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path)
         try:
             await client.read(0, 4)
             raise AssertionError("a member that stepped down served a read")
-        except bp.BlockUnavailable as exc:
-            assert "not the primary" in str(exc)
+        except bp.BlockUnavailable:
+            pass
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.block_port)
+        writer.write(bp.HEADER.pack(b"L", 0, 12) + b"vol-0000abcd")
+        status, n = bp.REPLY.unpack(await reader.readexactly(bp.REPLY.size))
+        assert status == bp.NOT_PRIMARY and b"not the primary" in await reader.readexactly(n)
+        assert await reader.read() == b""  # and the session is over
+        writer.close()
         sc.state = ServiceState.ENABLED  # the VIP's primary answers again
         assert await client.read(0, 4) == b"\0" * 4
         await client.close()
