@@ -135,3 +135,82 @@ def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path)
         await task
 
     asyncio.run(scenario())
+
+
+def _catch_up_pair(tmp_path, port: int, peer_class=StorageController):
+    """A DISABLED member (127.0.0.2) behind its ENABLED peer (127.0.0.1), both on one port as
+    on two hosts; the member's HA agent is a stand-in saying the peer is ahead."""
+    from types import SimpleNamespace
+
+    def sc(name, address, state, cls=StorageController):
+        cfg = validate_config({"host": name, "component": "sc", "port": port, "listen_host": address,
+                               "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
+                               "internal_token": TOKEN, "block_port": free_port(), "state": state})
+        return cls(cfg)
+
+    peer, member = sc("c1sc1", "127.0.0.1", "ENABLED", peer_class), sc("c1sc2", "127.0.0.2", "DISABLED")
+    for vid, fill in (("vol-00000001", b"new"), ("vol-00000002", b"too")):
+        peer._apply({"type": "create", "id": vid, "size_mib": 1})
+        peer._apply({"type": "write", "id": vid, "offset": 0}, fill)
+    member._apply({"type": "create", "id": "vol-00000001", "size_mib": 1})
+    member._apply({"type": "write", "id": "vol-00000001", "offset": 0}, b"old")
+    member.config["ha"] = {"peer_addresses": ["127.0.0.1"]}
+    member.ha = SimpleNamespace(peer_alive=lambda: True, peer=SimpleNamespace(state="ENABLED", last_seq=peer.wseq))
+    return peer, member
+
+
+def _run_catch_up(tmp_path, peer, member, until: str) -> list[dict]:
+    async def scenario():
+        member.replica = ClientSession(headers={"X-Eucalab-Internal-Token": TOKEN})
+        task = asyncio.create_task(peer.serve())
+        for _ in range(300):
+            if any(e["event"] == "service.start" for e in read_events(tmp_path / "c1sc1.jsonl")):
+                break
+            await asyncio.sleep(0.01)
+        copier = asyncio.create_task(member._catch_up_loop())
+        for _ in range(500):
+            if any(e["event"] == until for e in read_events(tmp_path / "c1sc2.jsonl")):
+                break
+            await asyncio.sleep(0.01)
+        copier.cancel()
+        await member.replica.close()
+        peer.stop()
+        await task
+    asyncio.run(scenario())
+    return read_events(tmp_path / "c1sc2.jsonl")
+
+
+def test_a_member_behind_its_peer_copies_its_volumes(tmp_path):
+    peer, member = _catch_up_pair(tmp_path, free_port())
+    _run_catch_up(tmp_path, peer, member, "ha.caught_up")
+    assert member.wseq == peer.wseq and set(member.volumes) == {"vol-00000001", "vol-00000002"}
+    assert (tmp_path / "c1sc2" / "volumes" / "vol-00000001.img").read_bytes()[:3] == b"new"
+    assert not list((tmp_path / "c1sc2" / "volumes").glob(".*.part"))
+
+
+def test_a_copy_cut_short_by_a_promotion_changes_nothing(tmp_path):
+    """The peer dies during the copy and this member takes over: its own state is the
+    pair's now; a copy finished afterwards must not replace it."""
+    promoted = []
+
+    class DyingPeer(StorageController):
+        async def handle_ha_volume(self, request):
+            promoted[0].state = ServiceState.ENABLED
+            return await super().handle_ha_volume(request)
+
+    peer, member = _catch_up_pair(tmp_path, free_port(), DyingPeer)
+    promoted.append(member)
+    events = _run_catch_up(tmp_path, peer, member, "ha.catch_up_abandoned")
+    assert "ha.caught_up" not in [e["event"] for e in events]
+    assert member.wseq == 2 and set(member.volumes) == {"vol-00000001"}
+    assert (tmp_path / "c1sc2" / "volumes" / "vol-00000001.img").read_bytes()[:3] == b"old"
+    assert not list((tmp_path / "c1sc2" / "volumes").glob(".*.part"))
+
+
+def test_an_error_from_the_peer_is_never_taken_for_a_volume(tmp_path):
+    peer, member = _catch_up_pair(tmp_path, free_port())
+    peer.volumes["vol-00000003"] = {"id": "vol-00000003", "size_mib": 1, "state": "available",
+                                    "attachment": None}  # listed, but its file is gone: 404
+    events = _run_catch_up(tmp_path, peer, member, "ha.catch_up_failed")
+    assert "ha.caught_up" not in [e["event"] for e in events]
+    assert (tmp_path / "c1sc2" / "volumes" / "vol-00000001.img").read_bytes()[:3] == b"old"
