@@ -448,7 +448,13 @@ class Runner:
         probe = ProbeThread(dep, url, headers, self.exp.probe_interval_ms / 1000,
                             self.exp.probe_timeout_ms / 1000, check).start()
         psutil.cpu_percent(None)
-        time.sleep(0.3)  # warm-up: probes succeed before the fault
+        time.sleep(0.3)  # warm-up: probes succeed before the fault (on a loaded machine, wait for them)
+        if not wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01):
+            probe.stop()
+            if capture is not None:
+                capture.finish(keep=True)
+            record.update(status="invalid", error="users were not served before the fault (warm-up)")
+            return record
         # A random phase relative to the heartbeat, seeded: faults do not line up with ticks.
         phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
         time.sleep(phase)
@@ -603,7 +609,9 @@ vrrp_instance EUCALAB {{
             probe = ProbeThread(dep, "http://10.0.0.10:8080/", {}, self.exp.probe_interval_ms / 1000,
                                 self.exp.probe_timeout_ms / 1000, lambda s, b: s == 200).start()
             psutil.cpu_percent(None)
-            time.sleep(0.3 + self.rng.uniform(0, ts.advert_ms / 1000))
+            time.sleep(0.3)
+            wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01)  # warm-up
+            time.sleep(self.rng.uniform(0, ts.advert_ms / 1000))
             t_fault = _mono()
             # The service crashes with its keepalived (the daemon and its VRRP child), as
             # eucalab's component does with its HA agent.
