@@ -92,6 +92,7 @@ class Process:
     dir: Path
     popen: subprocess.Popen = field(repr=False)
     config: dict = field(default_factory=dict, repr=False)
+    events_offset: int = 0  # where this process's events start in a log a restart appends to
 
     @property
     def events_path(self) -> Path:
@@ -101,11 +102,15 @@ class Process:
         return self.popen.poll() is None
 
     def events(self) -> list[dict]:
-        """The process's events so far (the JSON-lines log it writes)."""
+        """This process's events so far (the JSON-lines log it writes; a restarted component
+        appends to its predecessor's log, whose events are not this process's)."""
         if not self.events_path.exists():
             return []
         out = []
-        for line in self.events_path.read_text().splitlines():
+        with open(self.events_path, "rb") as f:
+            f.seek(self.events_offset)
+            text = f.read().decode(errors="replace")
+        for line in text.splitlines():
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
@@ -404,10 +409,12 @@ class Deployment:
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
         env = _child_env()
         node = self.net[host]
+        log = pdir / "events.jsonl"
+        offset = log.stat().st_size if log.exists() else 0
         with open(pdir / "stdout.log", "ab") as out:
             popen = node.popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env=env, cwd=str(pdir))
-        proc = Process(host, label, popen.pid, rd.process_start_time(popen.pid), pdir, popen, cfg)
+        proc = Process(host, label, popen.pid, rd.process_start_time(popen.pid), pdir, popen, cfg, offset)
         self.processes[key] = proc
         (pdir / "pid").write_text(f"{popen.pid}\n")
         self._record(self.network.created)
