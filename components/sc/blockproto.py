@@ -64,8 +64,47 @@ class SessionTimeouts:
     request_s: float = 1.0
 
 
+class Turns:
+    """One request at a time on a session; of those waiting, the newest goes next.
+
+    First come, first served turns a backlog into a standing queue when requests arrive
+    about as fast as the session serves them (the NC's block path, busy, serves about
+    100 a second, the rate the experiments probe at): after an SC takeover every request
+    waits behind the ones that piled up meanwhile, past its client's timeout, and the
+    queue never drains. Newest first serves the requests whose clients still wait; the
+    oldest are given up at their deadlines (or when their clients go). A request that
+    waits for its reply before sending the next sees no difference."""
+
+    def __init__(self):
+        self._busy = False
+        self._waiting: list[asyncio.Future] = []
+
+    async def acquire(self) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed the turn as it was cancelled: pass it on
+            else:
+                self._waiting.remove(turn)
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            turn = self._waiting.pop()
+            if not turn.done():
+                turn.set_result(None)  # still busy: the turn passes to it
+                return
+        self._busy = False
+
+
 class BlockClient:
-    """The NC's side of an attachment: one session, requests one at a time, in order.
+    """The NC's side of an attachment: one session, requests one at a time (``Turns``).
 
     Every request has a deadline. A session found broken (closed by the SC, silent for
     ``reply_s``, or answered by a member that no longer serves) is logged
@@ -85,14 +124,17 @@ class BlockClient:
         self.on_relogin = on_relogin
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.lock = asyncio.Lock()
+        self.turns = Turns()
         self.given_up = 0  # requests that reached their deadline unserved
         self._lost: dict | None = None  # since the session broke: when, why, login attempts
 
     async def connect(self, timeout: float = 5.0) -> None:
         """Log in (at attachment), attempt after attempt until ``timeout``."""
-        async with self.lock:
+        await self.turns.acquire()
+        try:
             await self._login(asyncio.get_running_loop().time() + timeout)
+        finally:
+            self.turns.release()
 
     def _usable(self) -> bool:
         """Whether the session can carry a request: open on both sides, no error on it.
@@ -175,7 +217,7 @@ class BlockClient:
             if loop.time() >= deadline:
                 raise TimeoutError
             async with asyncio.timeout_at(deadline):
-                await self.lock.acquire()
+                await self.turns.acquire()
         except TimeoutError:
             self.given_up += 1
             raise BlockUnavailable(f"{self.volume}: the session was busy up to the request's deadline") from None
@@ -204,7 +246,7 @@ class BlockClient:
             self.given_up += 1
             raise
         finally:
-            self.lock.release()
+            self.turns.release()
 
     async def read(self, offset: int, length: int, deadline: float | None = None,
                    wanted: Callable[[], bool] | None = None) -> bytes:
