@@ -213,6 +213,12 @@ def test_heartbeat_link_cut_never_two_enabled(ha):
         time.sleep(0.02)
     assert seen == {primary}
     dep.set_link(primary, hb_net, up=True)
+    # No flapping after the heal: neither member changes state in the 10 s that follow.
+    healed = time.monotonic()
+    time.sleep(10)
+    changes = [(m, e["to"]) for m in ("clc1", "clc2") for e in read_events(dep.process(m).events_path)
+               if e["event"] == "state.change" and e["t_mono"] >= healed]
+    assert changes == [] and enabled_members(dep, "clc") == [primary]
 
 
 def test_one_arbitrator_down_is_advisory_only(ha):
