@@ -369,7 +369,9 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
         dep.start_services()
         pairs = _ha_members(dep)
         for members in pairs.values():
-            if not _wait(lambda m=members: sorted(dep.member_state(x) or "" for x in m) == ["DISABLED", "ENABLED"],
+            # Elected, and each member has heard its peer: start-up is over.
+            if not _wait(lambda m=members: sorted(dep.member_state(x) or "" for x in m) == ["DISABLED", "ENABLED"]
+                         and all(any(e["event"] == "ha.peer_alive" for e in dep.process(x).events()) for x in m),
                          30):
                 raise RuntimeError(f"no stable pair at start-up: { {x: dep.member_state(x) for x in members} }")
         startup_s = time.monotonic() - t0
