@@ -211,6 +211,14 @@ class HAAgent:
         """Stop (maintenance) or start an arbitrator; False when there is no such arbitrator."""
         for a in self.arbitrators:
             if a.name == name:
+                # The maintenance flag file is the one truth (the arbitration round re-reads it):
+                # the API writes it, or a stop would be undone within one period.
+                flag = self.data / "arbitrators" / f"{name}.stopped"
+                if stopped:
+                    flag.parent.mkdir(parents=True, exist_ok=True)
+                    flag.write_text("stopped through the HA API\n")
+                else:
+                    flag.unlink(missing_ok=True)
                 if a.stopped != stopped:
                     a.stopped = stopped
                     self.events.emit("arbitrator.stop" if stopped else "arbitrator.start", arbitrator=name)

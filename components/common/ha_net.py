@@ -56,22 +56,40 @@ class Pinger:
                 if fut and not fut.done():
                     fut.set_result(True)
 
-    async def ping(self, target: str, timeout: float) -> bool:
-        """One echo request; True when its reply came within ``timeout`` seconds."""
-        self.seq = (self.seq + 1) & 0xFFFF
-        seq = self.seq
-        payload = b"eucalab-arbitrator"
-        header = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), self.ident, seq) + payload
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[seq] = fut
+    async def ping(self, target: str, timeout: float, attempts: int = 3) -> bool:
+        """True when the target answered within ``timeout`` seconds.
+
+        Up to ``attempts`` echo requests are spread over the timeout, each new one sent when
+        the previous has had its share of it unanswered: one packet lost, or a switch
+        stalling for a moment, is not an unreachable target (a miss counts towards a
+        failover). Any reply, to any of them, answers the probe.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        answered = loop.create_future()
+        sent = []
         try:
-            self.sock.sendto(packet, (target, 0))
-            return await asyncio.wait_for(fut, timeout)
-        except (asyncio.TimeoutError, OSError):
+            for i in range(attempts):
+                self.seq = (self.seq + 1) & 0xFFFF
+                seq = self.seq
+                payload = b"eucalab-arbitrator"
+                header = struct.pack("!BBHHH", 8, 0, 0, self.ident, seq)
+                packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), self.ident, seq) + payload
+                self.waiters[seq] = answered
+                sent.append(seq)
+                try:
+                    self.sock.sendto(packet, (target, 0))
+                except OSError:
+                    pass  # no route now: the next attempt may have one
+                share = (deadline - loop.time()) / (attempts - i)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(answered), max(0.0, share))
+                except asyncio.TimeoutError:
+                    continue
             return False
         finally:
-            self.waiters.pop(seq, None)
+            for seq in sent:
+                self.waiters.pop(seq, None)
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.sock.fileno())

@@ -238,3 +238,50 @@ def test_an_unreplicated_write_is_acknowledged_only_once_the_peer_is_dead(tmp_pa
     agent.peer.heard -= 1.0  # silent past the detection window: declared dead
     agent.last_sent = _mono()  # (no ticker here: renew this member's lease by hand)
     assert asyncio.run(agent.may_acknowledge_unreplicated(refused=False)) is True
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="ICMP needs a raw socket (root)")
+def test_an_arbitrator_ping_survives_one_lost_echo_and_fails_only_when_none_is_answered():
+    """Loopback only: the first echo request is dropped before it leaves; a later attempt
+    within the same timeout is answered. With every request dropped the probe fails."""
+    from components.common.ha_net import Pinger
+
+    async def go():
+        p = Pinger()
+        real, dropped = p.sock, []
+
+        class Lossy:
+            def __init__(self, drop):
+                self.drop = drop
+
+            def sendto(self, packet, addr):
+                if len(dropped) < self.drop:
+                    dropped.append(packet)
+                    return len(packet)
+                return real.sendto(packet, addr)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        p.sock = Lossy(drop=1)
+        t0 = _mono()
+        assert await p.ping("127.0.0.1", 0.3) is True
+        assert 0.09 < _mono() - t0 < 0.3 and len(dropped) == 1
+        dropped.clear()
+        p.sock = Lossy(drop=3)
+        assert await p.ping("127.0.0.1", 0.3) is False and len(dropped) == 3
+        p.sock = real
+        p.close()
+    asyncio.run(go())
+
+
+def test_an_arbitrator_stopped_through_the_api_stays_stopped(tmp_path):
+    """The arbitration round re-reads the maintenance flag: the API writes it, so a stop is
+    not undone one period later (the soak benchmark found this)."""
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    agent.set_arbitrator_stopped("a0", True)
+    agent.record_arbitration([True, True])
+    assert agent.arbitrators[0].stopped and (tmp_path / "arbitrators" / "a0.stopped").exists()
+    agent.set_arbitrator_stopped("a0", False)
+    agent.record_arbitration([True, True])
+    assert not agent.arbitrators[0].stopped
