@@ -57,7 +57,7 @@ class SessionTimeouts:
     # starved of CPU for a while (HA members run at realtime priority) must not take its
     # own stall for the SC's.
     reply_s: float = 1.0
-    retry_interval_s: float = 0.02  # from one login attempt to the next
+    retry_interval_s: float = 0.01  # from one login attempt to the next: a refusal costs a SYN and a RST
     # How long a request may wait for the session (queueing and logging in again). Its
     # answer, once sent, may take reply_s more: together within the 2 s an instance's
     # workload waits for its disk, so a request is answered, or given up, by then.
