@@ -88,6 +88,8 @@ class Experiment:
                 _set_path(e.spec, rest, value, path)
             elif head == "set":
                 for ts in e.sets:
+                    if ts.target == "keepalived" and rest[:1] != ["trials"]:
+                        continue  # the baseline is keepalived as it is: only its trial count follows
                     if not rest or not hasattr(ts, rest[0]) or rest[0] == "label":
                         raise ValueError(f"sweep: {path!r} names no trial-set field")
                     if len(rest) == 1:
@@ -102,6 +104,8 @@ class Experiment:
             for ts in e.sets:
                 if ts.fault not in CATALOGUE:
                     raise ValueError(f"sweep: fault {ts.fault!r} is not in the catalogue")
+                if ts.target not in TARGETS or (ts.target == "keepalived" and ts.advert_ms is None):
+                    raise ValueError(f"sweep: target {ts.target!r} is not one of {', '.join(TARGETS[:-1])}")
                 ts.label = f"{ts.name} [{_point_label(point)}]"
         return e
 
@@ -240,18 +244,20 @@ class _Capture:
     switches' flow tables only for a trial that went wrong."""
 
     def __init__(self, dep: Deployment, path: Path):
-        self.dep, self.path, self.kept = dep, path, False
+        self.dep, self.path, self.kept, self.done = dep, path, False, False
         path.parent.mkdir(parents=True, exist_ok=True)
         intf = dep.plan.hosts["user"].interfaces[0].name
         self.proc = dep.start("tcpdump", "user", label="tcpdump", wait=False, argv=[
             "tcpdump", "-i", intf, "-n", "-s", "256", "-U", "--immediate-mode", "-w", str(path.with_suffix(".pcap"))])
 
     def finish(self, keep: bool) -> None:
+        self.done = True
         self.dep.kill("user", "tcpdump", sig=signal.SIGTERM)
         try:
             self.proc.popen.wait(timeout=5)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.dep.kill("user", "tcpdump")
+            self.proc.popen.wait(timeout=5)
         pcap = self.path.with_suffix(".pcap")
         if not keep:
             pcap.unlink(missing_ok=True)
@@ -259,9 +265,12 @@ class _Capture:
         self.kept = True
         dumps = []
         for sw in self.dep.plan.switches:
-            out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw],
-                                 capture_output=True, text=True, timeout=10)
-            dumps.append(f"# {sw}\n{out.stdout}{out.stderr}")
+            try:
+                out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw],
+                                     capture_output=True, text=True, timeout=10)
+                dumps.append(f"# {sw}\n{out.stdout}{out.stderr}")
+            except (OSError, subprocess.TimeoutExpired) as exc:  # the record matters more than the dump
+                dumps.append(f"# {sw}\n{exc!r}")
         self.path.with_suffix(".flows.txt").write_text("\n".join(dumps))
 
 
@@ -271,7 +280,7 @@ class Runner:
         self.run_dir = run_dir or new_run_dir(exp.name)
         self.rng = random.Random(exp.seed)
         self.progress = progress
-        self.written = 0  # trials recorded at the current sweep point
+        self.written: set = set()  # (set, trial) recorded at the current sweep point
         self.trials_file = open(self.run_dir / "trials.jsonl", "a", buffering=1)
         self.probes_file = open(self.run_dir / "probes.jsonl", "a", buffering=1)
 
@@ -447,95 +456,108 @@ class Runner:
         capture = _Capture(dep, self.run_dir / "captures" / f"{_slug(ts.name)}-{n}") if self.exp.capture else None
         probe = ProbeThread(dep, url, headers, self.exp.probe_interval_ms / 1000,
                             self.exp.probe_timeout_ms / 1000, check).start()
-        psutil.cpu_percent(None)
-        time.sleep(0.3)  # warm-up: probes succeed before the fault (on a loaded machine, wait for them)
-        if not wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01):
-            probe.stop()
+        try:
+            psutil.cpu_percent(None)
+            time.sleep(0.3)  # warm-up: probes succeed before the fault (on a loaded machine, wait for them)
+            if not wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01):
+                probe.stop()
+                if capture is not None:
+                    capture.finish(keep=True)
+                record.update(status="invalid", error="users were not served before the fault (warm-up)")
+                return record
+            # A random phase relative to the heartbeat, seeded: faults do not line up with ticks.
+            phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
+            time.sleep(phase)
+            t_fault = _mono()
+            error = None
+            try:
+                fault.inject(ctx)
+            except Exception as exc:
+                error = f"inject: {exc!r}"
+            served_after = lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot())  # noqa: E731
+            if error:
+                recovered = False
+            elif fault.expect == FAILOVER:
+                recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and served_after(),
+                                       self.exp.recovery_timeout_s)
+            elif ts.fault == "both":
+                recovered = wait_until(lambda: any(dep.member_state(m) == "ENABLED" for m in pair.members)
+                                       and served_after(), self.exp.recovery_timeout_s)
+            else:
+                time.sleep(self.hold(dep, ts))
+                recovered = True  # judged after the restore: users must be served again then
+            t_restore = _mono()
+            primary_enabled = dep.member_state(primary) == "ENABLED"
+            cpu = psutil.cpu_percent(None)
+            try:
+                ctx.restore()
+            except Exception as exc:
+                error = (error + "; " if error else "") + repr(exc)
+            # Back to full redundancy: one ENABLED, the other DISABLED (caught up), users served.
+            settled = wait_until(lambda: _settled(dep, pair) and any(p.ok and p.sent >= _mono() - 0.2 for p in probe.snapshot()), 20)
+            t_settled = _mono()
+            if fault.expect != FAILOVER:
+                recovered = recovered and settled
+            time.sleep(0.1)
+            probes = probe.stop()
+            out = outage(probes, t_fault)
+            fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
+            rejoin_probes = [p for p in probes if p.sent >= t_restore]
+            ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
+            # Up to full redundancy: a promotion is logged just after the state change and VIP
+            # that may already have let users in, and none may follow a restore.
+            promotes = [(m, e) for m in pair.members for e in ev[m]
+                        if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= t_settled]
+            promote = next((e for m, e in promotes if m == peer), None)
+            dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
+                         and e["t_mono"] >= t_fault), None)
+            lo = t_fault - 0.5
+            spans = {m: [(max(x, lo), y) for x, y in enabled_intervals(ev[m], t_settled, ctx.silenced.get(m)) if y > lo]
+                     for m in pair.members}
+            two_enabled = overlap(*spans.values())
+            markers += ctx.markers
+            self._check_error = None
+            lost = sum(1 for mk in markers if self._marker_present(ts.target, w, mk) is False)
+            record.update(
+                status="error" if error else ("ok" if recovered and out is not None else "no-recovery"),
+                new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase, hold_s=t_restore - t_fault,
+                outage_s=out, failed_probes=sum(1 for p in fault_probes if not p.ok),
+                rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
+                detection_s=(promote["detected_at"] - t_fault) if promote else None,
+                takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
+                peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
+                two_enabled_s=two_enabled, probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0],
+                detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
+                lost_writes=lost, redundancy_restored_s=(t_settled - t_restore) if settled else None,
+                two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
+                **ctx.notes, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+            if error:
+                record["error"] = error
+            if self._check_error:
+                record["check_error"] = self._check_error
+            record["flags"] = judge(fault.expect, promoted=bool(promotes), primary_enabled_after=primary_enabled,
+                                    failed_probes=record["failed_probes"], two_enabled_s=two_enabled, lost_writes=lost,
+                                    settled=settled, recovered=recovered)
+            record["as_expected"] = not record["flags"] and record["status"] == "ok"
             if capture is not None:
-                capture.finish(keep=True)
-            record.update(status="invalid", error="users were not served before the fault (warm-up)")
+                capture.finish(keep=not record["as_expected"])
+                if capture.kept:
+                    record["capture"] = str(capture.path.relative_to(self.run_dir))
+            self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
+                                               "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
             return record
-        # A random phase relative to the heartbeat, seeded: faults do not line up with ticks.
-        phase = self.rng.uniform(0, dep.spec.heartbeat.interval_ms / 1000)
-        time.sleep(phase)
-        t_fault = _mono()
-        error = None
-        try:
-            fault.inject(ctx)
-        except Exception as exc:
-            error = f"inject: {exc!r}"
-        served_after = lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot())  # noqa: E731
-        if error:
-            recovered = False
-        elif fault.expect == FAILOVER:
-            recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and served_after(),
-                                   self.exp.recovery_timeout_s)
-        elif ts.fault == "both":
-            recovered = wait_until(lambda: any(dep.member_state(m) == "ENABLED" for m in pair.members)
-                                   and served_after(), self.exp.recovery_timeout_s)
-        else:
-            time.sleep(self.hold(dep, ts))
-            recovered = True  # judged after the restore: users must be served again then
-        t_restore = _mono()
-        primary_enabled = dep.member_state(primary) == "ENABLED"
-        cpu = psutil.cpu_percent(None)
-        try:
-            ctx.restore()
-        except Exception as exc:
-            error = (error + "; " if error else "") + repr(exc)
-        # Back to full redundancy: one ENABLED, the other DISABLED (caught up), users served.
-        settled = wait_until(lambda: _settled(dep, pair) and any(p.ok and p.sent >= _mono() - 0.2 for p in probe.snapshot()), 20)
-        t_settled = _mono()
-        if fault.expect != FAILOVER:
-            recovered = recovered and settled
-        time.sleep(0.1)
-        probes = probe.stop()
-        out = outage(probes, t_fault)
-        fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
-        rejoin_probes = [p for p in probes if p.sent >= t_restore]
-        ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
-        # Up to full redundancy: a promotion is logged just after the state change and VIP
-        # that may already have let users in, and none may follow a restore.
-        promotes = [(m, e) for m in pair.members for e in ev[m]
-                    if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= t_settled]
-        promote = next((e for m, e in promotes if m == peer), None)
-        dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
-                     and e["t_mono"] >= t_fault), None)
-        lo = t_fault - 0.5
-        spans = {m: [(max(x, lo), y) for x, y in enabled_intervals(ev[m], t_settled, ctx.silenced.get(m)) if y > lo]
-                 for m in pair.members}
-        two_enabled = overlap(*spans.values())
-        markers += ctx.markers
-        self._check_error = None
-        lost = sum(1 for mk in markers if self._marker_present(ts.target, w, mk) is False)
-        record.update(
-            status="error" if error else ("ok" if recovered and out is not None else "no-recovery"),
-            new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase, hold_s=t_restore - t_fault,
-            outage_s=out, failed_probes=sum(1 for p in fault_probes if not p.ok),
-            rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
-            detection_s=(promote["detected_at"] - t_fault) if promote else None,
-            takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
-            peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
-            two_enabled_s=two_enabled, probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0],
-            detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
-            lost_writes=lost, redundancy_restored_s=(t_settled - t_restore) if settled else None,
-            two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
-            **ctx.notes, **{f"probe_{k}": v for k, v in resolution(probes).items()})
-        if error:
-            record["error"] = error
-        if self._check_error:
-            record["check_error"] = self._check_error
-        record["flags"] = judge(fault.expect, promoted=bool(promotes), primary_enabled_after=primary_enabled,
-                                failed_probes=record["failed_probes"], two_enabled_s=two_enabled, lost_writes=lost,
-                                settled=settled, recovered=recovered)
-        record["as_expected"] = not record["flags"] and record["status"] == "ok"
-        if capture is not None:
-            capture.finish(keep=not record["as_expected"])
-            if capture.kept:
-                record["capture"] = str(capture.path.relative_to(self.run_dir))
-        self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
-                                           "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
-        return record
+        finally:
+            # Whatever went wrong above, nothing of this trial outlives it: the fault is
+            # undone, the probes stop, the capture ends (kept: the trial went wrong).
+            if ctx.undo:
+                try:
+                    ctx.restore()
+                except Exception:
+                    pass
+            probe.stop()
+            if capture is not None and not capture.done:
+                capture.finish(keep=True)
+
 
     # -- keepalived baseline ------------------------------------------------------------------------
 
@@ -601,51 +623,64 @@ vrrp_instance EUCALAB {{
         for n in range(ts.trials):
             master = wait_until(holder, 15)
             record = {"set": ts.name, "target": "keepalived", "fault": "sigkill", "trial": n, "primary": master}
+            if point:
+                record["point"] = point
             if master is None:
                 record.update(status="invalid", error="no keepalived master")
+                self._write(record, bar)
                 records.append(record)
                 continue
             backup = next(h for h in hosts if h != master)
             probe = ProbeThread(dep, "http://10.0.0.10:8080/", {}, self.exp.probe_interval_ms / 1000,
                                 self.exp.probe_timeout_ms / 1000, lambda s, b: s == 200).start()
-            psutil.cpu_percent(None)
-            time.sleep(0.3)
-            wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01)  # warm-up
-            time.sleep(self.rng.uniform(0, ts.advert_ms / 1000))
-            t_fault = _mono()
-            # The service crashes with its keepalived (the daemon and its VRRP child), as
-            # eucalab's component does with its HA agent.
-            dep.kill(master, "keepalived", group=True)
-            dep.kill(master, "http8080")
-            # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
-            # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
-            ok = wait_until(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
-                       "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
-            time.sleep(0.1)
-            probes = probe.stop()
-            out = outage(probes, t_fault)
-            record.update(status="ok" if ok and out is not None else "no-recovery", t_fault=t_fault,
-                          outage_s=out, new_primary=backup, probes=len(probes),
-                          cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
-                          lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
-            self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
-                                               "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
-            # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
-            dep.process(master, "keepalived").popen.wait(timeout=5)
-            dep.process(master, "http8080").popen.wait(timeout=5)
-            dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
-            self._start_http(dep, master)
-            self._start_keepalived(dep, master, ts.advert_ms, 90)
-            if point:
-                record["point"] = point
-            self.written += 1
+            try:
+                self._keepalived_trial(dep, ts, n, master, backup, probe, record)
+            except Exception as exc:  # recorded, never silently dropped
+                record.update(status="error", error=repr(exc))
+            finally:
+                probe.stop()
             records.append(record)
-            self.trials_file.write(json.dumps(record) + "\n")
-            bar(ts.name)
+            self._write(record, bar)
         for h in hosts:
             dep.stop(h, "keepalived")
             dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
         return records
+
+    def _write(self, record: dict, bar) -> None:
+        self.trials_file.write(json.dumps(record) + "\n")
+        self.written.add((record["set"], record["trial"]))
+        bar(record["set"])
+
+    def _keepalived_trial(self, dep: Deployment, ts: TrialSet, n: int, master: str, backup: str,
+                          probe: ProbeThread, record: dict) -> None:
+        psutil.cpu_percent(None)
+        time.sleep(0.3)
+        wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01)  # warm-up
+        time.sleep(self.rng.uniform(0, ts.advert_ms / 1000))
+        t_fault = _mono()
+        # The service crashes with its keepalived (the daemon and its VRRP child), as
+        # eucalab's component does with its HA agent.
+        dep.kill(master, "keepalived", group=True)
+        dep.kill(master, "http8080")
+        # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
+        # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
+        ok = wait_until(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
+                   "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
+        time.sleep(0.1)
+        probes = probe.stop()
+        out = outage(probes, t_fault)
+        record.update(status="ok" if ok and out is not None else "no-recovery", t_fault=t_fault,
+                      outage_s=out, new_primary=backup, probes=len(probes),
+                      cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
+                      lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+        self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
+                                           "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
+        # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
+        dep.process(master, "keepalived").popen.wait(timeout=5)
+        dep.process(master, "http8080").popen.wait(timeout=5)
+        dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
+        self._start_http(dep, master)
+        self._start_keepalived(dep, master, ts.advert_ms, 90)
 
     # -- the whole run ----------------------------------------------------------------------------------
 
@@ -661,8 +696,9 @@ vrrp_instance EUCALAB {{
         points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
         for _, e in points:  # refuse what this machine cannot do before building anything
             spec_from_dict(e.spec)
+            controller = e.sdn or (e.spec.get("ha") or {}).get("takeover") == "sdn"  # the spec starts it too
             for ts in e.sets:
-                check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=e.sdn)
+                check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=controller)
         write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))
         write_json(self.run_dir / "versions.json", versions())
         total = sum(s.trials for _, e in points for s in e.sets)
@@ -690,7 +726,7 @@ vrrp_instance EUCALAB {{
                     progress.update(task, description="starting the deployment" + (f" ({_point_label(point)})"
                                                                                    if point else ""))
                     sub = self.run_dir / ("deployment" if len(points) == 1 else f"deployment-{i}")
-                    self.written = 0
+                    self.written = set()
                     try:
                         self._run_point(e, point, sub, progress, task, bar)
                     except Exception as exc:
@@ -707,18 +743,15 @@ vrrp_instance EUCALAB {{
         return self.run_dir
 
     def _record_failed_point(self, exp: "Experiment", point: dict, error: str, bar) -> None:
-        n_written = self.written
         for ts in exp.sets:
             for n in range(ts.trials):
-                if n_written > 0:  # trials already run at this point stand
-                    n_written -= 1
+                if (ts.name, n) in self.written:  # trials already run at this point stand
                     continue
                 record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "trial": n, "status": "error",
                           "error": f"deployment: {error}"}
                 if point:
                     record["point"] = point
-                self.trials_file.write(json.dumps(record) + "\n")
-                bar(ts.name)
+                self._write(record, bar)
 
     def _run_point(self, exp: "Experiment", point: dict, run_dir: Path, progress, task, bar) -> None:
         saved, self.exp = self.exp, exp  # trials read the point's timing parameters
@@ -738,9 +771,7 @@ vrrp_instance EUCALAB {{
                                       "error": repr(exc)}
                         if point:
                             record["point"] = point
-                        self.trials_file.write(json.dumps(record) + "\n")
-                        self.written += 1
-                        bar(ts.name)
+                        self._write(record, bar)
                 for ts in [s for s in exp.sets if s.target == "keepalived"]:
                     self.keepalived_set(dep, ts, bar, point)
         finally:

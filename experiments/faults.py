@@ -88,16 +88,17 @@ def _iptables(ctx: FaultContext, member: str, rules: list[str]) -> None:
     """Rules in a chain of the member's own namespace, jumped to from INPUT, OUTPUT and
     FORWARD (a CC forwards its cluster's traffic), removed as a whole on restore."""
     node = ctx.dep[member]
-    jumps = [f"iptables -I {c} 1 -j {FAULT_CHAIN}" for c in ("INPUT", "OUTPUT", "FORWARD")]
-    out = node.cmd("; ".join([f"iptables -N {FAULT_CHAIN}"] + [f"iptables -A {FAULT_CHAIN} {r}" for r in rules]
-                             + jumps) + " 2>&1")
-    if "iptables" in out and ("error" in out.lower() or "invalid" in out.lower() or "bad" in out.lower()):
-        raise RuntimeError(f"{member}: iptables refused the fault's rules: {out.strip()[:300]}")
 
     def undo():
         node.cmd("; ".join([f"iptables -D {c} -j {FAULT_CHAIN}" for c in ("INPUT", "OUTPUT", "FORWARD")]
                            + [f"iptables -F {FAULT_CHAIN}", f"iptables -X {FAULT_CHAIN}"]) + " 2>/dev/null")
-    ctx.undo.append(undo)
+    ctx.undo.append(undo)  # first: whatever part of the rules applied is removed on restore
+    cmds = ([f"iptables -N {FAULT_CHAIN}"] + [f"iptables -A {FAULT_CHAIN} {r}" for r in rules]
+            + [f"iptables -I {c} 1 -j {FAULT_CHAIN}" for c in ("INPUT", "OUTPUT", "FORWARD")])
+    # Every command's exit status, not its wording, says whether it applied.
+    out = node.cmd(" ; ".join(f"{c} 2>&1 || echo FAILED: {c}" for c in cmds))
+    if "FAILED:" in out:
+        raise RuntimeError(f"{member}: iptables refused the fault's rules: {out.strip()[:400]}")
 
 
 def _fault_counters(ctx: FaultContext, member: str) -> dict:
@@ -197,7 +198,8 @@ def loss(ctx: FaultContext) -> None:
         for d in ("-i", "-o"):
             rules.append(f"{d} {intf} -m statistic --mode random --probability {pct / 100:.6f} -j DROP")
     _iptables(ctx, ctx.primary, rules)
-    ctx.undo.insert(len(ctx.undo) - 1, lambda: ctx.notes.update(_fault_counters(ctx, ctx.primary)))
+    # Restored newest first: the counters are read before the chain goes.
+    ctx.undo.append(lambda: ctx.notes.update(_fault_counters(ctx, ctx.primary)))
 
 
 def delay(ctx: FaultContext) -> None:
@@ -205,10 +207,11 @@ def delay(ctx: FaultContext) -> None:
     ms = float(ctx.params.get("delay_ms", 20))
     node = ctx.dep[ctx.primary]
     intfs = _intfs(ctx, ctx.primary, ctx.params.get("network", "heartbeat"))
-    out = node.cmd("; ".join(f"tc qdisc replace dev {i} root netem delay {ms:g}ms" for i in intfs) + " 2>&1")
-    if out.strip():
-        raise RuntimeError(f"netem refused the delay: {out.strip()[:200]}")
     ctx.undo.append(lambda: node.cmd("; ".join(f"tc qdisc del dev {i} root" for i in intfs) + " 2>/dev/null"))
+    out = node.cmd(" ; ".join(f"tc qdisc replace dev {i} root netem delay {ms:g}ms 2>&1 || echo FAILED: {i}"
+                              for i in intfs))
+    if "FAILED:" in out:
+        raise RuntimeError(f"netem refused the delay: {out.strip()[:200]}")
 
 
 def cpu(ctx: FaultContext) -> None:
@@ -264,9 +267,15 @@ def secondary(ctx: FaultContext) -> None:
     _crash(ctx, ctx.peer)
 
 
+def _restart_if_dead(ctx: FaultContext, member: str) -> None:
+    if not ctx.dep.process(member).alive():
+        _restart(ctx, member)
+
+
 def both(ctx: FaultContext) -> None:
     """Both members crash and restart together."""
     for m in (ctx.primary, ctx.peer):
+        ctx.undo.append(lambda m=m: _restart_if_dead(ctx, m))  # should the restart below not happen
         ctx.dep.kill(m, sig=signal.SIGKILL)
         ctx.silenced.setdefault(m, time.monotonic())
     for m in (ctx.primary, ctx.peer):
@@ -281,15 +290,17 @@ def double(ctx: FaultContext) -> None:
     from .deployment import wait_until
 
     dep = ctx.dep
-    _crash(ctx, ctx.primary)
-    ctx.undo.pop()  # the first victim is restarted below, during the fault
+    _crash(ctx, ctx.primary)  # its restart stays registered until it has happened
     if not wait_until(lambda: dep.member_state(ctx.peer) == "ENABLED", 10):
         raise RuntimeError("the peer did not take over after the first crash")
     if ctx.write_marker is not None:
         ctx.markers.append(ctx.write_marker())
+    ctx.undo.pop()
+    ctx.undo.append(lambda: _restart_if_dead(ctx, ctx.primary))
     dep.process(ctx.primary).popen.wait(timeout=10)
     dep.start(ctx.pair.kind, ctx.primary, wait=False)
-    dep.wait_event(dep.process(ctx.primary), "service.start", timeout=20)
+    # The restarted member has heard its peer (it is catching up) when the peer dies.
+    dep.wait_event(dep.process(ctx.primary), "ha.peer_alive", timeout=20)
     _crash(ctx, ctx.peer)
 
 
@@ -356,22 +367,34 @@ def judge(expect: str, *, promoted: bool, primary_enabled_after: bool, failed_pr
 
 def enabled_intervals(events: list[dict], end: float, silenced_at: float | None = None) -> list[tuple[float, float]]:
     """A member's ENABLED intervals from its event log (CLOCK_MONOTONIC), each cut where the
-    member stopped serving: a state change, or the fault silencing its process."""
-    spans, since = [], None
-    for e in events:
-        if e["event"] == "service.start":  # a restart: the previous process served no longer
+    member stopped serving: a state change, a restart, a fence, or the fault silencing its
+    process. A fenced member that is unfenced and carries on (no demotion right after)
+    serves again from the unfencing."""
+    spans, since, fenced = [], None, False
+    for i, e in enumerate(events):
+        kind = e["event"]
+        if kind == "service.start":  # a restart: the previous process served no longer
             if since is not None:
                 spans.append((since, e["t_mono"]))
-            since = e["t_mono"] if e.get("state") == "ENABLED" else None
-        elif e["event"] == "state.change":
+            since, fenced = (e["t_mono"] if e.get("state") == "ENABLED" else None), False
+        elif kind == "state.change":
+            fenced = False
             if e["to"] == "ENABLED" and since is None:
                 since = e["t_mono"]
             elif e["to"] != "ENABLED" and since is not None:
                 spans.append((since, e["t_mono"]))
                 since = None
-        elif e["event"] == "ha.frozen" and e.get("fenced") and since is not None:
+        elif kind == "ha.frozen" and e.get("fenced") and since is not None:
             spans.append((since, e["t_mono"]))  # a resumed member that fenced itself serves nothing
-            since = None
+            since, fenced = None, True
+        elif kind == "ha.unfenced" and fenced:
+            fenced = False
+            following = next((x for x in events[i + 1:] if x["event"] in ("state.change", "service.start",
+                                                                             "ha.frozen")), None)
+            demoted = following is not None and following["event"] == "state.change" and \
+                following["to"] != "ENABLED" and following["t_mono"] - e["t_mono"] < 0.05
+            if not demoted:
+                since = e["t_mono"]
     if since is not None:
         spans.append((since, end))
     if silenced_at is not None:  # a crashed or stopped process serves nothing from then on

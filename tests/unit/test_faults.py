@@ -120,3 +120,22 @@ def test_a_bad_sweep_is_refused_before_anything_is_built(tmp_path, sweep, messag
     path.write_text(f"sweep: {sweep}\nsets: [{{target: clc, trials: 1}}]\n")
     with pytest.raises(ValueError, match=message):
         Experiment.load(path)
+
+
+def test_an_unfenced_member_that_carries_on_serves_again_and_one_that_steps_down_does_not():
+    carry_on = [ev(1, "state.change", to="ENABLED"), ev(2, "ha.frozen", fenced=True), ev(3, "ha.unfenced")]
+    assert enabled_intervals(carry_on, end=5) == [(1, 2), (3, 5)]
+    steps_down = carry_on + [ev(3.001, "state.change", to="DISABLED")]
+    assert enabled_intervals(steps_down, end=5) == [(1, 2)]
+
+
+def test_a_set_sweep_leaves_the_keepalived_baseline_alone_and_checks_targets(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("sweep: {set.fault: [sigkill, sigstop]}\n"
+                    "sets: [{target: clc, trials: 1}, {target: keepalived, trials: 1, advert_ms: 50}]\n")
+    exp = Experiment.load(path)
+    e = exp.at({"set.fault": "sigstop"})
+    assert [ts.fault for ts in e.sets] == ["sigstop", "sigkill"]
+    path.write_text("sweep: {set.target: [clc, moon]}\nsets: [{target: clc, trials: 1}]\n")
+    with pytest.raises(ValueError, match="moon"):
+        Experiment.load(path)
