@@ -107,9 +107,9 @@ class BlockClient:
     """The NC's side of an attachment: one session, requests one at a time (``Turns``).
 
     Every request has a deadline. A session found broken (closed by the SC, silent for
-    ``reply_s``, or answered by a member that no longer serves) is logged
-    into again through the same address, the SC's service VIP, with short attempts until
-    the deadline of the request that found it broken; the next request carries on from
+    ``reply_s``, or answered by a member that no longer serves) is logged into again
+    through the same address, the SC's service VIP, with short attempts until the
+    deadline of the request that found it broken; the next request carries on from
     there. A request still waiting for the session at its deadline, or whose client has
     gone (``wanted`` says so), is given up (BlockUnavailable) when its turn comes rather
     than served: clients that retry on their own timeouts keep arriving during a
@@ -125,7 +125,7 @@ class BlockClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.turns = Turns()
-        self.given_up = 0  # requests that reached their deadline unserved
+        self.given_up = 0  # requests not served: deadline passed, or their clients had gone
         self._lost: dict | None = None  # since the session broke: when, why, login attempts
 
     async def connect(self, timeout: float = 5.0) -> None:
