@@ -118,28 +118,31 @@ class CloudController(Service):
     # -- replication to the DISABLED peer (HA) ------------------------------------------------
 
     def _peer_url(self) -> str:
-        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+        return f"http://{self.ha.peer_address()}:{self.config['port']}"
 
     async def replicate(self, upto: int) -> None:
         """Before a write is acknowledged, the DISABLED peer has it too (when it is alive);
         raises ServiceUnavailable when the write may not be acknowledged."""
         ha = self.ha
-        if ha is None or not ha.peer_alive() or ha.peer.state != "DISABLED" or ha.peer.last_seq >= upto:
+        if ha is None or not ha.peer_alive():
             return
-        ops = self.store.export_ops(after_seq=ha.peer.last_seq)
-        refused = False
-        try:
-            async with self.replica.post(f"{self._peer_url()}/internal/ha/ops",
-                                         json={"epoch": ha.epoch, "ops": ops}) as r:
-                answer = await r.json()
-                if r.status == 200:
-                    ha.peer.last_seq = max(ha.peer.last_seq, int(answer["last_seq"]))
-                    return
-                refused = True
-                self.events.emit("ha.replication_refused", status=r.status, answer=answer)
-        except Exception as exc:
-            self.events.emit("ha.replication_failed", error=repr(exc), upto=upto)
-        if not await ha.may_acknowledge_unreplicated(refused):
+        refused = ha.peer_took_over()
+        if not refused and (ha.peer.state != "DISABLED" or ha.peer.last_seq >= upto):
+            return  # it has it, or (NOTREADY and the like) catches up before it may take over
+        if not refused:
+            ops = self.store.export_ops(after_seq=ha.peer.last_seq)
+            try:
+                async with self.replica.post(f"{self._peer_url()}/internal/ha/ops",
+                                             json={"epoch": ha.epoch, "ops": ops}) as r:
+                    answer = await r.json()
+                    if r.status == 200:
+                        ha.peer.last_seq = max(ha.peer.last_seq, int(answer["last_seq"]))
+                        return
+                    refused = True
+                    self.events.emit("ha.replication_refused", status=r.status, answer=answer)
+            except Exception as exc:
+                self.events.emit("ha.replication_failed", error=repr(exc), upto=upto)
+        if not await ha.may_acknowledge_unreplicated(refused, upto):
             self.events.emit("ha.write_not_acknowledged", upto=upto, refused=refused)
             raise EC2Error("ServiceUnavailable", "the write could not be replicated to the peer; retry", 503)
 
@@ -181,10 +184,10 @@ class CloudController(Service):
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
-        # An ex-primary may hold writes nobody acknowledged; the new primary's log wins.
-        if "took over" in reason or "higher epoch" in reason:
-            self.store.reset()
-            self.events.emit("ha.state_reset", reason=reason)
+        # An ex-primary may hold writes nobody acknowledged, whatever made it step down;
+        # the new primary's log wins: start again from it (catch-up).
+        self.store.reset()
+        self.events.emit("ha.state_reset", reason=reason)
 
     def status_extra(self) -> dict:
         return {"last_seq": self.store.last_seq}

@@ -121,8 +121,10 @@ class HAAgent:
         # A member that has been primary before holds state its peer may have moved past
         # (the peer took over and acknowledged writes while this one was down): after a
         # restart it never claims the pair without hearing the peer first (EUCA-8110).
-        # Only a member with no history may start the pair alone.
-        self.rejoining = self.epoch_file.exists()
+        # Only a member with no history (never primary, never heard its peer) may start the
+        # pair alone.
+        self.joined_file = self.data / "ha-joined"
+        self.rejoining = self.epoch_file.exists() or self.joined_file.exists()
         self._refusal: tuple | None = None  # the last ha.cannot_promote, logged once per change
         self.boot = int.from_bytes(os.urandom(4), "big")
         self.peer = Peer()
@@ -171,7 +173,22 @@ class HAAgent:
             return False
         return self.clock() - self.last_sent <= self.window
 
-    async def may_acknowledge_unreplicated(self, refused: bool) -> bool:
+    def peer_address(self) -> str:
+        """Where to reach the peer now: the first of its addresses heard from within the
+        window (the heartbeat link while it works, else the cloud network), else the first."""
+        now = self.clock()
+        for address in self.peer_addresses:
+            heard = self.peer.paths.get(address)
+            if heard is not None and now - heard <= self.window:
+                return address
+        return self.peer_addresses[0]
+
+    def peer_took_over(self) -> bool:
+        """The alive peer is ENABLED, or has a newer epoch: a write here is not to be acknowledged."""
+        p = self.peer
+        return self.peer_alive() and (p.state == "ENABLED" or p.epoch > self.epoch)
+
+    async def may_acknowledge_unreplicated(self, refused: bool, upto: int | None = None) -> bool:
         """A write whose replication to the DISABLED peer did not succeed: may the client be
         told it succeeded?
 
@@ -184,10 +201,12 @@ class HAAgent:
             return False
         deadline = self.clock() + self.window + 2 * self.interval
         while self.clock() < deadline:
-            if self.svc.state is not ENABLED or not self.may_serve():
+            if self.svc.state is not ENABLED or not self.may_serve() or self.peer_took_over():
                 return False
             if not self.peer_alive():
                 return True
+            if upto is not None and self.peer.state == "DISABLED" and self.peer.last_seq >= upto:
+                return True  # the peer has it after all (a lost answer, or its catch-up), says its heartbeat
             await asyncio.sleep(self.interval / 2)
         return False
 
@@ -309,6 +328,11 @@ class HAAgent:
         if boot != p.boot:
             p.boot, p.acked = boot, 0  # a new incarnation of the peer
         p.member, p.seq, p.heard = member, seq, now
+        if not self.rejoining:
+            # From now on this member holds the pair's state (or will, once caught up): after
+            # a restart it must hear its peer before it may claim the pair.
+            self.joined_file.write_text(f"{member}\n")
+            self.rejoining = True
         ack = m.get("ack") or [None, 0]
         p.state, p.epoch, p.sent = m["state"], int(m["epoch"]), float(m.get("t_mono", 0.0))
         p.last_seq, p.priority = int(m.get("last_seq", 0)), int(m.get("priority", 0))

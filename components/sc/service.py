@@ -91,9 +91,23 @@ class StorageController(Service):
         """Apply a change and, under HA, have the DISABLED peer apply it before answering."""
         self._apply(op, data)
         ha = self.ha
-        if ha is None or self.replica is None or not ha.peer_alive() or ha.peer.state != "DISABLED" \
-                or ha.peer.last_seq != self.wseq - 1:
+        if ha is None or self.replica is None or not ha.peer_alive():
             return
+        if ha.peer_took_over():
+            refused = True  # the peer is primary now: never acknowledged
+        elif ha.peer.state != "DISABLED":
+            return  # NOTREADY and the like: it catches up before it may take over
+        elif ha.peer.last_seq != self.wseq - 1:
+            refused = False  # the peer is behind: acknowledged once its catch-up has this change
+        else:
+            refused = await self._replicate_op(op, data)
+        if refused is not None and not await ha.may_acknowledge_unreplicated(refused, self.wseq):
+            self.events.emit("ha.write_not_acknowledged", seq=self.wseq, refused=refused)
+            raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
+
+    async def _replicate_op(self, op: dict, data: bytes) -> bool | None:
+        """Ship one change to the DISABLED peer: None taken, True refused, False no answer."""
+        ha = self.ha
         refused = None
         async with self._replicating:
             try:
@@ -107,12 +121,10 @@ class StorageController(Service):
             except Exception as exc:
                 refused = False
                 self.events.emit("ha.replication_failed", error=repr(exc))
-        if refused is not None and not await ha.may_acknowledge_unreplicated(refused):
-            self.events.emit("ha.write_not_acknowledged", seq=self.wseq, refused=refused)
-            raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
+        return refused
 
     def _peer_url(self) -> str:
-        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+        return f"http://{self.ha.peer_address()}:{self.config['port']}"
 
     async def handle_ha_apply(self, request: web.Request) -> web.Response:
         self.require_internal(request)

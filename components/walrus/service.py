@@ -612,7 +612,7 @@ class Walrus(Service):
         self.store.apply(op, epoch=self.ha.epoch if self.ha else 1)
 
     def _peer_url(self) -> str:
-        return f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}"
+        return f"http://{self.ha.peer_address()}:{self.config['port']}"
 
     async def replicate(self) -> None:
         """Ship what the DISABLED peer lacks (ops and object bytes) before acknowledging.
@@ -624,13 +624,15 @@ class Walrus(Service):
             return
         async with self._replicate_lock:
             refused = await self._replicate()
-        if refused is not None and not await self.ha.may_acknowledge_unreplicated(refused):
+        if refused is not None and not await self.ha.may_acknowledge_unreplicated(refused, self.store.last_seq):
             self.events.emit("ha.write_not_acknowledged", refused=refused)
             raise S3Error("ServiceUnavailable", "the write could not be replicated to the peer; retry", 503)
 
     async def _replicate(self) -> bool | None:
         """None when the peer has everything (or is dead); else whether the peer refused."""
         ha = self.ha
+        if ha.peer_took_over():
+            return True  # never acknowledged: the peer is primary now
         if not ha.peer_alive() or ha.peer.state != "DISABLED":
             return None
         for entry in self.store.export_ops(ha.peer.last_seq):
@@ -751,9 +753,10 @@ class Walrus(Service):
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
-        if "took over" in reason or "higher epoch" in reason:
-            self.store.reset()
-            self.events.emit("ha.state_reset", reason=reason)
+        # Whatever made it step down, an ex-primary may hold writes nobody acknowledged:
+        # the new primary's log wins (catch-up).
+        self.store.reset()
+        self.events.emit("ha.state_reset", reason=reason)
 
     # -- internal: image downloads by NCs -------------------------------------------------------
 

@@ -285,3 +285,33 @@ def test_an_arbitrator_stopped_through_the_api_stays_stopped(tmp_path):
     agent.set_arbitrator_stopped("a0", False)
     agent.record_arbitration([True, True])
     assert not agent.arbitrators[0].stopped
+
+
+def test_replication_follows_the_path_the_peer_is_heard_on(tmp_path):
+    """The heartbeat link cut: the peer is still heard on the cloud network, and writes are
+    replicated there instead of failing for the whole cut."""
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    assert agent.peer_address() == "10.254.1.2"  # nothing heard yet: the heartbeat link
+    run_in_loop(lambda: heartbeat(agent, addr="10.0.0.12"))
+    assert agent.peer_address() == "10.0.0.12"
+    run_in_loop(lambda: heartbeat(agent, addr="10.254.1.2"))
+    assert agent.peer_address() == "10.254.1.2"
+
+
+def test_no_write_is_acknowledged_once_the_peer_has_taken_over(tmp_path):
+    svc, agent = make_agent(tmp_path, state="ENABLED")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=agent.epoch + 1))
+    assert agent.peer_took_over()
+    assert asyncio.run(agent.may_acknowledge_unreplicated(refused=False)) is False
+
+
+def test_a_replica_that_has_heard_its_peer_has_history(tmp_path):
+    """A secondary that was never primary still holds the pair's state once it has heard its
+    peer: restarted alone, it must not start the pair with what may be stale."""
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED"))
+    assert (tmp_path / "ha-joined").exists()
+    svc2, again = make_agent(tmp_path, role="secondary")
+    assert again.rejoining
+    decide(again)
+    assert svc2.state is ServiceState.DISABLED

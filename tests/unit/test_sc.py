@@ -155,7 +155,8 @@ def _catch_up_pair(tmp_path, port: int, peer_class=StorageController):
     member._apply({"type": "create", "id": "vol-00000001", "size_mib": 1})
     member._apply({"type": "write", "id": "vol-00000001", "offset": 0}, b"old")
     member.config["ha"] = {"peer_addresses": ["127.0.0.1"]}
-    member.ha = SimpleNamespace(peer_alive=lambda: True, peer=SimpleNamespace(state="ENABLED", last_seq=peer.wseq))
+    member.ha = SimpleNamespace(peer_alive=lambda: True, peer_address=lambda: "127.0.0.1",
+                                peer=SimpleNamespace(state="ENABLED", last_seq=peer.wseq))
     return peer, member
 
 
