@@ -512,7 +512,13 @@ class Runner:
             dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
                          and e["t_mono"] >= t_fault), None)
             lo = t_fault - 0.5
-            spans = {m: [(max(x, lo), y) for x, y in enabled_intervals(ev[m], t_settled, ctx.silenced.get(m)) if y > lo]
+            # Every time a member's process was crashed or stopped (this trial or an earlier one)
+            # ends its ENABLED interval there, not where its successor's log begins.
+            signalled = [e for e in read_events(dep.run_dir / "events.jsonl") if e.get("event") == "process.signal"
+                         and e.get("signal") in (signal.SIGKILL, signal.SIGSTOP) and e.get("label") == pair.kind]
+            silenced = {m: [e["t_mono"] for e in signalled if e["host"] == m] + (
+                [ctx.silenced[m]] if m in ctx.silenced else []) for m in pair.members}
+            spans = {m: [(max(x, lo), y) for x, y in enabled_intervals(ev[m], t_settled, silenced[m]) if y > lo]
                      for m in pair.members}
             two_enabled = overlap(*spans.values())
             markers += ctx.markers

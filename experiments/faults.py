@@ -365,7 +365,7 @@ def judge(expect: str, *, promoted: bool, primary_enabled_after: bool, failed_pr
     return flags
 
 
-def enabled_intervals(events: list[dict], end: float, silenced_at: float | None = None) -> list[tuple[float, float]]:
+def enabled_intervals(events: list[dict], end: float, silenced_at=None) -> list[tuple[float, float]]:
     """A member's ENABLED intervals from its event log (CLOCK_MONOTONIC), each cut where the
     member stopped serving: a state change, a restart, a fence, or the fault silencing its
     process. A fenced member that is unfenced and carries on (no demotion right after)
@@ -397,9 +397,10 @@ def enabled_intervals(events: list[dict], end: float, silenced_at: float | None 
                 since = e["t_mono"]
     if since is not None:
         spans.append((since, end))
-    if silenced_at is not None:  # a crashed or stopped process serves nothing from then on
-        spans = [(a, min(b, silenced_at)) if a < silenced_at else (a, b) for a, b in spans]
-    return spans
+    # A crashed or stopped process serves nothing from then on (it logs nothing either): each
+    # interval ends at the first time the process was silenced (one time, or several).
+    times = sorted([silenced_at] if isinstance(silenced_at, (int, float)) else (silenced_at or []))
+    return [(a, min([b] + [t for t in times if a < t < b])) for a, b in spans]
 
 
 def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:

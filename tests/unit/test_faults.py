@@ -139,3 +139,11 @@ def test_a_set_sweep_leaves_the_keepalived_baseline_alone_and_checks_targets(tmp
     path.write_text("sweep: {set.target: [clc, moon]}\nsets: [{target: clc, trials: 1}]\n")
     with pytest.raises(ValueError, match="moon"):
         Experiment.load(path)
+
+
+def test_an_interval_ends_where_its_process_was_killed_not_where_its_successor_starts():
+    """A member killed in one trial and restarted later: its last interval ends at the kill,
+    so it does not overlap its peer's promotion in the next trial."""
+    log = [ev(1, "state.change", to="ENABLED"), ev(9, "state.change", to="DISABLED"),
+           ev(9, "service.start", state="DISABLED")]
+    assert enabled_intervals(log, end=20, silenced_at=[2.5, 15]) == [(1, 2.5)]
