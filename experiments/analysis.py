@@ -7,9 +7,11 @@ Definitions (also in docs/experiments.md):
   are doing (they overlap: one that hangs on a dead primary is cut at its timeout and
   never delays the next), so the measurement's resolution is the probe interval; the
   start-to-start gaps actually achieved are recorded per trial (``resolution``).
-* Outage of a trial = completion of the first successful probe sent after the fault
-  minus completion of the last successful probe before the fault. Probes in flight
-  at the fault count as "before" only if they completed before it.
+* Outage of a trial: the first probe sent at or after the fault that failed marks it; it
+  lasts from the completion of the last success sent before that probe to the completion
+  of the first success sent after it (a fault that takes a moment to bite may let a probe
+  through first). With no failed probe: the first success sent after the fault minus the
+  last success completed before it (about one probe interval).
 * Detection = the new primary's ``ha.peer_dead`` (or the arbitrator-driven
   promotion) minus the fault time; takeover = the VIP being up (``ha.promote``'s
   ``vip_at``) minus detection.
@@ -31,12 +33,25 @@ class Probe:
 
 
 def outage(probes: list[Probe], t_fault: float) -> float | None:
-    """Seconds without service around a fault; None if service never resumed (or never ran)."""
-    before = [p.done for p in probes if p.ok and p.done <= t_fault]
-    after = sorted(p.done for p in probes if p.ok and p.sent >= t_fault)
+    """Seconds without service around a fault; None if service never resumed (or never ran).
+
+    The first probe sent at or after the fault that failed marks the outage; it lasted from
+    the completion of the last success sent before that probe to the completion of the
+    first success sent after it. A fault that takes a moment to bite (a rule being installed
+    in a namespace) can let a probe through first; it does not hide the outage that follows.
+    Without a failed probe, the gap around the fault: the first success sent after it minus
+    the last success completed before it.
+    """
+    first_failed = min((p.sent for p in probes if not p.ok and p.sent >= t_fault), default=None)
+    if first_failed is None:
+        before = [p.done for p in probes if p.ok and p.done <= t_fault]
+        after = [p.done for p in probes if p.ok and p.sent >= t_fault]
+    else:
+        before = [p.done for p in probes if p.ok and p.sent < first_failed]
+        after = [p.done for p in probes if p.ok and p.sent > first_failed]
     if not before or not after:
         return None
-    return after[0] - max(before)
+    return min(after) - max(before)
 
 
 def resolution(probes: list[Probe]) -> dict:

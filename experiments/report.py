@@ -33,6 +33,18 @@ def load(run_dir: Path) -> dict:
             if (run_dir / "timing.json").exists() else {}}
 
 
+def _recompute_outages(data: dict) -> None:
+    """Outage from the raw probes (the definition in experiments/analysis.py), not as the
+    trial recorded it: a report regenerated after a change of definition follows it."""
+    from .analysis import outage
+
+    streams = {(p["set"], p["trial"]): p for p in data["probes"]}
+    for t in data["trials"]:
+        p = streams.get((t.get("set"), t.get("trial")))
+        if p is not None and t.get("status") in ("ok", "no-recovery"):
+            t["outage_s"] = outage([Probe(*x) for x in p["probes"]], p["t_fault"])
+
+
 def summary(data: dict) -> dict:
     sets: dict[str, dict] = {}
     for t in data["trials"]:
@@ -224,6 +236,7 @@ def build(run_dir: str | Path) -> Path:
     """Write summary.json, the plots, report.md and report.html from the raw data."""
     run_dir = Path(run_dir)
     data = load(run_dir)
+    _recompute_outages(data)
     summ = summary(data)
     (run_dir / "summary.json").write_text(json.dumps(summ, indent=2, sort_keys=True))
     images = plots(data, run_dir)
@@ -244,8 +257,9 @@ def build(run_dir: str | Path) -> Path:
     md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
           f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "
           f"from the user host with a {exp.get('probe_timeout_ms')} ms timeout and no retries.", "",
-          "Outage = completion of the first successful probe after the fault minus completion of the last "
-          "successful probe before it (resolution: the probe gap, reported per configuration). Detection = "
+          "Outage = from the last success sent before the first failed probe after the fault to the first "
+          "success sent after that probe, by completion times (resolution: the probe gap, reported per "
+          "configuration). Detection = "
           "fault to the surviving member declaring its peer dead; takeover = from there to the VIP being up "
           "with gratuitous ARP sent. p99 is reported only for configurations with at least 100 trials; "
           "the median's 95% confidence interval is a percentile bootstrap.", "",
@@ -291,7 +305,10 @@ def build(run_dir: str | Path) -> Path:
 
 def compare(a: str | Path, b: str | Path) -> str:
     """Two runs' summaries side by side (markdown)."""
-    sa, sb = summary(load(Path(a))), summary(load(Path(b)))
+    da, db = load(Path(a)), load(Path(b))
+    _recompute_outages(da)
+    _recompute_outages(db)
+    sa, sb = summary(da), summary(db)
     lines = [f"| configuration | {Path(a).name} outage p50 / max ms | {Path(b).name} outage p50 / max ms |",
              "|---|---|---|"]
     for name in sorted(set(sa) | set(sb)):

@@ -66,3 +66,10 @@ def test_bootstrap_is_seeded_and_brackets_the_median():
     assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
     lo, hi = bootstrap_ci(values)
     assert lo <= percentile(values, 50) <= hi
+
+
+def test_a_probe_that_slips_through_before_the_fault_bites_does_not_hide_the_outage():
+    """A partition's rules take a few ms to install: a probe sent just after the fault
+    still succeeds, then service is gone until the failover."""
+    probes = stream(0.0, 2.0, 0.01, down=(0.52, 0.8))
+    assert outage(probes, 0.5) == pytest.approx(0.8 + 0.002 - (0.51 + 0.002), abs=1e-6)
