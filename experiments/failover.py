@@ -244,11 +244,16 @@ class _Capture:
     switches' flow tables only for a trial that went wrong."""
 
     def __init__(self, dep: Deployment, path: Path):
+        import tempfile
+
         self.dep, self.path, self.kept, self.done = dep, path, False, False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written to memory (/dev/shm) while the trial runs, moved to the run directory only
+        # when kept: a pcap per trial written to disk competes with the components' own files.
+        self.tmp = Path(tempfile.mkdtemp(prefix="eucalab-capture-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                         else None)) / "trial.pcap"
         intf = dep.plan.hosts["user"].interfaces[0].name
         self.proc = dep.start("tcpdump", "user", label="tcpdump", wait=False, argv=[
-            "tcpdump", "-i", intf, "-n", "-s", "256", "-U", "--immediate-mode", "-w", str(path.with_suffix(".pcap"))])
+            "tcpdump", "-i", intf, "-n", "-s", "256", "-U", "--immediate-mode", "-w", str(self.tmp)])
 
     def finish(self, keep: bool) -> None:
         self.done = True
@@ -258,9 +263,14 @@ class _Capture:
         except subprocess.TimeoutExpired:
             self.dep.kill("user", "tcpdump")
             self.proc.popen.wait(timeout=5)
-        pcap = self.path.with_suffix(".pcap")
+        import shutil
+
+        if keep:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.tmp.exists():
+                shutil.move(str(self.tmp), self.path.with_suffix(".pcap"))
+        shutil.rmtree(self.tmp.parent, ignore_errors=True)
         if not keep:
-            pcap.unlink(missing_ok=True)
             return
         self.kept = True
         dumps = []

@@ -24,7 +24,7 @@ The design and its guarantees are in docs/ha.md; in short:
   fixed virtual MAC here: nobody's ARP cache has to change.
 
 Everything that touches time, the network or the host is injectable (``clock``,
-``transport``, ``run`` for `ip addr`, ``garp``, ``redirect``), so tests/unit/test_ha_*.py drive two agents
+``transport``, ``run`` for `ip addr`, ``garp``, ``redirect``, ``offload``), so tests/unit/test_ha_*.py drive two agents
 through the fault table without root or real time.
 """
 
@@ -99,7 +99,8 @@ class HAAgent:
     def __init__(self, service, config: dict, *, clock: Callable[[], float] | None = None,
                  transport=None, run: Callable[..., Awaitable[int]] | None = None,
                  garp: Callable[[str, str], None] | None = None,
-                 redirect: Callable[[int], Awaitable[tuple[int, dict]]] | None = None):
+                 redirect: Callable[[int], Awaitable[tuple[int, dict]]] | None = None,
+                 offload: Callable[..., Awaitable] | None = None):
         self.cfg = HAConfig.from_config(config)
         self.svc = service
         self.events = service.events
@@ -144,6 +145,7 @@ class HAAgent:
         self._run_cmd = run  # tests record `ip addr` commands; by default rtnetlink does it
         self._garp_sender = ha_net.GarpSender()
         self._garp = garp or self._garp_sender.send
+        self._offload = offload or asyncio.to_thread  # blocking file work, off the loop (tests: inline)
         self._redirect_call = redirect or (lambda epoch: ha_net.redirect_vip(
             self.cfg.control_socket, self.pair, epoch, self.host))
         self._tasks: list[asyncio.Task] = []
@@ -541,17 +543,27 @@ class HAAgent:
                 await self._acquire_vips()
 
     async def _promote(self, reason: str, detected_at: float) -> None:
-        self.epoch = max(self.epoch, self.peer.epoch, self.superseded or 0) + 1
-        tmp = self.epoch_file.with_suffix(".tmp")
-        tmp.write_text(str(self.epoch))
-        os.replace(tmp, self.epoch_file)  # before acting: a restart never reuses an epoch
+        epoch = max(self.epoch, self.peer.epoch, self.superseded or 0) + 1
+        # Before acting: a restart never reuses an epoch. In a worker thread: on a busy disk
+        # a rename can wait hundreds of ms for the filesystem journal, and the loop must go
+        # on sending heartbeats meanwhile (a stalled loop fences itself).
+        t0 = self.clock()
+        await self._offload(self._persist_epoch, epoch)
+        persist_s = self.clock() - t0
+        self.epoch = epoch
         if self.on_promote is not None:
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
         self.send_heartbeat()  # tell the peer first: it must not think it is primary
         garp = await self._acquire_vips()
         self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected_at,
-                         last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp)
+                         last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp,
+                         epoch_persist_s=round(persist_s, 4))
+
+    def _persist_epoch(self, epoch: int) -> None:
+        tmp = self.epoch_file.with_suffix(".tmp")
+        tmp.write_text(str(epoch))
+        os.replace(tmp, self.epoch_file)
 
     async def _demote(self, reason: str, to: ServiceState = DISABLED) -> None:
         self.svc.set_state(to, reason)
