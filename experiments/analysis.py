@@ -10,8 +10,9 @@ Definitions (also in docs/experiments.md):
 * Outage of a trial: the first probe sent at or after the fault that failed marks it; it
   lasts from the completion of the last success sent before that probe to the completion
   of the first success sent after it (a fault that takes a moment to bite may let a probe
-  through first). With no failed probe: the first success sent after the fault minus the
-  last success completed before it (about one probe interval).
+  through first; a request taken before a hang and finished only after service was back
+  does not count as before). With no failed probe: the first success sent after the
+  fault minus the last success completed before it (about one probe interval).
 * Detection = the new primary's ``ha.peer_dead`` (or the arbitrator-driven
   promotion) minus the fault time; takeover = the VIP being up (``ha.promote``'s
   ``vip_at``) minus detection.
@@ -49,7 +50,12 @@ def outage(probes: list[Probe], t_fault: float) -> float | None:
     else:
         before = [p.done for p in probes if p.ok and p.sent < first_failed]
         after = [p.done for p in probes if p.ok and p.sent > first_failed]
-    if not before or not after:
+    if not after:
+        return None
+    # A request taken just before a hang and finished only when the process resumed (after
+    # service was back elsewhere) is no evidence of service before the outage.
+    before = [d for d in before if d <= min(after)]
+    if not before:
         return None
     return min(after) - max(before)
 

@@ -73,3 +73,11 @@ def test_a_probe_that_slips_through_before_the_fault_bites_does_not_hide_the_out
     still succeeds, then service is gone until the failover."""
     probes = stream(0.0, 2.0, 0.01, down=(0.52, 0.8))
     assert outage(probes, 0.5) == pytest.approx(0.8 + 0.002 - (0.51 + 0.002), abs=1e-6)
+
+
+def test_a_request_finished_by_a_resumed_process_after_the_failover_is_not_service_before():
+    """SIGSTOP: a request taken just before the hang completes when the process resumes,
+    after the peer already answers; the outage is never negative."""
+    probes = stream(0.0, 0.5, 0.01) + [Probe(0.4995, 0.64, True)] + [
+        Probe(0.5 + i * 0.01, 0.8, False) for i in range(12)] + stream(0.63, 1.0, 0.01)
+    assert outage(probes, 0.5) == pytest.approx(0.632 - 0.492, abs=1e-6)
