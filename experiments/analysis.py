@@ -7,12 +7,12 @@ Definitions (also in docs/experiments.md):
   are doing (they overlap: one that hangs on a dead primary is cut at its timeout and
   never delays the next), so the measurement's resolution is the probe interval; the
   start-to-start gaps actually achieved are recorded per trial (``resolution``).
-* Outage of a trial: the first probe sent at or after the fault that failed marks it; it
-  lasts from the completion of the last success sent before that probe to the completion
-  of the first success sent after it (a fault that takes a moment to bite may let a probe
-  through first; a request taken before a hang and finished only after service was back
-  does not count as before). With no failed probe: the first success sent after the
-  fault minus the last success completed before it (about one probe interval).
+* Outage of a trial: the longest time between two consecutive successful completions,
+  from the last success before the fault up to the fault's restore. Probes in flight at
+  the fault count for neither side (a request a hung process finishes when it resumes is
+  no evidence of service); a probe slipping through before a fault bites, or one failing
+  alone, does not shorten the gap that follows. With no failed probe this is about one
+  probe interval.
 * Detection = the new primary's ``ha.peer_dead`` (or the arbitrator-driven
   promotion) minus the fault time; takeover = the VIP being up (``ha.promote``'s
   ``vip_at``) minus detection.
@@ -33,31 +33,24 @@ class Probe:
     ok: bool
 
 
-def outage(probes: list[Probe], t_fault: float) -> float | None:
+def outage(probes: list[Probe], t_fault: float, until: float | None = None) -> float | None:
     """Seconds without service around a fault; None if service never resumed (or never ran).
 
-    The first probe sent at or after the fault that failed marks the outage; it lasted from
-    the completion of the last success sent before that probe to the completion of the
-    first success sent after it. A fault that takes a moment to bite (a rule being installed
-    in a namespace) can let a probe through first; it does not hide the outage that follows.
-    Without a failed probe, the gap around the fault: the first success sent after it minus
-    the last success completed before it.
+    The longest time between two consecutive successful completions that began after the
+    last success completed before the fault and before ``until`` (the fault's restore: a
+    blip while the restored member rejoins is not the fault's outage). Probes in flight at
+    the fault (sent before it, completed after it) count for neither side: a request a hung
+    process finishes when it resumes is no evidence of service. Early noise does not
+    matter either: a probe that slips through before a fault bites, or one that fails
+    alone, does not shorten the gap that follows.
     """
-    first_failed = min((p.sent for p in probes if not p.ok and p.sent >= t_fault), default=None)
-    if first_failed is None:
-        before = [p.done for p in probes if p.ok and p.done <= t_fault]
-        after = [p.done for p in probes if p.ok and p.sent >= t_fault]
-    else:
-        before = [p.done for p in probes if p.ok and p.sent < first_failed]
-        after = [p.done for p in probes if p.ok and p.sent > first_failed]
-    if not after:
+    done = sorted(p.done for p in probes if p.ok and (p.done <= t_fault or p.sent >= t_fault))
+    before = [d for d in done if d <= t_fault]
+    if not before or not any(p.ok and p.sent >= t_fault for p in probes):
         return None
-    # A request taken just before a hang and finished only when the process resumed (after
-    # service was back elsewhere) is no evidence of service before the outage.
-    before = [d for d in before if d <= min(after)]
-    if not before:
-        return None
-    return min(after) - max(before)
+    gaps = [b - a for a, b in zip(done, done[1:]) if b > t_fault and a >= before[-1]
+            and (until is None or a < until)]
+    return max(gaps) if gaps else None
 
 
 def resolution(probes: list[Probe]) -> dict:

@@ -510,7 +510,7 @@ class Runner:
                 recovered = recovered and settled
             time.sleep(0.1)
             probes = probe.stop()
-            out = outage(probes, t_fault)
+            out = outage(probes, t_fault, t_restore)
             fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
             rejoin_probes = [p for p in probes if p.sent >= t_restore]
             ev = {m: read_events(dep.process(m).events_path) for m in pair.members}

@@ -42,7 +42,8 @@ def _recompute_outages(data: dict) -> None:
     for t in data["trials"]:
         p = streams.get((t.get("set"), t.get("trial")))
         if p is not None and t.get("status") in ("ok", "no-recovery"):
-            t["outage_s"] = outage([Probe(*x) for x in p["probes"]], p["t_fault"])
+            until = p["t_fault"] + t["hold_s"] if t.get("hold_s") is not None else None
+            t["outage_s"] = outage([Probe(*x) for x in p["probes"]], p["t_fault"], until)
 
 
 def summary(data: dict) -> dict:
@@ -257,9 +258,9 @@ def build(run_dir: str | Path) -> Path:
     md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
           f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "
           f"from the user host with a {exp.get('probe_timeout_ms')} ms timeout and no retries.", "",
-          "Outage = from the last success sent before the first failed probe after the fault to the first "
-          "success sent after that probe, by completion times (resolution: the probe gap, reported per "
-          "configuration). Detection = "
+          "Outage = the longest time between two consecutive successful probe completions from the last "
+          "success before the fault up to the fault's restore, probes in flight at the fault left out "
+          "(resolution: the probe gap, reported per configuration). Detection = "
           "fault to the surviving member declaring its peer dead; takeover = from there to the VIP being up "
           "with gratuitous ARP sent. p99 is reported only for configurations with at least 100 trials; "
           "the median's 95% confidence interval is a percentile bootstrap.", "",

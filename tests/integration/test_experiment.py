@@ -26,7 +26,8 @@ def test_tiny_experiment_report_matches_raw_data(tmp_path):
     assert len(probes) == 6
     for p in probes:
         trial = next(t for t in trials if t["set"] == p["set"] and t["trial"] == p["trial"])
-        assert outage([Probe(*x) for x in p["probes"]], p["t_fault"]) == trial["outage_s"]
+        until = p["t_fault"] + trial["hold_s"] if trial.get("hold_s") is not None else None
+        assert outage([Probe(*x) for x in p["probes"]], p["t_fault"], until) == trial["outage_s"]
         if trial.get("expect", "failover") == "failover":
             assert 0.05 < trial["outage_s"] < 2.0
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -81,3 +81,13 @@ def test_a_request_finished_by_a_resumed_process_after_the_failover_is_not_servi
     probes = stream(0.0, 0.5, 0.01) + [Probe(0.4995, 0.64, True)] + [
         Probe(0.5 + i * 0.01, 0.8, False) for i in range(12)] + stream(0.63, 1.0, 0.01)
     assert outage(probes, 0.5) == pytest.approx(0.632 - 0.492, abs=1e-6)
+
+
+def test_an_early_lone_failure_does_not_shorten_the_gap_and_a_rejoin_blip_is_not_the_outage():
+    # A probe fails alone just after the fault, one still succeeds, then the real outage.
+    probes = stream(0.0, 0.5, 0.01) + [Probe(0.501, 0.8, False), Probe(0.505, 0.507, True)] + \
+        stream(0.51, 2.0, 0.01, down=(0.51, 0.7))
+    assert outage(probes, 0.5) == pytest.approx(0.702 - 0.507, abs=1e-6)
+    # After the restore at 1.0 a rejoining member causes a longer blip: not the fault's outage.
+    rejoin = [p for p in probes if not (1.2 <= p.sent < 1.6)]
+    assert outage(rejoin, 0.5, until=1.0) == pytest.approx(0.702 - 0.507, abs=1e-6)
