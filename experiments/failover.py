@@ -28,11 +28,11 @@ import psutil
 import yaml
 
 from components.common.events import read_events
-from topologies.spec import DeploymentSpec, spec_from_dict
+from topologies.spec import spec_from_dict
 
 from .analysis import Probe, outage, resolution
 from .deployment import Deployment, wait_until
-from .faults import CATALOGUE, FAILOVER, ONE_ENABLED, FaultContext, check_available, enabled_intervals, judge, overlap
+from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
