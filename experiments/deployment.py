@@ -498,7 +498,10 @@ class Deployment:
                     self.wait_event(proc, "service.start", timeout=timeout)
                 started.extend(procs)
                 if kind != "nc":
-                    self.wait_for_primaries(kind, timeout=timeout)
+                    # A member listens a detection window and an interval before it claims
+                    # the pair alone: slow heartbeats (Eucalyptus 3.4's 10 s) need longer.
+                    hb = self.spec.heartbeat
+                    self.wait_for_primaries(kind, timeout=max(timeout, 3 * hb.interval_ms * (hb.misses + 2) / 1000))
         return started
 
     def member_state(self, host: str) -> str | None:

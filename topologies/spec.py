@@ -174,6 +174,10 @@ class DeploymentSpec:
         _check_int(arb.fail_after, "arbitrators.fail_after", 1, 100)
         _check_float(self.heartbeat.interval_ms, "heartbeat.interval_ms", 5, 60_000)
         _check_int(self.heartbeat.misses, "heartbeat.misses", 1, 100)
+        if self.heartbeat.misses == 1:
+            # The window would equal the period: a heartbeat a millisecond late is a death.
+            raise SpecError("heartbeat.misses", "must be at least 2 (with 1 the detection window equals the "
+                            "heartbeat period, so any late heartbeat reads as a dead peer)")
         _check_float(arb.period_s, "arbitrators.period_s", 0.01, 3600)
         _check_float(arb.timeout_s, "arbitrators.timeout_s", 0.001, 3600)
         if arb.timeout_s > arb.period_s:

@@ -27,6 +27,7 @@ SPECS = Path(__file__).resolve().parents[2] / "topologies" / "specs"
     ({"vm_slots_per_nc": -1}, "vm_slots_per_nc", "at least 0"),
     ({"arbitrators": {"per_host": -1}}, "arbitrators.per_host", "at least 0"),
     ({"heartbeat": {"misses": 0}}, "heartbeat.misses", "at least 1"),
+    ({"heartbeat": {"misses": 1}}, "heartbeat.misses", "window equals the heartbeat period"),
     ({"arbitrators": {"fail_after": 0}}, "arbitrators.fail_after", "at least 1"),
     # counts above the address plan's limits
     ({"clusters": 1000}, "clusters", "at most 32"),
