@@ -156,22 +156,11 @@ class ProbeThread:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=int(timeout / interval) + 4)
         self._thread = threading.Thread(target=self._run, daemon=True)
-        u = urlsplit(url)
-        self._target = (u.hostname, u.port or 80, u.path + (f"?{u.query}" if u.query else ""))
 
     def _one(self) -> None:
-        host, port, path = self._target
         t0 = time.monotonic()
-        ok = False
-        with self.dep.in_host("user"):  # this worker's sockets belong to the user host
-            try:
-                c = http.client.HTTPConnection(host, port, timeout=self.timeout)
-                c.request("GET", path, headers=self.headers)
-                r = c.getresponse()
-                ok = self.check(r.status, r.read())
-                c.close()
-            except (OSError, http.client.HTTPException):
-                pass
+        status, body = _user_http(self.dep, "GET", self.url, headers=self.headers, timeout=self.timeout)
+        ok = status != 0 and self.check(status, body)
         with self._lock:
             self.probes.append(Probe(t0, time.monotonic(), ok))
 
@@ -205,13 +194,13 @@ PROBE_BLOCK = b"eucalab probe block\n" * 16
 
 
 def _user_http(dep: Deployment, method: str, url: str, body: bytes | None = None,
-               timeout: float = 5.0) -> tuple[int, bytes]:
-    """One plain HTTP request from the user host; (0, error) when it fails."""
+               timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes]:
+    """One plain HTTP request from the user host (no retries); (0, error) when it fails."""
     u = urlsplit(url)
-    with dep.in_host("user"):
+    with dep.in_host("user"):  # this thread's sockets belong to the user host
         try:
             c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
-            c.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body)
+            c.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body, headers=headers or {})
             r = c.getresponse()
             out = r.status, r.read()
             c.close()
