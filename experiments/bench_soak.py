@@ -368,11 +368,10 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
         t0 = time.monotonic()
         dep.start_services()
         pairs = _ha_members(dep)
-        for members in pairs.values():
+        for pair in (p for p in dep.plan.pairs if p.name in pairs):
+            members = pair.members
             # Elected, and each member has heard its peer: start-up is over.
-            if not _wait(lambda m=members: sorted(dep.member_state(x) or "" for x in m) == ["DISABLED", "ENABLED"]
-                         and all(any(e["event"] == "ha.peer_alive" for e in dep.process(x).events()) for x in m),
-                         30):
+            if not _wait(lambda p=pair: dep.redundant(p), 30):
                 raise RuntimeError(f"no stable pair at start-up: { {x: dep.member_state(x) for x in members} }")
         startup_s = time.monotonic() - t0
         hosts = [h for members in pairs.values() for h in members]

@@ -518,6 +518,27 @@ class Deployment:
                 current = e.get("state")
         return current
 
+    def hears_its_peer(self, host: str) -> bool:
+        """True when the HA member on ``host`` has heard its peer since it last started and has
+        not lost it since (its own ha.peer_alive / ha.peer_dead events)."""
+        proc = self.process(host)
+        if not proc.alive():
+            return False
+        hears = False
+        for e in proc.events():
+            if e["event"] == "service.start" or e["event"] == "ha.peer_dead":
+                hears = False
+            elif e["event"] == "ha.peer_alive":
+                hears = True
+        return hears
+
+    def redundant(self, pair) -> bool:
+        """Full redundancy of an HA pair: one member ENABLED, the other DISABLED, each hearing
+        the other. A restarted member is DISABLED at once but may not take over before it has
+        heard its peer (it may hold newer state), so DISABLED alone is not yet a standby."""
+        return (sorted(self.member_state(m) or "" for m in pair.members) == ["DISABLED", "ENABLED"]
+                and all(self.hears_its_peer(m) for m in pair.members))
+
     def wait_for_primaries(self, kind: str, timeout: float = 30.0) -> None:
         """Wait until every HA pair of ``kind`` has elected its ENABLED member and put up its VIPs."""
         pairs = [p for p in self.plan.pairs if p.kind == kind and p.secondary is not None]

@@ -219,11 +219,6 @@ def _set_path(tree: dict, keys: list[str], value, path: str) -> None:
     tree[keys[-1]] = value
 
 
-def _settled(dep: Deployment, pair) -> bool:
-    """Full redundancy: one member ENABLED, the other DISABLED."""
-    return sorted(dep.member_state(m) or "" for m in pair.members) == ["DISABLED", "ENABLED"]
-
-
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
@@ -442,7 +437,7 @@ class Runner:
                   "params": ts.params}
         # Every trial starts from full redundancy: one ENABLED member, its peer DISABLED and caught up.
         markers = [self._marker_write(ts.target, w, n)]
-        if not wait_until(lambda: _settled(dep, pair), 20):
+        if not wait_until(lambda: dep.redundant(pair), 20):
             record.update(status="invalid", error="the pair was not one ENABLED and one DISABLED before the fault",
                           states={m: dep.member_state(m) for m in pair.members})
             return record
@@ -493,7 +488,7 @@ class Runner:
             except Exception as exc:
                 error = (error + "; " if error else "") + repr(exc)
             # Back to full redundancy: one ENABLED, the other DISABLED (caught up), users served.
-            settled = wait_until(lambda: _settled(dep, pair) and any(p.ok and p.sent >= _mono() - 0.2 for p in probe.snapshot()), 20)
+            settled = wait_until(lambda: dep.redundant(pair) and any(p.ok and p.sent >= _mono() - 0.2 for p in probe.snapshot()), 20)
             t_settled = _mono()
             if fault.expect != FAILOVER:
                 recovered = recovered and settled

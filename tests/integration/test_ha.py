@@ -41,9 +41,9 @@ def heal(dep, pair: str) -> str:
         proc = dep.process(m)
         if not proc.alive():
             dep.start(p.kind, m)
-    assert wait_until(lambda: len(enabled_members(dep, pair)) == 1 and all(
-        state(dep, m) in ("ENABLED", "DISABLED") for m in p.members), 15), \
-        {m: state(dep, m) for m in p.members}
+    # One ENABLED, one DISABLED, each hearing the other (a standby that has not yet heard
+    # its peer since it restarted rightly refuses to take over).
+    assert wait_until(lambda: dep.redundant(p), 15), {m: state(dep, m) for m in p.members}
     # ... and users reach the service through its VIP (gratuitous ARP has done its work).
     assert wait_until(lambda: dep["user"].cmd(
         f"curl -s -m 0.5 -o /dev/null -w '%{{http_code}}' http://{p.vip}:{p.port}/health").strip() == "200", 5)
