@@ -61,6 +61,7 @@ class ClusterController(Service):
         self._poller: asyncio.Task | None = None
         self._intent_lock = asyncio.Lock()
         self._router_lock = asyncio.Lock()  # router changes never interleave
+        self._tasks: set[asyncio.Task] = set()
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -108,13 +109,28 @@ class ClusterController(Service):
         return web.json_response({"ok": True})
 
     async def _on_promote(self, epoch: int) -> None:
-        """Take the cluster over: rebuild the view, then route (before the VIPs move here)."""
+        """Take the cluster over, before the VIPs move here.
+
+        Route first, from the view the old primary replicated to this member: users'
+        traffic waits on it. Then ask the NCs what they run, in the background, and route
+        again if that differs (an instance placed after the last replicated change).
+        Rebuilding from the NCs first put 5-15 ms of HTTP in every takeover.
+        """
         self.epoch = epoch
         self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
                                    self.scheduler.policy)
         self.alloc = NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32)))
-        await self.rebuild_from_ncs()
+        self._restore_view()
         await self.publish_intent("promoted", force=True)
+        task = asyncio.get_running_loop().create_task(self._reconcile(epoch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reconcile(self, epoch: int) -> None:
+        before = self.intent()
+        await self.rebuild_from_ncs()
+        if self.epoch == epoch and self.state.value == "ENABLED" and self.intent() != before:
+            await self.publish_intent("reconciled with the NCs")
 
     async def _on_demote(self, reason: str) -> None:
         await self._withdraw_router()
@@ -188,6 +204,12 @@ class ClusterController(Service):
                     "image": inst.get("image"), "public_ip": None, "reason": ""})
                 rec["state"] = inst["state"]
                 found += 1
+        self._restore_view()
+        self._save()
+        self.events.emit("cc.rebuilt", instances=found)
+
+    def _restore_view(self) -> None:
+        """Occupy the slots and addresses of the instances this CC knows (idempotent)."""
         for iid, rec in self.instances.items():
             if rec.get("state") == "terminated":
                 continue
@@ -196,8 +218,6 @@ class ClusterController(Service):
                 self.alloc.restore(iid, rec.get("group") or "default", rec["ip"])
             except (KeyError, ValueError, AllocationError) as exc:
                 rec["state"], rec["reason"] = "terminated", f"inconsistent after restart: {exc}"
-        self._save()
-        self.events.emit("cc.rebuilt", instances=found)
 
     async def _poll_ncs(self) -> None:
         while True:
@@ -438,12 +458,22 @@ class ClusterController(Service):
             if self.state.value != "ENABLED" and not force:
                 return
             try:
-                await router.apply_router_async(config, primary=True)
+                result = await router.apply_router_async(config, primary=True)
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self.events.emit("router.applied", gateways=len(config.private_addresses),
-                         elastic_ips=len(config.public_addresses))
+                         elastic_ips=len(config.public_addresses), added=result["added"])
+        loop = asyncio.get_running_loop()
+        for delay in router.ANNOUNCE_AGAIN_S:
+            for intf, addresses in result["announced"].items():
+                loop.call_later(delay, self._announce_again, intf, addresses)
+
+    def _announce_again(self, intf: str, addresses: list[str]) -> None:
+        """Gratuitous ARP once more for addresses still ours (neighbours ignore an update to an
+        entry changed less than a second ago); a demoted CC holds them no longer."""
+        if self.state.value == "ENABLED":
+            router.announce(intf, addresses)
 
     async def _withdraw_router(self) -> None:
         """Hold none of the router's addresses and rules (this CC is not, or no longer, primary)."""
