@@ -46,6 +46,11 @@ from .states import ServiceState
 ENABLED, DISABLED, NOTREADY = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.NOTREADY
 # When gratuitous ARPs go out after a takeover: at once, and again past the 1 s ARP locktime.
 GARP_SCHEDULE_S = (0.0, 1.1, 2.2)
+# Epochs reserved on disk ahead of use, so a takeover writes nothing (docs/ha.md, "Election
+# and epochs"): a rename waited up to 310 ms for the filesystem journal on a busy host.
+# The reservation is extended in the background when fewer than EPOCH_LOW_WATER remain.
+EPOCH_RESERVE = 16
+EPOCH_LOW_WATER = 4
 # Peer states in which it serves nobody: the DISABLED member may take over at once.
 NOT_SERVING = ("NOTREADY", "BROKEN", "STOPPED")
 
@@ -117,8 +122,15 @@ class HAAgent:
                             for a in self.cfg.arbitrators]
         self.arb_period, self.arb_timeout = self.cfg.arbitrator_period_s, self.cfg.arbitrator_timeout_s
         self.data = Path(self.cfg.data_dir)
-        self.epoch_file = self.data / "ha-epoch"
+        self.epoch_file = self.data / "ha-epoch"  # the newest epoch this member used (or 1)
         self.epoch = int(self.epoch_file.read_text()) if self.epoch_file.exists() else 1
+        # Every epoch this member (in any incarnation) used is <= the reservation on disk:
+        # its next promotion starts above it, so a restart never reuses an epoch even when
+        # ha-epoch, written after the promotion, missed the newest one.
+        self.reserve_file = self.data / "ha-epoch-reserved"
+        self.floor = max(self.epoch, int(self.reserve_file.read_text()) if self.reserve_file.exists() else 1)
+        self.reserved = self.floor  # what may be used without writing first
+        self._reserve_lock = asyncio.Lock()
         # A member that has been primary before holds state its peer may have moved past
         # (the peer took over and acknowledged writes while this one was down): after a
         # restart it never claims the pair without hearing the peer first (EUCA-8110).
@@ -263,6 +275,7 @@ class HAAgent:
         await self._release_vips()
         self.last_tick = self.clock()
         self.hold_until = self.last_tick + self.window + self.interval
+        self._spawn(self._reserve_epochs())
         self._tasks.append(asyncio.create_task(self._ticker()))
         if self.arbitrators:
             self._pinger = ha_net.Pinger()
@@ -337,6 +350,8 @@ class HAAgent:
             self.rejoining = True
         ack = m.get("ack") or [None, 0]
         p.state, p.epoch, p.sent = m["state"], int(m["epoch"]), float(m.get("t_mono", 0.0))
+        if self._next_epoch() + EPOCH_LOW_WATER > self.reserved and not self._reserve_lock.locked():
+            self._spawn(self._reserve_epochs())  # the peer's epoch rose: reserve past it now
         p.last_seq, p.priority = int(m.get("last_seq", 0)), int(m.get("priority", 0))
         arb_was_ok = p.arb_ok
         p.arb_ok, p.fenced = bool(m.get("arb_ok", True)), bool(m.get("fenced", False))
@@ -542,13 +557,34 @@ class HAAgent:
             else:
                 await self._acquire_vips()
 
+    def _next_epoch(self) -> int:
+        return max(self.epoch, self.peer.epoch, self.superseded or 0, self.floor) + 1
+
+    async def _reserve_epochs(self, needed: int = 0) -> None:
+        """Keep the reservation on disk EPOCH_RESERVE past the next epoch this member would use.
+
+        In a worker thread: on a busy disk a rename can wait hundreds of ms for the
+        filesystem journal, and the loop must go on sending heartbeats meanwhile (a stalled
+        loop fences itself). One write at a time.
+        """
+        async with self._reserve_lock:
+            if max(needed, self._next_epoch()) + EPOCH_LOW_WATER <= self.reserved:
+                return
+            target = max(needed, self._next_epoch()) + EPOCH_RESERVE
+            await self._offload(_write_int, self.reserve_file, target)
+            self.reserved = max(self.reserved, target)
+
     async def _promote(self, reason: str, detected_at: float) -> None:
-        epoch = max(self.epoch, self.peer.epoch, self.superseded or 0) + 1
-        # Before acting: a restart never reuses an epoch. In a worker thread: on a busy disk
-        # a rename can wait hundreds of ms for the filesystem journal, and the loop must go
-        # on sending heartbeats meanwhile (a stalled loop fences itself).
+        epoch = self._next_epoch()
         t0 = self.clock()
-        await self._offload(self._persist_epoch, epoch)
+        if epoch > self.reserved:
+            # Before acting, past the reservation: write it first (rare: it runs ahead).
+            await self._reserve_epochs(epoch)
+        if not self.rejoining:
+            # The first promotion of a member without history (the pair's start): from now on
+            # it has been primary, and a restart must not start the pair alone. Not a takeover.
+            await self._offload(_write_int, self.epoch_file, epoch)
+            self.rejoining = True
         persist_s = self.clock() - t0
         self.epoch = epoch
         if self.on_promote is not None:
@@ -559,11 +595,14 @@ class HAAgent:
         self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected_at,
                          last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp,
                          epoch_persist_s=round(persist_s, 4))
+        self._spawn(self._record_epoch(epoch))
 
-    def _persist_epoch(self, epoch: int) -> None:
-        tmp = self.epoch_file.with_suffix(".tmp")
-        tmp.write_text(str(epoch))
-        os.replace(tmp, self.epoch_file)
+    async def _record_epoch(self, epoch: int) -> None:
+        """After the takeover: ha-epoch (what a restart advertises) and the reservation ahead."""
+        async with self._reserve_lock:
+            if self.epoch == epoch:
+                await self._offload(_write_int, self.epoch_file, epoch)
+        await self._reserve_epochs()
 
     async def _demote(self, reason: str, to: ServiceState = DISABLED) -> None:
         self.svc.set_state(to, reason)
@@ -761,3 +800,10 @@ class _Heartbeats(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.agent.on_heartbeat(data, addr)
+
+
+def _write_int(path: Path, value: int) -> None:
+    """Write and rename: a crash leaves the old value or the new one, never a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(value))
+    os.replace(tmp, path)

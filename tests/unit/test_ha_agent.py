@@ -23,7 +23,7 @@ class FakeService:
         self.state = new
 
 
-def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2):
+def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2, **kw):
     cfg = {"host": "clc1" if role == "primary" else "clc2", "role": role, "data_dir": str(tmp_path),
            "pair": {"name": "clc"},
            "ha": {"peer": "clc2", "peer_addresses": ["10.254.1.2", "10.0.0.12"], "interval_ms": 50, "misses": 3,
@@ -36,7 +36,7 @@ def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2):
         commands.append(argv)
         return 0
 
-    agent = HAAgent(svc, cfg, run=run, garp=lambda intf, ip: garps.append((intf, ip)))
+    agent = HAAgent(svc, cfg, run=run, garp=lambda intf, ip: garps.append((intf, ip)), **kw)
     agent.commands, agent.garps = commands, garps
     agent.hold_until = 0  # past the start-up listening window
     agent.last_sent = _mono()
@@ -220,6 +220,46 @@ def test_a_restarted_member_never_claims_the_pair_without_hearing_its_peer(tmp_p
     agent.last_seq = lambda: 7
     decide(agent)
     assert svc.state is ServiceState.DISABLED
+
+
+def test_a_takeover_writes_nothing_the_epoch_reservation_runs_ahead(tmp_path):
+    """A rename waited up to 310 ms for the filesystem journal on a busy host, inside the
+    outage: the epochs are reserved on disk beforehand and recorded after the takeover."""
+    writes = []
+
+    async def offload(fn, path, value):
+        promoted = any(e["event"] == "ha.promote" for e in read_events(tmp_path / "events.jsonl"))
+        writes.append((path.name, value, promoted))
+        fn(path, value)
+
+    (tmp_path / "ha-joined").write_text("clc1\n")  # it has heard its peer before
+    svc, agent = make_agent(tmp_path, role="secondary", offload=offload)
+
+    async def go():
+        heartbeat(agent, state="ENABLED", epoch=7, priority=1)  # the primary is at epoch 7
+        await asyncio.sleep(0.01)
+        assert writes == [("ha-epoch-reserved", 8 + ha_mod.EPOCH_RESERVE, False)]  # ahead, in the background
+        writes.clear()
+        heartbeat(agent, state="NOTREADY", epoch=7, arb_ok=False, priority=1)
+        await agent._decide("test")
+        assert svc.state is ServiceState.ENABLED and agent.epoch == 8
+        await asyncio.sleep(0.01)
+    asyncio.run(go())
+    assert writes and all(promoted for _, _, promoted in writes), writes  # only after the takeover
+    assert (tmp_path / "ha-epoch").read_text() == "8"
+    promote = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "ha.promote"][-1]
+    assert promote["epoch_persist_s"] < 0.005
+
+
+def test_a_restart_never_reuses_an_epoch_even_when_ha_epoch_missed_the_newest(tmp_path):
+    # Primary at epoch 9 (reserved up to 20), killed before it recorded 9 in ha-epoch.
+    (tmp_path / "ha-epoch").write_text("5")
+    (tmp_path / "ha-epoch-reserved").write_text("20")
+    svc, agent = make_agent(tmp_path, role="primary")
+    assert agent.epoch == 5  # what it advertises: never more than it used
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=3))
+    decide(agent)
+    assert svc.state is ServiceState.ENABLED and agent.epoch == 21
 
 
 def test_a_member_with_no_history_starts_the_pair_alone(tmp_path):
