@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from components.common.events import read_events
 from topologies.spec import spec_from_dict
 
 from .analysis import Probe, outage, resolution
-from .deployment import Deployment, wait_until
+from .deployment import Deployment, _child_env, wait_until
 from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
@@ -142,47 +143,55 @@ class Experiment:
         return exp
 
 
-class ProbeThread:
-    """Requests from the user host every interval, overlapping: one that hangs (a dead host
-    answers nothing) is cut at its timeout and never delays the next ones."""
+class Prober:
+    """The user's requests during a trial (experiments/prober.py), in a process of its own on
+    the user host, so that nothing the harness does meanwhile (restarting a member, reading
+    event logs) can delay them; each completed request arrives as a line on its stdout."""
 
-    def __init__(self, dep: Deployment, url: str, headers: dict, interval: float, timeout: float, check):
-        from concurrent.futures import ThreadPoolExecutor
-
+    def __init__(self, dep: Deployment, url: str, headers: dict, interval: float, timeout: float,
+                 expect: tuple[str, bytes]):
         self.dep, self.url, self.headers = dep, url, headers
-        self.interval, self.timeout, self.check = interval, timeout, check
+        self.interval, self.timeout, self.expect = interval, timeout, expect
         self.probes: list[Probe] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=int(timeout / interval) + 4)
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._popen = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
 
-    def _one(self) -> None:
-        t0 = time.monotonic()
-        status, body = _user_http(self.dep, "GET", self.url, headers=self.headers, timeout=self.timeout)
-        ok = status != 0 and self.check(status, body)
-        with self._lock:
-            self.probes.append(Probe(t0, time.monotonic(), ok))
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            self._pool.submit(self._one)
-            next_at += self.interval
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def start(self) -> "ProbeThread":
-        self._thread.start()
+    def start(self) -> "Prober":
+        kind, want = self.expect
+        argv = [sys.executable, "-m", "experiments.prober", "--url", self.url, "--interval", str(self.interval),
+                "--timeout", str(self.timeout), "--expect", kind, "--body-hex", want.hex()]
+        for name, value in self.headers.items():
+            argv += ["--header", f"{name}:{value}"]
+        self._popen = self.dep["user"].popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, cwd=str(REPO_ROOT), env=_child_env())
+        self._reader.start()
         return self
+
+    def _read(self) -> None:
+        for line in self._popen.stdout:
+            sent, done, ok = line.split()
+            with self._lock:
+                self.probes.append(Probe(float(sent), float(done), ok == b"1"))
 
     def snapshot(self) -> list[Probe]:
         with self._lock:
             return list(self.probes)
 
     def stop(self) -> list[Probe]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=True)
+        """End the prober (its requests in flight finish first, within the timeout)."""
+        if self._popen is not None:
+            try:
+                self._popen.stdin.close()  # the prober's signal to stop
+            except OSError:
+                pass
+            try:
+                self._popen.wait(timeout=self.timeout + 5)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+            self._reader.join(timeout=5)
+            self._popen.stdout.close()
         return sorted(self.snapshot(), key=lambda p: p.sent)
 
 
@@ -336,19 +345,19 @@ class Runner:
         headers["Host"] = urlsplit(url).netloc
         return url, headers
 
-    def _probe_for(self, target: str, w: dict) -> tuple[str, dict, object]:
+    def _probe_for(self, target: str, w: dict) -> tuple[str, dict, tuple[str, bytes]]:
+        """The URL a user requests of ``target``, its headers, and what a success returns
+        (experiments/prober.py: equals, contains or stripped, and the bytes)."""
         if target == "clc":
             url, headers = self._describe_request(w)
-            return url, headers, lambda s, b: s == 200 and b"DescribeInstancesResponse" in b
+            return url, headers, ("contains", b"DescribeInstancesResponse")
         if target == "walrus":
-            return w["presigned"], {}, lambda s, b: s == 200 and b == b"eucalab probe object\n"
+            return w["presigned"], {}, ("equals", b"eucalab probe object\n")
         if target == "sc":
-            return (f"{w['disk']}?offset=0&length={len(PROBE_BLOCK)}", {},
-                    lambda s, b: s == 200 and b == PROBE_BLOCK)
+            return f"{w['disk']}?offset=0&length={len(PROBE_BLOCK)}", {}, ("equals", PROBE_BLOCK)
         if target == "cc":
-            iid = w["iid"].encode()
-            return f"http://{w['eip']}/", {}, lambda s, b: s == 200 and b.strip() == iid
-        return "http://10.0.0.10:8080/", {}, lambda s, b: s == 200
+            return f"http://{w['eip']}/", {}, ("stripped", w["iid"].encode())
+        return "http://10.0.0.10:8080/", {}, ("contains", b"")
 
     # -- one trial ------------------------------------------------------------------------------------
 
@@ -446,10 +455,10 @@ class Runner:
         record["primary"] = primary
         ctx = FaultContext(dep, pair, primary, peer, params=dict(ts.params),
                            write_marker=lambda: self._marker_write(ts.target, w, n))
-        url, headers, check = self._probe_for(ts.target, w)
+        url, headers, expect = self._probe_for(ts.target, w)
         capture = _Capture(dep, self.run_dir / "captures" / f"{_slug(ts.name)}-{n}") if self.exp.capture else None
-        probe = ProbeThread(dep, url, headers, self.exp.probe_interval_ms / 1000,
-                            self.exp.probe_timeout_ms / 1000, check).start()
+        probe = Prober(dep, url, headers, self.exp.probe_interval_ms / 1000,
+                       self.exp.probe_timeout_ms / 1000, expect).start()
         try:
             psutil.cpu_percent(None)
             time.sleep(0.3)  # warm-up: probes succeed before the fault (on a loaded machine, wait for them)
@@ -631,8 +640,9 @@ vrrp_instance EUCALAB {{
                 records.append(record)
                 continue
             backup = next(h for h in hosts if h != master)
-            probe = ProbeThread(dep, "http://10.0.0.10:8080/", {}, self.exp.probe_interval_ms / 1000,
-                                self.exp.probe_timeout_ms / 1000, lambda s, b: s == 200).start()
+            url, headers, expect = self._probe_for("keepalived", w={})
+            probe = Prober(dep, url, headers, self.exp.probe_interval_ms / 1000,
+                           self.exp.probe_timeout_ms / 1000, expect).start()
             try:
                 self._keepalived_trial(dep, ts, n, master, backup, probe, record)
             except Exception as exc:  # recorded, never silently dropped
@@ -652,7 +662,7 @@ vrrp_instance EUCALAB {{
         bar(record["set"])
 
     def _keepalived_trial(self, dep: Deployment, ts: TrialSet, n: int, master: str, backup: str,
-                          probe: ProbeThread, record: dict) -> None:
+                          probe: Prober, record: dict) -> None:
         psutil.cpu_percent(None)
         time.sleep(0.3)
         wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01)  # warm-up
