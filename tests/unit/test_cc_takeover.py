@@ -6,6 +6,7 @@ the NC is an HTTP server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +53,7 @@ def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(
             await cc._on_promote(7)
             assert log == [("router", ["10.0.128.5/16", "10.101.16.1/27"])]  # routed, the NC not yet asked
             await asyncio.gather(*cc._tasks)
+            await cc._writer  # the view reaches the disk off the event loop
         finally:
             await cc.http.close()
             await runner.cleanup()
@@ -63,3 +65,4 @@ def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(
     assert log[-1][1] == ["10.0.128.5/16", "10.101.16.1/27"]
     assert set(cc.instances) == {"i-old", "i-new"} and cc.epoch == 7
     assert [i["id"] for i in cc.intent()["instances"]] == ["i-old", "i-new"]
+    assert set(json.loads((tmp_path / "cluster.json").read_text())["instances"]) == {"i-old", "i-new"}
