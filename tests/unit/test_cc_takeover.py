@@ -66,3 +66,50 @@ def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(
     assert set(cc.instances) == {"i-old", "i-new"} and cc.epoch == 7
     assert [i["id"] for i in cc.intent()["instances"]] == ["i-old", "i-new"]
     assert set(json.loads((tmp_path / "cluster.json").read_text())["instances"]) == {"i-old", "i-new"}
+
+
+def test_with_the_controller_a_new_primary_tells_it_before_it_routes(tmp_path, monkeypatch):
+    """Until the controller has the new primary's intent, the switches drop its frames in
+    the groups' VLANs: the kernel's ARP request for the first routed packet was lost and
+    asked again a second later (CC failovers took 1.17 s with the controller)."""
+    log: list[str] = []
+
+    async def apply(config, primary):
+        log.append("router")
+        return {"added": [], "announced": {}}
+
+    async def put_intent(request):
+        log.append(f"controller {(await request.json())['primary_cc']}")
+        return web.json_response({"ok": True})
+
+    async def no_instances(request):
+        return web.json_response({"instances": []})
+
+    monkeypatch.setattr(router, "apply_router_async", apply)
+    sock = tmp_path / "control.sock"
+
+    async def main():
+        app = web.Application()
+        app.router.add_put("/intent/clusters/{k}", put_intent)
+        app.router.add_get("/instances", no_instances)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": "MANAGED",
+                                "ncs": {}, "control_socket": str(sock),
+                                "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
+        cc.instances = {"i-old": dict(REPLICATED)}
+        cc.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
+        cc.http = aiohttp.ClientSession()
+        try:
+            await cc._on_promote(7)
+            await asyncio.gather(*cc._tasks)
+            log.append("--")
+            await cc.publish_intent("group rules", force=True)  # any later change: route, then tell
+        finally:
+            await cc.http.close()
+            await cc.intent_http.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert log == ["controller c1cc2", "router", "--", "router", "controller c1cc2"]
