@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     server.shutdown()
     server.server_close()
+    store.flush()
+    vips.flush()
     (run_dir / "control.sock").unlink(missing_ok=True)
     events.emit("controller.stop", signal=signal.Signals(received[0]).name)
     events.close()

@@ -82,6 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(413, {"error": f"{what} larger than {MAX_BODY} bytes"})
             return
         raw = self.rfile.read(length)
+        # When it arrived, apart from when it was accepted (after the one before it).
+        api._emit(f"{what}.received", path=self.path, bytes=length)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import threading
 from pathlib import Path
 
-from .intent import IntentError, StaleEpoch
+from .intent import IntentError, LatestWriter, StaleEpoch
 from .topology import Topology
 
 # Locally administered, unicast (0x02 in the first octet), then the VIP's four bytes:
@@ -53,7 +52,8 @@ def validate(body, pair: str, topo: Topology) -> dict:
 
 
 class VipStore:
-    """The accepted redirect of every pair, persisted in ``<dir>/vips.json`` before it is acknowledged."""
+    """The accepted redirect of every pair, persisted in ``<dir>/vips.json`` as soon as it is
+    accepted (``LatestWriter``, off the request path)."""
 
     def __init__(self, directory: str | Path, topo: Topology):
         self.path = Path(directory) / "vips.json"
@@ -62,6 +62,7 @@ class VipStore:
         self.pairs: dict[str, dict] = {}
         if self.path.exists():
             self.pairs = json.loads(self.path.read_text()).get("pairs", {})
+        self._writer = LatestWriter(self.path)
 
     def put(self, pair: str, body) -> tuple[dict, dict | None]:
         """Validate and accept a redirect; returns (new, previous). Raises IntentError or StaleEpoch.
@@ -75,10 +76,12 @@ class VipStore:
             if previous is not None and clean["epoch"] < previous["epoch"]:
                 raise StaleEpoch(previous["epoch"])
             self.pairs[pair] = clean
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"pairs": self.pairs}, sort_keys=True))
-            os.replace(tmp, self.path)  # atomic; not fsynced, like the intents (controllers/intent.py)
+            self._writer.write(json.dumps({"pairs": self.pairs}, sort_keys=True))
         return clean, previous
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the newest accepted redirects are on disk."""
+        return self._writer.flush(timeout)
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:

@@ -82,6 +82,7 @@ def test_intents_survive_a_restart(tmp_path, topo):
     it = intent()
     it["epoch"] = 7
     store.put(1, it)
+    assert store.flush()  # written off the request path, at once
     again = IntentStore(tmp_path, topo)
     assert again.epoch(1) == 7 and again.snapshot()[1]["primary_cc"] == "c1cc1"
 

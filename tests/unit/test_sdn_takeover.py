@@ -149,6 +149,7 @@ def test_redirects_are_validated_and_a_stale_epoch_is_refused(tmp_path, topo):
                               ("clc", {"pair": "clc", "epoch": 4, "primary": "clc1", "x": 1}, "redirect")):
         with pytest.raises(IntentError, match=field):
             store.put(pair, body)
+    assert store.flush()
     assert VipStore(tmp_path, topo).snapshot()["clc"] == {"pair": "clc", "epoch": 3, "primary": "clc2"}
     with pytest.raises(IntentError, match="takeover is not sdn"):
         VipStore(tmp_path / "x", topology("garp")).put("clc", {"pair": "clc", "epoch": 1, "primary": "clc1"})
