@@ -142,14 +142,14 @@ class Deployment:
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
         self._main_label: dict[str, str] = {}
         self.realtime = True
-        # The SDN controller (controllers/__main__.py) owns every bridge when asked for;
-        # otherwise the switches run standalone (MAC learning on loop-free trees).
-        # A spec with ha.takeover sdn needs the controller, so it always gets one.
-        wanted = bool(sdn) or self.spec.ha.takeover == "sdn"
+        # The SDN controller (controllers/__main__.py) owns every bridge unless the spec
+        # (or ``sdn=False``) says otherwise; then the switches run standalone (MAC learning
+        # on loop-free trees). A spec with ha.takeover sdn always gets one.
+        wanted = (self.spec.sdn if sdn is None else bool(sdn)) or self.spec.ha.takeover == "sdn"
         self.sdn = wanted and controller_exists()
         if wanted and not controller_exists():
-            why = "sdn=True" if sdn else "ha.takeover is sdn"
-            raise DeploymentError(f"{why} but there is no SDN controller (controllers/__main__.py)")
+            raise DeploymentError("the spec asks for the SDN controller (sdn: true) but there is none "
+                                  "(controllers/__main__.py)")
         self.controller: subprocess.Popen | None = None
         self.controller_port: int | None = None
 

@@ -71,7 +71,7 @@ class Experiment:
     probe_timeout_ms: float = 300.0
     recovery_timeout_s: float = 10.0
     capture: bool = True  # keep a pcap (user host) and flow dumps for every trial that went wrong
-    sdn: bool = False  # run the SDN controller (required by the 'controller' fault)
+    sdn: bool | None = None  # run the SDN controller (the 'controller' fault needs it); None: as the spec says
     sets: list[TrialSet] = field(default_factory=list)
     # Parameters swept, each point on its own deployment: "spec.heartbeat.interval_ms",
     # "probe_interval_ms", "set.fault", "set.params.loss_percent", ... -> list of values.
@@ -705,8 +705,8 @@ vrrp_instance EUCALAB {{
         exp = self.exp
         points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
         for _, e in points:  # refuse what this machine cannot do before building anything
-            spec_from_dict(e.spec)
-            controller = e.sdn or (e.spec.get("ha") or {}).get("takeover") == "sdn"  # the spec starts it too
+            spec = spec_from_dict(e.spec)
+            controller = (spec.sdn if e.sdn is None else e.sdn) or spec.ha.takeover == "sdn"
             for ts in e.sets:
                 check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=controller)
         write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))

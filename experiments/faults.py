@@ -339,7 +339,7 @@ def check_available(fault: Fault, *, netem: bool, sdn: bool) -> None:
         raise ValueError(f"fault {fault.name!r} needs netem (sch_netem), which this kernel does not have; "
                          "link delay cannot be emulated here (use 'loss', which works everywhere)")
     if fault.requires == "sdn" and not sdn:
-        raise ValueError(f"fault {fault.name!r} needs the SDN controller: set 'sdn: true' in the experiment")
+        raise ValueError(f"fault {fault.name!r} needs the SDN controller: set 'sdn: true' in the experiment or its spec")
 
 
 def judge(expect: str, *, promoted: bool, primary_enabled_after: bool, failed_probes: int,

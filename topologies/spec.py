@@ -128,6 +128,12 @@ class DeploymentSpec:
     links: LinkSpec = field(default_factory=LinkSpec)
     # Open vSwitch datapath: auto picks the kernel datapath where the module exists.
     datapath: str = "auto"
+    # true: the SDN controller (controllers/) owns every bridge: layer-2 isolation of
+    # security groups, the CC's routed path steered to the primary, fail-secure switches.
+    # false: standalone MAC-learning switches (no layer-2 isolation). ha.takeover sdn
+    # starts it whatever this says. Off by default for now: on this 2-core machine failovers were 20-30 ms
+    # slower with it (docs/results.md).
+    sdn: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str) and not isinstance(self.mode, NetworkMode):
@@ -199,6 +205,7 @@ class DeploymentSpec:
             )
         if self.datapath not in ("auto", "kernel", "user"):
             raise SpecError("datapath", f"must be auto, kernel or user, not {self.datapath!r}")
+        _check_bool(self.sdn, "sdn")
         return self
 
     def to_dict(self) -> dict[str, Any]:

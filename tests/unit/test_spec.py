@@ -69,6 +69,8 @@ SPECS = Path(__file__).resolve().parents[2] / "topologies" / "specs"
     ({"arbitrators": {"period_s": 1, "timeout_s": 2}}, "arbitrators.timeout_s",
      "must not exceed arbitrators.period_s"),
     ({"arbitrators": {"period_s": 0}}, "arbitrators.period_s", "between"),
+    # the SDN controller
+    ({"sdn": "yes"}, "sdn", "must be true or false, not 'yes'"),
     # datapath and name
     ({"datapath": "dpdk"}, "datapath", "must be auto, kernel or user, not 'dpdk'"),
     ({"datapath": None}, "datapath", "auto, kernel or user"),
