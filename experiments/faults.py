@@ -385,7 +385,10 @@ def enabled_intervals(events: list[dict], end: float, silenced_at=None) -> list[
                 spans.append((since, e["t_mono"]))
                 since = None
         elif kind == "ha.frozen" and e.get("fenced") and since is not None:
-            spans.append((since, e["t_mono"]))  # a resumed member that fenced itself serves nothing
+            # A stalled loop answers nothing, and once it runs again the member fenced itself
+            # (its lease had run out): it served until the tick that came late, not until it
+            # noticed (the peer may rightly have taken over meanwhile).
+            spans.append((since, max(since, e["t_mono"] - float(e.get("late_s") or 0.0))))
             since, fenced = None, True
         elif kind == "ha.unfenced" and fenced:
             fenced = False

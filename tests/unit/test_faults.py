@@ -129,6 +129,16 @@ def test_an_unfenced_member_that_carries_on_serves_again_and_one_that_steps_down
     assert enabled_intervals(steps_down, end=5) == [(1, 2)]
 
 
+def test_a_frozen_member_served_until_its_loop_stalled_not_until_it_noticed():
+    """An SC primary's loop stalled 330 ms; its peer rightly took over meanwhile, and the
+    resumed member fenced itself. It served nothing in the stall: not two ENABLED."""
+    member = [ev(0.0, "state.change", to="ENABLED"), ev(1.0, "ha.frozen", fenced=True, late_s=0.33),
+              ev(1.04, "ha.unfenced"), ev(1.0401, "state.change", to="DISABLED")]
+    peer = [ev(0.85, "state.change", to="ENABLED")]
+    assert enabled_intervals(member, end=2) == [(0.0, pytest.approx(0.67))]
+    assert overlap(enabled_intervals(member, end=2), enabled_intervals(peer, end=2)) == 0
+
+
 def test_a_set_sweep_leaves_the_keepalived_baseline_alone_and_checks_targets(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("sweep: {set.fault: [sigkill, sigstop]}\n"
