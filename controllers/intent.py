@@ -263,47 +263,62 @@ class LatestWriter:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
 
-class IntentStore:
-    """The accepted intent of every cluster, with the epoch rule, persisted as JSON.
+class EpochStore:
+    """Accepted records by key under the epoch rule (an older epoch is refused, an equal one
+    accepted), in memory and in ``<dir>/<file>`` as {section: {key: record}}, written by a
+    ``LatestWriter`` as soon as a record is accepted, so a restarted controller starts where
+    the last one stopped. Subclasses name the file and validate."""
 
-    ``<dir>/intent.json`` holds {"clusters": {"1": intent, ...}}, written (``LatestWriter``)
-    as soon as an intent is accepted, so a restarted controller starts where the last one
-    stopped.
-    """
+    file = section = ""
 
     def __init__(self, directory: str | Path, topo: Topology):
-        self.path = Path(directory) / "intent.json"
+        self.path = Path(directory) / self.file
         self.topo = topo
         self._lock = threading.Lock()
-        self.clusters: dict[int, dict] = {}
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            self.clusters = {int(k): v for k, v in data.get("clusters", {}).items()}
+        saved = json.loads(self.path.read_text()).get(self.section, {}) if self.path.exists() else {}
+        self.records: dict = {self._key(k): v for k, v in saved.items()}
         self._writer = LatestWriter(self.path)
 
-    def epoch(self, cluster: int) -> int | None:
-        intent = self.clusters.get(cluster)
-        return None if intent is None else intent["epoch"]
+    @staticmethod
+    def _key(raw: str):
+        return raw
 
-    def put(self, cluster: int, intent) -> tuple[dict, dict | None]:
-        """Validate and accept an intent; returns (new, previous). Raises IntentError or StaleEpoch."""
-        clean = validate(intent, cluster, self.topo)
+    def _validate(self, body, key) -> dict:
+        raise NotImplementedError
+
+    def put(self, key, body) -> tuple[dict, dict | None]:
+        """Validate and accept a record; returns (new, previous). Raises IntentError or StaleEpoch."""
+        clean = self._validate(body, key)
         with self._lock:
-            current = self.epoch(cluster)
-            if current is not None and clean["epoch"] < current:
-                raise StaleEpoch(current)
-            previous = self.clusters.get(cluster)
-            self.clusters[cluster] = clean
-            self._save()
+            previous = self.records.get(key)
+            if previous is not None and clean["epoch"] < previous["epoch"]:
+                raise StaleEpoch(previous["epoch"])
+            self.records[key] = clean
+            self._writer.write(json.dumps({self.section: {str(k): v for k, v in sorted(self.records.items())}},
+                                          sort_keys=True))
         return clean, previous
 
-    def snapshot(self) -> dict[int, dict]:
+    def snapshot(self) -> dict:
         with self._lock:
-            return dict(self.clusters)
-
-    def _save(self) -> None:
-        self._writer.write(json.dumps({"clusters": {str(k): v for k, v in sorted(self.clusters.items())}}))
+            return dict(self.records)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until the newest accepted intents are on disk."""
+        """Wait until the newest accepted records are on disk."""
         return self._writer.flush(timeout)
+
+
+class IntentStore(EpochStore):
+    """The accepted intent of every cluster: ``<dir>/intent.json`` holds {"clusters": {"1": intent, ...}}."""
+
+    file, section = "intent.json", "clusters"
+
+    @staticmethod
+    def _key(raw: str) -> int:
+        return int(raw)
+
+    def _validate(self, body, key) -> dict:
+        return validate(body, key, self.topo)
+
+    def epoch(self, cluster: int) -> int | None:
+        intent = self.records.get(cluster)
+        return None if intent is None else intent["epoch"]

@@ -11,11 +11,8 @@ resumed ex-primary never pulls the VIP back. Pure apart from the file it writes.
 from __future__ import annotations
 
 import ipaddress
-import json
-import threading
-from pathlib import Path
 
-from .intent import IntentError, LatestWriter, StaleEpoch
+from .intent import EpochStore, IntentError
 from .topology import Topology
 
 # Locally administered, unicast (0x02 in the first octet), then the VIP's four bytes:
@@ -51,38 +48,12 @@ def validate(body, pair: str, topo: Topology) -> dict:
     return {"pair": pair, "epoch": epoch, "primary": body["primary"]}
 
 
-class VipStore:
-    """The accepted redirect of every pair, persisted in ``<dir>/vips.json`` as soon as it is
-    accepted (``LatestWriter``, off the request path)."""
+class VipStore(EpochStore):
+    """The accepted redirect of every pair: ``<dir>/vips.json`` holds {"pairs": {pair: redirect}}.
+    An equal epoch is accepted (the primary asserting itself again, or the driver placing
+    the VIP before the pair has elected)."""
 
-    def __init__(self, directory: str | Path, topo: Topology):
-        self.path = Path(directory) / "vips.json"
-        self.topo = topo
-        self._lock = threading.Lock()
-        self.pairs: dict[str, dict] = {}
-        if self.path.exists():
-            self.pairs = json.loads(self.path.read_text()).get("pairs", {})
-        self._writer = LatestWriter(self.path)
+    file, section = "vips.json", "pairs"
 
-    def put(self, pair: str, body) -> tuple[dict, dict | None]:
-        """Validate and accept a redirect; returns (new, previous). Raises IntentError or StaleEpoch.
-
-        An equal epoch is accepted (the primary asserting itself again, or the driver
-        placing the VIP before the pair has elected).
-        """
-        clean = validate(body, pair, self.topo)
-        with self._lock:
-            previous = self.pairs.get(pair)
-            if previous is not None and clean["epoch"] < previous["epoch"]:
-                raise StaleEpoch(previous["epoch"])
-            self.pairs[pair] = clean
-            self._writer.write(json.dumps({"pairs": self.pairs}, sort_keys=True))
-        return clean, previous
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until the newest accepted redirects are on disk."""
-        return self._writer.flush(timeout)
-
-    def snapshot(self) -> dict[str, dict]:
-        with self._lock:
-            return dict(self.pairs)
+    def _validate(self, body, key) -> dict:
+        return validate(body, key, self.topo)
