@@ -507,37 +507,37 @@ class Deployment:
     def member_state(self, host: str) -> str | None:
         """A component's current service state, from its own event log (no network needed);
         "DEAD" when its process is gone."""
-        proc = self.process(host)
-        if not proc.alive():
-            return "DEAD"
-        current = None
-        for e in proc.events():
-            if e["event"] == "state.change":
-                current = e["to"]
-            elif e["event"] == "service.start":
-                current = e.get("state")
-        return current
+        return self._member(host)[0]
 
     def hears_its_peer(self, host: str) -> bool:
         """True when the HA member on ``host`` has heard its peer since it last started and has
         not lost it since (its own ha.peer_alive / ha.peer_dead events)."""
+        return self._member(host)[1]
+
+    def _member(self, host: str) -> tuple[str | None, bool]:
+        """(state, hears its peer) from one read of the member's own event log."""
         proc = self.process(host)
         if not proc.alive():
-            return False
-        hears = False
+            return "DEAD", False
+        state, hears = None, False
         for e in proc.events():
-            if e["event"] == "service.start" or e["event"] == "ha.peer_dead":
+            kind = e["event"]
+            if kind == "state.change":
+                state = e["to"]
+            elif kind == "service.start":
+                state, hears = e.get("state"), False
+            elif kind == "ha.peer_dead":
                 hears = False
-            elif e["event"] == "ha.peer_alive":
+            elif kind == "ha.peer_alive":
                 hears = True
-        return hears
+        return state, hears
 
     def redundant(self, pair) -> bool:
         """Full redundancy of an HA pair: one member ENABLED, the other DISABLED, each hearing
         the other. A restarted member is DISABLED at once but may not take over before it has
         heard its peer (it may hold newer state), so DISABLED alone is not yet a standby."""
-        return (sorted(self.member_state(m) or "" for m in pair.members) == ["DISABLED", "ENABLED"]
-                and all(self.hears_its_peer(m) for m in pair.members))
+        views = [self._member(m) for m in pair.members]
+        return sorted(state or "" for state, _ in views) == ["DISABLED", "ENABLED"] and all(h for _, h in views)
 
     def wait_for_primaries(self, kind: str, timeout: float = 30.0) -> None:
         """Wait until every HA pair of ``kind`` has elected its ENABLED member and put up its VIPs."""
