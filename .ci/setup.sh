@@ -18,12 +18,14 @@ MODE=${1:-all}
 #                                 where the kernel has no openvswitch module)
 #   iproute2, iptables, ethtool   addresses, NAT and filtering on emulated hosts; tx
 #                                 checksum offload off (TCP over the userspace datapath)
+#   python3-nftables, nftables    the CC's routing rules, one nftables table loaded in
+#                                 process (libnftables); nft to list them
 #   iputils-ping, iputils-arping  reachability probes, gratuitous ARP on takeover
 #   iperf3, curl, tcpdump         traffic, HTTP probes, isolation checks (zero packets)
 #   keepalived                    the VRRP failover baseline
 #   procps, psmisc                ps/pgrep and fuser for the testbed's own cleanup
 #   python3-venv, python3-pip     .venv made from /usr/bin/python3 (Debian's mininet)
-PACKAGES="mininet openvswitch-switch iproute2 iptables ethtool iputils-ping iputils-arping
+PACKAGES="mininet openvswitch-switch iproute2 iptables python3-nftables nftables ethtool iputils-ping iputils-arping
 iperf3 curl tcpdump keepalived procps psmisc python3-venv python3-pip"
 
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl

@@ -174,13 +174,15 @@ def check_8021q(ok: bool) -> Finding:
 # in controllers/ only, as everywhere else in the project.
 _VERSION_PROBES = {
     "mininet": ("from mininet.net import VERSION; print(VERSION)", "mininet"),
+    "nftables": ("import nftables; print('libnftables', nftables.Nftables().cmd('list tables')[0] == 0 and 'usable')",
+                 "python3-nftables"),
     "os-ken": ("import importlib.metadata as m, os_ken; "
                "print(getattr(os_ken, '__version__', None) or m.version('os-ken'))", None),
 }
 
 
 def check_python_module(name: str, run: Runner = run_command, python: str = sys.executable) -> Finding:
-    """Whether ``name`` (mininet or os-ken) imports in this interpreter, with its version."""
+    """Whether ``name`` (mininet, nftables or os-ken) imports in this interpreter, with its version."""
     code, package = _VERSION_PROBES[name]
     rc, out = run([python, "-c", code])
     if rc == 0 and out:
@@ -192,7 +194,7 @@ def check_python_module(name: str, run: Runner = run_command, python: str = sys.
 
 TOOLS = (("mnexec", "mininet"), ("ethtool", "ethtool"), ("arping", "iputils-arping"),
          ("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3"),
-         ("keepalived", "keepalived"), ("iptables", "iptables"), ("tc", "iproute2"),
+         ("keepalived", "keepalived"), ("iptables", "iptables"), ("nft", "nftables"), ("tc", "iproute2"),
          ("curl", "curl"))
 """Binaries used on emulated hosts, with the Debian package that has each."""
 
@@ -217,6 +219,7 @@ def run_checks() -> list[Finding]:
                 check_netem(has_netem()),
                 check_8021q(probe_8021q()),
                 check_python_module("mininet"),
+                check_python_module("nftables"),
                 check_python_module("os-ken")]
     findings += [check_tool(tool, package) for tool, package in TOOLS]
     return findings

@@ -192,9 +192,9 @@ def test_metadata_nat_exists_once(ha):
     dep = ha["dep"]
     primary = heal(dep, "cc1")
     secondary = next(m for m in ("c1cc1", "c1cc2") if m != primary)
-    rule = "169.254.169.254/32"
-    assert wait_until(lambda: dep[primary].cmd("iptables-save -t nat").count(rule) == 1, 5)
-    assert dep[secondary].cmd("iptables-save -t nat").count(rule) == 0
+    rule = "169.254.169.254"
+    assert wait_until(lambda: dep[primary].cmd("nft list ruleset").count(rule) == 1, 5)
+    assert dep[secondary].cmd("nft list ruleset").count(rule) == 0
 
 
 def test_heartbeat_link_cut_never_two_enabled(ha):

@@ -16,8 +16,11 @@ a capture on the far side sees none of their packets.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+
+import re
 
 import pytest
 from scapy.layers.inet import ICMP, IP
@@ -91,8 +94,8 @@ def test_same_group_reaches_at_layer_2_across_ncs(dep):
 
 
 def _forwarded(dep, cc: str) -> int:
-    out = dep[cc].cmd("iptables -w -L EUCA-FORWARD -v -x -n")
-    return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.split())
+    out = dep[cc].cmd("nft list chain ip eucalab EUCA-FORWARD")
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
 
 
 def test_allowed_rule_is_routed_through_the_primary_cc(dep):
@@ -124,9 +127,9 @@ def test_elastic_ip_reachable_from_user(dep):
 def test_metadata_dnat_once_without_snat(dep):
     start_listener(dep, "clc1", 8773, "metadata", reply="$SOCAT_PEERADDR")
     assert tcp_answer(dep, slot("a1"), "169.254.169.254", 80) == A1["ip"]
-    rules = dep["c1cc1"].cmd("iptables -w -t nat -S")
+    rules = dep["c1cc1"].cmd("nft list ruleset")
     assert rules.count("169.254.169.254") == 1
-    assert "169.254.169.254" not in dep["c1cc2"].cmd("iptables -w -t nat -S")
+    assert "169.254.169.254" not in dep["c1cc2"].cmd("nft list ruleset")
 
 
 def test_cluster_infrastructure_keeps_working(dep):

@@ -34,40 +34,61 @@ INTENT = {
 }
 
 
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("-A")]
+def chain(cfg: RouterConfig, name: str) -> list[str]:
+    """The rules of chain ``name`` in the rendered nftables table (without its type line)."""
+    rules, inside = [], False
+    for line in cfg.ruleset.splitlines():
+        line = line.strip()
+        if line == f"chain {name} {{":
+            inside = True
+        elif inside and line == "}":
+            return rules
+        elif inside and not line.startswith("type "):
+            rules.append(line)
+    raise AssertionError(f"no chain {name}")
 
 
 def test_one_accept_per_ingress_rule_after_established():
     cfg = render_router(INTENT, HOST)
-    fwd = lines(cfg.filter)
-    assert fwd[0] == "-A EUCA-FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-    assert "-A EUCA-FORWARD -d 10.101.16.0/28 -s 0.0.0.0/0 -p icmp -j ACCEPT" in fwd
-    assert "-A EUCA-FORWARD -d 10.101.16.16/28 -s 10.101.16.0/28 -p tcp --dport 8080 -j ACCEPT" in fwd
-    assert "-A EUCA-FORWARD -d 10.101.16.16/28 -s 10.0.0.0/16 -p udp --dport 1000:2000 -j ACCEPT" in fwd
+    fwd = chain(cfg, "EUCA-FORWARD")
+    assert fwd[0] == "ct state established,related counter accept"
+    assert "ip daddr 10.101.16.0/28 ip saddr 0.0.0.0/0 ip protocol icmp counter accept" in fwd
+    assert "ip daddr 10.101.16.16/28 ip saddr 10.101.16.0/28 tcp dport 8080 counter accept" in fwd
+    assert "ip daddr 10.101.16.16/28 ip saddr 10.0.0.0/16 udp dport 1000-2000 counter accept" in fwd
     # A source group with no instances here admits nothing (never "any source").
-    assert not any("--dport 22" in line for line in fwd)
-    ingress = [line for line in fwd if line.startswith("-A EUCA-FORWARD -d 10.101.16.")]
+    assert not any("dport 22" in line for line in fwd)
+    ingress = [line for line in fwd if line.startswith("ip daddr 10.101.16.")]
     assert len(ingress) == 3
+    # Forwarding is denied unless a rule accepts.
+    assert "type filter hook forward priority filter; policy drop;" in cfg.ruleset
+
+
+def test_icmp_type_and_any_protocol_rules():
+    intent = dict(INTENT, groups=[dict(INTENT["groups"][0], rules=[
+        {"protocol": "icmp", "from_port": 8, "to_port": -1, "cidr": "10.0.0.0/16"},
+        {"protocol": "-1", "cidr": "10.0.9.0/24"}, {"protocol": "gre", "cidr": "10.0.9.0/24"}])])
+    fwd = chain(render_router(intent, HOST), "EUCA-FORWARD")
+    assert "ip daddr 10.101.16.0/28 ip saddr 10.0.0.0/16 icmp type 8 counter accept" in fwd
+    assert "ip daddr 10.101.16.0/28 ip saddr 10.0.9.0/24 counter accept" in fwd
+    assert len([line for line in fwd if line.startswith("ip daddr")]) == 2  # gre: nothing to admit
 
 
 def test_elastic_ip_nat_and_address_on_the_public_interface():
     cfg = render_router(INTENT, HOST)
-    nat = lines(cfg.nat)
-    assert "-A EUCA-PREROUTING -d 10.0.128.5/32 -j DNAT --to-destination 10.101.16.2" in nat
-    assert "-A EUCA-POSTROUTING -s 10.101.16.2/32 -o c1cc1-eth0 -j SNAT --to-source 10.0.128.5" in nat
+    assert "ip daddr 10.0.128.5 dnat to 10.101.16.2" in chain(cfg, "EUCA-PREROUTING")
+    assert 'ip saddr 10.101.16.2 oifname "c1cc1-eth0" snat to 10.0.128.5' in chain(cfg, "EUCA-POSTROUTING")
     assert cfg.public_addresses == ["10.0.128.5/16"]
     assert cfg.private_addresses == ["10.101.16.1/28", "10.101.16.17/28"]
 
 
 def test_metadata_dnat_exactly_once_and_never_snatted():
     cfg = render_router(INTENT, HOST)
-    meta = [line for line in lines(cfg.nat) if "169.254.169.254" in line]
-    assert meta == ["-A EUCA-PREROUTING -i c1cc1-eth1 -d 169.254.169.254/32 -p tcp --dport 80 "
-                    "-j DNAT --to-destination 10.0.0.10:8773"]
-    assert not any("10.0.0.10" in line for line in lines(cfg.nat) if "POSTROUTING" in line)
-    # Rendering again (a re-applied intent) replaces the chain: still one rule.
-    assert cfg.nat.count(":EUCA-PREROUTING - [0:0]") == 1
+    meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
+    assert meta == ['iifname "c1cc1-eth1" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.0.0.10:8773']
+    assert not any("10.0.0.10" in line for line in chain(cfg, "EUCA-POSTROUTING"))
+    # Loading it again (a re-applied intent) replaces the whole table in one transaction.
+    assert cfg.ruleset.startswith("table ip eucalab\ndelete table ip eucalab\ntable ip eucalab {")
+    assert cfg.ruleset.count("169.254.169.254") == 1
 
 
 def test_sysctls_forwarding_without_redirects():
@@ -79,7 +100,7 @@ def test_sysctls_forwarding_without_redirects():
 def test_no_groups_no_gateways_no_metadata():
     cfg = render_router(dict(INTENT, groups=[], instances=[]), HOST)
     assert cfg.private_addresses == [] and cfg.public_addresses == []
-    assert "169.254.169.254" not in cfg.nat
+    assert "169.254.169.254" not in cfg.ruleset
 
 
 def test_config_round_trips_as_json():
@@ -109,12 +130,16 @@ class FakeHost:
     def run(self, argv, stdin=None, check=True):
         self.commands.append(argv)
         out = ""
-        if argv[:2] == ["iptables-restore", "-w"]:
-            self.restored.append(stdin)
-        elif argv[:4] == ["ip", "-o", "-4", "addr"]:
+        if argv[:4] == ["ip", "-o", "-4", "addr"]:
             intf = argv[-1]
             out = "".join(f"2: {intf}    inet {a} scope global {intf}\n" for a in self.addresses[intf])
         return subprocess.CompletedProcess(argv, 0, out, "")
+
+    def nft(self, text):
+        """libnftables, as components.cc.router._Nftables.run answers it."""
+        self.commands.append(["nft"])
+        self.restored.append(text)
+        return ""
 
     def set_address(self, add, intf, ip, prefix):
         """rtnetlink, as components.common.ha_net.set_address answers it."""
@@ -139,6 +164,7 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(router, "_run", host.run)
     monkeypatch.setattr(router.ha_net, "set_address", host.set_address)
     monkeypatch.setattr(router, "_KERNEL", router._Kernel())  # a fresh process
+    monkeypatch.setattr(router._KERNEL.nft, "run", host.nft)
     monkeypatch.setattr(router, "announce", host.announce)
     monkeypatch.setattr(router, "PROC_SYS", tmp_path)
     for key in render_router(INTENT, HOST).sysctls:
@@ -155,25 +181,24 @@ def test_primary_holds_exactly_the_intents_addresses_and_announces_the_new_ones(
     assert fake.announced == [("c1cc1-eth1", "10.101.16.1"), ("c1cc1-eth1", "10.101.16.17"),
                               ("c1cc1-eth0", "10.0.128.5")]
     assert result["added"] == ["10.101.16.1", "10.101.16.17", "10.0.128.5"]
-    assert fake.restored == [render_router(INTENT, HOST).iptables]
-    assert ["iptables", "-w", "-P", "FORWARD", "DROP"] in fake.commands
+    assert fake.restored == [render_router(INTENT, HOST).ruleset]
     assert (tmp_path / "net/ipv4/conf/c1cc1-eth1/send_redirects").read_text() == "0\n"
     # Applied again: nothing to add, nothing announced twice, and not one command run
-    # (a takeover is in the outage: every fork of iptables or ip cost milliseconds).
+    # (a takeover is in the outage: every fork of ip cost milliseconds).
     fake.announced.clear()
     fake.commands.clear()
     assert apply_router(render_router(INTENT, HOST), primary=True)["added"] == []
     assert fake.announced == [] and fake.commands == []
 
 
-def test_a_changed_intent_costs_one_restore_and_only_the_address_changes(fake):
+def test_a_changed_intent_costs_one_transaction_and_only_the_address_changes(fake):
     apply_router(render_router(INTENT, HOST), primary=True)
     fake.commands.clear()
     moved = dict(INTENT, instances=[dict(i, public_ip=None) for i in INTENT["instances"]])
     result = apply_router(render_router(moved, HOST), primary=True)
-    assert result["added"] == [] and fake.commands == [["iptables-restore", "-w", "--noflush"]]
+    assert result["added"] == [] and fake.commands == [["nft"]]
     assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
-    assert fake.restored[-1] == render_router(moved, HOST).iptables
+    assert fake.restored[-1] == render_router(moved, HOST).ruleset
 
 
 def test_withdraw_leaves_no_address_and_empty_chains(fake):
@@ -182,11 +207,29 @@ def test_withdraw_leaves_no_address_and_empty_chains(fake):
     assert sorted(fake.addresses["c1cc1-eth1"]) == ["10.101.0.1/16", "10.101.0.11/16"]
     assert sorted(fake.addresses["c1cc1-eth0"]) == ["10.0.1.10/16", "10.0.1.11/16"]
     empty = fake.restored[-1]
-    assert "-A " not in empty and ":EUCA-FORWARD - [0:0]" in empty and ":EUCA-PREROUTING - [0:0]" in empty
+    assert " accept\n" not in empty and " dnat " not in empty and "chain EUCA-FORWARD {" in empty
+    assert "policy drop;" in empty and "chain EUCA-PREROUTING {" in empty
 
 
 def test_a_secondary_given_the_full_config_holds_nothing_either(fake):
     apply_router(render_router(INTENT, HOST), primary=False)
-    assert "-A " not in fake.restored[-1]
+    assert fake.restored[-1] == router._empty()
     assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
     assert fake.announced == []
+
+
+def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nftables", None)  # import fails as if not installed
+    with pytest.raises(RuntimeError, match="python3-nftables"):
+        router._Nftables().run(router._empty())
+
+    class Refusing:
+        def cmd(self, text):
+            return 1, "", "Error: syntax error\n"
+
+    nft = router._Nftables()
+    nft._nft = Refusing()
+    with pytest.raises(RuntimeError, match="nft: Error: syntax error"):
+        nft.run("table ip eucalab {")
