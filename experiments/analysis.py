@@ -13,6 +13,11 @@ Definitions (also in docs/experiments.md):
   no evidence of service); a probe slipping through before a fault bites, or one failing
   alone, does not shorten the gap that follows. With no failed probe this is about one
   probe interval.
+* Served again: the end of that gap minus the fault time. The gap begins up to one
+  probe interval before the fault, while users were still served; the detection bound
+  (misses x interval) counts from the fault (the last heartbeat heard is no later), so
+  what a failover adds beyond the bound is served again minus the bound, with one
+  probe interval of resolution, at its end, not two.
 * Detection = the new primary's ``ha.peer_dead`` (or the arbitrator-driven
   promotion) minus the fault time; takeover = the VIP being up (``ha.promote``'s
   ``vip_at``) minus detection.
@@ -36,6 +41,15 @@ class Probe:
 def outage(probes: list[Probe], t_fault: float, until: float | None = None) -> float | None:
     """Seconds without service around a fault; None if service never resumed (or never ran).
 
+    The length of ``outage_span``.
+    """
+    span = outage_span(probes, t_fault, until)
+    return span[1] - span[0] if span else None
+
+
+def outage_span(probes: list[Probe], t_fault: float, until: float | None = None) -> tuple[float, float] | None:
+    """Where the outage around a fault begins and ends (probe completion times), or None.
+
     The longest time between two consecutive successful completions that began after the
     last success completed before the fault and before ``until`` (the fault's restore: a
     blip while the restored member rejoins is not the fault's outage). Probes in flight at
@@ -48,9 +62,9 @@ def outage(probes: list[Probe], t_fault: float, until: float | None = None) -> f
     before = [d for d in done if d <= t_fault]
     if not before or not any(p.ok and p.sent >= t_fault for p in probes):
         return None
-    gaps = [b - a for a, b in zip(done, done[1:]) if b > t_fault and a >= before[-1]
+    gaps = [(a, b) for a, b in zip(done, done[1:]) if b > t_fault and a >= before[-1]
             and (until is None or a < until)]
-    return max(gaps) if gaps else None
+    return max(gaps, key=lambda g: g[1] - g[0]) if gaps else None
 
 
 def resolution(probes: list[Probe]) -> dict:

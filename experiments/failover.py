@@ -31,7 +31,7 @@ import yaml
 from components.common.events import read_events
 from topologies.spec import spec_from_dict
 
-from .analysis import Probe, outage, resolution
+from .analysis import Probe, outage, outage_span, resolution
 from .deployment import Deployment, _child_env, wait_until
 from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json
@@ -445,6 +445,14 @@ class Runner:
         record = {"set": ts.name, "target": ts.target, "fault": ts.fault, "expect": fault.expect, "trial": n,
                   "params": ts.params}
         # Every trial starts from full redundancy: one ENABLED member, its peer DISABLED and caught up.
+        # A member whose process is gone (it died on its own: its log says why) is started
+        # again, once, and the trial says so; left dead, every later trial would be void.
+        revived = [m for m in pair.members if dep.member_state(m) == "DEAD"]
+        for m in revived:
+            dep.events.emit("member.revived", host=m, label=pair.kind, trial=n)
+            dep.start(pair.kind, m, wait=False)
+        if revived:
+            record["revived"] = revived
         markers = [self._marker_write(ts.target, w, n)]
         if not wait_until(lambda: dep.redundant(pair), 20):
             record.update(status="invalid", error="the pair was not one ENABLED and one DISABLED before the fault",
@@ -503,7 +511,8 @@ class Runner:
                 recovered = recovered and settled
             time.sleep(0.1)
             probes = probe.stop()
-            out = outage(probes, t_fault, t_restore)
+            span = outage_span(probes, t_fault, t_restore)
+            out = span[1] - span[0] if span else None
             fault_probes = [p for p in probes if t_fault <= p.sent < t_restore]
             rejoin_probes = [p for p in probes if p.sent >= t_restore]
             ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
@@ -530,7 +539,7 @@ class Runner:
             record.update(
                 status="error" if error else ("ok" if recovered and out is not None else "no-recovery"),
                 new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase, hold_s=t_restore - t_fault,
-                outage_s=out, failed_probes=sum(1 for p in fault_probes if not p.ok),
+                outage_s=out, served_again_s=(span[1] - t_fault) if span else None, failed_probes=sum(1 for p in fault_probes if not p.ok),
                 rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
                 detection_s=(promote["detected_at"] - t_fault) if promote else None,
                 takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
@@ -547,6 +556,8 @@ class Runner:
             record["flags"] = judge(fault.expect, promoted=bool(promotes), primary_enabled_after=primary_enabled,
                                     failed_probes=record["failed_probes"], two_enabled_s=two_enabled, lost_writes=lost,
                                     settled=settled, recovered=recovered)
+            if revived:
+                record["flags"].append(f"{', '.join(revived)} had died before the trial (started again)")
             record["as_expected"] = not record["flags"] and record["status"] == "ok"
             if capture is not None:
                 capture.finish(keep=not record["as_expected"])
@@ -678,9 +689,10 @@ vrrp_instance EUCALAB {{
                    "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
         time.sleep(0.1)
         probes = probe.stop()
-        out = outage(probes, t_fault)
+        span = outage_span(probes, t_fault)
+        out = span[1] - span[0] if span else None
         record.update(status="ok" if ok and out is not None else "no-recovery", t_fault=t_fault,
-                      outage_s=out, new_primary=backup, probes=len(probes),
+                      outage_s=out, served_again_s=(span[1] - t_fault) if span else None, new_primary=backup, probes=len(probes),
                       cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
                       lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,

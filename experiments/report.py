@@ -36,14 +36,16 @@ def load(run_dir: Path) -> dict:
 def _recompute_outages(data: dict) -> None:
     """Outage from the raw probes (the definition in experiments/analysis.py), not as the
     trial recorded it: a report regenerated after a change of definition follows it."""
-    from .analysis import outage
+    from .analysis import outage_span
 
     streams = {(p["set"], p["trial"]): p for p in data["probes"]}
     for t in data["trials"]:
         p = streams.get((t.get("set"), t.get("trial")))
         if p is not None and t.get("status") in ("ok", "no-recovery"):
             until = p["t_fault"] + t["hold_s"] if t.get("hold_s") is not None else None
-            t["outage_s"] = outage([Probe(*x) for x in p["probes"]], p["t_fault"], until)
+            span = outage_span([Probe(*x) for x in p["probes"]], p["t_fault"], until)
+            t["outage_s"] = span[1] - span[0] if span else None
+            t["served_again_s"] = span[1] - p["t_fault"] if span else None
 
 
 def summary(data: dict) -> dict:
@@ -74,7 +76,10 @@ def summary(data: dict) -> dict:
                 s["probe_p99_ms"].append(t["probe_interval_p99_ms"])
         if t.get("status") == "ok" and t.get("outage_s") is not None and t.get("detection_bound_s") is not None \
                 and t.get("expect", "failover") == "failover" and t.get("new_primary"):
-            s.setdefault("beyond_bound_ms", []).append(1000 * (t["outage_s"] - t["detection_bound_s"]))
+            # From the fault, as the bound counts (older runs: from the gap's start).
+            served = t.get("served_again_s") if t.get("served_again_s") is not None else t["outage_s"]
+            s.setdefault("beyond_bound_ms", []).append(1000 * (served - t["detection_bound_s"]))
+            s.setdefault("gap_beyond_bound_ms", []).append(1000 * (t["outage_s"] - t["detection_bound_s"]))
         if t.get("redundancy_restored_s") is not None:
             s["restored_s"].append(t["redundancy_restored_s"])
         s["lost_writes"] += t.get("lost_writes") or 0
@@ -86,6 +91,7 @@ def summary(data: dict) -> dict:
                      "two_enabled_ms": s["two_enabled_ms"], "false_failovers": s["false_failovers"],
                      "redundancy_restored_s": summarize(s["restored_s"]),
                      "outage_beyond_detection_bound_ms": summarize(s.get("beyond_bound_ms", [])),
+                     "outage_gap_beyond_detection_bound_ms": summarize(s.get("gap_beyond_bound_ms", [])),
                      "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
                      "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
                      "two_enabled_after_trial": s["split_brain"],
@@ -217,12 +223,15 @@ def _sweep_plots(data: dict, run_dir: Path, plt) -> list[str]:
 def _html_targets(big: list) -> str:
     if not big:
         return ""
-    head = ["configuration", "trials", "outage p50", "outage p99", "outage - bound p99", "takeover p99"]
+    head = ["configuration", "trials", "outage p50", "outage p99", "outage - bound p99", "gap - bound p99",
+            "takeover p99"]
     rows = [[n, str(s["trials"]), _fmt(s["outage_ms"], "p50"), _fmt(s["outage_ms"], "p99"),
-             _fmt(s.get("outage_beyond_detection_bound_ms") or {}, "p99"), _fmt(s["takeover_ms"], "p99")]
+             _fmt(s.get("outage_beyond_detection_bound_ms") or {}, "p99"),
+             _fmt(s.get("outage_gap_beyond_detection_bound_ms") or {}, "p99"), _fmt(s["takeover_ms"], "p99")]
             for n, s in big]
     return ("<h2>Against the HA targets</h2><p>Outage p50 &lt;= 160 ms and p99 &lt;= 200 ms; outage minus the "
-            "detection bound &lt;= 20 ms at p99; takeover after detection &lt;= 10 ms at p99.</p>"
+            "detection bound &lt;= 20 ms at p99 (from the fault, as the bound counts; gap - bound from the last "
+            "success before the fault); takeover after detection &lt;= 10 ms at p99.</p>"
             "<table border=1 cellpadding=4><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
             + "</table>")
@@ -270,11 +279,15 @@ def build(run_dir: str | Path) -> Path:
     if big:
         md += ["", "## Against the HA targets (configurations with at least 100 trials)", "",
                "Targets: outage p50 <= 160 ms and p99 <= 200 ms; outage minus the detection bound "
-               "(misses x interval) <= 20 ms at p99; takeover after detection <= 10 ms at p99.", "",
-               "| configuration | trials | outage p50 | outage p99 | outage - bound p99 | takeover p99 |",
-               "|---|---|---|---|---|---|"]
+               "(misses x interval) <= 20 ms at p99; takeover after detection <= 10 ms at p99. "
+               "Outage - bound counts from the fault, as the bound does (served again minus the bound); "
+               "gap - bound counts from the last success before the fault, up to a probe interval earlier.", "",
+               "| configuration | trials | outage p50 | outage p99 | outage - bound p99 | gap - bound p99 "
+               "| takeover p99 |",
+               "|---|---|---|---|---|---|---|"]
         md += [f"| {n} | {s['trials']} | {_fmt(s['outage_ms'], 'p50')} | {_fmt(s['outage_ms'], 'p99')} | "
-               f"{_fmt(s.get('outage_beyond_detection_bound_ms') or {}, 'p99')} | {_fmt(s['takeover_ms'], 'p99')} |"
+               f"{_fmt(s.get('outage_beyond_detection_bound_ms') or {}, 'p99')} | "
+               f"{_fmt(s.get('outage_gap_beyond_detection_bound_ms') or {}, 'p99')} | {_fmt(s['takeover_ms'], 'p99')} |"
                for n, s in big]
     flagged = [(n, f) for n, s in summ.items() for f in s["flagged"]]
     md += ["", "## Trials that went wrong", ""]

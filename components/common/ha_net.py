@@ -134,7 +134,9 @@ class GarpSender:
 # -- addresses over rtnetlink: a VIP is up microseconds after the decision ------------------
 
 NETLINK_ROUTE = 0
+RTM_NEWLINK = 16
 RTM_NEWADDR, RTM_DELADDR = 20, 21
+IFF_UP = 0x1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 NLMSG_ERROR = 2
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -160,9 +162,24 @@ def set_address(add: bool, interface: str, ip: str, prefix: int) -> int:
     there); raises OSError when the interface does not exist. The kernel answers a
     netlink request synchronously, so this does not wait on anything.
     """
+    return _request(_address_request(add, interface, ip, prefix, seq=1))
+
+
+def set_link(interface: str, up: bool) -> int:
+    """``ip link set dev INTERFACE up|down`` in this network namespace, without a process.
+
+    Returns 0 or the kernel's errno; raises OSError when the interface does not exist.
+    """
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, socket.if_nametoindex(interface),
+                       IFF_UP if up else 0, IFF_UP)
+    return _request(struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+
+
+def _request(message: bytes) -> int:
+    """Send one rtnetlink request (sequence number 1) and return the errno of its ack (0: done)."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        sock.send(_address_request(add, interface, ip, prefix, seq=1))
+        sock.send(message)
         while True:
             data = sock.recv(65536)
             offset = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.analysis import Probe, bootstrap_ci, outage, percentile, resolution, summarize
+from experiments.analysis import Probe, bootstrap_ci, outage, outage_span, percentile, resolution, summarize
 
 
 def stream(start, end, step, down=None, duration=0.002):
@@ -19,6 +19,16 @@ def stream(start, end, step, down=None, duration=0.002):
 def test_outage_is_first_success_after_minus_last_success_before():
     probes = stream(0.0, 2.0, 0.01, down=(1.0, 1.2))
     assert outage(probes, 1.0) == pytest.approx(1.2 + 0.002 - (0.99 + 0.002), abs=1e-6)
+
+
+def test_the_span_starts_before_the_fault_and_served_again_counts_from_it():
+    probes = stream(0.0, 2.0, 0.01, down=(1.0, 1.2))
+    start, end = outage_span(probes, 1.005)
+    # The gap starts at the last success before the fault (up to a probe interval earlier);
+    # service is back at the end of the gap, measured from the fault.
+    assert start == pytest.approx(0.992) and end == pytest.approx(1.202)
+    assert outage(probes, 1.005) == pytest.approx(end - start)
+    assert outage_span(stream(0.0, 1.0, 0.01, down=(0.5, 1.0)), 0.5) is None  # never served again
 
 
 def test_probe_in_flight_at_the_fault_counts_only_if_done_before_it():

@@ -26,7 +26,16 @@ def test_the_ha_target_section_needs_100_trials_and_reads_the_raw_records(tmp_pa
     md = (tmp_path / "report.md").read_text()
     assert "## Against the HA targets" in md and "Against the HA targets" in (tmp_path / "report.html").read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())["eucalab CLC crash"]
+    # Records without served_again_s (older runs): beyond the bound from the gap's start.
     assert summary["outage_beyond_detection_bound_ms"]["max"] == max(1000 * (o - 0.15) for o in outages)
+    # With it: from the fault, as the bound counts; the gap's version is kept beside it.
+    write_trials(tmp_path / "trials.jsonl", [dict(crash(i, o), served_again_s=o - 0.008)
+                                             for i, o in enumerate(outages)])
+    build(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())["eucalab CLC crash"]
+    assert summary["outage_beyond_detection_bound_ms"]["max"] == max(1000 * (o - 0.008 - 0.15) for o in outages)
+    assert summary["outage_gap_beyond_detection_bound_ms"]["max"] == max(1000 * (o - 0.15) for o in outages)
+    assert "gap - bound p99" in (tmp_path / "report.md").read_text()
     write_trials(tmp_path / "trials.jsonl", [crash(i, o) for i, o in enumerate(outages[:99])])
     build(tmp_path)
     assert "## Against the HA targets" not in (tmp_path / "report.md").read_text()  # no p99 below 100 trials
