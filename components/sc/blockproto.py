@@ -57,7 +57,10 @@ class SessionTimeouts:
     # starved of CPU for a while (HA members run at realtime priority) must not take its
     # own stall for the SC's.
     reply_s: float = 1.0
-    retry_interval_s: float = 0.01  # from one login attempt to the next: a refusal costs a SYN and a RST
+    # From one login attempt to the next: a refusal costs a SYN and a RST, so attempts are
+    # cheap and the new primary is reached within this of answering (10 ms: relogin 9.4 ms
+    # p50 and 29 ms p99 after the VIP moved, over 102 SC failovers).
+    retry_interval_s: float = 0.002
     # How long a request may wait for the session (queueing and logging in again). Its
     # answer, once sent, may take reply_s more: together within the 2 s an instance's
     # workload waits for its disk, so a request is answered, or given up, by then.

@@ -28,6 +28,11 @@ from . import blockproto as bp
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
 
 
+def _flush_and_sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
 class NotAcknowledged(web.HTTPServiceUnavailable):
     """A change the peer did not take: never acknowledged (503 on the API)."""
 
@@ -49,6 +54,7 @@ class StorageController(Service):
         self.replica = None
         self._catchup: asyncio.Task | None = None
         self._replicating = asyncio.Lock()
+        self._disk = asyncio.Lock()  # one change at a time reaches the disk, in order
         if self.ha is not None:
             self.ha.last_seq = lambda: self.wseq
 
@@ -59,37 +65,62 @@ class StorageController(Service):
             return
         self.volumes, self.wseq = data.get("volumes", {}), int(data.get("wseq", 0))
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
+        """volumes.json as of now, written off the event loop (the caller holds ``_disk``)."""
+        text = json.dumps({"wseq": self.wseq, "volumes": self.volumes}, indent=1, sort_keys=True)
+        await asyncio.to_thread(self._write_meta, text)
+
+    def _write_meta(self, text: str) -> None:
         tmp = self.meta_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"wseq": self.wseq, "volumes": self.volumes}, indent=1, sort_keys=True))
+        tmp.write_text(text)
         os.replace(tmp, self.meta_file)
 
     # -- every change goes through here: applied locally, then to the DISABLED peer ---------------
 
-    def _apply(self, op: dict, data: bytes = b"") -> None:
+    async def _apply(self, op: dict, data: bytes = b"", seq: int | None = None) -> bool:
+        """Apply one change: its files in a worker thread, then this SC's view, then volumes.json.
+
+        The disk work never runs on the event loop: a rename or a write there waited for the
+        filesystem's journal while a restarted peer's catch-up fsynced a whole volume, and a
+        primary's loop stalled 330 and 924 ms (its heartbeats with it: the peer took over).
+        Changes reach the disk one at a time, in order (``_disk``). With ``seq`` (a change
+        replicated from the primary) it applies only as the next change: False otherwise.
+        """
         kind, vid = op["type"], op["id"]
+        if kind not in ("create", "delete", "meta", "write"):
+            raise ValueError(f"unknown volume operation {kind!r}")
+        async with self._disk:
+            if seq is not None and seq != self.wseq + 1:
+                return False
+            if kind != "meta":
+                await asyncio.to_thread(self._apply_files, op, data)
+            if kind == "create":
+                self.volumes[vid] = {"id": vid, "size_mib": op["size_mib"], "state": "available",
+                                     "attachment": None}
+            elif kind == "delete":
+                self.volumes.pop(vid, None)
+            elif kind == "meta":
+                self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
+            self.wseq += 1
+            await self._save()
+        return True
+
+    def _apply_files(self, op: dict, data: bytes) -> None:
+        kind, path = op["type"], self._path(op["id"])
         if kind == "create":
-            with open(self._path(vid), "wb") as f:
+            with open(path, "wb") as f:
                 f.truncate(op["size_mib"] * 2**20)  # sparse: the SC's disk holds only written blocks
-            self.volumes[vid] = {"id": vid, "size_mib": op["size_mib"], "state": "available", "attachment": None}
         elif kind == "delete":
-            self._path(vid).unlink(missing_ok=True)
-            self.volumes.pop(vid, None)
-        elif kind == "meta":
-            self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
+            path.unlink(missing_ok=True)
         elif kind == "write":
-            with open(self._path(vid), "r+b") as f:
+            with open(path, "r+b") as f:
                 f.seek(op["offset"])
                 f.write(data)  # in the page cache: it survives a crash of this process, and the
                 # peer has it before the client hears OK; FLUSH (the F operation) makes it durable
-        else:
-            raise ValueError(f"unknown volume operation {kind!r}")
-        self.wseq += 1
-        self._save()
 
     async def _mutate(self, op: dict, data: bytes = b"") -> None:
         """Apply a change and, under HA, have the DISABLED peer apply it before answering."""
-        self._apply(op, data)
+        await self._apply(op, data)
         ha = self.ha
         if ha is None or self.replica is None or not ha.peer_alive():
             return
@@ -134,9 +165,9 @@ class StorageController(Service):
         entry = json.loads(request.headers["X-Eucalab-Op"])
         if int(entry["epoch"]) < max(ha.epoch, ha.peer.epoch):
             return self._error("StaleEpoch", "a stale primary's change", 409)
-        if int(entry["seq"]) != self.wseq + 1:
+        data = await request.read()
+        if not await self._apply(entry["op"], data, seq=int(entry["seq"])):
             return self._error("Gap", f"have {self.wseq}, got {entry['seq']}: catching up instead", 409)
-        self._apply(entry["op"], await request.read())
         return web.json_response({"wseq": self.wseq})
 
     async def handle_ha_state(self, request: web.Request) -> web.Response:
@@ -172,28 +203,33 @@ class StorageController(Service):
                     async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
                         r.raise_for_status()
                         parts[vid] = tmp = self.vol_dir / f".{vid}.part"
-                        with open(tmp, "wb") as f:
+                        with open(tmp, "wb") as f:  # every write and the fsync off the loop
                             async for chunk in r.content.iter_chunked(1 << 20):
-                                f.write(chunk)
-                            f.flush()
-                            await asyncio.to_thread(os.fsync, f.fileno())  # off the loop: heartbeats go on
+                                await asyncio.to_thread(f.write, chunk)
+                            await asyncio.to_thread(_flush_and_sync, f)
                 if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" or int(state["wseq"]) <= self.wseq:
                     self.events.emit("ha.catch_up_abandoned", state=self.state.value, peer_state=ha.peer.state,
                                      peer_seq=int(state["wseq"]), last_seq=self.wseq)
                     continue
-                for vid, tmp in parts.items():
-                    os.replace(tmp, self._path(vid))
-                parts.clear()
-                for vid in set(self.volumes) - set(state["volumes"]):
-                    self._path(vid).unlink(missing_ok=True)
-                self.volumes, self.wseq = state["volumes"], int(state["wseq"])
-                self._save()
+                async with self._disk:
+                    gone = set(self.volumes) - set(state["volumes"])
+                    await asyncio.to_thread(self._install, dict(parts), gone)
+                    parts.clear()
+                    self.volumes, self.wseq = state["volumes"], int(state["wseq"])
+                    await self._save()
                 self.events.emit("ha.caught_up", last_seq=self.wseq)
             except Exception as exc:
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
             finally:
                 for tmp in parts.values():
                     tmp.unlink(missing_ok=True)
+
+    def _install(self, parts: dict[str, Path], gone: set[str]) -> None:
+        """A finished catch-up's copies in place of the volumes, and the volumes the peer no longer has gone."""
+        for vid, tmp in parts.items():
+            os.replace(tmp, self._path(vid))
+        for vid in gone:
+            self._path(vid).unlink(missing_ok=True)
 
     def _path(self, vid: str) -> Path:
         return self.vol_dir / f"{vid}.img"

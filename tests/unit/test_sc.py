@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 from aiohttp import ClientSession
@@ -98,8 +99,40 @@ def test_volume_round_trip_through_the_block_protocol(tmp_path):
 def test_volumes_survive_a_restart(tmp_path):
     sc = make_sc(tmp_path)
     sc.volumes["vol-00000001"] = {"id": "vol-00000001", "size_mib": 1, "state": "available", "attachment": None}
-    sc._save()
+    asyncio.run(sc._save())
     assert make_sc(tmp_path).volumes["vol-00000001"]["size_mib"] == 1
+
+
+def test_a_slow_disk_never_stalls_the_event_loop_and_changes_stay_in_order(tmp_path, monkeypatch):
+    """A rename that waits on the filesystem's journal (a peer's catch-up fsyncing a whole
+    volume) once stalled a primary's loop, heartbeats and all, for 924 ms."""
+    import time
+
+    sc = make_sc(tmp_path)
+    write_meta = sc._write_meta
+    monkeypatch.setattr(sc, "_write_meta", lambda text: (time.sleep(0.3), write_meta(text)))
+
+    async def scenario():
+        ticks = 0
+
+        async def heartbeat():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        await asyncio.gather(sc._apply({"type": "create", "id": "vol-00000001", "size_mib": 1}),
+                             sc._apply({"type": "write", "id": "vol-00000001", "offset": 0}, b"abc"))
+        beat.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 30  # 0.6 s of saves, the loop ticking all along
+    assert sc.wseq == 2 and (sc.vol_dir / "vol-00000001.img").read_bytes()[:3] == b"abc"
+    assert json.loads(sc.meta_file.read_text())["wseq"] == 2
+    # A replicated change out of sequence is refused and touches nothing.
+    assert asyncio.run(sc._apply({"type": "delete", "id": "vol-00000001"}, seq=5)) is False
+    assert "vol-00000001" in sc.volumes and sc.wseq == 2
 
 
 def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path):
@@ -150,10 +183,10 @@ def _catch_up_pair(tmp_path, port: int, peer_class=StorageController):
 
     peer, member = sc("c1sc1", "127.0.0.1", "ENABLED", peer_class), sc("c1sc2", "127.0.0.2", "DISABLED")
     for vid, fill in (("vol-00000001", b"new"), ("vol-00000002", b"too")):
-        peer._apply({"type": "create", "id": vid, "size_mib": 1})
-        peer._apply({"type": "write", "id": vid, "offset": 0}, fill)
-    member._apply({"type": "create", "id": "vol-00000001", "size_mib": 1})
-    member._apply({"type": "write", "id": "vol-00000001", "offset": 0}, b"old")
+        asyncio.run(peer._apply({"type": "create", "id": vid, "size_mib": 1}))
+        asyncio.run(peer._apply({"type": "write", "id": vid, "offset": 0}, fill))
+    asyncio.run(member._apply({"type": "create", "id": "vol-00000001", "size_mib": 1}))
+    asyncio.run(member._apply({"type": "write", "id": "vol-00000001", "offset": 0}, b"old"))
     member.config["ha"] = {"peer_addresses": ["127.0.0.1"]}
     member.ha = SimpleNamespace(peer_alive=lambda: True, peer_address=lambda: "127.0.0.1",
                                 peer=SimpleNamespace(state="ENABLED", last_seq=peer.wseq))
