@@ -131,9 +131,8 @@ class DeploymentSpec:
     # true: the SDN controller (controllers/) owns every bridge: layer-2 isolation of
     # security groups, the CC's routed path steered to the primary, fail-secure switches.
     # false: standalone MAC-learning switches (no layer-2 isolation). ha.takeover sdn
-    # starts it whatever this says. Off by default for now: on this 2-core machine failovers were 20-30 ms
-    # slower with it (docs/results.md).
-    sdn: bool = False
+    # starts it whatever this says.
+    sdn: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str) and not isinstance(self.mode, NetworkMode):
