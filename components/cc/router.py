@@ -300,11 +300,13 @@ def announce(intf: str, addresses: list[str]) -> list[str]:
     return failed
 
 
-def apply_router(config: RouterConfig, primary: bool) -> dict:
+def apply_router(config: RouterConfig, primary: bool, announce_now: bool = True) -> dict:
     """Apply ``config`` in this network namespace: as the router (primary) or as nothing (secondary).
 
-    Returns what changed: {"added": [...], "announced": {interface: [...]}}. Raises
-    RuntimeError (a command failed) or OSError (a sysctl could not be written).
+    Returns what changed: {"added": [...], "new": {interface: [addresses added]},
+    "announced": {interface: [...]}} (``announce_now=False``: nothing announced, the caller
+    announces ``new`` when it may). Raises RuntimeError (a command failed) or OSError
+    (a sysctl could not be written).
     """
     for key, value in config.sysctls.items():
         (PROC_SYS / key.replace(".", "/")).write_text(value + "\n")
@@ -313,16 +315,17 @@ def apply_router(config: RouterConfig, primary: bool) -> dict:
     want_pub = config.public_addresses if primary else []
     added_priv = _KERNEL.sync_addresses(config.private_interface, want_priv, config.managed_private)
     added_pub = _KERNEL.sync_addresses(config.public_interface, want_pub, config.managed_public)
-    announce(config.private_interface, added_priv)
-    announce(config.public_interface, added_pub)
-    announced = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}
-    return {"added": added_priv + added_pub, "announced": announced}
+    new = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}
+    if announce_now:
+        for intf, addresses in new.items():
+            announce(intf, addresses)
+    return {"added": added_priv + added_pub, "new": new, "announced": new if announce_now else {}}
 
 
-async def apply_router_async(config: RouterConfig, primary: bool) -> dict:
+async def apply_router_async(config: RouterConfig, primary: bool, announce_now: bool = True) -> dict:
     """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
     thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls."""
-    return await asyncio.to_thread(apply_router, config, primary)
+    return await asyncio.to_thread(apply_router, config, primary, announce_now)
 
 
 def main(argv: list[str] | None = None) -> int:

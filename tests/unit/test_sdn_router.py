@@ -233,3 +233,9 @@ def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
     nft._nft = Refusing()
     with pytest.raises(RuntimeError, match="nft: Error: syntax error"):
         nft.run("table ip eucalab {")
+
+
+def test_an_apply_told_not_to_announce_reports_what_to_announce(fake):
+    result = apply_router(render_router(INTENT, HOST), primary=True, announce_now=False)
+    assert fake.announced == [] and result["announced"] == {}
+    assert result["new"] == {"c1cc1-eth1": ["10.101.16.1", "10.101.16.17"], "c1cc1-eth0": ["10.0.128.5"]}
