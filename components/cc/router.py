@@ -300,13 +300,11 @@ def announce(intf: str, addresses: list[str]) -> list[str]:
     return failed
 
 
-def apply_router(config: RouterConfig, primary: bool, announce_now: bool = True) -> dict:
+def apply_router(config: RouterConfig, primary: bool) -> dict:
     """Apply ``config`` in this network namespace: as the router (primary) or as nothing (secondary).
 
-    Returns what changed: {"added": [...], "new": {interface: [addresses added]},
-    "announced": {interface: [...]}} (``announce_now=False``: nothing announced, the caller
-    announces ``new`` when it may). Raises RuntimeError (a command failed) or OSError
-    (a sysctl could not be written).
+    Returns what changed: {"added": [...], "announced": {interface: [...]}}. Raises
+    RuntimeError (a command failed) or OSError (a sysctl could not be written).
     """
     for key, value in config.sysctls.items():
         (PROC_SYS / key.replace(".", "/")).write_text(value + "\n")
@@ -315,17 +313,29 @@ def apply_router(config: RouterConfig, primary: bool, announce_now: bool = True)
     want_pub = config.public_addresses if primary else []
     added_priv = _KERNEL.sync_addresses(config.private_interface, want_priv, config.managed_private)
     added_pub = _KERNEL.sync_addresses(config.public_interface, want_pub, config.managed_public)
-    new = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}
-    if announce_now:
-        for intf, addresses in new.items():
-            announce(intf, addresses)
-    return {"added": added_priv + added_pub, "new": new, "announced": new if announce_now else {}}
+    announce(config.private_interface, added_priv)
+    announce(config.public_interface, added_pub)
+    announced = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}
+    return {"added": added_priv + added_pub, "announced": announced}
 
 
-async def apply_router_async(config: RouterConfig, primary: bool, announce_now: bool = True) -> dict:
+def prepare_router(config: RouterConfig) -> None:
+    """The primary's rules and sysctls without its addresses: nothing is routed here yet
+    (no neighbour sends this host the gateways' or elastic IPs' traffic), and the
+    ``apply_router`` that follows has only the addresses left to change."""
+    for key, value in config.sysctls.items():
+        (PROC_SYS / key.replace(".", "/")).write_text(value + "\n")
+    _KERNEL.load_rules(config.ruleset)
+
+
+async def prepare_router_async(config: RouterConfig) -> None:
+    await asyncio.to_thread(prepare_router, config)
+
+
+async def apply_router_async(config: RouterConfig, primary: bool) -> dict:
     """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
     thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls."""
-    return await asyncio.to_thread(apply_router, config, primary, announce_now)
+    return await asyncio.to_thread(apply_router, config, primary)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,9 @@ NEWER = {"id": "i-new", "slot": "c1n1v2", "ip": "10.101.16.3", "mac": "d0:0d:0a:
 def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(tmp_path, monkeypatch):
     log: list[tuple[str, object]] = []
 
-    async def apply(config, primary, announce_now=True):
+    async def apply(config, primary):
         log.append(("router", sorted(config.public_addresses + config.private_addresses)))
-        return {"added": [], "new": {}, "announced": {}}
+        return {"added": [], "announced": {}}
 
     async def instances(request):
         log.append(("nc", None))
@@ -68,29 +68,32 @@ def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(
     assert set(json.loads((tmp_path / "cluster.json").read_text())["instances"]) == {"i-old", "i-new"}
 
 
-def test_with_the_controller_a_new_primary_announces_only_once_the_controller_has_its_intent(
+def test_with_the_controller_a_new_primary_takes_its_addresses_only_once_the_controller_has_its_intent(
         tmp_path, monkeypatch):
     """Until the controller has the new primary's intent, the switches drop its frames in
     the groups' VLANs: its gratuitous ARPs, and the kernel's ARP request for the first
-    routed packet, were lost (CC failovers took 1.17 s with the controller). The push and
-    the routing run at once; the announcements wait for both."""
+    routed packet, were lost (CC failovers took 1.17 s with the controller). The rules,
+    which draw no traffic, are loaded while the intent is pushed; the addresses (and
+    their announcements) follow the controller's answer."""
     log: list = []
 
-    async def apply(config, primary, announce_now=True):
-        log.append(("router", announce_now))
-        new = {"c1cc2-eth1": ["10.101.16.1"]}
-        return {"added": ["10.101.16.1"], "new": new, "announced": new if announce_now else {}}
+    async def prepare(config):
+        log.append("rules")
+
+    async def apply(config, primary):
+        log.append("addresses")
+        return {"added": [], "announced": {}}
 
     async def put_intent(request):
-        await asyncio.sleep(0.05)  # the controller installing flows: the router is done first
-        log.append(("controller", (await request.json())["primary_cc"]))
+        await asyncio.sleep(0.05)  # the controller installing flows: the rules are loaded first
+        log.append(f"controller {(await request.json())['primary_cc']}")
         return web.json_response({"ok": True})
 
     async def no_instances(request):
         return web.json_response({"instances": []})
 
+    monkeypatch.setattr(router, "prepare_router_async", prepare)
     monkeypatch.setattr(router, "apply_router_async", apply)
-    monkeypatch.setattr(router, "announce", lambda intf, addresses: log.append(("garp", intf, addresses)))
     sock = tmp_path / "control.sock"
 
     async def main():
@@ -117,5 +120,4 @@ def test_with_the_controller_a_new_primary_announces_only_once_the_controller_ha
             await runner.cleanup()
 
     asyncio.run(main())
-    assert log == [("router", False), ("controller", "c1cc2"), ("garp", "c1cc2-eth1", ["10.101.16.1"]),
-                   "--", ("router", True), ("controller", "c1cc2")]
+    assert log == ["rules", "controller c1cc2", "addresses", "--", "addresses", "controller c1cc2"]

@@ -235,7 +235,11 @@ def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
         nft.run("table ip eucalab {")
 
 
-def test_an_apply_told_not_to_announce_reports_what_to_announce(fake):
-    result = apply_router(render_router(INTENT, HOST), primary=True, announce_now=False)
-    assert fake.announced == [] and result["announced"] == {}
-    assert result["new"] == {"c1cc1-eth1": ["10.101.16.1", "10.101.16.17"], "c1cc1-eth0": ["10.0.128.5"]}
+def test_prepare_loads_the_rules_and_draws_no_traffic_then_apply_adds_only_the_addresses(fake):
+    cfg = render_router(INTENT, HOST)
+    router.prepare_router(cfg)
+    assert fake.restored == [cfg.ruleset] and fake.announced == []
+    assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
+    apply_router(cfg, primary=True)
+    assert fake.restored == [cfg.ruleset]  # the rules were there already: no second load
+    assert "10.0.128.5/16" in fake.addresses["c1cc1-eth0"] and ("c1cc1-eth0", "10.0.128.5") in fake.announced
