@@ -102,6 +102,7 @@ class RouterConfig:
     managed_private: str = ""  # addresses in this range on the private interface are ours
     managed_public: str = PUBLIC_IP_POOL
     sysctls: dict[str, str] = field(default_factory=dict)
+    neighbours: dict[str, str] = field(default_factory=dict)  # instance IP -> MAC, on the private interface
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -169,8 +170,9 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
                # a direct path (ICMP redirects) around the CC's forward rules.
                "net.ipv4.conf.all.send_redirects": "0",
                f"net.ipv4.conf.{priv}.send_redirects": "0"}
+    neighbours = {i["ip"]: i["mac"] for i in intent.get("instances", []) if i.get("ip") and i.get("mac")}
     return RouterConfig(priv, pub, _table(fwd, dnat, snat), private_addresses, public_addresses,
-                        host.vm_space, host.public_pool, sysctls)
+                        host.vm_space, host.public_pool, sysctls, neighbours)
 
 
 def _table(fwd: list[str], dnat: list[str], snat: list[str]) -> str:
@@ -247,6 +249,7 @@ class _Kernel:
         self.nft = _Nftables()
         self.rules: str | None = None
         self.addresses: dict[str, set[str]] = {}
+        self.neighbours: dict[str, str] = {}  # set by this process as primary, IP -> MAC
 
     def load_rules(self, text: str) -> None:
         if text != self.rules:
@@ -277,6 +280,18 @@ class _Kernel:
             ha_net.set_address(False, intf, str(iface.ip), iface.network.prefixlen)  # gone already: fine
             self.addresses[intf].discard(addr)
         return added
+
+
+    def sync_neighbours(self, intf: str, want: dict[str, str]) -> None:
+        """Every instance's MAC in the neighbour table, so the first packet routed to it waits
+        on no ARP: a new primary's ARP request could meet switch flows a moment stale and be
+        lost, and Linux asks again only a second later."""
+        for ip, mac in sorted(want.items()):
+            if self.neighbours.get(ip) != mac:
+                err = ha_net.set_neighbour(intf, ip, mac)
+                if err:
+                    raise RuntimeError(f"neighbour {ip} {mac} on {intf}: {os.strerror(err)}")
+                self.neighbours[ip] = mac
 
 
 _KERNEL = _Kernel()
@@ -313,6 +328,10 @@ def apply_router(config: RouterConfig, primary: bool) -> dict:
     want_pub = config.public_addresses if primary else []
     added_priv = _KERNEL.sync_addresses(config.private_interface, want_priv, config.managed_private)
     added_pub = _KERNEL.sync_addresses(config.public_interface, want_pub, config.managed_public)
+    if primary:
+        _KERNEL.sync_neighbours(config.private_interface, config.neighbours)
+    else:
+        _KERNEL.neighbours.clear()  # a later promotion sets them again
     announce(config.private_interface, added_priv)
     announce(config.public_interface, added_pub)
     announced = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}

@@ -136,6 +136,9 @@ class GarpSender:
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
 RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWNEIGH = 28
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_REACHABLE = 0x02
 IFF_UP = 0x1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 NLMSG_ERROR = 2
@@ -173,6 +176,18 @@ def set_link(interface: str, up: bool) -> int:
     body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, socket.if_nametoindex(interface),
                        IFF_UP if up else 0, IFF_UP)
     return _request(struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+
+
+def set_neighbour(interface: str, ip: str, mac: str) -> int:
+    """``ip neigh replace IP lladdr MAC dev INTERFACE nud reachable``: no ARP needed to send to
+    ``ip`` until the entry grows stale (then the kernel checks it the usual way).
+
+    Returns 0 or the kernel's errno; raises OSError when the interface does not exist.
+    """
+    body = struct.pack("=B3xiHBB", socket.AF_INET, socket.if_nametoindex(interface), NUD_REACHABLE, 0, 0)
+    body += _rtattr(NDA_DST, socket.inet_aton(ip)) + _rtattr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+    return _request(struct.pack("=IHHII", 16 + len(body), RTM_NEWNEIGH, flags, 1, 0) + body)
 
 
 def _request(message: bytes) -> int:

@@ -126,6 +126,7 @@ class FakeHost:
         self.commands: list[list[str]] = []
         self.restored: list[str] = []
         self.announced: list[tuple[str, str]] = []
+        self.neighbours: list[tuple[str, str, str]] = []
 
     def run(self, argv, stdin=None, check=True):
         self.commands.append(argv)
@@ -163,6 +164,8 @@ def fake(monkeypatch, tmp_path):
                      "c1cc1-eth0": ["10.0.1.11/16", "10.0.1.10/16"]})
     monkeypatch.setattr(router, "_run", host.run)
     monkeypatch.setattr(router.ha_net, "set_address", host.set_address)
+    monkeypatch.setattr(router.ha_net, "set_neighbour",
+                        lambda intf, ip, mac: host.neighbours.append((intf, ip, mac)) or 0)
     monkeypatch.setattr(router, "_KERNEL", router._Kernel())  # a fresh process
     monkeypatch.setattr(router._KERNEL.nft, "run", host.nft)
     monkeypatch.setattr(router, "announce", host.announce)
@@ -243,3 +246,16 @@ def test_prepare_loads_the_rules_and_draws_no_traffic_then_apply_adds_only_the_a
     apply_router(cfg, primary=True)
     assert fake.restored == [cfg.ruleset]  # the rules were there already: no second load
     assert "10.0.128.5/16" in fake.addresses["c1cc1-eth0"] and ("c1cc1-eth0", "10.0.128.5") in fake.announced
+
+
+def test_the_primary_knows_every_instances_mac_without_arp_and_sets_each_once(fake):
+    cfg = render_router(INTENT, HOST)
+    assert cfg.neighbours == {"10.101.16.2": "d0:0d:0a:65:10:02", "10.101.16.18": "d0:0d:0a:65:10:12"}
+    apply_router(cfg, primary=True)
+    apply_router(cfg, primary=True)
+    assert fake.neighbours == [("c1cc1-eth1", "10.101.16.18", "d0:0d:0a:65:10:12"),
+                               ("c1cc1-eth1", "10.101.16.2", "d0:0d:0a:65:10:02")]
+    apply_router(withdraw_config(HOST), primary=False)  # a secondary sets none ...
+    assert len(fake.neighbours) == 2
+    apply_router(cfg, primary=True)  # ... and a new promotion sets them all again
+    assert len(fake.neighbours) == 4
