@@ -77,21 +77,22 @@ class StorageController(Service):
 
     # -- every change goes through here: applied locally, then to the DISABLED peer ---------------
 
-    async def _apply(self, op: dict, data: bytes = b"", seq: int | None = None) -> bool:
+    async def _apply(self, op: dict, data: bytes = b"", seq: int | None = None) -> int:
         """Apply one change: its files in a worker thread, then this SC's view, then volumes.json.
 
         The disk work never runs on the event loop: a rename or a write there waited for the
         filesystem's journal while a restarted peer's catch-up fsynced a whole volume, and a
         primary's loop stalled 330 and 924 ms (its heartbeats with it: the peer took over).
-        Changes reach the disk one at a time, in order (``_disk``). With ``seq`` (a change
-        replicated from the primary) it applies only as the next change: False otherwise.
+        Changes reach the disk one at a time, in order (``_disk``). Returns the change's
+        sequence number; with ``seq`` (a change replicated from the primary) it applies only
+        as the next change, and returns 0 otherwise.
         """
         kind, vid = op["type"], op["id"]
         if kind not in ("create", "delete", "meta", "write"):
             raise ValueError(f"unknown volume operation {kind!r}")
         async with self._disk:
             if seq is not None and seq != self.wseq + 1:
-                return False
+                return 0
             if kind != "meta":
                 await asyncio.to_thread(self._apply_files, op, data)
             if kind == "create":
@@ -103,7 +104,7 @@ class StorageController(Service):
                 self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
             self.wseq += 1
             await self._save()
-        return True
+            return self.wseq
 
     def _apply_files(self, op: dict, data: bytes) -> None:
         kind, path = op["type"], self._path(op["id"])
@@ -119,39 +120,44 @@ class StorageController(Service):
                 # peer has it before the client hears OK; FLUSH (the F operation) makes it durable
 
     async def _mutate(self, op: dict, data: bytes = b"") -> None:
-        """Apply a change and, under HA, have the DISABLED peer apply it before answering."""
-        await self._apply(op, data)
+        """Apply a change and, under HA, have the DISABLED peer apply it before answering.
+
+        One change at a time is applied and shipped (``_replicating``), so each reaches the
+        peer with its own sequence number, in order: two concurrent changes (block writes to
+        two volumes) could otherwise ship one change under the other's number.
+        """
         ha = self.ha
-        if ha is None or self.replica is None or not ha.peer_alive():
-            return
-        if ha.peer_took_over():
-            refused = True  # the peer is primary now: never acknowledged
-        elif ha.peer.state != "DISABLED":
-            return  # NOTREADY and the like: it catches up before it may take over
-        elif ha.peer.last_seq != self.wseq - 1:
-            refused = False  # the peer is behind: acknowledged once its catch-up has this change
-        else:
-            refused = await self._replicate_op(op, data)
-        if refused is not None and not await ha.may_acknowledge_unreplicated(refused, self.wseq):
-            self.events.emit("ha.write_not_acknowledged", seq=self.wseq, refused=refused)
+        async with self._replicating:
+            seq = await self._apply(op, data)
+            if ha is None or self.replica is None or not ha.peer_alive():
+                return
+            if ha.peer_took_over():
+                refused = True  # the peer is primary now: never acknowledged
+            elif ha.peer.state != "DISABLED":
+                return  # NOTREADY and the like: it catches up before it may take over
+            elif ha.peer.last_seq != seq - 1:
+                refused = False  # the peer is behind: acknowledged once its catch-up has this change
+            else:
+                refused = await self._replicate_op(op, data, seq)
+        if refused is not None and not await ha.may_acknowledge_unreplicated(refused, seq):
+            self.events.emit("ha.write_not_acknowledged", seq=seq, refused=refused)
             raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
 
-    async def _replicate_op(self, op: dict, data: bytes) -> bool | None:
-        """Ship one change to the DISABLED peer: None taken, True refused, False no answer."""
+    async def _replicate_op(self, op: dict, data: bytes, seq: int) -> bool | None:
+        """Ship change ``seq`` to the DISABLED peer: None taken, True refused, False no answer."""
         ha = self.ha
         refused = None
-        async with self._replicating:
-            try:
-                async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
-                        "X-Eucalab-Op": json.dumps({"seq": self.wseq, "epoch": ha.epoch, "op": op})}) as r:
-                    if r.status == 200:
-                        ha.peer.last_seq = self.wseq
-                    else:
-                        refused = True
-                        self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
-            except Exception as exc:
-                refused = False
-                self.events.emit("ha.replication_failed", error=repr(exc))
+        try:
+            async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
+                    "X-Eucalab-Op": json.dumps({"seq": seq, "epoch": ha.epoch, "op": op})}) as r:
+                if r.status == 200:
+                    ha.peer.last_seq = seq
+                else:
+                    refused = True
+                    self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
+        except Exception as exc:
+            refused = False
+            self.events.emit("ha.replication_failed", error=repr(exc))
         return refused
 
     def _peer_url(self) -> str:
@@ -207,11 +213,14 @@ class StorageController(Service):
                             async for chunk in r.content.iter_chunked(1 << 20):
                                 await asyncio.to_thread(f.write, chunk)
                             await asyncio.to_thread(_flush_and_sync, f)
-                if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" or int(state["wseq"]) <= self.wseq:
-                    self.events.emit("ha.catch_up_abandoned", state=self.state.value, peer_state=ha.peer.state,
-                                     peer_seq=int(state["wseq"]), last_seq=self.wseq)
-                    continue
                 async with self._disk:
+                    # Checked once the disk is this copy's: nothing may have changed since.
+                    if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" \
+                            or int(state["wseq"]) <= self.wseq:
+                        self.events.emit("ha.catch_up_abandoned", state=self.state.value,
+                                         peer_state=ha.peer.state, peer_seq=int(state["wseq"]),
+                                         last_seq=self.wseq)
+                        continue
                     gone = set(self.volumes) - set(state["volumes"])
                     await asyncio.to_thread(self._install, dict(parts), gone)
                     parts.clear()

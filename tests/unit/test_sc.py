@@ -131,7 +131,7 @@ def test_a_slow_disk_never_stalls_the_event_loop_and_changes_stay_in_order(tmp_p
     assert sc.wseq == 2 and (sc.vol_dir / "vol-00000001.img").read_bytes()[:3] == b"abc"
     assert json.loads(sc.meta_file.read_text())["wseq"] == 2
     # A replicated change out of sequence is refused and touches nothing.
-    assert asyncio.run(sc._apply({"type": "delete", "id": "vol-00000001"}, seq=5)) is False
+    assert asyncio.run(sc._apply({"type": "delete", "id": "vol-00000001"}, seq=5)) == 0
     assert "vol-00000001" in sc.volumes and sc.wseq == 2
 
 
@@ -248,3 +248,30 @@ def test_an_error_from_the_peer_is_never_taken_for_a_volume(tmp_path):
     events = _run_catch_up(tmp_path, peer, member, "ha.catch_up_failed")
     assert "ha.caught_up" not in [e["event"] for e in events]
     assert (tmp_path / "c1sc2" / "volumes" / "vol-00000001.img").read_bytes()[:3] == b"old"
+
+
+def test_concurrent_changes_reach_the_peer_in_order_each_with_its_own_sequence_number(tmp_path):
+    """Two block writes at once (two volumes): each is shipped with the number it was
+    applied under, never one change under the other's number."""
+    from types import SimpleNamespace
+
+    sc = make_sc(tmp_path)
+    shipped: list[tuple[str, int]] = []
+
+    async def replicate(op, data, seq):
+        await asyncio.sleep(0.02)  # the peer's answer takes a while: the other write waits
+        shipped.append((op["id"], seq))
+        sc.ha.peer.last_seq = seq
+        return None
+
+    async def scenario():
+        sc.replica = object()
+        sc.ha = SimpleNamespace(peer_alive=lambda: True, peer_took_over=lambda: False,
+                                peer=SimpleNamespace(state="DISABLED", last_seq=0))
+        sc._replicate_op = replicate
+        await asyncio.gather(*(sc._mutate({"type": "create", "id": f"vol-0000000{n}", "size_mib": 1})
+                               for n in range(1, 4)))
+
+    asyncio.run(scenario())
+    assert shipped == [("vol-00000001", 1), ("vol-00000002", 2), ("vol-00000003", 3)]
+    assert sc.wseq == 3
