@@ -73,7 +73,18 @@ def test_default_deployment_shape(deployment):
 ])
 def test_tcp_between_tiers(deployment, src, dst_host, dst_ip):
     http_server(deployment, dst_host)
-    assert curl_code(deployment, src, dst_ip) == "200"
+    code = curl_code(deployment, src, dst_ip)
+    assert code == "200", _path_report(deployment, src, dst_ip)
+
+
+def _path_report(dep, src: str, ip: str) -> str:
+    """What a failed connection's path looked like: every HA member's state, the source's
+    routes and neighbours, and whether each CC routes (its nftables table)."""
+    states = {m: dep.member_state(m) for p in dep.plan.pairs for m in p.members}
+    routers = {h: dep[h].cmd("nft list table ip eucalab 2>&1 | grep -c counter").strip()
+               for p in dep.plan.pairs if p.kind == "cc" for h in p.members}
+    return (f"no answer from {ip} on {src}; states {states}; forward rules per CC {routers}\n"
+            + dep[src].cmd("ip route; ip neigh"))
 
 
 def test_nc_not_reachable_from_users(deployment):
