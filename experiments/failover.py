@@ -539,7 +539,8 @@ class Runner:
             record.update(
                 status="error" if error else ("ok" if recovered and out is not None else "no-recovery"),
                 new_primary=peer if promote else None, t_fault=t_fault, phase_s=phase, hold_s=t_restore - t_fault,
-                outage_s=out, served_again_s=(span[1] - t_fault) if span else None, failed_probes=sum(1 for p in fault_probes if not p.ok),
+                outage_s=out, served_again_s=(span[1] - t_fault) if span else None,
+                failed_probes=sum(1 for p in fault_probes if not p.ok),
                 rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
                 detection_s=(promote["detected_at"] - t_fault) if promote else None,
                 takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
@@ -692,7 +693,8 @@ vrrp_instance EUCALAB {{
         span = outage_span(probes, t_fault)
         out = span[1] - span[0] if span else None
         record.update(status="ok" if ok and out is not None else "no-recovery", t_fault=t_fault,
-                      outage_s=out, served_again_s=(span[1] - t_fault) if span else None, new_primary=backup, probes=len(probes),
+                      outage_s=out, served_again_s=(span[1] - t_fault) if span else None,
+                      new_primary=backup, probes=len(probes),
                       cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
                       lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
