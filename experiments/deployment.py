@@ -510,11 +510,6 @@ class Deployment:
         "DEAD" when its process is gone."""
         return self._member(host)[0]
 
-    def hears_its_peer(self, host: str) -> bool:
-        """True when the HA member on ``host`` has heard its peer since it last started and has
-        not lost it since (its own ha.peer_alive / ha.peer_dead events)."""
-        return self._member(host)[1]
-
     def _member(self, host: str) -> tuple[str | None, bool]:
         """(state, hears its peer) from one read of the member's own event log."""
         proc = self.process(host)

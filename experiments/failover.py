@@ -31,7 +31,7 @@ import yaml
 from components.common.events import read_events
 from topologies.spec import spec_from_dict
 
-from .analysis import Probe, outage, outage_span, resolution
+from .analysis import Probe, outage_span, resolution
 from .deployment import Deployment, _child_env, wait_until
 from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json

@@ -201,8 +201,8 @@ def _empty() -> str:
     return _table([], [], [])
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()}")
     return proc

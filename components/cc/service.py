@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from components.common.files import write_atomic
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
 
 from . import router
@@ -101,7 +101,7 @@ class ClusterController(Service):
         while self._pending is not None:
             text, self._pending = self._pending, None
             try:
-                await asyncio.to_thread(_write_atomic, self.state_file, text)
+                await asyncio.to_thread(write_atomic, self.state_file, text)
             except OSError as exc:
                 self.events.emit("cc.save_failed", error=str(exc))
 
@@ -535,9 +535,3 @@ class ClusterController(Service):
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self.events.emit("router.withdrawn")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from . import ha_net
+from .files import write_atomic
 from .ha_config import HAConfig, VIP
 from .states import ServiceState
 
@@ -571,7 +572,7 @@ class HAAgent:
             if max(needed, self._next_epoch()) + EPOCH_LOW_WATER <= self.reserved:
                 return
             target = max(needed, self._next_epoch()) + EPOCH_RESERVE
-            await self._offload(_write_int, self.reserve_file, target)
+            await self._offload(write_atomic, self.reserve_file, str(target))
             self.reserved = max(self.reserved, target)
 
     async def _promote(self, reason: str, detected_at: float) -> None:
@@ -583,7 +584,7 @@ class HAAgent:
         if not self.rejoining:
             # The first promotion of a member without history (the pair's start): from now on
             # it has been primary, and a restart must not start the pair alone. Not a takeover.
-            await self._offload(_write_int, self.epoch_file, epoch)
+            await self._offload(write_atomic, self.epoch_file, str(epoch))
             self.rejoining = True
         persist_s = self.clock() - t0
         self.epoch = epoch
@@ -601,7 +602,7 @@ class HAAgent:
         """After the takeover: ha-epoch (what a restart advertises) and the reservation ahead."""
         async with self._reserve_lock:
             if self.epoch == epoch:
-                await self._offload(_write_int, self.epoch_file, epoch)
+                await self._offload(write_atomic, self.epoch_file, str(epoch))
         await self._reserve_epochs()
 
     async def _demote(self, reason: str, to: ServiceState = DISABLED) -> None:
@@ -800,10 +801,3 @@ class _Heartbeats(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.agent.on_heartbeat(data, addr)
-
-
-def _write_int(path: Path, value: int) -> None:
-    """Write and rename: a crash leaves the old value or the new one, never a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(value))
-    os.replace(tmp, path)

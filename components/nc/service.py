@@ -50,6 +50,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from components.common.files import write_atomic
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
 from components.sc.blockproto import BlockClient, BlockError, BlockUnavailable, SessionTimeouts
 
@@ -116,9 +117,7 @@ class NodeController(Service):
             return {}
 
     def _save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.instances, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_file)
+        write_atomic(self.state_file, json.dumps(self.instances, indent=1, sort_keys=True))
 
     def _set(self, iid: str, state: str, reason: str = "", **fields) -> None:
         inst = self.instances[iid]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from components.common.files import write_atomic
 from components.common.service import Service
 
 from . import blockproto as bp
@@ -71,9 +72,7 @@ class StorageController(Service):
         await asyncio.to_thread(self._write_meta, text)
 
     def _write_meta(self, text: str) -> None:
-        tmp = self.meta_file.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.meta_file)
+        write_atomic(self.meta_file, text)
 
     # -- every change goes through here: applied locally, then to the DISABLED peer ---------------
 

@@ -229,7 +229,7 @@ def test_a_takeover_writes_nothing_the_epoch_reservation_runs_ahead(tmp_path):
 
     async def offload(fn, path, value):
         promoted = any(e["event"] == "ha.promote" for e in read_events(tmp_path / "events.jsonl"))
-        writes.append((path.name, value, promoted))
+        writes.append((path.name, int(value), promoted))  # the epoch, written as text
         fn(path, value)
 
     (tmp_path / "ha-joined").write_text("clc1\n")  # it has heard its peer before

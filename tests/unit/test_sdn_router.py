@@ -128,7 +128,7 @@ class FakeHost:
         self.announced: list[tuple[str, str]] = []
         self.neighbours: list[tuple[str, str, str]] = []
 
-    def run(self, argv, stdin=None, check=True):
+    def run(self, argv, check=True):
         self.commands.append(argv)
         out = ""
         if argv[:4] == ["ip", "-o", "-4", "addr"]:
