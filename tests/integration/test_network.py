@@ -74,17 +74,29 @@ def test_default_deployment_shape(deployment):
 def test_tcp_between_tiers(deployment, src, dst_host, dst_ip):
     http_server(deployment, dst_host)
     code = curl_code(deployment, src, dst_ip)
-    assert code == "200", _path_report(deployment, src, dst_ip)
+    assert code == "200", _path_report(deployment, src, dst_ip, dst_host)
 
 
-def _path_report(dep, src: str, ip: str) -> str:
+def _path_report(dep, src: str, ip: str, dst: str) -> str:
     """What a failed connection's path looked like: every HA member's state, the source's
     routes and neighbours, and whether each CC routes (its nftables table)."""
     states = {m: dep.member_state(m) for p in dep.plan.pairs for m in p.members}
     routers = {h: dep[h].cmd("nft list table ip eucalab 2>&1 | grep -c counter").strip()
                for p in dep.plan.pairs if p.kind == "cc" for h in p.members}
-    return (f"no answer from {ip} on {src}; states {states}; forward rules per CC {routers}\n"
-            + dep[src].cmd("ip route; ip neigh"))
+    report = f"no answer from {ip} on {src}; states {states}; forward rules per CC {routers}\n"
+    # Each hop's view: the source, the CCs (routers) and the destination, then whether the
+    # path came back by itself a second later (a transient or a lasting fault).
+    hosts = [src] + [h for p in dep.plan.pairs if p.kind == "cc" for h in p.members] + [dst]
+    for h in dict.fromkeys(hosts):
+        report += f"== {h}\n" + dep[h].cmd("ip -4 -o addr show | awk '{print $2, $4}'; ip route; ip neigh; "
+                                          "nft list table ip eucalab 2>/dev/null | grep counter")
+    # What the controller did lately (switch disconnects, intents applied, errors).
+    log = dep.run_dir / "controller" / "events.jsonl"
+    if log.exists():
+        report += "== controller, last events\n" + "\n".join(log.read_text().splitlines()[-15:]) + "\n"
+    time.sleep(1)
+    return report + f"== a second later: {curl_code(dep, src, ip)}"
+
 
 
 def test_nc_not_reachable_from_users(deployment):
