@@ -338,19 +338,6 @@ def apply_router(config: RouterConfig, primary: bool) -> dict:
     return {"added": added_priv + added_pub, "announced": announced}
 
 
-def prepare_router(config: RouterConfig) -> None:
-    """The primary's rules and sysctls without its addresses: nothing is routed here yet
-    (no neighbour sends this host the gateways' or elastic IPs' traffic), and the
-    ``apply_router`` that follows has only the addresses left to change."""
-    for key, value in config.sysctls.items():
-        (PROC_SYS / key.replace(".", "/")).write_text(value + "\n")
-    _KERNEL.load_rules(config.ruleset)
-
-
-async def prepare_router_async(config: RouterConfig) -> None:
-    await asyncio.to_thread(prepare_router, config)
-
-
 async def apply_router_async(config: RouterConfig, primary: bool) -> dict:
     """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
     thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls."""

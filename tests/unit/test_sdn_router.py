@@ -238,16 +238,6 @@ def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
         nft.run("table ip eucalab {")
 
 
-def test_prepare_loads_the_rules_and_draws_no_traffic_then_apply_adds_only_the_addresses(fake):
-    cfg = render_router(INTENT, HOST)
-    router.prepare_router(cfg)
-    assert fake.restored == [cfg.ruleset] and fake.announced == []
-    assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
-    apply_router(cfg, primary=True)
-    assert fake.restored == [cfg.ruleset]  # the rules were there already: no second load
-    assert "10.0.128.5/16" in fake.addresses["c1cc1-eth0"] and ("c1cc1-eth0", "10.0.128.5") in fake.announced
-
-
 def test_the_primary_knows_every_instances_mac_without_arp_and_sets_each_once(fake):
     cfg = render_router(INTENT, HOST)
     assert cfg.neighbours == {"10.101.16.2": "d0:0d:0a:65:10:02", "10.101.16.18": "d0:0d:0a:65:10:12"}
