@@ -149,6 +149,7 @@ class HAAgent:
         self.fenced_since: float | None = None
         self.fence_seq = 0  # first heartbeat sent after the freeze: the peer must acknowledge it
         self.hold_until = now + self.window + self.interval  # listen before claiming anything
+        self.paused_until = 0.0  # after this process missed a tick: the peer counts as heard until then
         self.peer_dead_reported = False
         self.last_seq: Callable[[], int] = lambda: 0
         self.on_promote: Callable[[int], Awaitable[None]] | None = None
@@ -227,7 +228,7 @@ class HAAgent:
 
     def peer_alive(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
-        return self.peer.heard is not None and now - self.peer.heard <= self.window
+        return self.peer.heard is not None and (now - self.peer.heard <= self.window or now < self.paused_until)
 
     def all_arbitrators_failed(self) -> bool:
         return bool(self.arbitrators) and all(a.failed for a in self.arbitrators)
@@ -411,6 +412,19 @@ class HAAgent:
         """One heartbeat period: freeze check, heartbeat, decision."""
         now = self.clock()
         late = now - self.last_tick
+        if late > 2 * self.interval and self.peer.heard is not None and self.last_tick - self.peer.heard <= self.window:
+            # This process missed a whole tick while its peer was alive: it was not scheduled
+            # (a starved host, or a virtual machine its hypervisor paused, which pauses the
+            # peer too: 5 members here once woke 150-166 ms late together, and a secondary
+            # that did not count itself frozen declared its equally paused peer dead). The
+            # silence over the pause is no evidence: the peer counts as heard for one more
+            # interval (corosync's "process pause detected" does the same for its token).
+            self.paused_until = now + self.interval
+            if late <= self.window:  # longer: ha.frozen below says it
+                self.events.emit("ha.paused", late_s=round(late, 4), state=self.svc.state.value)
+            if self._tasks:
+                asyncio.get_running_loop().call_later(self.interval + 0.0005,
+                                                      lambda: self._spawn(self._decide("silence")))
         if late > self.window:
             # This process did not run for a whole window: what it knows is stale and the
             # peer may have taken over. Listen again before claiming anything, and if it

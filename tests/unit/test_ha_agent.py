@@ -198,6 +198,28 @@ def test_a_frozen_primary_refuses_to_serve_and_judges_only_fresh_heartbeats(tmp_
     assert not agent.may_serve()
 
 
+@pytest.mark.parametrize("paused", [True, False])
+def test_a_member_that_missed_a_tick_gives_its_peer_one_more_interval(tmp_path, paused):
+    """A pause of this process (or of the whole machine, which pauses the peer too) is no
+    evidence that the peer died; a peer silent while this member kept ticking is."""
+    svc, agent = make_agent(tmp_path, role="secondary")
+    agent._transport = type("T", (), {"sendto": lambda self, m, a: None})()
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, priority=1))
+    now = _mono()
+    agent.peer.heard = now - 0.16  # silent for more than the window (150 ms) ...
+    agent.last_tick = now - 0.13 if paused else now - 0.05  # ... across a pause of this process, or not
+    run_in_loop(agent.tick)
+    decide(agent)
+    if paused:
+        assert svc.state is ServiceState.DISABLED and agent.peer_alive()
+        assert "ha.paused" in events(tmp_path) and "ha.peer_dead" not in events(tmp_path)
+        run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, priority=1))  # it woke up too
+        decide(agent)
+        assert svc.state is ServiceState.DISABLED
+    else:
+        assert svc.state is ServiceState.ENABLED and "ha.paused" not in events(tmp_path)
+
+
 @pytest.mark.parametrize("state", ["DISABLED", "NOTREADY"])
 def test_only_an_enabled_member_serves(tmp_path, state):
     svc, agent = make_agent(tmp_path, state=state)
