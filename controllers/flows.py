@@ -123,11 +123,19 @@ def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict
     for name in topo.switches:
         if topo.network_of(name) not in managed_nets:
             out[name] = [Flow.make(TABLE_INGRESS, PRIO_MISS, {}, [("normal",)])]
-    for net, k in managed_nets.items():
-        out.update(_managed_network(topo, net, intents.get(k)))
+    for k in managed_nets.values():
+        out.update(cluster_flows(topo, k, intents.get(k)))
     for name, flows in vip_flows(topo, vips or {}).items():
         out[name] = out.get(name, []) + flows
     return out
+
+
+def cluster_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, list[Flow]]:
+    """The flows of one cluster's private network for its intent: all that an intent of
+    that cluster changes (empty unless MANAGED: the other modes' switches run NORMAL)."""
+    if topo.mode != "MANAGED":
+        return {}
+    return _managed_network(topo, topo.private_network(cluster), intent)
 
 
 def vip_flows(topo: Topology, vips: dict[str, dict]) -> dict[str, list[Flow]]:

@@ -169,7 +169,7 @@ class Fabric(app_manager.OSKenApp):
                 return
             present = {s.cookie for s in self._stats.pop(name)}
             self.installed[name] = present
-            added, removed = self._push(name)
+            added, removed, _ = self._push(name)
             self.synced.add(name)
             ready = not self._ready and self.synced >= set(self.topo.switches)
             if ready:
@@ -200,8 +200,15 @@ class Fabric(app_manager.OSKenApp):
 
     # -- pushing flows ---------------------------------------------------------------------
 
-    def _push(self, name: str) -> tuple[int, int]:
-        """Send one switch the difference between what it holds and what it should (lock held)."""
+    def _push(self, name: str, barrier: bool = False) -> tuple[int, int, threading.Event | None]:
+        """Send one switch the difference between what it holds and what it should (lock held);
+        with ``barrier``, a barrier after it when anything changed, and the event its reply sets.
+
+        One buffer per switch: os-ken queues each message for the switch's send thread
+        (16 at most, then the sender blocks), and a takeover's 20 flow mods sent one by one
+        took 3.2 ms p50 of thread hand-offs on a loaded host. OpenFlow is a byte stream, so
+        the messages go in one write, in order.
+        """
         dp = self.datapaths[name]
         wanted = self.wanted.get(name, [])
         have = self.installed.setdefault(name, set())
@@ -210,42 +217,51 @@ class Fabric(app_manager.OSKenApp):
         deletes = sorted(have - want_cookies)
         # Adds first: a changed flow (same match and priority) is replaced in place,
         # so the delete of its old cookie finds nothing and no packet sees a gap.
-        for f in adds:
-            dp.send_msg(flow_add(dp, f))
-        for cookie in deletes:
-            dp.send_msg(flow_delete(dp, cookie))
+        msgs = [flow_add(dp, f) for f in adds] + [flow_delete(dp, cookie) for cookie in deletes]
+        done = None
+        if barrier and msgs:
+            msgs.append(dp.ofproto_parser.OFPBarrierRequest(dp))
+        for msg in msgs:
+            dp.set_xid(msg)
+            msg.serialize()
+        if barrier and msgs:
+            done = threading.Event()
+            self._barriers[(name, msgs[-1].xid)] = done
+        if msgs:
+            dp.send(b"".join(m.buf for m in msgs))
         self.installed[name] = want_cookies | (have - set(deletes))
-        return len(adds), len(deletes)
-
-    def _barrier(self, name: str) -> threading.Event:
-        dp = self.datapaths[name]
-        req = dp.ofproto_parser.OFPBarrierRequest(dp)
-        xid = dp.set_xid(req)
-        done = threading.Event()
-        self._barriers[(name, xid)] = done
-        dp.send_msg(req)
-        return done
+        return len(adds), len(deletes), done
 
     def _compute(self) -> dict[str, list[Flow]]:
         return fl.compute_flows(self.topo, self.store.snapshot(), self.vips.snapshot())
 
-    def _push_all(self) -> tuple[int, int, list[threading.Event]]:
-        """Recompute the wanted flows and send every synced switch its difference (lock held)."""
-        self.wanted = self._compute()
+    def _push_all(self, cluster: int | None = None) -> tuple[int, int, list[threading.Event]]:
+        """Recompute the wanted flows and send every synced switch its difference (lock held).
+
+        With ``cluster``, only that cluster's private network: an intent changes nothing
+        else, and a takeover waits on this (the whole deployment took 1.4 ms p50 to
+        compute under load)."""
+        if cluster is None:
+            self.wanted = self._compute()
+            names = self.synced
+        else:
+            part = fl.cluster_flows(self.topo, cluster, self.store.snapshot().get(cluster))
+            self.wanted.update(part)
+            names = self.synced & set(part)
         added = removed = 0
         waits = []
-        for name in sorted(self.synced):
-            a, r = self._push(name)
+        for name in sorted(names):
+            a, r, done = self._push(name, barrier=True)
             added, removed = added + a, removed + r
-            if a or r:
-                waits.append(self._barrier(name))
+            if done is not None:
+                waits.append(done)
         return added, removed, waits
 
     def apply(self, intent: dict, previous: dict | None) -> dict:
         """Bring every connected switch to the flows of the accepted intents; wait for them."""
         t0 = time.monotonic()
         with self.lock:
-            added, removed, waits = self._push_all()
+            added, removed, waits = self._push_all(intent["cluster"])
             outs = fl.announcements(self.topo, intent, previous)
         installed = all(w.wait(self.barrier_timeout) for w in waits)
         with self.lock:

@@ -11,7 +11,7 @@ import copy
 import pytest
 
 from controllers.fakeoftable import FakeFabric
-from controllers.flows import compute_flows
+from controllers.flows import cluster_flows, compute_flows
 from controllers.topology import Topology
 from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
@@ -217,3 +217,24 @@ def test_system_mode_is_flat_normal_everywhere():
     validate(flat, 1, topo)
     flows = compute_flows(topo, {1: flat})
     assert all(len(f) == 1 and f[0].actions == (("normal",),) for f in flows.values())
+
+
+def test_an_intent_changes_only_its_own_clusters_switches():
+    """The controller recomputes only the cluster an intent is for: that must be all that
+    the intent changes in the whole deployment's flows."""
+    spec = DeploymentSpec(name="t", clusters=2, ncs_per_cluster=2, vm_slots_per_nc=2,
+                          ha=HASpec(clc=False, walrus=False, cc=True, sc=False))
+    spec.arbitrators.per_host = 0
+    plan = build_plan(spec)
+    from dataclasses import asdict
+
+    topo = Topology.from_dict({"mode": "MANAGED", "switches": plan.switch_ports(),
+                               "pairs": [asdict(p) for p in plan.pairs]})
+    before = compute_flows(topo, {1: intent(), 2: None})
+    changed = intent(primary="c1cc2")
+    after = compute_flows(topo, {1: changed, 2: None})
+    part = cluster_flows(topo, 1, changed)
+    assert set(part) == set(topo.switches_of(topo.private_network(1)))
+    assert {s: after[s] for s in part} == part
+    assert {s for s in after if after[s] != before[s]} <= set(part)
+    assert {s for s in after if after[s] != before[s]}  # the takeover did change something
