@@ -87,9 +87,17 @@ def _path_report(dep, src: str, ip: str, dst: str) -> str:
     # Each hop's view: the source, the CCs (routers) and the destination, then whether the
     # path came back by itself a second later (a transient or a lasting fault).
     hosts = [src] + [h for p in dep.plan.pairs if p.kind == "cc" for h in p.members] + [dst]
+    report += f"now {time.monotonic():.3f}\n"
     for h in dict.fromkeys(hosts):
         report += f"== {h}\n" + dep[h].cmd("ip -4 -o addr show | awk '{print $2, $4}'; ip route; ip neigh; "
                                           "nft list table ip eucalab 2>/dev/null | grep counter")
+        try:  # what its component did lately (a freeze, a VIP let go, a router change)
+            recent = [e for e in dep.process(h).events() if e["event"] != "state.write"][-6:]
+        except KeyError:
+            recent = []
+        report += "".join(f"  {e['t_mono']:.3f} {e['event']} "
+                          + str({k: v for k, v in e.items() if k not in ("t_mono", "t_wall", "host", "component", "event")})[:160]
+                          + "\n" for e in recent)
     # What the controller did lately (switch disconnects, intents applied, errors).
     log = dep.run_dir / "controller" / "events.jsonl"
     if log.exists():
