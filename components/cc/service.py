@@ -453,11 +453,12 @@ class ClusterController(Service):
         controller = self.intent_http is not None and Path(self.config["control_socket"]).exists()
         async with self._intent_lock:
             # A new primary pushes its intent and takes the router (rules, addresses, every
-            # instance's neighbour entry) at once: what the switches drop from this host until
-            # the controller has the intent, its gratuitous ARPs into the groups' VLANs, the
-            # controller sends itself once its flows are in, and the first routed packet waits
-            # on no ARP request (the neighbour entries are set). Pushing first and taking the
-            # addresses after made the takeover 14.0 ms p50, 24.8 ms max over 60 CC failovers.
+            # instance's neighbour entry) at the same time. Until the controller has the
+            # intent the switches drop this host's frames in the groups' VLANs; that loses
+            # nothing: the controller announces the group gateways itself once its flows are
+            # in, and the first routed packet needs no ARP request (the neighbour entries are
+            # set). Pushing first and taking the addresses after made the takeover 14.0 ms
+            # p50, 24.8 ms max over 60 CC failovers; both at once, 10.6 and 23.0.
             if reason == "promoted" and controller:
                 published, _ = await asyncio.gather(self._push_intent(intent, reason),
                                                     self._apply_router(intent, force))

@@ -95,9 +95,9 @@ def _path_report(dep, src: str, ip: str, dst: str) -> str:
             recent = [e for e in dep.process(h).events() if e["event"] != "state.write"][-6:]
         except KeyError:
             recent = []
+        skip = ("t_mono", "t_wall", "host", "component", "event")
         report += "".join(f"  {e['t_mono']:.3f} {e['event']} "
-                          + str({k: v for k, v in e.items() if k not in ("t_mono", "t_wall", "host", "component", "event")})[:160]
-                          + "\n" for e in recent)
+                          + str({k: v for k, v in e.items() if k not in skip})[:160] + "\n" for e in recent)
     # What the controller did lately (switch disconnects, intents applied, errors).
     log = dep.run_dir / "controller" / "events.jsonl"
     if log.exists():
