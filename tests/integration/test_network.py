@@ -78,8 +78,10 @@ def test_tcp_between_tiers(deployment, src, dst_host, dst_ip):
 
 
 def _path_report(dep, src: str, ip: str, dst: str) -> str:
-    """What a failed connection's path looked like: every HA member's state, the source's
-    routes and neighbours, and whether each CC routes (its nftables table)."""
+    """What a failed connection's path looked like: every HA member's state, then for the
+    source, each CC and the destination its addresses, routes, neighbours, nftables
+    counters and last component events, the controller's last events, and whether the
+    path answers a second later."""
     states = {m: dep.member_state(m) for p in dep.plan.pairs for m in p.members}
     routers = {h: dep[h].cmd("nft list table ip eucalab 2>&1 | grep -c counter").strip()
                for p in dep.plan.pairs if p.kind == "cc" for h in p.members}
@@ -104,7 +106,6 @@ def _path_report(dep, src: str, ip: str, dst: str) -> str:
         report += "== controller, last events\n" + "\n".join(log.read_text().splitlines()[-15:]) + "\n"
     time.sleep(1)
     return report + f"== a second later: {curl_code(dep, src, ip)}"
-
 
 
 def test_nc_not_reachable_from_users(deployment):
