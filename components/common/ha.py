@@ -387,15 +387,17 @@ class HAAgent:
         if urgent:
             self._spawn(self._decide("heartbeat"))
 
-    def _arm_deadline(self) -> None:
-        """Check for silence exactly one window after this heartbeat, not at the next tick:
-        detection then costs misses x interval, not up to one interval more."""
+    def _arm_deadline(self, after: float | None = None) -> None:
+        """Check for silence exactly one window after this heartbeat (or ``after`` seconds
+        from now), not at the next tick: detection then costs misses x interval, not up to
+        one interval more."""
         if not self._tasks:
             return  # not started (unit tests drive decisions through tick())
         loop = asyncio.get_running_loop()
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = loop.call_later(self.window + 0.0005, lambda: self._spawn(self._decide("silence")))
+        delay = self.window if after is None else after
+        self._deadline = loop.call_later(delay + 0.0005, lambda: self._spawn(self._decide("silence")))
 
     async def _ticker(self) -> None:
         next_at = self.clock()
@@ -422,9 +424,7 @@ class HAAgent:
             self.paused_until = now + self.interval
             if late <= self.window:  # longer: ha.frozen below says it
                 self.events.emit("ha.paused", late_s=round(late, 4), state=self.svc.state.value)
-            if self._tasks:
-                asyncio.get_running_loop().call_later(self.interval + 0.0005,
-                                                      lambda: self._spawn(self._decide("silence")))
+            self._arm_deadline(after=self.interval)  # judge again when the grace ends
         if late > self.window:
             # This process did not run for a whole window: what it knows is stale and the
             # peer may have taken over. Listen again before claiming anything, and if it

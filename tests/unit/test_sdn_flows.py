@@ -20,8 +20,8 @@ GW_A, GW_B, GW_C = "10.101.16.1", "10.101.16.17", "10.101.16.33"
 BCAST = "ff:ff:ff:ff:ff:ff"
 
 
-def topology(mode: NetworkMode = NetworkMode.MANAGED) -> Topology:
-    spec = DeploymentSpec(name="t", clusters=1, ncs_per_cluster=2, vm_slots_per_nc=2, mode=mode,
+def topology(mode: NetworkMode = NetworkMode.MANAGED, clusters: int = 1) -> Topology:
+    spec = DeploymentSpec(name="t", clusters=clusters, ncs_per_cluster=2, vm_slots_per_nc=2, mode=mode,
                           ha=HASpec(clc=False, walrus=False, cc=True, sc=False))
     spec.arbitrators.per_host = 0
     plan = build_plan(spec)
@@ -222,14 +222,7 @@ def test_system_mode_is_flat_normal_everywhere():
 def test_an_intent_changes_only_its_own_clusters_switches():
     """The controller recomputes only the cluster an intent is for: that must be all that
     the intent changes in the whole deployment's flows."""
-    spec = DeploymentSpec(name="t", clusters=2, ncs_per_cluster=2, vm_slots_per_nc=2,
-                          ha=HASpec(clc=False, walrus=False, cc=True, sc=False))
-    spec.arbitrators.per_host = 0
-    plan = build_plan(spec)
-    from dataclasses import asdict
-
-    topo = Topology.from_dict({"mode": "MANAGED", "switches": plan.switch_ports(),
-                               "pairs": [asdict(p) for p in plan.pairs]})
+    topo = topology(clusters=2)
     before = compute_flows(topo, {1: intent(), 2: None})
     changed = intent(primary="c1cc2")
     after = compute_flows(topo, {1: changed, 2: None})
