@@ -2,8 +2,8 @@
 
 One os-ken process in the root namespace owns every bridge of the deployment (it
 listens on loopback; the bridges are fail-secure). It reads ``RUN/topology.json``,
-serves the intent API on ``RUN/control.sock``, keeps accepted intents, VIP
-redirects and its events under ``RUN/controller/``, and logs ``controller.ready`` once every switch
+serves the intent API on ``RUN/control.sock``, keeps accepted intents, standby
+reports, VIP redirects and its events under ``RUN/controller/``, and logs ``controller.ready`` once every switch
 is connected and synchronised.
 
 SIGTERM and SIGINT end it cleanly with exit code 0. os-ken's native hub cannot stop
@@ -27,7 +27,7 @@ from pathlib import Path
 from components.common.events import EventLog
 
 from .api import IntentAPI, serve
-from .intent import IntentStore
+from .intent import IntentStore, StandbyStore
 from .topology import Topology
 from .vips import VipStore
 
@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     topo = Topology.load(topology_file)
     store = IntentStore(cdir, topo)
     vips = VipStore(cdir, topo)
+    standbys = StandbyStore(cdir, topo)
     from . import oskit  # os-ken only once the process is set up
 
-    fabric = oskit.start(topo, store, vips, events, args.host, args.port)
+    fabric = oskit.start(topo, store, vips, standbys, events, args.host, args.port)
     api = IntentAPI(store, fabric.apply, events=events, vips=vips, apply_redirect=fabric.apply_redirect,
+                    standbys=standbys, apply_standby=fabric.apply_standby,
                     health=lambda: {"switches": len(topo.switches), "synced": len(fabric.synced),
                                     "clusters": {str(k): v["epoch"] for k, v in store.snapshot().items()},
                                     "vips": {k: v["epoch"] for k, v in vips.snapshot().items()}})
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     server.shutdown()
     server.server_close()
-    store.flush()
-    vips.flush()
+    for s in (store, vips, standbys):
+        s.flush()
     (run_dir / "control.sock").unlink(missing_ok=True)
     events.emit("controller.stop", signal=signal.Signals(received[0]).name)
     events.close()

@@ -7,7 +7,12 @@ emulated host. Standard library only (os-ken 4.x's native hub has no WSGI server
     PUT /intent/clusters/{k}   200 {"accepted": true, "epoch": E, ...}
                                409 {"error": "stale epoch", "current": E}
                                400 {"error": "<field>: <what is wrong>"}
+    PUT /intent/clusters/{k}/standby
+                               200 {"accepted": true, "epoch": E, "staged": bool, ...}  (a withdrawn secondary CC)
+                               409 {"error": "stale epoch" | "<host> is the primary", "current": E}
+                               400 {"error": "<field>: <what is wrong>"}
     GET /intent                {"clusters": {"1": intent, ...}}
+    GET /intent/standby        {"clusters": {"1": {"host", "epoch", "staged"}, ...}}
     PUT /vips/{pair}           200 {"accepted": true, "epoch": E, "primary": host, ...}  (takeover sdn)
                                409 {"error": "stale epoch", "current": E}
                                400 {"error": "<field>: <what is wrong>"}
@@ -26,13 +31,14 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .intent import IntentError, StaleEpoch
+from .intent import IntentError, StaleEpoch, staged_standby
 from .vips import virtual_mac
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
 _CLUSTER_PATH = re.compile(r"^/intent/clusters/(\d+)$")
+_STANDBY_PATH = re.compile(r"^/intent/clusters/(\d+)/standby$")
 _VIP_PATH = re.compile(r"^/vips/([a-z0-9]+)$")
 
 
@@ -65,6 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, api.health())
         elif self.path == "/intent":
             self._reply(200, {"clusters": {str(k): v for k, v in sorted(api.store.snapshot().items())}})
+        elif self.path == "/intent/standby":
+            self._reply(200, {"clusters": api.standby_table()})
         elif self.path == "/vips":
             self._reply(200, {"pairs": api.vip_table()})
         else:
@@ -73,10 +81,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:  # noqa: N802
         api: IntentAPI = self.server.api
         cluster, vip = _CLUSTER_PATH.match(self.path), _VIP_PATH.match(self.path)
-        if not cluster and not vip:
+        standby = _STANDBY_PATH.match(self.path)
+        if not cluster and not vip and not standby:
             self._reply(404, {"error": f"no resource {self.path}"})
             return
-        what = "intent" if cluster else "redirect"
+        what = "intent" if cluster else "standby" if standby else "redirect"
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
             self._reply(413, {"error": f"{what} larger than {MAX_BODY} bytes"})
@@ -91,20 +100,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if cluster:
             status, answer = api.put(int(cluster.group(1)), body)
+        elif standby:
+            status, answer = api.put_standby(int(standby.group(1)), body)
         else:
             status, answer = api.put_vip(vip.group(1), body)
         self._reply(status, answer)
 
 
 class IntentAPI:
-    """Validates, stores and applies intents and VIP redirects; ``apply`` and
-    ``apply_redirect`` are the fabric's (or a test's)."""
+    """Validates, stores and applies intents, standby reports and VIP redirects; ``apply``,
+    ``apply_standby`` and ``apply_redirect`` are the fabric's (or a test's)."""
 
-    def __init__(self, store, apply, health=None, events=None, vips=None, apply_redirect=None):
+    def __init__(self, store, apply, health=None, events=None, vips=None, apply_redirect=None,
+                 standbys=None, apply_standby=None):
         self.store = store
         self._apply = apply
         self.vips = vips
         self._apply_redirect = apply_redirect
+        self.standbys = standbys
+        self._apply_standby = apply_standby
         self._health = health or (lambda: {})
         self.events = events
         # One intent at a time: epochs are checked and flows pushed in arrival order.
@@ -124,6 +138,45 @@ class IntentAPI:
                        groups=len(intent["groups"]), instances=len(intent["instances"]))
             result = self._apply(intent, previous)
         return 200, {"accepted": True, "epoch": intent["epoch"], **result}
+
+    def put_standby(self, cluster: int, body) -> tuple[int, dict]:
+        """A secondary CC that holds no router asks to be kept ready (``intent.staged_standby``).
+
+        Refused below the epoch of the cluster's accepted intent (a report sent before a
+        newer primary's intent: its sender may have been primary since), and from the
+        intent's own primary (it routes already)."""
+        if self.standbys is None:
+            return 404, {"error": "this controller keeps no standby CCs"}
+        with self._lock:
+            intent = self.store.snapshot().get(cluster)
+            epoch, host = (body.get("epoch"), body.get("host")) if isinstance(body, dict) else (None, None)
+            if intent is not None and isinstance(epoch, int) and epoch < intent["epoch"]:
+                self._emit("standby.stale", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
+                return 409, {"error": "stale epoch", "current": intent["epoch"]}
+            if intent is not None and host == intent["primary_cc"]:
+                self._emit("standby.refused", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
+                return 409, {"error": f"{host} is the primary", "current": intent["epoch"]}
+            try:
+                standby, _ = self.standbys.put(cluster, body)
+            except IntentError as exc:
+                self._emit("standby.rejected", cluster=cluster, error=str(exc))
+                return 400, {"error": str(exc)}
+            except StaleEpoch as exc:
+                self._emit("standby.stale", cluster=cluster, host=host, epoch=epoch, current=exc.current)
+                return 409, {"error": "stale epoch", "current": exc.current}
+            staged = staged_standby(intent, standby) == standby["host"]
+            self._emit("standby.accepted", cluster=cluster, host=standby["host"], epoch=standby["epoch"],
+                       staged=staged)
+            result = self._apply_standby(cluster, standby, staged)
+        return 200, {"accepted": True, "epoch": standby["epoch"], "staged": staged, **result}
+
+    def standby_table(self) -> dict:
+        """Every cluster's standby report and whether the switches hold it ready now."""
+        if self.standbys is None:
+            return {}
+        intents = self.store.snapshot()
+        return {str(k): dict(v, staged=staged_standby(intents.get(k), v) == v["host"])
+                for k, v in sorted(self.standbys.snapshot().items())}
 
     def put_vip(self, pair: str, body) -> tuple[int, dict]:
         """A promoted member claims its pair's VIP (takeover sdn); refused below the newest epoch."""

@@ -17,7 +17,11 @@ MANAGED private networks (one per cluster) get proactive flows, two tables:
   flow per known destination MAC towards its port, popping the tag at the host
   port, plus one flood flow for broadcast and multicast over the members of that
   VLAN only. Unknown destinations are dropped, never flooded. Only the primary CC is
-  a member of the groups' VLANs: that is the steering of routed traffic.
+  a member of the groups' VLANs: that is the steering of routed traffic. The staged
+  standby CC (``intent.staged_standby``: a secondary that reported its router
+  withdrawn) is a member too, and its frames are classified like the primary's, so
+  that it routes the moment it takes over, before the controller hears of it; holding
+  no gateway address until then, it answers nobody.
 
 Every other switch (cloud, user, external networks; private networks in SYSTEM,
 STATIC and MANAGED-NOVLAN, where isolation is the CC's iptables only, the weakness
@@ -41,6 +45,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from .intent import staged_standby
 from .topology import HostPort, Topology
 from .vips import virtual_mac
 
@@ -113,9 +118,10 @@ class _Member:
     mac: str
 
 
-def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict] | None = None
-                  ) -> dict[str, list[Flow]]:
-    """Every switch's wanted flows, by switch name (``vips``: accepted redirects by pair)."""
+def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict] | None = None,
+                  standbys: dict[int, dict] | None = None) -> dict[str, list[Flow]]:
+    """Every switch's wanted flows, by switch name (``vips``: accepted redirects by pair;
+    ``standbys``: the standby CCs' reports by cluster)."""
     out: dict[str, list[Flow]] = {}
     managed_nets = {}
     if topo.mode == "MANAGED":
@@ -124,18 +130,19 @@ def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict
         if topo.network_of(name) not in managed_nets:
             out[name] = [Flow.make(TABLE_INGRESS, PRIO_MISS, {}, [("normal",)])]
     for k in managed_nets.values():
-        out.update(cluster_flows(topo, k, intents.get(k)))
+        out.update(cluster_flows(topo, k, intents.get(k), (standbys or {}).get(k)))
     for name, flows in vip_flows(topo, vips or {}).items():
         out[name] = out.get(name, []) + flows
     return out
 
 
-def cluster_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, list[Flow]]:
-    """The flows of one cluster's private network for its intent: all that an intent of
-    that cluster changes (empty unless MANAGED: the other modes' switches run NORMAL)."""
+def cluster_flows(topo: Topology, cluster: int, intent: dict | None, standby: dict | None = None
+                  ) -> dict[str, list[Flow]]:
+    """The flows of one cluster's private network for its intent and standby report: all
+    that either changes (empty unless MANAGED: the other modes' switches run NORMAL)."""
     if topo.mode != "MANAGED":
         return {}
-    return _managed_network(topo, topo.private_network(cluster), intent)
+    return _managed_network(topo, topo.private_network(cluster), intent, staged_standby(intent, standby))
 
 
 def vip_flows(topo: Topology, vips: dict[str, dict]) -> dict[str, list[Flow]]:
@@ -190,21 +197,22 @@ def vip_flows(topo: Topology, vips: dict[str, dict]) -> dict[str, list[Flow]]:
     return out
 
 
-def _managed_network(topo: Topology, net: str, intent: dict | None) -> dict[str, list[Flow]]:
+def _managed_network(topo: Topology, net: str, intent: dict | None, standby: str | None
+                     ) -> dict[str, list[Flow]]:
     hops = topo.next_hops(net)
     tree = topo.tree_edges(net)
     host_ports = topo.host_ports(net)
     infra = [hp for hp in host_ports if hp.kind != "slot"]
     slot_ports = {hp.host: hp for hp in host_ports if hp.kind == "slot"}
     groups = {g["id"]: g for g in (intent or {}).get("groups", [])}
-    primary = (intent or {}).get("primary_cc")
-    primary_hp = next((hp for hp in infra if hp.host == primary), None)
+    # The CCs in the groups' VLANs: the primary, and the staged standby beside it.
+    routers = [hp for name in ((intent or {}).get("primary_cc"), standby) for hp in infra if hp.host == name]
 
     # Broadcast domains: None is the untagged cluster infrastructure, a VLAN is a group.
     members: dict[int | None, list[_Member]] = {None: [_Member(hp.switch, hp.port, hp.mac) for hp in infra]}
     placed: dict[str, tuple[dict, dict]] = {}  # slot -> (instance, group)
     for g in groups.values():
-        members[g["vlan"]] = [_Member(primary_hp.switch, primary_hp.port, primary_hp.mac)] if primary_hp else []
+        members[g["vlan"]] = [_Member(hp.switch, hp.port, hp.mac) for hp in routers]
     for inst in (intent or {}).get("instances", []):
         hp = slot_ports.get(inst.get("slot") or "")
         if hp is None:
@@ -222,7 +230,7 @@ def _managed_network(topo: Topology, net: str, intent: dict | None) -> dict[str,
         for hp in host_ports:
             if hp.switch != s:
                 continue
-            f.extend(_ingress(hp, placed.get(hp.host), groups if hp is primary_hp else {}))
+            f.extend(_ingress(hp, placed.get(hp.host), groups if hp in routers else {}))
         for vlan, mems in members.items():
             f.extend(_forwarding(s, vlan, mems, hops[s], tree, topo))
         flows[s] = f

@@ -307,6 +307,41 @@ class EpochStore:
         return self._writer.flush(timeout)
 
 
+def validate_standby(body, cluster: int, topo: Topology) -> dict:
+    """Check a standby report ({"host": CC, "epoch": E}); returns it normalised."""
+    if not isinstance(body, dict):
+        raise IntentError("standby: expected a JSON object")
+    _unknown(body, {"host", "epoch"}, "standby")
+    if cluster not in topo.clusters():
+        raise IntentError(f"standby: no cluster {cluster} in this deployment")
+    host = _need(body, "host", str, "standby")
+    if host not in topo.cc_members(cluster):
+        raise IntentError(f"standby.host: {host!r} is not a CC of cluster {cluster} "
+                          f"({', '.join(topo.cc_members(cluster))})")
+    epoch = _need(body, "epoch", int, "standby")
+    if epoch < 0:
+        raise IntentError("standby.epoch: must be >= 0")
+    return {"host": host, "epoch": epoch}
+
+
+def staged_standby(intent: dict | None, standby: dict | None) -> str | None:
+    """The CC the switches keep ready beside the primary (in the groups' VLANs), or None.
+
+    A secondary CC reports itself once it holds no router (no gateway address, no rule),
+    with the newest epoch it knows. It is staged while that report is at least as new
+    as the cluster's accepted intent and it is not that intent's primary. So a takeover
+    by the staged CC needs no flow change before its traffic flows, and the intent of a
+    new primary (a higher epoch) unstages everyone who reported before it: the old
+    primary, possibly only frozen and still holding the gateways, is out of the groups'
+    VLANs until it reports again, withdrawn, under the new epoch.
+    """
+    if not intent or not standby:
+        return None
+    if standby["host"] == intent["primary_cc"] or standby["epoch"] < intent["epoch"]:
+        return None
+    return standby["host"]
+
+
 class IntentStore(EpochStore):
     """The accepted intent of every cluster: ``<dir>/intent.json`` holds {"clusters": {"1": intent, ...}}."""
 
@@ -322,3 +357,17 @@ class IntentStore(EpochStore):
     def epoch(self, cluster: int) -> int | None:
         intent = self.records.get(cluster)
         return None if intent is None else intent["epoch"]
+
+
+class StandbyStore(EpochStore):
+    """Each cluster's standby CC as it last reported itself: ``<dir>/standby.json`` holds
+    {"clusters": {"1": {"host": ..., "epoch": E}}} (see ``staged_standby``)."""
+
+    file, section = "standby.json", "clusters"
+
+    @staticmethod
+    def _key(raw: str) -> int:
+        return int(raw)
+
+    def _validate(self, body, key) -> dict:
+        return validate_standby(body, key, self.topo)

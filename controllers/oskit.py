@@ -7,9 +7,9 @@ exactly that, by cookie:
 * a switch that connects (first start, or a restarted controller) is asked for its
   flows; only the difference to the wanted set is sent (adds, then deletes by
   cookie), so flows that stay are never touched and traffic keeps running;
-* an accepted intent recomputes the wanted set and sends each connected switch its
-  difference, followed by a barrier; the caller waits for the barriers, so when
-  ``apply`` returns the flows are in the switches.
+* an accepted intent (or standby report) recomputes the wanted set and sends each
+  connected switch its difference, followed by a barrier; the caller waits for the
+  barriers, so when ``apply`` returns the flows are in the switches.
 
 os-ken 4.x's native hub runs every app and every switch connection in its own
 thread; all state here is guarded by one lock.
@@ -31,7 +31,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from . import flows as fl
 from .flows import Flow
-from .intent import IntentStore
+from .intent import IntentStore, StandbyStore
 from .topology import Topology
 from .vips import VipStore
 
@@ -114,6 +114,7 @@ class Fabric(app_manager.OSKenApp):
         self.topo: Topology = _CONTEXT["topology"]
         self.store: IntentStore = _CONTEXT["store"]
         self.vips: VipStore = _CONTEXT["vips"]
+        self.standbys: StandbyStore = _CONTEXT["standbys"]
         self.eventlog = _CONTEXT["events"]  # self.events is os-ken's own queue
         self.barrier_timeout = _CONTEXT.get("barrier_timeout", 2.0)
         self.names = self.topo.switch_by_dpid()
@@ -233,7 +234,7 @@ class Fabric(app_manager.OSKenApp):
         return len(adds), len(deletes), done
 
     def _compute(self) -> dict[str, list[Flow]]:
-        return fl.compute_flows(self.topo, self.store.snapshot(), self.vips.snapshot())
+        return fl.compute_flows(self.topo, self.store.snapshot(), self.vips.snapshot(), self.standbys.snapshot())
 
     def _push_all(self, cluster: int | None = None) -> tuple[int, int, list[threading.Event]]:
         """Recompute the wanted flows and send every synced switch its difference (lock held).
@@ -245,7 +246,8 @@ class Fabric(app_manager.OSKenApp):
             self.wanted = self._compute()
             names = self.synced
         else:
-            part = fl.cluster_flows(self.topo, cluster, self.store.snapshot().get(cluster))
+            part = fl.cluster_flows(self.topo, cluster, self.store.snapshot().get(cluster),
+                                    self.standbys.snapshot().get(cluster))
             self.wanted.update(part)
             names = self.synced & set(part)
         added = removed = 0
@@ -276,6 +278,18 @@ class Fabric(app_manager.OSKenApp):
                   "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
         self.eventlog.emit("intent.applied", cluster=intent["cluster"], epoch=intent["epoch"],
                          primary_cc=intent["primary_cc"], announcements=len(outs), **result)
+        return result
+
+    def apply_standby(self, cluster: int, standby: dict, staged: bool) -> dict:
+        """Bring the cluster's switches to the flows with this standby report; wait for them."""
+        t0 = time.monotonic()
+        with self.lock:
+            added, removed, waits = self._push_all(cluster)
+        installed = all(w.wait(self.barrier_timeout) for w in waits)
+        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
+                  "seconds": round(time.monotonic() - t0, 4)}
+        self.eventlog.emit("standby.applied", cluster=cluster, host=standby["host"], epoch=standby["epoch"],
+                           staged=staged, **result)
         return result
 
     def apply_redirect(self, redirect: dict, previous: dict | None) -> dict:
@@ -314,7 +328,8 @@ def _log_thread_deaths() -> None:
     hub.HubThread._eucalab_logged = True
 
 
-def start(topo: Topology, store: IntentStore, vips: VipStore, events, host: str, port: int) -> Fabric:
+def start(topo: Topology, store: IntentStore, vips: VipStore, standbys: StandbyStore, events, host: str,
+          port: int) -> Fabric:
     """Start os-ken's OpenFlow server on host:port with the Fabric app; returns the app.
 
     The app threads are os-ken's (native hub); the caller keeps the main thread for
@@ -324,7 +339,7 @@ def start(topo: Topology, store: IntentStore, vips: VipStore, events, host: str,
     os_ken_cfg.CONF(args=[], project="os_ken", default_config_files=[])
     os_ken_cfg.CONF.set_override("ofp_listen_host", host)
     os_ken_cfg.CONF.set_override("ofp_tcp_listen_port", port)
-    _CONTEXT.update(topology=topo, store=store, vips=vips, events=events)
+    _CONTEXT.update(topology=topo, store=store, vips=vips, standbys=standbys, events=events)
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([__name__, "os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()

@@ -231,3 +231,57 @@ def test_an_intent_changes_only_its_own_clusters_switches():
     assert {s: after[s] for s in part} == part
     assert {s for s in after if after[s] != before[s]} <= set(part)
     assert {s for s in after if after[s] != before[s]}  # the takeover did change something
+
+
+# -- the staged standby CC ------------------------------------------------------------------
+
+def gw_garp(topo, host: str, gateway: str) -> dict:
+    """The gratuitous ARP a CC's kernel sends when it takes a group gateway."""
+    mac = cc_mac(topo, host)
+    return {"eth_src": mac, "eth_dst": BCAST, "eth_type": 0x0806, "arp_sha": mac, "arp_spa": gateway,
+            "arp_tpa": gateway}
+
+
+def test_a_staged_standby_routes_without_any_flow_change(topo):
+    """The secondary reported itself withdrawn at the intent's epoch: the switches carry its
+    frames into the groups' VLANs already, so when it takes the gateways it routes at once."""
+    standby = {"host": "c1cc2", "epoch": 1}
+    flows = compute_flows(topo, {1: intent()}, standbys={1: standby})
+    fab = FakeFabric(topo, flows)
+    assert fab.reached("c1cc2", gw_garp(topo, "c1cc2", GW_A), "priv1") == {"c1n1v1", "c1n2v1", "c1cc1"}
+    assert fab.reached("c1n1v1", ip_pkt("c1n1v1", cc_mac(topo, "c1cc2"), "10.0.0.10")) == {"c1cc2"}
+    back = {"eth_src": cc_mac(topo, "c1cc2"), "eth_dst": INST["c1n1v2"]["mac"], "eth_type": 0x0800,
+            "ipv4_src": "10.0.0.10", "ipv4_dst": INST["c1n1v2"]["ip"]}
+    assert fab.reached("c1cc2", back, "priv1") == {"c1n1v2"}
+    # Its promotion's intent changes nothing the traffic needs: the primary's flows stay.
+    promoted = dict(intent(primary="c1cc2"), epoch=2)
+    after = compute_flows(topo, {1: promoted}, standbys={1: standby})
+    before = {f.cookie for fs in flows.values() for f in fs}
+    assert FakeFabric(topo, after).reached("c1cc2", back, "priv1") == {"c1n1v2"}
+    needed = {f.cookie for s, fs in after.items() for f in fs if f.match_dict.get("in_port") ==
+              topo.host_port("c1cc2", "priv1").port or f.match_dict.get("eth_dst") == cc_mac(topo, "c1cc2")}
+    assert needed and needed <= before
+
+
+def test_a_new_primarys_intent_fences_the_old_one_until_it_reports_again(topo):
+    """c1cc2 promoted (epoch 2): c1cc1, maybe only frozen with the gateways still on it,
+    is out of every group's VLAN, whatever it reported before; its report under the new
+    epoch, sent once withdrawn, stages it again."""
+    promoted = dict(intent(primary="c1cc2"), epoch=2)
+    old_garp = gw_garp(topo, "c1cc1", GW_A)
+    for earlier in (None, {"host": "c1cc2", "epoch": 1}, {"host": "c1cc1", "epoch": 1}):
+        fab = FakeFabric(topo, compute_flows(topo, {1: promoted}, standbys={1: earlier} if earlier else {}))
+        # It reaches the cluster's untagged infrastructure only, no instance.
+        assert not any(h in INST for h in fab.reached("c1cc1", old_garp, "priv1"))
+        assert fab.send("c1n1v1", ip_pkt("c1n1v1", cc_mac(topo, "c1cc1"), "10.0.0.10")) == []
+        assert fab.reached("c1n1v1", arp("c1n1v1", GW_A)) == {"c1n2v1", "c1cc2"}
+    fab = FakeFabric(topo, compute_flows(topo, {1: promoted}, standbys={1: {"host": "c1cc1", "epoch": 2}}))
+    assert {"c1n1v1", "c1n2v1"} <= fab.reached("c1cc1", old_garp, "priv1")
+
+
+def test_the_standby_changes_only_its_own_ports_flows(topo):
+    flows = compute_flows(topo, {1: intent()})
+    staged = compute_flows(topo, {1: intent()}, standbys={1: {"host": "c1cc2", "epoch": 1}})
+    removed = {f.cookie for fs in flows.values() for f in fs} - {f.cookie for fs in staged.values() for f in fs}
+    # Only the VLANs' flood flows change (one more member); nothing is lost for anyone else.
+    assert all(f.priority == 5 for fs in flows.values() for f in fs if f.cookie in removed)

@@ -122,3 +122,53 @@ def _broken(mutate) -> str:
 ])
 def test_validation_names_the_field(mutate, field):
     assert field in _broken(mutate)
+
+
+@pytest.fixture
+def standby_api(tmp_path, topo):
+    from controllers.intent import StandbyStore
+
+    applied = []
+    api = IntentAPI(IntentStore(tmp_path, topo), lambda new, prev: {"installed": True},
+                    standbys=StandbyStore(tmp_path, topo),
+                    apply_standby=lambda k, rec, staged: applied.append((k, rec, staged)) or {"installed": True})
+    server = serve(tmp_path / "control.sock", api)
+    api.applied = applied
+    yield api, tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_standby_is_staged_at_the_intents_epoch_and_refused_below_it(standby_api):
+    a, path = standby_api
+    url = "/intent/clusters/1/standby"
+    # Before any intent: accepted, nothing to stage yet.
+    assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 0}) == (
+        200, {"accepted": True, "epoch": 0, "staged": False, "installed": True})
+    assert request(path, "PUT", "/intent/clusters/1", dict(intent(), epoch=3))[0] == 200
+    assert request(path, "GET", "/intent/standby") == (200, {"clusters": {"1": {"host": "c1cc2", "epoch": 0,
+                                                                               "staged": False}}})
+    # A report older than the accepted intent: its sender may have been primary since.
+    assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 2}) == (409, {"error": "stale epoch", "current": 3})
+    assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 3})[1]["staged"] is True
+    # The primary itself is never a standby.
+    assert request(path, "PUT", url, {"host": "c1cc1", "epoch": 3}) == (
+        409, {"error": "c1cc1 is the primary", "current": 3})
+    for body in ({"host": "c1n1", "epoch": 3}, {"host": "c1cc2"}, {"host": "c1cc2", "epoch": "3"},
+                 {"host": "c1cc2", "epoch": 3, "extra": 1}, [], b"{"):
+        status, answer = request(path, "PUT", url, body)
+        assert status == 400 and answer["error"], body
+    assert request(path, "PUT", "/intent/clusters/9/standby", {"host": "c1cc2", "epoch": 3})[0] == 400
+    assert [(k, rec["epoch"], staged) for k, rec, staged in a.applied] == [(1, 0, False), (1, 3, True)]
+    # A promotion (epoch 4, c1cc2 primary) unstages it; the GET says so.
+    assert request(path, "PUT", "/intent/clusters/1", dict(intent(primary="c1cc2"), epoch=4))[0] == 200
+    assert request(path, "GET", "/intent/standby")[1]["clusters"]["1"]["staged"] is False
+
+
+def test_standby_reports_survive_a_restart(tmp_path, topo):
+    from controllers.intent import StandbyStore
+
+    first = StandbyStore(tmp_path, topo)
+    first.put(1, {"host": "c1cc2", "epoch": 5})
+    assert first.flush()  # written off the request path, at once
+    assert StandbyStore(tmp_path, topo).snapshot() == {1: {"host": "c1cc2", "epoch": 5}}
