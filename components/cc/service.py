@@ -64,6 +64,12 @@ class ClusterController(Service):
         self._tasks: set[asyncio.Task] = set()
         self._pending: str | None = None  # the newest view not yet on disk
         self._writer: asyncio.Task | None = None
+        # Standby (MANAGED with the controller): this member holds no router, and the
+        # controller keeps it ready beside the primary as of this epoch (None: not reported).
+        self._withdrawn = False
+        self._standby_epoch: int | None = None
+        self._standby_refused: tuple | None = None  # (epoch, answer) of the last refusal
+        self._standby_task: asyncio.Task | None = None
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -133,15 +139,18 @@ class ClusterController(Service):
         again if that differs (an instance placed after the last replicated change).
         Rebuilding from the NCs first put 5-15 ms of HTTP in every takeover.
         """
+        # Staged: the controller keeps this member ready at the newest epoch it knows of,
+        # so the switches carry its routing already and the takeover need not wait on them.
+        peer_epoch = self.ha.peer.epoch if self.ha is not None else 0
+        staged = self._standby_epoch is not None and self._standby_epoch >= max(self.epoch, peer_epoch)
+        self._withdrawn, self._standby_epoch = False, None
         self.epoch = epoch
         self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
                                    self.scheduler.policy)
         self.alloc = NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32)))
         self._restore_view()
-        await self.publish_intent("promoted", force=True)
-        task = asyncio.get_running_loop().create_task(self._reconcile(epoch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self.publish_intent("promoted", force=True, staged=staged)
+        self._background(self._reconcile(epoch))
 
     async def _reconcile(self, epoch: int) -> None:
         before = self.intent()
@@ -180,12 +189,15 @@ class ClusterController(Service):
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
             await self._withdraw_router()
+            if self.intent_http is not None and self.mode == "MANAGED":
+                self._standby_task = asyncio.create_task(self._standby_loop())
         elif self.state.value == "ENABLED":
             await self.publish_intent("start")
 
     async def on_stop(self) -> None:
-        if self._poller:
-            self._poller.cancel()
+        for task in (self._poller, self._standby_task):
+            if task:
+                task.cancel()
         if self._writer is not None:
             await self._writer  # the newest view reaches the disk before the process ends
         for session in (self.http, self.intent_http):
@@ -445,8 +457,12 @@ class ClusterController(Service):
                 "instances": [{"id": i["id"], "mac": i["mac"], "ip": i["ip"], "nc": i["nc"], "slot": i["slot"],
                                "group": i["group"], "public_ip": i.get("public_ip")} for i in live]}
 
-    async def publish_intent(self, reason: str, force: bool = False) -> None:
-        """Push the intent to the SDN controller and apply the routing on this host."""
+    async def publish_intent(self, reason: str, force: bool = False, staged: bool = False) -> None:
+        """Push the intent to the SDN controller and apply the routing on this host.
+
+        ``staged``: a promotion whose switches hold this member ready (the controller
+        accepted its standby report at the newest epoch): it routes at once and tells
+        the controller in the background, which fences the old primary."""
         if self.state.value != "ENABLED" and not force:
             return
         intent = self.intent()
@@ -459,6 +475,13 @@ class ClusterController(Service):
             # in, and the first routed packet needs no ARP request (the neighbour entries are
             # set). Pushing first and taking the addresses after made the takeover 14.0 ms
             # p50, 24.8 ms max over 60 CC failovers; both at once, 10.6 and 23.0.
+            if reason == "promoted" and controller and (staged or self.mode == "MANAGED-NOVLAN"):
+                # Nothing to wait for: MANAGED-NOVLAN switches forward anything, and a
+                # staged member's frames are in the groups' VLANs already. Pushing after
+                # the router keeps the controller's work out of this host's takeover.
+                await self._apply_router(intent, force)
+                self._background(self._publish_later(reason))
+                return
             if reason == "promoted" and controller:
                 published, _ = await asyncio.gather(self._push_intent(intent, reason),
                                                     self._apply_router(intent, force))
@@ -469,14 +492,32 @@ class ClusterController(Service):
             self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
 
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_later(self, reason: str) -> None:
+        async with self._intent_lock:
+            if self.state.value != "ENABLED":
+                return
+            intent = self.intent()  # the newest view: a change made meanwhile is not undone
+            if await self._push_intent(intent, reason):
+                self.events.emit("intent.published", epoch=intent["epoch"], reason=reason,
+                                 instances=len(intent["instances"]), groups=len(intent["groups"]))
+
     async def _push_intent(self, intent: dict, reason: str) -> bool:
-        """PUT the intent to the SDN controller; True when it accepted it."""
+        """PUT the intent to the SDN controller; True when it accepted it. Refused for a
+        stale epoch: the pair moved on without this member hearing of it, and its HA
+        agent learns the controller's epoch (an ENABLED member steps down)."""
         try:
             async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}",
                                             json=intent) as r:
                 answer = await r.json(content_type=None)
                 if r.status != 200:
                     self.events.emit("intent.refused", status=r.status, answer=answer, reason=reason)
+                    if r.status == 409 and isinstance(answer.get("current"), int) and self.ha is not None:
+                        self.ha.learn_epoch(answer["current"], "the SDN controller refused the intent")
                     return False
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             self.events.emit("intent.failed", error=str(exc), reason=reason)
@@ -521,4 +562,42 @@ class ClusterController(Service):
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
+        self._withdrawn = True
         self.events.emit("router.withdrawn")
+
+    async def _standby_loop(self) -> None:
+        """While this member is a secondary with its router withdrawn, have the controller
+        keep it ready (docs/intent.md, "Standby"), again whenever it learns a newer epoch.
+
+        A refusal (the controller holds a newer intent, or still takes this member for
+        the primary) is retried after a few intervals, and logged once per answer."""
+        interval = self.ha.interval
+        while True:
+            await asyncio.sleep(interval)
+            if self.state.value == "ENABLED" or not self._withdrawn:
+                continue
+            ha = self.ha
+            known = max(self.epoch, ha.epoch, ha.peer.epoch, ha.superseded or 0)
+            if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
+                continue
+            status, answer = await self._put_standby(known)
+            if self.state.value == "ENABLED" or not self._withdrawn:
+                continue  # promoted meanwhile: the report is the past
+            if status == 200:
+                self._standby_epoch, self._standby_refused = known, None
+                self.events.emit("intent.standby", epoch=known, staged=answer.get("staged"))
+                continue
+            if self._standby_refused != (known, answer.get("error")):
+                self._standby_refused = (known, answer.get("error"))
+                self.events.emit("intent.standby_refused", epoch=known, status=status, answer=answer)
+            if status == 409 and isinstance(answer.get("current"), int) and answer["current"] > known:
+                ha.learn_epoch(answer["current"], "the SDN controller holds a newer intent")
+            await asyncio.sleep(3 * interval)
+
+    async def _put_standby(self, epoch: int) -> tuple[int, dict]:
+        try:
+            async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}/standby",
+                                            json={"host": self.host, "epoch": epoch}) as r:
+                return r.status, await r.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            return 0, {"error": str(exc)}

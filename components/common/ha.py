@@ -118,7 +118,7 @@ class HAAgent:
         self.vips: list[VIP] = self.cfg.vips
         self.garp_vips = [v for v in self.vips if v.takeover == "garp"]
         self.sdn_vips = [v for v in self.vips if v.takeover == "sdn"]
-        self.superseded: int | None = None  # a newer epoch the controller holds the VIP for
+        self.superseded: int | None = None  # a newer epoch of this pair the SDN controller holds
         self.arbitrators = [Arbitrator(a.name, a.target, self.cfg.arbitrator_fail_after)
                             for a in self.cfg.arbitrators]
         self.arb_period, self.arb_timeout = self.cfg.arbitrator_period_s, self.cfg.arbitrator_timeout_s
@@ -225,6 +225,15 @@ class HAAgent:
                 return True  # the peer has it after all (a lost answer, or its catch-up), says its heartbeat
             await asyncio.sleep(self.interval / 2)
         return False
+
+    def learn_epoch(self, epoch: int, why: str) -> None:
+        """The SDN controller holds ``epoch`` for this pair (it refused a VIP redirect or an
+        intent as stale): the peer moved on while this member could not hear it. An
+        ENABLED member older than that steps down; any member's next promotion goes above it."""
+        if epoch > (self.superseded or 0):
+            self.superseded = epoch
+            self.events.emit("ha.superseded", epoch=epoch, my_epoch=self.epoch, why=why)
+            self._spawn(self._decide(why))
 
     def peer_alive(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
@@ -504,7 +513,7 @@ class HAAgent:
                 return
             self._held_enabled = False
             if self.superseded is not None and self.superseded > self.epoch:
-                await self._demote(f"the SDN controller holds the VIP for a newer epoch ({self.superseded})")
+                await self._demote(f"the SDN controller holds a newer epoch ({self.superseded})")
             elif alive and p.epoch > self.epoch:
                 await self._demote(f"peer has a higher epoch ({p.epoch} > {self.epoch})")
             elif alive and p.state == "ENABLED" and not self._outranks_peer():
@@ -678,8 +687,7 @@ class HAAgent:
         self.events.emit("ha.redirect_refused", epoch=epoch, status=status, error=body.get("error"),
                          current=body.get("current"))
         if status == 409 and isinstance(body.get("current"), int):
-            self.superseded = max(self.superseded or 0, body["current"])
-            self._spawn(self._decide("redirect refused"))
+            self.learn_epoch(body["current"], "redirect refused")
         return False
 
     async def _redirect_retry(self, epoch: int) -> None:

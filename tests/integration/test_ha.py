@@ -187,6 +187,41 @@ def test_cc_failover_moves_elastic_ip_traffic(ha):
     heal(dep, "cc1")
 
 
+def _standby(dep) -> dict:
+    status, table = dep.control_request("GET", "/intent/standby")
+    return table.get("clusters", {}).get("1", {}) if status == 200 else {}
+
+
+def test_a_staged_cc_takes_over_with_the_controller_stopped(ha):
+    """The secondary CC, its router withdrawn, is kept ready by the switches: its takeover
+    needs nothing from the SDN controller (stopped for the whole takeover here). Back, the
+    controller takes the new primary's intent and fences the old primary out of the groups'
+    VLANs until it reports itself withdrawn under the new epoch."""
+    dep, eip, iid = ha["dep"], ha["eip"], ha["iid"]
+    primary = heal(dep, "cc1")
+    secondary = next(m for m in ("c1cc1", "c1cc2") if m != primary)
+    assert wait_until(lambda: _standby(dep).get("host") == secondary and _standby(dep).get("staged"), 5), \
+        _standby(dep)
+    pid = dep.controller.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with Probe(dep, f"http://{eip}/", check=lambda s, b: s == 200 and b.strip().decode() == iid) as probe:
+            t = time.monotonic()
+            dep.set_link(primary, None, up=False)
+            dep.kill(primary)
+            assert wait_until(lambda: taken_over(dep, "cc1", primary), 5)
+            time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    outage = probe.outage_after(t)
+    assert outage is not None and outage < 1.0, outage
+    assert wait_until(lambda: dep.control_request("GET", "/intent")[1]["clusters"]["1"]["primary_cc"] == secondary, 5)
+    epoch = dep.control_request("GET", "/intent")[1]["clusters"]["1"]["epoch"]
+    assert not _standby(dep).get("staged") or _standby(dep)["host"] != primary
+    heal(dep, "cc1")
+    assert wait_until(lambda: _standby(dep) == {"host": primary, "epoch": epoch, "staged": True}, 5), _standby(dep)
+
+
 def test_metadata_nat_exists_once(ha):
     """EUCA-3440: the metadata DNAT lives on the primary CC only, never on both."""
     dep = ha["dep"]

@@ -115,3 +115,157 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
 
     asyncio.run(main())
     assert log == ["addresses", "controller c1cc2", "--", "addresses", "controller c1cc2"]
+
+
+class FakeHA:
+    """What the CC reads of its HA agent: the epochs it knows, and whom it tells of a newer one."""
+
+    def __init__(self, epoch: int, peer_epoch: int):
+        from types import SimpleNamespace
+
+        self.interval, self.epoch, self.superseded = 0.005, epoch, None
+        self.peer = SimpleNamespace(epoch=peer_epoch)
+        self.learned: list[int] = []
+
+    def learn_epoch(self, epoch: int, why: str) -> None:
+        self.learned.append(epoch)
+        self.superseded = max(self.superseded or 0, epoch)
+
+
+def controller_app(log: list, answers: dict) -> web.Application:
+    """A fake controller: records each request; ``answers`` maps a path ending to (status, body)."""
+
+    async def put(request):
+        body = await request.json()
+        kind = "standby" if request.path.endswith("/standby") else "intent"
+        if kind == "intent":
+            await asyncio.sleep(0.05)  # installing flows
+        log.append((kind, body.get("primary_cc") or body.get("host"), body["epoch"]))
+        status, answer = answers.get(kind, (200, {"accepted": True, "staged": True}))
+        return web.json_response(answer, status=status)
+
+    async def no_instances(request):
+        return web.json_response({"instances": []})
+
+    app = web.Application()
+    app.router.add_put("/intent/clusters/{k}", put)
+    app.router.add_put("/intent/clusters/{k}/standby", put)
+    app.router.add_get("/instances", no_instances)
+    return app
+
+
+def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
+    """A CC on a fake controller (Unix socket) and a recorded router; ``body(cc)`` drives it."""
+    from components.common.service import ServiceState
+
+    async def apply(config, primary):
+        log.append(("router", "primary" if primary else "withdrawn"))
+        return {"added": [], "announced": {}}
+
+    monkeypatch.setattr(router, "apply_router_async", apply)
+    sock = tmp_path / "control.sock"
+
+    async def main():
+        runner = web.AppRunner(controller_app(log, answers))
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": "MANAGED",
+                                "ncs": {}, "control_socket": str(sock), "state": "DISABLED",
+                                "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
+        cc.ha = ha
+        cc.instances = {"i-old": dict(REPLICATED)}
+        cc.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
+        cc.http = aiohttp.ClientSession()
+        cc.ServiceState = ServiceState
+        try:
+            await body(cc)
+        finally:
+            if cc._standby_task:
+                cc._standby_task.cancel()
+            await cc.http.close()
+            await cc.intent_http.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_withdrawn_secondary_reports_itself_standby_at_the_newest_epoch_it_knows(tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=3, peer_epoch=4)
+
+    async def body(cc):
+        await cc._withdraw_router()
+        cc._standby_task = asyncio.create_task(cc._standby_loop())
+        await asyncio.sleep(0.05)
+        assert cc._standby_epoch == 4
+        ha.peer.epoch = 6  # the peer promoted again: report again
+        await asyncio.sleep(0.05)
+
+    run_cc(tmp_path, monkeypatch, log, {}, body, ha)
+    assert log == [("router", "withdrawn"), ("standby", "c1cc2", 4), ("standby", "c1cc2", 6)]
+
+
+def test_a_refused_standby_report_teaches_the_agent_the_controllers_epoch(tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=1)
+    answers = {"standby": (409, {"error": "stale epoch", "current": 5})}
+
+    async def body(cc):
+        await cc._withdraw_router()
+        cc._standby_task = asyncio.create_task(cc._standby_loop())
+        await asyncio.sleep(0.03)
+        answers["standby"] = (200, {"accepted": True, "staged": True})
+        await asyncio.sleep(0.06)
+        assert cc._standby_epoch == 5
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    assert ha.learned == [5]
+    reports = [e[2] for e in log if e[0] == "standby"]
+    assert reports[0] == 1 and reports[-1] == 5 and set(reports) == {1, 5}  # paced: a few, not one per tick
+    assert len(reports) <= 4
+
+
+def test_a_staged_secondary_takes_over_without_waiting_for_the_controller(tmp_path, monkeypatch):
+    """Staged at the newest epoch: the router moves and the promotion returns; the intent
+    (which fences the old primary) reaches the controller after, in the background."""
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=4)
+
+    async def body(cc):
+        cc._withdrawn, cc._standby_epoch = True, 4
+        cc.set_state(cc.ServiceState.ENABLED, "test")
+        await cc._on_promote(5)
+        log.append("promoted")
+        await asyncio.gather(*cc._tasks)
+
+    run_cc(tmp_path, monkeypatch, log, {}, body, ha)
+    assert log[:3] == [("router", "primary"), "promoted", ("intent", "c1cc2", 5)]
+
+
+def test_a_standby_report_older_than_the_peers_epoch_makes_the_takeover_wait_for_the_controller(
+        tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=6)  # the peer promoted again since this member's report
+
+    async def body(cc):
+        cc._withdrawn, cc._standby_epoch = True, 4
+        cc.set_state(cc.ServiceState.ENABLED, "test")
+        await cc._on_promote(7)
+        log.append("promoted")
+
+    run_cc(tmp_path, monkeypatch, log, {}, body, ha)
+    assert log[:3] == [("router", "primary"), ("intent", "c1cc2", 7), "promoted"]
+
+
+def test_an_intent_refused_as_stale_makes_the_primary_learn_the_newer_epoch(tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=4)
+
+    async def body(cc):
+        cc._withdrawn, cc._standby_epoch = True, 4
+        cc.set_state(cc.ServiceState.ENABLED, "test")
+        await cc._on_promote(5)
+        await asyncio.gather(*cc._tasks)
+
+    run_cc(tmp_path, monkeypatch, log, {"intent": (409, {"error": "stale epoch", "current": 8})}, body, ha)
+    assert ha.learned == [8]
