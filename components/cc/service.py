@@ -539,7 +539,7 @@ class ClusterController(Service):
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self.events.emit("router.applied", gateways=len(config.private_addresses),
-                         elastic_ips=len(config.public_addresses), added=result["added"])
+                         elastic_ips=len(config.public_addresses), added=result["added"], ms=result.get("ms"))
         loop = asyncio.get_running_loop()
         for delay in router.ANNOUNCE_AGAIN_S:
             for intf, addresses in result["announced"].items():

@@ -35,17 +35,12 @@ INTENT = {
 
 
 def chain(cfg: RouterConfig, name: str) -> list[str]:
-    """The rules of chain ``name`` in the rendered nftables table (without its type line)."""
-    rules, inside = [], False
-    for line in cfg.ruleset.splitlines():
-        line = line.strip()
-        if line == f"chain {name} {{":
-            inside = True
-        elif inside and line == "}":
-            return rules
-        elif inside and not line.startswith("type "):
-            rules.append(line)
-    raise AssertionError(f"no chain {name}")
+    """The rules the rendered nftables input puts in chain ``name`` (declared and flushed first)."""
+    lines = cfg.ruleset.splitlines()
+    if f"flush chain ip eucalab {name}" not in lines:
+        raise AssertionError(f"no chain {name}")
+    prefix = f"add rule ip eucalab {name} "
+    return [line[len(prefix):] for line in lines if line.startswith(prefix)]
 
 
 def test_one_accept_per_ingress_rule_after_established():
@@ -86,8 +81,13 @@ def test_metadata_dnat_exactly_once_and_never_snatted():
     meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
     assert meta == ['iifname "c1cc1-eth1" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.0.0.10:8773']
     assert not any("10.0.0.10" in line for line in chain(cfg, "EUCA-POSTROUTING"))
-    # Loading it again (a re-applied intent) replaces the whole table in one transaction.
-    assert cfg.ruleset.startswith("table ip eucalab\ndelete table ip eucalab\ntable ip eucalab {")
+    # Loading it again (a re-applied intent) replaces every rule in one transaction: each
+    # chain is flushed before its rules, the hooked chains stay.
+    lines = cfg.ruleset.splitlines()
+    assert "delete table ip eucalab" not in lines
+    for name in ("EUCA-FORWARD", "EUCA-PREROUTING", "EUCA-POSTROUTING"):
+        flush = lines.index(f"flush chain ip eucalab {name}")
+        assert all(not line.startswith(f"add rule ip eucalab {name} ") for line in lines[:flush])
     assert cfg.ruleset.count("169.254.169.254") == 1
 
 
