@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Components in start order (a component's module may not exist yet: it is skipped).
 COMPONENT_ORDER = ("clc", "walrus", "sc", "nc", "cc")
+# SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
+REALTIME_PRIORITY = 10
 
 
 class DeploymentError(RuntimeError):
@@ -339,7 +341,7 @@ class Deployment:
                 # Heartbeats at realtime priority: CPU starvation, not the network, causes
                 # most false failovers on a small host. The component raises itself once
                 # started, so that starting processes never starve running ones.
-                cfg["realtime_priority"] = 10
+                cfg["realtime_priority"] = REALTIME_PRIORITY
         if ph.role == "nc":
             # The NC boots instances into its VM slots by entering their namespaces.
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,

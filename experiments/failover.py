@@ -32,7 +32,7 @@ from components.common.events import read_events
 from topologies.spec import spec_from_dict
 
 from .analysis import Probe, outage_span, resolution
-from .deployment import Deployment, _child_env, wait_until
+from .deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
 from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
@@ -161,6 +161,9 @@ class Prober:
         kind, want = self.expect
         argv = [sys.executable, "-m", "experiments.prober", "--url", self.url, "--interval", str(self.interval),
                 "--timeout", str(self.timeout), "--expect", kind, "--body-hex", want.hex()]
+        if self.dep.realtime:
+            # The members it measures run at this priority: the prober must not queue behind them.
+            argv += ["--realtime-priority", str(REALTIME_PRIORITY)]
         for name, value in self.headers.items():
             argv += ["--header", f"{name}:{value}"]
         self._popen = self.dep["user"].popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
