@@ -269,3 +269,21 @@ def test_an_intent_refused_as_stale_makes_the_primary_learn_the_newer_epoch(tmp_
 
     run_cc(tmp_path, monkeypatch, log, {"intent": (409, {"error": "stale epoch", "current": 8})}, body, ha)
     assert ha.learned == [8]
+
+
+def test_a_garbled_controller_answer_neither_stops_the_reports_nor_counts_as_staged(tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=2, peer_epoch=2)
+    answers = {"standby": (500, ["not", "an", "object"])}
+
+    async def body(cc):
+        await cc._withdraw_router()
+        cc._standby_task = asyncio.create_task(cc._standby_loop())
+        await asyncio.sleep(0.03)
+        assert cc._standby_epoch is None and not cc._standby_task.done()
+        answers["standby"] = (200, {"accepted": True, "staged": True})
+        await asyncio.sleep(0.06)
+        assert cc._standby_epoch == 2
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    assert ha.learned == []
