@@ -5,12 +5,19 @@ value: ids, times, addresses) applied by ``Store.apply`` in one SQLite transacti
 and appended to an ordered op log (seq, epoch, op). Replaying the log on another
 store rebuilds the same state, which is what HA replication ships to the peer:
 ``export_ops(after_seq)`` on one side, ``apply_ops(ops)`` on the other.
+
+The log keeps only its newest ``keep_ops`` ops (raft's log compaction): the state
+tables already hold everything older, and the newest op folded away is the log's
+``base_seq``. A peer whose position is older than that cannot be sent ops; it gets a
+``snapshot()`` of the tables at one position instead (``install_snapshot`` on its
+side, in one transaction), then the ops after it.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 SCHEMA = """
@@ -33,10 +40,47 @@ CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, account TEXT NOT NULL, 
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, account TEXT NOT NULL, location TEXT NOT NULL,
     name TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS oplog (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('base_seq', 0), ('base_epoch', 0);
 """
+# What a snapshot carries and a reset clears: the state, without the log and its bookkeeping.
+STATE_TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images")
+# Default of config ``oplog_keep``. A peer less than this far behind catches up from the
+# log; one further behind gets a snapshot. Measured here (docs/ha.md, "Catch-up"), an op
+# takes ~0.2 KB of database and replays in ~15 us in a batch, so 10,000 ops are ~2 MB of
+# log and a 0.15 s replay: more than a restart or a cut in the testbed's experiments
+# leaves a peer behind (hundreds of ops), and less than a cloud's state once it is big
+# enough for the log to matter (17,000 instances: a 3 MB snapshot).
+KEEP_OPS = 10_000
+# Rows per line of an encoded snapshot (snapshot_lines). json encodes or decodes a whole
+# document in one C call that holds the GIL even in a worker thread (a 3 MB snapshot: 30
+# ms of the event loop on either side, measured here), so a snapshot travels as lines
+# that each take about a millisecond.
+SNAPSHOT_LINE_ROWS = 500
 
 
 SECRET_FIELDS = ("secret_key",)
+
+
+def snapshot_lines(snap: dict) -> Iterator[str]:
+    """A snapshot as JSON lines: its position, then ``[table, columns, rows]`` with at most
+    SNAPSHOT_LINE_ROWS rows each (every table at least once, even empty)."""
+    yield json.dumps({"last_seq": snap["last_seq"], "epoch": snap["epoch"]})
+    for table, data in snap["tables"].items():
+        rows = data["rows"]
+        for i in range(0, max(len(rows), 1), SNAPSHOT_LINE_ROWS):
+            yield json.dumps([table, data["columns"], rows[i:i + SNAPSHOT_LINE_ROWS]])
+
+
+def snapshot_from_lines(lines: Iterable[str | bytes]) -> dict:
+    """The snapshot that ``snapshot_lines`` encoded."""
+    it = iter(lines)
+    snap = json.loads(next(it))
+    snap["tables"] = {}
+    for line in it:
+        table, columns, rows = json.loads(line)
+        snap["tables"].setdefault(table, {"columns": columns, "rows": []})["rows"].extend(rows)
+    return snap
 
 
 def redact(op: dict) -> dict:
@@ -48,53 +92,188 @@ class StoreError(Exception):
     """An operation that does not apply to the current state."""
 
 
+class Compacted(StoreError):
+    """Ops asked for that the log no longer holds: the asker needs a snapshot."""
+
+
+LAST_SEQ = "SELECT COALESCE(MAX(seq), (SELECT value FROM meta WHERE key='base_seq')) FROM oplog"
+
+
 class Store:
-    def __init__(self, path: Path | str):
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # see docs/ha.md, "Durability and the event loop"
+    """The CLC's database.
+
+    ``db`` is the connection of the event loop (the API's reads and writes). What a
+    DISABLED member receives from its peer (``apply_ops``, ``install_snapshot``) and
+    ``snapshot`` may run in a worker thread instead, each on a connection of its own: a
+    connection's open transaction is visible to everything using it, and WAL lets the
+    loop's connection read the last committed state meanwhile (a heartbeat never
+    advertises a position that is not committed). The caller runs at most one writer at
+    a time (the CLC's replica lock).
+    """
+
+    def __init__(self, path: Path | str, keep_ops: int = KEEP_OPS):
+        if keep_ops < 1:
+            raise ValueError(f"oplog_keep: at least 1 op must stay in the log, not {keep_ops}")
+        self.path = str(path)
+        self.keep_ops = keep_ops
+        self.db = self._connect()
         self.db.executescript(SCHEMA)
         self.epoch = 1
+        self._replica_db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # see docs/ha.md, "Durability and the event loop"
+        return db
+
+    def _replica(self) -> sqlite3.Connection:
+        """The connection for what the peer sends (opened on first use; any one thread at a time)."""
+        if self._replica_db is None:
+            self._replica_db = self._connect()
+        return self._replica_db
 
     # -- the op log -------------------------------------------------------------------------
 
     @property
     def last_seq(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM oplog").fetchone()[0]
+        """The position of the state: the newest op applied, logged or folded into a snapshot."""
+        return self.db.execute(LAST_SEQ).fetchone()[0]
+
+    @property
+    def base_seq(self) -> int:
+        """The newest op no longer in the log: ``export_ops`` serves positions from here on."""
+        return self.db.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]
 
     def apply(self, op: dict, seq: int | None = None, epoch: int | None = None) -> int:
         """Apply one operation atomically and log it; returns its sequence number."""
-        handler = getattr(self, "_op_" + op["type"].replace(".", "_"), None)
-        if handler is None:
-            raise StoreError(f"unknown operation {op['type']!r}")
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            handler(cur, op)
-            seq = seq if seq is not None else self.last_seq + 1
-            cur.execute("INSERT INTO oplog (seq, epoch, op) VALUES (?, ?, ?)",
-                        (seq, epoch if epoch is not None else self.epoch, json.dumps(op, sort_keys=True)))
+            seq = self._apply_one(cur, op, seq if seq is not None else cur.execute(LAST_SEQ).fetchone()[0] + 1,
+                                  epoch if epoch is not None else self.epoch)
+            self._compact(cur, seq)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return seq
 
-    def export_ops(self, after_seq: int = 0) -> list[dict]:
-        return [{"seq": r["seq"], "epoch": r["epoch"], "op": json.loads(r["op"])}
-                for r in self.db.execute("SELECT seq, epoch, op FROM oplog WHERE seq > ? ORDER BY seq", (after_seq,))]
+    def _apply_one(self, cur: sqlite3.Cursor, op: dict, seq: int, epoch: int) -> int:
+        handler = getattr(self, "_op_" + op["type"].replace(".", "_"), None)
+        if handler is None:
+            raise StoreError(f"unknown operation {op['type']!r}")
+        handler(cur, op)
+        cur.execute("INSERT INTO oplog (seq, epoch, op) VALUES (?, ?, ?)", (seq, epoch, json.dumps(op, sort_keys=True)))
+        return seq
+
+    def _compact(self, cur: sqlite3.Cursor, last: int) -> None:
+        """Fold the ops older than the newest ``keep_ops`` away (in the writer's transaction)."""
+        cut = last - self.keep_ops
+        if cut <= cur.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]:
+            return
+        row = cur.execute("SELECT epoch FROM oplog WHERE seq=?", (cut,)).fetchone()
+        cur.execute("DELETE FROM oplog WHERE seq <= ?", (cut,))
+        cur.execute("UPDATE meta SET value=? WHERE key='base_seq'", (cut,))
+        if row is not None:
+            cur.execute("UPDATE meta SET value=? WHERE key='base_epoch'", (row[0],))
+
+    def export_ops(self, after_seq: int = 0, limit: int | None = None, max_bytes: int | None = None) -> list[dict]:
+        """The logged ops after ``after_seq``, in order: at most ``limit`` of them and, past the
+        first, no more than ``max_bytes`` of op text. Raises Compacted when ops after
+        ``after_seq`` are no longer in the log."""
+        ops, size = [], 0
+        cur = self.db.cursor()
+        cur.execute("BEGIN")  # the base and the ops read from one state of the log
+        try:
+            base = cur.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]
+            if after_seq < base:
+                raise Compacted(f"ops after {after_seq} are compacted away (the log starts after {base})")
+            rows = cur.execute("SELECT seq, epoch, op FROM oplog WHERE seq > ? ORDER BY seq LIMIT ?",
+                               (after_seq, -1 if limit is None else limit))
+            for r in rows:
+                size += len(r["op"])
+                if ops and max_bytes is not None and size > max_bytes:
+                    break
+                ops.append({"seq": r["seq"], "epoch": r["epoch"], "op": json.loads(r["op"])})
+        finally:
+            cur.execute("COMMIT")
+        return ops
 
     def apply_ops(self, ops: list[dict]) -> int:
-        """Replay ops from a peer, in order, skipping those already here; returns the last seq."""
-        last = self.last_seq
-        for entry in ops:
-            if entry["seq"] <= last:
-                continue
-            if entry["seq"] != last + 1:
-                raise StoreError(f"gap in the op log: have {last}, got {entry['seq']}")
-            last = self.apply(entry["op"], seq=entry["seq"], epoch=entry["epoch"])
+        """Replay ops from a peer, in order, skipping those already here; returns the last seq.
+
+        One transaction on the replica connection (callable from a worker thread): the
+        batch is applied whole or not at all. A gap is refused (StoreError)."""
+        cur = self._replica().cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            last = first = cur.execute(LAST_SEQ).fetchone()[0]
+            for entry in ops:
+                if entry["seq"] <= last:
+                    continue
+                if entry["seq"] != last + 1:
+                    raise StoreError(f"gap in the op log: have {last}, got {entry['seq']}")
+                last = self._apply_one(cur, entry["op"], entry["seq"], entry["epoch"])
+            if last > first:
+                self._compact(cur, last)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
         return last
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """The state tables at one position, with that position (``last_seq``) and the epoch of
+        its op: read in one transaction on a connection of its own (callable from a worker
+        thread; WAL keeps writers going meanwhile)."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN")
+            last = db.execute(LAST_SEQ).fetchone()[0]
+            row = db.execute("SELECT epoch FROM oplog WHERE seq=?", (last,)).fetchone()
+            epoch = row[0] if row else db.execute("SELECT value FROM meta WHERE key='base_epoch'").fetchone()[0]
+            tables = {}
+            for table in STATE_TABLES:
+                cur = db.execute(f"SELECT * FROM {table}")
+                tables[table] = {"columns": [d[0] for d in cur.description], "rows": [list(r) for r in cur]}
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return {"last_seq": last, "epoch": epoch, "tables": tables}
+
+    def install_snapshot(self, snap: dict) -> int:
+        """Replace the state with a peer's snapshot, in one transaction (a crash leaves the old
+        state or the new one, never a mix); the log starts after it. A snapshot no newer
+        than this state changes nothing. Returns the position."""
+        cur = self._replica().cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            last = cur.execute(LAST_SEQ).fetchone()[0]
+            if int(snap["last_seq"]) > last:
+                for table in (*STATE_TABLES, "oplog"):
+                    cur.execute(f"DELETE FROM {table}")
+                for table in STATE_TABLES:
+                    self._load_table(cur, table, snap["tables"][table])
+                last = int(snap["last_seq"])
+                cur.execute("UPDATE meta SET value=? WHERE key='base_seq'", (last,))
+                cur.execute("UPDATE meta SET value=? WHERE key='base_epoch'", (int(snap["epoch"]),))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return last
+
+    @staticmethod
+    def _load_table(cur: sqlite3.Cursor, table: str, data: dict) -> None:
+        columns = data["columns"]
+        if not columns or not all(c.isidentifier() for c in columns):
+            raise StoreError(f"snapshot: bad columns for {table}: {columns!r}")
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                        data["rows"])
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -170,11 +349,12 @@ class Store:
                                                                  op["name"], op["time"]))
 
     def reset(self) -> None:
-        """Forget everything (an ex-primary rejoining takes the new primary's log whole)."""
+        """Forget everything (an ex-primary rejoining takes the new primary's state whole)."""
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        for table in ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog"):
+        for table in (*STATE_TABLES, "oplog"):
             cur.execute(f"DELETE FROM {table}")
+        cur.execute("UPDATE meta SET value=0")
         cur.execute("COMMIT")
 
     # -- queries ------------------------------------------------------------------------------
