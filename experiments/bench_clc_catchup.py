@@ -1,4 +1,4 @@
-"""CLC catch-up timing: a DISABLED member N ops behind its ENABLED peer, no root, no network.
+"""CLC catch-up timing: a DISABLED member N ops behind its ENABLED peer, no root, loopback only.
 
     python -m experiments.bench_clc_catchup 5000 50000
 

@@ -42,7 +42,7 @@ INSTANCE_FILTERS = {"instance-id": "id", "instance-state-name": "state", "availa
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
 # Replication and catch-up move ops in batches of at most this many ops and (past the
-# first op) this much op text per request. Measured here (docs/ha.md, "Catch-up"): a
+# first op) this much op text per request. Measured here (docs/ha.md, "CLC replication"): a
 # batch of 500 ops exports in ~6 ms on the sender's loop and applies in ~7 ms in the
 # receiver's worker thread, so one request stays far inside the replica session's 1 s
 # timeout on a loaded machine and far below the HA agent's 100 ms pause threshold,

@@ -46,7 +46,7 @@ INSERT OR IGNORE INTO meta VALUES ('base_seq', 0), ('base_epoch', 0);
 # What a snapshot carries and a reset clears: the state, without the log and its bookkeeping.
 STATE_TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images")
 # Default of config ``oplog_keep``. A peer less than this far behind catches up from the
-# log; one further behind gets a snapshot. Measured here (docs/ha.md, "Catch-up"), an op
+# log; one further behind gets a snapshot. Measured here (docs/ha.md, "CLC replication"), an op
 # takes ~0.2 KB of database and replays in ~15 us in a batch, so 10,000 ops are ~2 MB of
 # log and a 0.15 s replay: more than a restart or a cut in the testbed's experiments
 # leaves a peer behind (hundreds of ops), and less than a cloud's state once it is big
