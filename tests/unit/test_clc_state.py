@@ -225,8 +225,9 @@ def test_a_crash_in_the_middle_of_an_install_leaves_the_old_state(tmp_path):
     b.apply({**ACCOUNT, "id": "222222222222", "name": "old", "access_key": "AK2", "default_group": "sg-00000099"})
     before = dump(b)
     b.db.close()
-    done = subprocess.run([sys.executable, "-c", CRASH_MID_INSTALL, str(tmp_path / "b.db"), str(tmp_path / "snap.json")],
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", CRASH_MID_INSTALL, str(tmp_path / "b.db"),
+                           str(tmp_path / "snap.json")], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True)
     assert done.returncode == 9, done.stderr
     again = Store(tmp_path / "b.db")
     assert dump(again) == before and again.last_seq == 1
