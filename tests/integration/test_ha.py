@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -220,6 +221,35 @@ def test_a_staged_cc_takes_over_with_the_controller_stopped(ha):
     assert not _standby(dep).get("staged") or _standby(dep)["host"] != primary
     heal(dep, "cc1")
     assert wait_until(lambda: _standby(dep) == {"host": primary, "epoch": epoch, "staged": True}, 5), _standby(dep)
+
+
+def test_a_frozen_primary_cc_is_fenced_out_of_the_groups(ha):
+    """SIGSTOP of the primary CC: its kernel still holds the group gateway and answers ARP
+    for it, but the new primary's intent takes it out of the groups' VLANs, so an instance
+    hears the new primary only. Resumed, it steps down, withdraws its router and is staged
+    again under the new epoch."""
+    dep, eip, iid = ha["dep"], ha["eip"], ha["iid"]
+    primary = heal(dep, "cc1")
+    secondary = next(m for m in ("c1cc1", "c1cc2") if m != primary)
+    assert wait_until(lambda: _standby(dep).get("host") == secondary and _standby(dep).get("staged"), 5)
+    intent = dep.control_request("GET", "/intent")[1]["clusters"]["1"]
+    inst = next(i for i in intent["instances"] if i["id"] == iid)
+    gateway = next(g["gateway"] for g in intent["groups"] if g["id"] == inst["group"])
+    slot, (old_mac, new_mac) = inst["slot"], (dep.plan.hosts[h].intf("priv1").mac for h in (primary, secondary))
+    dep.kill(primary, sig=signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: dep.control_request("GET", "/intent")[1]["clusters"]["1"]["primary_cc"]
+                          == secondary, 5)
+        out = dep[slot].cmd(f"arping -c 3 -w 2 -I {dep.plan.hosts[slot].interfaces[0].name} {gateway}")
+        assert set(re.findall(r"\[([0-9a-f:]{17})\]", out.lower())) == {new_mac}, out
+        assert old_mac in dep[primary].cmd("ip -o link")  # the frozen host is up, its kernel answering
+        assert dep["user"].cmd(f"curl -s -m 2 http://{eip}/").strip() == iid
+    finally:
+        dep.kill(primary, sig=signal.SIGCONT)
+    assert wait_until(lambda: state(dep, primary) == "DISABLED", 5)
+    epoch = dep.control_request("GET", "/intent")[1]["clusters"]["1"]["epoch"]
+    assert wait_until(lambda: _standby(dep) == {"host": primary, "epoch": epoch, "staged": True}, 5), _standby(dep)
+    heal(dep, "cc1")
 
 
 def test_metadata_nat_exists_once(ha):
