@@ -189,6 +189,13 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
     asyncio.run(main())
 
 
+async def promote(cc, standby_epoch: int, epoch: int) -> None:
+    """The HA agent's promotion of a withdrawn member the controller accepted as standby."""
+    cc._withdrawn, cc._standby_epoch = True, standby_epoch
+    cc.set_state(cc.ServiceState.ENABLED, "test")
+    await cc._on_promote(epoch)
+
+
 def test_a_withdrawn_secondary_reports_itself_standby_at_the_newest_epoch_it_knows(tmp_path, monkeypatch):
     log: list = []
     ha = FakeHA(epoch=3, peer_epoch=4)
@@ -232,9 +239,7 @@ def test_a_staged_secondary_takes_over_without_waiting_for_the_controller(tmp_pa
     ha = FakeHA(epoch=1, peer_epoch=4)
 
     async def body(cc):
-        cc._withdrawn, cc._standby_epoch = True, 4
-        cc.set_state(cc.ServiceState.ENABLED, "test")
-        await cc._on_promote(5)
+        await promote(cc, standby_epoch=4, epoch=5)
         log.append("promoted")
         await asyncio.gather(*cc._tasks)
 
@@ -248,9 +253,7 @@ def test_a_standby_report_older_than_the_peers_epoch_makes_the_takeover_wait_for
     ha = FakeHA(epoch=1, peer_epoch=6)  # the peer promoted again since this member's report
 
     async def body(cc):
-        cc._withdrawn, cc._standby_epoch = True, 4
-        cc.set_state(cc.ServiceState.ENABLED, "test")
-        await cc._on_promote(7)
+        await promote(cc, standby_epoch=4, epoch=7)
         log.append("promoted")
 
     run_cc(tmp_path, monkeypatch, log, {}, body, ha)
@@ -262,9 +265,7 @@ def test_an_intent_refused_as_stale_makes_the_primary_learn_the_newer_epoch(tmp_
     ha = FakeHA(epoch=1, peer_epoch=4)
 
     async def body(cc):
-        cc._withdrawn, cc._standby_epoch = True, 4
-        cc.set_state(cc.ServiceState.ENABLED, "test")
-        await cc._on_promote(5)
+        await promote(cc, standby_epoch=4, epoch=5)
         await asyncio.gather(*cc._tasks)
 
     run_cc(tmp_path, monkeypatch, log, {"intent": (409, {"error": "stale epoch", "current": 8})}, body, ha)
