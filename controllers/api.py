@@ -9,7 +9,8 @@ emulated host. Standard library only (os-ken 4.x's native hub has no WSGI server
                                400 {"error": "<field>: <what is wrong>"}
     PUT /intent/clusters/{k}/standby
                                200 {"accepted": true, "epoch": E, "staged": bool, ...}  (a withdrawn secondary CC)
-                               409 {"error": "stale epoch" | "<host> is the primary", "current": E}
+                               409 {"error": "stale epoch" | "no intent of that epoch yet" | "<host> is the primary",
+                                    "current": E (the accepted intent's)}
                                400 {"error": "<field>: <what is wrong>"}
     GET /intent                {"clusters": {"1": intent, ...}}
     GET /intent/standby        {"clusters": {"1": {"host", "epoch", "staged"}, ...}}
@@ -31,7 +32,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .intent import IntentError, StaleEpoch, staged_standby
+from .intent import IntentError, StaleEpoch, staged_standby, validate_standby
 from .vips import virtual_mac
 
 log = logging.getLogger(__name__)
@@ -142,33 +143,33 @@ class IntentAPI:
     def put_standby(self, cluster: int, body) -> tuple[int, dict]:
         """A secondary CC that holds no router asks to be kept ready (``intent.staged_standby``).
 
-        Refused below the epoch of the cluster's accepted intent (a report sent before a
-        newer primary's intent: its sender may have been primary since), and from the
-        intent's own primary (it routes already)."""
+        Validated first (400 naming the field). Refused (409, ``current`` the epoch of the
+        cluster's accepted intent) from the intent's own primary (it routes already) and
+        when its epoch is not the intent's: below it, the report may predate a newer
+        primary (its sender may have been primary since); above it, the intent of that
+        epoch has not arrived yet (the reporter asks again)."""
         if self.standbys is None:
             return 404, {"error": "this controller keeps no standby CCs"}
         with self._lock:
-            intent = self.store.snapshot().get(cluster)
-            epoch, host = (body.get("epoch"), body.get("host")) if isinstance(body, dict) else (None, None)
-            if intent is not None and isinstance(epoch, int) and epoch < intent["epoch"]:
-                self._emit("standby.stale", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
-                return 409, {"error": "stale epoch", "current": intent["epoch"]}
-            if intent is not None and host == intent["primary_cc"]:
-                self._emit("standby.refused", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
-                return 409, {"error": f"{host} is the primary", "current": intent["epoch"]}
             try:
-                standby, _ = self.standbys.put(cluster, body)
+                clean = validate_standby(body, cluster, self.store.topo)
             except IntentError as exc:
                 self._emit("standby.rejected", cluster=cluster, error=str(exc))
                 return 400, {"error": str(exc)}
-            except StaleEpoch as exc:
-                self._emit("standby.stale", cluster=cluster, host=host, epoch=epoch, current=exc.current)
-                return 409, {"error": "stale epoch", "current": exc.current}
-            staged = staged_standby(intent, standby) == standby["host"]
-            self._emit("standby.accepted", cluster=cluster, host=standby["host"], epoch=standby["epoch"],
-                       staged=staged)
+            host, epoch = clean["host"], clean["epoch"]
+            intent = self.store.snapshot().get(cluster)
+            if intent is not None and host == intent["primary_cc"]:
+                self._emit("standby.refused", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
+                return 409, {"error": f"{host} is the primary", "current": intent["epoch"]}
+            if intent is not None and epoch != intent["epoch"]:
+                self._emit("standby.stale", cluster=cluster, host=host, epoch=epoch, current=intent["epoch"])
+                return 409, {"error": "stale epoch" if epoch < intent["epoch"] else "no intent of that epoch yet",
+                             "current": intent["epoch"]}
+            standby, _ = self.standbys.put(cluster, clean)
+            staged = staged_standby(intent, standby) == host
+            self._emit("standby.accepted", cluster=cluster, host=host, epoch=epoch, staged=staged)
             result = self._apply_standby(cluster, standby, staged)
-        return 200, {"accepted": True, "epoch": standby["epoch"], "staged": staged, **result}
+        return 200, {"accepted": True, "epoch": epoch, "staged": staged, **result}
 
     def standby_table(self) -> dict:
         """Every cluster's standby report and whether the switches hold it ready now."""

@@ -267,9 +267,11 @@ class EpochStore:
     """Accepted records by key under the epoch rule (an older epoch is refused, an equal one
     accepted), in memory and in ``<dir>/<file>`` as {section: {key: record}}, written by a
     ``LatestWriter`` as soon as a record is accepted, so a restarted controller starts where
-    the last one stopped. Subclasses name the file and validate."""
+    the last one stopped. Subclasses name the file and validate (and may drop the epoch
+    rule: ``monotonic``)."""
 
     file = section = ""
+    monotonic = True
 
     def __init__(self, directory: str | Path, topo: Topology):
         self.path = Path(directory) / self.file
@@ -291,7 +293,7 @@ class EpochStore:
         clean = self._validate(body, key)
         with self._lock:
             previous = self.records.get(key)
-            if previous is not None and clean["epoch"] < previous["epoch"]:
+            if self.monotonic and previous is not None and clean["epoch"] < previous["epoch"]:
                 raise StaleEpoch(previous["epoch"])
             self.records[key] = clean
             self._writer.write(json.dumps({self.section: {str(k): v for k, v in sorted(self.records.items())}},
@@ -328,16 +330,18 @@ def staged_standby(intent: dict | None, standby: dict | None) -> str | None:
     """The CC the switches keep ready beside the primary (in the groups' VLANs), or None.
 
     A secondary CC reports itself once it holds no router (no gateway address, no rule),
-    with the newest epoch it knows. It is staged while that report is at least as new
-    as the cluster's accepted intent and it is not that intent's primary. So a takeover
+    with the epoch of the cluster's intent as it knows it. It is staged while that is
+    the epoch of the accepted intent and it is not that intent's primary. So a takeover
     by the staged CC needs no flow change before its traffic flows, and the intent of a
     new primary (a higher epoch) unstages everyone who reported before it: the old
     primary, possibly only frozen and still holding the gateways, is out of the groups'
-    VLANs until it reports again, withdrawn, under the new epoch.
+    VLANs until it reports again, withdrawn, under the new epoch. Equal, not at least:
+    a report naming a future epoch would otherwise stay staged through every promotion
+    up to it.
     """
     if not intent or not standby:
         return None
-    if standby["host"] == intent["primary_cc"] or standby["epoch"] < intent["epoch"]:
+    if standby["host"] == intent["primary_cc"] or standby["epoch"] != intent["epoch"]:
         return None
     return standby["host"]
 
@@ -361,9 +365,11 @@ class IntentStore(EpochStore):
 
 class StandbyStore(EpochStore):
     """Each cluster's standby CC as it last reported itself: ``<dir>/standby.json`` holds
-    {"clusters": {"1": {"host": ..., "epoch": E}}} (see ``staged_standby``)."""
+    {"clusters": {"1": {"host": ..., "epoch": E}}} (see ``staged_standby``). A report
+    replaces the last one whatever its epoch: the API checks it against the intent."""
 
     file, section = "standby.json", "clusters"
+    monotonic = False
 
     @staticmethod
     def _key(raw: str) -> int:

@@ -141,8 +141,7 @@ class ClusterController(Service):
         """
         # Staged: the controller keeps this member ready at the newest epoch it knows of,
         # so the switches carry its routing already and the takeover need not wait on them.
-        peer_epoch = self.ha.peer.epoch if self.ha is not None else 0
-        staged = self._standby_epoch is not None and self._standby_epoch >= max(self.epoch, peer_epoch)
+        staged = self._standby_epoch is not None and self._standby_epoch >= self._known_epoch(own=False)
         self._withdrawn, self._standby_epoch = False, None
         self.epoch = epoch
         self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
@@ -195,9 +194,10 @@ class ClusterController(Service):
             await self.publish_intent("start")
 
     async def on_stop(self) -> None:
-        for task in (self._poller, self._standby_task):
-            if task:
-                task.cancel()
+        tasks = [t for t in (self._poller, self._standby_task, *self._tasks) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._writer is not None:
             await self._writer  # the newest view reaches the disk before the process ends
         for session in (self.http, self.intent_http):
@@ -485,33 +485,53 @@ class ClusterController(Service):
             # the takeover 14.0 ms p50, 24.8 ms max over 60 CC failovers; both at once,
             # 10.6 and 23.0.
             if reason == "promoted" and controller:
-                published, _ = await asyncio.gather(self._push_intent(intent, reason),
-                                                    self._apply_router(intent, force))
+                status, _ = await asyncio.gather(self._push_intent(intent, reason),
+                                                 self._apply_router(intent, force))
             else:
                 await self._apply_router(intent, force)
-                published = controller and await self._push_intent(intent, reason)
+                status = await self._push_intent(intent, reason) if controller else None
+            published = status == 200
         if published:
             self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
 
     def _background(self, coro) -> None:
+        """Run a coroutine beside the service; an exception is an event, never lost."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.events.emit("cc.task_failed", error=repr(t.exception())[:500])
+
+        task.add_done_callback(done)
 
     async def _publish_later(self, reason: str) -> None:
-        async with self._intent_lock:
-            if self.state.value != "ENABLED":
-                return
-            intent = self.intent()  # the newest view: a change made meanwhile is not undone
-            if await self._push_intent(intent, reason):
+        """A staged takeover's intent, pushed after the router: until the controller has it
+        the old primary stays in the groups' VLANs, so it is pushed again (paced, doubling
+        up to a second) until the controller answers it, for as long as this member is
+        the primary of this epoch."""
+        epoch, pause = self.epoch, self.ha.interval if self.ha is not None else 0.05
+        while True:
+            async with self._intent_lock:
+                if self.state.value != "ENABLED" or self.epoch != epoch:
+                    return
+                intent = self.intent()  # the newest view: a change made meanwhile is not undone
+                status = await self._push_intent(intent, reason)
+            if status == 200:
                 self.events.emit("intent.published", epoch=intent["epoch"], reason=reason,
                                  instances=len(intent["instances"]), groups=len(intent["groups"]))
+                return
+            if 400 <= status < 500:
+                return  # refused (409: for a newer epoch, and the HA agent steps down)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
-    async def _push_intent(self, intent: dict, reason: str) -> bool:
-        """PUT the intent to the SDN controller; True when it accepted it. Refused for a
-        stale epoch: the pair moved on without this member hearing of it, and its HA
-        agent learns the controller's epoch (an ENABLED member steps down)."""
+    async def _push_intent(self, intent: dict, reason: str) -> int:
+        """PUT the intent to the SDN controller; the answer's status (200 accepted), 0 when
+        none came. Refused for a stale epoch: the pair moved on without this member hearing
+        of it, and its HA agent learns the controller's epoch (an ENABLED member steps down)."""
         try:
             async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}",
                                             json=intent) as r:
@@ -521,11 +541,11 @@ class ClusterController(Service):
                     current = answer.get("current") if isinstance(answer, dict) else None
                     if r.status == 409 and type(current) is int and self.ha is not None:
                         self.ha.learn_epoch(current, "the SDN controller refused the intent")
-                    return False
+                    return r.status
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             self.events.emit("intent.failed", error=str(exc), reason=reason)
-            return False
-        return True
+            return 0
+        return 200
 
     async def _apply_router(self, intent: dict, force: bool = False) -> None:
         """Make this host the cluster's router for the intent (MANAGED modes only)."""
@@ -568,35 +588,46 @@ class ClusterController(Service):
         self._withdrawn = True
         self.events.emit("router.withdrawn")
 
+    def _known_epoch(self, own: bool = True) -> int:
+        """The newest epoch of this pair this member knows of: its view's (replicated by the
+        primary), its peer's (heartbeats), the controller's (a refusal), and with ``own``
+        its HA agent's (during a promotion that is already the new one)."""
+        ha = self.ha
+        return max(self.epoch, ha.peer.epoch, ha.superseded or 0, ha.epoch if own else 0)
+
     async def _standby_loop(self) -> None:
         """While this member is a secondary with its router withdrawn, have the controller
         keep it ready (docs/intent.md, "Standby"), again whenever it learns a newer epoch.
 
-        A refusal (the controller holds a newer intent, or still takes this member for
-        the primary) is retried after a few intervals, and logged once per answer."""
+        Recorded only once staged with the flows in; an answer that is not that (no intent
+        of that epoch yet, or this member still its primary) is asked again after a few
+        intervals and logged once per answer."""
         interval = self.ha.interval
         while True:
             await asyncio.sleep(interval)
-            if self.state.value == "ENABLED" or not self._withdrawn:
-                continue
-            ha = self.ha
-            known = max(self.epoch, ha.epoch, ha.peer.epoch, ha.superseded or 0)
-            if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
-                continue
-            status, answer = await self._put_standby(known)
-            if self.state.value == "ENABLED" or not self._withdrawn:
-                continue  # promoted meanwhile: the report is the past
-            if status == 200:
-                self._standby_epoch, self._standby_refused = known, None
-                self.events.emit("intent.standby", epoch=known, staged=answer.get("staged"))
-                continue
-            if self._standby_refused != (known, answer.get("error")):
-                self._standby_refused = (known, answer.get("error"))
-                self.events.emit("intent.standby_refused", epoch=known, status=status, answer=answer)
-            current = answer.get("current")
-            if status == 409 and type(current) is int and current > known:
-                ha.learn_epoch(current, "the SDN controller holds a newer intent")
-            await asyncio.sleep(3 * interval)
+            try:
+                if self.state.value == "ENABLED" or not self._withdrawn:
+                    continue
+                known = self._known_epoch()
+                if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
+                    continue
+                status, answer = await self._put_standby(known)
+                if self.state.value == "ENABLED" or not self._withdrawn:
+                    continue  # promoted meanwhile: the report is the past
+                staged = status == 200 and answer.get("staged") is True and answer.get("installed") is not False
+                if staged:
+                    self._standby_epoch, self._standby_refused = known, None
+                    self.events.emit("intent.standby", epoch=known, staged=True)
+                    continue
+                if self._standby_refused != (known, status, answer.get("error")):
+                    self._standby_refused = (known, status, answer.get("error"))
+                    self.events.emit("intent.standby_refused", epoch=known, status=status, answer=answer)
+                current = answer.get("current")
+                if status == 409 and type(current) is int and current > known:
+                    self.ha.learn_epoch(current, "the SDN controller holds a newer intent")
+                await asyncio.sleep(3 * interval)
+            except Exception as exc:  # noqa: BLE001 (the reports must go on)
+                self.events.emit("intent.standby_error", error=repr(exc)[:500])
 
     async def _put_standby(self, epoch: int) -> tuple[int, dict]:
         """One standby report; (status, answer), status 0 when the controller did not answer."""

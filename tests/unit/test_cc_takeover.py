@@ -190,10 +190,11 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
 
 
 async def promote(cc, standby_epoch: int, epoch: int) -> None:
-    """The HA agent's promotion of a withdrawn member the controller accepted as standby."""
+    """The HA agent's promotion of a withdrawn member the controller staged: on_promote,
+    then ENABLED with no await between (components/common/ha.py, _promote)."""
     cc._withdrawn, cc._standby_epoch = True, standby_epoch
-    cc.set_state(cc.ServiceState.ENABLED, "test")
     await cc._on_promote(epoch)
+    cc.set_state(cc.ServiceState.ENABLED, "test")
 
 
 def test_a_withdrawn_secondary_reports_itself_standby_at_the_newest_epoch_it_knows(tmp_path, monkeypatch):
@@ -288,3 +289,21 @@ def test_a_garbled_controller_answer_neither_stops_the_reports_nor_counts_as_sta
 
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
     assert ha.learned == []
+
+
+def test_a_staged_takeovers_intent_is_pushed_again_until_the_controller_takes_it(tmp_path, monkeypatch):
+    """The old primary stays in the groups' VLANs until the controller has the new intent:
+    a push that fails (the controller restarting, here a 503) is made again."""
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=4)
+    answers = {"intent": (503, {"error": "restarting"})}
+
+    async def body(cc):
+        await promote(cc, standby_epoch=4, epoch=5)
+        await asyncio.sleep(0.08)
+        answers["intent"] = (200, {"accepted": True})
+        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    pushes = [e for e in log if e[0] == "intent"]
+    assert len(pushes) >= 2 and set(pushes) == {("intent", "c1cc2", 5)}

@@ -269,7 +269,7 @@ def test_a_new_primarys_intent_fences_the_old_one_until_it_reports_again(topo):
     epoch, sent once withdrawn, stages it again."""
     promoted = dict(intent(primary="c1cc2"), epoch=2)
     old_garp = gw_garp(topo, "c1cc1", GW_A)
-    for earlier in (None, {"host": "c1cc2", "epoch": 1}, {"host": "c1cc1", "epoch": 1}):
+    for earlier in (None, {"host": "c1cc2", "epoch": 1}, {"host": "c1cc1", "epoch": 1}, {"host": "c1cc1", "epoch": 5}):
         fab = FakeFabric(topo, compute_flows(topo, {1: promoted}, standbys={1: earlier} if earlier else {}))
         # It reaches the cluster's untagged infrastructure only, no instance.
         assert not any(h in INST for h in fab.reached("c1cc1", old_garp, "priv1"))
@@ -282,6 +282,15 @@ def test_a_new_primarys_intent_fences_the_old_one_until_it_reports_again(topo):
 def test_the_standby_changes_only_its_own_ports_flows(topo):
     flows = compute_flows(topo, {1: intent()})
     staged = compute_flows(topo, {1: intent()}, standbys={1: {"host": "c1cc2", "epoch": 1}})
-    removed = {f.cookie for fs in flows.values() for f in fs} - {f.cookie for fs in staged.values() for f in fs}
+    before = {f.cookie for fs in flows.values() for f in fs}
+    after = {f.cookie for fs in staged.values() for f in fs}
     # Only the VLANs' flood flows change (one more member); nothing is lost for anyone else.
-    assert all(f.priority == 5 for fs in flows.values() for f in fs if f.cookie in removed)
+    assert before - after
+    assert all(f.priority == 5 for fs in flows.values() for f in fs if f.cookie not in after)
+    # What comes in is the standby's: its port's classification and its MAC's forwarding,
+    # and the new flood flows.
+    port, mac = topo.host_port("c1cc2", "priv1").port, cc_mac(topo, "c1cc2")
+    added = [f for fs in staged.values() for f in fs if f.cookie not in before]
+    assert added and all(f.match_dict.get("in_port") == port or f.match_dict.get("eth_dst") == mac
+                         or f.priority == 5 for f in added)
+    assert any(f.match_dict.get("in_port") == port for f in added)

@@ -151,10 +151,15 @@ def test_a_standby_is_staged_at_the_intents_epoch_and_refused_below_it(standby_a
     # A report older than the accepted intent: its sender may have been primary since.
     assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 2}) == (409, {"error": "stale epoch", "current": 3})
     assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 3})[1]["staged"] is True
+    # Ahead of the accepted intent: not staged through every promotion up to it, refused.
+    assert request(path, "PUT", url, {"host": "c1cc2", "epoch": 10**30}) == (
+        409, {"error": "no intent of that epoch yet", "current": 3})
     # The primary itself is never a standby.
     assert request(path, "PUT", url, {"host": "c1cc1", "epoch": 3}) == (
         409, {"error": "c1cc1 is the primary", "current": 3})
+    # Malformed: 400 naming the field, before any epoch or primary check.
     for body in ({"host": "c1n1", "epoch": 3}, {"host": "c1cc2"}, {"host": "c1cc2", "epoch": "3"},
+                 {"host": "c1cc2", "epoch": True}, {"host": "c1cc1", "epoch": "x"},
                  {"host": "c1cc2", "epoch": 3, "extra": 1}, [], b"{"):
         status, answer = request(path, "PUT", url, body)
         assert status == 400 and answer["error"], body

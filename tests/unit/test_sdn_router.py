@@ -184,7 +184,8 @@ def test_primary_holds_exactly_the_intents_addresses_and_announces_the_new_ones(
     assert fake.announced == [("c1cc1-eth1", "10.101.16.1"), ("c1cc1-eth1", "10.101.16.17"),
                               ("c1cc1-eth0", "10.0.128.5")]
     assert result["added"] == ["10.101.16.1", "10.101.16.17", "10.0.128.5"]
-    assert fake.restored == [render_router(INTENT, HOST).ruleset]
+    # The first load of a process re-creates the table (an older process's leftovers go).
+    assert fake.restored == ["table ip eucalab\ndelete table ip eucalab\n" + render_router(INTENT, HOST).ruleset]
     assert (tmp_path / "net/ipv4/conf/c1cc1-eth1/send_redirects").read_text() == "0\n"
     # Applied again: nothing to add, nothing announced twice, and not one command run
     # (a takeover is in the outage: every fork of ip cost milliseconds).
@@ -216,7 +217,7 @@ def test_withdraw_leaves_no_address_and_empty_chains(fake):
 
 def test_a_secondary_given_the_full_config_holds_nothing_either(fake):
     apply_router(render_router(INTENT, HOST), primary=False)
-    assert fake.restored[-1] == router._empty()
+    assert fake.restored[-1] == "table ip eucalab\ndelete table ip eucalab\n" + router._empty()
     assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
     assert fake.announced == []
 
