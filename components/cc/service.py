@@ -68,7 +68,7 @@ class ClusterController(Service):
         # controller keeps it ready beside the primary as of this epoch (None: not reported).
         self._withdrawn = False
         self._standby_epoch: int | None = None
-        self._standby_refused: tuple | None = None  # (epoch, answer) of the last refusal
+        self._standby_unstaged: tuple | None = None  # (epoch, status, error) of the last answer not staging it
         self._standby_task: asyncio.Task | None = None
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
@@ -616,12 +616,12 @@ class ClusterController(Service):
                     continue  # promoted meanwhile: the report is the past
                 staged = status == 200 and answer.get("staged") is True and answer.get("installed") is not False
                 if staged:
-                    self._standby_epoch, self._standby_refused = known, None
+                    self._standby_epoch, self._standby_unstaged = known, None
                     self.events.emit("intent.standby", epoch=known, staged=True)
                     continue
-                if self._standby_refused != (known, status, answer.get("error")):
-                    self._standby_refused = (known, status, answer.get("error"))
-                    self.events.emit("intent.standby_refused", epoch=known, status=status, answer=answer)
+                if self._standby_unstaged != (known, status, answer.get("error")):
+                    self._standby_unstaged = (known, status, answer.get("error"))
+                    self.events.emit("intent.standby_not_staged", epoch=known, status=status, answer=answer)
                 current = answer.get("current")
                 if status == 409 and type(current) is int and current > known:
                     self.ha.learn_epoch(current, "the SDN controller holds a newer intent")
