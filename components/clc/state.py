@@ -15,6 +15,7 @@ side, in one transaction), then the ops after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,19 @@ def redact(op: dict) -> dict:
     return {k: ("<redacted>" if k in SECRET_FIELDS else v) for k, v in op.items()}
 
 
+@contextlib.contextmanager
+def _writing(db: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    """One write transaction on ``db``: committed whole, or rolled back on any exception."""
+    cur = db.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        yield cur
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+
+
 class StoreError(Exception):
     """An operation that does not apply to the current state."""
 
@@ -148,16 +162,10 @@ class Store:
 
     def apply(self, op: dict, seq: int | None = None, epoch: int | None = None) -> int:
         """Apply one operation atomically and log it; returns its sequence number."""
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(self.db) as cur:
             seq = self._apply_one(cur, op, seq if seq is not None else cur.execute(LAST_SEQ).fetchone()[0] + 1,
                                   epoch if epoch is not None else self.epoch)
             self._compact(cur, seq)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         return seq
 
     def _apply_one(self, cur: sqlite3.Cursor, op: dict, seq: int, epoch: int) -> int:
@@ -206,9 +214,7 @@ class Store:
 
         One transaction on the replica connection (callable from a worker thread): the
         batch is applied whole or not at all. A gap is refused (StoreError)."""
-        cur = self._replica().cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(self._replica()) as cur:
             last = first = cur.execute(LAST_SEQ).fetchone()[0]
             for entry in ops:
                 if entry["seq"] <= last:
@@ -218,10 +224,6 @@ class Store:
                 last = self._apply_one(cur, entry["op"], entry["seq"], entry["epoch"])
             if last > first:
                 self._compact(cur, last)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         return last
 
     # -- snapshots ------------------------------------------------------------------------------
@@ -249,9 +251,7 @@ class Store:
         """Replace the state with a peer's snapshot, in one transaction (a crash leaves the old
         state or the new one, never a mix); the log starts after it. A snapshot no newer
         than this state changes nothing. Returns the position."""
-        cur = self._replica().cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with _writing(self._replica()) as cur:
             last = cur.execute(LAST_SEQ).fetchone()[0]
             if int(snap["last_seq"]) > last:
                 for table in (*STATE_TABLES, "oplog"):
@@ -261,10 +261,6 @@ class Store:
                 last = int(snap["last_seq"])
                 cur.execute("UPDATE meta SET value=? WHERE key='base_seq'", (last,))
                 cur.execute("UPDATE meta SET value=? WHERE key='base_epoch'", (int(snap["epoch"]),))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
         return last
 
     @staticmethod
@@ -350,12 +346,10 @@ class Store:
 
     def reset(self) -> None:
         """Forget everything (an ex-primary rejoining takes the new primary's state whole)."""
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        for table in (*STATE_TABLES, "oplog"):
-            cur.execute(f"DELETE FROM {table}")
-        cur.execute("UPDATE meta SET value=0")
-        cur.execute("COMMIT")
+        with _writing(self.db) as cur:
+            for table in (*STATE_TABLES, "oplog"):
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("UPDATE meta SET value=0")
 
     # -- queries ------------------------------------------------------------------------------
 
