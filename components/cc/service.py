@@ -496,16 +496,8 @@ class ClusterController(Service):
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
 
     def _background(self, coro) -> None:
-        """Run a coroutine beside the service; an exception is an event, never lost."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                self.events.emit("cc.task_failed", error=repr(t.exception())[:500])
-
-        task.add_done_callback(done)
+        """Run a coroutine beside the service; an exception is a ``cc.task_failed`` event."""
+        self.events.spawn(coro, self._tasks, "cc.task_failed")
 
     async def _publish_later(self, reason: str) -> None:
         """A staged takeover's intent, pushed after the router: until the controller has it

@@ -8,6 +8,7 @@ machine, so experiments can order events across hosts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -25,6 +26,20 @@ class EventLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", buffering=1)
+
+    def spawn(self, coro, tasks: set, event: str):
+        """Run ``coro`` beside the caller, held in ``tasks`` until it ends; an exception it
+        ends with becomes ``event`` {error}, never lost."""
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+
+        def done(t) -> None:
+            tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.emit(event, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+        return task
 
     def emit(self, event: str, **fields) -> dict:
         record = {"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "t_wall": time.time(),

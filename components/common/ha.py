@@ -451,16 +451,8 @@ class HAAgent:
         self._spawn(self._decide("tick"))
 
     def _spawn(self, coro) -> None:
-        """Run a coroutine beside the ticker; an exception is logged as an event, never lost."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._running.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._running.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                self.events.emit("ha.error", error=repr(t.exception()))
-
-        task.add_done_callback(done)
+        """Run a coroutine beside the ticker; an exception is an ``ha.error`` event, never lost."""
+        self.events.spawn(coro, self._running, "ha.error")
 
     # -- decisions ---------------------------------------------------------------------------------
 
