@@ -259,35 +259,36 @@ class Fabric(app_manager.OSKenApp):
                 waits.append(done)
         return added, removed, waits
 
-    def apply(self, intent: dict, previous: dict | None) -> dict:
-        """Bring every connected switch to the flows of the accepted intents; wait for them."""
+    def _bring(self, cluster: int | None, announce: list | None = None) -> dict:
+        """Send every synced switch its difference (``cluster``'s network, or all with None),
+        wait for the barriers, then inject ``announce``'s (switch, in_port, frame); the
+        result every apply answers with."""
         t0 = time.monotonic()
         with self.lock:
-            added, removed, waits = self._push_all(intent["cluster"])
-            outs = fl.announcements(self.topo, intent, previous)
+            added, removed, waits = self._push_all(cluster)
         installed = all(w.wait(self.barrier_timeout) for w in waits)
         with self.lock:
-            for switch, in_port, frame in outs:
+            for switch, in_port, frame in announce or ():
                 dp = self.datapaths.get(switch)
                 if dp is not None:
                     ofp, parser = dp.ofproto, dp.ofproto_parser
                     dp.send_msg(parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
                                                     actions=[parser.OFPActionOutput(ofp.OFPP_TABLE, 0)],
                                                     data=frame))
-        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
-                  "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
+        return {"flows_added": added, "flows_removed": removed, "installed": installed,
+                "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
+
+    def apply(self, intent: dict, previous: dict | None) -> dict:
+        """Bring every connected switch to the flows of the accepted intents; wait for them."""
+        outs = fl.announcements(self.topo, intent, previous)
+        result = self._bring(intent["cluster"], outs)
         self.eventlog.emit("intent.applied", cluster=intent["cluster"], epoch=intent["epoch"],
-                         primary_cc=intent["primary_cc"], announcements=len(outs), **result)
+                           primary_cc=intent["primary_cc"], announcements=len(outs), **result)
         return result
 
     def apply_standby(self, cluster: int, standby: dict, staged: bool) -> dict:
         """Bring the cluster's switches to the flows with this standby report; wait for them."""
-        t0 = time.monotonic()
-        with self.lock:
-            added, removed, waits = self._push_all(cluster)
-        installed = all(w.wait(self.barrier_timeout) for w in waits)
-        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
-                  "seconds": round(time.monotonic() - t0, 4)}
+        result = self._bring(cluster)
         self.eventlog.emit("standby.applied", cluster=cluster, host=standby["host"], epoch=standby["epoch"],
                            staged=staged, **result)
         return result
@@ -297,12 +298,7 @@ class Fabric(app_manager.OSKenApp):
 
         No announcement: the VIP's MAC does not change, so no neighbour's cache does.
         """
-        t0 = time.monotonic()
-        with self.lock:
-            added, removed, waits = self._push_all()
-        installed = all(w.wait(self.barrier_timeout) for w in waits)
-        result = {"flows_added": added, "flows_removed": removed, "installed": installed,
-                  "switches_synced": len(self.synced), "seconds": round(time.monotonic() - t0, 4)}
+        result = self._bring(None)
         self.eventlog.emit("vip.applied", pair=redirect["pair"], epoch=redirect["epoch"],
                            primary=redirect["primary"], previous=(previous or {}).get("primary"), **result)
         return result
