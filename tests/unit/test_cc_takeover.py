@@ -117,6 +117,14 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
     assert log == ["addresses", "controller c1cc2", "--", "addresses", "controller c1cc2"]
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    """Wait for ``condition()`` on the event loop, failing the test after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)
+
+
 class FakeHA:
     """What the CC reads of its HA agent: the epochs it knows, and whom it tells of a newer one."""
 
@@ -204,10 +212,9 @@ def test_a_withdrawn_secondary_reports_itself_standby_at_the_newest_epoch_it_kno
     async def body(cc):
         await cc._withdraw_router()
         cc._standby_task = asyncio.create_task(cc._standby_loop())
-        await asyncio.sleep(0.05)
-        assert cc._standby_epoch == 4
+        await until(lambda: cc._standby_epoch == 4)
         ha.peer.epoch = 6  # the peer promoted again: report again
-        await asyncio.sleep(0.05)
+        await until(lambda: cc._standby_epoch == 6)
 
     run_cc(tmp_path, monkeypatch, log, {}, body, ha)
     assert log == [("router", "withdrawn"), ("standby", "c1cc2", 4), ("standby", "c1cc2", 6)]
@@ -221,10 +228,9 @@ def test_a_refused_standby_report_teaches_the_agent_the_controllers_epoch(tmp_pa
     async def body(cc):
         await cc._withdraw_router()
         cc._standby_task = asyncio.create_task(cc._standby_loop())
-        await asyncio.sleep(0.03)
+        await until(lambda: ha.learned)
         answers["standby"] = (200, {"accepted": True, "staged": True})
-        await asyncio.sleep(0.06)
-        assert cc._standby_epoch == 5
+        await until(lambda: cc._standby_epoch == 5)
 
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
     assert ha.learned == [5]
@@ -281,11 +287,10 @@ def test_a_garbled_controller_answer_neither_stops_the_reports_nor_counts_as_sta
     async def body(cc):
         await cc._withdraw_router()
         cc._standby_task = asyncio.create_task(cc._standby_loop())
-        await asyncio.sleep(0.03)
+        await until(lambda: cc._standby_unstaged is not None)  # the garbled answer, taken in
         assert cc._standby_epoch is None and not cc._standby_task.done()
         answers["standby"] = (200, {"accepted": True, "staged": True})
-        await asyncio.sleep(0.06)
-        assert cc._standby_epoch == 2
+        await until(lambda: cc._standby_epoch == 2)
 
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
     assert ha.learned == []
@@ -300,7 +305,7 @@ def test_a_staged_takeovers_intent_is_pushed_again_until_the_controller_takes_it
 
     async def body(cc):
         await promote(cc, standby_epoch=4, epoch=5)
-        await asyncio.sleep(0.08)
+        await until(lambda: any(e[0] == "intent" for e in log))  # the first push, refused
         answers["intent"] = (200, {"accepted": True})
         await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
 
