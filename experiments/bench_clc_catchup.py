@@ -20,6 +20,7 @@ Runs on older code as well, for a before/after figure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import tempfile
@@ -85,47 +86,51 @@ class Ticker:
         return max(self.worst, time.perf_counter() - self._slept - TICK_S)
 
 
+@contextlib.asynccontextmanager
+async def _pair(n: int, serving: str):
+    """An ENABLED member holding ``n`` ops and an empty DISABLED one, ``serving`` ("clc1" or
+    "clc2") behind a TestServer and the other started as its client; everything (the
+    members, the server, the scratch directory) is gone afterwards."""
+    with tempfile.TemporaryDirectory(prefix="clc-catchup-") as name:
+        tmp, port = Path(name), _port()
+        members = {"clc1": _member(tmp, "clc1", "ENABLED", port), "clc2": _member(tmp, "clc2", "DISABLED", port)}
+        _fill(members["clc1"], n)
+        client = members["clc2" if serving == "clc1" else "clc1"]
+        server = TestServer(members[serving].app, host="127.0.0.1", port=port)
+        await server.start_server()
+        await client.on_start()
+        try:
+            yield members["clc1"], members["clc2"]
+        finally:
+            await client.on_stop()
+            await server.close()
+
+
 async def _pull(n: int) -> tuple[float, float, str]:
-    tmp, port = Path(tempfile.mkdtemp(prefix="clc-catchup-")), _port()
-    primary, secondary = _member(tmp, "clc1", "ENABLED", port), _member(tmp, "clc2", "DISABLED", port)
-    _fill(primary, n)
-    server = TestServer(primary.app, host="127.0.0.1", port=port)
-    await server.start_server()
-    await secondary.on_start()
-    ticker = Ticker()
-    t0 = time.perf_counter()
-    secondary.ha.peer.heard, secondary.ha.peer.state = float("inf"), "ENABLED"
-    secondary.ha.peer.last_seq = n
-    while secondary.store.last_seq < n:
-        await asyncio.sleep(0.002)
-    took = time.perf_counter() - t0
-    worst = await ticker.stop()
-    await secondary.on_stop()
-    await server.close()
-    return took, worst, "caught up"
+    async with _pair(n, serving="clc1") as (_, secondary):
+        ticker = Ticker()
+        t0 = time.perf_counter()
+        secondary.ha.peer.heard, secondary.ha.peer.state = float("inf"), "ENABLED"
+        secondary.ha.peer.last_seq = n
+        while secondary.store.last_seq < n:
+            await asyncio.sleep(0.002)
+        took = time.perf_counter() - t0
+        return took, await ticker.stop(), "caught up"
 
 
 async def _push(n: int) -> tuple[float, float, str]:
-    tmp, port = Path(tempfile.mkdtemp(prefix="clc-catchup-")), _port()
-    primary, secondary = _member(tmp, "clc1", "ENABLED", port), _member(tmp, "clc2", "DISABLED", port)
-    _fill(primary, n)
-    server = TestServer(secondary.app, host="127.0.0.1", port=port)
-    await server.start_server()
-    await primary.on_start()
-    primary.ha.peer.heard, primary.ha.peer.state = float("inf"), "DISABLED"
-    ticker = Ticker()
-    t0 = time.perf_counter()
-    try:
-        await primary.replicate(n)
-        outcome = "acknowledged"
-    except EC2Error as exc:  # the write may not be acknowledged
-        outcome = f"refused ({exc.status})"
-    took = time.perf_counter() - t0
-    worst = await ticker.stop()
-    outcome += f", the peer at {secondary.store.last_seq}"
-    await primary.on_stop()
-    await server.close()
-    return took, worst, outcome
+    async with _pair(n, serving="clc2") as (primary, secondary):
+        primary.ha.peer.heard, primary.ha.peer.state = float("inf"), "DISABLED"
+        ticker = Ticker()
+        t0 = time.perf_counter()
+        try:
+            await primary.replicate(n)
+            outcome = "acknowledged"
+        except EC2Error as exc:  # the write may not be acknowledged
+            outcome = f"refused ({exc.status})"
+        took = time.perf_counter() - t0
+        worst = await ticker.stop()
+        return took, worst, outcome + f", the peer at {secondary.store.last_seq}"
 
 
 async def main(sizes: list[int]) -> None:
