@@ -45,9 +45,7 @@ class ClusterController(Service):
         self.zone = f"cluster{self.cluster}"
         self.mode = config.get("mode", "MANAGED")
         self.ncs: dict[str, dict] = config.get("ncs", {})
-        self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
-                                   config.get("schedule_policy", "ROUNDROBIN"))
-        self.alloc = NetworkAllocator(self.mode, self.cluster, int(config.get("addrs_per_net", 32)))
+        self.scheduler, self.alloc = self._empty_placement(config.get("schedule_policy", "ROUNDROBIN"))
         self.data = Path(config["data_dir"])
         self.state_file = self.data / "cluster.json"
         saved = self._load()
@@ -70,6 +68,8 @@ class ClusterController(Service):
         self._standby_epoch: int | None = None
         self._standby_unstaged: tuple | None = None  # (epoch, status, error) of the last answer not staging it
         self._standby_task: asyncio.Task | None = None
+        self._arm_pending = False  # a replicated view not armed yet (``_rearm``)
+        self._armer: asyncio.Task | None = None
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -129,6 +129,7 @@ class ClusterController(Service):
         self.instances, self.groups = snap["instances"], snap["groups"]
         self.addresses, self.epoch = snap["addresses"], int(snap["epoch"])
         self._persist()
+        self._rearm()
         return web.json_response({"ok": True})
 
     async def _on_promote(self, epoch: int) -> None:
@@ -144,9 +145,7 @@ class ClusterController(Service):
         staged = self._standby_epoch is not None and self._standby_epoch >= self._known_epoch(own=False)
         self._withdrawn, self._standby_epoch = False, None
         self.epoch = epoch
-        self.scheduler = Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()],
-                                   self.scheduler.policy)
-        self.alloc = NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32)))
+        self.scheduler, self.alloc = self._empty_placement(self.scheduler.policy)
         self._restore_view()
         await self.publish_intent("promoted", force=True, staged=staged)
         self._background(self._reconcile(epoch))
@@ -241,14 +240,27 @@ class ClusterController(Service):
 
     def _restore_view(self) -> None:
         """Occupy the slots and addresses of the instances this CC knows (idempotent)."""
+        for iid, why in self._occupy(self.scheduler, self.alloc).items():
+            self.instances[iid]["state"], self.instances[iid]["reason"] = "terminated", why
+
+    def _occupy(self, scheduler: Scheduler, alloc: NetworkAllocator) -> dict[str, str]:
+        """Occupy the known instances' slots in ``scheduler`` and addresses in ``alloc``;
+        returns those that do not fit (id -> why), for the caller to terminate."""
+        misfits = {}
         for iid, rec in self.instances.items():
             if rec.get("state") == "terminated":
                 continue
             try:
-                self.scheduler.occupy(rec["nc"], rec["slot"], iid)
-                self.alloc.restore(iid, rec.get("group") or "default", rec["ip"])
+                scheduler.occupy(rec["nc"], rec["slot"], iid)
+                alloc.restore(iid, rec.get("group") or "default", rec["ip"])
             except (KeyError, ValueError, AllocationError) as exc:
-                rec["state"], rec["reason"] = "terminated", f"inconsistent after restart: {exc}"
+                misfits[iid] = f"inconsistent after restart: {exc}"
+        return misfits
+
+    def _empty_placement(self, policy: str) -> tuple[Scheduler, NetworkAllocator]:
+        """A scheduler over this cluster's NCs and a network allocator, both holding nothing."""
+        return (Scheduler([NodeState(n, list(v["slots"])) for n, v in self.ncs.items()], policy),
+                NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32))))
 
     async def _poll_ncs(self) -> None:
         while True:
@@ -442,13 +454,16 @@ class ClusterController(Service):
 
     # -- network intent -----------------------------------------------------------------------
 
-    def intent(self) -> dict:
-        """The cluster's network intent in the schema of docs/intent.md."""
-        live = [i for i in self.instances.values() if i["state"] != "terminated"]
+    def intent(self, alloc: NetworkAllocator | None = None, leave_out=()) -> dict:
+        """The cluster's network intent in the schema of docs/intent.md (the groups' subnets
+        from ``alloc``, by default this member's allocator; the instances in ``leave_out``
+        counted as terminated)."""
+        alloc = alloc or self.alloc
+        live = [i for i in self.instances.values() if i["state"] != "terminated" and i["id"] not in leave_out]
         used_groups = {i["group"] for i in live}
         groups = []
         for gid in sorted(used_groups):
-            net = self.alloc.group_net(gid)
+            net = alloc.group_net(gid)
             g = self.groups.get(gid, {"name": gid, "account": None, "rules": []})
             groups.append({"id": gid, "name": g["name"], "account": g.get("account"), "vlan": net.vlan,
                            "subnet": net.subnet, "gateway": net.gateway, "rules": g.get("rules", [])})
@@ -495,9 +510,9 @@ class ClusterController(Service):
             self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
 
-    def _background(self, coro) -> None:
+    def _background(self, coro) -> asyncio.Task:
         """Run a coroutine beside the service; an exception is a ``cc.task_failed`` event."""
-        self.events.spawn(coro, self._tasks, "cc.task_failed")
+        return self.events.spawn(coro, self._tasks, "cc.task_failed")
 
     async def _publish_later(self, reason: str) -> None:
         """A staged takeover's intent, pushed after the router: until the controller has it
@@ -566,19 +581,46 @@ class ClusterController(Service):
         if self.state.value == "ENABLED":
             router.announce(intf, addresses)
 
-    async def _withdraw_router(self) -> None:
-        """Hold none of the router's addresses and rules (this CC is not, or no longer, primary)."""
+    def _standby_router(self) -> router.RouterConfig:
+        """The router this member would apply if promoted now: the view its primary
+        replicated here, placed as ``_on_promote`` places it (a fresh scheduler and
+        allocator holding the view's instances; one that does not fit left out, as the
+        promotion terminates it). Nothing of this member's own state changes."""
+        scheduler, alloc = self._empty_placement(self.scheduler.policy)
+        misfits = self._occupy(scheduler, alloc)
+        return router.render_router(self.intent(alloc, leave_out=misfits), router.RouterHost.from_cc_config(self.config))
+
+    async def _withdraw_router(self, rearm: bool = False) -> None:
+        """Hold none of the router's addresses (this CC is not, or no longer, primary) and
+        the rules of its view armed, so a promotion to that view moves addresses only
+        (components/cc/router.py). ``rearm``: the view changed (replicated by the primary);
+        done only while this member is still a withdrawn secondary."""
         if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
             return
-        config = router.withdraw_config(router.RouterHost.from_cc_config(self.config))
+        config = self._standby_router()
         async with self._router_lock:
+            if rearm and (self.state.value == "ENABLED" or not self._withdrawn):
+                return  # promoted meanwhile: the promotion routes
             try:
-                await router.apply_router_async(config, primary=False)
+                result = await router.apply_router_async(config, primary=False, armed=True)
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self._withdrawn = True
-        self.events.emit("router.withdrawn")
+        self.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.private_addresses),
+                         elastic_ips=len(config.public_addresses), ms=result.get("ms"))
+
+    def _rearm(self) -> None:
+        """Arm the rules of the view just replicated here, beside the request; views that
+        arrive meanwhile are armed after it, the newest last."""
+        self._arm_pending = True
+        if self._armer is None or self._armer.done():
+            self._armer = self._background(self._arm_pending_views())
+
+    async def _arm_pending_views(self) -> None:
+        while self._arm_pending:
+            self._arm_pending = False
+            await self._withdraw_router(rearm=True)
 
     def _known_epoch(self, own: bool = True) -> int:
         """The newest epoch of this pair this member knows of: its view's (replicated by the

@@ -263,14 +263,35 @@ def test_a_frozen_primary_cc_is_fenced_out_of_the_groups(ha):
     heal(dep, "cc1")
 
 
-def test_metadata_nat_exists_once(ha):
-    """EUCA-3440: the metadata DNAT lives on the primary CC only, never on both."""
-    dep = ha["dep"]
+def _metadata_dnat(dep, host: str) -> list[tuple[str, int]]:
+    """The metadata DNAT rules in ``host``'s router table: (target, packets) each."""
+    out = dep[host].cmd("nft list chain ip eucalab EUCA-PREROUTING")
+    return [(target, int(packets)) for packets, target in
+            re.findall(r"169\.254\.169\.254 tcp dport 80 counter packets (\d+) bytes \d+ dnat to (\S+)", out)]
+
+
+def test_metadata_nat_points_at_the_clc_vip_and_only_the_primary_cc_translates(ha):
+    """EUCA-3440 (metadata NAT rules pointing at both CLCs): each CC holds one metadata
+    DNAT, to the CLC pair's virtual IP. The secondary's is armed, with none of the router's
+    addresses, so an instance's metadata request is translated by the primary alone."""
+    dep, iid = ha["dep"], ha["iid"]
     primary = heal(dep, "cc1")
     secondary = next(m for m in ("c1cc1", "c1cc2") if m != primary)
-    rule = "169.254.169.254"
-    assert wait_until(lambda: dep[primary].cmd("nft list ruleset").count(rule) == 1, 5)
-    assert dep[secondary].cmd("nft list ruleset").count(rule) == 0
+    target = f"{dep.plan.pair('clc').vip}:8773"
+    assert wait_until(lambda: [t for t, _ in _metadata_dnat(dep, secondary)] == [target], 5), \
+        dep[secondary].cmd("nft list ruleset")
+    intent = dep.control_request("GET", "/intent")[1]["clusters"]["1"]
+    inst = next(i for i in intent["instances"] if i["id"] == iid)
+    gateway = next(g["gateway"] for g in intent["groups"] if g["id"] == inst["group"])
+    assert f"inet {gateway}/" in dep[primary].cmd("ip -o -4 addr")
+    assert f"inet {gateway}/" not in dep[secondary].cmd("ip -o -4 addr")
+    before = {h: _metadata_dnat(dep, h) for h in (primary, secondary)}
+    assert [t for t, _ in before[primary]] == [target]
+    url = "http://169.254.169.254/latest/meta-data/instance-id"
+    assert dep[inst["slot"]].cmd(f"curl -s -m 3 {url}").strip() == iid
+    after = {h: _metadata_dnat(dep, h) for h in (primary, secondary)}
+    assert after[primary][0][1] > before[primary][0][1]
+    assert after[secondary] == before[secondary]
 
 
 def test_heartbeat_link_cut_never_two_enabled(ha):

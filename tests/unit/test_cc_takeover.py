@@ -25,7 +25,7 @@ NEWER = {"id": "i-new", "slot": "c1n1v2", "ip": "10.101.16.3", "mac": "d0:0d:0a:
 def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(tmp_path, monkeypatch):
     log: list[tuple[str, object]] = []
 
-    async def apply(config, primary):
+    async def apply(config, primary, armed=False):
         log.append(("router", sorted(config.public_addresses + config.private_addresses)))
         return {"added": [], "announced": {}}
 
@@ -75,7 +75,7 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
     controller."""
     log: list = []
 
-    async def apply(config, primary):
+    async def apply(config, primary, armed=False):
         log.append("addresses")
         return {"added": [], "announced": {}}
 
@@ -115,6 +115,54 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
 
     asyncio.run(main())
     assert log == ["addresses", "controller c1cc2", "--", "addresses", "controller c1cc2"]
+
+
+def test_a_secondary_arms_each_replicated_view_and_its_promotion_loads_no_rules(tmp_path, monkeypatch):
+    """The rules a secondary holds armed are the ones its promotion renders from the same
+    view, so the takeover's router finds them loaded; a view replicated after the
+    promotion began arms nothing."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from components.common.service import INTERNAL_TOKEN_HEADER, ServiceState
+
+    log: list = []
+
+    async def apply(config, primary, armed=False):
+        log.append(("primary" if primary else "armed" if armed else "withdrawn", config.ruleset,
+                    sorted(config.public_addresses + config.private_addresses)))
+        return {"added": [], "announced": {}}
+
+    monkeypatch.setattr(router, "apply_router_async", apply)
+
+    async def main():
+        closed = "http://127.0.0.1:9"  # nothing listens: the NC and the peer never answer
+        cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": "MANAGED",
+                                "ncs": {"c1n1": {"url": closed, "slots": ["c1n1v1", "c1n1v2"]}},
+                                "state": "DISABLED", "internal_token": "t", "port": 9,
+                                "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
+        cc.ha, cc.config["ha"] = FakeHA(epoch=1, peer_epoch=2), {"peer_addresses": ["127.0.0.1"]}
+        cc.http = aiohttp.ClientSession()
+        client = TestClient(TestServer(cc.app))
+        await client.start_server()
+        try:
+            await cc._withdraw_router()  # as it starts: nothing to route yet
+            snap = {"instances": {"i-old": dict(REPLICATED)}, "groups": {}, "addresses": {"10.0.128.5": "i-old"},
+                    "epoch": 2}
+            r = await client.put("/internal/ha/state", json=snap, headers={INTERNAL_TOKEN_HEADER: "t"})
+            assert r.status == 200
+            await cc._armer
+            await cc._on_promote(3)
+            cc.set_state(ServiceState.ENABLED, "test")
+            cc._rearm()  # a late view: the member routes now
+            await asyncio.gather(*cc._tasks)
+        finally:
+            await client.close()
+            await cc.http.close()
+
+    asyncio.run(main())
+    assert [(role, addresses) for role, _, addresses in log] == [
+        ("armed", []), ("armed", ["10.0.128.5/16", "10.101.16.1/27"]), ("primary", ["10.0.128.5/16", "10.101.16.1/27"])]
+    assert "dnat to 10.101.16.2" in log[1][1] and log[1][1] == log[2][1]
 
 
 async def until(condition, timeout: float = 5.0) -> None:
@@ -166,7 +214,7 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
     """A CC on a fake controller (Unix socket) and a recorded router; ``body(cc)`` drives it."""
     from components.common.service import ServiceState
 
-    async def apply(config, primary):
+    async def apply(config, primary, armed=False):
         log.append(("router", "primary" if primary else "withdrawn"))
         return {"added": [], "announced": {}}
 

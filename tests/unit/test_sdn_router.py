@@ -79,8 +79,11 @@ def test_elastic_ip_nat_and_address_on_the_public_interface():
 def test_metadata_dnat_exactly_once_and_never_snatted():
     cfg = render_router(INTENT, HOST)
     meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
-    assert meta == ['iifname "c1cc1-eth1" ip daddr 169.254.169.254 tcp dport 80 dnat to 10.0.0.10:8773']
+    assert meta == ['iifname "c1cc1-eth1" ip daddr 169.254.169.254 tcp dport 80 counter dnat to 10.0.0.10:8773']
     assert not any("10.0.0.10" in line for line in chain(cfg, "EUCA-POSTROUTING"))
+    # Not even by an elastic IP's SNAT (instance i-a1 has one): metadata leaves first, untranslated.
+    post = chain(cfg, "EUCA-POSTROUTING")
+    assert post[0] == "ct original ip daddr 169.254.169.254 accept" and "snat to 10.0.128.5" in post[1]
     # Loading it again (a re-applied intent) replaces every rule in one transaction: each
     # chain is flushed before its rules, the hooked chains stay.
     lines = cfg.ruleset.splitlines()
@@ -88,7 +91,7 @@ def test_metadata_dnat_exactly_once_and_never_snatted():
     for name in ("EUCA-FORWARD", "EUCA-PREROUTING", "EUCA-POSTROUTING"):
         flush = lines.index(f"flush chain ip eucalab {name}")
         assert all(not line.startswith(f"add rule ip eucalab {name} ") for line in lines[:flush])
-    assert cfg.ruleset.count("169.254.169.254") == 1
+    assert cfg.ruleset.count("dnat to 10.0.0.10:8773") == 1
 
 
 def test_sysctls_forwarding_without_redirects():
@@ -220,6 +223,23 @@ def test_a_secondary_given_the_full_config_holds_nothing_either(fake):
     assert fake.restored[-1] == "table ip eucalab\ndelete table ip eucalab\n" + router._empty()
     assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
     assert fake.announced == []
+
+
+def test_an_armed_secondary_holds_the_rules_and_no_address_and_its_promotion_moves_addresses_only(fake):
+    cfg = render_router(INTENT, HOST)
+    apply_router(cfg, primary=False, armed=True)
+    assert fake.restored == ["table ip eucalab\ndelete table ip eucalab\n" + cfg.ruleset]
+    assert not [a for a in fake.addresses["c1cc1-eth1"] if a.startswith("10.101.16.")]  # no gateway ...
+    assert not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]  # ... no elastic IP
+    assert fake.announced == [] and fake.neighbours == []
+    fake.commands.clear()
+    result = apply_router(cfg, primary=True)  # the promotion: no nftables transaction
+    assert fake.commands == [] and len(fake.restored) == 1
+    assert result["added"] == ["10.101.16.1", "10.101.16.17", "10.0.128.5"]
+    assert len(fake.announced) == 3 and len(fake.neighbours) == 2
+    # Demoted, armed with the view it routed: the addresses go, the rules stay.
+    apply_router(cfg, primary=False, armed=True)
+    assert fake.commands == [] and not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
 
 
 def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
