@@ -122,7 +122,10 @@ class IntentAPI:
         self._apply_standby = apply_standby
         self._health = health or (lambda: {})
         self.events = events
-        # One intent at a time: epochs are checked and flows pushed in arrival order.
+        # Checked and stored one request at a time, in arrival order. Applied outside the
+        # lock: the fabric pushes the newest accepted state (under its own lock), so a
+        # request never waits on another's barriers (up to barrier_timeout for a switch
+        # that does not answer), and an older request's push is never the last word.
         self._lock = threading.Lock()
 
     def put(self, cluster: int, body) -> tuple[int, dict]:
@@ -137,7 +140,7 @@ class IntentAPI:
                 return 409, {"error": "stale epoch", "current": exc.current}
             self._emit("intent.accepted", cluster=cluster, epoch=intent["epoch"], primary_cc=intent["primary_cc"],
                        groups=len(intent["groups"]), instances=len(intent["instances"]))
-            result = self._apply(intent, previous)
+        result = self._apply(intent, previous)
         return 200, {"accepted": True, "epoch": intent["epoch"], **result}
 
     def put_standby(self, cluster: int, body) -> tuple[int, dict]:
@@ -168,7 +171,7 @@ class IntentAPI:
             standby, _ = self.standbys.put(cluster, clean)
             staged = staged_standby(intent, standby) == host
             self._emit("standby.accepted", cluster=cluster, host=host, epoch=epoch, staged=staged)
-            result = self._apply_standby(cluster, standby, staged)
+        result = self._apply_standby(cluster, standby, staged)
         return 200, {"accepted": True, "epoch": epoch, "staged": staged, **result}
 
     def standby_table(self) -> dict:
@@ -194,7 +197,7 @@ class IntentAPI:
                            current=exc.current)
                 return 409, {"error": "stale epoch", "current": exc.current}
             self._emit("vip.accepted", pair=pair, epoch=redirect["epoch"], primary=redirect["primary"])
-            result = self._apply_redirect(redirect, previous)
+        result = self._apply_redirect(redirect, previous)
         return 200, {"accepted": True, "epoch": redirect["epoch"], "primary": redirect["primary"], **result}
 
     def vip_table(self) -> dict:

@@ -259,16 +259,16 @@ class Fabric(app_manager.OSKenApp):
                 waits.append(done)
         return added, removed, waits
 
-    def _bring(self, cluster: int | None, announce: list | None = None) -> dict:
+    def _bring(self, cluster: int | None, announce: list | None = None, still=lambda: True) -> dict:
         """Send every synced switch its difference (``cluster``'s network, or all with None),
-        wait for the barriers, then inject ``announce``'s (switch, in_port, frame); the
-        result every apply answers with."""
+        wait for the barriers, then inject ``announce``'s (switch, in_port, frame) if
+        ``still()`` holds then; the result every apply answers with."""
         t0 = time.monotonic()
         with self.lock:
             added, removed, waits = self._push_all(cluster)
         installed = all(w.wait(self.barrier_timeout) for w in waits)
         with self.lock:
-            for switch, in_port, frame in announce or ():
+            for switch, in_port, frame in announce if still() else ():
                 dp = self.datapaths.get(switch)
                 if dp is not None:
                     ofp, parser = dp.ofproto, dp.ofproto_parser
@@ -281,7 +281,10 @@ class Fabric(app_manager.OSKenApp):
     def apply(self, intent: dict, previous: dict | None) -> dict:
         """Bring every connected switch to the flows of the accepted intents; wait for them."""
         outs = fl.announcements(self.topo, intent, previous)
-        result = self._bring(intent["cluster"], outs)
+        # Applies run side by side (controllers/api.py): a newer intent accepted meanwhile
+        # announces its own primary, and this one's frames would undo that.
+        result = self._bring(intent["cluster"], outs, still=lambda: (
+            self.store.snapshot().get(intent["cluster"]) or {}).get("epoch") == intent["epoch"])
         self.eventlog.emit("intent.applied", cluster=intent["cluster"], epoch=intent["epoch"],
                            primary_cc=intent["primary_cc"], announcements=len(outs), **result)
         return result

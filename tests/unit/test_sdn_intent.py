@@ -170,6 +170,45 @@ def test_a_standby_is_staged_at_the_intents_epoch_and_refused_below_it(standby_a
     assert request(path, "GET", "/intent/standby")[1]["clusters"]["1"]["staged"] is False
 
 
+def test_a_report_waiting_on_its_switches_holds_up_no_intent(tmp_path, topo):
+    """Checked and stored in order, applied side by side: while a standby report waits on
+    a switch's barrier, a takeover's intent is accepted and applied."""
+    import threading
+
+    from controllers.intent import StandbyStore
+
+    release, waiting, reported = threading.Event(), threading.Event(), threading.Event()
+    applied = []
+
+    def apply_standby(k, rec, staged):
+        waiting.set()
+        release.wait(2)  # a switch slow to answer its barrier
+        reported.set()
+        return {"installed": True}
+
+    def apply(new, prev):
+        applied.append((new["epoch"], reported.is_set()))
+        return {"installed": True}
+
+    api = IntentAPI(IntentStore(tmp_path, topo), apply, standbys=StandbyStore(tmp_path, topo),
+                    apply_standby=apply_standby)
+    server = serve(tmp_path / "control.sock", api)
+    try:
+        assert request(tmp_path, "PUT", "/intent/clusters/1", dict(intent(), epoch=3))[0] == 200
+        report = threading.Thread(target=request, args=(tmp_path, "PUT", "/intent/clusters/1/standby",
+                                                         {"host": "c1cc2", "epoch": 3}))
+        report.start()
+        assert waiting.wait(5)
+        assert request(tmp_path, "PUT", "/intent/clusters/1", dict(intent(primary="c1cc2"), epoch=4)) == (
+            200, {"accepted": True, "epoch": 4, "installed": True})
+        assert applied == [(3, False), (4, False)]  # the report was still waiting on its switch
+    finally:
+        release.set()
+        report.join(5)
+        server.shutdown()
+        server.server_close()
+
+
 def test_standby_reports_survive_a_restart(tmp_path, topo):
     from controllers.intent import StandbyStore
 
