@@ -268,7 +268,7 @@ class Fabric(app_manager.OSKenApp):
             added, removed, waits = self._push_all(cluster)
         installed = all(w.wait(self.barrier_timeout) for w in waits)
         with self.lock:
-            for switch, in_port, frame in announce if still() else ():
+            for switch, in_port, frame in (announce or ()) if still() else ():
                 dp = self.datapaths.get(switch)
                 if dp is not None:
                     ofp, parser = dp.ofproto, dp.ofproto_parser
