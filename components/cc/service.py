@@ -458,7 +458,7 @@ class ClusterController(Service):
         """The cluster's network intent in the schema of docs/intent.md (the groups' subnets
         from ``alloc``, by default this member's allocator; the instances in ``leave_out``
         counted as terminated)."""
-        alloc = alloc or self.alloc
+        alloc = alloc if alloc is not None else self.alloc
         live = [i for i in self.instances.values() if i["state"] != "terminated" and i["id"] not in leave_out]
         used_groups = {i["group"] for i in live}
         groups = []
