@@ -507,6 +507,12 @@ class Deployment:
                     self.wait_for_primaries(kind, timeout=max(timeout, 3 * hb.interval_ms * (hb.misses + 2) / 1000))
         return started
 
+    def listening(self, host: str, port: int) -> bool:
+        """Whether a TCP socket on ``host`` listens on ``port``: a LISTEN line of its
+        /proc/net/tcp, not any socket with that port at either end (a connection this host
+        made to that port elsewhere matched, and a test then reached a server not yet up)."""
+        return f":{port:04X} 00000000:0000 0A" in self[host].cmd("cat /proc/net/tcp")
+
     def member_state(self, host: str) -> str | None:
         """A component's current service state, from its own event log (no network needed);
         "DEAD" when its process is gone."""

@@ -623,7 +623,7 @@ vrrp_instance EUCALAB {{
         """The trivial service keepalived fronts: an HTTP responder on port 8080."""
         dep.start("http8080", host, label="http8080", wait=False,
                   argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
-        wait_until(lambda: ":1F90 " in dep[host].cmd("cat /proc/net/tcp"), 10, 0.05)
+        wait_until(lambda: dep.listening(host, 8080), 10, 0.05)
 
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar, point: dict | None = None) -> list[dict]:
         pair = dep.plan.pair("clc")

@@ -30,7 +30,7 @@ def http_server(dep, host: str, port: int = TCP_PORT):
                      argv=[sys.executable, "-m", "http.server", "--bind", "0.0.0.0", str(port)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if f":{port:04X} " in dep[host].cmd("cat /proc/net/tcp"):
+        if dep.listening(host, port):
             return proc
         time.sleep(0.05)
     raise AssertionError(f"TCP server on {host} did not listen")
@@ -259,7 +259,7 @@ def test_link_bandwidth_is_shaped_and_verified(tmp_path):
         assert "qdisc htb 5: root" in dep["clc1"].cmd("tc qdisc show dev clc1-eth0")
         server = dep.start("iperf", "walrus1", label="iperf", wait=False, argv=["iperf3", "-s", "-1"])
         deadline = time.monotonic() + 5
-        while ":1451 " not in dep["walrus1"].cmd("cat /proc/net/tcp") and time.monotonic() < deadline:
+        while not dep.listening("walrus1", 5201) and time.monotonic() < deadline:
             time.sleep(0.05)
         out = dep["clc1"].cmd("iperf3 -c 10.0.0.21 -t 2 -J")
         rate = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
