@@ -391,11 +391,19 @@ class _Steps:
         self._t = now
 
 
-async def apply_router_async(config: RouterConfig, primary: bool, armed: bool = False) -> dict:
+async def apply_router_async(config: RouterConfig, primary: bool, armed: bool = False,
+                             inline: bool = False) -> dict:
     """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
     thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls.
     The result's "ms" has "thread": from the call to the worker starting, and "back": from
-    the worker ending to the caller resuming."""
+    the worker ending to the caller resuming.
+
+    ``inline``: in the caller's thread instead, for a takeover. Its rules are armed
+    already, so what is left is addresses and gratuitous ARPs (0.5 ms p50), and the hand-off
+    to a worker thread had waited up to 6.4 ms for that thread to get a CPU (p99 6.1
+    over 100 CC host failures, `20261202T174256Z-ha-targets`)."""
+    if inline:
+        return apply_router(config, primary, armed)
     called = time.monotonic()
 
     def work() -> tuple[float, dict, float]:

@@ -488,7 +488,7 @@ class ClusterController(Service):
                 # staged member's frames are in the groups' VLANs already. Pushing after
                 # the router keeps the controller's work out of this host's takeover
                 # (60 CC failovers: 5.5 ms p50, 8.9 max, against 10.6 and 23.0 waiting).
-                await self._apply_router(intent, force)
+                await self._apply_router(intent, force, inline=True)
                 self._background(self._publish_later(reason))
                 return
             # A new primary not staged pushes its intent and takes the router (rules,
@@ -501,9 +501,9 @@ class ClusterController(Service):
             # 10.6 and 23.0.
             if reason == "promoted" and controller:
                 status, _ = await asyncio.gather(self._push_intent(intent, reason),
-                                                 self._apply_router(intent, force))
+                                                 self._apply_router(intent, force, inline=True))
             else:
-                await self._apply_router(intent, force)
+                await self._apply_router(intent, force, inline=reason == "promoted")
                 status = await self._push_intent(intent, reason) if controller else None
             published = status == 200
         if published:
@@ -554,8 +554,9 @@ class ClusterController(Service):
             return 0
         return 200
 
-    async def _apply_router(self, intent: dict, force: bool = False) -> None:
-        """Make this host the cluster's router for the intent (MANAGED modes only)."""
+    async def _apply_router(self, intent: dict, force: bool = False, inline: bool = False) -> None:
+        """Make this host the cluster's router for the intent (MANAGED modes only); ``inline``:
+        a takeover's, in the event loop's own thread (``router.apply_router_async``)."""
         if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
             return
         config = router.render_router(intent, router.RouterHost.from_cc_config(self.config))
@@ -564,7 +565,7 @@ class ClusterController(Service):
             if self.state.value != "ENABLED" and not force:
                 return
             try:
-                result = await router.apply_router_async(config, primary=True)
+                result = await router.apply_router_async(config, primary=True, inline=inline)
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return

@@ -242,6 +242,21 @@ def test_an_armed_secondary_holds_the_rules_and_no_address_and_its_promotion_mov
     assert fake.commands == [] and not [a for a in fake.addresses["c1cc1-eth0"] if a.startswith("10.0.128.")]
 
 
+def test_a_takeover_applies_in_the_callers_thread_and_other_changes_in_a_worker(fake, monkeypatch):
+    import asyncio
+    import threading
+
+    threads = []
+    monkeypatch.setattr(router, "announce", lambda intf, addresses: threads.append(threading.get_ident()))
+    cfg = render_router(INTENT, HOST)
+    result = asyncio.run(router.apply_router_async(cfg, primary=True, inline=True))
+    assert result["added"] == ["10.101.16.1", "10.101.16.17", "10.0.128.5"] and "thread" not in result["ms"]
+    assert set(threads) == {threading.get_ident()}
+    threads.clear()
+    assert "thread" in asyncio.run(router.apply_router_async(withdraw_config(HOST), primary=False))["ms"]
+    assert threading.get_ident() not in threads
+
+
 def test_nftables_binding_missing_or_refusing_is_a_clear_error(monkeypatch):
     import sys
 
