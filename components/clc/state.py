@@ -110,7 +110,8 @@ class Compacted(StoreError):
     """Ops asked for that the log no longer holds: the asker needs a snapshot."""
 
 
-LAST_SEQ = "SELECT COALESCE(MAX(seq), (SELECT value FROM meta WHERE key='base_seq')) FROM oplog"
+BASE_SEQ = "SELECT value FROM meta WHERE key='base_seq'"
+LAST_SEQ = f"SELECT COALESCE(MAX(seq), ({BASE_SEQ})) FROM oplog"
 
 
 class Store:
@@ -158,7 +159,7 @@ class Store:
     @property
     def base_seq(self) -> int:
         """The newest op no longer in the log: ``export_ops`` serves positions from here on."""
-        return self.db.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]
+        return self.db.execute(BASE_SEQ).fetchone()[0]
 
     def apply(self, op: dict, seq: int | None = None, epoch: int | None = None) -> int:
         """Apply one operation atomically and log it; returns its sequence number."""
@@ -179,7 +180,7 @@ class Store:
     def _compact(self, cur: sqlite3.Cursor, last: int) -> None:
         """Fold the ops older than the newest ``keep_ops`` away (in the writer's transaction)."""
         cut = last - self.keep_ops
-        if cut <= cur.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]:
+        if cut <= cur.execute(BASE_SEQ).fetchone()[0]:
             return
         row = cur.execute("SELECT epoch FROM oplog WHERE seq=?", (cut,)).fetchone()
         cur.execute("DELETE FROM oplog WHERE seq <= ?", (cut,))
@@ -195,7 +196,7 @@ class Store:
         cur = self.db.cursor()
         cur.execute("BEGIN")  # the base and the ops read from one state of the log
         try:
-            base = cur.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()[0]
+            base = cur.execute(BASE_SEQ).fetchone()[0]
             if after_seq < base:
                 raise Compacted(f"ops after {after_seq} are compacted away (the log starts after {base})")
             rows = cur.execute("SELECT seq, epoch, op FROM oplog WHERE seq > ? ORDER BY seq LIMIT ?",
