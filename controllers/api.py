@@ -144,7 +144,8 @@ class IntentAPI:
         return 200, {"accepted": True, "epoch": intent["epoch"], **result}
 
     def put_standby(self, cluster: int, body) -> tuple[int, dict]:
-        """A secondary CC that holds no router asks to be kept ready (``intent.staged_standby``).
+        """A secondary CC that holds none of the router's addresses asks to be kept ready
+        (``intent.staged_standby``).
 
         Validated first (400 naming the field). Refused (409, ``current`` the epoch of the
         cluster's accepted intent) from the intent's own primary (it routes already) and

@@ -329,8 +329,8 @@ def validate_standby(body, cluster: int, topo: Topology) -> dict:
 def staged_standby(intent: dict | None, standby: dict | None) -> str | None:
     """The CC the switches keep ready beside the primary (in the groups' VLANs), or None.
 
-    A secondary CC reports itself once it holds no router (no gateway address, no rule),
-    with the epoch of the cluster's intent as it knows it. It is staged while that is
+    A secondary CC reports itself once it holds none of the router's addresses (its rules
+    are armed, inert without them), with the epoch of the cluster's intent as it knows it. It is staged while that is
     the epoch of the accepted intent and it is not that intent's primary. So a takeover
     by the staged CC needs no flow change before its traffic flows, and the intent of a
     new primary (a higher epoch) unstages everyone who reported before it: the old

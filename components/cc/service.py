@@ -62,7 +62,7 @@ class ClusterController(Service):
         self._tasks: set[asyncio.Task] = set()
         self._pending: str | None = None  # the newest view not yet on disk
         self._writer: asyncio.Task | None = None
-        # Standby (MANAGED with the controller): this member holds no router, and the
+        # Standby (MANAGED with the controller): this member holds no router address, and the
         # controller keeps it ready beside the primary as of this epoch (None: not reported).
         self._withdrawn = False
         self._standby_epoch: int | None = None
