@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -59,3 +60,11 @@ def component(name: str, tmp: Path, **extra):
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Wait for ``condition()`` on the event loop, failing the test after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)

@@ -14,6 +14,8 @@ from aiohttp import web
 from components.cc import router
 from components.cc.service import ClusterController
 
+from .components_helper import until
+
 REPLICATED = {"id": "i-old", "nc": "c1n1", "slot": "c1n1v1", "ip": "10.101.16.2", "mac": "d0:0d:0a:65:10:02",
               "prefix": 27, "gateway": "10.101.16.1", "group": "sg-a", "vlan": 10, "account": "a",
               "image": None, "public_ip": "10.0.128.5", "reason": "", "state": "running"}
@@ -165,14 +167,6 @@ def test_a_secondary_arms_each_replicated_view_and_its_promotion_loads_no_rules(
         ("armed", []), ("armed", ["10.0.128.5/16", "10.101.16.1/27"]),
         ("primary, inline", ["10.0.128.5/16", "10.101.16.1/27"])]  # a takeover: no hand-off to a thread
     assert "dnat to 10.101.16.2" in log[1][1] and log[1][1] == log[2][1]
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    """Wait for ``condition()`` on the event loop, failing the test after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 class FakeHA:

@@ -19,7 +19,7 @@ from components.clc.service import CloudController
 from components.common.config import validate_config
 from components.common.events import read_events
 
-from .components_helper import TOKEN, free_port
+from .components_helper import TOKEN, free_port, until
 from .test_clc_state import OPS, STATE, dump
 
 KEEP = 20
@@ -126,7 +126,7 @@ def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_pat
             secondary.ha.peer.heard, secondary.ha.peer.state = float("inf"), "ENABLED"
             secondary.ha.peer.epoch = secondary.ha.epoch
             secondary.ha.peer.last_seq = primary.store.last_seq
-            assert await _until(lambda: secondary.store.last_seq == primary.store.last_seq)
+            await until(lambda: secondary.store.last_seq == primary.store.last_seq)
             assert _state(secondary) == _state(primary) and sizes == []
             assert [e["last_seq"] for e in _events(secondary, "ha.snapshot_installed")] == [primary.store.last_seq]
 
@@ -134,7 +134,7 @@ def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_pat
             for i in range(10):
                 primary._apply({"type": "instance.update", "id": "i-0000000a", "state": "running", "reason": f"y{i}"})
             secondary.ha.peer.last_seq = primary.store.last_seq
-            assert await _until(lambda: secondary.store.last_seq == primary.store.last_seq)
+            await until(lambda: secondary.store.last_seq == primary.store.last_seq)
             assert _state(secondary) == _state(primary) and sizes == [4, 4, 2]
             assert len(_events(secondary, "ha.snapshot_installed")) == 1
             assert _events(secondary, "ha.caught_up")[-1] == {**_events(secondary, "ha.caught_up")[-1],
@@ -143,14 +143,6 @@ def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_pat
             await _stop(primary, secondary, server)
 
     asyncio.run(scenario())
-
-
-async def _until(condition, timeout_s: float = 5.0) -> bool:
-    for _ in range(int(timeout_s / 0.02)):
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
 
 
 def test_a_stale_epoch_or_an_enabled_member_is_refused_and_nothing_applies(tmp_path):
