@@ -77,6 +77,30 @@ def resolution(probes: list[Probe]) -> dict:
             "interval_max_ms": 1000 * max(gaps)}
 
 
+def beyond_bound(trial: dict, probes: list[Probe] | None = None) -> dict | None:
+    """Where a failover trial's time beyond the detection bound went, in ms; None for a
+    trial without a promotion, detection or served-again time (the keepalived baseline,
+    a fault that expects no failover) and for a promotion the heartbeats did not drive
+    (``promote_reason`` other than "peer dead": the arbitrators', whose bound differs).
+
+    ``late`` (detection minus the bound: negative when the last heartbeat heard came
+    before the fault) + ``takeover`` + ``vip_to_served`` (VIP up to the first answer
+    after the fault: the wait for the next probe, up to one probe interval, plus that
+    request's own time) = ``served`` minus the bound, the "outage - bound" target's
+    quantity. ``requests`` are the answered requests' times before the fault, what one
+    request costs on this network when nothing fails (empty without probes).
+    """
+    need = ("served_again_s", "detection_s", "takeover_s", "detection_bound_s")
+    if any(trial.get(k) is None for k in need) or not trial.get("new_primary") \
+            or trial.get("promote_reason", "peer dead") != "peer dead":
+        return None
+    served, det, tk, bound = (1000 * trial[k] for k in need)
+    t_fault = trial.get("t_fault")
+    requests = [1000 * (p.done - p.sent) for p in probes or [] if p.ok and t_fault is not None and p.done <= t_fault]
+    return {"beyond": served - bound, "late": det - bound, "takeover": tk, "vip_to_served": served - det - tk,
+            "requests": requests}
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100)."""
     if not values:

@@ -547,6 +547,7 @@ class Runner:
                 rejoin_failed_probes=sum(1 for p in rejoin_probes if not p.ok),
                 detection_s=(promote["detected_at"] - t_fault) if promote else None,
                 takeover_s=(promote["vip_at"] - promote["detected_at"]) if promote else None,
+                promote_reason=promote.get("reason") if promote else None,
                 peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
                 two_enabled_s=two_enabled, probes=len(probes), cpu_percent=cpu, load1=os.getloadavg()[0],
                 detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,

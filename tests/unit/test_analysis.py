@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.analysis import Probe, bootstrap_ci, outage, outage_span, percentile, resolution, summarize
+from experiments.analysis import Probe, beyond_bound, bootstrap_ci, outage, outage_span, percentile, resolution, summarize
 
 
 def stream(start, end, step, down=None, duration=0.002):
@@ -101,3 +101,27 @@ def test_an_early_lone_failure_does_not_shorten_the_gap_and_a_rejoin_blip_is_not
     # After the restore at 1.0 a rejoining member causes a longer blip: not the fault's outage.
     rejoin = [p for p in probes if not (1.2 <= p.sent < 1.6)]
     assert outage(rejoin, 0.5, until=1.0) == pytest.approx(0.702 - 0.507, abs=1e-6)
+
+
+def test_beyond_bound_splits_served_again_minus_the_bound_into_its_parts():
+    trial = {"t_fault": 10.0, "served_again_s": 0.162, "detection_s": 0.148, "takeover_s": 0.002,
+             "detection_bound_s": 0.15, "new_primary": "clc2", "promote_reason": "peer dead"}
+    probes = [Probe(9.97, 9.974, True), Probe(9.98, 9.983, False), Probe(9.99, 10.01, True),
+              Probe(10.16, 10.162, True)]
+    parts = beyond_bound(trial, probes)
+    assert parts["beyond"] == pytest.approx(12.0)
+    assert parts["late"] == pytest.approx(-2.0) and parts["takeover"] == pytest.approx(2.0)
+    assert parts["vip_to_served"] == pytest.approx(12.0)
+    assert parts["late"] + parts["takeover"] + parts["vip_to_served"] == pytest.approx(parts["beyond"])
+    # Requests before the fault only, answered ones: not the failed one, not the one done after it.
+    assert parts["requests"] == pytest.approx([4.0])
+    assert beyond_bound(trial)["requests"] == []
+
+
+def test_beyond_bound_is_none_without_a_heartbeat_driven_promotion():
+    trial = {"served_again_s": 0.162, "detection_s": 0.148, "takeover_s": 0.002, "detection_bound_s": 0.15,
+             "new_primary": "clc2"}
+    assert beyond_bound(trial) is not None  # older records carry no reason
+    assert beyond_bound({**trial, "promote_reason": "peer NOTREADY: it lost its arbitrators"}) is None
+    assert beyond_bound({**trial, "new_primary": None}) is None
+    assert beyond_bound({**trial, "detection_s": None}) is None  # the keepalived baseline

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from experiments.report import build
 
 
@@ -52,3 +54,31 @@ def test_a_trial_that_went_wrong_is_listed_with_its_reasons_and_capture(tmp_path
     assert "false failover; two ENABLED for 193 ms" in md and "captures/eucalab-clc-heartbeat-1" in md
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["eucalab CLC heartbeat"]["false_failovers"] == 1
+
+
+def test_the_report_says_where_the_time_beyond_the_bound_goes(tmp_path):
+    records, streams = [], []
+    for i in range(100):
+        t_fault = 100.0 + i
+        served = 0.160 + (i % 10) / 1000
+        records.append(dict(crash(i, served + 0.005), served_again_s=served, t_fault=t_fault,
+                            promote_reason="peer dead"))
+        streams.append({"set": "eucalab CLC crash", "trial": i, "t_fault": t_fault,
+                        "probes": [[t_fault - 0.02, t_fault - 0.016, True], [t_fault + served - 0.004,
+                                                                              t_fault + served, True]]})
+    records.append({**crash(100, 2.4), "set": "eucalab CLC uplink", "fault": "uplink", "detection_s": 2.3,
+                    "served_again_s": 2.39, "promote_reason": "peer NOTREADY: it lost its arbitrators"})
+    write_trials(tmp_path / "trials.jsonl", records)
+    write_trials(tmp_path / "probes.jsonl", streams)
+    build(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    parts = summary["eucalab CLC crash"]["beyond_bound_parts_ms"]
+    assert parts["late"]["p50"] == pytest.approx(-20.0) and parts["takeover"]["max"] == pytest.approx(3.0)
+    assert parts["vip_to_served"]["max"] == pytest.approx(36.0)  # 169 - 130 - 3
+    assert parts["beyond"]["max"] == pytest.approx(19.0) and parts["requests"]["p50"] == pytest.approx(4.0)
+    assert summary["eucalab CLC uplink"]["beyond_bound_parts_ms"] == {}  # the arbitrators' bound differs
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Where the time beyond the detection bound goes")[1].split("##")[0]
+    assert "| eucalab CLC crash | 100 | 14.5 / 19.0 | -20.0 / -20.0 | 3.0 / 3.0 |" in section
+    assert "eucalab CLC uplink" not in section
+    assert "Where the time beyond the detection bound goes" in (tmp_path / "report.html").read_text()
