@@ -34,6 +34,7 @@ from topologies.spec import spec_from_dict
 from .analysis import Probe, outage_span, resolution
 from .deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
 from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
+from .preflight import datapath_ports
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
@@ -789,6 +790,8 @@ vrrp_instance EUCALAB {{
                 w = self._prepare(dep)
                 for pair in dep.plan.pairs:
                     wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)
+                # What one packet's trip through a bridge costs depends on it (userspace datapath).
+                ports = datapath_ports(dep.network.datapath)
                 for ts in [s for s in exp.sets if s.target != "keepalived"]:
                     for n in range(ts.trials):
                         progress.update(task, description=ts.name)
@@ -799,6 +802,7 @@ vrrp_instance EUCALAB {{
                                       "error": repr(exc)}
                         if point:
                             record["point"] = point
+                        record["datapath_ports"] = ports
                         self._write(record, bar)
                 for ts in [s for s in exp.sets if s.target == "keepalived"]:
                     self.keepalived_set(dep, ts, bar, point)

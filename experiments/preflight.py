@@ -112,6 +112,35 @@ def has_netem() -> bool:
     return probe_netem()
 
 
+DATAPATH_NAMES = {"user": "netdev@ovs-netdev", "kernel": "system@ovs-system"}
+
+
+def datapath_ports(kind: str, run: Runner = run_command) -> int | None:
+    """Ports on the machine's Open vSwitch datapath of ``kind`` ("user" or "kernel"), from
+    ``ovs-appctl dpctl/show``: every bridge of that type shares the one datapath, each
+    bridge's own local port included. On the userspace datapath the main thread polls
+    every one of them each time it wakes, so a packet's delay through a bridge grows with
+    the count (docs/results.md). None when it cannot be read."""
+    code, out = run(["ovs-appctl", "--timeout=5", "dpctl/show"])
+    if code != 0:
+        return None
+    return count_datapath_ports(out, DATAPATH_NAMES[kind])
+
+
+def count_datapath_ports(dpctl_show: str, name: str) -> int | None:
+    """The ``port N:`` lines of datapath ``name`` in ``ovs-appctl dpctl/show`` output;
+    None when that datapath is not listed."""
+    count, inside = None, False
+    for line in dpctl_show.splitlines():
+        if not line.startswith((" ", "\t")):  # a datapath's header line
+            inside = line.rstrip().rstrip(":") == name
+            if inside:
+                count = 0
+        elif inside and line.strip().startswith("port ") and ":" in line:
+            count += 1
+    return count
+
+
 def ovs_problem(run: Runner = run_command, which: Callable[[str], str | None] = shutil.which) -> str | None:
     """None when Open vSwitch answers (database and switch daemon), else what is wrong and the fix."""
     if not which("ovs-vsctl"):

@@ -264,3 +264,14 @@ def test_render_keeps_brackets_in_details_literal():
     text = rendered([Finding("mininet", False, "not importable ([Errno 2] No such file)",
                              "apt-get install [x]")])
     assert "[Errno 2]" in text and "apt-get install [x]" in text
+
+
+def test_datapath_ports_counts_the_ports_of_the_named_datapath_only():
+    out = ("netdev@ovs-netdev:\n  lookups: hit:1 missed:2 lost:0\n  flows: 3\n  port 0: ovs-netdev (tap)\n"
+           "  port 1: coswc1 (tap)\n  port 2: cobr1n2-eth2\nsystem@ovs-system:\n  lookups: hit:0 missed:0 lost:0\n"
+           "  flows: 0\n  port 0: ovs-system (internal)\n")
+    assert preflight.count_datapath_ports(out, "netdev@ovs-netdev") == 3
+    assert preflight.count_datapath_ports(out, "system@ovs-system") == 1
+    assert preflight.count_datapath_ports("", "netdev@ovs-netdev") is None
+    assert preflight.datapath_ports("user", run=lambda cmd: (0, out)) == 3
+    assert preflight.datapath_ports("kernel", run=lambda cmd: (1, "ovs-vswitchd is not running")) is None
