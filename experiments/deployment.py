@@ -34,6 +34,7 @@ from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
 from topologies.spec import DeploymentSpec
 
 from . import rundir as rd
+from . import vswitchd
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Deployment:
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
         self._main_label: dict[str, str] = {}
         self.realtime = True
+        self.datapath_priority: int | None = None  # ovs-vswitchd's SCHED_FIFO priority (vswitchd.py)
         # The SDN controller (controllers/__main__.py) owns every bridge unless the spec
         # (or ``sdn=False``) says otherwise; then the switches run standalone (MAC learning
         # on loop-free trees). A spec with ha.takeover sdn always gets one.
@@ -215,6 +217,10 @@ class Deployment:
         self.events.emit("network.build", datapath=datapath, hosts=len(self.plan.hosts),
                          switches=len(self.plan.switches), links=len(self.plan.links))
         self.net = self.network.build()
+        if self.realtime and datapath == "user":
+            # The userspace datapath forwards in ovs-vswitchd: ahead of the realtime members.
+            self.datapath_priority = vswitchd.raise_priority()
+            self.events.emit("datapath.priority", priority=self.datapath_priority)
         if self.controller is not None:
             self._wait_controller_ready()
         for pair in self.plan.pairs:
@@ -251,6 +257,8 @@ class Deployment:
             self.events.emit("network.down", seconds=round(self.timings["down"], 4))
             self.events.close()
             self.events = None
+        # The last run to go puts ovs-vswitchd's scheduling back (vswitchd.py).
+        vswitchd.release(exclude=self._registry_file)
         if self._registry_file is not None:
             self._registry_file.unlink(missing_ok=True)
             self._registry_file = None
@@ -880,4 +888,7 @@ def cleanup_runs(force: bool = False) -> list[str]:
         report.append(f"{record.get('run_dir')}: cleaned ({len(procs)} processes, "
                       f"{len(live_shells)} hosts, {len(created.bridges)} bridges)"
                       + (f"; problems: {'; '.join(problems)}" if problems else ""))
+    restored = vswitchd.release()  # a run killed with SIGKILL left it raised
+    if restored:
+        report.append(restored)
     return report

@@ -803,6 +803,7 @@ vrrp_instance EUCALAB {{
                         if point:
                             record["point"] = point
                         record["datapath_ports"] = ports
+                        record["datapath_priority"] = dep.datapath_priority
                         self._write(record, bar)
                 for ts in [s for s in exp.sets if s.target == "keepalived"]:
                     self.keepalived_set(dep, ts, bar, point)

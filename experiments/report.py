@@ -91,6 +91,8 @@ def summary(data: dict) -> dict:
             s["restored_s"].append(t["redundancy_restored_s"])
         if t.get("datapath_ports") is not None:
             s.setdefault("ports", set()).add(t["datapath_ports"])
+        if "datapath_priority" in t:  # None: ovs-vswitchd at the normal scheduler
+            s.setdefault("priorities", set()).add(t["datapath_priority"] or 0)
         s["lost_writes"] += t.get("lost_writes") or 0
         s["split_brain"] += 1 if t.get("two_enabled_at_end") else 0
     out = {}
@@ -104,6 +106,7 @@ def summary(data: dict) -> dict:
                      # Where "outage - bound" went (experiments/analysis.py, beyond_bound), in ms.
                      "beyond_bound_parts_ms": {k: _quantiles(v) for k, v in s.get("parts", {}).items()},
                      "datapath_ports": sorted(s.get("ports", ())),
+                     "datapath_priority": sorted(s.get("priorities", ())),
                      "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
                      "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
                      "two_enabled_after_trial": s["split_brain"],
@@ -139,7 +142,9 @@ def _parts_rows(summ: dict) -> list[list[str]]:
             tail = q.get("p99", q.get("max"))
             cells.append("-" if not q.get("n") else f"{q['p50']:.1f} / {tail:.1f}")
         ports = s.get("datapath_ports") or []
-        rows.append([name, str(parts["beyond"]["n"]), "-" if not ports else "/".join(map(str, ports))] + cells)
+        prios = s.get("datapath_priority") or []
+        rows.append([name, str(parts["beyond"]["n"]), "-" if not ports else "/".join(map(str, ports)),
+                     "-" if not prios else "/".join(f"FIFO {p}" if p else "normal" for p in prios)] + cells)
     return rows
 
 
@@ -148,7 +153,8 @@ PARTS_NOTE = ("Served again minus the detection bound, split: detection - bound 
               "probe, up to one probe interval, plus that request). \"One request\" is what an answered probe "
               "took before the fault, on this network with nothing failing. Datapath ports: on the Open "
               "vSwitch datapath the bridges shared (the userspace datapath polls every one on each wake-up, "
-              "so a request's time grows with them). Each cell: p50 / p99 (max below 100 samples), ms.")
+              "so a request's time grows with them). ovs-vswitchd: its scheduling during the trials (FIFO: "
+              "realtime, ahead of the HA members and the prober, experiments/vswitchd.py). Each cell: p50 / p99 (max below 100 samples), ms.")
 
 
 def plots(data: dict, run_dir: Path) -> list[str]:
@@ -351,7 +357,7 @@ def build(run_dir: str | Path) -> Path:
                f"{_fmt(s.get('outage_gap_beyond_detection_bound_ms') or {}, 'p99')} | {_fmt(s['takeover_ms'], 'p99')} |"
                for n, s in big]
     parts_rows = _parts_rows(summ)
-    parts_head = ["configuration", "trials", "datapath ports"] + [label for _, label in PARTS]
+    parts_head = ["configuration", "trials", "datapath ports", "ovs-vswitchd"] + [label for _, label in PARTS]
     if parts_rows:
         md += ["", "## Where the time beyond the detection bound goes", "", PARTS_NOTE, "",
                "| " + " | ".join(parts_head) + " |", "|" + "---|" * len(parts_head)]

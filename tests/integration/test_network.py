@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import vswitchd
 from experiments.deployment import Deployment, cleanup_runs
 from topologies.network import existing_bridges, existing_links
 from topologies.spec import DeploymentSpec, LinkSpec, NetworkMode
@@ -54,6 +55,18 @@ def test_default_deployment_shape(deployment):
     assert "10.0.0.10/16" in deployment["clc1"].cmd("ip -o -4 addr show")
     assert "10.0.0.10/16" not in deployment["clc2"].cmd("ip -o -4 addr show")
     assert "10.101.0.1/16" in deployment["c1cc1"].cmd("ip -o -4 addr show")
+
+
+def test_the_userspace_datapath_runs_ahead_of_the_hosts(deployment):
+    # ovs-vswitchd forwards every packet here: it must not wait behind the realtime members.
+    if deployment.network.datapath != "user":
+        assert deployment.datapath_priority is None
+        return
+    pid = vswitchd.vswitchd_pid()
+    assert deployment.datapath_priority == vswitchd.PRIORITY
+    assert {vswitchd.scheduling(t) for t in vswitchd.threads(pid)} == {(os.SCHED_FIFO, vswitchd.PRIORITY)}
+    record = json.loads(vswitchd.SAVED.read_text())  # what the last run to go puts back
+    assert record["pid"] == pid and all(policy != os.SCHED_FIFO for policy, _ in record["threads"].values())
 
 
 @pytest.mark.parametrize("src,dst_host,dst_ip", [

@@ -62,7 +62,7 @@ def test_the_report_says_where_the_time_beyond_the_bound_goes(tmp_path):
         t_fault = 100.0 + i
         served = 0.160 + (i % 10) / 1000
         records.append(dict(crash(i, served + 0.005), served_again_s=served, t_fault=t_fault,
-                            promote_reason="peer dead", datapath_ports=53))
+                            promote_reason="peer dead", datapath_ports=53, datapath_priority=20))
         streams.append({"set": "eucalab CLC crash", "trial": i, "t_fault": t_fault,
                         "probes": [[t_fault - 0.02, t_fault - 0.016, True], [t_fault + served - 0.004,
                                                                               t_fault + served, True]]})
@@ -79,6 +79,6 @@ def test_the_report_says_where_the_time_beyond_the_bound_goes(tmp_path):
     assert summary["eucalab CLC uplink"]["beyond_bound_parts_ms"] == {}  # the arbitrators' bound differs
     md = (tmp_path / "report.md").read_text()
     section = md.split("## Where the time beyond the detection bound goes")[1].split("##")[0]
-    assert "| eucalab CLC crash | 100 | 53 | 14.5 / 19.0 | -20.0 / -20.0 | 3.0 / 3.0 |" in section
+    assert "| eucalab CLC crash | 100 | 53 | FIFO 20 | 14.5 / 19.0 | -20.0 / -20.0 | 3.0 / 3.0 |" in section
     assert "eucalab CLC uplink" not in section
     assert "Where the time beyond the detection bound goes" in (tmp_path / "report.html").read_text()
