@@ -247,6 +247,9 @@ class Deployment:
                                  returncode=p.popen.returncode)
         if self.controller is not None:
             self._stop_controller()
+        # The last run to go puts ovs-vswitchd's scheduling back (vswitchd.py), before the
+        # teardown: deleting bridges keeps ovs-vswitchd busy for seconds.
+        vswitchd.release(exclude=self._registry_file)
         if self.network is not None:
             problems = self.network.stop()
             self.network = None
@@ -257,8 +260,6 @@ class Deployment:
             self.events.emit("network.down", seconds=round(self.timings["down"], 4))
             self.events.close()
             self.events = None
-        # The last run to go puts ovs-vswitchd's scheduling back (vswitchd.py).
-        vswitchd.release(exclude=self._registry_file)
         if self._registry_file is not None:
             self._registry_file.unlink(missing_ok=True)
             self._registry_file = None

@@ -71,7 +71,8 @@ def raise_priority(pid: int | None = None, priority: int = PRIORITY, saved: Path
     if start is None:
         return None
     record = _load(saved)
-    if record is None or record.get("pid") != pid or record.get("start_time") != start:
+    fresh = record is None or record.get("pid") != pid or record.get("start_time") != start
+    if fresh:
         try:
             record = {"pid": pid, "start_time": start,
                       "threads": {str(t): list(scheduling(t)) for t in threads(pid)}}
@@ -80,16 +81,17 @@ def raise_priority(pid: int | None = None, priority: int = PRIORITY, saved: Path
             return None
         saved.parent.mkdir(parents=True, exist_ok=True)
         rd.write_json(saved, record)
-    try:
-        for t in threads(pid):
+    for t in threads(pid):
+        try:
             os.sched_setscheduler(t, os.SCHED_FIFO, os.sched_param(priority))
-    except ProcessLookupError:
-        pass  # a thread that ended meanwhile
-    except OSError as exc:
-        log.warning("ovs-vswitchd %d: no realtime priority (%s): the datapath may wait behind the hosts",
-                    pid, exc)
-        restore(saved)
-        return None
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+        except OSError as exc:
+            log.warning("ovs-vswitchd %d: no realtime priority (%s): the datapath may wait behind the hosts",
+                        pid, exc)
+            if fresh:
+                restore(saved)  # what this call changed, as it was
+            return None
     return priority
 
 

@@ -46,6 +46,11 @@ def test_a_priority_that_cannot_be_set_changes_nothing_and_keeps_no_record(tmp_p
     assert vswitchd.raise_priority(child, priority=100, saved=saved) is None  # SCHED_FIFO stops at 99
     assert vswitchd.scheduling(child) == before and not saved.exists()
     assert vswitchd.raise_priority(2**22 + 1, saved=saved) is None and not saved.exists()
+    # Raised by another run already: its record stays, for the last run to put back.
+    record = {"pid": child, "start_time": rd.process_start_time(child), "threads": {str(child): list(before)}}
+    saved.write_text(json.dumps(record))
+    assert vswitchd.raise_priority(child, priority=100, saved=saved) is None
+    assert json.loads(saved.read_text()) == record
 
 
 def test_a_record_of_a_process_gone_is_dropped(tmp_path):
