@@ -6,6 +6,7 @@ Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
     GET    /cluster/instances           every instance with state, NC, slot, address, VLAN, reason
     DELETE /cluster/instances/{id}      terminate
     PUT    /cluster/groups/{id}         {name, account, rules}: a security group's rules changed
+    GET    /cluster/groups              {groups: {id: digest}}: what the CLC checks it still holds
     PUT    /cluster/addresses/{ip}      {instance}: associate an elastic IP
     DELETE /cluster/addresses/{ip}      disassociate
     GET    /cluster/capacity            VM slots in the zone, free slots, per NC
@@ -26,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from components.common.files import write_atomic
+from components.common.groups import digest as group_digest
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
 
 from . import router
@@ -167,6 +169,7 @@ class ClusterController(Service):
         r.add_get("/cluster/instances", self.handle_describe)
         r.add_delete("/cluster/instances/{id}", self.handle_terminate)
         r.add_put("/cluster/groups/{id}", self.handle_group)
+        r.add_get("/cluster/groups", self.handle_group_digests)
         r.add_put("/cluster/addresses/{ip}", self.handle_associate)
         r.add_delete("/cluster/addresses/{ip}", self.handle_disassociate)
         r.add_get("/cluster/capacity", self.handle_capacity)
@@ -387,11 +390,15 @@ class ClusterController(Service):
             return self._error("InvalidParameterValue", str(exc))
         gid = request.match_info["id"]
         group = {"id": gid, "name": body.get("name", gid), "account": body.get("account"), "rules": rules}
-        if self.groups.get(gid) != group:  # the CLC re-sends unchanged groups now and then
+        if self.groups.get(gid) != group:
             self.groups[gid] = group
             self._save()
             await self.publish_intent("group rules")
         return web.json_response(group)
+
+    async def handle_group_digests(self, request: web.Request) -> web.Response:
+        self.require_internal(request)
+        return web.json_response({"groups": {gid: group_digest(g) for gid, g in self.groups.items()}})
 
     async def handle_associate(self, request: web.Request) -> web.Response:
         self.require_internal(request)

@@ -89,10 +89,22 @@ class ClusterClient:
         except ClusterError:
             pass  # not known there (never placed) or the CC is down: terminated here all the same
 
-    async def push_group(self, group: dict) -> None:
-        """A group's rules changed: every CC enforces them for its instances of the group."""
+    async def push_group(self, group: dict, zones: list[str] | None = None) -> None:
+        """A group's rules changed: every CC (or those of ``zones``) enforces them for its
+        instances of the group."""
+        bases = [self.cc[z] for z in (self.cc if zones is None else zones) if z in self.cc]
         await asyncio.gather(*(self._quiet("PUT", f"{base}/cluster/groups/{group['id']}", group)
-                               for base in self.cc.values()))
+                               for base in bases))
+
+    async def group_digests(self) -> dict[str, dict[str, str]]:
+        """Per zone, the digest of every group its CC holds (components/common/groups.py);
+        a CC that does not answer is left out."""
+        async def held(zone: str):
+            try:
+                return zone, (await self._call("GET", f"{self.cc[zone]}/cluster/groups")).get("groups", {})
+            except ClusterError:
+                return zone, None
+        return {z: d for z, d in await asyncio.gather(*(held(z) for z in self.cc)) if d is not None}
 
     async def _quiet(self, method: str, url: str, body: dict | None = None) -> None:
         try:

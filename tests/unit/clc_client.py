@@ -17,6 +17,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from components.common.groups import digest as group_digest
+
 from .components_helper import ADMIN, TOKEN
 
 CFG = Config(retries={"max_attempts": 1})
@@ -123,6 +125,8 @@ class FakeCC:
                 if self.command == "DELETE" and parts[:2] == ["cluster", "instances"] and len(parts) == 3:
                     cc.instances[parts[2]]["state"] = "terminated"
                     return self._answer(200, cc.instances[parts[2]])
+                if (self.command, parts) == ("GET", ["cluster", "groups"]):
+                    return self._answer(200, {"groups": {gid: group_digest(g) for gid, g in cc.groups.items()}})
                 if self.command == "PUT" and parts[:2] == ["cluster", "groups"]:
                     cc.groups[parts[2]] = body
                     return self._answer(200, body)

@@ -76,6 +76,23 @@ def test_group_rules_reach_the_cc(cloud):
     assert cc.groups[web]["rules"] == [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}]
 
 
+def test_only_groups_a_cc_lacks_are_sent_again(cloud):
+    base, cc, ec2, ids, web = cloud
+    other = ec2.create_security_group(GroupName="quiet", Description="unchanged")["GroupId"]
+    assert wait_for(lambda: other in cc.groups)
+    # The check runs every 20 sync rounds (1 s here): a CC holding every group as sent
+    # gets none of them again ...
+    seen = len(cc.calls)
+    assert wait_for(lambda: cc.calls[seen:].count(("GET", "/cluster/groups")) >= 2, timeout=6)
+    assert not [c for c in cc.calls[seen:] if c[0] == "PUT"]
+    # ... and one that lost a group (a restart) gets that one back, alone.
+    sent = dict(cc.groups[other])
+    del cc.groups[other]
+    seen = len(cc.calls)
+    assert wait_for(lambda: cc.groups.get(other) == sent, timeout=6)
+    assert [c for c in cc.calls[seen:] if c[0] == "PUT"] == [("PUT", f"/cluster/groups/{other}")]
+
+
 def test_volume_attach_detach_round_trip(cloud):
     base, cc, ec2, ids, web = cloud
     assert wait_for(lambda: states(ec2, ids)[ids[0]] == "running")
