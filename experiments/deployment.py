@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import ha_net
-from topologies.network import Created, EucaNetwork, kill_pids, namespace, pid_alive, teardown
+from topologies.network import Created, EucaNetwork, kill_pids, namespace, teardown
 from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
 from topologies.spec import DeploymentSpec
 
@@ -869,10 +869,8 @@ def cleanup_runs(force: bool = False) -> list[str]:
         except (OSError, json.JSONDecodeError):
             report.append(f"{entry.name}: unreadable record, left alone")
             continue
-        driver = record.get("driver_pid")
-        if (not force and driver and pid_alive(driver)
-                and rd.process_start_time(driver) == record.get("driver_start")):
-            report.append(f"{record.get('run_dir')}: driver {driver} still running, left alone")
+        if not force and rd.driver_alive(record):
+            report.append(f"{record.get('run_dir')}: driver {record['driver_pid']} still running, left alone")
             continue
         created = Created(**record.get("created", {}))
         # Only namespaces whose holder shell is still the recorded process are ours.

@@ -154,7 +154,8 @@ PARTS_NOTE = ("Served again minus the detection bound, split: detection - bound 
               "took before the fault, on this network with nothing failing. Datapath ports: on the Open "
               "vSwitch datapath the bridges shared (the userspace datapath polls every one on each wake-up, "
               "so a request's time grows with them). ovs-vswitchd: its scheduling during the trials (FIFO: "
-              "realtime, ahead of the HA members and the prober, experiments/vswitchd.py). Each cell: p50 / p99 (max below 100 samples), ms.")
+              "realtime, ahead of the HA members and the prober, experiments/vswitchd.py). Each cell: p50 / p99 "
+              "(max below 100 samples), ms.")
 
 
 def plots(data: dict, run_dir: Path) -> list[str]:

@@ -76,6 +76,12 @@ class EventWriter:
         self._f.close()
 
 
+def driver_alive(record: dict) -> bool:
+    """Whether the driver a registry record names still runs (its PID with the same start time)."""
+    driver = record.get("driver_pid")
+    return bool(driver) and process_start_time(driver) == record.get("driver_start")
+
+
 def registry_entries() -> list[Path]:
     if not REGISTRY.is_dir():
         return []

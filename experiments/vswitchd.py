@@ -129,8 +129,7 @@ def live_runs(exclude: Path | None = None) -> list[Path]:
             record = json.loads(entry.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        driver = record.get("driver_pid")
-        if driver and rd.process_start_time(driver) == record.get("driver_start"):
+        if rd.driver_alive(record):
             live.append(entry)
     return live
 
