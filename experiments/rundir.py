@@ -79,7 +79,8 @@ class EventWriter:
 def driver_alive(record: dict) -> bool:
     """Whether the driver a registry record names still runs (its PID with the same start time)."""
     driver = record.get("driver_pid")
-    return bool(driver) and process_start_time(driver) == record.get("driver_start")
+    start = process_start_time(driver) if driver else None
+    return start is not None and start == record.get("driver_start")
 
 
 def registry_entries() -> list[Path]:
