@@ -2,7 +2,9 @@
 
 Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
     POST   /cluster/instances           {instances: [{id, account, image:{bucket,key}, group:{id,name,rules}}]}
-                                        -> {placements: [...]} or 409 InsufficientInstanceCapacity
+                                        -> {placements: [...]}, once every NC holds its instance
+                                        (one an NC refused is terminated, with the reason),
+                                        or 409 InsufficientInstanceCapacity
     GET    /cluster/instances           every instance with state, NC, slot, address, VLAN, reason
     DELETE /cluster/instances/{id}      terminate
     PUT    /cluster/groups/{id}         {name, account, rules}: a security group's rules changed
@@ -35,6 +37,9 @@ from .netalloc import AllocationError, NetworkAllocator
 from .scheduler import InsufficientCapacity, NodeState, Scheduler
 
 POLL_S = 0.1  # how often the CC asks its NCs for instance states
+# How long an NC has to accept an instance: well inside the CLC's wait for the CC
+# (cluster_timeout_s, 5 s), so the CLC hears the outcome rather than a timeout.
+HANDOFF_S = 2.0
 
 
 class ClusterController(Service):
@@ -340,16 +345,22 @@ class ClusterController(Service):
         self.events.emit("cc.scheduled", instances=[(p["id"], p["nc"], p["slot"], p["ip"]) for p in placements])
         # Network first, so the instance's traffic flows the moment it boots.
         await self.publish_intent("run")
-        for rec in placements:
-            asyncio.create_task(self._boot_on_nc(rec))
+        # Then hand each instance to its NC, and answer only once every NC has it (or has
+        # refused it): an instance the CLC was told about is on an NC, so a CC that crashes
+        # right after answering rebuilds it from the NCs. Handing off in the background let
+        # a crash in between lose the instance, left pending at the CLC for good.
+        await asyncio.gather(*(self._boot_on_nc(rec) for rec in placements))
         return web.json_response({"placements": placements})
 
     async def _boot_on_nc(self, rec: dict) -> None:
+        """Hand ``rec`` to its NC, which accepts at once and boots in the background; an NC
+        that refuses or does not answer within HANDOFF_S leaves the instance terminated."""
         url = self.ncs[rec["nc"]]["url"]
         body = {k: rec[k] for k in ("id", "slot", "image", "mac", "ip", "prefix", "gateway", "group", "vlan",
                                     "account")}
         try:
-            async with self.http.post(f"{url}/instances", json=body) as r:
+            async with self.http.post(f"{url}/instances", json=body,
+                                      timeout=aiohttp.ClientTimeout(total=HANDOFF_S)) as r:
                 if r.status >= 300:
                     answer = await r.json(content_type=None)
                     raise RuntimeError(f"{rec['nc']} refused: {answer.get('error')}: {answer.get('message')}")
