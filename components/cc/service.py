@@ -77,6 +77,8 @@ class ClusterController(Service):
         self._standby_task: asyncio.Task | None = None
         self._arm_pending = False  # a replicated view not armed yet (``_rearm``)
         self._armer: asyncio.Task | None = None
+        self._retrier: asyncio.Task | None = None  # pushes a failed intent again (``_push_again``)
+        self._retrier_epoch: int | None = None
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -527,16 +529,28 @@ class ClusterController(Service):
         if published:
             self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
+        elif status is not None and not 400 <= status < 500:
+            # Not answered (the controller stopped or restarting) or failed: the switches
+            # keep the previous intent, and for a takeover that is the old primary in the
+            # groups' VLANs, so it is pushed again until taken (nothing else would).
+            self._push_again(reason)
+
+    def _push_again(self, reason: str) -> None:
+        """Push the newest intent again until the controller takes it (``_publish_later``);
+        one such task per epoch: it pushes the newest view, whatever changed meanwhile."""
+        if self._retrier is None or self._retrier.done() or self._retrier_epoch != self.epoch:
+            self._retrier_epoch = self.epoch
+            self._retrier = self._background(self._publish_later(reason))
 
     def _background(self, coro) -> asyncio.Task:
         """Run a coroutine beside the service; an exception is a ``cc.task_failed`` event."""
         return self.events.spawn(coro, self._tasks, "cc.task_failed")
 
     async def _publish_later(self, reason: str) -> None:
-        """A staged takeover's intent, pushed after the router: until the controller has it
-        the old primary stays in the groups' VLANs, so it is pushed again (paced, doubling
-        up to a second) until the controller answers it, for as long as this member is
-        the primary of this epoch."""
+        """A staged takeover's intent, pushed after the router, or an intent whose push was
+        not taken (``_push_again``): until the controller has it the old primary stays in
+        the groups' VLANs, so it is pushed again (paced, doubling up to a second) until the
+        controller answers it, for as long as this member is the primary of this epoch."""
         epoch, pause = self.epoch, self.ha.interval if self.ha is not None else 0.05
         while True:
             async with self._intent_lock:

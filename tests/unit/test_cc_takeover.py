@@ -356,3 +356,43 @@ def test_a_staged_takeovers_intent_is_pushed_again_until_the_controller_takes_it
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
     pushes = [e for e in log if e[0] == "intent"]
     assert len(pushes) >= 2 and set(pushes) == {("intent", "c1cc2", 5)}
+
+
+def test_an_unstaged_takeovers_intent_the_controller_did_not_take_is_pushed_again(tmp_path, monkeypatch):
+    """Not staged, the takeover pushes its intent beside the router; a push the controller
+    does not take (restarting, here a 503) is made again, not left for the next change:
+    until it is in, the switches keep the old primary in the groups' VLANs."""
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=6)  # the report is older than the peer's epoch: not staged
+    answers = {"intent": (503, {"error": "restarting"})}
+
+    async def body(cc):
+        await promote(cc, standby_epoch=4, epoch=7)
+        log.append("promoted")
+        answers["intent"] = (200, {"accepted": True})
+        await until(lambda: sum(e[0] == "intent" for e in log) >= 2)
+        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    assert log[:3] == [("router", "primary"), ("intent", "c1cc2", 7), "promoted"]
+    assert [e for e in log if e[0] == "intent"] == [("intent", "c1cc2", 7)] * 2
+
+
+def test_a_later_change_the_controller_did_not_take_is_pushed_again(tmp_path, monkeypatch):
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=4)
+    answers: dict = {}
+
+    async def body(cc):
+        await promote(cc, standby_epoch=4, epoch=5)
+        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+        log.append("--")
+        answers["intent"] = (500, {"error": "boom"})
+        await cc.publish_intent("group rules")
+        await cc.publish_intent("instance state")  # one retry task for both: it pushes the newest
+        answers["intent"] = (200, {"accepted": True})
+        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    after = log[log.index("--") + 1:]
+    assert [e for e in after if e[0] == "intent"] == [("intent", "c1cc2", 5)] * 3
