@@ -2,8 +2,10 @@
 
 The CLC never talks to NCs (as in Eucalyptus): volume attachments go CLC -> SC
 (export) and CLC -> CC -> NC (the NC opens its block session to the SC).
-A zone whose CC or SC is not configured (or does not answer for instance work)
-leaves instances pending, as Eucalyptus did with a cluster that is down.
+A zone whose CC is not configured leaves instances pending (no cluster tier: the
+CLC alone); one whose CC does not answer refuses new instances with a 503 ServiceUnavailable,
+which EC2 clients retry, rather than recording instances no CC will ever be asked to
+start. A zone without an SC keeps volumes as bookkeeping only.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class ClusterClient:
     # -- instances ----------------------------------------------------------------------------
 
     async def run(self, zone: str, instances: list[dict], min_count: int = 1) -> list[dict] | None:
-        """Place instances in the zone (as many as fit, at least ``min_count``); None: CC unreachable."""
+        """Place instances in the zone (as many as fit, at least ``min_count``); None: the
+        zone has no CC. A CC that does not answer is ClusterError ServiceUnavailable (503): nothing
+        was placed, and the client may try again."""
         base = self.cc.get(zone)
         if base is None:
             return None
@@ -60,7 +64,8 @@ class ClusterClient:
             cap = await self._call("GET", f"{base}/cluster/capacity")
         except ClusterError as exc:
             if exc.code == "Unavailable":
-                return None
+                raise ClusterError("ServiceUnavailable", f"The cluster controller of {zone} does not answer; "
+                                   "nothing was started, try again", 503) from None
             raise
         n = min(len(instances), int(cap.get("free", 0)))
         if n < min_count:

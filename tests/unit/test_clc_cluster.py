@@ -7,6 +7,8 @@ the metadata service's positive path, tested without a cluster network.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from botocore.exceptions import ClientError
 
@@ -129,3 +131,19 @@ def test_insufficient_capacity_records_nothing(cloud):
         ec2.run_instances(ImageId=emi, MinCount=cc.free + 1, MaxCount=cc.free + 1)
     assert code_of(err.value) == "InsufficientInstanceCapacity"
     assert len(ec2.describe_instances()["Reservations"]) == before
+
+
+def test_a_cc_that_does_not_answer_gets_a_retryable_error_and_nothing_recorded(tmp_path):
+    """Recorded, such instances would stay pending for good: no CC was asked to start them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends: refused
+    with component("clc", tmp_path, endpoints={"cc": {"cluster1": dead}}) as (base, cfg, proc):
+        ec2 = ec2_client(base)
+        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        with pytest.raises(ClientError) as err:
+            ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)
+        assert code_of(err.value) == "ServiceUnavailable"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503  # boto3 retries a 503
+        assert "cluster1" in str(err.value)
+        assert ec2.describe_instances()["Reservations"] == []
