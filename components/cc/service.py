@@ -16,13 +16,16 @@ Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
 The CC keeps the cluster's network intent (instances with MAC, IP, NC, slot, VLAN,
 group; group rules; elastic IPs; which CC is primary, with the pair's epoch) and
 publishes it to the SDN controller over the run directory's Unix socket
-(docs/intent.md). After a restart it rebuilds its view from its NCs, as Eucalyptus did.
+(docs/intent.md). After a restart it rebuilds its view from its NCs, as Eucalyptus did;
+an instance it had terminated stays terminated, and an NC still running one (it did not
+answer the hand-off or the terminate in time) is told again to end it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -37,9 +40,14 @@ from .netalloc import AllocationError, NetworkAllocator
 from .scheduler import InsufficientCapacity, NodeState, Scheduler
 
 POLL_S = 0.1  # how often the CC asks its NCs for instance states
-# How long an NC has to accept an instance: well inside the CLC's wait for the CC
-# (cluster_timeout_s, 5 s), so the CLC hears the outcome rather than a timeout.
+# How long an NC has to accept an instance. The CC's answer to a run waits on this after
+# its intent push (up to 5 s each for the intent lock and the push, with the controller
+# stalled): the CLC waits 15 s for it (cluster_run_timeout_s).
 HANDOFF_S = 2.0
+# An instance this CC terminated while its NC may still run it (a hand-off or a terminate
+# the NC did not answer) is terminated on the NC when the NC lists it; one the NC does
+# not list is forgotten after RECALL_S.
+RECALL_S = 30.0
 
 
 class ClusterController(Service):
@@ -79,6 +87,7 @@ class ClusterController(Service):
         self._armer: asyncio.Task | None = None
         self._retrier: asyncio.Task | None = None  # pushes a failed intent again (``_push_again``)
         self._retrier_epoch: int | None = None
+        self._recall: dict[str, float] = {}  # instance id -> since when (``RECALL_S``)
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -236,6 +245,11 @@ class ClusterController(Service):
                 if inst.get("state") == "terminated":
                     continue
                 iid = inst["id"]
+                if self.instances.get(iid, {}).get("state") == "terminated":
+                    # Terminated here (a hand-off or terminate its NC did not answer): the
+                    # CC's word stands; the poller ends it on the NC.
+                    self._recall.setdefault(iid, time.monotonic())
+                    continue
                 rec = self.instances.setdefault(iid, {
                     "id": iid, "nc": nc, "slot": inst["slot"], "ip": inst["ip"], "mac": inst["mac"],
                     "prefix": inst.get("prefix"), "gateway": inst.get("gateway"),
@@ -278,13 +292,15 @@ class ClusterController(Service):
             changed = False
             for nc, info in self.ncs.items():
                 mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
-                if not mine:
+                recall = [i for i in self._recall if self.instances.get(i, {}).get("nc") == nc]
+                if not mine and not recall:
                     continue
                 try:
                     async with self.http.get(f"{info['url']}/instances") as r:
                         states = {i["id"]: i for i in (await r.json())["instances"]}
                 except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
                     continue
+                await self._recall_from(nc, recall, states)
                 for rec in mine:
                     got = states.get(rec["id"])
                     if got and got["state"] != rec["state"]:
@@ -296,6 +312,22 @@ class ClusterController(Service):
             if changed:
                 self._save()
                 await self.publish_intent("instance state")
+
+    async def _recall_from(self, nc: str, ids: list[str], states: dict[str, dict]) -> None:
+        """End on ``nc`` the instances of ``ids`` (terminated here) that it still lists as
+        live; forget those it lists terminated, or has not listed for RECALL_S."""
+        for iid in ids:
+            got = states.get(iid)
+            if got is not None and got.get("state") != "terminated":
+                try:
+                    async with self.http.delete(f"{self.ncs[nc]['url']}/instances/{iid}") as r:
+                        await r.read()
+                        if r.status < 300:
+                            self.events.emit("cc.recalled", instance=iid, nc=nc)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass  # next round
+            elif got is not None or time.monotonic() - self._recall[iid] > RECALL_S:
+                del self._recall[iid]
 
     def _release(self, rec: dict) -> None:
         self.scheduler.release(rec["id"])
@@ -351,27 +383,33 @@ class ClusterController(Service):
         # refused it): an instance the CLC was told about is on an NC, so a CC that crashes
         # right after answering rebuilds it from the NCs. Handing off in the background let
         # a crash in between lose the instance, left pending at the CLC for good.
-        await asyncio.gather(*(self._boot_on_nc(rec) for rec in placements))
+        handed = await asyncio.gather(*(self._boot_on_nc(rec) for rec in placements))
+        if not all(handed):
+            self._save()
+            self._background(self.publish_intent("boot failed"))  # the answer does not wait on it
         return web.json_response({"placements": placements})
 
-    async def _boot_on_nc(self, rec: dict) -> None:
-        """Hand ``rec`` to its NC, which accepts at once and boots in the background; an NC
-        that refuses or does not answer within HANDOFF_S leaves the instance terminated."""
+    async def _boot_on_nc(self, rec: dict) -> bool:
+        """Hand ``rec`` to its NC, which accepts at once and boots in the background; whether
+        it took it. One the NC refuses or does not take within HANDOFF_S is terminated here;
+        one it did not answer for may have arrived all the same, and is recalled."""
         url = self.ncs[rec["nc"]]["url"]
         body = {k: rec[k] for k in ("id", "slot", "image", "mac", "ip", "prefix", "gateway", "group", "vlan",
                                     "account")}
         try:
             async with self.http.post(f"{url}/instances", json=body,
                                       timeout=aiohttp.ClientTimeout(total=HANDOFF_S)) as r:
-                if r.status >= 300:
-                    answer = await r.json(content_type=None)
-                    raise RuntimeError(f"{rec['nc']} refused: {answer.get('error')}: {answer.get('message')}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError, ValueError) as exc:
-            rec["state"], rec["reason"] = "terminated", f"boot request failed: {exc}"
-            self._release(rec)
-            self._save()
-            self.events.emit("instance.failed", instance=rec["id"], reason=rec["reason"])
-            await self.publish_intent("boot failed")
+                if r.status < 300:
+                    return True
+                answer = await r.json(content_type=None)
+                why = f"{rec['nc']} refused: {answer.get('error')}: {answer.get('message')}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            why = f"{rec['nc']} did not answer: {exc or type(exc).__name__}"
+            self._recall[rec["id"]] = time.monotonic()
+        rec["state"], rec["reason"] = "terminated", f"boot request failed: {why}"
+        self._release(rec)
+        self.events.emit("instance.failed", instance=rec["id"], reason=rec["reason"])
+        return False
 
     async def handle_describe(self, request: web.Request) -> web.Response:
         self.require_internal(request)
@@ -387,7 +425,7 @@ class ClusterController(Service):
                 async with self.http.delete(f"{self.ncs[rec['nc']]['url']}/instances/{rec['id']}") as r:
                     await r.read()
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass  # the NC is gone: its slot is free when it comes back empty
+                self._recall[rec["id"]] = time.monotonic()  # ended on the NC when it lists it
             rec["state"], rec["reason"] = "terminated", "terminated by request"
             self._release(rec)
             self._save()
@@ -509,7 +547,7 @@ class ClusterController(Service):
                 # the router keeps the controller's work out of this host's takeover
                 # (60 CC failovers: 5.5 ms p50, 8.9 max, against 10.6 and 23.0 waiting).
                 await self._apply_router(intent, force, inline=True)
-                self._background(self._publish_later(reason))
+                self._push_again(reason)
                 return
             # A new primary not staged pushes its intent and takes the router (rules,
             # addresses, every instance's neighbour entry) at the same time. Until the
@@ -529,7 +567,7 @@ class ClusterController(Service):
         if published:
             self.events.emit("intent.published", epoch=self.epoch, reason=reason,
                              instances=len(intent["instances"]), groups=len(intent["groups"]))
-        elif status is not None and not 400 <= status < 500:
+        elif status == 0 or (status or 0) >= 500:
             # Not answered (the controller stopped or restarting) or failed: the switches
             # keep the previous intent, and for a takeover that is the old primary in the
             # groups' VLANs, so it is pushed again until taken (nothing else would).
@@ -556,14 +594,16 @@ class ClusterController(Service):
             async with self._intent_lock:
                 if self.state.value != "ENABLED" or self.epoch != epoch:
                     return
+                if not Path(self.config["control_socket"]).exists():
+                    return  # no controller now: as publish_intent, nothing to push to
                 intent = self.intent()  # the newest view: a change made meanwhile is not undone
                 status = await self._push_intent(intent, reason)
             if status == 200:
                 self.events.emit("intent.published", epoch=intent["epoch"], reason=reason,
                                  instances=len(intent["instances"]), groups=len(intent["groups"]))
                 return
-            if 400 <= status < 500:
-                return  # refused (409: for a newer epoch, and the HA agent steps down)
+            if 0 < status < 500:
+                return  # an answer, not a failure (a 409 names a newer epoch: the HA agent steps down)
             await asyncio.sleep(pause)
             pause = min(2 * pause, 1.0)
 

@@ -396,3 +396,18 @@ def test_a_later_change_the_controller_did_not_take_is_pushed_again(tmp_path, mo
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
     after = log[log.index("--") + 1:]
     assert [e for e in after if e[0] == "intent"] == [("intent", "c1cc2", 5)] * 3
+
+
+def test_pushing_again_stops_when_the_controller_is_gone(tmp_path, monkeypatch):
+    """No control socket, nothing to push to (as publish_intent): the retries end."""
+    log: list = []
+    ha = FakeHA(epoch=1, peer_epoch=6)
+    answers = {"intent": (503, {"error": "restarting"})}
+
+    async def body(cc):
+        await promote(cc, standby_epoch=4, epoch=7)
+        await until(lambda: sum(e[0] == "intent" for e in log) >= 2)  # retrying
+        (tmp_path / "control.sock").unlink()
+        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+
+    run_cc(tmp_path, monkeypatch, log, answers, body, ha)
