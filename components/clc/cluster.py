@@ -3,9 +3,9 @@
 The CLC never talks to NCs (as in Eucalyptus): volume attachments go CLC -> SC
 (export) and CLC -> CC -> NC (the NC opens its block session to the SC).
 A zone whose CC is not configured leaves instances pending (no cluster tier: the
-CLC alone); one whose CC does not answer refuses new instances with a 503 ServiceUnavailable,
-which EC2 clients retry, rather than recording instances no CC will ever be asked to
-start. A zone without an SC keeps volumes as bookkeeping only.
+CLC alone); one whose CC does not answer (its capacity call) refuses new instances with
+a 503 ServiceUnavailable, which EC2 clients retry, rather than recording instances no CC
+will ever be asked to start. A zone without an SC keeps volumes as bookkeeping only.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class ClusterClient:
         self.sc = {z: u.rstrip("/") for z, u in (endpoints.get("sc") or {}).items() if z in zones}
         self.token = config.get("internal_token", "")
         self.timeout = float(config.get("cluster_timeout_s", 5.0))
+        # A run's answer waits on the CC's intent push and its NCs' hand-off (12 s at worst
+        # with the SDN controller stalled, components/cc/service.py HANDOFF_S): a CLC that
+        # stopped waiting first would leave instances started that it never recorded.
+        self.run_timeout = float(config.get("cluster_run_timeout_s", 15.0))
         self.http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -40,9 +44,10 @@ class ClusterClient:
         if self.http:
             await self.http.close()
 
-    async def _call(self, method: str, url: str, body: dict | None = None) -> dict:
+    async def _call(self, method: str, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}  # else the session's
         try:
-            async with self.http.request(method, url, json=body) as r:
+            async with self.http.request(method, url, json=body, **extra) as r:
                 data = await r.json(content_type=None)
                 if r.status >= 300:
                     raise ClusterError(data.get("error", "InternalError"), data.get("message", str(data)),
@@ -55,8 +60,8 @@ class ClusterClient:
 
     async def run(self, zone: str, instances: list[dict], min_count: int = 1) -> list[dict] | None:
         """Place instances in the zone (as many as fit, at least ``min_count``); None: the
-        zone has no CC. A CC that does not answer is ClusterError ServiceUnavailable (503): nothing
-        was placed, and the client may try again."""
+        zone has no CC. A CC that does not answer its capacity call is ClusterError
+        ServiceUnavailable (503): nothing was placed, and the client may try again."""
         base = self.cc.get(zone)
         if base is None:
             return None
@@ -72,7 +77,8 @@ class ClusterClient:
             raise ClusterError("InsufficientInstanceCapacity",
                                f"There is not enough capacity in {zone} ({cap.get('free', 0)} free VM slot(s)) "
                                f"to fulfill the request for {min_count} instance(s)", 400)
-        answer = await self._call("POST", f"{base}/cluster/instances", {"instances": instances[:n]})
+        answer = await self._call("POST", f"{base}/cluster/instances", {"instances": instances[:n]},
+                                  timeout=self.run_timeout)
         return answer["placements"]
 
     async def describe(self, zone: str) -> dict[str, dict] | None:

@@ -651,8 +651,10 @@ class CloudController(Service):
                      "key_name": p.get("KeyName"),
                      "instances": [{"id": i, "launch_index": n} for n, i in enumerate(ids)]})
         for pl in placements or []:
-            self._apply({"type": "instance.update", "id": pl["id"], "private_ip": pl["ip"], "nc": pl["nc"],
-                         "slot": pl["slot"]})
+            change = {"private_ip": pl["ip"], "nc": pl["nc"], "slot": pl["slot"]}
+            if pl.get("state") == "terminated":  # its NC refused it or did not take it
+                change.update(state="terminated", reason=pl.get("reason") or "")
+            self._apply({"type": "instance.update", "id": pl["id"], **change})
         rows = self._instances(account, ids)
         names = self._group_names(account)
         return {"reservationId": reservation, "ownerId": account,

@@ -75,6 +75,7 @@ class FakeCC:
         self.groups: dict[str, dict] = {}
         self.elastic: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.nc_refuses = False  # placements come back terminated, as when their NC refused them
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -118,6 +119,8 @@ class FakeCC:
                     for w in body["instances"]:
                         rec = {"id": w["id"], "ip": cc.addresses.pop(0), "nc": "nc1", "slot": f"s{len(cc.instances)}",
                                "state": "running", "reason": "", "group": w["group"]["id"]}
+                        if cc.nc_refuses:
+                            rec.update(state="terminated", reason="boot request failed: nc1 refused: SlotBusy")
                         cc.instances[w["id"]] = rec
                         placements.append(rec)
                     cc.free -= len(placements)

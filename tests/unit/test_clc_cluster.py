@@ -147,3 +147,15 @@ def test_a_cc_that_does_not_answer_gets_a_retryable_error_and_nothing_recorded(t
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503  # boto3 retries a 503
         assert "cluster1" in str(err.value)
         assert ec2.describe_instances()["Reservations"] == []
+
+
+def test_an_instance_its_nc_refused_is_terminated_in_the_run_answer(cloud):
+    base, cc, ec2, ids, web = cloud
+    emi = ec2.describe_images()["Images"][0]["ImageId"]
+    cc.nc_refuses = True
+    try:
+        inst = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]
+    finally:
+        cc.nc_refuses = False
+    assert inst["State"]["Name"] == "terminated"
+    assert "refused" in inst["StateReason"]["Message"]
