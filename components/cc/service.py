@@ -41,8 +41,9 @@ from .scheduler import InsufficientCapacity, NodeState, Scheduler
 
 POLL_S = 0.1  # how often the CC asks its NCs for instance states
 # How long an NC has to accept an instance. The CC's answer to a run waits on this after
-# its intent push (up to 5 s each for the intent lock and the push, with the controller
-# stalled): the CLC waits 15 s for it (cluster_run_timeout_s).
+# its intent push (milliseconds; seconds with the SDN controller stalled, each push taking
+# up to 5 s and the intent lock held by one push at a time). The CLC waits 15 s for the
+# answer (cluster_run_timeout_s) and then withdraws the run: it terminates the ids it sent.
 HANDOFF_S = 2.0
 # An instance this CC terminated while its NC may still run it (a hand-off or a terminate
 # the NC did not answer) is terminated on the NC when the NC lists it; one the NC does
@@ -68,6 +69,9 @@ class ClusterController(Service):
         self.groups: dict[str, dict] = saved.get("groups", {})
         self.addresses: dict[str, str] = saved.get("addresses", {})  # public ip -> instance
         self.epoch = int(saved.get("epoch", 1))
+        # Instance id -> since when (wall clock): terminated here while its NC may still run
+        # it (a hand-off or terminate the NC did not answer); ``_recall_from``, RECALL_S.
+        self._recall: dict[str, float] = dict(saved.get("recall", {}))
         self.token = config.get("internal_token", "")
         self.http: aiohttp.ClientSession | None = None
         self.intent_http: aiohttp.ClientSession | None = None
@@ -87,7 +91,6 @@ class ClusterController(Service):
         self._armer: asyncio.Task | None = None
         self._retrier: asyncio.Task | None = None  # pushes a failed intent again (``_push_again``)
         self._retrier_epoch: int | None = None
-        self._recall: dict[str, float] = {}  # instance id -> since when (``RECALL_S``)
         if self.ha is not None:
             self.ha.on_promote = self._on_promote
             self.ha.on_demote = self._on_demote
@@ -102,7 +105,7 @@ class ClusterController(Service):
 
     def _snapshot(self) -> dict:
         return {"instances": self.instances, "groups": self.groups, "addresses": self.addresses,
-                "epoch": self.epoch}
+                "epoch": self.epoch, "recall": self._recall}
 
     def _save(self) -> None:
         self._persist()
@@ -146,6 +149,7 @@ class ClusterController(Service):
             return self._error("StaleEpoch", f"epoch {snap.get('epoch')} < {self.epoch}", 409)
         self.instances, self.groups = snap["instances"], snap["groups"]
         self.addresses, self.epoch = snap["addresses"], int(snap["epoch"])
+        self._recall = dict(snap.get("recall", {}))
         self._persist()
         self._rearm()
         return web.json_response({"ok": True})
@@ -248,7 +252,7 @@ class ClusterController(Service):
                 if self.instances.get(iid, {}).get("state") == "terminated":
                     # Terminated here (a hand-off or terminate its NC did not answer): the
                     # CC's word stands; the poller ends it on the NC.
-                    self._recall.setdefault(iid, time.monotonic())
+                    self._recall.setdefault(iid, time.time())
                     continue
                 rec = self.instances.setdefault(iid, {
                     "id": iid, "nc": nc, "slot": inst["slot"], "ip": inst["ip"], "mac": inst["mac"],
@@ -292,16 +296,17 @@ class ClusterController(Service):
             changed = False
             for nc, info in self.ncs.items():
                 mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
-                recall = [i for i in self._recall if self.instances.get(i, {}).get("nc") == nc]
-                if not mine and not recall:
+                if not mine and not (self.state.value == "ENABLED"
+                                     and any(self.instances.get(i, {}).get("nc") == nc for i in self._recall)):
                     continue
                 try:
                     async with self.http.get(f"{info['url']}/instances") as r:
                         states = {i["id"]: i for i in (await r.json())["instances"]}
                 except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
                     continue
-                await self._recall_from(nc, recall, states)
                 for rec in mine:
+                    if rec["state"] == "terminated" or rec["id"] in self._recall:
+                        continue  # terminated during the request: the NC's listing predates that
                     got = states.get(rec["id"])
                     if got and got["state"] != rec["state"]:
                         rec["state"] = got["state"]
@@ -309,16 +314,24 @@ class ClusterController(Service):
                         changed = True
                         if got["state"] == "terminated":
                             self._release(rec)
+                await self._recall_from(nc, states)
             if changed:
                 self._save()
                 await self.publish_intent("instance state")
 
-    async def _recall_from(self, nc: str, ids: list[str], states: dict[str, dict]) -> None:
-        """End on ``nc`` the instances of ``ids`` (terminated here) that it still lists as
-        live; forget those it lists terminated, or has not listed for RECALL_S."""
-        for iid in ids:
+    async def _recall_from(self, nc: str, states: dict[str, dict]) -> None:
+        """End on ``nc`` the instances to recall there (terminated here) that its listing
+        ``states`` shows live; forget those it lists terminated, or has not listed for
+        RECALL_S. The primary only: a DISABLED member holds the list for its takeover."""
+        if self.state.value != "ENABLED":
+            return
+        for iid in [i for i in self._recall if i not in self.instances]:
+            del self._recall[iid]  # not in the view (replaced by a replicated one)
+        for iid in [i for i in self._recall if self.instances[i].get("nc") == nc]:
             got = states.get(iid)
-            if got is not None and got.get("state") != "terminated":
+            if iid not in self._recall or self.instances.get(iid, {}).get("state") != "terminated":
+                self._recall.pop(iid, None)  # forgotten meanwhile, or not terminated: not ours to end
+            elif got is not None and got.get("state") != "terminated":
                 try:
                     async with self.http.delete(f"{self.ncs[nc]['url']}/instances/{iid}") as r:
                         await r.read()
@@ -326,7 +339,7 @@ class ClusterController(Service):
                             self.events.emit("cc.recalled", instance=iid, nc=nc)
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass  # next round
-            elif got is not None or time.monotonic() - self._recall[iid] > RECALL_S:
+            elif got is not None or time.time() - self._recall[iid] > RECALL_S:
                 del self._recall[iid]
 
     def _release(self, rec: dict) -> None:
@@ -383,7 +396,8 @@ class ClusterController(Service):
         # refused it): an instance the CLC was told about is on an NC, so a CC that crashes
         # right after answering rebuilds it from the NCs. Handing off in the background let
         # a crash in between lose the instance, left pending at the CLC for good.
-        handed = await asyncio.gather(*(self._boot_on_nc(rec) for rec in placements))
+        # Not one terminated meanwhile (the CLC withdraws a run it stopped waiting for).
+        handed = await asyncio.gather(*(self._boot_on_nc(rec) for rec in placements if rec["state"] == "pending"))
         if not all(handed):
             self._save()
             self._background(self.publish_intent("boot failed"))  # the answer does not wait on it
@@ -400,12 +414,14 @@ class ClusterController(Service):
             async with self.http.post(f"{url}/instances", json=body,
                                       timeout=aiohttp.ClientTimeout(total=HANDOFF_S)) as r:
                 if r.status < 300:
+                    if rec["state"] == "terminated":  # withdrawn meanwhile: end it on the NC too
+                        self._recall[rec["id"]] = time.time()
                     return True
                 answer = await r.json(content_type=None)
                 why = f"{rec['nc']} refused: {answer.get('error')}: {answer.get('message')}"
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             why = f"{rec['nc']} did not answer: {exc or type(exc).__name__}"
-            self._recall[rec["id"]] = time.monotonic()
+            self._recall[rec["id"]] = time.time()
         rec["state"], rec["reason"] = "terminated", f"boot request failed: {why}"
         self._release(rec)
         self.events.emit("instance.failed", instance=rec["id"], reason=rec["reason"])
@@ -425,7 +441,7 @@ class ClusterController(Service):
                 async with self.http.delete(f"{self.ncs[rec['nc']]['url']}/instances/{rec['id']}") as r:
                     await r.read()
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                self._recall[rec["id"]] = time.monotonic()  # ended on the NC when it lists it
+                self._recall[rec["id"]] = time.time()  # ended on the NC when it lists it
             rec["state"], rec["reason"] = "terminated", "terminated by request"
             self._release(rec)
             self._save()
@@ -594,10 +610,11 @@ class ClusterController(Service):
             async with self._intent_lock:
                 if self.state.value != "ENABLED" or self.epoch != epoch:
                     return
-                if not Path(self.config["control_socket"]).exists():
-                    return  # no controller now: as publish_intent, nothing to push to
-                intent = self.intent()  # the newest view: a change made meanwhile is not undone
-                status = await self._push_intent(intent, reason)
+                if Path(self.config["control_socket"]).exists():
+                    intent = self.intent()  # the newest view: a change made meanwhile is not undone
+                    status = await self._push_intent(intent, reason)
+                else:
+                    status = 0  # no controller now (restarting): push once its socket is back
             if status == 200:
                 self.events.emit("intent.published", epoch=intent["epoch"], reason=reason,
                                  instances=len(intent["instances"]), groups=len(intent["groups"]))

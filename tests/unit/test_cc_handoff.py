@@ -162,3 +162,50 @@ def test_a_restarted_cc_does_not_bring_back_what_it_terminated(tmp_path, monkeyp
 
     cluster(tmp_path, monkeypatch, {"c1n1": nc}, body)
     assert nc.deleted == ["i-gone"] and nc.held["i-kept"]["state"] == "running"
+
+
+class SlowListingNC(FakeNC):
+    async def listing(self, request):
+        await asyncio.sleep(0.25)  # slow to list too: the listing predates what the CC did meanwhile
+        return await super().listing(request)
+
+
+def test_a_listing_taken_before_an_instance_was_terminated_does_not_bring_it_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(cc_service, "HANDOFF_S", 0.1)
+    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    nc = SlowListingNC(delay=0.15)
+    nc.held["i-old"] = {"id": "i-old", "slot": "c1n1v2", "state": "running"}  # keeps the poller asking
+
+    async def body(cc, client, url):
+        cc.instances["i-old"] = {"id": "i-old", "nc": "c1n1", "slot": "c1n1v2", "state": "running",
+                                 "group": "sg-a", "ip": "10.101.16.9", "mac": "m", "public_ip": None}
+        cc._poller = asyncio.create_task(cc._poll_ncs())
+        placements = await run(client, url, "i-late")
+        assert placements["i-late"]["state"] == "terminated"
+        seen = set()
+        for _ in range(50):
+            seen.add(cc.instances["i-late"]["state"])
+            await asyncio.sleep(0.02)
+        await until(lambda: nc.held["i-late"]["state"] == "terminated")
+        return seen
+
+    assert cluster(tmp_path, monkeypatch, {"c1n1": nc}, body) == {"terminated"}
+
+
+def test_a_run_withdrawn_during_its_hand_off_is_ended_on_the_nc(tmp_path, monkeypatch):
+    """The CLC withdraws a run it stopped waiting for; the NC, slow, takes it after that."""
+    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    nc = FakeNC(delay=0.3)
+
+    async def body(cc, client, url):
+        cc._poller = asyncio.create_task(cc._poll_ncs())
+        running = asyncio.create_task(run(client, url, "i-1"))
+        await until(lambda: "i-1" in cc.instances)
+        async with client.delete(url("/cluster/instances/i-1")) as r:
+            assert r.status == 200 and (await r.json())["state"] == "terminated"
+        assert (await running)["i-1"]["state"] == "terminated"
+        await until(lambda: nc.held.get("i-1", {}).get("state") == "terminated")
+        return cc
+
+    cc = cluster(tmp_path, monkeypatch, {"c1n1": nc}, body)
+    assert cc.scheduler.capacity()["free"] == 1

@@ -398,16 +398,30 @@ def test_a_later_change_the_controller_did_not_take_is_pushed_again(tmp_path, mo
     assert [e for e in after if e[0] == "intent"] == [("intent", "c1cc2", 5)] * 3
 
 
-def test_pushing_again_stops_when_the_controller_is_gone(tmp_path, monkeypatch):
-    """No control socket, nothing to push to (as publish_intent): the retries end."""
+def test_pushing_again_waits_out_a_controller_restart(tmp_path, monkeypatch):
+    """A controller that stops removes its socket, and the next one starts from the intent
+    it stored (the old primary's): the pushes wait for the socket and go on, rather than
+    end and leave the switches on the old primary."""
     log: list = []
     ha = FakeHA(epoch=1, peer_epoch=6)
     answers = {"intent": (503, {"error": "restarting"})}
+    sock = tmp_path / "control.sock"
 
     async def body(cc):
         await promote(cc, standby_epoch=4, epoch=7)
         await until(lambda: sum(e[0] == "intent" for e in log) >= 2)  # retrying
-        (tmp_path / "control.sock").unlink()
-        await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+        sock.unlink()  # the controller stopped
+        pushed = sum(e[0] == "intent" for e in log)
+        await asyncio.sleep(0.5)
+        assert sum(e[0] == "intent" for e in log) == pushed and not cc._retrier.done()  # waiting
+        answers["intent"] = (200, {"accepted": True})
+        runner = web.AppRunner(controller_app(log, answers))  # the next controller
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*cc._tasks), 5)
+        finally:
+            await runner.cleanup()
 
     run_cc(tmp_path, monkeypatch, log, answers, body, ha)
+    assert log[-1] == ("intent", "c1cc2", 7)
