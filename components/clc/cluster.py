@@ -30,9 +30,9 @@ class ClusterClient:
         self.sc = {z: u.rstrip("/") for z, u in (endpoints.get("sc") or {}).items() if z in zones}
         self.token = config.get("internal_token", "")
         self.timeout = float(config.get("cluster_timeout_s", 5.0))
-        # A run's answer waits on the CC's intent push and its NCs' hand-off (12 s at worst
-        # with the SDN controller stalled, components/cc/service.py HANDOFF_S): a CLC that
-        # stopped waiting first would leave instances started that it never recorded.
+        # A run's answer waits on the CC's intent push and its NCs' hand-off: milliseconds,
+        # seconds with the SDN controller stalled (components/cc/service.py HANDOFF_S). A
+        # run not answered in time is withdrawn (``run``).
         self.run_timeout = float(config.get("cluster_run_timeout_s", 15.0))
         self.http: aiohttp.ClientSession | None = None
 
@@ -77,9 +77,22 @@ class ClusterClient:
             raise ClusterError("InsufficientInstanceCapacity",
                                f"There is not enough capacity in {zone} ({cap.get('free', 0)} free VM slot(s)) "
                                f"to fulfill the request for {min_count} instance(s)", 400)
-        answer = await self._call("POST", f"{base}/cluster/instances", {"instances": instances[:n]},
-                                  timeout=self.run_timeout)
+        try:
+            answer = await self._call("POST", f"{base}/cluster/instances", {"instances": instances[:n]},
+                                      timeout=self.run_timeout)
+        except ClusterError as exc:
+            if exc.code == "Unavailable":
+                # No answer: the CC may have taken the run all the same, and its instances
+                # would run unrecorded here. Withdraw it (a CC that never got it answers 404).
+                await asyncio.gather(*(self._withdraw(base, i["id"]) for i in instances[:n]))
+            raise
         return answer["placements"]
+
+    async def _withdraw(self, base: str, instance: str) -> None:
+        try:
+            await self._call("DELETE", f"{base}/cluster/instances/{instance}")
+        except ClusterError:
+            pass  # the CC is down: a restarted CC rebuilds from the NCs what they took
 
     async def describe(self, zone: str) -> dict[str, dict] | None:
         base = self.cc.get(zone)

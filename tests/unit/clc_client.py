@@ -76,6 +76,7 @@ class FakeCC:
         self.elastic: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
         self.nc_refuses = False  # placements come back terminated, as when their NC refused them
+        self.answer_after = 0.0  # seconds a run's answer takes (placed first, as the CC does)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -124,6 +125,7 @@ class FakeCC:
                         cc.instances[w["id"]] = rec
                         placements.append(rec)
                     cc.free -= len(placements)
+                    time.sleep(cc.answer_after)
                     return self._answer(200, {"placements": placements})
                 if self.command == "DELETE" and parts[:2] == ["cluster", "instances"] and len(parts) == 3:
                     cc.instances[parts[2]]["state"] = "terminated"

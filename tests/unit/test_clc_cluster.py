@@ -159,3 +159,21 @@ def test_an_instance_its_nc_refused_is_terminated_in_the_run_answer(cloud):
         cc.nc_refuses = False
     assert inst["State"]["Name"] == "terminated"
     assert "refused" in inst["StateReason"]["Message"]
+
+
+def test_a_run_the_cc_does_not_answer_in_time_is_withdrawn(tmp_path):
+    """The CC took it but answers too late: the CLC terminates each id it sent there, so no
+    instance runs that the CLC never recorded, and the client gets a retryable error."""
+    with FakeCC(ADDRESSES) as cc, component("clc", tmp_path, endpoints={"cc": {"cluster1": cc.url}},
+                                            cluster_run_timeout_s=0.3) as (base, cfg, proc):
+        ec2 = ec2_client(base)
+        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        cc.answer_after = 1.0
+        with pytest.raises(ClientError) as err:
+            ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2)
+        assert code_of(err.value) == "Unavailable" and err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        # Every attempt's (boto3 tried again: a 503), each id withdrawn.
+        assert len(cc.instances) >= 2 and {i["state"] for i in cc.instances.values()} == {"terminated"}
+        assert sorted(path for method, path in cc.calls if method == "DELETE") == \
+            sorted(f"/cluster/instances/{i}" for i in cc.instances)
+        assert ec2.describe_instances()["Reservations"] == []
