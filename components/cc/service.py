@@ -296,8 +296,7 @@ class ClusterController(Service):
             changed = False
             for nc, info in self.ncs.items():
                 mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
-                if not mine and not (self.state.value == "ENABLED"
-                                     and any(self.instances.get(i, {}).get("nc") == nc for i in self._recall)):
+                if not mine and not (self.state.value == "ENABLED" and self._recalls_on(nc)):
                     continue
                 try:
                     async with self.http.get(f"{info['url']}/instances") as r:
@@ -327,7 +326,7 @@ class ClusterController(Service):
             return
         for iid in [i for i in self._recall if i not in self.instances]:
             del self._recall[iid]  # not in the view (replaced by a replicated one)
-        for iid in [i for i in self._recall if self.instances[i].get("nc") == nc]:
+        for iid in self._recalls_on(nc):
             got = states.get(iid)
             if iid not in self._recall or self.instances.get(iid, {}).get("state") != "terminated":
                 self._recall.pop(iid, None)  # forgotten meanwhile, or not terminated: not ours to end
@@ -341,6 +340,10 @@ class ClusterController(Service):
                     pass  # next round
             elif got is not None or time.time() - self._recall[iid] > RECALL_S:
                 del self._recall[iid]
+
+    def _recalls_on(self, nc: str) -> list[str]:
+        """The instances to recall whose NC is ``nc`` (a copy: recalling changes the list)."""
+        return [i for i in self._recall if self.instances.get(i, {}).get("nc") == nc]
 
     def _release(self, rec: dict) -> None:
         self.scheduler.release(rec["id"])

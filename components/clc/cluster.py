@@ -84,15 +84,9 @@ class ClusterClient:
             if exc.code == "Unavailable":
                 # No answer: the CC may have taken the run all the same, and its instances
                 # would run unrecorded here. Withdraw it (a CC that never got it answers 404).
-                await asyncio.gather(*(self._withdraw(base, i["id"]) for i in instances[:n]))
+                await asyncio.gather(*(self.terminate(zone, i["id"]) for i in instances[:n]))
             raise
         return answer["placements"]
-
-    async def _withdraw(self, base: str, instance: str) -> None:
-        try:
-            await self._call("DELETE", f"{base}/cluster/instances/{instance}")
-        except ClusterError:
-            pass  # the CC is down: a restarted CC rebuilds from the NCs what they took
 
     async def describe(self, zone: str) -> dict[str, dict] | None:
         base = self.cc.get(zone)
