@@ -55,6 +55,7 @@ class StorageController(Service):
         self.replica = None
         self._catchup: asyncio.Task | None = None
         self._replicating = asyncio.Lock()
+        self._peer_took: tuple | None = None  # (peer boot, peer epoch, change) the peer last answered 200 to
         self._disk = asyncio.Lock()  # one change at a time reaches the disk, in order
         if self.ha is not None:
             self.ha.last_seq = lambda: self.wseq
@@ -134,7 +135,7 @@ class StorageController(Service):
                 refused = True  # the peer is primary now: never acknowledged
             elif ha.peer.state != "DISABLED":
                 return  # NOTREADY and the like: it catches up before it may take over
-            elif ha.peer.last_seq != seq - 1:
+            elif self._peer_position() != seq - 1:
                 refused = False  # the peer is behind: acknowledged once its catch-up has this change
             else:
                 refused = await self._replicate_op(op, data, seq)
@@ -151,6 +152,7 @@ class StorageController(Service):
                     "X-Eucalab-Op": json.dumps({"seq": seq, "epoch": ha.epoch, "op": op})}) as r:
                 if r.status == 200:
                     ha.peer.last_seq = seq
+                    self._peer_took = (ha.peer.boot, ha.peer.epoch, seq)
                 else:
                     refused = True
                     self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
@@ -158,6 +160,21 @@ class StorageController(Service):
             refused = False
             self.events.emit("ha.replication_failed", error=repr(exc))
         return refused
+
+    def _peer_position(self) -> int:
+        """The change the DISABLED peer has last applied.
+
+        Its heartbeat says so, but a heartbeat sent before a change landed can arrive after
+        the peer's answer to it and say one less: the next change would then not be shipped
+        but left to the peer's catch-up (a copy of every volume), and, not caught up within
+        the HA window, refused with 503 although the peer was in step. So a change the same
+        incarnation of the peer, at the same epoch, answered 200 to counts as well.
+        """
+        peer = self.ha.peer
+        took = self._peer_took
+        if took is not None and took[:2] == (peer.boot, peer.epoch):
+            return max(peer.last_seq, took[2])
+        return peer.last_seq
 
     def _peer_url(self) -> str:
         return f"http://{self.ha.peer_address()}:{self.config['port']}"
