@@ -25,7 +25,7 @@ from topologies.spec import DeploymentSpec
 
 from .deployment import Deployment
 
-CFG = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 
 
 def percentile(values: list[float], q: float) -> float:

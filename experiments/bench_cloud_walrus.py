@@ -29,7 +29,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-CFG = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHWALRUS00001",
          "secret_key": "benchsecret000000000000000000000000000001"}
 REGION = "eucalyptus"

@@ -50,7 +50,7 @@ def run(boots: int = 100) -> int:
         dep.start_services()
         c = dep.credentials
         kw = dict(aws_access_key_id=c.access_key, aws_secret_access_key=c.secret_key, region_name="eucalyptus",
-                  config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+                  config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}))
         ep = dep.plan.endpoints()
         with dep.in_host("user"):
             ec2 = boto3.client("ec2", endpoint_url=ep["clc"], **kw)

@@ -304,7 +304,7 @@ class Deployment:
         from botocore.config import Config
 
         endpoint = self.plan.endpoints()["clc" if service == "ec2" else "walrus"]
-        options = dict(retries={"max_attempts": 1}, s3={"addressing_style": "path"}, connect_timeout=5,
+        options = dict(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}, connect_timeout=5,
                        read_timeout=30)
         options.update(config)
         client = boto3.client(service, endpoint_url=endpoint, region_name="eucalyptus",

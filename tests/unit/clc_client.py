@@ -21,7 +21,7 @@ from components.common.groups import digest as group_digest
 
 from .components_helper import ADMIN, TOKEN
 
-CFG = Config(retries={"max_attempts": 1})
+CFG = Config(retries={"total_max_attempts": 1})
 
 
 def ec2_client(base: str, ak: str = ADMIN["access_key"], sk: str = ADMIN["secret_key"],

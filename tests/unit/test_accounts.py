@@ -107,7 +107,7 @@ def test_wrong_token_and_unreachable_clc_are_unavailable_not_unknown():
 
 
 def test_walrus_answers_503_while_the_clc_cannot_be_asked(tmp_path):
-    cfg = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+    cfg = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
     dead_clc = f"http://127.0.0.1:{free_port()}/services/Eucalyptus"
     with component("walrus", tmp_path, endpoints={"clc": dead_clc}) as (base, _, proc):
         def client(ak, sk):

@@ -34,7 +34,7 @@ def capturing_client():
     """An S3 client whose requests are recorded and answered 200 with an empty body."""
     s3 = boto3.client("s3", endpoint_url=ENDPOINT, aws_access_key_id=AK, aws_secret_access_key=SK,
                       region_name="eucalyptus",
-                      config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+                      config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}))
     sent = []
 
     def answer(request, **kwargs):

@@ -19,7 +19,7 @@ from components.common.events import read_events
 
 from .components_helper import ADMIN, TOKEN, component, free_port
 
-CFG = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 MAX_OBJECT = 8 * 2**20 + 100
 # A second account, known only to the (fake) CLC: Walrus must look it up there.
 OTHER = {"account_id": "000000000002", "access_key": "AKIAOTHER000000TEST", "secret_key": "othersecret0000000000"}

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 
 from .components_helper import ADMIN, component
 
-CFG = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 CREDS = Credentials(ADMIN["access_key"], ADMIN["secret_key"])
 
 
