@@ -30,20 +30,29 @@ def make_sc(tmp_path):
     return StorageController(cfg)
 
 
-async def _started(sc, tmp_path):
+async def _started(sc, events):
+    """``sc`` serving (its task), once ``events`` (its event log) says it started."""
     task = asyncio.create_task(sc.serve())
-    for _ in range(200):
-        if any(e["event"] == "service.start" for e in read_events(tmp_path / "e.jsonl")):
+    for _ in range(300):
+        if any(e["event"] == "service.start" for e in read_events(events)):
             return task
         await asyncio.sleep(0.01)
     raise AssertionError("SC did not start")
+
+
+def _member(tmp_path, port: int, name: str, address: str, state: str, cls=StorageController):
+    """One member of an SC pair, on ``address``: the pair shares one port, as on two hosts."""
+    return cls(validate_config({
+        "host": name, "component": "sc", "port": port, "listen_host": address,
+        "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
+        "internal_token": TOKEN, "block_port": free_port(), "state": state}))
 
 
 def test_volume_round_trip_through_the_block_protocol(tmp_path):
     sc = make_sc(tmp_path)
 
     async def scenario():
-        task = await _started(sc, tmp_path)
+        task = await _started(sc, tmp_path / "e.jsonl")
         base = f"http://127.0.0.1:{sc.config['port']}"
         h = {"X-Eucalab-Internal-Token": TOKEN}
         async with ClientSession(headers=h) as http:
@@ -146,7 +155,7 @@ def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path)
     fast = bp.SessionTimeouts(connect_s=0.1, reply_s=0.2, retry_interval_s=0.01, request_s=0.3)
 
     async def scenario():
-        task = await _started(sc, tmp_path)
+        task = await _started(sc, tmp_path / "e.jsonl")
         client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", fast)
         await client.connect()
         sc.state = ServiceState.DISABLED  # it stepped down
@@ -175,13 +184,8 @@ def _catch_up_pair(tmp_path, port: int, peer_class=StorageController):
     on two hosts; the member's HA agent is a stand-in saying the peer is ahead."""
     from types import SimpleNamespace
 
-    def sc(name, address, state, cls=StorageController):
-        cfg = validate_config({"host": name, "component": "sc", "port": port, "listen_host": address,
-                               "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
-                               "internal_token": TOKEN, "block_port": free_port(), "state": state})
-        return cls(cfg)
-
-    peer, member = sc("c1sc1", "127.0.0.1", "ENABLED", peer_class), sc("c1sc2", "127.0.0.2", "DISABLED")
+    peer = _member(tmp_path, port, "c1sc1", "127.0.0.1", "ENABLED", peer_class)
+    member = _member(tmp_path, port, "c1sc2", "127.0.0.2", "DISABLED")
     for vid, fill in (("vol-00000001", b"new"), ("vol-00000002", b"too")):
         asyncio.run(peer._apply({"type": "create", "id": vid, "size_mib": 1}))
         asyncio.run(peer._apply({"type": "write", "id": vid, "offset": 0}, fill))
@@ -196,11 +200,7 @@ def _catch_up_pair(tmp_path, port: int, peer_class=StorageController):
 def _run_catch_up(tmp_path, peer, member, until: str) -> list[dict]:
     async def scenario():
         member.replica = ClientSession(headers={"X-Eucalab-Internal-Token": TOKEN})
-        task = asyncio.create_task(peer.serve())
-        for _ in range(300):
-            if any(e["event"] == "service.start" for e in read_events(tmp_path / "c1sc1.jsonl")):
-                break
-            await asyncio.sleep(0.01)
+        task = await _started(peer, tmp_path / "c1sc1.jsonl")
         copier = asyncio.create_task(member._catch_up_loop())
         for _ in range(500):
             if any(e["event"] == until for e in read_events(tmp_path / "c1sc2.jsonl")):
@@ -290,14 +290,9 @@ def test_a_heartbeat_overtaken_by_the_peers_answer_does_not_stop_replication(tmp
     from components.sc.service import NotAcknowledged
 
     port = free_port()
+    primary = _member(tmp_path, port, "c1sc1", "127.0.0.1", "ENABLED")
+    peer = _member(tmp_path, port, "c1sc2", "127.0.0.2", "DISABLED")
 
-    def sc(name, address, state):
-        return StorageController(validate_config({
-            "host": name, "component": "sc", "port": port, "listen_host": address,
-            "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
-            "internal_token": TOKEN, "block_port": free_port(), "state": state}))
-
-    primary, peer = sc("c1sc1", "127.0.0.1", "ENABLED"), sc("c1sc2", "127.0.0.2", "DISABLED")
     async def never(refused, upto=None):
         return False  # the peer never reports the change in time
 
@@ -307,11 +302,7 @@ def test_a_heartbeat_overtaken_by_the_peers_answer_does_not_stop_replication(tmp
 
     async def scenario():
         primary.replica = ClientSession(headers={"X-Eucalab-Internal-Token": TOKEN})
-        task = asyncio.create_task(peer.serve())
-        for _ in range(300):
-            if any(e["event"] == "service.start" for e in read_events(tmp_path / "c1sc2.jsonl")):
-                break
-            await asyncio.sleep(0.01)
+        task = await _started(peer, tmp_path / "c1sc2.jsonl")
         peer.ha = SimpleNamespace(epoch=1, peer=SimpleNamespace(epoch=1))  # a standby, as far as replication goes
         try:
             await primary._mutate({"type": "create", "id": "vol-00000001", "size_mib": 1})
