@@ -291,29 +291,34 @@ class ClusterController(Service):
                 NetworkAllocator(self.mode, self.cluster, int(self.config.get("addrs_per_net", 32))))
 
     async def _poll_ncs(self) -> None:
+        """Every NC asked for its instances' states, each on a loop of its own: an NC that
+        hangs (each request waits up to 10 s) delays no other NC's news."""
+        await asyncio.gather(*(self._poll_nc(nc) for nc in self.ncs))
+
+    async def _poll_nc(self, nc: str) -> None:
+        url = f"{self.ncs[nc]['url']}/instances"
         while True:
             await asyncio.sleep(POLL_S)
+            mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
+            if not mine and not (self.state.value == "ENABLED" and self._recalls_on(nc)):
+                continue
+            try:
+                async with self.http.get(url) as r:
+                    states = {i["id"]: i for i in (await r.json())["instances"]}
+            except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                continue
             changed = False
-            for nc, info in self.ncs.items():
-                mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
-                if not mine and not (self.state.value == "ENABLED" and self._recalls_on(nc)):
-                    continue
-                try:
-                    async with self.http.get(f"{info['url']}/instances") as r:
-                        states = {i["id"]: i for i in (await r.json())["instances"]}
-                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-                    continue
-                for rec in mine:
-                    if rec["state"] == "terminated" or rec["id"] in self._recall:
-                        continue  # terminated during the request: the NC's listing predates that
-                    got = states.get(rec["id"])
-                    if got and got["state"] != rec["state"]:
-                        rec["state"] = got["state"]
-                        rec["reason"] = got.get("reason", "")
-                        changed = True
-                        if got["state"] == "terminated":
-                            self._release(rec)
-                await self._recall_from(nc, states)
+            for rec in mine:
+                if rec["state"] == "terminated" or rec["id"] in self._recall:
+                    continue  # terminated during the request: the NC's listing predates that
+                got = states.get(rec["id"])
+                if got and got["state"] != rec["state"]:
+                    rec["state"] = got["state"]
+                    rec["reason"] = got.get("reason", "")
+                    changed = True
+                    if got["state"] == "terminated":
+                        self._release(rec)
+            await self._recall_from(nc, states)
             if changed:
                 self._save()
                 await self.publish_intent("instance state")

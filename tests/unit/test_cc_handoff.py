@@ -209,3 +209,35 @@ def test_a_run_withdrawn_during_its_hand_off_is_ended_on_the_nc(tmp_path, monkey
 
     cc = cluster(tmp_path, monkeypatch, {"c1n1": nc}, body)
     assert cc.scheduler.capacity()["free"] == 1
+
+
+class HungNC(FakeNC):
+    """An NC whose listing does not answer until released (a hung hypervisor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def listing(self, request):
+        await self.release.wait()
+        return await super().listing(request)
+
+
+def test_an_nc_that_hangs_delays_no_other_ncs_states(tmp_path, monkeypatch):
+    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    hung, nc = HungNC(), FakeNC()
+    record = {"slot": "c1n2v1", "state": "pending", "group": "sg-a", "ip": "10.101.16.3", "mac": "m",
+              "public_ip": None}
+    nc.held["i-2"] = dict(record, id="i-2", state="running")
+
+    async def body(cc, client, url):
+        cc.instances["i-1"] = dict(record, id="i-1", nc="c1n1", slot="c1n1v1")  # asked first, never answers
+        cc.instances["i-2"] = dict(record, id="i-2", nc="c1n2")
+        cc._poller = asyncio.create_task(cc._poll_ncs())
+        try:
+            await until(lambda: cc.instances["i-2"]["state"] == "running")
+        finally:
+            hung.release.set()
+        return cc.instances["i-1"]["state"]
+
+    assert cluster(tmp_path, monkeypatch, {"c1n1": hung, "c1n2": nc}, body) == "pending"
