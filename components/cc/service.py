@@ -296,32 +296,43 @@ class ClusterController(Service):
         await asyncio.gather(*(self._poll_nc(nc) for nc in self.ncs))
 
     async def _poll_nc(self, nc: str) -> None:
-        url = f"{self.ncs[nc]['url']}/instances"
+        """One NC's loop. An unexpected error (a malformed listing, a failed intent) is a
+        ``cc.poll_failed`` event, said once until it changes, and the loop goes on."""
+        failed = None
         while True:
             await asyncio.sleep(POLL_S)
-            mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
-            if not mine and not (self.state.value == "ENABLED" and self._recalls_on(nc)):
-                continue
             try:
-                async with self.http.get(url) as r:
-                    states = {i["id"]: i for i in (await r.json())["instances"]}
-            except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-                continue
-            changed = False
-            for rec in mine:
-                if rec["state"] == "terminated" or rec["id"] in self._recall:
-                    continue  # terminated during the request: the NC's listing predates that
-                got = states.get(rec["id"])
-                if got and got["state"] != rec["state"]:
-                    rec["state"] = got["state"]
-                    rec["reason"] = got.get("reason", "")
-                    changed = True
-                    if got["state"] == "terminated":
-                        self._release(rec)
-            await self._recall_from(nc, states)
-            if changed:
-                self._save()
-                await self.publish_intent("instance state")
+                await self._poll_once(nc)
+                failed = None
+            except Exception as exc:
+                if repr(exc) != failed:
+                    failed = repr(exc)
+                    self.events.emit("cc.poll_failed", nc=nc, error=failed)
+
+    async def _poll_once(self, nc: str) -> None:
+        mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
+        if not mine and not (self.state.value == "ENABLED" and self._recalls_on(nc)):
+            return
+        try:
+            async with self.http.get(f"{self.ncs[nc]['url']}/instances") as r:
+                states = {i["id"]: i for i in (await r.json())["instances"]}
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+            return  # down or busy: asked again next round
+        changed = False
+        for rec in mine:
+            if rec["state"] == "terminated" or rec["id"] in self._recall:
+                continue  # terminated during the request: the NC's listing predates that
+            got = states.get(rec["id"])
+            if got and got["state"] != rec["state"]:
+                rec["state"] = got["state"]
+                rec["reason"] = got.get("reason", "")
+                changed = True
+                if got["state"] == "terminated":
+                    self._release(rec)
+        await self._recall_from(nc, states)
+        if changed:
+            self._save()
+            await self.publish_intent("instance state")
 
     async def _recall_from(self, nc: str, states: dict[str, dict]) -> None:
         """End on ``nc`` the instances to recall there (terminated here) that its listing

@@ -241,3 +241,35 @@ def test_an_nc_that_hangs_delays_no_other_ncs_states(tmp_path, monkeypatch):
         return cc.instances["i-1"]["state"]
 
     assert cluster(tmp_path, monkeypatch, {"c1n1": hung, "c1n2": nc}, body) == "pending"
+
+
+class GarbledNC(FakeNC):
+    """An NC whose first listings are malformed (not a list of instances)."""
+
+    def __init__(self, garbled: int):
+        super().__init__()
+        self.garbled = garbled
+
+    async def listing(self, request):
+        if self.garbled:
+            self.garbled -= 1
+            return web.json_response({"instances": ["not an instance"]})
+        return await super().listing(request)
+
+
+def test_a_malformed_listing_is_reported_once_and_polling_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    nc = GarbledNC(garbled=3)
+    nc.held["i-1"] = {"id": "i-1", "slot": "c1n1v1", "state": "running"}
+
+    async def body(cc, client, url):
+        seen = []
+        emit = cc.events.emit
+        monkeypatch.setattr(cc.events, "emit", lambda event, **f: seen.append(event) or emit(event, **f))
+        cc.instances["i-1"] = {"id": "i-1", "nc": "c1n1", "slot": "c1n1v1", "state": "pending", "group": "sg-a",
+                               "ip": "10.101.16.2", "mac": "m", "public_ip": None}
+        cc._poller = asyncio.create_task(cc._poll_ncs())
+        await until(lambda: cc.instances["i-1"]["state"] == "running")
+        return seen
+
+    assert cluster(tmp_path, monkeypatch, {"c1n1": nc}, body).count("cc.poll_failed") == 1
