@@ -285,7 +285,7 @@ class EucaNetwork:
             self.timings["switches"] = time.monotonic() - t0
             self._configure_hosts(net)
             self.timings["configured"] = time.monotonic() - t0
-            if plan.spec.links.bw_mbit is not None or plan.spec.links.needs_netem:
+            if plan.spec.links.shaped:
                 self._shape_links(net)
                 self.timings["shaped"] = time.monotonic() - t0
         except BaseException:
@@ -428,20 +428,15 @@ class EucaNetwork:
 
     def _shape_links(self, net: Mininet) -> None:
         """HTB bandwidth (and netem delay/loss) on both ends of every host link, verified."""
-        from .shaping import shape_commands, verify_shaping
+        from .shaping import interface_commands, verify_shaping
 
-        spec = self.plan.spec.links
         root_cmds: list[str] = []
         host_cmds: dict[str, list[str]] = {}
-        for link in self.plan.links:
-            if not link.shaped:
-                continue
-            for node_name, intf in ((link.a, link.a_intf), (link.b, link.b_intf)):
-                cmds = shape_commands(intf, spec.bw_mbit, spec.delay_ms, spec.loss_pct)
-                if node_name in self.plan.hosts:
-                    host_cmds.setdefault(node_name, []).extend(cmds)
-                else:
-                    root_cmds.extend(cmds)
+        for node_name, _, cmds in interface_commands(self.plan):
+            if node_name in self.plan.hosts:
+                host_cmds.setdefault(node_name, []).extend(cmds)
+            else:
+                root_cmds.extend(cmds)
         for node_name, cmds in host_cmds.items():
             net[node_name].sendCmd("tc -batch - <<'EOF'\n" + "\n".join(cmds) + "\nEOF")
         if root_cmds:

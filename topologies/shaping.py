@@ -14,7 +14,7 @@ class ShapingError(RuntimeError):
 
 
 def shape_commands(intf: str, bw_mbit: float | None, delay_ms: float | None,
-                   loss_pct: float | None) -> list[str]:
+                   loss_pct: float | None, jitter_ms: float | None = None) -> list[str]:
     """tc batch lines shaping one interface (HTB root, netem below it)."""
     cmds = []
     parent = "root"
@@ -32,31 +32,54 @@ def shape_commands(intf: str, bw_mbit: float | None, delay_ms: float | None,
         netem = f"qdisc add dev {intf} {parent} handle 10: netem"
         if delay_ms is not None:
             netem += f" delay {delay_ms}ms"
+            if jitter_ms is not None:
+                netem += f" {jitter_ms}ms"
         if loss_pct is not None:
             netem += f" loss {loss_pct}%"
         cmds.append(netem)
     return cmds
 
 
+def link_shapes(plan: Plan):
+    """(link, its LinkSpec) for every host link the spec shapes."""
+    for link in plan.links:
+        if not link.shaped:
+            continue
+        shape = plan.spec.links.for_network(plan.networks[link.network].kind)
+        if shape.bw_mbit is not None or shape.own_netem:
+            yield link, shape
+
+
+def interface_commands(plan: Plan) -> list[tuple[str, str, list[str]]]:
+    """(node, interface, tc batch lines) for both ends of every shaped link."""
+    out = []
+    for link, shape in link_shapes(plan):
+        for node, intf in ((link.a, link.a_intf), (link.b, link.b_intf)):
+            out.append((node, intf, shape_commands(intf, shape.bw_mbit, shape.delay_ms, shape.loss_pct,
+                                                   shape.jitter_ms)))
+    return out
+
+
+def expected_qdiscs(cmds: list[str]) -> list[str]:
+    """The qdisc kinds a list of tc lines adds (what ``tc qdisc show`` must list)."""
+    return [c.split(" handle ")[1].split()[1] for c in cmds if c.startswith("qdisc add")]
+
+
 def verify_shaping(net, plan: Plan) -> None:
     """Read back the qdiscs of every shaped host interface; raise if one is missing."""
-    spec = plan.spec.links
-    want = []
-    if spec.bw_mbit is not None:
-        want.append("htb")
-    if spec.needs_netem:
-        want.append("netem")
-    shaped_hosts = {l.a for l in plan.links if l.shaped and l.a in plan.hosts}
-    shaped_hosts |= {l.b for l in plan.links if l.shaped and l.b in plan.hosts}
-    for name in shaped_hosts:
+    want: dict[str, list[tuple[str, list[str]]]] = {}
+    for node, intf, cmds in interface_commands(plan):
+        if node in plan.hosts:
+            want.setdefault(node, []).append((intf, expected_qdiscs(cmds)))
+    for name in want:
         net[name].sendCmd("tc qdisc show")
     missing = []
-    for name in shaped_hosts:
+    for name, intfs in want.items():
         out = net[name].waitOutput()
-        for intf in plan.hosts[name].interfaces:
-            lines = [l for l in out.splitlines() if f" dev {intf.name} " in l + " "]
-            for kind in want:
+        for intf, kinds in intfs:
+            lines = [l for l in out.splitlines() if f" dev {intf} " in l + " "]
+            for kind in kinds:
                 if not any(f"qdisc {kind} " in l for l in lines):
-                    missing.append(f"{intf.name}: no {kind}")
+                    missing.append(f"{intf}: no {kind}")
     if missing:
         raise ShapingError("link parameters did not take effect: " + ", ".join(missing[:10]))

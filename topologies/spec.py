@@ -98,17 +98,78 @@ class HeartbeatSpec:
     misses: int = 3
 
 
+# The kinds of network a host link can be on (topologies.plan.Network.kind).
+LINK_NETWORKS = ("user", "external", "cloud", "private", "heartbeat")
+
+
 @dataclass
 class LinkSpec:
-    """Parameters of every host link. None means: not shaped."""
+    """Parameters of every host link, applied at both ends (each direction of a link
+    gets them once). None means: not shaped. ``by_network`` overrides them for the links
+    of one kind of network (``external``: the site behind the border gateway, e.g. a WAN;
+    ``heartbeat``: the HA pairs' own links), field by field."""
 
     bw_mbit: float | None = None
     delay_ms: float | None = None  # needs netem
+    jitter_ms: float | None = None  # needs netem, and delay_ms
     loss_pct: float | None = None  # needs netem
+    by_network: dict[str, "LinkSpec"] = field(default_factory=dict)
+
+    @property
+    def shaped(self) -> bool:
+        """Whether any link is shaped at all."""
+        return any(s.bw_mbit is not None or s.own_netem for s in (self, *self.by_network.values()))
+
+    @property
+    def own_netem(self) -> bool:
+        return self.delay_ms is not None or self.loss_pct is not None or self.jitter_ms is not None
 
     @property
     def needs_netem(self) -> bool:
-        return self.delay_ms is not None or self.loss_pct is not None
+        return self.own_netem or any(s.own_netem for s in self.by_network.values())
+
+    def for_network(self, kind: str) -> "LinkSpec":
+        """The parameters of a link on a network of ``kind``: the overrides over the defaults."""
+        over = self.by_network.get(kind)
+        if over is None:
+            return self
+        pick = lambda name: getattr(over, name) if getattr(over, name) is not None else getattr(self, name)  # noqa: E731
+        return LinkSpec(bw_mbit=pick("bw_mbit"), delay_ms=pick("delay_ms"), jitter_ms=pick("jitter_ms"),
+                        loss_pct=pick("loss_pct"))
+
+    def validate(self, path: str = "links") -> None:
+        if self.bw_mbit is not None:
+            _check_float(self.bw_mbit, f"{path}.bw_mbit", 0.1, 100_000)
+        if self.delay_ms is not None:
+            _check_float(self.delay_ms, f"{path}.delay_ms", 0, 60_000)
+        if self.jitter_ms is not None:
+            _check_float(self.jitter_ms, f"{path}.jitter_ms", 0, 60_000)
+        if self.loss_pct is not None:
+            _check_float(self.loss_pct, f"{path}.loss_pct", 0, 100)
+        if not isinstance(self.by_network, dict):
+            raise SpecError(f"{path}.by_network", "must be a mapping of network kind to link parameters")
+        for kind, over in self.by_network.items():
+            where = f"{path}.by_network.{kind}"
+            if kind not in LINK_NETWORKS:
+                raise SpecError(where, f"unknown network kind; choose from {', '.join(LINK_NETWORKS)}")
+            if not isinstance(over, LinkSpec):
+                raise SpecError(where, "must be a mapping of link parameters")
+            if over.by_network:
+                raise SpecError(f"{where}.by_network", "overrides do not nest")
+            over.validate(where)
+        for kind in ("", *self.by_network):
+            eff = self.for_network(kind) if kind else self
+            if eff.jitter_ms is not None and eff.delay_ms is None:
+                where = f"{path}.by_network.{kind}" if kind else path
+                raise SpecError(f"{where}.jitter_ms", "needs a delay_ms to vary around")
+
+    def first_netem_field(self) -> str:
+        """The path of the first field that needs netem (for an error naming it)."""
+        for kind, spec in (("", self), *self.by_network.items()):
+            for name in ("delay_ms", "jitter_ms", "loss_pct"):
+                if getattr(spec, name) is not None:
+                    return f"links.{'by_network.' + kind + '.' if kind else ''}{name}"
+        return "links"
 
 
 @dataclass
@@ -188,16 +249,12 @@ class DeploymentSpec:
         if arb.timeout_s > arb.period_s:
             raise SpecError("arbitrators.timeout_s", "must not exceed arbitrators.period_s")
         links = self.links
-        if links.bw_mbit is not None:
-            _check_float(links.bw_mbit, "links.bw_mbit", 0.1, 100_000)
-        if links.delay_ms is not None:
-            _check_float(links.delay_ms, "links.delay_ms", 0, 60_000)
-        if links.loss_pct is not None:
-            _check_float(links.loss_pct, "links.loss_pct", 0, 100)
+        if not isinstance(links, LinkSpec):
+            raise SpecError("links", "must be a mapping of link parameters")
+        links.validate()
         if netem is False and links.needs_netem:
-            bad = "links.delay_ms" if links.delay_ms is not None else "links.loss_pct"
             raise SpecError(
-                bad,
+                links.first_netem_field(),
                 "this kernel has no netem (sch_netem), so link delay and loss cannot be "
                 "emulated here; remove the field, or run on a kernel with netem "
                 "(`eucalab check` tells)",
@@ -232,7 +289,9 @@ def spec_from_dict(data: Any, netem: bool | None = None) -> DeploymentSpec:
     for key, value in data.items():
         if key not in top:
             raise SpecError(str(key), f"unknown field; known fields: {', '.join(top)}")
-        if key in _SECTIONS:
+        if key == "links":
+            kwargs[key] = _links_from_dict(value)
+        elif key in _SECTIONS:
             kwargs[key] = _section_from_dict(_SECTIONS[key], value, key)
         elif key == "mode":
             kwargs[key] = _parse_mode(value, "mode")
@@ -271,6 +330,17 @@ def _section_from_dict(cls: type, value: Any, name: str) -> Any:
         if key not in known:
             raise SpecError(f"{name}.{key}", f"unknown field; known fields: {', '.join(sorted(known))}")
     return cls(**value)
+
+
+def _links_from_dict(value: Any) -> LinkSpec:
+    links = _section_from_dict(LinkSpec, value, "links")
+    if links.by_network is None:
+        links.by_network = {}
+    if not isinstance(links.by_network, dict):
+        raise SpecError("links.by_network", "must be a mapping of network kind to link parameters")
+    links.by_network = {str(kind): _section_from_dict(LinkSpec, over, f"links.by_network.{kind}")
+                        for kind, over in links.by_network.items()}
+    return links
 
 
 def _parse_mode(value: Any, path: str) -> NetworkMode:

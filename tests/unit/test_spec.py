@@ -98,6 +98,43 @@ def test_delay_and_loss_refused_without_netem(links, field):
     assert "no netem" in str(err.value) and "eucalab check" in str(err.value)
 
 
+@pytest.mark.parametrize("links,field", [
+    ({"by_network": {"external": {"delay_ms": 20}}}, "links.by_network.external.delay_ms"),
+    ({"jitter_ms": 2, "delay_ms": 5}, "links.delay_ms"),
+    ({"bw_mbit": 10, "by_network": {"heartbeat": {"loss_pct": 1}}}, "links.by_network.heartbeat.loss_pct")])
+def test_netem_needed_by_an_override_is_named(links, field):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"links": links}, netem=False)
+    assert err.value.field_path == field
+
+
+@pytest.mark.parametrize("links,field,words", [
+    ({"jitter_ms": 2}, "links.jitter_ms", "needs a delay_ms"),
+    ({"by_network": {"wan": {"delay_ms": 1}}}, "links.by_network.wan", "unknown network kind"),
+    ({"by_network": {"external": {"delay_ms": -1}}}, "links.by_network.external.delay_ms", "between"),
+    ({"by_network": {"external": {"by_network": {"user": {}}}}}, "links.by_network.external.by_network",
+     "do not nest"),
+    ({"by_network": {"external": {"speed": 1}}}, "links.by_network.external.speed", "unknown field"),
+    ({"by_network": ["external"]}, "links.by_network", "mapping"),
+    ({"by_network": {"heartbeat": {"jitter_ms": 3}}}, "links.by_network.heartbeat.jitter_ms", "needs a delay_ms")])
+def test_bad_link_parameters_are_named(links, field, words):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"links": links}, netem=True)
+    assert err.value.field_path == field and words in str(err.value)
+
+
+def test_overrides_apply_field_by_field_to_their_network_only():
+    links = spec_from_dict({"links": {"bw_mbit": 100, "delay_ms": 1, "by_network": {
+        "external": {"delay_ms": 20, "jitter_ms": 2, "loss_pct": 5}}}}, netem=True).links
+    wan = links.for_network("external")
+    assert (wan.bw_mbit, wan.delay_ms, wan.jitter_ms, wan.loss_pct) == (100, 20, 2, 5)
+    assert links.for_network("cloud") is links
+    assert links.shaped and links.needs_netem
+    only_hb = spec_from_dict({"links": {"by_network": {"heartbeat": {"loss_pct": 1}}}}, netem=True).links
+    assert only_hb.shaped and only_hb.needs_netem and not only_hb.own_netem
+    assert not DeploymentSpec().links.shaped
+
+
 def test_delay_accepted_with_netem_or_when_unknown():
     assert spec_from_dict({"links": {"delay_ms": 10}}, netem=True).links.delay_ms == 10
     assert spec_from_dict({"links": {"delay_ms": 10}}, netem=None).links.delay_ms == 10
