@@ -115,6 +115,7 @@ def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str
 
 def tcp_answer(dep: Deployment, host: str, ip: str, port: int, timeout: float = 1.0) -> str:
     """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect)."""
+    timeout = scaled(timeout)
     return dep[host].cmd(f"socat -T{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
                          "2>/dev/null").strip()
 

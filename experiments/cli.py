@@ -7,6 +7,8 @@
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab run                       the main job on the default deployment
+    eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
+                                      datapath, netem, 802.1Q) runs tests/kernel or a command
 """
 
 from __future__ import annotations
@@ -117,6 +119,25 @@ def cmd_bench(args) -> int:
     return bench_bringup(sizes, repeat=args.repeat, baseline=not args.no_baseline)
 
 
+def cmd_vm(args) -> int:
+    """The kernel lane: tests or any command on a kernel with openvswitch, netem and 802.1Q."""
+    from . import rundir as rd
+    from . import vm
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    out = Path(args.out) if args.out else rd.new_run_dir("kernel-lane" if args.action == "test" else "vm")
+    try:
+        if args.action == "test":
+            return vm.main_test(argv, out, accel=args.accel, timeout_s=args.timeout,
+                                here=None if args.where == "auto" else args.where == "here")
+        if not argv:
+            raise SystemExit("eucalab vm run: give the command to run inside the VM, e.g. "
+                             "eucalab vm run -- .venv/bin/eucalab check")
+        return vm.main_run(argv, out, accel=args.accel, timeout_s=args.timeout)
+    except vm.VMError as exc:
+        raise SystemExit(f"eucalab vm: {exc}") from None
+
+
 def cmd_run(args) -> int:
     """The main job: the default failover experiment on the default deployment."""
     from .failover import DEFINITIONS
@@ -203,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soak: drop on the heartbeat link only, or also heartbeats on the cloud network")
     s.add_argument("--hog-cores", type=int, default=1, help="soak: cores kept busy by a CPU hog")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("vm", help="the kernel lane: a VM with Debian's kernel (OVS kernel datapath, netem, 802.1Q)")
+    s.add_argument("action", choices=["test", "run"],
+                   help="test: the kernel-lane tests (tests/kernel); run: any command inside the VM")
+    s.add_argument("argv", nargs=argparse.REMAINDER, help="test: extra pytest arguments; run: the command")
+    s.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
+                   help="auto: KVM where a guest boots under it, else TCG emulation")
+    s.add_argument("--where", choices=["auto", "here", "vm"], default="auto",
+                   help="test: auto runs here when this kernel has the features, else in the VM")
+    s.add_argument("--timeout", type=float, default=1200, help="seconds before qemu is stopped (default 1200)")
+    s.add_argument("--out", metavar="DIR", help="output directory (default results/<UTC>-kernel-lane or -vm)")
+    s.set_defaults(fn=cmd_vm)
 
     s = sub.add_parser("run", help="the main job: the default failover experiment")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")

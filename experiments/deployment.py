@@ -35,6 +35,7 @@ from topologies.spec import DeploymentSpec
 
 from . import rundir as rd
 from . import vswitchd
+from .timescale import scaled
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,8 @@ class Deployment:
             datapath = preflight.datapath()
         if self.spec.links.needs_netem and not preflight.has_netem():
             raise DeploymentError(
-                "links.delay_ms / links.loss_pct: this kernel has no netem (sch_netem); "
-                "delay and loss cannot be emulated here")
+                f"{self.spec.links.first_netem_field()}: this kernel has no netem (sch_netem); "
+                "delay, jitter and loss cannot be emulated here (`eucalab vm` runs a kernel that has it)")
         problem = preflight.ovs_problem()
         if problem:
             raise DeploymentError(problem)
@@ -451,6 +452,7 @@ class Deployment:
 
     def wait_event(self, proc: Process, event: str, timeout: float = 20.0, **match) -> dict:
         """Wait until a process logs ``event`` (with fields equal to ``match``)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             for ev in proc.events():
@@ -479,7 +481,7 @@ class Deployment:
         proc = self.process(host, label)
         _signal(proc.pid, signal.SIGTERM)
         try:
-            proc.popen.wait(timeout=timeout)
+            proc.popen.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             _signal(proc.pid, signal.SIGKILL)
             proc.popen.wait(timeout=5)
@@ -569,6 +571,7 @@ class Deployment:
     def wait_for_primaries(self, kind: str, timeout: float = 30.0) -> None:
         """Wait until every HA pair of ``kind`` has elected its ENABLED member and put up its VIPs."""
         pairs = [p for p in self.plan.pairs if p.kind == kind and p.secondary is not None]
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         for pair in pairs:
             while True:
@@ -707,6 +710,7 @@ class Deployment:
 
     def _wait_controller_ready(self, timeout: float = 60.0) -> None:
         events = self.run_dir / "controller" / "events.jsonl"
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if events.exists() and '"controller.ready"' in events.read_text():
@@ -732,7 +736,7 @@ class Deployment:
         events = self.run_dir / "controller" / "events.jsonl"
         seen = events.read_text().count('"controller.ready"') if events.exists() else 0
         self._spawn_controller()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if events.exists() and events.read_text().count('"controller.ready"') > seen:
                 return
@@ -825,8 +829,9 @@ class InHost:
 
 
 def wait_until(fn, timeout: float = 10.0, step: float = 0.01):
-    """Poll ``fn`` until it returns something true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
+    """Poll ``fn`` until it returns something true or ``timeout`` (scaled: experiments.timescale)
+    passes; returns its last value."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         value = fn()
         if value:

@@ -1,0 +1,65 @@
+#!/bin/bash
+# PID 1 of the kernel-lane VM (experiments/vm.py), after the initramfs switched root into
+# this machine's own files (read-only 9p under a tmpfs overlay). It makes the guest a
+# working Linux for Mininet and Open vSwitch, loads the kernel features the lane is for,
+# starts Open vSwitch on the kernel datapath, runs the job from job.json in the output
+# share, writes its exit status there, and powers off.
+set -u
+OUT=/mnt/eucalab-out
+mark() { echo "eucalab-vm: mark $1"; }
+finish() {
+    echo "${1:-125}" >"$OUT/rc"
+    sync
+    echo o >/proc/sysrq-trigger
+    sleep 30
+}
+trap 'finish 125' EXIT
+
+mount -t proc proc /proc || echo "eucalab-vm: no /proc"
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm /dev/mqueue
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+# switch_root does not bring these: bash's process substitution needs /dev/fd.
+ln -sfn /proc/self/fd /dev/fd
+ln -sfn /proc/self/fd/0 /dev/stdin
+ln -sfn /proc/self/fd/1 /dev/stdout
+ln -sfn /proc/self/fd/2 /dev/stderr
+# Fresh /run and /tmp: the host's /run/openvswitch must not show through.
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mkdir -p /run/lock /var/run /run/netns
+ip link set lo up
+# ovs-ctl looks the host name up: give it one /etc/hosts knows.
+hostname eucalab-vm
+echo "127.0.1.1 eucalab-vm" >>/etc/hosts
+mark boot
+
+for m in openvswitch sch_netem 8021q veth tun sch_htb sch_tbf nf_conntrack; do
+    modprobe "$m" || echo "eucalab-vm: modprobe $m failed"
+done
+# A fresh Open vSwitch database: the host's bridges must not appear in the guest.
+rm -rf /etc/openvswitch/conf.db /etc/openvswitch/.conf.db.~lock~ /var/lib/openvswitch/*
+mkdir -p /var/log/openvswitch /etc/openvswitch
+/usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/tmp/ovs-ctl.log 2>&1 \
+    || { cat /tmp/ovs-ctl.log; echo "eucalab-vm: ovs-ctl start failed"; finish 125; }
+mark ovs
+
+# The job: argv, working directory and environment from the host.
+python3 - "$OUT/job.json" >/tmp/job.sh <<'EOF'
+import json, shlex, sys
+job = json.load(open(sys.argv[1]))
+for k, v in job["env"].items():
+    print(f"export {k}={shlex.quote(v)}")
+print(f"cd {shlex.quote(job['cwd'])} || exit 125")
+print(" ".join(shlex.quote(a) for a in job["argv"]))
+EOF
+export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+bash /tmp/job.sh </dev/null
+rc=$?
+mark job
+/usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1
+trap - EXIT
+finish "$rc"

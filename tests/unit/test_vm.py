@@ -1,0 +1,117 @@
+"""The kernel lane's VM preparation, without root and without booting anything."""
+
+from __future__ import annotations
+
+import lzma
+import stat
+import subprocess
+
+import pytest
+
+from experiments import timescale, vm
+
+
+def test_image_package_is_the_versioned_dependency():
+    out = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n"
+    assert vm.image_package(out) == "linux-image-6.1.0-57-amd64"
+    with pytest.raises(vm.VMError, match="apt-get update"):
+        vm.image_package("linux-image-amd64\n")
+
+
+def test_resolve_updates_the_lists_once_when_apt_knows_nothing():
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd[:2])
+        known = ["apt-get", "update"] in calls
+        out = "  Depends: linux-image-6.1.0-9-amd64\n" if known and cmd[0] == "apt-cache" else ""
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    assert vm.resolve_kernel_package(run) == "linux-image-6.1.0-9-amd64"
+    assert calls == [["apt-cache", "depends"], ["apt-get", "update"], ["apt-cache", "depends"]]
+
+
+def test_extract_vmlinux_finds_the_elf_after_a_false_start():
+    elf = b"\x7fELF" + bytes(range(256)) * 50
+    decoy = lzma.compress(b"not a kernel", format=lzma.FORMAT_XZ)
+    image = b"MZ" + b"\0" * 100 + decoy + b"\0" * 7 + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"\0" * 64
+    assert vm.extract_vmlinux(image) == elf
+    with pytest.raises(vm.VMError):
+        vm.extract_vmlinux(b"MZ" + decoy)
+
+
+MODULES_DEP = """kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko
+kernel/fs/netfs/netfs.ko: kernel/fs/fscache/fscache.ko
+kernel/fs/fscache/fscache.ko:
+kernel/net/9p/9pnet.ko:
+kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/fs/overlayfs/overlay.ko:
+"""
+
+
+def test_load_order_puts_dependencies_first_and_each_once():
+    order = vm.load_order(["9pnet_virtio", "9p", "overlay"], vm.module_dependencies(MODULES_DEP))
+    names = [p.rsplit("/", 1)[1] for p in order]
+    assert sorted(names) == sorted(set(names))
+    assert names.index("virtio.ko") < names.index("9pnet_virtio.ko")
+    assert names.index("9pnet.ko") < names.index("9pnet_virtio.ko") < names.index("9p.ko")
+    assert names.index("fscache.ko") < names.index("netfs.ko") < names.index("9p.ko")
+    with pytest.raises(vm.VMError, match="not in modules.dep"):
+        vm.load_order(["nonesuch"], vm.module_dependencies(MODULES_DEP))
+
+
+def _read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
+    out, pos = {}, 0
+    while True:
+        assert data[pos:pos + 6] == b"070701"
+        fields = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        pos += 110
+        name = data[pos:pos + namesize - 1].decode()
+        pos = (pos + namesize + 3) & ~3
+        body = data[pos:pos + size]
+        pos = (pos + size + 3) & ~3
+        if name == "TRAILER!!!":
+            assert pos == len(data)
+            return out
+        out[name] = (mode, body)
+
+
+def test_cpio_newc_round_trips_what_the_kernel_unpacks():
+    entries = [("bin", stat.S_IFDIR | 0o755, b""), ("init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
+               ("lib/x.ko", stat.S_IFREG | 0o644, b"\x01" * 4097)]
+    back = _read_newc(vm.cpio_newc(entries))
+    assert back == {name: (mode, data) for name, mode, data in entries}
+
+
+def test_stage1_loads_modules_and_switches_root_into_the_guest_script():
+    init = vm.stage1_init(["kernel/net/9p/9pnet.ko", "kernel/fs/9p/9p.ko"], "/cache/k/lib/modules",
+                          "/repo/experiments/vm_guest.sh")
+    lines = init.splitlines()
+    assert lines[0] == "#!/bin/busybox sh"
+    assert lines.index("insmod /lib/modules/9pnet.ko") < lines.index("insmod /lib/modules/9p.ko")
+    assert "mount --bind /lower/cache/k/lib/modules /newroot/usr/lib/modules" in init
+    assert lines[-1] == "exec switch_root /newroot /bin/bash /repo/experiments/vm_guest.sh"
+
+
+def test_qemu_command_has_no_disk_and_no_network(tmp_path):
+    kernel = vm.Kernel("linux-image-x", "x", tmp_path)
+    cmd = vm.qemu_command(kernel, tmp_path / "i.cpio", tmp_path / "out", "tcg", 2, 2048)
+    joined = " ".join(cmd)
+    assert "-nic" not in cmd and "-drive" not in cmd and "-nodefaults" in cmd
+    assert "readonly=on" in joined and f"path={tmp_path / 'out'}" in joined
+    assert cmd[cmd.index("-accel") + 1].startswith("tcg")
+    assert vm.qemu_command(kernel, tmp_path / "i", tmp_path, "kvm", 1, 512)[1:3] == ["-accel", "kvm"]
+
+
+@pytest.mark.parametrize("value, scale", [(None, 1.0), ("", 1.0), ("10", 10.0), ("2.5", 2.5)])
+def test_time_scale(value, scale):
+    assert timescale._read(value) == scale
+
+
+@pytest.mark.parametrize("value", ["0.5", "fast", "5000"])
+def test_time_scale_refuses_nonsense(value):
+    with pytest.raises(SystemExit, match="EUCALAB_TIME_SCALE"):
+        timescale._read(value)
