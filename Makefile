@@ -7,7 +7,7 @@ EUCALAB := .venv/bin/eucalab
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo -E)
 PYTEST  := -m pytest -v -ra -p no:cacheprovider
 
-.PHONY: setup venv run test unit integration bench clean
+.PHONY: setup venv run test test-kernel unit integration bench clean
 
 setup:
 	@bash .ci/setup.sh
@@ -20,16 +20,23 @@ venv:
 run: setup
 	$(SUDO) $(EUCALAB) run
 
-# Every test, unit and real-network integration (as root they run, never skip).
+# Every test: unit and real-network integration (as root they run, never skip), then the
+# kernel lane (tests/kernel: OVS kernel datapath, netem, 802.1Q), here if this kernel has
+# them, else in a VM with Debian's kernel (eucalab vm test).
 # pytest exit 5 means no test was collected: a failure, said so plainly.
 test: setup
-	@echo "$(strip $(SUDO) $(PY) $(PYTEST) tests)"
-	@$(SUDO) $(PY) $(PYTEST) tests || { rc=$$?; \
+	@echo "$(strip $(SUDO) $(PY) $(PYTEST) -m 'not kernel' tests)"
+	@$(SUDO) $(PY) $(PYTEST) -m 'not kernel' tests || { rc=$$?; \
 	  [ $$rc -ne 5 ] || echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; \
 	  exit $$rc; }
+	$(SUDO) $(EUCALAB) vm test
+
+# Only the kernel lane.
+test-kernel: setup
+	$(SUDO) $(EUCALAB) vm test
 
 unit: venv
-	$(PY) $(PYTEST) -m 'not integration' tests
+	$(PY) $(PYTEST) -m 'not integration and not kernel' tests
 
 integration: setup
 	$(SUDO) $(PY) $(PYTEST) -m integration tests

@@ -21,12 +21,15 @@ MODE=${1:-all}
 #   python3-nftables, nftables    the CC's routing rules, one nftables table loaded in
 #                                 process (libnftables); nft to list them
 #   iputils-ping, iputils-arping  reachability probes, gratuitous ARP on takeover
-#   iperf3, curl, tcpdump         traffic, HTTP probes, isolation checks (zero packets)
+#   iperf3, curl, socat, tcpdump  traffic, HTTP and TCP probes, isolation checks (zero packets)
 #   keepalived                    the VRRP failover baseline
 #   procps, psmisc                ps/pgrep and fuser for the testbed's own cleanup
 #   python3-venv, python3-pip     .venv made from /usr/bin/python3 (Debian's mininet)
+#   qemu-system-x86, busybox-static, kmod
+#                                 the kernel lane (eucalab vm): a VM with Debian's kernel where
+#                                 this one lacks openvswitch, sch_netem or 8021q; modprobe, depmod
 PACKAGES="mininet openvswitch-switch iproute2 iptables python3-nftables nftables ethtool iputils-ping iputils-arping
-iperf3 curl tcpdump keepalived procps psmisc python3-venv python3-pip"
+iperf3 curl socat tcpdump keepalived procps psmisc python3-venv python3-pip qemu-system-x86 busybox-static kmod"
 
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 VENV=.venv

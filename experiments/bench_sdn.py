@@ -34,6 +34,7 @@ from components.cc.router import RouterHost, render_router
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 from .deployment import Deployment, wait_until
+from .timescale import scaled
 
 # -- the intent API from the driver ---------------------------------------------------------
 
@@ -280,12 +281,13 @@ def run(setups: int = 40, seconds: float = 5.0, rounds: int = 3) -> int:
                                             for p in range(n_rules)]
                 it["instances"] = [instance(f"i-s{j}", ga, j + 1, slots[j]) for j in range(n_inst)]
                 sizes.append((n_inst, n_rules, sum(len(f) for f in compute_flows(topo, {1: it}).values())))
+        datapath = dep.network.datapath
         br = dep.switch("br1n1").name
         real = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br], capture_output=True,
                               text=True).stdout.count("cookie=")
         wanted = len(compute_flows(topo, {1: intent})[br])
 
-    print("SDN benchmark (MANAGED, 1 cluster, 2 NCs x 2 slots, OVS userspace datapath)")
+    print(f"SDN benchmark (MANAGED, 1 cluster, 2 NCs x 2 slots, OVS {datapath} datapath)")
     for label, values in (("intent PUT -> acknowledged, flows in the switches", put_ms),
                           ("intent PUT -> first TCP handshake with a peer", setup_ms)):
         q = statistics.quantiles(values, n=100, method="inclusive")

@@ -100,6 +100,19 @@ def probe_8021q(run: Runner = run_command, present: Callable[[str], bool] = os.p
     return present("/sys/module/8021q") or run(["modprobe", "-n", "8021q"])[0] == 0
 
 
+def missing_kernel_features() -> list[str]:
+    """What the kernel lane (tests/kernel) needs that this kernel lacks: the Open vSwitch
+    kernel datapath, netem and 802.1Q (empty when it has all three)."""
+    missing = []
+    if datapath() != "kernel":
+        missing.append("openvswitch (the OVS kernel datapath)")
+    if not has_netem():
+        missing.append("sch_netem")
+    if not probe_8021q():
+        missing.append("8021q")
+    return missing
+
+
 @functools.lru_cache(maxsize=None)
 def datapath() -> str:
     """'kernel' or 'user': the Open vSwitch datapath this machine supports (cached)."""

@@ -349,7 +349,7 @@ def qemu_command(kernel: Kernel, initramfs: Path, out_dir: Path, accel: str,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
             "-no-reboot", "-kernel", str(kernel.vmlinux), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
-            "-fsdev", f"local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}",
             "-fsdev", f"local,id=out,path={out_dir},security_model=none",
             "-device", f"virtio-9p-pci,fsdev=out,mount_tag={OUT_TAG}"]
@@ -428,11 +428,6 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
     return VMResult(rc, accel, timings, console)
 
 
-def host_has_kernel_features(run: Runner = _run) -> bool:
-    """Whether this machine's own kernel has every feature the lane tests (loading them)."""
-    return all(run(["modprobe", m]).returncode == 0 for m in KERNEL_FEATURES)
-
-
 # Under emulation every timeout of the testbed is stretched (experiments.timescale).
 TCG_TIME_SCALE = "10"
 REPO = Path(__file__).resolve().parent.parent
@@ -462,7 +457,9 @@ def main_test(pytest_args: list[str], out_dir: Path, accel: str = "auto",
     argv = [_python(), "-m", "pytest", "-m", "kernel", "-p", "no:cacheprovider", "-v", "-ra",
             "--durations=0", *(pytest_args or ["tests/kernel"])]
     if here is None:
-        here = host_has_kernel_features()
+        from .preflight import missing_kernel_features
+
+        here = not missing_kernel_features()
     out_dir.mkdir(parents=True, exist_ok=True)
     if here:
         print("vm: this kernel has openvswitch, sch_netem and 8021q: the kernel-lane tests run here",

@@ -1,0 +1,104 @@
+"""The Open vSwitch kernel datapath and netem, where the kernel has them.
+
+One small deployment per spec (1 cluster, 1 NC, no HA, standalone switches: the SDN
+controller's part is tests/kernel/test_kernel_isolation.py). Every link parameter is
+checked on the wire, not only in ``tc qdisc show``: the round trip is at least what the
+delays add up to, and measured loss lies within a binomial bound of the configured rate.
+
+Each direction of a link gets the link's parameters once (at its sending end), so a
+packet between two hosts on one switch crosses two shaped queues each way: four
+per round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+
+from experiments import preflight
+from experiments.bench_sdn import start_listener, tcp_answer
+from experiments.deployment import Deployment, wait_until
+from experiments.linkcheck import binomial_interval, ping, round_trip_loss
+from topologies.spec import spec_from_dict
+
+SMALL = {"clusters": 1, "ncs_per_cluster": 1, "vm_slots_per_nc": 1, "sdn": False,
+         "ha": {"clc": False, "walrus": False, "cc": False, "sc": False}, "arbitrators": {"per_host": 0}}
+CLC, WALRUS = "10.0.0.11", "10.0.0.21"
+
+
+def small(name: str, **links) -> object:
+    return spec_from_dict({**SMALL, "name": name, "links": links}, netem=True)
+
+
+def test_check_reports_the_kernel_features_ready():
+    findings = {f.name: f for f in preflight.run_checks()}
+    assert findings["ovs datapath"].detail.startswith("kernel")
+    assert findings["netem"].ok and findings["802.1Q"].ok
+    assert not [f for f in preflight.problems(list(findings.values()))]
+
+
+def test_auto_takes_the_kernel_datapath_and_leaves_tx_offload_on(tmp_path):
+    with Deployment(small("k-datapath"), run_dir=tmp_path / "run") as dep:
+        assert dep.network.datapath == "kernel"
+        bridges = [dep.switch(name).name for name in dep.plan.switches]
+        types = {br: _sh(["ovs-vsctl", "get", "bridge", br, "datapath_type"]).strip() for br in bridges}
+        assert set(types.values()) == {"system"}, types
+        dpctl = _sh(["ovs-dpctl", "show"])
+        assert "system@ovs-system" in dpctl
+        ports = sum(int(_sh(["ovs-vsctl", "list-ports", br]).count("\n")) for br in bridges)
+        assert preflight.count_datapath_ports(dpctl, "system@ovs-system") >= ports
+        # The userspace datapath needs tx checksum offload off; the kernel one does not,
+        # and the builder leaves it alone.
+        intf = dep.plan.hosts["clc1"].interfaces[0].name
+        assert "tx-checksumming: on" in dep["clc1"].cmd(f"ethtool -k {intf}")
+        start_listener(dep, "walrus1", 8080, "tcp-walrus", reply="walrus")
+        assert tcp_answer(dep, "clc1", WALRUS, 8080) == "walrus"
+    # Teardown removed every bridge of the run from the kernel datapath too.
+    left = _sh(["ovs-vsctl", "list-br"]).split()
+    assert not set(bridges) & set(left), left
+
+
+def test_delay_and_jitter_take_effect_on_the_wire(tmp_path):
+    delay, jitter = 10.0, 4.0
+    with Deployment(small("k-delay", delay_ms=delay, jitter_ms=jitter), run_dir=tmp_path / "run") as dep:
+        intf = dep.plan.hosts["clc1"].interfaces[0].name
+        assert f"delay {delay:g}ms  {jitter:g}ms" in dep["clc1"].cmd(f"tc qdisc show dev {intf}")
+        result = ping(dep["clc1"], WALRUS, count=40, interval_s=0.05)
+        assert result.received >= 38, result
+        # Four shaped queues a round trip, each delay +- jitter (netem's jitter is uniform).
+        assert min(result.rtts_ms) >= 4 * (delay - jitter), result.rtts_ms
+        assert statistics.median(result.rtts_ms) >= 4 * delay - 2 * jitter, result.rtts_ms
+        assert statistics.pstdev(result.rtts_ms) > 1.0, "jitter left no spread"
+
+
+def test_loss_on_one_network_only_within_a_binomial_bound(tmp_path):
+    loss = 10.0
+    spec = small("k-loss", by_network={"external": {"loss_pct": loss}})
+    with Deployment(spec, run_dir=tmp_path / "run") as dep:
+        ext_ip = dep.plan.hosts["ext"].interfaces[0].ip.split("/")[0]
+        n = 300
+        lossy = ping(dep["user"], ext_ip, count=n, interval_s=0.01, wait_s=1)
+        # user -> gw -> ext: the external link is crossed once each way.
+        low, high = binomial_interval(n, round_trip_loss([loss, loss]))
+        assert low <= n - lossy.received <= high, (lossy.sent, lossy.received, (low, high))
+        clean = ping(dep["clc1"], WALRUS, count=100, interval_s=0.01, wait_s=1)
+        assert clean.received == 100, "loss leaked onto the cloud network"
+
+
+def test_bandwidth_and_delay_together(tmp_path):
+    rate, delay = 8.0, 5.0
+    with Deployment(small("k-htb-delay", bw_mbit=rate, delay_ms=delay), run_dir=tmp_path / "run") as dep:
+        qdiscs = dep["clc1"].cmd(f"tc qdisc show dev {dep.plan.hosts['clc1'].interfaces[0].name}")
+        assert "qdisc htb 5: root" in qdiscs and "qdisc netem 10: parent 5:1" in qdiscs
+        assert min(ping(dep["clc1"], WALRUS, count=10, interval_s=0.1).rtts_ms) >= 4 * delay
+        server = dep.start("iperf", "walrus1", label="iperf", wait=False, argv=["iperf3", "-s", "-1"])
+        assert wait_until(lambda: dep.listening("walrus1", 5201), timeout=5)
+        out = dep["clc1"].cmd(f"iperf3 -c {WALRUS} -t 3 -J")
+        got = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+        assert 0.3 * rate < got <= rate * 1.05, f"{got:.2f} Mbit/s through a {rate:g} Mbit/s link"
+        server.popen.wait(timeout=30)
+
+
+def _sh(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
