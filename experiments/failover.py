@@ -771,6 +771,15 @@ vrrp_instance EUCALAB {{
             report.build(self.run_dir)  # whatever happened, the raw data gets its report
         return self.run_dir
 
+    def _record_paths(self, dep: Deployment, point: dict) -> None:
+        """The network as users and arbitrators see it before the first fault (paths.jsonl)."""
+        from .linkcheck import measure_paths
+
+        with open(self.run_dir / "paths.jsonl", "a") as f:
+            links = dataclasses.asdict(dep.spec.links)
+            for record in measure_paths(dep):
+                f.write(json.dumps({**record, "links": links, **({"point": point} if point else {})}) + "\n")
+
     def _record_failed_point(self, exp: "Experiment", point: dict, error: str, bar) -> None:
         for ts in exp.sets:
             for n in range(ts.trials):
@@ -788,6 +797,7 @@ vrrp_instance EUCALAB {{
             with Deployment(spec_from_dict(exp.spec), run_dir=run_dir, sdn=exp.sdn) as dep:
                 dep.start_services()
                 w = self._prepare(dep)
+                self._record_paths(dep, point)
                 for pair in dep.plan.pairs:
                     wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)
                 # What one packet's trip through a bridge costs depends on it (userspace datapath).

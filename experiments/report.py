@@ -24,7 +24,7 @@ def _jsonl(path: Path) -> list[dict]:
 def load(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     return {"trials": _jsonl(run_dir / "trials.jsonl"), "probes": _jsonl(run_dir / "probes.jsonl"),
-            "load": _jsonl(run_dir / "load.jsonl"),
+            "load": _jsonl(run_dir / "load.jsonl"), "paths": _jsonl(run_dir / "paths.jsonl"),
             "experiment": json.loads((run_dir / "experiment.json").read_text())
             if (run_dir / "experiment.json").exists() else {},
             "versions": json.loads((run_dir / "versions.json").read_text())
@@ -368,6 +368,9 @@ def build(run_dir: str | Path) -> Path:
     md += [f"- {n} trial {f['trial']}: {f['status']}; " + "; ".join(f.get("flags") or [])
            + (f" ({f['error']})" if f.get("error") else "") + (f"; capture `{f['capture']}`" if f.get("capture") else "")
            for n, f in flagged] or ["None."]
+    path_lines = _path_lines(data["paths"])
+    if path_lines:
+        md += ["", "## The network as measured", "", PATHS_NOTE, ""] + path_lines
     md += ["", "## Plots", ""] + [f"![{i}]({i})" for i in images]
     md += ["", "## Context", "",
            f"- CPU during the run: mean {sum(load_vals) / len(load_vals):.0f}%, max {max(load_vals):.0f}% "
@@ -385,11 +388,34 @@ def build(run_dir: str | Path) -> Path:
                 f"<li>{html.escape(n)} trial {f['trial']}: {html.escape(str(f['status']))}; "
                 f"{html.escape('; '.join(f.get('flags') or []))}</li>" for n, f in flagged)
                 or "<li>None.</li>") + "</ul>",
+            ("<h2>The network as measured</h2><p>" + html.escape(PATHS_NOTE) + "</p><ul>" + "".join(
+                f"<li>{html.escape(line[2:])}</li>" for line in path_lines) + "</ul>") if path_lines else "",
             "<h2>Plots</h2>" + "".join(f'<p><img src="{i}" alt="{i}"></p>' for i in images),
             "<h2>Context</h2><ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[-3:]) + "</ul>"]
     (run_dir / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>eucalab report"
                                          "</title></head><body>" + "\n".join(body) + "</body></html>\n")
     return run_dir / "report.md"
+
+
+PATHS_NOTE = ("Round trips measured with ping (20 echo requests, 20 ms apart) once the services were up, "
+              "before the first fault: every probe's time includes them. Link parameters are the "
+              "deployment's (links.*: each applies at both ends of a link, so once per direction).")
+
+
+def _path_lines(paths: list[dict]) -> list[str]:
+    """The link parameters of each deployment, then one line a measured path."""
+    lines, seen = [], []
+    for p in paths:
+        where = f" [{', '.join(f'{k}={v}' for k, v in p['point'].items())}]" if p.get("point") else ""
+        if p.get("links") is not None and (where, p["links"]) not in seen:
+            seen.append((where, p["links"]))
+            lines.append(f"- links{where}: {json.dumps(p['links'], sort_keys=True)}")
+        rtt = p.get("rtt_ms")
+        text = (f"RTT p50 {rtt['p50']:.2f} ms (min {rtt['min']:.2f}, max {rtt['max']:.2f})" if rtt
+                else "no answer")
+        lines.append(f"- {p['from']} -> {p['to']} ({p['ip']}){where}: {text}; "
+                     f"{p['sent'] - p['received']}/{p['sent']} lost")
+    return lines
 
 
 def compare(a: str | Path, b: str | Path) -> str:

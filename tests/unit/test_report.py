@@ -82,3 +82,23 @@ def test_the_report_says_where_the_time_beyond_the_bound_goes(tmp_path):
     assert "| eucalab CLC crash | 100 | 53 | FIFO 20 | 14.5 / 19.0 | -20.0 / -20.0 | 3.0 / 3.0 |" in section
     assert "eucalab CLC uplink" not in section
     assert "Where the time beyond the detection bound goes" in (tmp_path / "report.html").read_text()
+
+
+def test_the_report_shows_the_measured_paths_and_link_parameters(tmp_path):
+    write_trials(tmp_path / "trials.jsonl", [crash(0, 0.15)])
+    links = {"bw_mbit": None, "delay_ms": 20, "jitter_ms": None, "loss_pct": None, "by_network": {}}
+    write_trials(tmp_path / "paths.jsonl", [
+        {"from": "user", "to": "clc", "ip": "10.0.0.10", "sent": 20, "received": 20, "links": links,
+         "rtt_ms": {"min": 160.2, "p50": 161.0, "max": 170.9}},
+        {"from": "user", "to": "walrus", "ip": "10.0.0.20", "sent": 20, "received": 0, "links": links,
+         "rtt_ms": None}])
+    build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## The network as measured" in md
+    assert "- links: " in md and '"delay_ms": 20' in md and md.count("- links") == 1
+    assert "- user -> clc (10.0.0.10): RTT p50 161.00 ms (min 160.20, max 170.90); 0/20 lost" in md
+    assert "- user -> walrus (10.0.0.20): no answer; 20/20 lost" in md
+    assert "The network as measured" in (tmp_path / "report.html").read_text()
+    (tmp_path / "paths.jsonl").unlink()
+    build(tmp_path)
+    assert "The network as measured" not in (tmp_path / "report.md").read_text()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from experiments.linkcheck import binomial_interval, parse_ping, round_trip_loss
 from topologies.plan import build_plan
 from topologies.shaping import expected_qdiscs, interface_commands, shape_commands
 from topologies.spec import spec_from_dict
@@ -34,3 +37,30 @@ def test_overrides_shape_only_the_links_of_their_network():
 
 def test_unshaped_spec_has_no_commands():
     assert interface_commands(build_plan(spec_from_dict({"clusters": 1}))) == []
+
+
+PING = """PING 10.0.0.21 (10.0.0.21) 56(84) bytes of data.
+64 bytes from 10.0.0.21: icmp_seq=1 ttl=64 time=41.6 ms
+64 bytes from 10.0.0.21: icmp_seq=3 ttl=64 time=40.2 ms
+
+--- 10.0.0.21 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 2003ms
+rtt min/avg/max/mdev = 40.2/40.9/41.6/0.7 ms
+"""
+
+
+def test_parse_ping_keeps_every_round_trip():
+    result = parse_ping(PING)
+    assert (result.sent, result.received, result.rtts_ms) == (3, 2, [41.6, 40.2])
+    assert abs(result.loss - 1 / 3) < 1e-9
+    assert parse_ping("5 packets transmitted, 0 received, 100% packet loss").loss == 1.0
+    with pytest.raises(ValueError):
+        parse_ping("ping: connect: Network is unreachable")
+
+
+def test_binomial_interval_and_round_trip_loss():
+    low, high = binomial_interval(300, 0.19)
+    assert low < 57 < high and 20 < low and high < 95
+    assert binomial_interval(100, 0.0) == (0, 1)
+    assert abs(round_trip_loss([10, 10]) - 0.19) < 1e-9
+    assert round_trip_loss([]) == 0.0

@@ -1,0 +1,79 @@
+"""What the emulated links really do: round-trip time and loss measured with ping.
+
+Used where a spec shapes links (netem delay, jitter, loss): the kernel-lane tests check
+that the configured parameters took effect on the wire, and failover experiments record
+the user's measured round trip to each service beside their outages.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_REPLY = re.compile(r"time=([\d.]+) ms")
+
+
+@dataclass
+class PingResult:
+    """One ping run: packets sent and answered, and each answer's round trip (ms)."""
+
+    sent: int
+    received: int
+    rtts_ms: list[float] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        """Fraction of echo requests without an answer."""
+        return 1.0 - self.received / self.sent if self.sent else 1.0
+
+
+def parse_ping(text: str) -> PingResult:
+    """ping's output as a PingResult; raises ValueError if it has no summary line."""
+    match = _SUMMARY.search(text)
+    if not match:
+        raise ValueError(f"no ping summary in: {text.strip()[-300:]!r}")
+    return PingResult(int(match.group(1)), int(match.group(2)), [float(x) for x in _REPLY.findall(text)])
+
+
+def ping(node, ip: str, count: int = 20, interval_s: float = 0.05, wait_s: float = 2.0) -> PingResult:
+    """Ping ``ip`` from an emulated host (a Mininet node), numerically, ``count`` times."""
+    return parse_ping(node.cmd(f"ping -n -c {count} -i {interval_s:g} -W {wait_s:g} {ip}"))
+
+
+def binomial_interval(n: int, p: float, z: float = 4.5) -> tuple[int, int]:
+    """The range of successes out of ``n`` trials of probability ``p`` outside which a
+    count is implausible (normal approximation, ``z`` standard deviations either side,
+    widened by one for the discreteness): for checking measured loss against a rate."""
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    return max(0, math.floor(mean - z * sd) - 1), min(n, math.ceil(mean + z * sd) + 1)
+
+
+def round_trip_loss(loss_pcts: list[float]) -> float:
+    """Probability that an echo request or its reply is lost, given the loss (percent) of
+    every netem queue it passes on the way there and back."""
+    keep = 1.0
+    for pct in loss_pcts:
+        keep *= 1 - pct / 100
+    return 1 - keep
+
+
+def measure_paths(dep, count: int = 20, interval_s: float = 0.02) -> list[dict]:
+    """The round trip and loss users and arbitrators see, measured with ping: from the user
+    host to every service's virtual IP, and from the CLC's first member to the external
+    site (an arbitrator target, behind the WAN link a spec may shape). One record a path."""
+    import statistics
+
+    plan = dep.plan
+    paths = [("user", p.name, p.vip) for p in plan.pairs]
+    if "ext" in plan.hosts and plan.pairs:
+        paths.append((plan.pairs[0].primary, "external site", plan.hosts["ext"].interfaces[0].ip.split("/")[0]))
+    records = []
+    for src, name, ip in paths:
+        result = ping(dep[src], ip, count=count, interval_s=interval_s, wait_s=1)
+        rtts = result.rtts_ms
+        records.append({"from": src, "to": name, "ip": ip, "sent": result.sent, "received": result.received,
+                        "rtt_ms": {"min": min(rtts), "p50": statistics.median(rtts), "max": max(rtts)}
+                        if rtts else None})
+    return records
