@@ -37,9 +37,10 @@ hostname eucalab-vm
 echo "127.0.1.1 eucalab-vm" >>/etc/hosts
 mark boot
 
-for m in openvswitch sch_netem 8021q veth tun sch_htb sch_tbf nf_conntrack; do
-    modprobe "$m" || echo "eucalab-vm: modprobe $m failed"
-done
+# What the lane is for (the same command as the CI recipe's), then what the testbed uses
+# besides: veth pairs, tun (OVS internal ports), HTB, conntrack (the CC's NAT), bridge.
+modprobe -a openvswitch sch_netem 8021q
+modprobe -a veth tun sch_htb sch_tbf nf_conntrack bridge || echo "eucalab-vm: a module failed to load"
 # A fresh Open vSwitch database: the host's bridges must not appear in the guest.
 rm -rf /etc/openvswitch/conf.db /etc/openvswitch/.conf.db.~lock~ /var/lib/openvswitch/*
 mkdir -p /var/log/openvswitch /etc/openvswitch
