@@ -1,6 +1,6 @@
 """SDN benchmark: flow setup time, routed throughput through the CC, flow-table size.
 
-    python -m experiments.bench_sdn [--setups 40] [--seconds 5] [--rounds 3]
+    eucalab bench sdn [--setups 40] [--seconds 5] [--rounds 3]   (or python -m experiments.bench_sdn)
 
 Prints figures (it is not a timed test):
 

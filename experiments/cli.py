@@ -6,6 +6,7 @@
     eucalab cleanup                   finish runs whose driver was killed
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
+    eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
     eucalab run                       the main job on the default deployment
     eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
                                       datapath, netem, 802.1Q) runs tests/kernel or a command
@@ -108,6 +109,10 @@ def cmd_bench(args) -> int:
         from .bench_instances import run
 
         return run(args.boots)
+    if args.what == "sdn":
+        from .bench_sdn import run
+
+        return run(setups=args.setups, seconds=args.seconds, rounds=args.rounds)
     if args.what == "soak":
         from .bench_soak import run
 
@@ -210,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "soak"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "sdn", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
@@ -223,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss-paths", choices=["heartbeat", "all"], default="heartbeat",
                    help="soak: drop on the heartbeat link only, or also heartbeats on the cloud network")
     s.add_argument("--hog-cores", type=int, default=1, help="soak: cores kept busy by a CPU hog")
+    s.add_argument("--setups", type=int, default=40, help="sdn: new instances timed for flow setup")
+    s.add_argument("--seconds", type=float, default=5.0, help="sdn: length of one iperf3 run")
+    s.add_argument("--rounds", type=int, default=3, help="sdn: iperf3 runs per path (direct, routed)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("vm", help="the kernel lane: a VM with Debian's kernel (OVS kernel datapath, netem, 802.1Q)")

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import string
@@ -533,10 +534,9 @@ class Deployment:
         return started
 
     def listening(self, host: str, port: int) -> bool:
-        """Whether a TCP socket on ``host`` listens on ``port``: a LISTEN line of its
-        /proc/net/tcp, not any socket with that port at either end (a connection this host
-        made to that port elsewhere matched, and a test then reached a server not yet up)."""
-        return f":{port:04X} 00000000:0000 0A" in self[host].cmd("cat /proc/net/tcp")
+        """Whether a TCP socket on ``host`` listens on ``port``, over IPv4 or IPv6 (iperf3
+        and others listen on [::] only): see ``listens``."""
+        return listens(self[host].cmd("cat /proc/net/tcp /proc/net/tcp6"), port)
 
     def member_state(self, host: str) -> str | None:
         """A component's current service state, from its own event log (no network needed);
@@ -826,6 +826,14 @@ class InHost:
                 return attr(*args, **kwargs)
 
         return call
+
+
+def listens(proc_net_tcp: str, port: int) -> bool:
+    """Whether /proc/net/tcp or tcp6 text has a LISTEN socket on ``port``: the local port
+    with a zero remote end in state 0A, not any socket with that port at either end (a
+    connection made to that port elsewhere matched once, and a test then reached a server
+    that was not yet up)."""
+    return re.search(rf":{port:04X} 0+:0000 0A ", proc_net_tcp) is not None
 
 
 def wait_until(fn, timeout: float = 10.0, step: float = 0.01):

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from .timescale import scaled
+
 SETUP_FIX = "run `make setup` (as root)"
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 OVS_START_FIX = f"run `make setup`, or `{OVS_CTL} start --system-id=random`"
@@ -40,7 +42,9 @@ class Finding:
 
 
 def run_command(cmd: list[str], timeout: float = 5.0) -> tuple[int, str]:
-    """Run ``cmd`` without a shell; never raises for a missing or hanging command."""
+    """Run ``cmd`` without a shell; never raises for a missing or hanging command. The
+    timeout is stretched on a slow machine (experiments.timescale)."""
+    timeout = scaled(timeout)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
@@ -237,7 +241,7 @@ def check_python_module(name: str, run: Runner = run_command, python: str = sys.
 TOOLS = (("mnexec", "mininet"), ("ethtool", "ethtool"), ("arping", "iputils-arping"),
          ("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3"),
          ("keepalived", "keepalived"), ("iptables", "iptables"), ("nft", "nftables"), ("tc", "iproute2"),
-         ("curl", "curl"))
+         ("curl", "curl"), ("socat", "socat"))
 """Binaries used on emulated hosts, with the Debian package that has each."""
 
 

@@ -401,6 +401,9 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
+        # SIGTERM ends this process: qemu, in a session of its own, must go with it.
+        previous = signal.signal(signal.SIGTERM, _raise_exit) \
+            if threading.current_thread() is threading.main_thread() else None
         try:
             proc.wait(timeout=timeout_s)
             timed_out = False
@@ -413,6 +416,9 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         reader.join(5)
     timings["total"] = round(time.monotonic() - t0, 1)
     rc_file = out_dir / "rc"
@@ -426,6 +432,10 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
             f"last console lines:\n" + "\n".join(console.read_text().splitlines()[-20:]))
     (out_dir / "job.json").unlink(missing_ok=True)
     return VMResult(rc, accel, timings, console)
+
+
+def _raise_exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # Under emulation every timeout of the testbed is stretched (experiments.timescale).

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from experiments import vswitchd
-from experiments.deployment import Deployment, cleanup_runs
+from experiments.deployment import Deployment, cleanup_runs, wait_until
 from topologies.network import existing_bridges, existing_links
 from topologies.spec import DeploymentSpec, LinkSpec, NetworkMode
 
@@ -271,9 +271,9 @@ def test_link_bandwidth_is_shaped_and_verified(tmp_path):
     with Deployment(spec, run_dir=tmp_path / "run") as dep:
         assert "qdisc htb 5: root" in dep["clc1"].cmd("tc qdisc show dev clc1-eth0")
         server = dep.start("iperf", "walrus1", label="iperf", wait=False, argv=["iperf3", "-s", "-1"])
-        deadline = time.monotonic() + 5
-        while not dep.listening("walrus1", 5201) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # iperf3 listens on [::] only: the wait must see IPv6 listeners (it once timed out
+        # silently here and the client ran anyway).
+        assert wait_until(lambda: dep.listening("walrus1", 5201), timeout=5)
         out = dep["clc1"].cmd("iperf3 -c 10.0.0.21 -t 2 -J")
         rate = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
         assert 10 < rate <= 21, f"{rate:.1f} Mbit/s through a 20 Mbit/s link"

@@ -21,8 +21,7 @@ def test_on_the_kernel_datapath_with_the_computed_flows(dep):
     assert "system@ovs-system" in subprocess.run(["ovs-dpctl", "show"], capture_output=True, text=True).stdout
     topo = Topology.load(dep.run_dir / "topology.json")
     wanted = compute_flows(topo, {1: cluster_intent()})
-    for name in dep.plan.switches:
-        br = dep.switch(name).name
+    for br in dep.plan.switches:
         dump = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br], capture_output=True,
                               text=True, check=True).stdout
         assert dump.count("cookie=") == len(wanted[br]), (br, dump)
