@@ -342,12 +342,16 @@ class EucaNetwork:
                 parts.append(part)
             create.append(f"link add {parts[0]} type veth peer {parts[1]}")
         run(["ip", "-batch", "-"], stdin="\n".join(create) + "\n")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for line in up:
-                tx_checksum_off(line.split()[3], sock)
+        # Only the userspace datapath needs tx checksum offload off (TCP fails without);
+        # the kernel datapath keeps the offload a real machine has.
+        tx_off = self.datapath == "user"
+        if tx_off:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for line in up:
+                    tx_checksum_off(line.split()[3], sock)
         if up:
             run(["ip", "-batch", "-"], stdin="\n".join(up) + "\n")
-        for host in net.hosts:
+        for host in net.hosts if tx_off else ():
             in_namespace(host.pid, lambda h=host: _tx_off_all(plan.hosts[h.name].interfaces))
         # Mininet bookkeeping: interfaces on their nodes, links between them.
         port_no: dict[str, int] = {}
