@@ -464,8 +464,11 @@ def main_test(pytest_args: list[str], out_dir: Path, accel: str = "auto",
               timeout_s: float = DEFAULT_TIMEOUT_S, here: bool | None = None) -> int:
     """``eucalab vm test``: the kernel-lane tests (marker ``kernel``, tests/kernel), on
     this kernel if it has the features, else inside the VM. Returns pytest's exit status."""
+    # Without a path of their own the arguments apply to tests/kernel: collecting the
+    # whole suite costs minutes under emulation.
+    paths = [a for a in pytest_args if not a.startswith("-") and ("tests" in a or ".py" in a)]
     argv = [_python(), "-m", "pytest", "-m", "kernel", "-p", "no:cacheprovider", "-v", "-ra",
-            "--durations=0", *(pytest_args or ["tests/kernel"])]
+            "--durations=0", *pytest_args, *([] if paths else ["tests/kernel"])]
     if here is None:
         from .preflight import missing_kernel_features
 
