@@ -250,6 +250,10 @@ class CloudController(Service):
             ha = self.ha
             if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
                 continue
+            if ha.discard_pending:
+                await self._discard_if_superseded("a newer primary to catch up from")
+                if ha.discard_pending:
+                    continue  # never mix a kept ex-primary's state with the peer's
             if ha.peer.last_seq <= self.store.last_seq:
                 continue
             try:
@@ -283,11 +287,18 @@ class CloudController(Service):
             pass
 
     async def _on_demote(self, reason: str) -> None:
-        # An ex-primary may hold writes nobody acknowledged, whatever made it step down;
-        # the new primary's state wins: start again from it (catch-up, through a snapshot
-        # when its log no longer reaches back to the start).
+        await self._discard_if_superseded(reason)
+
+    async def _discard_if_superseded(self, reason: str) -> None:
+        """An ex-primary may hold writes nobody acknowledged, whatever made it step down; the
+        new primary's state wins: start again from it (catch-up, through a snapshot when its
+        log no longer reaches back to the start). Only once an ENABLED peer holds a newer
+        position (HAAgent.may_discard_state); until then the state is kept."""
+        if not self.ha.may_discard_state():
+            return
         async with self._replica_lock:
             self.store.reset()
+        self.ha.discard_pending = False
         self.events.emit("ha.state_reset", reason=reason)
 
     def status_extra(self) -> dict:

@@ -730,6 +730,10 @@ class Walrus(Service):
             ha = self.ha
             if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
                 continue
+            if ha.discard_pending:
+                self._discard_if_superseded("a newer primary to catch up from")
+                if ha.discard_pending:
+                    continue  # never mix a kept ex-primary's state with the peer's
             if ha.peer.last_seq <= self.store.last_seq:
                 continue
             try:
@@ -753,9 +757,16 @@ class Walrus(Service):
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
-        # Whatever made it step down, an ex-primary may hold writes nobody acknowledged:
-        # the new primary's log wins (catch-up).
+        self._discard_if_superseded(reason)
+
+    def _discard_if_superseded(self, reason: str) -> None:
+        """Whatever made it step down, an ex-primary may hold writes nobody acknowledged: the
+        new primary's log wins (catch-up), once an ENABLED peer holds a newer position
+        (HAAgent.may_discard_state); until then the state is kept."""
+        if not self.ha.may_discard_state():
+            return
         self.store.reset()
+        self.ha.discard_pending = False
         self.events.emit("ha.state_reset", reason=reason)
 
     # -- internal: image downloads by NCs -------------------------------------------------------
