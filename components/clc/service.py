@@ -698,6 +698,13 @@ class CloudController(Service):
             before = r["state"]
             if before != "terminated":
                 await self.cluster.terminate(r["zone"], r["id"])
+                # Its volumes are detached, as EC2 does: the SC's export and its sessions end.
+                for vol in self.store.q("SELECT * FROM volumes WHERE instance=?", r["id"]):
+                    try:
+                        await self._detach_volume(vol)
+                    except EC2Error as exc:
+                        self.events.emit("volume.detach_failed", volume=vol["id"], instance=r["id"],
+                                         error=exc.message)
                 for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
                     self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
                 self._apply({"type": "instance.update", "id": r["id"], "state": "terminated",
@@ -878,14 +885,18 @@ class CloudController(Service):
         vol = self._volume(account, p.req("VolumeId"))
         if not vol["instance"]:
             raise EC2Error("IncorrectState", f"Volume '{vol['id']}' is in the 'available' state.")
+        await self._detach_volume(vol)
+        return {"volumeId": vol["id"], "instanceId": vol["instance"], "device": vol["device"], "status": "detached",
+                "attachTime": _iso(vol["attached"] or vol["created"])}
+
+    async def _detach_volume(self, vol) -> None:
+        """Detach a volume at its cluster (the NC's session and the SC's export end), then here."""
         try:
             await self.cluster.detach_volume(vol["zone"], vol["id"], vol["instance"])
         except ClusterError as exc:
             raise EC2Error(exc.code, exc.message, exc.status) from None
         self._apply({"type": "volume.update", "id": vol["id"], "state": "available", "instance": None,
                      "device": None, "attach_state": None, "attached": None})
-        return {"volumeId": vol["id"], "instanceId": vol["instance"], "device": vol["device"], "status": "detached",
-                "attachTime": _iso(vol["attached"] or vol["created"])}
 
     async def act_DeleteVolume(self, p: Params, account: str) -> dict:
         vol = self._volume(account, p.req("VolumeId"))

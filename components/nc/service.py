@@ -24,7 +24,8 @@ Internal API (header X-Eucalab-Internal-Token):
     POST   /instances                 {id, slot, image:{bucket,key}, mac, ip, prefix, gateway}
     DELETE /instances/{id}            terminate: stop the workload, free the slot
     GET    /capacity                  slots, free slots
-    POST   /instances/{id}/volumes    {volume, target:{host,port}}: attach (a block session to the SC)
+    POST   /instances/{id}/volumes    {volume, target:{host,port,secret}}: attach (a block session to
+                                      the SC, logged in with the attachment's secret)
     DELETE /instances/{id}/volumes/{volume}
     GET    /volumes/{volume}/blocks?offset=&length=   read through the attachment
     PUT    /volumes/{volume}/blocks?offset=           write through the attachment
@@ -224,6 +225,10 @@ class NodeController(Service):
                 task.cancel()
             self._set(iid, SHUTTING_DOWN)
             await self._teardown_slot(inst)
+            for vid in inst.get("volumes", {}):  # its block sessions end with it
+                client = self.attachments.pop(vid, None)
+                if client:
+                    await client.close()
             self._set(iid, TERMINATED, inst.get("reason") or "terminated by request", pid=None)
         return web.json_response(inst)
 
@@ -237,10 +242,11 @@ class NodeController(Service):
                                      status=409)
         try:
             body = await request.json()
-            vid, host, port = str(body["volume"]), str(body["target"]["host"]), int(body["target"]["port"])
+            target = body["target"]
+            vid, host, port, secret = str(body["volume"]), str(target["host"]), int(target["port"]), str(target["secret"])
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
-        client = BlockClient(host, port, vid, self.session_timeouts,
+        client = BlockClient(host, port, vid, secret, self.session_timeouts,
                              on_relogin=lambda info: self.events.emit("volume.relogin", **info))
         try:
             await client.connect()
