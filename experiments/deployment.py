@@ -30,6 +30,7 @@ from pathlib import Path
 
 from components.common import ha_net
 from components.common.ha_config import ha_config_for
+from components.common.service import OPERATOR, ROLES, token_digest
 from topologies.network import Created, EucaNetwork, kill_pids, namespace, teardown
 from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
 from topologies.spec import DeploymentSpec
@@ -153,7 +154,10 @@ class Deployment:
         self.net = None
         self.processes: dict[tuple[str, str], Process] = {}
         self.credentials = Credentials.generate()
-        self.internal_token = secrets.token_hex(16)
+        # One internal credential per role (docs/security.md): a component's config holds its
+        # own role's token and the digests of all; the operator's (this driver's) is internal_token.
+        self.role_tokens = {role: secrets.token_hex(32) for role in ROLES}
+        self.internal_token = self.role_tokens[OPERATOR]
         # One heartbeat key per HA pair and run, written into that pair's members' configs only.
         self.pair_secrets = {p.name: secrets.token_hex(32) for p in self.plan.pairs}
         self.events: rd.EventWriter | None = None
@@ -349,7 +353,9 @@ class Deployment:
             "state": "DISABLED" if ph.ha_role == "secondary" else "ENABLED",
             "region": "eucalyptus",
             "admin": asdict(self.credentials),
-            "internal_token": self.internal_token,
+            # Its own role's token (sent on its calls), and how to recognise every role's.
+            "internal_token": self.role_tokens.get(component, ""),
+            "internal_callers": {role: token_digest(t) for role, t in self.role_tokens.items()},
             "endpoints": self.plan.endpoints(),
             "zones": [f"cluster{k}" for k in range(1, self.spec.clusters + 1)],
             "public_ips": str(PUBLIC_IP_POOL),

@@ -224,10 +224,14 @@ class CloudController(Service):
         return await asyncio.to_thread(self.store.apply_ops, data["ops"])
 
     async def handle_replicate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        body = await self._decode(await request.read())
+        self.require_internal(request, "clc")
+        try:
+            body = await self._decode(await request.read())
+            epoch = int(body["epoch"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"malformed replication body: {exc!r}"}, status=400)
         async with self._replica_lock:
-            refusal = self._refusal(int(body["epoch"]))
+            refusal = self._refusal(epoch)
             if refusal is not None:
                 return refusal
             try:
@@ -237,8 +241,11 @@ class CloudController(Service):
         return web.json_response({"last_seq": last})
 
     async def handle_export(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        after = int(request.query.get("after", "0"))
+        self.require_internal(request, "clc")
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return web.json_response({"error": "after: a sequence number"}, status=400)
         body = await self._export_from(after, epoch=self.ha.epoch if self.ha else 0, last_seq=self.store.last_seq)
         return web.Response(body=body, content_type="application/json")
 
@@ -388,7 +395,7 @@ class CloudController(Service):
                             "secretAccessKey": secret}}
 
     async def handle_account_lookup(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "walrus")
         found = self._lookup(request.match_info["access_key"])
         if found is None:
             return web.json_response({"error": "NoSuchEntity"}, status=404)

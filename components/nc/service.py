@@ -176,15 +176,15 @@ class NodeController(Service):
         return [s for s in self.slots if s not in busy]
 
     async def handle_list(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         return web.json_response({"instances": list(self.instances.values())})
 
     async def handle_capacity(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         return web.json_response({"slots": list(self.slots), "free": self._free_slots()})
 
     async def handle_run(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         try:
             body = await request.json()
             iid, slot = str(body["id"]), str(body["slot"])
@@ -214,7 +214,7 @@ class NodeController(Service):
         return web.json_response(self.instances[iid], status=202)
 
     async def handle_terminate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         iid = request.match_info["id"]
         inst = self.instances.get(iid)
         if inst is None:
@@ -235,7 +235,7 @@ class NodeController(Service):
     # -- volumes ------------------------------------------------------------------------
 
     async def handle_attach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         inst = self.instances.get(request.match_info["id"])
         if inst is None or inst["state"] != RUNNING:
             return web.json_response({"error": "IncorrectState", "message": "instance not running here"},
@@ -266,7 +266,7 @@ class NodeController(Service):
         return web.json_response({"volume": vid, "instance": inst["id"], "state": "attached"})
 
     async def handle_detach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         vid = request.match_info["volume"]
         client = self.attachments.pop(vid, None)
         if client:
@@ -285,11 +285,11 @@ class NodeController(Service):
         return client
 
     async def handle_read(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request)  # the operator's: experiments read through an attachment
         return await self._read_blocks(request, self._session(request))
 
     async def handle_write(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request)  # the operator's
         return await self._write_blocks(request, self._session(request))
 
     @staticmethod

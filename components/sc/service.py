@@ -215,7 +215,7 @@ class StorageController(Service):
         return f"http://{self.ha.peer_address()}:{self.config['port']}"
 
     async def handle_ha_apply(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         ha = self.ha
         if ha is None or self.state.value == "ENABLED":
             return self._error("Conflict", "not a secondary", 409)
@@ -236,11 +236,11 @@ class StorageController(Service):
         return web.json_response({"wseq": self.wseq})
 
     async def handle_ha_state(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         return web.json_response({"wseq": self.wseq, "volumes": self.volumes})
 
     async def handle_ha_volume(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         vid = request.match_info["id"]
         if not VOLUME_ID.match(vid) or vid not in self.volumes:
             return web.Response(status=404)
@@ -354,11 +354,11 @@ class StorageController(Service):
         return vol
 
     async def handle_list(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         return web.json_response({"volumes": [public(v) for v in self.volumes.values()]})
 
     async def handle_create(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         try:
             body = await request.json()
             vid, size = str(body["id"]), int(body["size_mib"])
@@ -375,7 +375,7 @@ class StorageController(Service):
         return web.json_response(public(self.volumes[vid]), status=201)
 
     async def handle_delete(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         if vol["attachment"]:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
@@ -384,7 +384,7 @@ class StorageController(Service):
         return web.json_response({"id": vol["id"], "state": "deleted"})
 
     async def handle_attach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         try:
             body = await request.json()
@@ -404,7 +404,7 @@ class StorageController(Service):
                                                              "secret": secret}})
 
     async def handle_detach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         await self._mutate({"type": "meta", "id": vol["id"], "state": "available", "attachment": None})
         self.events.emit("volume.detach", volume=vol["id"])
