@@ -34,7 +34,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
