@@ -172,6 +172,7 @@ class HAAgent:
         self.peer_boot_floor = _read_int(self.peer_boot_file)
         self.rejected: dict[str, int] = {}  # heartbeats refused, by reason (status, ha.heartbeat_rejected)
         self._rejected_since_report: dict[str, int] = {}
+        self._last_rejected_from: str | None = None
         self._last_reject_report = float("-inf")
         self.peer = Peer()
         self.seq = 0
@@ -401,13 +402,18 @@ class HAAgent:
         return self._transport
 
     def _reject(self, reason: str, addr) -> None:
-        """Count a refused heartbeat; say so as an event at most every REJECT_REPORT_S."""
+        """Count a refused heartbeat; said in an event at most every REJECT_REPORT_S (the
+        ticker says what is left once that has passed)."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self._rejected_since_report[reason] = self._rejected_since_report.get(reason, 0) + 1
+        self._last_rejected_from = addr[0]
+        self._report_rejections()
+
+    def _report_rejections(self) -> None:
         now = self.clock()
-        if now - self._last_reject_report >= REJECT_REPORT_S:
+        if self._rejected_since_report and now - self._last_reject_report >= REJECT_REPORT_S:
             self._last_reject_report = now
-            self.events.emit("ha.heartbeat_rejected", last_from=addr[0], last_reason=reason,
+            self.events.emit("ha.heartbeat_rejected", last_from=self._last_rejected_from,
                              counts=self._rejected_since_report)
             self._rejected_since_report = {}
 
@@ -559,6 +565,7 @@ class HAAgent:
                 self._spawn(self._release_vips())
         self.last_tick = now
         self.send_heartbeat()
+        self._report_rejections()
         # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
         self._spawn(self._decide("tick"))
 

@@ -14,6 +14,7 @@ import pytest
 
 from components.common import ha as ha_mod
 from components.common.ha import HAAgent, _mono
+from components.common.events import read_events
 from components.common.ha_config import HAConfig
 from components.common.states import ServiceState
 
@@ -127,13 +128,22 @@ def test_the_controller_cannot_push_an_epoch_past_the_bound(tmp_path):
     assert agent.superseded is None and agent._next_epoch() == 2
 
 
-def test_rejections_are_reported_at_most_once_a_second(tmp_path):
-    svc, agent = make_agent(tmp_path, state="ENABLED")
+def test_rejections_are_reported_at_most_once_a_second_and_none_is_left_unsaid(tmp_path):
+    now = [100.0]
+    svc, agent = make_agent(tmp_path, state="ENABLED", clock=lambda: now[0])
+    agent._transport = type("T", (), {"sendto": lambda self, m, a: None})()
     for _ in range(500):
         deliver(agent, b"junk")
-    events = [e for e in json.loads("[" + ",".join((tmp_path / "events.jsonl").read_text().split("\n")[:-1]) + "]")
-              if e["event"] == "ha.heartbeat_rejected"]
-    assert len(events) == 1 and agent.rejected == {"tag": 500}
+    deliver(agent, sealed(agent, seq=1), addr="10.9.9.9")
+
+    def reports():
+        return [e["counts"] for e in read_events(tmp_path / "events.jsonl") if e["event"] == "ha.heartbeat_rejected"]
+    assert reports() == [{"tag": 1}] and agent.rejected == {"tag": 500, "address": 1}
+    run_in_loop(agent.tick)  # within the second: nothing more said
+    assert len(reports()) == 1
+    now[0] += ha_mod.REJECT_REPORT_S
+    run_in_loop(agent.tick)
+    assert reports() == [{"tag": 1}, {"tag": 499, "address": 1}]
 
 
 def test_the_config_needs_the_pair_key_and_the_member_s_own_addresses(tmp_path):
