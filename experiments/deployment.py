@@ -381,8 +381,8 @@ class Deployment:
                             for slot in self.plan.slots_of(host)]
         if ph.role == "sc":
             # Block logins only from the cluster's NCs, on this member's own addresses and its VIP.
-            cfg["ncs"] = {nc.name: [i.ip.split("/")[0] for i in nc.interfaces if i.ip]
-                          for nc in self.plan.hosts_by_role("nc") if nc.cluster == ph.cluster}
+            cfg["nc_addresses"] = {nc.name: [i.ip.split("/")[0] for i in nc.interfaces if i.ip]
+                                   for nc in self.plan.hosts_by_role("nc") if nc.cluster == ph.cluster}
             hb_net = pair.heartbeat_network if pair else None
             cfg["block_listen"] = ([pair.vip] if pair and pair.vip else []) + [
                 i.ip.split("/")[0] for i in ph.interfaces if i.ip and i.network != hb_net]

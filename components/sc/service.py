@@ -10,7 +10,8 @@ Block service (port 3260, see blockproto.py): an NC logs in to an attached volum
 with the attachment's secret (challenge-response), from one of its own addresses, and
 reads and writes it; written data is on the SC's disk. Detaching (or attaching anew)
 closes the volume's sessions. The block service listens on the SC's own addresses and
-its service VIP (``block_listen``), never on 0.0.0.0.
+its service VIP (``block_listen``), never on 0.0.0.0; ``nc_addresses`` {nc: [addresses]}
+names the cluster's NCs, the only hosts a login is taken from.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class StorageController(Service):
             raise ValueError("block_listen: the SC's own addresses and VIP, not 0.0.0.0")
         # The cluster's NCs and their addresses: a login is taken only from the NC the
         # volume is attached to.
-        self.nc_addresses: dict[str, list[str]] = {n: list(a) for n, a in config.get("ncs", {}).items()}
+        self.nc_addresses: dict[str, list[str]] = {n: list(a) for n, a in config.get("nc_addresses", {}).items()}
         self.sessions: dict[str, set[asyncio.StreamWriter]] = {}  # volume -> its open block sessions
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
         self._block_servers: list[asyncio.AbstractServer] = []

@@ -80,7 +80,7 @@ def test_each_role_reaches_what_it_needs(tmp_path):
     """The NC fetches images from Walrus, Walrus resolves keys at the CLC, the CLC drives
     the SC: allowed. The NC at the SC's volume API, or the SC at Walrus's images: 403."""
     walrus, clc, sc = Walrus(config(tmp_path, "walrus")), CloudController(config(tmp_path, "clc")), \
-        StorageController(config(tmp_path, "sc", ncs={"c1n1": ["127.0.0.1"]}))
+        StorageController(config(tmp_path, "sc", nc_addresses={"c1n1": ["127.0.0.1"]}))
     image = [("GET", "/internal/object?bucket=images&key=tiny.img")]
     lookup = [("GET", "/internal/accounts/AKIAADMIN0000000TEST")]
     volumes = [("GET", "/volumes")]

@@ -241,7 +241,7 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
     sc = StorageController(validate_config({
         "host": "c1sc1", "component": "sc", "port": free_port(), "listen_host": "127.0.0.1",
         "data_dir": str(tmp_path / "sc"), "events_path": str(tmp_path / "sc.jsonl"), "internal_token": TOKEN,
-        "block_port": free_port(), "max_volume_mib": 64, "ncs": {"c1n1": ["127.0.0.1"]}}))
+        "block_port": free_port(), "max_volume_mib": 64, "nc_addresses": {"c1n1": ["127.0.0.1"]}}))
     # A data directory deep enough that the socket path outgrows sun_path.
     nc_data = tmp_path / ("n" * 80) / "data"
     nc = NodeController(validate_config({

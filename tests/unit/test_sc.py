@@ -30,7 +30,7 @@ def make_sc(tmp_path):
     cfg = validate_config({"host": "c1sc1", "component": "sc", "port": free_port(), "listen_host": "127.0.0.1",
                            "data_dir": str(tmp_path / "data"), "events_path": str(tmp_path / "e.jsonl"),
                            "internal_token": TOKEN, "block_port": free_port(), "max_volume_mib": 64,
-                           "ncs": NCS})
+                           "nc_addresses": NCS})
     return StorageController(cfg)
 
 
@@ -49,7 +49,7 @@ def _member(tmp_path, port: int, name: str, address: str, state: str, cls=Storag
     return cls(validate_config({
         "host": name, "component": "sc", "port": port, "listen_host": address,
         "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
-        "internal_token": TOKEN, "block_port": free_port(), "state": state, "ncs": NCS}))
+        "internal_token": TOKEN, "block_port": free_port(), "state": state, "nc_addresses": NCS}))
 
 
 def test_volume_round_trip_through_the_block_protocol(tmp_path):

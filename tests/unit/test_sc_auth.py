@@ -26,7 +26,7 @@ def make_sc(tmp_path, **extra) -> StorageController:
     return StorageController(validate_config({
         "host": "c1sc1", "component": "sc", "port": free_port(), "listen_host": "127.0.0.1",
         "data_dir": str(tmp_path / "data"), "events_path": str(tmp_path / "e.jsonl"), "internal_token": TOKEN,
-        "block_port": free_port(), "max_volume_mib": 4, "ncs": NCS, **extra}))
+        "block_port": free_port(), "max_volume_mib": 4, "nc_addresses": NCS, **extra}))
 
 
 async def exchange(reader, writer, op: bytes, payload: bytes = b"") -> tuple[int, bytes]:
