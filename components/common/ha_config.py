@@ -1,6 +1,6 @@
 """The ``ha`` section of a component's config: what its HA agent needs, and where it comes from.
 
-The testbed computes it from a plan with ``ha_config_for(plan, host, spec)``; the agent
+The testbed computes it from a plan with ``ha_config_for(plan, host, secret, spec)``; the agent
 reads it with ``HAConfig.from_config(config)``. Keys (all under ``config["ha"]``):
 
     peer                  the peer member's host name (for events)

@@ -162,10 +162,15 @@ def _sc_primary(dep, cluster: int = 1) -> str:
     return next(m for m in pair.members if dep.member_state(m) == "ENABLED")
 
 
-def _block_login(dep, host: str, vip: str, volume: str, secret: str | None) -> int:
-    """A login from ``host`` to the SC's VIP: with the attachment's secret, or a guessed answer."""
+def _block_login(dep, host: str, target: str, volume: str, secret: str | None) -> int | str:
+    """A login from ``host`` to the SC at ``target``, with the attachment's secret or a guessed
+    answer: the block protocol's status, or "unreachable" when no connection could be made."""
     with dep.in_host(host):
-        with socket.create_connection((vip, bp.BLOCK_PORT), timeout=3) as s:
+        try:
+            s = socket.create_connection((target, bp.BLOCK_PORT), timeout=2)
+        except OSError:
+            return "unreachable"
+        with s:
             def exchange(op: bytes, payload: bytes) -> tuple[int, bytes]:
                 s.sendall(bp.HEADER.pack(op, 0, len(payload)) + payload)
                 head = s.recv(bp.REPLY.size, socket.MSG_WAITALL)
@@ -193,9 +198,13 @@ def test_block_logins_without_the_secret_or_from_the_wrong_host_are_refused(clou
         "user, no secret": _block_login(dep, "user", vip, vol, None),
         "user, the attachment's secret": _block_login(dep, "user", vip, vol, secret),  # not its NC
         "user, no such volume": _block_login(dep, "user", vip, "vol-0badf00d", None),
-        "tenant instance, the attachment's secret": _block_login(dep, slot, vip, vol, secret),
     }
     assert attempts == {k: bp.LOGIN_REFUSED for k in attempts}
+    # From inside the tenant's instance, with the secret, at the VIP and at the SC's own
+    # addresses on the cluster's private network: refused, where the network lets it connect.
+    private = dep.plan.hosts[sc].ip_on("priv1")
+    from_instance = {t: _block_login(dep, slot, t, vol, secret) for t in (vip, private)}
+    assert set(from_instance.values()) <= {bp.LOGIN_REFUSED, "unreachable"}, from_instance
     # The NC the volume is attached to still reads and writes through its session.
     nc = next(i["nc"] for i in listing["instances"] if i["id"] == cloud["iid"])
     nc_ip = dep.plan.hosts[nc].main_ip
@@ -205,7 +214,7 @@ def test_block_logins_without_the_secret_or_from_the_wrong_host_are_refused(clou
     assert dep[nc].cmd(f"curl -s {token} 'http://{nc_ip}:8775/volumes/{vol}/blocks?offset=0&length=10'") \
         == "still-mine"
     refused = [e for e in dep.process(sc).events() if e["event"] == "block.login_refused"]
-    assert len(refused) >= len(attempts)
+    assert len(refused) >= len(attempts) + list(from_instance.values()).count(bp.LOGIN_REFUSED)
 
 
 def test_replication_endpoints_refuse_an_nc_s_credential(cloud):
