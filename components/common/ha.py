@@ -6,6 +6,9 @@ The design and its guarantees are in docs/ha.md; in short:
 * Heartbeats every ``interval`` over two paths (the pair's heartbeat link and the
   cloud network). The peer is dead when nothing arrived on any path for
   ``misses x interval`` (the window). Cutting one path never causes a failover.
+  Each heartbeat is sealed with the pair's key (HMAC-SHA256 over all of it) and taken
+  only from the peer's planned addresses, and only when newer than the last one heard
+  (boot, seq): a forged, garbled or replayed one changes nothing (docs/security.md).
 * Arbitrators ping external entities (the border gateway, the external site) with
   ICMP. Some failing: advisory. All failing on the ENABLED member: it goes NOTREADY
   (fail-stop), drops its VIPs and says so at once on the heartbeat link; the peer

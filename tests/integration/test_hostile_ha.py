@@ -2,8 +2,7 @@
 HA member, block logins without the attachment's secret or from the wrong host, and
 replication endpoints called with an NC's credential.
 
-The attacker sits on the ``user`` host (and, for the block protocol, inside a tenant's
-instance), with raw sockets: it can put any source address on a packet, so a forged
+The attacker sits on the ``user`` host and inside a tenant's instance, with raw sockets: it can put any source address on a packet, so a forged
 heartbeat claiming to come from the peer's own address gets past the address check and
 meets the HMAC. A real heartbeat, recorded on the cloud network, is replayed. Nothing may
 change who serves, and the cloud answers throughout.
@@ -89,6 +88,13 @@ def rejections_since(dep, host: str, t_wall: float) -> set[str]:
     return reasons
 
 
+def cluster_view(dep, cluster: int = 1) -> list[dict]:
+    """The instances as the cluster's CC sees them (their NC and VM slot), asked as the operator."""
+    return json.loads(dep[f"c{cluster}cc1"].cmd(
+        f"curl -s -H 'X-Eucalab-Internal-Token: {dep.internal_token}' http://10.0.{cluster}.10:8774/cluster/instances"
+    ))["instances"]
+
+
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     """The default deployment (every pair, the default heartbeat timers), a running instance
@@ -108,7 +114,8 @@ def cloud(tmp_path_factory):
                           ["State"]["Name"] == "running", 30)
         vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
         ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
-        yield {"dep": dep, "ec2": ec2, "s3": s3, "iid": iid, "vol": vol}
+        placed = next(i for i in cluster_view(dep) if i["id"] == iid)
+        yield {"dep": dep, "ec2": ec2, "s3": s3, "iid": iid, "vol": vol, "slot": placed["slot"], "nc": placed["nc"]}
 
 
 def test_forged_replayed_and_garbled_heartbeats_change_nothing(cloud):
@@ -143,6 +150,7 @@ def test_forged_replayed_and_garbled_heartbeats_change_nothing(cloud):
                             (target, udp_datagram(spoofed, target, bytes(garbled))),
                             (target, udp_datagram(spoofed, target, os.urandom(300)))]
         send_raw(dep, "user", packets)
+        send_raw(dep, cloud["slot"], packets)  # and from inside the tenant's instance
         # The cloud answers while it is under attack.
         assert ec2.describe_instances(InstanceIds=[cloud["iid"]])["Reservations"]
         assert "images" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
@@ -191,9 +199,7 @@ def test_block_logins_without_the_secret_or_from_the_wrong_host_are_refused(clou
     sc = _sc_primary(dep)
     volumes = json.loads((dep.process(sc).dir / "data" / "volumes.json").read_text())["volumes"]
     secret = volumes[vol]["attachment"]["secret"]
-    listing = json.loads(dep["c1cc1"].cmd(f"curl -s -H 'X-Eucalab-Internal-Token: {dep.internal_token}' "
-                                          "http://10.0.1.10:8774/cluster/instances"))
-    slot = next(i["slot"] for i in listing["instances"] if i["id"] == cloud["iid"])
+    slot, nc = cloud["slot"], cloud["nc"]
     attempts = {
         "user, no secret": _block_login(dep, "user", vip, vol, None),
         "user, the attachment's secret": _block_login(dep, "user", vip, vol, secret),  # not its NC
@@ -206,7 +212,6 @@ def test_block_logins_without_the_secret_or_from_the_wrong_host_are_refused(clou
     from_instance = {t: _block_login(dep, slot, t, vol, secret) for t in (vip, private)}
     assert set(from_instance.values()) <= {bp.LOGIN_REFUSED, "unreachable"}, from_instance
     # The NC the volume is attached to still reads and writes through its session.
-    nc = next(i["nc"] for i in listing["instances"] if i["id"] == cloud["iid"])
     nc_ip = dep.plan.hosts[nc].main_ip
     token = f"-H 'X-Eucalab-Internal-Token: {dep.internal_token}'"
     assert json.loads(dep[nc].cmd(f"curl -s -X PUT {token} --data-binary 'still-mine' "
