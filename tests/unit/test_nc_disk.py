@@ -308,6 +308,26 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
                     assert r.status == 200
             async with own.get(f"{url}?offset=512&length=10") as r:
                 assert r.status == 404  # detached
+            # Attached to the other instance, then that instance terminated: its block
+            # session ends with it (the SC sees the connection close).
+            async with ClientSession(headers=h) as api:
+                async with api.post(f"{sc_base}/volumes/vol-0000abcd/detach") as r:
+                    assert r.status == 200
+                async with api.post(f"{sc_base}/volumes/vol-0000abcd/attach",
+                                    json={"instance": "i-00000002", "nc": "c1n1"}) as r:
+                    target = (await r.json())["target"]
+                async with api.post(f"{nc_base}/instances/i-00000002/volumes",
+                                    json={"volume": "vol-0000abcd", "target": target}) as r:
+                    assert r.status == 200, await r.text()
+                assert sc.sessions.get("vol-0000abcd")
+                async with api.delete(f"{nc_base}/instances/i-00000002") as r:
+                    assert r.status == 200
+                assert "vol-0000abcd" not in nc.attachments
+                for _ in range(100):
+                    if not sc.sessions.get("vol-0000abcd"):
+                        break
+                    await asyncio.sleep(0.01)
+                assert not sc.sessions.get("vol-0000abcd")
         os.close(fd1)
         os.close(fd2)
         assert (tmp_path / "sc" / "volumes" / "vol-0000abcd.img").read_bytes()[512:522] == b"own blocks"
