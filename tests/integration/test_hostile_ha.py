@@ -245,3 +245,18 @@ def test_replication_endpoints_refuse_an_nc_s_credential(cloud):
     }
     assert {k: status(*v) for k, v in replication.items()} == {k: "403" for k in replication}
     assert status("GET", "http://10.0.0.20:8773/internal/object?bucket=images&key=hostile.img") == "200"
+
+
+def test_each_credential_is_in_its_holders_configs_only(cloud):
+    """A pair's heartbeat key in its two members' configs, a role's token in that role's
+    configs, the operator's in none: reading one host's config gives that host's credentials."""
+    dep = cloud["dep"]
+    configs = {host: (proc.dir / "config").read_text() for (host, _), proc in dep.processes.items()
+               if (proc.dir / "config").exists()}
+    for pair in dep.plan.pairs:
+        if pair.secondary is not None:
+            holders = {h for h, text in configs.items() if dep.pair_secrets[pair.name] in text}
+            assert holders == set(pair.members), pair.name
+    for role, token in dep.role_tokens.items():
+        holders = {h for h, text in configs.items() if token in text}
+        assert holders == {h for h in configs if dep.plan.hosts[h].role == role}, role
