@@ -35,6 +35,7 @@ from . import blockproto as bp
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+MAX_VOLUME_ID = len("vol-00000000")
 REFUSED = b"login refused"  # one answer for every refusal: no such volume, not attached, not yours
 
 
@@ -456,6 +457,9 @@ class StorageController(Service):
                         await reply(bp.BAD_REQUEST, b"already logged in")
                         return
                     if op == b"L":
+                        if len(payload) > MAX_VOLUME_ID:  # no volume id is longer; nor goes into an event
+                            await reply(bp.BAD_REQUEST, b"volume id too long")
+                            return
                         challenge = (payload.decode(errors="replace"), os.urandom(bp.CHALLENGE_BYTES))
                         await reply(bp.OK, challenge[1])
                         continue

@@ -79,7 +79,7 @@ def test_every_refused_login_looks_the_same_and_the_right_one_works(tmp_path):
             await login(sc.block_port, VOL, secret, source="127.0.0.2"),  # right secret, another NC
             await login(sc.block_port, "vol-00000002", secret),  # exists, not attached
             await login(sc.block_port, "vol-99999999", secret),  # no such volume
-            await login(sc.block_port, "../../etc/passwd", secret),
+            await login(sc.block_port, "../../etc/pw", secret),
         ]
         for status, message, _, (reader, writer) in refusals:
             assert (status, message) == (bp.LOGIN_REFUSED, b"login refused")
@@ -134,6 +134,16 @@ def test_detach_ends_the_session_and_the_old_secret_logs_in_no_more(tmp_path):
         assert new != secret
         assert (await login(sc.block_port, VOL, secret, source="127.0.0.2"))[0] == bp.LOGIN_REFUSED
         assert (await login(sc.block_port, VOL, new, source="127.0.0.2"))[0] == bp.OK
+    scenario(tmp_path, body)
+
+
+def test_a_login_naming_no_possible_volume_id_is_cut_short(tmp_path):
+    """A 4 MiB "volume id" would have gone whole into the refusal's event."""
+    async def body(sc, http, base, secret):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.block_port)
+        assert (await exchange(reader, writer, b"L", b"v" * 2**20))[0] == bp.BAD_REQUEST
+        assert await reader.read() == b""
+        writer.close()
     scenario(tmp_path, body)
 
 
