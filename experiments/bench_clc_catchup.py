@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import sys
 import tempfile
@@ -48,7 +49,7 @@ def _member(tmp: Path, name: str, state: str, port: int) -> CloudController:
         "host": name, "component": "clc", "listen_host": "127.0.0.1", "port": port, "state": state,
         "role": "primary" if state == "ENABLED" else "secondary", "data_dir": str(tmp / name),
         "events_path": str(tmp / f"{name}.jsonl"), "internal_token": TOKEN, "pair": {"name": "clc"},
-        "ha": {"peer_addresses": ["127.0.0.1"]}}))
+        "ha": {"peer_addresses": ["127.0.0.1"], "listen": ["127.0.0.1"], "secret": secrets.token_hex(32)}}))
 
 
 def _fill(member: CloudController, n: int) -> None:

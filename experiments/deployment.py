@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.common import ha_net
+from components.common.ha_config import ha_config_for
+from components.common.service import OPERATOR, ROLES, token_digest
 from topologies.network import Created, EucaNetwork, kill_pids, namespace, teardown
 from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
 from topologies.spec import DeploymentSpec
@@ -154,7 +156,12 @@ class Deployment:
         self.net = None
         self.processes: dict[tuple[str, str], Process] = {}
         self.credentials = Credentials.generate()
-        self.internal_token = secrets.token_hex(16)
+        # One internal credential per role (docs/security.md): a component's config holds its
+        # own role's token and the digests of all; the operator's (this driver's) is internal_token.
+        self.role_tokens = {role: secrets.token_hex(32) for role in ROLES}
+        self.internal_token = self.role_tokens[OPERATOR]
+        # One heartbeat key per HA pair and run, written into that pair's members' configs only.
+        self.pair_secrets = {p.name: secrets.token_hex(32) for p in self.plan.pairs}
         self.events: rd.EventWriter | None = None
         self._registry_file: Path | None = None
         self._old_handlers: dict = {}
@@ -348,7 +355,9 @@ class Deployment:
             "state": "DISABLED" if ph.ha_role == "secondary" else "ENABLED",
             "region": "eucalyptus",
             "admin": asdict(self.credentials),
-            "internal_token": self.internal_token,
+            # Its own role's token (sent on its calls), and how to recognise every role's.
+            "internal_token": self.role_tokens.get(component, ""),
+            "internal_callers": {role: token_digest(t) for role, t in self.role_tokens.items()},
             "endpoints": self.plan.endpoints(),
             "zones": [f"cluster{k}" for k in range(1, self.spec.clusters + 1)],
             "public_ips": str(PUBLIC_IP_POOL),
@@ -372,6 +381,13 @@ class Deployment:
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,
                              "netns": f"/proc/{self.net[slot.name].pid}/ns/net"}
                             for slot in self.plan.slots_of(host)]
+        if ph.role == "sc":
+            # Block logins only from the cluster's NCs, on this member's own addresses and its VIP.
+            cfg["nc_addresses"] = {nc.name: [i.ip.split("/")[0] for i in nc.interfaces if i.ip]
+                                   for nc in self.plan.hosts_by_role("nc") if nc.cluster == ph.cluster}
+            hb_net = pair.heartbeat_network if pair else None
+            cfg["block_listen"] = ([pair.vip] if pair and pair.vip else []) + [
+                i.ip.split("/")[0] for i in ph.interfaces if i.ip and i.network != hb_net]
         if ph.role == "cc":
             k = ph.cluster
             cfg["ncs"] = {nc.name: {"url": f"http://{nc.main_ip}:8775",
@@ -382,33 +398,9 @@ class Deployment:
         return cfg
 
     def ha_config(self, pair: ServicePair, host: str) -> dict:
-        """What a member's HA agent needs: its peer's addresses, its VIPs, its arbitrators."""
-        peer = pair.secondary if host == pair.primary else pair.primary
-        me, other = self.plan.hosts[host], self.plan.hosts[peer]
-        # takeover sdn: the controller steers the cloud VIP; the CC's private router
-        # address keeps gratuitous ARP (docs/ha.md).
-        vips = [{"address": pair.vip, "prefix": int(me.intf("cloud").ip.split("/")[1]),
-                 "interface": me.intf("cloud").name, "takeover": self.spec.ha.takeover}]
-        if pair.private_vip:
-            net = f"priv{pair.cluster}"
-            vips.append({"address": pair.private_vip, "prefix": int(me.intf(net).ip.split("/")[1]),
-                         "interface": me.intf(net).name})
-        spec = self.spec
-        return {
-            "peer": peer,
-            # The heartbeat link first, the cloud network second: either path alone suffices.
-            "peer_addresses": [other.ip_on(pair.heartbeat_network), other.ip_on("cloud")],
-            "port": 7800,
-            "interval_ms": spec.heartbeat.interval_ms,
-            "misses": spec.heartbeat.misses,
-            "vips": vips,
-            "arbitrators": [{"name": a.name, "target": a.target_ip} for a in self.plan.arbitrators
-                            if a.host == host],
-            "arbitrator_period_s": spec.arbitrators.period_s,
-            "arbitrator_timeout_s": spec.arbitrators.timeout_s,
-            "arbitrator_fail_after": spec.arbitrators.fail_after,
-            "control_socket": str(self.control_socket),
-        }
+        """What a member's HA agent needs: its peer's addresses, its own, its VIPs, its
+        arbitrators, and its pair's heartbeat key (that pair's two members hold it, nobody else)."""
+        return ha_config_for(self.plan, host, self.pair_secrets[pair.name], self.spec, str(self.control_socket))
 
     def start(self, component: str, host: str, config: dict | None = None, *, label: str | None = None,
               argv: list[str] | None = None, wait: bool = True, timeout: float = 20.0) -> Process:

@@ -141,7 +141,7 @@ class ClusterController(Service):
             pass  # the peer is down: it rebuilds from the NCs when it returns
 
     async def handle_peer_state(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         if self.state.value == "ENABLED":
             return self._error("Conflict", "this CC is the primary", 409)
         snap = await request.json()
@@ -374,7 +374,7 @@ class ClusterController(Service):
         return web.json_response({"error": code, "message": message}, status=status)
 
     async def handle_run(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         try:
             body = await request.json()
             wanted = body["instances"]
@@ -447,11 +447,11 @@ class ClusterController(Service):
         return False
 
     async def handle_describe(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         return web.json_response({"zone": self.zone, "instances": list(self.instances.values())})
 
     async def handle_terminate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         rec = self.instances.get(request.match_info["id"])
         if rec is None:
             return self._error("InvalidInstanceID.NotFound", request.match_info["id"], 404)
@@ -468,7 +468,7 @@ class ClusterController(Service):
         return web.json_response(rec)
 
     async def handle_group(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         try:
             body = await request.json()
             rules = list(body.get("rules", []))
@@ -483,11 +483,11 @@ class ClusterController(Service):
         return web.json_response(group)
 
     async def handle_group_digests(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         return web.json_response({"groups": {gid: group_digest(g) for gid, g in self.groups.items()}})
 
     async def handle_associate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         ip = request.match_info["ip"]
         try:
             iid = (await request.json())["instance"]
@@ -506,7 +506,7 @@ class ClusterController(Service):
         return web.json_response({"public_ip": ip, "instance": iid})
 
     async def handle_disassociate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         ip = request.match_info["ip"]
         iid = self.addresses.pop(ip, None)
         if iid and iid in self.instances:
@@ -516,12 +516,12 @@ class ClusterController(Service):
         return web.json_response({"public_ip": ip, "instance": None})
 
     async def handle_capacity(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         return web.json_response({"zone": self.zone, **self.scheduler.capacity()})
 
     async def handle_attach(self, request: web.Request) -> web.Response:
         """Relay a volume attachment to the instance's NC (the CLC never talks to NCs)."""
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         rec = self.instances.get(request.match_info["id"])
         if rec is None or rec["state"] != "running":
             return self._error("IncorrectState", "instance not running in this cluster", 409)
@@ -534,7 +534,7 @@ class ClusterController(Service):
             return self._error("Unavailable", f"{rec['nc']}: {exc}", 503)
 
     async def handle_detach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         rec = self.instances.get(request.match_info["id"])
         if rec is None:
             return self._error("InvalidInstanceID.NotFound", request.match_info["id"], 404)

@@ -224,10 +224,14 @@ class CloudController(Service):
         return await asyncio.to_thread(self.store.apply_ops, data["ops"])
 
     async def handle_replicate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        body = await self._decode(await request.read())
+        self.require_internal(request, "clc")
+        try:
+            body = await self._decode(await request.read())
+            epoch = int(body["epoch"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"malformed replication body: {exc!r}"}, status=400)
         async with self._replica_lock:
-            refusal = self._refusal(int(body["epoch"]))
+            refusal = self._refusal(epoch)
             if refusal is not None:
                 return refusal
             try:
@@ -237,8 +241,11 @@ class CloudController(Service):
         return web.json_response({"last_seq": last})
 
     async def handle_export(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        after = int(request.query.get("after", "0"))
+        self.require_internal(request, "clc")
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return web.json_response({"error": "after: a sequence number"}, status=400)
         body = await self._export_from(after, epoch=self.ha.epoch if self.ha else 0, last_seq=self.store.last_seq)
         return web.Response(body=body, content_type="application/json")
 
@@ -250,6 +257,10 @@ class CloudController(Service):
             ha = self.ha
             if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
                 continue
+            if ha.discard_pending:
+                await self._discard_if_superseded("a newer primary to catch up from")
+                if ha.discard_pending:
+                    continue  # never mix a kept ex-primary's state with the peer's
             if ha.peer.last_seq <= self.store.last_seq:
                 continue
             try:
@@ -283,11 +294,18 @@ class CloudController(Service):
             pass
 
     async def _on_demote(self, reason: str) -> None:
-        # An ex-primary may hold writes nobody acknowledged, whatever made it step down;
-        # the new primary's state wins: start again from it (catch-up, through a snapshot
-        # when its log no longer reaches back to the start).
+        await self._discard_if_superseded(reason)
+
+    async def _discard_if_superseded(self, reason: str) -> None:
+        """An ex-primary may hold writes nobody acknowledged, whatever made it step down; the
+        new primary's state wins: start again from it (catch-up, through a snapshot when its
+        log no longer reaches back to the start). Only once an ENABLED peer holds a newer
+        position (HAAgent.may_discard_state); until then the state is kept."""
+        if not self.ha.may_discard_state():
+            return
         async with self._replica_lock:
             self.store.reset()
+        self.ha.discard_pending = False
         self.events.emit("ha.state_reset", reason=reason)
 
     def status_extra(self) -> dict:
@@ -377,7 +395,7 @@ class CloudController(Service):
                             "secretAccessKey": secret}}
 
     async def handle_account_lookup(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "walrus")
         found = self._lookup(request.match_info["access_key"])
         if found is None:
             return web.json_response({"error": "NoSuchEntity"}, status=404)
@@ -687,6 +705,13 @@ class CloudController(Service):
             before = r["state"]
             if before != "terminated":
                 await self.cluster.terminate(r["zone"], r["id"])
+                # Its volumes are detached, as EC2 does: the SC's export and its sessions end.
+                for vol in self.store.q("SELECT * FROM volumes WHERE instance=?", r["id"]):
+                    try:
+                        await self._detach_volume(vol)
+                    except EC2Error as exc:
+                        self.events.emit("volume.detach_failed", volume=vol["id"], instance=r["id"],
+                                         error=exc.message)
                 for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
                     self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
                 self._apply({"type": "instance.update", "id": r["id"], "state": "terminated",
@@ -867,14 +892,18 @@ class CloudController(Service):
         vol = self._volume(account, p.req("VolumeId"))
         if not vol["instance"]:
             raise EC2Error("IncorrectState", f"Volume '{vol['id']}' is in the 'available' state.")
+        await self._detach_volume(vol)
+        return {"volumeId": vol["id"], "instanceId": vol["instance"], "device": vol["device"], "status": "detached",
+                "attachTime": _iso(vol["attached"] or vol["created"])}
+
+    async def _detach_volume(self, vol) -> None:
+        """Detach a volume at its cluster (the NC's session and the SC's export end), then here."""
         try:
             await self.cluster.detach_volume(vol["zone"], vol["id"], vol["instance"])
         except ClusterError as exc:
             raise EC2Error(exc.code, exc.message, exc.status) from None
         self._apply({"type": "volume.update", "id": vol["id"], "state": "available", "instance": None,
                      "device": None, "attach_state": None, "attached": None})
-        return {"volumeId": vol["id"], "instanceId": vol["instance"], "device": vol["device"], "status": "detached",
-                "attachTime": _iso(vol["attached"] or vol["created"])}
 
     async def act_DeleteVolume(self, p: Params, account: str) -> dict:
         vol = self._volume(account, p.req("VolumeId"))

@@ -4,8 +4,10 @@ Fields: ``host``, ``component`` (clc|walrus|cc|sc|nc), ``port`` and ``data_dir``
 (created if missing) are required; ``role`` (primary|secondary|single),
 ``listen_host`` ("0.0.0.0"), ``events_path``, ``state`` (initial: ENABLED or
 DISABLED), ``region`` ("eucalyptus"), ``admin`` {account_id, access_key,
-secret_key}, ``internal_token`` and ``endpoints`` {"clc": url, "walrus": url,
-"cc": {zone: url}, "sc": {zone: url}} have defaults. Keys not listed here are
+secret_key}, ``internal_token`` (this component's role's credential),
+``internal_callers`` {role: SHA-256 of that role's token} (components/common/service.py)
+and ``endpoints`` {"clc": url, "walrus": url, "cc": {zone: url}, "sc": {zone: url}} have
+defaults. Keys not listed here are
 kept as they are for the component that needs them.
 """
 
@@ -33,6 +35,7 @@ OPTIONAL: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "state": (str, "ENABLED"),
     "region": (str, "eucalyptus"),
     "internal_token": (str, ""),
+    "internal_callers": (dict, {}),
     "endpoints": (dict, {}),
     "zones": (list, []),
 }

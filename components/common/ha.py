@@ -6,6 +6,9 @@ The design and its guarantees are in docs/ha.md; in short:
 * Heartbeats every ``interval`` over two paths (the pair's heartbeat link and the
   cloud network). The peer is dead when nothing arrived on any path for
   ``misses x interval`` (the window). Cutting one path never causes a failover.
+  Each heartbeat is sealed with the pair's key (HMAC-SHA256 over all of it) and taken
+  only from the peer's planned addresses, and only when newer than the last one heard
+  (boot, seq): a forged, garbled or replayed one changes nothing (docs/security.md).
 * Arbitrators ping external entities (the border gateway, the external site) with
   ICMP. Some failing: advisory. All failing on the ENABLED member: it goes NOTREADY
   (fail-stop), drops its VIPs and says so at once on the heartbeat link; the peer
@@ -31,8 +34,9 @@ through the fault table without root or real time.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -54,6 +58,29 @@ EPOCH_RESERVE = 16
 EPOCH_LOW_WATER = 4
 # Peer states in which it serves nobody: the DISABLED member may take over at once.
 NOT_SERVING = ("NOTREADY", "BROKEN", "STOPPED")
+STATES = frozenset(s.value for s in ServiceState)
+# An epoch grows by one per takeover: 2^31 outlasts any pair, and a number past it is forged
+# or corrupt (an epoch near 2^63 would overflow every later SQLite write of it, plus one).
+MAX_EPOCH = 2**31 - 1
+MAX_COUNTER = 2**62  # heartbeat sequence numbers and replicated-state positions
+TAG_BYTES = hashlib.sha256().digest_size
+# Rejected heartbeats are counted always, reported as an event at most this often (a flood of
+# forged packets must not become a flood of log lines).
+REJECT_REPORT_S = 1.0
+
+
+def seal(secret: bytes, body: bytes) -> bytes:
+    """A heartbeat on the wire: HMAC-SHA256 of the whole body under the pair's secret, then the body."""
+    return hmac.new(secret, body, hashlib.sha256).digest() + body
+
+
+def unseal(secret: bytes, data: bytes) -> bytes | None:
+    """The body of a heartbeat sealed with ``secret``; None when the tag does not match
+    (compared in constant time: the answer takes as long whatever bytes match)."""
+    tag, body = data[:TAG_BYTES], data[TAG_BYTES:]
+    if len(tag) < TAG_BYTES or not hmac.compare_digest(tag, hmac.new(secret, body, hashlib.sha256).digest()):
+        return None
+    return body
 
 
 def _mono() -> float:
@@ -124,12 +151,12 @@ class HAAgent:
         self.arb_period, self.arb_timeout = self.cfg.arbitrator_period_s, self.cfg.arbitrator_timeout_s
         self.data = Path(self.cfg.data_dir)
         self.epoch_file = self.data / "ha-epoch"  # the newest epoch this member used (or 1)
-        self.epoch = int(self.epoch_file.read_text()) if self.epoch_file.exists() else 1
+        self.epoch = min(_read_int(self.epoch_file) or 1, MAX_EPOCH)
         # Every epoch this member (in any incarnation) used is <= the reservation on disk:
         # its next promotion starts above it, so a restart never reuses an epoch even when
         # ha-epoch, written after the promotion, missed the newest one.
         self.reserve_file = self.data / "ha-epoch-reserved"
-        self.floor = max(self.epoch, int(self.reserve_file.read_text()) if self.reserve_file.exists() else 1)
+        self.floor = max(self.epoch, min(_read_int(self.reserve_file) or 1, MAX_EPOCH))
         self.reserved = self.floor  # what may be used without writing first
         self._reserve_lock = asyncio.Lock()
         # A member that has been primary before holds state its peer may have moved past
@@ -140,7 +167,16 @@ class HAAgent:
         self.joined_file = self.data / "ha-joined"
         self.rejoining = self.epoch_file.exists() or self.joined_file.exists()
         self._refusal: tuple | None = None  # the last ha.cannot_promote, logged once per change
-        self.boot = int.from_bytes(os.urandom(4), "big")
+        self.secret = self.cfg.secret
+        self.boot = self._new_boot()
+        # The peer's newest incarnation heard, kept across restarts: a heartbeat of an older
+        # one (captured and replayed) is refused even by a member that just restarted.
+        self.peer_boot_file = self.data / "ha-peer-boot"
+        self.peer_boot_floor = _read_int(self.peer_boot_file)
+        self.rejected: dict[str, int] = {}  # heartbeats refused, by reason (status, ha.heartbeat_rejected)
+        self._rejected_since_report: dict[str, int] = {}
+        self._last_rejected_from: str | None = None
+        self._last_reject_report = float("-inf")
         self.peer = Peer()
         self.seq = 0
         now = self.clock()
@@ -175,6 +211,19 @@ class HAAgent:
         self.arb_confirm: tuple = (0, False)
         self._arb_wake: asyncio.Event | None = None
         self._held_enabled = False
+        # Stepped down since it last served: its state may hold writes nobody acknowledged,
+        # to be dropped once a newer ENABLED peer is there to catch up from (may_discard_state).
+        self.discard_pending = False
+
+    def _new_boot(self) -> int:
+        """This incarnation's number, above every earlier one's (``ha-boot`` keeps the last):
+        the peer refuses heartbeats of an older incarnation, so recorded ones cannot be
+        replayed after a restart. The wall clock in microseconds, or the last one plus one."""
+        path = self.data / "ha-boot"
+        boot = max(time.time_ns() // 1000, (_read_int(path) or 0) + 1)
+        self.data.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, str(boot))
+        return boot
 
     # -- what the component asks ----------------------------------------------------------------
 
@@ -230,10 +279,19 @@ class HAAgent:
         """The SDN controller holds ``epoch`` for this pair (it refused a VIP redirect or an
         intent as stale): the peer moved on while this member could not hear it. An
         ENABLED member older than that steps down; any member's next promotion goes above it."""
-        if epoch > (self.superseded or 0):
+        if MAX_EPOCH >= epoch > (self.superseded or 0):
             self.superseded = epoch
             self.events.emit("ha.superseded", epoch=epoch, my_epoch=self.epoch, why=why)
             self._spawn(self._decide(why))
+
+    def may_discard_state(self) -> bool:
+        """This member stepped down since it last served, and its alive peer is ENABLED at a
+        newer position (epoch, replicated state): the component may drop its own state for
+        the peer's (catch-up). Only an authenticated heartbeat sets what the peer says, and
+        a member never drops its state with nobody newer to catch up from."""
+        p = self.peer
+        return (self.discard_pending and self.svc.state is not ENABLED and self.peer_alive()
+                and p.state == "ENABLED" and (p.epoch, p.last_seq) > (self.epoch, self.last_seq()))
 
     def peer_alive(self, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
@@ -249,7 +307,8 @@ class HAAgent:
                          "epoch": self.peer.epoch, "paths": sorted(
                              a for a, t in self.peer.paths.items() if self.clock() - t <= self.window)},
                 "arbitrators": [{"name": a.name, "target": a.target, "ok": not a.failed, "stopped": a.stopped}
-                                for a in self.arbitrators]}
+                                for a in self.arbitrators],
+                "heartbeats_rejected": dict(self.rejected)}
 
     def set_arbitrator_stopped(self, name: str, stopped: bool) -> bool:
         """Stop (maintenance) or start an arbitrator; False when there is no such arbitrator."""
@@ -313,13 +372,13 @@ class HAAgent:
 
     def _message(self, now: float) -> bytes:
         self.seq += 1
-        return json.dumps({
+        return seal(self.secret, json.dumps({
             "pair": self.pair, "member": self.host, "epoch": self.epoch, "state": self.svc.state.value,
             "seq": self.seq, "t_mono": now, "boot": self.boot, "ack": [self.peer.boot, self.peer.seq],
             "last_seq": self.last_seq(), "priority": self.priority,
             "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
             "fenced": self.fenced_since is not None,
-        }).encode()
+        }).encode())
 
     def send_heartbeat(self) -> None:
         """One heartbeat on every path; renews the lease when at least one path took it."""
@@ -328,46 +387,108 @@ class HAAgent:
         now = self.clock()
         msg = self._message(now)
         sent = False
-        for addr in self.peer_addresses:
+        for i, addr in enumerate(self.peer_addresses):
             try:
-                self._transport.sendto(msg, (addr, self.port))
+                self._sender(i).sendto(msg, (addr, self.port))
                 sent = True
             except OSError:
                 pass  # a cut path: the other one carries the heartbeat
         if sent:
             self.last_sent = now
 
-    def on_heartbeat(self, data: bytes, addr) -> None:
+    def _sender(self, path: int):
+        """The socket for the peer's ``path``-th address: the one bound to this member's own
+        address on that network (listen and peer_addresses go path by path), so the peer
+        sees the heartbeat come from the address it expects on the path it took."""
+        if len(self._endpoints) == len(self.peer_addresses):
+            return self._endpoints[path]
+        return self._transport
+
+    def _reject(self, reason: str, addr) -> None:
+        """Count a refused heartbeat; said in an event at most every REJECT_REPORT_S (the
+        ticker says what is left once that has passed)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self._rejected_since_report[reason] = self._rejected_since_report.get(reason, 0) + 1
+        self._last_rejected_from = addr[0]
+        self._report_rejections()
+
+    def _report_rejections(self) -> None:
+        now = self.clock()
+        if self._rejected_since_report and now - self._last_reject_report >= REJECT_REPORT_S:
+            self._last_reject_report = now
+            self.events.emit("ha.heartbeat_rejected", last_from=self._last_rejected_from,
+                             counts=self._rejected_since_report)
+            self._rejected_since_report = {}
+
+    def _read_heartbeat(self, data: bytes, addr) -> dict | None:
+        """The heartbeat in ``data`` if it is one the peer sent: from one of its planned
+        addresses, sealed with the pair's secret, well formed and within bounds; else None
+        (and the refusal counted). Replays are judged by the caller, against the peer's boot."""
+        if addr[0] not in self.peer_addresses:
+            self._reject("address", addr)
+            return None
+        body = unseal(self.secret, data)
+        if body is None:
+            self._reject("tag", addr)
+            return None
         try:
-            m = json.loads(data)
-            member, boot, seq = m["member"], int(m["boot"]), int(m["seq"])
-        except (ValueError, KeyError, TypeError):
+            m = json.loads(body)
+            m["boot"], m["seq"], m["epoch"] = int(m["boot"]), int(m["seq"]), int(m["epoch"])
+            m["last_seq"] = int(m.get("last_seq", 0))
+            ack, confirm = m.get("ack") or [None, 0], m.get("arb_confirm") or [0, False]
+            m["ack"] = [None if ack[0] is None else int(ack[0]), int(ack[1])]
+            m["arb_confirm"] = [int(confirm[0]), bool(confirm[1])]
+            m["priority"], m["t_mono"] = int(m.get("priority", 0)), float(m.get("t_mono", 0.0))
+            ok = (m.get("pair") == self.pair and m["member"] != self.host and m["state"] in STATES
+                  and (self.cfg.peer is None or m["member"] == self.cfg.peer)
+                  and 0 < m["epoch"] <= MAX_EPOCH and 0 <= m["seq"] < MAX_COUNTER
+                  and 0 <= m["last_seq"] < MAX_COUNTER and 0 < m["boot"] < MAX_COUNTER)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            ok = False
+        if not ok:
+            self._reject("malformed", addr)  # sealed with the secret, yet not a heartbeat of this pair
+            return None
+        return m
+
+    def on_heartbeat(self, data: bytes, addr) -> None:
+        m = self._read_heartbeat(data, addr)
+        if m is None:
             return
-        if m.get("pair") != self.pair or member == self.host:
-            return
+        member, boot, seq = m["member"], m["boot"], m["seq"]
         now = self.clock()
         p = self.peer
+        ack = m["ack"]
+        newest = p.boot if p.boot is not None else self.peer_boot_floor or 0
+        if boot < newest or (boot == p.boot and seq < p.seq):
+            self._reject("replay", addr)  # an older incarnation's, or overtaken long ago
+            return
+        if p.boot is None and boot == newest and ack[0] != self.boot:
+            # The incarnation this member heard before it restarted: its heartbeats may have
+            # been recorded then. Only one that answers this incarnation's heartbeats (the
+            # peer's ack names our boot, unknown before this start) is fresh.
+            self._reject("unacknowledged", addr)
+            return
         p.paths[addr[0]] = now
-        if boot == p.boot and seq <= p.seq:
-            return  # the same heartbeat on the other path, or an old one overtaken
+        if boot == p.boot and seq == p.seq:
+            return  # the same heartbeat on the other path
         was_alive = self.peer_alive(now)
         if boot != p.boot:
             p.boot, p.acked = boot, 0  # a new incarnation of the peer
+            self.peer_boot_floor = boot
+            self._spawn(self._offload(write_atomic, self.peer_boot_file, str(boot)))
         p.member, p.seq, p.heard = member, seq, now
         if not self.rejoining:
             # From now on this member holds the pair's state (or will, once caught up): after
             # a restart it must hear its peer before it may claim the pair.
             self.joined_file.write_text(f"{member}\n")
             self.rejoining = True
-        ack = m.get("ack") or [None, 0]
-        p.state, p.epoch, p.sent = m["state"], int(m["epoch"]), float(m.get("t_mono", 0.0))
+        p.state, p.epoch, p.sent = m["state"], m["epoch"], m["t_mono"]
         if self._next_epoch() + EPOCH_LOW_WATER > self.reserved and not self._reserve_lock.locked():
             self._spawn(self._reserve_epochs())  # the peer's epoch rose: reserve past it now
-        p.last_seq, p.priority = int(m.get("last_seq", 0)), int(m.get("priority", 0))
+        p.last_seq, p.priority = m["last_seq"], m["priority"]
         arb_was_ok = p.arb_ok
         p.arb_ok, p.fenced = bool(m.get("arb_ok", True)), bool(m.get("fenced", False))
-        confirm = m.get("arb_confirm") or [0, False]
-        p.arb_confirm = (int(confirm[0]), bool(confirm[1])) if ack[0] == self.boot else (0, False)
+        p.arb_confirm = tuple(m["arb_confirm"]) if ack[0] == self.boot else (0, False)
         if arb_was_ok and not p.arb_ok and self.arbitrators:
             # The peer's users look gone: probe ours now, so it learns within milliseconds
             # whether stepping down would help (it stays ENABLED if we cannot do better).
@@ -375,7 +496,7 @@ class HAAgent:
             if self._arb_wake is not None:
                 self._arb_wake.set()
         if ack[0] == self.boot:
-            p.acked = max(p.acked, int(ack[1]))
+            p.acked = max(p.acked, ack[1])
         self._arm_deadline()
         if not was_alive:
             self.peer_dead_reported = False
@@ -447,6 +568,7 @@ class HAAgent:
                 self._spawn(self._release_vips())
         self.last_tick = now
         self.send_heartbeat()
+        self._report_rejections()
         # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
         self._spawn(self._decide("tick"))
 
@@ -603,6 +725,7 @@ class HAAgent:
             self.rejoining = True
         persist_s = self.clock() - t0
         self.epoch = epoch
+        self.discard_pending = False  # its state is the pair's now
         if self.on_promote is not None:
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
@@ -621,6 +744,7 @@ class HAAgent:
         await self._reserve_epochs()
 
     async def _demote(self, reason: str, to: ServiceState = DISABLED) -> None:
+        self.discard_pending = True
         self.svc.set_state(to, reason)
         self.send_heartbeat()  # at once: the peer may take over now
         await self._release_vips()
@@ -799,6 +923,14 @@ class HAAgent:
             self._spawn(self._decide("arbitrators"))
         self.send_heartbeat()  # arb_ok travels in the heartbeat: the peer learns at once
         return True
+
+
+def _read_int(path: Path) -> int | None:
+    """The number a small state file holds; None when there is no file."""
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _loop_running() -> bool:

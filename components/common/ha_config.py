@@ -1,12 +1,15 @@
 """The ``ha`` section of a component's config: what its HA agent needs, and where it comes from.
 
-The testbed computes it from a plan with ``ha_config_for(plan, host, spec)``; the agent
+The testbed computes it from a plan with ``ha_config_for(plan, host, secret, spec)``; the agent
 reads it with ``HAConfig.from_config(config)``. Keys (all under ``config["ha"]``):
 
     peer                  the peer member's host name (for events)
     peer_addresses        [peer's heartbeat-link IP, peer's cloud IP]: heartbeats go to each
     port                  UDP port of heartbeats (7800)
-    listen                addresses the heartbeat socket binds ("0.0.0.0": both paths)
+    listen                this member's own addresses the heartbeat sockets bind, path by path
+                          as peer_addresses (its heartbeat-link IP, its cloud IP), never 0.0.0.0
+    secret                the pair's heartbeat key (hex, at least 32 bytes), generated per run
+                          and written into the configs of that pair's two members only
     interval_ms, misses   heartbeat period and how many may be missed before the peer is dead
     vips                  [{address, prefix, interface, takeover}]: the service VIP on the cloud
                           network, and for a CC the cluster router address on its private
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 HEARTBEAT_PORT = 7800
+MIN_SECRET_BYTES = 32
 
 
 TAKEOVER_METHODS = ("garp", "sdn")
@@ -56,9 +60,10 @@ class HAConfig:
     priority: int  # 1 for the configured primary: it wins ties
     data_dir: str
     peer_addresses: list[str]
+    secret: bytes
+    listen: list[str]
     peer: str | None = None
     port: int = HEARTBEAT_PORT
-    listen: list[str] = field(default_factory=lambda: ["0.0.0.0"])
     interval_ms: float = 50.0
     misses: int = 3
     vips: list[VIP] = field(default_factory=list)
@@ -86,6 +91,15 @@ class HAConfig:
                 vips.append(dict(ha[key]))
         if not ha.get("peer_addresses"):
             raise ValueError("ha.peer_addresses: at least one address of the peer is needed")
+        try:
+            secret = bytes.fromhex(ha.get("secret") or "")
+        except ValueError:
+            raise ValueError("ha.secret must be hex") from None
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"ha.secret: the pair's heartbeat key must be at least {MIN_SECRET_BYTES} bytes")
+        listen = list(ha.get("listen") or [])
+        if not listen or "0.0.0.0" in listen:
+            raise ValueError("ha.listen: this member's own heartbeat-link and cloud addresses, not 0.0.0.0")
         interval_ms, misses = float(ha.get("interval_ms", 50)), int(ha.get("misses", 3))
         if interval_ms <= 0 or misses < 1:
             raise ValueError("ha.interval_ms must be > 0 and ha.misses >= 1")
@@ -98,8 +112,8 @@ class HAConfig:
             pair=config["pair"]["name"], host=config["host"],
             priority=1 if config.get("role") == "primary" else 0,
             data_dir=config["data_dir"], peer=ha.get("peer"),
-            peer_addresses=list(ha["peer_addresses"]), port=int(ha.get("port", HEARTBEAT_PORT)),
-            listen=list(ha.get("listen", ["0.0.0.0"])), interval_ms=interval_ms, misses=misses,
+            peer_addresses=list(ha["peer_addresses"]), secret=secret, listen=listen,
+            port=int(ha.get("port", HEARTBEAT_PORT)), interval_ms=interval_ms, misses=misses,
             vips=[VIP(v["address"], int(v["prefix"]), v["interface"], v.get("takeover", "garp")) for v in vips],
             arbitrators=[ArbitratorConfig(a["name"], a.get("target") or a["target_ip"])
                          for a in ha.get("arbitrators", [])],
@@ -110,8 +124,11 @@ class HAConfig:
         )
 
 
-def ha_config_for(plan, host: str, spec=None, control_socket: str | None = None) -> dict:
+def ha_config_for(plan, host: str, secret: str, spec=None, control_socket: str | None = None) -> dict:
     """The ``ha`` config section of ``host`` (a member of an HA pair) in ``plan``.
+
+    ``secret`` is the pair's heartbeat key (hex): the caller generates one per pair and run
+    and gives it to that pair's two members only.
 
     ``spec`` (a DeploymentSpec) gives the timers and the takeover method; it defaults
     to the plan's own spec. ``control_socket`` is the SDN controller's (takeover sdn).
@@ -133,13 +150,15 @@ def ha_config_for(plan, host: str, spec=None, control_socket: str | None = None)
     if pair.private_vip:
         vips.append(vip(pair.private_vip, f"priv{pair.cluster}"))
     # The heartbeat link first, the cloud network second: either path alone suffices.
-    peer_addresses = [a for a in (other.ip_on(pair.heartbeat_network) if pair.heartbeat_network else None,
-                                  other.ip_on("cloud")) if a]
+    networks = [n for n in (pair.heartbeat_network, "cloud") if n]
     return {
         "peer": peer,
-        "peer_addresses": peer_addresses,
+        "peer_addresses": [other.ip_on(n) for n in networks],
         "port": HEARTBEAT_PORT,
-        "listen": ["0.0.0.0"],
+        # Bound to this member's own address on each path, in the same order: heartbeats leave
+        # from (and are accepted at) the planned addresses only.
+        "listen": [me.ip_on(n) for n in networks],
+        "secret": secret,
         "interval_ms": spec.heartbeat.interval_ms,
         "misses": spec.heartbeat.misses,
         "vips": vips,

@@ -7,14 +7,24 @@ A component subclasses ``Service``, adds its routes in ``setup_routes`` and runs
 It gets: the config, an ``EventLog``, a Eucalyptus service state with
 ``set_state`` (emitting ``state.change``), ``GET /health`` and ``GET /status``, a
 gate that answers API requests with the API's own 503 error unless the service
-may serve (ENABLED, and, under HA, not fenced), internal-token checks for
-component-to-component routes, and clean shutdown on SIGTERM/SIGINT (exit 0).
+may serve (ENABLED, and, under HA, not fenced), role checks for component-to-component
+routes (``require_internal``), and clean shutdown on SIGTERM/SIGINT (exit 0).
+
+Internal credentials (docs/security.md): every role (clc, walrus, cc, sc, nc, and the
+operator, the testbed driving the run) has a token of its own. A component's config
+holds its own role's token (``internal_token``, sent on its calls) and, for checking
+callers, only the SHA-256 digests of every role's token (``internal_callers``): reading
+an NC's config gives no credential but the NC's. A route names the roles that may call
+it; the operator may call any. Without ``internal_callers`` (a component run alone, as
+unit tests do) its one ``internal_token`` is the operator's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -29,6 +39,13 @@ from .events import EventLog
 from .states import ServiceState
 
 INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
+OPERATOR = "operator"
+ROLES = ("clc", "walrus", "cc", "sc", "nc", OPERATOR)
+
+
+def token_digest(token: str) -> str:
+    """What a component keeps of a role's token to recognise it: its SHA-256, in hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
 # Large enough for multi-megabyte objects and images; Walrus streams bigger bodies.
 MAX_BODY = 64 * 2**20
 
@@ -47,6 +64,9 @@ class Service:
         self.events = EventLog(config.get("events_path"), self.host, self.component)
         self.state = ServiceState(config.get("state", "ENABLED"))
         self.since = time.time()
+        callers = config.get("internal_callers") or (
+            {OPERATOR: token_digest(config["internal_token"])} if config.get("internal_token") else {})
+        self.internal_callers = {role: bytes.fromhex(d) for role, d in callers.items()}
         # HA replaces this with its fencing-aware check.
         self.may_serve: Callable[[], bool] = lambda: self.state is ServiceState.ENABLED
         self.app = web.Application(client_max_size=config.get("max_body", MAX_BODY),
@@ -108,7 +128,7 @@ class Service:
 
     async def handle_arbitrator(self, request: web.Request) -> web.Response:
         """Stop or start an arbitrator (maintenance): POST /ha/arbitrators/{name}/stop|start."""
-        self.require_internal(request)
+        self.require_internal(request)  # the operator's
         action = request.match_info["action"]
         if action not in ("stop", "start"):
             raise web.HTTPNotFound(text="stop or start")
@@ -116,11 +136,25 @@ class Service:
             raise web.HTTPNotFound(text="no such arbitrator")
         return web.json_response(self.ha.status())
 
-    def require_internal(self, request: web.Request) -> None:
-        """Refuse an internal call without the run's shared token."""
-        token = self.config.get("internal_token")
-        if not token or request.headers.get(INTERNAL_TOKEN_HEADER) != token:
-            raise web.HTTPForbidden(text="internal route: bad or missing token")
+    def caller_role(self, request: web.Request) -> str | None:
+        """The role whose token the request carries, or None. Every role's digest is
+        compared, in constant time, whatever matched: the answer takes as long for any token."""
+        digest = hashlib.sha256(request.headers.get(INTERNAL_TOKEN_HEADER, "").encode()).digest()
+        role = None
+        for name, known in self.internal_callers.items():
+            if hmac.compare_digest(digest, known):
+                role = name
+        return role
+
+    def require_internal(self, request: web.Request, *roles: str) -> str:
+        """Refuse (403) an internal call unless it carries the token of one of ``roles`` or
+        the operator's; returns the caller's role."""
+        role = self.caller_role(request)
+        if role is None:
+            raise web.HTTPForbidden(text="internal route: bad or missing credential")
+        if role != OPERATOR and role not in roles:
+            raise web.HTTPForbidden(text=f"internal route: not for the {role} role")
+        return role
 
     # -- lifecycle ------------------------------------------------------------------------
 

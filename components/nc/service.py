@@ -24,7 +24,8 @@ Internal API (header X-Eucalab-Internal-Token):
     POST   /instances                 {id, slot, image:{bucket,key}, mac, ip, prefix, gateway}
     DELETE /instances/{id}            terminate: stop the workload, free the slot
     GET    /capacity                  slots, free slots
-    POST   /instances/{id}/volumes    {volume, target:{host,port}}: attach (a block session to the SC)
+    POST   /instances/{id}/volumes    {volume, target:{host,port,secret}}: attach (a block session to
+                                      the SC, logged in with the attachment's secret)
     DELETE /instances/{id}/volumes/{volume}
     GET    /volumes/{volume}/blocks?offset=&length=   read through the attachment
     PUT    /volumes/{volume}/blocks?offset=           write through the attachment
@@ -175,15 +176,15 @@ class NodeController(Service):
         return [s for s in self.slots if s not in busy]
 
     async def handle_list(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         return web.json_response({"instances": list(self.instances.values())})
 
     async def handle_capacity(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         return web.json_response({"slots": list(self.slots), "free": self._free_slots()})
 
     async def handle_run(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         try:
             body = await request.json()
             iid, slot = str(body["id"]), str(body["slot"])
@@ -213,7 +214,7 @@ class NodeController(Service):
         return web.json_response(self.instances[iid], status=202)
 
     async def handle_terminate(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         iid = request.match_info["id"]
         inst = self.instances.get(iid)
         if inst is None:
@@ -224,23 +225,28 @@ class NodeController(Service):
                 task.cancel()
             self._set(iid, SHUTTING_DOWN)
             await self._teardown_slot(inst)
+            for vid in inst.get("volumes", {}):  # its block sessions end with it
+                client = self.attachments.pop(vid, None)
+                if client:
+                    await client.close()
             self._set(iid, TERMINATED, inst.get("reason") or "terminated by request", pid=None)
         return web.json_response(inst)
 
     # -- volumes ------------------------------------------------------------------------
 
     async def handle_attach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         inst = self.instances.get(request.match_info["id"])
         if inst is None or inst["state"] != RUNNING:
             return web.json_response({"error": "IncorrectState", "message": "instance not running here"},
                                      status=409)
         try:
             body = await request.json()
-            vid, host, port = str(body["volume"]), str(body["target"]["host"]), int(body["target"]["port"])
+            target = body["target"]
+            vid, host, port, secret = str(body["volume"]), str(target["host"]), int(target["port"]), str(target["secret"])
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
-        client = BlockClient(host, port, vid, self.session_timeouts,
+        client = BlockClient(host, port, vid, secret, self.session_timeouts,
                              on_relogin=lambda info: self.events.emit("volume.relogin", **info))
         try:
             await client.connect()
@@ -260,7 +266,7 @@ class NodeController(Service):
         return web.json_response({"volume": vid, "instance": inst["id"], "state": "attached"})
 
     async def handle_detach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "cc")
         vid = request.match_info["volume"]
         client = self.attachments.pop(vid, None)
         if client:
@@ -279,11 +285,11 @@ class NodeController(Service):
         return client
 
     async def handle_read(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request)  # the operator's: experiments read through an attachment
         return await self._read_blocks(request, self._session(request))
 
     async def handle_write(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request)  # the operator's
         return await self._write_blocks(request, self._session(request))
 
     @staticmethod

@@ -1,30 +1,47 @@
 """A small block protocol over TCP between an NC (initiator) and the SC (target).
 
-Eucalyptus exported volumes with iSCSI (port 3260); this keeps the shape (a
-long-lived TCP session per attachment, reads and writes at byte offsets, a flush
-that makes writes durable) without the SCSI layers.
+Eucalyptus exported volumes with iSCSI (port 3260) and CHAP; this keeps the shape (a
+long-lived TCP session per attachment, a challenge-response login, reads and writes at
+byte offsets, a flush that makes writes durable) without the SCSI layers.
 
-    request : op (1 byte: L login, R read, W write, F flush), offset (u64), length (u32)
-              [L: the volume id, length bytes] [W: length bytes of data]
-    response: status (1 byte: 0 ok, 1 no such volume, 2 out of range, 3 bad request,
+    request : op (1 byte: L login, A answer, R read, W write, F flush), offset (u64), length (u32)
+              [L: the volume id, length bytes] [A: the answer, 32 bytes] [W: length bytes of data]
+    response: status (1 byte: 0 ok, 1 login refused, 2 out of range, 3 bad request,
               4 not attached, 5 not the primary), length (u32), data
 
-"Not the primary" comes from an SC member that does not serve (a standby, or a
-primary that stepped down): the initiator logs in again through the service VIP.
+Login, CHAP-style (RFC 1994): L names the volume and the SC answers a fresh random
+challenge; A carries HMAC-SHA256(attachment secret, challenge + volume id). The secret
+is the attachment's (the SC makes one per attachment and gives it to the NC through the
+attach call); it never crosses this connection. The SC accepts the answer only on a
+connection from the NC the volume is attached to; every other failure (no such volume,
+not attached, another NC's volume, a wrong answer) is the same "login refused", so a
+stranger learns nothing of which volumes exist. "Not the primary" comes from an SC
+member that does not serve (a standby, or a primary that stepped down): the initiator
+logs in again through the service VIP. "Not attached" on an open session: the volume
+was detached (or attached anew) since the login; the SC closes such sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 from typing import Callable
 
 HEADER = struct.Struct("!cQI")
 REPLY = struct.Struct("!BI")
-OK, NO_VOLUME, OUT_OF_RANGE, BAD_REQUEST, NOT_ATTACHED, NOT_PRIMARY = 0, 1, 2, 3, 4, 5
+OK, LOGIN_REFUSED, OUT_OF_RANGE, BAD_REQUEST, NOT_ATTACHED, NOT_PRIMARY = 0, 1, 2, 3, 4, 5
 MAX_IO = 4 * 2**20
 BLOCK_PORT = 3260
+CHALLENGE_BYTES = 16
+ANSWER_BYTES = hashlib.sha256().digest_size
+
+
+def login_answer(secret: str, challenge: bytes, volume: str) -> bytes:
+    """The initiator's answer to a login challenge: HMAC-SHA256 under the attachment's secret."""
+    return hmac.new(secret.encode(), challenge + volume.encode(), hashlib.sha256).digest()
 
 
 class BlockError(Exception):
@@ -120,9 +137,10 @@ class BlockClient:
     past its own timeout long after the SC is back. ``on_relogin`` hears of every
     recovered session."""
 
-    def __init__(self, host: str, port: int, volume: str, timeouts: SessionTimeouts | None = None,
+    def __init__(self, host: str, port: int, volume: str, secret: str, timeouts: SessionTimeouts | None = None,
                  on_relogin: Callable[[dict], None] | None = None):
         self.host, self.port, self.volume = host, port, volume
+        self.secret = secret  # the attachment's: answers the SC's login challenges
         self.timeouts = timeouts or SessionTimeouts()
         self.on_relogin = on_relogin
         self.reader: asyncio.StreamReader | None = None
@@ -159,7 +177,7 @@ class BlockClient:
 
     async def _login(self, deadline: float) -> None:
         """Connect and log in, attempt after attempt, until ``deadline`` (then
-        BlockUnavailable). A member that serves but has no such volume is final (BlockError)."""
+        BlockUnavailable). A member that serves but refuses the login is final (BlockError)."""
         loop = asyncio.get_running_loop()
         t = self.timeouts
         while True:
@@ -170,7 +188,9 @@ class BlockClient:
                 async with asyncio.timeout_at(min(started + t.connect_s, deadline)):
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 vid = self.volume.encode()
-                await self._exchange(b"L", 0, len(vid), vid)
+                challenge = await self._exchange(b"L", 0, len(vid), vid)
+                answer = login_answer(self.secret, challenge, self.volume)
+                await self._exchange(b"A", 0, len(answer), answer)
                 return
             except BlockError as exc:
                 self._close_session()

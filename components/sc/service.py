@@ -4,18 +4,25 @@ Internal API (port 8773, header X-Eucalab-Internal-Token):
     GET    /volumes                      every volume
     POST   /volumes                      {id, size_mib}            create (a sparse file)
     DELETE /volumes/{id}                 delete (refused while attached: VolumeInUse)
-    POST   /volumes/{id}/attach          {instance, nc}  -> {target: {host, port}}
+    POST   /volumes/{id}/attach          {instance, nc}  -> {target: {host, port, secret}}
     POST   /volumes/{id}/detach
 Block service (port 3260, see blockproto.py): an NC logs in to an attached volume
-and reads and writes it; written data is on the SC's disk.
+with the attachment's secret (challenge-response), from one of its own addresses, and
+reads and writes it; written data is on the SC's disk. Detaching (or attaching anew)
+closes the volume's sessions. The block service listens on the SC's own addresses and
+its service VIP (``block_listen``), never on 0.0.0.0; ``nc_addresses`` {nc: [addresses]}
+names the cluster's NCs, the only hosts a login is taken from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import re
+import secrets
+import socket
 import struct
 from pathlib import Path
 
@@ -27,6 +34,15 @@ from components.common.service import Service
 from . import blockproto as bp
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+MAX_VOLUME_ID = len("vol-00000000")
+REFUSED = b"login refused"  # one answer for every refusal: no such volume, not attached, not yours
+
+
+def public(vol: dict) -> dict:
+    """A volume as the API shows it: without its attachment's secret."""
+    att = vol.get("attachment")
+    return {**vol, "attachment": {k: v for k, v in att.items() if k != "secret"} if att else att}
 
 
 def _flush_and_sync(f) -> None:
@@ -50,8 +66,17 @@ class StorageController(Service):
         self.wseq = 0  # how many changes this SC's volumes have seen (HA replication position)
         self._load()
         self.block_port = int(config.get("block_port", bp.BLOCK_PORT))
+        # The block service's addresses: this member's own and the pair's VIP (bound before
+        # this member holds it, IP_FREEBIND), never the wildcard address.
+        self.block_listen = list(config.get("block_listen") or [config.get("listen_host", "127.0.0.1")])
+        if "0.0.0.0" in self.block_listen:
+            raise ValueError("block_listen: the SC's own addresses and VIP, not 0.0.0.0")
+        # The cluster's NCs and their addresses: a login is taken only from the NC the
+        # volume is attached to.
+        self.nc_addresses: dict[str, list[str]] = {n: list(a) for n, a in config.get("nc_addresses", {}).items()}
+        self.sessions: dict[str, set[asyncio.StreamWriter]] = {}  # volume -> its open block sessions
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
-        self._block_server: asyncio.AbstractServer | None = None
+        self._block_servers: list[asyncio.AbstractServer] = []
         self.replica = None
         self._catchup: asyncio.Task | None = None
         self._replicating = asyncio.Lock()
@@ -90,9 +115,15 @@ class StorageController(Service):
         kind, vid = op["type"], op["id"]
         if kind not in ("create", "delete", "meta", "write"):
             raise ValueError(f"unknown volume operation {kind!r}")
+        if not isinstance(vid, str) or not VOLUME_ID.match(vid):
+            raise ValueError(f"malformed volume id {vid!r}")  # before it names a file
         async with self._disk:
             if seq is not None and seq != self.wseq + 1:
                 return 0
+            if kind in ("meta", "write") and vid not in self.volumes:
+                raise ValueError(f"no volume {vid}")
+            if kind == "write" and not 0 <= int(op["offset"]) <= self.volumes[vid]["size_mib"] * 2**20 - len(data):
+                raise ValueError(f"a write at {op['offset']} is outside {vid}")
             if kind != "meta":
                 await asyncio.to_thread(self._apply_files, op, data)
             if kind == "create":
@@ -102,9 +133,15 @@ class StorageController(Service):
                 self.volumes.pop(vid, None)
             elif kind == "meta":
                 self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
+            if kind in ("delete", "meta"):
+                self._end_sessions(vid)  # detached, attached anew, or gone: its logins no longer hold
             self.wseq += 1
             await self._save()
             return self.wseq
+
+    def _end_sessions(self, vid: str) -> None:
+        for writer in self.sessions.pop(vid, set()):
+            writer.close()
 
     def _apply_files(self, op: dict, data: bytes) -> None:
         kind, path = op["type"], self._path(op["id"])
@@ -180,24 +217,32 @@ class StorageController(Service):
         return f"http://{self.ha.peer_address()}:{self.config['port']}"
 
     async def handle_ha_apply(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         ha = self.ha
         if ha is None or self.state.value == "ENABLED":
             return self._error("Conflict", "not a secondary", 409)
-        entry = json.loads(request.headers["X-Eucalab-Op"])
-        if int(entry["epoch"]) < max(ha.epoch, ha.peer.epoch):
+        try:
+            entry = json.loads(request.headers["X-Eucalab-Op"])
+            epoch, seq, op = int(entry["epoch"]), int(entry["seq"]), dict(entry["op"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
+        if epoch < max(ha.epoch, ha.peer.epoch):
             return self._error("StaleEpoch", "a stale primary's change", 409)
         data = await request.read()
-        if not await self._apply(entry["op"], data, seq=int(entry["seq"])):
+        try:
+            applied = await self._apply(op, data, seq=seq)
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
+        if not applied:
             return self._error("Gap", f"have {self.wseq}, got {entry['seq']}: catching up instead", 409)
         return web.json_response({"wseq": self.wseq})
 
     async def handle_ha_state(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         return web.json_response({"wseq": self.wseq, "volumes": self.volumes})
 
     async def handle_ha_volume(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request)
+        self.require_internal(request, "sc")
         vid = request.match_info["id"]
         if not VOLUME_ID.match(vid) or vid not in self.volumes:
             return web.Response(status=404)
@@ -221,6 +266,9 @@ class StorageController(Service):
                 async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
                     r.raise_for_status()
                     state = await r.json()
+                bad = [v for v in state["volumes"] if not VOLUME_ID.match(v)]
+                if bad:
+                    raise ValueError(f"the peer lists malformed volume ids {bad[:3]!r}")
                 for vid in state["volumes"]:
                     async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
                         r.raise_for_status()
@@ -276,20 +324,23 @@ class StorageController(Service):
             self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
                                                  timeout=aiohttp.ClientTimeout(total=30))
             self._catchup = asyncio.create_task(self._catch_up_loop())
-        self._block_server = await asyncio.start_server(
-            self._serve_block, self.config.get("listen_host", "0.0.0.0"), self.block_port,
-            reuse_address=True)
+        for address in self.block_listen:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # the VIP: held by whichever member serves
+            sock.bind((address, self.block_port))
+            self._block_servers.append(await asyncio.start_server(self._serve_block, sock=sock))
 
     async def on_stop(self) -> None:
-        if self._block_server is not None:
-            self._block_server.close()
+        for server in self._block_servers:
+            server.close()
         if self._catchup is not None:
             self._catchup.cancel()
         if self.replica is not None:
             await self.replica.close()
 
     def status_extra(self) -> dict:
-        return {"volumes": len(self.volumes), "block_port": self.block_port}
+        return {"volumes": len(self.volumes), "block_port": self.block_port, "block_listen": self.block_listen}
 
     # -- volumes API ----------------------------------------------------------------------
 
@@ -305,11 +356,11 @@ class StorageController(Service):
         return vol
 
     async def handle_list(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
-        return web.json_response({"volumes": list(self.volumes.values())})
+        self.require_internal(request, "clc")
+        return web.json_response({"volumes": [public(v) for v in self.volumes.values()]})
 
     async def handle_create(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         try:
             body = await request.json()
             vid, size = str(body["id"]), int(body["size_mib"])
@@ -323,10 +374,10 @@ class StorageController(Service):
             return self._error("VolumeExists", vid, 409)
         await self._mutate({"type": "create", "id": vid, "size_mib": size})
         self.events.emit("volume.create", volume=vid, size_mib=size)
-        return web.json_response(self.volumes[vid], status=201)
+        return web.json_response(public(self.volumes[vid]), status=201)
 
     async def handle_delete(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         if vol["attachment"]:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
@@ -335,7 +386,7 @@ class StorageController(Service):
         return web.json_response({"id": vol["id"], "state": "deleted"})
 
     async def handle_attach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         try:
             body = await request.json()
@@ -344,24 +395,43 @@ class StorageController(Service):
             return self._error("InvalidParameterValue", f"bad request: {exc}")
         if vol["attachment"] and vol["attachment"]["instance"] != instance:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
+        if nc not in self.nc_addresses:
+            return self._error("InvalidParameterValue", f"no NC {nc!r} in this cluster")
+        secret = secrets.token_hex(32)  # this attachment's: the NC answers login challenges with it
         await self._mutate({"type": "meta", "id": vol["id"], "state": "in-use",
-                            "attachment": {"instance": instance, "nc": nc}})
+                            "attachment": {"instance": instance, "nc": nc, "secret": secret}})
         self.events.emit("volume.attach", volume=vol["id"], instance=instance, nc=nc)
         target_host = self.config.get("block_address") or request.host.split(":")[0]
-        return web.json_response({**vol, "target": {"host": target_host, "port": self.block_port}})
+        return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block_port,
+                                                             "secret": secret}})
 
     async def handle_detach(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "clc")
         vol = self._volume(request)
         await self._mutate({"type": "meta", "id": vol["id"], "state": "available", "attachment": None})
         self.events.emit("volume.detach", volume=vol["id"])
-        return web.json_response(vol)
+        return web.json_response(public(vol))
 
     # -- block service ----------------------------------------------------------------------
 
+    def _login(self, vid: str, challenge: bytes, answer: bytes, address: str) -> str | None:
+        """The attachment secret a login answer proves, or None: the volume must exist, be
+        attached, to the NC at ``address``, and the answer match the challenge under its
+        secret (compared in constant time; computed even for a stranger, so a refusal
+        takes as long whatever the reason)."""
+        vol = self.volumes.get(vid)
+        att = (vol or {}).get("attachment") or {}
+        secret = att.get("secret") or secrets.token_hex(32)
+        right = hmac.compare_digest(answer, bp.login_answer(secret, challenge, vid))
+        ours = address in self.nc_addresses.get(att.get("nc"), ())
+        return secret if right and ours and att.get("secret") else None
+
     async def _serve_block(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         volume: str | None = None
+        secret: str | None = None  # the attachment's, proven at login: the session holds while it does
+        challenge: tuple[str, bytes] | None = None  # (volume, challenge) of a login under way
         f = None
+        address = (writer.get_extra_info("peername") or ("",))[0]
 
         async def reply(status: int, data: bytes = b"") -> None:
             writer.write(bp.REPLY.pack(status, len(data)) + data)
@@ -376,28 +446,39 @@ class StorageController(Service):
                 if length > bp.MAX_IO:
                     await reply(bp.BAD_REQUEST, b"request too large")
                     return
-                payload = await reader.readexactly(length) if op in (b"L", b"W") and length else b""
-                if op == b"L":
+                payload = await reader.readexactly(length) if op in (b"L", b"A", b"W") and length else b""
+                if op in (b"L", b"A"):
                     if not self.may_serve():
                         # A standby (or a member that lost the pair) takes no session: the
                         # initiator tries the VIP again until the primary answers there.
                         await reply(bp.NOT_PRIMARY, b"not the primary: log in through the service VIP")
                         return
-                    vid = payload.decode(errors="replace")
-                    vol = self.volumes.get(vid)
-                    if vol is None:
-                        await reply(bp.NO_VOLUME, f"no volume {vid}".encode())
+                    if volume is not None:
+                        await reply(bp.BAD_REQUEST, b"already logged in")
                         return
-                    if not vol["attachment"]:
-                        await reply(bp.NOT_ATTACHED, f"{vid} is not attached".encode())
+                    if op == b"L":
+                        if len(payload) > MAX_VOLUME_ID:  # no volume id is longer; nor goes into an event
+                            await reply(bp.BAD_REQUEST, b"volume id too long")
+                            return
+                        challenge = (payload.decode(errors="replace"), os.urandom(bp.CHALLENGE_BYTES))
+                        await reply(bp.OK, challenge[1])
+                        continue
+                    proven = self._login(challenge[0], challenge[1], payload, address) if challenge else None
+                    if proven is None:
+                        self.events.emit("block.login_refused", volume=challenge[0] if challenge else None,
+                                         address=address)
+                        await reply(bp.LOGIN_REFUSED, REFUSED)
                         return
-                    volume, f = vid, open(self._path(vid), "r+b")
+                    volume, secret = challenge[0], proven
+                    f = open(self._path(volume), "r+b")
+                    self.sessions.setdefault(volume, set()).add(writer)
                     await reply(bp.OK)
                     continue
                 if not self.may_serve():
                     await reply(bp.NOT_PRIMARY, b"no longer the primary: log in through the service VIP")
                     return
-                if f is None or volume not in self.volumes:
+                att = self.volumes.get(volume, {}).get("attachment") if volume else None
+                if f is None or not att or att.get("secret") != secret:
                     await reply(bp.NOT_ATTACHED, b"log in to an attached volume first")
                     return
                 size = self.volumes[volume]["size_mib"] * 2**20
@@ -427,4 +508,6 @@ class StorageController(Service):
         finally:
             if f is not None:
                 f.close()
+            if volume is not None:
+                self.sessions.get(volume, set()).discard(writer)
             writer.close()

@@ -39,6 +39,7 @@ PREFIX = "/services/Walrus"
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+OBJECT_FILE = re.compile(r"[0-9a-f]{32}")  # an object's file in the store: a uuid4 in hex
 SMALL = 1 << 20  # objects up to this size are answered from memory
 CHUNK = 1 << 16
 # Replication streams whole objects (images of hundreds of MiB): no total time limit,
@@ -59,7 +60,26 @@ UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
 
 
 class ReplicaError(Exception):
-    """A replicated op that cannot be applied as sent (its object's bytes do not match it)."""
+    """A replicated op that cannot be applied as sent (malformed, or its object's bytes do not match it)."""
+
+
+def check_replica(entry) -> dict:
+    """A replicated entry ({seq, epoch, op}) with its numbers as ints, once every name in it
+    that reaches the disk or the store has its format: the object's file a uuid4 in hex (a
+    path component, checked before any file is opened), the bucket a valid bucket name.
+    Raises ReplicaError otherwise."""
+    try:
+        op = dict(entry["op"])
+        checked = {"seq": int(entry["seq"]), "epoch": int(entry["epoch"]), "op": op}
+        if "file" in op and not (isinstance(op["file"], str) and OBJECT_FILE.fullmatch(op["file"])):
+            raise ReplicaError(f"malformed object file name {op['file']!r}")
+        if "bucket" in op and not (isinstance(op["bucket"], str) and valid_bucket(op["bucket"])):
+            raise ReplicaError(f"malformed bucket name {op['bucket']!r}")
+        if op.get("type") == "object.put" and not ("file" in op and isinstance(op.get("size"), int)):
+            raise ReplicaError("object.put without its file or size")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReplicaError(f"malformed replicated op: {exc!r}") from None
+    return checked
 
 
 class S3Error(Exception):
@@ -663,17 +683,20 @@ class Walrus(Service):
                     body.close()
 
     async def handle_ha_apply(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "walrus")
         ha = self.ha
         if ha is None or self.state.value == "ENABLED":
             return web.json_response({"error": "not a secondary"}, status=409)
-        entry = json.loads(request.headers["X-Eucalab-Op"])
-        sender_epoch = int(request.headers.get("X-Eucalab-Epoch", "0"))
+        try:
+            entry = json.loads(request.headers["X-Eucalab-Op"])
+            sender_epoch = int(request.headers.get("X-Eucalab-Epoch", "0"))
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"error": f"malformed replicated op: {exc!r}"}, status=400)
         if sender_epoch < max(ha.epoch, ha.peer.epoch):  # a stale ex-primary's stream
             return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
         try:
             await self._apply_replica(entry, request.content)
-        except ReplicaError as exc:
+        except (ReplicaError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"last_seq": self.store.last_seq})
 
@@ -683,6 +706,7 @@ class Walrus(Service):
         Concurrent streams may carry the same op: the first to finish applies it, the
         others find it applied and drop their copy.
         """
+        entry = check_replica(entry)
         if entry["seq"] <= self.store.last_seq:
             return
         op = entry["op"]
@@ -713,13 +737,13 @@ class Walrus(Service):
             self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
 
     async def handle_ha_ops(self, request: web.Request) -> web.Response:
-        self.require_internal(request)
+        self.require_internal(request, "walrus")
         return web.json_response({"ops": self.store.export_ops(int(request.query.get("after", "0")))})
 
     async def handle_ha_file(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request)
+        self.require_internal(request, "walrus")
         name = request.match_info["name"]
-        if not re.fullmatch(r"[0-9a-f]{32}", name) or not (self.store.objects / name).exists():
+        if not OBJECT_FILE.fullmatch(name) or not (self.store.objects / name).exists():
             return web.Response(status=404)
         return web.FileResponse(self.store.objects / name)
 
@@ -730,6 +754,10 @@ class Walrus(Service):
             ha = self.ha
             if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
                 continue
+            if ha.discard_pending:
+                self._discard_if_superseded("a newer primary to catch up from")
+                if ha.discard_pending:
+                    continue  # never mix a kept ex-primary's state with the peer's
             if ha.peer.last_seq <= self.store.last_seq:
                 continue
             try:
@@ -753,15 +781,22 @@ class Walrus(Service):
                 self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
-        # Whatever made it step down, an ex-primary may hold writes nobody acknowledged:
-        # the new primary's log wins (catch-up).
+        self._discard_if_superseded(reason)
+
+    def _discard_if_superseded(self, reason: str) -> None:
+        """Whatever made it step down, an ex-primary may hold writes nobody acknowledged: the
+        new primary's log wins (catch-up), once an ENABLED peer holds a newer position
+        (HAAgent.may_discard_state); until then the state is kept."""
+        if not self.ha.may_discard_state():
+            return
         self.store.reset()
+        self.ha.discard_pending = False
         self.events.emit("ha.state_reset", reason=reason)
 
     # -- internal: image downloads by NCs -------------------------------------------------------
 
     async def handle_internal_object(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request)
+        self.require_internal(request, "nc")
         if not self.may_serve():
             return web.Response(status=503, text=f"{self.host} is {self.state.value}")
         row = self.store.obj(request.query.get("bucket", ""), request.query.get("key", ""))

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"account_id": "000000000001", "access_key": "AKIAADMIN0000000TEST",
          "secret_key": "adminsecret0000000000000000000000000000a"}
 TOKEN = "internal-test-token"
+HA_SECRET = "5e" * 32  # an HA pair's heartbeat key (hex)
 
 
 def free_port() -> int:

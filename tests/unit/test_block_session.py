@@ -13,6 +13,7 @@ import pytest
 from components.sc import blockproto as bp
 
 VOLUME = "vol-0000abcd"
+SECRET = "attachment-secret"
 # Failovers here take tens of milliseconds; the timeouts are the defaults scaled to match
 # (with room for a loaded machine: loopback connections can take a while then too).
 FAST = bp.SessionTimeouts(connect_s=0.3, reply_s=0.3, retry_interval_s=0.01, request_s=0.6)
@@ -57,14 +58,16 @@ class ScriptedSC:
         try:
             while True:
                 op, offset, length = bp.HEADER.unpack(await reader.readexactly(bp.HEADER.size))
-                data = await reader.readexactly(length) if op in (b"L", b"W") and length else b""
+                data = await reader.readexactly(length) if op in (b"L", b"A", b"W") and length else b""
                 self.requests.append((member, op, asyncio.get_running_loop().time()))
                 if self.silent:
                     continue
                 if op == b"L" and not self.serving:
                     writer.write(bp.REPLY.pack(bp.NOT_PRIMARY, 0))
                     return
-                if op == b"R":
+                if op == b"L":  # a challenge (this target takes any answer)
+                    writer.write(bp.REPLY.pack(bp.OK, bp.CHALLENGE_BYTES) + b"c" * bp.CHALLENGE_BYTES)
+                elif op == b"R":
                     out = bytes(self.blocks[offset:offset + length])
                     writer.write(bp.REPLY.pack(bp.OK, len(out)) + out)
                 else:
@@ -84,7 +87,7 @@ def run(scenario):
         sc = ScriptedSC(free_port())
         await sc.start()
         relogins: list[dict] = []
-        client = bp.BlockClient("127.0.0.1", sc.port, VOLUME, FAST, on_relogin=relogins.append)
+        client = bp.BlockClient("127.0.0.1", sc.port, VOLUME, SECRET, FAST, on_relogin=relogins.append)
         await client.connect()
         try:
             await scenario(sc, client, relogins)
@@ -108,7 +111,7 @@ def test_a_crashed_session_is_noticed_before_a_request_is_written_into_it():
         await asyncio.sleep(0.01)  # the NC's kernel has seen the session close
         assert await client.read(0, 5) == b"hello"
         # Nothing was written into the dead session: sc2's first request is the login.
-        assert ops(sc, "sc2") == [b"L", b"R"] and ops(sc, "sc1") == [b"L", b"R"]
+        assert ops(sc, "sc2") == [b"L", b"A", b"R"] and ops(sc, "sc1") == [b"L", b"A", b"R"]
         assert [(r["volume"], r["reason"], r["attempts"]) for r in relogins] == \
             [(VOLUME, "closed by the SC", 1)]
     run(scenario)
@@ -221,21 +224,21 @@ def test_a_request_whose_deadline_passed_is_not_sent():
     run(scenario)
 
 
-def test_a_volume_the_primary_does_not_have_is_an_error_at_once():
+def test_a_login_the_primary_refuses_is_an_error_at_once():
     async def scenario(sc, client, relogins):
-        other = bp.BlockClient("127.0.0.1", sc.port, "vol-00000bad", FAST)
+        other = bp.BlockClient("127.0.0.1", sc.port, "vol-00000bad", SECRET, FAST)
         sc.serving = True
 
         async def no_volume(reader, writer):
             await reader.readexactly(bp.HEADER.size + len("vol-00000bad"))
-            writer.write(bp.REPLY.pack(bp.NO_VOLUME, 0))
+            writer.write(bp.REPLY.pack(bp.LOGIN_REFUSED, 0))
             writer.close()
         await sc.crash()
         server = await asyncio.start_server(no_volume, "127.0.0.1", sc.port, reuse_address=True)
         try:
             with pytest.raises(bp.BlockError) as exc:
                 await other.connect(timeout=2.0)
-            assert exc.value.status == bp.NO_VOLUME
+            assert exc.value.status == bp.LOGIN_REFUSED
         finally:
             server.close()
             await server.wait_closed()
@@ -254,7 +257,7 @@ def test_requests_abandoned_by_their_clients_are_not_sent_when_their_turn_comes(
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(r, bp.BlockUnavailable) for r in results[:25])
         assert results[25:] == [b"\0"] * 5
-        assert ops(sc, "sc2") == [b"L"] + [b"R"] * 5
+        assert ops(sc, "sc2") == [b"L", b"A"] + [b"R"] * 5
     run(scenario)
 
 

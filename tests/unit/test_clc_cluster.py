@@ -177,3 +177,18 @@ def test_a_run_the_cc_does_not_answer_in_time_is_withdrawn(tmp_path):
         assert sorted(path for method, path in cc.calls if method == "DELETE") == \
             sorted(f"/cluster/instances/{i}" for i in cc.instances)
         assert ec2.describe_instances()["Reservations"] == []
+
+
+def test_terminate_detaches_the_instance_s_volumes(cloud):
+    """TerminateInstances left the volume in-use (and its block session open) for good."""
+    base, cc, ec2, ids, web = cloud
+    emi = ec2.describe_images()["Images"][0]["ImageId"]
+    iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    assert wait_for(lambda: states(ec2, [iid])[iid] == "running")
+    vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
+    ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
+    ec2.terminate_instances(InstanceIds=[iid])
+    got = ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]
+    assert got["State"] == "available" and not got["Attachments"]
+    assert ("DELETE", f"/cluster/instances/{iid}/volumes/{vol}") in cc.calls
+    ec2.delete_volume(VolumeId=vol)

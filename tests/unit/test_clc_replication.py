@@ -19,7 +19,7 @@ from components.clc.service import CloudController
 from components.common.config import validate_config
 from components.common.events import read_events
 
-from .components_helper import TOKEN, free_port, until
+from .components_helper import HA_SECRET, TOKEN, free_port, until
 from .test_clc_state import OPS, STATE, dump
 
 KEEP = 20
@@ -32,7 +32,7 @@ def _member(tmp: Path, name: str, state: str, peer_port: int) -> CloudController
                            "role": "primary" if state == "ENABLED" else "secondary", "state": state,
                            "data_dir": str(tmp / name), "events_path": str(tmp / f"{name}.jsonl"),
                            "internal_token": TOKEN, "pair": {"name": "clc"}, "oplog_keep": KEEP,
-                           "ha": {"peer_addresses": ["127.0.0.1"]}})
+                           "ha": {"peer_addresses": ["127.0.0.1"], "listen": ["127.0.0.1"], "secret": HA_SECRET}})
     return CloudController(cfg)
 
 
@@ -118,6 +118,36 @@ def caught_up(member) -> list[int]:
     return [e["last_seq"] for e in _events(member, "ha.caught_up")][-1:]
 
 
+def took_over(member, epoch_ahead: int = 1) -> None:
+    """What ``member`` knows after stepping down for a peer ENABLED at a newer epoch."""
+    member.ha.discard_pending = True  # as HAAgent._demote sets it
+    member.ha.peer.heard, member.ha.peer.state = float("inf"), "ENABLED"
+    member.ha.peer.epoch = member.ha.epoch + epoch_ahead
+
+
+def test_a_member_stepping_down_keeps_its_state_until_a_newer_enabled_peer_is_there(tmp_path):
+    """Stepping down wiped the store whatever the reason: one forged heartbeat emptied the
+    primary. The state goes only once an ENABLED peer at a newer position can be caught up from."""
+    async def scenario():
+        primary, secondary, server = await _pair(tmp_path, serve="primary")
+        try:
+            _history(secondary, 5)
+            before = secondary.store.last_seq
+            took_over(secondary, epoch_ahead=0)  # the peer is ENABLED, but not newer
+            await secondary._on_demote("test: no newer peer")
+            secondary.ha.peer.heard = None  # and a peer not heard at all
+            await secondary._on_demote("test: no peer")
+            assert secondary.store.last_seq == before and not _events(secondary, "ha.state_reset")
+            assert secondary.ha.discard_pending  # still owed: dropped once a newer peer is there
+            took_over(secondary)
+            await secondary._on_demote("test: the peer took over")
+            assert secondary.store.last_seq == 0 and not secondary.ha.discard_pending
+        finally:
+            await _stop(primary, secondary, server)
+
+    asyncio.run(scenario())
+
+
 def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(clc_service, "BATCH_OPS", 4)
     monkeypatch.setattr(clc_service, "CATCH_UP_POLL_S", 0.02)
@@ -126,6 +156,7 @@ def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_pat
         primary, secondary, server = await _pair(tmp_path, serve="primary")
         try:
             _history(secondary, 5)
+            took_over(secondary)
             await secondary._on_demote("test: the peer took over")  # the new primary's state wins
             assert secondary.store.last_seq == 0
             _history(primary, 50)

@@ -12,6 +12,8 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent, _mono
 from components.common.states import ServiceState
 
+from .components_helper import HA_SECRET
+
 
 class FakeService:
     def __init__(self, tmp, state="DISABLED"):
@@ -26,7 +28,8 @@ class FakeService:
 def make_agent(tmp_path, role="primary", state="DISABLED", arbitrators=2, **kw):
     cfg = {"host": "clc1" if role == "primary" else "clc2", "role": role, "data_dir": str(tmp_path),
            "pair": {"name": "clc"},
-           "ha": {"peer": "clc2", "peer_addresses": ["10.254.1.2", "10.0.0.12"], "interval_ms": 50, "misses": 3,
+           "ha": {"peer": "clc2" if role == "primary" else "clc1", "peer_addresses": ["10.254.1.2", "10.0.0.12"], "interval_ms": 50, "misses": 3,
+                  "listen": ["10.254.1.1", "10.0.0.11"], "secret": HA_SECRET,
                   "vips": [{"address": "10.0.0.10", "prefix": 16, "interface": "clc1-eth0"}],
                   "arbitrators": [{"name": f"a{i}", "target": "10.0.0.1"} for i in range(arbitrators)]}}
     svc = FakeService(tmp_path, state)
@@ -48,10 +51,10 @@ _SEQ = iter(range(1, 1_000_000))
 
 def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, ack=0,
               addr="10.254.1.2"):
-    msg = {"pair": "clc", "member": "peer", "epoch": epoch, "state": state, "seq": next(_SEQ), "boot": 7,
+    msg = {"pair": "clc", "member": agent.cfg.peer, "epoch": epoch, "state": state, "seq": next(_SEQ), "boot": 7,
            "t_mono": _mono(), "ack": [agent.boot, ack], "last_seq": last_seq, "priority": priority,
            "arb_ok": arb_ok, "fenced": False}
-    agent.on_heartbeat(json.dumps(msg).encode(), (addr, 7800))
+    agent.on_heartbeat(ha_mod.seal(agent.secret, json.dumps(msg).encode()), (addr, 7800))
 
 
 def decide(agent):
@@ -123,10 +126,10 @@ def test_primary_with_every_arbitrator_failed_goes_notready_when_the_peer_reache
         agent.record_arbitration([False, False])  # fail_after 2: all arbitrators failed
         await asyncio.sleep(0)
         assert svc.state is ServiceState.ENABLED  # the peer has not confirmed yet
-        msg = {"pair": "clc", "member": "peer", "epoch": 1, "state": "DISABLED", "seq": 1, "boot": 7,
+        msg = {"pair": "clc", "member": agent.cfg.peer, "epoch": 1, "state": "DISABLED", "seq": 1, "boot": 7,
                "ack": [agent.boot, agent.arb_failed_seq], "arb_ok": True,
                "arb_confirm": [agent.arb_failed_seq, True]}
-        agent.on_heartbeat(json.dumps(msg).encode(), ("10.254.1.2", 7800))
+        agent.on_heartbeat(ha_mod.seal(agent.secret, json.dumps(msg).encode()), ("10.254.1.2", 7800))
         for _ in range(10):
             await asyncio.sleep(0)
     asyncio.run(go())
@@ -250,6 +253,8 @@ def test_a_takeover_writes_nothing_the_epoch_reservation_runs_ahead(tmp_path):
     writes = []
 
     async def offload(fn, path, value):
+        if path.name == "ha-peer-boot":  # the peer's incarnation, not an epoch
+            return fn(path, value)
         promoted = any(e["event"] == "ha.promote" for e in read_events(tmp_path / "events.jsonl"))
         writes.append((path.name, int(value), promoted))  # the epoch, written as text
         fn(path, value)

@@ -18,6 +18,8 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent
 from components.common.states import ServiceState
 
+from .components_helper import HA_SECRET
+
 STEP = 0.005
 INTERVAL, MISSES = 0.05, 3
 WINDOW = INTERVAL * MISSES
@@ -63,6 +65,7 @@ class Member:
         peer = "clc2" if self.host == "clc1" else "clc1"
         cfg = {"host": self.host, "role": role, "data_dir": str(self.dir / "data"), "pair": {"name": "clc"},
                "ha": {"peer": peer, "peer_addresses": [ADDR[peer]["hb"], ADDR[peer]["cloud"]],
+                      "listen": [ADDR[self.host]["hb"], ADDR[self.host]["cloud"]], "secret": HA_SECRET,
                       "interval_ms": INTERVAL * 1000, "misses": MISSES,
                       "vips": [{"address": "10.0.0.10", "prefix": 16, "interface": f"{self.host}-eth0"}],
                       "arbitrators": [{"name": f"{self.host}-arb1", "target": "10.0.0.1"},

@@ -241,7 +241,7 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
     sc = StorageController(validate_config({
         "host": "c1sc1", "component": "sc", "port": free_port(), "listen_host": "127.0.0.1",
         "data_dir": str(tmp_path / "sc"), "events_path": str(tmp_path / "sc.jsonl"), "internal_token": TOKEN,
-        "block_port": free_port(), "max_volume_mib": 64}))
+        "block_port": free_port(), "max_volume_mib": 64, "nc_addresses": {"c1n1": ["127.0.0.1"]}}))
     # A data directory deep enough that the socket path outgrows sun_path.
     nc_data = tmp_path / ("n" * 80) / "data"
     nc = NodeController(validate_config({
@@ -274,9 +274,9 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
             async with api.post(f"{sc_base}/volumes/vol-0000abcd/attach",
                                 json={"instance": "i-00000001", "nc": "c1n1"}) as r:
                 assert r.status == 200
+                target = (await r.json())["target"]
             async with api.post(f"{nc_base}/instances/i-00000001/volumes",
-                                json={"volume": "vol-0000abcd",
-                                      "target": {"host": "127.0.0.1", "port": sc.block_port}}) as r:
+                                json={"volume": "vol-0000abcd", "target": target}) as r:
                 assert r.status == 200, await r.text()
         assert nc.disk_path("i-00000001").is_socket() and nc.disk_path("i-00000002").is_socket()
 
@@ -308,6 +308,26 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
                     assert r.status == 200
             async with own.get(f"{url}?offset=512&length=10") as r:
                 assert r.status == 404  # detached
+            # Attached to the other instance, then that instance terminated: its block
+            # session ends with it (the SC sees the connection close).
+            async with ClientSession(headers=h) as api:
+                async with api.post(f"{sc_base}/volumes/vol-0000abcd/detach") as r:
+                    assert r.status == 200
+                async with api.post(f"{sc_base}/volumes/vol-0000abcd/attach",
+                                    json={"instance": "i-00000002", "nc": "c1n1"}) as r:
+                    target = (await r.json())["target"]
+                async with api.post(f"{nc_base}/instances/i-00000002/volumes",
+                                    json={"volume": "vol-0000abcd", "target": target}) as r:
+                    assert r.status == 200, await r.text()
+                assert sc.sessions.get("vol-0000abcd")
+                async with api.delete(f"{nc_base}/instances/i-00000002") as r:
+                    assert r.status == 200
+                assert "vol-0000abcd" not in nc.attachments
+                for _ in range(100):
+                    if not sc.sessions.get("vol-0000abcd"):
+                        break
+                    await asyncio.sleep(0.01)
+                assert not sc.sessions.get("vol-0000abcd")
         os.close(fd1)
         os.close(fd2)
         assert (tmp_path / "sc" / "volumes" / "vol-0000abcd.img").read_bytes()[512:522] == b"own blocks"

@@ -17,6 +17,9 @@ from components.sc.service import StorageController
 TOKEN = "t0ken"
 
 
+NCS = {"c1n1": ["127.0.0.1"], "c1n2": ["127.0.0.2"]}  # the cluster's NCs and their addresses
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,7 +29,8 @@ def free_port() -> int:
 def make_sc(tmp_path):
     cfg = validate_config({"host": "c1sc1", "component": "sc", "port": free_port(), "listen_host": "127.0.0.1",
                            "data_dir": str(tmp_path / "data"), "events_path": str(tmp_path / "e.jsonl"),
-                           "internal_token": TOKEN, "block_port": free_port(), "max_volume_mib": 64})
+                           "internal_token": TOKEN, "block_port": free_port(), "max_volume_mib": 64,
+                           "nc_addresses": NCS})
     return StorageController(cfg)
 
 
@@ -45,7 +49,7 @@ def _member(tmp_path, port: int, name: str, address: str, state: str, cls=Storag
     return cls(validate_config({
         "host": name, "component": "sc", "port": port, "listen_host": address,
         "data_dir": str(tmp_path / name), "events_path": str(tmp_path / f"{name}.jsonl"),
-        "internal_token": TOKEN, "block_port": free_port(), "state": state}))
+        "internal_token": TOKEN, "block_port": free_port(), "state": state, "nc_addresses": NCS}))
 
 
 def test_volume_round_trip_through_the_block_protocol(tmp_path):
@@ -65,15 +69,16 @@ def test_volume_round_trip_through_the_block_protocol(tmp_path):
             async with http.post(f"{base}/volumes", json={"id": "vol-0000abce", "size_mib": 999}) as r:
                 assert r.status == 400
             # Not attached yet: the block service refuses the login.
-            client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd")
+            client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", "no secret yet")
             try:
                 await client.connect()
                 raise AssertionError("login to an unattached volume succeeded")
             except bp.BlockError as exc:
-                assert exc.status == bp.NOT_ATTACHED
+                assert exc.status == bp.LOGIN_REFUSED
             async with http.post(f"{base}/volumes/vol-0000abcd/attach", json={"instance": "i-1", "nc": "c1n1"}) as r:
-                assert (await r.json())["target"]["port"] == sc.block_port
-            client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd")
+                target = (await r.json())["target"]
+                assert target["port"] == sc.block_port
+            client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", target["secret"])
             await client.connect()
             await client.write(4096, b"eucalab" * 100)
             assert await client.read(4096, 700) == b"eucalab" * 100
@@ -150,13 +155,13 @@ def test_a_member_that_does_not_serve_sends_initiators_back_to_the_vip(tmp_path)
     answers there."""
     sc = make_sc(tmp_path)
     sc.volumes["vol-0000abcd"] = {"id": "vol-0000abcd", "size_mib": 1, "state": "in-use",
-                                  "attachment": {"instance": "i-1", "nc": "c1n1"}}
+                                  "attachment": {"instance": "i-1", "nc": "c1n1", "secret": "s3cret"}}
     (tmp_path / "data" / "volumes" / "vol-0000abcd.img").write_bytes(b"\0" * 2**20)
     fast = bp.SessionTimeouts(connect_s=0.1, reply_s=0.2, retry_interval_s=0.01, request_s=0.3)
 
     async def scenario():
         task = await _started(sc, tmp_path / "e.jsonl")
-        client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", fast)
+        client = bp.BlockClient("127.0.0.1", sc.block_port, "vol-0000abcd", "s3cret", fast)
         await client.connect()
         sc.state = ServiceState.DISABLED  # it stepped down
         try:

@@ -21,6 +21,7 @@ from controllers.vips import VipStore, virtual_mac
 from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec, HASpec, SpecError, spec_from_dict
 
+from .components_helper import HA_SECRET
 from .test_ha_agent import events, make_agent
 from .test_sdn_intent import request
 
@@ -196,7 +197,7 @@ def test_the_agents_client_speaks_the_api(api):
 def sdn_agent(tmp_path, answers):
     svc, agent = make_agent(tmp_path, arbitrators=0)
     cfg = {"host": "clc1", "role": "primary", "data_dir": str(tmp_path), "pair": {"name": "clc"},
-           "ha": {"peer_addresses": ["10.254.1.2"], "control_socket": str(tmp_path / "control.sock"),
+           "ha": {"peer_addresses": ["10.254.1.2"], "listen": ["10.254.1.1"], "secret": HA_SECRET, "control_socket": str(tmp_path / "control.sock"),
                   "vips": [{"address": VIP, "prefix": 16, "interface": "clc1-eth0", "takeover": "sdn"}]}}
     calls = []
 
@@ -239,7 +240,7 @@ def test_a_refused_redirect_makes_the_member_step_down(tmp_path):
 
 def test_an_sdn_vip_needs_the_control_socket():
     cfg = {"host": "clc1", "data_dir": "/tmp", "pair": {"name": "clc"},
-           "ha": {"peer_addresses": ["10.254.1.2"],
+           "ha": {"peer_addresses": ["10.254.1.2"], "listen": ["10.254.1.1"], "secret": HA_SECRET,
                   "vips": [{"address": VIP, "prefix": 16, "interface": "e0", "takeover": "sdn"}]}}
     with pytest.raises(ValueError, match="control_socket"):
         HAConfig.from_config(cfg)

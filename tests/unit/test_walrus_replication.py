@@ -20,7 +20,7 @@ from components.common.config import validate_config
 from components.common.service import MAX_BODY
 from components.walrus.service import Walrus
 
-from .components_helper import ADMIN, TOKEN, free_port
+from .components_helper import ADMIN, HA_SECRET, TOKEN, free_port
 
 
 def _member(tmp: Path, name: str, state: str, peer_port: int) -> Walrus:
@@ -29,7 +29,7 @@ def _member(tmp: Path, name: str, state: str, peer_port: int) -> Walrus:
                            "role": "primary" if state == "ENABLED" else "secondary", "state": state,
                            "data_dir": str(tmp / name), "events_path": str(tmp / f"{name}.jsonl"),
                            "admin": ADMIN, "internal_token": TOKEN, "pair": {"name": "walrus"},
-                           "ha": {"peer_addresses": ["127.0.0.1"]}})
+                           "ha": {"peer_addresses": ["127.0.0.1"], "listen": ["127.0.0.1"], "secret": HA_SECRET}})
     return Walrus(cfg)
 
 
