@@ -2,7 +2,9 @@
 
 Operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject, GetObject
 (with Range), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
-continuation, start-after); S3 error XML. Objects are files named by a random id
+continuation, start-after), multipart upload (Create, UploadPart, UploadPartCopy,
+Complete, Abort, ListParts, ListMultipartUploads), DeleteObjects, CopyObject,
+conditional GET/HEAD; S3 error XML. Objects are files named by a random id
 under data_dir/objects (never by their key, so no key can escape the store),
 written to a temporary file, fsynced and renamed before their metadata row is
 committed: after a crash an object is either entirely there or not at all.
@@ -23,9 +25,9 @@ import re
 import sqlite3
 import uuid
 import zlib
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote
 from xml.etree import ElementTree as ET
 
 import aiohttp
@@ -33,7 +35,7 @@ from aiohttp import web
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.service import Service
-from components.common.sigv4 import ChunkedDecoder, SigV4Error, verify
+from components.common.sigv4 import EMPTY_SHA256, ChunkedDecoder, SigV4Error, verify
 
 PREFIX = "/services/Walrus"
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -45,17 +47,23 @@ CHUNK = 1 << 16
 # only a stall limit.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=10)
 MAX_XML_BODY = 1 << 16  # request bodies that are XML documents (CreateBucketConfiguration)
+MAX_PARTS = 10000  # S3's limits on a multipart upload: part numbers 1..10000,
+MIN_PART = 5 << 20  # every part but the last at least 5 MiB
+MAX_DELETE_BODY = 8 << 20  # DeleteObjects: 1,000 keys of up to 1,024 bytes, each character escaped
 # Sub-resources of the S3 API that Walrus does not implement: refused with NotImplemented
 # rather than served as if they were plain bucket or object requests.
 UNSUPPORTED_SUBRESOURCES = frozenset((
-    "accelerate", "acl", "analytics", "attributes", "cors", "delete", "encryption", "intelligent-tiering",
+    "accelerate", "acl", "analytics", "attributes", "cors", "encryption", "intelligent-tiering",
     "inventory", "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
-    "ownershipControls", "partNumber", "policy", "policyStatus", "publicAccessBlock", "replication",
-    "requestPayment", "restore", "retention", "select", "tagging", "torrent", "uploadId", "uploads",
+    "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
+    "requestPayment", "restore", "retention", "select", "tagging", "torrent",
     "versioning", "versionId", "versions", "website"))
 # Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
 CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
 UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
+# Logged operations whose bytes travel with them to the DISABLED peer (an upload's
+# completion travels without: the peer assembles it from the parts it already has).
+BYTE_OPS = ("object.put", "upload.part")
 
 
 class ReplicaError(Exception):
@@ -66,6 +74,10 @@ class S3Error(Exception):
     def __init__(self, code: str, message: str, status: int, resource: str = ""):
         self.code, self.message, self.status, self.resource = code, message, status, resource
         super().__init__(message)
+
+
+def precondition_failed() -> S3Error:
+    return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
 
 
 def _xml(root: ET.Element, status: int = 200) -> web.Response:
@@ -82,6 +94,93 @@ def _sub(parent: ET.Element, tag: str, text=None) -> ET.Element:
 
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _meta_of(headers) -> dict:
+    return {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
+
+
+def composite_etag(part_etags: list[str]) -> str:
+    """S3's ETag of a multipart object: the MD5 of the parts' binary MD5s, a dash, the part count."""
+    return f"{hashlib.md5(b''.join(bytes.fromhex(e) for e in part_etags)).hexdigest()}-{len(part_etags)}"
+
+
+def _int_param(query, name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(query.get(name, str(default)))
+        if not low <= value <= high:
+            raise ValueError
+    except ValueError:
+        raise S3Error("InvalidArgument", f"{name} must be an integer between {low} and {high}", 400) from None
+    return value
+
+
+def refuse_unverified(headers, resource: str) -> None:
+    unverified = [h for h in UNVERIFIED_CHECKSUMS if h in headers]
+    if unverified:
+        raise S3Error("NotImplemented", f"Walrus cannot verify {unverified[0]}; use CRC32, SHA1 or SHA256",
+                      501, resource)
+
+
+def verify_digests(headers, auth, md5, sha, crc: int, digests: dict, resource: str) -> None:
+    """Refuse a body whose bytes do not match a digest the client sent or signed."""
+    for header, d in digests.items():
+        if base64.b64encode(d.digest()).decode() != headers[header]:
+            raise S3Error("BadDigest", f"The {header[len('x-amz-checksum-'):].upper()} you specified "
+                          "did not match the calculated checksum.", 400, resource)
+    if auth is not None and auth.payload_mode == "signed" and \
+            sha.hexdigest() != headers.get("x-amz-content-sha256", EMPTY_SHA256):
+        raise S3Error("XAmzContentSHA256Mismatch",
+                      "The provided 'x-amz-content-sha256' header does not match what was computed.", 400, resource)
+    want_crc = headers.get("x-amz-checksum-crc32")
+    if want_crc and base64.b64encode(crc.to_bytes(4, "big")).decode() != want_crc:
+        raise S3Error("BadDigest", "The CRC32 you specified did not match the calculated checksum.", 400, resource)
+    want_md5 = headers.get("Content-MD5")
+    if want_md5 and base64.b64encode(md5.digest()).decode() != want_md5:
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400, resource)
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    return any(t.strip().strip('"') in ("*", etag) for t in header.split(","))
+
+
+def _http_date(header: str | None) -> float | None:
+    try:
+        return parsedate_to_datetime(header).timestamp() if header else None
+    except (TypeError, ValueError):
+        return None  # S3 ignores a date it cannot read
+
+
+def precondition(headers, etag: str, modified: float, prefix: str = "") -> int | None:
+    """S3's answer to If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since (after
+    ``prefix``, x-amz-copy-source- for copies): None to go on, 412 or 304.
+
+    If-Match that holds overrides a failing If-Unmodified-Since, If-None-Match that fails
+    overrides a holding If-Modified-Since; times compare to the second (Last-Modified's precision).
+    """
+    modified = int(modified)
+    if_match, if_none = headers.get(prefix + "If-Match"), headers.get(prefix + "If-None-Match")
+    if if_match is not None:
+        if not _etag_listed(if_match, etag):
+            return 412
+    elif (since := _http_date(headers.get(prefix + "If-Unmodified-Since"))) is not None and modified > since:
+        return 412
+    if if_none is not None:
+        if _etag_listed(if_none, etag):
+            return 304
+    elif (since := _http_date(headers.get(prefix + "If-Modified-Since"))) is not None and modified <= since:
+        return 304
+    return None
+
+
+def concatenate(files: list, path: Path) -> None:
+    """Write open files one after the other into ``path``, fsynced."""
+    with open(path, "wb") as out:
+        for f in files:
+            while chunk := f.read(CHUNK * 16):
+                out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def valid_bucket(name: str) -> bool:
@@ -122,6 +221,10 @@ class Store:
                 etag TEXT NOT NULL, content_type TEXT, modified REAL NOT NULL, meta TEXT, file TEXT NOT NULL,
                 PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
+                account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT);
+            CREATE TABLE IF NOT EXISTS parts (upload TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL,
+                etag TEXT NOT NULL, modified REAL NOT NULL, file TEXT NOT NULL, PRIMARY KEY (upload, number));
         """)
         self._sweep()
 
@@ -129,33 +232,49 @@ class Store:
     def last_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0]
 
-    def apply(self, op: dict, seq: int | None = None, epoch: int = 1) -> str | None:
-        """Apply one logged operation in one transaction; returns a file the change made obsolete.
+    def apply(self, op: dict, seq: int | None = None, epoch: int = 1) -> list[str]:
+        """Apply one logged operation in one transaction; returns the files the change made obsolete.
 
         The op log is what HA replication ships: a DISABLED peer applies the same ops
-        (with the object bytes) and so holds the same buckets and objects.
+        (with the object and part bytes) and so holds the same buckets, objects and uploads.
         """
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
-        obsolete = None
+        obsolete: list[str] = []
         try:
             t = op["type"]
             if t == "bucket.create":
                 cur.execute("INSERT INTO buckets VALUES (?, ?, ?)", (op["bucket"], op["account"], op["created"]))
             elif t == "bucket.delete":
                 cur.execute("DELETE FROM buckets WHERE name=?", (op["bucket"],))
-            elif t == "object.put":
+                for (upload,) in cur.execute("SELECT id FROM uploads WHERE bucket=?", (op["bucket"],)).fetchall():
+                    obsolete += self._drop_upload(cur, upload)
+            elif t in ("object.put", "upload.complete"):
+                if t == "upload.complete":
+                    obsolete += self._drop_upload(cur, op["upload"])
                 old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
                                   (op["bucket"], op["key"])).fetchone()
                 cur.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (op["bucket"], op["key"], op["size"], op["etag"], op["content_type"], op["modified"],
                              json.dumps(op["meta"]), op["file"]))
-                obsolete = old[0] if old and old[0] != op["file"] else None
+                obsolete += [old[0]] if old and old[0] != op["file"] else []
             elif t == "object.delete":
                 old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
                                   (op["bucket"], op["key"])).fetchone()
                 cur.execute("DELETE FROM objects WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
-                obsolete = old[0] if old else None
+                obsolete += [old[0]] if old else []
+            elif t == "upload.create":
+                cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (op["upload"], op["bucket"], op["key"], op["account"], op["initiated"],
+                             op["content_type"], json.dumps(op["meta"])))
+            elif t == "upload.part":
+                old = cur.execute("SELECT file FROM parts WHERE upload=? AND number=?",
+                                  (op["upload"], op["number"])).fetchone()
+                cur.execute("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
+                            (op["upload"], op["number"], op["size"], op["etag"], op["modified"], op["file"]))
+                obsolete += [old[0]] if old and old[0] != op["file"] else []
+            elif t == "upload.abort":
+                obsolete += self._drop_upload(cur, op["upload"])
             else:
                 raise ValueError(f"unknown operation {t!r}")
             seq = seq if seq is not None else (cur.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0] + 1)
@@ -164,22 +283,31 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        if obsolete:
-            (self.objects / obsolete).unlink(missing_ok=True)
+        for name in obsolete:
+            (self.objects / name).unlink(missing_ok=True)
         return obsolete
+
+    @staticmethod
+    def _drop_upload(cur, upload: str) -> list[str]:
+        """Remove a multipart upload and its parts' rows; returns the parts' files."""
+        files = [row[0] for row in cur.execute("SELECT file FROM parts WHERE upload=?", (upload,))]
+        cur.execute("DELETE FROM parts WHERE upload=?", (upload,))
+        cur.execute("DELETE FROM uploads WHERE id=?", (upload,))
+        return files
 
     def export_ops(self, after: int) -> list[dict]:
         return [{"seq": seq, "epoch": epoch, "op": json.loads(op)} for seq, epoch, op in
                 self.db.execute("SELECT seq, epoch, op FROM ops WHERE seq > ? ORDER BY seq", (after,))]
 
     def reset(self) -> None:
-        self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops;")
+        self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops; DELETE FROM uploads; "
+                              "DELETE FROM parts;")
         for f in self.objects.iterdir():
             f.unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         """Remove files no metadata row points to (left by a crash mid-write)."""
-        live = {row[0] for row in self.db.execute("SELECT file FROM objects")}
+        live = {row[0] for row in self.db.execute("SELECT file FROM objects UNION SELECT file FROM parts")}
         for f in self.objects.iterdir():
             if f.name not in live:
                 f.unlink(missing_ok=True)
@@ -233,6 +361,27 @@ class Store:
     def obj(self, bucket: str, key: str):
         return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file FROM objects "
                                "WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+
+    def upload(self, bucket: str, key: str, upload: str):
+        return self.db.execute("SELECT id, account, initiated, content_type, meta FROM uploads "
+                               "WHERE id=? AND bucket=? AND key=?", (upload, bucket, key)).fetchone()
+
+    def parts(self, upload: str, after: int = 0) -> list[tuple]:
+        return self.db.execute("SELECT number, size, etag, modified, file FROM parts WHERE upload=? AND number > ? "
+                               "ORDER BY number", (upload, after)).fetchall()
+
+    def assemble(self, files: list, name: str) -> None:
+        """Concatenate open part files into the object file ``name`` (fsynced, renamed into place).
+
+        Takes open files, so a part replaced or removed meanwhile still reads whole.
+        """
+        tmp = self.objects / f".{name}.part"
+        try:
+            concatenate(files, tmp)
+            self.install(tmp, name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class Walrus(Service):
@@ -325,6 +474,7 @@ class Walrus(Service):
             if not valid_bucket(bucket):
                 raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, bucket)
             account, auth = await self._authenticate(request)
+            request["auth"] = auth  # for bucket handlers that read a signed body
             m = request.method
             unsupported = UNSUPPORTED_SUBRESOURCES.intersection(request.query)
             if unsupported:
@@ -334,15 +484,28 @@ class Walrus(Service):
                     raise S3Error("MethodNotAllowed", f"{m} is not allowed on ?location", 405)
                 return self.bucket_location(account, bucket)
             if not key:
-                handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
-                           "HEAD": self.head_bucket}.get(m)
+                if "uploads" in request.query:
+                    handler = {"GET": self.list_uploads}.get(m)
+                elif "delete" in request.query:
+                    handler = {"POST": self.delete_objects}.get(m)
+                else:
+                    handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
+                               "HEAD": self.head_bucket}.get(m)
                 if handler is None:
                     raise S3Error("MethodNotAllowed", f"{m} is not allowed on a bucket", 405)
                 return await handler(request, account, bucket)
             if len(key.encode()) > 1024:
                 raise S3Error("KeyTooLongError", "Your key is too long", 400, key)
-            handler = {"PUT": self.put_object, "GET": self.get_object, "HEAD": self.get_object,
-                       "DELETE": self.delete_object}.get(m)
+            if "uploadId" in request.query:
+                handler = {"PUT": self.upload_part, "POST": self.complete_upload, "DELETE": self.abort_upload,
+                           "GET": self.list_parts}.get(m)
+            elif "uploads" in request.query:
+                handler = {"POST": self.create_upload}.get(m)
+            elif "partNumber" in request.query:
+                raise S3Error("NotImplemented", "Walrus does not implement ?partNumber on an object", 501)
+            else:
+                handler = {"PUT": self.put_object, "GET": self.get_object, "HEAD": self.get_object,
+                           "DELETE": self.delete_object}.get(m)
             if handler is None:
                 raise S3Error("MethodNotAllowed", f"{m} is not allowed on an object", 405)
             return await handler(request, account, bucket, key, auth)
@@ -352,6 +515,37 @@ class Walrus(Service):
             if request.method == "HEAD":  # a HEAD answer has no body: the code goes in a header
                 return web.Response(status=err.status, headers={"x-amz-error-code": err.code})
             return self._error(err)
+
+    async def _read_xml(self, request: web.Request, resource: str, limit: int = MAX_XML_BODY,
+                        auth=None) -> ET.Element | None:
+        """The request's XML document (None for an empty body), namespaces stripped.
+
+        Bodies above ``limit`` get MaxMessageLengthExceeded, bad XML MalformedXML; the body
+        is checked against every digest the client sent (with ``auth``, its signed SHA-256 too).
+        """
+        refuse_unverified(request.headers, resource)
+        if (request.content_length or 0) > limit:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, resource)
+        body = bytearray()
+        while len(body) <= limit:  # read() may return part of the body: read to EOF
+            piece = await request.content.read(limit + 1 - len(body))
+            if not piece:
+                break
+            body += piece
+        if len(body) > limit:
+            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, resource)
+        body = bytes(body)
+        verify_digests(request.headers, auth, hashlib.md5(body), hashlib.sha256(body), zlib.crc32(body),
+                       {h: fn(body) for h, fn in CHECKSUMS.items() if h in request.headers}, resource)
+        if not body.strip():
+            return None
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed", 400, resource) from None
+        for el in root.iter():
+            el.tag = el.tag.rpartition("}")[2]
+        return root
 
     def _owned_bucket(self, account: str, bucket: str):
         row = self.store.bucket(bucket)
@@ -382,21 +576,7 @@ class Walrus(Service):
         return _xml(root)
 
     async def create_bucket(self, request, account, bucket):
-        if (request.content_length or 0) > MAX_XML_BODY:
-            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
-        body = bytearray()
-        while len(body) <= MAX_XML_BODY:  # read() may return part of the body: read to EOF
-            piece = await request.content.read(MAX_XML_BODY + 1 - len(body))
-            if not piece:
-                break
-            body += piece
-        if len(body) > MAX_XML_BODY:
-            raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400, bucket)
-        if body.strip():
-            try:
-                ET.fromstring(bytes(body))
-            except ET.ParseError:
-                raise S3Error("MalformedXML", "The XML you provided was not well-formed", 400, bucket) from None
+        await self._read_xml(request, bucket)
         row = self.store.bucket(bucket)
         if row is not None:
             if row[1] == account:
@@ -482,15 +662,103 @@ class Walrus(Service):
 
     async def put_object(self, request, account, bucket, key, auth):
         self._owned_bucket(account, bucket)
+        if "x-amz-copy-source" in request.headers:
+            return await self.copy_object(request, account, bucket, key)
+        name, size, etag, _ = await self._receive(request, auth, key)
+        await self._put(bucket, key, size, etag, request.headers.get("Content-Type", "binary/octet-stream"),
+                        _meta_of(request.headers), name)
+        return web.Response(status=200, headers={"ETag": f'"{etag}"'})
+
+    async def _put(self, bucket: str, key: str, size: int, etag: str, content_type: str, meta: dict,
+                   name: str) -> float:
+        """Log a new object whose file is installed, replicate it; returns its modification time."""
+        modified = dt.datetime.now().timestamp()
+        self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
+                     "content_type": content_type, "modified": modified, "meta": meta, "file": name})
+        await self.replicate()  # the DISABLED peer has the object before the client hears success
+        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
+        return modified
+
+    async def copy_object(self, request, account, bucket, key):
+        """CopyObject: same or other bucket, metadata directive COPY or REPLACE, the
+        x-amz-copy-source-if-* conditions."""
+        src = self._copy_source(request, account)
+        directive = request.headers.get("x-amz-metadata-directive", "COPY")
+        if directive not in ("COPY", "REPLACE"):
+            raise S3Error("InvalidArgument", "Unknown metadata directive.", 400, key)
+        src_bucket, _, src_key = unquote(request.headers["x-amz-copy-source"].partition("?")[0]).lstrip("/") \
+            .partition("/")
+        if (src_bucket, src_key) == (bucket, key) and directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
+                          "to itself without changing the object's metadata, storage class, website redirect "
+                          "location or encryption attributes.", 400, key)
+        if directive == "COPY":
+            content_type, meta = src[3] or "binary/octet-stream", json.loads(src[5] or "{}")
+        else:
+            content_type = request.headers.get("Content-Type", "binary/octet-stream")
+            meta = _meta_of(request.headers)
+        name, size, etag = await self._copy_bytes(src[6], 0, src[1])
+        modified = await self._put(bucket, key, size, etag, content_type, meta, name)
+        root = ET.Element("CopyObjectResult", xmlns=S3_NS)
+        _sub(root, "LastModified", _iso(modified))
+        _sub(root, "ETag", f'"{etag}"')
+        return _xml(root)
+
+    async def delete_objects(self, request, account, bucket):
+        """DeleteObjects: up to 1,000 keys, each answered Deleted or Error (quiet: errors only)."""
+        self._owned_bucket(account, bucket)
+        if not any(h in request.headers for h in ("Content-MD5", *CHECKSUMS, "x-amz-checksum-crc32")):
+            raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5", 400, bucket)
+        doc = await self._read_xml(request, bucket, limit=MAX_DELETE_BODY, auth=request["auth"])
+        objects = [] if doc is None or doc.tag != "Delete" else doc.findall("Object")
+        if not 1 <= len(objects) <= 1000:
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                          "our published schema (1 to 1000 objects)", 400, bucket)
+        quiet = (doc.findtext("Quiet") or "").strip().lower() == "true"
+        root = ET.Element("DeleteResult", xmlns=S3_NS)
+        deleted = []
+        for obj in objects:
+            key, version = obj.findtext("Key"), obj.findtext("VersionId")
+            if not key or len(key.encode()) > 1024:
+                code, message = "KeyTooLongError" if key else "UserKeyMustBeSpecified", \
+                    "Your key is too long" if key else "The key is missing"
+            elif version not in (None, "null"):  # an unversioned bucket holds only the null version
+                code, message = "NoSuchVersion", "The specified version does not exist."
+            else:
+                row = self.store.obj(bucket, key)
+                if row is not None:
+                    self._apply({"type": "object.delete", "bucket": bucket, "key": key})
+                    deleted.append(row)
+                if not quiet:
+                    el = _sub(root, "Deleted")
+                    _sub(el, "Key", key)
+                    if version is not None:
+                        _sub(el, "VersionId", version)
+                continue
+            el = _sub(root, "Error")
+            _sub(el, "Key", key or "")
+            if version is not None:
+                _sub(el, "VersionId", version)
+            _sub(el, "Code", code)
+            _sub(el, "Message", message)
+        if deleted:
+            await self.replicate()  # one round for every key: the peer has them all before the answer
+        for row in deleted:
+            self.events.emit("object.delete", bucket=bucket, key=row[0], size=row[1], etag=row[2])
+        return _xml(root)
+
+    async def _receive(self, request, auth, key: str) -> tuple[str, int, str, dict]:
+        """Stream a request body into a new object file, checking every digest the client sent.
+
+        Returns (file name, size, MD5 hex, the checksum headers verified); on any error
+        the temporary file is gone and nothing was installed.
+        """
         length = request.content_length
         declared_len = request.headers.get("x-amz-decoded-content-length")
         size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
-        unverified = [h for h in UNVERIFIED_CHECKSUMS if h in request.headers]
-        if unverified:
-            raise S3Error("NotImplemented", f"Walrus cannot verify {unverified[0]}; use CRC32, SHA1 or SHA256",
-                          501, key)
+        refuse_unverified(request.headers, key)
         digests = {h: fn() for h, fn in CHECKSUMS.items() if h in request.headers}
         decoder = ChunkedDecoder(auth) if auth.payload_mode == "streaming" else None
         md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
@@ -518,19 +786,7 @@ class Walrus(Service):
                 raise S3Error("IncompleteBody", "The request body ended early", 400, key)
             if decoder and declared_len is not None and str(size) != declared_len:
                 raise S3Error("IncompleteBody", "x-amz-decoded-content-length does not match the body", 400, key)
-            for header, d in digests.items():
-                if base64.b64encode(d.digest()).decode() != request.headers[header]:
-                    raise S3Error("BadDigest", f"The {header[len('x-amz-checksum-'):].upper()} you specified "
-                                  "did not match the calculated checksum.", 400, key)
-            if auth.payload_mode == "signed" and sha.hexdigest() != request.headers["x-amz-content-sha256"]:
-                raise S3Error("XAmzContentSHA256Mismatch",
-                              "The provided 'x-amz-content-sha256' header does not match what was computed.", 400, key)
-            want_crc = request.headers.get("x-amz-checksum-crc32")
-            if want_crc and base64.b64encode(crc.to_bytes(4, "big")).decode() != want_crc:
-                raise S3Error("BadDigest", "The CRC32 you specified did not match the calculated checksum.", 400, key)
-            want_md5 = request.headers.get("Content-MD5")
-            if want_md5 and base64.b64encode(md5.digest()).decode() != want_md5:
-                raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400, key)
+            verify_digests(request.headers, auth, md5, sha, crc, digests, key)
         except S3Error:
             tmp.unlink(missing_ok=True)
             raise
@@ -541,14 +797,8 @@ class Walrus(Service):
             tmp.unlink(missing_ok=True)
             raise
         await asyncio.to_thread(self.store.install, tmp, name)
-        etag = md5.hexdigest()
-        meta = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.lower().startswith("x-amz-meta-")}
-        self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
-                     "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
-                     "modified": dt.datetime.now().timestamp(), "meta": meta, "file": name})
-        await self.replicate()  # the DISABLED peer has the object before the client hears success
-        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
-        return web.Response(status=200, headers={"ETag": f'"{etag}"'})
+        checked = {h: request.headers[h] for h in (*CHECKSUMS, "x-amz-checksum-crc32") if h in request.headers}
+        return name, size, md5.hexdigest(), checked
 
     def _object_headers(self, row) -> dict:
         key, size, etag, ctype, modified, meta, _ = row
@@ -563,6 +813,12 @@ class Walrus(Service):
         row = self.store.obj(bucket, key)
         if row is None:
             raise S3Error("NoSuchKey", "The specified key does not exist.", 404, key)
+        verdict = precondition(request.headers, row[2], row[4])
+        if verdict == 412:
+            raise precondition_failed()
+        if verdict == 304:
+            headers = self._object_headers(row)
+            return web.Response(status=304, headers={h: headers[h] for h in ("ETag", "Last-Modified")})
         return await self._send_object(request, row)
 
     async def _send_object(self, request: web.Request, row) -> web.StreamResponse:
@@ -606,6 +862,277 @@ class Walrus(Service):
             self.events.emit("object.delete", bucket=bucket, key=key, size=row[1], etag=row[2])
         return web.Response(status=204)
 
+    # -- multipart upload -----------------------------------------------------------------
+
+    def _upload(self, bucket: str, key: str, upload: str):
+        row = self.store.upload(bucket, key, upload)
+        if row is None:
+            raise S3Error("NoSuchUpload", "The specified upload does not exist. The upload ID may be invalid, or "
+                          "the upload may have been aborted or completed.", 404, upload)
+        return row
+
+    async def create_upload(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        upload = uuid.uuid4().hex
+        meta = _meta_of(request.headers)
+        self._apply({"type": "upload.create", "bucket": bucket, "key": key, "upload": upload, "account": account,
+                     "initiated": dt.datetime.now().timestamp(),
+                     "content_type": request.headers.get("Content-Type", "binary/octet-stream"), "meta": meta})
+        await self.replicate()
+        root = ET.Element("InitiateMultipartUploadResult", xmlns=S3_NS)
+        _sub(root, "Bucket", bucket)
+        _sub(root, "Key", key)
+        _sub(root, "UploadId", upload)
+        return _xml(root)
+
+    async def upload_part(self, request, account, bucket, key, auth):
+        """UploadPart, or UploadPartCopy with x-amz-copy-source; the part is on the peer before the answer."""
+        self._owned_bucket(account, bucket)
+        upload = request.query["uploadId"]
+        self._upload(bucket, key, upload)
+        try:
+            number = int(request.query.get("partNumber", ""))
+            if not 1 <= number <= MAX_PARTS:
+                raise ValueError
+        except ValueError:
+            raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive",
+                          400, key) from None
+        copy = "x-amz-copy-source" in request.headers
+        if copy:
+            src = self._copy_source(request, account)
+            start, end = 0, src[1] - 1
+            if request.headers.get("x-amz-copy-source-range"):
+                m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers["x-amz-copy-source-range"].strip())
+                if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) >= src[1]:
+                    raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
+                                  "bytes=first-last where first and last are the zero-based offsets of the first "
+                                  "and last bytes to copy", 400, key)
+                start, end = int(m.group(1)), int(m.group(2))
+            name, size, etag = await self._copy_bytes(src[6], start, end - start + 1)
+            checked: dict = {}
+        else:
+            name, size, etag, checked = await self._receive(request, auth, key)
+        if self.store.upload(bucket, key, upload) is None:  # completed or aborted while the body came in
+            (self.store.objects / name).unlink(missing_ok=True)
+            self._upload(bucket, key, upload)
+        modified = dt.datetime.now().timestamp()
+        self._apply({"type": "upload.part", "upload": upload, "number": number, "size": size, "etag": etag,
+                     "modified": modified, "file": name})
+        await self.replicate()  # a part acknowledged is on both members: a failover loses none
+        self.events.emit("upload.part", bucket=bucket, key=key, upload=upload, number=number, size=size)
+        if not copy:
+            return web.Response(status=200, headers={"ETag": f'"{etag}"', **checked})
+        root = ET.Element("CopyPartResult", xmlns=S3_NS)
+        _sub(root, "LastModified", _iso(modified))
+        _sub(root, "ETag", f'"{etag}"')
+        return _xml(root)
+
+    async def complete_upload(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        upload = request.query["uploadId"]
+        _, _, _, ctype, meta = self._upload(bucket, key, upload)
+        doc = await self._read_xml(request, key, limit=MAX_PARTS * 256, auth=auth)
+        if doc is None or doc.tag != "CompleteMultipartUpload":
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                          "our published schema", 400, key)
+        wanted = []
+        for part in doc.findall("Part"):
+            try:
+                wanted.append((int(part.findtext("PartNumber", "")), part.findtext("ETag", "").strip().strip('"')))
+            except ValueError:
+                raise S3Error("MalformedXML", "PartNumber must be an integer", 400, key) from None
+        if not wanted:
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                          "our published schema", 400, key)
+        if any(b[0] <= a[0] for a, b in zip(wanted, wanted[1:])):
+            raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order. The parts list must "
+                          "be specified in order by part number.", 400, key)
+        have = {number: (size, etag, file) for number, size, etag, _, file in self.store.parts(upload)}
+        for i, (number, etag) in enumerate(wanted):
+            if have.get(number, (0, None))[1] != etag:
+                raise S3Error("InvalidPart", "One or more of the specified parts could not be found. The part may "
+                              "not have been uploaded, or the specified entity tag may not match the part's "
+                              "entity tag.", 400, key)
+            if i < len(wanted) - 1 and have[number][0] < MIN_PART:
+                raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size",
+                              400, key)
+        size = sum(have[n][0] for n, _ in wanted)
+        if size > self.max_object:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
+        files = [have[n][2] for n, _ in wanted]
+        name = uuid.uuid4().hex
+        opened = [open(self.store.objects / f, "rb") for f in files]  # held: a part replaced meanwhile still reads
+        try:
+            await asyncio.to_thread(self.store.assemble, opened, name)
+        finally:
+            for f in opened:
+                f.close()
+        if {n: (sz, e, f) for n, sz, e, _, f in self.store.parts(upload)} != have or \
+                self.store.upload(bucket, key, upload) is None:  # changed while it was assembled
+            (self.store.objects / name).unlink(missing_ok=True)
+            self._upload(bucket, key, upload)
+            raise S3Error("InvalidPart", "A part of the upload changed while it was being completed; retry", 400, key)
+        etag = composite_etag([e for _, e in wanted])
+        self._apply({"type": "upload.complete", "bucket": bucket, "key": key, "upload": upload,
+                     "parts": [[n, have[n][2]] for n, _ in wanted], "size": size, "etag": etag,
+                     "content_type": ctype, "meta": json.loads(meta or "{}"),
+                     "modified": dt.datetime.now().timestamp(), "file": name})
+        await self.replicate()
+        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
+        root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
+        _sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
+        _sub(root, "Bucket", bucket)
+        _sub(root, "Key", key)
+        _sub(root, "ETag", f'"{etag}"')
+        return _xml(root)
+
+    async def abort_upload(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        upload = request.query["uploadId"]
+        self._upload(bucket, key, upload)
+        self._apply({"type": "upload.abort", "upload": upload})
+        await self.replicate()
+        return web.Response(status=204)
+
+    async def list_parts(self, request, account, bucket, key, auth):
+        self._owned_bucket(account, bucket)
+        upload = request.query["uploadId"]
+        _, owner, _, _, _ = self._upload(bucket, key, upload)
+        marker = _int_param(request.query, "part-number-marker", 0, 0, MAX_PARTS)
+        max_parts = _int_param(request.query, "max-parts", 1000, 0, 1000)
+        parts = self.store.parts(upload, after=marker)
+        root = ET.Element("ListPartsResult", xmlns=S3_NS)
+        for tag, value in (("Bucket", bucket), ("Key", key), ("UploadId", upload)):
+            _sub(root, tag, value)
+        for tag in ("Initiator", "Owner"):
+            who = _sub(root, tag)
+            _sub(who, "ID", owner)
+            _sub(who, "DisplayName", owner)
+        _sub(root, "StorageClass", "STANDARD")
+        _sub(root, "PartNumberMarker", marker)
+        shown = parts[:max_parts]
+        if shown:
+            _sub(root, "NextPartNumberMarker", shown[-1][0])
+        _sub(root, "MaxParts", max_parts)
+        _sub(root, "IsTruncated", "true" if len(parts) > max_parts else "false")
+        for number, size, etag, modified, _ in shown:
+            el = _sub(root, "Part")
+            _sub(el, "PartNumber", number)
+            _sub(el, "LastModified", _iso(modified))
+            _sub(el, "ETag", f'"{etag}"')
+            _sub(el, "Size", size)
+        return _xml(root)
+
+    async def list_uploads(self, request, account, bucket):
+        """ListMultipartUploads: prefix, delimiter, key-marker / upload-id-marker, max-uploads."""
+        self._owned_bucket(account, bucket)
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        max_uploads = _int_param(q, "max-uploads", 1000, 0, 1000)
+        rows = self.store.db.execute(
+            "SELECT key, id, account, initiated FROM uploads WHERE bucket=? AND key >= ? "
+            "ORDER BY key, initiated, id", (bucket, max(prefix, key_marker)))
+        uploads, prefixes, truncated = [], [], False
+        past_marker = not id_marker
+        for key, upload, owner, initiated in rows:
+            if not key.startswith(prefix):
+                if key > prefix:
+                    break
+                continue
+            if key_marker and (key < key_marker or (key == key_marker and not id_marker)):
+                continue
+            if key == key_marker and not past_marker:
+                past_marker = upload == id_marker
+                continue
+            common = None
+            if delimiter and (cut := key.find(delimiter, len(prefix))) >= 0:
+                common = key[:cut + len(delimiter)]
+                if prefixes and prefixes[-1] == common:
+                    continue
+            if len(uploads) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            if common is not None:
+                prefixes.append(common)
+            else:
+                uploads.append((key, upload, owner, initiated))
+        root = ET.Element("ListMultipartUploadsResult", xmlns=S3_NS)
+        _sub(root, "Bucket", bucket)
+        _sub(root, "KeyMarker", key_marker)
+        _sub(root, "UploadIdMarker", id_marker)
+        if truncated and uploads:
+            _sub(root, "NextKeyMarker", uploads[-1][0])
+            _sub(root, "NextUploadIdMarker", uploads[-1][1])
+        if prefix:
+            _sub(root, "Prefix", prefix)
+        if delimiter:
+            _sub(root, "Delimiter", delimiter)
+        _sub(root, "MaxUploads", max_uploads)
+        _sub(root, "IsTruncated", "true" if truncated else "false")
+        for key, upload, owner, initiated in uploads:
+            el = _sub(root, "Upload")
+            _sub(el, "Key", key)
+            _sub(el, "UploadId", upload)
+            for tag in ("Initiator", "Owner"):
+                who = _sub(el, tag)
+                _sub(who, "ID", owner)
+                _sub(who, "DisplayName", owner)
+            _sub(el, "StorageClass", "STANDARD")
+            _sub(el, "Initiated", _iso(initiated))
+        for p in prefixes:
+            _sub(_sub(root, "CommonPrefixes"), "Prefix", p)
+        return _xml(root)
+
+    # -- copies -----------------------------------------------------------------------------
+
+    def _copy_source(self, request: web.Request, account: str):
+        """The object row named by x-amz-copy-source (``[/]bucket/key[?versionId=]``, URL-encoded)."""
+        raw = request.headers["x-amz-copy-source"]
+        path, _, query = raw.partition("?")
+        src_bucket, _, src_key = unquote(path).lstrip("/").partition("/")
+        if not src_bucket or not src_key:
+            raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                          "sourcebucket/sourcekey", 400, raw)
+        version = dict(parse_qsl(query)).get("versionId")
+        if version not in (None, "null"):
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404, raw)
+        self._owned_bucket(account, src_bucket)
+        row = self.store.obj(src_bucket, src_key)
+        if row is None:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, src_key)
+        if precondition(request.headers, row[2], row[4], prefix="x-amz-copy-source-") is not None:
+            raise precondition_failed()
+        return row
+
+    async def _copy_bytes(self, src_file: str, start: int, length: int) -> tuple[str, int, str]:
+        """Copy ``length`` bytes from ``start`` of an object file into a new one; (name, size, MD5 hex)."""
+        name = uuid.uuid4().hex
+        src = open(self.store.objects / src_file, "rb")  # held open: an overwrite meanwhile cannot take it
+
+        def copy() -> str:
+            md5, left = hashlib.md5(), length
+            tmp = self.store.objects / f".{name}.part"
+            try:
+                with src, open(tmp, "wb") as out:
+                    src.seek(start)
+                    while left:
+                        chunk = src.read(min(CHUNK * 16, left))
+                        if not chunk:
+                            raise OSError("the source object is shorter than its metadata says")
+                        md5.update(chunk)
+                        out.write(chunk)
+                        left -= len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self.store.install(tmp, name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return md5.hexdigest()
+
+        return name, length, await asyncio.to_thread(copy)
+
     # -- HA replication ---------------------------------------------------------------------------
 
     def _apply(self, op: dict) -> None:
@@ -638,7 +1165,7 @@ class Walrus(Service):
         for entry in self.store.export_ops(ha.peer.last_seq):
             op = entry["op"]
             body = None
-            if op["type"] == "object.put":
+            if op["type"] in BYTE_OPS:
                 try:
                     # Streamed from the open file: an image is never held in memory, and a
                     # concurrent overwrite cannot remove it under the request.
@@ -672,13 +1199,15 @@ class Walrus(Service):
         if sender_epoch < max(ha.epoch, ha.peer.epoch):  # a stale ex-primary's stream
             return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
         try:
-            await self._apply_replica(entry, request.content)
+            await self._apply_replica(entry, request.content if entry["op"]["type"] in BYTE_OPS else None)
         except ReplicaError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"last_seq": self.store.last_seq})
 
     async def _apply_replica(self, entry: dict, body: aiohttp.StreamReader | None) -> None:
-        """Apply one replicated op; an object's bytes stream to disk first (any size, one chunk held).
+        """Apply one replicated op; an object's or a part's bytes stream to disk first (any size,
+        one chunk held). A completed upload is assembled from the parts this member holds, or,
+        lacking one, its object fetched from the peer.
 
         Concurrent streams may carry the same op: the first to finish applies it, the
         others find it applied and drop their copy.
@@ -687,17 +1216,32 @@ class Walrus(Service):
             return
         op = entry["op"]
         tmp = None
-        if op["type"] == "object.put":
+        if op["type"] == "upload.complete" and body is None:
+            try:
+                opened = [open(self.store.objects / f, "rb") for _, f in op["parts"]]
+            except FileNotFoundError:
+                await self._fetch_from_peer(entry)
+                return
+            tmp = self.store.objects / f".{op['file']}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                await asyncio.to_thread(concatenate, opened, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                for f in opened:
+                    f.close()
+        elif body is not None:
             tmp = self.store.objects / f".{op['file']}.{uuid.uuid4().hex[:8]}.part"
             try:
                 size = 0
                 with open(tmp, "wb") as f:
-                    if body is not None:
-                        async for chunk in body.iter_chunked(CHUNK):
-                            size += len(chunk)
-                            f.write(chunk)
+                    async for chunk in body.iter_chunked(CHUNK):
+                        size += len(chunk)
+                        f.write(chunk)
                     if size != op["size"]:
-                        raise ReplicaError(f"object {op['key']!r}: got {size} bytes, the op says {op['size']}")
+                        raise ReplicaError(f"{op['type']} {op.get('key', op.get('upload'))!r}: got {size} bytes, "
+                                           f"the op says {op['size']}")
                     f.flush()
                     await asyncio.to_thread(os.fsync, f.fileno())
             except BaseException:
@@ -711,6 +1255,21 @@ class Walrus(Service):
             if tmp is not None:
                 await asyncio.to_thread(self.store.install, tmp, op["file"])
             self.store.apply(op, seq=entry["seq"], epoch=entry["epoch"])
+
+    async def _fetch_from_peer(self, entry: dict) -> None:
+        """Apply an op whose file this member lacks, with the file fetched from the ENABLED peer.
+
+        A file the peer no longer has was replaced or removed there by a later op: this
+        op's rows are applied without it, and that later op (in the same log) supersedes them.
+        """
+        async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}",
+                                    timeout=STREAM_TIMEOUT) as r:
+            if r.status == 200:
+                await self._apply_replica(entry, r.content)
+                return
+        async with self._replica_lock:
+            if entry["seq"] > self.store.last_seq:
+                self.store.apply(entry["op"], seq=entry["seq"], epoch=entry["epoch"])
 
     async def handle_ha_ops(self, request: web.Request) -> web.Response:
         self.require_internal(request)
@@ -737,17 +1296,10 @@ class Walrus(Service):
                                             params={"after": str(self.store.last_seq)}) as r:
                     ops = (await r.json())["ops"]
                 for entry in ops:
-                    if entry["op"]["type"] != "object.put":
+                    if entry["op"]["type"] in BYTE_OPS:
+                        await self._fetch_from_peer(entry)
+                    else:
                         await self._apply_replica(entry, None)
-                        continue
-                    async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}",
-                                                timeout=STREAM_TIMEOUT) as r:
-                        if r.status != 200:
-                            # Replaced on the peer since: record the op so later ones apply.
-                            self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
-                                                  (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
-                            continue
-                        await self._apply_replica(entry, r.content)
                 self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
             except Exception as exc:
                 self.events.emit("ha.catch_up_failed", error=repr(exc))

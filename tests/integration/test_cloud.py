@@ -55,14 +55,42 @@ def test_wrong_secret_is_refused(deployment):
     assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
 
 
-def test_aws_cli_lists_buckets_from_the_user_host(deployment, s3):
-    s3.create_bucket(Bucket="cli-test")
+def aws_s3(deployment, *args: str) -> tuple[int, str]:
+    """``aws s3 ARGS`` on the user host with the run's credentials: (exit status, output)."""
     aws = Path(sys.executable).parent / "aws"
     creds = deployment.run_dir / "credentials"
     env = f"AWS_SHARED_CREDENTIALS_FILE={shlex.quote(str(creds))} AWS_CONFIG_FILE=/dev/null"
     out = deployment["user"].cmd(f"{env} {aws} --endpoint-url {deployment.plan.endpoints()['walrus']} "
-                                 f"--region eucalyptus s3 ls 2>&1")
-    assert "cli-test" in out, out
+                                 f"--region eucalyptus s3 {' '.join(shlex.quote(a) for a in args)} 2>&1; "
+                                 "echo exit=$?")
+    out, _, status = out.rstrip().rpartition("exit=")
+    return int(status), out
+
+
+def test_aws_cli_lists_buckets_from_the_user_host(deployment, s3):
+    s3.create_bucket(Bucket="cli-test")
+    status, out = aws_s3(deployment, "ls")
+    assert status == 0 and "cli-test" in out, out
+
+
+def test_aws_cli_copies_a_64_mib_file_up_and_back(deployment, s3):
+    """Above 8 MiB the CLI uploads in parts (8 of 8 MiB) and downloads in ranges."""
+    s3.create_bucket(Bucket="cli-multipart")
+    up, down = deployment.run_dir / "cli-up.bin", deployment.run_dir / "cli-down.bin"
+    data = os.urandom(64 * 2**20)
+    up.write_bytes(data)
+    try:
+        status, out = aws_s3(deployment, "cp", str(up), "s3://cli-multipart/image.img")
+        assert status == 0, out
+        head = s3.head_object(Bucket="cli-multipart", Key="image.img")
+        assert head["ContentLength"] == len(data) and head["ETag"].endswith('-8"'), head
+        status, out = aws_s3(deployment, "cp", "s3://cli-multipart/image.img", str(down))
+        assert status == 0, out
+        assert hashlib.sha256(down.read_bytes()).digest() == hashlib.sha256(data).digest()
+        assert "Uploads" not in s3.list_multipart_uploads(Bucket="cli-multipart")
+    finally:
+        up.unlink(missing_ok=True)
+        down.unlink(missing_ok=True)
 
 
 def test_secondaries_do_not_serve(deployment):
@@ -72,3 +100,25 @@ def test_secondaries_do_not_serve(deployment):
     assert out.strip() == "503"
     status = deployment["user"].cmd("curl -s http://10.0.0.22:8773/status")
     assert '"state": "DISABLED"' in status
+
+
+def test_aws_cli_sync_and_recursive_rm_from_the_user_host(deployment, s3):
+    """sync (PutObject, then CopyObject bucket to bucket), rm --recursive, DeleteObjects."""
+    for b in ("cli-sync", "cli-sync-copy"):
+        s3.create_bucket(Bucket=b)
+    src = deployment.run_dir / "sync-src"
+    files = {"a.txt": b"alpha", "dir/b.bin": os.urandom(300_000), "dir/sub/c": b"gamma"}
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    for args in (("sync", str(src), "s3://cli-sync/"), ("sync", "s3://cli-sync/", "s3://cli-sync-copy/")):
+        status, out = aws_s3(deployment, *args)
+        assert status == 0, out
+    copied = s3.list_objects_v2(Bucket="cli-sync-copy")["Contents"]
+    assert sorted(o["Key"] for o in copied) == sorted(files)
+    assert s3.get_object(Bucket="cli-sync-copy", Key="dir/b.bin")["Body"].read() == files["dir/b.bin"]
+    status, out = aws_s3(deployment, "rm", "--recursive", "s3://cli-sync-copy/")
+    assert status == 0 and "Contents" not in s3.list_objects_v2(Bucket="cli-sync-copy"), out
+    gone = s3.delete_objects(Bucket="cli-sync", Delete={"Objects": [{"Key": k} for k in files]})
+    assert sorted(d["Key"] for d in gone["Deleted"]) == sorted(files)
+    assert "Contents" not in s3.list_objects_v2(Bucket="cli-sync")

@@ -269,7 +269,13 @@ BAD_INPUT = {
                            "InvalidAccessKeyId"),
     "unsupported subresource": (lambda s3, b: s3.put_bucket_acl(Bucket="keep", ACL="public-read"),
                                 "NotImplemented"),
-    "multipart upload": (lambda s3, b: s3.create_multipart_upload(Bucket="keep", Key="k"), "NotImplemented"),
+    "part of an upload that does not exist": (lambda s3, b: s3.upload_part(Bucket="keep", Key="k", UploadId="nope",
+                                                                           PartNumber=1, Body=b"x"), "NoSuchUpload"),
+    "complete an upload that does not exist": (lambda s3, b: s3.complete_multipart_upload(
+        Bucket="keep", Key="k", UploadId="nope", MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": "x"}]}),
+        "NoSuchUpload"),
+    "list parts of an upload that does not exist": (lambda s3, b: s3.list_parts(Bucket="keep", Key="k",
+                                                                                UploadId="nope"), "NoSuchUpload"),
 }
 
 

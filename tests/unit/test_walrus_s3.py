@@ -1,0 +1,331 @@
+"""Walrus's S3 API beyond single objects, driven by boto3 and the AWS CLI on loopback:
+multipart upload, DeleteObjects, CopyObject, conditional requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from .components_helper import ADMIN, component
+from .test_walrus import _raw_code, code_of, s3_client
+
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def walrus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("walrus-s3")
+    with component("walrus", tmp, max_object_bytes=12 * MiB) as (base, cfg, proc):
+        yield base, tmp, proc
+
+
+def stored_files(tmp: Path) -> set[str]:
+    return {p.name for p in (tmp / "data" / "objects").iterdir()}
+
+
+def s3_etag(parts: list[bytes]) -> str:
+    """The ETag S3 gives a multipart object, computed here from the parts' bytes."""
+    digests = b"".join(hashlib.md5(p).digest() for p in parts)
+    return f'"{hashlib.md5(digests).hexdigest()}-{len(parts)}"'
+
+
+def test_multipart_upload_parts_copy_list_and_complete(walrus):
+    base, tmp, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="multi")
+    initial = stored_files(tmp)
+    source = os.urandom(3 * MiB)
+    s3.put_object(Bucket="multi", Key="source", Body=source)
+    upload = s3.create_multipart_upload(Bucket="multi", Key="dir/big", ContentType="application/x-image",
+                                        Metadata={"kind": "image"})["UploadId"]
+    listed = s3.list_multipart_uploads(Bucket="multi")["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in listed] == [("dir/big", upload)]
+    first, last = os.urandom(5 * MiB), os.urandom(1000)
+    p1 = s3.upload_part(Bucket="multi", Key="dir/big", UploadId=upload, PartNumber=1, Body=os.urandom(5 * MiB))
+    p1 = s3.upload_part(Bucket="multi", Key="dir/big", UploadId=upload, PartNumber=1, Body=first)  # replaced
+    assert p1["ETag"] == '"%s"' % hashlib.md5(first).hexdigest()
+    copied = s3.upload_part_copy(Bucket="multi", Key="dir/big", UploadId=upload, PartNumber=2,
+                                 CopySource={"Bucket": "multi", "Key": "source"}, CopySourceRange="bytes=1-1048576")
+    assert copied["CopyPartResult"]["ETag"] == '"%s"' % hashlib.md5(source[1:1048577]).hexdigest()
+    p3 = s3.upload_part(Bucket="multi", Key="dir/big", UploadId=upload, PartNumber=3, Body=last)
+    parts = s3.list_parts(Bucket="multi", Key="dir/big", UploadId=upload)
+    assert [(p["PartNumber"], p["Size"]) for p in parts["Parts"]] == [(1, 5 * MiB), (2, MiB), (3, 1000)]
+    page = s3.list_parts(Bucket="multi", Key="dir/big", UploadId=upload, MaxParts=2)
+    assert page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+    rest = s3.list_parts(Bucket="multi", Key="dir/big", UploadId=upload, PartNumberMarker=2)
+    assert [p["PartNumber"] for p in rest["Parts"]] == [3] and not rest["IsTruncated"]
+    # The second part is below S3's 5 MiB minimum: only the last part may be that small.
+    with pytest.raises(ClientError) as err:
+        s3.complete_multipart_upload(Bucket="multi", Key="dir/big", UploadId=upload, MultipartUpload={"Parts": [
+            {"PartNumber": n, "ETag": e} for n, e in
+            ((1, p1["ETag"]), (2, copied["CopyPartResult"]["ETag"]), (3, p3["ETag"]))]})
+    assert code_of(err.value) == "EntityTooSmall"
+    done = s3.complete_multipart_upload(Bucket="multi", Key="dir/big", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 3, "ETag": p3["ETag"]}]})
+    assert done["ETag"] == s3_etag([first, last])
+    got = s3.get_object(Bucket="multi", Key="dir/big")
+    assert got["Body"].read() == first + last
+    assert (got["ETag"], got["ContentType"], got["Metadata"]) == (s3_etag([first, last]), "application/x-image",
+                                                                   {"kind": "image"})
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="multi")
+    # Every part's file is gone (the unused part 2 too): only the two objects' files are left.
+    assert len(stored_files(tmp) - initial) == 2
+
+
+def test_bad_multipart_requests_get_s3_errors_and_change_nothing(walrus):
+    base, tmp, proc = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="badmulti")
+    initial = stored_files(tmp)
+    upload = s3.create_multipart_upload(Bucket="badmulti", Key="k")["UploadId"]
+    big = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(5 * MiB)]
+    etags = [s3.upload_part(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=n + 1, Body=b)["ETag"]
+             for n, b in enumerate(big[:2])]
+    before = (stored_files(tmp), s3.list_parts(Bucket="badmulti", Key="k", UploadId=upload)["Parts"])
+
+    def complete(parts):
+        return s3.complete_multipart_upload(Bucket="badmulti", Key="k", UploadId=upload,
+                                            MultipartUpload={"Parts": parts})
+
+    cases = [
+        (lambda: complete([{"PartNumber": 2, "ETag": etags[1]}, {"PartNumber": 1, "ETag": etags[0]}]),
+         "InvalidPartOrder"),
+        (lambda: complete([{"PartNumber": 1, "ETag": etags[1]}]), "InvalidPart"),
+        (lambda: complete([{"PartNumber": 1, "ETag": etags[0]}, {"PartNumber": 7, "ETag": etags[1]}]),
+         "InvalidPart"),
+        (lambda: s3.upload_part(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=10001, Body=b"x"),
+         "InvalidArgument"),
+        (lambda: s3.upload_part(Bucket="badmulti", Key="other", UploadId=upload, PartNumber=1, Body=b"x"),
+         "NoSuchUpload"),
+        (lambda: s3.upload_part(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3, Body=big[2],
+                                ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg=="), "BadDigest"),
+        (lambda: s3.upload_part_copy(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3,
+                                     CopySource="badmulti/missing"), "NoSuchKey"),
+    ]
+    for action, code in cases:
+        with pytest.raises(ClientError) as err:
+            action()
+        assert code_of(err.value) == code
+    assert proc.poll() is None
+    assert (stored_files(tmp), s3.list_parts(Bucket="badmulti", Key="k", UploadId=upload)["Parts"]) == before
+    # Three parts of 5 MiB are above this Walrus's 12 MiB max_object_bytes.
+    etags.append(s3.upload_part(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3, Body=big[2])["ETag"])
+    with pytest.raises(ClientError) as err:
+        complete([{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)])
+    assert code_of(err.value) == "EntityTooLarge"
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="badmulti", Key="k")
+    assert code_of(err.value) == "NoSuchKey"
+    # Abort removes the upload and its parts' files; the upload is gone for good.
+    s3.abort_multipart_upload(Bucket="badmulti", Key="k", UploadId=upload)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="badmulti")
+    assert stored_files(tmp) == initial
+    with pytest.raises(ClientError) as err:
+        complete([{"PartNumber": 1, "ETag": etags[0]}])
+    assert code_of(err.value) == "NoSuchUpload"
+
+
+def test_list_multipart_uploads_prefix_delimiter_and_pages(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="uploads")
+    ids = {}
+    for key in ("a/1", "a/2", "b", "b", "c/x/y"):
+        ids.setdefault(key, []).append(s3.create_multipart_upload(Bucket="uploads", Key=key)["UploadId"])
+    listed = s3.list_multipart_uploads(Bucket="uploads")["Uploads"]
+    assert [u["Key"] for u in listed] == ["a/1", "a/2", "b", "b", "c/x/y"]
+    assert [u["UploadId"] for u in listed if u["Key"] == "b"] == ids["b"]
+    page = s3.list_multipart_uploads(Bucket="uploads", Delimiter="/")
+    assert [u["Key"] for u in page["Uploads"]] == ["b", "b"]
+    assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["a/", "c/"]
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket="uploads", Prefix="a/")["Uploads"]] == ["a/1", "a/2"]
+    seen, kw = [], {}
+    while True:
+        page = s3.list_multipart_uploads(Bucket="uploads", MaxUploads=2, **kw)
+        seen += [(u["Key"], u["UploadId"]) for u in page["Uploads"]]
+        if not page["IsTruncated"]:
+            break
+        kw = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+    assert seen == [(u["Key"], u["UploadId"]) for u in listed]
+    # Deleting the bucket ends its uploads.
+    for u in listed:
+        s3.abort_multipart_upload(Bucket="uploads", Key=u["Key"], UploadId=u["UploadId"])
+    s3.delete_bucket(Bucket="uploads")
+
+
+def aws_s3(base: str, *args: str) -> str:
+    """``aws s3 ARGS`` against a Walrus on loopback; its output (a failure fails the test)."""
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ADMIN["access_key"], AWS_SECRET_ACCESS_KEY=ADMIN["secret_key"],
+               AWS_DEFAULT_REGION="eucalyptus", AWS_CONFIG_FILE="/dev/null")
+    aws = [str(Path(sys.executable).parent / "aws"), "--endpoint-url", f"{base}/services/Walrus", "s3"]
+    out = subprocess.run(aws + list(args), capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_aws_cli_copies_a_multipart_file_up_and_back(tmp_path):
+    """The AWS CLI switches to multipart above 8 MiB (upload and download)."""
+    with component("walrus", tmp_path / "w") as (base, cfg, proc):
+        s3_client(base).create_bucket(Bucket="cli-multi")
+        data = os.urandom(20 * MiB + 12345)
+        (tmp_path / "up.bin").write_bytes(data)
+        aws_s3(base, "cp", str(tmp_path / "up.bin"), "s3://cli-multi/up.bin")
+        aws_s3(base, "cp", "s3://cli-multi/up.bin", str(tmp_path / "down.bin"))
+        assert (tmp_path / "down.bin").read_bytes() == data
+        head = s3_client(base).head_object(Bucket="cli-multi", Key="up.bin")
+        assert head["ContentLength"] == len(data) and head["ETag"].endswith('-3"')
+
+
+def _keys(s3, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_delete_objects_verbose_quiet_and_per_key_errors(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="multidel")
+    for k in ("a", "b", "c", "d", "e"):
+        s3.put_object(Bucket="multidel", Key=k, Body=k.encode())
+    out = s3.delete_objects(Bucket="multidel", Delete={"Objects": [
+        {"Key": "a"}, {"Key": "b"}, {"Key": "never-there"}, {"Key": "c", "VersionId": "3sL4kqtJlcpXroDTDmJ"}]})
+    assert sorted(d["Key"] for d in out["Deleted"]) == ["a", "b", "never-there"]
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("c", "NoSuchVersion")]
+    assert _keys(s3, "multidel") == ["c", "d", "e"]
+    out = s3.delete_objects(Bucket="multidel", Delete={"Objects": [{"Key": "c"}, {"Key": "d"}], "Quiet": True})
+    assert "Deleted" not in out and "Errors" not in out and _keys(s3, "multidel") == ["e"]
+    # More than 1,000 keys, none at all, or no digest of the body: refused, nothing deleted.
+    with pytest.raises(ClientError) as err:
+        s3.delete_objects(Bucket="multidel", Delete={"Objects": [{"Key": f"k{i}"} for i in range(1001)] + [
+            {"Key": "e"}]})
+    assert code_of(err.value) == "MalformedXML"
+    assert _raw_code(base, "POST", "/multidel", b"<Delete></Delete>", {"Content-MD5": _md5(b"<Delete></Delete>")},
+                     query="delete") == (400, "MalformedXML")
+    body = b"<Delete><Object><Key>e</Key></Object></Delete>"
+    assert _raw_code(base, "POST", "/multidel", body, query="delete") == (400, "InvalidRequest")
+    assert _raw_code(base, "POST", "/multidel", body, {"Content-MD5": _md5(b"other")}, query="delete") == \
+        (400, "BadDigest")
+    assert _keys(s3, "multidel") == ["e"]
+    # boto3's collection delete uses DeleteObjects.
+    import boto3
+
+    bucket = boto3.resource("s3", endpoint_url=f"{base}/services/Walrus", aws_access_key_id=ADMIN["access_key"],
+                            aws_secret_access_key=ADMIN["secret_key"], region_name="eucalyptus",
+                            config=s3.meta.config).Bucket("multidel")
+    for i in range(30):
+        s3.put_object(Bucket="multidel", Key=f"many/{i}", Body=b"x")
+    bucket.objects.delete()
+    assert _keys(s3, "multidel") == []
+
+
+def _md5(body: bytes) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+def test_copy_object_directives_and_conditions(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    for b in ("copysrc", "copydst"):
+        s3.create_bucket(Bucket=b)
+    data = os.urandom(2 * MiB + 1)
+    etag = s3.put_object(Bucket="copysrc", Key="src", Body=data, ContentType="text/x-src",
+                         Metadata={"origin": "src"})["ETag"]
+    out = s3.copy_object(Bucket="copydst", Key="same", CopySource={"Bucket": "copysrc", "Key": "src"})
+    assert out["CopyObjectResult"]["ETag"] == etag
+    got = s3.get_object(Bucket="copydst", Key="same")
+    assert (got["Body"].read(), got["ContentType"], got["Metadata"]) == (data, "text/x-src", {"origin": "src"})
+    s3.copy_object(Bucket="copysrc", Key="replaced", CopySource="copysrc/src", MetadataDirective="REPLACE",
+                   ContentType="text/x-new", Metadata={"fresh": "yes"})
+    head = s3.head_object(Bucket="copysrc", Key="replaced")
+    assert (head["ContentType"], head["Metadata"], head["ETag"]) == ("text/x-new", {"fresh": "yes"}, etag)
+    # Onto itself: only with new metadata.
+    with pytest.raises(ClientError) as err:
+        s3.copy_object(Bucket="copysrc", Key="src", CopySource="copysrc/src")
+    assert code_of(err.value) == "InvalidRequest"
+    s3.copy_object(Bucket="copysrc", Key="src", CopySource="copysrc/src", MetadataDirective="REPLACE",
+                   Metadata={"origin": "itself"})
+    assert s3.head_object(Bucket="copysrc", Key="src")["Metadata"] == {"origin": "itself"}
+    modified = s3.head_object(Bucket="copysrc", Key="src")["LastModified"]
+    refused = [{"CopySourceIfMatch": '"0123"'}, {"CopySourceIfNoneMatch": etag},
+               {"CopySourceIfModifiedSince": modified},
+               {"CopySourceIfUnmodifiedSince": modified - dt.timedelta(seconds=5)},
+               {"MetadataDirective": "SOMETIMES"}]
+    for extra in refused:
+        with pytest.raises(ClientError) as err:
+            s3.copy_object(Bucket="copydst", Key="cond", CopySource="copysrc/src", **extra)
+        assert code_of(err.value) == ("InvalidArgument" if "MetadataDirective" in extra else "PreconditionFailed")
+    for bad, code in (("copysrc/missing", "NoSuchKey"), ("nosuchbucket/src", "NoSuchBucket"),
+                      ("copysrc", "InvalidArgument"), ("copysrc/src?versionId=abc", "NoSuchVersion")):
+        with pytest.raises(ClientError) as err:
+            s3.copy_object(Bucket="copydst", Key="cond", CopySource=bad)
+        assert code_of(err.value) == code
+    assert "cond" not in _keys(s3, "copydst")
+    s3.copy_object(Bucket="copydst", Key="cond", CopySource="copysrc/src", CopySourceIfMatch=etag,
+                   CopySourceIfUnmodifiedSince=modified - dt.timedelta(seconds=5))  # If-Match wins
+    assert s3.get_object(Bucket="copydst", Key="cond")["Body"].read() == data
+
+
+def test_conditional_get_and_head(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="conditional")
+    etag = s3.put_object(Bucket="conditional", Key="k", Body=b"conditional body")["ETag"]
+    modified = s3.head_object(Bucket="conditional", Key="k")["LastModified"]
+    before, after = modified - dt.timedelta(seconds=1), modified + dt.timedelta(seconds=1)
+    cases = [
+        ({"IfMatch": etag}, 200), ({"IfMatch": f'"x", {etag}'}, 200), ({"IfMatch": "*"}, 200),
+        ({"IfMatch": '"0000"'}, 412), ({"IfUnmodifiedSince": before}, 412), ({"IfUnmodifiedSince": modified}, 200),
+        ({"IfNoneMatch": etag}, 304), ({"IfNoneMatch": '"0000"'}, 200), ({"IfModifiedSince": modified}, 304),
+        ({"IfModifiedSince": before}, 200),
+        # S3's combinations: If-Match that holds beats If-Unmodified-Since; If-None-Match that
+        # fails beats If-Modified-Since.
+        ({"IfMatch": etag, "IfUnmodifiedSince": before}, 200),
+        ({"IfNoneMatch": '"0000"', "IfModifiedSince": after}, 200),
+        ({"IfNoneMatch": etag, "IfModifiedSince": before}, 304),
+    ]
+    for headers, status in cases:
+        for call in (s3.get_object, s3.head_object):
+            try:
+                got = call(Bucket="conditional", Key="k", **headers)
+                assert (status, got["ETag"]) == (200, etag), headers
+                if call is s3.get_object:
+                    assert got["Body"].read() == b"conditional body"
+            except ClientError as exc:
+                assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == status, (headers, call)
+                if status == 412 and call is s3.get_object:
+                    assert code_of(exc) == "PreconditionFailed"
+                if status == 304:
+                    assert exc.response["ResponseMetadata"]["HTTPHeaders"]["etag"] == etag
+
+
+def test_aws_cli_sync_and_recursive_rm(walrus, tmp_path):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="synced")
+    s3.create_bucket(Bucket="synced-copy")
+    src = tmp_path / "src"
+    files = {"a.txt": b"alpha", "dir/b.bin": os.urandom(100_000), "dir/sub/c": b"gamma", "big.img": os.urandom(9 * MiB)}
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    out = aws_s3(base, "sync", str(src), "s3://synced/")
+    assert out.count("upload:") == 4
+    assert sorted(_keys(s3, "synced")) == sorted(files)
+    (src / "a.txt").write_bytes(b"alpha, changed")
+    files["a.txt"] = b"alpha, changed"
+    out = aws_s3(base, "sync", str(src), "s3://synced/")
+    assert out.count("upload:") == 1 and "a.txt" in out  # only what changed
+    out = aws_s3(base, "sync", "s3://synced/", "s3://synced-copy/")  # bucket to bucket: CopyObject
+    assert out.count("copy:") == 4
+    aws_s3(base, "sync", "s3://synced-copy/", str(tmp_path / "down"))
+    assert {n: (tmp_path / "down" / n).read_bytes() for n in files} == files
+    aws_s3(base, "rm", "--recursive", "s3://synced-copy/")
+    assert _keys(s3, "synced-copy") == []
