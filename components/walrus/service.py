@@ -4,7 +4,8 @@ Operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject, GetO
 (with Range), HeadObject, DeleteObject, ListObjectsV2 (prefix, delimiter,
 continuation, start-after), multipart upload (Create, UploadPart, UploadPartCopy,
 Complete, Abort, ListParts, ListMultipartUploads), DeleteObjects, CopyObject,
-conditional GET/HEAD; S3 error XML. Objects are files named by a random id
+conditional GET/HEAD, versioning (Put/GetBucketVersioning, ListObjectVersions, version
+ids, delete markers); S3 error XML. Objects are files named by a random id
 under data_dir/objects (never by their key, so no key can escape the store),
 written to a temporary file, fsynced and renamed before their metadata row is
 committed: after a crash an object is either entirely there or not at all.
@@ -56,8 +57,8 @@ UNSUPPORTED_SUBRESOURCES = frozenset((
     "accelerate", "acl", "analytics", "attributes", "cors", "encryption", "intelligent-tiering",
     "inventory", "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
-    "requestPayment", "restore", "retention", "select", "tagging", "torrent",
-    "versioning", "versionId", "versions", "website"))
+    "requestPayment", "restore", "retention", "select", "tagging", "torrent", "website"))
+AUTH = web.RequestKey("auth", object)  # the request's AuthResult, for handlers that read a signed body
 # Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
 CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
 UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
@@ -71,8 +72,9 @@ class ReplicaError(Exception):
 
 
 class S3Error(Exception):
-    def __init__(self, code: str, message: str, status: int, resource: str = ""):
+    def __init__(self, code: str, message: str, status: int, resource: str = "", headers: dict | None = None):
         self.code, self.message, self.status, self.resource = code, message, status, resource
+        self.headers = headers or {}
         super().__init__(message)
 
 
@@ -173,6 +175,45 @@ def precondition(headers, etag: str, modified: float, prefix: str = "") -> int |
     return None
 
 
+def page_by_key(rows, prefix: str, delimiter: str, key_marker: str, id_marker: str,
+                limit: int) -> tuple[list, list[str], tuple[str, str] | None]:
+    """One page of rows ``(key, id, ...)`` sorted by key (ListMultipartUploads, ListObjectVersions).
+
+    Rows after the markers (every id of ``key_marker`` when ``id_marker`` is empty, else those
+    up to it), keys under ``prefix``, rolled up at ``delimiter`` into common prefixes.
+    Returns (rows, common prefixes, the next markers when the page is truncated).
+    """
+    items: list = []
+    prefixes: list[str] = []
+    past = not id_marker
+    last = (key_marker, id_marker)
+    for row in rows:
+        key, rid = row[0], row[1]
+        if not key.startswith(prefix):
+            if key > prefix:
+                break
+            continue
+        if key_marker and (key < key_marker or (key == key_marker and not id_marker)):
+            continue
+        if key == key_marker and not past:
+            past = rid == id_marker
+            continue
+        common = None
+        if delimiter and (cut := key.find(delimiter, len(prefix))) >= 0:
+            common = key[:cut + len(delimiter)]
+            if prefixes and prefixes[-1] == common:
+                continue
+        if len(items) + len(prefixes) >= limit:
+            return items, prefixes, last
+        if common is not None:
+            prefixes.append(common)
+            last = (common + "\U0010ffff", "")  # resume after every key under it
+        else:
+            items.append(row)
+            last = (key, rid)
+    return items, prefixes, None
+
+
 def concatenate(files: list, path: Path) -> None:
     """Write open files one after the other into ``path``, fsynced."""
     with open(path, "wb") as out:
@@ -225,6 +266,11 @@ class Store:
                 account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT);
             CREATE TABLE IF NOT EXISTS parts (upload TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL,
                 etag TEXT NOT NULL, modified REAL NOT NULL, file TEXT NOT NULL, PRIMARY KEY (upload, number));
+            CREATE TABLE IF NOT EXISTS versioning (bucket TEXT PRIMARY KEY, status TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS versions (bucket TEXT NOT NULL, key TEXT NOT NULL, vid TEXT NOT NULL,
+                n INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL, content_type TEXT,
+                modified REAL NOT NULL, meta TEXT, file TEXT, marker INTEGER NOT NULL,
+                PRIMARY KEY (bucket, key, vid));
         """)
         self._sweep()
 
@@ -247,8 +293,15 @@ class Store:
                 cur.execute("INSERT INTO buckets VALUES (?, ?, ?)", (op["bucket"], op["account"], op["created"]))
             elif t == "bucket.delete":
                 cur.execute("DELETE FROM buckets WHERE name=?", (op["bucket"],))
+                cur.execute("DELETE FROM versioning WHERE bucket=?", (op["bucket"],))
                 for (upload,) in cur.execute("SELECT id FROM uploads WHERE bucket=?", (op["bucket"],)).fetchall():
                     obsolete += self._drop_upload(cur, upload)
+            elif t == "bucket.versioning":
+                if not cur.execute("SELECT 1 FROM versioning WHERE bucket=?", (op["bucket"],)).fetchone():
+                    # First configured: each object so far becomes its key's "null" version.
+                    cur.execute("INSERT INTO versions SELECT bucket, key, 'null', 0, size, etag, content_type, "
+                                "modified, meta, file, 0 FROM objects WHERE bucket=?", (op["bucket"],))
+                cur.execute("INSERT OR REPLACE INTO versioning VALUES (?, ?)", (op["bucket"], op["status"]))
             elif t in ("object.put", "upload.complete"):
                 if t == "upload.complete":
                     obsolete += self._drop_upload(cur, op["upload"])
@@ -258,11 +311,19 @@ class Store:
                             (op["bucket"], op["key"], op["size"], op["etag"], op["content_type"], op["modified"],
                              json.dumps(op["meta"]), op["file"]))
                 obsolete += [old[0]] if old and old[0] != op["file"] else []
+                if op.get("version") is not None:
+                    obsolete += self._add_version(cur, op, marker=False)
             elif t == "object.delete":
                 old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
                                   (op["bucket"], op["key"])).fetchone()
-                cur.execute("DELETE FROM objects WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
                 obsolete += [old[0]] if old else []
+                if op.get("version") is not None:  # that version, for good
+                    obsolete += self._remove_version(cur, op["bucket"], op["key"], op["version"])
+                    self._refresh_current(cur, op["bucket"], op["key"])
+                else:
+                    cur.execute("DELETE FROM objects WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
+                    if op.get("marker") is not None:
+                        obsolete += self._add_version(cur, {**op, "version": op["marker"]}, marker=True)
             elif t == "upload.create":
                 cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (op["upload"], op["bucket"], op["key"], op["account"], op["initiated"],
@@ -277,6 +338,10 @@ class Store:
                 obsolete += self._drop_upload(cur, op["upload"])
             else:
                 raise ValueError(f"unknown operation {t!r}")
+            # A file another row (a version, the current object) still names stays.
+            obsolete = [f for f in dict.fromkeys(obsolete) if f and not cur.execute(
+                "SELECT 1 FROM objects WHERE file=? UNION ALL SELECT 1 FROM versions WHERE file=? "
+                "UNION ALL SELECT 1 FROM parts WHERE file=? LIMIT 1", (f, f, f)).fetchone()]
             seq = seq if seq is not None else (cur.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0] + 1)
             cur.execute("INSERT INTO ops VALUES (?, ?, ?)", (seq, epoch, json.dumps(op, sort_keys=True)))
             cur.execute("COMMIT")
@@ -286,6 +351,33 @@ class Store:
         for name in obsolete:
             (self.objects / name).unlink(missing_ok=True)
         return obsolete
+
+    @staticmethod
+    def _remove_version(cur, bucket: str, key: str, vid: str) -> list[str]:
+        row = cur.execute("SELECT file FROM versions WHERE bucket=? AND key=? AND vid=?", (bucket, key, vid)).fetchone()
+        cur.execute("DELETE FROM versions WHERE bucket=? AND key=? AND vid=?", (bucket, key, vid))
+        return [row[0]] if row and row[0] else []
+
+    def _add_version(self, cur, op: dict, marker: bool) -> list[str]:
+        """A new latest version (or delete marker) of a key in a versioned bucket; a "null"
+        version replaces the key's earlier "null" one. Returns the files that replaced."""
+        gone = self._remove_version(cur, op["bucket"], op["key"], op["version"])
+        n = cur.execute("SELECT COALESCE(MAX(n), 0) + 1 FROM versions").fetchone()[0]
+        if marker:
+            row = (0, "", None, op["modified"], None, None)
+        else:
+            row = (op["size"], op["etag"], op["content_type"], op["modified"], json.dumps(op["meta"]), op["file"])
+        cur.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (op["bucket"], op["key"], op["version"], n, *row, int(marker)))
+        return gone
+
+    @staticmethod
+    def _refresh_current(cur, bucket: str, key: str) -> None:
+        """The key's current object is its latest version, unless that is a delete marker."""
+        cur.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
+        cur.execute("INSERT INTO objects SELECT bucket, key, size, etag, content_type, modified, meta, file "
+                    "FROM (SELECT * FROM versions WHERE bucket=? AND key=? ORDER BY n DESC LIMIT 1) "
+                    "WHERE marker=0", (bucket, key))
 
     @staticmethod
     def _drop_upload(cur, upload: str) -> list[str]:
@@ -301,13 +393,14 @@ class Store:
 
     def reset(self) -> None:
         self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops; DELETE FROM uploads; "
-                              "DELETE FROM parts;")
+                              "DELETE FROM parts; DELETE FROM versioning; DELETE FROM versions;")
         for f in self.objects.iterdir():
             f.unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         """Remove files no metadata row points to (left by a crash mid-write)."""
-        live = {row[0] for row in self.db.execute("SELECT file FROM objects UNION SELECT file FROM parts")}
+        live = {row[0] for row in self.db.execute("SELECT file FROM objects UNION SELECT file FROM parts "
+                                                  "UNION SELECT file FROM versions")}
         for f in self.objects.iterdir():
             if f.name not in live:
                 f.unlink(missing_ok=True)
@@ -361,6 +454,24 @@ class Store:
     def obj(self, bucket: str, key: str):
         return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file FROM objects "
                                "WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+
+    def versioning(self, bucket: str) -> str | None:
+        """"Enabled", "Suspended", or None for a bucket whose versioning was never configured."""
+        row = self.db.execute("SELECT status FROM versioning WHERE bucket=?", (bucket,)).fetchone()
+        return row[0] if row else None
+
+    def version(self, bucket: str, key: str, vid: str | None):
+        """A version as (key, size, etag, content_type, modified, meta, file, vid, marker), the
+        latest when ``vid`` is None; a bucket never versioned holds only "null" versions."""
+        if self.versioning(bucket) is None:
+            row = self.obj(bucket, key) if vid in (None, "null") else None
+            return None if row is None else (*row, "null", 0)
+        if vid is None:
+            return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file, vid, marker "
+                                   "FROM versions WHERE bucket=? AND key=? ORDER BY n DESC LIMIT 1",
+                                   (bucket, key)).fetchone()
+        return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file, vid, marker "
+                               "FROM versions WHERE bucket=? AND key=? AND vid=?", (bucket, key, vid)).fetchone()
 
     def upload(self, bucket: str, key: str, upload: str):
         return self.db.execute("SELECT id, account, initiated, content_type, meta FROM uploads "
@@ -442,6 +553,7 @@ class Walrus(Service):
         _sub(root, "RequestId", rid)
         resp = _xml(root, err.status)
         resp.headers["x-amz-request-id"] = rid
+        resp.headers.update(err.headers)
         return resp
 
     def _raw_path_query(self, request: web.Request) -> tuple[str, str]:
@@ -474,7 +586,7 @@ class Walrus(Service):
             if not valid_bucket(bucket):
                 raise S3Error("InvalidBucketName", "The specified bucket is not valid.", 400, bucket)
             account, auth = await self._authenticate(request)
-            request["auth"] = auth  # for bucket handlers that read a signed body
+            request[AUTH] = auth  # for bucket handlers that read a signed body
             m = request.method
             unsupported = UNSUPPORTED_SUBRESOURCES.intersection(request.query)
             if unsupported:
@@ -488,6 +600,10 @@ class Walrus(Service):
                     handler = {"GET": self.list_uploads}.get(m)
                 elif "delete" in request.query:
                     handler = {"POST": self.delete_objects}.get(m)
+                elif "versioning" in request.query:
+                    handler = {"GET": self.get_versioning, "PUT": self.put_versioning}.get(m)
+                elif "versions" in request.query:
+                    handler = {"GET": self.list_versions}.get(m)
                 else:
                     handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
                                "HEAD": self.head_bucket}.get(m)
@@ -503,6 +619,8 @@ class Walrus(Service):
                 handler = {"POST": self.create_upload}.get(m)
             elif "partNumber" in request.query:
                 raise S3Error("NotImplemented", "Walrus does not implement ?partNumber on an object", 501)
+            elif "versionId" in request.query and m not in ("GET", "HEAD", "DELETE"):
+                raise S3Error("InvalidArgument", f"versionId is not allowed on {m}", 400, key)
             else:
                 handler = {"PUT": self.put_object, "GET": self.get_object, "HEAD": self.get_object,
                            "DELETE": self.delete_object}.get(m)
@@ -513,7 +631,7 @@ class Walrus(Service):
             if not err.resource:
                 err.resource = request.path
             if request.method == "HEAD":  # a HEAD answer has no body: the code goes in a header
-                return web.Response(status=err.status, headers={"x-amz-error-code": err.code})
+                return web.Response(status=err.status, headers={"x-amz-error-code": err.code, **err.headers})
             return self._error(err)
 
     async def _read_xml(self, request: web.Request, resource: str, limit: int = MAX_XML_BODY,
@@ -590,7 +708,8 @@ class Walrus(Service):
 
     async def delete_bucket(self, request, account, bucket):
         self._owned_bucket(account, bucket)
-        if self.store.db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (bucket,)).fetchone():
+        if self.store.db.execute("SELECT 1 FROM objects WHERE bucket=? UNION ALL SELECT 1 FROM versions "
+                                 "WHERE bucket=? LIMIT 1", (bucket, bucket)).fetchone():
             raise S3Error("BucketNotEmpty", "The bucket you tried to delete is not empty", 409, bucket)
         self._apply({"type": "bucket.delete", "bucket": bucket})
         await self.replicate()
@@ -665,19 +784,26 @@ class Walrus(Service):
         if "x-amz-copy-source" in request.headers:
             return await self.copy_object(request, account, bucket, key)
         name, size, etag, _ = await self._receive(request, auth, key)
-        await self._put(bucket, key, size, etag, request.headers.get("Content-Type", "binary/octet-stream"),
-                        _meta_of(request.headers), name)
-        return web.Response(status=200, headers={"ETag": f'"{etag}"'})
+        op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
+                              "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
+                              "meta": _meta_of(request.headers), "file": name})
+        return web.Response(status=200, headers={"ETag": f'"{etag}"', **self._version_header(op)})
 
-    async def _put(self, bucket: str, key: str, size: int, etag: str, content_type: str, meta: dict,
-                   name: str) -> float:
-        """Log a new object whose file is installed, replicate it; returns its modification time."""
-        modified = dt.datetime.now().timestamp()
-        self._apply({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
-                     "content_type": content_type, "modified": modified, "meta": meta, "file": name})
+    async def _put(self, op: dict) -> dict:
+        """Log a new object (object.put, upload.complete) whose file is installed and replicate
+        it; a versioned bucket gives it a version id. Returns the op as logged."""
+        op = {**op, "modified": dt.datetime.now().timestamp()}
+        status = self.store.versioning(op["bucket"])
+        if status is not None:
+            op["version"] = uuid.uuid4().hex if status == "Enabled" else "null"
+        self._apply(op)
         await self.replicate()  # the DISABLED peer has the object before the client hears success
-        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
-        return modified
+        self.events.emit("object.put", bucket=op["bucket"], key=op["key"], size=op["size"], etag=op["etag"])
+        return op
+
+    @staticmethod
+    def _version_header(op: dict) -> dict:
+        return {"x-amz-version-id": op["version"]} if op.get("version") is not None else {}
 
     async def copy_object(self, request, account, bucket, key):
         """CopyObject: same or other bucket, metadata directive COPY or REPLACE, the
@@ -698,50 +824,61 @@ class Walrus(Service):
             content_type = request.headers.get("Content-Type", "binary/octet-stream")
             meta = _meta_of(request.headers)
         name, size, etag = await self._copy_bytes(src[6], 0, src[1])
-        modified = await self._put(bucket, key, size, etag, content_type, meta, name)
+        op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
+                              "content_type": content_type, "meta": meta, "file": name})
         root = ET.Element("CopyObjectResult", xmlns=S3_NS)
-        _sub(root, "LastModified", _iso(modified))
+        _sub(root, "LastModified", _iso(op["modified"]))
         _sub(root, "ETag", f'"{etag}"')
-        return _xml(root)
+        resp = _xml(root)
+        resp.headers.update(self._version_header(op))
+        if self.store.versioning(src_bucket) is not None:
+            resp.headers["x-amz-copy-source-version-id"] = src[7]
+        return resp
 
     async def delete_objects(self, request, account, bucket):
         """DeleteObjects: up to 1,000 keys, each answered Deleted or Error (quiet: errors only)."""
         self._owned_bucket(account, bucket)
         if not any(h in request.headers for h in ("Content-MD5", *CHECKSUMS, "x-amz-checksum-crc32")):
             raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5", 400, bucket)
-        doc = await self._read_xml(request, bucket, limit=MAX_DELETE_BODY, auth=request["auth"])
+        doc = await self._read_xml(request, bucket, limit=MAX_DELETE_BODY, auth=request[AUTH])
         objects = [] if doc is None or doc.tag != "Delete" else doc.findall("Object")
         if not 1 <= len(objects) <= 1000:
             raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
                           "our published schema (1 to 1000 objects)", 400, bucket)
         quiet = (doc.findtext("Quiet") or "").strip().lower() == "true"
         root = ET.Element("DeleteResult", xmlns=S3_NS)
-        deleted = []
+        deleted, applied = [], False
         for obj in objects:
             key, version = obj.findtext("Key"), obj.findtext("VersionId")
             if not key or len(key.encode()) > 1024:
                 code, message = "KeyTooLongError" if key else "UserKeyMustBeSpecified", \
                     "Your key is too long" if key else "The key is missing"
-            elif version not in (None, "null"):  # an unversioned bucket holds only the null version
-                code, message = "NoSuchVersion", "The specified version does not exist."
             else:
-                row = self.store.obj(bucket, key)
-                if row is not None:
-                    self._apply({"type": "object.delete", "bucket": bucket, "key": key})
-                    deleted.append(row)
-                if not quiet:
-                    el = _sub(root, "Deleted")
-                    _sub(el, "Key", key)
-                    if version is not None:
-                        _sub(el, "VersionId", version)
-                continue
+                try:
+                    done, headers, removed = self._delete(bucket, key, version)
+                except S3Error as err:
+                    code, message = err.code, err.message
+                else:
+                    applied |= done
+                    if removed is not None:
+                        deleted.append(removed)
+                    if not quiet:
+                        el = _sub(root, "Deleted")
+                        _sub(el, "Key", key)
+                        if version is not None:
+                            _sub(el, "VersionId", version)
+                        if headers.get("x-amz-delete-marker"):
+                            _sub(el, "DeleteMarker", "true")
+                            if version is None:
+                                _sub(el, "DeleteMarkerVersionId", headers["x-amz-version-id"])
+                    continue
             el = _sub(root, "Error")
             _sub(el, "Key", key or "")
             if version is not None:
                 _sub(el, "VersionId", version)
             _sub(el, "Code", code)
             _sub(el, "Message", message)
-        if deleted:
+        if applied:
             await self.replicate()  # one round for every key: the peer has them all before the answer
         for row in deleted:
             self.events.emit("object.delete", bucket=bucket, key=row[0], size=row[1], etag=row[2])
@@ -801,29 +938,41 @@ class Walrus(Service):
         return name, size, md5.hexdigest(), checked
 
     def _object_headers(self, row) -> dict:
-        key, size, etag, ctype, modified, meta, _ = row
+        key, size, etag, ctype, modified, meta = row[:6]
         headers = {"ETag": f'"{etag}"', "Last-Modified": formatdate(modified, usegmt=True),
                    "Accept-Ranges": "bytes", "Content-Type": ctype or "binary/octet-stream"}
         for k, v in json.loads(meta or "{}").items():
             headers[f"x-amz-meta-{k}"] = v
         return headers
 
+    def _version_of(self, bucket: str, key: str, version: str | None):
+        """The version asked for (the latest without ``version``), delete markers included."""
+        row = self.store.version(bucket, key, version)
+        if row is None and version is not None:
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404, key)
+        if row is None or (row[8] and version is None):
+            marker = {"x-amz-delete-marker": "true", "x-amz-version-id": row[7]} if row else {}
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, key, marker)
+        return row
+
     async def get_object(self, request, account, bucket, key, auth):
         self._owned_bucket(account, bucket)
-        row = self.store.obj(bucket, key)
-        if row is None:
-            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, key)
+        row = self._version_of(bucket, key, request.query.get("versionId"))
+        extra = {"x-amz-version-id": row[7]} if self.store.versioning(bucket) is not None else {}
+        if row[8]:
+            raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405,
+                          key, {"x-amz-delete-marker": "true", **extra})
         verdict = precondition(request.headers, row[2], row[4])
         if verdict == 412:
             raise precondition_failed()
         if verdict == 304:
             headers = self._object_headers(row)
             return web.Response(status=304, headers={h: headers[h] for h in ("ETag", "Last-Modified")})
-        return await self._send_object(request, row)
+        return await self._send_object(request, row, extra)
 
-    async def _send_object(self, request: web.Request, row) -> web.StreamResponse:
+    async def _send_object(self, request: web.Request, row, extra: dict | None = None) -> web.StreamResponse:
         size, path = row[1], self.store.objects / row[6]
-        headers = self._object_headers(row)
+        headers = {**self._object_headers(row), **(extra or {})}
         start, end, status = 0, size - 1, 200
         if request.headers.get("Range"):
             start, end = parse_range(request.headers["Range"], size)
@@ -855,12 +1004,121 @@ class Walrus(Service):
 
     async def delete_object(self, request, account, bucket, key, auth):
         self._owned_bucket(account, bucket)
-        row = self.store.obj(bucket, key)
-        if row is not None:
-            self._apply({"type": "object.delete", "bucket": bucket, "key": key})
+        applied, headers, removed = self._delete(bucket, key, request.query.get("versionId"))
+        if applied:
             await self.replicate()
-            self.events.emit("object.delete", bucket=bucket, key=key, size=row[1], etag=row[2])
-        return web.Response(status=204)
+        if removed is not None:
+            self.events.emit("object.delete", bucket=bucket, key=key, size=removed[1], etag=removed[2])
+        return web.Response(status=204, headers=headers)
+
+    def _delete(self, bucket: str, key: str, version: str | None) -> tuple[bool, dict, tuple | None]:
+        """Apply (not yet replicate) DeleteObject: (whether an op was logged, the answer's
+        headers, the object row whose bytes are gone from view).
+
+        Without a version: a bucket never versioned loses the object; a versioned one gets
+        a delete marker (Suspended: the "null" one, replacing the "null" version). With a
+        version: that version goes for good, and the one before it becomes current.
+        """
+        status = self.store.versioning(bucket)
+        op = {"type": "object.delete", "bucket": bucket, "key": key}
+        if version is not None:
+            row = self.store.version(bucket, key, version)
+            if row is None:
+                if version == "null":
+                    return False, {}, None
+                raise S3Error("NoSuchVersion", "The specified version does not exist.", 404, key)
+            if status is not None:
+                op["version"] = version
+            headers = {"x-amz-version-id": version, **({"x-amz-delete-marker": "true"} if row[8] else {})}
+            removed = None if row[8] else row
+        else:
+            removed = self.store.obj(bucket, key)
+            if status is None:
+                if removed is None:
+                    return False, {}, None
+                headers = {}
+            else:
+                op["marker"] = uuid.uuid4().hex if status == "Enabled" else "null"
+                op["modified"] = dt.datetime.now().timestamp()
+                headers = {"x-amz-delete-marker": "true", "x-amz-version-id": op["marker"]}
+        self._apply(op)
+        return True, headers, removed
+
+    # -- versioning -------------------------------------------------------------------------
+
+    async def get_versioning(self, request, account, bucket):
+        self._owned_bucket(account, bucket)
+        root = ET.Element("VersioningConfiguration", xmlns=S3_NS)
+        status = self.store.versioning(bucket)
+        if status is not None:
+            _sub(root, "Status", status)
+        return _xml(root)
+
+    async def put_versioning(self, request, account, bucket):
+        self._owned_bucket(account, bucket)
+        doc = await self._read_xml(request, bucket, auth=request[AUTH])
+        status = None if doc is None or doc.tag != "VersioningConfiguration" else doc.findtext("Status")
+        if status not in ("Enabled", "Suspended"):
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                          "our published schema (Status Enabled or Suspended)", 400, bucket)
+        if (doc.findtext("MfaDelete") or "Disabled") != "Disabled":
+            raise S3Error("NotImplemented", "Walrus does not implement MFA delete", 501, bucket)
+        self._apply({"type": "bucket.versioning", "bucket": bucket, "status": status})
+        await self.replicate()
+        return web.Response(status=200)
+
+    async def list_versions(self, request, account, bucket):
+        """ListObjectVersions: prefix, delimiter, key-marker / version-id-marker, max-keys,
+        encoding-type=url; a bucket never versioned lists its objects as "null" versions."""
+        self._owned_bucket(account, bucket)
+        q = request.query
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, id_marker = q.get("key-marker", ""), q.get("version-id-marker", "")
+        max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
+        encoding = q.get("encoding-type")
+        if encoding not in (None, "url"):
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", 400)
+        enc = (lambda v: quote(v, safe="/")) if encoding == "url" else (lambda v: v)
+        owner = self.store.bucket(bucket)[1]
+        start = max(prefix, key_marker)
+        if self.store.versioning(bucket) is None:
+            rows = self.store.db.execute("SELECT key, 'null', size, etag, modified, 0, 1 FROM objects "
+                                         "WHERE bucket=? AND key >= ? ORDER BY key", (bucket, start))
+        else:
+            rows = self.store.db.execute(
+                "SELECT key, vid, size, etag, modified, marker, n = MAX(n) OVER (PARTITION BY key) FROM versions "
+                "WHERE bucket=? AND key >= ? ORDER BY key, n DESC", (bucket, start))
+        items, prefixes, nxt = page_by_key(rows, prefix, delimiter, key_marker, id_marker, max_keys)
+        root = ET.Element("ListVersionsResult", xmlns=S3_NS)
+        _sub(root, "Name", bucket)
+        _sub(root, "Prefix", enc(prefix))
+        _sub(root, "KeyMarker", enc(key_marker))
+        _sub(root, "VersionIdMarker", id_marker)
+        if nxt:
+            _sub(root, "NextKeyMarker", enc(nxt[0]))
+            _sub(root, "NextVersionIdMarker", nxt[1])
+        _sub(root, "MaxKeys", max_keys)
+        if delimiter:
+            _sub(root, "Delimiter", enc(delimiter))
+        if encoding:
+            _sub(root, "EncodingType", encoding)
+        _sub(root, "IsTruncated", "true" if nxt else "false")
+        for key, vid, size, etag, modified, marker, latest in items:
+            el = _sub(root, "DeleteMarker" if marker else "Version")
+            _sub(el, "Key", enc(key))
+            _sub(el, "VersionId", vid)
+            _sub(el, "IsLatest", "true" if latest else "false")
+            _sub(el, "LastModified", _iso(modified))
+            if not marker:
+                _sub(el, "ETag", f'"{etag}"')
+                _sub(el, "Size", size)
+                _sub(el, "StorageClass", "STANDARD")
+            who = _sub(el, "Owner")
+            _sub(who, "ID", owner)
+            _sub(who, "DisplayName", owner)
+        for p in prefixes:
+            _sub(_sub(root, "CommonPrefixes"), "Prefix", enc(p))
+        return _xml(root)
 
     # -- multipart upload -----------------------------------------------------------------
 
@@ -973,18 +1231,17 @@ class Walrus(Service):
             self._upload(bucket, key, upload)
             raise S3Error("InvalidPart", "A part of the upload changed while it was being completed; retry", 400, key)
         etag = composite_etag([e for _, e in wanted])
-        self._apply({"type": "upload.complete", "bucket": bucket, "key": key, "upload": upload,
-                     "parts": [[n, have[n][2]] for n, _ in wanted], "size": size, "etag": etag,
-                     "content_type": ctype, "meta": json.loads(meta or "{}"),
-                     "modified": dt.datetime.now().timestamp(), "file": name})
-        await self.replicate()
-        self.events.emit("object.put", bucket=bucket, key=key, size=size, etag=etag)
+        op = await self._put({"type": "upload.complete", "bucket": bucket, "key": key, "upload": upload,
+                              "parts": [[n, have[n][2]] for n, _ in wanted], "size": size, "etag": etag,
+                              "content_type": ctype, "meta": json.loads(meta or "{}"), "file": name})
         root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
         _sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
         _sub(root, "Bucket", bucket)
         _sub(root, "Key", key)
         _sub(root, "ETag", f'"{etag}"')
-        return _xml(root)
+        resp = _xml(root)
+        resp.headers.update(self._version_header(op))
+        return resp
 
     async def abort_upload(self, request, account, bucket, key, auth):
         self._owned_bucket(account, bucket)
@@ -1033,43 +1290,20 @@ class Walrus(Service):
         rows = self.store.db.execute(
             "SELECT key, id, account, initiated FROM uploads WHERE bucket=? AND key >= ? "
             "ORDER BY key, initiated, id", (bucket, max(prefix, key_marker)))
-        uploads, prefixes, truncated = [], [], False
-        past_marker = not id_marker
-        for key, upload, owner, initiated in rows:
-            if not key.startswith(prefix):
-                if key > prefix:
-                    break
-                continue
-            if key_marker and (key < key_marker or (key == key_marker and not id_marker)):
-                continue
-            if key == key_marker and not past_marker:
-                past_marker = upload == id_marker
-                continue
-            common = None
-            if delimiter and (cut := key.find(delimiter, len(prefix))) >= 0:
-                common = key[:cut + len(delimiter)]
-                if prefixes and prefixes[-1] == common:
-                    continue
-            if len(uploads) + len(prefixes) >= max_uploads:
-                truncated = True
-                break
-            if common is not None:
-                prefixes.append(common)
-            else:
-                uploads.append((key, upload, owner, initiated))
+        uploads, prefixes, nxt = page_by_key(rows, prefix, delimiter, key_marker, id_marker, max_uploads)
         root = ET.Element("ListMultipartUploadsResult", xmlns=S3_NS)
         _sub(root, "Bucket", bucket)
         _sub(root, "KeyMarker", key_marker)
         _sub(root, "UploadIdMarker", id_marker)
-        if truncated and uploads:
-            _sub(root, "NextKeyMarker", uploads[-1][0])
-            _sub(root, "NextUploadIdMarker", uploads[-1][1])
+        if nxt:
+            _sub(root, "NextKeyMarker", nxt[0])
+            _sub(root, "NextUploadIdMarker", nxt[1])
         if prefix:
             _sub(root, "Prefix", prefix)
         if delimiter:
             _sub(root, "Delimiter", delimiter)
         _sub(root, "MaxUploads", max_uploads)
-        _sub(root, "IsTruncated", "true" if truncated else "false")
+        _sub(root, "IsTruncated", "true" if nxt else "false")
         for key, upload, owner, initiated in uploads:
             el = _sub(root, "Upload")
             _sub(el, "Key", key)
@@ -1095,12 +1329,11 @@ class Walrus(Service):
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
                           "sourcebucket/sourcekey", 400, raw)
         version = dict(parse_qsl(query)).get("versionId")
-        if version not in (None, "null"):
-            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404, raw)
         self._owned_bucket(account, src_bucket)
-        row = self.store.obj(src_bucket, src_key)
-        if row is None:
-            raise S3Error("NoSuchKey", "The specified key does not exist.", 404, src_key)
+        row = self._version_of(src_bucket, src_key, version)
+        if row[8]:
+            raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a delete "
+                          "marker by version id.", 400, raw)
         if precondition(request.headers, row[2], row[4], prefix="x-amz-copy-source-") is not None:
             raise precondition_failed()
         return row

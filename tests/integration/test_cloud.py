@@ -122,3 +122,19 @@ def test_aws_cli_sync_and_recursive_rm_from_the_user_host(deployment, s3):
     gone = s3.delete_objects(Bucket="cli-sync", Delete={"Objects": [{"Key": k} for k in files]})
     assert sorted(d["Key"] for d in gone["Deleted"]) == sorted(files)
     assert "Contents" not in s3.list_objects_v2(Bucket="cli-sync")
+
+
+def test_versioned_bucket_history_from_the_user_host(s3):
+    s3.create_bucket(Bucket="cloud-versions")
+    s3.put_object(Bucket="cloud-versions", Key="doc", Body=b"before versioning")
+    s3.put_bucket_versioning(Bucket="cloud-versions", VersioningConfiguration={"Status": "Enabled"})
+    ids = [s3.put_object(Bucket="cloud-versions", Key="doc", Body=f"edit {i}".encode())["VersionId"]
+           for i in range(3)]
+    marker = s3.delete_object(Bucket="cloud-versions", Key="doc")["VersionId"]
+    out = s3.list_object_versions(Bucket="cloud-versions")
+    assert [v["VersionId"] for v in out["Versions"]] == ids[::-1] + ["null"]
+    assert [(m["VersionId"], m["IsLatest"]) for m in out["DeleteMarkers"]] == [(marker, True)]
+    for i, vid in enumerate(ids):
+        assert s3.get_object(Bucket="cloud-versions", Key="doc", VersionId=vid)["Body"].read() == f"edit {i}".encode()
+    s3.delete_object(Bucket="cloud-versions", Key="doc", VersionId=marker)
+    assert s3.get_object(Bucket="cloud-versions", Key="doc")["Body"].read() == b"edit 2"

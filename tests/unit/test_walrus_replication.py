@@ -187,6 +187,15 @@ def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_pat
             assert sorted(p.name for p in secondary.store.objects.iterdir()) == \
                 sorted(p.name for p in primary.store.objects.iterdir())
 
+            # Versions and delete markers replicate like every write.
+            await call("put_bucket_versioning", Bucket="images", VersioningConfiguration={"Status": "Enabled"})
+            for body in (b"one", b"two"):
+                await call("put_object", Bucket="images", Key="doc", Body=body)
+            await call("delete_object", Bucket="images", Key="doc")
+            versions = "SELECT bucket, key, vid, n, etag, marker, file FROM versions ORDER BY bucket, key, n"
+            assert secondary.store.db.execute(versions).fetchall() == primary.store.db.execute(versions).fetchall()
+            assert len(primary.store.db.execute(versions).fetchall()) == 4  # img's null version, 2, a marker
+
             # A member that lost everything catches up from the log: the parts' files are gone
             # on the primary (completed), so it fetches the assembled object.
             secondary.store.reset()
@@ -194,8 +203,9 @@ def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_pat
             secondary.ha.peer.last_seq = primary.store.last_seq
             await until(lambda: secondary.store.last_seq == primary.store.last_seq, 10)
             assert _stored(secondary, "images", "img") == b"".join(parts)
-            assert fetched == ["upload.part"] * 3 + ["upload.complete"]
+            assert fetched == ["upload.part"] * 3 + ["upload.complete", "object.put", "object.put"]
             assert secondary.store.export_ops(0) == primary.store.export_ops(0)
+            assert secondary.store.db.execute(versions).fetchall() == primary.store.db.execute(versions).fetchall()
             assert secondary.store.db.execute("SELECT COUNT(*) FROM parts").fetchone()[0] == 0
             assert _leftovers(secondary) == []
         finally:

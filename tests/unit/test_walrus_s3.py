@@ -329,3 +329,101 @@ def test_aws_cli_sync_and_recursive_rm(walrus, tmp_path):
     assert {n: (tmp_path / "down" / n).read_bytes() for n in files} == files
     aws_s3(base, "rm", "--recursive", "s3://synced-copy/")
     assert _keys(s3, "synced-copy") == []
+
+
+def _history(s3, bucket: str) -> list[tuple]:
+    """(key, version id, is latest) of the versions as listed, then ("marker", key, id, is latest)
+    of the delete markers (boto3 parses the two apart)."""
+    out = s3.list_object_versions(Bucket=bucket)
+    return [(v["Key"], v["VersionId"], v["IsLatest"]) for v in out.get("Versions", [])] + \
+        [("marker", m["Key"], m["VersionId"], m["IsLatest"]) for m in out.get("DeleteMarkers", [])]
+
+
+def test_versioning_history_markers_and_suspension(walrus):
+    base, tmp, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="versioned")
+    initial = stored_files(tmp)
+    s3.put_object(Bucket="versioned", Key="k", Body=b"v0")
+    assert "Status" not in s3.get_bucket_versioning(Bucket="versioned")
+    assert _history(s3, "versioned") == [("k", "null", True)]  # never versioned: the null version
+    s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
+    assert s3.get_bucket_versioning(Bucket="versioned")["Status"] == "Enabled"
+    v1 = s3.put_object(Bucket="versioned", Key="k", Body=b"v1")["VersionId"]
+    v2 = s3.put_object(Bucket="versioned", Key="k", Body=b"v2")["VersionId"]
+    assert len({v1, v2, "null"}) == 3
+    assert _history(s3, "versioned") == [("k", v2, True), ("k", v1, False), ("k", "null", False)]
+    got = s3.get_object(Bucket="versioned", Key="k")
+    assert (got["Body"].read(), got["VersionId"]) == (b"v2", v2)
+    assert s3.get_object(Bucket="versioned", Key="k", VersionId=v1)["Body"].read() == b"v1"
+    assert s3.get_object(Bucket="versioned", Key="k", VersionId="null")["Body"].read() == b"v0"
+    assert s3.head_object(Bucket="versioned", Key="k", VersionId=v1)["ContentLength"] == 2
+    # A delete without a version id leaves a marker: the key is gone from view, its versions stay.
+    gone = s3.delete_object(Bucket="versioned", Key="k")
+    marker = gone["VersionId"]
+    assert gone["DeleteMarker"] is True
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="versioned", Key="k")
+    assert code_of(err.value) == "NoSuchKey"
+    assert err.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-delete-marker"] == "true"
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="versioned", Key="k", VersionId=marker)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 405
+    assert "Contents" not in s3.list_objects_v2(Bucket="versioned")
+    assert _history(s3, "versioned") == [("k", v2, False), ("k", v1, False), ("k", "null", False),
+                                         ("marker", "k", marker, True)]
+    # Removing the marker brings v2 back; removing v2 makes v1 current.
+    s3.delete_object(Bucket="versioned", Key="k", VersionId=marker)
+    assert s3.get_object(Bucket="versioned", Key="k")["Body"].read() == b"v2"
+    s3.delete_object(Bucket="versioned", Key="k", VersionId=v2)
+    assert s3.get_object(Bucket="versioned", Key="k")["Body"].read() == b"v1"
+    for bad in (lambda: s3.get_object(Bucket="versioned", Key="k", VersionId="0123456789abcdef"),
+                lambda: s3.delete_object(Bucket="versioned", Key="k", VersionId="0123456789abcdef")):
+        with pytest.raises(ClientError) as err:
+            bad()
+        assert code_of(err.value) in ("NoSuchVersion", "404")
+    s3.copy_object(Bucket="versioned", Key="from-null", CopySource={"Bucket": "versioned", "Key": "k",
+                                                                     "VersionId": "null"})
+    assert s3.get_object(Bucket="versioned", Key="from-null")["Body"].read() == b"v0"
+    # Suspended: a new write is the "null" version, replacing the earlier one (and its bytes).
+    s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Suspended"})
+    assert s3.put_object(Bucket="versioned", Key="k", Body=b"s1").get("VersionId") == "null"
+    assert [h for h in _history(s3, "versioned") if h[0] == "k"] == [("k", "null", True), ("k", v1, False)]
+    assert s3.get_object(Bucket="versioned", Key="k", VersionId="null")["Body"].read() == b"s1"
+    # A bucket with versions left is not empty; deleting every version empties it, files too.
+    with pytest.raises(ClientError) as err:
+        s3.delete_bucket(Bucket="versioned")
+    assert code_of(err.value) == "BucketNotEmpty"
+    out = s3.list_object_versions(Bucket="versioned")
+    s3.delete_objects(Bucket="versioned", Delete={"Objects": [
+        {"Key": v["Key"], "VersionId": v["VersionId"]} for v in out.get("Versions", []) + out.get("DeleteMarkers", [])]})
+    assert stored_files(tmp) == initial
+    s3.delete_bucket(Bucket="versioned")
+    s3.create_bucket(Bucket="vconf")
+    bad = b"<VersioningConfiguration><Status>On</Status></VersioningConfiguration>"
+    assert _raw_code(base, "PUT", "/vconf", bad, query="versioning") == (400, "MalformedXML")
+    assert "Status" not in s3.get_bucket_versioning(Bucket="vconf")
+
+
+def test_list_object_versions_pages(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="vpages")
+    s3.put_bucket_versioning(Bucket="vpages", VersioningConfiguration={"Status": "Enabled"})
+    for key in ("a", "b/x", "b/y", "c"):
+        for i in range(2):
+            s3.put_object(Bucket="vpages", Key=key, Body=str(i).encode())
+    s3.delete_object(Bucket="vpages", Key="c")
+    full = s3.list_object_versions(Bucket="vpages")
+    every = sorted((v["Key"], v["VersionId"]) for v in full["Versions"] + full["DeleteMarkers"])
+    seen, kw = [], {}
+    while True:
+        page = s3.list_object_versions(Bucket="vpages", MaxKeys=2, **kw)
+        seen += [(v["Key"], v["VersionId"]) for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if not page["IsTruncated"]:
+            break
+        kw = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+    assert sorted(seen) == every and len(seen) == len(every) == 9
+    page = s3.list_object_versions(Bucket="vpages", Delimiter="/")
+    assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["b/"]
+    assert {v["Key"] for v in page["Versions"]} == {"a", "c"}
