@@ -5,7 +5,8 @@ Operations: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, PutObject, GetO
 continuation, start-after), multipart upload (Create, UploadPart, UploadPartCopy,
 Complete, Abort, ListParts, ListMultipartUploads), DeleteObjects, CopyObject,
 conditional GET/HEAD, versioning (Put/GetBucketVersioning, ListObjectVersions, version
-ids, delete markers); S3 error XML. Objects are files named by a random id
+ids, delete markers), ACLs (canned and grants, Get/Put{Bucket,Object}Acl, anonymous
+access where an ACL allows it); S3 error XML. Objects are files named by a random id
 under data_dir/objects (never by their key, so no key can escape the store),
 written to a temporary file, fsynced and renamed before their metadata row is
 committed: after a crash an object is either entirely there or not at all.
@@ -54,7 +55,7 @@ MAX_DELETE_BODY = 8 << 20  # DeleteObjects: 1,000 keys of up to 1,024 bytes, eac
 # Sub-resources of the S3 API that Walrus does not implement: refused with NotImplemented
 # rather than served as if they were plain bucket or object requests.
 UNSUPPORTED_SUBRESOURCES = frozenset((
-    "accelerate", "acl", "analytics", "attributes", "cors", "encryption", "intelligent-tiering",
+    "accelerate", "analytics", "attributes", "cors", "encryption", "intelligent-tiering",
     "inventory", "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
     "requestPayment", "restore", "retention", "select", "tagging", "torrent", "website"))
@@ -87,8 +88,8 @@ def _xml(root: ET.Element, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/xml")
 
 
-def _sub(parent: ET.Element, tag: str, text=None) -> ET.Element:
-    el = ET.SubElement(parent, tag)
+def _sub(parent: ET.Element, tag: str, text=None, **attrib) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrib)
     if text is not None:
         el.text = str(text)
     return el
@@ -214,6 +215,104 @@ def page_by_key(rows, prefix: str, delimiter: str, key_marker: str, id_marker: s
     return items, prefixes, None
 
 
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+AUTHENTICATED_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+ET.register_namespace("xsi", XSI)
+PERMISSIONS = ("READ", "WRITE", "READ_ACP", "WRITE_ACP", "FULL_CONTROL")
+GRANT_HEADERS = {f"x-amz-grant-{p.lower().replace('_', '-')}": p for p in PERMISSIONS}
+# Canned ACLs: the grants each adds to the owner's FULL_CONTROL ("bucket-owner" is the
+# bucket's owner, for objects written into another account's bucket).
+CANNED = {"private": [], "public-read": [("group", ALL_USERS, "READ")],
+          "public-read-write": [("group", ALL_USERS, "READ"), ("group", ALL_USERS, "WRITE")],
+          "authenticated-read": [("group", AUTHENTICATED_USERS, "READ")],
+          "bucket-owner-read": [("id", "bucket-owner", "READ")],
+          "bucket-owner-full-control": [("id", "bucket-owner", "FULL_CONTROL")]}
+
+
+def permitted(acl: dict, account: str | None, need: str) -> bool:
+    """Whether ``account`` (None: an anonymous request) holds ``need`` under ``acl``."""
+    if account is not None and account == acl["owner"]:
+        return True
+    for kind, grantee, permission in acl["grants"]:
+        if permission not in (need, "FULL_CONTROL"):
+            continue
+        if (kind == "group" and (grantee == ALL_USERS or (grantee == AUTHENTICATED_USERS and account is not None))) \
+                or (kind == "id" and account is not None and grantee == account):
+            return True
+    return False
+
+
+def _grantee(kind: str, value: str, resource: str) -> tuple[str, str]:
+    if kind in ("id", "ID"):
+        return "id", value
+    if kind in ("uri", "URI") and value in (ALL_USERS, AUTHENTICATED_USERS):
+        return "group", value
+    if kind in ("emailAddress", "EmailAddress"):
+        raise S3Error("UnresolvableGrantByEmailAddress", "The e-mail address you provided does not match any "
+                      "account on record.", 400, resource)
+    raise S3Error("InvalidArgument", f"Invalid grantee {kind}={value!r}", 400, resource)
+
+
+def acl_from_headers(headers, owner: str, bucket_owner: str, resource: str) -> dict | None:
+    """The ACL an x-amz-acl or x-amz-grant-* header asks for; None when there is none."""
+    canned = headers.get("x-amz-acl")
+    granted = [(h, p) for h, p in GRANT_HEADERS.items() if h in headers]
+    if canned is not None and granted:
+        raise S3Error("InvalidRequest", "Specifying both Canned ACLs and Header Grants is not allowed", 400,
+                      resource)
+    if canned is not None:
+        if canned not in CANNED:
+            raise S3Error("InvalidArgument", f"Unknown canned ACL {canned!r}", 400, resource)
+        grants = [["id", owner, "FULL_CONTROL"]] + [
+            [kind, bucket_owner if grantee == "bucket-owner" else grantee, perm] for kind, grantee, perm in
+            CANNED[canned]]
+        return {"owner": owner, "grants": grants}
+    if not granted:
+        return None
+    grants = []
+    for header, permission in granted:
+        for item in headers[header].split(","):
+            kind, _, value = item.strip().partition("=")
+            grants.append([*_grantee(kind.strip(), value.strip().strip('"'), resource), permission])
+    return {"owner": owner, "grants": grants}
+
+
+def acl_from_xml(doc: ET.Element | None, owner: str, resource: str) -> dict:
+    """The ACL of an AccessControlPolicy document (namespaces stripped)."""
+    if doc is None or doc.tag != "AccessControlPolicy" or doc.find("AccessControlList") is None:
+        raise S3Error("MalformedACLError", "The XML you provided was not well-formed or did not validate against "
+                      "our published schema", 400, resource)
+    grants = []
+    for grant in doc.find("AccessControlList").findall("Grant"):
+        grantee, permission = grant.find("Grantee"), (grant.findtext("Permission") or "").strip()
+        field = None if grantee is None else next((c for c in grantee if c.tag in ("ID", "URI", "EmailAddress")),
+                                                  None)
+        if field is None or permission not in PERMISSIONS:
+            raise S3Error("MalformedACLError", "The XML you provided was not well-formed or did not validate "
+                          "against our published schema", 400, resource)
+        grants.append([*_grantee(field.tag, (field.text or "").strip(), resource), permission])
+    return {"owner": owner, "grants": grants}
+
+
+def acl_xml(acl: dict) -> web.Response:
+    root = ET.Element("AccessControlPolicy", xmlns=S3_NS)
+    owner = _sub(root, "Owner")
+    _sub(owner, "ID", acl["owner"])
+    _sub(owner, "DisplayName", acl["owner"])
+    grants = _sub(root, "AccessControlList")
+    for kind, grantee, permission in acl["grants"]:
+        g = _sub(grants, "Grant")
+        who = _sub(g, "Grantee", **{f"{{{XSI}}}type": "CanonicalUser" if kind == "id" else "Group"})
+        if kind == "id":
+            _sub(who, "ID", grantee)
+            _sub(who, "DisplayName", grantee)
+        else:
+            _sub(who, "URI", grantee)
+        _sub(g, "Permission", permission)
+    return _xml(root)
+
+
 def concatenate(files: list, path: Path) -> None:
     """Write open files one after the other into ``path``, fsynced."""
     with open(path, "wb") as out:
@@ -263,7 +362,9 @@ class Store:
                 PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
-                account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT);
+                account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT, acl TEXT);
+            CREATE TABLE IF NOT EXISTS acls (bucket TEXT NOT NULL, key TEXT NOT NULL, owner TEXT NOT NULL,
+                grants TEXT NOT NULL, PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS parts (upload TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL,
                 etag TEXT NOT NULL, modified REAL NOT NULL, file TEXT NOT NULL, PRIMARY KEY (upload, number));
             CREATE TABLE IF NOT EXISTS versioning (bucket TEXT PRIMARY KEY, status TEXT NOT NULL);
@@ -294,6 +395,7 @@ class Store:
             elif t == "bucket.delete":
                 cur.execute("DELETE FROM buckets WHERE name=?", (op["bucket"],))
                 cur.execute("DELETE FROM versioning WHERE bucket=?", (op["bucket"],))
+                cur.execute("DELETE FROM acls WHERE bucket=?", (op["bucket"],))
                 for (upload,) in cur.execute("SELECT id FROM uploads WHERE bucket=?", (op["bucket"],)).fetchall():
                     obsolete += self._drop_upload(cur, upload)
             elif t == "bucket.versioning":
@@ -314,6 +416,8 @@ class Store:
                 if op.get("version") is not None:
                     obsolete += self._add_version(cur, op, marker=False)
             elif t == "object.delete":
+                if self.versioning(op["bucket"]) is None:  # the key is gone, and its ACL with it
+                    cur.execute("DELETE FROM acls WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
                 old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
                                   (op["bucket"], op["key"])).fetchone()
                 obsolete += [old[0]] if old else []
@@ -325,9 +429,9 @@ class Store:
                     if op.get("marker") is not None:
                         obsolete += self._add_version(cur, {**op, "version": op["marker"]}, marker=True)
             elif t == "upload.create":
-                cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (op["upload"], op["bucket"], op["key"], op["account"], op["initiated"],
-                             op["content_type"], json.dumps(op["meta"])))
+                             op["content_type"], json.dumps(op["meta"]), json.dumps(op.get("acl"))))
             elif t == "upload.part":
                 old = cur.execute("SELECT file FROM parts WHERE upload=? AND number=?",
                                   (op["upload"], op["number"])).fetchone()
@@ -336,8 +440,11 @@ class Store:
                 obsolete += [old[0]] if old and old[0] != op["file"] else []
             elif t == "upload.abort":
                 obsolete += self._drop_upload(cur, op["upload"])
-            else:
+            elif t != "acl.put":
                 raise ValueError(f"unknown operation {t!r}")
+            if op.get("acl") is not None and t in ("bucket.create", "object.put", "upload.complete", "acl.put"):
+                cur.execute("INSERT OR REPLACE INTO acls VALUES (?, ?, ?, ?)",
+                            (op["bucket"], op.get("key", ""), op["acl"]["owner"], json.dumps(op["acl"]["grants"])))
             # A file another row (a version, the current object) still names stays.
             obsolete = [f for f in dict.fromkeys(obsolete) if f and not cur.execute(
                 "SELECT 1 FROM objects WHERE file=? UNION ALL SELECT 1 FROM versions WHERE file=? "
@@ -393,7 +500,8 @@ class Store:
 
     def reset(self) -> None:
         self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops; DELETE FROM uploads; "
-                              "DELETE FROM parts; DELETE FROM versioning; DELETE FROM versions;")
+                              "DELETE FROM parts; DELETE FROM versioning; DELETE FROM versions; "
+                              "DELETE FROM acls;")
         for f in self.objects.iterdir():
             f.unlink(missing_ok=True)
 
@@ -474,8 +582,17 @@ class Store:
                                "FROM versions WHERE bucket=? AND key=? AND vid=?", (bucket, key, vid)).fetchone()
 
     def upload(self, bucket: str, key: str, upload: str):
-        return self.db.execute("SELECT id, account, initiated, content_type, meta FROM uploads "
+        return self.db.execute("SELECT id, account, initiated, content_type, meta, acl FROM uploads "
                                "WHERE id=? AND bucket=? AND key=?", (upload, bucket, key)).fetchone()
+
+    def acl(self, bucket: str, key: str = "") -> dict:
+        """The ACL of a bucket (key "") or an object: {"owner", "grants": [[kind, grantee,
+        permission], ...]}; without one stored (written before ACLs), private to the bucket's owner."""
+        row = self.db.execute("SELECT owner, grants FROM acls WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+        if row is not None:
+            return {"owner": row[0], "grants": json.loads(row[1])}
+        owner = self.bucket(bucket)[1]
+        return {"owner": owner, "grants": [["id", owner, "FULL_CONTROL"]]}
 
     def parts(self, upload: str, after: int = 0) -> list[tuple]:
         return self.db.execute("SELECT number, size, etag, modified, file FROM parts WHERE upload=? AND number > ? "
@@ -561,7 +678,12 @@ class Walrus(Service):
         path, _, query = raw.partition("?")
         return path, query
 
-    async def _authenticate(self, request: web.Request) -> tuple[str, object]:
+    async def _authenticate(self, request: web.Request) -> tuple[str | None, object]:
+        """(account, AuthResult) of a signed request; (None, None) for an anonymous one, which
+        only an ACL granting AllUsers lets through."""
+        if "Authorization" not in request.headers and not any(
+                q in request.query for q in ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Algorithm")):
+            return None, None
         raw_path, raw_query = self._raw_path_query(request)
         try:
             await self.accounts.ensure(access_key_of(request.headers, request.query))
@@ -604,6 +726,8 @@ class Walrus(Service):
                     handler = {"GET": self.get_versioning, "PUT": self.put_versioning}.get(m)
                 elif "versions" in request.query:
                     handler = {"GET": self.list_versions}.get(m)
+                elif "acl" in request.query:
+                    handler = {"GET": self.get_bucket_acl, "PUT": self.put_bucket_acl}.get(m)
                 else:
                     handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
                                "HEAD": self.head_bucket}.get(m)
@@ -617,6 +741,8 @@ class Walrus(Service):
                            "GET": self.list_parts}.get(m)
             elif "uploads" in request.query:
                 handler = {"POST": self.create_upload}.get(m)
+            elif "acl" in request.query:
+                handler = {"GET": self.get_object_acl, "PUT": self.put_object_acl}.get(m)
             elif "partNumber" in request.query:
                 raise S3Error("NotImplemented", "Walrus does not implement ?partNumber on an object", 501)
             elif "versionId" in request.query and m not in ("GET", "HEAD", "DELETE"):
@@ -665,6 +791,21 @@ class Walrus(Service):
             el.tag = el.tag.rpartition("}")[2]
         return root
 
+    def _access(self, account: str | None, bucket: str, need: str, key: str | None = None):
+        """The bucket's row if ``account`` holds ``need`` on the bucket (or, with ``key``, on
+        that object) by its ACL; the bucket's owner holds every permission in its bucket."""
+        row = self.store.bucket(bucket)
+        if row is None:
+            raise S3Error("NoSuchBucket", "The specified bucket does not exist", 404, bucket)
+        if account != row[1] and not permitted(self.store.acl(bucket, key or ""), account, need):
+            raise S3Error("AccessDenied", "Access Denied", 403, key or bucket)
+        return row
+
+    def _request_acl(self, request, account: str, bucket_owner: str, resource: str) -> dict:
+        """The ACL a write asks for in its headers; private to the writer without one."""
+        return acl_from_headers(request.headers, account, bucket_owner, resource) or \
+            {"owner": account, "grants": [["id", account, "FULL_CONTROL"]]}
+
     def _owned_bucket(self, account: str, bucket: str):
         row = self.store.bucket(bucket)
         if row is None:
@@ -675,7 +816,9 @@ class Walrus(Service):
 
     # -- buckets --------------------------------------------------------------------------
 
-    def list_buckets(self, account: str) -> web.Response:
+    def list_buckets(self, account: str | None) -> web.Response:
+        if account is None:
+            raise S3Error("AccessDenied", "Access Denied", 403)
         root = ET.Element("ListAllMyBucketsResult", xmlns=S3_NS)
         owner = _sub(root, "Owner")
         _sub(owner, "ID", account)
@@ -694,6 +837,9 @@ class Walrus(Service):
         return _xml(root)
 
     async def create_bucket(self, request, account, bucket):
+        if account is None:
+            raise S3Error("AccessDenied", "Access Denied", 403, bucket)
+        acl = self._request_acl(request, account, account, bucket)
         await self._read_xml(request, bucket)
         row = self.store.bucket(bucket)
         if row is not None:
@@ -701,7 +847,7 @@ class Walrus(Service):
                 raise S3Error("BucketAlreadyOwnedByYou", "You already own this bucket", 409, bucket)
             raise S3Error("BucketAlreadyExists", "The requested bucket name is not available", 409, bucket)
         self._apply({"type": "bucket.create", "bucket": bucket, "account": account,
-                     "created": dt.datetime.now().timestamp()})
+                     "created": dt.datetime.now().timestamp(), "acl": acl})
         await self.replicate()
         self.events.emit("bucket.create", bucket=bucket)
         return web.Response(status=200, headers={"Location": f"/{bucket}"})
@@ -717,12 +863,12 @@ class Walrus(Service):
         return web.Response(status=204)
 
     async def head_bucket(self, request, account, bucket):
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "READ")
         return web.Response(status=200)
 
     async def list_objects(self, request, account, bucket):
         """ListObjectsV2 (list-type=2) or the original ListObjects (marker)."""
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "READ")
         q = request.query
         v2 = q.get("list-type") == "2"
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
@@ -780,13 +926,14 @@ class Walrus(Service):
     # -- objects --------------------------------------------------------------------------
 
     async def put_object(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        owner = self._access(account, bucket, "WRITE")[1]
+        acl = self._request_acl(request, account or owner, owner, key)
         if "x-amz-copy-source" in request.headers:
-            return await self.copy_object(request, account, bucket, key)
+            return await self.copy_object(request, account, bucket, key, acl)
         name, size, etag, _ = await self._receive(request, auth, key)
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
                               "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
-                              "meta": _meta_of(request.headers), "file": name})
+                              "meta": _meta_of(request.headers), "file": name, "acl": acl})
         return web.Response(status=200, headers={"ETag": f'"{etag}"', **self._version_header(op)})
 
     async def _put(self, op: dict) -> dict:
@@ -805,7 +952,7 @@ class Walrus(Service):
     def _version_header(op: dict) -> dict:
         return {"x-amz-version-id": op["version"]} if op.get("version") is not None else {}
 
-    async def copy_object(self, request, account, bucket, key):
+    async def copy_object(self, request, account, bucket, key, acl: dict):
         """CopyObject: same or other bucket, metadata directive COPY or REPLACE, the
         x-amz-copy-source-if-* conditions."""
         src = self._copy_source(request, account)
@@ -825,7 +972,7 @@ class Walrus(Service):
             meta = _meta_of(request.headers)
         name, size, etag = await self._copy_bytes(src[6], 0, src[1])
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
-                              "content_type": content_type, "meta": meta, "file": name})
+                              "content_type": content_type, "meta": meta, "file": name, "acl": acl})
         root = ET.Element("CopyObjectResult", xmlns=S3_NS)
         _sub(root, "LastModified", _iso(op["modified"]))
         _sub(root, "ETag", f'"{etag}"')
@@ -837,7 +984,7 @@ class Walrus(Service):
 
     async def delete_objects(self, request, account, bucket):
         """DeleteObjects: up to 1,000 keys, each answered Deleted or Error (quiet: errors only)."""
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         if not any(h in request.headers for h in ("Content-MD5", *CHECKSUMS, "x-amz-checksum-crc32")):
             raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5", 400, bucket)
         doc = await self._read_xml(request, bucket, limit=MAX_DELETE_BODY, auth=request[AUTH])
@@ -897,7 +1044,7 @@ class Walrus(Service):
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
         refuse_unverified(request.headers, key)
         digests = {h: fn() for h, fn in CHECKSUMS.items() if h in request.headers}
-        decoder = ChunkedDecoder(auth) if auth.payload_mode == "streaming" else None
+        decoder = ChunkedDecoder(auth) if auth is not None and auth.payload_mode == "streaming" else None
         md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
         name = uuid.uuid4().hex
         tmp = self.store.objects / f".{name}.part"
@@ -956,7 +1103,10 @@ class Walrus(Service):
         return row
 
     async def get_object(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        # A key with neither an object nor an ACL is 404 only to who may list the bucket.
+        known = self.store.obj(bucket, key) is not None or self.store.db.execute(
+            "SELECT 1 FROM acls WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+        self._access(account, bucket, "READ", key if known else None)
         row = self._version_of(bucket, key, request.query.get("versionId"))
         extra = {"x-amz-version-id": row[7]} if self.store.versioning(bucket) is not None else {}
         if row[8]:
@@ -1003,7 +1153,7 @@ class Walrus(Service):
         return resp
 
     async def delete_object(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         applied, headers, removed = self._delete(bucket, key, request.query.get("versionId"))
         if applied:
             await self.replicate()
@@ -1120,6 +1270,41 @@ class Walrus(Service):
             _sub(_sub(root, "CommonPrefixes"), "Prefix", enc(p))
         return _xml(root)
 
+    # -- ACLs -----------------------------------------------------------------------------------
+
+    async def get_bucket_acl(self, request, account, bucket):
+        self._access(account, bucket, "READ_ACP")
+        return acl_xml(self.store.acl(bucket))
+
+    async def put_bucket_acl(self, request, account, bucket):
+        owner = self._access(account, bucket, "WRITE_ACP")[1]
+        await self._put_acl(request, bucket, "", owner, owner)
+        return web.Response(status=200)
+
+    async def get_object_acl(self, request, account, bucket, key, auth):
+        self._access(account, bucket, "READ_ACP", key)
+        self._version_of(bucket, key, request.query.get("versionId"))
+        return acl_xml(self.store.acl(bucket, key))
+
+    async def put_object_acl(self, request, account, bucket, key, auth):
+        bucket_owner = self._access(account, bucket, "WRITE_ACP", key)[1]
+        self._version_of(bucket, key, request.query.get("versionId"))
+        await self._put_acl(request, bucket, key, self.store.acl(bucket, key)["owner"], bucket_owner)
+        return web.Response(status=200)
+
+    async def _put_acl(self, request, bucket: str, key: str, owner: str, bucket_owner: str) -> None:
+        """Put{Bucket,Object}Acl: a canned ACL or grant headers, or an AccessControlPolicy body."""
+        resource = key or bucket
+        acl = acl_from_headers(request.headers, owner, bucket_owner, resource)
+        doc = await self._read_xml(request, resource, auth=request[AUTH])
+        if acl is not None and doc is not None:
+            raise S3Error("UnexpectedContent", "This request does not support content when an ACL is given in "
+                          "headers", 400, resource)
+        if acl is None:
+            acl = acl_from_xml(doc, owner, resource)
+        self._apply({"type": "acl.put", "bucket": bucket, "key": key, "acl": acl})
+        await self.replicate()
+
     # -- multipart upload -----------------------------------------------------------------
 
     def _upload(self, bucket: str, key: str, upload: str):
@@ -1130,12 +1315,13 @@ class Walrus(Service):
         return row
 
     async def create_upload(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        owner = self._access(account, bucket, "WRITE")[1]
         upload = uuid.uuid4().hex
         meta = _meta_of(request.headers)
-        self._apply({"type": "upload.create", "bucket": bucket, "key": key, "upload": upload, "account": account,
-                     "initiated": dt.datetime.now().timestamp(),
-                     "content_type": request.headers.get("Content-Type", "binary/octet-stream"), "meta": meta})
+        self._apply({"type": "upload.create", "bucket": bucket, "key": key, "upload": upload,
+                     "account": account or owner, "initiated": dt.datetime.now().timestamp(),
+                     "content_type": request.headers.get("Content-Type", "binary/octet-stream"), "meta": meta,
+                     "acl": self._request_acl(request, account or owner, owner, key)})
         await self.replicate()
         root = ET.Element("InitiateMultipartUploadResult", xmlns=S3_NS)
         _sub(root, "Bucket", bucket)
@@ -1145,7 +1331,7 @@ class Walrus(Service):
 
     async def upload_part(self, request, account, bucket, key, auth):
         """UploadPart, or UploadPartCopy with x-amz-copy-source; the part is on the peer before the answer."""
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
         self._upload(bucket, key, upload)
         try:
@@ -1186,9 +1372,9 @@ class Walrus(Service):
         return _xml(root)
 
     async def complete_upload(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
-        _, _, _, ctype, meta = self._upload(bucket, key, upload)
+        _, initiator, _, ctype, meta, acl = self._upload(bucket, key, upload)
         doc = await self._read_xml(request, key, limit=MAX_PARTS * 256, auth=auth)
         if doc is None or doc.tag != "CompleteMultipartUpload":
             raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
@@ -1233,7 +1419,9 @@ class Walrus(Service):
         etag = composite_etag([e for _, e in wanted])
         op = await self._put({"type": "upload.complete", "bucket": bucket, "key": key, "upload": upload,
                               "parts": [[n, have[n][2]] for n, _ in wanted], "size": size, "etag": etag,
-                              "content_type": ctype, "meta": json.loads(meta or "{}"), "file": name})
+                              "content_type": ctype, "meta": json.loads(meta or "{}"), "file": name,
+                              "acl": json.loads(acl or "null") or {"owner": initiator,
+                                                                   "grants": [["id", initiator, "FULL_CONTROL"]]}})
         root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
         _sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
         _sub(root, "Bucket", bucket)
@@ -1244,7 +1432,7 @@ class Walrus(Service):
         return resp
 
     async def abort_upload(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
         self._upload(bucket, key, upload)
         self._apply({"type": "upload.abort", "upload": upload})
@@ -1252,9 +1440,9 @@ class Walrus(Service):
         return web.Response(status=204)
 
     async def list_parts(self, request, account, bucket, key, auth):
-        self._owned_bucket(account, bucket)
+        self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
-        _, owner, _, _, _ = self._upload(bucket, key, upload)
+        owner = self._upload(bucket, key, upload)[1]
         marker = _int_param(request.query, "part-number-marker", 0, 0, MAX_PARTS)
         max_parts = _int_param(request.query, "max-parts", 1000, 0, 1000)
         parts = self.store.parts(upload, after=marker)
@@ -1329,7 +1517,7 @@ class Walrus(Service):
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
                           "sourcebucket/sourcekey", 400, raw)
         version = dict(parse_qsl(query)).get("versionId")
-        self._owned_bucket(account, src_bucket)
+        self._access(account, src_bucket, "READ", src_key)
         row = self._version_of(src_bucket, src_key, version)
         if row[8]:
             raise S3Error("InvalidRequest", "The source of a copy request may not specifically refer to a delete "

@@ -138,3 +138,17 @@ def test_versioned_bucket_history_from_the_user_host(s3):
         assert s3.get_object(Bucket="cloud-versions", Key="doc", VersionId=vid)["Body"].read() == f"edit {i}".encode()
     s3.delete_object(Bucket="cloud-versions", Key="doc", VersionId=marker)
     assert s3.get_object(Bucket="cloud-versions", Key="doc")["Body"].read() == b"edit 2"
+
+
+def test_public_read_object_fetched_without_credentials(deployment, s3):
+    s3.create_bucket(Bucket="cloud-public")
+    s3.put_object(Bucket="cloud-public", Key="index.html", Body=b"<p>public</p>", ACL="public-read")
+    s3.put_object(Bucket="cloud-public", Key="private.txt", Body=b"private")
+    base = f"{deployment.plan.endpoints()['walrus']}/cloud-public"
+
+    def curl(key: str) -> str:
+        return deployment["user"].cmd(f"curl -s -m 5 -w ' %{{http_code}}' {base}/{key}").strip()
+
+    assert curl("index.html") == "<p>public</p> 200"
+    denied = curl("private.txt")
+    assert denied.endswith(" 403") and "<Code>AccessDenied</Code>" in denied, denied

@@ -1,5 +1,5 @@
 """Walrus's S3 API beyond single objects, driven by boto3 and the AWS CLI on loopback:
-multipart upload, DeleteObjects, CopyObject, conditional requests."""
+multipart upload, DeleteObjects, CopyObject, conditional requests, versioning, ACLs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from .components_helper import ADMIN, component
-from .test_walrus import _raw_code, code_of, s3_client
+from .test_walrus import OTHER, FakeCLC, _raw_code, _xml_code, code_of, s3_client
 
 MiB = 2**20
 
@@ -22,8 +22,12 @@ MiB = 2**20
 @pytest.fixture(scope="module")
 def walrus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("walrus-s3")
-    with component("walrus", tmp, max_object_bytes=12 * MiB) as (base, cfg, proc):
-        yield base, tmp, proc
+    clc = FakeCLC()  # knows a second account, OTHER
+    try:
+        with component("walrus", tmp, max_object_bytes=12 * MiB, endpoints={"clc": clc.url}) as (base, cfg, proc):
+            yield base, tmp, proc
+    finally:
+        clc.close()
 
 
 def stored_files(tmp: Path) -> set[str]:
@@ -427,3 +431,100 @@ def test_list_object_versions_pages(walrus):
     page = s3.list_object_versions(Bucket="vpages", Delimiter="/")
     assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["b/"]
     assert {v["Key"] for v in page["Versions"]} == {"a", "c"}
+
+
+def anonymous(base: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """An unsigned request, as a browser or curl sends it: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{base}/services/Walrus{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _grants(acl: dict) -> set[tuple]:
+    return {(g["Grantee"]["Type"], g["Grantee"].get("ID") or g["Grantee"].get("URI"), g["Permission"])
+            for g in acl["Grants"]}
+
+
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+
+
+def test_canned_acls_and_anonymous_access(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    me = "000000000001"
+    s3.create_bucket(Bucket="acls")
+    s3.put_object(Bucket="acls", Key="public", Body=b"for everyone", ACL="public-read")
+    s3.put_object(Bucket="acls", Key="private", Body=b"mine")
+    assert _grants(s3.get_object_acl(Bucket="acls", Key="public")) == {
+        ("CanonicalUser", me, "FULL_CONTROL"), ("Group", ALL_USERS, "READ")}
+    assert _grants(s3.get_bucket_acl(Bucket="acls")) == {("CanonicalUser", me, "FULL_CONTROL")}
+    assert anonymous(base, "GET", "/acls/public") == (200, b"for everyone")
+    for method, path in (("GET", "/acls/private"), ("GET", "/acls"), ("GET", "/acls/missing"),
+                         ("PUT", "/acls/new"), ("GET", "/acls?acl"), ("GET", "")):
+        status, body = anonymous(base, method, path, b"x" if method == "PUT" else None)
+        assert (status, _xml_code(body)) == (403, "AccessDenied"), (method, path)
+    # A public-read bucket lists to anyone, and says 404 for a key it lacks.
+    s3.put_bucket_acl(Bucket="acls", ACL="public-read")
+    assert anonymous(base, "GET", "/acls")[0] == 200
+    status, body = anonymous(base, "GET", "/acls/missing")
+    assert (status, _xml_code(body)) == (404, "NoSuchKey")
+    assert anonymous(base, "GET", "/acls/private")[0] == 403  # the object's own ACL still rules
+    s3.put_bucket_acl(Bucket="acls", ACL="public-read-write")
+    assert anonymous(base, "PUT", "/acls/dropped", b"anonymous bytes")[0] == 200
+    assert s3.get_object(Bucket="acls", Key="dropped")["Body"].read() == b"anonymous bytes"
+    s3.put_bucket_acl(Bucket="acls", ACL="private")
+    assert anonymous(base, "GET", "/acls")[0] == 403
+    # A new PUT of a key resets its ACL (private unless the request says otherwise).
+    s3.put_object(Bucket="acls", Key="public", Body=b"not any more")
+    assert anonymous(base, "GET", "/acls/public")[0] == 403
+
+
+def test_acl_grants_to_other_accounts(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    other = s3_client(base, ak=OTHER["access_key"], sk=OTHER["secret_key"])
+    s3.create_bucket(Bucket="granted")
+    s3.put_object(Bucket="granted", Key="shared", Body=b"shared", GrantRead=f'id="{OTHER["account_id"]}"')
+    s3.put_object(Bucket="granted", Key="authenticated", Body=b"any account", ACL="authenticated-read")
+    s3.put_object(Bucket="granted", Key="secret", Body=b"secret")
+    assert other.get_object(Bucket="granted", Key="shared")["Body"].read() == b"shared"
+    assert other.get_object(Bucket="granted", Key="authenticated")["Body"].read() == b"any account"
+    assert anonymous(base, "GET", "/granted/authenticated")[0] == 403
+    for action in (lambda: other.get_object(Bucket="granted", Key="secret"),
+                   lambda: other.get_object_acl(Bucket="granted", Key="shared"),
+                   lambda: other.list_objects_v2(Bucket="granted"),
+                   lambda: other.put_object(Bucket="granted", Key="x", Body=b"x"),
+                   lambda: other.delete_bucket(Bucket="granted")):
+        with pytest.raises(ClientError) as err:
+            action()
+        assert code_of(err.value) == "AccessDenied"
+    # An AccessControlPolicy document: READ for the other account, READ_ACP for everyone.
+    owner = s3.get_object_acl(Bucket="granted", Key="secret")["Owner"]
+    s3.put_object_acl(Bucket="granted", Key="secret", AccessControlPolicy={"Owner": owner, "Grants": [
+        {"Grantee": {"Type": "CanonicalUser", "ID": owner["ID"]}, "Permission": "FULL_CONTROL"},
+        {"Grantee": {"Type": "CanonicalUser", "ID": OTHER["account_id"]}, "Permission": "READ"},
+        {"Grantee": {"Type": "Group", "URI": ALL_USERS}, "Permission": "READ_ACP"}]})
+    assert other.get_object(Bucket="granted", Key="secret")["Body"].read() == b"secret"
+    assert anonymous(base, "GET", "/granted/secret?acl")[0] == 200
+    assert anonymous(base, "GET", "/granted/secret")[0] == 403
+    # WRITE on the bucket lets the other account add objects it owns.
+    s3.put_bucket_acl(Bucket="granted", GrantWrite=f'id="{OTHER["account_id"]}"',
+                      GrantFullControl=f'id="{owner["ID"]}"')
+    other.put_object(Bucket="granted", Key="theirs", Body=b"from the other account")
+    assert s3.get_object_acl(Bucket="granted", Key="theirs")["Owner"]["ID"] == OTHER["account_id"]
+    assert s3.get_object(Bucket="granted", Key="theirs")["Body"].read() == b"from the other account"
+    before = _grants(s3.get_object_acl(Bucket="granted", Key="secret"))
+    bad = b"<AccessControlPolicy><AccessControlList><Grant><Permission>ALL</Permission></Grant>" \
+          b"</AccessControlList></AccessControlPolicy>"
+    assert _raw_code(base, "PUT", "/granted/secret", bad, query="acl") == (400, "MalformedACLError")
+    assert _grants(s3.get_object_acl(Bucket="granted", Key="secret")) == before
+    # Bucket policies are not implemented (see the README): a clear 501.
+    with pytest.raises(ClientError) as err:
+        s3.put_bucket_policy(Bucket="granted", Policy='{"Version": "2012-10-17", "Statement": []}')
+    assert code_of(err.value) == "NotImplemented"
