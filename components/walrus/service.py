@@ -6,7 +6,7 @@ continuation, start-after), multipart upload (Create, UploadPart, UploadPartCopy
 Complete, Abort, ListParts, ListMultipartUploads), DeleteObjects, CopyObject,
 conditional GET/HEAD, versioning (Put/GetBucketVersioning, ListObjectVersions, version
 ids, delete markers), ACLs (canned and grants, Get/Put{Bucket,Object}Acl, anonymous
-access where an ACL allows it); S3 error XML. Objects are files named by a random id
+access where an ACL allows it), object tagging; S3 error XML. Objects are files named by a random id
 under data_dir/objects (never by their key, so no key can escape the store),
 written to a temporary file, fsynced and renamed before their metadata row is
 committed: after a crash an object is either entirely there or not at all.
@@ -58,7 +58,7 @@ UNSUPPORTED_SUBRESOURCES = frozenset((
     "accelerate", "analytics", "attributes", "cors", "encryption", "intelligent-tiering",
     "inventory", "legal-hold", "lifecycle", "logging", "metrics", "notification", "object-lock",
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
-    "requestPayment", "restore", "retention", "select", "tagging", "torrent", "website"))
+    "requestPayment", "restore", "retention", "select", "torrent", "website"))
 AUTH = web.RequestKey("auth", object)  # the request's AuthResult, for handlers that read a signed body
 # Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
 CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
@@ -313,6 +313,27 @@ def acl_xml(acl: dict) -> web.Response:
     return _xml(root)
 
 
+def checked_tags(pairs: list[tuple[str, str]], resource: str) -> dict:
+    """S3's limits on an object's tags: at most 10, unique keys of 1 to 128 characters,
+    values up to 256 (InvalidTag otherwise)."""
+    tags: dict = {}
+    for k, v in pairs:
+        if not 1 <= len(k) <= 128 or len(v) > 256 or k in tags:
+            raise S3Error("InvalidTag", f"The tag {k[:128]!r} is not valid (1-128 character unique keys, values up "
+                          "to 256)", 400, resource)
+        tags[k] = v
+    if len(tags) > 10:
+        raise S3Error("BadRequest", "Object tags cannot be greater than 10", 400, resource)
+    return tags
+
+
+def tags_from_header(headers, resource: str) -> dict | None:
+    """The x-amz-tagging header (URL-encoded ``k=v&k2=v2``); None without one."""
+    if "x-amz-tagging" not in headers:
+        return None
+    return checked_tags(parse_qsl(headers["x-amz-tagging"], keep_blank_values=True), resource)
+
+
 def concatenate(files: list, path: Path) -> None:
     """Write open files one after the other into ``path``, fsynced."""
     with open(path, "wb") as out:
@@ -362,7 +383,9 @@ class Store:
                 PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL,
-                account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT, acl TEXT);
+                account TEXT NOT NULL, initiated REAL NOT NULL, content_type TEXT, meta TEXT, acl TEXT, tags TEXT);
+            CREATE TABLE IF NOT EXISTS tags (bucket TEXT NOT NULL, key TEXT NOT NULL, tags TEXT NOT NULL,
+                PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS acls (bucket TEXT NOT NULL, key TEXT NOT NULL, owner TEXT NOT NULL,
                 grants TEXT NOT NULL, PRIMARY KEY (bucket, key));
             CREATE TABLE IF NOT EXISTS parts (upload TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -396,6 +419,7 @@ class Store:
                 cur.execute("DELETE FROM buckets WHERE name=?", (op["bucket"],))
                 cur.execute("DELETE FROM versioning WHERE bucket=?", (op["bucket"],))
                 cur.execute("DELETE FROM acls WHERE bucket=?", (op["bucket"],))
+                cur.execute("DELETE FROM tags WHERE bucket=?", (op["bucket"],))
                 for (upload,) in cur.execute("SELECT id FROM uploads WHERE bucket=?", (op["bucket"],)).fetchall():
                     obsolete += self._drop_upload(cur, upload)
             elif t == "bucket.versioning":
@@ -416,8 +440,9 @@ class Store:
                 if op.get("version") is not None:
                     obsolete += self._add_version(cur, op, marker=False)
             elif t == "object.delete":
-                if self.versioning(op["bucket"]) is None:  # the key is gone, and its ACL with it
+                if self.versioning(op["bucket"]) is None:  # the key is gone, and its ACL and tags with it
                     cur.execute("DELETE FROM acls WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
+                    cur.execute("DELETE FROM tags WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
                 old = cur.execute("SELECT file FROM objects WHERE bucket=? AND key=?",
                                   (op["bucket"], op["key"])).fetchone()
                 obsolete += [old[0]] if old else []
@@ -429,9 +454,10 @@ class Store:
                     if op.get("marker") is not None:
                         obsolete += self._add_version(cur, {**op, "version": op["marker"]}, marker=True)
             elif t == "upload.create":
-                cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                cur.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (op["upload"], op["bucket"], op["key"], op["account"], op["initiated"],
-                             op["content_type"], json.dumps(op["meta"]), json.dumps(op.get("acl"))))
+                             op["content_type"], json.dumps(op["meta"]), json.dumps(op.get("acl")),
+                             json.dumps(op.get("tags", {}))))
             elif t == "upload.part":
                 old = cur.execute("SELECT file FROM parts WHERE upload=? AND number=?",
                                   (op["upload"], op["number"])).fetchone()
@@ -440,8 +466,12 @@ class Store:
                 obsolete += [old[0]] if old and old[0] != op["file"] else []
             elif t == "upload.abort":
                 obsolete += self._drop_upload(cur, op["upload"])
-            elif t != "acl.put":
+            elif t not in ("acl.put", "tags.put"):
                 raise ValueError(f"unknown operation {t!r}")
+            if "tags" in op and t in ("object.put", "upload.complete", "tags.put"):
+                cur.execute("DELETE FROM tags WHERE bucket=? AND key=?", (op["bucket"], op["key"]))
+                if op["tags"]:
+                    cur.execute("INSERT INTO tags VALUES (?, ?, ?)", (op["bucket"], op["key"], json.dumps(op["tags"])))
             if op.get("acl") is not None and t in ("bucket.create", "object.put", "upload.complete", "acl.put"):
                 cur.execute("INSERT OR REPLACE INTO acls VALUES (?, ?, ?, ?)",
                             (op["bucket"], op.get("key", ""), op["acl"]["owner"], json.dumps(op["acl"]["grants"])))
@@ -501,7 +531,7 @@ class Store:
     def reset(self) -> None:
         self.db.executescript("DELETE FROM buckets; DELETE FROM objects; DELETE FROM ops; DELETE FROM uploads; "
                               "DELETE FROM parts; DELETE FROM versioning; DELETE FROM versions; "
-                              "DELETE FROM acls;")
+                              "DELETE FROM acls; DELETE FROM tags;")
         for f in self.objects.iterdir():
             f.unlink(missing_ok=True)
 
@@ -581,8 +611,12 @@ class Store:
         return self.db.execute("SELECT key, size, etag, content_type, modified, meta, file, vid, marker "
                                "FROM versions WHERE bucket=? AND key=? AND vid=?", (bucket, key, vid)).fetchone()
 
+    def tags(self, bucket: str, key: str) -> dict:
+        row = self.db.execute("SELECT tags FROM tags WHERE bucket=? AND key=?", (bucket, key)).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def upload(self, bucket: str, key: str, upload: str):
-        return self.db.execute("SELECT id, account, initiated, content_type, meta, acl FROM uploads "
+        return self.db.execute("SELECT id, account, initiated, content_type, meta, acl, tags FROM uploads "
                                "WHERE id=? AND bucket=? AND key=?", (upload, bucket, key)).fetchone()
 
     def acl(self, bucket: str, key: str = "") -> dict:
@@ -728,6 +762,8 @@ class Walrus(Service):
                     handler = {"GET": self.list_versions}.get(m)
                 elif "acl" in request.query:
                     handler = {"GET": self.get_bucket_acl, "PUT": self.put_bucket_acl}.get(m)
+                elif "tagging" in request.query:
+                    raise S3Error("NotImplemented", "Walrus does not implement bucket tagging", 501)
                 else:
                     handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
                                "HEAD": self.head_bucket}.get(m)
@@ -743,6 +779,8 @@ class Walrus(Service):
                 handler = {"POST": self.create_upload}.get(m)
             elif "acl" in request.query:
                 handler = {"GET": self.get_object_acl, "PUT": self.put_object_acl}.get(m)
+            elif "tagging" in request.query:
+                handler = {"GET": self.get_tagging, "PUT": self.put_tagging, "DELETE": self.delete_tagging}.get(m)
             elif "partNumber" in request.query:
                 raise S3Error("NotImplemented", "Walrus does not implement ?partNumber on an object", 501)
             elif "versionId" in request.query and m not in ("GET", "HEAD", "DELETE"):
@@ -930,10 +968,11 @@ class Walrus(Service):
         acl = self._request_acl(request, account or owner, owner, key)
         if "x-amz-copy-source" in request.headers:
             return await self.copy_object(request, account, bucket, key, acl)
+        tags = tags_from_header(request.headers, key) or {}
         name, size, etag, _ = await self._receive(request, auth, key)
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
                               "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
-                              "meta": _meta_of(request.headers), "file": name, "acl": acl})
+                              "meta": _meta_of(request.headers), "file": name, "acl": acl, "tags": tags})
         return web.Response(status=200, headers={"ETag": f'"{etag}"', **self._version_header(op)})
 
     async def _put(self, op: dict) -> dict:
@@ -965,6 +1004,11 @@ class Walrus(Service):
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object "
                           "to itself without changing the object's metadata, storage class, website redirect "
                           "location or encryption attributes.", 400, key)
+        tagging = request.headers.get("x-amz-tagging-directive", "COPY")
+        if tagging not in ("COPY", "REPLACE"):
+            raise S3Error("InvalidArgument", "Unknown tagging directive.", 400, key)
+        tags = self.store.tags(src_bucket, src_key) if tagging == "COPY" else \
+            (tags_from_header(request.headers, key) or {})
         if directive == "COPY":
             content_type, meta = src[3] or "binary/octet-stream", json.loads(src[5] or "{}")
         else:
@@ -972,7 +1016,8 @@ class Walrus(Service):
             meta = _meta_of(request.headers)
         name, size, etag = await self._copy_bytes(src[6], 0, src[1])
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
-                              "content_type": content_type, "meta": meta, "file": name, "acl": acl})
+                              "content_type": content_type, "meta": meta, "file": name, "acl": acl,
+                              "tags": tags})
         root = ET.Element("CopyObjectResult", xmlns=S3_NS)
         _sub(root, "LastModified", _iso(op["modified"]))
         _sub(root, "ETag", f'"{etag}"')
@@ -1109,6 +1154,8 @@ class Walrus(Service):
         self._access(account, bucket, "READ", key if known else None)
         row = self._version_of(bucket, key, request.query.get("versionId"))
         extra = {"x-amz-version-id": row[7]} if self.store.versioning(bucket) is not None else {}
+        if tags := self.store.tags(bucket, key):
+            extra["x-amz-tagging-count"] = str(len(tags))
         if row[8]:
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405,
                           key, {"x-amz-delete-marker": "true", **extra})
@@ -1305,6 +1352,39 @@ class Walrus(Service):
         self._apply({"type": "acl.put", "bucket": bucket, "key": key, "acl": acl})
         await self.replicate()
 
+    # -- object tagging ---------------------------------------------------------------------
+
+    async def get_tagging(self, request, account, bucket, key, auth):
+        self._access(account, bucket, "READ", key)
+        self._version_of(bucket, key, request.query.get("versionId"))
+        root = ET.Element("Tagging", xmlns=S3_NS)
+        tag_set = _sub(root, "TagSet")
+        for k, v in self.store.tags(bucket, key).items():
+            tag = _sub(tag_set, "Tag")
+            _sub(tag, "Key", k)
+            _sub(tag, "Value", v)
+        return _xml(root)
+
+    async def put_tagging(self, request, account, bucket, key, auth):
+        self._access(account, bucket, "WRITE")
+        self._version_of(bucket, key, request.query.get("versionId"))
+        doc = await self._read_xml(request, key, auth=auth)
+        if doc is None or doc.tag != "Tagging" or doc.find("TagSet") is None:
+            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                          "our published schema", 400, key)
+        tags = checked_tags([(t.findtext("Key") or "", t.findtext("Value") or "")
+                             for t in doc.find("TagSet").findall("Tag")], key)
+        self._apply({"type": "tags.put", "bucket": bucket, "key": key, "tags": tags})
+        await self.replicate()
+        return web.Response(status=200)
+
+    async def delete_tagging(self, request, account, bucket, key, auth):
+        self._access(account, bucket, "WRITE")
+        self._version_of(bucket, key, request.query.get("versionId"))
+        self._apply({"type": "tags.put", "bucket": bucket, "key": key, "tags": {}})
+        await self.replicate()
+        return web.Response(status=204)
+
     # -- multipart upload -----------------------------------------------------------------
 
     def _upload(self, bucket: str, key: str, upload: str):
@@ -1321,7 +1401,8 @@ class Walrus(Service):
         self._apply({"type": "upload.create", "bucket": bucket, "key": key, "upload": upload,
                      "account": account or owner, "initiated": dt.datetime.now().timestamp(),
                      "content_type": request.headers.get("Content-Type", "binary/octet-stream"), "meta": meta,
-                     "acl": self._request_acl(request, account or owner, owner, key)})
+                     "acl": self._request_acl(request, account or owner, owner, key),
+                     "tags": tags_from_header(request.headers, key) or {}})
         await self.replicate()
         root = ET.Element("InitiateMultipartUploadResult", xmlns=S3_NS)
         _sub(root, "Bucket", bucket)
@@ -1374,7 +1455,7 @@ class Walrus(Service):
     async def complete_upload(self, request, account, bucket, key, auth):
         self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
-        _, initiator, _, ctype, meta, acl = self._upload(bucket, key, upload)
+        _, initiator, _, ctype, meta, acl, tags = self._upload(bucket, key, upload)
         doc = await self._read_xml(request, key, limit=MAX_PARTS * 256, auth=auth)
         if doc is None or doc.tag != "CompleteMultipartUpload":
             raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
@@ -1421,7 +1502,8 @@ class Walrus(Service):
                               "parts": [[n, have[n][2]] for n, _ in wanted], "size": size, "etag": etag,
                               "content_type": ctype, "meta": json.loads(meta or "{}"), "file": name,
                               "acl": json.loads(acl or "null") or {"owner": initiator,
-                                                                   "grants": [["id", initiator, "FULL_CONTROL"]]}})
+                                                                   "grants": [["id", initiator, "FULL_CONTROL"]]},
+                              "tags": json.loads(tags or "{}")})
         root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
         _sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
         _sub(root, "Bucket", bucket)

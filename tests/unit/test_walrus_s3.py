@@ -528,3 +528,52 @@ def test_acl_grants_to_other_accounts(walrus):
     with pytest.raises(ClientError) as err:
         s3.put_bucket_policy(Bucket="granted", Policy='{"Version": "2012-10-17", "Statement": []}')
     assert code_of(err.value) == "NotImplemented"
+
+
+def test_object_tagging(walrus):
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="tagged")
+    s3.put_object(Bucket="tagged", Key="k", Body=b"x", Tagging="project=eucalab&stage=test%20run")
+
+    def tags(key):
+        return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="tagged", Key=key)["TagSet"]}
+
+    assert tags("k") == {"project": "eucalab", "stage": "test run"}
+    assert s3.head_object(Bucket="tagged", Key="k")["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    s3.put_object_tagging(Bucket="tagged", Key="k", Tagging={"TagSet": [{"Key": "only", "Value": "one"}]})
+    assert tags("k") == {"only": "one"}
+    # Copies keep the source's tags unless told to replace them; multipart uploads take them too.
+    s3.copy_object(Bucket="tagged", Key="copy", CopySource="tagged/k")
+    assert tags("copy") == {"only": "one"}
+    s3.copy_object(Bucket="tagged", Key="copy2", CopySource="tagged/k", TaggingDirective="REPLACE", Tagging="a=b")
+    assert tags("copy2") == {"a": "b"}
+    upload = s3.create_multipart_upload(Bucket="tagged", Key="multi", Tagging="from=upload")["UploadId"]
+    etag = s3.upload_part(Bucket="tagged", Key="multi", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
+    s3.complete_multipart_upload(Bucket="tagged", Key="multi", UploadId=upload,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert tags("multi") == {"from": "upload"}
+    # Bad tag sets change nothing.
+    for bad, code in ((lambda: s3.put_object_tagging(Bucket="tagged", Key="k", Tagging={"TagSet": [
+                          {"Key": f"k{i}", "Value": "v"} for i in range(11)]}), "BadRequest"),
+                      (lambda: s3.put_object_tagging(Bucket="tagged", Key="k", Tagging={"TagSet": [
+                          {"Key": "x" * 129, "Value": "v"}]}), "InvalidTag"),
+                      (lambda: s3.put_object_tagging(Bucket="tagged", Key="k", Tagging={"TagSet": [
+                          {"Key": "d", "Value": "1"}, {"Key": "d", "Value": "2"}]}), "InvalidTag"),
+                      (lambda: s3.put_object(Bucket="tagged", Key="k", Body=b"y", Tagging="a=" + "v" * 257),
+                       "InvalidTag"),
+                      (lambda: s3.put_object_tagging(Bucket="tagged", Key="missing", Tagging={"TagSet": []}),
+                       "NoSuchKey"),
+                      (lambda: s3.put_bucket_tagging(Bucket="tagged", Tagging={"TagSet": []}), "NotImplemented")):
+        with pytest.raises(ClientError) as err:
+            bad()
+        assert code_of(err.value) == code
+    assert tags("k") == {"only": "one"}
+    assert s3.get_object(Bucket="tagged", Key="k")["Body"].read() == b"x"
+    s3.delete_object_tagging(Bucket="tagged", Key="k")
+    assert tags("k") == {}
+    assert "x-amz-tagging-count" not in s3.head_object(Bucket="tagged", Key="k")["ResponseMetadata"]["HTTPHeaders"]
+    # Deleting the object ends its tags: a new object of that key starts with none.
+    s3.delete_object(Bucket="tagged", Key="copy")
+    s3.put_object(Bucket="tagged", Key="copy", Body=b"new")
+    assert tags("copy") == {}
