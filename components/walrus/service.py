@@ -6,7 +6,8 @@ continuation, start-after), multipart upload (Create, UploadPart, UploadPartCopy
 Complete, Abort, ListParts, ListMultipartUploads), DeleteObjects, CopyObject,
 conditional GET/HEAD, versioning (Put/GetBucketVersioning, ListObjectVersions, version
 ids, delete markers), ACLs (canned and grants, Get/Put{Bucket,Object}Acl, anonymous
-access where an ACL allows it), object tagging; S3 error XML. Objects are files named by a random id
+access where an ACL allows it), object tagging, browser-form POST uploads (SigV4
+policy); S3 error XML. Objects are files named by a random id
 under data_dir/objects (never by their key, so no key can escape the store),
 written to a temporary file, fsynced and renamed before their metadata row is
 committed: after a crash an object is either entirely there or not at all.
@@ -21,6 +22,7 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -37,7 +39,7 @@ from aiohttp import web
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.service import Service
-from components.common.sigv4 import EMPTY_SHA256, ChunkedDecoder, SigV4Error, verify
+from components.common.sigv4 import EMPTY_SHA256, ChunkedDecoder, SigV4Error, signing_key, verify
 
 PREFIX = "/services/Walrus"
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -51,6 +53,7 @@ STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=10)
 MAX_XML_BODY = 1 << 16  # request bodies that are XML documents (CreateBucketConfiguration)
 MAX_PARTS = 10000  # S3's limits on a multipart upload: part numbers 1..10000,
 MIN_PART = 5 << 20  # every part but the last at least 5 MiB
+MAX_POST_FIELDS = 20 << 10  # a browser-form POST: the fields before the file, all together (as S3)
 MAX_DELETE_BODY = 8 << 20  # DeleteObjects: 1,000 keys of up to 1,024 bytes, each character escaped
 # Sub-resources of the S3 API that Walrus does not implement: refused with NotImplemented
 # rather than served as if they were plain bucket or object requests.
@@ -764,6 +767,8 @@ class Walrus(Service):
                     handler = {"GET": self.get_bucket_acl, "PUT": self.put_bucket_acl}.get(m)
                 elif "tagging" in request.query:
                     raise S3Error("NotImplemented", "Walrus does not implement bucket tagging", 501)
+                elif m == "POST" and request.content_type == "multipart/form-data":
+                    handler = self.post_object
                 else:
                     handler = {"PUT": self.create_bucket, "DELETE": self.delete_bucket, "GET": self.list_objects,
                                "HEAD": self.head_bucket}.get(m)
@@ -1076,26 +1081,28 @@ class Walrus(Service):
             self.events.emit("object.delete", bucket=bucket, key=row[0], size=row[1], etag=row[2])
         return _xml(root)
 
-    async def _receive(self, request, auth, key: str) -> tuple[str, int, str, dict]:
-        """Stream a request body into a new object file, checking every digest the client sent.
+    async def _receive(self, request, auth, key: str, chunks=None) -> tuple[str, int, str, dict]:
+        """Stream a request body (or ``chunks``, an async iterator of the bytes of a form's file
+        field) into a new object file, checking every digest the client sent.
 
         Returns (file name, size, MD5 hex, the checksum headers verified); on any error
         the temporary file is gone and nothing was installed.
         """
+        headers = request.headers if chunks is None else {}
         length = request.content_length
-        declared_len = request.headers.get("x-amz-decoded-content-length")
+        declared_len = headers.get("x-amz-decoded-content-length")
         size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
-        refuse_unverified(request.headers, key)
-        digests = {h: fn() for h, fn in CHECKSUMS.items() if h in request.headers}
+        refuse_unverified(headers, key)
+        digests = {h: fn() for h, fn in CHECKSUMS.items() if h in headers}
         decoder = ChunkedDecoder(auth) if auth is not None and auth.payload_mode == "streaming" else None
         md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
         name = uuid.uuid4().hex
         tmp = self.store.objects / f".{name}.part"
         try:
             with open(tmp, "wb") as f:
-                async for raw in request.content.iter_chunked(CHUNK):
+                async for raw in (request.content.iter_chunked(CHUNK) if chunks is None else chunks):
                     data = decoder.feed(raw) if decoder else raw
                     size += len(data)
                     if size > self.max_object:
@@ -1115,7 +1122,7 @@ class Walrus(Service):
                 raise S3Error("IncompleteBody", "The request body ended early", 400, key)
             if decoder and declared_len is not None and str(size) != declared_len:
                 raise S3Error("IncompleteBody", "x-amz-decoded-content-length does not match the body", 400, key)
-            verify_digests(request.headers, auth, md5, sha, crc, digests, key)
+            verify_digests(headers, auth, md5, sha, crc, digests, key)
         except S3Error:
             tmp.unlink(missing_ok=True)
             raise
@@ -1126,7 +1133,7 @@ class Walrus(Service):
             tmp.unlink(missing_ok=True)
             raise
         await asyncio.to_thread(self.store.install, tmp, name)
-        checked = {h: request.headers[h] for h in (*CHECKSUMS, "x-amz-checksum-crc32") if h in request.headers}
+        checked = {h: headers[h] for h in (*CHECKSUMS, "x-amz-checksum-crc32") if h in headers}
         return name, size, md5.hexdigest(), checked
 
     def _object_headers(self, row) -> dict:
@@ -1351,6 +1358,132 @@ class Walrus(Service):
             acl = acl_from_xml(doc, owner, resource)
         self._apply({"type": "acl.put", "bucket": bucket, "key": key, "acl": acl})
         await self.replicate()
+
+    # -- browser-form POST uploads -------------------------------------------------------
+
+    async def post_object(self, request, account, bucket):
+        """PostObject: an HTML form (multipart/form-data) whose policy document is signed
+        with SigV4 (``x-amz-algorithm``, ``-credential``, ``-date``, ``-signature``); every
+        field but the file must satisfy the policy's conditions. Unsigned forms are
+        anonymous (a public-read-write bucket)."""
+        reader = await request.multipart()
+        fields: dict[str, str] = {}
+        used, part = 0, None
+        while (part := await reader.next()) is not None:
+            if (part.name or "").lower() == "file":
+                break
+            value = bytearray()
+            while chunk := await part.read_chunk(4096):
+                value += chunk
+                used += len(chunk)
+                if used > MAX_POST_FIELDS:
+                    raise S3Error("MaxPostPreDataLengthExceeded", "Your POST request fields preceding the upload "
+                                  "file were too large.", 400, bucket)
+            fields[(part.name or "").lower()] = value.decode("utf-8", "replace")
+        if part is None:
+            raise S3Error("InvalidArgument", "POST requires exactly one file upload per request.", 400, bucket)
+        if "key" not in fields:
+            raise S3Error("InvalidArgument", "Bucket POST must contain a field named 'key'.", 400, bucket)
+        key = fields["key"].replace("${filename}", part.filename or "")
+        if not key or len(key.encode()) > 1024:
+            raise S3Error("KeyTooLongError", "Your key is too long", 400, key)
+        account, length_range = (await self._check_post_policy(fields, bucket, key)) \
+            if "x-amz-signature" in fields else (None, None)
+        owner = self._access(account, bucket, "WRITE")[1]
+        grant_fields = {("x-amz-acl" if k == "acl" else k): v for k, v in fields.items()
+                        if k == "acl" or k in GRANT_HEADERS}
+        acl = acl_from_headers(grant_fields, account or owner, owner, key) or \
+            {"owner": account or owner, "grants": [["id", account or owner, "FULL_CONTROL"]]}
+
+        async def file_bytes():
+            while chunk := await part.read_chunk(CHUNK):
+                yield chunk
+
+        name, size, etag, _ = await self._receive(request, None, key, file_bytes())
+        if length_range and not length_range[0] <= size <= length_range[1]:
+            (self.store.objects / name).unlink(missing_ok=True)
+            small = size < length_range[0]
+            raise S3Error("EntityTooSmall" if small else "EntityTooLarge", "Your proposed upload is "
+                          f"{'smaller than the minimum' if small else 'larger than the maximum'} the policy allows",
+                          400, key)
+        op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
+                              "content_type": fields.get("content-type", "binary/octet-stream"),
+                              "meta": _meta_of(fields), "file": name, "acl": acl})
+        headers = {"ETag": f'"{etag}"', "Location": f"{PREFIX}/{bucket}/{quote(key)}", **self._version_header(op)}
+        redirect = fields.get("success_action_redirect")
+        if redirect:
+            sep = "&" if "?" in redirect else "?"
+            headers["Location"] = f"{redirect}{sep}bucket={quote(bucket)}&key={quote(key)}&etag={quote(etag)}"
+            return web.Response(status=303, headers=headers)
+        if fields.get("success_action_status") == "201":
+            root = ET.Element("PostResponse")
+            for tag, value in (("Location", headers["Location"]), ("Bucket", bucket), ("Key", key),
+                               ("ETag", f'"{etag}"')):
+                _sub(root, tag, value)
+            resp = _xml(root, 201)
+            resp.headers.update(headers)
+            return resp
+        return web.Response(status=200 if fields.get("success_action_status") == "200" else 204, headers=headers)
+
+    async def _check_post_policy(self, fields: dict, bucket: str, key: str) -> tuple[str, tuple | None]:
+        """The signer's account and the policy's content-length-range, once the policy's
+        signature, expiration and conditions hold for these fields."""
+        def denied(why: str) -> S3Error:
+            return S3Error("AccessDenied", f"Invalid according to Policy: {why}", 403, bucket)
+
+        if fields.get("x-amz-algorithm") != "AWS4-HMAC-SHA256" or "policy" not in fields:
+            raise S3Error("InvalidArgument", "A signed POST needs x-amz-algorithm AWS4-HMAC-SHA256 and a policy",
+                          400, bucket)
+        scope = fields.get("x-amz-credential", "").split("/")
+        if len(scope) != 5 or scope[4] != "aws4_request" or scope[3] != "s3":
+            raise S3Error("AuthorizationQueryParametersError", "x-amz-credential must be "
+                          "<key>/<date>/<region>/s3/aws4_request", 400, bucket)
+        try:
+            await self.accounts.ensure(scope[0])
+        except AccountsUnavailable as exc:
+            raise S3Error("ServiceUnavailable", f"cannot check the access key now: {exc}", 503, bucket) from None
+        found = self.accounts.lookup(scope[0])
+        if found is None:
+            raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.",
+                          403, bucket)
+        secret, account = found
+        expected = hmac.new(signing_key(secret, scope[1], scope[2], "s3"), fields["policy"].encode(),
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, fields["x-amz-signature"]):
+            raise S3Error("SignatureDoesNotMatch", "The request signature we calculated does not match the "
+                          "signature you provided.", 403, bucket)
+        try:
+            policy = json.loads(base64.b64decode(fields["policy"], validate=True))
+            expires = dt.datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+            conditions = policy["conditions"]
+        except (ValueError, KeyError, TypeError):
+            raise S3Error("InvalidPolicyDocument", "Invalid Policy: the policy is not a JSON document with an "
+                          "expiration and conditions", 400, bucket) from None
+        if expires < dt.datetime.now(dt.timezone.utc):
+            raise denied("Policy expired.")
+        values = {**fields, "bucket": bucket, "key": key}
+        covered, length_range = set(), None
+        for cond in conditions:
+            if isinstance(cond, dict):
+                checks = [("eq", k, v) for k, v in cond.items()]
+            elif isinstance(cond, list) and len(cond) == 3 and str(cond[0]).lower() == "content-length-range":
+                length_range = (int(cond[1]), int(cond[2]))
+                continue
+            elif isinstance(cond, list) and len(cond) == 3 and str(cond[0]).lower() in ("eq", "starts-with"):
+                checks = [(str(cond[0]).lower(), cond[1], cond[2])]
+            else:
+                raise S3Error("InvalidPolicyDocument", f"Invalid Policy: unknown condition {cond!r}", 400, bucket)
+            for how, name, want in checks:
+                name = str(name).lower().lstrip("$")
+                have = values.get(name)
+                if have is None or not (have == want if how == "eq" else have.startswith(str(want))):
+                    raise denied(f"Policy Condition failed: [{how!r}, ${name}, {want!r}]")
+                covered.add(name)
+        extra = sorted(k for k in fields if k not in covered and k not in ("policy", "x-amz-signature", "file")
+                       and not k.startswith("x-ignore-"))
+        if extra:
+            raise denied(f"Extra input fields: {', '.join(extra)}")
+        return account, length_range
 
     # -- object tagging ---------------------------------------------------------------------
 

@@ -577,3 +577,78 @@ def test_object_tagging(walrus):
     s3.delete_object(Bucket="tagged", Key="copy")
     s3.put_object(Bucket="tagged", Key="copy", Body=b"new")
     assert tags("copy") == {}
+
+
+def _post(post: dict, data: bytes, extra: dict | None = None, drop: str | None = None) -> tuple[int, bytes]:
+    """Send a browser-form POST (multipart/form-data, the file last) as boto3's
+    generate_presigned_post describes it: (status, body)."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    fields = {k: v for k, v in {**post["fields"], **(extra or {})}.items() if k != drop}
+    boundary = uuid.uuid4().hex
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                    for k, v in fields.items())
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="local name.txt"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(post["url"], data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_browser_form_post_uploads(walrus):
+    import base64
+    import json
+
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="forms")
+
+    def presign(key="uploads/${filename}", conditions=(), fields=None, expires=300):
+        return s3.generate_presigned_post(
+            "forms", key, Fields=fields, ExpiresIn=expires,
+            Conditions=[["starts-with", "$key", "uploads/"], ["content-length-range", 1, 1000], *conditions])
+
+    post = presign(fields={"acl": "public-read", "Content-Type": "text/plain", "success_action_status": "201",
+                           "x-amz-meta-origin": "form"},
+                   conditions=[{"acl": "public-read"}, {"Content-Type": "text/plain"},
+                               {"success_action_status": "201"}, {"x-amz-meta-origin": "form"}])
+    status, body = _post(post, b"posted from a form")
+    assert status == 201 and b"<Key>uploads/local name.txt</Key>" in body, body
+    got = s3.get_object(Bucket="forms", Key="uploads/local name.txt")
+    assert (got["Body"].read(), got["ContentType"], got["Metadata"]) == (b"posted from a form", "text/plain",
+                                                                          {"origin": "form"})
+    assert anonymous(base, "GET", "/forms/uploads/local%20name.txt") == (200, b"posted from a form")
+    assert _post(presign(key="uploads/plain"), b"204 by default")[0] == 204
+    before = _keys(s3, "forms")
+    # What the policy does not allow, or a policy not signed by a key we know, stores nothing.
+    tampered = presign()
+    policy = json.loads(base64.b64decode(tampered["fields"]["policy"]))
+    policy["conditions"][1] = ["content-length-range", 1, 10**9]
+    bad_policy = base64.b64encode(json.dumps(policy).encode()).decode()
+    cases = [
+        (_post(tampered, b"x", {"policy": bad_policy}), 403, "SignatureDoesNotMatch"),
+        (_post(presign(), b"x" * 1001), 400, "EntityTooLarge"),
+        (_post(presign(key="elsewhere/x"), b"x"), 403, "AccessDenied"),
+        (_post(presign(), b"x", {"x-amz-meta-sneaky": "1"}), 403, "AccessDenied"),
+        (_post(presign(expires=-10), b"x"), 403, "AccessDenied"),
+        (_post(presign(), b"x", drop="key"), 400, "InvalidArgument"),
+        (_post(presign(), b"x", {"x-amz-credential": "AKIANOBODY/" +
+                                 presign()["fields"]["x-amz-credential"].split("/", 1)[1]}), 403,
+         "InvalidAccessKeyId"),
+    ]
+    for (got, body), status, code in cases:
+        assert (got, _xml_code(body)) == (status, code), body
+    # Unsigned: only a bucket whose ACL lets anyone write takes it.
+    got, body = _post({"url": f"{base}/services/Walrus/forms", "fields": {"key": "anon"}}, b"anonymous")
+    assert (got, _xml_code(body)) == (403, "AccessDenied")
+    s3.put_bucket_acl(Bucket="forms", ACL="public-read-write")
+    assert _post({"url": f"{base}/services/Walrus/forms", "fields": {"key": "anon"}}, b"anonymous")[0] == 204
+    assert s3.get_object(Bucket="forms", Key="anon")["Body"].read() == b"anonymous"
+    s3.delete_object(Bucket="forms", Key="anon")
+    assert _keys(s3, "forms") == before
