@@ -132,8 +132,9 @@ def _port_free_on(*addresses: str) -> int:
 
 def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_path):
     """Each part is on the DISABLED peer before UploadPart answers; CompleteMultipartUpload
-    sends no bytes (the peer joins its own copies of the parts); a member that missed it all
-    catches up from the log, fetching the assembled object when its parts are gone."""
+    sends no bytes (the peer joins its own copies of the parts); versions, delete markers,
+    ACLs and tags replicate too; a member that missed it all catches up from the log,
+    fetching the assembled object when its parts are gone."""
     import boto3
     from botocore.config import Config
 
@@ -195,6 +196,13 @@ def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_pat
             versions = "SELECT bucket, key, vid, n, etag, marker, file FROM versions ORDER BY bucket, key, n"
             assert secondary.store.db.execute(versions).fetchall() == primary.store.db.execute(versions).fetchall()
             assert len(primary.store.db.execute(versions).fetchall()) == 4  # img's null version, 2, a marker
+            # ... and so do ACLs and tags.
+            await call("put_object_acl", Bucket="images", Key="img", ACL="public-read")
+            await call("put_object_tagging", Bucket="images", Key="img",
+                       Tagging={"TagSet": [{"Key": "kind", "Value": "image"}]})
+            meta = "SELECT * FROM acls UNION ALL SELECT bucket, key, tags, '' FROM tags ORDER BY 1, 2, 3"
+            assert secondary.store.db.execute(meta).fetchall() == primary.store.db.execute(meta).fetchall()
+            assert secondary.store.tags("images", "img") == {"kind": "image"}
 
             # A member that lost everything catches up from the log: the parts' files are gone
             # on the primary (completed), so it fetches the assembled object.
@@ -206,6 +214,7 @@ def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_pat
             assert fetched == ["upload.part"] * 3 + ["upload.complete", "object.put", "object.put"]
             assert secondary.store.export_ops(0) == primary.store.export_ops(0)
             assert secondary.store.db.execute(versions).fetchall() == primary.store.db.execute(versions).fetchall()
+            assert secondary.store.db.execute(meta).fetchall() == primary.store.db.execute(meta).fetchall()
             assert secondary.store.db.execute("SELECT COUNT(*) FROM parts").fetchone()[0] == 0
             assert _leftovers(secondary) == []
         finally:
