@@ -324,6 +324,21 @@ def test_bad_input_gets_its_error_and_changes_nothing(walrus, case):
      "InvalidArgument"),
     ("bad encoding-type", ("GET", "/keep", b"", None, None, "list-type=2&encoding-type=base64"), 400,
      "InvalidArgument"),
+    ("max-keys of versions too large", ("GET", "/keep", b"", None, None, "versions&max-keys=5000"), 400,
+     "InvalidArgument"),
+    ("max-uploads not a number", ("GET", "/keep", b"", None, None, "max-uploads=x&uploads"), 400, "InvalidArgument"),
+    ("versioning without a document", ("PUT", "/keep", b"", None, None, "versioning"), 400, "MalformedXML"),
+    ("unknown metadata directive", ("PUT", "/keep/k2", b"", {"x-amz-copy-source": "keep/k",
+                                                             "x-amz-metadata-directive": "MOVE"}), 400,
+     "InvalidArgument"),
+    ("copy onto itself unchanged", ("PUT", "/keep/k", b"", {"x-amz-copy-source": "/keep/k"}), 400, "InvalidRequest"),
+    ("version that does not exist", ("GET", "/keep/k", b"", None, None, "versionId=nope"), 404, "NoSuchVersion"),
+    ("versionId on a PUT", ("PUT", "/keep/k", b"x", None, None, "versionId=nope"), 400, "InvalidArgument"),
+    ("canned ACL and grant headers", ("PUT", "/keep/k", b"", {"x-amz-acl": "public-read",
+                                                              "x-amz-grant-read": 'id="x"'}, None, "acl"), 400,
+     "InvalidRequest"),
+    ("ACL document that is not one", ("PUT", "/keep", b"<Other/>", None, None, "acl"), 400, "MalformedACLError"),
+    ("tagging without a document", ("PUT", "/keep/k", b"<Tagging/>", None, None, "tagging"), 400, "MalformedXML"),
 ])
 def test_bad_raw_requests_get_s3_error_xml_and_change_nothing(walrus, case, request_args, status, code):
     base, _, proc = walrus

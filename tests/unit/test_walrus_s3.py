@@ -87,6 +87,7 @@ def test_bad_multipart_requests_get_s3_errors_and_change_nothing(walrus):
     base, tmp, proc = walrus
     s3 = s3_client(base)
     s3.create_bucket(Bucket="badmulti")
+    s3.put_object(Bucket="badmulti", Key="src", Body=b"ten bytes!")
     initial = stored_files(tmp)
     upload = s3.create_multipart_upload(Bucket="badmulti", Key="k")["UploadId"]
     big = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(5 * MiB)]
@@ -112,6 +113,11 @@ def test_bad_multipart_requests_get_s3_errors_and_change_nothing(walrus):
                                 ContentMD5="1B2M2Y8AsgTpgAmY7PhCfg=="), "BadDigest"),
         (lambda: s3.upload_part_copy(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3,
                                      CopySource="badmulti/missing"), "NoSuchKey"),
+        (lambda: s3.upload_part_copy(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3,
+                                     CopySource="badmulti/src", CopySourceRange="bytes=3-1"), "InvalidArgument"),
+        (lambda: s3.upload_part_copy(Bucket="badmulti", Key="k", UploadId=upload, PartNumber=3,
+                                     CopySource="badmulti/src", CopySourceRange="bytes=0-99"), "InvalidArgument"),
+        (lambda: s3.list_parts(Bucket="badmulti", Key="k", UploadId=upload, MaxParts=-1), "InvalidArgument"),
     ]
     for action, code in cases:
         with pytest.raises(ClientError) as err:
