@@ -489,6 +489,13 @@ def test_canned_acls_and_anonymous_access(walrus):
     # A new PUT of a key resets its ACL (private unless the request says otherwise).
     s3.put_object(Bucket="acls", Key="public", Body=b"not any more")
     assert anonymous(base, "GET", "/acls/public")[0] == 403
+    # A bucket that is gone is 404 NoSuchBucket to anyone, as S3 says (it used to be 403).
+    s3.create_bucket(Bucket="gone")
+    s3.put_object(Bucket="gone", Key="k", Body=b"x", ACL="public-read")
+    s3.delete_object(Bucket="gone", Key="k")
+    s3.delete_bucket(Bucket="gone")
+    status, body = anonymous(base, "GET", "/gone/k")
+    assert (status, _xml_code(body)) == (404, "NoSuchBucket")
 
 
 def test_acl_grants_to_other_accounts(walrus):
