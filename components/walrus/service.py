@@ -29,7 +29,7 @@ import re
 import sqlite3
 import uuid
 import zlib
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote
 from xml.etree import ElementTree as ET
@@ -39,12 +39,14 @@ from aiohttp import web
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.service import Service
-from components.common.sigv4 import EMPTY_SHA256, ChunkedDecoder, SigV4Error, signing_key, verify
+from components.common.sigv4 import ChunkedDecoder, SigV4Error, signing_key, verify
+
+from components.walrus.s3 import (CHECKSUMS, GRANT_HEADERS, S3_NS, S3Error, acl_from_headers, acl_from_xml, acl_xml,
+                                  checked_tags, composite_etag, int_param, iso_time, meta_of, page_by_key, parse_range,
+                                  permitted, precondition, precondition_failed, refuse_unverified, sub,
+                                  tags_from_header, valid_bucket, verify_digests, xml_response)
 
 PREFIX = "/services/Walrus"
-S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 SMALL = 1 << 20  # objects up to this size are answered from memory
 CHUNK = 1 << 16
 # Replication streams whole objects (images of hundreds of MiB): no total time limit,
@@ -63,9 +65,6 @@ UNSUPPORTED_SUBRESOURCES = frozenset((
     "ownershipControls", "policy", "policyStatus", "publicAccessBlock", "replication",
     "requestPayment", "restore", "retention", "select", "torrent", "website"))
 AUTH = web.RequestKey("auth", object)  # the request's AuthResult, for handlers that read a signed body
-# Checksums Walrus verifies (base64 of the digest); others are refused before the body is read.
-CHECKSUMS = {"x-amz-checksum-sha256": hashlib.sha256, "x-amz-checksum-sha1": hashlib.sha1}
-UNVERIFIED_CHECKSUMS = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
 # Logged operations whose bytes travel with them to the DISABLED peer (an upload's
 # completion travels without: the peer assembles it from the parts it already has).
 BYTE_OPS = ("object.put", "upload.part")
@@ -73,268 +72,6 @@ BYTE_OPS = ("object.put", "upload.part")
 
 class ReplicaError(Exception):
     """A replicated op that cannot be applied as sent (its object's bytes do not match it)."""
-
-
-class S3Error(Exception):
-    def __init__(self, code: str, message: str, status: int, resource: str = "", headers: dict | None = None):
-        self.code, self.message, self.status, self.resource = code, message, status, resource
-        self.headers = headers or {}
-        super().__init__(message)
-
-
-def precondition_failed() -> S3Error:
-    return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
-
-
-def _xml(root: ET.Element, status: int = 200) -> web.Response:
-    body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root)
-    return web.Response(body=body, status=status, content_type="application/xml")
-
-
-def _sub(parent: ET.Element, tag: str, text=None, **attrib) -> ET.Element:
-    el = ET.SubElement(parent, tag, attrib)
-    if text is not None:
-        el.text = str(text)
-    return el
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _meta_of(headers) -> dict:
-    return {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
-
-
-def composite_etag(part_etags: list[str]) -> str:
-    """S3's ETag of a multipart object: the MD5 of the parts' binary MD5s, a dash, the part count."""
-    return f"{hashlib.md5(b''.join(bytes.fromhex(e) for e in part_etags)).hexdigest()}-{len(part_etags)}"
-
-
-def _int_param(query, name: str, default: int, low: int, high: int) -> int:
-    try:
-        value = int(query.get(name, str(default)))
-        if not low <= value <= high:
-            raise ValueError
-    except ValueError:
-        raise S3Error("InvalidArgument", f"{name} must be an integer between {low} and {high}", 400) from None
-    return value
-
-
-def refuse_unverified(headers, resource: str) -> None:
-    unverified = [h for h in UNVERIFIED_CHECKSUMS if h in headers]
-    if unverified:
-        raise S3Error("NotImplemented", f"Walrus cannot verify {unverified[0]}; use CRC32, SHA1 or SHA256",
-                      501, resource)
-
-
-def verify_digests(headers, auth, md5, sha, crc: int, digests: dict, resource: str) -> None:
-    """Refuse a body whose bytes do not match a digest the client sent or signed."""
-    for header, d in digests.items():
-        if base64.b64encode(d.digest()).decode() != headers[header]:
-            raise S3Error("BadDigest", f"The {header[len('x-amz-checksum-'):].upper()} you specified "
-                          "did not match the calculated checksum.", 400, resource)
-    if auth is not None and auth.payload_mode == "signed" and \
-            sha.hexdigest() != headers.get("x-amz-content-sha256", EMPTY_SHA256):
-        raise S3Error("XAmzContentSHA256Mismatch",
-                      "The provided 'x-amz-content-sha256' header does not match what was computed.", 400, resource)
-    want_crc = headers.get("x-amz-checksum-crc32")
-    if want_crc and base64.b64encode(crc.to_bytes(4, "big")).decode() != want_crc:
-        raise S3Error("BadDigest", "The CRC32 you specified did not match the calculated checksum.", 400, resource)
-    want_md5 = headers.get("Content-MD5")
-    if want_md5 and base64.b64encode(md5.digest()).decode() != want_md5:
-        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.", 400, resource)
-
-
-def _etag_listed(header: str, etag: str) -> bool:
-    return any(t.strip().strip('"') in ("*", etag) for t in header.split(","))
-
-
-def _http_date(header: str | None) -> float | None:
-    try:
-        return parsedate_to_datetime(header).timestamp() if header else None
-    except (TypeError, ValueError):
-        return None  # S3 ignores a date it cannot read
-
-
-def precondition(headers, etag: str, modified: float, prefix: str = "") -> int | None:
-    """S3's answer to If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since (after
-    ``prefix``, x-amz-copy-source- for copies): None to go on, 412 or 304.
-
-    If-Match that holds overrides a failing If-Unmodified-Since, If-None-Match that fails
-    overrides a holding If-Modified-Since; times compare to the second (Last-Modified's precision).
-    """
-    modified = int(modified)
-    if_match, if_none = headers.get(prefix + "If-Match"), headers.get(prefix + "If-None-Match")
-    if if_match is not None:
-        if not _etag_listed(if_match, etag):
-            return 412
-    elif (since := _http_date(headers.get(prefix + "If-Unmodified-Since"))) is not None and modified > since:
-        return 412
-    if if_none is not None:
-        if _etag_listed(if_none, etag):
-            return 304
-    elif (since := _http_date(headers.get(prefix + "If-Modified-Since"))) is not None and modified <= since:
-        return 304
-    return None
-
-
-def page_by_key(rows, prefix: str, delimiter: str, key_marker: str, id_marker: str,
-                limit: int) -> tuple[list, list[str], tuple[str, str] | None]:
-    """One page of rows ``(key, id, ...)`` sorted by key (ListMultipartUploads, ListObjectVersions).
-
-    Rows after the markers (every id of ``key_marker`` when ``id_marker`` is empty, else those
-    up to it), keys under ``prefix``, rolled up at ``delimiter`` into common prefixes.
-    Returns (rows, common prefixes, the next markers when the page is truncated).
-    """
-    items: list = []
-    prefixes: list[str] = []
-    past = not id_marker
-    last = (key_marker, id_marker)
-    for row in rows:
-        key, rid = row[0], row[1]
-        if not key.startswith(prefix):
-            if key > prefix:
-                break
-            continue
-        if key_marker and (key < key_marker or (key == key_marker and not id_marker)):
-            continue
-        if key == key_marker and not past:
-            past = rid == id_marker
-            continue
-        common = None
-        if delimiter and (cut := key.find(delimiter, len(prefix))) >= 0:
-            common = key[:cut + len(delimiter)]
-            if prefixes and prefixes[-1] == common:
-                continue
-        if len(items) + len(prefixes) >= limit:
-            return items, prefixes, last
-        if common is not None:
-            prefixes.append(common)
-            last = (common + "\U0010ffff", "")  # resume after every key under it
-        else:
-            items.append(row)
-            last = (key, rid)
-    return items, prefixes, None
-
-
-ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
-AUTHENTICATED_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
-ET.register_namespace("xsi", XSI)
-PERMISSIONS = ("READ", "WRITE", "READ_ACP", "WRITE_ACP", "FULL_CONTROL")
-GRANT_HEADERS = {f"x-amz-grant-{p.lower().replace('_', '-')}": p for p in PERMISSIONS}
-# Canned ACLs: the grants each adds to the owner's FULL_CONTROL ("bucket-owner" is the
-# bucket's owner, for objects written into another account's bucket).
-CANNED = {"private": [], "public-read": [("group", ALL_USERS, "READ")],
-          "public-read-write": [("group", ALL_USERS, "READ"), ("group", ALL_USERS, "WRITE")],
-          "authenticated-read": [("group", AUTHENTICATED_USERS, "READ")],
-          "bucket-owner-read": [("id", "bucket-owner", "READ")],
-          "bucket-owner-full-control": [("id", "bucket-owner", "FULL_CONTROL")]}
-
-
-def permitted(acl: dict, account: str | None, need: str) -> bool:
-    """Whether ``account`` (None: an anonymous request) holds ``need`` under ``acl``."""
-    if account is not None and account == acl["owner"]:
-        return True
-    for kind, grantee, permission in acl["grants"]:
-        if permission not in (need, "FULL_CONTROL"):
-            continue
-        if (kind == "group" and (grantee == ALL_USERS or (grantee == AUTHENTICATED_USERS and account is not None))) \
-                or (kind == "id" and account is not None and grantee == account):
-            return True
-    return False
-
-
-def _grantee(kind: str, value: str, resource: str) -> tuple[str, str]:
-    if kind in ("id", "ID"):
-        return "id", value
-    if kind in ("uri", "URI") and value in (ALL_USERS, AUTHENTICATED_USERS):
-        return "group", value
-    if kind in ("emailAddress", "EmailAddress"):
-        raise S3Error("UnresolvableGrantByEmailAddress", "The e-mail address you provided does not match any "
-                      "account on record.", 400, resource)
-    raise S3Error("InvalidArgument", f"Invalid grantee {kind}={value!r}", 400, resource)
-
-
-def acl_from_headers(headers, owner: str, bucket_owner: str, resource: str) -> dict | None:
-    """The ACL an x-amz-acl or x-amz-grant-* header asks for; None when there is none."""
-    canned = headers.get("x-amz-acl")
-    granted = [(h, p) for h, p in GRANT_HEADERS.items() if h in headers]
-    if canned is not None and granted:
-        raise S3Error("InvalidRequest", "Specifying both Canned ACLs and Header Grants is not allowed", 400,
-                      resource)
-    if canned is not None:
-        if canned not in CANNED:
-            raise S3Error("InvalidArgument", f"Unknown canned ACL {canned!r}", 400, resource)
-        grants = [["id", owner, "FULL_CONTROL"]] + [
-            [kind, bucket_owner if grantee == "bucket-owner" else grantee, perm] for kind, grantee, perm in
-            CANNED[canned]]
-        return {"owner": owner, "grants": grants}
-    if not granted:
-        return None
-    grants = []
-    for header, permission in granted:
-        for item in headers[header].split(","):
-            kind, _, value = item.strip().partition("=")
-            grants.append([*_grantee(kind.strip(), value.strip().strip('"'), resource), permission])
-    return {"owner": owner, "grants": grants}
-
-
-def acl_from_xml(doc: ET.Element | None, owner: str, resource: str) -> dict:
-    """The ACL of an AccessControlPolicy document (namespaces stripped)."""
-    if doc is None or doc.tag != "AccessControlPolicy" or doc.find("AccessControlList") is None:
-        raise S3Error("MalformedACLError", "The XML you provided was not well-formed or did not validate against "
-                      "our published schema", 400, resource)
-    grants = []
-    for grant in doc.find("AccessControlList").findall("Grant"):
-        grantee, permission = grant.find("Grantee"), (grant.findtext("Permission") or "").strip()
-        field = None if grantee is None else next((c for c in grantee if c.tag in ("ID", "URI", "EmailAddress")),
-                                                  None)
-        if field is None or permission not in PERMISSIONS:
-            raise S3Error("MalformedACLError", "The XML you provided was not well-formed or did not validate "
-                          "against our published schema", 400, resource)
-        grants.append([*_grantee(field.tag, (field.text or "").strip(), resource), permission])
-    return {"owner": owner, "grants": grants}
-
-
-def acl_xml(acl: dict) -> web.Response:
-    root = ET.Element("AccessControlPolicy", xmlns=S3_NS)
-    owner = _sub(root, "Owner")
-    _sub(owner, "ID", acl["owner"])
-    _sub(owner, "DisplayName", acl["owner"])
-    grants = _sub(root, "AccessControlList")
-    for kind, grantee, permission in acl["grants"]:
-        g = _sub(grants, "Grant")
-        who = _sub(g, "Grantee", **{f"{{{XSI}}}type": "CanonicalUser" if kind == "id" else "Group"})
-        if kind == "id":
-            _sub(who, "ID", grantee)
-            _sub(who, "DisplayName", grantee)
-        else:
-            _sub(who, "URI", grantee)
-        _sub(g, "Permission", permission)
-    return _xml(root)
-
-
-def checked_tags(pairs: list[tuple[str, str]], resource: str) -> dict:
-    """S3's limits on an object's tags: at most 10, unique keys of 1 to 128 characters,
-    values up to 256 (InvalidTag otherwise)."""
-    tags: dict = {}
-    for k, v in pairs:
-        if not 1 <= len(k) <= 128 or len(v) > 256 or k in tags:
-            raise S3Error("InvalidTag", f"The tag {k[:128]!r} is not valid (1-128 character unique keys, values up "
-                          "to 256)", 400, resource)
-        tags[k] = v
-    if len(tags) > 10:
-        raise S3Error("BadRequest", "Object tags cannot be greater than 10", 400, resource)
-    return tags
-
-
-def tags_from_header(headers, resource: str) -> dict | None:
-    """The x-amz-tagging header (URL-encoded ``k=v&k2=v2``); None without one."""
-    if "x-amz-tagging" not in headers:
-        return None
-    return checked_tags(parse_qsl(headers["x-amz-tagging"], keep_blank_values=True), resource)
 
 
 def concatenate(files: list, path: Path) -> None:
@@ -345,28 +82,6 @@ def concatenate(files: list, path: Path) -> None:
                 out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
-
-
-def valid_bucket(name: str) -> bool:
-    return bool(BUCKET_RE.match(name)) and ".." not in name and not IP_RE.match(name)
-
-
-def parse_range(header: str, size: int) -> tuple[int, int]:
-    """Inclusive byte range of a Range header; raises S3Error(InvalidRange)."""
-    m = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
-    if not m or (m.group(1) == "" and m.group(2) == ""):
-        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
-    first, last = m.groups()
-    if first == "":
-        n = int(last)
-        if n == 0 or size == 0:
-            raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
-    if start >= size or end < start:
-        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
-    return start, min(end, size - 1)
 
 
 class Store:
@@ -700,12 +415,12 @@ class Walrus(Service):
 
     def _error(self, err: S3Error) -> web.Response:
         root = ET.Element("Error")
-        _sub(root, "Code", err.code)
-        _sub(root, "Message", err.message)
-        _sub(root, "Resource", err.resource)
+        sub(root, "Code", err.code)
+        sub(root, "Message", err.message)
+        sub(root, "Resource", err.resource)
         rid = uuid.uuid4().hex[:16].upper()
-        _sub(root, "RequestId", rid)
-        resp = _xml(root, err.status)
+        sub(root, "RequestId", rid)
+        resp = xml_response(root, err.status)
         resp.headers["x-amz-request-id"] = rid
         resp.headers.update(err.headers)
         return resp
@@ -863,21 +578,21 @@ class Walrus(Service):
         if account is None:
             raise S3Error("AccessDenied", "Access Denied", 403)
         root = ET.Element("ListAllMyBucketsResult", xmlns=S3_NS)
-        owner = _sub(root, "Owner")
-        _sub(owner, "ID", account)
-        _sub(owner, "DisplayName", account)
-        buckets = _sub(root, "Buckets")
+        owner = sub(root, "Owner")
+        sub(owner, "ID", account)
+        sub(owner, "DisplayName", account)
+        buckets = sub(root, "Buckets")
         for name, _, created in self.store.db.execute(
                 "SELECT name, account, created FROM buckets WHERE account=? ORDER BY name", (account,)):
-            b = _sub(buckets, "Bucket")
-            _sub(b, "Name", name)
-            _sub(b, "CreationDate", _iso(created))
-        return _xml(root)
+            b = sub(buckets, "Bucket")
+            sub(b, "Name", name)
+            sub(b, "CreationDate", iso_time(created))
+        return xml_response(root)
 
     def bucket_location(self, account: str, bucket: str) -> web.Response:
         self._owned_bucket(account, bucket)
         root = ET.Element("LocationConstraint", xmlns=S3_NS)  # empty: the default region
-        return _xml(root)
+        return xml_response(root)
 
     async def create_bucket(self, request, account, bucket):
         if account is None:
@@ -934,37 +649,37 @@ class Walrus(Service):
         contents, prefixes, truncated, resume = self.store.list(bucket, prefix, delimiter, after, max_keys)
         enc = (lambda v: quote(v, safe="/")) if encoding == "url" else (lambda v: v)
         root = ET.Element("ListBucketResult", xmlns=S3_NS)
-        _sub(root, "Name", bucket)
+        sub(root, "Name", bucket)
         # botocore decodes Prefix in V2 answers only (handlers.decode_list_object*).
-        _sub(root, "Prefix", enc(prefix) if v2 else prefix)
+        sub(root, "Prefix", enc(prefix) if v2 else prefix)
         if delimiter:
-            _sub(root, "Delimiter", enc(delimiter))
-        _sub(root, "MaxKeys", max_keys)
+            sub(root, "Delimiter", enc(delimiter))
+        sub(root, "MaxKeys", max_keys)
         if encoding:
-            _sub(root, "EncodingType", encoding)
-        _sub(root, "IsTruncated", "true" if truncated else "false")
+            sub(root, "EncodingType", encoding)
+        sub(root, "IsTruncated", "true" if truncated else "false")
         if v2:
-            _sub(root, "KeyCount", len(contents) + len(prefixes))
+            sub(root, "KeyCount", len(contents) + len(prefixes))
             if token:
-                _sub(root, "ContinuationToken", token)
+                sub(root, "ContinuationToken", token)
             if q.get("start-after"):
-                _sub(root, "StartAfter", enc(q["start-after"]))
+                sub(root, "StartAfter", enc(q["start-after"]))
             if truncated:
-                _sub(root, "NextContinuationToken", base64.urlsafe_b64encode(resume.encode()).decode())
+                sub(root, "NextContinuationToken", base64.urlsafe_b64encode(resume.encode()).decode())
         else:
-            _sub(root, "Marker", enc(q.get("marker", "")))
+            sub(root, "Marker", enc(q.get("marker", "")))
             if truncated and delimiter:  # without a delimiter, clients resume after the last Key
-                _sub(root, "NextMarker", enc(resume))
+                sub(root, "NextMarker", enc(resume))
         for key, size, etag, modified in contents:
-            c = _sub(root, "Contents")
-            _sub(c, "Key", enc(key))
-            _sub(c, "LastModified", _iso(modified))
-            _sub(c, "ETag", f'"{etag}"')
-            _sub(c, "Size", size)
-            _sub(c, "StorageClass", "STANDARD")
+            c = sub(root, "Contents")
+            sub(c, "Key", enc(key))
+            sub(c, "LastModified", iso_time(modified))
+            sub(c, "ETag", f'"{etag}"')
+            sub(c, "Size", size)
+            sub(c, "StorageClass", "STANDARD")
         for p in prefixes:
-            _sub(_sub(root, "CommonPrefixes"), "Prefix", enc(p))
-        return _xml(root)
+            sub(sub(root, "CommonPrefixes"), "Prefix", enc(p))
+        return xml_response(root)
 
     # -- objects --------------------------------------------------------------------------
 
@@ -977,7 +692,7 @@ class Walrus(Service):
         name, size, etag, _ = await self._receive(request, auth, key)
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
                               "content_type": request.headers.get("Content-Type", "binary/octet-stream"),
-                              "meta": _meta_of(request.headers), "file": name, "acl": acl, "tags": tags})
+                              "meta": meta_of(request.headers), "file": name, "acl": acl, "tags": tags})
         return web.Response(status=200, headers={"ETag": f'"{etag}"', **self._version_header(op)})
 
     async def _put(self, op: dict) -> dict:
@@ -1018,15 +733,15 @@ class Walrus(Service):
             content_type, meta = src[3] or "binary/octet-stream", json.loads(src[5] or "{}")
         else:
             content_type = request.headers.get("Content-Type", "binary/octet-stream")
-            meta = _meta_of(request.headers)
+            meta = meta_of(request.headers)
         name, size, etag = await self._copy_bytes(src[6], 0, src[1])
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
                               "content_type": content_type, "meta": meta, "file": name, "acl": acl,
                               "tags": tags})
         root = ET.Element("CopyObjectResult", xmlns=S3_NS)
-        _sub(root, "LastModified", _iso(op["modified"]))
-        _sub(root, "ETag", f'"{etag}"')
-        resp = _xml(root)
+        sub(root, "LastModified", iso_time(op["modified"]))
+        sub(root, "ETag", f'"{etag}"')
+        resp = xml_response(root)
         resp.headers.update(self._version_header(op))
         if self.store.versioning(src_bucket) is not None:
             resp.headers["x-amz-copy-source-version-id"] = src[7]
@@ -1060,26 +775,26 @@ class Walrus(Service):
                     if removed is not None:
                         deleted.append(removed)
                     if not quiet:
-                        el = _sub(root, "Deleted")
-                        _sub(el, "Key", key)
+                        el = sub(root, "Deleted")
+                        sub(el, "Key", key)
                         if version is not None:
-                            _sub(el, "VersionId", version)
+                            sub(el, "VersionId", version)
                         if headers.get("x-amz-delete-marker"):
-                            _sub(el, "DeleteMarker", "true")
+                            sub(el, "DeleteMarker", "true")
                             if version is None:
-                                _sub(el, "DeleteMarkerVersionId", headers["x-amz-version-id"])
+                                sub(el, "DeleteMarkerVersionId", headers["x-amz-version-id"])
                     continue
-            el = _sub(root, "Error")
-            _sub(el, "Key", key or "")
+            el = sub(root, "Error")
+            sub(el, "Key", key or "")
             if version is not None:
-                _sub(el, "VersionId", version)
-            _sub(el, "Code", code)
-            _sub(el, "Message", message)
+                sub(el, "VersionId", version)
+            sub(el, "Code", code)
+            sub(el, "Message", message)
         if applied:
             await self.replicate()  # one round for every key: the peer has them all before the answer
         for row in deleted:
             self.events.emit("object.delete", bucket=bucket, key=row[0], size=row[1], etag=row[2])
-        return _xml(root)
+        return xml_response(root)
 
     async def _receive(self, request, auth, key: str, chunks=None) -> tuple[str, int, str, dict]:
         """Stream a request body (or ``chunks``, an async iterator of the bytes of a form's file
@@ -1255,8 +970,8 @@ class Walrus(Service):
         root = ET.Element("VersioningConfiguration", xmlns=S3_NS)
         status = self.store.versioning(bucket)
         if status is not None:
-            _sub(root, "Status", status)
-        return _xml(root)
+            sub(root, "Status", status)
+        return xml_response(root)
 
     async def put_versioning(self, request, account, bucket):
         self._owned_bucket(account, bucket)
@@ -1278,7 +993,7 @@ class Walrus(Service):
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         key_marker, id_marker = q.get("key-marker", ""), q.get("version-id-marker", "")
-        max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
+        max_keys = int_param(q, "max-keys", 1000, 0, 1000)
         encoding = q.get("encoding-type")
         if encoding not in (None, "url"):
             raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request", 400)
@@ -1294,35 +1009,35 @@ class Walrus(Service):
                 "WHERE bucket=? AND key >= ? ORDER BY key, n DESC", (bucket, start))
         items, prefixes, nxt = page_by_key(rows, prefix, delimiter, key_marker, id_marker, max_keys)
         root = ET.Element("ListVersionsResult", xmlns=S3_NS)
-        _sub(root, "Name", bucket)
-        _sub(root, "Prefix", enc(prefix))
-        _sub(root, "KeyMarker", enc(key_marker))
-        _sub(root, "VersionIdMarker", id_marker)
+        sub(root, "Name", bucket)
+        sub(root, "Prefix", enc(prefix))
+        sub(root, "KeyMarker", enc(key_marker))
+        sub(root, "VersionIdMarker", id_marker)
         if nxt:
-            _sub(root, "NextKeyMarker", enc(nxt[0]))
-            _sub(root, "NextVersionIdMarker", nxt[1])
-        _sub(root, "MaxKeys", max_keys)
+            sub(root, "NextKeyMarker", enc(nxt[0]))
+            sub(root, "NextVersionIdMarker", nxt[1])
+        sub(root, "MaxKeys", max_keys)
         if delimiter:
-            _sub(root, "Delimiter", enc(delimiter))
+            sub(root, "Delimiter", enc(delimiter))
         if encoding:
-            _sub(root, "EncodingType", encoding)
-        _sub(root, "IsTruncated", "true" if nxt else "false")
+            sub(root, "EncodingType", encoding)
+        sub(root, "IsTruncated", "true" if nxt else "false")
         for key, vid, size, etag, modified, marker, latest in items:
-            el = _sub(root, "DeleteMarker" if marker else "Version")
-            _sub(el, "Key", enc(key))
-            _sub(el, "VersionId", vid)
-            _sub(el, "IsLatest", "true" if latest else "false")
-            _sub(el, "LastModified", _iso(modified))
+            el = sub(root, "DeleteMarker" if marker else "Version")
+            sub(el, "Key", enc(key))
+            sub(el, "VersionId", vid)
+            sub(el, "IsLatest", "true" if latest else "false")
+            sub(el, "LastModified", iso_time(modified))
             if not marker:
-                _sub(el, "ETag", f'"{etag}"')
-                _sub(el, "Size", size)
-                _sub(el, "StorageClass", "STANDARD")
-            who = _sub(el, "Owner")
-            _sub(who, "ID", owner)
-            _sub(who, "DisplayName", owner)
+                sub(el, "ETag", f'"{etag}"')
+                sub(el, "Size", size)
+                sub(el, "StorageClass", "STANDARD")
+            who = sub(el, "Owner")
+            sub(who, "ID", owner)
+            sub(who, "DisplayName", owner)
         for p in prefixes:
-            _sub(_sub(root, "CommonPrefixes"), "Prefix", enc(p))
-        return _xml(root)
+            sub(sub(root, "CommonPrefixes"), "Prefix", enc(p))
+        return xml_response(root)
 
     # -- ACLs -----------------------------------------------------------------------------------
 
@@ -1408,7 +1123,7 @@ class Walrus(Service):
                           400, key)
         op = await self._put({"type": "object.put", "bucket": bucket, "key": key, "size": size, "etag": etag,
                               "content_type": fields.get("content-type", "binary/octet-stream"),
-                              "meta": _meta_of(fields), "file": name, "acl": acl})
+                              "meta": meta_of(fields), "file": name, "acl": acl})
         headers = {"ETag": f'"{etag}"', "Location": f"{PREFIX}/{bucket}/{quote(key)}", **self._version_header(op)}
         redirect = fields.get("success_action_redirect")
         if redirect:
@@ -1419,8 +1134,8 @@ class Walrus(Service):
             root = ET.Element("PostResponse")
             for tag, value in (("Location", headers["Location"]), ("Bucket", bucket), ("Key", key),
                                ("ETag", f'"{etag}"')):
-                _sub(root, tag, value)
-            resp = _xml(root, 201)
+                sub(root, tag, value)
+            resp = xml_response(root, 201)
             resp.headers.update(headers)
             return resp
         return web.Response(status=200 if fields.get("success_action_status") == "200" else 204, headers=headers)
@@ -1491,12 +1206,12 @@ class Walrus(Service):
         self._access(account, bucket, "READ", key)
         self._version_of(bucket, key, request.query.get("versionId"))
         root = ET.Element("Tagging", xmlns=S3_NS)
-        tag_set = _sub(root, "TagSet")
+        tag_set = sub(root, "TagSet")
         for k, v in self.store.tags(bucket, key).items():
-            tag = _sub(tag_set, "Tag")
-            _sub(tag, "Key", k)
-            _sub(tag, "Value", v)
-        return _xml(root)
+            tag = sub(tag_set, "Tag")
+            sub(tag, "Key", k)
+            sub(tag, "Value", v)
+        return xml_response(root)
 
     async def put_tagging(self, request, account, bucket, key, auth):
         self._access(account, bucket, "WRITE")
@@ -1530,7 +1245,7 @@ class Walrus(Service):
     async def create_upload(self, request, account, bucket, key, auth):
         owner = self._access(account, bucket, "WRITE")[1]
         upload = uuid.uuid4().hex
-        meta = _meta_of(request.headers)
+        meta = meta_of(request.headers)
         self._apply({"type": "upload.create", "bucket": bucket, "key": key, "upload": upload,
                      "account": account or owner, "initiated": dt.datetime.now().timestamp(),
                      "content_type": request.headers.get("Content-Type", "binary/octet-stream"), "meta": meta,
@@ -1538,10 +1253,10 @@ class Walrus(Service):
                      "tags": tags_from_header(request.headers, key) or {}})
         await self.replicate()
         root = ET.Element("InitiateMultipartUploadResult", xmlns=S3_NS)
-        _sub(root, "Bucket", bucket)
-        _sub(root, "Key", key)
-        _sub(root, "UploadId", upload)
-        return _xml(root)
+        sub(root, "Bucket", bucket)
+        sub(root, "Key", key)
+        sub(root, "UploadId", upload)
+        return xml_response(root)
 
     async def upload_part(self, request, account, bucket, key, auth):
         """UploadPart, or UploadPartCopy with x-amz-copy-source; the part is on the peer before the answer."""
@@ -1581,9 +1296,9 @@ class Walrus(Service):
         if not copy:
             return web.Response(status=200, headers={"ETag": f'"{etag}"', **checked})
         root = ET.Element("CopyPartResult", xmlns=S3_NS)
-        _sub(root, "LastModified", _iso(modified))
-        _sub(root, "ETag", f'"{etag}"')
-        return _xml(root)
+        sub(root, "LastModified", iso_time(modified))
+        sub(root, "ETag", f'"{etag}"')
+        return xml_response(root)
 
     async def complete_upload(self, request, account, bucket, key, auth):
         self._access(account, bucket, "WRITE")
@@ -1638,11 +1353,11 @@ class Walrus(Service):
                                                                    "grants": [["id", initiator, "FULL_CONTROL"]]},
                               "tags": json.loads(tags or "{}")})
         root = ET.Element("CompleteMultipartUploadResult", xmlns=S3_NS)
-        _sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
-        _sub(root, "Bucket", bucket)
-        _sub(root, "Key", key)
-        _sub(root, "ETag", f'"{etag}"')
-        resp = _xml(root)
+        sub(root, "Location", f"{PREFIX}/{bucket}/{quote(key)}")
+        sub(root, "Bucket", bucket)
+        sub(root, "Key", key)
+        sub(root, "ETag", f'"{etag}"')
+        resp = xml_response(root)
         resp.headers.update(self._version_header(op))
         return resp
 
@@ -1658,30 +1373,30 @@ class Walrus(Service):
         self._access(account, bucket, "WRITE")
         upload = request.query["uploadId"]
         owner = self._upload(bucket, key, upload)[1]
-        marker = _int_param(request.query, "part-number-marker", 0, 0, MAX_PARTS)
-        max_parts = _int_param(request.query, "max-parts", 1000, 0, 1000)
+        marker = int_param(request.query, "part-number-marker", 0, 0, MAX_PARTS)
+        max_parts = int_param(request.query, "max-parts", 1000, 0, 1000)
         parts = self.store.parts(upload, after=marker)
         root = ET.Element("ListPartsResult", xmlns=S3_NS)
         for tag, value in (("Bucket", bucket), ("Key", key), ("UploadId", upload)):
-            _sub(root, tag, value)
+            sub(root, tag, value)
         for tag in ("Initiator", "Owner"):
-            who = _sub(root, tag)
-            _sub(who, "ID", owner)
-            _sub(who, "DisplayName", owner)
-        _sub(root, "StorageClass", "STANDARD")
-        _sub(root, "PartNumberMarker", marker)
+            who = sub(root, tag)
+            sub(who, "ID", owner)
+            sub(who, "DisplayName", owner)
+        sub(root, "StorageClass", "STANDARD")
+        sub(root, "PartNumberMarker", marker)
         shown = parts[:max_parts]
         if shown:
-            _sub(root, "NextPartNumberMarker", shown[-1][0])
-        _sub(root, "MaxParts", max_parts)
-        _sub(root, "IsTruncated", "true" if len(parts) > max_parts else "false")
+            sub(root, "NextPartNumberMarker", shown[-1][0])
+        sub(root, "MaxParts", max_parts)
+        sub(root, "IsTruncated", "true" if len(parts) > max_parts else "false")
         for number, size, etag, modified, _ in shown:
-            el = _sub(root, "Part")
-            _sub(el, "PartNumber", number)
-            _sub(el, "LastModified", _iso(modified))
-            _sub(el, "ETag", f'"{etag}"')
-            _sub(el, "Size", size)
-        return _xml(root)
+            el = sub(root, "Part")
+            sub(el, "PartNumber", number)
+            sub(el, "LastModified", iso_time(modified))
+            sub(el, "ETag", f'"{etag}"')
+            sub(el, "Size", size)
+        return xml_response(root)
 
     async def list_uploads(self, request, account, bucket):
         """ListMultipartUploads: prefix, delimiter, key-marker / upload-id-marker, max-uploads."""
@@ -1689,37 +1404,37 @@ class Walrus(Service):
         q = request.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
-        max_uploads = _int_param(q, "max-uploads", 1000, 0, 1000)
+        max_uploads = int_param(q, "max-uploads", 1000, 0, 1000)
         rows = self.store.db.execute(
             "SELECT key, id, account, initiated FROM uploads WHERE bucket=? AND key >= ? "
             "ORDER BY key, initiated, id", (bucket, max(prefix, key_marker)))
         uploads, prefixes, nxt = page_by_key(rows, prefix, delimiter, key_marker, id_marker, max_uploads)
         root = ET.Element("ListMultipartUploadsResult", xmlns=S3_NS)
-        _sub(root, "Bucket", bucket)
-        _sub(root, "KeyMarker", key_marker)
-        _sub(root, "UploadIdMarker", id_marker)
+        sub(root, "Bucket", bucket)
+        sub(root, "KeyMarker", key_marker)
+        sub(root, "UploadIdMarker", id_marker)
         if nxt:
-            _sub(root, "NextKeyMarker", nxt[0])
-            _sub(root, "NextUploadIdMarker", nxt[1])
+            sub(root, "NextKeyMarker", nxt[0])
+            sub(root, "NextUploadIdMarker", nxt[1])
         if prefix:
-            _sub(root, "Prefix", prefix)
+            sub(root, "Prefix", prefix)
         if delimiter:
-            _sub(root, "Delimiter", delimiter)
-        _sub(root, "MaxUploads", max_uploads)
-        _sub(root, "IsTruncated", "true" if nxt else "false")
+            sub(root, "Delimiter", delimiter)
+        sub(root, "MaxUploads", max_uploads)
+        sub(root, "IsTruncated", "true" if nxt else "false")
         for key, upload, owner, initiated in uploads:
-            el = _sub(root, "Upload")
-            _sub(el, "Key", key)
-            _sub(el, "UploadId", upload)
+            el = sub(root, "Upload")
+            sub(el, "Key", key)
+            sub(el, "UploadId", upload)
             for tag in ("Initiator", "Owner"):
-                who = _sub(el, tag)
-                _sub(who, "ID", owner)
-                _sub(who, "DisplayName", owner)
-            _sub(el, "StorageClass", "STANDARD")
-            _sub(el, "Initiated", _iso(initiated))
+                who = sub(el, tag)
+                sub(who, "ID", owner)
+                sub(who, "DisplayName", owner)
+            sub(el, "StorageClass", "STANDARD")
+            sub(el, "Initiated", iso_time(initiated))
         for p in prefixes:
-            _sub(_sub(root, "CommonPrefixes"), "Prefix", p)
-        return _xml(root)
+            sub(sub(root, "CommonPrefixes"), "Prefix", p)
+        return xml_response(root)
 
     # -- copies -----------------------------------------------------------------------------
 
