@@ -805,6 +805,11 @@ class Walrus(Service):
         """
         headers = request.headers if chunks is None else {}
         length = request.content_length
+        if chunks is None and length is None:  # as S3: a body must say its length
+            if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+                raise S3Error("NotImplemented", "A header you provided implies functionality that is not "
+                              "implemented: Transfer-Encoding", 501, key)
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411, key)
         declared_len = headers.get("x-amz-decoded-content-length")
         size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
         if size_hint is not None and size_hint > self.max_object:

@@ -560,3 +560,36 @@ def test_sigterm_exit_restart_with_data_and_disabled_state(tmp_path):
         got = s3_client(base).get_object(Bucket="durable", Key="obj")
         assert got["Body"].read() == b"survives restarts" and got["Metadata"] == {"a": "1"}
         assert [p.name for p in objects.iterdir()] == names
+
+
+def test_a_body_without_its_length_is_refused_as_s3_does(walrus):
+    """A PUT with no Content-Length is 411 MissingContentLength, a chunked one 501 (it used
+    to store an empty object, or the chunked body, where S3 refuses both)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="lengths")
+    before = _snapshot(base)
+    for transfer, status, code in ((None, 411, "MissingContentLength"), ("chunked", 501, "NotImplemented")):
+        req = AWSRequest(method="PUT", url=f"{base}/services/Walrus/lengths/k", data=b"",
+                         headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(Credentials(ADMIN["access_key"], ADMIN["secret_key"]), "s3", "eucalyptus").add_auth(req)
+        u = urlsplit(base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.putrequest("PUT", "/services/Walrus/lengths/k", skip_accept_encoding=True)
+        for k, v in req.prepare().headers.items():
+            if k.lower() != "content-length":
+                conn.putheader(k, v)
+        if transfer:
+            conn.putheader("Transfer-Encoding", transfer)
+        conn.endheaders(b"5\r\nhello\r\n0\r\n\r\n" if transfer else None)
+        r = conn.getresponse()
+        assert (r.status, _xml_code(r.read())) == (status, code)
+        conn.close()
+    assert _snapshot(base) == before
