@@ -5,6 +5,7 @@
     eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
+    eucalab bench s3cp [--mib 256]    aws s3 cp of a large file through the Walrus VIP, beside moto
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
     eucalab run                       the main job on the default deployment
@@ -105,6 +106,10 @@ def cmd_bench(args) -> int:
         from .bench_cloud import run
 
         return run(args.requests)
+    if args.what == "s3cp":
+        from .bench_s3cp import run
+
+        return run(args.mib, args.repeat)
     if args.what == "instances":
         from .bench_instances import run
 
@@ -215,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "sdn", "soak"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "s3cp", "sdn", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
+    s.add_argument("--mib", type=int, default=256, help="s3cp: size of the file copied (MiB)")
     s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
     s.add_argument("--repeat", type=int, default=1)
     s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")

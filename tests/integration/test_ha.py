@@ -166,6 +166,30 @@ def test_walrus_failover_keeps_every_acknowledged_object(ha):
     heal(dep, "walrus")
 
 
+def test_walrus_multipart_upload_completes_after_a_failover(ha):
+    """Parts acknowledged before the Walrus primary crashes are listed by its successor,
+    and the upload goes on and completes there."""
+    dep, s3 = ha["dep"], ha["s3"]
+    primary = heal(dep, "walrus")
+    s3.create_bucket(Bucket="multipart-ha")
+    parts = [os.urandom(5 * 2**20), os.urandom(5 * 2**20), os.urandom(2**20 + 7)]
+    upload = s3.create_multipart_upload(Bucket="multipart-ha", Key="image.img")["UploadId"]
+    etags = [s3.upload_part(Bucket="multipart-ha", Key="image.img", UploadId=upload, PartNumber=n,
+                            Body=parts[n - 1])["ETag"] for n in (1, 2)]
+    dep.kill(primary)
+    assert wait_until(lambda: taken_over(dep, "walrus", primary), 5)
+    listed = s3.list_parts(Bucket="multipart-ha", Key="image.img", UploadId=upload)["Parts"]
+    assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in listed] == [
+        (n, etags[n - 1], len(parts[n - 1])) for n in (1, 2)]
+    etags.append(s3.upload_part(Bucket="multipart-ha", Key="image.img", UploadId=upload, PartNumber=3,
+                                Body=parts[2])["ETag"])
+    s3.complete_multipart_upload(Bucket="multipart-ha", Key="image.img", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]})
+    assert s3.get_object(Bucket="multipart-ha", Key="image.img")["Body"].read() == b"".join(parts)
+    dep.start("walrus", primary)
+    heal(dep, "walrus")
+
+
 def cc_host_failure(dep, primary: str, eip: str, iid: str) -> float | None:
     """Every link of the primary CC down with its process, the instance probed through its
     elastic IP from the user host until 0.5 s after the peer took over; the outage."""

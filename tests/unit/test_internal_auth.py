@@ -118,6 +118,9 @@ def test_a_component_run_alone_takes_its_one_token_as_the_operator_s(tmp_path):
     {"type": "object.put", "bucket": "images", "key": "k", "size": 1},
     {"type": "object.put", "bucket": "../x", "key": "k", "size": 1, "file": "0" * 32},
     {"type": "bucket.create", "bucket": "a/b", "account": "1"},
+    {"type": "upload.complete", "bucket": "images", "key": "k", "size": 1, "file": "0" * 32,
+     "parts": [[1, "../../../../etc/shadow"]]},
+    {"type": "upload.complete", "bucket": "images", "key": "k", "size": 1, "file": "0" * 32, "parts": "x"},
 ])
 def test_walrus_refuses_a_replicated_name_that_is_not_its_format(tmp_path, op):
     with pytest.raises(ReplicaError):

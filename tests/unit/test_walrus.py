@@ -267,9 +267,21 @@ BAD_INPUT = {
                          "SignatureDoesNotMatch"),
     "unknown access key": (lambda s3, b: s3_client(b, ak="AKIANOBODY").delete_object(Bucket="keep", Key="k"),
                            "InvalidAccessKeyId"),
-    "unsupported subresource": (lambda s3, b: s3.put_bucket_acl(Bucket="keep", ACL="public-read"),
+    "unsupported subresource": (lambda s3, b: s3.put_bucket_policy(Bucket="keep", Policy='{"Statement": []}'),
                                 "NotImplemented"),
-    "multipart upload": (lambda s3, b: s3.create_multipart_upload(Bucket="keep", Key="k"), "NotImplemented"),
+    "unknown canned ACL": (lambda s3, b: s3.put_object(Bucket="keep", Key="k", Body=b"new", ACL="everyone"),
+                           "InvalidArgument"),
+    "ACL grant by e-mail": (lambda s3, b: s3.put_bucket_acl(Bucket="keep", GrantRead="emailAddress=a@b.c"),
+                            "UnresolvableGrantByEmailAddress"),
+    "canned ACL and grants at once": (lambda s3, b: s3.put_bucket_acl(Bucket="keep", ACL="private",
+                                                                      GrantRead='id="x"'), "InvalidRequest"),
+    "part of an upload that does not exist": (lambda s3, b: s3.upload_part(Bucket="keep", Key="k", UploadId="nope",
+                                                                           PartNumber=1, Body=b"x"), "NoSuchUpload"),
+    "complete an upload that does not exist": (lambda s3, b: s3.complete_multipart_upload(
+        Bucket="keep", Key="k", UploadId="nope", MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": "x"}]}),
+        "NoSuchUpload"),
+    "list parts of an upload that does not exist": (lambda s3, b: s3.list_parts(Bucket="keep", Key="k",
+                                                                                UploadId="nope"), "NoSuchUpload"),
 }
 
 
@@ -312,6 +324,21 @@ def test_bad_input_gets_its_error_and_changes_nothing(walrus, case):
      "InvalidArgument"),
     ("bad encoding-type", ("GET", "/keep", b"", None, None, "list-type=2&encoding-type=base64"), 400,
      "InvalidArgument"),
+    ("max-keys of versions too large", ("GET", "/keep", b"", None, None, "versions&max-keys=5000"), 400,
+     "InvalidArgument"),
+    ("max-uploads not a number", ("GET", "/keep", b"", None, None, "max-uploads=x&uploads"), 400, "InvalidArgument"),
+    ("versioning without a document", ("PUT", "/keep", b"", None, None, "versioning"), 400, "MalformedXML"),
+    ("unknown metadata directive", ("PUT", "/keep/k2", b"", {"x-amz-copy-source": "keep/k",
+                                                             "x-amz-metadata-directive": "MOVE"}), 400,
+     "InvalidArgument"),
+    ("copy onto itself unchanged", ("PUT", "/keep/k", b"", {"x-amz-copy-source": "/keep/k"}), 400, "InvalidRequest"),
+    ("version that does not exist", ("GET", "/keep/k", b"", None, None, "versionId=nope"), 404, "NoSuchVersion"),
+    ("versionId on a PUT", ("PUT", "/keep/k", b"x", None, None, "versionId=nope"), 400, "InvalidArgument"),
+    ("canned ACL and grant headers", ("PUT", "/keep/k", b"", {"x-amz-acl": "public-read",
+                                                              "x-amz-grant-read": 'id="x"'}, None, "acl"), 400,
+     "InvalidRequest"),
+    ("ACL document that is not one", ("PUT", "/keep", b"<Other/>", None, None, "acl"), 400, "MalformedACLError"),
+    ("tagging without a document", ("PUT", "/keep/k", b"<Tagging/>", None, None, "tagging"), 400, "MalformedXML"),
 ])
 def test_bad_raw_requests_get_s3_error_xml_and_change_nothing(walrus, case, request_args, status, code):
     base, _, proc = walrus
@@ -533,3 +560,36 @@ def test_sigterm_exit_restart_with_data_and_disabled_state(tmp_path):
         got = s3_client(base).get_object(Bucket="durable", Key="obj")
         assert got["Body"].read() == b"survives restarts" and got["Metadata"] == {"a": "1"}
         assert [p.name for p in objects.iterdir()] == names
+
+
+def test_a_body_without_its_length_is_refused_as_s3_does(walrus):
+    """A PUT with no Content-Length is 411 MissingContentLength, a chunked one 501 (it used
+    to store an empty object, or the chunked body, where S3 refuses both)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    base, _, _ = walrus
+    s3 = s3_client(base)
+    s3.create_bucket(Bucket="lengths")
+    before = _snapshot(base)
+    for transfer, status, code in ((None, 411, "MissingContentLength"), ("chunked", 501, "NotImplemented")):
+        req = AWSRequest(method="PUT", url=f"{base}/services/Walrus/lengths/k", data=b"",
+                         headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(Credentials(ADMIN["access_key"], ADMIN["secret_key"]), "s3", "eucalyptus").add_auth(req)
+        u = urlsplit(base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.putrequest("PUT", "/services/Walrus/lengths/k", skip_accept_encoding=True)
+        for k, v in req.prepare().headers.items():
+            if k.lower() != "content-length":
+                conn.putheader(k, v)
+        if transfer:
+            conn.putheader("Transfer-Encoding", transfer)
+        conn.endheaders(b"5\r\nhello\r\n0\r\n\r\n" if transfer else None)
+        r = conn.getresponse()
+        assert (r.status, _xml_code(r.read())) == (status, code)
+        conn.close()
+    assert _snapshot(base) == before
