@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -326,6 +327,9 @@ def test_aws_cli_sync_and_recursive_rm(walrus, tmp_path):
     for name, data in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
+        # Older than the upload by more than LastModified's one-second resolution: sync
+        # re-uploads a file whose mtime is newer than the object's.
+        os.utime(src / name, (time.time() - 60, time.time() - 60))
     out = aws_s3(base, "sync", str(src), "s3://synced/")
     assert out.count("upload:") == 4
     assert sorted(_keys(s3, "synced")) == sorted(files)
