@@ -32,13 +32,12 @@ import aiohttp
 from aiohttp import web
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
+from components.common.names import valid_bucket, valid_key, xml_text
 from components.common.service import Service
-from components.common.sigv4 import ChunkedDecoder, SigV4Error, verify
+from components.common.sigv4 import ACCESS_KEY_RE, ChunkedDecoder, SigV4Error, verify
 
 PREFIX = "/services/Walrus"
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 SMALL = 1 << 20  # objects up to this size are answered from memory
 CHUNK = 1 << 16
 # Replication streams whole objects (images of hundreds of MiB): no total time limit,
@@ -84,23 +83,24 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def valid_bucket(name: str) -> bool:
-    return bool(BUCKET_RE.match(name)) and ".." not in name and not IP_RE.match(name)
+def _position(digits: str) -> int:
+    """A Range position; past 19 digits it is beyond any object (int() refuses 4,300 digits)."""
+    return int(digits) if len(digits) <= 19 else 1 << 64
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
     """Inclusive byte range of a Range header; raises S3Error(InvalidRange)."""
-    m = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    m = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", header.strip())
     if not m or (m.group(1) == "" and m.group(2) == ""):
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
     first, last = m.groups()
     if first == "":
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
         return max(0, size - n), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if start >= size or end < start:
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
     return start, min(end, size - 1)
@@ -266,7 +266,8 @@ class Walrus(Service):
         app.router.add_route("GET", "/internal/object", self.handle_internal_object)
         app.router.add_route("HEAD", "/internal/object", self.handle_internal_object)
         app.router.add_route("*", PREFIX, self.dispatch)
-        app.router.add_route("*", PREFIX + "/{rest:.*}", self.dispatch)
+        # Any character, a newline too: a name that holds one gets its S3 error, not a 404.
+        app.router.add_route("*", PREFIX + r"/{rest:[\s\S]*}", self.dispatch)
 
     async def on_stop(self) -> None:
         await self.accounts.close()
@@ -287,8 +288,8 @@ class Walrus(Service):
     def _error(self, err: S3Error) -> web.Response:
         root = ET.Element("Error")
         _sub(root, "Code", err.code)
-        _sub(root, "Message", err.message)
-        _sub(root, "Resource", err.resource)
+        _sub(root, "Message", xml_text(err.message))
+        _sub(root, "Resource", xml_text(err.resource))
         rid = uuid.uuid4().hex[:16].upper()
         _sub(root, "RequestId", rid)
         resp = _xml(root, err.status)
@@ -302,13 +303,18 @@ class Walrus(Service):
 
     async def _authenticate(self, request: web.Request) -> tuple[str, object]:
         raw_path, raw_query = self._raw_path_query(request)
+        access_key = access_key_of(request.headers, request.query)
+        if access_key is not None and not ACCESS_KEY_RE.fullmatch(access_key):
+            raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.",
+                          403, request.path)
         try:
-            await self.accounts.ensure(access_key_of(request.headers, request.query))
+            await self.accounts.ensure(access_key)
         except AccountsUnavailable as exc:
             raise S3Error("ServiceUnavailable", f"cannot check the access key now: {exc}", 503, request.path) from None
         try:
             auth = verify(request.method, raw_path, raw_query, request.headers, None,
-                          self.accounts.lookup, dialect="s3", service="s3")
+                          self.accounts.lookup, dialect="s3", service="s3",
+                          region=self.config.get("region", "eucalyptus"))
         except SigV4Error as exc:
             raise S3Error(exc.code, exc.message, exc.http_status, request.path) from None
         return auth.account_id, auth
@@ -339,7 +345,7 @@ class Walrus(Service):
                 if handler is None:
                     raise S3Error("MethodNotAllowed", f"{m} is not allowed on a bucket", 405)
                 return await handler(request, account, bucket)
-            if len(key.encode()) > 1024:
+            if not valid_key(key):
                 raise S3Error("KeyTooLongError", "Your key is too long", 400, key)
             handler = {"PUT": self.put_object, "GET": self.get_object, "HEAD": self.get_object,
                        "DELETE": self.delete_object}.get(m)
@@ -484,7 +490,9 @@ class Walrus(Service):
         self._owned_bucket(account, bucket)
         length = request.content_length
         declared_len = request.headers.get("x-amz-decoded-content-length")
-        size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
+        if declared_len is not None and not re.fullmatch(r"[0-9]{1,19}", declared_len):
+            raise S3Error("InvalidArgument", "x-amz-decoded-content-length must be a decimal integer", 400, key)
+        size_hint = int(declared_len) if declared_len else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
         unverified = [h for h in UNVERIFIED_CHECKSUMS if h in request.headers]
