@@ -38,6 +38,7 @@ from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host, OVSSwitch
 
+from .firewall import site_firewall
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,8 @@ class EucaNetwork:
                       "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
                       f"echo {1 if ph.forwarding else 0} > /proc/sys/net/ipv4/ip_forward; "
                       "ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
+            if ph.role == "gateway":  # the site's firewall (topologies/firewall.py)
+                script += "\nnft -f - <<'EOF'\n" + site_firewall(self.plan) + "EOF"
             host.sendCmd(script)
         errors = []
         for host in net.hosts:

@@ -69,11 +69,13 @@ def raw_call(base: str, params: dict, ak: str = ADMIN["access_key"], sk: str = A
         return exc.code, exc.read().decode()
 
 
-def create_account(base: str, name: str) -> tuple[str, str, str]:
-    """A new account made by the admin: (account id, access key, secret key)."""
+def create_account(base: str, name: str, ak: str = ADMIN["access_key"],
+                   sk: str = ADMIN["secret_key"]) -> tuple[str, str, str]:
+    """A new account made by the admin (``ak``, ``sk``): (account id, access key, secret key)."""
     import re
 
-    status, text = raw_call(base, {"Action": "CreateAccount", "AccountName": name, "Version": "2016-11-15"})
+    status, text = raw_call(base, {"Action": "CreateAccount", "AccountName": name, "Version": "2016-11-15"},
+                            ak, sk)
     assert status == 200, text
     return tuple(re.search(f"<{tag}>(.*?)</{tag}>", text).group(1)
                  for tag in ("accountId", "accessKeyId", "secretAccessKey"))
