@@ -414,7 +414,9 @@ class EucaNetwork:
                       f"echo {1 if ph.forwarding else 0} > /proc/sys/net/ipv4/ip_forward; "
                       "ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
             if ph.role == "gateway":  # the site's firewall (topologies/firewall.py)
-                script += "\nnft -f - <<'EOF'\n" + site_firewall(self.plan) + "EOF"
+                # One command group: each top-level line would be a prompt of its own, and
+                # the host's next command would read this one's end as its output.
+                script = "{ " + script + "\nnft -f - <<'EOF'\n" + site_firewall(self.plan) + "EOF\n}"
             host.sendCmd(script)
         errors = []
         for host in net.hosts:

@@ -195,7 +195,8 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
     neighbours = {i["ip"]: i["mac"] for i in intent.get("instances", []) if i.get("ip") and i.get("mac")}
     # Instances reach the CC host itself (its gateway addresses, its public and heartbeat
     # addresses, its internal API) with ICMP only.
-    inp = [f'iifname "{priv}" ip saddr {host.vm_space} ip protocol != icmp counter drop']
+    inp = ["ct state established,related accept",  # answers to the host's own connections
+           f'iifname "{priv}" ip saddr {host.vm_space} ip protocol != icmp counter drop']
     return RouterConfig(priv, pub, _table(fwd, dnat, snat, inp), private_addresses, public_addresses,
                         host.vm_space, host.public_pool, sysctls, neighbours)
 

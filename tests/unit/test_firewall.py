@@ -62,6 +62,7 @@ def test_instances_reach_on_the_cloud_network_only_the_public_services_and_elast
     assert 'iifname "c1cc1-eth1" ip daddr 10.0.0.20 tcp dport 8773 counter accept' in fwd
     # Nothing from an instance to the CC host itself but ICMP (its API, heartbeats, addresses).
     assert chain(render_router(INTENT, host), "EUCA-INPUT") == [
+        "ct state established,related accept",
         'iifname "c1cc1-eth1" ip saddr 10.101.16.0/20 ip protocol != icmp counter drop']
 
 
