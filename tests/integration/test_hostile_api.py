@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 
 import pytest
 from botocore.exceptions import ClientError
@@ -164,3 +165,20 @@ def test_another_accounts_image_is_refused(cloud):
     with pytest.raises(ClientError) as err:  # ... nor boot her private image
         bob.run_instances(ImageId=emi, MinCount=1, MaxCount=1)
     assert err.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+
+
+def test_an_experiment_admits_one_more_public_service(cloud):
+    """Deployment.admit (the keepalived baseline's responder on the CLC VIP's 8080)."""
+    dep = cloud["dep"]
+    holder = next(m for m in dep.plan.pair("clc").members if dep.member_state(m) == "ENABLED")
+    dep.start("http8080", holder, label="http8080", wait=False,
+              argv=[sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
+    assert wait_until(lambda: dep.listening(holder, 8080), 10, 0.05)
+    url = "http://10.0.0.10:8080/"
+    assert dep["gw"].cmd(f"curl -s -o /dev/null -m 2 -w '%{{http_code}}' {url}").strip() == "200"
+    assert dep["user"].cmd(f"curl -s -o /dev/null -m 1 -w '%{{http_code}}' {url}").strip() == "000"
+    dep.admit("10.0.0.10", 8080)
+    dep.admit("10.0.0.10", 8080)  # once is enough: the second changes nothing
+    assert dep["gw"].cmd("nft list chain ip eucalab-site forward").count("tcp dport 8080") == 1
+    assert dep["user"].cmd(f"curl -s -o /dev/null -m 2 -w '%{{http_code}}' {url}").strip() == "200"
+    dep.stop(holder, "http8080")

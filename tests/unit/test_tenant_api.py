@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import urllib.error
 import urllib.request
 from xml.etree import ElementTree as ET
 
