@@ -12,12 +12,13 @@ import sqlite3
 import urllib.request
 from xml.etree import ElementTree as ET
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from components.sc import blockproto as bp
 
-from .clc_client import (code_of, create_account, ec2_client, raw_call, s3_client, send, signed_s3,
+from .clc_client import (CFG, code_of, create_account, ec2_client, raw_call, s3_client, send, signed_s3,
                          upload_image)
 from .components_helper import clc_and_walrus
 
@@ -155,12 +156,8 @@ def test_an_ec2_presigned_url_from_boto3_answers(cloud):
 
 
 def test_a_signature_for_another_region_is_refused(cloud):
-    from botocore.config import Config
-    import boto3
-
     ec2 = boto3.client("ec2", endpoint_url=f"{cloud['clc']}/services/Eucalyptus", region_name="us-east-1",
-                       aws_access_key_id=cloud["alice"][1], aws_secret_access_key=cloud["alice"][2],
-                       config=Config(retries={"total_max_attempts": 1}))
+                       aws_access_key_id=cloud["alice"][1], aws_secret_access_key=cloud["alice"][2], config=CFG)
     assert refused(ec2.describe_images)[0] == "AuthFailure"
     status, _, body = signed_s3(cloud["walrus"], "GET", "/", ak=cloud["alice"][1], sk=cloud["alice"][2],
                                 region="us-east-1")
