@@ -4,7 +4,9 @@ A real site puts its cloud behind its border router's filter; so does this testb
 Traffic that enters the gateway from the user network or the external site may go to:
 
 * the public services on their virtual IPs, TCP 8773 (the CLC's EC2 API, Walrus's
-  S3 API), and ICMP echo to those VIPs;
+  S3 API);
+* ICMP echo to every service's virtual IP, and nothing else of the CC's and SC's (the
+  experiments measure the round trip users see to each service: a ping opens no port);
 * elastic IPs (``10.0.128.0/24``), any protocol: the primary CC's security-group rules
   decide what reaches an instance (components/cc/router.py);
 * in SYSTEM and STATIC, the instances' flat range on each cluster network (no CC in
@@ -55,7 +57,7 @@ def site_firewall(plan: Plan) -> str:
     """The gateway's nftables table: from outside, only the public services and elastic IPs."""
     outside = "{ " + ", ".join(f'"{i}"' for i in outside_interfaces(plan)) + " }"
     services = ", ".join(f"{ip} . {port}" for ip, port in public_endpoints(plan))
-    vips = ", ".join(ip for ip, _ in public_endpoints(plan))
+    vips = ", ".join(p.vip for p in plan.pairs)
     rules = ["ct state established,related accept"]
     if services:
         rules.append(f"iifname {outside} ip daddr . tcp dport {{ {services} }} counter accept")

@@ -141,6 +141,10 @@ def _assert_only_public(dep, src_host: str, src_ip: str, extra: list[tuple[str, 
 def test_users_reach_only_the_public_vips(cloud):
     dep = cloud["dep"]
     _assert_only_public(dep, "user", dep.plan.hosts["user"].main_ip)
+    # A ping to any service's VIP answers (experiments measure users' round trips with it).
+    for pair in dep.plan.pairs:
+        out = dep["user"].cmd(f"ping -n -c 2 -i 0.2 -W 1 {pair.vip}")
+        assert " 0% packet loss" in out, out
 
 
 def test_a_tenants_instance_reaches_only_the_public_vips(cloud):

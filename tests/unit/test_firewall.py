@@ -24,7 +24,8 @@ def test_users_reach_only_the_public_vips_and_elastic_ips():
     assert got == [
         "ct state established,related accept",
         f"iifname {outside} ip daddr . tcp dport {{ 10.0.0.10 . 8773, 10.0.0.20 . 8773 }} counter accept",
-        f"iifname {outside} ip daddr {{ 10.0.0.10, 10.0.0.20 }} icmp type echo-request counter accept",
+        f"iifname {outside} ip daddr {{ 10.0.0.10, 10.0.0.20, 10.0.1.10, 10.0.1.20, 10.0.2.10, 10.0.2.20 }} "
+        "icmp type echo-request counter accept",
         f"iifname {outside} ip daddr 10.0.128.0/24 counter accept",
         f"iifname {outside} counter drop"]
     # The outside interfaces are the user network's and the external site's, not the cloud's.
