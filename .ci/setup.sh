@@ -19,7 +19,8 @@ MODE=${1:-all}
 #   iproute2, iptables, ethtool   addresses, NAT and filtering on emulated hosts; tx
 #                                 checksum offload off (TCP over the userspace datapath)
 #   python3-nftables, nftables    the CC's routing rules, one nftables table loaded in
-#                                 process (libnftables); nft to list them
+#                                 process (libnftables); nft to list them and to load
+#                                 the border gateway's site firewall
 #   iputils-ping, iputils-arping  reachability probes, gratuitous ARP on takeover
 #   iperf3, curl, socat, tcpdump  traffic, HTTP and TCP probes, isolation checks (zero packets)
 #   keepalived                    the VRRP failover baseline

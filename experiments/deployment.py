@@ -167,6 +167,7 @@ class Deployment:
         self._old_handlers: dict = {}
         self.timings: dict[str, float] = {}
         self.vip_holder: dict[str, str] = {}  # pair name -> host holding its VIP
+        self.admitted: set[tuple[str, int]] = set()  # extra services the site's firewall admits (admit)
         self._main_label: dict[str, str] = {}
         self.realtime = True
         self.datapath_priority: int | None = None  # ovs-vswitchd's SCHED_FIFO priority (vswitchd.py)
@@ -300,6 +301,18 @@ class Deployment:
 
     def __getitem__(self, name: str):
         return self.net[name]
+
+    def admit(self, address: str, port: int) -> None:
+        """Let users reach one more TCP service through the site's firewall (the border
+        gateway admits only the public services and elastic IPs: topologies/firewall.py)."""
+        from topologies.firewall import admit_rule
+
+        if (address, port) in self.admitted:
+            return
+        out = self.host("gw").cmd("nft -f - <<'EOF'\n" + admit_rule(address, port) + "EOF")
+        if out.strip():
+            raise RuntimeError(f"admitting {address}:{port} at the gateway failed: {out.strip()}")
+        self.admitted.add((address, port))
 
     def aws_client(self, service: str, host: str = "user", access_key: str | None = None,
                    secret_key: str | None = None, **config):

@@ -630,6 +630,7 @@ vrrp_instance EUCALAB {{
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar, point: dict | None = None) -> list[dict]:
         pair = dep.plan.pair("clc")
         hosts = pair.members
+        dep.admit("10.0.0.10", 8080)  # the site's firewall lets users reach the baseline's service
         for h in hosts:  # the same hosts and VIP, with the eucalab CLC out of the way
             if dep.process(h, "clc").alive():
                 dep.stop(h, "clc")

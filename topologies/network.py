@@ -38,6 +38,7 @@ from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host, OVSSwitch
 
+from .firewall import site_firewall
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,10 @@ class EucaNetwork:
                       "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
                       f"echo {1 if ph.forwarding else 0} > /proc/sys/net/ipv4/ip_forward; "
                       "ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
+            if ph.role == "gateway":  # the site's firewall (topologies/firewall.py)
+                # One command group: each top-level line would be a prompt of its own, and
+                # the host's next command would read this one's end as its output.
+                script = "{ " + script + "\nnft -f - <<'EOF'\n" + site_firewall(self.plan) + "EOF\n}"
             host.sendCmd(script)
         errors = []
         for host in net.hosts:

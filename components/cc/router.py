@@ -7,16 +7,20 @@ As Eucalyptus's CC did in MANAGED and MANAGED-NOVLAN modes:
   when it arrives (EUCA-2281: a newly ENABLED CC announced nothing), and again a second
   and two seconds later;
 * forwarding policy drop; established and related accepted; one accept per
-  security-group ingress rule (protocol, port range, CIDR or source group); instances
-  may open connections out of the cluster; the cluster's infrastructure (NCs to
-  Walrus) passes;
+  security-group ingress rule (protocol, port range, CIDR or source group); the
+  cluster's infrastructure (NCs to Walrus and the SC) passes; instances may open
+  connections beyond the cloud network and, on the cloud network, to the public
+  services' VIPs (TCP 8773 of the CLC and Walrus) and to elastic IPs only: never to a
+  member's own address, a heartbeat port, the SC or the CC and NC internal APIs;
+* nothing from an instance to the CC host itself but ICMP (EUCA-INPUT): the CC's
+  internal API and heartbeats are out of a tenant's reach;
 * elastic IPs DNAT in and SNAT out; the metadata service 169.254.169.254:80 DNATed
   to the CLC's virtual IP port 8773 by exactly one rule (EUCA-3440 left rules pointing
   at both CLCs), without SNAT, so the CLC sees the instance's own address.
 
 Eucalyptus wrote these rules with iptables; here they are the same netfilter rules as
 one nftables table (``table ip eucalab``, chains EUCA-FORWARD, EUCA-PREROUTING and
-EUCA-POSTROUTING, the names Eucalyptus's chains had), the backend iptables itself uses
+EUCA-POSTROUTING, the names Eucalyptus's chains had, and EUCA-INPUT), the backend iptables itself uses
 on Debian 12, loaded in process through libnftables: see ``nft list table ip eucalab``
 on the CC host.
 
@@ -57,6 +61,7 @@ TABLE = "eucalab"  # nftables table ip eucalab, on the CC host only
 CHAIN_FWD = "EUCA-FORWARD"
 CHAIN_DNAT = "EUCA-PREROUTING"
 CHAIN_SNAT = "EUCA-POSTROUTING"
+CHAIN_INPUT = "EUCA-INPUT"
 METADATA_IP = "169.254.169.254"
 PUBLIC_IP_POOL = "10.0.128.0/24"
 CLOUD_NET = "10.0.0.0/16"
@@ -75,6 +80,8 @@ class RouterHost:
     public_interface: str  # on the cloud network
     clc_vip: str | None = None  # metadata DNAT target (the CLC pair's virtual IP)
     clc_port: int = 8773
+    walrus_vip: str | None = None  # the object store instances may use
+    walrus_port: int = 8773
     cloud_net: str = CLOUD_NET
     public_pool: str = PUBLIC_IP_POOL
 
@@ -82,9 +89,11 @@ class RouterHost:
     def from_cc_config(cls, config: dict) -> "RouterHost":
         """The router host of a CC, from the component config the deployment writes for it."""
         clc = urlsplit((config.get("endpoints") or {}).get("clc") or "")
+        walrus = urlsplit((config.get("endpoints") or {}).get("walrus") or "")
         return cls(cluster=int(config.get("cluster") or 1), private_interface=config["private_interface"],
                    public_interface=config["public_interface"], clc_vip=clc.hostname,
-                   clc_port=clc.port or cls.clc_port)
+                   clc_port=clc.port or cls.clc_port, walrus_vip=walrus.hostname,
+                   walrus_port=walrus.port or cls.walrus_port)
 
     @property
     def infra_net(self) -> str:
@@ -152,7 +161,10 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
     for g in groups.values():
         net = ipaddress.ip_network(g["subnet"])
         private_addresses.append(f"{g['gateway']}/{net.prefixlen}")
-        fwd.append(f'iifname "{priv}" ip saddr {net} oifname "{pub}" counter accept')
+        # Beyond the cloud network (the site, the outside) and to elastic IPs; on the cloud
+        # network itself only the public services below.
+        fwd.append(f'iifname "{priv}" ip saddr {net} oifname "{pub}" ip daddr != {host.cloud_net} counter accept')
+        fwd.append(f'iifname "{priv}" ip saddr {net} oifname "{pub}" ip daddr {host.public_pool} counter accept')
     if host.clc_vip and groups:
         dnat.append(f'iifname "{priv}" ip daddr {METADATA_IP} tcp dport 80 counter '
                     f"dnat to {host.clc_vip}:{host.clc_port}")
@@ -160,6 +172,8 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
         # Before any SNAT: a metadata request leaves with the instance's own address, even
         # from an instance with an elastic IP (the CLC knows instances by private address).
         snat.append(f"ct original ip daddr {METADATA_IP} accept")
+    if host.walrus_vip and groups:
+        fwd.append(f'iifname "{priv}" ip daddr {host.walrus_vip} tcp dport {host.walrus_port} counter accept')
     for g in groups.values():
         for rule in g.get("rules", []):
             for match in _rule_matches(rule, groups):
@@ -179,12 +193,16 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
                "net.ipv4.conf.all.send_redirects": "0",
                f"net.ipv4.conf.{priv}.send_redirects": "0"}
     neighbours = {i["ip"]: i["mac"] for i in intent.get("instances", []) if i.get("ip") and i.get("mac")}
-    return RouterConfig(priv, pub, _table(fwd, dnat, snat), private_addresses, public_addresses,
+    # Instances reach the CC host itself (its gateway addresses, its public and heartbeat
+    # addresses, its internal API) with ICMP only.
+    inp = ["ct state established,related accept",  # answers to the host's own connections
+           f'iifname "{priv}" ip saddr {host.vm_space} ip protocol != icmp counter drop']
+    return RouterConfig(priv, pub, _table(fwd, dnat, snat, inp), private_addresses, public_addresses,
                         host.vm_space, host.public_pool, sysctls, neighbours)
 
 
-def _table(fwd: list[str], dnat: list[str], snat: list[str]) -> str:
-    """The nftables input that leaves table ip eucalab holding exactly ``fwd``, ``dnat`` and ``snat``.
+def _table(fwd: list[str], dnat: list[str], snat: list[str], inp: list[str] = ()) -> str:
+    """The nftables input that leaves table ip eucalab holding exactly ``fwd``, ``dnat``, ``snat`` and ``inp``.
 
     One transaction: the chains are declared (created if missing, their policy set),
     flushed and filled, so the kernel switches from the old rules to the new ones at
@@ -195,7 +213,8 @@ def _table(fwd: list[str], dnat: list[str], snat: list[str]) -> str:
     """
     chains = ((CHAIN_FWD, "filter hook forward priority filter", "drop", fwd),
               (CHAIN_DNAT, "nat hook prerouting priority dstnat", "accept", dnat),
-              (CHAIN_SNAT, "nat hook postrouting priority srcnat", "accept", snat))
+              (CHAIN_SNAT, "nat hook postrouting priority srcnat", "accept", snat),
+              (CHAIN_INPUT, "filter hook input priority filter", "accept", list(inp)))
     lines = [f"table ip {TABLE} {{"]
     lines += [f"  chain {name} {{ type {hook}; policy {policy}; }}" for name, hook, policy, _ in chains]
     lines.append("}")

@@ -7,9 +7,12 @@ import uuid
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
+from components.common.names import NOT_XML, xml_text
+
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 # Python's int() also takes " 1", "+1" and "1_000"; the API takes plain decimal integers.
 INTEGER = re.compile(r"-?[0-9]{1,19}")
+
 
 
 class EC2Error(Exception):
@@ -123,6 +126,10 @@ def parse_query(raw_query: str, body: bytes = b"") -> Params:
     except (UnicodeDecodeError, ValueError):
         # The AWS common-errors reference gives MalformedQueryString HTTP 404.
         raise EC2Error("MalformedQueryString", "the query string contains a syntax error", 404) from None
+    for name, value in pairs:
+        if NOT_XML.search(name) or NOT_XML.search(value):
+            raise EC2Error("InvalidParameterValue", f"the value of parameter {xml_text(name)} holds a "
+                           "control character")
     return Params(dict(pairs))
 
 

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, account TEXT NOT NULL, 
     zone TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, instance TEXT, device TEXT, attach_state TEXT,
     attached REAL);
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, account TEXT NOT NULL, location TEXT NOT NULL,
-    name TEXT NOT NULL, created REAL NOT NULL);
+    name TEXT NOT NULL, created REAL NOT NULL, public INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS oplog (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('base_seq', 0), ('base_epoch', 0);
@@ -342,8 +342,11 @@ class Store:
         cur.execute("DELETE FROM volumes WHERE id=?", (op["id"],))
 
     def _op_image_register(self, cur, op):
-        cur.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)", (op["id"], op["account"], op["location"],
-                                                                 op["name"], op["time"]))
+        cur.execute("INSERT INTO images (id, account, location, name, created) VALUES (?, ?, ?, ?, ?)",
+                    (op["id"], op["account"], op["location"], op["name"], op["time"]))
+
+    def _op_image_launch_permission(self, cur, op):
+        cur.execute("UPDATE images SET public=? WHERE id=?", (1 if op["public"] else 0, op["id"]))
 
     def reset(self) -> None:
         """Forget everything (an ex-primary rejoining takes the new primary's state whole)."""

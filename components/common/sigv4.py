@@ -9,9 +9,14 @@ presigned query string (``X-Amz-Signature``). Payload forms:
   ``x-amz-checksum-crc32`` of the body and ``x-amz-sdk-checksum-algorithm`` beside it,
   both signed. (Over https it would send ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``
   instead; eucalab serves http only and refuses that form with a clear error.)
-* ``UNSIGNED-PAYLOAD`` (presigned URLs);
+* ``UNSIGNED-PAYLOAD`` (S3 presigned URLs; a presigned request to another service
+  signs the SHA-256 of its body, as botocore's ``SigV4QueryAuth`` does);
 * ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` (aws-chunked bodies, every chunk signed):
   ``ChunkedDecoder`` checks each chunk's signature as the body streams in.
+
+S3 requires ``x-amz-content-sha256`` on every request signed in the Authorization
+header (``InvalidRequest`` 400 without it, as AWS answers). The credential scope's
+region and service must be the server's (``region=`` and ``service=``).
 
 The request time comes from ``X-Amz-Date``, or from ``Date`` when that is absent;
 it must be within 15 minutes of the server's clock (a presigned URL instead must
@@ -38,7 +43,8 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = dt.timedelta(minutes=15)
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 MAX_CHUNK_HEADER = 4096  # "<hex size>;chunk-signature=<64 hex>" is ~90 bytes
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9]{1,128}")  # AWS issues letters and digits (eucalab: AKIA + 16)
 
 _AUTH_RE = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,\s*"
                       r"Signature=([0-9a-f]{64})\s*$")
@@ -48,11 +54,11 @@ CODES = {
     "ec2": {"malformed": ("AuthFailure", 401), "unknown_key": ("AuthFailure", 401),
             "signature": ("AuthFailure", 401), "skew": ("RequestExpired", 400),
             "expired": ("RequestExpired", 400), "missing": ("AuthFailure", 401),
-            "payload": ("AuthFailure", 401)},
+            "payload": ("AuthFailure", 401), "no_sha256": ("AuthFailure", 401)},
     "s3": {"malformed": ("AuthorizationHeaderMalformed", 400), "unknown_key": ("InvalidAccessKeyId", 403),
            "signature": ("SignatureDoesNotMatch", 403), "skew": ("RequestTimeTooSkewed", 403),
            "expired": ("AccessDenied", 403), "missing": ("AccessDenied", 403),
-           "payload": ("InvalidArgument", 400)},
+           "payload": ("InvalidArgument", 400), "no_sha256": ("InvalidRequest", 400)},
 }
 
 
@@ -153,9 +159,38 @@ def _request_date(headers: dict[str, str]) -> str | None:
     return None
 
 
+def _string_to_sign(method: str, raw_path: str, raw_query: str, drop: tuple[str, ...], headers: dict[str, str],
+                    signed_headers: str, body_hash: str, amz_date: str, scope: str) -> str:
+    """SigV4's string to sign; headers lower-cased, raises KeyError for a signed header that is absent."""
+    service = scope.split("/")[2]
+    canonical = "\n".join([method, canonical_uri(raw_path, service), canonical_query(raw_query, drop),
+                           _canonical_headers(headers, signed_headers.split(";")), signed_headers, body_hash])
+    return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+
+
+def sign(method: str, raw_path: str, raw_query: str, host: str, access_key: str, secret: str, region: str,
+         service: str, payload_hash: str = EMPTY_SHA256, now: dt.datetime | None = None) -> dict[str, str]:
+    """The headers that sign a request (Authorization header form) as ``access_key``.
+
+    For a component that acts for a user with the user's own key (the CLC reading an
+    image's object from Walrus as the account registering it). ``raw_path`` and
+    ``raw_query`` as they will be sent (percent-encoded)."""
+    amz_date = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed_headers = ";".join(sorted(headers))
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    to_sign = _string_to_sign(method, raw_path, raw_query, (), headers, signed_headers, payload_hash, amz_date, scope)
+    signature = hmac.new(signing_key(secret, amz_date[:8], region, service), to_sign.encode(),
+                         hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers}, "
+                                f"Signature={signature}")
+    del headers["host"]  # the HTTP client sends it
+    return headers
+
+
 def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: str | None,
            lookup_secret: Callable[[str], tuple[str, str] | None], dialect: str = "ec2",
-           now: dt.datetime | None = None, service: str | None = None) -> AuthResult:
+           now: dt.datetime | None = None, service: str | None = None, region: str | None = None) -> AuthResult:
     """Check a request's SigV4 signature; return who signed it, or raise SigV4Error.
 
     ``raw_path`` and ``raw_query`` are as received (still percent-encoded).
@@ -164,8 +199,8 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
     the caller checks the body against it while reading (``payload_mode``).
     ``lookup_secret(access_key)`` returns ``(secret, account_id)`` or None; an async
     caller resolves unknown keys first (see ``accounts.AccountResolver.ensure``).
-    ``dialect`` ("ec2" or "s3") picks the error codes; ``service``, when given, is
-    the only service name accepted in the credential scope.
+    ``dialect`` ("ec2" or "s3") picks the error codes; ``service`` and ``region``,
+    when given, are the only service and region accepted in the credential scope.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     headers = _lower_headers(headers)
@@ -191,6 +226,8 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
             expires = int(query.get("X-Amz-Expires", "604800"))
         except (KeyError, ValueError):
             raise _fail(dialect, "malformed", "incomplete presigned query") from None
+        if not _SHA256_RE.fullmatch(signature):
+            raise _fail(dialect, "malformed", "X-Amz-Signature must be 64 lower-case hexadecimal digits")
         if not 0 < expires <= MAX_PRESIGN_EXPIRES:
             raise _fail(dialect, "malformed", "X-Amz-Expires must be between 1 second and one week")
         drop = ("X-Amz-Signature",)
@@ -200,9 +237,11 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request":
         raise _fail(dialect, "malformed", f"bad credential scope {credential!r}")
-    access_key, date, region, scope_service, _ = parts
+    access_key, date, scope_region, scope_service, _ = parts
     if service is not None and scope_service != service:
         raise _fail(dialect, "malformed", f"the credential is for service {scope_service!r}, not {service!r}")
+    if region is not None and scope_region != region:
+        raise _fail(dialect, "malformed", f"the region {scope_region!r} is wrong; expecting {region!r}")
     try:
         when = _parse_amz_date(amz_date)
     except ValueError:
@@ -223,11 +262,16 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
 
     declared = headers.get("x-amz-content-sha256")
     if presigned and not declared:
-        body_hash, mode = UNSIGNED, "unsigned"
+        if scope_service == "s3":
+            body_hash, mode = UNSIGNED, "unsigned"
+        else:  # botocore's SigV4QueryAuth signs the body's hash for every other service
+            body_hash, mode = payload_hash if payload_hash is not None else EMPTY_SHA256, "signed"
+    elif not declared and scope_service == "s3":
+        raise _fail(dialect, "no_sha256", "Missing required header for this request: x-amz-content-sha256")
     elif declared:
         body_hash = declared
         mode = {UNSIGNED: "unsigned", STREAMING: "streaming"}.get(declared, "signed")
-        if mode == "signed" and not _SHA256_RE.match(declared):
+        if mode == "signed" and not _SHA256_RE.fullmatch(declared):
             raise _fail(dialect, "payload", f"unsupported x-amz-content-sha256 {declared!r}: eucalab accepts "
                         "a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
         if mode == "signed" and payload_hash is not None and payload_hash != declared:
@@ -236,22 +280,19 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
         body_hash = payload_hash if payload_hash is not None else EMPTY_SHA256
         mode = "signed"
 
-    signed = signed_headers.split(";")
-    if "host" not in signed:
+    if "host" not in signed_headers.split(";"):
         raise _fail(dialect, "malformed", "the host header must be signed")
+    scope = f"{date}/{scope_region}/{scope_service}/aws4_request"
     try:
-        canon_headers = _canonical_headers(headers, signed)
+        to_sign = _string_to_sign(method, raw_path, raw_query, drop, headers, signed_headers, body_hash, amz_date,
+                                  scope)
     except KeyError as exc:
         raise _fail(dialect, "signature", f"signed header {exc.args[0]} is missing") from None
-    canonical = "\n".join([method, canonical_uri(raw_path, scope_service), canonical_query(raw_query, drop),
-                           canon_headers, signed_headers, body_hash])
-    scope = f"{date}/{region}/{scope_service}/aws4_request"
-    to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = signing_key(secret, date, region, scope_service)
+    key = signing_key(secret, date, scope_region, scope_service)
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature):
         raise _fail(dialect, "signature", "the request signature does not match")
-    return AuthResult(access_key, account_id, region, scope_service, mode, key, signature, amz_date, scope)
+    return AuthResult(access_key, account_id, scope_region, scope_service, mode, key, signature, amz_date, scope)
 
 
 class ChunkedDecoder:

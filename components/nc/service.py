@@ -53,7 +53,8 @@ from aiohttp import web
 
 from components.common.files import write_atomic
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
-from components.sc.blockproto import BlockClient, BlockError, BlockUnavailable, SessionTimeouts
+from components.sc.blockproto import (BAD_REQUEST, OUT_OF_RANGE, BlockClient, BlockError, BlockUnavailable,
+                                      SessionTimeouts)
 
 # Instance states, as DescribeInstances names them.
 PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-down", "terminated"
@@ -86,6 +87,13 @@ def _bindable(path: Path):
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
+
+
+def _block_error(exc: BlockError) -> web.Response:
+    """The SC's refusal of a block request: the caller's mistake (out of range) is a 400."""
+    if exc.status in (OUT_OF_RANGE, BAD_REQUEST):
+        return web.json_response({"error": "InvalidParameterValue", "message": str(exc)}, status=400)
+    return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
 
 
 class NodeController(Service):
@@ -307,7 +315,7 @@ class NodeController(Service):
         except BlockUnavailable as exc:
             return web.json_response({"error": "VolumeUnavailable", "message": str(exc)}, status=503)
         except BlockError as exc:
-            return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
+            return _block_error(exc)
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def _write_blocks(self, request: web.Request, client: BlockClient) -> web.Response:
@@ -319,7 +327,7 @@ class NodeController(Service):
         except BlockUnavailable as exc:
             return web.json_response({"error": "VolumeUnavailable", "message": str(exc)}, status=503)
         except BlockError as exc:
-            return web.json_response({"error": "VolumeIOError", "message": str(exc)}, status=502)
+            return _block_error(exc)
         return web.json_response({"written": True})
 
     # -- the virtio disk channel ------------------------------------------------------

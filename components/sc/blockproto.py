@@ -44,6 +44,14 @@ def login_answer(secret: str, challenge: bytes, volume: str) -> bytes:
     return hmac.new(secret.encode(), challenge + volume.encode(), hashlib.sha256).digest()
 
 
+def check_io(offset: int, length: int) -> None:
+    """ValueError unless a read or write fits the protocol (offset u64, length up to MAX_IO)."""
+    if not 0 <= offset < 2**64:
+        raise ValueError(f"offset {offset} is not between 0 and 2**64 - 1")
+    if not 0 <= length <= MAX_IO:
+        raise ValueError(f"length {length} is not between 0 and {MAX_IO}")
+
+
 class BlockError(Exception):
     def __init__(self, status: int, message: str = ""):
         self.status = status
@@ -273,10 +281,12 @@ class BlockClient:
 
     async def read(self, offset: int, length: int, deadline: float | None = None,
                    wanted: Callable[[], bool] | None = None) -> bytes:
+        check_io(offset, length)
         return await self._call(b"R", offset, length, deadline=deadline, wanted=wanted)
 
     async def write(self, offset: int, data: bytes, deadline: float | None = None,
                     wanted: Callable[[], bool] | None = None) -> None:
+        check_io(offset, len(data))
         await self._call(b"W", offset, len(data), data, deadline=deadline, wanted=wanted)
 
     async def flush(self, deadline: float | None = None, wanted: Callable[[], bool] | None = None) -> None:

@@ -38,13 +38,14 @@ import aiohttp
 from aiohttp import web
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
+from components.common.names import valid_bucket, valid_key, xml_text
 from components.common.service import Service
-from components.common.sigv4 import ChunkedDecoder, SigV4Error, signing_key, verify
+from components.common.sigv4 import ACCESS_KEY_RE, ChunkedDecoder, SigV4Error, signing_key, verify
 
 from components.walrus.s3 import (CHECKSUMS, GRANT_HEADERS, S3_NS, S3Error, acl_from_headers, acl_from_xml, acl_xml,
                                   checked_tags, composite_etag, int_param, iso_time, meta_of, page_by_key, parse_range,
                                   permitted, precondition, precondition_failed, refuse_unverified, sub,
-                                  tags_from_header, valid_bucket, verify_digests, xml_response)
+                                  tags_from_header, verify_digests, xml_response)
 
 PREFIX = "/services/Walrus"
 OBJECT_FILE = re.compile(r"[0-9a-f]{32}")  # an object's or a part's file in the store: a uuid4 in hex
@@ -420,7 +421,8 @@ class Walrus(Service):
         app.router.add_route("GET", "/internal/object", self.handle_internal_object)
         app.router.add_route("HEAD", "/internal/object", self.handle_internal_object)
         app.router.add_route("*", PREFIX, self.dispatch)
-        app.router.add_route("*", PREFIX + "/{rest:.*}", self.dispatch)
+        # Any character, a newline too: a name that holds one gets its S3 error, not a 404.
+        app.router.add_route("*", PREFIX + r"/{rest:[\s\S]*}", self.dispatch)
 
     async def on_stop(self) -> None:
         await self.accounts.close()
@@ -441,8 +443,8 @@ class Walrus(Service):
     def _error(self, err: S3Error) -> web.Response:
         root = ET.Element("Error")
         sub(root, "Code", err.code)
-        sub(root, "Message", err.message)
-        sub(root, "Resource", err.resource)
+        sub(root, "Message", xml_text(err.message))
+        sub(root, "Resource", xml_text(err.resource))
         rid = uuid.uuid4().hex[:16].upper()
         sub(root, "RequestId", rid)
         resp = xml_response(root, err.status)
@@ -462,13 +464,18 @@ class Walrus(Service):
                 q in request.query for q in ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Algorithm")):
             return None, None
         raw_path, raw_query = self._raw_path_query(request)
+        access_key = access_key_of(request.headers, request.query)
+        if access_key is not None and not ACCESS_KEY_RE.fullmatch(access_key):
+            raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.",
+                          403, request.path)
         try:
-            await self.accounts.ensure(access_key_of(request.headers, request.query))
+            await self.accounts.ensure(access_key)
         except AccountsUnavailable as exc:
             raise S3Error("ServiceUnavailable", f"cannot check the access key now: {exc}", 503, request.path) from None
         try:
             auth = verify(request.method, raw_path, raw_query, request.headers, None,
-                          self.accounts.lookup, dialect="s3", service="s3")
+                          self.accounts.lookup, dialect="s3", service="s3",
+                          region=self.config.get("region", "eucalyptus"))
         except SigV4Error as exc:
             raise S3Error(exc.code, exc.message, exc.http_status, request.path) from None
         return auth.account_id, auth
@@ -515,7 +522,7 @@ class Walrus(Service):
                 if handler is None:
                     raise S3Error("MethodNotAllowed", f"{m} is not allowed on a bucket", 405)
                 return await handler(request, account, bucket)
-            if len(key.encode()) > 1024:
+            if not valid_key(key):
                 raise S3Error("KeyTooLongError", "Your key is too long", 400, key)
             if "uploadId" in request.query:
                 handler = {"PUT": self.upload_part, "POST": self.complete_upload, "DELETE": self.abort_upload,
@@ -836,7 +843,9 @@ class Walrus(Service):
                               "implemented: Transfer-Encoding", 501, key)
             raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411, key)
         declared_len = headers.get("x-amz-decoded-content-length")
-        size_hint = int(declared_len) if declared_len and declared_len.isdigit() else length
+        if declared_len is not None and not re.fullmatch(r"[0-9]{1,19}", declared_len):
+            raise S3Error("InvalidArgument", "x-amz-decoded-content-length must be a decimal integer", 400, key)
+        size_hint = int(declared_len) if declared_len else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
         refuse_unverified(headers, key)

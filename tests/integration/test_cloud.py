@@ -94,11 +94,12 @@ def test_aws_cli_copies_a_64_mib_file_up_and_back(deployment, s3):
 
 
 def test_secondaries_do_not_serve(deployment):
-    # The DISABLED member of each pair answers its API with 503 (its peer serves).
-    out = deployment["user"].cmd("curl -s -o /dev/null -w '%{http_code}' "
+    # The DISABLED member of each pair answers its API with 503 (its peer serves); asked
+    # from the site's own router, since users reach only the public VIPs.
+    out = deployment["gw"].cmd("curl -s -o /dev/null -w '%{http_code}' "
                                  "'http://10.0.0.12:8773/services/Eucalyptus?Action=DescribeInstances'")
     assert out.strip() == "503"
-    status = deployment["user"].cmd("curl -s http://10.0.0.22:8773/status")
+    status = deployment["gw"].cmd("curl -s http://10.0.0.22:8773/status")
     assert '"state": "DISABLED"' in status
 
 

@@ -45,8 +45,10 @@ def heal(dep, pair: str) -> str:
     # One ENABLED, one DISABLED, each hearing the other (a standby that has not yet heard
     # its peer since it restarted rightly refuses to take over).
     assert wait_until(lambda: dep.redundant(p), 15), {m: state(dep, m) for m in p.members}
-    # ... and users reach the service through its VIP (gratuitous ARP has done its work).
-    assert wait_until(lambda: dep["user"].cmd(
+    # ... and the VIP answers on the cloud network (gratuitous ARP has done its work), asked
+    # from the gateway, which routes users' requests (the site firewall keeps users off the
+    # CC's and SC's VIPs).
+    assert wait_until(lambda: dep["gw"].cmd(
         f"curl -s -m 0.5 -o /dev/null -w '%{{http_code}}' http://{p.vip}:{p.port}/health").strip() == "200", 5)
     return enabled_members(dep, pair)[0]
 
@@ -399,8 +401,8 @@ def test_sigstopped_primary_steps_down_without_serving(ha):
     assert wait_until(lambda: [m for m in ("clc1", "clc2") if m != primary and state(dep, m) == "ENABLED"], 5)
     dep.kill(primary, sig=signal.SIGCONT)
     # The resumed primary answers its API with 503 from the first request on, then steps down.
-    codes = [dep["user"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' -m 1 "
-                             f"'http://{ip}:8773/services/Eucalyptus?Action=DescribeInstances'").strip()
+    codes = [dep["gw"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' -m 1 "  # a member's own address
+                           f"'http://{ip}:8773/services/Eucalyptus?Action=DescribeInstances'").strip()
              for _ in range(5)]
     assert all(c in ("503", "000") for c in codes), codes
     assert wait_until(lambda: state(dep, primary) == "DISABLED", 5)

@@ -146,13 +146,14 @@ def test_sigstop_takeover_and_the_resumed_primary_never_answers(ha):
     try:
         assert wait_until(lambda: dep.member_state(other(dep, primary)) == "ENABLED", 3)
         # Requests queue in the stopped primary's socket: they must be refused once it runs.
-        queued = [dep["user"].popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
-                                     f"http://{direct}:{pair.port}/"], stdout=-1) for _ in range(3)]
+        # A member's own address: from the gateway (the site's firewall keeps users off it).
+        queued = [dep["gw"].popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+                                   f"http://{direct}:{pair.port}/"], stdout=-1) for _ in range(3)]
         time.sleep(0.3)
     finally:
         dep.kill(primary, sig=signal.SIGCONT)
     codes = [p.communicate(timeout=5)[0].decode() for p in queued]
-    codes += [dep["user"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' -m 1 http://{direct}:{pair.port}/").strip()
+    codes += [dep["gw"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' -m 1 http://{direct}:{pair.port}/").strip()
               for _ in range(5)]
     assert "200" not in codes, codes
     assert wait_until(lambda: dep.member_state(primary) == "DISABLED", 3), states(dep)

@@ -81,8 +81,9 @@ def test_the_userspace_datapath_runs_ahead_of_the_hosts(deployment):
     # NCs to Walrus, routed by the primary CC.
     ("c1n1", "walrus1", "10.0.0.20"),
     ("c2n2", "walrus1", "10.0.0.20"),
-    # Users to the cloud front end, through the border gateway.
-    ("user", "clc1", "10.0.0.10"),
+    # The border gateway to the cloud front end's VIP (what users may reach through it is
+    # the site firewall's: test_hostile_api.py).
+    ("gw", "clc1", "10.0.0.10"),
 ])
 def test_tcp_between_tiers(deployment, src, dst_host, dst_ip):
     http_server(deployment, dst_host)
@@ -247,8 +248,10 @@ def test_system_mode_routes_through_the_site(tmp_path):
         assert "via 10.101.0.1" in dep["c1n1"].cmd("ip route get 10.0.0.20")
         assert "10.101.0.1/16" in dep["gw"].cmd("ip -o -4 addr show")
         http_server(dep, "c1n1")
-        # The site routes the cluster network: users reach NCs directly (no CC in the path).
-        assert curl_code(dep, "user", "10.101.1.1") == "200"
+        # The site routes the cluster network (no CC in the path); its firewall keeps users
+        # off the NCs, which the gateway itself reaches directly.
+        assert curl_code(dep, "gw", "10.101.1.1") == "200"
+        assert curl_code(dep, "user", "10.101.1.1", timeout=1) == "000"
 
 
 def test_up_script_drives_a_deployment(tmp_path):

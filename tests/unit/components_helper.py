@@ -63,6 +63,19 @@ def component(name: str, tmp: Path, **extra):
         log.close()
 
 
+@contextlib.contextmanager
+def clc_and_walrus(tmp: Path, endpoints: dict | None = None, **clc_extra):
+    """A CLC (in ``tmp``) and a Walrus (in ``tmp/walrus``) on loopback that know each other:
+    Walrus asks the CLC about accounts, the CLC reads image objects from Walrus as the
+    registering account. Yields (CLC base URL, Walrus base URL, CLC process)."""
+    clc_port, walrus_port = free_port(), free_port()
+    ends = {"clc": f"http://127.0.0.1:{clc_port}/services/Eucalyptus",
+            "walrus": f"http://127.0.0.1:{walrus_port}/services/Walrus", **(endpoints or {})}
+    with component("walrus", tmp / "walrus", port=walrus_port, endpoints=ends) as (walrus, _, _), \
+            component("clc", tmp, port=clc_port, endpoints=ends, **clc_extra) as (clc, _, proc):
+        yield clc, walrus, proc
+
+
 async def until(condition, timeout: float = 5.0) -> None:
     """Wait for ``condition()`` on the event loop, failing the test after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout

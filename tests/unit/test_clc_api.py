@@ -13,8 +13,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from .clc_client import code_of, ec2_client, get_from, raw_call
-from .components_helper import ADMIN, TOKEN, component
+from .clc_client import code_of, create_account, ec2_client, get_from, raw_call, upload_image
+from .components_helper import ADMIN, TOKEN, clc_and_walrus, component
 
 TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog")
 
@@ -22,8 +22,8 @@ TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "i
 @pytest.fixture(scope="module")
 def clc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clc")
-    with component("clc", tmp) as (base, cfg, proc):
-        yield base, tmp, proc
+    with clc_and_walrus(tmp) as (base, walrus, proc):
+        yield base, tmp, proc, walrus
 
 
 def dump(tmp) -> dict:
@@ -95,7 +95,7 @@ def test_security_groups_and_rules(clc):
 
 def test_images_instances_addresses(clc):
     ec2 = ec2_client(clc[0])
-    emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+    emi = ec2.register_image(ImageLocation=upload_image(clc[3], "images/tiny.img"), Name="tiny")["ImageId"]
     image = ec2.describe_images(ImageIds=[emi])["Images"][0]
     assert (image["ImageLocation"], image["Name"], image["State"]) == ("images/tiny.img", "tiny", "available")
     res = ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2, Placement={"AvailabilityZone": "cluster2"})
@@ -155,7 +155,7 @@ def test_volumes(clc):
     assert (vol["State"], vol["Size"], vol["AvailabilityZone"]) == ("available", 2, "cluster1")
     listed = ec2.describe_volumes(VolumeIds=[vol["VolumeId"]])["Volumes"]
     assert [(v["VolumeId"], v["Attachments"]) for v in listed] == [(vol["VolumeId"], [])]
-    emi = ec2.register_image(ImageLocation="images/vol.img", Name="vol-image")["ImageId"]
+    emi = ec2.register_image(ImageLocation=upload_image(clc[3], "images/vol.img"), Name="vol-image")["ImageId"]
     pending = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     with pytest.raises(ClientError) as err:  # attaching needs a running instance
         ec2.attach_volume(VolumeId=vol["VolumeId"], InstanceId=pending, Device="/dev/vdb")
@@ -170,19 +170,12 @@ def test_volumes(clc):
     assert code_of(err.value) == "InvalidVolume.NotFound"
 
 
-def create_account(base: str, name: str) -> tuple[str, str, str]:
-    status, text = raw_call(base, {"Action": "CreateAccount", "AccountName": name, "Version": "2016-11-15"})
-    assert status == 200, text
-    return tuple(re.search(f"<{tag}>(.*?)</{tag}>", text).group(1)
-                 for tag in ("accountId", "accessKeyId", "secretAccessKey"))
-
-
 def test_accounts_are_isolated_and_known_to_walrus_route(clc):
     base = clc[0]
     acct, ak, sk = create_account(base, "alice")
     assert re.fullmatch(r"\d{12}", acct) and ak.startswith("AKIA") and len(sk) == 40
     alice, admin = ec2_client(base, ak, sk), ec2_client(base)
-    emi = admin.register_image(ImageLocation="images/a.img", Name="alpha")["ImageId"]
+    emi = admin.register_image(ImageLocation=upload_image(clc[3], "images/a.img"), Name="alpha")["ImageId"]
     mine = admin.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     with pytest.raises(ClientError) as err:
         alice.describe_instances(InstanceIds=[mine])
@@ -240,7 +233,7 @@ def test_metadata_refuses_unknown_sources(clc):
 
 
 def test_state_writes_are_events_without_secrets(clc):
-    base, tmp, _ = clc
+    base, tmp, *_ = clc
     create_account(base, "bob")
     text = (tmp / "events.jsonl").read_text()
     assert '"event": "state.write"' in text and '"type": "account.create"' in text
@@ -320,7 +313,7 @@ BAD = [
 
 @pytest.mark.parametrize("params,code,status", BAD, ids=[f"{p.get('Action')}-{c}" for p, c, _ in BAD])
 def test_bad_input_gets_its_error_and_changes_nothing(clc, params, code, status):
-    base, tmp, proc = clc
+    base, tmp, proc, _ = clc
     before = dump(tmp)
     got_status, text = raw_call(base, params)
     assert re.search(f"<Code>{re.escape(code)}</Code>", text), text
@@ -335,7 +328,7 @@ def test_bad_input_gets_its_error_and_changes_nothing(clc, params, code, status)
     (b"Action=DescribeInstances&x=" + b"a" * 300_000, "InvalidParameterValue", 413),
 ], ids=["syntax", "not-utf8", "oversized"])
 def test_malformed_and_oversized_bodies(clc, body, code, status):
-    base, tmp, proc = clc
+    base, tmp, proc, _ = clc
     before = dump(tmp)
     got_status, text = raw_call(base, {}, body=body)
     assert (got_status, f"<Code>{code}</Code>" in text) == (status, True), text

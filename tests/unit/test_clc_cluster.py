@@ -12,8 +12,8 @@ import socket
 import pytest
 from botocore.exceptions import ClientError
 
-from .clc_client import FakeCC, code_of, ec2_client, get_from, wait_for
-from .components_helper import component
+from .clc_client import FakeCC, code_of, ec2_client, get_from, upload_image, wait_for
+from .components_helper import clc_and_walrus
 
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
@@ -21,10 +21,10 @@ ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clc-cc")
-    with FakeCC(ADDRESSES) as cc, component("clc", tmp, endpoints={"cc": {"cluster1": cc.url}},
-                                             cluster_poll_s=0.05) as (base, cfg, proc):
+    with FakeCC(ADDRESSES) as cc, clc_and_walrus(tmp, endpoints={"cc": {"cluster1": cc.url}},
+                                             cluster_poll_s=0.05) as (base, walrus, proc):
         ec2 = ec2_client(base)
-        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        emi = ec2.register_image(ImageLocation=upload_image(walrus, "images/tiny.img"), Name="tiny")["ImageId"]
         web = ec2.create_security_group(GroupName="web", Description="web")["GroupId"]
         ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2,
                                                            SecurityGroupIds=[web])["Instances"]]
@@ -138,9 +138,9 @@ def test_a_cc_that_does_not_answer_gets_a_retryable_error_and_nothing_recorded(t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends: refused
-    with component("clc", tmp_path, endpoints={"cc": {"cluster1": dead}}) as (base, cfg, proc):
+    with clc_and_walrus(tmp_path, endpoints={"cc": {"cluster1": dead}}) as (base, walrus, proc):
         ec2 = ec2_client(base)
-        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        emi = ec2.register_image(ImageLocation=upload_image(walrus, "images/tiny.img"), Name="tiny")["ImageId"]
         with pytest.raises(ClientError) as err:
             ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)
         assert code_of(err.value) == "ServiceUnavailable"
@@ -164,10 +164,10 @@ def test_an_instance_its_nc_refused_is_terminated_in_the_run_answer(cloud):
 def test_a_run_the_cc_does_not_answer_in_time_is_withdrawn(tmp_path):
     """The CC took it but answers too late: the CLC terminates each id it sent there, so no
     instance runs that the CLC never recorded, and the client gets a retryable error."""
-    with FakeCC(ADDRESSES) as cc, component("clc", tmp_path, endpoints={"cc": {"cluster1": cc.url}},
-                                            cluster_run_timeout_s=0.3) as (base, cfg, proc):
+    with FakeCC(ADDRESSES) as cc, clc_and_walrus(tmp_path, endpoints={"cc": {"cluster1": cc.url}},
+                                            cluster_run_timeout_s=0.3) as (base, walrus, proc):
         ec2 = ec2_client(base)
-        emi = ec2.register_image(ImageLocation="images/tiny.img", Name="tiny")["ImageId"]
+        emi = ec2.register_image(ImageLocation=upload_image(walrus, "images/tiny.img"), Name="tiny")["ImageId"]
         cc.answer_after = 1.0
         with pytest.raises(ClientError) as err:
             ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2)

@@ -10,16 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from components.common.events import read_events
 
+from .clc_client import s3_client
 from .components_helper import ADMIN, TOKEN, component, free_port
 
-CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 MAX_OBJECT = 8 * 2**20 + 100
 # A second account, known only to the (fake) CLC: Walrus must look it up there.
 OTHER = {"account_id": "000000000002", "access_key": "AKIAOTHER000000TEST", "secret_key": "othersecret0000000000"}
@@ -65,11 +63,6 @@ class FakeCLC:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def s3_client(base, ak=ADMIN["access_key"], sk=ADMIN["secret_key"]):
-    return boto3.client("s3", endpoint_url=f"{base}/services/Walrus", aws_access_key_id=ak,
-                        aws_secret_access_key=sk, region_name="eucalyptus", config=CFG)
 
 
 @pytest.fixture(scope="module")
