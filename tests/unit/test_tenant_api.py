@@ -208,7 +208,7 @@ def test_a_strange_access_key_is_refused_without_asking_the_clc(cloud):
 
 
 def test_a_block_request_at_offset_minus_one_is_refused_before_the_wire():
-    client = bp.BlockClient("127.0.0.1", 9, "vol-00000001")  # never connected: refused before
+    client = bp.BlockClient("127.0.0.1", 9, "vol-00000001", "secret")  # never connected: refused before
     for call in (lambda: client.read(-1, 16), lambda: client.read(0, bp.MAX_IO + 1),
                  lambda: client.write(2**64, b"x")):
         with pytest.raises(ValueError):
