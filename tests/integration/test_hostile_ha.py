@@ -2,9 +2,13 @@
 HA member, block logins without the attachment's secret or from the wrong host, and
 replication endpoints called with an NC's credential.
 
-The attacker sits on the ``user`` host and inside a tenant's instance, with raw sockets: it can put any source address on a packet, so a forged
-heartbeat claiming to come from the peer's own address gets past the address check and
-meets the HMAC. A real heartbeat, recorded on the cloud network, is replayed. Nothing may
+The attacker sits on the ``user`` host and inside a tenant's instance, with raw sockets: it
+can put any source address on a packet. The site's firewall (the border gateway) and the
+primary CC keep those packets from the members; so that each channel is shown to hold on
+its own, the same packets also go out from the border gateway itself, a host on the cloud
+network inside the firewall, from where they reach every member. A forged heartbeat
+claiming to come from the peer's own address gets past the address check and meets the
+HMAC. A real heartbeat, recorded on the cloud network, is replayed. Nothing may
 change who serves, and the cloud answers throughout.
 """
 
@@ -151,6 +155,7 @@ def test_forged_replayed_and_garbled_heartbeats_change_nothing(cloud):
                             (target, udp_datagram(spoofed, target, os.urandom(300)))]
         send_raw(dep, "user", packets)
         send_raw(dep, cloud["slot"], packets)  # and from inside the tenant's instance
+        send_raw(dep, "gw", packets)  # and from inside the site's firewall
         # The cloud answers while it is under attack.
         assert ec2.describe_instances(InstanceIds=[cloud["iid"]])["Reservations"]
         assert "images" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
@@ -159,7 +164,8 @@ def test_forged_replayed_and_garbled_heartbeats_change_nothing(cloud):
     assert state_changes(dep, members) == before
     assert {p.name: [m for m in p.members if dep.member_state(m) == "ENABLED"] for p in pairs} == primaries
     for m in members:
-        # Each member saw the forgeries, and refused each kind for its own reason.
+        # Each member saw the forgeries (the gateway's reach it), and refused each kind for
+        # its own reason.
         assert {"address", "tag", "replay"} <= rejections_since(dep, m, t0), (m, rejections_since(dep, m, t0))
     assert ec2.describe_instances(InstanceIds=[cloud["iid"]])["Reservations"]
     assert all(dep.redundant(p) for p in pairs)
@@ -200,10 +206,13 @@ def test_block_logins_without_the_secret_or_from_the_wrong_host_are_refused(clou
     volumes = json.loads((dep.process(sc).dir / "data" / "volumes.json").read_text())["volumes"]
     secret = volumes[vol]["attachment"]["secret"]
     slot, nc = cloud["slot"], cloud["nc"]
+    # The site's firewall keeps the user host from the SC altogether; from inside it (the
+    # border gateway, on the cloud network) every login reaches the SC and is refused.
+    assert _block_login(dep, "user", vip, vol, secret) == "unreachable"
     attempts = {
-        "user, no secret": _block_login(dep, "user", vip, vol, None),
-        "user, the attachment's secret": _block_login(dep, "user", vip, vol, secret),  # not its NC
-        "user, no such volume": _block_login(dep, "user", vip, "vol-0badf00d", None),
+        "inside the firewall, no secret": _block_login(dep, "gw", vip, vol, None),
+        "inside the firewall, the attachment's secret": _block_login(dep, "gw", vip, vol, secret),  # not its NC
+        "inside the firewall, no such volume": _block_login(dep, "gw", vip, "vol-0badf00d", None),
     }
     assert attempts == {k: bp.LOGIN_REFUSED for k in attempts}
     # From inside the tenant's instance, with the secret, at the VIP and at the SC's own
