@@ -34,6 +34,7 @@ from aiohttp import web
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.service import Service
 from components.common.sigv4 import ChunkedDecoder, SigV4Error, verify
+from components.common.supervise import supervise
 
 PREFIX = "/services/Walrus"
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -724,33 +725,35 @@ class Walrus(Service):
         return web.FileResponse(self.store.objects / name)
 
     async def _catch_up_loop(self) -> None:
+        """``_catch_up_once`` every 0.2 s, supervised (``walrus.catch_up``)."""
+        await supervise(self.events, "walrus.catch_up", self._catch_up_once, pause=0.2)
+
+    async def _catch_up_once(self) -> None:
         """A DISABLED member pulls the ops and objects it lacks from the ENABLED peer."""
-        while True:
-            await asyncio.sleep(0.2)
-            ha = self.ha
-            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
-                continue
-            if ha.peer.last_seq <= self.store.last_seq:
-                continue
-            try:
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
-                                            params={"after": str(self.store.last_seq)}) as r:
-                    ops = (await r.json())["ops"]
-                for entry in ops:
-                    if entry["op"]["type"] != "object.put":
-                        await self._apply_replica(entry, None)
+        ha = self.ha
+        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
+            return
+        if ha.peer.last_seq <= self.store.last_seq:
+            return
+        try:
+            async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
+                                        params={"after": str(self.store.last_seq)}) as r:
+                ops = (await r.json())["ops"]
+            for entry in ops:
+                if entry["op"]["type"] != "object.put":
+                    await self._apply_replica(entry, None)
+                    continue
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}",
+                                            timeout=STREAM_TIMEOUT) as r:
+                    if r.status != 200:
+                        # Replaced on the peer since: record the op so later ones apply.
+                        self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
+                                              (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
                         continue
-                    async with self.replica.get(f"{self._peer_url()}/internal/ha/file/{entry['op']['file']}",
-                                                timeout=STREAM_TIMEOUT) as r:
-                        if r.status != 200:
-                            # Replaced on the peer since: record the op so later ones apply.
-                            self.store.db.execute("INSERT INTO ops VALUES (?, ?, ?)",
-                                                  (entry["seq"], entry["epoch"], json.dumps(entry["op"])))
-                            continue
-                        await self._apply_replica(entry, r.content)
-                self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
-            except Exception as exc:
-                self.events.emit("ha.catch_up_failed", error=repr(exc))
+                    await self._apply_replica(entry, r.content)
+            self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
+        except Exception as exc:
+            self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
         # Whatever made it step down, an ex-primary may hold writes nobody acknowledged:
