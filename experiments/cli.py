@@ -6,6 +6,7 @@
     eucalab cleanup                   finish runs whose driver was killed
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
+    eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
     eucalab run                       the main job on the default deployment
 """
 
@@ -106,6 +107,12 @@ def cmd_bench(args) -> int:
         from .bench_instances import run
 
         return run(args.boots)
+    if args.what == "lifecycle":
+        from .bench_lifecycle import run
+
+        checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
+        return run(lifecycles=max(checkpoints), batch=args.batch, retention_s=args.retention_s,
+                   checkpoints=checkpoints)
     if args.what == "soak":
         from .bench_soak import run
 
@@ -189,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "soak"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "lifecycle", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
@@ -202,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss-paths", choices=["heartbeat", "all"], default="heartbeat",
                    help="soak: drop on the heartbeat link only, or also heartbeats on the cloud network")
     s.add_argument("--hog-cores", type=int, default=1, help="soak: cores kept busy by a CPU hog")
+    s.add_argument("--checkpoints", default="1000,10000,100000",
+                   help="lifecycle: instance lifecycles at which the figures are taken (the last is the total)")
+    s.add_argument("--batch", type=int, default=64, help="lifecycle: instances per RunInstances")
+    s.add_argument("--retention-s", type=float, default=5.0,
+                   help="lifecycle: how long terminated instances are kept (components default: 3600)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("run", help="the main job: the default failover experiment")
