@@ -6,6 +6,7 @@ Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
                                         (one an NC refused is terminated, with the reason),
                                         or 409 InsufficientInstanceCapacity
     GET    /cluster/instances           every instance with state, NC, slot, address, VLAN, reason
+                                        (a terminated one for terminated_retention_s, 1 h by default)
     DELETE /cluster/instances/{id}      terminate
     PUT    /cluster/groups/{id}         {name, account, rules}: a security group's rules changed
     GET    /cluster/groups              {groups: {id: digest}}: what the CLC checks it still holds
@@ -19,6 +20,13 @@ publishes it to the SDN controller over the run directory's Unix socket
 (docs/intent.md). After a restart it rebuilds its view from its NCs, as Eucalyptus did;
 an instance it had terminated stays terminated, and an NC still running one (it did not
 answer the hand-off or the terminate in time) is told again to end it.
+
+Under HA the primary sends its whole view to the standby after every change, in order,
+to the address the peer is heard on, and answers the CLC once the standby has it
+(docs/ha.md, "CC replication"). A terminated instance is forgotten
+``terminated_retention_s`` after it ended, so the view stays as large as what runs. The
+NC polls, the standby reports and the retirement are supervised loops
+(components/common/supervise.py).
 """
 
 from __future__ import annotations
