@@ -818,20 +818,22 @@ class CloudController(Service):
         elastic IP than the CLC records (or none) is told the CLC's again.
 
         A CC that took over from a peer whose last changes never reached it (the pair's
-        link was cut) comes back in line this way within a round. Instances whose address
-        is being changed right now are left to that request."""
-        rows = self.store.q(f"SELECT id, state, public_ip FROM instances WHERE zone=? AND {LIVE}", zone)
-        for r in rows:
-            got = view.get(r["id"])
-            if got is None or got.get("state") == "terminated" or r["id"] in self._address_busy:
+        link was cut) comes back in line this way within a round. Each instance is read
+        again just before its repair is sent (no await in between): one whose address a
+        request is changing right now is left to that request, and an address the CLC has
+        meanwhile given to another instance is not taken from it."""
+        for iid, got in view.items():
+            if got.get("state") == "terminated" or iid in self._address_busy:
                 continue
+            row = self.store.one(f"SELECT public_ip FROM instances WHERE id=? AND zone=? AND {LIVE}", iid, zone)
             held = got.get("public_ip")
-            if held == r["public_ip"]:
+            if row is None or row["public_ip"] == held:
                 continue
-            self.events.emit("clc.address_repaired", instance=r["id"], zone=zone, cc_has=held, clc_has=r["public_ip"])
-            if r["public_ip"]:
-                await self.cluster.associate(zone, r["public_ip"], r["id"])
-            else:
+            if row["public_ip"]:
+                self.events.emit("clc.address_repaired", instance=iid, zone=zone, cc_has=held, clc_has=row["public_ip"])
+                await self.cluster.associate(zone, row["public_ip"], iid)
+            elif self.store.one("SELECT 1 FROM addresses WHERE public_ip=? AND instance IS NOT NULL", held) is None:
+                self.events.emit("clc.address_repaired", instance=iid, zone=zone, cc_has=held, clc_has=None)
                 await self.cluster.disassociate(zone, held)
 
     def _retire_terminated(self) -> None:

@@ -30,6 +30,8 @@ def test_terminated_instances_are_retired_after_the_retention(tmp_path):
         ec2 = ec2_client(base)
         emi = ec2.register_image(ImageLocation="images/r.img", Name="retire")["ImageId"]
         ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=3, MaxCount=3)["Instances"]]
+        assert wait_for(lambda: {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
+                                 for i in r["Instances"]} == {"running"})
         ec2.terminate_instances(InstanceIds=ids[:2])
         # Shown terminated for the retention, then gone; the live one stays.
         shown = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
@@ -112,6 +114,15 @@ def test_an_address_the_cc_lost_is_associated_again_and_a_second_one_replaces_th
         # And one the CC holds that the CLC does not is taken away.
         cc.elastic[first], cc.instances[iid]["public_ip"] = iid, first
         assert wait_for(lambda: cc.elastic == {second: iid} and cc.instances[iid]["public_ip"] == second)
+        # An address the CLC has given to another instance is never taken from that one
+        # because a stale view still shows it on the first.
+        other, bare = (i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2)["Instances"])
+        ec2.associate_address(PublicIp=first, InstanceId=other)
+        assert wait_for(lambda: cc.elastic == {second: iid, first: other})
+        cc.instances[bare]["public_ip"] = first  # stale: the CC's listing says bare has it too
+        polls = cc.calls.count(("GET", "/cluster/instances"))
+        assert wait_for(lambda: cc.calls.count(("GET", "/cluster/instances")) > polls + 5)
+        assert ("DELETE", f"/cluster/addresses/{first}") not in cc.calls and cc.elastic[first] == other
 
 
 def test_a_second_address_on_an_instance_disassociates_the_first_in_the_store(tmp_path):
