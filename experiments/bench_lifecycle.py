@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ from .analysis import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHLIFECYCLE01",
-         "secret_key": "benchsecret000000000000000000000000000000"[:40]}
+         "secret_key": "bench-lifecycle-secret-0000000000000000a"}
 TOKEN = "bench-lifecycle-token"
 PROBE_S = 0.01
 
@@ -206,12 +207,9 @@ class StallProber(threading.Thread):
         return out
 
 
-def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
-        checkpoints: tuple[int, ...] = (1_000, 10_000, 100_000)) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(120, Console().width))
+def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
+            checkpoints: tuple[int, ...] = (1_000, 10_000, 100_000), progress=None) -> list[dict]:
+    """Drive ``lifecycles`` instance lifecycles; one row of figures per checkpoint."""
     marks = sorted(c for c in checkpoints if c <= lifecycles) or [lifecycles]
     root = Path(tempfile.mkdtemp(prefix="eucalab-bench-lifecycle-"))
     rows: list[dict] = []
@@ -231,29 +229,43 @@ def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
             prober = StallProber({"clc": clc, "cc": cc})
             prober.start()
             done, t0 = 0, time.monotonic()
-            for mark in marks:
-                while done < mark:
-                    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=1,
-                                                                       MaxCount=min(batch, mark - done))["Instances"]]
-                    ec2.terminate_instances(InstanceIds=ids)
-                    done += len(ids)
-                stalls = prober.take()
-                status = cc.status()
-                snapshot = (Path(cc.config["data_dir"]) / "cluster.json").stat().st_size
-                row = {"lifecycles": done, "seconds": round(time.monotonic() - t0, 1),
-                       "clc_rss_mib": round(clc.rss_mib(), 1), "cc_rss_mib": round(cc.rss_mib(), 1),
-                       "cc_view_bytes": snapshot, "cc_instances": status["instances"],
-                       "clc_instances": _clc_rows(clc),
-                       **{f"{name}_stall_p99_ms": round(percentile(v, 99), 2) for name, v in stalls.items()},
-                       **{f"{name}_probes": len(v) for name, v in stalls.items()}}
-                rows.append(row)
-                console.print(f"  {done} lifecycles: {json.dumps(row)}", style="dim")
-            prober.stopped.set()
-            prober.join()
+            try:
+                for mark in marks:
+                    while done < mark:
+                        ids = [i["InstanceId"] for i in ec2.run_instances(
+                            ImageId=emi, MinCount=1, MaxCount=min(batch, mark - done))["Instances"]]
+                        ec2.terminate_instances(InstanceIds=ids)
+                        done += len(ids)
+                    stalls = prober.take()
+                    row = {"lifecycles": done, "seconds": round(time.monotonic() - t0, 1),
+                           "clc_rss_mib": round(clc.rss_mib(), 1), "cc_rss_mib": round(cc.rss_mib(), 1),
+                           "cc_view_bytes": (Path(cc.config["data_dir"]) / "cluster.json").stat().st_size,
+                           "cc_instances": cc.status()["instances"], "clc_instances": _clc_rows(clc),
+                           **{f"{name}_stall_p99_ms": round(percentile(v, 99), 2) for name, v in stalls.items()},
+                           **{f"{name}_probes": len(v) for name, v in stalls.items()}}
+                    rows.append(row)
+                    if progress is not None:
+                        progress(row)
+            finally:
+                prober.stopped.set()
+                prober.join()
     finally:
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
+        checkpoints: tuple[int, ...] = (1_000, 10_000, 100_000)) -> int:
+    """``eucalab bench lifecycle``: ``measure`` with its figures printed as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(120, Console().width))
+    rows = measure(lifecycles, batch, retention_s, checkpoints,
+                   progress=lambda row: console.print(f"  {row['lifecycles']} lifecycles: {json.dumps(row)}",
+                                                      style="dim"))
     table = Table(title=f"After N instance lifecycles (run + terminate, batches of {batch}; "
                         f"terminated retained {retention_s:g} s)")
     for col in ("lifecycles", "CLC RSS MiB", "CC RSS MiB", "CC view (replicated) bytes", "CC instances",
@@ -271,8 +283,6 @@ def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
 
 def _clc_rows(clc: Process) -> int:
     """Instance rows in the CLC's database, read beside the running process (WAL lets readers in)."""
-    import sqlite3
-
     db = sqlite3.connect(f"file:{Path(clc.config['data_dir']) / 'clc.db'}?mode=ro", uri=True)
     try:
         return db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
