@@ -691,7 +691,8 @@ class CloudController(Service):
         groups = [self._group(account, group_id=g) for g in group_ids]
         itype = p.get("InstanceType") or "m1.small"
         hi = self._within_instance_quota(account, lo, hi)
-        ids = self._new_instance_ids(hi)
+        drawn = self._new_instance_ids(hi)
+        ids = list(drawn)
         reservation = new_id("r")
         bucket, _, key = img["location"].partition("/")
         self._launching[account] = self._launching.get(account, 0) + hi
@@ -720,7 +721,7 @@ class CloudController(Service):
             self._launching[account] -= hi
             if not self._launching[account]:
                 del self._launching[account]
-            self._reserved_ids.difference_update(ids)
+            self._reserved_ids.difference_update(drawn)  # recorded now, or never started
         for pl in placements or []:
             change = {"private_ip": pl["ip"], "nc": pl["nc"], "slot": pl["slot"]}
             if pl.get("state") == "terminated":  # its NC refused it or did not take it

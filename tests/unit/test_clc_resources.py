@@ -4,9 +4,13 @@ elastic IPs a CC lost brought back."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
+import pytest
+
 from components.clc import service as clc_service
+from components.clc.ec2 import Params
 from components.clc.state import Store
 from components.common.events import read_events
 
@@ -152,3 +156,47 @@ def test_retiring_keeps_live_instances_and_replays_the_same(tmp_path):
         b.apply(op)
     b.apply({"type": "instances.retire", "ids": ["i-0000000a"]})
     assert [r[0] for r in b.q("SELECT id FROM instances")] == ["i-0000000a"]
+
+
+def _controller(tmp_path):
+    """A CLC in this process, its cluster tier replaced by ``run`` and ``terminate`` stand-ins."""
+    ctl = clc_service.CloudController({"host": "clc1", "data_dir": str(tmp_path), "admin": ADMIN,
+                                       "internal_token": TOKEN, "zones": ["cluster1"]})
+    ctl._apply({"type": "image.register", "id": "emi-0000000a", "account": ADMIN["account_id"], "location": "b/k",
+                "name": "k", "time": 1.0})
+    ctl.terminated = []
+
+    async def run(zone, instances, min_count=1):  # the CC places the first only (capacity)
+        return [{"id": instances[0]["id"], "ip": "10.1.0.2", "nc": "nc1", "slot": "s1", "state": "pending"}]
+
+    async def terminate(zone, iid):
+        ctl.terminated.append(iid)
+
+    ctl.cluster.run, ctl.cluster.terminate = run, terminate
+    return ctl
+
+
+RUN = Params({"ImageId": "emi-0000000a", "MinCount": "1", "MaxCount": "3"})
+
+
+def test_the_ids_of_a_run_are_released_whatever_the_cc_placed(tmp_path):
+    ctl = _controller(tmp_path)
+    result = asyncio.run(ctl.act_RunInstances(RUN, ADMIN["account_id"]))
+    assert len(result["instancesSet"]) == 1
+    assert ctl._reserved_ids == set() and ctl._launching == {}
+
+
+def test_a_run_that_cannot_be_recorded_is_withdrawn_from_the_cc(tmp_path, monkeypatch):
+    ctl = _controller(tmp_path)
+    apply = ctl.store.apply
+
+    def failing(op, **kw):
+        if op["type"] == "instances.create":
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: instances.id")
+        return apply(op, **kw)
+
+    monkeypatch.setattr(ctl.store, "apply", failing)
+    with pytest.raises(sqlite3.IntegrityError):
+        asyncio.run(ctl.act_RunInstances(RUN, ADMIN["account_id"]))
+    assert len(ctl.terminated) == 1 and ctl.store.q("SELECT id FROM instances") == []
+    assert ctl._reserved_ids == set() and ctl._launching == {}
