@@ -22,7 +22,8 @@ At each checkpoint (1k, 10k, 100k lifecycles by default) it prints:
 - the event-loop stall p99 of each process since the previous checkpoint: a prober
   thread asks each process's ``GET /health`` every 10 ms over a kept-open connection;
   the answer waits for the process's event loop, so its latency is the stall a request
-  meets (plus a loopback round trip, ~0.2 ms).
+  meets (plus a loopback round trip, ~0.2 ms). The machine's 1-minute load average is
+  printed beside it: on a shared machine the stalls follow the load.
 
 Flat figures from 1k to 100k are the point; growing ones are a leak.
 """
@@ -241,6 +242,7 @@ def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0
                            "clc_rss_mib": round(clc.rss_mib(), 1), "cc_rss_mib": round(cc.rss_mib(), 1),
                            "cc_view_bytes": (Path(cc.config["data_dir"]) / "cluster.json").stat().st_size,
                            "cc_instances": cc.status()["instances"], "clc_instances": _clc_rows(clc),
+                           "load1": round(os.getloadavg()[0], 1),
                            **{f"{name}_stall_p99_ms": round(percentile(v, 99), 2) for name, v in stalls.items()},
                            **{f"{name}_probes": len(v) for name, v in stalls.items()}}
                     rows.append(row)
@@ -269,12 +271,13 @@ def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
     table = Table(title=f"After N instance lifecycles (run + terminate, batches of {batch}; "
                         f"terminated retained {retention_s:g} s)")
     for col in ("lifecycles", "CLC RSS MiB", "CC RSS MiB", "CC view (replicated) bytes", "CC instances",
-                "CLC instance rows", "CLC stall p99 ms", "CC stall p99 ms", "elapsed s"):
+                "CLC instance rows", "CLC stall p99 ms", "CC stall p99 ms", "load (1 min)", "elapsed s"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["lifecycles"]), f"{r['clc_rss_mib']:.1f}", f"{r['cc_rss_mib']:.1f}",
                       str(r["cc_view_bytes"]), str(r["cc_instances"]), str(r["clc_instances"]),
-                      f"{r['clc_stall_p99_ms']:.2f}", f"{r['cc_stall_p99_ms']:.2f}", f"{r['seconds']:.0f}")
+                      f"{r['clc_stall_p99_ms']:.2f}", f"{r['cc_stall_p99_ms']:.2f}", f"{r['load1']:.1f}",
+                      f"{r['seconds']:.0f}")
     console.print(table)
     console.print("CLC and CC as processes on loopback, the NC a stand-in (no workload, no network); stall: "
                   "GET /health latency every 10 ms, p99 since the previous row (experiments/analysis.py percentile)")
