@@ -130,8 +130,8 @@ class StandInNC:
 class Process:
     """One component process on loopback, stopped by its PID."""
 
-    def __init__(self, name: str, root: Path, **config):
-        self.port = _free_port()
+    def __init__(self, name: str, root: Path, port: int | None = None, **config):
+        self.port = port or _free_port()
         self.dir = root / name
         self.dir.mkdir()
         self.config = {"host": f"{name}1", "component": name, "port": self.port, "listen_host": "127.0.0.1",
@@ -220,12 +220,21 @@ def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0
             cc = Process("cc", root, cluster=1, mode="SYSTEM", terminated_retention_s=retention_s,
                          ncs={"c1n1": {"url": nc.url, "slots": [f"c1n1v{n}" for n in range(1, batch + 1)]}})
             procs.append(cc)
-            clc = Process("clc", root, zones=["cluster1"], endpoints={"cc": {"cluster1": cc.url}},
+            # RegisterImage reads the image from Walrus as the caller: a Walrus holds it.
+            clc_port, walrus_port = _free_port(), _free_port()
+            ends = {"clc": f"http://127.0.0.1:{clc_port}/services/Eucalyptus",
+                    "walrus": f"http://127.0.0.1:{walrus_port}/services/Walrus", "cc": {"cluster1": cc.url}}
+            procs.append(Process("walrus", root, port=walrus_port, endpoints=ends))
+            clc = Process("clc", root, port=clc_port, zones=["cluster1"], endpoints=ends,
                           terminated_retention_s=retention_s, quotas={"instances": batch})
             procs.append(clc)
-            ec2 = boto3.client("ec2", endpoint_url=f"{clc.url}/services/Eucalyptus", region_name="eucalyptus",
-                               aws_access_key_id=ADMIN["access_key"], aws_secret_access_key=ADMIN["secret_key"],
-                               config=Config(retries={"total_max_attempts": 1}))
+            keys = dict(region_name="eucalyptus", aws_access_key_id=ADMIN["access_key"],
+                        aws_secret_access_key=ADMIN["secret_key"])
+            s3 = boto3.client("s3", endpoint_url=ends["walrus"], **keys,
+                              config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}))
+            s3.create_bucket(Bucket="images")
+            s3.put_object(Bucket="images", Key="lifecycle.img", Body=b"lifecycle image\n")
+            ec2 = boto3.client("ec2", endpoint_url=ends["clc"], **keys, config=Config(retries={"total_max_attempts": 1}))
             emi = ec2.register_image(ImageLocation="images/lifecycle.img", Name="lifecycle")["ImageId"]
             prober = StallProber({"clc": clc, "cc": cc})
             prober.start()

@@ -152,8 +152,9 @@ def test_address_pool_exhaustion(clc):
 
 
 def test_quotas_refuse_without_changing_anything(clc):
-    base, tmp, _ = clc
-    ec2 = ec2_client(base, *create_account(base, "quota")[1:])
+    base, tmp, _, walrus = clc
+    _, ak, sk = create_account(base, "quota")
+    ec2 = ec2_client(base, ak, sk)
     for _ in range(5):  # the default elastic IP quota
         ec2.allocate_address()
     before = dump(tmp)
@@ -163,7 +164,7 @@ def test_quotas_refuse_without_changing_anything(clc):
     assert dump(tmp) == before
     for a in ec2.describe_addresses()["Addresses"]:
         ec2.release_address(PublicIp=a["PublicIp"])
-    emi = ec2.register_image(ImageLocation="images/q.img", Name="quota")["ImageId"]
+    emi = ec2.register_image(ImageLocation=upload_image(walrus, "quota-images/q.img", ak, sk), Name="quota")["ImageId"]
     # Instances: 20 not terminated; a run asking for more starts as many as fit (MaxCount),
     # and one that cannot start MinCount is refused whole.
     first = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=15)["Instances"]

@@ -5,6 +5,7 @@ elastic IPs a CC lost brought back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 
 import pytest
@@ -14,8 +15,8 @@ from components.clc.ec2 import Params
 from components.clc.state import Store
 from components.common.events import read_events
 
-from .clc_client import FakeCC, ec2_client, wait_for
-from .components_helper import ADMIN, TOKEN, component
+from .clc_client import FakeCC, ec2_client, upload_image, wait_for
+from .components_helper import ADMIN, TOKEN, component, free_port
 from .test_clc_state import OPS
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 40)]
@@ -25,8 +26,17 @@ def _describe_ids(ec2) -> set[str]:
     return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
 
 
+@contextlib.contextmanager
 def _cloud(tmp_path, cc: FakeCC, **extra):
-    return component("clc", tmp_path, endpoints={"cc": {"cluster1": cc.url}}, cluster_poll_s=0.02, **extra)
+    """A CLC beside a Walrus holding the image these tests register (images/r.img);
+    yields the CLC's (base URL, config, process)."""
+    clc_port, walrus_port = free_port(), free_port()
+    ends = {"clc": f"http://127.0.0.1:{clc_port}/services/Eucalyptus",
+            "walrus": f"http://127.0.0.1:{walrus_port}/services/Walrus", "cc": {"cluster1": cc.url}}
+    with component("walrus", tmp_path / "walrus", port=walrus_port, endpoints=ends) as (walrus, _, _), \
+            component("clc", tmp_path, port=clc_port, endpoints=ends, cluster_poll_s=0.02, **extra) as clc:
+        upload_image(walrus, "images/r.img")
+        yield clc
 
 
 def test_terminated_instances_are_retired_after_the_retention(tmp_path):

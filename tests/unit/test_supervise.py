@@ -11,7 +11,7 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent
 from components.common.supervise import supervise
 
-from .components_helper import free_port, until
+from .components_helper import HA_SECRET, free_port, until
 from .test_ha_agent import FakeService
 
 
@@ -81,6 +81,7 @@ def _agent(tmp_path, events: EventLog):
     port = free_port()
     cfg = {"host": "clc1", "role": "primary", "data_dir": str(tmp_path), "pair": {"name": "clc"},
            "ha": {"peer": "clc2", "peer_addresses": ["127.0.0.2"], "listen": ["127.0.0.1"], "port": port,
+                  "secret": HA_SECRET,
                   "interval_ms": 20, "misses": 3, "vips": [], "arbitrators": []}}
 
     async def run(*argv):
