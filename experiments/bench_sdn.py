@@ -31,6 +31,7 @@ import sys
 import time
 
 from components.cc.router import RouterHost, render_router
+from components.common import vlan as vlans
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 from .deployment import Deployment, wait_until
@@ -74,7 +75,16 @@ def slot_interface(dep: Deployment, slot: str) -> str:
 
 
 def boot(dep: Deployment, inst: dict, group: dict) -> None:
-    """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway."""
+    """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway;
+    with ``vlan_tagging: host`` first the slot's port into the bridge of the group's VLAN on the NC."""
+    port = dep.plan.nc_port(inst["slot"])
+    if port is not None:
+        nc = dep.plan.hosts[inst["nc"]]
+        existing = vlans.link_names(dep[nc.name].cmd("ip -o link show"))
+        lines = vlans.attach_commands(nc.intf(f"priv{nc.cluster}").name, group["vlan"], port, existing)
+        out = dep[nc.name].cmd("ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF\necho rc=$?")
+        if "rc=0" not in out:
+            raise RuntimeError(f"VLAN {group['vlan']} on {nc.name} failed: {out}")
     intf = slot_interface(dep, inst["slot"])
     prefix = group["subnet"].split("/")[1]
     dep[inst["slot"]].cmd(
@@ -87,7 +97,8 @@ def router_host(dep: Deployment, cc: str) -> RouterHost:
     ph = dep.plan.hosts[cc]
     clc = dep.plan.pair("clc")
     return RouterHost(cluster=ph.cluster, private_interface=ph.intf(f"priv{ph.cluster}").name,
-                      public_interface=ph.intf("cloud").name, clc_vip=clc.vip)
+                      public_interface=ph.intf("cloud").name, clc_vip=clc.vip,
+                      vlan_tagging=dep.spec.vlan_tagging)
 
 
 def apply_router(dep: Deployment, intent: dict) -> None:
@@ -159,10 +170,12 @@ def send_frames(dep: Deployment, host: str, frames: list[bytes], repeat: int = 3
 
 
 def sdn_spec(mode: NetworkMode = NetworkMode.MANAGED, name: str = "sdn", ncs: int = 2, slots: int = 2,
-             ha_cc: bool = True) -> DeploymentSpec:
-    """One cluster, HA CC pair, no other HA (the SDN tests need no CLC/Walrus pairs)."""
+             ha_cc: bool = True, vlan_tagging: str = "switch") -> DeploymentSpec:
+    """One cluster, HA CC pair, no other HA (the SDN tests need no CLC/Walrus pairs).
+    ``vlan_tagging`` host: the hosts tag, the switches are standalone (sdn false)."""
     spec = DeploymentSpec(name=name, clusters=1, ncs_per_cluster=ncs, vm_slots_per_nc=slots, mode=mode,
-                          ha=HASpec(clc=False, walrus=False, cc=ha_cc, sc=False))
+                          ha=HASpec(clc=False, walrus=False, cc=ha_cc, sc=False), vlan_tagging=vlan_tagging,
+                          sdn=vlan_tagging != "host")
     spec.arbitrators.per_host = 0
     return spec
 
