@@ -24,6 +24,7 @@ import contextlib
 import copy
 import http.client
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -132,11 +133,18 @@ def tcp_answer(dep: Deployment, host: str, ip: str, port: int, timeout: float = 
                          "2>/dev/null").strip()
 
 
+def forwarded_packets(dep: Deployment, cc: str) -> int:
+    """Packets the CC's FORWARD chain has counted so far (every rule's counter)."""
+    out = dep[cc].cmd("nft list chain ip eucalab EUCA-FORWARD")
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
+
 @contextlib.contextmanager
-def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.3):
-    """tcpdump on ``host``'s first interface for the block; ``box["count"]`` = packets seen after it."""
+def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.3, intf: str | None = None):
+    """tcpdump on ``host``'s ``intf`` (its first interface by default) for the block;
+    ``box["count"]`` = packets seen after it, ``box["lines"]`` their ``tcpdump -e`` lines."""
     path = dep.host_dir(host, label) / "capture.pcap"
-    intf = dep.plan.hosts[host].interfaces[0].name
+    intf = intf or dep.plan.hosts[host].interfaces[0].name
     # --immediate-mode: without it libpcap hands packets over in blocks and a capture
     # stopped soon after its packets can miss them all (a denied pair would look isolated).
     argv = ["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), bpf]
