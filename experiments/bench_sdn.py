@@ -75,6 +75,14 @@ def slot_interface(dep: Deployment, slot: str) -> str:
     return dep.plan.hosts[slot].interfaces[0].name
 
 
+def run_ip(dep: Deployment, host: str, lines: list[str]) -> None:
+    """``ip`` commands (``ip -batch`` lines) on ``host``, in order, stopping at the first failure.
+    One shell line: Mininet's ``cmd`` returns at the shell's next prompt."""
+    out = dep[host].cmd(" && ".join(f"ip {line}" for line in lines) + "; echo rc=$?")
+    if "rc=0" not in out:
+        raise RuntimeError(f"ip on {host} failed: {out}")
+
+
 def boot(dep: Deployment, inst: dict, group: dict) -> None:
     """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway;
     with ``vlan_tagging: host`` first the slot's port into the bridge of the group's VLAN on the NC."""
@@ -83,9 +91,7 @@ def boot(dep: Deployment, inst: dict, group: dict) -> None:
         nc = dep.plan.hosts[inst["nc"]]
         existing = vlans.link_names(dep[nc.name].cmd("ip -o link show"))
         lines = vlans.attach_commands(nc.intf(f"priv{nc.cluster}").name, group["vlan"], port, existing)
-        out = dep[nc.name].cmd("ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF\necho rc=$?")
-        if "rc=0" not in out:
-            raise RuntimeError(f"VLAN {group['vlan']} on {nc.name} failed: {out}")
+        run_ip(dep, nc.name, lines)
     intf = slot_interface(dep, inst["slot"])
     prefix = group["subnet"].split("/")[1]
     dep[inst["slot"]].cmd(
@@ -127,9 +133,12 @@ def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str
 
 
 def tcp_answer(dep: Deployment, host: str, ip: str, port: int, timeout: float = 1.0) -> str:
-    """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect)."""
+    """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect).
+
+    ``-t``: after its own end of input socat waits only 0.5 s by default for the answer,
+    less than a responder's fork and exec can take under emulation."""
     timeout = scaled(timeout)
-    return dep[host].cmd(f"socat -T{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
+    return dep[host].cmd(f"socat -T{timeout} -t{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
                          "2>/dev/null").strip()
 
 
