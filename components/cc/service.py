@@ -770,7 +770,7 @@ class ClusterController(Service):
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
-        self.events.emit("router.applied", gateways=len(config.private_addresses),
+        self.events.emit("router.applied", gateways=len(config.gateways),
                          elastic_ips=len(config.public_addresses), added=result["added"], ms=result.get("ms"))
         loop = asyncio.get_running_loop()
         for delay in router.ANNOUNCE_AGAIN_S:
@@ -809,7 +809,7 @@ class ClusterController(Service):
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self._withdrawn = True
-        self.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.private_addresses),
+        self.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.gateways),
                          elastic_ips=len(config.public_addresses), ms=result.get("ms"))
 
     def _rearm(self) -> None:
