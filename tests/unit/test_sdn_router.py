@@ -308,12 +308,17 @@ def test_host_tagging_puts_each_gateway_on_its_groups_vlan_sub_interface():
     fwd, untagged = chain(cfg, "EUCA-FORWARD"), chain(render_router(INTENT, HOST), "EUCA-FORWARD")
     assert [r for r in fwd if r.startswith("ip daddr")] == [r for r in untagged if r.startswith("ip daddr")]
     assert 'iifname "c1cc1-eth1" ip saddr 10.101.0.0/20 oifname "c1cc1-eth0" counter accept' in fwd
-    assert 'iifname "c1cc1-eth1.10" ip saddr 10.101.16.0/28 oifname "c1cc1-eth0" counter accept' in fwd
-    assert 'iifname "c1cc1-eth1.11" ip saddr 10.101.16.16/28 oifname "c1cc1-eth0" counter accept' in fwd
+    for vlan, subnet in ((10, "10.101.16.0/28"), (11, "10.101.16.16/28")):
+        out = f'iifname "c1cc1-eth1.{vlan}" ip saddr {subnet} oifname "c1cc1-eth0"'
+        assert f"{out} ip daddr != 10.0.0.0/16 counter accept" in fwd
+        assert f"{out} ip daddr 10.0.128.0/24 counter accept" in fwd
     assert not any('iifname "c1cc1-eth1" ip saddr 10.101.16.' in r for r in fwd)
     meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
     assert meta == ['iifname { "c1cc1-eth1.10", "c1cc1-eth1.11" } ip daddr 169.254.169.254 tcp dport 80 '
                     "counter dnat to 10.0.0.10:8773"]
+    # Instances reach the CC host with ICMP only, on whichever sub-interface they arrive.
+    assert 'iifname { "c1cc1-eth1.10", "c1cc1-eth1.11" } ip saddr 10.101.16.0/20 ip protocol != icmp counter drop' \
+        in chain(cfg, "EUCA-INPUT")
     assert RouterConfig.from_json(cfg.to_json()) == cfg
 
 
