@@ -24,6 +24,7 @@ import contextlib
 import copy
 import http.client
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ import sys
 import time
 
 from components.cc.router import RouterHost, render_router
+from components.common import vlan as vlans
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 from .deployment import Deployment, wait_until
@@ -73,8 +75,23 @@ def slot_interface(dep: Deployment, slot: str) -> str:
     return dep.plan.hosts[slot].interfaces[0].name
 
 
+def run_ip(dep: Deployment, host: str, lines: list[str]) -> None:
+    """``ip`` commands (``ip -batch`` lines) on ``host``, in order, stopping at the first failure.
+    One shell line: Mininet's ``cmd`` returns at the shell's next prompt."""
+    out = dep[host].cmd(" && ".join(f"ip {line}" for line in lines) + "; echo rc=$?")
+    if "rc=0" not in out:
+        raise RuntimeError(f"ip on {host} failed: {out}")
+
+
 def boot(dep: Deployment, inst: dict, group: dict) -> None:
-    """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway."""
+    """What the NC does when an instance boots: its MAC and IP on the slot, routes via the gateway;
+    with ``vlan_tagging: host`` first the slot's port into the bridge of the group's VLAN on the NC."""
+    port = dep.plan.nc_port(inst["slot"])
+    if port is not None:
+        nc = dep.plan.hosts[inst["nc"]]
+        existing = vlans.link_names(dep[nc.name].cmd("ip -o link show"))
+        lines = vlans.attach_commands(nc.intf(f"priv{nc.cluster}").name, group["vlan"], port, existing)
+        run_ip(dep, nc.name, lines)
     intf = slot_interface(dep, inst["slot"])
     prefix = group["subnet"].split("/")[1]
     dep[inst["slot"]].cmd(
@@ -87,7 +104,8 @@ def router_host(dep: Deployment, cc: str) -> RouterHost:
     ph = dep.plan.hosts[cc]
     clc = dep.plan.pair("clc")
     return RouterHost(cluster=ph.cluster, private_interface=ph.intf(f"priv{ph.cluster}").name,
-                      public_interface=ph.intf("cloud").name, clc_vip=clc.vip)
+                      public_interface=ph.intf("cloud").name, clc_vip=clc.vip,
+                      vlan_tagging=dep.spec.vlan_tagging)
 
 
 def apply_router(dep: Deployment, intent: dict) -> None:
@@ -115,17 +133,27 @@ def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str
 
 
 def tcp_answer(dep: Deployment, host: str, ip: str, port: int, timeout: float = 1.0) -> str:
-    """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect)."""
+    """What a TCP connection from ``host`` to ip:port gets back ("" if it cannot connect).
+
+    ``-t``: after its own end of input socat waits only 0.5 s by default for the answer,
+    less than a responder's fork and exec can take under emulation."""
     timeout = scaled(timeout)
-    return dep[host].cmd(f"socat -T{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
+    return dep[host].cmd(f"socat -T{timeout} -t{timeout} - TCP:{ip}:{port},connect-timeout={timeout} </dev/null "
                          "2>/dev/null").strip()
 
 
+def forwarded_packets(dep: Deployment, cc: str) -> int:
+    """Packets the CC's FORWARD chain has counted so far (every rule's counter)."""
+    out = dep[cc].cmd("nft list chain ip eucalab EUCA-FORWARD")
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
+
+
 @contextlib.contextmanager
-def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.3):
-    """tcpdump on ``host``'s first interface for the block; ``box["count"]`` = packets seen after it."""
+def capture(dep: Deployment, host: str, bpf: str, label: str, settle: float = 0.3, intf: str | None = None):
+    """tcpdump on ``host``'s ``intf`` (its first interface by default) for the block;
+    ``box["count"]`` = packets seen after it, ``box["lines"]`` their ``tcpdump -e`` lines."""
     path = dep.host_dir(host, label) / "capture.pcap"
-    intf = dep.plan.hosts[host].interfaces[0].name
+    intf = intf or dep.plan.hosts[host].interfaces[0].name
     # --immediate-mode: without it libpcap hands packets over in blocks and a capture
     # stopped soon after its packets can miss them all (a denied pair would look isolated).
     argv = ["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), bpf]
@@ -159,10 +187,12 @@ def send_frames(dep: Deployment, host: str, frames: list[bytes], repeat: int = 3
 
 
 def sdn_spec(mode: NetworkMode = NetworkMode.MANAGED, name: str = "sdn", ncs: int = 2, slots: int = 2,
-             ha_cc: bool = True) -> DeploymentSpec:
-    """One cluster, HA CC pair, no other HA (the SDN tests need no CLC/Walrus pairs)."""
+             ha_cc: bool = True, vlan_tagging: str = "switch") -> DeploymentSpec:
+    """One cluster, HA CC pair, no other HA (the SDN tests need no CLC/Walrus pairs).
+    ``vlan_tagging`` host: the hosts tag, the switches are standalone (sdn false)."""
     spec = DeploymentSpec(name=name, clusters=1, ncs_per_cluster=ncs, vm_slots_per_nc=slots, mode=mode,
-                          ha=HASpec(clc=False, walrus=False, cc=ha_cc, sc=False))
+                          ha=HASpec(clc=False, walrus=False, cc=ha_cc, sc=False), vlan_tagging=vlan_tagging,
+                          sdn=vlan_tagging != "host")
     spec.arbitrators.per_host = 0
     return spec
 

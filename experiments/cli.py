@@ -8,6 +8,7 @@
     eucalab bench s3cp [--mib 256]    aws s3 cp of a large file through the Walrus VIP, beside moto
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
+    eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
     eucalab run                       the main job on the default deployment
     eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
                                       datapath, netem, 802.1Q) runs tests/kernel or a command
@@ -118,6 +119,12 @@ def cmd_bench(args) -> int:
         from .bench_sdn import run
 
         return run(setups=args.setups, seconds=args.seconds, rounds=args.rounds)
+    if args.what == "lifecycle":
+        from .bench_lifecycle import run
+
+        checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
+        return run(lifecycles=max(checkpoints), batch=args.batch, retention_s=args.retention_s,
+                   checkpoints=checkpoints)
     if args.what == "soak":
         from .bench_soak import run
 
@@ -220,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "s3cp", "sdn", "soak"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "lifecycle", "s3cp", "sdn", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--mib", type=int, default=256, help="s3cp: size of the file copied (MiB)")
@@ -237,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--setups", type=int, default=40, help="sdn: new instances timed for flow setup")
     s.add_argument("--seconds", type=float, default=5.0, help="sdn: length of one iperf3 run")
     s.add_argument("--rounds", type=int, default=3, help="sdn: iperf3 runs per path (direct, routed)")
+    s.add_argument("--checkpoints", default="1000,10000,100000",
+                   help="lifecycle: instance lifecycles at which the figures are taken (the last is the total)")
+    s.add_argument("--batch", type=int, default=64, help="lifecycle: instances per RunInstances")
+    s.add_argument("--retention-s", type=float, default=5.0,
+                   help="lifecycle: how long terminated instances are kept (components default: 3600)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("vm", help="the kernel lane: a VM with Debian's kernel (OVS kernel datapath, netem, 802.1Q)")

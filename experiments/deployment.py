@@ -34,7 +34,7 @@ from components.common.ha_config import ha_config_for
 from components.common.service import OPERATOR, ROLES, token_digest
 from topologies.network import Created, EucaNetwork, kill_pids, namespace, teardown
 from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
-from topologies.spec import DeploymentSpec
+from topologies.spec import DeploymentSpec, SpecError
 
 from . import rundir as rd
 from . import vswitchd
@@ -175,6 +175,9 @@ class Deployment:
         # (or ``sdn=False``) says otherwise; then the switches run standalone (MAC learning
         # on loop-free trees). A spec with ha.takeover sdn always gets one.
         wanted = (self.spec.sdn if sdn is None else bool(sdn)) or self.spec.ha.takeover == "sdn"
+        if wanted and self.spec.vlan_tagging == "host":
+            raise DeploymentError("vlan_tagging: host needs standalone VLAN-clean switches, not the SDN "
+                                  "controller (its flows tag the groups themselves and drop the hosts' tags)")
         self.sdn = wanted and controller_exists()
         if wanted and not controller_exists():
             raise DeploymentError("the spec asks for the SDN controller (sdn: true) but there is none "
@@ -207,6 +210,11 @@ class Deployment:
             raise DeploymentError(
                 f"{self.spec.links.first_netem_field()}: this kernel has no netem (sch_netem); "
                 "delay, jitter and loss cannot be emulated here (`eucalab vm` runs a kernel that has it)")
+        if self.spec.vlan_tagging == "host":
+            try:
+                self.spec.validate(dot1q=preflight.probe_8021q())
+            except SpecError as exc:
+                raise DeploymentError(str(exc)) from None
         problem = preflight.ovs_problem()
         if problem:
             raise DeploymentError(problem)
@@ -392,8 +400,12 @@ class Deployment:
         if ph.role == "nc":
             # The NC boots instances into its VM slots by entering their namespaces.
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,
-                             "netns": f"/proc/{self.net[slot.name].pid}/ns/net"}
+                             "netns": f"/proc/{self.net[slot.name].pid}/ns/net",
+                             "port": self.plan.nc_port(slot.name)}
                             for slot in self.plan.slots_of(host)]
+            # vlan_tagging host: the NC bridges each slot's port into its instance's VLAN.
+            cfg["vlan_tagging"] = self.spec.vlan_tagging
+            cfg["private_interface"] = ph.intf(f"priv{ph.cluster}").name
         if ph.role == "sc":
             # Block logins only from the cluster's NCs, on this member's own addresses and its VIP.
             cfg["nc_addresses"] = {nc.name: [i.ip.split("/")[0] for i in nc.interfaces if i.ip]
@@ -408,6 +420,7 @@ class Deployment:
                           for nc in self.plan.hosts_by_role("nc") if nc.cluster == k}
             cfg["private_interface"] = ph.intf(f"priv{k}").name
             cfg["public_interface"] = ph.intf("cloud").name
+            cfg["vlan_tagging"] = self.spec.vlan_tagging
         return cfg
 
     def ha_config(self, pair: ServicePair, host: str) -> dict:

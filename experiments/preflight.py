@@ -213,7 +213,8 @@ def check_netem(ok: bool) -> Finding:
 def check_8021q(ok: bool) -> Finding:
     return Finding("802.1Q", ok, "module present" if ok else
                    "absent: hosts cannot have VLAN sub-interfaces; Open vSwitch does all tagging",
-                   "none needed: eucalab tags VLANs in Open vSwitch", required=False)
+                   "only for vlan_tagging: host (a kernel with 8021q; `eucalab vm` runs one); the "
+                   "default, vlan_tagging: switch, tags in Open vSwitch", required=False)
 
 
 # Run in a child interpreter: it proves the import works, and keeps os_ken imports

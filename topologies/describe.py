@@ -136,7 +136,9 @@ def _diagram_graph(plan: Plan) -> tuple[nx.Graph, dict[str, float]]:
             node = f"{nc.name}: {len(slots)} slots"
             g.add_node(node, kind="host", role="slots", cluster=nc.cluster, ha_role=None,
                        label=f"{len(slots)} slots", nc=nc.name)
-            g.add_edge(bridge, node, network=plan.switches[bridge].network)
+            # Host tagging wires the slots to the NC itself.
+            g.add_edge(nc.name if plan.nc_port(slots[0].name) else bridge, node,
+                       network=plan.switches[bridge].network)
     layers = {}
     for node, data in g.nodes(data=True):
         if data["kind"] == "host":
@@ -189,8 +191,8 @@ def _layout(plan: Plan, g: nx.Graph) -> tuple[dict[str, tuple[float, float]], fl
         start = x
         for nc in sorted((h.name for h in plan.hosts_by_role("nc") if h.cluster == k), key=_natural):
             bridge = next(n for n in g.neighbors(nc) if n in plan.switches)
-            items = sorted((n for n in g.neighbors(bridge) if g.nodes[n].get("role") in ("slot", "slots")),
-                           key=_natural)
+            items = sorted((n for n in {*g.neighbors(bridge), *g.neighbors(nc)}
+                            if g.nodes[n].get("role") in ("slot", "slots")), key=_natural)
             nc_col = len(items) // 2
             columns = items[:nc_col] + [nc] + items[nc_col:]
             for i, node in enumerate(columns):

@@ -14,7 +14,8 @@ Layout (cluster k = 1..N, see docs/architecture.md for the picture):
         cluster k private network 10.(100+k).0.0/16
             router .0.1 (primary CC in MANAGED*, the gateway in SYSTEM/STATIC)
             CC .0.1x, SC .0.2x (private sides), NC j at .1.j
-            VM slots behind each NC on the NC's bridge (addressed when an instance boots)
+            VM slots behind each NC on the NC's bridge (addressed when an instance boots);
+            with vlan_tagging host, wired to the NC host itself, which tags for them
         heartbeat links 10.254.p.0/24 between the two members of HA pair p
 
 Primaries hang off access switch A, secondaries off access switch B, so cutting one
@@ -181,6 +182,15 @@ class Plan:
     def slots_of(self, nc: str) -> list[Host]:
         return sorted((h for h in self.hosts.values() if h.nc == nc), key=lambda h: h.slot or 0)
 
+    def nc_port(self, slot: str) -> str | None:
+        """Host tagging: the NC's own interface wired to VM slot ``slot`` (its tap); None
+        where the slot sits on the NC's Open vSwitch bridge."""
+        intf = self.hosts[slot].interfaces[0]
+        peer = self.hosts.get(intf.peer)
+        if peer is None:
+            return None
+        return next(i.name for i in peer.interfaces if i.peer == slot)
+
     def endpoints(self) -> dict:
         """Service URLs through their virtual IPs, as written to endpoints.json."""
         out: dict = {"clc": None, "walrus": None, "cc": {}, "sc": {}}
@@ -302,6 +312,13 @@ class _Builder:
             Link(a.name, b.name, self._port(a.name), self._port(b.name), a.network, shaped=False)
         )
 
+    def wire(self, slot: Host, nc: Host, network: str) -> None:
+        """A VM slot's link straight to its NC host (host tagging), unaddressed at both ends."""
+        a_intf, b_intf = self._port(slot.name), self._port(nc.name)
+        slot.interfaces.append(Interface(a_intf, network, None, self.macs.next(), nc.name))
+        nc.interfaces.append(Interface(b_intf, network, None, self.macs.next(), slot.name))
+        self.plan.links.append(Link(slot.name, nc.name, a_intf, b_intf, network))
+
     def p2p(self, a: Host, b: Host, network: Network, ip_a, ip_b, prefix: int) -> None:
         a_intf, b_intf = self._port(a.name), self._port(b.name)
         a.interfaces.append(Interface(a_intf, network.name, f"{ip_a}/{prefix}", self.macs.next(), b.name))
@@ -413,7 +430,12 @@ def build_plan(spec: DeploymentSpec, tag: str = "") -> Plan:
             b.attach(nc, bridge, ipaddress.ip_address(f"10.{100 + k}.1.{j}"), pnet.prefixlen)
             for s in range(1, spec.vm_slots_per_nc + 1):
                 slot = b.host(f"c{k}n{j}v{s}", "slot", cluster=k, nc=nc.name, slot=s)
-                b.attach(slot, bridge, None)
+                if spec.vlan_tagging == "host":
+                    # As a VM's tap: an interface of the NC, which bridges it into the
+                    # Linux bridge of the instance's VLAN when the instance boots.
+                    b.wire(slot, nc, f"priv{k}")
+                else:
+                    b.attach(slot, bridge, None)
 
     # Routes towards the private networks: in MANAGED modes via the cluster's CC.
     if mode.private_cluster_network:

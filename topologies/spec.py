@@ -56,6 +56,12 @@ class NetworkMode(str, enum.Enum):
         return self is NetworkMode.MANAGED
 
 
+# Where MANAGED mode's per-group VLAN tags are pushed and popped (DeploymentSpec.vlan_tagging).
+VLAN_TAGGING = ("switch", "host")
+# With host tagging a VLAN sub-interface is named <interface>.<vlan> (up to .4094): the CC's
+# private interface c9cc1-eth1.4094 fills Linux's 15 characters, so clusters stop at 9.
+MAX_CLUSTERS_HOST_TAGGING = 9
+
 COMPONENT_KINDS = ("clc", "walrus", "cc", "sc")
 # How a service VIP follows a takeover (docs/ha.md): the new primary announces it by
 # gratuitous ARP, or the SDN controller steers the VIP's fixed virtual MAC to it.
@@ -194,16 +200,24 @@ class DeploymentSpec:
     # false: standalone MAC-learning switches (no layer-2 isolation). ha.takeover sdn
     # starts it whatever this says.
     sdn: bool = True
+    # MANAGED only. switch: Open vSwitch pushes and pops the VLAN tags (the SDN
+    # controller's flows; hosts, VM slots and the CC see untagged frames). host: as
+    # Eucalyptus did, each NC tags on its private interface (a sub-interface
+    # <interface>.<vlan> per group, bridged with the group's VM slots in a Linux bridge
+    # eucabr<vlan>) and the CC routes between its own sub-interfaces; the switches only
+    # pass tagged frames. Needs sdn: false and a kernel with 8021q.
+    vlan_tagging: str = "switch"
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str) and not isinstance(self.mode, NetworkMode):
             self.mode = _parse_mode(self.mode, "mode")
 
-    def validate(self, netem: bool | None = None) -> "DeploymentSpec":
+    def validate(self, netem: bool | None = None, dot1q: bool | None = None) -> "DeploymentSpec":
         """Check every field; raise SpecError naming the first bad one.
 
-        ``netem`` says whether this kernel can emulate delay and loss; None skips
-        that check (it is made again when a network is built).
+        ``netem`` says whether this kernel can emulate delay and loss, ``dot1q`` whether
+        it has 802.1Q (VLAN sub-interfaces, for vlan_tagging host); None skips that
+        check (both are made again when a network is built).
         """
         _check_name(self.name, "name")
         _check_int(self.clusters, "clusters", 1, MAX_CLUSTERS)
@@ -262,7 +276,32 @@ class DeploymentSpec:
         if self.datapath not in ("auto", "kernel", "user"):
             raise SpecError("datapath", f"must be auto, kernel or user, not {self.datapath!r}")
         _check_bool(self.sdn, "sdn")
+        self._validate_vlan_tagging(dot1q)
         return self
+
+    def _validate_vlan_tagging(self, dot1q: bool | None) -> None:
+        if self.vlan_tagging not in VLAN_TAGGING:
+            raise SpecError("vlan_tagging", f"must be switch (Open vSwitch tags) or host (the NCs and the CC "
+                            f"tag on VLAN sub-interfaces), not {self.vlan_tagging!r}")
+        if self.vlan_tagging != "host":
+            return
+        if self.mode is not NetworkMode.MANAGED:
+            raise SpecError("vlan_tagging", f"host tagging puts each security group's VLAN on the NCs and the "
+                            f"CC, which only MANAGED mode has; mode is {self.mode.value}")
+        if self.sdn or self.ha.takeover == "sdn":
+            field_name = "sdn" if self.sdn else "ha.takeover"
+            raise SpecError("vlan_tagging", f"host tagging needs sdn: false and ha.takeover: garp ({field_name} "
+                            "asks for the SDN controller): the controller's flows tag and isolate the groups "
+                            "themselves and would drop the hosts' tagged frames; with host tagging the "
+                            "switches are standalone and VLAN-clean, passing tagged frames as they are")
+        if self.clusters > MAX_CLUSTERS_HOST_TAGGING:
+            raise SpecError("clusters", f"at most {MAX_CLUSTERS_HOST_TAGGING} with vlan_tagging: host: the CC's "
+                            "VLAN sub-interfaces (c10cc1-eth1.4094) would not fit Linux's 15-character "
+                            "interface names")
+        if dot1q is False:
+            raise SpecError("vlan_tagging", "host tagging needs 802.1Q (the 8021q module) for the NCs' and the "
+                            "CC's VLAN sub-interfaces, and this kernel has none; use vlan_tagging: switch, or "
+                            "run on a kernel with 8021q (`eucalab check` tells; `eucalab vm` runs one)")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

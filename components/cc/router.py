@@ -3,6 +3,8 @@
 As Eucalyptus's CC did in MANAGED and MANAGED-NOVLAN modes:
 
 * each security group's gateway address on the private interface (VNET_PRIVINTERFACE),
+  or, with ``vlan_tagging: host``, on the group's VLAN sub-interface of it
+  (``<interface>.<vlan>``, made when the group appears: components/common/vlan.py),
   each elastic IP on the public one (VNET_PUBINTERFACE), announced by gratuitous ARP
   when it arrives (EUCA-2281: a newly ENABLED CC announced nothing), and again a second
   and two seconds later;
@@ -56,6 +58,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from components.common import ha_net
+from components.common import vlan as vlans
 
 TABLE = "eucalab"  # nftables table ip eucalab, on the CC host only
 CHAIN_FWD = "EUCA-FORWARD"
@@ -84,6 +87,9 @@ class RouterHost:
     walrus_port: int = 8773
     cloud_net: str = CLOUD_NET
     public_pool: str = PUBLIC_IP_POOL
+    # host: each group's gateway on its VLAN sub-interface <private_interface>.<vlan>
+    # (components/common/vlan.py); switch: on the private interface, Open vSwitch tags.
+    vlan_tagging: str = "switch"
 
     @classmethod
     def from_cc_config(cls, config: dict) -> "RouterHost":
@@ -93,7 +99,7 @@ class RouterHost:
         return cls(cluster=int(config.get("cluster") or 1), private_interface=config["private_interface"],
                    public_interface=config["public_interface"], clc_vip=clc.hostname,
                    clc_port=clc.port or cls.clc_port, walrus_vip=walrus.hostname,
-                   walrus_port=walrus.port or cls.walrus_port)
+                   walrus_port=walrus.port or cls.walrus_port, vlan_tagging=config.get("vlan_tagging", "switch"))
 
     @property
     def infra_net(self) -> str:
@@ -117,6 +123,15 @@ class RouterConfig:
     managed_public: str = PUBLIC_IP_POOL
     sysctls: dict[str, str] = field(default_factory=dict)
     neighbours: dict[str, str] = field(default_factory=dict)  # instance IP -> MAC, on the private interface
+    # Host tagging: per VLAN sub-interface of the private interface, {"vlan": id, "addresses":
+    # [group gateway], "neighbours": {instance IP: MAC}}; empty with switch tagging.
+    vlans: dict[str, dict] = field(default_factory=dict)
+    vlan_tagging: str = "switch"  # host: sub-interfaces this config lacks (a group gone) hold nothing
+
+    @property
+    def gateways(self) -> list[str]:
+        """Every group gateway address, on the private interface or its VLAN sub-interfaces."""
+        return self.private_addresses + [a for v in self.vlans.values() for a in v["addresses"]]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -154,26 +169,39 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
     priv, pub = host.private_interface, host.public_interface
     groups = {g["id"]: g for g in intent.get("groups", [])}
     public_prefix = ipaddress.ip_network(host.cloud_net).prefixlen
+    # The cluster's infrastructure (NCs to Walrus) stays untagged on the private interface.
     fwd = ["ct state established,related counter accept",
            f'iifname "{priv}" ip saddr {host.infra_net} oifname "{pub}" counter accept']
     dnat, snat = [], []
     private_addresses = []
+    group_vlans: dict[str, dict] = {}  # host tagging: sub-interface -> its VLAN, gateway, neighbours
+    group_intf: dict[str, str] = {}  # group id -> the interface its instances arrive on
     for g in groups.values():
         net = ipaddress.ip_network(g["subnet"])
-        private_addresses.append(f"{g['gateway']}/{net.prefixlen}")
+        gateway = f"{g['gateway']}/{net.prefixlen}"
+        if host.vlan_tagging == "host":
+            intf = vlans.vlan_interface(priv, g["vlan"])
+            group_vlans[intf] = {"vlan": g["vlan"], "addresses": [gateway], "neighbours": {}}
+        else:
+            intf = priv
+            private_addresses.append(gateway)
+        group_intf[g["id"]] = intf
         # Beyond the cloud network (the site, the outside) and to elastic IPs; on the cloud
         # network itself only the public services below.
-        fwd.append(f'iifname "{priv}" ip saddr {net} oifname "{pub}" ip daddr != {host.cloud_net} counter accept')
-        fwd.append(f'iifname "{priv}" ip saddr {net} oifname "{pub}" ip daddr {host.public_pool} counter accept')
+        fwd.append(f'iifname "{intf}" ip saddr {net} oifname "{pub}" ip daddr != {host.cloud_net} counter accept')
+        fwd.append(f'iifname "{intf}" ip saddr {net} oifname "{pub}" ip daddr {host.public_pool} counter accept')
+    # Where instances' packets arrive: the group sub-interfaces (host tagging), else the private interface.
+    instances_in = ("{ " + ", ".join(f'"{i}"' for i in sorted(group_vlans)) + " }") if group_vlans \
+        else f'"{priv}"'
     if host.clc_vip and groups:
-        dnat.append(f'iifname "{priv}" ip daddr {METADATA_IP} tcp dport 80 counter '
+        dnat.append(f"iifname {instances_in} ip daddr {METADATA_IP} tcp dport 80 counter "
                     f"dnat to {host.clc_vip}:{host.clc_port}")
-        fwd.append(f'iifname "{priv}" ip daddr {host.clc_vip} tcp dport {host.clc_port} counter accept')
+        fwd.append(f"iifname {instances_in} ip daddr {host.clc_vip} tcp dport {host.clc_port} counter accept")
         # Before any SNAT: a metadata request leaves with the instance's own address, even
         # from an instance with an elastic IP (the CLC knows instances by private address).
         snat.append(f"ct original ip daddr {METADATA_IP} accept")
     if host.walrus_vip and groups:
-        fwd.append(f'iifname "{priv}" ip daddr {host.walrus_vip} tcp dport {host.walrus_port} counter accept')
+        fwd.append(f'iifname {instances_in} ip daddr {host.walrus_vip} tcp dport {host.walrus_port} counter accept')
     for g in groups.values():
         for rule in g.get("rules", []):
             for match in _rule_matches(rule, groups):
@@ -192,13 +220,17 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
                # a direct path (ICMP redirects) around the CC's forward rules.
                "net.ipv4.conf.all.send_redirects": "0",
                f"net.ipv4.conf.{priv}.send_redirects": "0"}
-    neighbours = {i["ip"]: i["mac"] for i in intent.get("instances", []) if i.get("ip") and i.get("mac")}
+    neighbours = {}
+    for inst in intent.get("instances", []):
+        if inst.get("ip") and inst.get("mac"):
+            intf = group_intf.get(inst.get("group"), priv)
+            (group_vlans[intf]["neighbours"] if intf in group_vlans else neighbours)[inst["ip"]] = inst["mac"]
     # Instances reach the CC host itself (its gateway addresses, its public and heartbeat
-    # addresses, its internal API) with ICMP only.
+    # addresses, its internal API) with ICMP only, on whichever interface they arrive.
     inp = ["ct state established,related accept",  # answers to the host's own connections
-           f'iifname "{priv}" ip saddr {host.vm_space} ip protocol != icmp counter drop']
+           f'iifname {instances_in} ip saddr {host.vm_space} ip protocol != icmp counter drop']
     return RouterConfig(priv, pub, _table(fwd, dnat, snat, inp), private_addresses, public_addresses,
-                        host.vm_space, host.public_pool, sysctls, neighbours)
+                        host.vm_space, host.public_pool, sysctls, neighbours, group_vlans, host.vlan_tagging)
 
 
 def _table(fwd: list[str], dnat: list[str], snat: list[str], inp: list[str] = ()) -> str:
@@ -233,8 +265,8 @@ def _empty() -> str:
     return _table([], [], [])
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
+def _run(argv: list[str], check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, input=stdin)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()}")
     return proc
@@ -283,6 +315,7 @@ class _Kernel:
         self.addresses: dict[str, set[str]] = {}
         self.neighbours: dict[str, str] = {}  # set by this process as primary, IP -> MAC
         self.sysctls: dict[str, str] = {}  # written by this process
+        self.vlan_interfaces: set[str] | None = None  # VLAN sub-interfaces of the host (listed once)
 
     def set_sysctls(self, want: dict[str, str]) -> None:
         """Write the sysctls whose value this process has not written yet (a write is a
@@ -328,6 +361,19 @@ class _Kernel:
             self.addresses[intf].discard(addr)
         return added
 
+
+    def sync_vlan_interfaces(self, parent: str, want: dict[str, dict]) -> None:
+        """Host tagging: every VLAN sub-interface of ``want`` exists on ``parent`` and is up
+        (made once, kept; as the NCs keep theirs)."""
+        if self.vlan_interfaces is None:
+            out = _run(["ip", "-o", "link", "show", "type", "vlan"]).stdout
+            self.vlan_interfaces = vlans.link_names(out)
+        missing = {intf: v for intf, v in want.items() if intf not in self.vlan_interfaces}
+        if missing:
+            lines = [c for v in missing.values()
+                     for c in vlans.add_vlan_interface(parent, v["vlan"], self.vlan_interfaces)]
+            _run(["ip", "-batch", "-"], stdin="\n".join(lines) + "\n")
+            self.vlan_interfaces |= set(missing)
 
     def sync_neighbours(self, intf: str, want: dict[str, str]) -> None:
         """Every instance's MAC in the neighbour table, so the first packet routed to it waits
@@ -380,21 +426,32 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False) -> di
     steps.done("sysctls")
     _KERNEL.load_rules(config.ruleset if primary or armed else _empty())
     steps.done("rules")
-    want_priv = config.private_addresses if primary else []
-    want_pub = config.public_addresses if primary else []
-    added_priv = _KERNEL.sync_addresses(config.private_interface, want_priv, config.managed_private)
-    added_pub = _KERNEL.sync_addresses(config.public_interface, want_pub, config.managed_public)
+    if config.vlan_tagging == "host":
+        # Armed too: a promotion then only adds addresses.
+        _KERNEL.sync_vlan_interfaces(config.private_interface, config.vlans)
+        steps.done("vlans")
+    # What each private-side interface holds: the untagged one, and with host tagging every
+    # VLAN sub-interface this host has (one of a group gone holds nothing).
+    private = {config.private_interface: (config.private_addresses, config.neighbours)}
+    for intf in sorted(_KERNEL.vlan_interfaces or ()):
+        v = config.vlans.get(intf, {})
+        private[intf] = (v.get("addresses", []), v.get("neighbours", {}))
+    added = {intf: _KERNEL.sync_addresses(intf, want if primary else [], config.managed_private)
+             for intf, (want, _) in private.items()}
+    added[config.public_interface] = _KERNEL.sync_addresses(
+        config.public_interface, config.public_addresses if primary else [], config.managed_public)
     steps.done("addresses")
     if primary:
-        _KERNEL.sync_neighbours(config.private_interface, config.neighbours)
+        for intf, (_, neighbours) in private.items():
+            _KERNEL.sync_neighbours(intf, neighbours)
     else:
         _KERNEL.neighbours.clear()  # a later promotion sets them again
     steps.done("neighbours")
-    announce(config.private_interface, added_priv)
-    announce(config.public_interface, added_pub)
+    for intf, addresses in added.items():
+        announce(intf, addresses)
     steps.done("announce")
-    announced = {i: a for i, a in ((config.private_interface, added_priv), (config.public_interface, added_pub)) if a}
-    return {"added": added_priv + added_pub, "announced": announced, "ms": steps.ms}
+    announced = {i: a for i, a in added.items() if a}
+    return {"added": [x for addrs in added.values() for x in addrs], "announced": announced, "ms": steps.ms}
 
 
 class _Steps:

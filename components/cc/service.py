@@ -6,6 +6,7 @@ Internal API the CLC calls (header X-Eucalab-Internal-Token), under /cluster:
                                         (one an NC refused is terminated, with the reason),
                                         or 409 InsufficientInstanceCapacity
     GET    /cluster/instances           every instance with state, NC, slot, address, VLAN, reason
+                                        (a terminated one for terminated_retention_s, 1 h by default)
     DELETE /cluster/instances/{id}      terminate
     PUT    /cluster/groups/{id}         {name, account, rules}: a security group's rules changed
     GET    /cluster/groups              {groups: {id: digest}}: what the CLC checks it still holds
@@ -19,6 +20,13 @@ publishes it to the SDN controller over the run directory's Unix socket
 (docs/intent.md). After a restart it rebuilds its view from its NCs, as Eucalyptus did;
 an instance it had terminated stays terminated, and an NC still running one (it did not
 answer the hand-off or the terminate in time) is told again to end it.
+
+Under HA the primary sends its whole view to the standby after every change, in order,
+to the address the peer is heard on, and answers the CLC once the standby has it
+(docs/ha.md, "CC replication"). A terminated instance is forgotten
+``terminated_retention_s`` after it ended, so the view stays as large as what runs. The
+NC polls, the standby reports and the retirement are supervised loops
+(components/common/supervise.py).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from aiohttp import web
 from components.common.files import write_atomic
 from components.common.groups import digest as group_digest
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
+from components.common.supervise import supervise
 
 from . import router
 from .netalloc import AllocationError, NetworkAllocator
@@ -49,6 +58,13 @@ HANDOFF_S = 2.0
 # the NC did not answer) is terminated on the NC when the NC lists it; one the NC does
 # not list is forgotten after RECALL_S.
 RECALL_S = 30.0
+# Default of config ``terminated_retention_s``: how long a terminated instance stays in the
+# view (and in GET /cluster/instances, which the CLC follows) before it is forgotten.
+TERMINATED_RETENTION_S = 3600.0
+# How long a change waits for the standby to acknowledge its copy of the view before the
+# CC answers all the same (the standby is slow or cut off; the CLC repairs what a
+# takeover lacks, docs/ha.md "CC replication").
+REPLICATE_WAIT_S = 1.0
 
 
 class ClusterController(Service):
@@ -69,6 +85,14 @@ class ClusterController(Service):
         self.groups: dict[str, dict] = saved.get("groups", {})
         self.addresses: dict[str, str] = saved.get("addresses", {})  # public ip -> instance
         self.epoch = int(saved.get("epoch", 1))
+        self.retention_s = float(config.get("terminated_retention_s", TERMINATED_RETENTION_S))
+        # The view's version within the epoch: one more per change the primary makes. The
+        # standby takes a replicated view only if it is newer than the one it holds, and
+        # the primary waits for its acknowledgement (``_replicated``) before answering.
+        self.version = int(saved.get("version", 0))
+        self._acked = 0  # the newest version the standby acknowledged
+        self._replicator: asyncio.Task | None = None
+        self._replication = asyncio.Condition()
         # Instance id -> since when (wall clock): terminated here while its NC may still run
         # it (a hand-off or terminate the NC did not answer); ``_recall_from``, RECALL_S.
         self._recall: dict[str, float] = dict(saved.get("recall", {}))
@@ -76,6 +100,7 @@ class ClusterController(Service):
         self.http: aiohttp.ClientSession | None = None
         self.intent_http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task | None = None
+        self._retirer: asyncio.Task | None = None
         self._intent_lock = asyncio.Lock()
         self._router_lock = asyncio.Lock()  # router changes never interleave
         self._tasks: set[asyncio.Task] = set()
@@ -105,13 +130,15 @@ class ClusterController(Service):
 
     def _snapshot(self) -> dict:
         return {"instances": self.instances, "groups": self.groups, "addresses": self.addresses,
-                "epoch": self.epoch, "recall": self._recall}
+                "epoch": self.epoch, "version": self.version, "recall": self._recall}
 
     def _save(self) -> None:
-        self._persist()
         if self.ha is not None and self.state.value == "ENABLED" and self.http is not None:
             # The DISABLED peer keeps a copy, so a takeover starts from the same view.
-            asyncio.get_running_loop().create_task(self._push_state())
+            self.version += 1
+            if self._replicator is None or self._replicator.done():
+                self._replicator = self._background(self._replicate_pending())
+        self._persist()
 
     def _persist(self) -> None:
         """Write the view to disk in a worker thread, newest snapshot last.
@@ -132,13 +159,52 @@ class ClusterController(Service):
             except OSError as exc:
                 self.events.emit("cc.save_failed", error=str(exc))
 
-    async def _push_state(self) -> None:
-        url = f"http://{self.config['ha']['peer_addresses'][0]}:{self.config['port']}/internal/ha/state"
+    async def _replicate_pending(self) -> None:
+        """Send the standby the newest view until it has acknowledged the newest version:
+        one request at a time, so views arrive in order, each to the address the peer is
+        heard on (the heartbeat link, else the cloud network). Ends while the peer is dead
+        (it rebuilds from the NCs when it returns, and gets the next change) or refuses."""
         try:
-            async with self.http.put(url, json=self._snapshot()) as r:
-                await r.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass  # the peer is down: it rebuilds from the NCs when it returns
+            while self._acked < self.version and self.state.value == "ENABLED" and self.ha.peer_alive():
+                sent, snap = self.version, json.dumps(self._snapshot())
+                url = f"http://{self.ha.peer_address()}:{self.config['port']}/internal/ha/state"
+                try:
+                    async with self.http.put(url, data=snap, headers={"Content-Type": "application/json"},
+                                             timeout=aiohttp.ClientTimeout(total=REPLICATE_WAIT_S)) as r:
+                        answer = await r.json(content_type=None)
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    self.events.emit("cc.replication_failed", version=sent, error=repr(exc)[:300])
+                    await asyncio.sleep(self.ha.interval)
+                    continue
+                if r.status != 200:
+                    self.events.emit("cc.replication_refused", version=sent, status=r.status, answer=answer)
+                    return
+                self._acked = max(self._acked, sent)
+                async with self._replication:
+                    self._replication.notify_all()
+        finally:
+            async with self._replication:
+                self._replication.notify_all()
+
+    async def _replicated(self) -> None:
+        """Wait (at most REPLICATE_WAIT_S) until the standby holds this member's view as of
+        now; a change is answered to the CLC only then, unless the standby is dead or slow
+        (an event says so: the CLC's repair brings a new primary in line)."""
+        if self.ha is None or self.state.value != "ENABLED":
+            return
+        upto = self.version
+
+        def settled() -> bool:
+            return self._acked >= upto or self._replicator is None or self._replicator.done()
+
+        try:
+            async with self._replication:
+                await asyncio.wait_for(self._replication.wait_for(settled), REPLICATE_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        if self._acked < upto:
+            self.events.emit("cc.replication_unacknowledged", version=upto, acked=self._acked,
+                             peer_alive=self.ha.peer_alive())
 
     async def handle_peer_state(self, request: web.Request) -> web.Response:
         self.require_internal(request, "cc")
@@ -147,8 +213,13 @@ class ClusterController(Service):
         snap = await request.json()
         if int(snap.get("epoch", 0)) < self.epoch:
             return self._error("StaleEpoch", f"epoch {snap.get('epoch')} < {self.epoch}", 409)
+        position = (int(snap["epoch"]), int(snap.get("version", 0)))
+        if position < (self.epoch, self.version):
+            # Overtaken by a newer view already taken (views are sent in order; this is a
+            # late duplicate): acknowledged, and the newer view stays.
+            return web.json_response({"ok": True, "version": self.version})
         self.instances, self.groups = snap["instances"], snap["groups"]
-        self.addresses, self.epoch = snap["addresses"], int(snap["epoch"])
+        self.addresses, (self.epoch, self.version) = snap["addresses"], position
         self._recall = dict(snap.get("recall", {}))
         self._persist()
         self._rearm()
@@ -206,6 +277,8 @@ class ClusterController(Service):
                                                      timeout=aiohttp.ClientTimeout(total=5))
         await self.rebuild_from_ncs()
         self._poller = asyncio.create_task(self._poll_ncs())
+        self._retirer = asyncio.create_task(supervise(self.events, "cc.retire", self._retire_once,
+                                                      pause=min(max(self.retention_s / 4, 0.05), 60.0)))
         if self.ha is not None and self.mode in ("MANAGED", "MANAGED-NOVLAN"):
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
@@ -216,7 +289,7 @@ class ClusterController(Service):
             await self.publish_intent("start")
 
     async def on_stop(self) -> None:
-        tasks = [t for t in (self._poller, self._standby_task, *self._tasks) if t]
+        tasks = [t for t in (self._poller, self._retirer, self._standby_task, *self._tasks) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -269,7 +342,7 @@ class ClusterController(Service):
     def _restore_view(self) -> None:
         """Occupy the slots and addresses of the instances this CC knows (idempotent)."""
         for iid, why in self._occupy(self.scheduler, self.alloc).items():
-            self.instances[iid]["state"], self.instances[iid]["reason"] = "terminated", why
+            self.instances[iid].update(state="terminated", reason=why, ended=time.time())
 
     def _occupy(self, scheduler: Scheduler, alloc: NetworkAllocator) -> dict[str, str]:
         """Occupy the known instances' slots in ``scheduler`` and addresses in ``alloc``;
@@ -296,18 +369,9 @@ class ClusterController(Service):
         await asyncio.gather(*(self._poll_nc(nc) for nc in self.ncs))
 
     async def _poll_nc(self, nc: str) -> None:
-        """One NC's loop. An unexpected error (a malformed listing, a failed intent) is a
-        ``cc.poll_failed`` event, said once until it changes, and the loop goes on."""
-        failed = None
-        while True:
-            await asyncio.sleep(POLL_S)
-            try:
-                await self._poll_once(nc)
-                failed = None
-            except Exception as exc:
-                if repr(exc) != failed:
-                    failed = repr(exc)
-                    self.events.emit("cc.poll_failed", nc=nc, error=failed)
+        """One NC's loop (supervised, ``cc.poll``): an unexpected error (a malformed listing,
+        a failed intent) is a ``loop.failed`` event, and the loop goes on."""
+        await supervise(self.events, "cc.poll", lambda: self._poll_once(nc), pause=POLL_S, nc=nc)
 
     async def _poll_once(self, nc: str) -> None:
         mine = [i for i in self.instances.values() if i["nc"] == nc and i["state"] not in ("terminated",)]
@@ -328,6 +392,7 @@ class ClusterController(Service):
                 rec["reason"] = got.get("reason", "")
                 changed = True
                 if got["state"] == "terminated":
+                    rec["ended"] = time.time()
                     self._release(rec)
         await self._recall_from(nc, states)
         if changed:
@@ -360,6 +425,27 @@ class ClusterController(Service):
     def _recalls_on(self, nc: str) -> list[str]:
         """The instances to recall whose NC is ``nc`` (a copy: recalling changes the list)."""
         return [i for i in self._recall if self.instances.get(i, {}).get("nc") == nc]
+
+    def _end(self, rec: dict, reason: str) -> None:
+        """Terminate ``rec`` in the view: its slot, address and elastic IP are free again,
+        and it is forgotten ``terminated_retention_s`` from now (``_retire_once``)."""
+        rec["state"], rec["reason"], rec["ended"] = "terminated", reason, time.time()
+        self._release(rec)
+
+    async def _retire_once(self) -> None:
+        """Forget instances terminated longer than ``terminated_retention_s`` ago (a round of
+        the supervised loop ``cc.retire``; the primary only, and its standby gets the view).
+        One still to be recalled from its NC stays until that is done."""
+        if self.state.value != "ENABLED":
+            return
+        cutoff = time.time() - self.retention_s
+        old = [iid for iid, rec in self.instances.items()
+               if rec["state"] == "terminated" and rec.get("ended", 0) < cutoff and iid not in self._recall]
+        for iid in old:
+            del self.instances[iid]
+        if old:
+            self.events.emit("cc.retired", instances=len(old))
+            self._save()
 
     def _release(self, rec: dict) -> None:
         self.scheduler.release(rec["id"])
@@ -420,6 +506,7 @@ class ClusterController(Service):
         if not all(handed):
             self._save()
             self._background(self.publish_intent("boot failed"))  # the answer does not wait on it
+        await self._replicated()
         return web.json_response({"placements": placements})
 
     async def _boot_on_nc(self, rec: dict) -> bool:
@@ -441,8 +528,7 @@ class ClusterController(Service):
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             why = f"{rec['nc']} did not answer: {exc or type(exc).__name__}"
             self._recall[rec["id"]] = time.time()
-        rec["state"], rec["reason"] = "terminated", f"boot request failed: {why}"
-        self._release(rec)
+        self._end(rec, f"boot request failed: {why}")
         self.events.emit("instance.failed", instance=rec["id"], reason=rec["reason"])
         return False
 
@@ -461,10 +547,10 @@ class ClusterController(Service):
                     await r.read()
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 self._recall[rec["id"]] = time.time()  # ended on the NC when it lists it
-            rec["state"], rec["reason"] = "terminated", "terminated by request"
-            self._release(rec)
+            self._end(rec, "terminated by request")
             self._save()
             await self.publish_intent("terminate")
+            await self._replicated()
         return web.json_response(rec)
 
     async def handle_group(self, request: web.Request) -> web.Response:
@@ -480,6 +566,7 @@ class ClusterController(Service):
             self.groups[gid] = group
             self._save()
             await self.publish_intent("group rules")
+            await self._replicated()
         return web.json_response(group)
 
     async def handle_group_digests(self, request: web.Request) -> web.Response:
@@ -499,10 +586,15 @@ class ClusterController(Service):
         for other in self.instances.values():
             if other.get("public_ip") == ip:
                 other["public_ip"] = None
+        # An instance has one elastic IP: the one it held before is let go (the CLC does the same).
+        for held, holder in list(self.addresses.items()):
+            if holder == iid and held != ip:
+                del self.addresses[held]
         rec["public_ip"] = ip
         self.addresses[ip] = iid
         self._save()
         await self.publish_intent("associate")
+        await self._replicated()
         return web.json_response({"public_ip": ip, "instance": iid})
 
     async def handle_disassociate(self, request: web.Request) -> web.Response:
@@ -513,6 +605,7 @@ class ClusterController(Service):
             self.instances[iid]["public_ip"] = None
         self._save()
         await self.publish_intent("disassociate")
+        await self._replicated()
         return web.json_response({"public_ip": ip, "instance": None})
 
     async def handle_capacity(self, request: web.Request) -> web.Response:
@@ -677,7 +770,7 @@ class ClusterController(Service):
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
-        self.events.emit("router.applied", gateways=len(config.private_addresses),
+        self.events.emit("router.applied", gateways=len(config.gateways),
                          elastic_ips=len(config.public_addresses), added=result["added"], ms=result.get("ms"))
         loop = asyncio.get_running_loop()
         for delay in router.ANNOUNCE_AGAIN_S:
@@ -716,7 +809,7 @@ class ClusterController(Service):
                 self.events.emit("router.error", error=str(exc)[:500])
                 return
         self._withdrawn = True
-        self.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.private_addresses),
+        self.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.gateways),
                          elastic_ips=len(config.public_addresses), ms=result.get("ms"))
 
     def _rearm(self) -> None:
@@ -744,33 +837,32 @@ class ClusterController(Service):
 
         Recorded only once staged with the flows in; an answer that is not that (no intent
         of that epoch yet, or this member still its primary) is asked again after a few
-        intervals and logged once per answer."""
-        interval = self.ha.interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if self.state.value == "ENABLED" or not self._withdrawn:
-                    continue
-                known = self._known_epoch()
-                if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
-                    continue
-                status, answer = await self._put_standby(known)
-                if self.state.value == "ENABLED" or not self._withdrawn:
-                    continue  # promoted meanwhile: the report is the past
-                staged = status == 200 and answer.get("staged") is True and answer.get("installed") is not False
-                if staged:
-                    self._standby_epoch, self._standby_unstaged = known, None
-                    self.events.emit("intent.standby", epoch=known, staged=True)
-                    continue
-                if self._standby_unstaged != (known, status, answer.get("error")):
-                    self._standby_unstaged = (known, status, answer.get("error"))
-                    self.events.emit("intent.standby_not_staged", epoch=known, status=status, answer=answer)
-                current = answer.get("current")
-                if status == 409 and type(current) is int and current > known:
-                    self.ha.learn_epoch(current, "the SDN controller holds a newer intent")
-                await asyncio.sleep(3 * interval)
-            except Exception as exc:  # noqa: BLE001 (the reports must go on)
-                self.events.emit("intent.standby_error", error=repr(exc)[:500])
+        intervals and logged once per answer. Supervised (``cc.standby``): an unexpected
+        error is a ``loop.failed`` event and the reports go on."""
+        await supervise(self.events, "cc.standby", self._standby_once, pause=self.ha.interval)
+
+    async def _standby_once(self) -> float | None:
+        """One round of ``_standby_loop``; the pause before the next when not the usual."""
+        if self.state.value == "ENABLED" or not self._withdrawn:
+            return None
+        known = self._known_epoch()
+        if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
+            return None
+        status, answer = await self._put_standby(known)
+        if self.state.value == "ENABLED" or not self._withdrawn:
+            return None  # promoted meanwhile: the report is the past
+        staged = status == 200 and answer.get("staged") is True and answer.get("installed") is not False
+        if staged:
+            self._standby_epoch, self._standby_unstaged = known, None
+            self.events.emit("intent.standby", epoch=known, staged=True)
+            return None
+        if self._standby_unstaged != (known, status, answer.get("error")):
+            self._standby_unstaged = (known, status, answer.get("error"))
+            self.events.emit("intent.standby_not_staged", epoch=known, status=status, answer=answer)
+        current = answer.get("current")
+        if status == 409 and type(current) is int and current > known:
+            self.ha.learn_epoch(current, "the SDN controller holds a newer intent")
+        return 4 * self.ha.interval
 
     async def _put_standby(self, epoch: int) -> tuple[int, dict]:
         """One standby report; (status, answer), status 0 when the controller did not answer."""

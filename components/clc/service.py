@@ -10,6 +10,8 @@ answers the instance metadata service, which the cluster network forwards from
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -27,6 +29,7 @@ from components.common.groups import digest as group_digest
 from components.common.service import Service
 from components.common.sigv4 import SigV4Error, sign, verify
 from components.common.names import valid_bucket, valid_key
+from components.common.supervise import supervise
 
 from .cluster import ClusterClient, ClusterError
 from .ec2 import (EC2Error, Params, check_id, error_xml, new_id, parse_query, request_id, response_xml,
@@ -55,6 +58,13 @@ PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp"
 BATCH_OPS = 500
 BATCH_BYTES = 256 * 1024
 CATCH_UP_POLL_S = 0.2  # how often a DISABLED member looks whether it is behind its ENABLED peer
+# Default of config ``terminated_retention_s``: how long a terminated instance stays in
+# DescribeInstances before it is forgotten (EC2 shows one for about an hour).
+TERMINATED_RETENTION_S = 3600.0
+RETIRE_BATCH = 1000  # instances retired per op at most (one op stays small)
+LIVE = "state IN ('pending', 'running', 'shutting-down')"
+# Defaults of config ``quotas``: per account, as EC2's default limits (docs in README.md).
+QUOTAS = {"elastic_ips": 5, "security_groups": 500, "instances": 20}
 
 
 def public_pool(spec: str | list[str]) -> list[str]:
@@ -83,6 +93,18 @@ class CloudController(Service):
         self.cluster = ClusterClient(config, self.zones)
         self.admin = config.get("admin") or {}
         self.max_query_bytes = int(config.get("max_query_bytes", MAX_QUERY_BYTES))
+        self.retention_s = float(config.get("terminated_retention_s", TERMINATED_RETENTION_S))
+        self.quotas = {**QUOTAS, **{k: int(v) for k, v in (config.get("quotas") or {}).items()}}
+        unknown = set(self.quotas) - set(QUOTAS)
+        if unknown:
+            raise ValueError(f"quotas: unknown {sorted(unknown)}; known: {sorted(QUOTAS)}")
+        self._sync_rounds = 0
+        # Instances whose elastic IP a request is changing right now (no repair meanwhile).
+        self._address_busy: collections.Counter[str] = collections.Counter()
+        # Instance ids handed out and not yet recorded (a run waiting on its CC), per account
+        # how many instances those runs hold: both count as taken.
+        self._reserved_ids: set[str] = set()
+        self._launching: dict[str, int] = {}
         self._ensure_admin()
         self.actions = {name[len("act_"):]: getattr(self, name) for name in dir(self) if name.startswith("act_")}
         self._sync_task: asyncio.Task | None = None
@@ -254,41 +276,44 @@ class CloudController(Service):
         return web.Response(body=body, content_type="application/json")
 
     async def _catch_up_loop(self) -> None:
+        """``_catch_up_once`` every CATCH_UP_POLL_S, supervised (``clc.catch_up``)."""
+        await supervise(self.events, "clc.catch_up", self._catch_up_once, pause=CATCH_UP_POLL_S)
+
+    async def _catch_up_once(self) -> None:
         """A DISABLED member pulls what it lacks from the ENABLED peer (after a restart, a cut
-        or a reset), one bounded batch per request until it has the peer's position."""
-        while True:
-            await asyncio.sleep(CATCH_UP_POLL_S)
-            ha = self.ha
-            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
-                continue
+        or a reset), one bounded batch per request until it has the peer's position (a
+        round of the supervised loop ``clc.catch_up``)."""
+        ha = self.ha
+        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
+            return
+        if ha.discard_pending:
+            await self._discard_if_superseded("a newer primary to catch up from")
             if ha.discard_pending:
-                await self._discard_if_superseded("a newer primary to catch up from")
-                if ha.discard_pending:
-                    continue  # never mix a kept ex-primary's state with the peer's
-            if ha.peer.last_seq <= self.store.last_seq:
-                continue
-            try:
-                batches, target = 0, ha.peer.last_seq
-                while self.store.last_seq < target:
-                    before = self.store.last_seq
-                    async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
-                                                params={"after": str(before)}) as r:
-                        raw = await r.read()
-                    if r.status != 200:
-                        raise StoreError(f"the peer answered {r.status}: {raw[:200]!r}")
-                    data = await self._decode(raw)
-                    async with self._replica_lock:
-                        refusal = self._refusal(int(data["epoch"]))
-                        if refusal is not None:
-                            raise StoreError(f"not taking the peer's state: {refusal.text}")
-                        last = await self._take(data)
-                    batches += 1
-                    if last <= before:
-                        raise StoreError(f"no progress from {before} (the peer is at {data['last_seq']})")
-                    target = max(target, int(data["last_seq"]))
-                self.events.emit("ha.caught_up", last_seq=self.store.last_seq, batches=batches)
-            except Exception as exc:
-                self.events.emit("ha.catch_up_failed", error=repr(exc))
+                return  # never mix a kept ex-primary's state with the peer's
+        if ha.peer.last_seq <= self.store.last_seq:
+            return
+        try:
+            batches, target = 0, ha.peer.last_seq
+            while self.store.last_seq < target:
+                before = self.store.last_seq
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
+                                            params={"after": str(before)}) as r:
+                    raw = await r.read()
+                if r.status != 200:
+                    raise StoreError(f"the peer answered {r.status}: {raw[:200]!r}")
+                data = await self._decode(raw)
+                async with self._replica_lock:
+                    refusal = self._refusal(int(data["epoch"]))
+                    if refusal is not None:
+                        raise StoreError(f"not taking the peer's state: {refusal.text}")
+                    last = await self._take(data)
+                batches += 1
+                if last <= before:
+                    raise StoreError(f"no progress from {before} (the peer is at {data['last_seq']})")
+                target = max(target, int(data["last_seq"]))
+            self.events.emit("ha.caught_up", last_seq=self.store.last_seq, batches=batches)
+        except Exception as exc:
+            self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_promote(self, epoch: int) -> None:
         # A batch from the old primary may still be committing in a worker thread: let it
@@ -320,6 +345,8 @@ class CloudController(Service):
         return web.Response(body=error_xml(err, request_id()), status=503, content_type="text/xml")
 
     def _apply(self, op: dict) -> int:
+        if op["type"] == "instance.update" and op.get("state") == "terminated":
+            op = {"time": time.time(), **op}  # when it ended: retired ``terminated_retention_s`` later
         # Ops carry the HA epoch they were written in, so a log shows which primary wrote what.
         seq = self.store.apply(op, epoch=self.ha.epoch if self.ha is not None else None)
         self.events.emit("state.write", seq=seq, op_type=op["type"], op=redact(op))
@@ -544,6 +571,10 @@ class CloudController(Service):
             raise EC2Error("InvalidParameterValue", "group name and description are at most 255 characters")
         if self.store.one("SELECT 1 FROM groups WHERE account=? AND name=?", account, name):
             raise EC2Error("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
+        held = self.store.one("SELECT COUNT(*) FROM groups WHERE account=?", account)[0]
+        if held >= self.quotas["security_groups"]:
+            raise EC2Error("SecurityGroupLimitExceeded", f"The maximum number of security groups "
+                           f"({self.quotas['security_groups']}) has been reached.")
         gid = new_id("sg")
         self._apply({"type": "group.create", "id": gid, "account": account, "name": name, "description": desc})
         return {"return": True, "groupId": gid}
@@ -708,6 +739,32 @@ class CloudController(Service):
             rows = [r for r in rows if r["id"] in ids]
         return rows
 
+    def _new_instance_ids(self, n: int) -> list[str]:
+        """``n`` fresh instance ids, each checked against the store and the runs in flight
+        and reserved until its run is recorded (no await in between: nothing else can take
+        one meanwhile). An id is 32 random bits as in Eucalyptus, so a collision is rare,
+        not impossible; one that got through would leave instances the CC boots unrecorded."""
+        ids: list[str] = []
+        while len(ids) < n:
+            iid = new_id("i")
+            if iid in self._reserved_ids or self.store.one("SELECT 1 FROM instances WHERE id=?", iid):
+                continue
+            self._reserved_ids.add(iid)
+            ids.append(iid)
+        return ids
+
+    def _within_instance_quota(self, account: str, lo: int, hi: int) -> int:
+        """How many of MinCount..MaxCount instances the account's quota lets start (as many
+        as fit, at least ``lo``), counting those not terminated and runs in flight; else
+        InstanceLimitExceeded."""
+        limit = self.quotas["instances"]
+        held = self.store.one(f"SELECT COUNT(*) FROM instances WHERE account=? AND {LIVE}", account)[0]
+        room = limit - held - self._launching.get(account, 0)
+        if room < lo:
+            raise EC2Error("InstanceLimitExceeded", f"Your quota allows for {max(room, 0)} more running instance(s). "
+                           f"You requested at least {lo}")
+        return min(hi, room)
+
     async def act_RunInstances(self, p: Params, account: str) -> dict:
         image = check_id("image", p.req("ImageId"))
         lo = p.int("MinCount", low=1, high=MAX_INSTANCES_PER_REQUEST)
@@ -724,23 +781,38 @@ class CloudController(Service):
             group_ids = [self._group(account, name="default")["id"]]
         groups = [self._group(account, group_id=g) for g in group_ids]
         itype = p.get("InstanceType") or "m1.small"
-        ids = [new_id("i") for _ in range(hi)]
+        hi = self._within_instance_quota(account, lo, hi)
+        drawn = self._new_instance_ids(hi)
+        ids = list(drawn)
         reservation = new_id("r")
         bucket, _, key = img["location"].partition("/")
-        # Ask the zone's CC first: capacity decides how many start, and nothing is
-        # recorded for a request the cluster refuses.
+        self._launching[account] = self._launching.get(account, 0) + hi
         try:
-            placements = await self.cluster.run(zone, [{"id": i, "account": account, "image": {"bucket": bucket, "key": key},
-                                                        "group": self._group_for_cluster(groups[0])} for i in ids],
-                                                min_count=lo)
-        except ClusterError as exc:
-            raise EC2Error(exc.code, exc.message, exc.status) from None
-        if placements is not None:
-            ids = [pl["id"] for pl in placements]
-        self._apply({"type": "instances.create", "account": account, "reservation": reservation, "image": image,
-                     "zone": zone, "instance_type": itype, "groups": group_ids, "time": time.time(),
-                     "key_name": p.get("KeyName"),
-                     "instances": [{"id": i, "launch_index": n} for n, i in enumerate(ids)]})
+            # Ask the zone's CC first: capacity decides how many start, and nothing is
+            # recorded for a request the cluster refuses.
+            try:
+                placements = await self.cluster.run(zone, [{"id": i, "account": account,
+                                                            "image": {"bucket": bucket, "key": key},
+                                                            "group": self._group_for_cluster(groups[0])} for i in ids],
+                                                    min_count=lo)
+            except ClusterError as exc:
+                raise EC2Error(exc.code, exc.message, exc.status) from None
+            if placements is not None:
+                ids = [pl["id"] for pl in placements]
+            try:
+                self._apply({"type": "instances.create", "account": account, "reservation": reservation,
+                             "image": image, "zone": zone, "instance_type": itype, "groups": group_ids,
+                             "time": time.time(), "key_name": p.get("KeyName"),
+                             "instances": [{"id": i, "launch_index": n} for n, i in enumerate(ids)]})
+            except Exception:
+                # Not recorded: the CC must not keep running what no account holds.
+                await asyncio.gather(*(self.cluster.terminate(zone, i) for i in ids))
+                raise
+        finally:
+            self._launching[account] -= hi
+            if not self._launching[account]:
+                del self._launching[account]
+            self._reserved_ids.difference_update(drawn)  # recorded now, or never started
         for pl in placements or []:
             change = {"private_ip": pl["ip"], "nc": pl["nc"], "slot": pl["slot"]}
             if pl.get("state") == "terminated":  # its NC refused it or did not take it
@@ -795,45 +867,84 @@ class CloudController(Service):
         return {"instancesSet": out}
 
     async def _sync_loop(self) -> None:
-        """Follow the CCs' view of instances (pending -> running, addresses, failures)."""
-        rounds = 0
-        while True:
-            await asyncio.sleep(self.config.get("cluster_poll_s", 0.1))
-            if not self.may_serve():
+        """``_sync_once`` every ``cluster_poll_s`` (0.1 s), supervised (``clc.sync``)."""
+        await supervise(self.events, "clc.sync", self._sync_once, pause=float(self.config.get("cluster_poll_s", 0.1)))
+
+    async def _sync_once(self) -> None:
+        """One round of the supervised loop ``clc.sync``: follow the CCs' view of instances
+        (pending -> running, addresses, failures), bring a CC that lost an address
+        association back in line (``_repair_addresses``), and retire what has been
+        terminated for longer than ``terminated_retention_s``."""
+        if not self.may_serve():
+            return
+        self._sync_rounds += 1
+        if self._sync_rounds % 20 == 0:
+            # Now and then, a group a CC lacks (a CC that restarted with nothing) or
+            # holds differently is sent again (Eucalyptus's CLC re-sent network config
+            # too). Only those: re-sending all of them, one request per group and CC,
+            # kept the CLC, both CCs and the datapath busy for 100 ms every 2 s once
+            # the experiments had made a hundred groups.
+            await self._resend_groups()
+            self._retire_terminated()
+        zones = sorted({r["zone"] for r in self.store.q(f"SELECT DISTINCT zone FROM instances WHERE {LIVE}")})
+        for zone in zones:
+            view = await self.cluster.describe(zone)
+            if view is None:
                 continue
-            rounds += 1
-            if rounds % 20 == 0:
-                # Now and then, a group a CC lacks (a CC that restarted with nothing) or
-                # holds differently is sent again (Eucalyptus's CLC re-sent network config
-                # too). Only those: re-sending all of them, one request per group and CC,
-                # kept the CLC, both CCs and the datapath busy for 100 ms every 2 s once
-                # the experiments had made a hundred groups.
-                await self._resend_groups()
-            live = self.store.q("SELECT id, zone, state, private_ip, reason FROM instances "
-                                "WHERE state IN ('pending', 'running', 'shutting-down')")
-            zones = sorted({r["zone"] for r in live})
-            for zone in zones:
-                view = await self.cluster.describe(zone)
-                if view is None:
+            # Read after the CC answered: a change made meanwhile is not undone.
+            live = self.store.q("SELECT id, state, private_ip, public_ip, reason FROM instances "
+                                f"WHERE zone=? AND {LIVE}", zone)
+            for r in live:
+                got = view.get(r["id"])
+                if got is None:
                     continue
-                for r in live:
-                    if r["zone"] != zone:
-                        continue
-                    got = view.get(r["id"])
-                    if got is None:
-                        continue
-                    change = {}
-                    if got["state"] != r["state"]:
-                        change["state"] = got["state"]
-                        if got.get("reason"):
-                            change["reason"] = got["reason"]
-                    if got.get("ip") and got["ip"] != r["private_ip"]:
-                        change["private_ip"] = got["ip"]
-                    if change:
-                        self._apply({"type": "instance.update", "id": r["id"], **change})
-                        if change.get("state") == "terminated":
-                            for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
-                                self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
+                change = {}
+                if got["state"] != r["state"]:
+                    change["state"] = got["state"]
+                    if got.get("reason"):
+                        change["reason"] = got["reason"]
+                if got.get("ip") and got["ip"] != r["private_ip"]:
+                    change["private_ip"] = got["ip"]
+                if change:
+                    self._apply({"type": "instance.update", "id": r["id"], **change})
+                    if change.get("state") == "terminated":
+                        for a in self.store.q("SELECT public_ip FROM addresses WHERE instance=?", r["id"]):
+                            self._apply({"type": "address.disassociate", "ip": a["public_ip"]})
+            await self._repair_addresses(zone, view)
+
+    async def _repair_addresses(self, zone: str, view: dict[str, dict]) -> None:
+        """The CLC's addresses are the truth: an instance the zone's CC routes with another
+        elastic IP than the CLC records (or none) is told the CLC's again.
+
+        A CC that took over from a peer whose last changes never reached it (the pair's
+        link was cut) comes back in line this way within a round. Each instance is read
+        again just before its repair is sent (no await in between): one whose address a
+        request is changing right now is left to that request, and an address the CLC has
+        meanwhile given to another instance is not taken from it."""
+        for iid, got in view.items():
+            if got.get("state") == "terminated" or iid in self._address_busy:
+                continue
+            row = self.store.one(f"SELECT public_ip FROM instances WHERE id=? AND zone=? AND {LIVE}", iid, zone)
+            held = got.get("public_ip")
+            if row is None or row["public_ip"] == held:
+                continue
+            if row["public_ip"]:
+                self.events.emit("clc.address_repaired", instance=iid, zone=zone, cc_has=held, clc_has=row["public_ip"])
+                await self.cluster.associate(zone, row["public_ip"], iid)
+            elif self.store.one("SELECT 1 FROM addresses WHERE public_ip=? AND instance IS NOT NULL", held) is None:
+                self.events.emit("clc.address_repaired", instance=iid, zone=zone, cc_has=held, clc_has=None)
+                await self.cluster.disassociate(zone, held)
+
+    def _retire_terminated(self) -> None:
+        """Forget the instances terminated longer than ``terminated_retention_s`` ago (EC2
+        shows a terminated instance for about an hour, then it is gone): one replicated op."""
+        cutoff = time.time() - self.retention_s
+        # One a volume still names (attached when it ended) stays until the volume lets go.
+        old = [r["id"] for r in self.store.q(
+            "SELECT id FROM instances WHERE state='terminated' AND ended < ? AND id NOT IN "
+            "(SELECT instance FROM volumes WHERE instance IS NOT NULL) LIMIT ?", cutoff, RETIRE_BATCH)]
+        if old:
+            self._apply({"type": "instances.retire", "ids": old})
 
     # -- elastic IPs ------------------------------------------------------------------------------
 
@@ -854,6 +965,10 @@ class CloudController(Service):
         return row
 
     async def act_AllocateAddress(self, p: Params, account: str) -> dict:
+        held = self.store.one("SELECT COUNT(*) FROM addresses WHERE account=?", account)[0]
+        if held >= self.quotas["elastic_ips"]:
+            raise EC2Error("AddressLimitExceeded", f"The maximum number of addresses ({self.quotas['elastic_ips']}) "
+                           "has been reached.")
         used = {r["public_ip"] for r in self.store.q("SELECT public_ip FROM addresses")}
         free = [ip for ip in self.public_pool if ip not in used]
         if not free:
@@ -868,10 +983,22 @@ class CloudController(Service):
         if inst["state"] not in ("pending", "running"):
             raise EC2Error("IncorrectInstanceState", f"The instance '{inst['id']}' is not in a valid state")
         assoc = new_id("eipassoc")
-        await self.cluster.associate(inst["zone"], row["public_ip"], inst["id"])
-        self._apply({"type": "address.associate", "ip": row["public_ip"], "instance": inst["id"],
-                     "association_id": assoc})
+        with self._changing_addresses(inst["id"], row["instance"]):
+            await self.cluster.associate(inst["zone"], row["public_ip"], inst["id"])
+            self._apply({"type": "address.associate", "ip": row["public_ip"], "instance": inst["id"],
+                         "association_id": assoc})
         return {"return": True, "associationId": assoc}
+
+    @contextlib.contextmanager
+    def _changing_addresses(self, *instances: str | None):
+        """Mark instances whose elastic IP a request changes, for ``_repair_addresses`` to leave alone."""
+        busy = [i for i in instances if i]
+        self._address_busy.update(busy)
+        try:
+            yield
+        finally:
+            self._address_busy.subtract(busy)
+            self._address_busy += collections.Counter()  # drop the zeros
 
     async def act_DisassociateAddress(self, p: Params, account: str) -> dict:
         assoc = p.get("AssociationId")
@@ -882,18 +1009,23 @@ class CloudController(Service):
                 raise EC2Error("InvalidAssociationID.NotFound", f"The association ID '{assoc}' does not exist")
         else:
             row = self._address(account, p.req("PublicIp"), None)
-        if row["instance"]:
-            zone = self.store.one("SELECT zone FROM instances WHERE id=?", row["instance"])["zone"]
-            await self.cluster.disassociate(zone, row["public_ip"])
-        self._apply({"type": "address.disassociate", "ip": row["public_ip"]})
+        with self._changing_addresses(row["instance"]):
+            await self._disassociate_on_cluster(row)
+            self._apply({"type": "address.disassociate", "ip": row["public_ip"]})
         return {"return": True}
+
+    async def _disassociate_on_cluster(self, row) -> None:
+        """Tell the CC of the instance an address row names (if any) to let go of the address."""
+        if row["instance"]:
+            inst = self.store.one("SELECT zone FROM instances WHERE id=?", row["instance"])
+            if inst is not None:
+                await self.cluster.disassociate(inst["zone"], row["public_ip"])
 
     async def act_ReleaseAddress(self, p: Params, account: str) -> dict:
         row = self._address(account, p.get("PublicIp"), p.get("AllocationId"))
-        if row["instance"]:
-            zone = self.store.one("SELECT zone FROM instances WHERE id=?", row["instance"])["zone"]
-            await self.cluster.disassociate(zone, row["public_ip"])
-        self._apply({"type": "address.release", "ip": row["public_ip"]})
+        with self._changing_addresses(row["instance"]):
+            await self._disassociate_on_cluster(row)
+            self._apply({"type": "address.release", "ip": row["public_ip"]})
         return {"return": True}
 
     async def act_DescribeAddresses(self, p: Params, account: str) -> dict:

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT N
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, account TEXT NOT NULL, reservation TEXT NOT NULL,
     image TEXT NOT NULL, zone TEXT NOT NULL, type TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
     groups TEXT NOT NULL, private_ip TEXT, public_ip TEXT, launch_index INTEGER NOT NULL, launched REAL NOT NULL,
-    key_name TEXT, nc TEXT, slot TEXT);
+    key_name TEXT, nc TEXT, slot TEXT, ended REAL);
 CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, account TEXT NOT NULL, name TEXT NOT NULL,
     description TEXT NOT NULL, UNIQUE (account, name));
 CREATE TABLE IF NOT EXISTS rules (group_id TEXT NOT NULL, protocol TEXT NOT NULL, from_port INTEGER NOT NULL,
@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS volumes (id TEXT PRIMARY KEY, account TEXT NOT NULL, 
     attached REAL);
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, account TEXT NOT NULL, location TEXT NOT NULL,
     name TEXT NOT NULL, created REAL NOT NULL, public INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS instances_state ON instances (state, zone);
+CREATE INDEX IF NOT EXISTS instances_account ON instances (account, launched, launch_index);
+CREATE INDEX IF NOT EXISTS instances_private_ip ON instances (private_ip);
+CREATE INDEX IF NOT EXISTS instances_ended ON instances (ended) WHERE state = 'terminated';
+CREATE INDEX IF NOT EXISTS addresses_instance ON addresses (instance);
+CREATE INDEX IF NOT EXISTS addresses_account ON addresses (account);
+CREATE INDEX IF NOT EXISTS volumes_account ON volumes (account);
+CREATE INDEX IF NOT EXISTS volumes_instance ON volumes (instance);
+CREATE INDEX IF NOT EXISTS rules_source ON rules (source_group);
 CREATE TABLE IF NOT EXISTS oplog (seq INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('base_seq', 0), ('base_epoch', 0);
@@ -310,11 +319,21 @@ class Store:
         if fields:
             cur.execute(f"UPDATE instances SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
                         (*fields.values(), op["id"]))
+        if op.get("state") == "terminated" and op.get("time") is not None:
+            cur.execute("UPDATE instances SET ended=COALESCE(ended, ?) WHERE id=?", (op["time"], op["id"]))
+
+    def _op_instances_retire(self, cur, op):
+        """Forget terminated instances (their retention is over); a live one is kept."""
+        cur.executemany("DELETE FROM instances WHERE id=? AND state='terminated'", [(i,) for i in op["ids"]])
 
     def _op_address_allocate(self, cur, op):
         cur.execute("INSERT INTO addresses VALUES (?, ?, ?, NULL, NULL)", (op["ip"], op["account"], op["allocation_id"]))
 
     def _op_address_associate(self, cur, op):
+        # An instance has one public address: the one it had before is disassociated (EC2
+        # does the same for an instance's primary private address).
+        cur.execute("UPDATE addresses SET instance=NULL, association_id=NULL WHERE instance=? AND public_ip!=?",
+                    (op["instance"], op["ip"]))
         cur.execute("UPDATE instances SET public_ip=NULL WHERE public_ip=?", (op["ip"],))
         cur.execute("UPDATE addresses SET instance=?, association_id=? WHERE public_ip=?",
                     (op["instance"], op["association_id"], op["ip"]))

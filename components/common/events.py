@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -23,6 +26,7 @@ class EventLog:
         self.host, self.component = host, component
         self._lock = threading.Lock()
         self._f = None
+        self.dropped = 0  # events that could not be written (a full disk)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "a", buffering=1)
@@ -42,18 +46,28 @@ class EventLog:
         return task
 
     def emit(self, event: str, **fields) -> dict:
+        """Append one event. Never raises: a write that fails (a full disk) is counted in
+        ``dropped`` and logged, and the caller (a heartbeat ticker, say) goes on."""
         record = {"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "t_wall": time.time(),
                   "host": self.host, "component": self.component, "event": event, **fields}
         if self._f is not None:
             line = json.dumps(record, default=str) + "\n"
-            with self._lock:
-                self._f.write(line)
+            try:
+                with self._lock:
+                    self._f.write(line)
+            except (OSError, ValueError) as exc:  # ValueError: closed meanwhile
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.error("event log %s: %d event(s) not written: %r", self.path, self.dropped, exc)
         return record
 
     def close(self) -> None:
         with self._lock:
             if self._f is not None:
-                self._f.close()
+                try:
+                    self._f.close()
+                except OSError as exc:  # what was left to flush did not fit either
+                    log.error("event log %s: closing: %r", self.path, exc)
                 self._f = None
 
 

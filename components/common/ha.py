@@ -47,6 +47,7 @@ from . import ha_net
 from .files import write_atomic
 from .ha_config import HAConfig, VIP
 from .states import ServiceState
+from .supervise import supervise
 
 ENABLED, DISABLED, NOTREADY = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.NOTREADY
 # When gratuitous ARPs go out after a takeover: at once, and again past the 1 s ARP locktime.
@@ -346,7 +347,12 @@ class HAAgent:
         self.last_tick = self.clock()
         self.hold_until = self.last_tick + self.window + self.interval
         self._spawn(self._reserve_epochs())
-        self._tasks.append(asyncio.create_task(self._ticker()))
+        self._next_tick: float | None = None
+        # A failing tick is retried at the heartbeat's pace, never slower: silence would
+        # hand the pair to the peer.
+        self._tasks.append(asyncio.create_task(supervise(self.events, "ha.ticker", self._ticker_round,
+                                                         pause=self.interval, max_backoff=self.interval,
+                                                         first_pause=False)))
         if self.arbitrators:
             self._pinger = ha_net.Pinger()
             self._arb_wake = asyncio.Event()
@@ -529,16 +535,16 @@ class HAAgent:
         delay = self.window if after is None else after
         self._deadline = loop.call_later(delay + 0.0005, lambda: self._spawn(self._decide("silence")))
 
-    async def _ticker(self) -> None:
-        next_at = self.clock()
-        while True:
-            self.tick()
-            next_at += self.interval
-            delay = next_at - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = self.clock()  # ran late: do not try to catch up with a burst
+    async def _ticker_round(self) -> float:
+        """One tick of the supervised loop ``ha.ticker``, paced on a fixed grid; the pause
+        until the next. A tick that raises (say a heartbeat's event cannot be written) is a
+        ``loop.failed`` event and the heartbeats go on."""
+        now = self.clock()
+        if self._next_tick is None or self._next_tick + self.interval <= now:
+            self._next_tick = now  # the first tick, or ran late: do not catch up with a burst
+        self.tick()
+        self._next_tick += self.interval
+        return max(self._next_tick - self.clock(), 0.0)
 
     def tick(self) -> None:
         """One heartbeat period: freeze check, heartbeat, decision."""
@@ -867,13 +873,16 @@ class HAAgent:
     async def _arbitrate(self) -> None:
         # A random phase keeps the arbitrators of a pair from probing in lock step.
         await self._arbitration_pause(random.uniform(0, self.arb_period))
-        while True:
-            t0 = self.clock()
-            self._arb_wake.clear()
-            results = await asyncio.gather(*(self._pinger.ping(a.target, self.arb_timeout)
-                                             for a in self.arbitrators))
-            self.record_arbitration(results)
-            await self._arbitration_pause(self.arb_period - (self.clock() - t0))
+        await supervise(self.events, "ha.arbitrate", self._arbitrate_round, pause=self.arb_period, first_pause=False)
+
+    async def _arbitrate_round(self) -> float:
+        """One probe of every arbitrator, then the pause until the next (supervised)."""
+        t0 = self.clock()
+        self._arb_wake.clear()
+        results = await asyncio.gather(*(self._pinger.ping(a.target, self.arb_timeout) for a in self.arbitrators))
+        self.record_arbitration(results)
+        await self._arbitration_pause(self.arb_period - (self.clock() - t0))
+        return 0.0
 
     async def _arbitration_pause(self, seconds: float) -> None:
         """Sleep until the next round, or until the peer asks for a fresh one."""

@@ -5,7 +5,11 @@ Booting an instance:
    on the NC by ETag);
 2. configure the slot's interface (MAC, IP, default route) by entering the slot's
    network namespace, whose path the testbed gives in the config; the slot stays
-   untagged: VLAN membership is Open vSwitch's business, never the slot's;
+   untagged. VLAN membership is Open vSwitch's business (``vlan_tagging: switch``) or,
+   with ``vlan_tagging: host``, the NC's own: it puts the slot's port (config
+   ``slots[].port``, the NC's end of the slot's link) into the Linux bridge of the
+   instance's VLAN, with a sub-interface ``<private_interface>.<vlan>`` as the uplink
+   (components/common/vlan.py), and takes it out again when the instance ends;
 3. start the instance's workload inside the slot (an HTTP server answering its id);
 4. report ``running``.
 
@@ -51,6 +55,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from components.common import vlan as vlans
 from components.common.files import write_atomic
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
 from components.sc.blockproto import (BAD_REQUEST, OUT_OF_RANGE, BlockClient, BlockError, BlockUnavailable,
@@ -116,6 +121,9 @@ class NodeController(Service):
         self.attachments: dict[str, BlockClient] = {}  # volume id -> block session
         self.disks: dict[str, web.AppRunner] = {}  # instance id -> its disk channel
         self.session_timeouts = SessionTimeouts(**config.get("block_session", {}))
+        self.vlan_tagging = config.get("vlan_tagging", "switch")
+        self.private_interface = config.get("private_interface")
+        self._vlan_lock = asyncio.Lock()  # two boots must not both add one VLAN's interfaces
 
     # -- persistence ------------------------------------------------------------------
 
@@ -214,6 +222,12 @@ class NodeController(Service):
         # What the CC said about the instance's network is kept too: a restarted CC
         # rebuilds its view from these records.
         extra = {k: body.get(k) for k in ("group", "vlan", "account")}
+        if self.vlan_tagging == "host":
+            try:
+                vlans.vlan_interface(self.private_interface, extra["vlan"])
+            except ValueError as exc:
+                return web.json_response({"error": "InvalidParameterValue",
+                                          "message": f"vlan: {exc} (this NC tags each group's VLAN)"}, status=400)
         self.instances[iid] = {"id": iid, "slot": slot, "image": image, **net, **extra, "state": PENDING,
                                "reason": "", "pid": None}
         self._save()
@@ -409,6 +423,7 @@ class NodeController(Service):
         inst = self.instances[iid]
         try:
             path = await self._fetch_image_retrying(inst["image"])
+            await self._join_vlan(inst)
             await self._configure_slot(inst)
             await self._open_disk(inst)
             pid = await self._start_workload(inst, path)
@@ -463,14 +478,37 @@ class NodeController(Service):
             self.events.emit("image.downloaded", image=key, etag=etag, size=size)
             return final
 
-    async def _in_slot(self, slot: dict, *argv: str, stdin: str | None = None) -> str:
+    async def _join_vlan(self, inst: dict) -> None:
+        """Host tagging: the slot's port into the bridge of the instance's VLAN (made if missing)."""
+        if self.vlan_tagging != "host":
+            return
+        async with self._vlan_lock:
+            existing = vlans.link_names(await self._here("ip", "-o", "link", "show"))
+            port = self.slots[inst["slot"]]["port"]
+            await self._here("ip", "-batch", "-", stdin="\n".join(
+                vlans.attach_commands(self.private_interface, inst["vlan"], port, existing)) + "\n")
+        self.events.emit("vlan.joined", instance=inst["id"], vlan=inst["vlan"], port=port,
+                         bridge=vlans.vlan_bridge(inst["vlan"]))
+
+    async def _leave_vlan(self, slot: dict) -> None:
+        if self.vlan_tagging == "host":
+            await self._here("ip", "-batch", "-", stdin="\n".join(vlans.release_commands(slot["port"])) + "\n")
+
+    async def _here(self, *argv: str, stdin: str | None = None) -> str:
+        """A command in the NC's own network namespace."""
+        return await self._in_slot(None, *argv, stdin=stdin)
+
+    async def _in_slot(self, slot: dict | None, *argv: str, stdin: str | None = None) -> str:
+        """A command in ``slot``'s network namespace (None: the NC's own)."""
+        enter = [] if slot is None else ["nsenter", f"--net={slot['netns']}"]
         proc = await asyncio.create_subprocess_exec(
-            "nsenter", f"--net={slot['netns']}", *argv,
+            *enter, *argv,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate(stdin.encode() if stdin else None)
         if proc.returncode != 0:
-            raise BootError(f"configuring slot {slot['name']} failed: {out.decode().strip()[:300]}")
+            where = f"slot {slot['name']}" if slot else "the NC's VLAN bridge"
+            raise BootError(f"configuring {where} failed: {out.decode().strip()[:300]}")
         return out.decode()
 
     async def _configure_slot(self, inst: dict) -> None:
@@ -546,3 +584,7 @@ class NodeController(Service):
                     f"addr flush dev {slot['interface']}\nroute flush dev {slot['interface']}\n"))
             except BootError:
                 pass
+            try:
+                await self._leave_vlan(slot)
+            except BootError as exc:
+                self.events.emit("vlan.release_failed", instance=inst["id"], error=str(exc))

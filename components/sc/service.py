@@ -30,6 +30,7 @@ from aiohttp import web
 
 from components.common.files import write_atomic
 from components.common.service import Service
+from components.common.supervise import supervise
 
 from . import blockproto as bp
 
@@ -249,53 +250,55 @@ class StorageController(Service):
         return web.FileResponse(self._path(vid))
 
     async def _catch_up_loop(self) -> None:
+        """``_catch_up_once`` every 0.3 s, supervised (``sc.catch_up``)."""
+        await supervise(self.events, "sc.catch_up", self._catch_up_once, pause=0.3)
+
+    async def _catch_up_once(self) -> None:
         """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole.
 
         Everything is downloaded before anything is replaced, and nothing is replaced if
         this member was promoted meanwhile (the peer died during the copy: its own state
         is the pair's now) or the peer no longer serves: a copy cut short leaves the
         member as it was, never half-updated."""
-        while True:
-            await asyncio.sleep(0.3)
-            ha = self.ha
-            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
-                    or ha.peer.last_seq <= self.wseq:
-                continue
-            parts: dict[str, Path] = {}
-            try:
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
+        ha = self.ha
+        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
+                or ha.peer.last_seq <= self.wseq:
+            return
+        parts: dict[str, Path] = {}
+        try:
+            async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
+                r.raise_for_status()
+                state = await r.json()
+            bad = [v for v in state["volumes"] if not VOLUME_ID.match(v)]
+            if bad:
+                raise ValueError(f"the peer lists malformed volume ids {bad[:3]!r}")
+            for vid in state["volumes"]:
+                async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
                     r.raise_for_status()
-                    state = await r.json()
-                bad = [v for v in state["volumes"] if not VOLUME_ID.match(v)]
-                if bad:
-                    raise ValueError(f"the peer lists malformed volume ids {bad[:3]!r}")
-                for vid in state["volumes"]:
-                    async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
-                        r.raise_for_status()
-                        parts[vid] = tmp = self.vol_dir / f".{vid}.part"
-                        with open(tmp, "wb") as f:  # every write and the fsync off the loop
-                            async for chunk in r.content.iter_chunked(1 << 20):
-                                await asyncio.to_thread(f.write, chunk)
-                            await asyncio.to_thread(_flush_and_sync, f)
-                async with self._disk:
-                    # Checked once the disk is this copy's: nothing may have changed since.
-                    if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" \
-                            or int(state["wseq"]) <= self.wseq:
-                        self.events.emit("ha.catch_up_abandoned", state=self.state.value,
-                                         peer_state=ha.peer.state, peer_seq=int(state["wseq"]),
-                                         last_seq=self.wseq)
-                        continue
-                    gone = set(self.volumes) - set(state["volumes"])
-                    await asyncio.to_thread(self._install, dict(parts), gone)
-                    parts.clear()
-                    self.volumes, self.wseq = state["volumes"], int(state["wseq"])
-                    await self._save()
-                self.events.emit("ha.caught_up", last_seq=self.wseq)
-            except Exception as exc:
-                self.events.emit("ha.catch_up_failed", error=repr(exc))
-            finally:
-                for tmp in parts.values():
-                    tmp.unlink(missing_ok=True)
+                    parts[vid] = tmp = self.vol_dir / f".{vid}.part"
+                    with open(tmp, "wb") as f:  # every write and the fsync off the loop
+                        async for chunk in r.content.iter_chunked(1 << 20):
+                            await asyncio.to_thread(f.write, chunk)
+                        await asyncio.to_thread(_flush_and_sync, f)
+            async with self._disk:
+                # Checked once the disk is this copy's: nothing may have changed since.
+                if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" \
+                        or int(state["wseq"]) <= self.wseq:
+                    self.events.emit("ha.catch_up_abandoned", state=self.state.value,
+                                     peer_state=ha.peer.state, peer_seq=int(state["wseq"]),
+                                     last_seq=self.wseq)
+                    return
+                gone = set(self.volumes) - set(state["volumes"])
+                await asyncio.to_thread(self._install, dict(parts), gone)
+                parts.clear()
+                self.volumes, self.wseq = state["volumes"], int(state["wseq"])
+                await self._save()
+            self.events.emit("ha.caught_up", last_seq=self.wseq)
+        except Exception as exc:
+            self.events.emit("ha.catch_up_failed", error=repr(exc))
+        finally:
+            for tmp in parts.values():
+                tmp.unlink(missing_ok=True)
 
     def _install(self, parts: dict[str, Path], gone: set[str]) -> None:
         """A finished catch-up's copies in place of the volumes, and the volumes the peer no longer has gone."""

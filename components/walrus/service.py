@@ -41,6 +41,7 @@ from components.common.accounts import AccountResolver, AccountsUnavailable, acc
 from components.common.names import valid_bucket, valid_key, xml_text
 from components.common.service import Service
 from components.common.sigv4 import ACCESS_KEY_RE, ChunkedDecoder, SigV4Error, signing_key, verify
+from components.common.supervise import supervise
 
 from components.walrus.s3 import (CHECKSUMS, GRANT_HEADERS, S3_NS, S3Error, acl_from_headers, acl_from_xml, acl_xml,
                                   checked_tags, composite_etag, int_param, iso_time, meta_of, page_by_key, parse_range,
@@ -1678,30 +1679,32 @@ class Walrus(Service):
         return web.FileResponse(self.store.objects / name)
 
     async def _catch_up_loop(self) -> None:
+        """``_catch_up_once`` every 0.2 s, supervised (``walrus.catch_up``)."""
+        await supervise(self.events, "walrus.catch_up", self._catch_up_once, pause=0.2)
+
+    async def _catch_up_once(self) -> None:
         """A DISABLED member pulls the ops and objects it lacks from the ENABLED peer."""
-        while True:
-            await asyncio.sleep(0.2)
-            ha = self.ha
-            if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
-                continue
+        ha = self.ha
+        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
+            return
+        if ha.discard_pending:
+            self._discard_if_superseded("a newer primary to catch up from")
             if ha.discard_pending:
-                self._discard_if_superseded("a newer primary to catch up from")
-                if ha.discard_pending:
-                    continue  # never mix a kept ex-primary's state with the peer's
-            if ha.peer.last_seq <= self.store.last_seq:
-                continue
-            try:
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
-                                            params={"after": str(self.store.last_seq)}) as r:
-                    ops = (await r.json())["ops"]
-                for entry in ops:
-                    if entry["op"]["type"] in BYTE_OPS:
-                        await self._fetch_from_peer(entry)
-                    else:
-                        await self._apply_replica(entry, None)
-                self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
-            except Exception as exc:
-                self.events.emit("ha.catch_up_failed", error=repr(exc))
+                return  # never mix a kept ex-primary's state with the peer's
+        if ha.peer.last_seq <= self.store.last_seq:
+            return
+        try:
+            async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
+                                        params={"after": str(self.store.last_seq)}) as r:
+                ops = (await r.json())["ops"]
+            for entry in ops:
+                if entry["op"]["type"] in BYTE_OPS:
+                    await self._fetch_from_peer(entry)
+                else:
+                    await self._apply_replica(entry, None)
+            self.events.emit("ha.caught_up", last_seq=self.store.last_seq)
+        except Exception as exc:
+            self.events.emit("ha.catch_up_failed", error=repr(exc))
 
     async def _on_demote(self, reason: str) -> None:
         self._discard_if_superseded(reason)

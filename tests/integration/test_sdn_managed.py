@@ -24,8 +24,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from experiments.bench_sdn import (apply_router, boot, capture, group, instance, intent_request, put_intent,
-                                   sdn_spec, send_frames, start_listener, tcp_answer)
+from experiments.bench_sdn import (apply_router, boot, capture, forwarded_packets, group, instance, intent_request,
+                                   put_intent, sdn_spec, send_frames, start_listener, tcp_answer)
 from experiments.deployment import Deployment, wait_until
 from topologies.spec import NetworkMode
 
@@ -91,15 +91,10 @@ def test_same_group_reaches_at_layer_2_across_ncs(dep):
     assert tcp_answer(dep, slot("a2"), A1["ip"], 8080) == "a1"
 
 
-def _forwarded(dep, cc: str) -> int:
-    out = dep[cc].cmd("nft list chain ip eucalab EUCA-FORWARD")
-    return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
-
-
 def test_allowed_rule_is_routed_through_the_primary_cc(dep):
-    before = _forwarded(dep, "c1cc1")
+    before = forwarded_packets(dep, "c1cc1")
     assert tcp_answer(dep, slot("a1"), B1["ip"], 8080) == "b1"
-    assert _forwarded(dep, "c1cc1") > before  # the packets crossed the CC's FORWARD chain
+    assert forwarded_packets(dep, "c1cc1") > before  # the packets crossed the CC's FORWARD chain
     assert "0% packet loss" in dep[slot("b1")].cmd(f"ping -c 2 -i 0.2 -W 1 {A1['ip']}")
 
 
@@ -185,9 +180,9 @@ def test_primary_change_moves_routing_at_once_and_stale_epochs_are_refused(dep):
     dep.place_vip(dep.plan.pair("cc", 1), "c1cc2")  # what the CC pair's HA agent does
     status, answer = put_intent(dep, intent)
     assert status == 200 and answer["installed"]
-    before = _forwarded(dep, "c1cc2")
+    before = forwarded_packets(dep, "c1cc2")
     assert wait_until(lambda: tcp_answer(dep, slot("a1"), B1["ip"], 8080, timeout=0.3) == "b1", timeout=3)
-    assert _forwarded(dep, "c1cc2") > before
+    assert forwarded_packets(dep, "c1cc2") > before
     assert "10.101.16.1/" not in dep["c1cc1"].cmd("ip -o addr")
     assert tcp_answer(dep, "user", C1["public_ip"], 80) == "c1"
     status, answer = put_intent(dep, cluster_intent(epoch=1, primary="c1cc1"))  # the stale ex-primary

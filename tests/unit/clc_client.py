@@ -137,6 +137,7 @@ class FakeCC:
         self.calls: list[tuple[str, str]] = []
         self.nc_refuses = False  # placements come back terminated, as when their NC refused them
         self.answer_after = 0.0  # seconds a run's answer takes (placed first, as the CC does)
+        self.garbled_listings = 0  # this many GET /cluster/instances answer instances without a state
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -174,6 +175,9 @@ class FakeCC:
                 if (self.command, parts) == ("GET", ["cluster", "capacity"]):
                     return self._answer(200, {"free": cc.free})
                 if (self.command, parts) == ("GET", ["cluster", "instances"]):
+                    if cc.garbled_listings:
+                        cc.garbled_listings -= 1
+                        return self._answer(200, {"instances": [{"id": i} for i in cc.instances]})
                     return self._answer(200, {"instances": list(cc.instances.values())})
                 if (self.command, parts) == ("POST", ["cluster", "instances"]):
                     placements = []
@@ -196,10 +200,12 @@ class FakeCC:
                     cc.groups[parts[2]] = body
                     return self._answer(200, body)
                 if parts[:2] == ["cluster", "addresses"]:
+                    # As the CC: an address is on one instance, an instance has one address.
+                    for ip in [ip for ip, i in cc.elastic.items() if ip == parts[2] or i == body.get("instance")]:
+                        cc.instances[cc.elastic.pop(ip)]["public_ip"] = None
                     if self.command == "PUT":
                         cc.elastic[parts[2]] = body["instance"]
-                    else:
-                        cc.elastic.pop(parts[2], None)
+                        cc.instances[body["instance"]]["public_ip"] = parts[2]
                     return self._answer(200, {"public_ip": parts[2]})
                 return self._answer(404, {"error": "NotFound", "message": self.path})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import boto3
 import pytest
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from components.common import accounts
 from components.common.accounts import AccountResolver, AccountsUnavailable
 
 from .components_helper import ADMIN, TOKEN, component, free_port
@@ -76,9 +78,9 @@ def test_known_key_is_asked_once_even_by_concurrent_requests():
 
 def test_unknown_key_is_cached_as_unknown_but_an_unavailable_clc_is_not():
     async def scenario(clc, resolver):
-        await resolver.ensure("AKIANOBODY")
-        await resolver.ensure("AKIANOBODY")
-        assert resolver.lookup("AKIANOBODY") is None and clc.calls == ["AKIANOBODY"]
+        await resolver.ensure("AKIANOBODY000000")
+        await resolver.ensure("AKIANOBODY000000")
+        assert resolver.lookup("AKIANOBODY000000") is None and clc.calls == ["AKIANOBODY000000"]
         clc.status = 503  # the CLC is failing over
         for _ in range(2):
             with pytest.raises(AccountsUnavailable, match="503"):
@@ -120,3 +122,49 @@ def test_walrus_answers_503_while_the_clc_cannot_be_asked(tmp_path):
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
         assert client(ADMIN["access_key"], ADMIN["secret_key"]).list_buckets()["Buckets"] == []
         assert proc.poll() is None
+
+
+def test_the_cache_of_unknown_keys_expires_and_is_bounded(monkeypatch):
+    monkeypatch.setattr(accounts, "MAX_CACHED", 3)
+    monkeypatch.setattr(accounts, "NEGATIVE_TTL", 0.2)
+
+    async def scenario(clc, resolver):
+        keys = [f"AKIAUNKNOWN{n:09d}" for n in range(5)]
+        for ak in keys:
+            await resolver.ensure(ak)
+        assert list(resolver._missing) == keys[2:]  # the oldest let go first
+        await resolver.ensure(keys[4])
+        assert clc.calls == keys  # still cached: not asked again
+        await asyncio.sleep(0.25)  # the negative entries' lifetime passes
+        await resolver.ensure(keys[4])
+        assert clc.calls == keys + [keys[4]] and list(resolver._missing) == [keys[4]]
+
+    run_with_clc(scenario)
+
+
+def test_the_cache_of_known_keys_is_bounded_and_the_admin_stays(monkeypatch):
+    monkeypatch.setattr(accounts, "MAX_CACHED", 1)
+    extra = {f"AKIAUSER00000000000{n}": {"account_id": f"00000000004{n}", "secret_key": f"s{n}"} for n in (2, 3)}
+    monkeypatch.setattr(sys.modules[__name__], "KNOWN", {**KNOWN, **extra})
+
+    async def scenario(clc, resolver):
+        for ak in ("AKIAUSER000000000001", *extra):
+            await resolver.ensure(ak)
+        assert list(resolver.known) == ["AKIAUSER000000000003"]
+        assert resolver.lookup(ADMIN["access_key"]) == (ADMIN["secret_key"], ADMIN["account_id"])
+        await resolver.ensure("AKIAUSER000000000001")  # let go: asked again, found again
+        assert resolver.lookup("AKIAUSER000000000001") == ("usersecret", "000000000042")
+
+    run_with_clc(scenario)
+
+
+def test_a_key_that_is_no_access_key_is_never_looked_up_and_any_key_is_escaped():
+    async def scenario(clc, resolver):
+        for ak in ("../../accounts", "AKIA?x=1", "a" * 4000, "AKIA%2F0000000000000"):
+            await resolver.ensure(ak)
+            assert resolver.lookup(ak) is None
+        assert clc.calls == []
+        await resolver._ask_clc("AKIA/../x?y#z")  # the URL carries the key, escaped, as one path segment
+        assert clc.calls == ["AKIA/../x?y#z"]
+
+    run_with_clc(scenario)

@@ -272,4 +272,5 @@ def test_a_malformed_listing_is_reported_once_and_polling_goes_on(tmp_path, monk
         await until(lambda: cc.instances["i-1"]["state"] == "running")
         return seen
 
-    assert cluster(tmp_path, monkeypatch, {"c1n1": nc}, body).count("cc.poll_failed") == 1
+    seen = cluster(tmp_path, monkeypatch, {"c1n1": nc}, body)
+    assert seen.count("loop.failed") == 1 and seen.count("loop.recovered") == 1

@@ -137,16 +137,63 @@ def test_images_instances_addresses(clc):
 
 
 def test_address_pool_exhaustion(clc):
-    ec2 = ec2_client(clc[0])
-    for a in ec2.describe_addresses()["Addresses"]:
-        ec2.release_address(PublicIp=a["PublicIp"])
+    # The pool is a /28 (14 addresses) and each account may hold 5: three accounts drain it.
+    clients = [ec2_client(clc[0])] + [ec2_client(clc[0], *create_account(clc[0], f"pool{n}")[1:]) for n in (1, 2)]
+    for a in clients[0].describe_addresses()["Addresses"]:
+        clients[0].release_address(PublicIp=a["PublicIp"])
     got = []
     with pytest.raises(ClientError) as err:
-        for _ in range(20):  # the pool is a /28: 14 addresses
-            got.append(ec2.allocate_address()["PublicIp"])
-    assert code_of(err.value) == "AddressLimitExceeded" and len(got) == 14 == len(set(got))
-    for ip in got:
+        for ec2 in clients:
+            for _ in range(5):
+                got.append((ec2, ec2.allocate_address()["PublicIp"]))
+    assert code_of(err.value) == "AddressLimitExceeded" and len(got) == 14 == len({ip for _, ip in got})
+    for ec2, ip in got:
         ec2.release_address(PublicIp=ip)
+
+
+def test_quotas_refuse_without_changing_anything(clc):
+    base, tmp, _, walrus = clc
+    _, ak, sk = create_account(base, "quota")
+    ec2 = ec2_client(base, ak, sk)
+    for _ in range(5):  # the default elastic IP quota
+        ec2.allocate_address()
+    before = dump(tmp)
+    with pytest.raises(ClientError) as err:
+        ec2.allocate_address()
+    assert code_of(err.value) == "AddressLimitExceeded" and err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert dump(tmp) == before
+    for a in ec2.describe_addresses()["Addresses"]:
+        ec2.release_address(PublicIp=a["PublicIp"])
+    emi = ec2.register_image(ImageLocation=upload_image(walrus, "quota-images/q.img", ak, sk), Name="quota")["ImageId"]
+    # Instances: 20 not terminated; a run asking for more starts as many as fit (MaxCount),
+    # and one that cannot start MinCount is refused whole.
+    first = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=15)["Instances"]
+    second = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=15)["Instances"]
+    assert (len(first), len(second)) == (15, 5)
+    before = dump(tmp)
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)
+    assert code_of(err.value) == "InstanceLimitExceeded" and err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert dump(tmp) == before
+    ec2.terminate_instances(InstanceIds=[i["InstanceId"] for i in first[:2]])
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=emi, MinCount=3, MaxCount=3)
+    assert code_of(err.value) == "InstanceLimitExceeded"
+    assert len(ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2)["Instances"]) == 2
+    ec2.terminate_instances(InstanceIds=[i["InstanceId"] for r in ec2.describe_instances()["Reservations"]
+                                         for i in r["Instances"] if i["State"]["Name"] != "terminated"])
+
+
+def test_security_group_quota(tmp_path):
+    with component("clc", tmp_path, quotas={"security_groups": 3}) as (base, cfg, proc):
+        ec2 = ec2_client(base)
+        ec2.create_security_group(GroupName="one", Description="d")
+        ec2.create_security_group(GroupName="two", Description="d")  # with default: 3
+        before = dump(tmp_path)
+        with pytest.raises(ClientError) as err:
+            ec2.create_security_group(GroupName="three", Description="d")
+        assert code_of(err.value) == "SecurityGroupLimitExceeded"
+        assert dump(tmp_path) == before
 
 
 def test_volumes(clc):

@@ -36,3 +36,12 @@ def test_large_plans_collapse_slots():
     assert not any(n in g for n in (h.name for h in plan.hosts_by_role("slot")))
     assert sum(1 for n in g if n.endswith("2 slots")) == 64
     assert set(layers) == set(g.nodes)
+
+
+def test_host_tagging_draws_the_slots_under_their_nc(tmp_path):
+    spec = dict(sdn=False, vlan_tagging="host")
+    plan = build_plan(DeploymentSpec(**spec))
+    assert draw_png(plan, tmp_path / "d.png").stat().st_size > 20_000
+    big = build_plan(DeploymentSpec(clusters=4, ncs_per_cluster=16, **spec))
+    g, _ = _diagram_graph(big)
+    assert set(g.neighbors("c1n1: 2 slots")) == {"c1n1"}  # wired to the NC, not to its bridge

@@ -27,6 +27,7 @@ SPECS = {
     "no-slots": DeploymentSpec(name="empty", vm_slots_per_nc=0),
     "tagged": DeploymentSpec(name="tagged", clusters=2, ncs_per_cluster=3),
     "minimal.yaml": load_spec(SPECS_DIR / "minimal.yaml"),
+    "host-tagging": DeploymentSpec(name="hosttag", sdn=False, vlan_tagging="host"),
 }
 
 
@@ -61,7 +62,10 @@ def _forwarding_graph(plan: Plan, endpoints: set[str]) -> nx.Graph:
     the graph, but no packet crosses it; keeping it would show paths that do not exist.
     """
     g = plan.graph()
-    g.remove_nodes_from([h.name for h in plan.hosts.values() if not h.forwarding and h.name not in endpoints])
+    # With host tagging an NC bridges its slots' frames (layer 2): it carries transit traffic.
+    bridging = {h.nc for h in plan.hosts_by_role("slot") if plan.nc_port(h.name)}
+    g.remove_nodes_from([h.name for h in plan.hosts.values()
+                         if not h.forwarding and h.name not in endpoints | bridging])
     return g
 
 
@@ -92,7 +96,8 @@ def test_addresses_unique_and_inside_their_subnets(plan):
     for host in plan.hosts.values():
         for intf in host.interfaces:
             if intf.ip is None:
-                assert host.role == "slot", f"{intf.name} is unaddressed"
+                # A slot, or (host tagging) the NC's end of a slot's link.
+                assert host.role == "slot" or plan.hosts[intf.peer].role == "slot", f"{intf.name} is unaddressed"
                 continue
             addr = ipaddress.ip_interface(intf.ip)
             subnet = ipaddress.ip_network(plan.networks[intf.network].subnet)
@@ -147,8 +152,12 @@ def test_nodes_never_touch_the_cloud_network(plan):
     g = plan.graph()
     for host in plan.hosts_by_role("nc") + plan.hosts_by_role("slot"):
         neighbours = list(g.neighbors(host.name))
-        assert neighbours and all(n in plan.switches for n in neighbours)
-        assert all(plan.switches[n].network == f"priv{host.cluster}" for n in neighbours)
+        # Host tagging wires a slot to its NC: neither touches anything else.
+        wired = {n for n in neighbours if n in plan.hosts and (n == host.nc or plan.hosts[n].nc == host.name)}
+        switches = [n for n in neighbours if n not in wired]
+        assert switches or host.role == "slot"
+        assert neighbours and all(n in plan.switches for n in switches)
+        assert all(plan.switches[n].network == f"priv{host.cluster}" for n in switches)
 
 
 @pytest.mark.parametrize("name", PRIVATE)
@@ -284,7 +293,8 @@ def test_endpoints_use_the_vips(plan):
 def test_switch_ports_map_slots_and_ofports(plan):
     ports = plan.switch_ports()
     slots = {e["peer"] for sw in ports.values() for e in sw["ports"].values() if e["kind"] == "slot"}
-    assert slots == {h.name for h in plan.hosts_by_role("slot")}
+    # Host tagging wires the slots to their NCs, not to a switch.
+    assert slots == {h.name for h in plan.hosts_by_role("slot") if plan.nc_port(h.name) is None}
     for name, sw in ports.items():
         assert sw["dpid"] == plan.switches[name].dpid
         for no, entry in sw["ports"].items():
@@ -326,3 +336,34 @@ def test_largest_spec_fits_interface_names():
     plan = build_plan(DeploymentSpec(clusters=32, ncs_per_cluster=99, vm_slots_per_nc=16), tag="zz")
     assert max(len(n) for link in plan.links for n in (link.a_intf, link.b_intf)) <= 15
     assert len({s.dpid for s in plan.switches.values()}) == len(plan.switches)
+
+
+def test_host_tagging_wires_each_slot_to_its_nc_host():
+    plan = _plan("host-tagging")
+    for nc in plan.hosts_by_role("nc"):
+        bridge = plan.hosts[nc.name].interfaces[0]
+        assert bridge.peer in plan.switches and bridge.ip  # the NC's own address stays untagged
+        assert nc.intf(f"priv{nc.cluster}") is bridge  # what the NC tags on: its private interface
+        for slot in plan.slots_of(nc.name):
+            port = plan.nc_port(slot.name)
+            link = next(l for l in plan.links if slot.name in (l.a, l.b))
+            assert {link.a, link.b} == {slot.name, nc.name}
+            assert port == (link.b_intf if link.b == nc.name else link.a_intf)
+            assert nc.intf(f"priv{nc.cluster}").name != port
+            assert [i.ip for i in nc.interfaces if i.name == port] == [None]
+    # No slot hangs off a switch; the NC bridges still trunk the NCs to the cluster core.
+    slots = {h.name for h in plan.hosts_by_role("slot")}
+    assert not any(l.a in plan.switches or l.b in plan.switches for l in plan.links if {l.a, l.b} & slots)
+    assert plan.nc_port("c1n1v1") == "c1n1-eth1" and plan.nc_port("c1n1v2") == "c1n1-eth2"
+    assert _plan("default").nc_port("c1n1v1") is None
+
+
+def test_largest_host_tagging_spec_fits_the_vlan_sub_interfaces():
+    from components.common.vlan import vlan_interface
+    from topologies.spec import MAX_CLUSTERS_HOST_TAGGING
+
+    spec = DeploymentSpec(clusters=MAX_CLUSTERS_HOST_TAGGING, ncs_per_cluster=99, vm_slots_per_nc=16,
+                          sdn=False, vlan_tagging="host")
+    plan = build_plan(spec, tag="zz")
+    for host in plan.hosts_by_role("nc") + plan.hosts_by_role("cc"):
+        vlan_interface(host.intf(f"priv{host.cluster}").name, 4094)  # raises if too long

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -285,3 +286,108 @@ def test_the_primary_knows_every_instances_mac_without_arp_and_sets_each_once(fa
     assert len(fake.neighbours) == 2
     apply_router(cfg, primary=True)  # ... and a new promotion sets them all again
     assert len(fake.neighbours) == 4
+
+
+# -- vlan_tagging host: gateways on VLAN sub-interfaces ---------------------------------------
+
+TAGGED = dataclasses.replace(HOST, vlan_tagging="host")
+
+
+def test_host_tagging_puts_each_gateway_on_its_groups_vlan_sub_interface():
+    cfg = render_router(INTENT, TAGGED)
+    assert cfg.private_addresses == [] and cfg.neighbours == {}
+    assert cfg.vlans == {
+        "c1cc1-eth1.10": {"vlan": 10, "addresses": ["10.101.16.1/28"],
+                          "neighbours": {"10.101.16.2": "d0:0d:0a:65:10:02"}},
+        "c1cc1-eth1.11": {"vlan": 11, "addresses": ["10.101.16.17/28"],
+                          "neighbours": {"10.101.16.18": "d0:0d:0a:65:10:12"}},
+    }
+    assert cfg.gateways == ["10.101.16.1/28", "10.101.16.17/28"]
+    # The same ingress rules between the groups; a group's traffic out of the cluster only
+    # from its own VLAN; the cluster's infrastructure untagged on the private interface.
+    fwd, untagged = chain(cfg, "EUCA-FORWARD"), chain(render_router(INTENT, HOST), "EUCA-FORWARD")
+    assert [r for r in fwd if r.startswith("ip daddr")] == [r for r in untagged if r.startswith("ip daddr")]
+    assert 'iifname "c1cc1-eth1" ip saddr 10.101.0.0/20 oifname "c1cc1-eth0" counter accept' in fwd
+    for vlan, subnet in ((10, "10.101.16.0/28"), (11, "10.101.16.16/28")):
+        out = f'iifname "c1cc1-eth1.{vlan}" ip saddr {subnet} oifname "c1cc1-eth0"'
+        assert f"{out} ip daddr != 10.0.0.0/16 counter accept" in fwd
+        assert f"{out} ip daddr 10.0.128.0/24 counter accept" in fwd
+    assert not any('iifname "c1cc1-eth1" ip saddr 10.101.16.' in r for r in fwd)
+    meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
+    assert meta == ['iifname { "c1cc1-eth1.10", "c1cc1-eth1.11" } ip daddr 169.254.169.254 tcp dport 80 '
+                    "counter dnat to 10.0.0.10:8773"]
+    # Instances reach the CC host with ICMP only, on whichever sub-interface they arrive.
+    assert 'iifname { "c1cc1-eth1.10", "c1cc1-eth1.11" } ip saddr 10.101.16.0/20 ip protocol != icmp counter drop' \
+        in chain(cfg, "EUCA-INPUT")
+    assert RouterConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_host_tagging_needs_each_group_to_have_a_vlan():
+    intent = dict(INTENT, groups=[dict(INTENT["groups"][0], vlan=None)])
+    with pytest.raises(ValueError, match="VLAN id"):
+        render_router(intent, TAGGED)
+
+
+def test_router_host_takes_the_tagging_from_the_cc_config():
+    config = {"cluster": 1, "private_interface": "c1cc1-eth1", "public_interface": "c1cc1-eth0",
+              "vlan_tagging": "host"}
+    assert RouterHost.from_cc_config(config).vlan_tagging == "host"
+    del config["vlan_tagging"]
+    assert RouterHost.from_cc_config(config).vlan_tagging == "switch"
+
+
+def tagged_fake(fake: FakeHost) -> FakeHost:
+    """The fake CC host answering ``ip link`` and ``ip -batch`` for VLAN sub-interfaces."""
+    run = fake.run
+
+    def answer(argv, check=True, stdin=None):
+        if argv[:3] == ["ip", "-batch", "-"]:
+            fake.commands.append(argv + [stdin])
+            for line in stdin.splitlines():
+                if line.startswith("link add link "):
+                    fake.addresses.setdefault(line.split()[5], [])
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        if argv[:5] == ["ip", "-o", "link", "show", "type"]:
+            fake.commands.append(argv)
+            names = [i for i in fake.addresses if "." in i]
+            return subprocess.CompletedProcess(argv, 0, "".join(
+                f"{n + 5}: {name}@c1cc1-eth1: <UP> mtu 1500\n" for n, name in enumerate(names)), "")
+        return run(argv, check)
+
+    return answer
+
+
+def test_host_tagging_makes_the_sub_interfaces_once_and_moves_only_addresses(fake, monkeypatch):
+    monkeypatch.setattr(router, "_run", tagged_fake(fake))
+    cfg = render_router(INTENT, TAGGED)
+    apply_router(cfg, primary=False, armed=True)  # a secondary at start: armed, no addresses
+    made = [c for c in fake.commands if c[:3] == ["ip", "-batch", "-"]]
+    assert len(made) == 1 and made[0][-1].splitlines() == [
+        "link add link c1cc1-eth1 name c1cc1-eth1.10 type vlan id 10", "link set dev c1cc1-eth1.10 up",
+        "link add link c1cc1-eth1 name c1cc1-eth1.11 type vlan id 11", "link set dev c1cc1-eth1.11 up"]
+    assert fake.addresses["c1cc1-eth1.10"] == [] and fake.addresses["c1cc1-eth1.11"] == []
+    fake.commands.clear()
+    result = apply_router(cfg, primary=True)  # the promotion: addresses only, not one command
+    assert fake.commands == []
+    assert fake.addresses["c1cc1-eth1.10"] == ["10.101.16.1/28"]
+    assert fake.addresses["c1cc1-eth1.11"] == ["10.101.16.17/28"]
+    assert "10.101.16.1/28" not in fake.addresses["c1cc1-eth1"]  # never on the untagged interface
+    assert sorted(fake.addresses["c1cc1-eth1"]) == ["10.101.0.1/16", "10.101.0.11/16"]  # stale gateway gone
+    assert result["announced"] == {"c1cc1-eth1.10": ["10.101.16.1"], "c1cc1-eth1.11": ["10.101.16.17"],
+                                   "c1cc1-eth0": ["10.0.128.5"]}
+    assert sorted(fake.neighbours) == [("c1cc1-eth1.10", "10.101.16.2", "d0:0d:0a:65:10:02"),
+                                       ("c1cc1-eth1.11", "10.101.16.18", "d0:0d:0a:65:10:12")]
+    # Group b gone: its sub-interface stays, holding nothing.
+    apply_router(render_router(dict(INTENT, groups=INTENT["groups"][:1], instances=INTENT["instances"][:1]),
+                               TAGGED), primary=True)
+    assert fake.addresses["c1cc1-eth1.11"] == [] and fake.addresses["c1cc1-eth1.10"] == ["10.101.16.1/28"]
+    # Withdrawn: no gateway anywhere.
+    apply_router(withdraw_config(TAGGED), primary=False)
+    assert fake.addresses["c1cc1-eth1.10"] == [] and fake.addresses["c1cc1-eth1.11"] == []
+
+
+def test_a_restarted_cc_withdraws_gateways_a_crash_left_on_sub_interfaces(fake, monkeypatch):
+    fake.addresses["c1cc1-eth1.10"] = ["10.101.16.1/28"]
+    monkeypatch.setattr(router, "_run", tagged_fake(fake))
+    apply_router(withdraw_config(TAGGED), primary=False)
+    assert fake.addresses["c1cc1-eth1.10"] == []

@@ -71,6 +71,17 @@ SPECS = Path(__file__).resolve().parents[2] / "topologies" / "specs"
     ({"arbitrators": {"period_s": 0}}, "arbitrators.period_s", "between"),
     # the SDN controller
     ({"sdn": "yes"}, "sdn", "must be true or false, not 'yes'"),
+    # where MANAGED's VLAN tags are pushed and popped
+    ({"vlan_tagging": "nc"}, "vlan_tagging", "must be switch (Open vSwitch tags) or host"),
+    ({"vlan_tagging": "host", "sdn": False, "mode": "MANAGED-NOVLAN", "vlan_clean": False}, "vlan_tagging",
+     "only MANAGED mode has; mode is MANAGED-NOVLAN"),
+    ({"vlan_tagging": "host", "sdn": False, "mode": "SYSTEM"}, "vlan_tagging", "only MANAGED mode"),
+    ({"vlan_tagging": "host"}, "vlan_tagging", "needs sdn: false and ha.takeover: garp (sdn asks for the SDN "
+     "controller): the controller's flows tag and isolate the groups themselves"),
+    ({"vlan_tagging": "host", "sdn": False, "ha": {"takeover": "sdn"}}, "vlan_tagging",
+     "(ha.takeover asks for the SDN controller)"),
+    ({"vlan_tagging": "host", "sdn": False, "clusters": 10}, "clusters",
+     "at most 9 with vlan_tagging: host"),
     # datapath and name
     ({"datapath": "dpdk"}, "datapath", "must be auto, kernel or user, not 'dpdk'"),
     ({"datapath": None}, "datapath", "auto, kernel or user"),
@@ -86,6 +97,15 @@ def test_bad_fields_are_named(data, field, words):
     # The field leads the message, once.
     assert str(err.value).startswith(f"{field}: ")
     assert not str(err.value).startswith(f"{field}: {field}:")
+
+
+def test_host_tagging_refused_without_8021q():
+    host = {"vlan_tagging": "host", "sdn": False}
+    assert spec_from_dict(host).validate(dot1q=True).vlan_tagging == "host"
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(host).validate(dot1q=False)
+    assert err.value.field_path == "vlan_tagging" and "8021q" in str(err.value)
+    assert spec_from_dict({}).validate(dot1q=False).vlan_tagging == "switch"  # no tags on the hosts: fine
 
 
 @pytest.mark.parametrize("links,field", [({"delay_ms": 10}, "links.delay_ms"),
