@@ -89,8 +89,14 @@ def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
 def test_the_shipped_definitions_load():
     from experiments.failover import DEFINITIONS
 
+    from experiments.failover import sweep_points
+    from topologies.spec import spec_from_dict
+
     for path in sorted(DEFINITIONS.glob("*.yaml")):
-        assert Experiment.load(path).sets, path
+        exp = Experiment.load(path)
+        assert exp.sets, path
+        for point in sweep_points(exp.sweep):  # every deployment it would build is a valid spec
+            spec_from_dict(exp.at(point).spec, netem=True)
 
 
 def test_a_sweep_expands_to_every_combination_each_labelled(tmp_path):
