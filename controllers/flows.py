@@ -46,7 +46,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .intent import staged_standby
-from .topology import HostPort, Topology
+from .topology import MANAGED_MODES, HostPort, Topology
 from .vips import virtual_mac
 
 TABLE_INGRESS = 0
@@ -309,7 +309,7 @@ def announcements(topo: Topology, intent: dict, previous: dict | None) -> list[t
     """
     if previous is not None and previous.get("primary_cc") == intent["primary_cc"]:
         return []
-    if intent["mode"] not in ("MANAGED", "MANAGED-NOVLAN"):
+    if intent["mode"] not in MANAGED_MODES:
         return []
     try:
         hp = topo.host_port(intent["primary_cc"], topo.private_network(intent["cluster"]))

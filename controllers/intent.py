@@ -16,9 +16,10 @@ import re
 import threading
 from pathlib import Path
 
+from components.common.modes import MODES
+
 from .topology import MANAGED_MODES, Topology
 
-MODES = ("SYSTEM", "STATIC", "MANAGED", "MANAGED-NOVLAN")
 PUBLIC_IP_POOL = ipaddress.ip_network("10.0.128.0/24")
 PROTOCOLS = ("tcp", "udp", "icmp", "-1", "all")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from components.common.modes import MANAGED_MODES
+
 VLAN_MIN, VLAN_MAX = 10, 4094
 
 
@@ -55,7 +57,7 @@ class NetworkAllocator:
 
     @property
     def managed(self) -> bool:
-        return self.mode in ("MANAGED", "MANAGED-NOVLAN")
+        return self.mode in MANAGED_MODES
 
     def group_net(self, group: str) -> GroupNet:
         """The group's subnet (and VLAN), allocated on first use."""
