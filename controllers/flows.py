@@ -45,8 +45,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from components.common.modes import features
+
 from .intent import staged_standby
-from .topology import HostPort, Topology
+from .topology import MANAGED_MODES, HostPort, Topology
 from .vips import virtual_mac
 
 TABLE_INGRESS = 0
@@ -124,7 +126,7 @@ def compute_flows(topo: Topology, intents: dict[int, dict], vips: dict[str, dict
     ``standbys``: the standby CCs' reports by cluster)."""
     out: dict[str, list[Flow]] = {}
     managed_nets = {}
-    if topo.mode == "MANAGED":
+    if features(topo.mode).l2_isolation:
         managed_nets = {topo.private_network(k): k for k in topo.clusters()}
     for name in topo.switches:
         if topo.network_of(name) not in managed_nets:
@@ -140,7 +142,7 @@ def cluster_flows(topo: Topology, cluster: int, intent: dict | None, standby: di
                   ) -> dict[str, list[Flow]]:
     """The flows of one cluster's private network for its intent and standby report: all
     that either changes (empty unless MANAGED: the other modes' switches run NORMAL)."""
-    if topo.mode != "MANAGED":
+    if not features(topo.mode).l2_isolation:
         return {}
     return _managed_network(topo, topo.private_network(cluster), intent, staged_standby(intent, standby))
 
@@ -309,7 +311,7 @@ def announcements(topo: Topology, intent: dict, previous: dict | None) -> list[t
     """
     if previous is not None and previous.get("primary_cc") == intent["primary_cc"]:
         return []
-    if intent["mode"] not in ("MANAGED", "MANAGED-NOVLAN"):
+    if intent["mode"] not in MANAGED_MODES:
         return []
     try:
         hp = topo.host_port(intent["primary_cc"], topo.private_network(intent["cluster"]))

@@ -16,9 +16,10 @@ import re
 import threading
 from pathlib import Path
 
+from components.common.modes import MODES, features
+
 from .topology import MANAGED_MODES, Topology
 
-MODES = ("SYSTEM", "STATIC", "MANAGED", "MANAGED-NOVLAN")
 PUBLIC_IP_POOL = ipaddress.ip_network("10.0.128.0/24")
 PROTOCOLS = ("tcp", "udp", "icmp", "-1", "all")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -106,7 +107,7 @@ def validate(intent, cluster: int, topo: Topology) -> dict:
         _need(g, "name", str, where)
         _need(g, "account", str, where, nullable=True)
         vlan = _need(g, "vlan", int, where, nullable=True)
-        if mode == "MANAGED":
+        if features(mode).l2_isolation:
             if vlan is None or not 2 <= vlan <= 4094:
                 raise IntentError(f"{where}.vlan: MANAGED needs a VLAN in 2..4094, got {vlan!r}")
             if vlan in vlans:

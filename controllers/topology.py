@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MANAGED_MODES = ("MANAGED", "MANAGED-NOVLAN")
+from components.common.modes import MANAGED_MODES  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

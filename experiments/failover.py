@@ -29,6 +29,7 @@ import psutil
 import yaml
 
 from components.common.events import read_events
+from components.common.modes import features
 from topologies.spec import spec_from_dict
 
 from .analysis import Probe, outage_span, resolution
@@ -306,15 +307,16 @@ class Runner:
         w["presigned"] = s3.generate_presigned_url("get_object", Params={"Bucket": "probe", "Key": "object"},
                                                    ExpiresIn=6 * 3600)
         emi = ec2.register_image(ImageLocation="probe/image.img", Name="probe-image")["ImageId"]
-        gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        if features(dep.spec.mode.value).security_groups:  # SYSTEM and STATIC have none
+            gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
                                 Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
         if not wait_until(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
                      ["State"]["Name"] == "running", 30, 0.1):
             raise RuntimeError("the probe instance did not reach running")
-        if dep.spec.mode.private_cluster_network:
+        if features(dep.spec.mode.value).elastic_ips:
             eip = ec2.allocate_address()["PublicIp"]  # users reach it through the CC's NAT
             ec2.associate_address(InstanceId=iid, PublicIp=eip)
         else:  # SYSTEM and STATIC: the site routes VMs, users reach an instance's own address

@@ -14,6 +14,8 @@ from typing import Any
 
 import networkx as nx
 
+from components.common.modes import features
+
 from .plan import Plan
 
 ROLE_COLOURS = {
@@ -62,6 +64,14 @@ def describe_table(plan: Plan) -> list[Any]:
     from rich.text import Text
 
     out: list[Any] = [Text(summary_line(plan), style="bold")]
+
+    mode = plan.spec.mode.value
+    t = Table(title=f"{mode} networking: what the cloud offers (components/common/modes.py)")
+    for col in ("feature", mode):
+        t.add_column(col)
+    for name, value in features(mode).rows():
+        t.add_row(name, value)
+    out.append(t)
 
     t = Table(title="networks")
     for col in ("network", "kind", "subnet", "router", "switches"):

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from components.common.modes import MANAGED_MODES
+
 # Eucalyptus allows up to three arbitrators per component host.
 MAX_ARBITRATORS_PER_HOST = 3
 # Address plan limits (see topologies/plan.py): one /24 of the cloud network per cluster;
@@ -48,7 +50,7 @@ class NetworkMode(str, enum.Enum):
     @property
     def private_cluster_network(self) -> bool:
         """NCs sit on a private network behind the CC, which routes for them."""
-        return self in (NetworkMode.MANAGED, NetworkMode.MANAGED_NOVLAN)
+        return self.value in MANAGED_MODES
 
     @property
     def needs_vlans(self) -> bool:

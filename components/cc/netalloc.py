@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from components.common.modes import MANAGED_MODES, features
+
 VLAN_MIN, VLAN_MAX = 10, 4094
 
 
@@ -55,7 +57,7 @@ class NetworkAllocator:
 
     @property
     def managed(self) -> bool:
-        return self.mode in ("MANAGED", "MANAGED-NOVLAN")
+        return self.mode in MANAGED_MODES
 
     def group_net(self, group: str) -> GroupNet:
         """The group's subnet (and VLAN), allocated on first use."""
@@ -71,7 +73,7 @@ class NetworkAllocator:
         else:
             raise AllocationError(f"no free subnet left in {self.vm_space} for group {group}")
         vlan = None
-        if self.mode == "MANAGED":
+        if features(self.mode).l2_isolation:  # one VLAN per group
             vlan = next((v for v in range(VLAN_MIN, VLAN_MAX + 1) if v not in used_vlans), None)
             if vlan is None:
                 raise AllocationError("no free VLAN left")

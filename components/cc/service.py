@@ -41,6 +41,7 @@ from aiohttp import web
 
 from components.common.files import write_atomic
 from components.common.groups import digest as group_digest
+from components.common.modes import MANAGED_MODES
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
 from components.common.supervise import supervise
 
@@ -279,7 +280,7 @@ class ClusterController(Service):
         self._poller = asyncio.create_task(self._poll_ncs())
         self._retirer = asyncio.create_task(supervise(self.events, "cc.retire", self._retire_once,
                                                       pause=min(max(self.retention_s / 4, 0.05), 60.0)))
-        if self.ha is not None and self.mode in ("MANAGED", "MANAGED-NOVLAN"):
+        if self.ha is not None and self.mode in MANAGED_MODES:
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
             await self._withdraw_router()
@@ -758,7 +759,7 @@ class ClusterController(Service):
     async def _apply_router(self, intent: dict, force: bool = False, inline: bool = False) -> None:
         """Make this host the cluster's router for the intent (MANAGED modes only); ``inline``:
         a takeover's, in the event loop's own thread (``router.apply_router_async``)."""
-        if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
+        if self.mode not in MANAGED_MODES:
             return
         config = router.render_router(intent, router.RouterHost.from_cc_config(self.config))
         async with self._router_lock:
@@ -797,7 +798,7 @@ class ClusterController(Service):
         the rules of its view armed, so a promotion to that view moves addresses only
         (components/cc/router.py). ``rearm``: the view changed (replicated by the primary);
         done only while this member is still a withdrawn secondary."""
-        if self.mode not in ("MANAGED", "MANAGED-NOVLAN"):
+        if self.mode not in MANAGED_MODES:
             return
         config = self._standby_router()
         async with self._router_lock:

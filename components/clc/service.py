@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from components.common.groups import digest as group_digest
+from components.common.modes import features
 from components.common.service import Service
 from components.common.sigv4 import SigV4Error, sign, verify
 from components.common.names import valid_bucket, valid_key
@@ -89,6 +90,10 @@ class CloudController(Service):
         super().__init__(config)
         self.store = Store(Path(config["data_dir"]) / "clc.db", keep_ops=int(config.get("oplog_keep", KEEP_OPS)))
         self.zones: list[str] = list(config.get("zones") or ["cluster1"])
+        # One networking mode for the whole deployment (the spec has one), so every zone
+        # offers the same features: components/common/modes.py.
+        self.mode = str(config.get("mode", "MANAGED"))
+        self.features = features(self.mode)
         self.public_pool = public_pool(config.get("public_ips", DEFAULT_PUBLIC_IPS))
         self.cluster = ClusterClient(config, self.zones)
         self.admin = config.get("admin") or {}
@@ -662,7 +667,14 @@ class CloudController(Service):
                               "AND cidr=? AND source_group=?", gid, r["protocol"], r["from_port"], r["to_port"],
                               r["cidr"], r["source_group"]) is not None
 
+    def _require(self, feature: str, what: str) -> None:
+        """Refuse, before anything changes, a request for a feature this cloud's mode lacks."""
+        if not getattr(self.features, feature):
+            raise EC2Error("UnsupportedOperation", f"{what} are not available in {self.mode} networking mode "
+                           f"(zones {', '.join(self.zones)})")
+
     async def act_AuthorizeSecurityGroupIngress(self, p: Params, account: str) -> dict:
+        self._require("security_groups", "security group rules")
         row = self._group(account, p.get("GroupId"), p.get("GroupName") or (None if p.get("GroupId") else
                                                                              p.req("GroupId")))
         rules = self._parse_permissions(p, account)
@@ -674,6 +686,7 @@ class CloudController(Service):
         return {"return": True}
 
     async def act_RevokeSecurityGroupIngress(self, p: Params, account: str) -> dict:
+        self._require("security_groups", "security group rules")
         row = self._group(account, p.get("GroupId"), p.get("GroupName") or (None if p.get("GroupId") else
                                                                              p.req("GroupId")))
         rules = self._parse_permissions(p, account)
@@ -965,6 +978,7 @@ class CloudController(Service):
         return row
 
     async def act_AllocateAddress(self, p: Params, account: str) -> dict:
+        self._require("elastic_ips", "elastic IPs")
         held = self.store.one("SELECT COUNT(*) FROM addresses WHERE account=?", account)[0]
         if held >= self.quotas["elastic_ips"]:
             raise EC2Error("AddressLimitExceeded", f"The maximum number of addresses ({self.quotas['elastic_ips']}) "
@@ -978,6 +992,7 @@ class CloudController(Service):
         return {"publicIp": free[0], "domain": p.get("Domain") or "standard", "allocationId": alloc}
 
     async def act_AssociateAddress(self, p: Params, account: str) -> dict:
+        self._require("elastic_ips", "elastic IPs")
         row = self._address(account, p.get("PublicIp"), p.get("AllocationId"))
         inst = self._instances(account, [p.req("InstanceId")])[0]
         if inst["state"] not in ("pending", "running"):
@@ -1001,6 +1016,7 @@ class CloudController(Service):
             self._address_busy += collections.Counter()  # drop the zeros
 
     async def act_DisassociateAddress(self, p: Params, account: str) -> dict:
+        self._require("elastic_ips", "elastic IPs")
         assoc = p.get("AssociationId")
         if assoc:
             check_id("association", assoc)

@@ -16,10 +16,13 @@ from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 from .conftest import aws_client
 
 
-def boot_image(ec2, s3) -> str:
+def boot_image(ec2, s3, groups: bool = True) -> str:
+    """Register an image; where groups are enforced (``groups``), open HTTP in the default group."""
     s3.create_bucket(Bucket="images")
     s3.put_object(Bucket="images", Key="f.img", Body=os.urandom(2**20))
     emi = ec2.register_image(ImageLocation="images/f.img", Name="faults")["ImageId"]
+    if not groups:
+        return emi
     gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
     ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
@@ -99,7 +102,7 @@ def test_system_mode_end_to_end(tmp_path):
     with Deployment(spec, run_dir=tmp_path / "run") as dep:
         dep.start_services()
         ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
-        emi = boot_image(ec2, s3)
+        emi = boot_image(ec2, s3, groups=False)  # SYSTEM has no security groups
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         inst = wait(ec2, iid)
         assert inst["State"]["Name"] == "running"
