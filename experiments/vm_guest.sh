@@ -25,9 +25,9 @@ ln -sfn /proc/self/fd /dev/fd
 ln -sfn /proc/self/fd/0 /dev/stdin
 ln -sfn /proc/self/fd/1 /dev/stdout
 ln -sfn /proc/self/fd/2 /dev/stderr
-# Fresh /run and /tmp: the host's /run/openvswitch must not show through.
+# A fresh /run: the host's /run/openvswitch must not show through. /tmp stays the overlay's
+# (writes land in the guest's memory): a repository cloned under /tmp must be seen here.
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /run/lock /var/run /run/netns
