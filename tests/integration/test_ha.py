@@ -1,5 +1,5 @@
 """High availability on the real network: the fault table, and one regression test for each
-failure of the real Eucalyptus listed in REFERENCE.md (EUCA-2281, -3202, -3440, -4846, -8110)."""
+failure the real Eucalyptus had (its issue tracker: EUCA-2281, -3202, -3440, -4846, -8110)."""
 
 from __future__ import annotations
 
