@@ -392,6 +392,8 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
         def pump() -> None:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip("\r\n")
+                if con.closed:  # the boot was cut short (timeout, signal): qemu is gone
+                    return
                 con.write(line + "\n")
                 con.flush()
                 if line.startswith("eucalab-vm: mark "):

@@ -58,9 +58,17 @@ print(f"cd {shlex.quote(job['cwd'])} || exit 125")
 print(" ".join(shlex.quote(a) for a in job["argv"]))
 EOF
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+touch /run/eucalab-job-start
 bash /tmp/job.sh </dev/null
 rc=$?
 mark job
+# Run directories the job made in the repository's results/ (an experiment's, a bench's)
+# live in the guest's memory: copy them to the share (regular files; sockets stay).
+results=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["cwd"])' "$OUT/job.json")/results
+if [ -d "$results" ]; then
+    find "$results" -mindepth 1 -maxdepth 1 -type d -newer /run/eucalab-job-start \
+        -exec cp -r --no-preserve=mode -t "$OUT" {} + 2>/dev/null
+fi
 /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1
 trap - EXIT
 finish "$rc"
