@@ -209,8 +209,13 @@ class StallProber(threading.Thread):
 
 
 def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
-            checkpoints: tuple[int, ...] = (1_000, 10_000, 100_000), progress=None) -> list[dict]:
-    """Drive ``lifecycles`` instance lifecycles; one row of figures per checkpoint."""
+            checkpoints: tuple[int, ...] = (1_000, 10_000, 100_000), progress=None,
+            settle_s: float = 0.0) -> list[dict]:
+    """Drive ``lifecycles`` instance lifecycles; one row of figures per checkpoint.
+
+    ``settle_s``: before the last checkpoint's row, wait up to that long for the CLC and
+    the CC to hold fewer instances than have come and gone (their retirement runs on its
+    own clock, every 2 s on the CLC; a short run can end before its first pass)."""
     marks = sorted(c for c in checkpoints if c <= lifecycles) or [lifecycles]
     root = Path(tempfile.mkdtemp(prefix="eucalab-bench-lifecycle-"))
     rows: list[dict] = []
@@ -246,6 +251,11 @@ def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0
                             ImageId=emi, MinCount=1, MaxCount=min(batch, mark - done))["Instances"]]
                         ec2.terminate_instances(InstanceIds=ids)
                         done += len(ids)
+                    if mark == marks[-1] and settle_s > 0:
+                        deadline = time.monotonic() + settle_s
+                        while time.monotonic() < deadline and not (
+                                cc.status()["instances"] < done and _clc_rows(clc) < done):
+                            time.sleep(0.1)
                     stalls = prober.take()
                     row = {"lifecycles": done, "seconds": round(time.monotonic() - t0, 1),
                            "clc_rss_mib": round(clc.rss_mib(), 1), "cc_rss_mib": round(cc.rss_mib(), 1),
