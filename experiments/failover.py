@@ -155,6 +155,7 @@ class Prober:
         self.dep, self.url, self.headers = dep, url, headers
         self.interval, self.timeout, self.expect = interval, timeout, expect
         self.probes: list[Probe] = []
+        self.overhead: dict | None = None  # the prober's own cost, its last line (experiments/prober.py)
         self._lock = threading.Lock()
         self._popen = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -175,6 +176,9 @@ class Prober:
 
     def _read(self) -> None:
         for line in self._popen.stdout:
+            if line.startswith(b"#"):
+                self.overhead = json.loads(line[1:])
+                continue
             sent, done, ok = line.split()
             with self._lock:
                 self.probes.append(Probe(float(sent), float(done), ok == b"1"))
@@ -282,6 +286,88 @@ class _Capture:
         self.path.with_suffix(".flows.txt").write_text("\n".join(dumps))
 
 
+KEEPALIVED_VIP = "10.0.0.10"  # the CLC's VIP: the baseline runs on the CLC pair's hosts
+
+
+def keepalived_conf(dep: Deployment, host: str, advert_ms: float, priority: int,
+                    rt_priority: int | None = None) -> Path:
+    """keepalived's configuration on ``host``: one VRRP instance holding the CLC's VIP
+    (VRRPv3 below 1 s adverts), ``nopreempt``; ``rt_priority`` runs its VRRP process at
+    SCHED_FIFO (``vrrp_rt_priority``), as eucalab's HA members run."""
+    intf = dep.plan.hosts[host].intf("cloud").name
+    d = dep.host_dir(host, "keepalived")
+    version = "3" if advert_ms < 1000 else "2"
+    advert = f"{advert_ms / 1000:g}"
+    rt = f"\n    vrrp_rt_priority {int(rt_priority)}" if rt_priority else ""
+    conf = d / "keepalived.conf"
+    conf.write_text(f"""global_defs {{
+    router_id {host}
+    vrrp_version {version}{rt}
+}}
+vrrp_instance EUCALAB {{
+    state BACKUP
+    nopreempt
+    interface {intf}
+    virtual_router_id 51
+    priority {priority}
+    advert_int {advert}
+    virtual_ipaddress {{
+        {KEEPALIVED_VIP}/16 dev {intf}
+    }}
+}}
+""")
+    return conf
+
+
+def start_keepalived(dep: Deployment, host: str, advert_ms: float, priority: int,
+                     rt_priority: int | None = None) -> None:
+    conf = keepalived_conf(dep, host, advert_ms, priority, rt_priority)
+    d = conf.parent
+    for stale in ("keepalived.pid", "vrrp.pid"):  # left by a crashed instance
+        (d / stale).unlink(missing_ok=True)
+    dep.start("keepalived", host, label="keepalived", wait=False, argv=[
+        "keepalived", "-n", "-l", "-P", "-f", str(conf), "-p", str(d / "keepalived.pid"),
+        "-r", str(d / "vrrp.pid")])
+
+
+def start_http(dep: Deployment, host: str) -> None:
+    """The trivial service keepalived fronts: an HTTP responder on port 8080."""
+    dep.start("http8080", host, label="http8080", wait=False,
+              argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
+    wait_until(lambda: dep.listening(host, 8080), 10, 0.05)
+
+
+def drop_keepalived_vip(dep: Deployment, host: str) -> None:
+    dep[host].cmd(f"ip addr del {KEEPALIVED_VIP}/16 dev {dep.plan.hosts[host].intf('cloud').name} 2>/dev/null")
+
+
+def keepalived_holders(dep: Deployment, hosts: list[str]) -> list[str]:
+    """The hosts that hold the baseline's VIP now."""
+    return [h for h in hosts if f"{KEEPALIVED_VIP}/16" in dep[h].cmd("ip -o -4 addr show")]
+
+
+def start_keepalived_pair(dep: Deployment, advert_ms: float, rt_priority: int | None = None) -> list[str]:
+    """keepalived and its HTTP responder on the CLC pair's hosts, with the eucalab CLC out
+    of the way (the same hosts and VIP); returns the hosts."""
+    hosts = dep.plan.pair("clc").members
+    dep.admit(KEEPALIVED_VIP, 8080)  # the site's firewall lets users reach the baseline's service
+    for h in hosts:
+        if (h, "clc") in dep.processes and dep.process(h, "clc").alive():
+            dep.stop(h, "clc")
+        drop_keepalived_vip(dep, h)
+        if (h, "http8080") not in dep.processes or not dep.processes[(h, "http8080")].alive():
+            start_http(dep, h)
+    for i, h in enumerate(hosts):
+        start_keepalived(dep, h, advert_ms, 100 - 10 * i, rt_priority)
+    return hosts
+
+
+def stop_keepalived_pair(dep: Deployment, hosts: list[str]) -> None:
+    for h in hosts:
+        dep.stop(h, "keepalived")
+        drop_keepalived_vip(dep, h)
+
+
 class Runner:
     def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True):
         self.exp = exp
@@ -363,7 +449,7 @@ class Runner:
             return f"{w['disk']}?offset=0&length={len(PROBE_BLOCK)}", {}, ("equals", PROBE_BLOCK)
         if target == "cc":
             return f"http://{w['eip']}/", {}, ("stripped", w["iid"].encode())
-        return "http://10.0.0.10:8080/", {}, ("contains", b"")
+        return f"http://{KEEPALIVED_VIP}:8080/", {}, ("contains", b"")
 
     # -- one trial ------------------------------------------------------------------------------------
 
@@ -556,7 +642,8 @@ class Runner:
                 detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
                 lost_writes=lost, redundancy_restored_s=(t_settled - t_restore) if settled else None,
                 two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
-                **ctx.notes, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+                **ctx.notes, prober=probe.overhead,
+                **{f"probe_{k}": v for k, v in resolution(probes).items()})
             if error:
                 record["error"] = error
             if self._check_error:
@@ -589,68 +676,13 @@ class Runner:
 
     # -- keepalived baseline ------------------------------------------------------------------------
 
-    def _keepalived_conf(self, dep: Deployment, host: str, advert_ms: float, priority: int) -> Path:
-        intf = dep.plan.hosts[host].intf("cloud").name
-        d = dep.host_dir(host, "keepalived")
-        version = "3" if advert_ms < 1000 else "2"
-        advert = f"{advert_ms / 1000:g}"
-        conf = d / "keepalived.conf"
-        conf.write_text(f"""global_defs {{
-    router_id {host}
-    vrrp_version {version}
-}}
-vrrp_instance EUCALAB {{
-    state BACKUP
-    nopreempt
-    interface {intf}
-    virtual_router_id 51
-    priority {priority}
-    advert_int {advert}
-    virtual_ipaddress {{
-        10.0.0.10/16 dev {intf}
-    }}
-}}
-""")
-        return conf
-
-    def _start_keepalived(self, dep: Deployment, host: str, advert_ms: float, priority: int) -> None:
-        conf = self._keepalived_conf(dep, host, advert_ms, priority)
-        d = conf.parent
-        for stale in ("keepalived.pid", "vrrp.pid"):  # left by a crashed instance
-            (d / stale).unlink(missing_ok=True)
-        dep.start("keepalived", host, label="keepalived", wait=False, argv=[
-            "keepalived", "-n", "-l", "-P", "-f", str(conf), "-p", str(d / "keepalived.pid"),
-            "-r", str(d / "vrrp.pid")])
-
-    @staticmethod
-    def _start_http(dep: Deployment, host: str) -> None:
-        """The trivial service keepalived fronts: an HTTP responder on port 8080."""
-        dep.start("http8080", host, label="http8080", wait=False,
-                  argv=[os.sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8080"])
-        wait_until(lambda: dep.listening(host, 8080), 10, 0.05)
-
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar, point: dict | None = None) -> list[dict]:
-        pair = dep.plan.pair("clc")
-        hosts = pair.members
-        dep.admit("10.0.0.10", 8080)  # the site's firewall lets users reach the baseline's service
-        for h in hosts:  # the same hosts and VIP, with the eucalab CLC out of the way
-            if dep.process(h, "clc").alive():
-                dep.stop(h, "clc")
-            dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
-            if (h, "http8080") not in dep.processes or not dep.processes[(h, "http8080")].alive():
-                self._start_http(dep, h)
-        for i, h in enumerate(hosts):
-            self._start_keepalived(dep, h, ts.advert_ms, 100 - 10 * i)
+        rt = ts.params.get("rt_priority")
+        hosts = start_keepalived_pair(dep, ts.advert_ms, rt)
         records = []
 
-        def holder():
-            for h in hosts:
-                if "10.0.0.10/16" in dep[h].cmd("ip -o -4 addr show"):
-                    return h
-            return None
-
         for n in range(ts.trials):
-            master = wait_until(holder, 15)
+            master = next(iter(wait_until(lambda: keepalived_holders(dep, hosts), 15)), None)
             record = {"set": ts.name, "target": "keepalived", "fault": "sigkill", "trial": n, "primary": master}
             if point:
                 record["point"] = point
@@ -671,9 +703,7 @@ vrrp_instance EUCALAB {{
                 probe.stop()
             records.append(record)
             self._write(record, bar)
-        for h in hosts:
-            dep.stop(h, "keepalived")
-            dep[h].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[h].intf('cloud').name} 2>/dev/null")
+        stop_keepalived_pair(dep, hosts)
         return records
 
     def _write(self, record: dict, bar) -> None:
@@ -695,7 +725,7 @@ vrrp_instance EUCALAB {{
         # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
         # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
         ok = wait_until(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
-                   "10.0.0.10/16" in dep[backup].cmd("ip -o -4 addr show"), 15)
+                   keepalived_holders(dep, [backup]), 15)
         time.sleep(0.1)
         probes = probe.stop()
         span = outage_span(probes, t_fault)
@@ -704,15 +734,16 @@ vrrp_instance EUCALAB {{
                       outage_s=out, served_again_s=(span[1] - t_fault) if span else None,
                       new_primary=backup, probes=len(probes),
                       cpu_percent=psutil.cpu_percent(None), load1=os.getloadavg()[0],
-                      lost_writes=None, **{f"probe_{k}": v for k, v in resolution(probes).items()})
+                      lost_writes=None, prober=probe.overhead,
+                      **{f"probe_{k}": v for k, v in resolution(probes).items()})
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
                                            "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
         # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
         dep.process(master, "keepalived").popen.wait(timeout=5)
         dep.process(master, "http8080").popen.wait(timeout=5)
-        dep[master].cmd(f"ip addr del 10.0.0.10/16 dev {dep.plan.hosts[master].intf('cloud').name} 2>/dev/null")
-        self._start_http(dep, master)
-        self._start_keepalived(dep, master, ts.advert_ms, 90)
+        drop_keepalived_vip(dep, master)
+        start_http(dep, master)
+        start_keepalived(dep, master, ts.advert_ms, 90, ts.params.get("rt_priority"))
 
     # -- the whole run ----------------------------------------------------------------------------------
 

@@ -9,18 +9,23 @@ ones; no retries), and prints one line per request as it completes::
 
 (CLOCK_MONOTONIC seconds, the same clock as the harness and the components' events; ok
 is 1 when the status is 200 and the body matches). It stops on SIGTERM or when its stdin
-closes.
+closes, and its last line, starting with ``#``, is its own cost (``overhead``): CPU seconds
+it used, requests sent, and how late request starts were against their schedule (p50,
+p99, max, ms). A finer interval (2-5 ms where outages are tens of ms) costs CPU and
+requests on the service it measures; that line says how much.
 
 Why a process of its own: the probes measure the outage, so nothing the fault injector
 does may delay them. In the harness's process a restart of the killed member (a fork of
 that large process) froze every thread for up to 326 ms in 1 of 100 Walrus trials, and
-that pause was counted as outage. Only the standard library: the process starts in tens of ms.
+that pause was counted as outage. Only the standard library (and experiments.analysis, which
+uses nothing else): the process starts in tens of ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import signal
 import sys
@@ -28,6 +33,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
+
+from experiments.analysis import percentile  # the standard library only
 
 
 def _mono() -> float:
@@ -61,6 +68,17 @@ def request(url: str, headers: dict, timeout: float) -> tuple[int, bytes]:
         return 0, b""
 
 
+def overhead(late_s: list[float], cpu_s: float, wall_s: float) -> dict:
+    """The prober's own cost: CPU it used (seconds, and cores on average over ``wall_s``), and
+    how late request starts were against their schedule (``late_s``, one per request)."""
+    def q(p: float) -> float | None:
+        return round(percentile(late_s, p) * 1000, 3) if late_s else None
+
+    return {"requests": len(late_s), "cpu_s": round(cpu_s, 4), "wall_s": round(wall_s, 4),
+            "cores": round(cpu_s / wall_s, 4) if wall_s > 0 else None,
+            "start_late_ms": {"p50": q(50), "p99": q(99), "max": q(100)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.prober", description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True)
@@ -89,21 +107,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 
-    def one() -> None:
+    late: list[float] = []
+
+    def one(due: float) -> None:
         t0 = _mono()
         status, body = request(args.url, headers, args.timeout)
         ok = matches(args.expect, want, status, body)
         with out_lock:
+            late.append(t0 - due)
             sys.stdout.write(f"{t0:.6f} {_mono():.6f} {int(ok)}\n")
             sys.stdout.flush()
 
     pool = ThreadPoolExecutor(max_workers=int(args.timeout / args.interval) + 4)
-    next_at = _mono()
+    t_start, cpu_start = _mono(), time.process_time()
+    next_at = t_start
     while not stop.is_set():
-        pool.submit(one)
+        pool.submit(one, next_at)
         next_at += args.interval
         stop.wait(max(0.0, next_at - _mono()))
     pool.shutdown(wait=True)
+    cost = overhead(late, time.process_time() - cpu_start, _mono() - t_start)
+    sys.stdout.write("# " + json.dumps(cost) + "\n")
+    sys.stdout.flush()
     return 0
 
 

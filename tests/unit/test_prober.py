@@ -5,6 +5,7 @@ its stdin closes."""
 from __future__ import annotations
 
 import http.server
+import json
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from experiments.prober import matches
+from experiments.prober import matches, overhead
 from experiments.rundir import REPO_ROOT
 
 
@@ -66,7 +67,13 @@ def test_requests_keep_their_pace_while_some_hang_and_it_stops_on_stdin_close(se
     assert proc.wait(timeout=5) == 0
     out = proc.stdout.read()
     proc.stdout.close()
-    probes = sorted(tuple(float(x) for x in line.split()) for line in out.splitlines())
+    *lines, last = out.splitlines()
+    probes = sorted(tuple(float(x) for x in line.split()) for line in lines)
+    # Its last line is its own cost: one lateness per request, and the CPU it used.
+    assert last.startswith(b"# ")
+    cost = json.loads(last[2:])
+    assert cost["requests"] == len(probes) and 0 < cost["cpu_s"] < cost["wall_s"]
+    assert 0 <= cost["start_late_ms"]["p50"] <= cost["start_late_ms"]["p99"] <= cost["start_late_ms"]["max"]
     starts = [s for s, _, _ in probes]
     assert len(probes) > 80  # about 150 in 1.5 s
     # Hanging requests never delayed the next ones: no gap between starts near the timeout.
@@ -74,3 +81,29 @@ def test_requests_keep_their_pace_while_some_hang_and_it_stops_on_stdin_close(se
     failed = [(s, d) for s, d, ok in probes if not ok]
     assert failed and all(0.19 <= d - s < 0.5 for s, d in failed)  # cut at the timeout
     assert probes[0][2] == 1 and probes[-1][2] == 1
+
+
+def test_overhead_figures():
+    cost = overhead([0.001, 0.002, 0.003, 0.010], cpu_s=0.5, wall_s=2.0)
+    assert cost["requests"] == 4 and cost["cores"] == 0.25
+    assert cost["start_late_ms"]["p50"] == 2.5 and cost["start_late_ms"]["max"] == 10.0
+    assert overhead([], 0.0, 0.0) == {"requests": 0, "cpu_s": 0.0, "wall_s": 0.0, "cores": None,
+                                      "start_late_ms": {"p50": None, "p99": None, "max": None}}
+
+
+def test_a_2_ms_interval_keeps_its_pace(server):
+    """The finer probing the safe-floor experiment uses: 2 ms between request starts."""
+    srv, _ = server
+    argv = [sys.executable, "-m", "experiments.prober", "--url", f"http://127.0.0.1:{srv.server_address[1]}/x",
+            "--interval", "0.002", "--timeout", "0.2", "--expect", "equals", "--body-hex", b"hello\n".hex()]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
+    time.sleep(1.0)
+    proc.stdin.close()
+    assert proc.wait(timeout=5) == 0
+    *lines, last = proc.stdout.read().splitlines()
+    proc.stdout.close()
+    starts = sorted(float(line.split()[0]) for line in lines)
+    cost = json.loads(last[2:])
+    assert cost["requests"] == len(starts) >= 300  # about 500 in 1 s
+    gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
+    assert gaps[len(gaps) // 2] < 0.004  # the median start-to-start gap is the interval
