@@ -16,6 +16,14 @@ at which two members of a pair are ENABLED is a false failover. The bench sample
 every pair's states every 100 ms, reads the members' event logs at the end, and exits
 1 on any false failover (a benchmark gate).
 
+With ``keepalived_advert_ms`` (the safe-floor experiment, experiments/safe_floor.py), the
+same deployment then soaks keepalived as long on the CLC pair's hosts, with the CLCs out
+of the way: VRRPv3 adverts at that interval, the same share of adverts dropped (protocol
+``vrrp`` arriving on each host's cloud interface), the same CPU hog; every ``Entering
+MASTER STATE`` keepalived logs after its pair settled is a false failover, and every
+sample in which both hosts hold the VIP is a moment with two serving
+(``summary.json``'s ``keepalived``). keepalived has no arbitrators: that stress is eucalab's.
+
 Writes ``results/<UTC>-soak/``: ``config.json``, ``versions.json``, ``events.jsonl``
 (every HA member's events, merged by time), ``states.jsonl`` (state changes the
 sampler saw), ``load.jsonl`` (CPU every second), ``iptables.json`` (the loss rules'
@@ -102,13 +110,15 @@ def enabled_twice(states: dict[str, str | None], pairs: dict[str, list[str]]) ->
     return [name for name, members in pairs.items() if sum(states.get(m) == "ENABLED" for m in members) > 1]
 
 
-def loss_rules(interface: str, probability: float, port: int, path: str) -> list[list[str]]:
-    """iptables arguments, in order, that count and randomly drop heartbeats arriving on ``interface``.
+def loss_rules(interface: str, probability: float, port: int | None, path: str,
+               protocol: str = "udp") -> list[list[str]]:
+    """iptables arguments, in order, that count and randomly drop heartbeats arriving on ``interface``
+    (``protocol`` to ``port``; keepalived's adverts are protocol ``vrrp`` with no port).
 
     The first rule has no target: its counter is every heartbeat seen; the second's is
     every heartbeat dropped.
     """
-    match = ["-i", interface, "-p", "udp", "--dport", str(port)]
+    match = ["-i", interface, "-p", protocol, *(["--dport", str(port)] if port is not None else [])]
     return [
         ["-A", "INPUT", *match, "-m", "comment", "--comment", f"{RULE_TAG}-seen-{path}"],
         ["-A", "INPUT", *match, "-m", "comment", "--comment", f"{RULE_TAG}-drop-{path}",
@@ -341,9 +351,22 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
         hog_cores: int = 1, loss_paths: str = "heartbeat", spec_path: str | None = None,
         results_root: Path | None = None, progress: bool | None = None) -> int:
     """Run the soak, print its figures and write its run directory; 1 on any false failover."""
+    _, summary = soak(minutes, interval_ms, misses, loss_pct, hog_cores, loss_paths, spec_path,
+                      results_root, progress)
+    return 0 if summary["ok"] else 1
+
+
+def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pct: float = 1.0,
+         hog_cores: int = 1, loss_paths: str = "heartbeat", spec_path: str | dict | None = None,
+         results_root: Path | None = None, progress: bool | None = None,
+         keepalived_advert_ms: float | None = None) -> tuple[Path, dict]:
+    """The soak (and keepalived's after it, with ``keepalived_advert_ms``); its run
+    directory and summary. ``spec_path``: a spec file, or a spec as a dict."""
     from rich.console import Console
 
-    from .deployment import Deployment
+    from topologies.spec import spec_from_dict
+
+    from .deployment import REALTIME_PRIORITY, Deployment
     from .versions import versions
 
     if os.geteuid() != 0:
@@ -352,12 +375,12 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
         raise SystemExit("eucalab bench soak: --loss is a percentage in [0, 100)")
     console = Console(width=max(110, Console().width))
     cores = pick_cores(hog_cores)
-    spec = dataclasses.replace(load_spec(spec_path), name="soak",
-                               heartbeat=HeartbeatSpec(interval_ms=interval_ms, misses=misses))
+    base = spec_from_dict(spec_path) if isinstance(spec_path, dict) else load_spec(spec_path)
+    spec = dataclasses.replace(base, name="soak", heartbeat=HeartbeatSpec(interval_ms=interval_ms, misses=misses))
     run_dir = new_run_dir("soak", results_root)
     config = {"minutes": minutes, "interval_ms": interval_ms, "misses": misses, "loss_pct": loss_pct,
               "loss_paths": loss_paths, "hog_cores": cores, "sample_s": SAMPLE_S, "spec": spec_path or "default",
-              "cpu_count": psutil.cpu_count(), "argv": sys.argv}
+              "cpu_count": psutil.cpu_count(), "argv": sys.argv, "keepalived_advert_ms": keepalived_advert_ms}
     write_json(run_dir / "config.json", config)
     write_json(run_dir / "versions.json", versions())
     console.print(f"[bold]HA soak[/]: {minutes:g} min, heartbeat {interval_ms:g} ms x {misses}, "
@@ -406,6 +429,11 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
         dep.events.emit("soak.end")
         events = sorted((e for h in hosts for e in read_events(dep.process(h).events_path)),
                         key=lambda e: e.get("t_mono", 0.0))
+        keepalived = None
+        if keepalived_advert_ms is not None:
+            console.print(f"  keepalived: {minutes:g} min, VRRPv3 advert {keepalived_advert_ms:g} ms, same stresses")
+            keepalived = keepalived_soak(dep, keepalived_advert_ms, minutes * 60, loss_pct, cores,
+                                         REALTIME_PRIORITY if dep.realtime else None)
 
     with open(run_dir / "events.jsonl", "w") as f:
         for e in events:
@@ -420,9 +448,81 @@ def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pc
     cores_used["others"] = cores_used["machine"] - sum(v for k, v in cores_used.items() if k != "machine")
     summary = _summary(config, verdict, sampled, wall, startup_s, loss_figures(counters), load.samples,
                        cores_used, stopped, events, t_start, t_end, hosts)
+    if keepalived is not None:
+        summary["keepalived"] = keepalived
     write_json(run_dir / "summary.json", summary)
     _print(console, summary, run_dir)
-    return 0 if verdict.ok else 1
+    return run_dir, summary
+
+
+# keepalived says each transition on its log; one to MASTER after the pair settled is a takeover.
+KEEPALIVED_MASTER = b"Entering MASTER STATE"
+
+
+def keepalived_masters(log: bytes) -> int:
+    """Transitions to MASTER in (a part of) keepalived's console log."""
+    return sum(1 for line in log.splitlines() if KEEPALIVED_MASTER in line)
+
+
+def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, cores: list[int],
+                    rt_priority: int | None) -> dict:
+    """keepalived on the CLC pair's hosts for ``seconds`` under advert loss and the CPU hog:
+    its false failovers and the samples in which both hosts held the VIP."""
+    from .failover import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
+
+    hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
+    try:
+        settle = max(0.5, 20 * advert_ms / 1000)  # one master, the same one, for 20 adverts
+        held: list = [None, time.monotonic()]
+
+        def settled() -> bool:
+            now_held = keepalived_holders(dep, hosts)
+            if now_held != held[0]:
+                held[:] = [now_held, time.monotonic()]
+            return len(now_held) == 1 and time.monotonic() - held[1] >= settle
+
+        if not _wait(settled, 30):
+            raise RuntimeError(f"keepalived: no single master at start-up: {held[0]}")
+        logs = {h: dep.process(h, "keepalived").dir / "stdout.log" for h in hosts}
+        offsets = {h: logs[h].stat().st_size for h in hosts}
+        for h in hosts:
+            intf = dep.plan.hosts[h].intf("cloud").name
+            for rule in loss_rules(intf, loss_pct / 100, None, "vrrp", protocol="vrrp"):
+                out = dep[h].cmd("iptables -w " + " ".join(rule) + " 2>&1; echo rc=$?")
+                if not out.strip().endswith("rc=0"):
+                    raise RuntimeError(f"{h}: iptables {' '.join(rule)}: {out.strip()}")
+        before = _counters(dep, hosts)
+        hog = CpuHog(cores)
+        dual, none, n = [], 0, 0
+        try:
+            hog.start()
+            t0 = time.monotonic()
+            next_at = t0
+            while time.monotonic() - t0 < seconds:
+                holders = keepalived_holders(dep, hosts)
+                n += 1
+                if len(holders) > 1:
+                    dual.append({"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "holders": holders})
+                none += not holders
+                next_at += SAMPLE_S
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            wall = time.monotonic() - t0
+        finally:
+            hog.stop()
+        after = _counters(dep, hosts)
+        masters = {}
+        for h in hosts:
+            with open(logs[h], "rb") as f:
+                f.seek(offsets[h])
+                masters[h] = keepalived_masters(f.read())
+        diff = {h: {k: after[h].get(k, 0) - before[h].get(k, 0) for k in after[h]} for h in hosts}
+        vrrp = loss_figures({h: {k: v for k, v in c.items() if k.endswith("-vrrp")} for h, c in diff.items()})
+        return {"advert_ms": advert_ms, "rt_priority": rt_priority, "ok": not any(masters.values()) and not dual,
+                "false_failovers": sum(masters.values()), "masters_by_host": masters,
+                "dual_holder_samples": len(dual), "dual_holders": dual[:100], "no_holder_samples": none,
+                "samples": n, "soak_s": round(wall, 2), "adverts": vrrp.get("vrrp")}
+    finally:
+        stop_keepalived_pair(dep, hosts)
 
 
 def _wait(fn, timeout: float) -> bool:
@@ -553,4 +653,11 @@ def _print(console, s: dict, run_dir: Path) -> None:
                   f"{c['cpu_count']} cores; load1 mean {s['load1']['mean']}, max {s['load1']['max']}; "
                   f"other eucalab runs on the machine: up to {s['other_runs_max']}")
     console.print("  cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cu.items()))
+    k = s.get("keepalived")
+    if k:
+        adv = k["adverts"] or {}
+        console.print(f"{'[green]PASS[/]' if k['ok'] else '[red]FAIL[/]'}  keepalived advert {k['advert_ms']:g} ms: "
+                      f"false failovers {k['false_failovers']}, samples with both holding the VIP "
+                      f"{k['dual_holder_samples']} of {k['samples']}; adverts seen {adv.get('seen')}, "
+                      f"dropped {adv.get('dropped')}")
     console.print(f"results: {run_dir / 'summary.json'}")

@@ -10,6 +10,7 @@
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
     eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
     eucalab run                       the main job on the default deployment
+    eucalab experiment FILE           a failover experiment definition, or a safe-floor one (kind: safe-floor)
     eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
                                       datapath, netem, 802.1Q) runs tests/kernel or a command
 """
@@ -170,6 +171,15 @@ def cmd_experiment(args) -> int:
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
+    from . import safe_floor
+
+    if safe_floor.is_safe_floor(args.definition):
+        run_dir = safe_floor.run(args.definition, trials=args.trials, soak_minutes=getattr(args, "soak_minutes", None))
+        print((run_dir / "report.md").read_text())
+        print(f"report: {run_dir / 'report.md'} (soaks/ and trials/ beside it)")
+        return 0
+    if getattr(args, "soak_minutes", None) is not None:
+        raise SystemExit("eucalab: --soak-minutes is for safe-floor definitions (kind: safe-floor)")
     run_dir = run_definition(args.definition, trials=args.trials)
     summary = json.loads((run_dir / "summary.json").read_text())
     for name, s in summary.items():
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("experiment", help="run a failover experiment definition (YAML)")
     s.add_argument("definition", help="e.g. experiments/definitions/default.yaml")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")
+    s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
     s.set_defaults(fn=cmd_experiment)
 
     s = sub.add_parser("report", help="regenerate plots and report of a run from its raw data")

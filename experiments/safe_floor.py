@@ -1,0 +1,287 @@
+"""The safe floor of failover detection: the shortest timer with no false failover, and the outage there.
+
+    eucalab experiment experiments/definitions/safe-floor.yaml [--trials N] [--soak-minutes M]
+
+A failure detector can always be made faster by shortening its timer, until it starts to
+fail over when nothing failed. So two systems are compared at their safe floors, not at
+one setting. For each interval h of ``intervals_ms`` (eucalab's heartbeat with ``misses``
+misses; keepalived's VRRPv3 advert interval, on the same hosts):
+
+1. a soak (experiments/bench_soak.py) of ``soak_minutes`` on a deployment of its own:
+   ``loss_pct`` of heartbeats (adverts) dropped, ``hog_cores`` cores busy, one arbitrator
+   of every ENABLED member stopped, the deployment's services running; then keepalived's
+   soak as long on the same deployment with the same loss and hog;
+2. a setting is safe when its soak saw 0 false failovers and 0 samples with two members
+   serving; the floor is the shortest setting at which it and every longer one were safe
+   (``floor``);
+3. crash trials at each floor on one deployment (experiments/failover.py): ``trials``
+   each of ``targets`` at eucalab's floor, and keepalived's at its own, probed every
+   ``probe_interval_ms``.
+
+The report (``report.md``) sets per system the false failovers at every setting, the
+floor, and the outage p50/p99 at the floor beside the theoretical bound of that setting
+(``bound``). Everything raw stays beside it: ``soaks/`` (each soak's run directory),
+``trials/`` (the failover run directory, with its own report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .rundir import new_run_dir, write_json
+
+KIND = "safe-floor"
+# keepalived's backup in these runs (experiments/failover.py: 100, then 90): its skew time.
+KEEPALIVED_BACKUP_PRIORITY = 90
+# Taking over a VIP by gratuitous ARP on veth, measured (docs/ha.md): about a millisecond.
+TAKEOVER_MS = 1.0
+
+
+@dataclass
+class SafeFloor:
+    """A safe-floor definition (experiments/definitions/safe-floor.yaml)."""
+
+    name: str = KIND
+    kind: str = KIND
+    seed: int = 1
+    spec: dict = field(default_factory=lambda: {"name": "default"})
+    intervals_ms: list[float] = field(default_factory=lambda: [50, 30, 20, 15, 10])
+    misses: int = 3
+    soak_minutes: float = 10.0
+    loss_pct: float = 1.0
+    hog_cores: int = 1
+    keepalived: bool = True
+    trials: int = 100
+    targets: list[dict] = field(default_factory=lambda: [
+        {"target": "clc"}, {"target": "walrus"}, {"target": "sc"}, {"target": "cc", "fault": "host"}])
+    probe_interval_ms: float = 2.0
+    probe_timeout_ms: float = 300.0
+    recovery_timeout_s: float = 10.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SafeFloor":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        d = cls(**data)
+        d.validate(str(path))
+        return d
+
+    def validate(self, where: str = "safe-floor") -> None:
+        from .failover import FAULTS, TARGETS
+
+        if self.kind != KIND:
+            raise ValueError(f"{where}: kind must be {KIND!r}")
+        if not self.intervals_ms or any(not isinstance(h, (int, float)) or h <= 0 for h in self.intervals_ms):
+            raise ValueError(f"{where}: intervals_ms must be a non-empty list of positive intervals")
+        if not isinstance(self.misses, int) or self.misses < 2:
+            raise ValueError(f"{where}: misses must be an integer >= 2 (one miss makes the window the period)")
+        if self.soak_minutes <= 0 or self.trials < 1 or self.probe_interval_ms <= 0:
+            raise ValueError(f"{where}: soak_minutes, trials and probe_interval_ms must be positive")
+        if not 0 <= self.loss_pct < 100:
+            raise ValueError(f"{where}: loss_pct is a percentage in [0, 100)")
+        for i, t in enumerate(self.targets):
+            if t.get("target") not in TARGETS[:-1] or t.get("fault", "sigkill") not in FAULTS \
+                    or set(t) - {"target", "fault"}:
+                raise ValueError(f"{where}: targets[{i}] must be {{target: clc|walrus|cc|sc, fault: ...}}")
+
+
+# -- pure logic ------------------------------------------------------------------------------------
+
+
+def safe(soak: dict) -> bool:
+    """A soak with no false failover and no moment with two serving."""
+    return soak["false_failovers"] == 0 and soak["dual"] == 0
+
+
+def floor(soaks: dict[float, dict]) -> float | None:
+    """The shortest interval at which it and every longer interval soaked safely; None when
+    even the longest did not. A safe short setting below an unsafe longer one is luck, not a floor."""
+    best = None
+    for h in sorted(soaks, reverse=True):
+        if not safe(soaks[h]):
+            break
+        best = h
+    return best
+
+
+def bound(interval_ms: float, misses: int, probe_ms: float, takeover_ms: float = TAKEOVER_MS) -> tuple[float, float]:
+    """The outage a heartbeat detector allows after a crash, in ms: detection between
+    (k-1)h and kh (the crash falls at a random phase of the heartbeat), plus takeover,
+    plus up to one probe interval of measurement resolution at the end."""
+    return (misses - 1) * interval_ms + takeover_ms, misses * interval_ms + takeover_ms + probe_ms
+
+
+def vrrp_bound(advert_ms: float, probe_ms: float, priority: int = KEEPALIVED_BACKUP_PRIORITY,
+               takeover_ms: float = TAKEOVER_MS) -> tuple[float, float]:
+    """The same for VRRPv3 (RFC 5798): the backup declares the master down after
+    Master_Down_Interval = 3 x Adv + Skew, Skew = (256 - priority) x Adv / 256, counted
+    from the last advert heard."""
+    down = (3 + (256 - priority) / 256) * advert_ms
+    return down - advert_ms + takeover_ms, down + takeover_ms + probe_ms
+
+
+def soak_row(summary: dict) -> dict:
+    """What the floor needs of a bench_soak summary, for eucalab and (if soaked) keepalived."""
+    # A takeover is a false failover; a sample with two ENABLED of which one was fenced
+    # (refusing every request) had one serving, and is counted beside.
+    row = {"eucalab": {"false_failovers": summary["false_failovers"], "demotions": len(summary["demotions"]),
+                       "state_changes": len(summary["state_changes"]),
+                       "dual": summary["dual_enabled_unfenced_samples"],
+                       "dual_fenced": summary["dual_enabled_samples"] - summary["dual_enabled_unfenced_samples"],
+                       "suspicions": summary["suspicions"], "soak_s": summary["soak_s"],
+                       "frozen_late_s": summary["frozen_late_s"]}}
+    k = summary.get("keepalived")
+    if k:
+        row["keepalived"] = {"false_failovers": k["false_failovers"], "dual": k["dual_holder_samples"],
+                             "soak_s": k["soak_s"], "adverts": k["adverts"]}
+    return row
+
+
+def trial_sets(d: SafeFloor, eucalab_floor: float | None, keepalived_floor: float | None, trials: int) -> list:
+    """The crash trials at the floors: each target at eucalab's, keepalived at its own."""
+    from .deployment import REALTIME_PRIORITY
+    from .failover import TrialSet
+
+    sets = []
+    if eucalab_floor is not None:
+        sets += [TrialSet(target=t["target"], fault=t.get("fault", "sigkill"), trials=trials) for t in d.targets]
+    if keepalived_floor is not None:
+        # At the realtime priority eucalab's members run at: the same care for both detectors.
+        sets.append(TrialSet(target="keepalived", trials=trials, advert_ms=keepalived_floor,
+                             params={"rt_priority": REALTIME_PRIORITY}))
+    return sets
+
+
+def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None, floors: dict) -> dict:
+    """Per system: every setting's soak figures, the floor, and each trial set's outage at
+    the floor beside its bound."""
+    out = {}
+    for system in ("eucalab", "keepalived"):
+        rows = {h: r[system] for h, r in soaks.items() if system in r}
+        if not rows:
+            continue
+        h = floors[system]
+        sets = {}
+        for name, s in (trials_summary or {}).items():
+            if (system == "keepalived") != name.startswith("keepalived"):
+                continue
+            lo, hi = (vrrp_bound(h, d.probe_interval_ms) if system == "keepalived"
+                      else bound(h, d.misses, d.probe_interval_ms))
+            o = s.get("outage_ms", {})
+            sets[name] = {"trials": s.get("trials"), "ok": s.get("ok"), "p50": o.get("p50"), "p99": o.get("p99"),
+                          "max": o.get("max"), "bound_ms": [round(lo, 2), round(hi, 2)]}
+        out[system] = {"floor_ms": h, "settings": {str(k): v for k, v in sorted(rows.items(), reverse=True)},
+                       "trial_sets": sets}
+    return out
+
+
+def coordinator_rows(d: SafeFloor, n: int = 1000) -> dict:
+    """The third detector beside the two measured: Eucalyptus 3.x's coordinator, as
+    experiments/coordinator_model.py models it, on the same targets and faults (outage
+    p50/p99 over ``n`` random check phases, and the model's bounds; seconds)."""
+    from . import coordinator_model as cm
+    from .analysis import percentile
+
+    rows = {}
+    for t in d.targets:
+        fault, coord = cm.TARGETS[t["target"]]
+        values = cm.sample(fault, coord, n, seed=d.seed)
+        lo, hi = cm.bounds(fault, coord)
+        rows[t["target"]] = {"fault": fault, "coordinator": coord, "p50_s": round(percentile(values, 50), 2),
+                             "p99_s": round(percentile(values, 99), 2), "bounds_s": [lo, hi]}
+    return rows
+
+
+def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
+    """report.md of a safe-floor run."""
+    lines = [f"# Safe floor: {d.name}", "",
+             f"Soak per setting: {soak_minutes:g} min ({d.loss_pct:g}% heartbeat/advert loss, {d.hog_cores} core(s) "
+             f"busy, one arbitrator of each ENABLED member stopped); a setting is safe with 0 false failovers "
+             f"and 0 samples with two serving. Crash trials at the floor: {trials} per set, probed every "
+             f"{d.probe_interval_ms:g} ms. eucalab: heartbeat h x {d.misses} misses; keepalived: VRRPv3 advert h "
+             f"(its VRRP process at SCHED_FIFO like eucalab's members).", ""]
+    for system, r in result.items():
+        lines += [f"## {system}: floor {r['floor_ms'] if r['floor_ms'] is not None else 'none'} ms", "",
+                  "| h (ms) | soaked (s) | false failovers | samples with two serving | detector events |",
+                  "|---|---|---|---|---|"]
+        for h, s in r["settings"].items():
+            extra = ", ".join(f"{k} {v}" for k, v in (s.get("suspicions") or {}).items()) or "-"
+            if system == "keepalived" and s.get("adverts"):
+                a = s["adverts"]
+                extra = f"adverts seen {a['seen']}, dropped {a['dropped']}"
+            fenced = f" (+{s['dual_fenced']} with one fenced)" if s.get("dual_fenced") else ""
+            lines.append(f"| {h} | {s['soak_s']} | {s['false_failovers']} | {s['dual']}{fenced} | {extra} |")
+        if r["trial_sets"]:
+            lines += ["", "| trial set (at the floor) | trials ok | outage p50 (ms) | p99 | max | bound (ms) |",
+                      "|---|---|---|---|---|---|"]
+            for name, s in r["trial_sets"].items():
+                def f(v):
+                    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+                lines.append(f"| {name} | {s['ok']}/{s['trials']} | {f(s['p50'])} | {f(s['p99'])} | {f(s['max'])} "
+                             f"| {s['bound_ms'][0]:g}..{s['bound_ms'][1]:g} |")
+        lines.append("")
+    coord = coordinator_rows(d)
+    lines += ["## Eucalyptus 3.x's coordinator (a model, not measured)", "",
+              "The same targets under experiments/coordinator_model.py: a check round every 10 s on the "
+              "coordinator CLC, arbitrators probed with a 2 s reachability timeout; a CLC crash is the "
+              "coordinator's own, seen first through the group view. Over 1000 random check phases:", "",
+              "| target | fault | outage p50 (s) | p99 (s) | model bounds (s) |", "|---|---|---|---|---|"]
+    for target, r in coord.items():
+        who = " (the coordinator)" if r["coordinator"] else ""
+        lines.append(f"| {target}{who} | {r['fault']} | {r['p50_s']:g} | {r['p99_s']:g} "
+                     f"| {r['bounds_s'][0]:g}..{r['bounds_s'][1]:g} |")
+    lines.append("")
+    lines += ["p99 needs at least 100 trials (experiments/analysis.py); the bound is (k-1)h..kh + takeover "
+              f"({TAKEOVER_MS:g} ms) + one probe interval, and for VRRPv3 Master_Down_Interval - Adv .. "
+              "Master_Down_Interval + the same.", ""]
+    return "\n".join(lines)
+
+
+def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None) -> Path:
+    """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/)."""
+    from .bench_soak import soak
+    from .failover import Experiment, Runner
+
+    d = SafeFloor.load(path)
+    minutes = soak_minutes if soak_minutes is not None else d.soak_minutes
+    n = min(trials, d.trials) if trials is not None else d.trials
+    run_dir = new_run_dir(d.name)
+    write_json(run_dir / "definition.json", {**dataclasses.asdict(d), "run_soak_minutes": minutes, "run_trials": n})
+    (run_dir / "soaks").mkdir()
+    soaks: dict[float, dict] = {}
+    for h in sorted(d.intervals_ms, reverse=True):
+        soak_dir, summary = soak(minutes=minutes, interval_ms=h, misses=d.misses, loss_pct=d.loss_pct,
+                                 hog_cores=d.hog_cores, spec_path=d.spec, results_root=run_dir / "soaks",
+                                 keepalived_advert_ms=h if d.keepalived else None)
+        soaks[h] = {**soak_row(summary), "run_dir": soak_dir.name}
+        write_json(run_dir / "soaks.json", {str(k): v for k, v in soaks.items()})
+    floors = {s: floor({h: r[s] for h, r in soaks.items() if s in r}) for s in ("eucalab", "keepalived")}
+    sets = trial_sets(d, floors["eucalab"], floors["keepalived"] if d.keepalived else None, n)
+    trials_summary = None
+    if sets:
+        spec = json.loads(json.dumps(d.spec))
+        spec["heartbeat"] = {"interval_ms": floors["eucalab"] or max(d.intervals_ms), "misses": d.misses}
+        exp = Experiment(name=f"{d.name}-trials", seed=d.seed, spec=spec, probe_interval_ms=d.probe_interval_ms,
+                         probe_timeout_ms=d.probe_timeout_ms, recovery_timeout_s=d.recovery_timeout_s, sets=sets)
+        (run_dir / "trials").mkdir()
+        Runner(exp, run_dir=run_dir / "trials").run()
+        trials_summary = json.loads((run_dir / "trials" / "summary.json").read_text())
+    result = outcome(d, soaks, trials_summary, floors)
+    write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
+                                          "trials": n, "coordinator_model": coordinator_rows(d)})
+    (run_dir / "report.md").write_text(render(d, result, minutes, n))
+    return run_dir
+
+
+def is_safe_floor(path: str | Path) -> bool:
+    """Whether a definition file is a safe-floor one (``kind: safe-floor``)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return isinstance(data, dict) and data.get("kind") == KIND

@@ -1,0 +1,97 @@
+"""The safe-floor experiment's logic (experiments/safe_floor.py): which setting is the floor,
+the bounds an outage is judged against, and its definition's validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.safe_floor import SafeFloor, bound, floor, outcome, render, soak_row, trial_sets, vrrp_bound
+
+
+def clean(**extra):
+    return {"false_failovers": 0, "dual": 0, **extra}
+
+
+def test_the_floor_is_the_shortest_setting_safe_with_every_longer_one():
+    soaks = {50: clean(), 30: clean(), 20: clean(), 15: {"false_failovers": 2, "dual": 0}, 10: clean()}
+    # 10 ms soaked clean, but 15 ms did not: luck below an unsafe setting is no floor.
+    assert floor(soaks) == 20
+    assert floor({50: clean(), 20: clean()}) == 20
+    assert floor({50: {"false_failovers": 0, "dual": 1}, 20: clean()}) is None  # two serving is unsafe too
+    assert floor({}) is None
+
+
+def test_bounds():
+    # (k-1)h .. kh, plus takeover, plus one probe interval at the end.
+    assert bound(20, 3, probe_ms=2, takeover_ms=1) == (41, 63)
+    assert bound(50, 3, probe_ms=10, takeover_ms=1) == (101, 161)
+    # VRRPv3 with backup priority 90: Master_Down = 3 x 20 + 166/256 x 20 = 72.97 ms.
+    lo, hi = vrrp_bound(20, probe_ms=2, priority=90, takeover_ms=1)
+    assert lo == pytest.approx(72.96875 - 20 + 1) and hi == pytest.approx(72.96875 + 3)
+
+
+def soak_summary(promotions=0, dual=0, fenced=0, keepalived=None):
+    s = {"false_failovers": promotions, "demotions": [{}] * promotions, "state_changes": [],
+         "dual_enabled_samples": dual + fenced, "dual_enabled_unfenced_samples": dual,
+         "suspicions": {"ha.paused": 3}, "soak_s": 60.1, "frozen_late_s": []}
+    if keepalived is not None:
+        s["keepalived"] = keepalived
+    return s
+
+
+def test_a_soak_row_counts_takeovers_and_two_serving_not_a_fenced_twin():
+    row = soak_row(soak_summary(promotions=1, fenced=2))
+    assert row["eucalab"]["false_failovers"] == 1 and row["eucalab"]["dual"] == 0
+    assert row["eucalab"]["dual_fenced"] == 2 and "keepalived" not in row
+    row = soak_row(soak_summary(keepalived={"false_failovers": 3, "dual_holder_samples": 1, "soak_s": 60.0,
+                                            "adverts": {"seen": 100, "dropped": 1}}))
+    assert row["keepalived"]["false_failovers"] == 3 and row["keepalived"]["dual"] == 1
+
+
+def test_trials_run_at_each_systems_own_floor():
+    d = SafeFloor()
+    sets = trial_sets(d, 20, 30, trials=7)
+    assert [(s.target, s.fault, s.trials) for s in sets[:4]] == [
+        ("clc", "sigkill", 7), ("walrus", "sigkill", 7), ("sc", "sigkill", 7), ("cc", "host", 7)]
+    assert sets[4].target == "keepalived" and sets[4].advert_ms == 30 and sets[4].params["rt_priority"] > 0
+    assert [s.target for s in trial_sets(d, None, 30, 1)] == ["keepalived"]
+    assert trial_sets(d, None, None, 1) == []
+
+
+def test_the_report_sets_each_setting_and_the_outage_beside_the_bound():
+    d = SafeFloor(probe_interval_ms=2)
+    soaks = {50: soak_row(soak_summary(keepalived={"false_failovers": 0, "dual_holder_samples": 0, "soak_s": 60,
+                                                   "adverts": {"seen": 10, "dropped": 0}})),
+             20: soak_row(soak_summary(promotions=2, keepalived={"false_failovers": 0, "dual_holder_samples": 0,
+                                                                 "soak_s": 60, "adverts": {"seen": 10,
+                                                                                           "dropped": 0}}))}
+    trials = {"eucalab CLC crash": {"trials": 10, "ok": 10, "outage_ms": {"p50": 140.0, "max": 150.0}},
+              "keepalived advert 20 ms": {"trials": 10, "ok": 9, "outage_ms": {"p50": 70.0, "max": 80.0}}}
+    result = outcome(d, soaks, trials, {"eucalab": 50, "keepalived": 20})
+    assert result["eucalab"]["floor_ms"] == 50 and list(result["eucalab"]["trial_sets"]) == ["eucalab CLC crash"]
+    assert result["eucalab"]["trial_sets"]["eucalab CLC crash"]["bound_ms"] == [101.0, 153.0]
+    assert result["eucalab"]["settings"]["20"]["false_failovers"] == 2
+    assert list(result["keepalived"]["trial_sets"]) == ["keepalived advert 20 ms"]
+    md = render(d, result, soak_minutes=1, trials=10)
+    assert "## eucalab: floor 50 ms" in md and "| eucalab CLC crash | 10/10 | 140.0 | - | 150.0 | 101..153 |" in md
+    assert "| 20 | 60.1 | 2 | 0 | ha.paused 3 |" in md
+    # The third detector, labelled a model, on the same targets.
+    assert "## Eucalyptus 3.x's coordinator (a model, not measured)" in md
+    assert "| clc (the coordinator) | process |" in md and "| cc | host |" in md
+
+
+@pytest.mark.parametrize("body, message", [
+    ("kind: safe-floor\nintervals_ms: []\n", "intervals_ms"),
+    ("kind: safe-floor\nintervals_ms: [20, -1]\n", "intervals_ms"),
+    ("kind: safe-floor\nmisses: 1\n", "misses"),
+    ("kind: safe-floor\nloss_pct: 100\n", "loss_pct"),
+    ("kind: safe-floor\ntargets: [{target: keepalived}]\n", "targets"),
+    ("kind: safe-floor\ntargets: [{target: clc, trials: 3}]\n", "targets"),
+    ("kind: safe-floor\nsoak: 10\n", "unknown field"),
+    ("kind: other\n", "kind must be"),
+])
+def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=message):
+        SafeFloor.load(path)
