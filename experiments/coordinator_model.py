@@ -12,9 +12,11 @@ to peer (components/common/ha.py); Eucalyptus 3.x decided centrally:
   on the coordinator it checks every service, then, in the same round, disables the
   NOTREADY ones and promotes a DISABLED peer of each service that has no ENABLED member
   (``check_round()``).
-* A service's check includes its arbitrators: each is pinged with
-  ``InetAddress.isReachable(address, 2000)``; some unreachable is advisory, all
-  unreachable is fatal (the service goes NOTREADY).
+* A service's check includes its arbitrators (``ArbitratorControl.check``): each is
+  pinged with a 2000 ms reachability timeout; some unreachable is advisory, all
+  unreachable is fatal (the service goes NOTREADY). The pings run in the background and
+  a check judges the results of the pings the previous check started, so an arbitrator
+  failure is acted on one cycle late (``outage()`` with fault ``arbitrators``).
 * When the coordinator itself dies nobody checks it: the surviving CLC learns of it from
   the group view (the dead member is suspected, verified and removed), becomes the
   coordinator because no later-started CLC is left in the view, and its own next
@@ -46,7 +48,7 @@ FD_MAX_TRIES = 2
 # arbitrator probes wait (the check request's own timeout is not modelled).
 HOST_CHECK_TIMEOUT_S = ARBITRATOR_REACHABLE_TIMEOUT_S
 
-FAULTS = ("process", "host")
+FAULTS = ("process", "host", "arbitrators")
 
 
 @dataclass
@@ -102,8 +104,8 @@ def check_round(pairs: dict[str, dict[str, ServiceView]]) -> list[tuple[str, str
 def view_change_s(fault: str) -> float:
     """How long the group takes to drop a dead member: a crashed process's FD_SOCK socket
     closes at once; a silent host is suspected by FD first. Either is then verified."""
-    if fault not in FAULTS:
-        raise ValueError(f"fault must be one of {', '.join(FAULTS)}")
+    if fault not in ("process", "host"):
+        raise ValueError("the group view drops a member for a process or host failure only")
     suspect = 0.0 if fault == "process" else FD_TIMEOUT_S * FD_MAX_TRIES
     return suspect + VERIFY_SUSPECT_TIMEOUT_S
 
@@ -113,8 +115,13 @@ def outage(fault: str, phase_s: float, coordinator: bool = False) -> float:
     RunChecks round starts ``phase_s`` (0..COORDINATOR_CHECK_BACKOFF_SECS) after the
     moment it could first notice: the fault itself, or for the coordinator's own failure
     the view change that makes the survivor coordinator."""
+    if fault not in FAULTS:
+        raise ValueError(f"fault must be one of {', '.join(FAULTS)}")
     if not 0 <= phase_s < COORDINATOR_CHECK_BACKOFF_SECS:
         raise ValueError("phase_s lies within one check period")
+    if fault == "arbitrators":
+        # The next check starts pings that fail; the check after it acts on them.
+        return phase_s + COORDINATOR_CHECK_BACKOFF_SECS
     start = view_change_s(fault) if coordinator else 0.0
     check = HOST_CHECK_TIMEOUT_S if fault == "host" and not coordinator else 0.0
     return start + phase_s + check

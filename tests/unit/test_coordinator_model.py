@@ -55,8 +55,12 @@ def test_outage_follows_the_check_cycle_and_the_view_change():
     assert bounds("host", coordinator=True) == (8.0, 8.0 + period)
     with pytest.raises(ValueError):
         outage("process", period)
+    # All arbitrators lost: the pings one check starts are judged by the next one.
+    assert outage("arbitrators", 3.0) == 3.0 + period
     with pytest.raises(ValueError):
-        view_change_s("disk")
+        view_change_s("arbitrators")
+    with pytest.raises(ValueError):
+        outage("disk", 1.0)
 
 
 def test_samples_lie_within_the_bounds_and_spread_over_the_cycle():
