@@ -583,6 +583,9 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
              load: list[dict], cores_used: dict, stopped: list[dict], events: list[dict], t_start: float,
              t_end: float, hosts: list[str]) -> dict:
     frozen = [e["late_s"] for e in events if e.get("event") == "ha.frozen" and t_start <= e["t_mono"] <= t_end]
+    # Ticks that ran more than two intervals late but within the window: the pause rule
+    # (docs/ha.md) kept them from counting; how late a member's timer runs bounds the floor.
+    paused = [e["late_s"] for e in events if e.get("event") == "ha.paused" and t_start <= e["t_mono"] <= t_end]
     silences = [e["silence_s"] for e in events if e.get("event") == "ha.peer_dead"
                 and t_start <= e["t_mono"] <= t_end]
     cpu = [s["cpu_percent"] for s in load]
@@ -611,6 +614,7 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
         "suspicions": verdict.suspicions,
         "peer_dead_silence_s": silences,
         "frozen_late_s": frozen,
+        "paused_late_s": paused,
         "heartbeats": {path: {**figures, "expected": round(expected)} for path, figures in loss.items()},
         "arbitrators_stopped": stopped,
         "arbitrators_started_again": restarted,

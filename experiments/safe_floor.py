@@ -137,7 +137,10 @@ def soak_row(summary: dict) -> dict:
                        "dual": summary["dual_enabled_unfenced_samples"],
                        "dual_fenced": summary["dual_enabled_samples"] - summary["dual_enabled_unfenced_samples"],
                        "suspicions": summary["suspicions"], "soak_s": summary["soak_s"],
-                       "frozen_late_s": summary["frozen_late_s"]}}
+                       "frozen_late_s": summary["frozen_late_s"],
+                       # The latest a member's heartbeat tick ran (s), paused or frozen: what bounds the floor.
+                       "tick_late_max_s": max(summary["frozen_late_s"] + summary.get("paused_late_s", []),
+                                              default=None)}}
     k = summary.get("keepalived")
     if k:
         row["keepalived"] = {"false_failovers": k["false_failovers"], "dual": k["dual_holder_samples"],
@@ -210,15 +213,17 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
              f"(its VRRP process at SCHED_FIFO like eucalab's members).", ""]
     for system, r in result.items():
         lines += [f"## {system}: floor {r['floor_ms'] if r['floor_ms'] is not None else 'none'} ms", "",
-                  "| h (ms) | soaked (s) | false failovers | samples with two serving | detector events |",
-                  "|---|---|---|---|---|"]
+                  "| h (ms) | soaked (s) | false failovers | samples with two serving | latest tick (ms) "
+                  "| detector events |", "|---|---|---|---|---|---|"]
         for h, s in r["settings"].items():
             extra = ", ".join(f"{k} {v}" for k, v in (s.get("suspicions") or {}).items()) or "-"
             if system == "keepalived" and s.get("adverts"):
                 a = s["adverts"]
                 extra = f"adverts seen {a['seen']}, dropped {a['dropped']}"
             fenced = f" (+{s['dual_fenced']} with one fenced)" if s.get("dual_fenced") else ""
-            lines.append(f"| {h} | {s['soak_s']} | {s['false_failovers']} | {s['dual']}{fenced} | {extra} |")
+            late = s.get("tick_late_max_s")
+            late = f"{late * 1000:.0f}" if late is not None else "-"
+            lines.append(f"| {h} | {s['soak_s']} | {s['false_failovers']} | {s['dual']}{fenced} | {late} | {extra} |")
         if r["trial_sets"]:
             lines += ["", "| trial set (at the floor) | trials ok | outage p50 (ms) | p99 | max | bound (ms) |",
                       "|---|---|---|---|---|---|"]

@@ -33,7 +33,7 @@ def test_bounds():
 def soak_summary(promotions=0, dual=0, fenced=0, keepalived=None):
     s = {"false_failovers": promotions, "demotions": [{}] * promotions, "state_changes": [],
          "dual_enabled_samples": dual + fenced, "dual_enabled_unfenced_samples": dual,
-         "suspicions": {"ha.paused": 3}, "soak_s": 60.1, "frozen_late_s": []}
+         "suspicions": {"ha.paused": 3}, "soak_s": 60.1, "frozen_late_s": [], "paused_late_s": [0.041, 0.052]}
     if keepalived is not None:
         s["keepalived"] = keepalived
     return s
@@ -74,7 +74,8 @@ def test_the_report_sets_each_setting_and_the_outage_beside_the_bound():
     assert list(result["keepalived"]["trial_sets"]) == ["keepalived advert 20 ms"]
     md = render(d, result, soak_minutes=1, trials=10)
     assert "## eucalab: floor 50 ms" in md and "| eucalab CLC crash | 10/10 | 140.0 | - | 150.0 | 101..153 |" in md
-    assert "| 20 | 60.1 | 2 | 0 | ha.paused 3 |" in md
+    assert "| 20 | 60.1 | 2 | 0 | 52 | ha.paused 3 |" in md
+    assert "| 20 | 60 | 0 | 0 | - | adverts seen 10, dropped 0 |" in md
     # The third detector, labelled a model, on the same targets.
     assert "## Eucalyptus 3.x's coordinator (a model, not measured)" in md
     assert "| clc (the coordinator) | process |" in md and "| cc | host |" in md
