@@ -193,9 +193,11 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from . import safe_floor
     from .report import build
 
-    print(f"report written: {build(args.dir)}")
+    done = safe_floor.build(args.dir) / "report.md" if safe_floor.is_run(args.dir) else build(args.dir)
+    print(f"report written: {done}")
     return 0
 
 

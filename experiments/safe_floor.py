@@ -128,6 +128,14 @@ def vrrp_bound(advert_ms: float, probe_ms: float, priority: int = KEEPALIVED_BAC
     return down - advert_ms + takeover_ms, down + takeover_ms + probe_ms
 
 
+def advert_ms(row: dict) -> float | None:
+    """keepalived's advert interval as the backup received it (ms): keepalived rounds a
+    VRRPv3 interval to whole centiseconds (15 ms becomes 20), so the one asked for may not
+    be the one it ran."""
+    a = row.get("adverts") or {}
+    return round(row["soak_s"] * 1000 / a["seen"], 1) if a.get("seen") else None
+
+
 def soak_row(summary: dict) -> dict:
     """What the floor needs of a bench_soak summary, for eucalab and (if soaked) keepalived."""
     # A takeover is a false failover; a sample with two ENABLED of which one was fenced
@@ -176,7 +184,10 @@ def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None,
         for name, s in (trials_summary or {}).items():
             if (system == "keepalived") != name.startswith("keepalived"):
                 continue
-            lo, hi = (vrrp_bound(h, d.probe_interval_ms) if system == "keepalived"
+            # keepalived's bound at the interval it really ran (its rounding), within 10% of one.
+            ran = advert_ms(rows[h]) if system == "keepalived" else None
+            adv = round(ran / 10) * 10 if ran else h
+            lo, hi = (vrrp_bound(adv, d.probe_interval_ms) if system == "keepalived"
                       else bound(h, d.misses, d.probe_interval_ms))
             o = s.get("outage_ms", {})
             sets[name] = {"trials": s.get("trials"), "ok": s.get("ok"), "p50": o.get("p50"), "p99": o.get("p99"),
@@ -219,7 +230,7 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
             extra = ", ".join(f"{k} {v}" for k, v in (s.get("suspicions") or {}).items()) or "-"
             if system == "keepalived" and s.get("adverts"):
                 a = s["adverts"]
-                extra = f"adverts seen {a['seen']}, dropped {a['dropped']}"
+                extra = f"adverts seen {a['seen']} (one per {advert_ms(s):g} ms), dropped {a['dropped']}"
             fenced = f" (+{s['dual_fenced']} with one fenced)" if s.get("dual_fenced") else ""
             late = s.get("tick_late_max_s")
             late = f"{late * 1000:.0f}" if late is not None else "-"
@@ -268,9 +279,8 @@ def run(path: str | Path, trials: int | None = None, soak_minutes: float | None 
                                  keepalived_advert_ms=h if d.keepalived else None)
         soaks[h] = {**soak_row(summary), "run_dir": soak_dir.name}
         write_json(run_dir / "soaks.json", {str(k): v for k, v in soaks.items()})
-    floors = {s: floor({h: r[s] for h, r in soaks.items() if s in r}) for s in ("eucalab", "keepalived")}
+    floors = floors_of(soaks)
     sets = trial_sets(d, floors["eucalab"], floors["keepalived"] if d.keepalived else None, n)
-    trials_summary = None
     if sets:
         spec = json.loads(json.dumps(d.spec))
         spec["heartbeat"] = {"interval_ms": floors["eucalab"] or max(d.intervals_ms), "misses": d.misses}
@@ -278,12 +288,36 @@ def run(path: str | Path, trials: int | None = None, soak_minutes: float | None 
                          probe_timeout_ms=d.probe_timeout_ms, recovery_timeout_s=d.recovery_timeout_s, sets=sets)
         (run_dir / "trials").mkdir()
         Runner(exp, run_dir=run_dir / "trials").run()
-        trials_summary = json.loads((run_dir / "trials" / "summary.json").read_text())
+    return build(run_dir)
+
+
+def floors_of(soaks: dict[float, dict]) -> dict:
+    """Each system's floor from the soak rows."""
+    return {s: floor({h: r[s] for h, r in soaks.items() if s in r}) for s in ("eucalab", "keepalived")}
+
+
+def build(run_dir: str | Path) -> Path:
+    """summary.json and report.md of a safe-floor run, from its raw results (definition.json,
+    soaks.json, trials/summary.json); ``eucalab report DIR`` runs it again."""
+    run_dir = Path(run_dir)
+    raw = json.loads((run_dir / "definition.json").read_text())
+    minutes, n = raw.pop("run_soak_minutes"), raw.pop("run_trials")
+    d = SafeFloor(**raw)
+    soaks = {float(h): r for h, r in json.loads((run_dir / "soaks.json").read_text()).items()}
+    floors = floors_of(soaks)
+    trials_path = run_dir / "trials" / "summary.json"
+    trials_summary = json.loads(trials_path.read_text()) if trials_path.exists() else None
     result = outcome(d, soaks, trials_summary, floors)
     write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
                                           "trials": n, "coordinator_model": coordinator_rows(d)})
     (run_dir / "report.md").write_text(render(d, result, minutes, n))
     return run_dir
+
+
+def is_run(run_dir: str | Path) -> bool:
+    """Whether a run directory is a safe-floor run's."""
+    path = Path(run_dir) / "definition.json"
+    return path.exists() and json.loads(path.read_text()).get("kind") == KIND
 
 
 def is_safe_floor(path: str | Path) -> bool:

@@ -7,7 +7,7 @@ import json
 
 import psutil
 
-from experiments.bench_soak import run
+from experiments.bench_soak import run, soak
 
 
 def test_soak_applies_and_measures_every_stress(tmp_path):
@@ -37,3 +37,25 @@ def test_soak_applies_and_measures_every_stress(tmp_path):
     # Raw data beside the figures.
     for name in ("config.json", "versions.json", "events.jsonl", "states.jsonl", "load.jsonl", "iptables.json"):
         assert (run_dir / name).stat().st_size > 0, name
+
+
+def test_keepalived_soaks_after_eucalab_on_the_same_deployment(tmp_path):
+    """The safe-floor experiment's second half of a setting: keepalived on the CLC hosts,
+    its adverts dropped as asked, its transitions and VIP holders counted, then stopped."""
+    run_dir, summary = soak(minutes=15 / 60, interval_ms=50, misses=3, loss_pct=5.0, hog_cores=1,
+                            results_root=tmp_path, progress=False, keepalived_advert_ms=50)
+    k = summary["keepalived"]
+    assert k["soak_s"] >= 15 and k["samples"] >= 100 and k["rt_priority"] == 10
+    # The master's adverts reached the backup (20 a second), and about 5% were dropped.
+    adverts = k["adverts"]
+    assert adverts["seen"] > 0.8 * 15 * 20 and 0 < adverts["dropped"] < 0.15 * adverts["seen"]
+    assert k["false_failovers"] == sum(k["masters_by_host"].values())
+    assert k["ok"] == (k["false_failovers"] == 0 and k["dual_holder_samples"] == 0)
+    assert k["no_holder_samples"] < k["samples"]  # someone held the VIP
+    # keepalived and its responder were stopped before the deployment went down.
+    driver = [json.loads(line) for line in (run_dir / "deployment" / "events.jsonl").read_text().splitlines()]
+    started = {(e["host"], e["label"]) for e in driver if e["event"] == "process.start"
+               and e["label"] in ("keepalived", "http8080")}
+    exited = {(e["host"], e["label"]) for e in driver if e["event"] == "process.exit"}
+    assert {("clc1", "keepalived"), ("clc2", "keepalived")} <= started
+    assert {(h, "keepalived") for h, label in started if label == "keepalived"} <= exited

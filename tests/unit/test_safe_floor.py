@@ -75,7 +75,7 @@ def test_the_report_sets_each_setting_and_the_outage_beside_the_bound():
     md = render(d, result, soak_minutes=1, trials=10)
     assert "## eucalab: floor 50 ms" in md and "| eucalab CLC crash | 10/10 | 140.0 | - | 150.0 | 101..153 |" in md
     assert "| 20 | 60.1 | 2 | 0 | 52 | ha.paused 3 |" in md
-    assert "| 20 | 60 | 0 | 0 | - | adverts seen 10, dropped 0 |" in md
+    assert "| 20 | 60 | 0 | 0 | - | adverts seen 10 (one per 6000 ms), dropped 0 |" in md
     # The third detector, labelled a model, on the same targets.
     assert "## Eucalyptus 3.x's coordinator (a model, not measured)" in md
     assert "| clc (the coordinator) | process |" in md and "| cc | host |" in md
@@ -96,3 +96,37 @@ def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(ValueError, match=message):
         SafeFloor.load(path)
+
+
+def test_keepalived_rounds_its_interval_and_the_bound_follows_what_it_ran():
+    from experiments.safe_floor import advert_ms
+
+    # Asked for 15 ms, keepalived sent one advert per 20 ms (it rounds to centiseconds).
+    assert advert_ms({"soak_s": 60.0, "adverts": {"seen": 2978, "dropped": 37}}) == 20.1
+    assert advert_ms({"soak_s": 60.0, "adverts": None}) is None
+    soaks = {15: {"keepalived": {"false_failovers": 0, "dual": 0, "soak_s": 60.0,
+                                 "adverts": {"seen": 2978, "dropped": 37}}}}
+    trials = {"keepalived advert 15 ms": {"trials": 3, "ok": 3, "outage_ms": {"p50": 70.0}}}
+    r = outcome(SafeFloor(probe_interval_ms=2), soaks, trials, {"eucalab": None, "keepalived": 15})
+    lo, hi = vrrp_bound(20, 2)
+    assert r["keepalived"]["trial_sets"]["keepalived advert 15 ms"]["bound_ms"] == [round(lo, 2), round(hi, 2)]
+
+
+def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from experiments.safe_floor import build, is_run
+
+    d = SafeFloor(intervals_ms=[50, 20], targets=[{"target": "clc"}])
+    (tmp_path / "definition.json").write_text(json.dumps({**asdict(d), "run_soak_minutes": 1, "run_trials": 2}))
+    (tmp_path / "soaks.json").write_text(json.dumps({"50": soak_row(soak_summary()),
+                                                     "20": soak_row(soak_summary(promotions=1))}))
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "summary.json").write_text(json.dumps(
+        {"eucalab CLC crash": {"trials": 2, "ok": 2, "outage_ms": {"p50": 150.0, "max": 160.0}}}))
+    assert is_run(tmp_path) and not is_run(tmp_path / "trials")
+    build(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["floors_ms"] == {"eucalab": 50.0, "keepalived": None} and summary["trials"] == 2
+    assert "| eucalab CLC crash | 2/2 | 150.0 |" in (tmp_path / "report.md").read_text()
