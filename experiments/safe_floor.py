@@ -128,6 +128,37 @@ def vrrp_bound(advert_ms: float, probe_ms: float, priority: int = KEEPALIVED_BAC
     return down - advert_ms + takeover_ms, down + takeover_ms + probe_ms
 
 
+def unexpected_promotions(promotions: list[dict], trials: list[dict], settle_s: float = 1.0) -> list[dict]:
+    """The ``ha.promote`` events of a crash-trial deployment no fault called for: all but the
+    new primary's within its own trial (fault to redundancy restored, plus ``settle_s``).
+    The trials' deployment ran at the floor for as long as they took: a promotion between
+    or beside them is a false failover at that setting, under the trials' load."""
+    windows = []
+    for t in trials:
+        if t.get("t_fault") is None or t.get("target") == "keepalived":
+            continue
+        end = t["t_fault"] + (t.get("hold_s") or 0) + (t.get("redundancy_restored_s") or 0) + settle_s
+        windows.append((t.get("new_primary"), t["t_fault"], end))
+    return [e for e in promotions
+            if not any(e.get("host") == host and start <= e.get("t_mono", -1) <= end for host, start, end in windows)]
+
+
+def trial_promotions(trials_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(the trial records, every ``ha.promote`` after the first fault) of a crash-trial run."""
+    from components.common.events import read_events
+
+    path = trials_dir / "trials.jsonl"
+    trials = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    faults = [t["t_fault"] for t in trials if t.get("t_fault") is not None and t.get("target") != "keepalived"]
+    if not faults:
+        return trials, []
+    first, last = min(faults), max(faults)
+    promotions = [e for path in sorted((trials_dir / "deployment" / "hosts").glob("*/events.jsonl"))
+                  for e in read_events(path)
+                  if e.get("event") == "ha.promote" and first <= e.get("t_mono", -1) <= last + 10]
+    return trials, promotions
+
+
 def advert_ms(row: dict) -> float | None:
     """keepalived's advert interval as the backup received it (ms): keepalived rounds a
     VRRPv3 interval to whole centiseconds (15 ms becomes 20), so the one asked for may not
@@ -171,7 +202,8 @@ def trial_sets(d: SafeFloor, eucalab_floor: float | None, keepalived_floor: floa
     return sets
 
 
-def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None, floors: dict) -> dict:
+def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None, floors: dict,
+            during_trials: dict | None = None) -> dict:
     """Per system: every setting's soak figures, the floor, and each trial set's outage at
     the floor beside its bound."""
     out = {}
@@ -194,6 +226,8 @@ def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None,
                           "max": o.get("max"), "bound_ms": [round(lo, 2), round(hi, 2)]}
         out[system] = {"floor_ms": h, "settings": {str(k): v for k, v in sorted(rows.items(), reverse=True)},
                        "trial_sets": sets}
+        if system == "eucalab" and during_trials is not None:
+            out[system]["during_trials"] = during_trials
     return out
 
 
@@ -243,6 +277,12 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
                     return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
                 lines.append(f"| {name} | {s['ok']}/{s['trials']} | {f(s['p50'])} | {f(s['p99'])} | {f(s['max'])} "
                              f"| {s['bound_ms'][0]:g}..{s['bound_ms'][1]:g} |")
+        dt = r.get("during_trials")
+        if dt is not None:
+            verdict = "the floor held" if dt["false_failovers"] == 0 else "**the floor did not hold**"
+            lines += ["", f"During the crash trials ({dt['minutes']:g} min at {r['floor_ms']:g} ms on their own "
+                      f"deployment), promotions no fault called for: {dt['false_failovers']} "
+                      f"({', '.join(f'{k} {v}' for k, v in dt['by_host'].items()) or 'none'}): {verdict}."]
         lines.append("")
     coord = coordinator_rows(d)
     lines += ["## Eucalyptus 3.x's coordinator (a model, not measured)", "",
@@ -307,7 +347,17 @@ def build(run_dir: str | Path) -> Path:
     floors = floors_of(soaks)
     trials_path = run_dir / "trials" / "summary.json"
     trials_summary = json.loads(trials_path.read_text()) if trials_path.exists() else None
-    result = outcome(d, soaks, trials_summary, floors)
+    during = None
+    records, promotions = trial_promotions(run_dir / "trials") if trials_summary is not None else ([], [])
+    if records:
+        false = unexpected_promotions(promotions, records)
+        faults = [t["t_fault"] for t in records if t.get("t_fault") is not None and t.get("target") != "keepalived"]
+        by_host: dict[str, int] = {}
+        for e in false:
+            by_host[e["host"]] = by_host.get(e["host"], 0) + 1
+        during = {"false_failovers": len(false), "by_host": dict(sorted(by_host.items())),
+                  "minutes": round((max(faults) - min(faults)) / 60, 1) if faults else 0.0}
+    result = outcome(d, soaks, trials_summary, floors, during)
     write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
                                           "trials": n, "coordinator_model": coordinator_rows(d)})
     (run_dir / "report.md").write_text(render(d, result, minutes, n))

@@ -130,3 +130,40 @@ def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["floors_ms"] == {"eucalab": 50.0, "keepalived": None} and summary["trials"] == 2
     assert "| eucalab CLC crash | 2/2 | 150.0 |" in (tmp_path / "report.md").read_text()
+    assert "During the crash trials" not in (tmp_path / "report.md").read_text()  # no trial records kept
+
+    # With the trials' records and the members' events: promotions no fault called for are counted.
+    (tmp_path / "trials" / "trials.jsonl").write_text(json.dumps(
+        {"target": "clc", "t_fault": 100.0, "hold_s": 0.05, "redundancy_restored_s": 2.0, "new_primary": "clc2"})
+        + "\n" + json.dumps({"target": "clc", "t_fault": 160.0, "hold_s": 0.05, "new_primary": "clc1"}) + "\n")
+    for host, times in {"clc2": [100.03], "clc1": [130.0, 160.04]}.items():
+        d = tmp_path / "trials" / "deployment" / "hosts" / host
+        d.mkdir(parents=True)
+        (d / "events.jsonl").write_text("".join(json.dumps({"event": "ha.promote", "host": host, "t_mono": t}) + "\n"
+                                                for t in times))
+    build(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["systems"]["eucalab"]["during_trials"] == {"false_failovers": 1, "by_host": {"clc1": 1},
+                                                              "minutes": 1.0}
+    assert "promotions no fault called for: 1 (clc1 1): **the floor did not hold**" in \
+        (tmp_path / "report.md").read_text()
+
+
+def test_a_promotion_no_trial_called_for_counts_against_the_floor():
+    from experiments.safe_floor import unexpected_promotions
+
+    trials = [{"target": "clc", "t_fault": 100.0, "hold_s": 0.05, "redundancy_restored_s": 5.0,
+               "new_primary": "clc2"},
+              {"target": "walrus", "t_fault": 200.0, "hold_s": 0.05, "redundancy_restored_s": None,
+               "new_primary": None},
+              {"target": "keepalived", "t_fault": 300.0}]
+
+    def promote(host, t):
+        return {"event": "ha.promote", "host": host, "t_mono": t}
+
+    expected = promote("clc2", 100.03)
+    false = [promote("clc1", 100.5),      # the other member, inside the trial: not called for
+             promote("c1cc1", 101.0),     # another pair during the trial
+             promote("clc2", 150.0),      # between trials
+             promote("walrus2", 200.02)]  # a trial that recorded no new primary
+    assert unexpected_promotions([expected, *false], trials) == false
