@@ -48,9 +48,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from components.cc.netalloc import NetworkAllocator
 from components.common.modes import features
 
-from .intent import staged_standby
+from .intent import PUBLIC_IP_POOL, staged_standby
 from .topology import MANAGED_MODES, HostPort, Topology
 from .vips import virtual_mac
 
@@ -72,6 +73,7 @@ METADATA_IP = "169.254.169.254"
 # cloud's networks (its services, the cluster networks). Beyond them it speaks as its
 # elastic IP.
 SITE_PRIVATE = "10.0.0.0/8"
+PUBLIC_SERVICES = ("clc", "walrus")  # the pairs whose VIP an instance reaches (its port), as users do
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 ANY_TAG = (OFPVID_PRESENT, OFPVID_PRESENT)
 
@@ -80,7 +82,8 @@ PRIO_VIP_ARP_REPLY = 40
 PRIO_VIP_SENDER = 35
 PRIO_DROP_TAGGED = 30
 PRIO_METADATA = 25
-PRIO_PRIVATE_DST = 22
+PRIO_CLOUD_ALLOWED = 24
+PRIO_CLOUD_DENIED = 23
 PRIO_CLASSIFY = 20
 PRIO_HOST = 10
 PRIO_FORWARD = 10
@@ -409,7 +412,11 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
 
     * from a VM slot holding an instance: IPv4 from its own MAC and IP, ARP whose sender
       fields are its own (anti-spoofing), never a tagged frame. TCP to 169.254.169.254:80
-      goes to the NC itself (its metadata proxy). With an elastic IP, IPv4 beyond the
+      goes to the NC itself (its metadata proxy). Inside the cloud's networks an instance
+      reaches what the MANAGED CC lets it reach (``_edge_cloud_reach``): the CLC's and
+      Walrus's VIPs on their port, elastic IPs, the instances' ranges of every cluster,
+      ICMP to its router; never an NC, the CC, the SC or any member's own address, and it
+      ARPs for nothing else. With an elastic IP, IPv4 beyond the
       cloud's networks (``SITE_PRIVATE``) leaves by the uplink with the elastic IP as
       source, towards the site gateway's cloud-side MAC (stateless one-to-one NAT);
     * from the uplink (the cloud network): ARP requests for an elastic IP hosted here are
@@ -449,6 +456,7 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
     for i in instances:
         members.setdefault(i["group"], []).append(i["ip"])
     by_slot = {i["slot"]: i for i in instances}
+    reach = _edge_cloud_reach(topo, cluster, gw_cluster)
     out: dict[str, list[Flow]] = {}
     for s in bridges:
         uplink = min(topo.uplinks(s))
@@ -468,7 +476,7 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
             if inst is None:
                 continue
             group = groups[inst["group"]]
-            f += _edge_slot_ingress(hp, inst, nc, uplink, gw_cloud)
+            f += _edge_slot_ingress(hp, inst, nc, uplink, gw_cloud, reach)
             f += _edge_uplink(uplink, inst)
             f.append(Flow.make(TABLE_FORWARD, PRIO_FORWARD, {"eth_dst": inst["mac"]}, [("goto", TABLE_DELIVER)]))
             f.append(Flow.make(TABLE_FORWARD, PRIO_FORWARD,
@@ -479,19 +487,38 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
     return out
 
 
-def _edge_slot_ingress(hp: HostPort, inst: dict, nc: HostPort, uplink: int, gw_cloud: HostPort | None) -> list[Flow]:
+def _edge_cloud_reach(topo: Topology, cluster: int, router: HostPort | None) -> tuple[list[dict], list[str]]:
+    """What an EDGE instance may reach inside the cloud's networks, as in MANAGED the CC's
+    forward rules let it (components/cc/router.py): IPv4 matches (without source) and the
+    addresses it may ARP for."""
+    ranges = [str(NetworkAllocator("EDGE", k).flat_space) for k in topo.clusters()]
+    ipv4 = [{"ipv4_dst": _net(r)} for r in ranges] + [{"ipv4_dst": _net(str(PUBLIC_IP_POOL))}]
+    ipv4 += [{"ipv4_dst": p["vip"], "ip_proto": IPPROTO["tcp"], "tcp_dst": p["port"]}
+             for p in topo.pairs if p["kind"] in PUBLIC_SERVICES]
+    arp = [_net(str(NetworkAllocator("EDGE", cluster).flat_space))]
+    if router is not None and router.ip:
+        ipv4.append({"ipv4_dst": router.ip, "ip_proto": IPPROTO["icmp"]})
+        arp.append(router.ip)
+    return ipv4, arp
+
+
+def _edge_slot_ingress(hp: HostPort, inst: dict, nc: HostPort, uplink: int, gw_cloud: HostPort | None,
+                       reach: tuple[list[dict], list[str]]) -> list[Flow]:
     port, mac, ip = hp.port, inst["mac"], inst["ip"]
     own = {"in_port": port, "eth_src": mac}
+    arp = dict(own, eth_type=ETH_ARP, arp_sha=mac, arp_spa=ip)
     f = [Flow.make(TABLE_INGRESS, PRIO_DROP_TAGGED, {"in_port": port, "vlan_vid": ANY_TAG}, []),
-         Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, dict(own, eth_type=ETH_ARP, arp_sha=mac, arp_spa=ip),
-                   [("goto", TABLE_FORWARD)]),
+         Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, dict(arp, arp_tpa=_net(SITE_PRIVATE)), []),
          Flow.make(TABLE_INGRESS, PRIO_METADATA,
                    dict(own, eth_type=ETH_IPV4, ipv4_src=ip, ipv4_dst=METADATA_IP, ip_proto=6, tcp_dst=80),
                    [("set_field", "eth_dst", nc.mac), ("output", nc.port)])]
     ipv4 = dict(own, eth_type=ETH_IPV4, ipv4_src=ip)
+    allowed, arp_targets = reach
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(arp, arp_tpa=t), [("goto", TABLE_FORWARD)])
+          for t in arp_targets]
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), [("goto", TABLE_FORWARD)]) for m in allowed]
+    f.append(Flow.make(TABLE_INGRESS, PRIO_CLOUD_DENIED, dict(ipv4, ipv4_dst=_net(SITE_PRIVATE)), []))
     if inst.get("public_ip") and gw_cloud is not None:
-        f.append(Flow.make(TABLE_INGRESS, PRIO_PRIVATE_DST, dict(ipv4, ipv4_dst=_net(SITE_PRIVATE)),
-                           [("goto", TABLE_FORWARD)]))
         f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, ipv4,
                            [("set_field", "ipv4_src", inst["public_ip"]), ("set_field", "eth_dst", gw_cloud.mac),
                             ("output", uplink)]))

@@ -200,8 +200,33 @@ def test_elastic_ip_is_the_source_beyond_the_cloud(fabric, topo):
     sent = [dict(d.packet) for d in fabric.send(SLOT["c1"], out) if d.host == "gw"]
     assert [(d["ipv4_src"], d["eth_dst"]) for d in sent] == [(EIP, topo.host_port("gw", "cloud").mac)]
     assert "c1n2" not in fabric.reached(SLOT["c1"], out)  # it left by the uplink, not the cluster network
-    inside = [dict(d.packet) for d in fabric.send(SLOT["c1"], dict(out, ipv4_dst="10.0.0.10")) if d.host == "gw"]
+    inside = [dict(d.packet) for d in fabric.send(SLOT["c1"], dict(out, ipv4_dst="10.0.0.10", tcp_dst=8773)) if d.host == "gw"]
     assert [d["ipv4_src"] for d in inside] == [c1["ip"]]  # the cloud's services see its own address
+
+
+@pytest.mark.parametrize("dst,proto,port,reaches", [
+    ("10.0.0.10", 6, 8773, True),  # the CLC's VIP, the EC2 API
+    ("10.0.0.20", 6, 8773, True),  # Walrus's VIP
+    ("10.0.0.10", 6, 7800, False),
+    ("10.0.0.11", 6, 8773, False),  # a member's own address
+    ("10.0.1.10", 6, 8774, False),  # the CC's API
+    ("10.101.0.21", 6, 3260, False),  # the SC's block protocol, on the cluster network
+    ("10.101.1.1", 6, 8775, False),  # an NC's API
+    ("10.101.0.1", 1, None, True),  # ICMP to its router
+    ("10.101.0.1", 6, 22, False),
+    ("10.102.2.9", 6, 80, True),  # another cluster's instances (their NC bridges decide)
+    ("10.0.128.9", 6, 80, True),  # an elastic IP
+    ("203.0.113.10", 6, 80, True),  # beyond the cloud
+])
+def test_inside_the_cloud_an_instance_reaches_what_the_managed_cc_allowed(topo, dst, proto, port, reaches):
+    fab = FakeFabric(topology(clusters=2), compute_flows(topology(clusters=2), {1: intent()}))
+    a1 = INST["a1"]
+    pkt = {"eth_src": a1["mac"], "eth_dst": topo.host_port("gw", "priv1").mac, "eth_type": 0x0800,
+           "ipv4_src": a1["ip"], "ipv4_dst": dst, "ip_proto": proto}
+    pkt.update({"icmpv4_type": 8} if proto == 1 else {"tcp_dst": port, "tcp_flags": SYN})
+    assert bool(fab.send(SLOT["a1"], pkt)) is reaches
+    who_has = arp("a1", dst)
+    assert bool(fab.send(SLOT["a1"], who_has)) is (dst == GW or dst.startswith("10.101.2."))
 
 
 def test_metadata_goes_to_the_instances_nc(fabric):
