@@ -20,7 +20,7 @@ import ipaddress
 
 import pytest
 
-from experiments.bench_sdn import boot, intent_request, put_intent, sdn_spec, start_listener, tcp_answer
+from experiments.bench_sdn import boot, capture, intent_request, put_intent, sdn_spec, start_listener, tcp_answer
 from experiments.deployment import Deployment
 from topologies.spec import NetworkMode
 
@@ -94,6 +94,17 @@ def test_attacks_fail(dep):
 
 def test_broadcast_stays_inside_the_group(dep):
     assert_broadcast_stays_inside_the_group(dep, A1, A2, B1)
+
+
+def test_the_clusters_infrastructure_on_the_segment_is_out_of_reach(dep):
+    """The SC shares the instances' segment in EDGE: no frame of an instance reaches it."""
+    sc = dep.plan.hosts["c1sc1"]
+    start_listener(dep, "c1sc1", 3260, "l3260-sc", reply="sc")
+    with capture(dep, "c1sc1", f"ether host {A1['mac']}", "cap-sc", intf=sc.intf("priv1").name) as cap:
+        assert tcp_answer(dep, A1["slot"], sc.ip_on("priv1"), 3260, timeout=0.5) == ""
+        assert tcp_answer(dep, A1["slot"], "10.101.1.2", 8775, timeout=0.5) == ""  # an NC's API
+    assert cap["count"] == 0, cap["lines"]
+    assert tcp_answer(dep, "c1n1", sc.ip_on("priv1"), 3260) == "sc"  # the NCs still reach it
 
 
 def test_elastic_ip_reaches_the_instance_from_the_user_host(dep):
