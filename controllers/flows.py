@@ -69,9 +69,8 @@ TCP_ACK = 0x010
 # time exceeded), as a stateful filter's "related" would.
 ICMP_ANSWERS = (0, 3, 11)
 METADATA_IP = "169.254.169.254"
-# Destinations an EDGE instance with an elastic IP reaches from its own address: the
-# cloud's networks (its services, the cluster networks). Beyond them it speaks as its
-# elastic IP.
+# The cloud's own networks (cloud, clusters, heartbeat links): an EDGE instance reaches
+# there only what _edge_cloud_reach lists.
 SITE_PRIVATE = "10.0.0.0/8"
 PUBLIC_SERVICES = ("clc", "walrus")  # the pairs whose VIP an instance reaches (its port), as users do
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
@@ -416,9 +415,10 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
       reaches what the MANAGED CC lets it reach (``_edge_cloud_reach``): the CLC's and
       Walrus's VIPs on their port, elastic IPs, the instances' ranges of every cluster,
       ICMP to its router; never an NC, the CC, the SC or any member's own address, and it
-      ARPs for nothing else. With an elastic IP, IPv4 beyond the
-      cloud's networks (``SITE_PRIVATE``) leaves by the uplink with the elastic IP as
-      source, towards the site gateway's cloud-side MAC (stateless one-to-one NAT);
+      ARPs for nothing else. With an elastic IP, IPv4 that leaves the instances'
+      segment (to the services' VIPs, elastic IPs, beyond the cloud) leaves by the uplink
+      with the elastic IP as source, towards the site gateway's cloud-side MAC (stateless
+      one-to-one NAT), so whatever it talks to answers the elastic IP;
     * from the uplink (the cloud network): ARP requests for an elastic IP hosted here are
       answered by the bridge with the instance's MAC; IPv4 to such an address gets the
       instance's IP and MAC as destination and goes to table 2; nothing else crosses;
@@ -487,23 +487,31 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
     return out
 
 
-def _edge_cloud_reach(topo: Topology, cluster: int, router: HostPort | None) -> tuple[list[dict], list[str]]:
+@dataclass(frozen=True)
+class _Reach:
+    """What an EDGE instance may reach inside the cloud's networks (``_edge_cloud_reach``)."""
+
+    segment: list  # IPv4 matches it reaches from its own address: instances, ICMP to its router
+    services: list  # IPv4 matches it reaches as its elastic IP if it has one: VIPs, elastic IPs
+    arp: list  # the addresses it may ARP for
+
+
+def _edge_cloud_reach(topo: Topology, cluster: int, router: HostPort | None) -> _Reach:
     """What an EDGE instance may reach inside the cloud's networks, as in MANAGED the CC's
-    forward rules let it (components/cc/router.py): IPv4 matches (without source) and the
-    addresses it may ARP for."""
-    ranges = [str(NetworkAllocator("EDGE", k).flat_space) for k in topo.clusters()]
-    ipv4 = [{"ipv4_dst": _net(r)} for r in ranges] + [{"ipv4_dst": _net(str(PUBLIC_IP_POOL))}]
-    ipv4 += [{"ipv4_dst": p["vip"], "ip_proto": IPPROTO["tcp"], "tcp_dst": p["port"]}
-             for p in topo.pairs if p["kind"] in PUBLIC_SERVICES]
+    forward rules let it (components/cc/router.py)."""
+    segment = [{"ipv4_dst": _net(str(NetworkAllocator("EDGE", k).flat_space))} for k in topo.clusters()]
+    services = [{"ipv4_dst": _net(str(PUBLIC_IP_POOL))}]
+    services += [{"ipv4_dst": p["vip"], "ip_proto": IPPROTO["tcp"], "tcp_dst": p["port"]}
+                 for p in topo.pairs if p["kind"] in PUBLIC_SERVICES]
     arp = [_net(str(NetworkAllocator("EDGE", cluster).flat_space))]
     if router is not None and router.ip:
-        ipv4.append({"ipv4_dst": router.ip, "ip_proto": IPPROTO["icmp"]})
+        segment.append({"ipv4_dst": router.ip, "ip_proto": IPPROTO["icmp"]})
         arp.append(router.ip)
-    return ipv4, arp
+    return _Reach(segment, services, arp)
 
 
 def _edge_slot_ingress(hp: HostPort, inst: dict, nc: HostPort, uplink: int, gw_cloud: HostPort | None,
-                       reach: tuple[list[dict], list[str]]) -> list[Flow]:
+                       reach: _Reach) -> list[Flow]:
     port, mac, ip = hp.port, inst["mac"], inst["ip"]
     own = {"in_port": port, "eth_src": mac}
     arp = dict(own, eth_type=ETH_ARP, arp_sha=mac, arp_spa=ip)
@@ -513,17 +521,18 @@ def _edge_slot_ingress(hp: HostPort, inst: dict, nc: HostPort, uplink: int, gw_c
                    dict(own, eth_type=ETH_IPV4, ipv4_src=ip, ipv4_dst=METADATA_IP, ip_proto=6, tcp_dst=80),
                    [("set_field", "eth_dst", nc.mac), ("output", nc.port)])]
     ipv4 = dict(own, eth_type=ETH_IPV4, ipv4_src=ip)
-    allowed, arp_targets = reach
-    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(arp, arp_tpa=t), [("goto", TABLE_FORWARD)])
-          for t in arp_targets]
-    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), [("goto", TABLE_FORWARD)]) for m in allowed]
-    f.append(Flow.make(TABLE_INGRESS, PRIO_CLOUD_DENIED, dict(ipv4, ipv4_dst=_net(SITE_PRIVATE)), []))
+    onward = [("goto", TABLE_FORWARD)]
+    # With an elastic IP, what leaves the instances' segment speaks as that address (as the
+    # MANAGED CC's SNAT had it): by the uplink, straight to the site gateway's cloud side.
+    out = onward
     if inst.get("public_ip") and gw_cloud is not None:
-        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, ipv4,
-                           [("set_field", "ipv4_src", inst["public_ip"]), ("set_field", "eth_dst", gw_cloud.mac),
-                            ("output", uplink)]))
-    else:
-        f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, ipv4, [("goto", TABLE_FORWARD)]))
+        out = [("set_field", "ipv4_src", inst["public_ip"]), ("set_field", "eth_dst", gw_cloud.mac),
+               ("output", uplink)]
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(arp, arp_tpa=t), onward) for t in reach.arp]
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), onward) for m in reach.segment]
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), out) for m in reach.services]
+    f.append(Flow.make(TABLE_INGRESS, PRIO_CLOUD_DENIED, dict(ipv4, ipv4_dst=_net(SITE_PRIVATE)), []))
+    f.append(Flow.make(TABLE_INGRESS, PRIO_CLASSIFY, ipv4, out))
     return f
 
 

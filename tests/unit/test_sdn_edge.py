@@ -200,8 +200,15 @@ def test_elastic_ip_is_the_source_beyond_the_cloud(fabric, topo):
     sent = [dict(d.packet) for d in fabric.send(SLOT["c1"], out) if d.host == "gw"]
     assert [(d["ipv4_src"], d["eth_dst"]) for d in sent] == [(EIP, topo.host_port("gw", "cloud").mac)]
     assert "c1n2" not in fabric.reached(SLOT["c1"], out)  # it left by the uplink, not the cluster network
-    inside = [dict(d.packet) for d in fabric.send(SLOT["c1"], dict(out, ipv4_dst="10.0.0.10", tcp_dst=8773)) if d.host == "gw"]
-    assert [d["ipv4_src"] for d in inside] == [c1["ip"]]  # the cloud's services see its own address
+    # The cloud's services see the elastic IP too (they answer it: the bridge translates back);
+    # other instances see its own address.
+    api = [dict(d.packet) for d in fabric.send(SLOT["c1"], dict(out, ipv4_dst="10.0.0.10", tcp_dst=8773))
+           if d.host == "gw"]
+    assert [(d["ipv4_src"], d["eth_dst"]) for d in api] == [(EIP, topo.host_port("gw", "cloud").mac)]
+    a2 = INST["a2"]
+    peer = [dict(d.packet) for d in fabric.send(SLOT["c1"], dict(out, eth_dst=a2["mac"], ipv4_dst=a2["ip"]))
+            if d.host == SLOT["a2"]]
+    assert [(d["ipv4_src"], d["ipv4_dst"]) for d in peer] == [(c1["ip"], a2["ip"])]
 
 
 @pytest.mark.parametrize("dst,proto,port,reaches", [
