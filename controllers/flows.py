@@ -483,7 +483,7 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
                                {"eth_dst": BROADCAST, "eth_type": ETH_ARP, "arp_tpa": inst["ip"]},
                                [("goto", TABLE_DELIVER)]))
             f += _edge_deliver(hp, inst, group, groups, members, group_of, nc, gw_cluster)
-        out[s] = f
+        out[s] = list(dict.fromkeys(f))  # two rules may admit the same thing: one flow
     return out
 
 

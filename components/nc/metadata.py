@@ -48,14 +48,19 @@ class MetadataRelay:
         self.http: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        hold_address()
-        self.http = aiohttp.ClientSession(timeout=self.timeout)
+    def app(self) -> web.Application:
+        """The relay's HTTP application (``start`` serves it on 169.254.169.254:80)."""
         app = web.Application()
         app.router.add_get("/latest/{path:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        return app
+
+    async def start(self, host: str = METADATA_IP, port: int = METADATA_PORT) -> None:
+        if host == METADATA_IP:
+            hold_address()
+        self.http = aiohttp.ClientSession(timeout=self.timeout)
+        self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, METADATA_IP, METADATA_PORT).start()
+        await web.TCPSite(self.runner, host, port).start()
 
     async def stop(self) -> None:
         if self.runner is not None:
