@@ -60,7 +60,7 @@ def test_a_cc_host_failure_leaves_edge_instances_answering(tmp_path):
     by_mode = {m: [t for t in trials if t["point"]["spec.mode"] == m] for m in ("MANAGED", "EDGE")}
     assert all(len(ts) == 2 for ts in by_mode.values()), trials
     for t in trials:  # the CC pair failed over in both modes
-        assert t["status"] == "ok" and t["new_primary"] == "c1cc2", t
+        assert t["status"] == "ok" and t["new_primary"] in ("c1cc1", "c1cc2"), t
     assert all(t["failed_probes"] > 0 for t in by_mode["MANAGED"]), by_mode["MANAGED"]
     assert all(t["failed_probes"] == 0 for t in by_mode["EDGE"]), by_mode["EDGE"]
     managed, edge = (max(t["outage_s"] for t in by_mode[m]) for m in ("MANAGED", "EDGE"))
