@@ -80,6 +80,7 @@ ANY_TAG = (OFPVID_PRESENT, OFPVID_PRESENT)
 PRIO_VIP_ARP_REPLY = 40
 PRIO_VIP_SENDER = 35
 PRIO_DROP_TAGGED = 30
+PRIO_ARP_PROXY = 26
 PRIO_METADATA = 25
 PRIO_CLOUD_ALLOWED = 24
 PRIO_CLOUD_DENIED = 23
@@ -424,6 +425,11 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
       instance's IP and MAC as destination and goes to table 2; nothing else crosses;
     * from the NC and the cluster trunk: everything, to table 1.
 
+    ARP about instances is answered by the bridges themselves (``_edge_arp_proxy``): an
+    instance's request for a peer (its group, or a group admitting it or admitted by it)
+    is answered with the peer's MAC, the site's and the NC's requests for an instance of
+    this bridge with its MAC; no instance ever receives another's ARP.
+
     Table 1, where it goes: to an instance of this bridge (its MAC, or an ARP request
     for its IP) through table 2; to the NC's MAC to the NC; broadcasts to the trunk and
     the NC only (an instance never sees another's broadcasts); any other unicast to the
@@ -432,9 +438,8 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
     Table 2, what may reach an instance: from its own NC anything (the metadata answers);
     from its own group anything; what its group's rules admit (protocol, port range as
     masked matches, CIDR or the source group's instances); answers to what it sent
-    (TCP segments with ACK set, ICMP echo reply, unreachable, time exceeded). ARP from
-    the site gateway, its NC, its group, and instances whose group admits it or is
-    admitted by it (a reply needs the other's MAC). Everything else is dropped.
+    (TCP segments with ACK set, ICMP echo reply, unreachable, time exceeded); ARP from
+    its router and its NC. Everything else is dropped.
 
     Stateless on purpose: the flows are the same whichever CC is primary and whether a
     controller runs at all, so no failover touches an instance's traffic. The price is
@@ -482,7 +487,8 @@ def edge_flows(topo: Topology, cluster: int, intent: dict | None) -> dict[str, l
             f.append(Flow.make(TABLE_FORWARD, PRIO_FORWARD,
                                {"eth_dst": BROADCAST, "eth_type": ETH_ARP, "arp_tpa": inst["ip"]},
                                [("goto", TABLE_DELIVER)]))
-            f += _edge_deliver(hp, inst, group, groups, members, group_of, nc, gw_cluster)
+            f += _edge_deliver(hp, inst, group, members, nc, gw_cluster)
+            f += _edge_arp_proxy(hp, inst, instances, groups, group_of, trunks + [nc.port])
         out[s] = list(dict.fromkeys(f))  # two rules may admit the same thing: one flow
     return out
 
@@ -493,7 +499,29 @@ class _Reach:
 
     segment: list  # IPv4 matches it reaches from its own address: instances, ICMP to its router
     services: list  # IPv4 matches it reaches as its elastic IP if it has one: VIPs, elastic IPs
-    arp: list  # the addresses it may ARP for
+    arp: list  # the addresses its ARP may reach (its router)
+
+
+def _edge_arp_proxy(hp: HostPort, inst: dict, instances: list[dict], groups: dict[str, dict],
+                    group_of: dict[str, str], infra_ports: list[int]) -> list[Flow]:
+    """The bridge answers ARP about instances itself, so no instance ever receives another's ARP:
+    a request from this instance for a peer (its group, or a group that admits it or that it
+    admits: either may need the other's MAC) gets the peer's MAC; a request from the site
+    (the trunk) or the NC for this instance gets this instance's MAC. Others go unanswered."""
+    ip, group = inst["ip"], groups[inst["group"]]
+    asker = {"in_port": hp.port, "eth_src": inst["mac"], "eth_type": ETH_ARP, "arp_op": ARP_REQUEST,
+             "arp_sha": inst["mac"], "arp_spa": ip}
+    f = []
+    for peer in instances:
+        p = peer["ip"]
+        if p != ip and (peer["group"] == inst["group"] or _admits(group, p, group_of)
+                        or _admits(groups[peer["group"]], ip, group_of)):
+            f.append(Flow.make(TABLE_INGRESS, PRIO_ARP_PROXY, dict(asker, arp_tpa=p), _arp_reply(peer["mac"], p)))
+    for port in infra_ports:
+        f.append(Flow.make(TABLE_INGRESS, PRIO_ARP_PROXY,
+                           {"in_port": port, "eth_type": ETH_ARP, "arp_op": ARP_REQUEST, "arp_tpa": ip},
+                           _arp_reply(inst["mac"], ip)))
+    return f
 
 
 def _edge_cloud_reach(topo: Topology, cluster: int, router: HostPort | None) -> _Reach:
@@ -503,7 +531,7 @@ def _edge_cloud_reach(topo: Topology, cluster: int, router: HostPort | None) -> 
     services = [{"ipv4_dst": _net(str(PUBLIC_IP_POOL))}]
     services += [{"ipv4_dst": p["vip"], "ip_proto": IPPROTO["tcp"], "tcp_dst": p["port"]}
                  for p in topo.pairs if p["kind"] in PUBLIC_SERVICES]
-    arp = [_net(str(NetworkAllocator("EDGE", cluster).flat_space))]
+    arp: list = []  # other instances: answered by the bridge itself (_edge_arp_proxy)
     if router is not None and router.ip:
         segment.append({"ipv4_dst": router.ip, "ip_proto": IPPROTO["icmp"]})
         arp.append(router.ip)
@@ -528,7 +556,8 @@ def _edge_slot_ingress(hp: HostPort, inst: dict, nc: HostPort, uplink: int, gw_c
     if inst.get("public_ip") and gw_cloud is not None:
         out = [("set_field", "ipv4_src", inst["public_ip"]), ("set_field", "eth_dst", gw_cloud.mac),
                ("output", uplink)]
-    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(arp, arp_tpa=t), onward) for t in reach.arp]
+    f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(arp, arp_tpa=t), onward)
+          for t in reach.arp + [nc.ip, METADATA_IP] if t]
     f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), onward) for m in reach.segment]
     f += [Flow.make(TABLE_INGRESS, PRIO_CLOUD_ALLOWED, dict(ipv4, **m), out) for m in reach.services]
     f.append(Flow.make(TABLE_INGRESS, PRIO_CLOUD_DENIED, dict(ipv4, ipv4_dst=_net(SITE_PRIVATE)), []))
@@ -548,8 +577,8 @@ def _edge_uplink(uplink: int, inst: dict) -> list[Flow]:
                        ("goto", TABLE_DELIVER)])]
 
 
-def _edge_deliver(hp: HostPort, inst: dict, group: dict, groups: dict[str, dict], members: dict[str, list[str]],
-                  group_of: dict[str, str], nc: HostPort, gw: HostPort | None) -> list[Flow]:
+def _edge_deliver(hp: HostPort, inst: dict, group: dict, members: dict[str, list[str]], nc: HostPort,
+                  gw: HostPort | None) -> list[Flow]:
     """Table 2 for one instance: what may reach it."""
     port, mac, ip = hp.port, inst["mac"], inst["ip"]
     out = [("output", port)]
@@ -557,17 +586,10 @@ def _edge_deliver(hp: HostPort, inst: dict, group: dict, groups: dict[str, dict]
     arp = {"eth_type": ETH_ARP, "arp_tpa": ip}
     f = [Flow.make(TABLE_DELIVER, PRIO_HOST, {"in_port": nc.port, "eth_dst": mac}, out),
          Flow.make(TABLE_DELIVER, PRIO_HOST, dict(arp, in_port=nc.port), out)]
-    # ARP: who may learn this instance's MAC, and whose MAC it may learn.
-    peers = {p for p, g in group_of.items() if p != ip and (
-        g == inst["group"] or _admits(group, p, group_of) or _admits(groups[g], ip, group_of))}
-    speakers = sorted(peers | ({gw.ip} if gw is not None and gw.ip else set()))
-    for p in speakers:
-        f.append(Flow.make(TABLE_DELIVER, PRIO_FORWARD, dict(arp, arp_spa=p), out))
-    for rule in group["rules"]:
-        if rule.get("cidr") is not None:
-            src = _ip_match(rule["cidr"])
-            f.append(Flow.make(TABLE_DELIVER, PRIO_FORWARD, dict(arp, **({"arp_spa": src["ipv4_src"]} if src else {})),
-                               out))
+    # ARP reaches an instance from its router (answers to its requests) and its NC only:
+    # the bridges answer every request for an instance themselves (``_edge_arp_proxy``).
+    if gw is not None and gw.ip:
+        f.append(Flow.make(TABLE_DELIVER, PRIO_FORWARD, dict(arp, arp_spa=gw.ip), out))
     # IPv4: its own group, its rules, answers to what it sent.
     for p in members.get(inst["group"], []):
         if p != ip:

@@ -73,10 +73,14 @@ def assert_attacks_fail(dep: Deployment, a1: dict, a2: dict, b1: dict, spoofed: 
     assert not [line for line in cap["lines"] if a1["mac"] in line], cap["lines"]
 
 
-def assert_broadcast_stays_inside_the_group(dep: Deployment, a1: dict, a2: dict, b1: dict) -> None:
-    """a1's ARP broadcast for a2 reaches a2 and never b1 (another group, on a1's NC)."""
+def assert_broadcast_stays_inside_the_group(dep: Deployment, a1: dict, a2: dict, b1: dict,
+                                            bridge_answers: bool = False) -> None:
+    """a1's ARP broadcast for a2 is answered and never reaches b1 (another group, on a1's NC).
+    It reaches a2 (MANAGED: the group's VLAN), or a1's NC bridge answers it (EDGE)."""
     with capture(dep, b1["slot"], "arp or ether broadcast", "cap-bcast-b1") as other, \
             capture(dep, a2["slot"], "arp", "cap-bcast-a2") as same:
-        dep[a1["slot"]].cmd(f"arping -c 2 -w 1 -I {dep.plan.hosts[a1['slot']].interfaces[0].name} {a2['ip']}")
-    assert same["count"] > 0
+        out = dep[a1["slot"]].cmd(f"arping -c 2 -w 1 -I {dep.plan.hosts[a1['slot']].interfaces[0].name} {a2['ip']}")
+    assert f"reply from {a2['ip']} [{a2['mac'].upper()}]" in out, out
+    if not bridge_answers:
+        assert same["count"] > 0
     assert not [line for line in other["lines"] if a1["mac"] in line], other["lines"]

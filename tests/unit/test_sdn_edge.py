@@ -146,9 +146,11 @@ def test_broadcasts_reach_no_other_instance(fabric):
     # ARP for the gateway: the site (trunk) and the NC, never another slot.
     assert fabric.reached(SLOT["a1"], arp("a1", GW)) >= {"gw", "c1n1"}
     assert slots_reached(fabric, SLOT["a1"], arp("a1", GW)) == set()
-    # ARP for an instance whose group admits the asker, or is admitted by it: that one only.
-    assert fabric.reached(SLOT["a1"], arp("a1", INST["b1"]["ip"])) == {SLOT["b1"]}
-    assert slots_reached(fabric, SLOT["b1"], arp("b1", INST["a2"]["ip"])) == {SLOT["a2"]}  # a admits icmp from all
+    # ARP for a peer (b admits group a; a admits ICMP from all) is answered by the bridge itself.
+    for src, dst in (("a1", "b1"), ("b1", "a2"), ("a2", "b1")):
+        got = [dict(d.packet) for d in fabric.send(SLOT[src], arp(src, INST[dst]["ip"]))]
+        assert [(d["arp_op"], d["arp_sha"], d["arp_spa"]) for d in got] == [(2, INST[dst]["mac"], INST[dst]["ip"])]
+        assert {d.host for d in fabric.send(SLOT[src], arp(src, INST[dst]["ip"]))} == {SLOT[src]}
     # Broadcast IPv4 (a sniffer's bait) leaves for the site and the NC only.
     bcast = dict(ip("a1", "b1", 1), eth_dst=BCAST, ipv4_dst="10.101.3.255")
     assert slots_reached(fabric, SLOT["a1"], bcast) == set() and "c1n1" in fabric.reached(SLOT["a1"], bcast)
@@ -160,19 +162,19 @@ def test_groups_that_admit_nothing_of_each_other_do_not_even_learn_each_others_m
     closed["groups"][2]["rules"] = []
     fab = FakeFabric(topo, compute_flows(topo, {1: closed}))
     for src, dst in (("c1", "b1"), ("c1", "a2"), ("b1", "c1")):
-        assert slots_reached(fab, SLOT[src], arp(src, INST[dst]["ip"])) == set(), (src, dst)
+        assert fab.send(SLOT[src], arp(src, INST[dst]["ip"])) == [], (src, dst)
         assert slots_reached(fab, SLOT[src], ip(src, dst, 6, 80)) == set(), (src, dst)
-    assert slots_reached(fab, SLOT["a1"], arp("a1", INST["b1"]["ip"])) == {SLOT["b1"]}  # b admits group a
+    assert fab.reached(SLOT["a1"], arp("a1", INST["b1"]["ip"])) == {SLOT["a1"]}  # b admits group a: answered
 
 
-def test_the_gateway_and_the_nc_reach_their_instances_by_arp(fabric, topo):
-    gw_mac = topo.host_port("gw", "priv1").mac
-    pkt = {"eth_src": gw_mac, "eth_dst": BCAST, "eth_type": 0x0806, "arp_op": 1, "arp_sha": gw_mac,
-           "arp_spa": GW, "arp_tpa": INST["b1"]["ip"]}
-    assert slots_reached(fabric, "gw", pkt, "priv1") == {SLOT["b1"]}
-    nc_mac = topo.host_port("c1n1", "priv1").mac
-    assert fabric.reached("c1n1", dict(pkt, eth_src=nc_mac, arp_sha=nc_mac, arp_spa="169.254.169.254"),
-                          "priv1") == {SLOT["b1"]}
+def test_the_gateway_and_the_nc_learn_an_instances_mac_from_its_bridge(fabric, topo):
+    for host, spa in (("gw", GW), ("c1n1", "169.254.169.254")):
+        mac = topo.host_port(host, "priv1").mac
+        pkt = {"eth_src": mac, "eth_dst": BCAST, "eth_type": 0x0806, "arp_op": 1, "arp_sha": mac,
+               "arp_spa": spa, "arp_tpa": INST["b1"]["ip"]}
+        got = [dict(d.packet) for d in fabric.send(host, pkt, "priv1") if d.host == host]
+        assert [(d["arp_op"], d["arp_sha"]) for d in got] == [(2, INST["b1"]["mac"])], host
+        assert slots_reached(fabric, host, pkt, "priv1") == set()
 
 
 # -- elastic IPs and the metadata service -------------------------------------------------------
@@ -233,7 +235,7 @@ def test_inside_the_cloud_an_instance_reaches_what_the_managed_cc_allowed(topo, 
     pkt.update({"icmpv4_type": 8} if proto == 1 else {"tcp_dst": port, "tcp_flags": SYN})
     assert bool(fab.send(SLOT["a1"], pkt)) is reaches
     who_has = arp("a1", dst)
-    assert bool(fab.send(SLOT["a1"], who_has)) is (dst == GW or dst.startswith("10.101.2."))
+    assert bool(fab.send(SLOT["a1"], who_has)) is (dst in (GW, "10.101.1.1"))  # its router, its NC
 
 
 def test_metadata_goes_to_the_instances_nc(fabric):
