@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from .flows import OFPVID_NONE, OFPVID_PRESENT, Flow
-from .topology import Topology
+from .topology import SWITCH_LINKS, Topology
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class FakeFabric:
     def _emit(self, switch: str, port: int, pkt: dict, out: list[Delivery], depth: int) -> None:
         entry = self.topo.switches[switch]["ports"][str(port)]
         copy = dict(pkt, vlans=list(pkt["vlans"]))
-        if entry["kind"] == "trunk":
+        if entry["kind"] in SWITCH_LINKS:
             peer_port = int(entry["peer_intf"].rsplit("eth", 1)[1]) + 1
             self._process(entry["peer"], peer_port, copy, out, depth + 1)
         else:

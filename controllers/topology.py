@@ -15,6 +15,11 @@ from pathlib import Path
 from components.common.modes import MANAGED_MODES  # noqa: F401 (re-exported)
 
 
+# Port kinds that lead to another switch: a trunk inside one network, or an uplink to
+# another network's switch (an EDGE NC bridge's to the cloud network).
+SWITCH_LINKS = ("trunk", "uplink")
+
+
 @dataclass(frozen=True)
 class HostPort:
     """A host's interface on a switch port."""
@@ -63,7 +68,7 @@ class Topology:
             if network is not None and sw["network"] != network:
                 continue
             for port, e in sw["ports"].items():
-                if e["kind"] != "trunk":
+                if e["kind"] not in SWITCH_LINKS:
                     out.append(HostPort(name, int(port), e["peer"], e["kind"], e["mac"], e.get("ip"),
                                         e.get("cluster"), e.get("nc")))
         return out
@@ -77,6 +82,10 @@ class Topology:
     def trunk_ports(self, switch: str) -> dict[int, str]:
         """OpenFlow port -> the switch at the other end."""
         return {int(p): e["peer"] for p, e in self.switches[switch]["ports"].items() if e["kind"] == "trunk"}
+
+    def uplinks(self, switch: str) -> dict[int, str]:
+        """OpenFlow port -> the other network's switch it leads to (EDGE NC bridges)."""
+        return {int(p): e["peer"] for p, e in self.switches[switch]["ports"].items() if e["kind"] == "uplink"}
 
     def cc_members(self, cluster: int) -> list[str]:
         for p in self.pairs:

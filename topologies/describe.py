@@ -268,6 +268,8 @@ def draw_png(plan: Plan, path: str | Path) -> Path:
         ax.add_patch(Rectangle((start - 0.15, -9.3), end - start + 0.3, 5.75, facecolor="#efebe9",
                                edgecolor="#d7ccc8", zorder=0))
         router = "CC private VIP" if plan.spec.mode.private_cluster_network else "gateway"
+        if plan.spec.mode.nc_enforced:
+            router += ")\n(groups, elastic IPs: each NC bridge"
         ax.text((start + end) / 2, -9.22, f"cluster {k}: {net.name} {net.subnet}\nrouter {net.router} ({router})",
                 fontsize=max(font, 6), va="bottom", ha="center", color="#5d4037", zorder=1)
 
@@ -283,6 +285,15 @@ def draw_png(plan: Plan, path: str | Path) -> Path:
         edges[("private", False)] = [e for e in edges[("private", False)] if e not in routed]
         nx.draw_networkx_edges(g, pos, edgelist=routed, ax=ax, edge_color=NETWORK_COLOURS["private"], width=1.4,
                                connectionstyle="arc3,rad=0.25", arrows=True, arrowstyle="-", node_size=host_size)
+    # EDGE: each NC bridge's uplink to the cloud network, bowed and dashed: it carries
+    # elastic IPs only, translated by the bridge's flows, and is no trunk of either network.
+    uplinks = [(u, v) for u, v in edges.get(("cloud", True), [])
+               if plan.switches[u].network != plan.switches[v].network]
+    if uplinks:
+        edges[("cloud", True)] = [e for e in edges[("cloud", True)] if e not in uplinks]
+        nx.draw_networkx_edges(g, pos, edgelist=uplinks, ax=ax, edge_color=NETWORK_COLOURS["cloud"], width=1.2,
+                               style="dotted", connectionstyle="arc3,rad=-0.15", arrows=True, arrowstyle="-",
+                               node_size=switch_size)
     for (kind, trunk), edgelist in edges.items():
         if kind == "heartbeat":
             nx.draw_networkx_edges(g, pos, edgelist=edgelist, ax=ax, edge_color=NETWORK_COLOURS[kind], width=1.6,
@@ -327,6 +338,9 @@ def draw_png(plan: Plan, path: str | Path) -> Path:
                Line2D([0], [0], color="#616161", linewidth=2.2, label="trunk between switches")]
     if ha:
         legend.append(Line2D([0], [0], color=NETWORK_COLOURS["heartbeat"], linestyle="--", label="heartbeat link"))
+    if uplinks:
+        legend.append(Line2D([0], [0], color=NETWORK_COLOURS["cloud"], linestyle=":",
+                             label="EDGE: NC bridge uplink (elastic IPs)"))
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, framealpha=0.95)
     spec = plan.spec
     ax.set_title(f"eucalab deployment '{spec.name}', {spec.mode.value} networking\n"

@@ -8,7 +8,8 @@ Traffic that enters the gateway from the user network or the external site may g
 * ICMP echo to every service's virtual IP, and nothing else of the CC's and SC's (the
   experiments measure the round trip users see to each service: a ping opens no port);
 * elastic IPs (``10.0.128.0/24``), any protocol: the primary CC's security-group rules
-  decide what reaches an instance (components/cc/router.py);
+  decide what reaches an instance (components/cc/router.py), in EDGE the flows of the
+  bridge of the instance's NC (controllers/flows.py);
 * in SYSTEM and STATIC, the instances' flat range on each cluster network (no CC in
   the path, as in Eucalyptus).
 
@@ -27,6 +28,7 @@ infrastructure at layer 2. docs/security.md, "Network", says why in both places.
 from __future__ import annotations
 
 from components.cc.netalloc import NetworkAllocator
+from components.common.modes import features
 
 from .plan import PUBLIC_IP_POOL, Plan
 
@@ -41,9 +43,10 @@ def public_endpoints(plan: Plan) -> list[tuple[str, int]]:
 
 
 def flat_ranges(plan: Plan) -> list[str]:
-    """Where instances sit on the cluster networks in SYSTEM and STATIC (none in MANAGED*):
-    the CC's flat range, components/cc/netalloc.py."""
-    if plan.spec.mode.private_cluster_network:
+    """Where instances sit on the cluster networks in SYSTEM and STATIC, whose instances users
+    reach by their own address: the CC's flat range, components/cc/netalloc.py. None in the
+    modes with elastic IPs (MANAGED*, EDGE): there users reach instances by those."""
+    if features(plan.spec.mode.value).elastic_ips:
         return []
     return [str(NetworkAllocator(plan.spec.mode.value, p.cluster).flat_space) for p in plan.pairs if p.kind == "cc"]
 

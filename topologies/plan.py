@@ -12,10 +12,12 @@ Layout (cluster k = 1..N, see docs/architecture.md for the picture):
         cluster k:   CC 10.0.k.1x, SC 10.0.k.2x (public sides)
                           |
         cluster k private network 10.(100+k).0.0/16
-            router .0.1 (primary CC in MANAGED*, the gateway in SYSTEM/STATIC)
+            router .0.1 (primary CC in MANAGED*, the gateway in SYSTEM/STATIC/EDGE)
             CC .0.1x, SC .0.2x (private sides), NC j at .1.j
             VM slots behind each NC on the NC's bridge (addressed when an instance boots);
-            with vlan_tagging host, wired to the NC host itself, which tags for them
+            with vlan_tagging host, wired to the NC host itself, which tags for them;
+            in EDGE each NC bridge also has an uplink to cloud access switch A, where
+            the elastic IPs of the instances behind it arrive (translated by its flows)
         heartbeat links 10.254.p.0/24 between the two members of HA pair p
 
 Primaries hang off access switch A, secondaries off access switch B, so cutting one
@@ -219,7 +221,10 @@ class Plan:
                     continue
                 entry = {"name": intf, "peer": peer, "peer_intf": peer_intf}
                 if peer in self.switches:
-                    entry["kind"] = "trunk"
+                    # A link to another network's switch (an EDGE NC bridge's uplink) is no
+                    # trunk of either network: the controller's flows decide what crosses it.
+                    same = self.switches[peer].network == self.switches[node].network
+                    entry["kind"] = "trunk" if same else "uplink"
                 else:
                     host = self.hosts[peer]
                     entry["kind"] = host.role
@@ -308,6 +313,8 @@ class _Builder:
         return intf
 
     def trunk(self, a: Switch, b: Switch) -> None:
+        """A link between two switches; ``a``'s network names it (an EDGE uplink joins an NC
+        bridge to the cloud network: ``a`` is the cloud switch)."""
         self.plan.links.append(
             Link(a.name, b.name, self._port(a.name), self._port(b.name), a.network, shaped=False)
         )
@@ -428,6 +435,10 @@ def build_plan(spec: DeploymentSpec, tag: str = "") -> Plan:
             bridge = b.switch(f"br{k}n{j}", f"priv{k}", "ncbridge")
             b.trunk(core, bridge)
             b.attach(nc, bridge, ipaddress.ip_address(f"10.{100 + k}.1.{j}"), pnet.prefixlen)
+            if mode.nc_enforced:
+                # EDGE: the NC's public side (Eucalyptus's EDGE NCs had one), for the elastic
+                # IPs of its instances; only what the controller's flows admit crosses it.
+                b.trunk(cloud_access["primary"], bridge)
             for s in range(1, spec.vm_slots_per_nc + 1):
                 slot = b.host(f"c{k}n{j}v{s}", "slot", cluster=k, nc=nc.name, slot=s)
                 if spec.vlan_tagging == "host":

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from components.common.modes import MANAGED_MODES
+from components.common.modes import MANAGED_MODES, NC_ENFORCED_MODES
 
 # Eucalyptus allows up to three arbitrators per component host.
 MAX_ARBITRATORS_PER_HOST = 3
@@ -40,12 +40,13 @@ class SpecError(ValueError):
 
 
 class NetworkMode(str, enum.Enum):
-    """Eucalyptus 3.x networking modes (VNET_MODE)."""
+    """Eucalyptus networking modes (VNET_MODE): 3.x's four, and 4.x's EDGE."""
 
     SYSTEM = "SYSTEM"
     STATIC = "STATIC"
     MANAGED = "MANAGED"
     MANAGED_NOVLAN = "MANAGED-NOVLAN"
+    EDGE = "EDGE"
 
     @property
     def private_cluster_network(self) -> bool:
@@ -56,6 +57,12 @@ class NetworkMode(str, enum.Enum):
     def needs_vlans(self) -> bool:
         """One VLAN per security group: the switches must pass tagged frames."""
         return self is NetworkMode.MANAGED
+
+    @property
+    def nc_enforced(self) -> bool:
+        """Each NC's bridge enforces the groups and translates elastic IPs (EDGE): the
+        NC bridges get an uplink to the cloud network, where elastic IPs live."""
+        return self.value in NC_ENFORCED_MODES
 
 
 # Where MANAGED mode's per-group VLAN tags are pushed and popped (DeploymentSpec.vlan_tagging).
@@ -278,6 +285,10 @@ class DeploymentSpec:
         if self.datapath not in ("auto", "kernel", "user"):
             raise SpecError("datapath", f"must be auto, kernel or user, not {self.datapath!r}")
         _check_bool(self.sdn, "sdn")
+        if self.mode.nc_enforced and not self.sdn:
+            raise SpecError("sdn", f"{self.mode.value} enforces security groups and translates elastic IPs with "
+                            "the SDN controller's flows on each NC's bridge: it needs sdn: true (without the "
+                            "controller nothing would keep one tenant's instances from another's)")
         self._validate_vlan_tagging(dot1q)
         return self
 

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from components.common.groups import digest as group_digest
 from components.common.modes import features
-from components.common.service import Service
+from components.common.service import INSTANCE_HEADER, Service
 from components.common.sigv4 import SigV4Error, sign, verify
 from components.common.names import valid_bucket, valid_key
 from components.common.supervise import supervise
@@ -1150,9 +1150,20 @@ class CloudController(Service):
     # -- the metadata service ---------------------------------------------------------------------
 
     async def handle_metadata(self, request: web.Request) -> web.Response:
-        """Instance metadata for the instance whose private address sent the request (404 for others)."""
+        """Instance metadata for the instance whose private address sent the request (404 for others).
+
+        In EDGE the instance's NC relays the request (components/nc/metadata.py) and names
+        the instance's address in a header, which is taken from the nc role only."""
+        address = request.remote
+        relayed = request.headers.get(INSTANCE_HEADER)
+        if relayed is not None:
+            self.require_internal(request, "nc")
+            try:
+                address = str(ipaddress.ip_address(relayed))
+            except ValueError:
+                return web.Response(status=400, text="bad instance address\n")
         row = self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running') "
-                             "ORDER BY launched DESC LIMIT 1", request.remote)
+                             "ORDER BY launched DESC LIMIT 1", address)
         if row is None:
             return web.Response(status=404, text="not an instance of this cloud\n")
         names = self._group_names(row["account"])

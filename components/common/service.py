@@ -39,6 +39,9 @@ from .events import EventLog
 from .states import ServiceState
 
 INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
+# The instance a relayed metadata request is for (an EDGE NC's relay to the CLC), named by
+# its address; the CLC takes it only with the nc role's token.
+INSTANCE_HEADER = "X-Eucalab-Instance-Address"
 OPERATOR = "operator"
 ROLES = ("clc", "walrus", "cc", "sc", "nc", OPERATOR)
 

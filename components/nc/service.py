@@ -56,8 +56,11 @@ import aiohttp
 from aiohttp import web
 
 from components.common import vlan as vlans
+from components.common.modes import NC_ENFORCED_MODES
 from components.common.files import write_atomic
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
+
+from .metadata import MetadataRelay
 from components.sc.blockproto import (BAD_REQUEST, OUT_OF_RANGE, BlockClient, BlockError, BlockUnavailable,
                                       SessionTimeouts)
 
@@ -124,6 +127,12 @@ class NodeController(Service):
         self.vlan_tagging = config.get("vlan_tagging", "switch")
         self.private_interface = config.get("private_interface")
         self._vlan_lock = asyncio.Lock()  # two boots must not both add one VLAN's interfaces
+        self.metadata: MetadataRelay | None = None
+        clc = config.get("endpoints", {}).get("clc") or ""
+        if config.get("mode") in NC_ENFORCED_MODES and clc:
+            # EDGE: this NC serves its instances' metadata (components/nc/metadata.py).
+            self.metadata = MetadataRelay(clc.split("/services/")[0], config.get("internal_token", ""),
+                                          self._hosts_instance)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -171,8 +180,16 @@ class NodeController(Service):
             if inst["state"] == RUNNING:
                 await self._open_disk(inst)
         self.events.emit("nc.recovered", instances={i: v["state"] for i, v in self.instances.items()})
+        if self.metadata is not None:
+            await self.metadata.start()
+
+    def _hosts_instance(self, ip: str) -> bool:
+        """Whether ``ip`` is the address of an instance running here."""
+        return any(i.get("ip") == ip and i["state"] == RUNNING for i in self.instances.values())
 
     async def on_stop(self) -> None:
+        if self.metadata is not None:
+            await self.metadata.stop()
         for task in self._tasks.values():
             task.cancel()
         for iid in list(self.disks):

@@ -46,3 +46,23 @@ def test_tiny_experiment_report_matches_raw_data(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     for name in ("versions.json", "experiment.json", "load.jsonl", "timing.json"):
         assert (run_dir / name).exists(), name
+
+
+def test_a_cc_host_failure_leaves_edge_instances_answering(tmp_path):
+    """The CC primary's host fails while users fetch HTTP from an instance's elastic IP every
+    10 ms (experiments/definitions/edge.yaml, shortened): in MANAGED the CC routes the
+    instance and users wait for the takeover; in EDGE the NC's bridge translates the
+    elastic IP and no probe fails while the CC pair fails over."""
+    exp = Experiment(name="edge-tiny", seed=3, spec={"name": "edge-tiny", "clusters": 1, "ncs_per_cluster": 1},
+                     sweep={"spec.mode": ["MANAGED", "EDGE"]}, sets=[TrialSet("cc", 2, fault="host")])
+    run_dir = Runner(exp, run_dir=tmp_path, progress=False).run()
+    trials = [json.loads(l) for l in (run_dir / "trials.jsonl").read_text().splitlines()]
+    by_mode = {m: [t for t in trials if t["point"]["spec.mode"] == m] for m in ("MANAGED", "EDGE")}
+    assert all(len(ts) == 2 for ts in by_mode.values()), trials
+    for t in trials:  # the CC pair failed over in both modes
+        assert t["status"] == "ok" and t["new_primary"] in ("c1cc1", "c1cc2"), t
+    assert all(t["failed_probes"] > 0 for t in by_mode["MANAGED"]), by_mode["MANAGED"]
+    assert all(t["failed_probes"] == 0 for t in by_mode["EDGE"]), by_mode["EDGE"]
+    managed, edge = (max(t["outage_s"] for t in by_mode[m]) for m in ("MANAGED", "EDGE"))
+    assert edge < 0.1 < managed  # EDGE: the longest gap between two answers, no outage
+    assert "mode=EDGE" in (run_dir / "report.md").read_text()

@@ -10,7 +10,9 @@ controller. Three groups:
 
 a1 and b1 share an NC bridge: only the VLANs keep them apart at layer 2.
 Isolation is shown both ways: allowed pairs answer over TCP, denied pairs fail AND
-a capture on the far side sees none of their packets.
+a capture on the far side sees none of their packets. The isolation checks and the
+crafted-packet attacks are tests/integration/isolation.py's, shared with EDGE
+(test_sdn_edge.py).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import subprocess
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from experiments.bench_sdn import (apply_router, boot, capture, forwarded_packets, group, instance, intent_request,
-                                   put_intent, sdn_spec, send_frames, start_listener, tcp_answer)
+from experiments.bench_sdn import (apply_router, boot, forwarded_packets, group, instance, intent_request, put_intent,
+                                   sdn_spec, start_listener, tcp_answer)
 from experiments.deployment import Deployment, wait_until
 from topologies.spec import NetworkMode
+
+from .isolation import assert_attacks_fail, assert_broadcast_stays_inside_the_group, assert_denied
 
 MODE = NetworkMode.MANAGED
 GA = group("sg-a", 0, MODE, [{"protocol": "icmp", "from_port": -1, "to_port": -1, "cidr": "0.0.0.0/0"}])
@@ -66,12 +68,6 @@ def slot(name: str) -> str:
     return INSTANCES[name]["slot"]
 
 
-def icmp(src: dict, dst: dict, **over) -> bytes:
-    eth_src = over.pop("eth_src", src["mac"])
-    ip_src = over.pop("ip_src", src["ip"])
-    return bytes(Ether(src=eth_src, dst=dst["mac"]) / IP(src=ip_src, dst=dst["ip"]) / ICMP(id=0x4242))
-
-
 def test_intent_api_contract(dep):
     status, body = intent_request(dep, "GET", "/health")
     assert status == 200 and body["status"] == "ok" and body["synced"] == body["switches"]
@@ -101,12 +97,7 @@ def test_allowed_rule_is_routed_through_the_primary_cc(dep):
 @pytest.mark.parametrize("src,dst,port", [("b1", "a1", 8080), ("c1", "a1", 8080), ("a1", "c1", 8080),
                                            ("c1", "b1", 8080)])
 def test_denied_pairs_see_nothing(dep, src, dst, port):
-    s, d = INSTANCES[src], INSTANCES[dst]
-    with capture(dep, d["slot"], f"host {s['ip']} or ether host {s['mac']}", f"cap-{src}-{dst}") as cap:
-        assert tcp_answer(dep, s["slot"], d["ip"], port, timeout=0.5) == ""
-        if dst != "a1":  # group a admits ICMP from anywhere
-            assert "100% packet loss" in dep[s["slot"]].cmd(f"ping -c 3 -i 0.2 -W 1 {d['ip']}")
-    assert cap["count"] == 0, cap["lines"]
+    assert_denied(dep, INSTANCES[src], INSTANCES[dst], port, icmp_too=dst != "a1")  # a admits ICMP from anywhere
 
 
 def test_elastic_ip_reachable_from_user(dep):
@@ -132,46 +123,11 @@ def test_cluster_infrastructure_keeps_working(dep):
 
 
 def test_attacks_fail(dep):
-    a1, a2, b1 = A1, A2, B1
-    gw = GA["gateway"]
-    dep[slot("a1")].cmd(f"ping -c 1 -W 1 {gw}")  # a1 knows its gateway's MAC
-    gw_mac = dep[slot("a1")].cmd(f"ip neigh show {gw}").split("lladdr ")[1].split()[0]
-    # Control: a correct frame from a2 reaches a1.
-    with capture(dep, slot("a1"), "icmp", "cap-control") as cap:
-        send_frames(dep, slot("a2"), [icmp(a2, a1)])
-    assert cap["count"] > 0
-    time.sleep(1.1)  # past the kernel's ARP locktime: a forged reply would be taken now
-    with capture(dep, slot("a1"), f"ether src {a2['mac']} or ether src {b1['mac']}", "cap-spoof") as cap:
-        send_frames(dep, slot("a2"), [
-            icmp(a2, a1, eth_src=b1["mac"]),  # MAC spoof
-            icmp(a2, a1, ip_src=C1["ip"]),  # IP spoof
-            bytes(Ether(src=a2["mac"], dst=a1["mac"]) / ARP(op=2, hwsrc=a2["mac"], psrc=gw,
-                                                              hwdst=a1["mac"], pdst=a1["ip"])),  # ARP poisoning
-        ])
-    assert cap["count"] == 0, cap["lines"]
-    assert gw_mac in dep[slot("a1")].cmd(f"ip neigh show {gw}")
-    # ARP spoofing from another group (succeeds in MANAGED-NOVLAN: test_sdn_novlan.py).
-    send_frames(dep, slot("b1"), [bytes(Ether(src=b1["mac"], dst=a1["mac"]) / ARP(
-        op=2, hwsrc=b1["mac"], psrc=gw, hwdst=a1["mac"], pdst=a1["ip"]))])
-    assert gw_mac in dep[slot("a1")].cmd(f"ip neigh show {gw}")
-    # VLAN hopping from group a into group b (single and double tag).
-    with capture(dep, slot("b1"), "", "cap-hop") as cap:
-        send_frames(dep, slot("a1"), [
-            bytes(Ether(src=a1["mac"], dst=b1["mac"]) / Dot1Q(vlan=11) / IP(src=a1["ip"], dst=b1["ip"]) / ICMP()),
-            bytes(Ether(src=a1["mac"], dst=b1["mac"]) / Dot1Q(vlan=10) / Dot1Q(vlan=11)
-                  / IP(src=a1["ip"], dst=b1["ip"]) / ICMP()),
-            bytes(Ether(src=a1["mac"], dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=a1["mac"], psrc=a1["ip"],
-                                                                       pdst=a2["ip"])),  # broadcast
-        ])
-    assert not [line for line in cap["lines"] if a1["mac"] in line], cap["lines"]
+    assert_attacks_fail(dep, A1, A2, B1, C1, GA["gateway"], vlans=(10, 11))
 
 
 def test_broadcast_stays_inside_the_group(dep):
-    with capture(dep, slot("b1"), "arp or ether broadcast", "cap-bcast-b1") as other, \
-            capture(dep, slot("a2"), "arp", "cap-bcast-a2") as same:
-        dep[slot("a1")].cmd(f"arping -c 2 -w 1 -I {dep.plan.hosts[slot('a1')].interfaces[0].name} {A2['ip']}")
-    assert same["count"] > 0
-    assert not [line for line in other["lines"] if A1["mac"] in line], other["lines"]
+    assert_broadcast_stays_inside_the_group(dep, A1, A2, B1)
 
 
 def test_primary_change_moves_routing_at_once_and_stale_epochs_are_refused(dep):

@@ -45,3 +45,12 @@ def test_host_tagging_draws_the_slots_under_their_nc(tmp_path):
     big = build_plan(DeploymentSpec(clusters=4, ncs_per_cluster=16, **spec))
     g, _ = _diagram_graph(big)
     assert set(g.neighbors("c1n1: 2 slots")) == {"c1n1"}  # wired to the NC, not to its bridge
+
+
+def test_edge_draws_each_nc_bridges_uplink(tmp_path):
+    plan = build_plan(DeploymentSpec(mode="EDGE"))
+    g, _ = _diagram_graph(plan)
+    uplinks = [(u, v) for u, v in g.edges if u in plan.switches and v in plan.switches
+               and plan.switches[u].network != plan.switches[v].network]
+    assert sorted(v if "br" in v else u for u, v in uplinks) == ["br1n1", "br1n2", "br2n1", "br2n2"]
+    assert draw_png(plan, tmp_path / "d.png").stat().st_size > 20_000

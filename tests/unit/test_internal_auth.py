@@ -141,3 +141,33 @@ def test_walrus_refuses_a_replicated_name_that_is_not_its_format(tmp_path, op):
     assert asyncio.run(post()) == 400
     assert walrus.store.last_seq == 0 and list(walrus.store.objects.iterdir()) == []
     assert not (tmp_path / "tmp").exists()
+
+
+def test_a_relayed_metadata_request_names_its_instance_with_the_ncs_credential_only(tmp_path):
+    """EDGE: an NC relays an instance's metadata request naming the instance's address
+    (components/nc/metadata.py). Anyone else naming an address would read any instance's
+    metadata: 403 without the nc role's token, 400 for an address that is not one."""
+    clc = CloudController(config(tmp_path, "clc"))
+    clc.may_serve = lambda: True  # as the ENABLED member
+
+    async def ask_all(calls: list[tuple[str | None, str]]) -> list[int]:
+        server = TestServer(clc.app, host="127.0.0.1", port=free_port())
+        await server.start_server()
+        out = []
+        try:
+            async with ClientSession() as http:
+                for token, address in calls:
+                    headers = {service_mod.INSTANCE_HEADER: address}
+                    if token is not None:
+                        headers[INTERNAL_TOKEN_HEADER] = token
+                    async with http.get(f"http://127.0.0.1:{server.port}/latest/meta-data/instance-id",
+                                        headers=headers) as r:
+                        out.append(r.status)
+        finally:
+            await server.close()
+        return out
+
+    who = ("nc", "cc", "walrus", "none")
+    got = asyncio.run(ask_all([(TOKENS.get(w), "10.101.2.5") for w in who] + [(TOKENS["nc"], "10.101.2.5x")]))
+    assert dict(zip(who, got)) == {"nc": 404, "cc": 403, "walrus": 403, "none": 403}  # 404: no instance there
+    assert got[-1] == 400

@@ -29,6 +29,9 @@ def test_table_follows_eucalyptus_per_mode():
     assert novlan.elastic_ips and novlan.security_groups and novlan.metadata and not novlan.l2_isolation
     assert managed.elastic_ips and managed.security_groups and managed.metadata and managed.l2_isolation
     assert set(MODES) == set(FEATURES) == {m.value for m in NetworkMode}
+    edge = FEATURES["EDGE"]  # Eucalyptus 4: the groups on every NC, no CC in the path, no VLANs
+    assert edge.elastic_ips and edge.security_groups and edge.metadata and not edge.l2_isolation
+    assert not edge.cc_router and "NC" in dict(edge.rows())["metadata service"]
     assert MANAGED_MODES == ("MANAGED-NOVLAN", "MANAGED")
     assert [m.value for m in NetworkMode if m.private_cluster_network] == ["MANAGED", "MANAGED-NOVLAN"]
     with pytest.raises(ValueError, match="unknown networking mode 'FLAT'"):
