@@ -170,6 +170,9 @@ class Deployment:
         self.admitted: set[tuple[str, int]] = set()  # extra services the site's firewall admits (admit)
         self._main_label: dict[str, str] = {}
         self.realtime = True
+        self.start_window: int | None = None  # processes starting at once (None: 4 per core, at least 4)
+        # Config fields every process of a component gets, e.g. {"clc": {"quotas": {"instances": 1000}}}.
+        self.component_extra: dict[str, dict] = {}
         self.datapath_priority: int | None = None  # ovs-vswitchd's SCHED_FIFO priority (vswitchd.py)
         # The SDN controller (controllers/__main__.py) owns every bridge unless the spec
         # (or ``sdn=False``) says otherwise; then the switches run standalone (MAC learning
@@ -450,6 +453,7 @@ class Deployment:
                 raise DeploymentError(f"no component {component!r} (components/{component}/__main__.py)")
             cfg = self.component_config(component, host)
             cfg["data_dir"], cfg["events_path"] = str(pdir / "data"), str(pdir / "events.jsonl")
+            cfg.update(self.component_extra.get(component, {}))
             cfg.update(config or {})
             rd.write_json(pdir / "config", cfg)
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
@@ -540,16 +544,28 @@ class Deployment:
                 pairs = [p for p in self.plan.pairs if p.kind == kind]
                 waves = [[p.primary for p in pairs], [p.secondary for p in pairs if p.secondary]]
             for wave in waves:
-                procs = [self.start(kind, h, wait=False) for h in wave]
-                for proc in procs:
-                    self.wait_event(proc, "service.start", timeout=timeout)
-                started.extend(procs)
+                started.extend(self._start_wave(kind, wave, timeout))
                 if kind != "nc":
                     # A member listens a detection window and an interval before it claims
                     # the pair alone: slow heartbeats (Eucalyptus 3.4's 10 s) need longer.
                     hb = self.spec.heartbeat
                     self.wait_for_primaries(kind, timeout=max(timeout, 3 * hb.interval_ms * (hb.misses + 2) / 1000))
         return started
+
+    def _start_wave(self, kind: str, hosts: list[str], timeout: float) -> list[Process]:
+        """Start ``kind`` on ``hosts``, at most ``start_window`` of them starting at once:
+        256 NCs started together share the CPU so that none reports within its timeout,
+        and those already running (heartbeats) starve meanwhile; a window keeps the
+        throughput of the cores and each start short."""
+        window = self.start_window or max(4, 4 * (os.cpu_count() or 1))
+        procs: list[Process] = []
+        for i, h in enumerate(hosts):
+            if i >= window:
+                self.wait_event(procs[i - window], "service.start", timeout=timeout)
+            procs.append(self.start(kind, h, wait=False))
+        for proc in procs[-window:]:
+            self.wait_event(proc, "service.start", timeout=timeout)
+        return procs
 
     def listening(self, host: str, port: int) -> bool:
         """Whether a TCP socket on ``host`` listens on ``port``, over IPv4 or IPv6 (iperf3
