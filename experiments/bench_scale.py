@@ -50,6 +50,7 @@ TARGET_SERVICES_UP_S = 60.0
 TARGET_PEAK_GIB = 16.0
 TARGET_INSTANCES_S = 120.0
 TARGET_OUTAGE_RATIO = 1.2  # the outage p50 at scale within 20% of the default deployment's
+RESERVE_GIB = 2.0  # memory the machine keeps available: no RunInstances below it
 
 
 class Sampler:
@@ -115,6 +116,18 @@ class Sampler:
             self.peak.update(total=driver + total_children, driver=driver, processes=total_children, count=count)
         self.peak["vswitchd"] = max(self.peak["vswitchd"], vs)
 
+    def pss(self) -> int:
+        """Proportional set size of the driver and everything it started: shared pages (the
+        interpreter, libraries) counted once among their users, unlike the RSS sum."""
+        total = 0
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:
+                pass
+        self.peak["pss"] = max(self.peak.get("pss", 0), total)
+        return total
+
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             try:
@@ -143,6 +156,7 @@ class ScaleObserver:
     def services_up(self, dep, seconds: float) -> None:
         self.sampler.phase("workload")
         self.sampler.sample()
+        self.sampler.pss()
         self.figures["services_up_s"] = seconds
         planned = {}
         for pair in dep.plan.pairs:
@@ -157,11 +171,14 @@ class ScaleObserver:
         self.figures["ncs"] = len(ncs)
         self.figures["nc_rss_mib"] = _median([psutil.Process(dep.process(h).pid).memory_info().rss / 2**20
                                               for h in ncs if dep.process(h).alive()])
+        self.figures["nc_pss_mib"] = _median([psutil.Process(dep.process(h).pid).memory_full_info().pss / 2**20
+                                              for h in ncs if dep.process(h).alive()])
 
     def prepared(self, dep) -> None:
         self.sampler.phase("instances")
         self.figures.update(launch_instances(dep, self.instances, self.batch))
         self.sampler.sample()
+        self.sampler.pss()
         self.sampler.phase("trials")
 
 
@@ -186,9 +203,11 @@ def zone_plan(zones: dict[str, int], count: int, batch: int) -> list[tuple[str, 
     return calls
 
 
-def launch_instances(dep, count: int, batch: int, timeout: float = 900.0) -> dict:
+def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserve_gib: float = RESERVE_GIB) -> dict:
     """Start ``count`` instances across every cluster; seconds from the first RunInstances
-    to all of them running (or how many ran by ``timeout``)."""
+    to all of them running (or how many ran by ``timeout``). No further RunInstances once
+    the machine has less than ``reserve_gib`` available: the figure then says memory
+    bounded it (``memory_bound``) rather than the kernel's OOM killer choosing a victim."""
     ec2, s3 = dep.aws_client("ec2"), dep.aws_client("s3")
     s3.create_bucket(Bucket="scale")
     s3.put_object(Bucket="scale", Key="scale.img", Body=os.urandom(IMAGE_BYTES))
@@ -204,7 +223,12 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0) -> dic
     ids: list[str] = []
     calls = zone_plan(zones, count, batch)
     t0 = time.monotonic()
+    memory_bound = None
     for zone, n in calls:
+        available = psutil.virtual_memory().available
+        if available < reserve_gib * 2**30:
+            memory_bound = {"after_instances": len(ids), "available_gib": available / 2**30}
+            break
         res = ec2.run_instances(ImageId=emi, MinCount=n, MaxCount=n, Placement={"AvailabilityZone": zone})
         ids += [i["InstanceId"] for i in res["Instances"]]
     calls_s = time.monotonic() - t0
@@ -218,8 +242,9 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0) -> dic
             break
         time.sleep(1.0)
     return {"instances_requested": count, "instances_running": running, "instances_failed": failed,
+            "memory_bound": memory_bound, "available_gib_after": psutil.virtual_memory().available / 2**30,
             "run_calls": len(calls), "run_calls_s": calls_s,
-            "instances_s": last if running == len(ids) else None}
+            "instances_s": last if running == count else None}
 
 
 def _experiment(spec: dict, trials: int, name: str):
@@ -321,9 +346,15 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
         console.print(f"  {name}: {ph['seconds']:.1f} s, CPU {ph['cpu_percent'] or 0:.0f}% of all cores, "
                       f"ovs-vswitchd {ph['vswitchd_core_percent']:.0f}% of one core")
     console.print(f"  members as planned {fig.get('as_planned')}/{fig.get('members')}, NCs running "
-                  f"{fig.get('ncs_running')}/{fig.get('ncs')}, NC RSS median {fig.get('nc_rss_mib') or 0:.1f} MiB; "
-                  f"peak: driver {sampler.peak['driver'] / 2**20:.0f} MiB + {sampler.peak['count']} processes "
-                  f"{sampler.peak['processes'] / 2**20:.0f} MiB, ovs-vswitchd {sampler.peak['vswitchd'] / 2**20:.0f} MiB")
+                  f"{fig.get('ncs_running')}/{fig.get('ncs')}, NC median RSS {fig.get('nc_rss_mib') or 0:.1f} MiB "
+                  f"(PSS {fig.get('nc_pss_mib') or 0:.1f} MiB); peak RSS: driver {sampler.peak['driver'] / 2**20:.0f} "
+                  f"MiB + {sampler.peak['count']} processes {sampler.peak['processes'] / 2**20:.0f} MiB; peak PSS of "
+                  f"them all {sampler.peak.get('pss', 0) / 2**30:.2f} GiB; ovs-vswitchd RSS "
+                  f"{sampler.peak['vswitchd'] / 2**20:.0f} MiB")
+    if fig.get("memory_bound"):
+        mb = fig["memory_bound"]
+        console.print(f"  [bold]memory bound[/]: RunInstances stopped after {mb['after_instances']} instances with "
+                      f"{mb['available_gib']:.1f} GiB available (reserve {RESERVE_GIB:g} GiB)")
     console.print(f"  reports: {scale_dir / 'report.md'}" + (f", {out_dir / 'default' / 'report.md'}" if default else ""))
     (out_dir / "scale.json").write_text(json.dumps({"figures": fig, "mininet": mn, "default": ref, "rows": rows},
                                                    indent=1, default=str))

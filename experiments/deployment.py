@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Components in start order (a component's module may not exist yet: it is skipped).
 COMPONENT_ORDER = ("clc", "walrus", "sc", "nc", "cc")
+# A Unix socket's address (sun_path) holds 108 bytes with its terminating NUL.
+UNIX_PATH_MAX = 107
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
 
@@ -226,6 +228,9 @@ class Deployment:
         self._pick_free_tag()
         self.run_dir = (rd.new_run_dir(self.name) if self._run_dir_arg is None
                         else self._prepare_dir(self._run_dir_arg))
+        problem = socket_path_problem(self.control_socket)
+        if problem:
+            raise DeploymentError(problem)
         self.events = rd.EventWriter(self.run_dir / "events.jsonl")
         (self.run_dir / "spec.yaml").write_text(self.spec.to_yaml())
         rd.write_json(self.run_dir / "endpoints.json", self.plan.endpoints())
@@ -868,6 +873,17 @@ def listens(proc_net_tcp: str, port: int) -> bool:
     connection made to that port elsewhere matched once, and a test then reached a server
     that was not yet up)."""
     return re.search(rf":{port:04X} 0+:0000 0A ", proc_net_tcp) is not None
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot name a Unix socket (the run's control channel), or None.
+
+    A socket's address holds 107 bytes; past that the SDN controller cannot bind its
+    control API and the components cannot reach it."""
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        return (f"the run directory is too deep for its control socket ({len(os.fsencode(path))} bytes, a Unix "
+                f"socket's address holds {UNIX_PATH_MAX}): {path}; give a shorter run directory")
+    return None
 
 
 def wait_until(fn, timeout: float = 10.0, step: float = 0.01):
