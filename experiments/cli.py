@@ -123,7 +123,8 @@ def cmd_bench(args) -> int:
         if size is not None and len(size) != 3:
             raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
         return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch or 25,
-                   trials=args.trials, default=not args.no_default, baseline=not args.no_baseline)
+                   trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
+                   in_flight=args.in_flight)
     if args.what == "sdn":
         from .bench_sdn import run
 
@@ -260,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", default=None, help="scale: the deployment spec (default topologies/specs/xl.yaml)")
     s.add_argument("--size", default=None, help="scale: CLUSTERSxNCSxSLOTS instead of the spec's, e.g. 2x4x4")
     s.add_argument("--instances", type=int, default=1000, help="scale: instances running during the trials")
-    s.add_argument("--trials", type=int, default=3, help="scale: crash trials per target (CLC, Walrus, CC, SC)")
+    s.add_argument("--trials", type=int, default=3, help="scale: failover trials per target (CLC, Walrus, CC, SC)")
+    s.add_argument("--in-flight", type=int, default=None,
+                   help="scale: no RunInstances while this many instances are pending (default: no limit)")
     s.add_argument("--no-default", action="store_true",
                    help="scale: skip the default deployment's trials (the outage comparison)")
     s.add_argument("--retention-s", type=float, default=5.0,

@@ -27,13 +27,13 @@ def short_dir():
 def test_the_scale_bench_measures_every_figure_at_a_small_size(short_dir, capsys):
     tmp_path = short_dir
     before = set(existing_bridges())
-    rc = run(size=(2, 4, 4), instances=24, batch=8, trials=1, results_root=tmp_path)
+    rc = run(size=(2, 4, 4), instances=24, batch=8, trials=1, results_root=tmp_path, in_flight=16)
     assert rc == 0
     out = capsys.readouterr().out
     bench = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH "))[len("BENCH "):])
     rows = {r["figure"].split(" (")[0]: r for r in bench["rows"]}
     for name in ("network up", "network down", "services up", "peak memory", "24/24 instances running",
-                 *(f"{t.upper()} crash outage p50" for t in TARGETS_ORDER)):
+                 *(f"{t.upper()} outage p50" for t in TARGETS_ORDER)):
         assert name in rows, (name, list(rows))
         assert rows[name]["eucalab"] != "-", rows[name]
         assert rows[name]["target"], rows[name]
@@ -45,10 +45,10 @@ def test_the_scale_bench_measures_every_figure_at_a_small_size(short_dir, capsys
     assert fig["hosts"] == saved["mininet"]["hosts"] and fig["links"] == saved["mininet"]["links"]
     assert fig["ncs_running"] == fig["ncs"] == 8
     assert fig["as_planned"] == fig["members"] and not fig["not_as_planned"]
-    assert fig["instances_running"] == 24 and fig["instances_failed"] == 0
+    assert fig["instances_running"] == 24 and fig["instances_failed"] == 0 and not fig["run_refused"]
     # Memory counts the driver and everything it started: far more than the driver alone.
     assert fig["peak"]["count"] > fig["hosts"] and fig["peak_total"] > fig["peak"]["driver"]
-    for t in TARGETS_ORDER:  # one crash trial each, judged, at scale and on the default deployment
+    for t in TARGETS_ORDER:  # one trial each (make run's faults), at scale and on the default deployment
         for side in (fig["outages"], saved["default"]):
             assert side[t]["trials"] == 1 and side[t]["p50"] is not None, (t, side)
     assert set(existing_bridges()) <= before  # nothing left behind
