@@ -1,6 +1,6 @@
 """The scale benchmark end to end at a small size (2 clusters x 4 NCs x 4 VM slots): every
 figure is measured and printed with its target, the instances all ran, every target's
-crash trial was judged, at scale and on the default deployment, and nothing it started
+failover trial was judged, at scale and on the default deployment, and nothing it started
 outlives it. The full size (topologies/specs/xl.yaml) is a benchmark run by hand (README)."""
 
 from __future__ import annotations
