@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from components.common.config import validate_config
 from components.nc import images
-from components.nc.images import DownloadError, ImageCache, ImageSettings
+from components.nc.images import ImageCache
 from components.nc.service import BootError, NodeController
 
 TOKEN = "t0ken"
@@ -120,7 +120,6 @@ def test_a_server_that_ignores_the_range_still_gives_the_right_image(tmp_path):
 
 def test_a_download_that_never_moves_fails_after_its_attempts_not_a_minute(tmp_path):
     walrus = Walrus(cut=0)
-    walrus.handle_orig = walrus.handle
 
     async def always_stall(request):  # every GET stalls before its first byte
         walrus.ranges.append(request.headers.get("Range"))
