@@ -22,9 +22,9 @@ from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec
 
 
-def _spec(clusters: int, ncs: int) -> DeploymentSpec:
+def _spec(clusters: int, ncs: int, slots: int = 2) -> DeploymentSpec:
     return DeploymentSpec(name=f"bench-{clusters}x{ncs}", clusters=clusters, ncs_per_cluster=ncs,
-                          vm_slots_per_nc=2)
+                          vm_slots_per_nc=slots)
 
 
 def _rss_of(pids: list[int]) -> int:
@@ -37,10 +37,10 @@ def _rss_of(pids: list[int]) -> int:
     return total
 
 
-def _child_eucalab(clusters: int, ncs: int, datapath: str) -> dict:
+def _child_eucalab(clusters: int, ncs: int, datapath: str, slots: int = 2) -> dict:
     from topologies.network import EucaNetwork, namespace_pids
 
-    plan = build_plan(_spec(clusters, ncs))
+    plan = build_plan(_spec(clusters, ncs, slots))
     t0 = time.monotonic()
     network = EucaNetwork(plan, datapath=datapath)
     network.build()
@@ -54,14 +54,14 @@ def _child_eucalab(clusters: int, ncs: int, datapath: str) -> dict:
             "switches": len(plan.switches), "links": len(plan.links)}
 
 
-def _child_mininet(clusters: int, ncs: int, datapath: str) -> dict:
+def _child_mininet(clusters: int, ncs: int, datapath: str, slots: int = 2) -> dict:
     from functools import partial
 
     from mininet.net import Mininet
     from mininet.node import OVSSwitch
     from mininet.topo import Topo
 
-    plan = build_plan(_spec(clusters, ncs))
+    plan = build_plan(_spec(clusters, ncs, slots))
     topo = Topo()
     for name in plan.hosts:
         topo.addHost(name)
@@ -86,17 +86,19 @@ def _child_mininet(clusters: int, ncs: int, datapath: str) -> dict:
 
 def child_main(argv: list[str]) -> int:
     side, clusters, ncs, datapath = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    slots = int(argv[4]) if len(argv) > 4 else 2
     fn = _child_eucalab if side == "eucalab" else _child_mininet
-    result = fn(clusters, ncs, datapath)
+    result = fn(clusters, ncs, datapath, slots)
     result["driver_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["peak_mem"] = result["driver_peak_rss"] + result["children_rss"]
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 
-def _run_child(side: str, clusters: int, ncs: int, datapath: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench", side, str(clusters), str(ncs), datapath],
-                          capture_output=True, text=True, timeout=900)
+def _run_child(side: str, clusters: int, ncs: int, datapath: str, slots: int = 2) -> dict:
+    """Build and stop one network in a child process (its memory its own); its figures."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", side, str(clusters), str(ncs), datapath,
+                           str(slots)], capture_output=True, text=True, timeout=900)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

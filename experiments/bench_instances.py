@@ -22,7 +22,7 @@ from botocore.config import Config
 
 from topologies.spec import DeploymentSpec
 
-from .bench_cloud import percentile
+from .analysis import percentile
 from .deployment import Deployment
 
 IMAGE_BYTES = 16 * 2**20
@@ -47,6 +47,9 @@ def run(boots: int = 100) -> int:
     failed = {"cold": 0, "warm": 0}
     started, t_cycle = 0, 0.0
     with Deployment(spec) as dep:
+        # Every slot at once: beyond the account's default instance quota (20).
+        dep.component_extra["clc"] = {"quotas": {"instances": 2 * spec.clusters * spec.ncs_per_cluster
+                                                 * spec.vm_slots_per_nc}}
         dep.start_services()
         c = dep.credentials
         kw = dict(aws_access_key_id=c.access_key, aws_secret_access_key=c.secret_key, region_name="eucalyptus",

@@ -9,6 +9,7 @@
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
     eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
+    eucalab bench scale [--size CxNxS] xl.yaml with every service and 1,000 instances, beside plain Mininet
     eucalab run                       the main job on the default deployment
     eucalab experiment FILE           a failover experiment definition, or a safe-floor one (kind: safe-floor)
     eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
@@ -116,6 +117,15 @@ def cmd_bench(args) -> int:
         from .bench_instances import run
 
         return run(args.boots)
+    if args.what == "scale":
+        from .bench_scale import XL_SPEC, run
+
+        size = tuple(int(x) for x in args.size.split("x")) if args.size else None
+        if size is not None and len(size) != 3:
+            raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
+        return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch or 25,
+                   trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
+                   in_flight=args.in_flight)
     if args.what == "sdn":
         from .bench_sdn import run
 
@@ -124,7 +134,7 @@ def cmd_bench(args) -> int:
         from .bench_lifecycle import run
 
         checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
-        return run(lifecycles=max(checkpoints), batch=args.batch, retention_s=args.retention_s,
+        return run(lifecycles=max(checkpoints), batch=args.batch or 64, retention_s=args.retention_s,
                    checkpoints=checkpoints)
     if args.what == "soak":
         from .bench_soak import run
@@ -239,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "lifecycle", "s3cp", "sdn", "soak"])
+    s.add_argument("what", choices=["bringup", "cloud", "instances", "lifecycle", "s3cp", "scale", "sdn", "soak"])
     s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
     s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
     s.add_argument("--mib", type=int, default=256, help="s3cp: size of the file copied (MiB)")
@@ -258,7 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=3, help="sdn: iperf3 runs per path (direct, routed)")
     s.add_argument("--checkpoints", default="1000,10000,100000",
                    help="lifecycle: instance lifecycles at which the figures are taken (the last is the total)")
-    s.add_argument("--batch", type=int, default=64, help="lifecycle: instances per RunInstances")
+    s.add_argument("--batch", type=int, default=None,
+                   help="lifecycle, scale: instances per RunInstances (default 64 and 25)")
+    s.add_argument("--spec", default=None, help="scale: the deployment spec (default topologies/specs/xl.yaml)")
+    s.add_argument("--size", default=None, help="scale: CLUSTERSxNCSxSLOTS instead of the spec's, e.g. 2x4x4")
+    s.add_argument("--instances", type=int, default=1000, help="scale: instances running during the trials")
+    s.add_argument("--trials", type=int, default=3, help="scale: failover trials per target (CLC, Walrus, CC, SC)")
+    s.add_argument("--in-flight", type=int, default=None,
+                   help="scale: no RunInstances while this many instances are pending (default: no limit)")
+    s.add_argument("--no-default", action="store_true",
+                   help="scale: skip the default deployment's trials (the outage comparison)")
     s.add_argument("--retention-s", type=float, default=5.0,
                    help="lifecycle: how long terminated instances are kept (components default: 3600)")
     s.set_defaults(fn=cmd_bench)

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Components in start order (a component's module may not exist yet: it is skipped).
 COMPONENT_ORDER = ("clc", "walrus", "sc", "nc", "cc")
+# A Unix socket's address (sun_path) holds 108 bytes with its terminating NUL.
+UNIX_PATH_MAX = 107
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
 
@@ -170,6 +172,9 @@ class Deployment:
         self.admitted: set[tuple[str, int]] = set()  # extra services the site's firewall admits (admit)
         self._main_label: dict[str, str] = {}
         self.realtime = True
+        self.start_window: int | None = None  # processes starting at once (None: 4 per core, at least 4)
+        # Config fields every process of a component gets, e.g. {"clc": {"quotas": {"instances": 1000}}}.
+        self.component_extra: dict[str, dict] = {}
         self.datapath_priority: int | None = None  # ovs-vswitchd's SCHED_FIFO priority (vswitchd.py)
         # The SDN controller (controllers/__main__.py) owns every bridge unless the spec
         # (or ``sdn=False``) says otherwise; then the switches run standalone (MAC learning
@@ -223,6 +228,9 @@ class Deployment:
         self._pick_free_tag()
         self.run_dir = (rd.new_run_dir(self.name) if self._run_dir_arg is None
                         else self._prepare_dir(self._run_dir_arg))
+        problem = socket_path_problem(self.control_socket)
+        if problem:
+            raise DeploymentError(problem)
         self.events = rd.EventWriter(self.run_dir / "events.jsonl")
         (self.run_dir / "spec.yaml").write_text(self.spec.to_yaml())
         rd.write_json(self.run_dir / "endpoints.json", self.plan.endpoints())
@@ -450,6 +458,7 @@ class Deployment:
                 raise DeploymentError(f"no component {component!r} (components/{component}/__main__.py)")
             cfg = self.component_config(component, host)
             cfg["data_dir"], cfg["events_path"] = str(pdir / "data"), str(pdir / "events.jsonl")
+            cfg.update(self.component_extra.get(component, {}))
             cfg.update(config or {})
             rd.write_json(pdir / "config", cfg)
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
@@ -540,16 +549,28 @@ class Deployment:
                 pairs = [p for p in self.plan.pairs if p.kind == kind]
                 waves = [[p.primary for p in pairs], [p.secondary for p in pairs if p.secondary]]
             for wave in waves:
-                procs = [self.start(kind, h, wait=False) for h in wave]
-                for proc in procs:
-                    self.wait_event(proc, "service.start", timeout=timeout)
-                started.extend(procs)
+                started.extend(self._start_wave(kind, wave, timeout))
                 if kind != "nc":
                     # A member listens a detection window and an interval before it claims
                     # the pair alone: slow heartbeats (Eucalyptus 3.4's 10 s) need longer.
                     hb = self.spec.heartbeat
                     self.wait_for_primaries(kind, timeout=max(timeout, 3 * hb.interval_ms * (hb.misses + 2) / 1000))
         return started
+
+    def _start_wave(self, kind: str, hosts: list[str], timeout: float) -> list[Process]:
+        """Start ``kind`` on ``hosts``, at most ``start_window`` of them starting at once:
+        256 NCs started together share the CPU so that none reports within its timeout,
+        and those already running (heartbeats) starve meanwhile; a window keeps the
+        throughput of the cores and each start short."""
+        window = self.start_window or max(4, 4 * (os.cpu_count() or 1))
+        procs: list[Process] = []
+        for i, h in enumerate(hosts):
+            if i >= window:
+                self.wait_event(procs[i - window], "service.start", timeout=timeout)
+            procs.append(self.start(kind, h, wait=False))
+        for proc in procs[-window:]:
+            self.wait_event(proc, "service.start", timeout=timeout)
+        return procs
 
     def listening(self, host: str, port: int) -> bool:
         """Whether a TCP socket on ``host`` listens on ``port``, over IPv4 or IPv6 (iperf3
@@ -852,6 +873,17 @@ def listens(proc_net_tcp: str, port: int) -> bool:
     connection made to that port elsewhere matched once, and a test then reached a server
     that was not yet up)."""
     return re.search(rf":{port:04X} 0+:0000 0A ", proc_net_tcp) is not None
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot name a Unix socket (the run's control channel), or None.
+
+    A socket's address holds 107 bytes; past that the SDN controller cannot bind its
+    control API and the components cannot reach it."""
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        return (f"the run directory is too deep for its control socket ({len(os.fsencode(path))} bytes, a Unix "
+                f"socket's address holds {UNIX_PATH_MAX}): {path}; give a shorter run directory")
+    return None
 
 
 def wait_until(fn, timeout: float = 10.0, step: float = 0.01):

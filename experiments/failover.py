@@ -369,8 +369,12 @@ def stop_keepalived_pair(dep: Deployment, hosts: list[str]) -> None:
 
 
 class Runner:
-    def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True):
+    def __init__(self, exp: Experiment, run_dir: Path | None = None, progress: bool = True, observer=None):
         self.exp = exp
+        # Told before a deployment's services start (``starting(dep)``), when they are up
+        # (``services_up(dep, seconds)``) and when the workload is ready, before the first
+        # trial (``prepared(dep)``): a benchmark measures there (experiments/bench_scale.py).
+        self.observer = observer
         self.run_dir = run_dir or new_run_dir(exp.name)
         self.rng = random.Random(exp.seed)
         self.progress = progress
@@ -829,8 +833,15 @@ class Runner:
         saved, self.exp = self.exp, exp  # trials read the point's timing parameters
         try:
             with Deployment(spec_from_dict(exp.spec), run_dir=run_dir, sdn=exp.sdn) as dep:
+                if self.observer is not None:
+                    self.observer.starting(dep)
+                t0 = time.monotonic()
                 dep.start_services()
+                if self.observer is not None:
+                    self.observer.services_up(dep, time.monotonic() - t0)
                 w = self._prepare(dep)
+                if self.observer is not None:
+                    self.observer.prepared(dep)
                 self._record_paths(dep, point)
                 for pair in dep.plan.pairs:
                     wait_until(lambda p=pair: [m for m in p.members if dep.member_state(m) == "ENABLED"], 10)

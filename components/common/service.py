@@ -212,9 +212,9 @@ def main(service_cls: type[Service], argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service_cls.component} %(levelname)s %(message)s")
     try:
-        config = load_config(args.config)
+        service = service_cls(load_config(args.config))  # a component checks its own fields too
     except ConfigError as exc:
         print(f"{service_cls.component}: bad config: {exc}", file=sys.stderr)
         return 2
-    service_cls(config).run()
+    service.run()
     return 0

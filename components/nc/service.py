@@ -2,7 +2,8 @@
 
 Booting an instance:
 1. download the image from Walrus (real bytes, verified against the ETag, cached
-   on the NC by ETag);
+   on the NC by ETag in a cache of bounded size; a stalled or cut download resumes
+   with a Range request: components/nc/images.py, config ``images``);
 2. configure the slot's interface (MAC, IP, default route) by entering the slot's
    network namespace, whose path the testbed gives in the config; the slot stays
    untagged. VLAN membership is Open vSwitch's business (``vlan_tagging: switch``) or,
@@ -56,9 +57,11 @@ import aiohttp
 from aiohttp import web
 
 from components.common import vlan as vlans
-from components.common.modes import NC_ENFORCED_MODES
+from components.common.config import ConfigError
 from components.common.files import write_atomic
+from components.common.modes import NC_ENFORCED_MODES
 from components.common.service import INTERNAL_TOKEN_HEADER, MAX_BODY, Service
+from components.nc import images
 
 from .metadata import MetadataRelay
 from components.sc.blockproto import (BAD_REQUEST, OUT_OF_RANGE, BlockClient, BlockError, BlockUnavailable,
@@ -111,8 +114,12 @@ class NodeController(Service):
         super().__init__(config)
         self.slots = {s["name"]: s for s in config.get("slots", [])}
         self.data = Path(config["data_dir"])
-        self.images = self.data / "images"
-        self.images.mkdir(parents=True, exist_ok=True)
+        try:
+            self.image_settings = images.ImageSettings(**config.get("images", {}))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"images: {exc}") from None
+        self.image_cache = images.ImageCache(self.data / "images", self.image_settings.max_bytes,
+                                             emit=lambda event, **f: self.events.emit(event, **f))
         self.state_file = self.data / "instances.json"
         self.instances: dict[str, dict] = self._load()
         walrus = config.get("endpoints", {}).get("walrus") or ""
@@ -425,7 +432,8 @@ class NodeController(Service):
     # -- booting ------------------------------------------------------------------------
 
     async def _fetch_image_retrying(self, image: dict, attempts: int = 3) -> Path:
-        """A download cut short (a congested path, a Walrus failover) is tried again."""
+        """Walrus unreachable for the HEAD (a congested path, a Walrus failover): tried
+        again. A download cut or stalled midway resumes by itself (components/nc/images.py)."""
         for attempt in range(attempts):
             try:
                 return await self._fetch_image(image)
@@ -459,41 +467,33 @@ class NodeController(Service):
     async def _fetch_image(self, image: dict) -> Path:
         """Download (or reuse the cached copy of) an image, verified against its ETag."""
         key = f"{image['bucket']}/{image['key']}"
-        lock = self._image_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            url = f"{self.walrus_base}/internal/object"
-            headers = {INTERNAL_TOKEN_HEADER: self.config.get("internal_token", "")}
-            params = {"bucket": image["bucket"], "key": image["key"]}
-            async with self.http.head(url, params=params, headers=headers) as r:
-                if r.status == 404:
-                    raise BootError(f"image {key} not found in Walrus")
-                if r.status != 200:
-                    raise BootError(f"Walrus answered {r.status} for image {key}")
-                etag = r.headers.get("ETag", "").strip('"')
-            cached = self.images / etag if etag else None
-            if cached is not None and cached.exists():
+        url = f"{self.walrus_base}/internal/object"
+        headers = {INTERNAL_TOKEN_HEADER: self.config.get("internal_token", "")}
+        params = {"bucket": image["bucket"], "key": image["key"]}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.image_settings.idle_timeout_s,
+                                        sock_read=self.image_settings.idle_timeout_s)
+        async with self.http.head(url, params=params, headers=headers, timeout=timeout) as r:
+            if r.status == 404:
+                raise BootError(f"image {key} not found in Walrus")
+            if r.status != 200:
+                raise BootError(f"Walrus answered {r.status} for image {key}")
+            etag = r.headers.get("ETag", "").strip('"')
+            size = int(r.headers.get("Content-Length", "0"))
+        if not etag or "/" in etag or etag.startswith("."):
+            raise BootError(f"Walrus gave image {key} no usable ETag ({etag!r})")
+        # One download per image at a time: a second boot waits for the first one's file.
+        async with self._image_locks.setdefault(etag, asyncio.Lock()):
+            cached = self.image_cache.get(etag)
+            if cached is not None:
                 self.events.emit("image.cached", image=key, etag=etag)
                 return cached
-            md5 = hashlib.md5()
-            tmp = self.images / f".{os.getpid()}.{abs(hash(key))}.part"
-            size = 0
-            async with self.http.get(url, params=params, headers=headers) as r:
-                if r.status != 200:
-                    raise BootError(f"Walrus answered {r.status} for image {key}")
-                etag = r.headers.get("ETag", "").strip('"')
-                with open(tmp, "wb") as f:
-                    async for chunk in r.content.iter_chunked(1 << 20):
-                        md5.update(chunk)
-                        f.write(chunk)
-                        size += len(chunk)
-            if md5.hexdigest() != etag:
-                tmp.unlink(missing_ok=True)
-                self.events.emit("image.corrupt", image=key, etag=etag, md5=md5.hexdigest())
-                raise BootError(f"image {key} is corrupt: MD5 {md5.hexdigest()} does not match ETag {etag}")
-            final = self.images / etag
-            os.replace(tmp, final)
-            self.events.emit("image.downloaded", image=key, etag=etag, size=size)
-            return final
+            try:
+                path, resumed = await images.download(self.http, url, params, headers, etag, size, self.image_cache,
+                                                      self.image_settings, name=key)
+            except images.DownloadError as exc:
+                raise BootError(str(exc)) from None
+            self.events.emit("image.downloaded", image=key, etag=etag, size=size, resumed=resumed)
+            return path
 
     async def _join_vlan(self, inst: dict) -> None:
         """Host tagging: the slot's port into the bridge of the instance's VLAN (made if missing)."""

@@ -390,6 +390,38 @@ def test_internal_object_route_needs_the_token(walrus):
         assert resp.headers["ETag"].strip('"') == hashlib.md5(b"image-bytes").hexdigest()
 
 
+def test_the_internal_object_route_honours_range_and_an_nc_resumes_from_it(walrus, tmp_path):
+    """An NC that has the first part of an image asks for the rest only (Range), and
+    Walrus answers 206 with exactly those bytes; the image that results is whole."""
+    import asyncio
+
+    import aiohttp
+
+    from components.nc.images import ImageCache, ImageSettings, download
+
+    base, _, _ = walrus
+    body = os.urandom(3 * 2**20 + 5)  # larger than what Walrus answers in one piece
+    etag = hashlib.md5(body).hexdigest()
+    s3_client(base).create_bucket(Bucket="resume")
+    s3_client(base).put_object(Bucket="resume", Key="emi.img", Body=body)
+    cache = ImageCache(tmp_path / "images", 2**30)
+    cache.part(etag).write_bytes(body[:2**20 + 3])  # what a cut download left
+    seen = []
+
+    async def fetch():
+        async def on_end(session, ctx, params):
+            seen.append((params.response.status, params.response.headers.get("Content-Range")))
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(on_end)
+        async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+            return await download(http, f"{base}/internal/object", {"bucket": "resume", "key": "emi.img"},
+                                  {"X-Eucalab-Internal-Token": TOKEN}, etag, len(body), cache, ImageSettings())
+    path, resumed = asyncio.run(fetch())
+    assert resumed == 1
+    assert seen == [(206, f"bytes {2**20 + 3}-{len(body) - 1}/{len(body)}")]
+    assert path.read_bytes() == body
+
+
 def test_accounts_from_the_clc_are_isolated(walrus, fake_clc):
     base, _, _ = walrus
     admin, other = s3_client(base), s3_client(base, OTHER["access_key"], OTHER["secret_key"])

@@ -1,0 +1,189 @@
+"""The NC's image cache and its downloads from Walrus.
+
+Cache: image files named by their ETag (the MD5 of their bytes) in one directory,
+bounded by ``max_bytes``. A file's modification time is the last time an instance
+booted from it (a hit touches it), so the order survives an NC restart; admitting a
+new image evicts the least recently used ones until the cache fits its bound again.
+The image just admitted is never evicted (a single image larger than the bound stays
+until the next one arrives), and an instance already running keeps its open image
+(eviction unlinks the name only).
+
+Download: bytes are written to ``.<etag>.part`` as they arrive. A read that waits
+longer than the idle timeout ends the attempt (rather than a total timeout, which
+cuts a slow but moving download and lets a stalled one hang for its whole length),
+and the next attempt asks Walrus for the rest only (``Range: bytes=<have>-``). An
+attempt that brought no new byte counts against ``attempts``; one that did does not,
+so a download that keeps moving always finishes. The object changing under the
+download (another ETag in the answer) starts it again from zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """NC config ``images``: the cache bound and how downloads give up."""
+
+    cache_mib: float = 512.0  # the cache's bound; the least recently used images go beyond it
+    idle_timeout_s: float = 3.0  # a read (or connect) waiting this long cuts the attempt
+    attempts: int = 3  # attempts in a row without a new byte before the download fails
+
+    def __post_init__(self):
+        if not (isinstance(self.cache_mib, (int, float)) and self.cache_mib > 0):
+            raise ValueError(f"images.cache_mib: must be a positive number, not {self.cache_mib!r}")
+        if not (isinstance(self.idle_timeout_s, (int, float)) and self.idle_timeout_s > 0):
+            raise ValueError(f"images.idle_timeout_s: must be a positive number, not {self.idle_timeout_s!r}")
+        if not (isinstance(self.attempts, int) and self.attempts >= 1):
+            raise ValueError(f"images.attempts: must be an integer >= 1, not {self.attempts!r}")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.cache_mib * 2**20)
+
+
+class DownloadError(Exception):
+    """An image could not be fetched (the message says why)."""
+
+
+class ImageCache:
+    """Images by ETag in ``directory``, at most ``max_bytes`` of them, LRU evicted."""
+
+    def __init__(self, directory: Path, max_bytes: int, emit: Callable[..., None] | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.emit = emit or (lambda *a, **k: None)
+
+    def path(self, etag: str) -> Path:
+        return self.dir / etag
+
+    def part(self, etag: str) -> Path:
+        return self.dir / f".{etag}{PART_SUFFIX}"
+
+    def get(self, etag: str) -> Path | None:
+        """The cached image, marked as just used; None when it is not cached."""
+        path = self.path(etag)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    def entries(self) -> list[tuple[float, str, int]]:
+        """(last use, etag, size) of every cached image, least recently used first."""
+        out = []
+        for p in self.dir.iterdir():
+            if p.name.startswith("."):
+                continue  # downloads under way
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((st.st_mtime, p.name, st.st_size))
+        return sorted(out)
+
+    def size(self) -> int:
+        return sum(size for _, _, size in self.entries())
+
+    def admit(self, part: Path, etag: str) -> Path:
+        """Install a verified download under its ETag, then evict down to the bound."""
+        final = self.path(etag)
+        os.replace(part, final)
+        os.utime(final)
+        self.evict(keep=etag)
+        return final
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove the least recently used images until the cache fits; the ETags removed."""
+        entries = self.entries()
+        total = sum(size for _, _, size in entries)
+        evicted = []
+        for _, etag, size in entries:
+            if total <= self.max_bytes:
+                break
+            if etag == keep:
+                continue
+            self.path(etag).unlink(missing_ok=True)
+            total -= size
+            evicted.append(etag)
+            self.emit("image.evicted", etag=etag, size=size, cache_bytes=total, max_bytes=self.max_bytes)
+        return evicted
+
+
+async def download(http: aiohttp.ClientSession, url: str, params: dict, headers: dict, etag: str, size: int,
+                   cache: ImageCache, settings: ImageSettings, name: str = "") -> tuple[Path, int]:
+    """Fetch the object at ``url`` (``size`` bytes, ETag ``etag``) into ``cache``, resuming
+    after stalls and cuts; returns its path and how many attempts resumed with a Range.
+
+    Raises DownloadError when ``settings.attempts`` attempts in a row brought nothing, when
+    Walrus refuses or answers another object, or when the bytes do not match the ETag.
+    """
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.idle_timeout_s,
+                                    sock_read=settings.idle_timeout_s)
+    part = cache.part(etag)
+    md5, have = hashlib.md5(), 0
+    if part.exists():  # left by an NC that stopped mid-download: hash what is there
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                md5.update(block)
+                have += len(block)
+        if have > size:
+            md5, have = hashlib.md5(), 0
+    fruitless, resumed = 0, 0
+    while have < size or not part.exists():
+        ask = dict(headers, Range=f"bytes={have}-") if have else dict(headers)
+        before = have
+        try:
+            async with http.get(url, params=params, headers=ask, timeout=timeout) as r:
+                if r.status not in (200, 206):
+                    raise DownloadError(f"Walrus answered {r.status} for image {name}")
+                answer = r.headers.get("ETag", "").strip('"')
+                if answer != etag:
+                    part.unlink(missing_ok=True)
+                    raise DownloadError(f"image {name} changed during its download (ETag {answer}, not {etag})")
+                if r.status == 206:
+                    start = _range_start(r.headers.get("Content-Range", ""))
+                    if start != have:
+                        raise DownloadError(f"Walrus answered bytes from {start} when asked from {have}")
+                    resumed += 1
+                elif have:  # the Range was ignored: the whole object comes again
+                    md5, have = hashlib.md5(), 0
+                with open(part, "ab" if have else "wb") as f:
+                    async for chunk in r.content.iter_chunked(1 << 20):
+                        md5.update(chunk)
+                        f.write(chunk)
+                        have += len(chunk)
+            if have >= size:
+                break
+            error = "the answer ended early"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            error = repr(exc)
+        fruitless = 0 if have > before else fruitless + 1
+        cache.emit("image.stalled", image=name, etag=etag, have=have, size=size, error=error)
+        if fruitless >= settings.attempts:
+            raise DownloadError(f"image {name}: {settings.attempts} attempts in a row brought no byte "
+                                f"(idle timeout {settings.idle_timeout_s:g} s): {error}")
+    if md5.hexdigest() != etag:
+        part.unlink(missing_ok=True)
+        cache.emit("image.corrupt", image=name, etag=etag, md5=md5.hexdigest())
+        raise DownloadError(f"image {name} is corrupt: MD5 {md5.hexdigest()} does not match ETag {etag}")
+    return cache.admit(part, etag), resumed
+
+
+def _range_start(content_range: str) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/SIZE``."""
+    try:
+        return int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None

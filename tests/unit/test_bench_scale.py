@@ -1,0 +1,65 @@
+"""The scale benchmark's pure parts: how instances are spread over the zones, and every
+figure printed with its target and verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.bench_scale import figure_rows, load_spec_dict, XL_SPEC, zone_plan
+from topologies.plan import build_plan
+from topologies.spec import spec_from_dict
+
+
+def test_instances_go_round_robin_in_batches_within_each_zones_free_slots():
+    calls = zone_plan({"cluster1": 127, "cluster2": 128}, 250, 25)
+    assert sum(n for _, n in calls) == 250 and max(n for _, n in calls) == 25
+    assert calls[:2] == [("cluster1", 25), ("cluster2", 25)]
+    per_zone = {z: sum(n for zz, n in calls if zz == z) for z in ("cluster1", "cluster2")}
+    assert per_zone["cluster1"] <= 127 and per_zone["cluster2"] <= 128
+
+
+def test_more_instances_than_free_slots_is_refused():
+    with pytest.raises(ValueError, match="do not fit"):
+        zone_plan({"cluster1": 3}, 4, 2)
+
+
+def test_the_xl_spec_is_8_clusters_of_32_ncs_with_4_slots_and_full_ha():
+    spec = spec_from_dict(load_spec_dict(XL_SPEC, None))
+    assert (spec.clusters, spec.ncs_per_cluster, spec.vm_slots_per_nc) == (8, 32, 4)
+    assert spec.mode.value == "MANAGED" and spec.sdn
+    assert spec.ha.clc and spec.ha.walrus and spec.ha.cc and spec.ha.sc
+    plan = build_plan(spec)
+    assert len(plan.hosts_by_role("nc")) == 256 and len(plan.hosts) > 1300
+    small = spec_from_dict(load_spec_dict(XL_SPEC, (2, 4, 4)))
+    assert (small.clusters, small.ncs_per_cluster, small.vm_slots_per_nc, small.name) == (2, 4, 4, "xl-2x4x4")
+
+
+def test_every_figure_is_printed_with_its_target_and_a_verdict():
+    fig = {"network_up_s": 12.0, "network_down_s": 3.0, "services_up_s": 50.0, "as_planned": 20, "members": 20,
+           "not_as_planned": {}, "ncs_running": 8, "peak_total": 2 * 2**30, "instances_s": 130.0,
+           "instances_running": 24, "instances_requested": 24,
+           "outages": {"clc": {"p50": 0.23, "trials": 1, "as_expected": 1},
+                       "walrus": {"p50": 0.2, "trials": 1, "as_expected": 1}}}
+    ref = {"clc": {"p50": 0.2}, "walrus": {"p50": 0.2}}
+    rows = {r["figure"].split(" (")[0]: r for r in figure_rows(fig, {"up": 4.0, "down": 2.0}, ref)}
+    assert rows["network up"]["met"] == "NO" and rows["network up"]["mininet"] == "4.0 s"
+    assert rows["services up"]["met"] == "yes" and rows["peak memory"]["met"] == "yes"
+    assert rows["24/24 instances running"]["met"] == "NO"
+    assert rows["CLC outage p50"]["met"] == "yes"  # 230 ms <= 1.2 x 200 ms
+    assert rows["WALRUS outage p50"]["eucalab"] == "200 ms"
+    assert rows["CC outage p50"]["met"] == "-"  # not measured: no verdict, never a pass
+    assert all(r["target"] for r in rows.values())
+
+
+def test_the_trials_are_make_runs_for_the_four_ha_components():
+    from experiments.bench_scale import TARGETS_ORDER, experiment
+    from experiments.failover import DEFINITIONS, Experiment
+
+    made = Experiment.load(DEFINITIONS / "default.yaml")
+    exp = experiment({"name": "xl"}, 3, "xl")
+    assert [ts.target for ts in exp.sets] == list(TARGETS_ORDER)
+    assert all(ts.trials == 3 for ts in exp.sets)
+    assert {ts.target: ts.fault for ts in exp.sets} == {ts.target: ts.fault for ts in made.sets
+                                                          if ts.target in TARGETS_ORDER}
+    assert (exp.probe_interval_ms, exp.probe_timeout_ms) == (made.probe_interval_ms, made.probe_timeout_ms)
+    assert exp.spec == {"name": "xl"}
