@@ -76,8 +76,10 @@ def test_requests_keep_their_pace_while_some_hang_and_it_stops_on_stdin_close(se
     assert 0 <= cost["start_late_ms"]["p50"] <= cost["start_late_ms"]["p99"] <= cost["start_late_ms"]["max"]
     starts = [s for s, _, _ in probes]
     assert len(probes) > 80  # about 150 in 1.5 s
-    # Hanging requests never delayed the next ones: no gap between starts near the timeout.
-    assert max(b - a for a, b in zip(starts, starts[1:])) < 0.1
+    # Hanging requests never delayed the next ones: a prober that waited for each would
+    # leave gaps of the whole timeout (0.2 s) between starts; a loaded machine may leave
+    # ~0.1 s between two starts (seen at load 10), never the timeout.
+    assert max(b - a for a, b in zip(starts, starts[1:])) < 0.18
     failed = [(s, d) for s, d, ok in probes if not ok]
     assert failed and all(0.19 <= d - s < 0.5 for s, d in failed)  # cut at the timeout
     assert probes[0][2] == 1 and probes[-1][2] == 1
