@@ -22,7 +22,7 @@ from botocore.config import Config
 
 from topologies.spec import DeploymentSpec
 
-from .bench_cloud import percentile
+from .analysis import percentile
 from .deployment import Deployment
 
 IMAGE_BYTES = 16 * 2**20

@@ -36,11 +36,12 @@ from aiohttp import web
 
 from .config import ConfigError, load_config
 from .events import EventLog
+from .kinds import NAMES
 from .states import ServiceState
 
 INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
 OPERATOR = "operator"
-ROLES = ("clc", "walrus", "cc", "sc", "nc", OPERATOR)
+ROLES = (*NAMES, OPERATOR)
 
 
 def token_digest(token: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from experiments.deployment import Deployment, wait_until
-from tests.unit.clc_client import create_account, upload_image
+from tests.support.clc_client import create_account, upload_image
 from topologies.spec import DeploymentSpec, HeartbeatSpec
 
 PROBE = "eucalab-probe"  # a table of this test's own in each target host

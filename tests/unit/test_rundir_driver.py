@@ -2,7 +2,11 @@
 import os
 import subprocess
 
+import pytest
+
 from experiments import rundir as rd
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 
 def test_the_running_driver_is_alive():

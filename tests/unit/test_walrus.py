@@ -15,8 +15,11 @@ from botocore.exceptions import ClientError
 
 from components.common.events import read_events
 
-from .clc_client import s3_client
-from .components_helper import ADMIN, TOKEN, component, free_port
+from tests.support.clc_client import s3_client
+from tests.support.processes import ADMIN, TOKEN, component
+from tests.support.util import free_port
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 MAX_OBJECT = 8 * 2**20 + 100
 # A second account, known only to the (fake) CLC: Walrus must look it up there.

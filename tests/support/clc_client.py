@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import urlencode, urlsplit
 
 import boto3
@@ -18,8 +18,9 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from components.common.groups import digest as group_digest
+from experiments.loopback import JsonHandler
 
-from .components_helper import ADMIN, TOKEN
+from .processes import ADMIN, TOKEN
 
 CFG = Config(retries={"total_max_attempts": 1})
 S3_CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
@@ -153,17 +154,7 @@ class FakeCC:
     def _handler(self):
         cc = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def _route(self) -> None:
                 cc.calls.append((self.command, self.path))
@@ -212,14 +203,3 @@ class FakeCC:
             do_GET = do_POST = do_PUT = do_DELETE = _route
 
         return Handler
-
-
-def wait_for(fn, timeout: float = 5.0, step: float = 0.02):
-    """Poll ``fn`` until it returns something true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    return fn()
