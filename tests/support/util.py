@@ -11,7 +11,7 @@ import asyncio
 from experiments.loopback import free_port
 from experiments.timescale import scaled, wait_until
 
-__all__ = ["free_port", "until", "wait_until"]
+__all__ = ["free_port", "instance_leaving", "until", "wait_until"]
 
 
 async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
@@ -21,3 +21,16 @@ async def until(condition, timeout: float = 5.0, what: str = "condition") -> Non
     while not condition():
         assert loop.time() < deadline, f"{what} not met in time"
         await asyncio.sleep(0.002)
+
+
+def instance_leaving(ec2, iid: str, leave: str = "pending", timeout: float = 20.0) -> dict:
+    """An instance's EC2 description once its state is no longer ``leave`` (the last one
+    read when ``timeout`` passes first: the caller's assertion says what it wanted)."""
+    last: dict = {}
+
+    def left() -> bool:
+        last["inst"] = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        return last["inst"]["State"]["Name"] != leave
+
+    wait_until(left, timeout, step=0.1)
+    return last["inst"]
