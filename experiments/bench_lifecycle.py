@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -48,7 +47,7 @@ import psutil
 from botocore.config import Config
 
 from .analysis import percentile
-from .loopback import JsonHandler, free_port
+from .loopback import JsonHandler, StandIn, free_port
 from .loopback import stop as stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,31 +57,13 @@ TOKEN = "bench-lifecycle-token"
 PROBE_S = 0.01
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing a kept-open connection
-            super().handle_error(request, client_address)
-
-
-class StandInNC:
+class StandInNC(StandIn):
     """An NC's API as the CC uses it (components/nc/service.py), holding records only."""
 
     def __init__(self):
         self.instances: dict[str, dict] = {}
         self.lock = threading.Lock()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> StandInNC:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         nc = self

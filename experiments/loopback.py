@@ -1,5 +1,6 @@
 """What the benchmarks that run components on 127.0.0.1 (no network, no root) share, and
-the tests with them: a free port, a process stopped by its PID, a JSON stand-in server.
+the tests with them: a free port, a process stopped by its PID, a stand-in service
+answering JSON from a thread of its own.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ import json
 import signal
 import socket
 import subprocess
-from http.server import BaseHTTPRequestHandler
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -43,3 +46,32 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing a kept-open connection
+            super().handle_error(request, client_address)
+
+
+class StandIn:
+    """A stand-in service on 127.0.0.1 (a free port), served from a thread while in a
+    ``with`` block; a subclass gives its request handler class in ``_handler``."""
+
+    def __init__(self):
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import ThreadingHTTPServer
 from urllib.parse import urlencode, urlsplit
 
 import boto3
@@ -18,7 +16,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from components.common.groups import digest as group_digest
-from experiments.loopback import JsonHandler
+from experiments.loopback import JsonHandler, StandIn
 
 from .processes import ADMIN, TOKEN
 
@@ -123,7 +121,7 @@ def code_of(exc) -> str:
     return exc.response["Error"]["Code"]
 
 
-class FakeCC:
+class FakeCC(StandIn):
     """A CC's internal API (components/cc/service.py) reduced to bookkeeping.
 
     Placed instances get private addresses from ``addresses`` (loopback ones, so a test can
@@ -139,23 +137,12 @@ class FakeCC:
         self.nc_refuses = False  # placements come back terminated, as when their NC refused them
         self.answer_after = 0.0  # seconds a run's answer takes (placed first, as the CC does)
         self.garbled_listings = 0  # this many GET /cluster/instances answer instances without a state
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeCC:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         cc = self
 
         class Handler(JsonHandler):
-
             def _route(self) -> None:
                 cc.calls.append((self.command, self.path))
                 if self.headers.get("X-Eucalab-Internal-Token") != TOKEN:
