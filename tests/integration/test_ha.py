@@ -13,9 +13,8 @@ import pytest
 
 from components.common.events import read_events
 from experiments.deployment import Deployment, wait_until
-from topologies.spec import DeploymentSpec
-
 from tests.support.probes import HttpProbe as Probe
+from topologies.spec import DeploymentSpec
 
 from .conftest import aws_client
 

@@ -18,9 +18,8 @@ import pytest
 from components.common.events import read_events
 from controllers.vips import virtual_mac
 from experiments.deployment import Deployment, wait_until
-from topologies.spec import DeploymentSpec, HASpec
-
 from tests.support.probes import HttpProbe as Probe
+from topologies.spec import DeploymentSpec, HASpec
 
 from .test_ha import enabled_members, heal, taken_over
 
