@@ -6,22 +6,45 @@ redirect and the CC's intent, on their event loops (``call``), and the driver an
 SDN benchmark, blocking (``call_blocking``). One request per connection (``Connection:
 close``), a JSON body in and a JSON answer out; connecting to a local socket costs
 microseconds, so nothing is kept open between requests.
+
+A Unix socket's name holds at most 107 bytes, and a run directory deep in a temporary
+tree is longer: ``reachable`` names such a socket through a descriptor of its directory,
+for the controller that binds it and for every client alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 SOCKET_NAME = "control.sock"
+MAX_NAME = 107  # sun_path's 108 bytes, less the terminating NUL
 
 
 def socket_path(run_dir: str | Path) -> Path:
     """A run's control socket."""
     return Path(run_dir) / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def reachable(path: str | Path) -> Iterator[str]:
+    """A name for the socket ``path`` that fits a Unix socket address: the path itself, or
+    ``/proc/self/fd/N/<name>`` through a descriptor of its directory, open meanwhile."""
+    path = str(path)
+    if len(os.fsencode(path)) <= MAX_NAME:
+        yield path
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
 
 
 def _body(body) -> bytes:
@@ -45,7 +68,8 @@ async def call(sock: str | Path, method: str, path: str, body=None, timeout: flo
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
 
     async def exchange() -> bytes:
-        reader, writer = await asyncio.open_unix_connection(str(sock))
+        with reachable(sock) as name:
+            reader, writer = await asyncio.open_unix_connection(name)
         try:
             writer.write(head + data)
             await writer.drain()
@@ -70,7 +94,8 @@ def call_blocking(sock: str | Path, method: str, path: str, body=None, timeout: 
     conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.sock.settimeout(timeout)
-        conn.sock.connect(str(sock))
+        with reachable(sock) as name:
+            conn.sock.connect(name)
         data = None if body is None else _body(body)
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()

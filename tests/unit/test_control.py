@@ -79,3 +79,24 @@ def test_no_controller_is_an_os_error(tmp_path):
         control.call_blocking(tmp_path / "missing.sock", "GET", "/health")
     with pytest.raises(OSError):
         asyncio.run(control.call(tmp_path / "missing.sock", "GET", "/health"))
+
+
+def test_a_run_directory_too_deep_for_a_socket_name_still_serves(tmp_path):
+    """A run directory deep in a temporary tree (pytest's, say) makes ``RUN/control.sock``
+    longer than the 107 bytes a Unix socket's name holds: the controller's API binds it
+    and its clients reach it all the same."""
+    from controllers.api import IntentAPI, serve
+
+    deep = tmp_path.joinpath(*["d" * 20] * 5)
+    deep.mkdir(parents=True)
+    path = control.socket_path(deep)
+    assert len(str(path)) > 107  # sun_path: 108 bytes with the NUL
+    server = serve(path, IntentAPI.__new__(IntentAPI))
+    try:
+        assert path.exists()
+        status, _ = control.call_blocking(path, "GET", "/no-such-path")
+        assert status == 404
+        assert asyncio.run(control.call(path, "GET", "/no-such-path"))[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
