@@ -24,6 +24,7 @@ import sys
 import threading
 from pathlib import Path
 
+from components.common import control
 from components.common.events import EventLog
 
 from .api import IntentAPI, serve
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     health=lambda: {"switches": len(topo.switches), "synced": len(fabric.synced),
                                     "clusters": {str(k): v["epoch"] for k, v in store.snapshot().items()},
                                     "vips": {k: v["epoch"] for k, v in vips.snapshot().items()}})
-    server = serve(run_dir / "control.sock", api)
+    server = serve(control.socket_path(run_dir), api)
     events.emit("controller.start", pid=os.getpid(), port=args.port,
                 intents={str(k): v["epoch"] for k, v in store.snapshot().items()})
     while not stop.wait(0.5):
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     server.server_close()
     for s in (store, vips, standbys):
         s.flush()
-    (run_dir / "control.sock").unlink(missing_ok=True)
+    control.socket_path(run_dir).unlink(missing_ok=True)
     events.emit("controller.stop", signal=signal.Signals(received[0]).name)
     events.close()
     logging.shutdown()

@@ -32,6 +32,8 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+from components.common import control
+
 from .intent import IntentError, StaleEpoch, staged_standby, validate_standby
 from .vips import virtual_mac
 
@@ -224,7 +226,8 @@ def serve(path: str | Path, api: IntentAPI) -> _Server:
     path = Path(path)
     if path.exists() or path.is_symlink():
         path.unlink()  # left by a controller that was killed
-    server = _Server(str(path), _Handler)
+    with control.reachable(path) as name:  # a run directory may be too deep for its plain path
+        server = _Server(name, _Handler)
     os.chmod(path, 0o660)
     server.api = api
     threading.Thread(target=server.serve_forever, name="intent-api", daemon=True).start()

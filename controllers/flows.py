@@ -1,7 +1,8 @@
 """Flow computation: (topology, accepted intents) -> the flows every switch should hold.
 
 Pure Python data in, pure Python data out; ``oskit`` turns a ``Flow`` into an
-OpenFlow 1.3 FlowMod and ``fakeoftable`` executes flows without a switch.
+OpenFlow 1.3 FlowMod; the tests' fake fabric (tests/support/fakeoftable.py) executes
+flows without a switch.
 
 MANAGED private networks (one per cluster) get proactive flows, two tables:
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -34,14 +33,10 @@ from components.clc.ec2 import EC2Error
 from components.clc.service import CloudController
 from components.common.config import validate_config
 
+from .loopback import free_port
+
 TOKEN = "bench-token"
 TICK_S = 0.001
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _member(tmp: Path, name: str, state: str, port: int) -> CloudController:
@@ -93,7 +88,7 @@ async def _pair(n: int, serving: str):
     "clc2") behind a TestServer and the other started as its client; everything (the
     members, the server, the scratch directory) is gone afterwards."""
     with tempfile.TemporaryDirectory(prefix="clc-catchup-") as name:
-        tmp, port = Path(name), _port()
+        tmp, port = Path(name), free_port()
         members = {"clc1": _member(tmp, "clc1", "ENABLED", port), "clc2": _member(tmp, "clc2", "DISABLED", port)}
         _fill(members["clc1"], n)
         client = members["clc2" if serving == "clc1" else "clc1"]

@@ -23,14 +23,10 @@ from botocore.config import Config
 
 from topologies.spec import DeploymentSpec
 
+from .analysis import percentile
 from .deployment import Deployment
 
 CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
 
 
 def timed(fn, n: int, warmup: int = 20) -> list[float]:

@@ -16,8 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,22 +27,13 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from .analysis import percentile
+from .loopback import free_port, stop
+
 CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHWALRUS00001",
          "secret_key": "benchsecret000000000000000000000000000001"}
 REGION = "eucalyptus"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -60,21 +49,10 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 @contextlib.contextmanager
 def walrus_process(workdir: Path):
     """A Walrus on 127.0.0.1 started as the testbed starts it; yields its S3 endpoint URL."""
-    port = _free_port()
+    port = free_port()
     cfg = {"host": "walrus-bench", "component": "walrus", "role": "single", "listen_host": "127.0.0.1",
            "port": port, "data_dir": str(workdir / "data"), "events_path": str(workdir / "events.jsonl"),
            "state": "ENABLED", "region": REGION, "admin": ADMIN, "internal_token": "bench", "endpoints": {}}
@@ -86,7 +64,7 @@ def walrus_process(workdir: Path):
             _wait_http(f"http://127.0.0.1:{port}/health", proc)
             yield f"http://127.0.0.1:{port}/services/Walrus", proc.pid
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 @contextlib.contextmanager
@@ -95,14 +73,14 @@ def moto_process():
     moto = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
     if moto is None:
         raise RuntimeError("moto_server not found: pip install 'moto[server]' into this venv")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc)
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def run(requests: int = 300, size: int = 64 * 1024, warmup: int = 30) -> dict:

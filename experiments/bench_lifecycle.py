@@ -34,15 +34,12 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -50,6 +47,8 @@ import psutil
 from botocore.config import Config
 
 from .analysis import percentile
+from .loopback import JsonHandler, StandIn, free_port
+from .loopback import stop as stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHLIFECYCLE01",
@@ -58,54 +57,19 @@ TOKEN = "bench-lifecycle-token"
 PROBE_S = 0.01
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing a kept-open connection
-            super().handle_error(request, client_address)
-
-
-class StandInNC:
+class StandInNC(StandIn):
     """An NC's API as the CC uses it (components/nc/service.py), holding records only."""
 
     def __init__(self):
         self.instances: dict[str, dict] = {}
         self.lock = threading.Lock()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> StandInNC:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         nc = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_GET(self):
                 with nc.lock:
@@ -131,7 +95,7 @@ class Process:
     """One component process on loopback, stopped by its PID."""
 
     def __init__(self, name: str, root: Path, port: int | None = None, **config):
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.dir = root / name
         self.dir.mkdir()
         self.config = {"host": f"{name}1", "component": name, "port": self.port, "listen_host": "127.0.0.1",
@@ -166,13 +130,7 @@ class Process:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
         self.log.close()
 
 
@@ -226,7 +184,7 @@ def measure(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0
                          ncs={"c1n1": {"url": nc.url, "slots": [f"c1n1v{n}" for n in range(1, batch + 1)]}})
             procs.append(cc)
             # RegisterImage reads the image from Walrus as the caller: a Walrus holds it.
-            clc_port, walrus_port = _free_port(), _free_port()
+            clc_port, walrus_port = free_port(), free_port()
             ends = {"clc": f"http://127.0.0.1:{clc_port}/services/Eucalyptus",
                     "walrus": f"http://127.0.0.1:{walrus_port}/services/Walrus", "cc": {"cluster1": cc.url}}
             procs.append(Process("walrus", root, port=walrus_port, endpoints=ends))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import http.client
 import json
 import re
 import socket
@@ -32,6 +31,7 @@ import sys
 import time
 
 from components.cc.router import RouterHost, render_router
+from components.common import control
 from components.common import vlan as vlans
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
@@ -41,27 +41,9 @@ from .timescale import scaled
 # -- the intent API from the driver ---------------------------------------------------------
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0):
-        super().__init__("controller", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 def intent_request(dep: Deployment, method: str, path: str, body=None) -> tuple[int, dict]:
     """One HTTP request to the controller's intent API over ``control.sock``."""
-    conn = _UnixHTTPConnection(str(dep.control_socket))
-    try:
-        data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
+    return control.call_blocking(dep.control_socket, method, path, body, timeout=10.0)
 
 
 def put_intent(dep: Deployment, intent: dict) -> tuple[int, dict]:

@@ -50,7 +50,9 @@ import psutil
 from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
+from .analysis import percentile
 from .rundir import new_run_dir, registry_entries, write_json
+from .timescale import wait_until
 
 SAMPLE_S = 0.1
 # Events that change who serves: after start-up, in a soak where nothing fails, each is false.
@@ -149,13 +151,6 @@ def loss_figures(counters: dict[str, dict[str, int]]) -> dict:
     for p in paths.values():
         p["drop_fraction"] = p["dropped"] / p["seen"] if p["seen"] else None
     return paths
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
 # -- stresses --------------------------------------------------------------------------------------
@@ -394,7 +389,7 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
         for pair in (p for p in dep.plan.pairs if p.name in pairs):
             members = pair.members
             # Elected, and each member has heard its peer: start-up is over.
-            if not _wait(lambda p=pair: dep.redundant(p), 30):
+            if not wait_until(lambda p=pair: dep.redundant(p), 30, step=0.05):
                 raise RuntimeError(f"no stable pair at start-up: { {x: dep.member_state(x) for x in members} }")
         startup_s = time.monotonic() - t0
         hosts = [h for members in pairs.values() for h in members]
@@ -525,15 +520,6 @@ def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, core
         stop_keepalived_pair(dep, hosts)
 
 
-def _wait(fn, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.05)
-    return bool(fn())
-
-
 def _sample(dep, pairs: dict[str, list[str]], seconds: float, path: Path, console,
             progress: bool | None) -> tuple[list[dict], int]:
     """Every member's state every SAMPLE_S for ``seconds``; returns the samples with two
@@ -619,7 +605,8 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
         "arbitrators_stopped": stopped,
         "arbitrators_started_again": restarted,
         "cpu_percent": {"mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
-                        "p50": percentile(cpu, 50), "p95": percentile(cpu, 95), "max": max(cpu, default=None)},
+                        "p50": percentile(cpu, 50) if cpu else None,
+                        "p95": percentile(cpu, 95) if cpu else None, "max": max(cpu, default=None)},
         "load1": {"mean": round(sum(load1) / len(load1), 2) if load1 else None,
                   "max": round(max(load1), 2) if load1 else None},
         "other_runs_max": max((s["other_runs"] for s in load), default=None),

@@ -1,10 +1,17 @@
-"""The ``eucalab`` command.
+"""The ``eucalab`` command; every command it has:
 
     eucalab check                     preflight: what this machine can do, what is missing
     eucalab describe [SPEC] [--png F] hosts, networks, addresses, HA pairs (and a diagram)
     eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
+    eucalab run                       the main job: the default failover experiment
+    eucalab experiment DEFINITION     a failover experiment definition (YAML)
+    eucalab report DIR                a run's plots and report, made again from its raw data
+    eucalab compare A B               two runs' results side by side
+    eucalab services [RUN_DIR]        every component's service state (like euca-describe-services)
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
+    eucalab bench cloud               boto3 requests through the emulated network, beside moto
+    eucalab bench instances           RunInstances to a workload answering, warm and cold image cache
     eucalab bench s3cp [--mib 256]    aws s3 cp of a large file through the Walrus VIP, beside moto
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size

@@ -29,8 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from components.common import ha_net
+from components.common import control, ha_net
 from components.common.ha_config import ha_config_for
+from components.common.kinds import START_ORDER
 from components.common.service import OPERATOR, ROLES, token_digest
 from topologies.network import Created, EucaNetwork, kill_pids, namespace, teardown
 from topologies.plan import PUBLIC_IP_POOL, Plan, ServicePair, build_plan
@@ -38,14 +39,12 @@ from topologies.spec import DeploymentSpec, SpecError
 
 from . import rundir as rd
 from . import vswitchd
-from .timescale import scaled
+from .timescale import scaled, wait_until  # noqa: F401 (wait_until: part of this module's API)
 
 log = logging.getLogger(__name__)
 
-# Components in start order (a component's module may not exist yet: it is skipped).
-COMPONENT_ORDER = ("clc", "walrus", "sc", "nc", "cc")
-# A Unix socket's address (sun_path) holds 108 bytes with its terminating NUL.
-UNIX_PATH_MAX = 107
+# Components in start order (components/common/kinds.py; a component's module may not exist: it is skipped).
+COMPONENT_ORDER = START_ORDER
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
 
@@ -228,9 +227,6 @@ class Deployment:
         self._pick_free_tag()
         self.run_dir = (rd.new_run_dir(self.name) if self._run_dir_arg is None
                         else self._prepare_dir(self._run_dir_arg))
-        problem = socket_path_problem(self.control_socket)
-        if problem:
-            raise DeploymentError(problem)
         self.events = rd.EventWriter(self.run_dir / "events.jsonl")
         (self.run_dir / "spec.yaml").write_text(self.spec.to_yaml())
         rd.write_json(self.run_dir / "endpoints.json", self.plan.endpoints())
@@ -697,28 +693,14 @@ class Deployment:
     def control_request(self, method: str, path: str, body: dict | None = None,
                         timeout: float = 5.0) -> tuple[int, dict]:
         """One request to the SDN controller's API on the run's control socket (docs/intent.md)."""
-        import http.client
-        import socket
-
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(self.control_socket))
-        conn = http.client.HTTPConnection("controller", timeout=timeout)
-        conn.sock = sock
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read() or b"{}")
-        finally:
-            conn.close()
+        return control.call_blocking(self.control_socket, method, path, body, timeout)
 
     # -- SDN controller (root namespace) --------------------------------------------------
 
     @property
     def control_socket(self) -> Path:
         """The run's local control channel (a Unix socket every host can reach)."""
-        return self.run_dir / "control.sock"
+        return control.socket_path(self.run_dir)
 
     def _start_controller(self) -> str:
         import socket
@@ -728,9 +710,7 @@ class Deployment:
             self.controller_port = sock.getsockname()[1]
         cdir = self.run_dir / "controller"
         cdir.mkdir(parents=True, exist_ok=True)
-        rd.write_json(self.run_dir / "topology.json", {
-            "mode": self.spec.mode.value, "switches": self.plan.switch_ports(),
-            "pairs": [asdict(p) for p in self.plan.pairs], "takeover": self.spec.ha.takeover})
+        rd.write_json(self.run_dir / "topology.json", self.plan.controller_topology())
         self._spawn_controller()
         return f"tcp:127.0.0.1:{self.controller_port}"
 
@@ -873,29 +853,6 @@ def listens(proc_net_tcp: str, port: int) -> bool:
     connection made to that port elsewhere matched once, and a test then reached a server
     that was not yet up)."""
     return re.search(rf":{port:04X} 0+:0000 0A ", proc_net_tcp) is not None
-
-
-def socket_path_problem(path: Path) -> str | None:
-    """Why ``path`` cannot name a Unix socket (the run's control channel), or None.
-
-    A socket's address holds 107 bytes; past that the SDN controller cannot bind its
-    control API and the components cannot reach it."""
-    if len(os.fsencode(path)) > UNIX_PATH_MAX:
-        return (f"the run directory is too deep for its control socket ({len(os.fsencode(path))} bytes, a Unix "
-                f"socket's address holds {UNIX_PATH_MAX}): {path}; give a shorter run directory")
-    return None
-
-
-def wait_until(fn, timeout: float = 10.0, step: float = 0.01):
-    """Poll ``fn`` until it returns something true or ``timeout`` (scaled: experiments.timescale)
-    passes; returns its last value."""
-    deadline = time.monotonic() + scaled(timeout)
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    return fn()
 
 
 def _child_env() -> dict:

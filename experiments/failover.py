@@ -30,7 +30,7 @@ import yaml
 
 from components.common.events import read_events
 from components.common.modes import features
-from topologies.spec import spec_from_dict
+from topologies.spec import COMPONENT_KINDS, spec_from_dict
 
 from .analysis import Probe, outage_span, resolution
 from .deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
@@ -39,7 +39,7 @@ from .preflight import datapath_ports
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
-TARGETS = ("clc", "walrus", "cc", "sc", "keepalived")
+TARGETS = (*COMPONENT_KINDS, "keepalived")
 FAULTS = tuple(CATALOGUE)  # experiments/faults.py: what each does and the outcome it expects
 
 

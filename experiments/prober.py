@@ -15,10 +15,10 @@ p99, max, ms). A finer interval (2-5 ms where outages are tens of ms) costs CPU 
 requests on the service it measures; that line says how much.
 
 Why a process of its own: the probes measure the outage, so nothing the fault injector
-does may delay them. In the harness's process a restart of the killed member (a fork of
-that large process) froze every thread for up to 326 ms in 1 of 100 Walrus trials, and
-that pause was counted as outage. Only the standard library (and experiments.analysis, which
-uses nothing else): the process starts in tens of ms.
+does may delay them. Restarting the killed member forks the harness's large process,
+which pauses its threads; probes there would count that pause as outage
+(docs/experiments.md). Only the standard library (and experiments.analysis, which uses
+nothing else): the process starts in tens of ms.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--interval and --timeout must be positive")
     if args.realtime_priority:
         # Before any thread starts: threads inherit the policy. The instrument must not
-        # wait for the CPU behind the emulated cloud it measures (on this 2-core host a
-        # probe started up to 25 ms late under a trial's load, and that counted as outage).
+        # wait for the CPU behind the emulated cloud it measures: a probe that starts late
+        # counts as outage (docs/experiments.md).
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime_priority))
         except OSError as exc:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import time
 from pathlib import Path
+
+from components.common.events import EventLog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "results"
@@ -60,20 +61,11 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-class EventWriter:
-    """The driver's JSON-lines event log, in the schema every component uses."""
+class EventWriter(EventLog):
+    """The driver's JSON-lines event log: the components' writer, as host ``driver``."""
 
     def __init__(self, path: Path, host: str = "driver", component: str = "eucalab"):
-        self.path, self.host, self.component = path, host, component
-        self._f = open(path, "a", buffering=1)
-
-    def emit(self, event: str, **fields) -> None:
-        record = {"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "t_wall": time.time(),
-                  "host": self.host, "component": self.component, "event": event, **fields}
-        self._f.write(json.dumps(record) + "\n")
-
-    def close(self) -> None:
-        self._f.close()
+        super().__init__(path, host, component)
 
 
 def driver_alive(record: dict) -> bool:

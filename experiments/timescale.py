@@ -1,4 +1,5 @@
-"""How much slower this machine runs than the one the testbed's timeouts were set on.
+"""How much slower this machine runs than the one the testbed's timeouts were set on, and
+the one poller that waits with those timeouts (``wait_until``).
 
 ``EUCALAB_TIME_SCALE`` (default 1) multiplies every timeout the testbed waits with:
 starting processes, waiting for events, elections, the SDN controller, test probes.
@@ -9,6 +10,7 @@ The kernel-lane VM sets it under software emulation (TCG), where process start-u
 from __future__ import annotations
 
 import os
+import time
 
 
 def _read(value: str | None) -> float:
@@ -29,3 +31,15 @@ TIME_SCALE = _read(os.environ.get("EUCALAB_TIME_SCALE"))
 def scaled(timeout: float) -> float:
     """``timeout`` seconds on this machine."""
     return timeout * TIME_SCALE
+
+
+def wait_until(fn, timeout: float = 10.0, step: float = 0.01):
+    """Poll ``fn`` until it returns something true or ``timeout`` (scaled) passes; returns
+    its last value. The one poller of the testbed, its benchmarks and its tests."""
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(step)
+    return fn()

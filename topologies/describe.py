@@ -17,6 +17,7 @@ import networkx as nx
 from components.common.modes import features
 
 from .plan import Plan
+from .spec import COMPONENT_KINDS
 
 ROLE_COLOURS = {
     "user": "#9e9e9e", "external": "#9e9e9e", "gateway": "#455a64",
@@ -51,7 +52,7 @@ _TIER_LABELS = (
 def summary_line(plan: Plan) -> str:
     """One line: the deployment's size and mode."""
     spec = plan.spec
-    ha = [k for k in ("clc", "walrus", "cc", "sc") if spec.ha.enabled(k)]
+    ha = [k for k in COMPONENT_KINDS if spec.ha.enabled(k)]
     return (f"{spec.name}: {spec.clusters} cluster(s) x {spec.ncs_per_cluster} NC(s) x "
             f"{spec.vm_slots_per_nc} VM slot(s), {spec.mode.value} networking; "
             f"{len(plan.hosts)} hosts, {len(plan.switches)} switches, {len(plan.links)} links; "

@@ -38,6 +38,8 @@ from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host, OVSSwitch
 
+from components.common.vlan import link_names
+
 from .firewall import site_firewall
 from .plan import Plan
 
@@ -208,13 +210,7 @@ def run(cmd: list[str], stdin: str | None = None, check: bool = True, timeout: f
 
 
 def existing_links() -> set[str]:
-    out = run(["ip", "-o", "link", "show"], check=False)
-    names = set()
-    for line in out.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) > 1:
-            names.add(parts[1].strip().split("@")[0])
-    return names
+    return link_names(run(["ip", "-o", "link", "show"], check=False))
 
 
 def existing_bridges() -> set[str]:

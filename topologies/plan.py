@@ -27,7 +27,7 @@ member's uplink leaves it alone with its peer on the heartbeat link.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import networkx as nx
 
@@ -204,6 +204,13 @@ class Plan:
             else:
                 out[pair.kind][f"cluster{pair.cluster}"] = f"http://{pair.vip}:{pair.port}"
         return out
+
+    def controller_topology(self) -> dict:
+        """What the SDN controller owns, as it reads it from ``RUN/topology.json``
+        (controllers/topology.py): the mode, every switch's ports, the HA pairs and how
+        their VIPs move."""
+        return {"mode": self.spec.mode.value, "switches": self.switch_ports(),
+                "pairs": [asdict(p) for p in self.pairs], "takeover": self.spec.ha.takeover}
 
     def switch_ports(self) -> dict:
         """Per switch: datapath id and every port with what sits behind it.

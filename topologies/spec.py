@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from components.common.ha_config import TAKEOVER_METHODS
+from components.common.kinds import PAIRED
 from components.common.modes import MANAGED_MODES, NC_ENFORCED_MODES
 
 # Eucalyptus allows up to three arbitrators per component host.
@@ -71,10 +73,7 @@ VLAN_TAGGING = ("switch", "host")
 # private interface c9cc1-eth1.4094 fills Linux's 15 characters, so clusters stop at 9.
 MAX_CLUSTERS_HOST_TAGGING = 9
 
-COMPONENT_KINDS = ("clc", "walrus", "cc", "sc")
-# How a service VIP follows a takeover (docs/ha.md): the new primary announces it by
-# gratuitous ARP, or the SDN controller steers the VIP's fixed virtual MAC to it.
-TAKEOVER_METHODS = ("garp", "sdn")
+COMPONENT_KINDS = PAIRED  # the kinds that may run as HA pairs
 
 
 @dataclass

@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from components.common import control
 from components.common.files import write_atomic
 from components.common.groups import digest as group_digest
 from components.common.modes import MANAGED_MODES
@@ -99,7 +100,8 @@ class ClusterController(Service):
         self._recall: dict[str, float] = dict(saved.get("recall", {}))
         self.token = config.get("internal_token", "")
         self.http: aiohttp.ClientSession | None = None
-        self.intent_http: aiohttp.ClientSession | None = None
+        # The SDN controller's socket (MANAGED modes with takeover sdn; components/common/control.py).
+        self.control_socket: str | None = config.get("control_socket") or None
         self._poller: asyncio.Task | None = None
         self._retirer: asyncio.Task | None = None
         self._intent_lock = asyncio.Lock()
@@ -272,10 +274,6 @@ class ClusterController(Service):
     async def on_start(self) -> None:
         self.http = aiohttp.ClientSession(headers={INTERNAL_TOKEN_HEADER: self.token},
                                           timeout=aiohttp.ClientTimeout(total=10))
-        sock = self.config.get("control_socket")
-        if sock:
-            self.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock),
-                                                     timeout=aiohttp.ClientTimeout(total=5))
         await self.rebuild_from_ncs()
         self._poller = asyncio.create_task(self._poll_ncs())
         self._retirer = asyncio.create_task(supervise(self.events, "cc.retire", self._retire_once,
@@ -284,7 +282,7 @@ class ClusterController(Service):
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
             await self._withdraw_router()
-            if self.intent_http is not None and self.mode == "MANAGED":
+            if self.control_socket is not None and self.mode == "MANAGED":
                 self._standby_task = asyncio.create_task(self._standby_loop())
         elif self.state.value == "ENABLED":
             await self.publish_intent("start")
@@ -296,9 +294,8 @@ class ClusterController(Service):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._writer is not None:
             await self._writer  # the newest view reaches the disk before the process ends
-        for session in (self.http, self.intent_http):
-            if session:
-                await session.close()
+        if self.http:
+            await self.http.close()
 
     def status_extra(self) -> dict:
         return {"zone": self.zone, "instances": len(self.instances), "epoch": self.epoch,
@@ -668,7 +665,7 @@ class ClusterController(Service):
         if self.state.value != "ENABLED" and not force:
             return
         intent = self.intent()
-        controller = self.intent_http is not None and Path(self.config["control_socket"]).exists()
+        controller = self.control_socket is not None and Path(self.control_socket).exists()
         async with self._intent_lock:
             if reason == "promoted" and controller and (staged or self.mode == "MANAGED-NOVLAN"):
                 # Nothing to wait for: MANAGED-NOVLAN switches forward anything, and a
@@ -723,7 +720,7 @@ class ClusterController(Service):
             async with self._intent_lock:
                 if self.state.value != "ENABLED" or self.epoch != epoch:
                     return
-                if Path(self.config["control_socket"]).exists():
+                if Path(self.control_socket).exists():
                     intent = self.intent()  # the newest view: a change made meanwhile is not undone
                     status = await self._push_intent(intent, reason)
                 else:
@@ -742,19 +739,17 @@ class ClusterController(Service):
         none came. Refused for a stale epoch: the pair moved on without this member hearing
         of it, and its HA agent learns the controller's epoch (an ENABLED member steps down)."""
         try:
-            async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}",
-                                            json=intent) as r:
-                answer = await r.json(content_type=None)
-                if r.status != 200:
-                    self.events.emit("intent.refused", status=r.status, answer=answer, reason=reason)
-                    current = answer.get("current") if isinstance(answer, dict) else None
-                    if r.status == 409 and type(current) is int and self.ha is not None:
-                        self.ha.learn_epoch(current, "the SDN controller refused the intent")
-                    return r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            status, answer = await control.call(self.control_socket, "PUT", f"/intent/clusters/{self.cluster}",
+                                                intent, timeout=5.0)
+        except (OSError, ValueError) as exc:
             self.events.emit("intent.failed", error=str(exc), reason=reason)
             return 0
-        return 200
+        if status != 200:
+            self.events.emit("intent.refused", status=status, answer=answer, reason=reason)
+            current = answer.get("current") if isinstance(answer, dict) else None
+            if status == 409 and type(current) is int and self.ha is not None:
+                self.ha.learn_epoch(current, "the SDN controller refused the intent")
+        return status
 
     async def _apply_router(self, intent: dict, force: bool = False, inline: bool = False) -> None:
         """Make this host the cluster's router for the intent (MANAGED modes only); ``inline``:
@@ -847,7 +842,7 @@ class ClusterController(Service):
         if self.state.value == "ENABLED" or not self._withdrawn:
             return None
         known = self._known_epoch()
-        if self._standby_epoch == known or not Path(self.config["control_socket"]).exists():
+        if self._standby_epoch == known or not Path(self.control_socket).exists():
             return None
         status, answer = await self._put_standby(known)
         if self.state.value == "ENABLED" or not self._withdrawn:
@@ -868,9 +863,9 @@ class ClusterController(Service):
     async def _put_standby(self, epoch: int) -> tuple[int, dict]:
         """One standby report; (status, answer), status 0 when the controller did not answer."""
         try:
-            async with self.intent_http.put(f"http://controller/intent/clusters/{self.cluster}/standby",
-                                            json={"host": self.host, "epoch": epoch}) as r:
-                answer = await r.json(content_type=None)
-                return r.status, answer if isinstance(answer, dict) else {"error": f"not an object: {answer!r}"[:200]}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            status, answer = await control.call(self.control_socket, "PUT",
+                                                f"/intent/clusters/{self.cluster}/standby",
+                                                {"host": self.host, "epoch": epoch}, timeout=5.0)
+        except (OSError, ValueError) as exc:
             return 0, {"error": str(exc)}
+        return status, answer if isinstance(answer, dict) else {"error": f"not an object: {answer!r}"[:200]}

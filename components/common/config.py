@@ -17,12 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .kinds import NAMES
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the field."""
 
 
-COMPONENTS = ("clc", "walrus", "cc", "sc", "nc")
+COMPONENTS = NAMES  # every component kind (kinds.py)
 
 
 REQUIRED: dict[str, type | tuple[type, ...]] = {

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 HEARTBEAT_PORT = 7800
 MIN_SECRET_BYTES = 32
 
-
+# How a service VIP follows a takeover (docs/ha.md): the new primary announces it by
+# gratuitous ARP, or the SDN controller steers the VIP's fixed virtual MAC to it.
 TAKEOVER_METHODS = ("garp", "sdn")
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
 import socket
 import struct
+
+from . import control
 
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
@@ -211,30 +212,9 @@ async def redirect_vip(control_socket: str, pair: str, epoch: int, primary: str,
                        timeout: float = 3.0) -> tuple[int, dict]:
     """Ask the SDN controller to steer ``pair``'s VIP to ``primary`` (``PUT /vips/{pair}``).
 
-    HTTP/1.1 over the run directory's Unix socket (docs/intent.md), on the event loop:
-    the controller answers once the flows are in the switches, a few milliseconds.
+    Through the controller's client (``control.call``), on the event loop: the controller answers once the flows are in the switches, a few milliseconds.
     Returns (status, body): 200 accepted, 409 a newer epoch holds the VIP. Raises
     OSError (no controller, no answer within ``timeout``) or ValueError (not HTTP).
     """
-    body = json.dumps({"pair": pair, "epoch": epoch, "primary": primary}).encode()
-    head = (f"PUT /vips/{pair} HTTP/1.1\r\nHost: controller\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-
-    async def exchange() -> bytes:
-        reader, writer = await asyncio.open_unix_connection(control_socket)
-        try:
-            writer.write(head + body)
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-
-    try:
-        raw = await asyncio.wait_for(exchange(), timeout)
-    except asyncio.TimeoutError:
-        raise OSError(f"no answer from the controller within {timeout} s") from None
-    header, _, payload = raw.partition(b"\r\n\r\n")
-    status_line = header.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {raw[:80]!r}")
-    return int(status_line[1]), json.loads(payload or b"{}")
+    return await control.call(control_socket, "PUT", f"/vips/{pair}",
+                              {"pair": pair, "epoch": epoch, "primary": primary}, timeout)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-# fullmatch, never ``^...$``: ``$`` also matches before a trailing newline, and a bucket
-# named "name\n" was committed and then answered 500 on every request.
+# fullmatch, never ``^...$``: ``$`` also matches before a trailing newline, which would
+# let a bucket named "name\n" in (and every request on it fail).
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 IP_RE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 MAX_KEY_BYTES = 1024

@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .config import ConfigError, load_config
 from .events import EventLog
+from .kinds import NAMES
 from .states import ServiceState
 
 INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
@@ -43,7 +44,7 @@ INTERNAL_TOKEN_HEADER = "X-Eucalab-Internal-Token"
 # its address; the CLC takes it only with the nc role's token.
 INSTANCE_HEADER = "X-Eucalab-Instance-Address"
 OPERATOR = "operator"
-ROLES = ("clc", "walrus", "cc", "sc", "nc", OPERATOR)
+ROLES = (*NAMES, OPERATOR)
 
 
 def token_digest(token: str) -> str:

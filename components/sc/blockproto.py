@@ -83,8 +83,8 @@ class SessionTimeouts:
     # own stall for the SC's.
     reply_s: float = 1.0
     # From one login attempt to the next: a refusal costs a SYN and a RST, so attempts are
-    # cheap and the new primary is reached within this of answering (10 ms: relogin 9.4 ms
-    # p50 and 29 ms p99 after the VIP moved, over 102 SC failovers).
+    # cheap and the new primary is reached within this of answering (docs/architecture.md
+    # has what 10 ms cost).
     retry_interval_s: float = 0.002
     # How long a request may wait for the session (queueing and logging in again). Its
     # answer, once sent, may take reply_s more: together within the 2 s an instance's

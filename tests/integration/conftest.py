@@ -3,6 +3,9 @@
 Tests that break the network (faults, teardown checks, other specs) build their
 own deployment; everything else uses the session-scoped ``deployment`` fixture,
 which has every existing component running.
+
+Every test here fails when, during it, a process of any of its runs logged a Python
+traceback or an ``api.internal_error`` event (tests/support/runlogs.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import pytest
 
 from experiments import preflight
 from experiments.deployment import Deployment
+from tests.support.runlogs import RunLogs
 from topologies.spec import DeploymentSpec, HeartbeatSpec
 
 
@@ -19,6 +23,20 @@ def _network_ready():
     problem = preflight.ovs_problem()
     if problem:
         pytest.fail(f"Open vSwitch is not usable: {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def _run_logs(tmp_path_factory) -> RunLogs:
+    return RunLogs(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(autouse=True)
+def _no_component_failed(_run_logs):
+    """Faucet's teardown rule: a traceback or an internal error logged meanwhile fails the test."""
+    yield
+    problems = _run_logs.problems()
+    if problems:
+        pytest.fail("a component failed during this test:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")

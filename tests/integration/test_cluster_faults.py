@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from experiments.deployment import Deployment
+from tests.support.util import instance_leaving
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 from .conftest import aws_client
@@ -33,15 +34,6 @@ def state_of(ec2, iid):
     return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
 
 
-def wait(ec2, iid, leave="pending", timeout=20):
-    deadline = time.monotonic() + timeout
-    while True:
-        inst = state_of(ec2, iid)
-        if inst["State"]["Name"] != leave or time.monotonic() > deadline:
-            return inst
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     spec = DeploymentSpec(name="test-faults", clusters=1, ncs_per_cluster=2, vm_slots_per_nc=2,
@@ -55,7 +47,7 @@ def small(tmp_path_factory):
 def test_nc_restart_keeps_running_instances(small):
     dep, ec2, _, emi = small
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    inst = wait(ec2, iid)
+    inst = instance_leaving(ec2, iid)
     assert inst["State"]["Name"] == "running"
     nc = next(i["nc"] for i in json.loads(dep["c1cc1"].cmd(
         f"curl -s -H 'X-Eucalab-Internal-Token: {dep.internal_token}' http://10.0.1.10:8774/cluster/instances"
@@ -71,7 +63,7 @@ def test_nc_restart_keeps_running_instances(small):
                                f"http://{dep.plan.hosts[nc].main_ip}:8775/instances")
     assert iid in listing
     ec2.terminate_instances(InstanceIds=[iid])
-    assert wait(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"
 
 
 def test_cc_restart_mid_boot_rebuilds_from_the_ncs(small):
@@ -81,19 +73,19 @@ def test_cc_restart_mid_boot_rebuilds_from_the_ncs(small):
     dep.process("c1cc1").popen.wait(timeout=5)
     (dep.run_dir / "hosts" / "c1cc1" / "data" / "cluster.json").unlink()  # the CC forgets everything
     dep.start("cc", "c1cc1")
-    states = {wait(ec2, i)["State"]["Name"] for i in ids}
+    states = {instance_leaving(ec2, i)["State"]["Name"] for i in ids}
     assert states == {"running"}  # the restarted CC learned them from the NCs
     cap = json.loads(dep["c1cc1"].cmd(f"curl -s -H 'X-Eucalab-Internal-Token: {dep.internal_token}' "
                                       "http://10.0.1.10:8774/cluster/capacity"))
     assert cap["free"] == 2  # two slots in use, none leaked or double-booked
     # A new instance gets a fresh address, not one of the rebuilt ones.
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    new = wait(ec2, iid)
+    new = instance_leaving(ec2, iid)
     old_ips = {state_of(ec2, i)["PrivateIpAddress"] for i in ids}
     assert new["State"]["Name"] == "running" and new["PrivateIpAddress"] not in old_ips
     ec2.terminate_instances(InstanceIds=ids + [iid])
     for i in ids + [iid]:
-        assert wait(ec2, i, leave="running")["State"]["Name"] == "terminated"
+        assert instance_leaving(ec2, i, leave="running")["State"]["Name"] == "terminated"
 
 
 def test_system_mode_end_to_end(tmp_path):
@@ -104,7 +96,7 @@ def test_system_mode_end_to_end(tmp_path):
         ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
         emi = boot_image(ec2, s3, groups=False)  # SYSTEM has no security groups
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-        inst = wait(ec2, iid)
+        inst = instance_leaving(ec2, iid)
         assert inst["State"]["Name"] == "running"
         ip = inst["PrivateIpAddress"]
         assert ip.startswith("10.101.2.")  # flat addresses on the cluster network

@@ -7,13 +7,13 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 
 import pytest
 
 from components.common.events import read_events
 from experiments.deployment import Deployment, wait_until
+from tests.support.probes import HttpProbe as Probe
 from topologies.spec import DeploymentSpec
 
 from .conftest import aws_client
@@ -51,55 +51,6 @@ def heal(dep, pair: str) -> str:
     assert wait_until(lambda: dep["gw"].cmd(
         f"curl -s -m 0.5 -o /dev/null -w '%{{http_code}}' http://{p.vip}:{p.port}/health").strip() == "200", 5)
     return enabled_members(dep, pair)[0]
-
-
-class Probe:
-    """HTTP GETs from the user host every 10 ms; records (sent, done, ok)."""
-
-    def __init__(self, dep, url: str, check=lambda status, body: status == 200):
-        self.dep, self.url, self.check = dep, url, check
-        self.log: list[tuple[float, float, bool]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import http.client
-        from urllib.parse import urlsplit
-
-        u = urlsplit(self.url)
-        with self.dep.in_host("user"):
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=0.3)
-                    c.request("GET", u.path + ("?" + u.query if u.query else ""))
-                    r = c.getresponse()
-                    ok = self.check(r.status, r.read())
-                    c.close()
-                except OSError:
-                    ok = False
-                self.log.append((t0, time.monotonic(), ok))
-                time.sleep(max(0.0, 0.01 - (time.monotonic() - t0)))
-
-    def __enter__(self):
-        self._t.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(timeout=5)
-
-    def outage_after(self, t_fault: float) -> float | None:
-        """Completion of the first success after the fault minus that of the last success before it."""
-        before = [d for s, d, ok in self.log if ok and d <= t_fault]
-        after = [d for s, d, ok in self.log if ok and s >= t_fault]
-        if not before or not after:
-            return None
-        return after[0] - before[-1]
-
-    def failures_after(self, t: float) -> int:
-        return sum(1 for s, d, ok in self.log if s >= t and not ok)
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +368,7 @@ def test_secondary_crash_is_no_outage(ha):
         t = time.monotonic()
         dep.kill(secondary)
         time.sleep(1.0)
-    bad = [(round(s - t, 3), round(d - s, 3)) for s, d, ok in probe.log if s >= t and not ok]
+    bad = [(round(a.sent - t, 3), round(a.done - a.sent, 3)) for a in probe.failures_after(t)]
     assert bad == [], bad
     assert enabled_members(dep, "clc") == [primary]
     assert any(e["event"] == "ha.peer_dead" for e in read_events(dep.process(primary).events_path))
@@ -477,11 +428,10 @@ def test_sc_failover_seen_through_an_elastic_ip(ha):
         {"written": True}
     read = f"{url}?offset=0&length={len(data)}"
     with Probe(dep, read, check=lambda status, body: status == 200 and body == data.encode()) as probe:
-        assert wait_until(lambda: any(ok for _, _, ok in probe.log), 5), probe.log
         t = time.monotonic()
         dep.kill(primary, sig=signal.SIGKILL)
         assert wait_until(lambda: taken_over(dep, "sc1", primary), 5)
-        assert wait_until(lambda: any(ok for s, _, ok in probe.log if s >= t), 5)
+        assert wait_until(lambda: probe.served_since(t), 5)
         time.sleep(0.3)
     outage = probe.outage_after(t)
     assert outage is not None and outage < 2.0, outage

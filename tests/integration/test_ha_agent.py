@@ -9,67 +9,21 @@ of kill -9 over repeated trials (written to the run directory as ha-agent-outage
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import statistics
-import threading
 import time
 
 import pytest
 
+from experiments.analysis import percentile
 from experiments.deployment import Deployment, wait_until
+from tests.support import hademo
+from tests.support.probes import HttpProbe
 from topologies.spec import DeploymentSpec
 
 PAIR = "clc"
 TRIALS = 20
-
-
-class Probe:
-    """``GET /`` on the VIP from the user host every ``period`` s; logs (sent, done, body or None)."""
-
-    def __init__(self, dep, url_host: str, port: int, period: float = 0.01, timeout: float = 0.3):
-        self.dep, self.host, self.port, self.period, self.timeout = dep, url_host, port, period, timeout
-        self.log: list[tuple[float, float, str | None]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.dep.in_host("user"):
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                body = None
-                try:
-                    c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                    c.request("GET", "/")
-                    r = c.getresponse()
-                    text = r.read().decode().strip()
-                    body = text if r.status == 200 else None
-                    c.close()
-                except OSError:
-                    pass
-                self.log.append((t0, time.monotonic(), body))
-                time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
-
-    def __enter__(self) -> "Probe":
-        self._t.start()
-        assert wait_until(lambda: any(b for _, _, b in self.log), 3), "the VIP never answered"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join(timeout=5)
-
-    def outage_after(self, t_fault: float) -> float | None:
-        """Completion of the first success after the fault minus that of the last success before it."""
-        before = [d for s, d, b in self.log if b and d <= t_fault]
-        after = [d for s, d, b in self.log if b and s >= t_fault]
-        if not before or not after:
-            return None
-        return after[0] - before[-1]
-
-    def answers_after(self, t: float) -> set[str]:
-        return {b for s, d, b in self.log if b and s >= t}
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +31,22 @@ def ha(tmp_path_factory):
     with Deployment(DeploymentSpec(name="test-ha-agent"), run_dir=tmp_path_factory.mktemp("ha-agent")) as dep:
         pair = dep.plan.pair(PAIR)
         # The primary first, elected before its secondary starts (as start_services does).
-        dep.start("hademo", pair.primary)
+        hademo.start(dep, pair.primary)
         dep.wait_for_primaries(PAIR)
-        dep.start("hademo", pair.secondary)
+        hademo.start(dep, pair.secondary)
         settle(dep)
         yield dep
+
+
+def probe_vip(dep) -> HttpProbe:
+    """``GET /`` on the pair's VIP from the user host every 10 ms."""
+    pair = dep.plan.pair(PAIR)
+    return HttpProbe(dep, f"http://{pair.vip}:{pair.port}/", ready_s=3)
+
+
+def answered_by(probe: HttpProbe, t: float) -> set[str]:
+    """Which members answered the requests sent at or after ``t`` (hademo answers its host name)."""
+    return {b.decode().strip() for b in probe.answers_after(t)}
 
 
 def states(dep) -> dict[str, str | None]:
@@ -104,7 +69,7 @@ def settle(dep) -> str:
         dep.set_link(m, None, up=True)
         proc = dep.process(m)
         if not proc.alive():
-            dep.start("hademo", m)
+            hademo.start(dep, m)
     # One ENABLED, one DISABLED, each hearing the other (a restarted member that has not yet
     # heard its peer rightly refuses to take over: it may hold older state).
     assert wait_until(lambda: dep.redundant(pair), 15), states(dep)
@@ -125,14 +90,14 @@ def test_kill9_vip_answers_from_the_secondary_within_a_second(ha):
     dep = ha
     primary = settle(dep)
     pair = dep.plan.pair(PAIR)
-    with Probe(dep, pair.vip, pair.port) as probe:
+    with probe_vip(dep) as probe:
         t = time.monotonic()
         dep.kill(primary)
         assert wait_until(lambda: enabled(dep) == [other(dep, primary)], 3), states(dep)
         time.sleep(0.3)
     outage = probe.outage_after(t)
     assert outage is not None and outage < 1.0, outage
-    assert probe.answers_after(t + outage + 0.05) == {other(dep, primary)}
+    assert answered_by(probe, t + outage + 0.05) == {other(dep, primary)}
     promote = events_since(dep, other(dep, primary), t, "ha.promote")[-1]
     assert promote["garp_sent"] and promote["detected_at"] <= promote["vip_at"]
 
@@ -223,22 +188,22 @@ def test_kill9_outage_over_trials(ha):
     for _ in range(TRIALS):
         primary = settle(dep)
         survivor = other(dep, primary)
-        with Probe(dep, pair.vip, pair.port) as probe:
+        with probe_vip(dep) as probe:
             time.sleep(0.1)
             t = time.monotonic()
             dep.kill(primary)
             assert wait_until(lambda: enabled(dep) == [survivor], 3), states(dep)
             # Users are served again (on a loaded machine that may take a while after the promotion).
-            assert wait_until(lambda: probe.answers_after(t), 5), "the VIP never answered after the failover"
+            assert wait_until(lambda: answered_by(probe, t), 5), "the VIP never answered after the failover"
         outages.append(probe.outage_after(t))
         promote = events_since(dep, survivor, t, "ha.promote")[-1]
         detections.append(promote["detected_at"] - t)
         takeovers.append(promote["vip_at"] - t)
     assert all(o is not None for o in outages), outages
-    q = statistics.quantiles(outages, n=100, method="inclusive")
     report = {"trials": TRIALS, "interval_ms": dep.spec.heartbeat.interval_ms, "misses": dep.spec.heartbeat.misses,
               "probe_period_ms": 10, "outage_s": outages, "detection_s": detections, "vip_up_s": takeovers,
-              "outage_p50_s": statistics.median(outages), "outage_p99_s": q[98], "outage_max_s": max(outages)}
+              "outage_p50_s": percentile(outages, 50), "outage_p99_s": percentile(outages, 99),
+              "outage_max_s": max(outages)}
     (dep.run_dir / "ha-agent-outage.json").write_text(json.dumps(report, indent=1))
     print(f"\nkill -9 outage over {TRIALS} trials: p50 {report['outage_p50_s'] * 1000:.0f} ms, "
           f"p99 {report['outage_p99_s'] * 1000:.0f} ms, max {report['outage_max_s'] * 1000:.0f} ms; detection p50 "

@@ -19,8 +19,9 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
+from components.common.ha_config import HEARTBEAT_PORT
 from experiments.deployment import Deployment, wait_until
-from tests.unit.clc_client import create_account, upload_image
+from tests.support.clc_client import create_account, upload_image
 from topologies.spec import DeploymentSpec, HeartbeatSpec
 
 PROBE = "eucalab-probe"  # a table of this test's own in each target host
@@ -97,7 +98,7 @@ def _internal_targets(dep) -> list[tuple[str, str, int, list[str]]]:
     out = []
     for pair in plan.pairs:
         members = pair.members
-        out.append((pair.vip, "udp", 7800, members))  # heartbeats at the service address
+        out.append((pair.vip, "udp", HEARTBEAT_PORT, members))  # heartbeats at the service address
         if pair.kind in ("cc", "sc"):
             out.append((pair.vip, "tcp", pair.port, members))  # their APIs are internal
         if pair.kind == "sc":
@@ -105,9 +106,9 @@ def _internal_targets(dep) -> list[tuple[str, str, int, list[str]]]:
         for m in members:
             own = plan.hosts[m].ip_on("cloud")
             out.append((own, "tcp", pair.port, [m]))  # a member's own address
-            out.append((own, "udp", 7800, [m]))
+            out.append((own, "udp", HEARTBEAT_PORT, [m]))
             if pair.heartbeat_network:
-                out.append((plan.hosts[m].ip_on(pair.heartbeat_network), "udp", 7800, [m]))
+                out.append((plan.hosts[m].ip_on(pair.heartbeat_network), "udp", HEARTBEAT_PORT, [m]))
             if pair.kind in ("cc", "sc"):
                 out.append((plan.hosts[m].ip_on(f"priv{pair.cluster}"), "tcp", 3260 if pair.kind == "sc" else 8774,
                             [m]))
@@ -152,7 +153,7 @@ def test_a_tenants_instance_reaches_only_the_public_vips(cloud):
     gateway = dep[slot].cmd("ip route show default").split()[2]  # its group's gateway, on the primary CC
     cc = dep.plan.pair("cc", 1)
     _assert_only_public(dep, slot, ip, extra=[(gateway, "tcp", 8774, cc.members),
-                                              (gateway, "udp", 7800, cc.members)])
+                                              (gateway, "udp", HEARTBEAT_PORT, cc.members)])
     # The metadata service (DNATed by the CC to the CLC's VIP) still answers it.
     assert dep[slot].cmd("curl -s -m 2 http://169.254.169.254/latest/meta-data/instance-id").strip() == \
         cloud["instance"]["InstanceId"]

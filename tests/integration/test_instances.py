@@ -10,6 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from experiments.deployment import wait_until
+from tests.support.util import instance_leaving
 
 IMAGE = os.urandom(2 * 2**20)
 
@@ -31,15 +32,6 @@ def image(deployment, ec2, s3):
     return emi
 
 
-def wait_state(ec2, iid: str, leave: str = "pending", timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
-        if inst["State"]["Name"] != leave or time.monotonic() > deadline:
-            return inst
-        time.sleep(0.1)
-
-
 def capacity(deployment, cluster: int) -> dict:
     out = deployment[f"c{cluster}cc1"].cmd(
         f"curl -s -H 'X-Eucalab-Internal-Token: {deployment.internal_token}' "
@@ -51,7 +43,7 @@ def test_run_reach_terminate(deployment, ec2, image):
     free_before = capacity(deployment, 1)["free"]
     iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
                             Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-    inst = wait_state(ec2, iid)
+    inst = instance_leaving(ec2, iid)
     assert inst["State"]["Name"] == "running", inst
     ip = inst["PrivateIpAddress"]
     assert ip.startswith("10.101.16.")
@@ -65,7 +57,7 @@ def test_run_reach_terminate(deployment, ec2, image):
     # The private address itself is not reachable from users (MANAGED).
     assert deployment["user"].cmd(f"curl -s -m 1 -o /dev/null -w '%{{http_code}}' http://{ip}/").strip() == "000"
     ec2.terminate_instances(InstanceIds=[iid])
-    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"
     assert capacity(deployment, 1)["free"] == free_before
     assert deployment["user"].cmd(f"curl -s -m 1 -o /dev/null -w '%{{http_code}}' http://{eip}/").strip() == "000"
     ec2.release_address(PublicIp=eip)
@@ -82,7 +74,7 @@ def test_more_instances_than_slots_is_refused(deployment, ec2, image):
     res = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=free + 3, Placement={"AvailabilityZone": "cluster2"})
     ids = [i["InstanceId"] for i in res["Instances"]]
     assert len(ids) == free  # as many as fit
-    states = {wait_state(ec2, i)["State"]["Name"] for i in ids}
+    states = {instance_leaving(ec2, i)["State"]["Name"] for i in ids}
     assert states == {"running"}
     listing = json.loads(deployment["c2cc1"].cmd(  # placement as the CC sees it
         f"curl -s -H 'X-Eucalab-Internal-Token: {deployment.internal_token}' http://10.0.2.10:8774/cluster/instances"))
@@ -90,7 +82,7 @@ def test_more_instances_than_slots_is_refused(deployment, ec2, image):
     assert sorted(placed.values()) == ["c2n1", "c2n1", "c2n2", "c2n2"]  # ROUNDROBIN over both NCs
     ec2.terminate_instances(InstanceIds=ids)
     for i in ids:
-        assert wait_state(ec2, i, leave="running")["State"]["Name"] == "terminated"
+        assert instance_leaving(ec2, i, leave="running")["State"]["Name"] == "terminated"
     assert capacity(deployment, 2)["free"] == free
 
 
@@ -112,7 +104,7 @@ def test_unknown_image_and_corrupt_image(deployment, ec2, s3, image):
     free = capacity(deployment, 1)["free"]
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
                             Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-    inst = wait_state(ec2, iid)
+    inst = instance_leaving(ec2, iid)
     assert inst["State"]["Name"] == "terminated"
     assert "corrupt" in inst["StateReason"]["Message"]
     time.sleep(0.3)
@@ -132,7 +124,7 @@ def test_nc_refuses_a_slot_it_does_not_have(deployment):
 def test_volume_attach_and_write_lands_on_the_sc(deployment, ec2, image):
     iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
                             Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-    assert wait_state(ec2, iid)["State"]["Name"] == "running"
+    assert instance_leaving(ec2, iid)["State"]["Name"] == "running"
     vol = ec2.create_volume(Size=2, AvailabilityZone="cluster1")["VolumeId"]
     ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
     assert ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]["State"] == "in-use"
@@ -151,7 +143,7 @@ def test_volume_attach_and_write_lands_on_the_sc(deployment, ec2, image):
     ec2.detach_volume(VolumeId=vol)
     ec2.delete_volume(VolumeId=vol)
     ec2.terminate_instances(InstanceIds=[iid])
-    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"
 
 
 def test_volume_blocks_through_an_elastic_ip(deployment, ec2, image):
@@ -159,7 +151,7 @@ def test_volume_blocks_through_an_elastic_ip(deployment, ec2, image):
     relays to the NC's disk channel for that instance, the NC to the SC."""
     iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
                             Placement={"AvailabilityZone": "cluster1"})["Instances"][0]["InstanceId"]
-    assert wait_state(ec2, iid)["State"]["Name"] == "running"
+    assert instance_leaving(ec2, iid)["State"]["Name"] == "running"
     eip = ec2.allocate_address()["PublicIp"]
     ec2.associate_address(InstanceId=iid, PublicIp=eip)
     vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
@@ -189,7 +181,7 @@ def test_volume_blocks_through_an_elastic_ip(deployment, ec2, image):
     disk = deployment.run_dir / "hosts" / nc / "data" / "instances" / iid / "disk.sock"
     assert disk.is_socket()
     ec2.terminate_instances(InstanceIds=[iid])
-    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"
     assert not disk.exists() and not disk.parent.exists()  # the channel goes with the instance
     ec2.release_address(PublicIp=eip)
     for v in (vol, other):
@@ -201,7 +193,7 @@ def test_metadata_service_answers_the_instance(deployment, ec2, image):
     by its source address."""
     res = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, Placement={"AvailabilityZone": "cluster1"})
     iid = res["Instances"][0]["InstanceId"]
-    inst = wait_state(ec2, iid)
+    inst = instance_leaving(ec2, iid)
     assert inst["State"]["Name"] == "running"
     listing = json.loads(deployment["c1cc1"].cmd(
         f"curl -s -H 'X-Eucalab-Internal-Token: {deployment.internal_token}' http://10.0.1.10:8774/cluster/instances"))
@@ -212,4 +204,4 @@ def test_metadata_service_answers_the_instance(deployment, ec2, image):
     assert deployment[slot].cmd(f"curl -s -m 3 {base}/placement/availability-zone").strip() == "cluster1"
     assert "default" in deployment[slot].cmd(f"curl -s -m 3 {base}/security-groups")
     ec2.terminate_instances(InstanceIds=[iid])
-    assert wait_state(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+    assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"

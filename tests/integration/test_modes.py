@@ -13,10 +13,11 @@ from botocore.exceptions import ClientError
 from components.common.modes import MODES, NC_ENFORCED_MODES, features
 from experiments.bench_sdn import slot_interface
 from experiments.deployment import Deployment, wait_until
+from tests.support.util import instance_leaving
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 from .conftest import aws_client
-from .test_cluster_faults import boot_image, wait
+from .test_cluster_faults import boot_image
 
 METADATA = "http://169.254.169.254/latest/meta-data/instance-id"
 
@@ -56,7 +57,7 @@ def test_mode_delivers_exactly_its_table(mode, tmp_path):
         ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
         emi = boot_image(ec2, s3, groups=f.security_groups)  # opens HTTP in the default group where enforced
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-        inst = wait(ec2, iid)
+        inst = instance_leaving(ec2, iid)
         assert inst["State"]["Name"] == "running", inst
         ip, slot = inst["PrivateIpAddress"], slot_of(dep, iid)
         gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
@@ -97,9 +98,9 @@ def test_mode_delivers_exactly_its_table(mode, tmp_path):
         ec2.create_security_group(GroupName="other", Description="another tenant tier")
         other = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1,
                                   SecurityGroups=["other"])["Instances"][0]["InstanceId"]
-        assert wait(ec2, other)["State"]["Name"] == "running"
+        assert instance_leaving(ec2, other)["State"]["Name"] == "running"
         other_ip = ec2.describe_instances(InstanceIds=[other])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
         assert answers_arp(dep, slot, other_ip) is not (f.l2_isolation or mode in NC_ENFORCED_MODES)
 
         ec2.terminate_instances(InstanceIds=[iid, other])
-        assert wait(ec2, iid, leave="running")["State"]["Name"] == "terminated"
+        assert instance_leaving(ec2, iid, leave="running")["State"]["Name"] == "terminated"

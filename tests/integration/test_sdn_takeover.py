@@ -18,9 +18,10 @@ import pytest
 from components.common.events import read_events
 from controllers.vips import virtual_mac
 from experiments.deployment import Deployment, wait_until
+from tests.support.probes import HttpProbe as Probe
 from topologies.spec import DeploymentSpec, HASpec
 
-from .test_ha import Probe, enabled_members, heal, taken_over
+from .test_ha import enabled_members, heal, taken_over
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_kill9_moves_the_vip_without_changing_any_arp_cache(dep):
         t = time.monotonic()
         dep.kill(primary)
         assert wait_until(lambda: taken_over(dep, "clc", primary), 5)
-        assert wait_until(lambda: probe.log and probe.log[-1][2] and probe.log[-1][0] > t, 3)
+        assert wait_until(lambda: probe.last_served_after(t), 3)
     outage = probe.outage_after(t)
     assert outage is not None and outage < 1.0, outage
     assert gateway_mac(dep, vip) == before  # the same MAC: no ARP change was needed

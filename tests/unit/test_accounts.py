@@ -15,7 +15,10 @@ from botocore.exceptions import ClientError
 from components.common import accounts
 from components.common.accounts import AccountResolver, AccountsUnavailable
 
-from .components_helper import ADMIN, TOKEN, component, free_port
+from tests.support.processes import ADMIN, TOKEN, component
+from tests.support.util import free_port
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 KNOWN = {"AKIAUSER000000000001": {"account_id": "000000000042", "secret_key": "usersecret"}}
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from experiments.bench_lifecycle import measure
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 
 def test_terminated_instances_are_retired_while_lifecycles_go_on():

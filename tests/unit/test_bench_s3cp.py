@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from experiments.bench_cloud_walrus import ADMIN, moto_process, walrus_process
 from experiments.bench_s3cp import MOTO_ENV, cli_round_trip, local
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 
 def test_cli_round_trip_copies_up_and_back_through_both_servers(tmp_path: Path):

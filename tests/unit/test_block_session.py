@@ -6,23 +6,17 @@ standby refuses logins. No root, no network namespaces."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from components.sc import blockproto as bp
+from tests.support.util import free_port
 
 VOLUME = "vol-0000abcd"
 SECRET = "attachment-secret"
 # Failovers here take tens of milliseconds; the timeouts are the defaults scaled to match
 # (with room for a loaded machine: loopback connections can take a while then too).
 FAST = bp.SessionTimeouts(connect_s=0.3, reply_s=0.3, retry_interval_s=0.01, request_s=0.6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ScriptedSC:

@@ -18,7 +18,7 @@ from components.cc import service as cc_service
 from components.cc.service import ClusterController
 from components.common.service import INTERNAL_TOKEN_HEADER
 
-from .components_helper import until
+from tests.support.util import until
 
 TOKEN = "t0ken"
 

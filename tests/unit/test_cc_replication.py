@@ -16,7 +16,8 @@ from components.cc import router
 from components.cc.service import ClusterController
 from components.common.service import INTERNAL_TOKEN_HEADER
 
-from .components_helper import TOKEN, until
+from tests.support.processes import TOKEN
+from tests.support.util import until
 
 NC = {"c1n1": {"url": "http://127.0.0.1:9", "slots": ["c1n1v1", "c1n1v2", "c1n1v3"]}}
 

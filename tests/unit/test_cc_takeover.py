@@ -14,7 +14,7 @@ from aiohttp import web
 from components.cc import router
 from components.cc.service import ClusterController
 
-from .components_helper import until
+from tests.support.util import until
 
 REPLICATED = {"id": "i-old", "nc": "c1n1", "slot": "c1n1v1", "ip": "10.101.16.2", "mac": "d0:0d:0a:65:10:02",
               "prefix": 27, "gateway": "10.101.16.1", "group": "sg-a", "vlan": 10, "account": "a",
@@ -103,7 +103,6 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
                                 "ncs": {}, "control_socket": str(sock),
                                 "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
         cc.instances = {"i-old": dict(REPLICATED)}
-        cc.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
         cc.http = aiohttp.ClientSession()
         try:
             await cc._on_promote(7)
@@ -112,7 +111,6 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
             await cc.publish_intent("group rules", force=True)  # any later change: route, then tell
         finally:
             await cc.http.close()
-            await cc.intent_http.close()
             await runner.cleanup()
 
     asyncio.run(main())
@@ -226,7 +224,6 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
                                 "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
         cc.ha = ha
         cc.instances = {"i-old": dict(REPLICATED)}
-        cc.intent_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
         cc.http = aiohttp.ClientSession()
         cc.ServiceState = ServiceState
         try:
@@ -235,7 +232,6 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
             if cc._standby_task:
                 cc._standby_task.cancel()
             await cc.http.close()
-            await cc.intent_http.close()
             await runner.cleanup()
 
     asyncio.run(main())

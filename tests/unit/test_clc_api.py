@@ -13,8 +13,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from .clc_client import code_of, create_account, ec2_client, get_from, raw_call, upload_image
-from .components_helper import ADMIN, TOKEN, clc_and_walrus, component
+from tests.support.clc_client import code_of, create_account, ec2_client, get_from, raw_call, upload_image
+from tests.support.processes import ADMIN, TOKEN, clc_and_walrus, component
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog")
 

@@ -12,8 +12,11 @@ import socket
 import pytest
 from botocore.exceptions import ClientError
 
-from .clc_client import FakeCC, code_of, ec2_client, get_from, upload_image, wait_for
-from .components_helper import clc_and_walrus
+from tests.support.clc_client import FakeCC, code_of, ec2_client, get_from, upload_image
+from tests.support.util import wait_until
+from tests.support.processes import clc_and_walrus
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
@@ -39,7 +42,7 @@ def states(ec2, ids) -> dict:
 def test_instances_are_placed_and_follow_the_cc(cloud):
     base, cc, ec2, ids, web = cloud
     assert set(cc.instances) == set(ids)
-    assert wait_for(lambda: set(states(ec2, ids).values()) == {"running"})
+    assert wait_until(lambda: set(states(ec2, ids).values()) == {"running"})
     got = {i["InstanceId"]: i["PrivateIpAddress"]
            for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
     assert sorted(got.values()) == ADDRESSES[:2]
@@ -81,23 +84,23 @@ def test_group_rules_reach_the_cc(cloud):
 def test_only_groups_a_cc_lacks_are_sent_again(cloud):
     base, cc, ec2, ids, web = cloud
     other = ec2.create_security_group(GroupName="quiet", Description="unchanged")["GroupId"]
-    assert wait_for(lambda: other in cc.groups)
+    assert wait_until(lambda: other in cc.groups)
     # The check runs every 20 sync rounds (1 s here): a CC holding every group as sent
     # gets none of them again ...
     seen = len(cc.calls)
-    assert wait_for(lambda: cc.calls[seen:].count(("GET", "/cluster/groups")) >= 2, timeout=6)
+    assert wait_until(lambda: cc.calls[seen:].count(("GET", "/cluster/groups")) >= 2, timeout=6)
     assert not [c for c in cc.calls[seen:] if c[0] == "PUT"]
     # ... and one that lost a group (a restart) gets that one back, alone.
     sent = dict(cc.groups[other])
     del cc.groups[other]
     seen = len(cc.calls)
-    assert wait_for(lambda: cc.groups.get(other) == sent, timeout=6)
+    assert wait_until(lambda: cc.groups.get(other) == sent, timeout=6)
     assert [c for c in cc.calls[seen:] if c[0] == "PUT"] == [("PUT", f"/cluster/groups/{other}")]
 
 
 def test_volume_attach_detach_round_trip(cloud):
     base, cc, ec2, ids, web = cloud
-    assert wait_for(lambda: states(ec2, ids)[ids[0]] == "running")
+    assert wait_until(lambda: states(ec2, ids)[ids[0]] == "running")
     vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
     att = ec2.attach_volume(VolumeId=vol, InstanceId=ids[0], Device="/dev/vdb")
     assert (att["State"], att["InstanceId"], att["Device"]) == ("attached", ids[0], "/dev/vdb")
@@ -184,7 +187,7 @@ def test_terminate_detaches_the_instance_s_volumes(cloud):
     base, cc, ec2, ids, web = cloud
     emi = ec2.describe_images()["Images"][0]["ImageId"]
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    assert wait_for(lambda: states(ec2, [iid])[iid] == "running")
+    assert wait_until(lambda: states(ec2, [iid])[iid] == "running")
     vol = ec2.create_volume(Size=1, AvailabilityZone="cluster1")["VolumeId"]
     ec2.attach_volume(VolumeId=vol, InstanceId=iid, Device="/dev/vdb")
     ec2.terminate_instances(InstanceIds=[iid])

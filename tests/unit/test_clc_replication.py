@@ -19,7 +19,9 @@ from components.clc.service import CloudController
 from components.common.config import validate_config
 from components.common.events import read_events
 
-from .components_helper import HA_SECRET, TOKEN, free_port, until
+from tests.support.processes import HA_SECRET, TOKEN
+from tests.support.util import free_port, until
+
 from .test_clc_state import OPS, STATE, dump
 
 KEEP = 20

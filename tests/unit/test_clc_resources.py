@@ -15,9 +15,14 @@ from components.clc.ec2 import Params
 from components.clc.state import Store
 from components.common.events import read_events
 
-from .clc_client import FakeCC, ec2_client, upload_image, wait_for
-from .components_helper import ADMIN, TOKEN, component, free_port
+from tests.support.clc_client import FakeCC, ec2_client, upload_image
+from tests.support.util import wait_until
+from tests.support.processes import ADMIN, TOKEN, component
+from tests.support.util import free_port
+
 from .test_clc_state import OPS
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 40)]
 
@@ -44,14 +49,14 @@ def test_terminated_instances_are_retired_after_the_retention(tmp_path):
         ec2 = ec2_client(base)
         emi = ec2.register_image(ImageLocation="images/r.img", Name="retire")["ImageId"]
         ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=3, MaxCount=3)["Instances"]]
-        assert wait_for(lambda: {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
+        assert wait_until(lambda: {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
                                  for i in r["Instances"]} == {"running"})
         ec2.terminate_instances(InstanceIds=ids[:2])
         # Shown terminated for the retention, then gone; the live one stays.
         shown = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"]
                  for i in r["Instances"]}
         assert shown == {ids[0]: "terminated", ids[1]: "terminated", ids[2]: "running"}
-        assert wait_for(lambda: _describe_ids(ec2) == {ids[2]}, timeout=5)
+        assert wait_until(lambda: _describe_ids(ec2) == {ids[2]}, timeout=5)
         db = sqlite3.connect(f"file:{tmp_path / 'data' / 'clc.db'}?mode=ro", uri=True)
         try:
             assert [r[0] for r in db.execute("SELECT id FROM instances")] == [ids[2]]
@@ -98,9 +103,9 @@ def test_the_sync_loop_survives_a_malformed_view_and_goes_on(tmp_path):
         emi = ec2.register_image(ImageLocation="images/r.img", Name="garbled")["ImageId"]
         cc.garbled_listings = 3
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-        assert wait_for(lambda: cc.garbled_listings == 0)
+        assert wait_until(lambda: cc.garbled_listings == 0)
         cc.instances[iid]["state"] = "terminated"  # the CC's news after the bad answers
-        assert wait_for(lambda: [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=[iid])
+        assert wait_until(lambda: [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=[iid])
                                  ["Reservations"] for i in r["Instances"]] == ["terminated"])
     failed = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "loop.failed"]
     assert failed and failed[0]["loop"] == "clc.sync" and "KeyError" in failed[0]["traceback"]
@@ -117,25 +122,25 @@ def test_an_address_the_cc_lost_is_associated_again_and_a_second_one_replaces_th
         # the CLC's sync tells it again.
         cc.elastic.pop(first)
         cc.instances[iid]["public_ip"] = None
-        assert wait_for(lambda: cc.elastic.get(first) == iid)
+        assert wait_until(lambda: cc.elastic.get(first) == iid)
         # A second address on the instance replaces the first, at the CLC as at the CC.
         ec2.associate_address(PublicIp=second, InstanceId=iid)
         shown = {a["PublicIp"]: a.get("InstanceId") for a in ec2.describe_addresses()["Addresses"]}
         assert shown == {first: None, second: iid}
         inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
         assert inst["PublicIpAddress"] == second
-        assert wait_for(lambda: cc.elastic == {second: iid})
+        assert wait_until(lambda: cc.elastic == {second: iid})
         # And one the CC holds that the CLC does not is taken away.
         cc.elastic[first], cc.instances[iid]["public_ip"] = iid, first
-        assert wait_for(lambda: cc.elastic == {second: iid} and cc.instances[iid]["public_ip"] == second)
+        assert wait_until(lambda: cc.elastic == {second: iid} and cc.instances[iid]["public_ip"] == second)
         # An address the CLC has given to another instance is never taken from that one
         # because a stale view still shows it on the first.
         other, bare = (i["InstanceId"] for i in ec2.run_instances(ImageId=emi, MinCount=2, MaxCount=2)["Instances"])
         ec2.associate_address(PublicIp=first, InstanceId=other)
-        assert wait_for(lambda: cc.elastic == {second: iid, first: other})
+        assert wait_until(lambda: cc.elastic == {second: iid, first: other})
         cc.instances[bare]["public_ip"] = first  # stale: the CC's listing says bare has it too
         polls = cc.calls.count(("GET", "/cluster/instances"))
-        assert wait_for(lambda: cc.calls.count(("GET", "/cluster/instances")) > polls + 5)
+        assert wait_until(lambda: cc.calls.count(("GET", "/cluster/instances")) > polls + 5)
         assert ("DELETE", f"/cluster/addresses/{first}") not in cc.calls and cc.elastic[first] == other
 
 

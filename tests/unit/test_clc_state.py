@@ -13,7 +13,9 @@ import pytest
 from components.clc.state import (KEEP_OPS, Compacted, Store, StoreError, redact, snapshot_from_lines,
                                   snapshot_lines)
 
-from .components_helper import REPO
+from tests.support.processes import REPO
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 ACCOUNT = {"type": "account.create", "id": "111111111111", "name": "x", "access_key": "AK", "secret_key": "s",
            "time": 1.0, "default_group": "sg-00000001"}

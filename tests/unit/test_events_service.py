@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 
 import pytest
 from aiohttp import ClientSession
@@ -14,6 +13,7 @@ from components.common.config import ConfigError, load_config, validate_config
 from components.common.events import EventLog, read_events
 from components.common.service import Service
 from components.common.states import ServiceState
+from tests.support.util import free_port
 
 
 def test_event_log_schema(tmp_path):
@@ -118,12 +118,6 @@ class Demo(Service):
         from aiohttp import web
 
         return web.json_response({"hello": self.host})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_service_gate_status_and_clean_stop(tmp_path):

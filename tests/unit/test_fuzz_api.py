@@ -23,9 +23,12 @@ from hypothesis import strategies as st
 
 from components.common.events import read_events
 
-from .clc_client import create_account, send, upload_image
-from .components_helper import ADMIN, clc_and_walrus
+from tests.support.clc_client import create_account, send, upload_image
+from tests.support.processes import ADMIN, clc_and_walrus
+
 from .test_tenant_api import clc_dump, walrus_dump
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 EXAMPLES = 300  # per API: both together run in about 30 s here
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,

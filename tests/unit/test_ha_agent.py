@@ -12,7 +12,7 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent, _mono
 from components.common.states import ServiceState
 
-from .components_helper import HA_SECRET
+from tests.support.processes import HA_SECRET
 
 
 class FakeService:

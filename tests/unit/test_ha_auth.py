@@ -18,7 +18,8 @@ from components.common.events import read_events
 from components.common.ha_config import HAConfig
 from components.common.states import ServiceState
 
-from .components_helper import HA_SECRET
+from tests.support.processes import HA_SECRET
+
 from .test_ha_agent import FakeService, decide, make_agent, run_in_loop
 
 PEER_HB, PEER_CLOUD = "10.254.1.2", "10.0.0.12"

@@ -18,7 +18,7 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent
 from components.common.states import ServiceState
 
-from .components_helper import HA_SECRET
+from tests.support.processes import HA_SECRET
 
 STEP = 0.005
 INTERVAL, MISSES = 0.05, 3

@@ -23,7 +23,8 @@ from components.common.service import INTERNAL_TOKEN_HEADER, ROLES, token_digest
 from components.sc.service import StorageController
 from components.walrus.service import ReplicaError, Walrus, check_replica
 
-from .components_helper import ADMIN, HA_SECRET, free_port
+from tests.support.processes import ADMIN, HA_SECRET
+from tests.support.util import free_port
 
 TOKENS = {role: f"{role}-token-{i:02d}" * 2 for i, role in enumerate(ROLES)}
 CALLERS = {role: token_digest(t) for role, t in TOKENS.items()}

@@ -14,9 +14,12 @@ from topologies.describe import print_description
 from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec, NetworkMode
 
-from .clc_client import code_of, ec2_client
-from .components_helper import clc_and_walrus
+from tests.support.clc_client import code_of, ec2_client
+from tests.support.processes import clc_and_walrus
+
 from .test_clc_api import dump
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -26,15 +26,12 @@ from components.nc import workload as workload_module
 from components.nc.service import NodeController, _start_time
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
+from tests.support.util import free_port
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 WORKLOAD = Path(__file__).resolve().parents[2] / "components" / "nc" / "workload.py"
 TOKEN = "t0ken"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeDisk(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -8,10 +8,13 @@ import io
 import subprocess
 import sys
 
+import pytest
 from rich.console import Console
 
 from experiments import preflight
 from experiments.preflight import Finding
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 
 class FakeRunner:

@@ -16,6 +16,8 @@ import pytest
 from experiments.prober import matches, overhead
 from experiments.rundir import REPO_ROOT
 
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
+
 
 def test_what_counts_as_success():
     assert matches("equals", b"abc", 200, b"abc") and not matches("equals", b"abc", 200, b"abc\n")

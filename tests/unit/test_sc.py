@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 from aiohttp import ClientSession
 
@@ -13,17 +12,12 @@ from components.common.events import read_events
 from components.common.states import ServiceState
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
+from tests.support.util import free_port
 
 TOKEN = "t0ken"
 
 
 NCS = {"c1n1": ["127.0.0.1"], "c1n2": ["127.0.0.2"]}  # the cluster's NCs and their addresses
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_sc(tmp_path):

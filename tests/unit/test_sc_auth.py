@@ -15,8 +15,10 @@ from components.common.events import read_events
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
 
-from .components_helper import TOKEN
-from .test_sc import NCS, _started, free_port
+from tests.support.processes import TOKEN
+from tests.support.util import free_port
+
+from .test_sc import NCS, _started
 
 VOL = "vol-0000abcd"
 H = {"X-Eucalab-Internal-Token": TOKEN}

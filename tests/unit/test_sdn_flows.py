@@ -10,7 +10,7 @@ import copy
 
 import pytest
 
-from controllers.fakeoftable import FakeFabric
+from tests.support.fakeoftable import FakeFabric
 from controllers.flows import cluster_flows, compute_flows
 from controllers.topology import Topology
 from topologies.plan import build_plan
@@ -24,11 +24,7 @@ def topology(mode: NetworkMode = NetworkMode.MANAGED, clusters: int = 1) -> Topo
     spec = DeploymentSpec(name="t", clusters=clusters, ncs_per_cluster=2, vm_slots_per_nc=2, mode=mode,
                           ha=HASpec(clc=False, walrus=False, cc=True, sc=False))
     spec.arbitrators.per_host = 0
-    plan = build_plan(spec)
-    from dataclasses import asdict
-
-    return Topology.from_dict({"mode": mode.value, "switches": plan.switch_ports(),
-                               "pairs": [asdict(p) for p in plan.pairs]})
+    return Topology.from_dict(build_plan(spec).controller_topology())
 
 
 def intent(mode: str = "MANAGED", primary: str = "c1cc1") -> dict:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,14 @@ import pytest
 from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
+from tests.support.util import free_port
+
 from .test_sdn_flows import intent
 from .test_sdn_intent import request
 
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _events(run: Path) -> list[dict]:
@@ -37,7 +33,7 @@ def _events(run: Path) -> list[dict]:
 def _start(run: Path) -> subprocess.Popen:
     starts = sum(e["event"] == "controller.start" for e in _events(run))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "controllers", "--run-dir", str(run), "--port", str(_free_port())],
+    proc = subprocess.Popen([sys.executable, "-m", "controllers", "--run-dir", str(run), "--port", str(free_port())],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while sum(e["event"] == "controller.start" for e in _events(run)) == starts:
@@ -51,9 +47,7 @@ def run(tmp_path):
     spec = DeploymentSpec(name="t", clusters=1, ncs_per_cluster=2, vm_slots_per_nc=2, mode=NetworkMode.MANAGED,
                           ha=HASpec(clc=False, walrus=False, cc=True, sc=False))
     spec.arbitrators.per_host = 0
-    plan = build_plan(spec)
-    (tmp_path / "topology.json").write_text(json.dumps({"mode": "MANAGED", "switches": plan.switch_ports(),
-                                                        "pairs": [asdict(p) for p in plan.pairs]}))
+    (tmp_path / "topology.json").write_text(json.dumps(build_plan(spec).controller_topology()))
     (tmp_path / "control.sock").write_text("")  # left behind by a killed controller
     return tmp_path
 

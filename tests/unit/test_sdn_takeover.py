@@ -4,7 +4,6 @@ the redirect's epoch rule over the API socket, and the HA agent's side of it."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 
 import pytest
 
@@ -13,7 +12,7 @@ from components.common.ha import HAAgent
 from components.common.ha_config import HAConfig
 from components.common.states import ServiceState
 from controllers.api import IntentAPI, serve
-from controllers.fakeoftable import FakeFabric
+from tests.support.fakeoftable import FakeFabric
 from controllers.flows import compute_flows, vip_flows
 from controllers.intent import IntentError, IntentStore, StaleEpoch
 from controllers.topology import Topology
@@ -21,7 +20,8 @@ from controllers.vips import VipStore, virtual_mac
 from topologies.plan import build_plan
 from topologies.spec import DeploymentSpec, HASpec, SpecError, spec_from_dict
 
-from .components_helper import HA_SECRET
+from tests.support.processes import HA_SECRET
+
 from .test_ha_agent import events, make_agent
 from .test_sdn_intent import request
 
@@ -33,9 +33,7 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 def topology(takeover: str = "sdn") -> Topology:
     spec = DeploymentSpec(name="t", clusters=1, ncs_per_cluster=1, vm_slots_per_nc=1,
                           ha=HASpec(takeover=takeover))
-    plan = build_plan(spec)
-    return Topology.from_dict({"mode": spec.mode.value, "switches": plan.switch_ports(),
-                               "pairs": [asdict(p) for p in plan.pairs], "takeover": takeover})
+    return Topology.from_dict(build_plan(spec).controller_topology())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import pytest
 
 from components.common.events import read_events
 
-from .components_helper import REPO, component
+from tests.support.processes import REPO, component
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

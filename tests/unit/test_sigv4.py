@@ -16,6 +16,8 @@ from botocore.credentials import Credentials
 
 from components.common.sigv4 import ChunkedDecoder, SigV4Error, _parse_amz_date, verify
 
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
+
 AK, SK = "AKIAEXAMPLE123", "secret/Key+example"
 CREDS = Credentials(AK, SK)
 

@@ -293,3 +293,25 @@ def test_empty_file_is_the_default(tmp_path):
     empty.write_text("")
     assert load_spec(empty) == DeploymentSpec()
     assert load_spec(None) == DeploymentSpec()
+
+
+def test_the_component_table_gives_the_start_order_and_the_lists():
+    from components.common import kinds
+    from components.common.config import COMPONENTS
+    from components.common.service import ROLES
+    from topologies.spec import COMPONENT_KINDS
+
+    assert kinds.START_ORDER == ("clc", "walrus", "sc", "nc", "cc")
+    for k in kinds.KINDS:
+        assert all(kinds.START_ORDER.index(n) < kinds.START_ORDER.index(k.name) for n in k.needs), k
+    assert COMPONENTS == kinds.NAMES and set(ROLES) == {*kinds.NAMES, "operator"}
+    assert COMPONENT_KINDS == ("clc", "walrus", "cc", "sc")
+
+
+def test_a_circular_or_unknown_dependency_is_refused():
+    from components.common.kinds import Kind, start_order
+
+    with pytest.raises(ValueError, match="circular"):
+        start_order((Kind("a", "A", True, needs=("b",)), Kind("b", "B", True, needs=("a",))))
+    with pytest.raises(ValueError, match="unknown"):
+        start_order((Kind("a", "A", True, needs=("z",)),))

@@ -11,7 +11,9 @@ from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent
 from components.common.supervise import supervise
 
-from .components_helper import HA_SECRET, free_port, until
+from tests.support.processes import HA_SECRET
+from tests.support.util import free_port, until
+
 from .test_ha_agent import FakeService
 
 

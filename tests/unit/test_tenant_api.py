@@ -18,9 +18,11 @@ from botocore.exceptions import ClientError
 
 from components.sc import blockproto as bp
 
-from .clc_client import (CFG, code_of, create_account, ec2_client, raw_call, s3_client, send, signed_s3,
-                         upload_image)
-from .components_helper import clc_and_walrus
+from tests.support.clc_client import (CFG, code_of, create_account, ec2_client, raw_call, s3_client, send, signed_s3,
+                                      upload_image)
+from tests.support.processes import clc_and_walrus
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 CLC_TABLES = ("accounts", "instances", "groups", "rules", "addresses", "volumes", "images", "oplog")
 

@@ -13,6 +13,8 @@ import pytest
 from experiments import rundir as rd
 from experiments import vswitchd
 
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
+
 
 @pytest.fixture
 def child():

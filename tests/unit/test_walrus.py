@@ -14,9 +14,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from components.common.events import read_events
+from experiments.loopback import JsonHandler
+from tests.support.clc_client import s3_client
+from tests.support.processes import ADMIN, TOKEN, component
+from tests.support.util import free_port
 
-from .clc_client import s3_client
-from .components_helper import ADMIN, TOKEN, component, free_port
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 MAX_OBJECT = 8 * 2**20 + 100
 # A second account, known only to the (fake) CLC: Walrus must look it up there.
@@ -33,7 +36,7 @@ class FakeCLC:
         self.lookups: list[str] = []
         clc = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self):
                 ak = self.path.rsplit("/", 1)[-1]
                 clc.lookups.append(ak)
@@ -43,17 +46,6 @@ class FakeCLC:
                     self._answer(200, {"account_id": OTHER["account_id"], "secret_key": OTHER["secret_key"]})
                 else:
                     self._answer(404, {"error": "NoSuchEntity"})
-
-            def _answer(self, status, obj):
-                body = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/Eucalyptus"

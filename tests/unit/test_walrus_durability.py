@@ -10,7 +10,6 @@ import http.client
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +21,10 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from .components_helper import ADMIN, component
+from tests.support.processes import ADMIN, component
+from tests.support.util import wait_until
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 CREDS = Credentials(ADMIN["access_key"], ADMIN["secret_key"])
@@ -54,14 +56,6 @@ def _start_partial_put(base: str, path: str, body: bytes, sent: int) -> http.cli
     return conn
 
 
-def _wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def _object_files(data_dir: Path) -> list[str]:
     return sorted(p.name for p in (data_dir / "objects").iterdir())
 
@@ -78,8 +72,8 @@ def test_kill_9_mid_upload_never_shows_a_torn_object(tmp_path, overwrite):
             s3.put_object(Bucket="crash", Key="obj", Body=old)
         conn = _start_partial_put(base, "/services/Walrus/crash/obj", new, 2 * 2**20)
         # The server has started streaming this body to disk when a temporary file grows.
-        _wait_for(lambda: any(p.name.endswith(".part") and p.stat().st_size > 0
-                              for p in (data_dir / "objects").iterdir()), what="the upload to reach the disk")
+        assert wait_until(lambda: any(p.name.endswith(".part") and p.stat().st_size > 0
+                                      for p in (data_dir / "objects").iterdir())), "the upload never reached the disk"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         conn.close()

@@ -20,7 +20,8 @@ from components.common.config import validate_config
 from components.common.service import MAX_BODY
 from components.walrus.service import Walrus
 
-from .components_helper import ADMIN, HA_SECRET, TOKEN, free_port, until
+from tests.support.processes import ADMIN, HA_SECRET, TOKEN
+from tests.support.util import free_port, until
 
 
 def _member(tmp: Path, name: str, state: str, peer_port: int, peer: str = "127.0.0.1",

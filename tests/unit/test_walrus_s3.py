@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from .components_helper import ADMIN, component
+from tests.support.processes import ADMIN, component
+
 from .test_walrus import OTHER, FakeCLC, _raw_code, _xml_code, code_of, s3_client
+
+pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
 MiB = 2**20
 

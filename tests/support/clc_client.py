@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode, urlsplit
 
 import boto3
@@ -18,8 +16,9 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from components.common.groups import digest as group_digest
+from experiments.loopback import JsonHandler, StandIn
 
-from .components_helper import ADMIN, TOKEN
+from .processes import ADMIN, TOKEN
 
 CFG = Config(retries={"total_max_attempts": 1})
 S3_CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
@@ -122,7 +121,7 @@ def code_of(exc) -> str:
     return exc.response["Error"]["Code"]
 
 
-class FakeCC:
+class FakeCC(StandIn):
     """A CC's internal API (components/cc/service.py) reduced to bookkeeping.
 
     Placed instances get private addresses from ``addresses`` (loopback ones, so a test can
@@ -138,33 +137,12 @@ class FakeCC:
         self.nc_refuses = False  # placements come back terminated, as when their NC refused them
         self.answer_after = 0.0  # seconds a run's answer takes (placed first, as the CC does)
         self.garbled_listings = 0  # this many GET /cluster/instances answer instances without a state
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeCC:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         cc = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _route(self) -> None:
                 cc.calls.append((self.command, self.path))
                 if self.headers.get("X-Eucalab-Internal-Token") != TOKEN:
@@ -212,14 +190,3 @@ class FakeCC:
             do_GET = do_POST = do_PUT = do_DELETE = _route
 
         return Handler
-
-
-def wait_for(fn, timeout: float = 5.0, step: float = 0.02):
-    """Poll ``fn`` until it returns something true or ``timeout`` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(step)
-    return fn()

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from components.common.events import read_events
+from experiments.loopback import stop
+
+from .util import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"account_id": "000000000001", "access_key": "AKIAADMIN0000000TEST",
          "secret_key": "adminsecret0000000000000000000000000000a"}
 TOKEN = "internal-test-token"
 HA_SECRET = "5e" * 32  # an HA pair's heartbeat key (hex)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -53,13 +47,7 @@ def component(name: str, tmp: Path, **extra):
             time.sleep(0.02)
         yield f"http://127.0.0.1:{port}", cfg, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         log.close()
 
 
@@ -75,10 +63,3 @@ def clc_and_walrus(tmp: Path, endpoints: dict | None = None, **clc_extra):
             component("clc", tmp, port=clc_port, endpoints=ends, **clc_extra) as (clc, _, proc):
         yield clc, walrus, proc
 
-
-async def until(condition, timeout: float = 5.0) -> None:
-    """Wait for ``condition()`` on the event loop, failing the test after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)

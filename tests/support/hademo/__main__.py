@@ -1,4 +1,4 @@
-"""python -m components.hademo --config FILE
+"""python -m tests.support.hademo --config FILE
 
 The shared config validator knows only the product's components, so hademo reads its
 JSON config itself; everything else is the ordinary service skeleton.
@@ -13,7 +13,7 @@ from .service import HADemo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="components.hademo")
+    parser = argparse.ArgumentParser(prog="tests.support.hademo")
     parser.add_argument("--config", required=True, help="JSON config written by the testbed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hademo %(levelname)s %(message)s")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .flows import OFPVID_NONE, OFPVID_PRESENT, Flow
-from .topology import SWITCH_LINKS, Topology
+from controllers.flows import OFPVID_NONE, OFPVID_PRESENT, Flow
+from controllers.topology import SWITCH_LINKS, Topology
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""Polling with a deadline and free ports: what most tests need (after ipmininet/tests/utils.py).
+
+Wait for a condition, never sleep and hope: ``wait_until`` (threads and plain code) is
+the testbed's own poller, ``until`` its twin on an asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from experiments.loopback import free_port
+from experiments.timescale import scaled, wait_until
+
+__all__ = ["free_port", "instance_leaving", "until", "wait_until"]
+
+
+async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait for ``condition()`` on the event loop, failing the test after ``timeout`` (scaled)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(timeout)
+    while not condition():
+        assert loop.time() < deadline, f"{what} not met in time"
+        await asyncio.sleep(0.002)
+
+
+def instance_leaving(ec2, iid: str, leave: str = "pending", timeout: float = 20.0) -> dict:
+    """An instance's EC2 description once its state is no longer ``leave`` (the last one
+    read when ``timeout`` passes first: the caller's assertion says what it wanted)."""
+    last: dict = {}
+
+    def left() -> bool:
+        last["inst"] = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        return last["inst"]["State"]["Name"] != leave
+
+    wait_until(left, timeout, step=0.1)
+    return last["inst"]
