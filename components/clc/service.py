@@ -103,6 +103,7 @@ def _iso(ts: float) -> str:
 class CloudController(Service):
     component = "clc"
     api_prefixes = ("/services/Eucalyptus", "/latest/")
+    api_paths = ("/",)  # the EC2 API answers there too
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -401,8 +402,6 @@ class CloudController(Service):
     async def handle_api(self, request: web.Request) -> web.Response:
         """One EC2 Query request: parse, authenticate, dispatch; every failure as EC2 error XML."""
         rid = request_id()
-        if not self.may_serve():  # "/" is not under the gated api_prefixes
-            return self.unavailable(request)
         action = None
         try:
             body = await self._read_body(request) if request.method == "POST" else b""

@@ -67,8 +67,10 @@ log = logging.getLogger(__name__)
 
 class Service:
     component = "service"
-    # Paths under these prefixes are the user-facing API, gated by the service state.
+    # Paths under these prefixes (or exactly these paths) are the user-facing API, gated by
+    # the service state.
     api_prefixes: tuple[str, ...] = ()
+    api_paths: tuple[str, ...] = ()
 
     def __init__(self, config: dict):
         self.config = config
@@ -134,7 +136,7 @@ class Service:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler):
-        if not (self.api_prefixes and request.path.startswith(self.api_prefixes)):
+        if not ((self.api_prefixes and request.path.startswith(self.api_prefixes)) or request.path in self.api_paths):
             return await handler(request)
         handover = await self.handover_settled()
         if handover is not None:
