@@ -147,9 +147,11 @@ def test_the_member_route_needs_a_credential_and_a_pair(tmp_path):
 class Echo(Service):
     component = "echo"
     api_prefixes = ("/api",)
+    api_paths = ("/",)
 
     def setup_routes(self, app):
         app.router.add_route("*", "/api/{tail:.*}", self.handle)
+        app.router.add_route("*", "/", self.handle)
 
     async def handle(self, request):
         body = await request.read()
@@ -189,6 +191,8 @@ def test_during_a_switchover_requests_are_held_then_forwarded_unchanged_to_the_n
                 assert r.status == 200 and answer == {"host": "new", "method": "POST", "path": "/api/x?Action=Y",
                                                       "host_header": "10.0.0.10:8773", "body": "payload",
                                                       "signed": "sig"}
+                async with http.get(f"http://127.0.0.1:{ports[0]}/?Action=Z") as r:  # the API at / too
+                    assert (await r.json())["host"] == "new"
                 assert old.counts == {"in_flight": 0, "forwarding": 0}
         finally:
             for runner in runners:
