@@ -397,7 +397,7 @@ class HAAgent:
         if name in ("DISABLE", "STOP", "RESTART") and state is ENABLED:
             if self.fenced_since is not None:
                 raise TransitionError("IncorrectState", "this member is fenced; it is handing nothing over")
-            if not (self.peer_alive() and p.state == "DISABLED" and p.arb_ok and not p.fenced):
+            if not self._standby_ready(caught_up=False):
                 raise TransitionError("IncorrectState", f"the peer ({p.member or 'unknown'}) cannot take over "
                                       f"(it is {p.state if self.peer_alive() else 'not heard'}): a switchover "
                                       "would leave the pair with nobody serving")
@@ -426,6 +426,13 @@ class HAAgent:
                 self._start_after_maintenance()
         return name
 
+    def _standby_ready(self, caught_up: bool = True) -> bool:
+        """The peer could take the pair now: alive, DISABLED, reaching users, not fenced, and
+        (``caught_up``) holding everything this member has acknowledged."""
+        p = self.peer
+        return (self.peer_alive() and p.state == "DISABLED" and p.arb_ok and not p.fenced
+                and (not caught_up or p.last_seq >= self.last_seq()))
+
     def _stop_for_maintenance(self) -> None:
         if self.svc.state is not STOPPED:
             self.svc.set_state(STOPPED, "stopped by the operator (maintenance)")
@@ -447,12 +454,22 @@ class HAAgent:
             wait = self.promoted_at + HANDOVER_AFTER_PROMOTE_S - self.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
+            # A peer behind (back from maintenance, say) catches up first, while this member
+            # serves: nobody waits on it.
+            deadline = self.clock() + self.handover_timeout_s
+            while not self._standby_ready() and self.clock() < deadline and self.svc.state is ENABLED:
+                await asyncio.sleep(self.interval)
+            if not self._standby_ready():
+                await self._end_handover(h, None, "the peer is not ready to take over (behind, or no longer "
+                                         "a standby)")
+                return
             h.phase = "holding"
             t_hold = self.clock()
             idle = await self.wait_idle(self.handover_timeout_s)
-            if self.svc.state is not ENABLED or self.fenced_since is not None or not idle:
-                await self._end_handover(h, None, "this member stopped serving meanwhile" if idle
-                                         else "requests in flight did not finish in time")
+            if self.svc.state is not ENABLED or self.fenced_since is not None or not idle \
+                    or not self._standby_ready():
+                await self._end_handover(h, None, "requests in flight did not finish in time" if not idle
+                                         else "this member or its peer changed meanwhile")
                 return
             self.svc.set_state(DISABLED, "planned switchover")
             h.phase = "offered"

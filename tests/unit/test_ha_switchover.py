@@ -163,12 +163,40 @@ def test_a_switchover_waits_one_arp_locktime_after_the_member_took_the_pair(tmp_
     agent.promoted_at = ha_mod._mono()
 
     async def go():
-        heartbeat(agent, state="DISABLED", epoch=2)
+        async def standby():  # the peer's heartbeats go on meanwhile
+            while True:
+                heartbeat(agent, state="DISABLED", epoch=2)
+                await asyncio.sleep(0.04)
+
+        beats = asyncio.ensure_future(standby())
+        await asyncio.sleep(0)
         agent.transition("DISABLE")
         await asyncio.sleep(0.5)
         assert svc.state is ENABLED and agent.handover.phase == "waiting"
         assert not any(m.get("handover") for m in wire.sent)
         await until(lambda: agent.handover.phase == "offered", 2.0)
         assert svc.state is DISABLED
+        beats.cancel()
 
     asyncio.run(go())
+
+
+def test_a_peer_behind_is_waited_for_while_this_member_serves_and_never_given_the_pair(tmp_path):
+    """Back from maintenance, the standby lacks writes: the switchover waits (serving as
+    usual), and is undone without holding a request or leaving ENABLED if it stays behind."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_timeout_s = 0.2
+    agent.last_seq = lambda: 9
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2, last_seq=4)
+        h = agent.transition("DISABLE") and agent.handover
+        await asyncio.sleep(0.1)
+        assert h.phase == "waiting" and svc.state is ENABLED
+        await until(lambda: agent.handover is None)
+        assert h.settled.is_set() and h.successor is None
+
+    asyncio.run(go())
+    assert svc.state is ENABLED and agent.epoch == 2  # never left ENABLED: nothing to take back
+    assert not any(m.get("handover") for m in wire.sent)
+    assert "ha.handover_aborted" in events(tmp_path)
