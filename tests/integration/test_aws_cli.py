@@ -10,7 +10,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
