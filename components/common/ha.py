@@ -393,6 +393,10 @@ class HAAgent:
                                   f"{', '.join(TRANSITIONS)} (or the states {', '.join(TRANSITION_FOR_STATE)})")
         state, p = self.svc.state, self.peer
         if self.handover is not None:
+            if self.handover.phase == "forwarding" and name in ("STOP", "RESTART"):
+                # Handed over, still forwarding: it stops once the forwarding is done.
+                self.handover.then = name
+                return name
             raise TransitionError("IncorrectState", "a planned switchover of this member is in progress")
         if name in ("DISABLE", "STOP", "RESTART") and state is ENABLED:
             if self.fenced_since is not None:

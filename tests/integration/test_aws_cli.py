@@ -31,17 +31,19 @@ def test_the_readme_s_aws_cli_workflow_runs_from_the_user_host(deployment):
     # The README's block as it stands, then what the test checks: the variables it set.
     script.write_text("set -euo pipefail\n" + readme_workflow()
                       + f'echo "{RESULT} $EMI $IID $EIP $VOL"\n$S3 ls s3://cli-images/ || true\n')
+    # Traced (bash -x) and without Python's deprecation warnings, so a failure shows its step.
     out = deployment["user"].cmd(
-        f"cd {work} && RUN={deployment.run_dir} PATH={Path(sys.executable).parent}:$PATH "
-        f"timeout 300 bash {script} 2>&1; echo exit=$?")
+        f"cd {work} && RUN={deployment.run_dir} PATH={Path(sys.executable).parent}:$PATH PYTHONWARNINGS=ignore "
+        f"timeout 300 bash -x {script} 2>&1; echo exit=$?")
     body, _, status = out.rstrip().rpartition("exit=")
     assert status.strip() == "0", body[-3000:]
-    emi, iid, eip, vol = next(l for l in body.splitlines() if l.startswith(RESULT)).split()[1:]
-    before_result = body.split(RESULT)[0]
-    assert iid in before_result  # curl http://$EIP/ answered the instance's id
-    assert "image.img" in before_result  # `aws s3 ls` listed the upload
-    assert "image.img" not in body.split(RESULT)[1]  # and `aws s3 rm` removed it
-    assert "attached" in before_result
+    lines = [l.strip() for l in body.splitlines() if not l.startswith("+")]  # output, not the trace
+    at = next(i for i, l in enumerate(lines) if l.startswith(RESULT))
+    emi, iid, eip, vol = lines[at].split()[1:]
+    assert iid in lines[:at]  # curl http://$EIP/ answered the instance's id
+    assert "attached" in lines[:at]
+    assert any(l.endswith(" image.img") for l in lines[:at])  # `aws s3 ls` listed the upload
+    assert not any("image.img" in l for l in lines[at + 1:])  # and `aws s3 rm` removed it
 
     ec2 = deployment.aws_client("ec2")
     inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]

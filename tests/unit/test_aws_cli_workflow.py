@@ -24,7 +24,7 @@ def test_the_readme_s_aws_cli_workflow_against_the_components(tmp_path):
     with FakeCC(["127.0.0.2"]) as cc, clc_and_walrus(tmp_path / "cloud", endpoints={"cc": {"cluster1": cc.url}},
                                                       cluster_poll_s=0.05) as (clc, walrus, _):
         script = (readme_workflow().replace("http://10.0.0.10:8773", clc).replace("http://10.0.0.20:8773", walrus)
-                  .replace("curl -s http://$EIP/", "echo elastic IP $EIP"))  # no instance listens here
+                  .replace("curl -s -m 5 http://$EIP/", "echo elastic IP $EIP"))  # no instance listens here
         (tmp_path / "workflow.sh").write_text("set -euo pipefail\n" + script + 'echo "RESULT $IID $VOL"\n')
         out = subprocess.run(["bash", str(tmp_path / "workflow.sh")], cwd=tmp_path, capture_output=True, text=True,
                              timeout=300, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",

@@ -200,3 +200,25 @@ def test_a_peer_behind_is_waited_for_while_this_member_serves_and_never_given_th
     assert svc.state is ENABLED and agent.epoch == 2  # never left ENABLED: nothing to take back
     assert not any(m.get("handover") for m in wire.sent)
     assert "ha.handover_aborted" in events(tmp_path)
+
+
+def test_stop_right_after_a_switchover_applies_once_the_forwarding_is_done(tmp_path):
+    """DISABLE then STOP at once (maintenance of the old primary): the STOP is taken while the
+    member still forwards, and it is STOPPED once its VIPs are gone."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_drain_s = 0.1
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2)
+        agent.transition("DISABLE")
+        h = agent.handover
+        await until(lambda: h.phase == "offered")
+        heartbeat(agent, state="ENABLED", epoch=3)
+        await until(lambda: h.phase == "forwarding")
+        assert agent.transition("STOP") == "STOP" and svc.state is DISABLED
+        with pytest.raises(TransitionError):
+            agent.transition("ENABLE")  # anything else waits for the switchover to end
+        await until(lambda: agent.handover is None)
+
+    asyncio.run(go())
+    assert svc.state is STOPPED and any(c[:3] == ("ip", "addr", "del") for c in agent.commands)
