@@ -226,9 +226,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_services(args) -> int:
-    from .services import print_services
+    from .services import services_command
 
-    return print_services(args.run_dir)
+    for transition in ("enable", "disable", "stop", "start"):
+        name = getattr(args, transition)
+        if name:
+            return services_command(args.run_dir, transition.upper(), name)
+    return services_command(args.run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,8 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("b")
     s.set_defaults(fn=cmd_compare)
 
-    s = sub.add_parser("services", help="every component's service state (like euca-describe-services)")
+    s = sub.add_parser("services", help="every service's state and each pair's redundancy (euca-describe-services); "
+                       "change one (euca-modify-service)")
     s.add_argument("run_dir", nargs="?", help="a run directory (default: the newest live run)")
+    change = s.add_mutually_exclusive_group()
+    for transition, what in (("enable", "a planned switchover to NAME"), ("disable", "a planned switchover away "
+                             "from NAME"), ("stop", "NAME into maintenance (STOPPED: no failover to it)"),
+                             ("start", "NAME out of maintenance (a standby again)")):
+        change.add_argument(f"--{transition}", metavar="NAME", help=what)
     s.set_defaults(fn=cmd_services)
     return p
 

@@ -391,6 +391,8 @@ class Deployment:
             "run_dir": str(self.run_dir),
             "control_socket": str(self.control_socket),
         }
+        if component == "clc":
+            cfg["services"] = self.service_members()  # DescribeServices / ModifyService
         if pair is not None:
             cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
                            "vip": pair.vip, "private_vip": pair.private_vip}
@@ -426,6 +428,21 @@ class Deployment:
             cfg["public_interface"] = ph.intf("cloud").name
             cfg["vlan_tagging"] = self.spec.vlan_tagging
         return cfg
+
+    def service_members(self) -> list[dict]:
+        """Every member of every pair as Eucalyptus's service API names it, with the address
+        the CLC reaches it on (its own, on the cloud network)."""
+        from components.clc.services import SERVICE_TYPES
+
+        paths = {"clc": "/services/Eucalyptus", "walrus": "/services/Walrus"}
+        out = []
+        for pair in self.plan.pairs:
+            partition = {"clc": "eucalyptus", "walrus": "walrus"}.get(pair.kind, f"cluster{pair.cluster}")
+            for m in pair.members:
+                base = f"http://{self.plan.hosts[m].intf('cloud').ip.split('/')[0]}:{pair.port}"
+                out.append({"type": SERVICE_TYPES[pair.kind], "partition": partition, "name": m,
+                            "uri": base + paths.get(pair.kind, ""), "internal": base, "pair": pair.name})
+        return out
 
     def ha_config(self, pair: ServicePair, host: str) -> dict:
         """What a member's HA agent needs: its peer's addresses, its own, its VIPs, its
@@ -788,6 +805,8 @@ class Deployment:
             "driver_start": rd.process_start_time(os.getpid()),
             "created": asdict(created),
             "shell_start": {str(pid): rd.process_start_time(pid) for pid in created.shell_pids},
+            # Each host's shell: `eucalab services` acts from the user host's namespace.
+            "hosts": {h.name: h.pid for h in self.net.hosts} if self.net is not None else {},
             "processes": [{"host": p.host, "label": p.label, "pid": p.pid, "start_time": p.start_time}
                           for p in self.processes.values()]
             + ([{"host": None, "label": "controller", "pid": self.controller.pid,

@@ -34,13 +34,17 @@ from topologies.spec import COMPONENT_KINDS, spec_from_dict
 
 from .analysis import Probe, outage_span, resolution
 from .deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
-from .faults import CATALOGUE, FAILOVER, FaultContext, check_available, enabled_intervals, judge, overlap
+from .faults import (CATALOGUE, FAILOVER, PLANNED_SWITCHOVER, SWITCHOVER, FaultContext, check_available,
+                     enabled_intervals, judge, overlap)
 from .preflight import datapath_ports
 from .rundir import REPO_ROOT, new_run_dir, write_json
 
 DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
 TARGETS = (*COMPONENT_KINDS, "keepalived")
 FAULTS = tuple(CATALOGUE)  # experiments/faults.py: what each does and the outcome it expects
+# keepalived's equivalents: its responder crashes with it, or its master's priority is lowered.
+KEEPALIVED_FAULTS = ("sigkill", PLANNED_SWITCHOVER)
+MAINTENANCE_WEIGHT = 30  # keepalived's planned switchover: priorities are 100 and 90
 
 
 @dataclass
@@ -58,8 +62,10 @@ class TrialSet:
         if self.label:
             return self.label
         if self.target == "keepalived":
-            return f"keepalived advert {self.advert_ms:g} ms"
-        words = {"sigkill": "crash", "host": "host failure", "sigstop": "hang"}
+            planned = " planned switchover" if self.fault == PLANNED_SWITCHOVER else ""
+            return f"keepalived advert {self.advert_ms:g} ms{planned}"
+        words = {"sigkill": "crash", "host": "host failure", "sigstop": "hang",
+                 PLANNED_SWITCHOVER: "planned switchover"}
         extra = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
         return f"eucalab {self.target.upper()} {words.get(self.fault, self.fault)}{extra}"
 
@@ -131,8 +137,9 @@ class Experiment:
                 raise ValueError(f"{path}: sets[{i}].target must be one of {', '.join(TARGETS)}")
             if s.get("fault", "sigkill") not in FAULTS:
                 raise ValueError(f"{path}: sets[{i}].fault must be one of {', '.join(FAULTS)}")
-            if s.get("target") == "keepalived" and s.get("fault", "sigkill") != "sigkill":
-                raise ValueError(f"{path}: sets[{i}]: the keepalived baseline is measured with 'sigkill' only")
+            if s.get("target") == "keepalived" and s.get("fault", "sigkill") not in KEEPALIVED_FAULTS:
+                raise ValueError(f"{path}: sets[{i}]: the keepalived baseline is measured with "
+                                 f"{' or '.join(KEEPALIVED_FAULTS)} only")
             if not isinstance(s.get("trials"), int) or s["trials"] < 1:
                 raise ValueError(f"{path}: sets[{i}].trials must be a positive integer")
             sets.append(TrialSet(**s))
@@ -290,23 +297,35 @@ KEEPALIVED_VIP = "10.0.0.10"  # the CLC's VIP: the baseline runs on the CLC pair
 
 
 def keepalived_conf(dep: Deployment, host: str, advert_ms: float, priority: int,
-                    rt_priority: int | None = None) -> Path:
+                    rt_priority: int | None = None, planned: bool = False) -> Path:
     """keepalived's configuration on ``host``: one VRRP instance holding the CLC's VIP
     (VRRPv3 below 1 s adverts), ``nopreempt``; ``rt_priority`` runs its VRRP process at
-    SCHED_FIFO (``vrrp_rt_priority``), as eucalab's HA members run."""
+    SCHED_FIFO (``vrrp_rt_priority``), as eucalab's HA members run. For planned
+    switchovers (``planned``) the members preempt and the priority follows a track file
+    (``maintenance``: 1 lowers it by MAINTENANCE_WEIGHT, 0 restores it), the way operators
+    move a VRRP master on purpose."""
     intf = dep.plan.hosts[host].intf("cloud").name
     d = dep.host_dir(host, "keepalived")
     version = "3" if advert_ms < 1000 else "2"
     advert = f"{advert_ms / 1000:g}"
     rt = f"\n    vrrp_rt_priority {int(rt_priority)}" if rt_priority else ""
     conf = d / "keepalived.conf"
+    track = d / "maintenance"
+    if planned:
+        track.write_text("0\n")
+    tracking = (f"""track_file maintenance {{
+    file {track}
+    weight -{MAINTENANCE_WEIGHT}
+}}
+""" if planned else "")
+    preemption = "track_file {\n        maintenance\n    }" if planned else "nopreempt"
     conf.write_text(f"""global_defs {{
     router_id {host}
     vrrp_version {version}{rt}
 }}
-vrrp_instance EUCALAB {{
+{tracking}vrrp_instance EUCALAB {{
     state BACKUP
-    nopreempt
+    {preemption}
     interface {intf}
     virtual_router_id 51
     priority {priority}
@@ -320,8 +339,8 @@ vrrp_instance EUCALAB {{
 
 
 def start_keepalived(dep: Deployment, host: str, advert_ms: float, priority: int,
-                     rt_priority: int | None = None) -> None:
-    conf = keepalived_conf(dep, host, advert_ms, priority, rt_priority)
+                     rt_priority: int | None = None, planned: bool = False) -> None:
+    conf = keepalived_conf(dep, host, advert_ms, priority, rt_priority, planned)
     d = conf.parent
     for stale in ("keepalived.pid", "vrrp.pid"):  # left by a crashed instance
         (d / stale).unlink(missing_ok=True)
@@ -346,7 +365,8 @@ def keepalived_holders(dep: Deployment, hosts: list[str]) -> list[str]:
     return [h for h in hosts if f"{KEEPALIVED_VIP}/16" in dep[h].cmd("ip -o -4 addr show")]
 
 
-def start_keepalived_pair(dep: Deployment, advert_ms: float, rt_priority: int | None = None) -> list[str]:
+def start_keepalived_pair(dep: Deployment, advert_ms: float, rt_priority: int | None = None,
+                          planned: bool = False) -> list[str]:
     """keepalived and its HTTP responder on the CLC pair's hosts, with the eucalab CLC out
     of the way (the same hosts and VIP); returns the hosts."""
     hosts = dep.plan.pair("clc").members
@@ -358,7 +378,7 @@ def start_keepalived_pair(dep: Deployment, advert_ms: float, rt_priority: int | 
         if (h, "http8080") not in dep.processes or not dep.processes[(h, "http8080")].alive():
             start_http(dep, h)
     for i, h in enumerate(hosts):
-        start_keepalived(dep, h, advert_ms, 100 - 10 * i, rt_priority)
+        start_keepalived(dep, h, advert_ms, 100 - 10 * i, rt_priority, planned)
     return hosts
 
 
@@ -584,7 +604,7 @@ class Runner:
             served_after = lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot())  # noqa: E731
             if error:
                 recovered = False
-            elif fault.expect == FAILOVER:
+            elif fault.expect in (FAILOVER, SWITCHOVER):
                 recovered = wait_until(lambda: dep.member_state(peer) == "ENABLED" and served_after(),
                                        self.exp.recovery_timeout_s)
             elif ts.fault == "both":
@@ -682,12 +702,12 @@ class Runner:
 
     def keepalived_set(self, dep: Deployment, ts: TrialSet, bar, point: dict | None = None) -> list[dict]:
         rt = ts.params.get("rt_priority")
-        hosts = start_keepalived_pair(dep, ts.advert_ms, rt)
+        hosts = start_keepalived_pair(dep, ts.advert_ms, rt, planned=ts.fault == PLANNED_SWITCHOVER)
         records = []
 
         for n in range(ts.trials):
             master = next(iter(wait_until(lambda: keepalived_holders(dep, hosts), 15)), None)
-            record = {"set": ts.name, "target": "keepalived", "fault": "sigkill", "trial": n, "primary": master}
+            record = {"set": ts.name, "target": "keepalived", "fault": ts.fault, "trial": n, "primary": master}
             if point:
                 record["point"] = point
             if master is None:
@@ -722,10 +742,14 @@ class Runner:
         wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 3, 5, 0.01)  # warm-up
         time.sleep(self.rng.uniform(0, ts.advert_ms / 1000))
         t_fault = _mono()
-        # The service crashes with its keepalived (the daemon and its VRRP child), as
-        # eucalab's component does with its HA agent.
-        dep.kill(master, "keepalived", group=True)
-        dep.kill(master, "http8080")
+        track = dep.host_dir(master, "keepalived") / "maintenance"
+        if ts.fault == PLANNED_SWITCHOVER:
+            track.write_text("1\n")  # the master's priority drops below the backup's: it preempts
+        else:
+            # The service crashes with its keepalived (the daemon and its VRRP child), as
+            # eucalab's component does with its HA agent.
+            dep.kill(master, "keepalived", group=True)
+            dep.kill(master, "http8080")
         # keepalived killed with SIGKILL leaves its VIP behind: the host still answers
         # ARP for it until the backup's gratuitous ARP wins, as in a real crash.
         ok = wait_until(lambda: any(p.ok and p.sent >= t_fault for p in probe.snapshot()) and
@@ -742,6 +766,12 @@ class Runner:
                       **{f"probe_{k}": v for k, v in resolution(probes).items()})
         self.probes_file.write(json.dumps({"set": ts.name, "trial": n, "t_fault": t_fault,
                                            "probes": [[p.sent, p.done, p.ok] for p in probes]}) + "\n")
+        if ts.fault == PLANNED_SWITCHOVER:
+            record["failed_probes"] = sum(1 for p in probes if p.sent >= t_fault and not p.ok)
+            # Restore: the master's priority back; it preempts again (outside the measured span).
+            track.write_text("0\n")
+            wait_until(lambda: keepalived_holders(dep, [master]), 15)
+            return
         # Restore: the crashed master's host drops the stale VIP and rejoins as backup.
         dep.process(master, "keepalived").popen.wait(timeout=5)
         dep.process(master, "http8080").popen.wait(timeout=5)

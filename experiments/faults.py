@@ -11,7 +11,9 @@ timestamped by the caller). ``expect`` says what a correct HA layer does:
   outage, e.g. when the border gateway itself is dead);
 * ``no-outage``: no failover and not one failed user request;
 * ``one-enabled``: whatever happens meanwhile, exactly one member is ENABLED once the
-  fault is restored, and no acknowledged write is lost.
+  fault is restored, and no acknowledged write is lost;
+* ``switchover``: a failover on purpose (the operator's ModifyService): the peer becomes
+  ENABLED and not one user request fails.
 
 Every fault, whatever it expects, must keep "never two ENABLED" and "no lost write".
 """
@@ -28,6 +30,8 @@ from typing import Callable
 from topologies.plan import CLOUD_NET, EXTERNAL_NET, USER_NET
 
 FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED = "failover", "no-failover", "no-outage", "one-enabled"
+SWITCHOVER = "switchover"
+PLANNED_SWITCHOVER = "planned-switchover"
 FAULT_CHAIN = "EUCALAB_FAULT"  # an iptables chain of the faulty host's own namespace
 
 
@@ -304,6 +308,20 @@ def double(ctx: FaultContext) -> None:
     _crash(ctx, ctx.peer)
 
 
+def planned_switchover(ctx: FaultContext) -> None:
+    """The operator moves the pair: ModifyService DISABLE of the ENABLED member, sent to the
+    CLC from the user host as euca-modify-service would (the member hands over; nothing to
+    restore: the pair is redundant the other way round)."""
+    from .services import ServiceAPI
+
+    t0 = time.monotonic()
+    status, body = ServiceAPI(ctx.dep.run_dir, ctx.dep.net["user"].pid).call(
+        {"Action": "ModifyService", "Name": ctx.primary, "State": "DISABLE"})
+    ctx.notes["modify_service_s"] = round(time.monotonic() - t0, 4)
+    if status != 200:
+        raise RuntimeError(f"ModifyService {ctx.primary} DISABLE answered {status}: {body[:300]!r}")
+
+
 def controller(ctx: FaultContext) -> None:
     """The SDN controller crashes: switches keep their flows (fail-secure) until it returns."""
     ctx.dep.crash_controller()
@@ -328,6 +346,8 @@ CATALOGUE: dict[str, Fault] = {f.name: f for f in [
     Fault("secondary", NO_OUTAGE, "secondary process crash: loss of redundancy only", secondary),
     Fault("both", ONE_ENABLED, "both members crash and restart together", both),
     Fault("double", ONE_ENABLED, "the new primary crashes while the old one catches up", double),
+    Fault(PLANNED_SWITCHOVER, SWITCHOVER, "planned switchover: ModifyService DISABLE of the ENABLED member "
+          "(keepalived: the master's priority lowered below the backup's)", planned_switchover),
     Fault("controller", NO_OUTAGE, "the SDN controller crashes (switches keep their flows)", controller,
           requires="sdn"),
 ]}
@@ -346,15 +366,15 @@ def judge(expect: str, *, promoted: bool, primary_enabled_after: bool, failed_pr
           two_enabled_s: float, lost_writes: int, settled: bool, recovered: bool) -> list[str]:
     """What went differently from what the fault expects (empty: as expected)."""
     flags = []
-    if expect == FAILOVER and not promoted:
+    if expect in (FAILOVER, SWITCHOVER) and not promoted:
         flags.append("no failover")
-    if expect == FAILOVER and promoted and not recovered:
+    if expect in (FAILOVER, SWITCHOVER) and promoted and not recovered:
         flags.append("failover but users were not served again")
     if expect in (NO_FAILOVER, NO_OUTAGE) and promoted:
         flags.append("false failover")
     if expect in (NO_FAILOVER, NO_OUTAGE) and not promoted and not primary_enabled_after:
         flags.append("the primary stopped serving")
-    if expect == NO_OUTAGE and failed_probes:
+    if expect in (NO_OUTAGE, SWITCHOVER) and failed_probes:
         flags.append(f"{failed_probes} failed user requests")
     if two_enabled_s > 0:
         flags.append(f"two ENABLED for {1000 * two_enabled_s:.0f} ms")

@@ -56,12 +56,15 @@ def summary(data: dict) -> dict:
                                        "trials": 0, "ok": 0, "as_expected": 0, "flagged": [],
                                        "outage_ms": [], "detection_ms": [], "takeover_ms": [],
                                        "lost_writes": 0, "split_brain": 0, "two_enabled_ms": 0.0,
-                                       "false_failovers": 0, "probe_p99_ms": [], "restored_s": []})
+                                       "false_failovers": 0, "probe_p99_ms": [], "restored_s": [],
+                                       "failed_probes": []})
         s["trials"] += 1
         # Older runs (and the keepalived baseline) carry no verdict: a trial that ran is as expected.
         as_expected = t.get("as_expected", t.get("status") == "ok")
         s["as_expected"] += 1 if as_expected else 0
         s["two_enabled_ms"] += 1000 * (t.get("two_enabled_s") or 0)
+        if t.get("failed_probes") is not None:
+            s["failed_probes"].append(t["failed_probes"])
         s["false_failovers"] += 1 if "false failover" in (t.get("flags") or []) else 0
         if not as_expected:
             s["flagged"].append({"trial": t["trial"], "status": t.get("status"), "error": t.get("error"),
@@ -110,6 +113,9 @@ def summary(data: dict) -> dict:
                      "outage_ms": summarize(s["outage_ms"]), "detection_ms": summarize(s["detection_ms"]),
                      "takeover_ms": summarize(s["takeover_ms"]), "lost_writes": s["lost_writes"],
                      "two_enabled_after_trial": s["split_brain"],
+                     # User requests that failed during the fault, per trial (p50 and max).
+                     "failed_probes": ({"p50": percentile(s["failed_probes"], 50), "max": max(s["failed_probes"])}
+                                       if s["failed_probes"] else None),
                      "probe_interval_p99_ms": max(s["probe_p99_ms"]) if s["probe_p99_ms"] else None}
     return out
 
@@ -328,9 +334,11 @@ def build(run_dir: str | Path) -> Path:
                      _fmt(o, "p99") if "p99" in o else "(n<100)", _fmt(o, "max"), _fmt(d, "p50"), _fmt(k, "p50"),
                      _fmt(s.get("redundancy_restored_s") or {}, "p50"),
                      str(s["lost_writes"]), f"{s['two_enabled_ms']:.0f}",
+                     "-" if not s["failed_probes"] else f"{s['failed_probes']['p50']:g} / {s['failed_probes']['max']}",
                      "-" if s["probe_interval_p99_ms"] is None else f"{s['probe_interval_p99_ms']:.1f}"])
     head = ["configuration", "expected", "as expected/trials", "outage p50 ms", "p50 95% CI", "p95", "p99", "max",
-            "detection p50", "takeover p50", "redundancy back p50 s", "lost writes", "two ENABLED ms", "probe gap p99 ms"]
+            "detection p50", "takeover p50", "redundancy back p50 s", "lost writes", "two ENABLED ms",
+            "failed requests p50 / max", "probe gap p99 ms"]
     load_vals = [x["cpu_percent"] for x in data["load"]]
     md = [f"# Failover report: {exp.get('name', run_dir.name)}", "",
           f"Run directory `{run_dir}`; seed {exp.get('seed')}; probe every {exp.get('probe_interval_ms')} ms "

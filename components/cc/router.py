@@ -408,7 +408,7 @@ def announce(intf: str, addresses: list[str]) -> list[str]:
     return failed
 
 
-def apply_router(config: RouterConfig, primary: bool, armed: bool = False) -> dict:
+def apply_router(config: RouterConfig, primary: bool, armed: bool = False, announce_held: bool = False) -> dict:
     """Apply ``config`` in this network namespace: as the router (primary) or as nothing (secondary).
 
     ``armed`` (a secondary only): load the rules of ``config`` but hold none of its
@@ -416,6 +416,10 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False) -> di
     transaction was 2.4 ms p50 of a CC takeover alone, 6.2 ms with every pair of the cloud
     running). Armed rules are inert: the host holds no gateway or elastic address, so
     no neighbour sends it a packet to route, translate or forward.
+
+    ``announce_held`` (a promotion): announce every address the router holds, not only those
+    that arrived: a member taking the cluster back while it still held them (two planned
+    switchovers in a row, docs/ha.md) must pull the neighbours back from its peer.
 
     Returns what changed: {"added": [...], "announced": {interface: [...]}, "ms": {step: ms}}
     (how long each step took: a takeover waits on all of them). Raises RuntimeError (a
@@ -447,10 +451,14 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False) -> di
     else:
         _KERNEL.neighbours.clear()  # a later promotion sets them again
     steps.done("neighbours")
-    for intf, addresses in added.items():
+    told = added
+    if primary and announce_held:
+        told = {intf: [a.split("/")[0] for a in want] for intf, (want, _) in private.items()}
+        told[config.public_interface] = [a.split("/")[0] for a in config.public_addresses]
+    for intf, addresses in told.items():
         announce(intf, addresses)
     steps.done("announce")
-    announced = {i: a for i, a in added.items() if a}
+    announced = {i: a for i, a in told.items() if a}
     return {"added": [x for addrs in added.values() for x in addrs], "announced": announced, "ms": steps.ms}
 
 
@@ -468,7 +476,7 @@ class _Steps:
 
 
 async def apply_router_async(config: RouterConfig, primary: bool, armed: bool = False,
-                             inline: bool = False) -> dict:
+                             inline: bool = False, announce_held: bool = False) -> dict:
     """``apply_router`` for an asyncio program (the CC service): the commands run in a worker
     thread, so heartbeats and API requests go on meanwhile. Callers serialise their calls.
     The result's "ms" has "thread": from the call to the worker starting, and "back": from
@@ -479,12 +487,12 @@ async def apply_router_async(config: RouterConfig, primary: bool, armed: bool = 
     to a worker thread had waited up to 6.4 ms for that thread to get a CPU (p99 6.1
     over 100 CC host failures, `20261202T174256Z-ha-targets`)."""
     if inline:
-        return apply_router(config, primary, armed)
+        return apply_router(config, primary, armed, announce_held)
     called = time.monotonic()
 
     def work() -> tuple[float, dict, float]:
         started = time.monotonic()
-        return started, apply_router(config, primary, armed), time.monotonic()
+        return started, apply_router(config, primary, armed, announce_held), time.monotonic()
 
     started, result, ended = await asyncio.to_thread(work)
     result["ms"].update(thread=round(1000 * (started - called), 2), back=round(1000 * (time.monotonic() - ended), 2))

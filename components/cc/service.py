@@ -762,7 +762,8 @@ class ClusterController(Service):
             if self.state.value != "ENABLED" and not force:
                 return
             try:
-                result = await router.apply_router_async(config, primary=True, inline=inline)
+                # A takeover announces every address, also those this host still held.
+                result = await router.apply_router_async(config, primary=True, inline=inline, announce_held=inline)
             except (OSError, RuntimeError) as exc:
                 self.events.emit("router.error", error=str(exc)[:500])
                 return

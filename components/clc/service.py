@@ -10,6 +10,8 @@ answers the instance metadata service, which the cluster network forwards from
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import contextlib
 import hashlib
@@ -33,6 +35,7 @@ from components.common.names import valid_bucket, valid_key
 from components.common.supervise import supervise
 
 from .cluster import ClusterClient, ClusterError
+from .services import ServiceDirectory
 from .ec2 import (EC2Error, Params, check_id, error_xml, new_id, parse_query, request_id, response_xml,
                   sub_list)
 from .state import KEEP_OPS, Compacted, Store, StoreError, redact, snapshot_from_lines, snapshot_lines
@@ -66,6 +69,21 @@ RETIRE_BATCH = 1000  # instances retired per op at most (one op stays small)
 LIVE = "state IN ('pending', 'running', 'shutting-down')"
 # Defaults of config ``quotas``: per account, as EC2's default limits (docs in README.md).
 QUOTAS = {"elastic_ips": 5, "security_groups": 500, "instances": 20}
+USER_DATA_MAX = 16 * 1024  # EC2's limit on user data, before base64
+
+
+def user_data(value: str | None) -> str | None:
+    """RunInstances' UserData (base64, as EC2 takes it and boto3 and the AWS CLI send it),
+    checked and kept as sent; InvalidParameterValue when it is not base64 or too large."""
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise EC2Error("InvalidParameterValue", "Invalid BASE64 encoding of user data") from None
+    if len(raw) > USER_DATA_MAX:
+        raise EC2Error("InvalidParameterValue", f"User data is limited to {USER_DATA_MAX} bytes")
+    return value
 
 
 def public_pool(spec: str | list[str]) -> list[str]:
@@ -85,6 +103,7 @@ def _iso(ts: float) -> str:
 class CloudController(Service):
     component = "clc"
     api_prefixes = ("/services/Eucalyptus", "/latest/")
+    api_paths = ("/",)  # the EC2 API answers there too
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -96,6 +115,7 @@ class CloudController(Service):
         self.features = features(self.mode)
         self.public_pool = public_pool(config.get("public_ips", DEFAULT_PUBLIC_IPS))
         self.cluster = ClusterClient(config, self.zones)
+        self.services = ServiceDirectory(config)
         self.admin = config.get("admin") or {}
         self.max_query_bytes = int(config.get("max_query_bytes", MAX_QUERY_BYTES))
         self.retention_s = float(config.get("terminated_retention_s", TERMINATED_RETENTION_S))
@@ -144,6 +164,7 @@ class CloudController(Service):
         app.router.add_get("/internal/ha/ops", self.handle_export)
         app.router.add_get("/latest/meta-data/{path:.*}", self.handle_metadata)
         app.router.add_get("/latest/meta-data", self.handle_metadata)
+        app.router.add_get("/latest/user-data", self.handle_user_data)
 
     async def on_start(self) -> None:
         await self.cluster.start()
@@ -160,6 +181,7 @@ class CloudController(Service):
             if task:
                 task.cancel()
         await self.cluster.close()
+        await self.services.close()
         if self.replica is not None:
             await self.replica.close()
 
@@ -380,8 +402,6 @@ class CloudController(Service):
     async def handle_api(self, request: web.Request) -> web.Response:
         """One EC2 Query request: parse, authenticate, dispatch; every failure as EC2 error XML."""
         rid = request_id()
-        if not self.may_serve():  # "/" is not under the gated api_prefixes
-            return self.unavailable(request)
         action = None
         try:
             body = await self._read_body(request) if request.method == "POST" else b""
@@ -416,8 +436,7 @@ class CloudController(Service):
 
     async def act_CreateAccount(self, p: Params, account: str) -> dict:
         """Euare-style extension: the admin creates an account and gets its first key."""
-        if account != self.admin.get("account_id"):
-            raise EC2Error("UnauthorizedOperation", "only the cloud administrator may create accounts", 403)
+        self._require_admin(account, "create accounts")
         name = p.req("AccountName")
         if not ACCOUNT_NAME.fullmatch(name):
             raise EC2Error("InvalidParameterValue", f"invalid account name {name!r}")
@@ -430,6 +449,26 @@ class CloudController(Service):
                      "time": time.time(), "default_group": new_id("sg")})
         return {"account": {"accountId": acct, "accountName": name, "accessKeyId": key,
                             "secretAccessKey": secret}}
+
+    def _require_admin(self, account: str, what: str) -> None:
+        if account != self.admin.get("account_id"):
+            raise EC2Error("UnauthorizedOperation", f"only the cloud administrator may {what}", 403)
+
+    # -- Eucalyptus's service API (components/clc/services.py) --------------------------------
+
+    async def act_DescribeServices(self, p: Params, account: str) -> dict:
+        """Every member of every pair: type, partition, name, URI, state and epoch (admin only)."""
+        self._require_admin(account, "describe services")
+        return {"serviceStatuses": await self.services.describe(p.list("ServiceName"))}
+
+    async def act_ModifyService(self, p: Params, account: str) -> dict:
+        """A transition of one member (START, STOP, ENABLE, DISABLE, RESTART, or the state it
+        leads to), as euca-modify-service asked it; admin only."""
+        self._require_admin(account, "modify services")
+        answer = await self.services.modify(p.req("Name"), p.req("State"))
+        self.events.emit("service.modify", name=p.req("Name"), state=p.req("State"), member=answer.get("name"),
+                         transition=answer.get("transition"))
+        return {"return": True}
 
     async def handle_account_lookup(self, request: web.Request) -> web.Response:
         self.require_internal(request, "walrus")
@@ -794,6 +833,7 @@ class CloudController(Service):
             group_ids = [self._group(account, name="default")["id"]]
         groups = [self._group(account, group_id=g) for g in group_ids]
         itype = p.get("InstanceType") or "m1.small"
+        data = user_data(p.get("UserData"))
         hi = self._within_instance_quota(account, lo, hi)
         drawn = self._new_instance_ids(hi)
         ids = list(drawn)
@@ -815,7 +855,7 @@ class CloudController(Service):
             try:
                 self._apply({"type": "instances.create", "account": account, "reservation": reservation,
                              "image": image, "zone": zone, "instance_type": itype, "groups": group_ids,
-                             "time": time.time(), "key_name": p.get("KeyName"),
+                             "time": time.time(), "key_name": p.get("KeyName"), "user_data": data,
                              "instances": [{"id": i, "launch_index": n} for n, i in enumerate(ids)]})
             except Exception:
                 # Not recorded: the CC must not keep running what no account holds.
@@ -1149,8 +1189,8 @@ class CloudController(Service):
 
     # -- the metadata service ---------------------------------------------------------------------
 
-    async def handle_metadata(self, request: web.Request) -> web.Response:
-        """Instance metadata for the instance whose private address sent the request (404 for others).
+    def _caller_instance(self, request: web.Request):
+        """The live instance whose private address sent the request, or None.
 
         In EDGE the instance's NC relays the request (components/nc/metadata.py) and names
         the instance's address in a header, which is taken from the nc role only."""
@@ -1161,9 +1201,20 @@ class CloudController(Service):
             try:
                 address = str(ipaddress.ip_address(relayed))
             except ValueError:
-                return web.Response(status=400, text="bad instance address\n")
-        row = self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running') "
-                             "ORDER BY launched DESC LIMIT 1", address)
+                raise web.HTTPBadRequest(text="bad instance address\n") from None
+        return self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running') "
+                              "ORDER BY launched DESC LIMIT 1", address)
+
+    async def handle_user_data(self, request: web.Request) -> web.Response:
+        """The calling instance's user data, as given to RunInstances (404 without any, as EC2)."""
+        row = self._caller_instance(request)
+        if row is None or row["user_data"] is None:
+            return web.Response(status=404, text="not found\n")
+        return web.Response(body=base64.b64decode(row["user_data"]), content_type="application/octet-stream")
+
+    async def handle_metadata(self, request: web.Request) -> web.Response:
+        """Instance metadata for the instance whose private address sent the request (404 for others)."""
+        row = self._caller_instance(request)
         if row is None:
             return web.Response(status=404, text="not an instance of this cloud\n")
         names = self._group_names(row["account"])

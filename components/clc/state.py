@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT N
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, account TEXT NOT NULL, reservation TEXT NOT NULL,
     image TEXT NOT NULL, zone TEXT NOT NULL, type TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
     groups TEXT NOT NULL, private_ip TEXT, public_ip TEXT, launch_index INTEGER NOT NULL, launched REAL NOT NULL,
-    key_name TEXT, nc TEXT, slot TEXT, ended REAL);
+    key_name TEXT, nc TEXT, slot TEXT, ended REAL, user_data TEXT);
 CREATE TABLE IF NOT EXISTS groups (id TEXT PRIMARY KEY, account TEXT NOT NULL, name TEXT NOT NULL,
     description TEXT NOT NULL, UNIQUE (account, name));
 CREATE TABLE IF NOT EXISTS rules (group_id TEXT NOT NULL, protocol TEXT NOT NULL, from_port INTEGER NOT NULL,
@@ -310,9 +310,10 @@ class Store:
     def _op_instances_create(self, cur, op):
         for i in op["instances"]:
             cur.execute("INSERT INTO instances (id, account, reservation, image, zone, type, state, groups, "
-                        "launch_index, launched, key_name) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                        "launch_index, launched, key_name, user_data) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
                         (i["id"], op["account"], op["reservation"], op["image"], op["zone"], op["instance_type"],
-                         json.dumps(op["groups"]), i["launch_index"], op["time"], op.get("key_name")))
+                         json.dumps(op["groups"]), i["launch_index"], op["time"], op.get("key_name"),
+                         op.get("user_data")))
 
     def _op_instance_update(self, cur, op):
         fields = {k: op[k] for k in ("state", "reason", "private_ip", "public_ip", "nc", "slot") if k in op}

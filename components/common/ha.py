@@ -22,6 +22,13 @@ The design and its guarantees are in docs/ha.md; in short:
   own loop ran late by more than the window (SIGSTOP, starvation) is fenced: it
   refuses every request until its peer has answered a heartbeat sent after the
   freeze, then steps down if the peer took over.
+* A planned switchover (``transition("DISABLE")`` on the ENABLED member, Eucalyptus's
+  ModifyService) loses no request: new requests are held, those in flight finish, the
+  member turns DISABLED with a heartbeat that offers the pair; the caught-up peer takes
+  it at once (a new epoch, the VIPs); the held requests, and any that still reach the
+  old member while caches learn where the VIPs went, are forwarded to the new primary;
+  only then does the old member let its VIPs go. STOPPED (maintenance) serves nothing,
+  keeps heartbeating and never takes over: no failover towards a member stopped on purpose.
 * Takeover adds the VIPs and sends gratuitous ARP (EUCA-2281 forgot this), or, for a
   VIP with takeover sdn, tells the SDN controller (with the epoch) to steer the VIP's
   fixed virtual MAC here: nobody's ARP cache has to change.
@@ -50,8 +57,21 @@ from .states import ServiceState
 from .supervise import supervise
 
 ENABLED, DISABLED, NOTREADY = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.NOTREADY
+STOPPED = ServiceState.STOPPED
 # When gratuitous ARPs go out after a takeover: at once, and again past the 1 s ARP locktime.
 GARP_SCHEDULE_S = (0.0, 1.1, 2.2)
+# Eucalyptus's service transitions (ModifyService), and the state names it took for them.
+TRANSITIONS = ("START", "STOP", "ENABLE", "DISABLE", "RESTART")
+TRANSITION_FOR_STATE = {"ENABLED": "ENABLE", "DISABLED": "DISABLE", "STOPPED": "STOP"}
+# Defaults of config ha.handover_drain_s and ha.handover_timeout_s: after a planned switchover
+# the old member forwards what still reaches it for this long, past the new holder's last
+# gratuitous ARP: a neighbour whose entry for a VIP changed less than a second ago (Linux's
+# locktime: two switchovers in a row) ignores the first one and learns from a repeat. A
+# switchover that has not completed within the timeout is undone.
+HANDOVER_DRAIN_S = GARP_SCHEDULE_S[-1] + 0.1
+# A member hands the pair over no sooner than this after it took it (past the ARP locktime).
+HANDOVER_AFTER_PROMOTE_S = GARP_SCHEDULE_S[1]
+HANDOVER_TIMEOUT_S = 2.0
 # Epochs reserved on disk ahead of use, so a takeover writes nothing (docs/ha.md, "Election
 # and epochs"): a rename waited up to 310 ms for the filesystem journal on a busy host.
 # The reservation is extended in the background when fewer than EPOCH_LOW_WATER remain.
@@ -120,6 +140,28 @@ class Peer:
     seq: int = 0  # newest heartbeat sequence number heard from that incarnation
     acked: int = 0  # our newest heartbeat (this incarnation) the peer says it heard
     paths: dict = field(default_factory=dict)  # address -> local clock when last heard on it
+    handover: bool = False  # it is DISABLED on purpose and offers the pair (a planned switchover)
+
+
+class TransitionError(Exception):
+    """An operator's transition this member refuses (nothing was changed)."""
+
+    def __init__(self, code: str, message: str):
+        self.code, self.message = code, message
+        super().__init__(message)
+
+
+@dataclass
+class Handover:
+    """A planned switchover in progress on the member that gives the pair away."""
+
+    epoch: int
+    started: float
+    then: str | None = None  # "STOP": stopped once handed over (maintenance)
+    phase: str = "waiting"  # waiting (serving as before) -> holding (new requests wait) -> offered -> forwarding
+    taken: asyncio.Event = field(default_factory=asyncio.Event)  # the peer is ENABLED above epoch
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # held requests may go on
+    successor: str | None = None  # where held requests go; None: aborted, serve here
 
 
 class HAAgent:
@@ -215,6 +257,13 @@ class HAAgent:
         # Stepped down since it last served: its state may hold writes nobody acknowledged,
         # to be dropped once a newer ENABLED peer is there to catch up from (may_discard_state).
         self.discard_pending = False
+        self.handover: Handover | None = None
+        self.promoted_at = float("-inf")  # when this member last took the pair
+        self.handover_drain_s = float(config.get("ha", {}).get("handover_drain_s", HANDOVER_DRAIN_S))
+        self.handover_timeout_s = float(config.get("ha", {}).get("handover_timeout_s", HANDOVER_TIMEOUT_S))
+        # The component's requests in flight: a handover waits for them to finish (set by Service).
+        self.wait_idle: Callable[[float], Awaitable[bool]] = _idle
+        self.wait_forwarded: Callable[[float], Awaitable[bool]] = _idle
 
     def _new_boot(self) -> int:
         """This incarnation's number, above every earlier one's (``ha-boot`` keeps the last):
@@ -330,6 +379,149 @@ class HAAgent:
                 return True
         return False
 
+    # -- operator transitions (ModifyService) ----------------------------------------------------
+
+    def transition(self, name: str) -> str:
+        """Start an operator's transition (START, STOP, ENABLE, DISABLE, RESTART, or the state
+        names ENABLED, DISABLED, STOPPED); returns the transition taken. Refused with
+        TransitionError, changing nothing, when it makes no sense in this member's state or
+        would leave the pair with nobody serving. A planned switchover runs in the background:
+        its progress is in the member's state and events."""
+        name = TRANSITION_FOR_STATE.get(name.upper(), name.upper())
+        if name not in TRANSITIONS:
+            raise TransitionError("InvalidParameterValue", f"unknown transition {name!r}: one of "
+                                  f"{', '.join(TRANSITIONS)} (or the states {', '.join(TRANSITION_FOR_STATE)})")
+        state, p = self.svc.state, self.peer
+        if self.handover is not None:
+            if self.handover.phase == "forwarding" and name in ("STOP", "RESTART"):
+                # Handed over, still forwarding: it stops once the forwarding is done.
+                self.handover.then = name
+                return name
+            raise TransitionError("IncorrectState", "a planned switchover of this member is in progress")
+        if name in ("DISABLE", "STOP", "RESTART") and state is ENABLED:
+            if self.fenced_since is not None:
+                raise TransitionError("IncorrectState", "this member is fenced; it is handing nothing over")
+            if not self._standby_ready(caught_up=False):
+                raise TransitionError("IncorrectState", f"the peer ({p.member or 'unknown'}) cannot take over "
+                                      f"(it is {p.state if self.peer_alive() else 'not heard'}): a switchover "
+                                      "would leave the pair with nobody serving")
+            self.handover = Handover(self.epoch, self.clock(), then=None if name == "DISABLE" else name)
+            self.events.emit("ha.handover_start", transition=name, epoch=self.epoch, peer=p.member,
+                             last_seq=self.last_seq(), peer_last_seq=p.last_seq)
+            self._spawn(self._hand_over(self.handover))
+        elif name == "ENABLE":
+            if state is ENABLED:
+                return name
+            if state is not DISABLED:
+                raise TransitionError("IncorrectState", f"a {state.value} member cannot be ENABLED; START it first")
+            if self.peer_alive() and p.state == "ENABLED":
+                raise TransitionError("IncorrectState", f"the peer {p.member} is ENABLED: DISABLE it (a planned "
+                                      "switchover hands the pair over)")
+            self._spawn(self._decide("operator: ENABLE"))
+        elif name == "DISABLE":
+            if state not in (DISABLED, NOTREADY):
+                raise TransitionError("IncorrectState", f"a {state.value} member cannot be DISABLED; START it")
+        elif name in ("STOP", "RESTART"):
+            self._stop_for_maintenance()
+            if name == "RESTART":
+                self._start_after_maintenance()
+        elif name == "START":
+            if state is STOPPED:
+                self._start_after_maintenance()
+        return name
+
+    def _standby_ready(self, caught_up: bool = True) -> bool:
+        """The peer could take the pair now: alive, DISABLED, reaching users, not fenced, and
+        (``caught_up``) holding everything this member has acknowledged."""
+        p = self.peer
+        return (self.peer_alive() and p.state == "DISABLED" and p.arb_ok and not p.fenced
+                and (not caught_up or p.last_seq >= self.last_seq()))
+
+    def _stop_for_maintenance(self) -> None:
+        if self.svc.state is not STOPPED:
+            self.svc.set_state(STOPPED, "stopped by the operator (maintenance)")
+            self.send_heartbeat()  # the peer learns at once that this member will not take over
+
+    def _start_after_maintenance(self) -> None:
+        """STOPPED -> DISABLED: a standby again, after it has heard its peer (it may be behind)."""
+        self.svc.set_state(DISABLED, "started by the operator")
+        self.hold_until = max(self.hold_until, self.clock() + self.window + self.interval)
+        self.send_heartbeat()
+
+    async def _hand_over(self, h: Handover) -> None:
+        """A planned switchover, on the ENABLED member: no request is lost (see the module doc)."""
+        try:
+            # Not within a second of taking the pair: a neighbour ignores an ARP update for an
+            # entry changed less than a second ago (Linux's locktime), and one that had not yet
+            # learnt this member's address would not learn the peer's either. Served as usual
+            # meanwhile.
+            wait = self.promoted_at + HANDOVER_AFTER_PROMOTE_S - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            # A peer behind (back from maintenance, say) catches up first, while this member
+            # serves: nobody waits on it.
+            deadline = self.clock() + self.handover_timeout_s
+            while not self._standby_ready() and self.clock() < deadline and self.svc.state is ENABLED:
+                await asyncio.sleep(self.interval)
+            if not self._standby_ready():
+                await self._end_handover(h, None, "the peer is not ready to take over (behind, or no longer "
+                                         "a standby)")
+                return
+            h.phase = "holding"
+            t_hold = self.clock()
+            idle = await self.wait_idle(self.handover_timeout_s)
+            if self.svc.state is not ENABLED or self.fenced_since is not None or not idle \
+                    or not self._standby_ready():
+                await self._end_handover(h, None, "requests in flight did not finish in time" if not idle
+                                         else "this member or its peer changed meanwhile")
+                return
+            self.svc.set_state(DISABLED, "planned switchover")
+            h.phase = "offered"
+            t_offer = self.clock()
+            self.send_heartbeat()
+            try:
+                await asyncio.wait_for(h.taken.wait(), self.handover_timeout_s)
+            except asyncio.TimeoutError:
+                await self._end_handover(h, None, "the peer did not take over in time")
+                return
+            h.phase = "forwarding"
+            t_taken = self.clock()
+            await self._end_handover(h, self.peer_address(), None)
+            self.events.emit("ha.handover", epoch=self.peer.epoch, peer=self.peer.member,
+                             waited_s=round(max(wait, 0.0), 4), hold_s=round(t_taken - t_hold, 4),
+                             offer_to_taken_s=round(t_taken - t_offer, 4))
+            # What still reaches this member (caches that have not yet seen the new holder's
+            # gratuitous ARP) is forwarded meanwhile; then the VIPs go.
+            await asyncio.sleep(self.handover_drain_s)
+            await self.wait_forwarded(self.handover_timeout_s)
+        except Exception as exc:
+            if not h.settled.is_set():  # never leave requests held
+                await self._end_handover(h, None, f"failed: {exc!r}")
+            raise
+        finally:
+            if self.handover is h:
+                self.handover = None
+                if h.successor is not None:
+                    await self._release_vips()
+                    if self.on_demote is not None:
+                        await self.on_demote("planned switchover")
+                    self.events.emit("ha.demote", to=DISABLED.value, reason="planned switchover", epoch=self.epoch)
+                    if h.then in ("STOP", "RESTART"):
+                        self._stop_for_maintenance()
+                    if h.then == "RESTART":
+                        self._start_after_maintenance()
+
+    async def _end_handover(self, h: Handover, successor: str | None, aborted: str | None) -> None:
+        """Let the held requests go on: forwarded to ``successor``, or, the switchover undone,
+        served here again (this member takes the pair back with a new epoch)."""
+        h.successor = successor
+        if aborted is not None:
+            self.events.emit("ha.handover_aborted", reason=aborted, epoch=self.epoch)
+            self.handover = None
+            if self.svc.state is DISABLED and self.fenced_since is None:
+                await self._promote(f"planned switchover undone: {aborted}", self.clock())
+        h.settled.set()
+
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -384,6 +576,7 @@ class HAAgent:
             "last_seq": self.last_seq(), "priority": self.priority,
             "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
             "fenced": self.fenced_since is not None,
+            "handover": self.handover is not None and self.handover.phase == "offered",
         }).encode())
 
     def send_heartbeat(self) -> None:
@@ -494,6 +687,10 @@ class HAAgent:
         p.last_seq, p.priority = m["last_seq"], m["priority"]
         arb_was_ok = p.arb_ok
         p.arb_ok, p.fenced = bool(m.get("arb_ok", True)), bool(m.get("fenced", False))
+        p.handover = bool(m.get("handover", False)) and p.state == "DISABLED"
+        h = self.handover
+        if h is not None and p.state == "ENABLED" and p.epoch > h.epoch:
+            h.taken.set()
         p.arb_confirm = tuple(m["arb_confirm"]) if ack[0] == self.boot else (0, False)
         if arb_was_ok and not p.arb_ok and self.arbitrators:
             # The peer's users look gone: probe ours now, so it learns within milliseconds
@@ -643,8 +840,8 @@ class HAAgent:
             if not self.all_arbitrators_failed():
                 self.svc.set_state(DISABLED, "arbitrators recovered")
             return
-        if state is not DISABLED:
-            return
+        if state is not DISABLED or (self.handover is not None and self.handover.phase != "forwarding"):
+            return  # STOPPED (maintenance) never takes over; a handover under way decides for itself
         # DISABLED: take over only when users can reach us and the data is ours to serve.
         if now < self.hold_until or self.all_arbitrators_failed():
             return
@@ -653,7 +850,9 @@ class HAAgent:
                 return
             if self.last_seq() < p.last_seq:
                 return  # behind: catching up first (never serve older state)
-            if p.state in NOT_SERVING:
+            if p.handover:
+                await self._promote("planned switchover", now)
+            elif p.state in NOT_SERVING:
                 await self._promote(f"peer {p.state}" + ("" if p.arb_ok else ": it lost its arbitrators"), now)
             elif self._outranks_peer():
                 await self._promote("election", now)
@@ -730,8 +929,14 @@ class HAAgent:
             await self._offload(write_atomic, self.epoch_file, str(epoch))
             self.rejoining = True
         persist_s = self.clock() - t0
+        self.promoted_at = self.clock()
         self.epoch = epoch
         self.discard_pending = False  # its state is the pair's now
+        if self.handover is not None:
+            # Handed back while still forwarding to the peer (two switchovers in a row): it
+            # serves here again, with the VIPs it still holds.
+            self.events.emit("ha.handover_ended", reason="the pair came back", epoch=epoch)
+            self.handover = None
         if self.on_promote is not None:
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
@@ -932,6 +1137,11 @@ class HAAgent:
             self._spawn(self._decide("arbitrators"))
         self.send_heartbeat()  # arb_ok travels in the heartbeat: the peer learns at once
         return True
+
+
+async def _idle(timeout: float) -> bool:
+    """Nothing in flight (a member whose component tracks no requests)."""
+    return True
 
 
 def _read_int(path: Path) -> int | None:

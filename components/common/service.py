@@ -17,12 +17,19 @@ callers, only the SHA-256 digests of every role's token (``internal_callers``): 
 an NC's config gives no credential but the NC's. A route names the roles that may call
 it; the operator may call any. Without ``internal_callers`` (a component run alone, as
 unit tests do) its one ``internal_token`` is the operator's.
+
+Eucalyptus's service API, member side: ``GET /internal/service`` says this member's
+state and epoch, ``POST /internal/service/{transition}`` starts an operator's transition
+(START, STOP, ENABLE, DISABLE, RESTART; the CLC's ModifyService calls it). During a
+planned switchover the gate holds new API requests, then forwards them (and whatever still
+reaches this member) to the new primary (components/common/ha.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -32,6 +39,7 @@ import sys
 import time
 from typing import Callable
 
+import aiohttp
 from aiohttp import web
 
 from .config import ConfigError, load_config
@@ -50,6 +58,11 @@ ROLES = (*NAMES, OPERATOR)
 def token_digest(token: str) -> str:
     """What a component keeps of a role's token to recognise it: its SHA-256, in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
+# Headers that belong to one connection, not to the request (RFC 9110, 7.6.1): a forwarded
+# request or answer does not carry them on.
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                        "upgrade", "content-length"))
+FORWARD_CHUNK = 2**16
 # Large enough for multi-megabyte objects and images; Walrus streams bigger bodies.
 MAX_BODY = 64 * 2**20
 
@@ -58,8 +71,10 @@ log = logging.getLogger(__name__)
 
 class Service:
     component = "service"
-    # Paths under these prefixes are the user-facing API, gated by the service state.
+    # Paths under these prefixes (or exactly these paths) are the user-facing API, gated by
+    # the service state.
     api_prefixes: tuple[str, ...] = ()
+    api_paths: tuple[str, ...] = ()
 
     def __init__(self, config: dict):
         self.config = config
@@ -84,6 +99,14 @@ class Service:
             self.ha = HAAgent(self, config)
             self.may_serve = self.ha.may_serve
             self.app.router.add_post("/ha/arbitrators/{name}/{action}", self.handle_arbitrator)
+            self.ha.wait_idle = lambda timeout: self._wait_count("in_flight", timeout)
+            self.ha.wait_forwarded = lambda timeout: self._wait_count("forwarding", timeout)
+        self.app.router.add_get("/internal/service", self.handle_service)
+        self.app.router.add_post("/internal/service/{transition}", self.handle_transition)
+        # API requests this process is answering, and forwarding (a planned switchover).
+        self.counts = {"in_flight": 0, "forwarding": 0}
+        self._counts_changed: asyncio.Condition | None = None
+        self._forwarder: aiohttp.ClientSession | None = None
         self.setup_routes(self.app)
         self._stop: asyncio.Event | None = None
 
@@ -117,9 +140,78 @@ class Service:
 
     @web.middleware
     async def _gate(self, request: web.Request, handler):
-        if self.api_prefixes and request.path.startswith(self.api_prefixes) and not self.may_serve():
+        if not ((self.api_prefixes and request.path.startswith(self.api_prefixes)) or request.path in self.api_paths):
+            return await handler(request)
+        handover = await self.handover_settled()
+        if handover is not None:
+            if handover.successor is not None:
+                async with self._counting("forwarding"):
+                    return await self._forward(request, handover.successor)
+        if not self.may_serve():
             return self.unavailable(request)
-        return await handler(request)
+        async with self._counting("in_flight"):
+            return await handler(request)
+
+    async def handover_settled(self):
+        """During a planned switchover, wait until it is settled (held: the successor takes the
+        pair within milliseconds) and return it; None when there is none."""
+        handover = getattr(self.ha, "handover", None)  # tests stand in for the agent
+        if handover is None or handover.phase == "waiting":
+            return None
+        await handover.settled.wait()
+        return handover
+
+    @contextlib.asynccontextmanager
+    async def _counting(self, name: str):
+        if self._counts_changed is None:
+            self._counts_changed = asyncio.Condition()
+        self.counts[name] += 1
+        try:
+            yield
+        finally:
+            self.counts[name] -= 1
+            async with self._counts_changed:
+                self._counts_changed.notify_all()
+
+    async def _wait_count(self, name: str, timeout: float) -> bool:
+        """Wait until no request of ``name`` ("in_flight", "forwarding") is left; False on timeout."""
+        if self._counts_changed is None:
+            self._counts_changed = asyncio.Condition()
+        async with self._counts_changed:
+            try:
+                await asyncio.wait_for(self._counts_changed.wait_for(lambda: self.counts[name] == 0), timeout)
+                return True
+            except asyncio.TimeoutError:
+                return False
+
+    async def _forward(self, request: web.Request, address: str) -> web.StreamResponse:
+        """Send a request on, unchanged (its signature covers its Host header, which is kept),
+        to the same port at ``address``, and stream the answer back."""
+        if self._forwarder is None:
+            self._forwarder = aiohttp.ClientSession(auto_decompress=False,
+                                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        body = request.content.iter_chunked(FORWARD_CHUNK) if request.body_exists else None
+        url = f"http://{address}:{self.config['port']}{request.rel_url}"
+        try:
+            async with self._forwarder.request(request.method, url, headers=headers, data=body,
+                                               allow_redirects=False, skip_auto_headers=("User-Agent",
+                                               "Accept-Encoding", "Accept", "Content-Type")) as r:
+                answer = web.StreamResponse(status=r.status, reason=r.reason, headers={
+                    k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP})
+                if r.content_length is not None:
+                    answer.content_length = r.content_length
+                await answer.prepare(request)
+                async for chunk in r.content.iter_chunked(FORWARD_CHUNK):
+                    await answer.write(chunk)
+                await answer.write_eof()
+                self.events.emit("service.forwarded", to=address, path=request.path, status=r.status)
+                return answer
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.events.emit("service.forward_failed", to=address, path=request.path, error=repr(exc))
+            return self.unavailable(request)
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -139,6 +231,36 @@ class Service:
         if not self.ha.set_arbitrator_stopped(request.match_info["name"], action == "stop"):
             raise web.HTTPNotFound(text="no such arbitrator")
         return web.json_response(self.ha.status())
+
+    def service_status(self) -> dict:
+        """This member as Eucalyptus's DescribeServices shows it."""
+        ha = self.ha
+        return {"name": self.host, "component": self.component, "state": self.state.value,
+                "epoch": ha.epoch if ha else 0, "serving": self.may_serve(),
+                "peer": ({"name": ha.peer.member, "alive": ha.peer_alive(), "state": ha.peer.state}
+                         if ha else None),
+                "handover": ha.handover.phase if ha and ha.handover else None}
+
+    async def handle_service(self, request: web.Request) -> web.Response:
+        """GET /internal/service: this member's service state (the CLC's DescribeServices asks)."""
+        self.require_internal(request, "clc")
+        return web.json_response(self.service_status())
+
+    async def handle_transition(self, request: web.Request) -> web.Response:
+        """POST /internal/service/{transition}: an operator's transition (the CLC's ModifyService).
+        A refusal is a 409 with its reason and changes nothing."""
+        from .ha import TransitionError
+
+        self.require_internal(request, "clc")
+        if self.ha is None:
+            return web.json_response({"error": "IncorrectState", "message": f"{self.host} is not a member of an "
+                                      "HA pair: its state is not the operator's to change"}, status=409)
+        try:
+            taken = self.ha.transition(request.match_info["transition"])
+        except TransitionError as exc:
+            status = 400 if exc.code == "InvalidParameterValue" else 409
+            return web.json_response({"error": exc.code, "message": exc.message}, status=status)
+        return web.json_response({"transition": taken, **self.service_status()})
 
     def caller_role(self, request: web.Request) -> str | None:
         """The role whose token the request carries, or None. Every role's digest is
@@ -199,6 +321,8 @@ class Service:
                 await self.ha.stop()
             await self.on_stop()
             await runner.cleanup()
+            if self._forwarder is not None:
+                await self._forwarder.close()
             self.events.emit("service.stop", pid=os.getpid())
             self.events.close()
 

@@ -7,12 +7,17 @@ presigned query string (``X-Amz-Signature``). Payload forms:
   computed here. This is what botocore 1.44.5 sends for every S3 upload to a plain
   http endpoint (PutObject, upload_fileobj, the AWS CLI), with an
   ``x-amz-checksum-crc32`` of the body and ``x-amz-sdk-checksum-algorithm`` beside it,
-  both signed. (Over https it would send ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``
-  instead; eucalab serves http only and refuses that form with a clear error.)
+  both signed.
 * ``UNSIGNED-PAYLOAD`` (S3 presigned URLs; a presigned request to another service
-  signs the SHA-256 of its body, as botocore's ``SigV4QueryAuth`` does);
+  signs the SHA-256 of its body, as botocore's ``SigV4QueryAuth`` does, and its method:
+  POST for EC2, whose presigned URLs users open with GET, so an EC2 presigned query is
+  accepted with either);
 * ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD`` (aws-chunked bodies, every chunk signed):
   ``ChunkedDecoder`` checks each chunk's signature as the body streams in.
+* ``STREAMING-UNSIGNED-PAYLOAD-TRAILER`` (aws-chunked bodies, chunks unsigned, a checksum
+  of the body in a trailer): botocore's form for uploads over https (behind a TLS
+  terminator, say). ``ChunkedDecoder(None, trailer=True)`` decodes it and keeps the
+  trailers; the caller checks the body against the checksum the trailer carries.
 
 S3 requires ``x-amz-content-sha256`` on every request signed in the Authorization
 header (``InvalidRequest`` 400 without it, as AWS answers). The credential scope's
@@ -38,7 +43,10 @@ from urllib.parse import parse_qsl, quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
+QUERY_METHODS = {"GET": "POST", "POST": "GET"}  # a Query API's presigned URL: either method, the same request
 STREAMING = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+MAX_TRAILERS = 4096  # bytes of trailer lines after an aws-chunked body's final chunk
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = dt.timedelta(minutes=15)
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
@@ -81,7 +89,7 @@ class AuthResult:
     account_id: str
     region: str
     service: str
-    payload_mode: str  # "signed", "unsigned" or "streaming"
+    payload_mode: str  # "signed", "unsigned", "streaming" (signed chunks) or "trailer" (unsigned chunks)
     signing_key: bytes
     signature: str
     amz_date: str
@@ -270,10 +278,11 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
         raise _fail(dialect, "no_sha256", "Missing required header for this request: x-amz-content-sha256")
     elif declared:
         body_hash = declared
-        mode = {UNSIGNED: "unsigned", STREAMING: "streaming"}.get(declared, "signed")
+        mode = {UNSIGNED: "unsigned", STREAMING: "streaming", STREAMING_TRAILER: "trailer"}.get(declared, "signed")
         if mode == "signed" and not _SHA256_RE.fullmatch(declared):
             raise _fail(dialect, "payload", f"unsupported x-amz-content-sha256 {declared!r}: eucalab accepts "
-                        "a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
+                        "a hex SHA-256, UNSIGNED-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD or "
+                        "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
         if mode == "signed" and payload_hash is not None and payload_hash != declared:
             raise _fail(dialect, "signature", "x-amz-content-sha256 does not match the body")
     else:
@@ -290,13 +299,24 @@ def verify(method: str, raw_path: str, raw_query: str, headers, payload_hash: st
         raise _fail(dialect, "signature", f"signed header {exc.args[0]} is missing") from None
     key = signing_key(secret, date, scope_region, scope_service)
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature) and presigned and scope_service != "s3" \
+            and method in QUERY_METHODS:
+        # botocore presigns a Query API operation with the operation's method (POST for EC2),
+        # and a user opens the URL with GET. For a Query API both carry the same request (the
+        # action and its parameters are all in the signed query), so either method's signature
+        # is accepted; S3's methods differ in meaning, and are never exchanged.
+        other = QUERY_METHODS[method]
+        alt = _string_to_sign(other, raw_path, raw_query, drop, headers, signed_headers, body_hash, amz_date, scope)
+        expected = hmac.new(key, alt.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature):
         raise _fail(dialect, "signature", "the request signature does not match")
     return AuthResult(access_key, account_id, scope_region, scope_service, mode, key, signature, amz_date, scope)
 
 
 class ChunkedDecoder:
-    """Decode an aws-chunked body, verifying each chunk's signature as it arrives.
+    """Decode an aws-chunked body, verifying each chunk's signature as it arrives (or, with
+    ``auth`` None, unsigned chunks; ``trailer``: trailer lines follow the final chunk, kept
+    in ``trailers``).
 
     Feed raw bytes with ``feed()``; it returns the payload bytes decoded so far, so a
     caller streams the body to disk holding at most one chunk (``max_chunk``) here.
@@ -305,9 +325,11 @@ class ChunkedDecoder:
     payload bytes (to compare with ``x-amz-decoded-content-length``).
     """
 
-    def __init__(self, auth: AuthResult, max_chunk: int = 16 * 2**20):
+    def __init__(self, auth: AuthResult | None, max_chunk: int = 16 * 2**20, trailer: bool = False):
         self.auth = auth
-        self.prev = auth.signature
+        self.prev = auth.signature if auth else None
+        self.trailer = trailer
+        self.trailers: dict[str, str] = {}
         self.buf = bytearray()
         self.finished = False
         self.max_chunk = max_chunk
@@ -342,22 +364,28 @@ class ChunkedDecoder:
                 size = int(size_hex, 16)
             except ValueError:
                 raise self._malformed("bad chunk size") from None
-            if size > self.max_chunk or len(sig_part) != 64:
+            if size > self.max_chunk or len(sig_part) != (64 if self.auth else 0):
                 raise self._malformed("bad chunk header")
             start = end + 2
+            if size == 0 and self.trailer:
+                done = self._read_trailers(start)
+                if done is not None:
+                    pos = done
+                break  # not all here yet: the final chunk's header is read again with the rest
             if len(self.buf) < start + size + 2:
                 break
             if self.buf[start + size:start + size + 2] != b"\r\n":
                 raise self._malformed("a chunk is not followed by CRLF")
             data = memoryview(self.buf)[start:start + size]
             try:
-                expected = self._chunk_signature(data)
-                if not hmac.compare_digest(expected, sig_part):
-                    raise SigV4Error("SignatureDoesNotMatch", "a chunk signature does not match", 403)
+                if self.auth is not None:
+                    expected = self._chunk_signature(data)
+                    if not hmac.compare_digest(expected, sig_part):
+                        raise SigV4Error("SignatureDoesNotMatch", "a chunk signature does not match", 403)
+                    self.prev = expected
                 out += data
             finally:
                 data.release()
-            self.prev = expected
             self.decoded += size
             pos = start + size + 2
             if size == 0:
@@ -367,3 +395,24 @@ class ChunkedDecoder:
                 break
         del self.buf[:pos]
         return bytes(out)
+
+    def _read_trailers(self, start: int) -> int | None:
+        """After the final chunk's header, at ``start``: trailer lines ``name:value`` up to an
+        empty line. Sets ``trailers`` and ``finished`` and returns where they end, or None
+        when they are not all here yet."""
+        end = self.buf.find(b"\r\n\r\n", start - 2, start + MAX_TRAILERS)
+        if end < 0:
+            if len(self.buf) - start > MAX_TRAILERS:
+                raise self._malformed("trailers too long")
+            return None
+        for line in bytes(self.buf[start:end]).decode("ascii", "replace").split("\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name.strip():
+                raise self._malformed("bad trailer line")
+            self.trailers[name.strip().lower()] = value.strip()
+        self.finished = True
+        if len(self.buf) > end + 4:
+            raise self._malformed("data after the trailers")
+        return end + 4

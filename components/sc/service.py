@@ -451,6 +451,7 @@ class StorageController(Service):
                     return
                 payload = await reader.readexactly(length) if op in (b"L", b"A", b"W") and length else b""
                 if op in (b"L", b"A"):
+                    await self.handover_settled()  # a planned switchover: answered once it is settled
                     if not self.may_serve():
                         # A standby (or a member that lost the pair) takes no session: the
                         # initiator tries the VIP again until the primary answers there.
@@ -477,6 +478,7 @@ class StorageController(Service):
                     self.sessions.setdefault(volume, set()).add(writer)
                     await reply(bp.OK)
                     continue
+                await self.handover_settled()
                 if not self.may_serve():
                     await reply(bp.NOT_PRIMARY, b"no longer the primary: log in through the service VIP")
                     return

@@ -36,6 +36,7 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from components.common.accounts import AccountResolver, AccountsUnavailable, access_key_of
 from components.common.names import valid_bucket, valid_key, xml_text
@@ -838,7 +839,13 @@ class Walrus(Service):
         """
         headers = request.headers if chunks is None else {}
         length = request.content_length
-        if chunks is None and length is None:  # as S3: a body must say its length
+        trailer = auth is not None and auth.payload_mode == "trailer"
+        if trailer and "x-amz-decoded-content-length" not in headers:
+            raise S3Error("MissingContentLength", "An aws-chunked body must say its length in "
+                          "x-amz-decoded-content-length.", 411, key)
+        # As S3: a body must say its length (an aws-chunked one with a trailer says it above:
+        # botocore sends it with Transfer-Encoding chunked).
+        if chunks is None and length is None and not trailer:
             if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
                 raise S3Error("NotImplemented", "A header you provided implies functionality that is not "
                               "implemented: Transfer-Encoding", 501, key)
@@ -849,9 +856,13 @@ class Walrus(Service):
         size_hint = int(declared_len) if declared_len else length
         if size_hint is not None and size_hint > self.max_object:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size", 400, key)
+        # The checksum an aws-chunked body's trailer carries (x-amz-trailer names it).
+        trailed = headers.get("x-amz-trailer", "").strip().lower() if trailer else ""
         refuse_unverified(headers, key)
-        digests = {h: fn() for h, fn in CHECKSUMS.items() if h in headers}
-        decoder = ChunkedDecoder(auth) if auth is not None and auth.payload_mode == "streaming" else None
+        refuse_unverified({trailed: ""}, key)
+        digests = {h: fn() for h, fn in CHECKSUMS.items() if h in headers or h == trailed}
+        decoder = (ChunkedDecoder(auth) if auth is not None and auth.payload_mode == "streaming"
+                   else ChunkedDecoder(None, trailer=True) if trailer else None)
         md5, sha, crc, size = hashlib.md5(), hashlib.sha256(), 0, 0
         name = uuid.uuid4().hex
         tmp = self.store.objects / f".{name}.part"
@@ -877,6 +888,12 @@ class Walrus(Service):
                 raise S3Error("IncompleteBody", "The request body ended early", 400, key)
             if decoder and declared_len is not None and str(size) != declared_len:
                 raise S3Error("IncompleteBody", "x-amz-decoded-content-length does not match the body", 400, key)
+            if trailed and trailed not in decoder.trailers:
+                raise S3Error("IncompleteBody", f"the body's trailer lacks {trailed}, which x-amz-trailer "
+                              "announced", 400, key)
+            if decoder and decoder.trailers:
+                headers = CIMultiDict(headers)
+                headers.update(decoder.trailers)
             verify_digests(headers, auth, md5, sha, crc, digests, key)
         except S3Error:
             tmp.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ def test_the_cc_answers_a_digest_per_group_it_holds(tmp_path, monkeypatch):
     sent = {"id": "sg-1", "name": "web", "account": "123456789012",
             "rules": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}]}
 
-    async def apply(config, primary, armed=False, inline=False):  # no namespace to route in
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):  # no namespace to route in
         return {"added": [], "announced": {}}
 
     monkeypatch.setattr(router, "apply_router_async", apply)

@@ -69,7 +69,7 @@ class FakeNC:
 
 def cluster(tmp_path, monkeypatch, ncs: dict[str, FakeNC], body):
     """A CC (its API on a test server) over ``ncs``; ``body(cc, client, url)`` drives it."""
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         return {"added": [], "announced": {}}
 
     monkeypatch.setattr(router, "apply_router_async", apply)

@@ -38,7 +38,7 @@ def _config(tmp_path, host: str, **extra) -> dict:
 def pair(tmp_path, monkeypatch, body, delays=()):
     """A primary CC (its API on a test server) replicating to a standby CC on 127.0.0.1; the
     standby's n-th replication request waits ``delays[n]`` seconds before it is handled."""
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         return {"added": [], "announced": {}}
 
     monkeypatch.setattr(router, "apply_router_async", apply)

@@ -27,7 +27,7 @@ NEWER = {"id": "i-new", "slot": "c1n1v2", "ip": "10.101.16.3", "mac": "d0:0d:0a:
 def test_the_router_moves_before_the_ncs_are_asked_and_again_with_what_they_add(tmp_path, monkeypatch):
     log: list[tuple[str, object]] = []
 
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         log.append(("router", sorted(config.public_addresses + config.private_addresses)))
         return {"added": [], "announced": {}}
 
@@ -77,7 +77,7 @@ def test_with_the_controller_a_new_primary_routes_while_it_pushes_its_intent(tmp
     controller."""
     log: list = []
 
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         log.append("addresses")
         return {"added": [], "announced": {}}
 
@@ -127,7 +127,7 @@ def test_a_secondary_arms_each_replicated_view_and_its_promotion_loads_no_rules(
 
     log: list = []
 
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         role = "primary" if primary else "armed" if armed else "withdrawn"
         log.append((role + (", inline" if inline else ""), config.ruleset,
                     sorted(config.public_addresses + config.private_addresses)))
@@ -208,7 +208,7 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
     """A CC on a fake controller (Unix socket) and a recorded router; ``body(cc)`` drives it."""
     from components.common.service import ServiceState
 
-    async def apply(config, primary, armed=False, inline=False):
+    async def apply(config, primary, armed=False, inline=False, announce_held=False):
         log.append(("router", "primary" if primary else "withdrawn"))
         return {"added": [], "announced": {}}
 

@@ -18,7 +18,7 @@ from tests.support.processes import clc_and_walrus
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
-ADDRESSES = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+ADDRESSES = [f"127.0.0.{n}" for n in range(2, 9)]  # 127.0.0.9 is nobody
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,34 @@ def test_terminate_detaches_the_instance_s_volumes(cloud):
     assert got["State"] == "available" and not got["Attachments"]
     assert ("DELETE", f"/cluster/instances/{iid}/volumes/{vol}") in cc.calls
     ec2.delete_volume(VolumeId=vol)
+
+
+def test_user_data_is_served_to_its_instance_only(cloud):
+    """RunInstances' UserData (boto3 and the AWS CLI send it base64) at /latest/user-data."""
+    base, cc, ec2, ids, web = cloud
+    emi = ec2.describe_images()["Images"][0]["ImageId"]
+    script = "#!/bin/sh\necho hello from user-data\n"
+    iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, UserData=script)["Instances"][0]["InstanceId"]
+    assert wait_for(lambda: states(ec2, [iid])[iid] == "running")
+    ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    try:
+        assert get_from(base, "/latest/user-data", ip) == (200, script)
+        other = ec2.describe_instances(InstanceIds=[ids[0]])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+        assert get_from(base, "/latest/user-data", other)[0] == 404  # launched without user data
+        assert get_from(base, "/latest/user-data", "127.0.0.9")[0] == 404  # no instance there
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
+    assert get_from(base, "/latest/user-data", ip)[0] == 404
+
+
+@pytest.mark.parametrize("data, why", [("not base64!", "BASE64"), ("QUFB" * 5462, "limited")])
+def test_bad_user_data_is_refused_and_starts_nothing(cloud, data, why):
+    from .clc_client import raw_call
+
+    base, cc, ec2, ids, web = cloud
+    emi = ec2.describe_images()["Images"][0]["ImageId"]
+    before = len(cc.instances)
+    status, text = raw_call(base, {"Action": "RunInstances", "ImageId": emi, "MinCount": "1", "MaxCount": "1",
+                                   "UserData": data, "Version": "2016-11-15"})
+    assert status == 400 and "<Code>InvalidParameterValue</Code>" in text and why in text
+    assert len(cc.instances) == before

@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import pytest
 
-from controllers.fakeoftable import FakeFabric
+from tests.support.fakeoftable import FakeFabric
 from controllers.flows import compute_flows, edge_bridges, edge_flows, port_masks
 from controllers.intent import validate
 from controllers.topology import Topology

@@ -199,6 +199,19 @@ def test_primary_holds_exactly_the_intents_addresses_and_announces_the_new_ones(
     assert fake.announced == [] and fake.commands == []
 
 
+def test_a_takeover_announces_what_the_host_still_held(fake):
+    """Two planned switchovers in a row: the member taking the cluster back still holds the
+    router (it was forwarding); its neighbours point at the peer and must be pulled back."""
+    apply_router(render_router(INTENT, HOST), primary=True)
+    fake.announced.clear()
+    fake.commands.clear()
+    result = apply_router(render_router(INTENT, HOST), primary=True, announce_held=True)
+    assert result["added"] == [] and fake.commands == []
+    assert fake.announced == [("c1cc1-eth1", "10.101.16.1"), ("c1cc1-eth1", "10.101.16.17"),
+                              ("c1cc1-eth0", "10.0.128.5")]
+    assert result["announced"] == {"c1cc1-eth1": ["10.101.16.1", "10.101.16.17"], "c1cc1-eth0": ["10.0.128.5"]}
+
+
 def test_a_changed_intent_costs_one_transaction_and_only_the_address_changes(fake):
     apply_router(render_router(INTENT, HOST), primary=True)
     fake.commands.clear()

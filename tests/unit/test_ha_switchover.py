@@ -1,0 +1,224 @@
+"""Operator transitions of an HA member (Eucalyptus's ModifyService): the planned switchover,
+maintenance (STOPPED), and refusals that change nothing; without a network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from components.common import ha as ha_mod
+from components.common.ha import TransitionError
+from components.common.states import ServiceState
+
+from .components_helper import until
+from .test_ha_agent import decide, events, heartbeat, make_agent, run_in_loop
+
+ENABLED, DISABLED, STOPPED = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.STOPPED
+
+
+class Wire:
+    """A transport that keeps every heartbeat the agent sends, opened."""
+
+    def __init__(self, agent):
+        self.agent, self.sent = agent, []
+
+    def sendto(self, data, addr):
+        self.sent.append(json.loads(ha_mod.unseal(self.agent.secret, data)))
+
+
+def primary_with_standby(tmp_path, **kw):
+    svc, agent = make_agent(tmp_path, state="ENABLED", **kw)
+    agent.epoch = 2
+    agent.handover_drain_s = 0.02
+    agent._transport = wire = Wire(agent)
+    return svc, agent, wire
+
+
+def test_a_planned_switchover_offers_the_pair_keeps_the_vip_until_the_peer_took_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(ha_mod, "GARP_SCHEDULE_S", (0.0,))
+    svc, agent, wire = primary_with_standby(tmp_path)
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2)
+        assert agent.transition("DISABLED") == "DISABLE"  # a state name stands for its transition
+        h = agent.handover
+        await until(lambda: h.phase == "offered")
+        assert svc.state is DISABLED
+        assert wire.sent[-1]["handover"] and wire.sent[-1]["state"] == "DISABLED"
+        assert not any(c[:3] == ("ip", "addr", "del") for c in agent.commands)  # the VIP is still here
+        await agent._decide("tick")
+        assert svc.state is DISABLED  # it never takes the pair back by election meanwhile
+        heartbeat(agent, state="ENABLED", epoch=3)
+        await until(lambda: h.settled.is_set())
+        assert h.successor == "10.254.1.2"  # held requests go to the new primary
+        await until(lambda: agent.handover is None)
+        assert any(c[:3] == ("ip", "addr", "del") for c in agent.commands)
+
+    asyncio.run(go())
+    assert not agent.discard_pending  # its state is the pair's: nothing to drop and fetch again
+    kinds = events(tmp_path)
+    assert kinds.index("ha.handover_start") < kinds.index("ha.handover") < kinds.index("ha.demote")
+
+
+def test_a_switchover_the_peer_does_not_take_is_undone(tmp_path):
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_timeout_s = 0.05
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2)
+        agent.transition("DISABLE")
+        await until(lambda: agent.handover is None)
+
+    asyncio.run(go())
+    assert svc.state is ENABLED and agent.epoch == 3 and agent.handover is None
+    assert "ha.handover_aborted" in events(tmp_path)
+
+
+def test_the_standby_takes_an_offered_pair_at_once_even_when_it_would_lose_the_election(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=2, priority=5, handover=True))
+    decide(agent)
+    assert svc.state is ENABLED and agent.epoch == 3
+    assert agent.peer.handover
+
+
+def test_a_standby_behind_does_not_take_an_offered_pair(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    agent.last_seq = lambda: 4
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=2, last_seq=5, priority=5, handover=True))
+    decide(agent)
+    assert svc.state is DISABLED
+
+
+@pytest.mark.parametrize("peer", [None, "NOTREADY", "STOPPED", "ENABLED"])
+def test_disable_is_refused_when_the_peer_cannot_take_over(tmp_path, peer):
+    svc, agent, wire = primary_with_standby(tmp_path)
+    if peer:
+        run_in_loop(lambda: heartbeat(agent, state=peer, epoch=1))
+    with pytest.raises(TransitionError) as err:
+        agent.transition("DISABLE")
+    assert err.value.code == "IncorrectState"
+    assert svc.state is ENABLED and agent.handover is None and wire.sent == []
+
+
+@pytest.mark.parametrize("name", ["PROMOTE", "", "enable;rm"])
+def test_an_unknown_transition_is_refused(tmp_path, name):
+    svc, agent, wire = primary_with_standby(tmp_path)
+    with pytest.raises(TransitionError) as err:
+        agent.transition(name)
+    assert err.value.code == "InvalidParameterValue" and svc.state is ENABLED
+
+
+def test_enable_on_the_standby_of_an_enabled_peer_says_to_disable_the_peer(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2))
+    with pytest.raises(TransitionError, match="DISABLE it"):
+        agent.transition("ENABLE")
+    assert svc.state is DISABLED
+
+
+def test_a_stopped_member_never_takes_over_and_starts_again_as_a_standby(tmp_path):
+    svc, agent = make_agent(tmp_path, role="secondary")
+    agent._transport = wire = Wire(agent)
+    run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2))
+    agent.transition("STOP")
+    assert svc.state is STOPPED and wire.sent[-1]["state"] == "STOPPED"
+    agent.peer.heard -= 1.0  # the ENABLED peer dies during the maintenance
+    decide(agent)
+    assert svc.state is STOPPED  # no failover towards a member stopped on purpose
+    with pytest.raises(TransitionError):
+        agent.transition("ENABLE")
+    agent.transition("START")
+    assert svc.state is DISABLED and agent.hold_until > ha_mod._mono()  # listens before claiming anything
+
+
+def test_a_member_still_forwarding_takes_the_pair_back_when_it_is_offered_again(tmp_path):
+    """Two switchovers in a row: the old member still forwards (and holds its VIPs) when the
+    new one hands the pair back; it takes it and serves again, with no handover left."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_drain_s = 5.0
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2)
+        agent.transition("DISABLE")
+        await until(lambda: agent.handover.phase == "offered")
+        heartbeat(agent, state="ENABLED", epoch=3)
+        await until(lambda: agent.handover.phase == "forwarding")
+        assert svc.state is DISABLED
+        heartbeat(agent, state="DISABLED", epoch=3, handover=True)
+        await until(lambda: svc.state is ENABLED)
+        assert agent.epoch == 4 and agent.handover is None
+        await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    assert not any(c[:3] == ("ip", "addr", "del") for c in agent.commands)  # it kept the VIP throughout
+
+
+def test_a_switchover_waits_one_arp_locktime_after_the_member_took_the_pair(tmp_path):
+    """Neighbours ignore an ARP update within a second of the last change: a member that has
+    just taken the pair serves on as usual, and hands it over only once that second passed."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.promoted_at = ha_mod._mono()
+
+    async def go():
+        async def standby():  # the peer's heartbeats go on meanwhile
+            while True:
+                heartbeat(agent, state="DISABLED", epoch=2)
+                await asyncio.sleep(0.04)
+
+        beats = asyncio.ensure_future(standby())
+        await asyncio.sleep(0)
+        agent.transition("DISABLE")
+        await asyncio.sleep(0.5)
+        assert svc.state is ENABLED and agent.handover.phase == "waiting"
+        assert not any(m.get("handover") for m in wire.sent)
+        await until(lambda: agent.handover.phase == "offered", 2.0)
+        assert svc.state is DISABLED
+        beats.cancel()
+
+    asyncio.run(go())
+
+
+def test_a_peer_behind_is_waited_for_while_this_member_serves_and_never_given_the_pair(tmp_path):
+    """Back from maintenance, the standby lacks writes: the switchover waits (serving as
+    usual), and is undone without holding a request or leaving ENABLED if it stays behind."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_timeout_s = 0.2
+    agent.last_seq = lambda: 9
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2, last_seq=4)
+        h = agent.transition("DISABLE") and agent.handover
+        await asyncio.sleep(0.1)
+        assert h.phase == "waiting" and svc.state is ENABLED
+        await until(lambda: agent.handover is None)
+        assert h.settled.is_set() and h.successor is None
+
+    asyncio.run(go())
+    assert svc.state is ENABLED and agent.epoch == 2  # never left ENABLED: nothing to take back
+    assert not any(m.get("handover") for m in wire.sent)
+    assert "ha.handover_aborted" in events(tmp_path)
+
+
+def test_stop_right_after_a_switchover_applies_once_the_forwarding_is_done(tmp_path):
+    """DISABLE then STOP at once (maintenance of the old primary): the STOP is taken while the
+    member still forwards, and it is STOPPED once its VIPs are gone."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_drain_s = 0.1
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2)
+        agent.transition("DISABLE")
+        h = agent.handover
+        await until(lambda: h.phase == "offered")
+        heartbeat(agent, state="ENABLED", epoch=3)
+        await until(lambda: h.phase == "forwarding")
+        assert agent.transition("STOP") == "STOP" and svc.state is DISABLED
+        with pytest.raises(TransitionError):
+            agent.transition("ENABLE")  # anything else waits for the switchover to end
+        await until(lambda: agent.handover is None)
+
+    asyncio.run(go())
+    assert svc.state is STOPPED and any(c[:3] == ("ip", "addr", "del") for c in agent.commands)
