@@ -476,7 +476,7 @@ def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, core
                 held[:] = [now_held, time.monotonic()]
             return len(now_held) == 1 and time.monotonic() - held[1] >= settle
 
-        if not _wait(settled, 30):
+        if not wait_until(settled, 30, step=0.05):
             raise RuntimeError(f"keepalived: no single master at start-up: {held[0]}")
         logs = {h: dep.process(h, "keepalived").dir / "stdout.log" for h in hosts}
         offsets = {h: logs[h].stat().st_size for h in hosts}

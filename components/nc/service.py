@@ -45,7 +45,6 @@ all; the attachment's session logs in again through the SC's VIP meanwhile
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal

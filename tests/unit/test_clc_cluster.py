@@ -203,7 +203,7 @@ def test_user_data_is_served_to_its_instance_only(cloud):
     emi = ec2.describe_images()["Images"][0]["ImageId"]
     script = "#!/bin/sh\necho hello from user-data\n"
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, UserData=script)["Instances"][0]["InstanceId"]
-    assert wait_for(lambda: states(ec2, [iid])[iid] == "running")
+    assert wait_until(lambda: states(ec2, [iid])[iid] == "running")
     ip = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
     try:
         assert get_from(base, "/latest/user-data", ip) == (200, script)

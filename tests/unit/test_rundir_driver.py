@@ -1,7 +1,6 @@
 """rundir.driver_alive: whether a registry record's driver still runs; a run directory its control socket fits in."""
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
