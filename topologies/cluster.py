@@ -23,10 +23,10 @@ from __future__ import annotations
 import subprocess
 from typing import Callable
 
-from mininet.examples.cluster import MininetCluster, RemoteGRELink, RemoteHost, RemoteMixin, RemoteOVSSwitch
+from mininet.examples.cluster import MininetCluster, Placer, RemoteGRELink, RemoteHost, RemoteMixin, RemoteOVSSwitch
 from mininet.util import quietRun
 
-from .placement import TUNNEL_MTU
+from .placement import TUNNEL_MTU, Placement
 
 TUNNEL_KINDS = ("gretap", "vxlan")
 VXLAN_PORT = 4789
@@ -94,6 +94,19 @@ class TunnelLink(RemoteGRELink):
             if not self.moveIntf(intf, node):
                 raise ClusterError(f"cannot move {intf} into {node} on {node.server}")
         return None
+
+
+def placer_for(placement: Placement) -> type[Placer]:
+    """A Mininet placer (``MininetCluster(placement=...)``) that places as ``placement`` says."""
+
+    class PlanPlacer(Placer):
+        def place(self, node: str) -> str:
+            try:
+                return placement.server_of[node]
+            except KeyError:
+                raise ClusterError(f"{node} is not in the deployment's plan: no server for it") from None
+
+    return PlanPlacer
 
 
 def probe_command(kind: str) -> str:

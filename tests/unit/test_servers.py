@@ -51,3 +51,15 @@ def test_the_probe_line_runs_here_and_reports_this_machine():
     got = json.loads(proc.stdout)
     assert set(got) == {"mininet", "commit", "mtu", "tunnels"}
     assert got["mtu"] and got["mtu"] > 0
+
+
+def test_clock_offset_takes_the_shortest_exchange_and_states_its_resolution():
+    # The far clock runs 100 s behind; the second exchange has the shortest round trip.
+    got = servers.clock_offset([(10.0, -89.0, 12.0), (20.0, -79.9, 20.2), (30.0, -69.0, 30.5)])
+    assert abs(got.offset_s - (-100.0)) < 1e-9 and abs(got.resolution_s - 0.1) < 1e-9
+    assert got.samples == 3
+
+
+def test_clock_offset_of_this_machine_against_itself_is_within_its_resolution():
+    got = servers.measure_clock_offset(["sh", "-c"], samples=10)
+    assert abs(got.offset_s) <= got.resolution_s and got.samples == 10

@@ -47,3 +47,15 @@ def test_the_probe_makes_and_deletes_one_device_on_a_documentation_network():
 def test_ssh_goes_through_the_runs_configuration_only():
     assert cl._ssh_base("/run/x/ssh/config")[-2:] == ["-F", "/run/x/ssh/config"]
     assert "-F" not in cl._ssh_base(None)
+
+
+def test_mininets_placer_places_as_the_plan_says():
+    from topologies.placement import place
+    from topologies.plan import build_plan
+    from topologies.spec import spec_from_dict
+
+    placement = place(build_plan(spec_from_dict({"servers": ["localhost", "10.99.0.2"], "clusters": 1})))
+    placer = cl.placer_for(placement)(servers=placement.servers, nodes=list(placement.server_of))
+    assert placer.place("clc1") == "localhost" and placer.place("c1n1") == "10.99.0.2"
+    with pytest.raises(cl.ClusterError, match="h9 is not in the deployment's plan"):
+        placer.place("h9")
