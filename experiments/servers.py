@@ -64,20 +64,25 @@ def probe_line(back: str) -> str:
     """The shell line a server runs to report on itself (``back``: this machine's address)."""
     code = _PROBE % {"repo": shlex.quote(str(REPO_ROOT)), "back": back,
                      "probes": [(k, probe_command(k)) for k in TUNNEL_KINDS]}
-    return "python3 -c " + shlex.quote(code)
+    # The server's own eucalab environment: the Python eucalab runs Mininet with there.
+    return f"{shlex.quote(str(REPO_ROOT / '.venv' / 'bin' / 'python'))} -c {shlex.quote(code)}"
 
 
 def findings(server: str, ssh: subprocess.CompletedProcess, local: dict) -> list[Finding]:
     """``eucalab check`` lines for one server from its ssh answer and this machine's ``local``
     facts (mininet, eucalab_commit, tunnels)."""
-    if ssh.returncode != 0:
+    # ssh itself exits 255; any other status is the probe's, run after logging in.
+    if ssh.returncode in (255, 124):
         return [Finding(f"{server}: ssh", False, (ssh.stderr or "no answer").strip()[-200:], SSH_FIX)]
-    try:
-        got = json.loads(ssh.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        return [Finding(f"{server}: ssh", False, f"unreadable answer: {ssh.stdout[-200:]!r}",
-                        "install python3 on the server")]
     out = [Finding(f"{server}: ssh", True, "root, no password")]
+    try:
+        if ssh.returncode != 0:
+            raise ValueError
+        got = json.loads(ssh.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return out + [Finding(f"{server}: eucalab", False,
+                              f"no answer from its .venv: {(ssh.stdout + ssh.stderr).strip()[-200:]!r}",
+                              f"check out eucalab at {REPO_ROOT} there and run make setup")]
     same = got.get("mininet") == local["mininet"]
     out.append(Finding(f"{server}: mininet", same, f"{got.get('mininet')} (here {local['mininet']})",
                        f"install Mininet {local['mininet']} there (apt-get install mininet on the same "

@@ -41,8 +41,11 @@ def test_ssh_failure_or_garbage_is_one_clear_finding():
     refused = subprocess.CompletedProcess([], 255, "", "root@s2: Permission denied (publickey).")
     [f] = servers.findings("s2", refused, LOCAL)
     assert not f.ok and "Permission denied" in f.detail and "ssh-copy-id" in f.fix
-    [f] = servers.findings("s2", subprocess.CompletedProcess([], 0, "bash: python3: not found", ""), LOCAL)
-    assert not f.ok and "python3" in f.fix
+    # Logged in, but no eucalab there to answer: ssh is fine, eucalab is what is missing.
+    for answer in (subprocess.CompletedProcess([], 127, "", ".venv/bin/python: not found"),
+                   subprocess.CompletedProcess([], 0, "garbage", "")):
+        ssh, f = servers.findings("s2", answer, LOCAL)
+        assert ssh.ok and not f.ok and f.name == "s2: eucalab" and "make setup" in f.fix
 
 
 def test_the_probe_line_runs_here_and_reports_this_machine():
@@ -51,6 +54,10 @@ def test_the_probe_line_runs_here_and_reports_this_machine():
     got = json.loads(proc.stdout)
     assert set(got) == {"mininet", "commit", "mtu", "tunnels"}
     assert got["mtu"] and got["mtu"] > 0
+    # The same answers eucalab check compares against.
+    from experiments.versions import versions
+    here = versions()
+    assert (got["mininet"], got["commit"]) == (here["mininet"], here["eucalab_commit"])
 
 
 def test_clock_offset_takes_the_shortest_exchange_and_states_its_resolution():
