@@ -43,7 +43,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .clocks import ClockOffset
 
 log = logging.getLogger(__name__)
 
@@ -591,10 +594,16 @@ class VMServer:
     ssh_config: Path
     nic: GuestNIC
     vm: RunningVM
+    clock: "ClockOffset | None" = None  # its CLOCK_MONOTONIC minus this machine's
+
+    @property
+    def ssh_command(self) -> list[str]:
+        """ssh to the server with the run's configuration; append the remote command line."""
+        return ["ssh", "-F", str(self.ssh_config), self.address]
 
     def ssh(self, command: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
         """Run ``command`` (a shell line) on the server as root."""
-        return _run(["ssh", "-F", str(self.ssh_config), self.address, command], timeout=timeout_s)
+        return _run(self.ssh_command + [command], timeout=timeout_s)
 
 
 def _wait_until(check: Callable[[], bool], timeout_s: float, what: str, vm: RunningVM) -> None:
@@ -615,7 +624,7 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     The guest gets one network card, on a tap device of this machine (``nic.tap``, made by
     qemu and gone with it) and a /30 of its own, and runs sshd with keys made for this run
     (``out_dir/ssh``) and Open vSwitch. ``server.json`` in ``out_dir`` records qemu's pid
-    and the tap's name for ``eucalab cleanup``. On exit the guest is asked to power off;
+    and the tap's name for ``eucalab cleanup``; ``clock.json`` the guest's clock offset. On exit the guest is asked to power off;
     qemu is killed if it does not within the timeout."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "stop").unlink(missing_ok=True)
@@ -625,6 +634,9 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     # Under emulation the guest runs about 10 times slower than this machine.
     slow = 1.0 if running.accel == "kvm" else float(TCG_TIME_SCALE)
     boot_timeout_s = boot_timeout_s or 60 * slow
+    from . import rundir as rd
+    from .clocks import measure_clock_offset
+
     record = _register_server(out_dir, running, nic)
     server = VMServer(nic.guest_ip, config, nic, running)
     try:
@@ -638,7 +650,11 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
         _wait_until(lambda: "sshd" in running.timings, boot_timeout_s, "sshd in the guest", running)
         _wait_until(lambda: server.ssh("true", timeout_s=30).returncode == 0, boot_timeout_s,
                     f"ssh to {nic.guest_ip}", running)
-        say(f"vm: serving at {nic.guest_ip} over {nic.tap} (ssh -F {config} {nic.guest_ip})")
+        # One clock story: the guest's monotonic clock against this machine's, beside the record.
+        server.clock = measure_clock_offset(server.ssh_command)
+        rd.write_json(out_dir / "clock.json", {"server": nic.guest_ip, **dataclasses.asdict(server.clock)})
+        say(f"vm: serving at {nic.guest_ip} over {nic.tap} (ssh -F {config} {nic.guest_ip}); clock offset "
+            f"{server.clock.offset_s:.6f} s +- {server.clock.resolution_s * 1e3:.2f} ms")
         yield server
     finally:
         # Nothing in the guest outlives it (memory only): no orderly power-off to wait for.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from experiments import servers
+from experiments import clocks, servers
 from experiments.rundir import REPO_ROOT
 
 LOCAL = {"mininet": "2.3.0", "eucalab_commit": "abc123", "tunnels": ["vxlan"]}
@@ -62,11 +62,11 @@ def test_the_probe_line_runs_here_and_reports_this_machine():
 
 def test_clock_offset_takes_the_shortest_exchange_and_states_its_resolution():
     # The far clock runs 100 s behind; the second exchange has the shortest round trip.
-    got = servers.clock_offset([(10.0, -89.0, 12.0), (20.0, -79.9, 20.2), (30.0, -69.0, 30.5)])
+    got = clocks.clock_offset([(10.0, -89.0, 12.0), (20.0, -79.9, 20.2), (30.0, -69.0, 30.5)])
     assert abs(got.offset_s - (-100.0)) < 1e-9 and abs(got.resolution_s - 0.1) < 1e-9
     assert got.samples == 3
 
 
 def test_clock_offset_of_this_machine_against_itself_is_within_its_resolution():
-    got = servers.measure_clock_offset(["sh", "-c"], samples=10)
+    got = clocks.measure_clock_offset(["sh", "-c"], samples=10)
     assert abs(got.offset_s) <= got.resolution_s and got.samples == 10
