@@ -624,19 +624,19 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     The guest gets one network card, on a tap device of this machine (``nic.tap``, made by
     qemu and gone with it) and a /30 of its own, and runs sshd with keys made for this run
     (``out_dir/ssh``) and Open vSwitch. ``server.json`` in ``out_dir`` records qemu's pid
-    and the tap's name for ``eucalab cleanup``; ``clock.json`` the guest's clock offset. On exit the guest is asked to power off;
-    qemu is killed if it does not within the timeout."""
+    and the tap's name for ``eucalab cleanup``; ``clock.json`` the guest's clock offset.
+    On exit qemu is killed: the guest keeps nothing (its root is a tmpfs overlay), so its
+    bridges and interfaces go with it."""
+    from . import rundir as rd
+    from .clocks import measure_clock_offset
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "stop").unlink(missing_ok=True)
     config = make_ssh_keys(out_dir / "ssh", nic.guest_ip)
     running = start_vm(["bash", str(SERVE_SCRIPT), nic.guest_ip], out_dir, cwd=REPO, accel=accel,
                        nic=nic, say=say)
     # Under emulation the guest runs about 10 times slower than this machine.
     slow = 1.0 if running.accel == "kvm" else float(TCG_TIME_SCALE)
     boot_timeout_s = boot_timeout_s or 60 * slow
-    from . import rundir as rd
-    from .clocks import measure_clock_offset
-
     record = _register_server(out_dir, running, nic)
     server = VMServer(nic.guest_ip, config, nic, running)
     try:
@@ -648,8 +648,7 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
             if proc.returncode != 0:
                 raise VMError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         _wait_until(lambda: "sshd" in running.timings, boot_timeout_s, "sshd in the guest", running)
-        _wait_until(lambda: server.ssh("true", timeout_s=30).returncode == 0, boot_timeout_s,
-                    f"ssh to {nic.guest_ip}", running)
+        _wait_until(lambda: _answers(server), boot_timeout_s, f"ssh to {nic.guest_ip}", running)
         # One clock story: the guest's monotonic clock against this machine's, beside the record.
         server.clock = measure_clock_offset(server.ssh_command)
         rd.write_json(out_dir / "clock.json", {"server": nic.guest_ip, **dataclasses.asdict(server.clock)})
@@ -661,6 +660,13 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
         running.close()
         record.unlink(missing_ok=True)
         say(f"vm: server at {nic.guest_ip} stopped; console: {running.console}")
+
+
+def _answers(server: VMServer) -> bool:
+    try:
+        return server.ssh("true", timeout_s=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _register_server(out_dir: Path, running: RunningVM, nic: GuestNIC) -> Path:
