@@ -103,3 +103,19 @@ def test_the_deployment_builder_refuses_several_servers_instead_of_building_loca
     plan = build_plan(spec_from_dict({"servers": ["localhost", VM], "clusters": 1}))
     with pytest.raises(NetworkError, match="on one machine only"):
         EucaNetwork(plan)
+
+
+def test_describe_shows_each_servers_share_and_its_tunnels():
+    from rich.console import Console
+
+    from topologies.describe import describe_table, servers_table
+
+    plan = build_plan(spec_from_dict({"servers": ["localhost", VM], "clusters": 1}))
+    console = Console(width=200, record=True)
+    console.print(servers_table(plan))
+    text = console.export_text()
+    assert "4 link(s) cross as tunnels" in text
+    assert "1: c1cc1-swcla" in text and "swc1, swc1a, swc1b, br1n1" in text
+    # One server: no servers table at all.
+    assert not any(getattr(r, "title", "") and "servers" in str(r.title)
+                   for r in describe_table(build_plan(DeploymentSpec())))
