@@ -85,20 +85,24 @@ def _pings(src, dst_ip: str, timeout_s: float) -> bool:
     return False
 
 
-def _capture(cmd: list[str], iface: str, bpf: str, seconds: float, count: int = 0) -> subprocess.Popen:
+def _capture(prefix: list[str], iface: str, bpf: str, seconds: float, count: int = 0) -> subprocess.Popen:
     """tcpdump started (listening) on ``iface`` for at most ``seconds`` (or ``count``
-    frames); its stdout lists the frames that matched ``bpf``."""
-    limit = f"-c {count} " if count else ""
-    proc = subprocess.Popen(cmd + [f"timeout {seconds:.0f} tcpdump -l -nn -e {limit}-i {iface} {bpf}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    assert "listening on" in line, line + proc.stderr.read()
+    frames); its stdout lists the frames that matched ``bpf``. ``prefix``: [] here, or the
+    ssh and nsenter words that run it elsewhere (one shell line after them)."""
+    line = f"timeout {seconds:.0f} tcpdump -l -nn -e {f'-c {count} ' if count else ''}-i {iface} {bpf}"
+    proc = subprocess.Popen(prefix + [line] if prefix else line.split(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "listening on" not in said:  # tcpdump's first line may be its verbosity notice
+        out = proc.stderr.readline()
+        assert out, said
+        said += out
     return proc
 
 
 def _in_ns(server, host) -> list[str]:
-    """A command prefix: the shell line after it runs in ``host``'s network namespace, on
-    whichever server the host is."""
+    """The words that run a shell line in ``host``'s network namespace, on whichever
+    server the host is."""
     ns = f"nsenter --net=/proc/{host.pid}/ns/net"
     if getattr(host, "isRemote", False):
         return server.ssh_command + [ns]
@@ -124,12 +128,11 @@ def test_the_cross_server_link_is_a_tunnel_device_at_both_ends(server, net):
 def test_hosts_reach_their_peers_across_the_tunnel_with_the_vlan_tag_on_it(server, net):
     mn, trunk, _ = net
     h1, h2, h3, h4 = mn["h1"], mn["h2"], mn["h3"], mn["h4"]
-    seen = _capture(["sh", "-c"], trunk.intf1.name, "vlan 10 and icmp", 30 * SLOW)
+    seen = _capture([], trunk.intf1.name, "vlan 10 and icmp", 60 * SLOW, count=2)
     assert _pings(h1, h2.IP(), scaled(20) * SLOW)
     assert _pings(h2, h1.IP(), scaled(20) * SLOW)
     assert _pings(h3, h4.IP(), scaled(20) * SLOW)
-    seen.terminate()
-    frames = seen.communicate()[0]
+    frames = seen.communicate(timeout=60 * SLOW)[0]
     # Frames between h1 and h2 cross the tunnel device with their 802.1Q tag.
     assert "vlan 10" in frames and h2.IP() in frames, frames
 
