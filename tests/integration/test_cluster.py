@@ -234,7 +234,7 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
             assert time.monotonic() < deadline, "the controller did not get every remote switch"
             time.sleep(0.2)
         state = server.ssh(" ; ".join(f"echo {n} $(ovs-vsctl get controller {n} is_connected) "
-                                      f"$(ovs-ofctl -O OpenFlow13 dump-flows {n} | grep -c priority=)"
+                                      f"$(ovs-ofctl -O OpenFlow13 dump-flows {n} | grep -c actions=)"
                                       for n in remote)).stdout.split("\n")
         for line in filter(None, state):
             name, connected, flows = line.split()
