@@ -30,8 +30,11 @@ from .placement import TUNNEL_MTU, Placement
 
 TUNNEL_KINDS = ("gretap", "vxlan")
 VXLAN_PORT = 4789
-# A probe device's name: made and deleted at once, on each server.
+# A probe device's name: made and deleted at once, on each server. Its key is the
+# largest VXLAN identifier: tunnels number theirs from 1, and a VXLAN device with the
+# identifier of an existing one on the same port is refused ("already exists").
 _PROBE = "euclprobe0"
+_PROBE_KEY = 2**24 - 1
 
 
 class ClusterError(RuntimeError):
@@ -112,9 +115,10 @@ def placer_for(placement: Placement) -> type[Placer]:
 def probe_command(kind: str) -> str:
     """A shell line that makes and deletes a tunnel device of ``kind``; exit 0 if it can."""
     if kind == "gretap":
-        add = f"ip link add {_PROBE} type gretap local 192.0.2.1 remote 192.0.2.2 key 1"
+        add = f"ip link add {_PROBE} type gretap local 192.0.2.1 remote 192.0.2.2 key {_PROBE_KEY}"
     else:
-        add = f"ip link add {_PROBE} type vxlan id 1 local 192.0.2.1 remote 192.0.2.2 dstport {VXLAN_PORT}"
+        add = (f"ip link add {_PROBE} type vxlan id {_PROBE_KEY} local 192.0.2.1 remote 192.0.2.2 "
+               f"dstport {VXLAN_PORT}")
     return f"{add} && ip link del {_PROBE}"
 
 
