@@ -29,8 +29,14 @@ MODE=${1:-all}
 #   qemu-system-x86, busybox-static, kmod
 #                                 the kernel lane (eucalab vm): a VM with Debian's kernel where
 #                                 this one lacks openvswitch, sch_netem or 8021q; modprobe, depmod
+#   openssh-server, openssh-client, sudo
+#                                 deployments over several servers (docs/cluster.md): Mininet's
+#                                 cluster support reaches servers with ssh and runs commands with
+#                                 sudo; the kernel-lane VM serves as a second server with sshd
+#                                 (started by eucalab with keys of its own, never as a service)
 PACKAGES="mininet openvswitch-switch iproute2 iptables python3-nftables nftables ethtool iputils-ping iputils-arping
-iperf3 curl socat tcpdump keepalived procps psmisc python3-venv python3-pip qemu-system-x86 busybox-static kmod"
+iperf3 curl socat tcpdump keepalived procps psmisc python3-venv python3-pip qemu-system-x86 busybox-static kmod
+openssh-server openssh-client sudo"
 
 OVS_CTL=/usr/share/openvswitch/scripts/ovs-ctl
 VENV=.venv

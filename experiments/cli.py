@@ -1,6 +1,6 @@
 """The ``eucalab`` command; every command it has:
 
-    eucalab check                     preflight: what this machine can do, what is missing
+    eucalab check [--servers SPEC]    preflight: what this machine can do, what is missing
     eucalab describe [SPEC] [--png F] hosts, networks, addresses, HA pairs (and a diagram)
     eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
@@ -47,6 +47,12 @@ def cmd_check(args) -> int:
     from . import preflight
 
     findings = preflight.run_checks()
+    if args.servers:
+        from .servers import check_servers
+
+        servers = _spec(args.servers).servers if args.servers.endswith((".yaml", ".yml")) else \
+            ["localhost"] + [s for s in args.servers.split(",") if s and s != "localhost"]
+        findings += check_servers(servers, ssh_config=args.ssh_config)
     preflight.render(findings)
     return 0 if all(f.ok for f in findings if f.required) else 1
 
@@ -241,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("check", help="preflight: what this machine has, what is missing and how to fix it")
+    s.add_argument("--servers", metavar="SPEC|HOST,...",
+                   help="also check the other servers of a deployment (a spec's servers, or a list): "
+                        "ssh as root, the same Mininet and eucalab, a common tunnel type, the MTU")
+    s.add_argument("--ssh-config", metavar="FILE", help="ssh client configuration for the servers (ssh -F)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("describe", help="hosts, networks, addresses and HA pairs of a spec")

@@ -911,6 +911,12 @@ def cleanup_runs(force: bool = False) -> list[str]:
         if not force and rd.driver_alive(record):
             report.append(f"{record.get('run_dir')}: driver {record['driver_pid']} still running, left alone")
             continue
+        if "vm_server" in record:  # the kernel-lane VM serving as a second server
+            from .vm import cleanup_server
+
+            report.append(f"{record.get('run_dir')}: VM server: {cleanup_server(record)}")
+            entry.unlink(missing_ok=True)
+            continue
         created = Created(**record.get("created", {}))
         # Only namespaces whose holder shell is still the recorded process are ours.
         live_shells = [pid for pid in created.shell_pids

@@ -25,6 +25,7 @@ and the output directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -42,7 +43,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .clocks import ClockOffset
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ KERNEL_PACKAGE = "linux-image-amd64"  # Debian's meta package: depends on the cu
 BUSYBOX = Path("/bin/busybox")  # busybox-static: no shared libraries needed in the initramfs
 QEMU = "qemu-system-x86_64"
 GUEST_SCRIPT = Path(__file__).with_name("vm_guest.sh")
+SERVE_SCRIPT = Path(__file__).with_name("vm_serve.sh")
 OUT_TAG, ROOT_TAG = "eucalabout", "hostroot"
 # What the initramfs needs to mount the host's root and the output share.
 INITRD_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
@@ -340,12 +345,29 @@ class VMResult:
     console: Path         # the whole serial console
 
 
+@dataclasses.dataclass(frozen=True)
+class GuestNIC:
+    """The VM's one network card, when it serves as a second server: a tap device on this
+    machine (qemu makes it and it vanishes with qemu) and a /30 of its own, so the link
+    carries traffic between this machine and the guest only."""
+
+    tap: str = "euclvm0"
+    host_ip: str = "10.99.0.1"
+    guest_ip: str = "10.99.0.2"
+    prefix: int = 30
+    mac: str = "52:54:00:ec:99:02"
+
+
 def qemu_command(kernel: Kernel, initramfs: Path, out_dir: Path, accel: str,
-                 cpus: int, memory_mib: int) -> list[str]:
-    """The qemu command line: no disk, no network card, host root and output over 9p."""
+                 cpus: int, memory_mib: int, nic: GuestNIC | None = None) -> list[str]:
+    """The qemu command line: no disk, host root and output over 9p; no network card
+    unless ``nic`` asks for one (a tap device on this machine, nothing else)."""
     cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
-    return [QEMU, *cpu, "-smp", str(cpus), "-m", str(memory_mib),
+    net = [] if nic is None else [
+        "-netdev", f"tap,id=n0,ifname={nic.tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=n0,mac={nic.mac}"]
+    return [QEMU, *cpu, "-smp", str(cpus), "-m", str(memory_mib), *net,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
             "-no-reboot", "-kernel", str(kernel.vmlinux), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
@@ -355,19 +377,78 @@ def qemu_command(kernel: Kernel, initramfs: Path, out_dir: Path, accel: str,
             "-device", f"virtio-9p-pci,fsdev=out,mount_tag={OUT_TAG}"]
 
 
-def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None = None,
-         accel: str = "auto", cpus: int | None = None, memory_mib: int = DEFAULT_MEMORY_MIB,
-         timeout_s: float = DEFAULT_TIMEOUT_S, cache: Path = CACHE,
-         say: Callable[[str], None] = print, echo: Callable[[str], None] | None = None) -> VMResult:
-    """Boot the VM, run ``job`` (argv) in ``cwd`` inside it, and return its exit status.
+class RunningVM:
+    """A booted VM: its qemu process, console and timings, until ``wait`` collects it."""
+
+    def __init__(self, proc: subprocess.Popen, out_dir: Path, console: Path, con, reader: threading.Thread,
+                 accel: str, timings: dict, t0: float, say: Callable[[str], None]):
+        self.proc, self.out_dir, self.console, self._con = proc, out_dir, console, con
+        self._reader, self.accel, self.timings, self._t0, self._say = reader, accel, timings, t0, say
+
+    def kill(self) -> None:
+        """Stop qemu and everything in its session now."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self) -> None:
+        """Kill qemu (the guest keeps nothing: its root is a tmpfs overlay) and close the console."""
+        self.kill()
+        self._reader.join(5)
+        self._con.close()
+        (self.out_dir / "job.json").unlink(missing_ok=True)
+
+    def wait(self, timeout_s: float) -> VMResult:
+        """Wait for the guest to power off (qemu is killed after ``timeout_s``); its result."""
+        # SIGTERM ends this process: qemu, in a session of its own, must go with it.
+        previous = signal.signal(signal.SIGTERM, _raise_exit) \
+            if threading.current_thread() is threading.main_thread() else None
+        try:
+            self.proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self._say(f"vm: no end within {timeout_s:.0f} s: stopping qemu (pid {self.proc.pid})")
+            self.kill()
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self._reader.join(5)
+            self._con.close()
+        self.timings["total"] = round(time.monotonic() - self._t0, 1)
+        rc_file = self.out_dir / "rc"
+        if timed_out:
+            rc = 124
+        elif rc_file.exists():
+            rc = int(rc_file.read_text().strip() or 125)
+        else:
+            rc = 125
+            self._say(f"vm: the guest ended without an exit status (qemu {self.proc.returncode}); "
+                      f"last console lines:\n" + "\n".join(self.console.read_text().splitlines()[-20:]))
+        (self.out_dir / "job.json").unlink(missing_ok=True)
+        return VMResult(rc, self.accel, self.timings, self.console)
+
+
+def start_vm(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None = None,
+             accel: str = "auto", cpus: int | None = None, memory_mib: int = DEFAULT_MEMORY_MIB,
+             nic: GuestNIC | None = None, cache: Path = CACHE, say: Callable[[str], None] = print,
+             echo: Callable[[str], None] | None = None) -> RunningVM:
+    """Boot the VM running ``job`` (argv) in ``cwd``; return at once (``RunningVM.wait``).
 
     The guest sees this machine's files at the same paths; ``$EUCALAB_VM_OUT`` inside is
-    ``out_dir`` here. ``echo`` gets every console line (progress of long jobs)."""
+    ``out_dir`` here. ``echo`` gets every console line (progress of long jobs). ``nic``
+    gives the guest a network card on a tap device of this machine."""
     if shutil.which(QEMU) is None:
         raise VMError(f"{QEMU} not found: apt-get install -y --no-install-recommends qemu-system-x86 "
                       "(make setup does)")
     if not BUSYBOX.exists():
         raise VMError(f"{BUSYBOX} not found: apt-get install -y busybox-static (make setup does)")
+    if nic is not None and Path("/sys/class/net", nic.tap).exists():
+        raise VMError(f"interface {nic.tap} exists already: another VM server runs, or one died "
+                      f"(eucalab cleanup; or ip link del {nic.tap})")
     t0 = time.monotonic()
     kernel = fetch_kernel(cache, say=say)
     initramfs = build_initramfs(kernel, GUEST_SCRIPT, cache)
@@ -376,64 +457,47 @@ def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None
     cpus = cpus or os.cpu_count() or 1
     out_dir.mkdir(parents=True, exist_ok=True)
     guest_env = {"EUCALAB_VM_OUT": "/mnt/eucalab-out", "EUCALAB_VM": accel, **(env or {})}
-    (out_dir / "job.json").write_text(json.dumps({"argv": job, "cwd": str(cwd), "env": guest_env}))
+    job_doc: dict = {"argv": job, "cwd": str(cwd), "env": guest_env}
+    if nic is not None:
+        job_doc["nic"] = {"mac": nic.mac, "address": f"{nic.guest_ip}/{nic.prefix}"}
+    (out_dir / "job.json").write_text(json.dumps(job_doc))
     for stale in ("rc", "marks"):
         (out_dir / stale).unlink(missing_ok=True)
     console = out_dir / "console.log"
-    cmd = qemu_command(kernel, initramfs, out_dir, accel, cpus, memory_mib)
+    cmd = qemu_command(kernel, initramfs, out_dir, accel, cpus, memory_mib, nic)
     say(f"vm: booting {kernel.release} under {accel.upper()}"
         f"{' (software emulation: 10-40x slower than this machine)' if accel == 'tcg' else ''}, "
         f"{cpus} vCPU, {memory_mib} MiB; console: {console}")
     timings: dict[str, float] = {}
-    with console.open("w") as con:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    con = console.open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
 
-        def pump() -> None:
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                if con.closed:  # the boot was cut short (timeout, signal): qemu is gone
-                    return
-                con.write(line + "\n")
-                con.flush()
-                if line.startswith("eucalab-vm: mark "):
-                    timings[line.split()[2]] = round(time.monotonic() - t0, 1)
-                if echo:
-                    echo(line)
+    def pump() -> None:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if con.closed:  # the boot was cut short (timeout, signal): qemu is gone
+                return
+            con.write(line + "\n")
+            con.flush()
+            if line.startswith("eucalab-vm: mark "):
+                timings[line.split()[2]] = round(time.monotonic() - t0, 1)
+            if echo:
+                echo(line)
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        # SIGTERM ends this process: qemu, in a session of its own, must go with it.
-        previous = signal.signal(signal.SIGTERM, _raise_exit) \
-            if threading.current_thread() is threading.main_thread() else None
-        try:
-            proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            say(f"vm: no end within {timeout_s:.0f} s: stopping qemu (pid {proc.pid})")
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        reader.join(5)
-    timings["total"] = round(time.monotonic() - t0, 1)
-    rc_file = out_dir / "rc"
-    if timed_out:
-        rc = 124
-    elif rc_file.exists():
-        rc = int(rc_file.read_text().strip() or 125)
-    else:
-        rc = 125
-        say(f"vm: the guest ended without an exit status (qemu {proc.returncode}); "
-            f"last console lines:\n" + "\n".join(console.read_text().splitlines()[-20:]))
-    (out_dir / "job.json").unlink(missing_ok=True)
-    return VMResult(rc, accel, timings, console)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    return RunningVM(proc, out_dir, console, con, reader, accel, timings, t0, say)
+
+
+def boot(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | None = None,
+         accel: str = "auto", cpus: int | None = None, memory_mib: int = DEFAULT_MEMORY_MIB,
+         timeout_s: float = DEFAULT_TIMEOUT_S, cache: Path = CACHE,
+         say: Callable[[str], None] = print, echo: Callable[[str], None] | None = None) -> VMResult:
+    """Boot the VM, run ``job`` (argv) in ``cwd`` inside it, and return its exit status."""
+    running = start_vm(job, out_dir, cwd=cwd, env=env, accel=accel, cpus=cpus, memory_mib=memory_mib,
+                       cache=cache, say=say, echo=echo)
+    return running.wait(timeout_s)
 
 
 def _raise_exit(signum, frame) -> None:
@@ -488,3 +552,152 @@ def main_test(pytest_args: list[str], out_dir: Path, accel: str = "auto",
 def main_run(argv: list[str], out_dir: Path, accel: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """``eucalab vm run -- CMD``: one command inside the VM, in the repository."""
     return _in_vm(argv, out_dir, accel, timeout_s)
+
+
+# --- the VM as a second server ----------------------------------------------------------
+
+def ssh_config_text(keys: Path, address: str) -> str:
+    """An ssh client configuration for this run's server only: its own key pair and
+    known host key, nothing from the user's ~/.ssh."""
+    return (f"Host {address}\n"
+            "    User root\n"
+            f"    IdentityFile {keys / 'client_key'}\n"
+            "    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {keys / 'known_hosts'}\n"
+            "    GlobalKnownHostsFile /dev/null\n"
+            "    StrictHostKeyChecking yes\n"
+            "    BatchMode yes\n"
+            "    ConnectTimeout 20\n")
+
+
+def make_ssh_keys(keys: Path, address: str, run: Runner = _run) -> Path:
+    """A client key, a host key and an ssh config made for one run (in ``keys``); the config's path."""
+    keys.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys, 0o700)
+    for name in ("client_key", "host_key"):
+        proc = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"eucalab-{name}",
+                    "-f", str(keys / name)])
+        if proc.returncode != 0:
+            raise VMError(f"ssh-keygen failed: {proc.stderr.strip()[-300:]} (apt-get install openssh-client)")
+    host_pub = (keys / "host_key.pub").read_text().split()
+    (keys / "known_hosts").write_text(f"{address} {host_pub[0]} {host_pub[1]}\n")
+    config = keys / "config"
+    config.write_text(ssh_config_text(keys, address))
+    return config
+
+
+@dataclasses.dataclass
+class VMServer:
+    """The kernel-lane VM up as a second server: reachable over ssh at ``address``."""
+
+    address: str
+    ssh_config: Path
+    nic: GuestNIC
+    vm: RunningVM
+    clock: "ClockOffset | None" = None  # its CLOCK_MONOTONIC minus this machine's
+
+    @property
+    def ssh_command(self) -> list[str]:
+        """ssh to the server with the run's configuration; append the remote command line."""
+        return ["ssh", "-F", str(self.ssh_config), self.address]
+
+    def ssh(self, command: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+        """Run ``command`` (a shell line) on the server as root."""
+        return _run(self.ssh_command + [command], timeout=timeout_s)
+
+
+def _wait_until(check: Callable[[], bool], timeout_s: float, what: str, vm: RunningVM) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if vm.proc.poll() is not None:
+            raise VMError(f"the VM ended while waiting for {what}; console: {vm.console}")
+        if time.monotonic() > deadline:
+            raise VMError(f"no {what} within {timeout_s:.0f} s; console: {vm.console}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
+          boot_timeout_s: float | None = None, say: Callable[[str], None] = print) -> Iterator[VMServer]:
+    """Boot the VM as a second server for a deployment over several servers.
+
+    The guest gets one network card, on a tap device of this machine (``nic.tap``, made by
+    qemu and gone with it) and a /30 of its own, and runs sshd with keys made for this run
+    (``out_dir/ssh``) and Open vSwitch. ``server.json`` in ``out_dir`` records qemu's pid
+    and the tap's name for ``eucalab cleanup``; ``clock.json`` the guest's clock offset.
+    On exit qemu is killed: the guest keeps nothing (its root is a tmpfs overlay), so its
+    bridges and interfaces go with it."""
+    from . import rundir as rd
+    from .clocks import measure_clock_offset
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = make_ssh_keys(out_dir / "ssh", nic.guest_ip)
+    running = start_vm(["bash", str(SERVE_SCRIPT), nic.guest_ip], out_dir, cwd=REPO, accel=accel,
+                       nic=nic, say=say)
+    # Under emulation the guest runs about 10 times slower than this machine.
+    slow = 1.0 if running.accel == "kvm" else float(TCG_TIME_SCALE)
+    boot_timeout_s = boot_timeout_s or 60 * slow
+    record = _register_server(out_dir, running, nic)
+    server = VMServer(nic.guest_ip, config, nic, running)
+    try:
+        tap = Path("/sys/class/net", nic.tap)
+        _wait_until(tap.exists, boot_timeout_s, f"tap device {nic.tap}", running)
+        for cmd in (["ip", "addr", "add", f"{nic.host_ip}/{nic.prefix}", "dev", nic.tap],
+                    ["ip", "link", "set", nic.tap, "up"]):
+            proc = _run(cmd)
+            if proc.returncode != 0:
+                raise VMError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+        _wait_until(lambda: "sshd" in running.timings, boot_timeout_s, "sshd in the guest", running)
+        _wait_until(lambda: _answers(server), boot_timeout_s, f"ssh to {nic.guest_ip}", running)
+        # One clock story: the guest's monotonic clock against this machine's, beside the record.
+        server.clock = measure_clock_offset(server.ssh_command)
+        rd.write_json(out_dir / "clock.json", {"server": nic.guest_ip, **dataclasses.asdict(server.clock)})
+        say(f"vm: serving at {nic.guest_ip} over {nic.tap} (ssh -F {config} {nic.guest_ip}); clock offset "
+            f"{server.clock.offset_s:.6f} s +- {server.clock.resolution_s * 1e3:.2f} ms")
+        yield server
+    finally:
+        # Nothing in the guest outlives it (memory only): no orderly power-off to wait for.
+        running.close()
+        record.unlink(missing_ok=True)
+        say(f"vm: server at {nic.guest_ip} stopped; console: {running.console}")
+
+
+def _answers(server: VMServer) -> bool:
+    try:
+        return server.ssh("true", timeout_s=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _register_server(out_dir: Path, running: RunningVM, nic: GuestNIC) -> Path:
+    """Record qemu's pid and the tap's name where ``eucalab cleanup`` looks (rundir's registry)."""
+    from . import rundir as rd
+
+    record = {"run_dir": str(out_dir), "driver_pid": os.getpid(),
+              "driver_start": rd.process_start_time(os.getpid()),
+              "vm_server": {"qemu_pid": running.proc.pid,
+                            "qemu_start": rd.process_start_time(running.proc.pid),
+                            "tap": nic.tap, "address": nic.guest_ip}}
+    rd.write_json(out_dir / "server.json", record)
+    rd.REGISTRY.mkdir(parents=True, exist_ok=True)
+    entry = rd.REGISTRY / f"vm-server-{os.getpid()}-{running.proc.pid}.json"
+    rd.write_json(entry, record)
+    return entry
+
+
+def cleanup_server(record: dict) -> str:
+    """Finish a VM server whose driver died: qemu's session killed (if the pid is still that
+    qemu), the tap deleted by name (if it is still there)."""
+    from . import rundir as rd
+
+    server = record["vm_server"]
+    pid = server["qemu_pid"]
+    done = []
+    if rd.process_start_time(pid) == server.get("qemu_start"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        done.append(f"qemu {pid} killed")
+    if Path("/sys/class/net", server["tap"]).exists():
+        _run(["ip", "link", "del", server["tap"]])
+        done.append(f"{server['tap']} deleted")
+    return ", ".join(done) or "nothing left"

@@ -40,13 +40,31 @@ mark boot
 # What the lane is for (the same command as the CI recipe's), then what the testbed uses
 # besides: veth pairs, tun (OVS internal ports), HTB, conntrack (the CC's NAT), bridge.
 modprobe -a openvswitch sch_netem 8021q
-modprobe -a veth tun sch_htb sch_tbf nf_conntrack bridge || echo "eucalab-vm: a module failed to load"
+# ip_gre and vxlan: the tunnels between servers when the VM serves as a second server.
+modprobe -a veth tun sch_htb sch_tbf nf_conntrack bridge ip_gre vxlan || echo "eucalab-vm: a module failed to load"
 # A fresh Open vSwitch database: the host's bridges must not appear in the guest.
 rm -rf /etc/openvswitch/conf.db /etc/openvswitch/.conf.db.~lock~ /var/lib/openvswitch/*
 mkdir -p /var/log/openvswitch /etc/openvswitch
 /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/tmp/ovs-ctl.log 2>&1 \
     || { cat /tmp/ovs-ctl.log; echo "eucalab-vm: ovs-ctl start failed"; finish 125; }
 mark ovs
+
+# A network card only when the job asked for one (the VM as a second server,
+# experiments/vm.py serve()): the interface with the MAC from job.json gets its address.
+nic=$(python3 -c 'import json, sys; n = json.load(open(sys.argv[1])).get("nic"); print(n["mac"], n["address"]) if n else None' "$OUT/job.json")
+if [ -n "$nic" ]; then
+    set -- $nic
+    modprobe virtio_net
+    dev=
+    for _ in $(seq 100); do
+        for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && dev=${d##*/}; done
+        [ -n "$dev" ] && break
+        sleep 0.1
+    done
+    { [ -n "$dev" ] && ip addr add "$2" dev "$dev" && ip link set "$dev" up; } \
+        || { echo "eucalab-vm: no network card with MAC $1"; finish 125; }
+    mark nic
+fi
 
 # The job: argv, working directory and environment from the host.
 python3 - "$OUT/job.json" >/tmp/job.sh <<'EOF'

@@ -116,9 +116,31 @@ def describe_table(plan: Plan) -> list[Any]:
     else:
         out.append(Text("arbitrators: none (no HA pairs, or arbitrators.per_host is 0)"))
 
+    if len(plan.spec.servers) > 1:
+        out.append(servers_table(plan))
+
     endpoints = plan.endpoints()
     out.append(Text(f"endpoints: CLC {endpoints['clc']}  Walrus {endpoints['walrus']}"))
     return out
+
+
+def servers_table(plan: Plan) -> Any:
+    """Per server: its hosts and switches, and the links that leave it through a tunnel."""
+    from rich.table import Table
+
+    from .placement import place
+
+    placement = place(plan)
+    t = Table(title=f"servers ({plan.spec.placement}{', split pairs' if plan.spec.split_pairs else ''}): "
+                    f"{len(placement.tunnels)} link(s) cross as tunnels")
+    for col in ("server", "hosts", "switches", "tunnels (key: link)"):
+        t.add_column(col)
+    for server in placement.servers:
+        nodes = placement.on(server)
+        tunnels = [f"{tn.key}: {tn.link.a}-{tn.link.b}" for tn in placement.tunnels if server in tn.servers]
+        t.add_row(server, str(sum(n in plan.hosts for n in nodes)), ", ".join(n for n in nodes if n in plan.switches),
+                  "\n".join(tunnels) or "-")
+    return t
 
 
 def print_description(plan: Plan, console=None) -> None:

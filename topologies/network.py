@@ -236,6 +236,12 @@ class EucaNetwork:
     """
 
     def __init__(self, plan: Plan, datapath: str = "user", on_created=None, controller: str | None = None):
+        if len(plan.spec.servers) > 1:
+            # Placement and tunnels exist (topologies/placement.py, topologies/cluster.py);
+            # building a whole deployment over them does not yet.
+            raise NetworkError(f"servers: {', '.join(plan.spec.servers)}: this builder builds a deployment "
+                               "on one machine only; deployments over several servers are not built yet "
+                               "(docs/cluster.md says what works across servers today)")
         self.plan = plan
         self.datapath = datapath
         self.on_created = on_created or (lambda created: None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,13 @@ VLAN_TAGGING = ("switch", "host")
 # With host tagging a VLAN sub-interface is named <interface>.<vlan> (up to .4094): the CC's
 # private interface c9cc1-eth1.4094 fills Linux's 15 characters, so clusters stop at 9.
 MAX_CLUSTERS_HOST_TAGGING = 9
+
+# Servers of a deployment spread over machines (Mininet Cluster Edition, topologies/placement.py).
+# The first is the machine eucalab runs on: the cloud tier and the SDN controller live there.
+LOCAL_SERVER = "localhost"
+MAX_SERVERS = 16
+# How hosts are spread over the servers: by-cluster puts cluster k on server k mod S.
+PLACEMENTS = ("by-cluster",)
 
 COMPONENT_KINDS = PAIRED  # the kinds that may run as HA pairs
 
@@ -215,6 +223,14 @@ class DeploymentSpec:
     # eucabr<vlan>) and the CC routes between its own sub-interfaces; the switches only
     # pass tagged frames. Needs sdn: false and a kernel with 8021q.
     vlan_tagging: str = "switch"
+    # The machines the deployment runs on, the first being this one (localhost): the cloud
+    # tier and the SDN controller stay there, cluster k runs on servers[k mod S]. Others
+    # are reached over ssh; links between servers are tunnels (docs/cluster.md).
+    servers: list[str] = field(default_factory=lambda: [LOCAL_SERVER])
+    placement: str = "by-cluster"
+    # true: each HA pair's secondary runs on the server after its primary's, so that
+    # heartbeats, replication and the client path after a takeover cross a tunnel.
+    split_pairs: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.mode, str) and not isinstance(self.mode, NetworkMode):
@@ -289,7 +305,40 @@ class DeploymentSpec:
                             "the SDN controller's flows on each NC's bridge: it needs sdn: true (without the "
                             "controller nothing would keep one tenant's instances from another's)")
         self._validate_vlan_tagging(dot1q)
+        self._validate_servers()
         return self
+
+    def _validate_servers(self) -> None:
+        servers = self.servers
+        if not isinstance(servers, list) or not servers:
+            raise SpecError("servers", f"must be a non-empty list of machines, the first being {LOCAL_SERVER}")
+        if len(servers) > MAX_SERVERS:
+            raise SpecError("servers", f"at most {MAX_SERVERS} servers, not {len(servers)}")
+        if servers[0] != LOCAL_SERVER:
+            raise SpecError("servers[0]", f"must be {LOCAL_SERVER} (the machine eucalab runs on, which "
+                            f"holds the cloud tier and the SDN controller), not {servers[0]!r}")
+        for i, server in enumerate(servers[1:], start=1):
+            _check_server(server, f"servers[{i}]")
+            if server in servers[:i]:
+                raise SpecError(f"servers[{i}]", f"{server!r} is listed twice")
+        if self.placement not in PLACEMENTS:
+            raise SpecError("placement", f"unknown placement {self.placement!r}; choose from "
+                            f"{', '.join(PLACEMENTS)} (cluster k on servers[k mod S])")
+        _check_bool(self.split_pairs, "split_pairs")
+        if self.split_pairs and len(servers) < 2:
+            raise SpecError("split_pairs", "needs at least two servers to put a pair's members on")
+        if self.split_pairs and not any(self.ha.enabled(kind) for kind in COMPONENT_KINDS):
+            raise SpecError("split_pairs", "no HA pair to split: every ha.<kind> is false")
+        # Every server must hold something.
+        tiers = [(None, self.ha.clc or self.ha.walrus)] + \
+            [(k, self.ha.cc or self.ha.sc) for k in range(1, self.clusters + 1)]
+        used = {self.server_index(cluster, secondary) for cluster, paired in tiers
+                for secondary in ((False, True) if paired else (False,))}
+        idle = [i for i in range(len(servers)) if i not in used]
+        if idle:
+            raise SpecError(f"servers[{idle[0]}]", f"{servers[idle[0]]!r} would hold nothing: cluster k "
+                            f"runs on servers[k mod {len(servers)}] and there are {self.clusters} "
+                            "cluster(s); list fewer servers or add clusters")
 
     def _validate_vlan_tagging(self, dot1q: bool | None) -> None:
         if self.vlan_tagging not in VLAN_TAGGING:
@@ -314,6 +363,13 @@ class DeploymentSpec:
             raise SpecError("vlan_tagging", "host tagging needs 802.1Q (the 8021q module) for the NCs' and the "
                             "CC's VLAN sub-interfaces, and this kernel has none; use vlan_tagging: switch, or "
                             "run on a kernel with 8021q (`eucalab check` tells; `eucalab vm` runs one)")
+
+    def server_index(self, cluster: int | None, secondary: bool = False) -> int:
+        """Index in ``servers`` of the hosts of ``cluster`` (None: the cloud tier, the border
+        gateway and the user's and external site's hosts); ``secondary``: an HA pair's
+        secondary member, which split_pairs puts on the next server."""
+        base = 0 if cluster is None else cluster % len(self.servers)
+        return (base + 1) % len(self.servers) if secondary and self.split_pairs else base
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -424,6 +480,27 @@ def _check_float(value: Any, path: str, low: float, high: float) -> None:
 def _check_bool(value: Any, path: str) -> None:
     if not isinstance(value, bool):
         raise SpecError(path, f"must be true or false, not {value!r}")
+
+
+def _check_server(value: Any, path: str) -> None:
+    """A server other than the first: an IPv4 address or a DNS host name of another machine."""
+    if not isinstance(value, str) or not value:
+        raise SpecError(path, f"must be an IPv4 address or a host name, not {value!r}")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.split(".")
+        if value == LOCAL_SERVER or not all(
+                0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+                and all(c.isalnum() or c == "-" for c in label) for label in labels):
+            why = "is this machine, listed first already" if value == LOCAL_SERVER else \
+                "is neither an IPv4 address nor a host name"
+            raise SpecError(path, f"{value!r} {why}") from None
+        return
+    if addr.version != 4:
+        raise SpecError(path, f"{value!r}: tunnels between servers are IPv4 only")
+    if addr.is_loopback or addr.is_unspecified or addr.is_multicast:
+        raise SpecError(path, f"{value!r} is not another machine's address (loopback, unspecified or multicast)")
 
 
 def _check_name(value: Any, path: str) -> None:

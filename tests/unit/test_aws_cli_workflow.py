@@ -12,8 +12,8 @@ from pathlib import Path
 from components.common.events import read_events
 from tests.integration.test_aws_cli import readme_workflow
 
-from .clc_client import FakeCC, ec2_client, get_from, s3_client
-from .components_helper import ADMIN, clc_and_walrus
+from tests.support.clc_client import FakeCC, ec2_client, get_from, s3_client
+from tests.support.processes import ADMIN, clc_and_walrus
 
 
 def test_the_readme_s_aws_cli_workflow_against_the_components(tmp_path):

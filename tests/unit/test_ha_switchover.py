@@ -12,7 +12,7 @@ from components.common import ha as ha_mod
 from components.common.ha import TransitionError
 from components.common.states import ServiceState
 
-from .components_helper import until
+from tests.support.util import until
 from .test_ha_agent import decide, events, heartbeat, make_agent, run_in_loop
 
 ENABLED, DISABLED, STOPPED = ServiceState.ENABLED, ServiceState.DISABLED, ServiceState.STOPPED

@@ -9,7 +9,7 @@ from aiohttp import ClientSession, TCPConnector, web
 from components.common.service import INSTANCE_HEADER, INTERNAL_TOKEN_HEADER
 from components.nc.metadata import MetadataRelay
 
-from .components_helper import free_port
+from tests.support.util import free_port
 
 
 async def _relay_answers(clc_up: bool) -> list[tuple[int, str]]:

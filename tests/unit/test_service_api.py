@@ -18,8 +18,8 @@ from aiohttp import web
 from components.common.ha import Handover
 from components.common.service import INTERNAL_TOKEN_HEADER, Service
 
-from .clc_client import create_account, raw_call
-from .components_helper import TOKEN, component
+from tests.support.clc_client import create_account, raw_call
+from tests.support.processes import TOKEN, component
 
 V = {"Version": "2016-11-15"}
 

@@ -115,3 +115,54 @@ def test_time_scale(value, scale):
 def test_time_scale_refuses_nonsense(value):
     with pytest.raises(SystemExit, match="EUCALAB_TIME_SCALE"):
         timescale._read(value)
+
+
+def test_qemu_command_gives_a_card_on_the_named_tap_only_when_asked(tmp_path):
+    kernel = vm.Kernel("linux-image-x", "x", tmp_path)
+    nic = vm.GuestNIC()
+    cmd = vm.qemu_command(kernel, tmp_path / "i.cpio", tmp_path / "out", "tcg", 2, 2048, nic)
+    netdev = cmd[cmd.index("-netdev") + 1]
+    # qemu makes the tap (no script touches this machine's network) and it goes with qemu.
+    assert netdev == f"tap,id=n0,ifname={nic.tap},script=no,downscript=no"
+    assert f"virtio-net-pci,netdev=n0,mac={nic.mac}" in cmd
+    assert cmd.count("-netdev") == 1 and "-nic" not in cmd
+    # The /30 holds this machine's end and the guest's, nothing else.
+    import ipaddress
+    net = ipaddress.ip_network(f"{nic.host_ip}/{nic.prefix}", strict=False)
+    assert [str(h) for h in net.hosts()] == [nic.host_ip, nic.guest_ip]
+
+
+def test_ssh_keys_and_config_are_the_runs_own(tmp_path):
+    keys = tmp_path / "ssh"
+    config = vm.make_ssh_keys(keys, "10.99.0.2")
+    text = config.read_text()
+    assert text.startswith("Host 10.99.0.2\n")
+    assert f"IdentityFile {keys / 'client_key'}" in text and "IdentitiesOnly yes" in text
+    assert f"UserKnownHostsFile {keys / 'known_hosts'}" in text and "StrictHostKeyChecking yes" in text
+    assert "~" not in text and "/root/.ssh" not in text
+    host_pub = (keys / "host_key.pub").read_text().split()
+    assert (keys / "known_hosts").read_text() == f"10.99.0.2 {host_pub[0]} {host_pub[1]}\n"
+    assert (keys / "client_key").stat().st_mode & 0o077 == 0
+    # A second run makes other keys.
+    again = vm.make_ssh_keys(tmp_path / "ssh2", "10.99.0.2")
+    assert (again.parent / "client_key.pub").read_text() != (keys / "client_key.pub").read_text()
+
+
+def test_cleanup_of_a_vm_server_kills_only_the_recorded_process(tmp_path):
+    import subprocess
+
+    from experiments import rundir as rd
+
+    def record(pid, start):
+        return {"vm_server": {"qemu_pid": pid, "qemu_start": start, "tap": "euclnotthere0"}}
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        # A start time that does not match: the pid now belongs to another process, left alone.
+        assert vm.cleanup_server(record(proc.pid, 1)) == "nothing left"
+        assert proc.poll() is None
+        assert vm.cleanup_server(record(proc.pid, rd.process_start_time(proc.pid))) == f"qemu {proc.pid} killed"
+        assert proc.wait(timeout=5) == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,245 @@
+"""Mininet Cluster Edition across two kernels: this machine and the kernel-lane VM.
+
+The VM serves as a second server (experiments/vm.py ``serve``): one network card on a tap
+device of this machine with a /30 of its own, sshd with this run's keys, Open vSwitch on
+its kernel datapath. Mininet's cluster classes (topologies/cluster.py) build one network
+over both: on this machine h1 and h3 and a VIP holder va, on the VM h2 and h4; h1, va and
+h2 in VLAN 10, h3 and h4 in VLAN 20, tagged by Open vSwitch; one trunk between the two
+switches, which is the tunnel between the servers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from experiments import vm
+from experiments.timescale import scaled
+from topologies import cluster as cl
+from topologies.placement import TUNNEL_MTU
+
+# Under emulation the guest is about ten times slower than this machine.
+SLOW = float(vm.TCG_TIME_SCALE)
+
+
+def _qemus() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == vm.QEMU}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    before = _qemus()
+    with vm.serve(tmp_path_factory.mktemp("vm-server"), say=lambda _: None) as srv:
+        yield srv
+    # Nothing left: qemu, its tap, this machine's bridge and tunnel end (the VM's went with it).
+    assert _qemus() == before
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert srv.nic.tap not in links and "eucs1" not in links
+    assert "eucs1" not in subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout
+
+
+def _run_on(server):
+    def run(where: str, line: str) -> subprocess.CompletedProcess:
+        if where == "localhost":
+            return subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+        return server.ssh(line)
+    return run
+
+
+@pytest.fixture(scope="module")
+def net(server):
+    cfg = str(server.ssh_config)
+    kind = cl.tunnel_kind(["localhost", server.address], _run_on(server))
+    link = type("RunTunnelLink", (cl.TunnelLink,), {"kind": kind})
+    mn = cl.ClusterNet(servers=["localhost", server.address], ssh_config=cfg, link=link,
+                       host=cl.ClusterHost, switch=cl.ClusterSwitch, controller=None, topo=None)
+    try:
+        here = mn.addSwitch("eucs1", ssh_config=cfg, datapath="user", failMode="standalone")
+        there = mn.addSwitch("eucs2", server=server.address, ssh_config=cfg, failMode="standalone")
+        hosts = {"h1": (here, 10, "10.77.0.1"), "h3": (here, 20, "10.77.0.3"), "va": (here, 10, "10.77.0.5"),
+                 "h2": (there, 10, "10.77.0.2"), "h4": (there, 20, "10.77.0.4")}
+        for name, (switch, _, ip) in hosts.items():
+            params = {} if switch is here else {"server": server.address}
+            mn.addLink(mn.addHost(name, ip=f"{ip}/24", ssh_config=cfg, **params), switch)
+        trunk = mn.addLink(here, there)
+        mn.start()
+        for name, (switch, vlan, _) in hosts.items():
+            port = mn[name].intfs[0].link.intf2.name
+            switch.cmd(f"ovs-vsctl set port {port} tag={vlan}")
+        yield mn, trunk, kind
+    finally:
+        mn.stop()
+
+
+def _pings(src, dst_ip: str, timeout_s: float) -> bool:
+    """Whether ``src`` gets an echo reply from ``dst_ip`` before ``timeout_s`` (learning
+    switches on both sides may drop the first frames)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if " 0% packet loss" in src.cmd(f"ping -c 1 -W 2 {dst_ip}"):
+            return True
+    return False
+
+
+def _capture(prefix: list[str], iface: str, bpf: str, seconds: float, count: int = 0) -> subprocess.Popen:
+    """tcpdump started (listening) on ``iface`` for at most ``seconds`` (or ``count``
+    frames); its stdout lists the frames that matched ``bpf``. ``prefix``: [] here, or the
+    ssh and nsenter words that run it elsewhere (one shell line after them)."""
+    line = f"timeout {seconds:.0f} tcpdump -l -nn -e {f'-c {count} ' if count else ''}-i {iface} {bpf}"
+    proc = subprocess.Popen(prefix + [line] if prefix else line.split(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    said = ""
+    while "listening on" not in said:  # tcpdump's first line may be its verbosity notice
+        out = proc.stderr.readline()
+        assert out, said
+        said += out
+    return proc
+
+
+def _in_ns(server, host) -> list[str]:
+    """The words that run a shell line in ``host``'s network namespace, on whichever
+    server the host is."""
+    ns = f"nsenter --net=/proc/{host.pid}/ns/net"
+    if getattr(host, "isRemote", False):
+        return server.ssh_command + [ns]
+    return ns.split() + ["sh", "-c"]
+
+
+def test_the_cross_server_link_is_a_tunnel_device_at_both_ends(server, net):
+    mn, trunk, kind = net
+    here = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show", trunk.intf1.name],
+                                     capture_output=True, text=True).stdout)[0]
+    there = json.loads(server.ssh(f"ip -d -j link show {trunk.intf2.name}").stdout)[0]
+    assert here["linkinfo"]["info_kind"] == there["linkinfo"]["info_kind"] == kind
+    assert here["mtu"] == there["mtu"] == TUNNEL_MTU
+    key = "id" if kind == "vxlan" else "ikey"
+    assert here["linkinfo"]["info_data"][key] == there["linkinfo"]["info_data"][key]
+    assert here["linkinfo"]["info_data"]["remote"] == server.address
+    assert there["linkinfo"]["info_data"]["remote"] == server.nic.host_ip
+    # The other links stay on their own server: veth pairs, no tunnel.
+    h2_link = json.loads(server.ssh(f"ip -d -j link show {mn['h2'].intfs[0].link.intf2.name}").stdout)[0]
+    assert h2_link["linkinfo"]["info_kind"] == "veth"
+
+
+def test_hosts_reach_their_peers_across_the_tunnel_with_the_vlan_tag_on_it(server, net):
+    mn, trunk, _ = net
+    h1, h2, h3, h4 = mn["h1"], mn["h2"], mn["h3"], mn["h4"]
+    seen = _capture([], trunk.intf1.name, "vlan 10 and icmp", 60 * SLOW, count=2)
+    assert _pings(h1, h2.IP(), scaled(20) * SLOW)
+    assert _pings(h2, h1.IP(), scaled(20) * SLOW)
+    assert _pings(h3, h4.IP(), scaled(20) * SLOW)
+    frames = seen.communicate(timeout=60 * SLOW)[0]
+    # Frames between h1 and h2 cross the tunnel device with their 802.1Q tag.
+    assert "vlan 10" in frames and h2.IP() in frames, frames
+
+
+def test_another_vlan_sees_nothing_across_the_tunnel(server, net):
+    mn, _, _ = net
+    h1, h2, h4 = mn["h1"], mn["h2"], mn["h4"]
+    mac = h1.intfs[0].MAC()
+    # Positive control: the same capture on h2 (VLAN 10, same server as h4) sees h1's frames.
+    same = _capture(_in_ns(server, h2), h2.intfs[0].name, f"ether src {mac}", 60 * SLOW, count=1)
+    other = _capture(_in_ns(server, h4), h4.intfs[0].name, f"ether src {mac}", 60 * SLOW)
+    # h1 is on this machine: a few seconds of its ARP broadcasts are enough for h4 to see one.
+    assert not _pings(h1, h4.IP(), scaled(6))
+    assert _pings(h1, h2.IP(), scaled(10) * SLOW)
+    assert mac in same.communicate(timeout=60 * SLOW)[0]
+    other.terminate()
+    leaked = other.communicate()[0]
+    assert mac not in leaked, leaked
+
+
+def test_a_vip_moves_across_the_tunnel_by_gratuitous_arp(server, net):
+    mn, _, _ = net
+    h1, va, h2 = mn["h1"], mn["va"], mn["h2"]
+    vip = "10.77.0.100"
+    va.cmd(f"ip addr add {vip}/24 dev {va.intfs[0].name}")
+    assert _pings(h1, vip, scaled(10) * SLOW)
+    assert va.intfs[0].MAC() in h1.cmd(f"ip neigh show {vip}")
+    # Takeover on the other server: the VIP leaves va, h2 takes it and announces it.
+    va.cmd(f"ip addr del {vip}/24 dev {va.intfs[0].name}")
+    h2.cmd(f"ip addr add {vip}/24 dev {h2.intfs[0].name}")
+    h2.cmd(f"arping -U -c 2 -I {h2.intfs[0].name} {vip}")
+    # h1 learnt the new owner from the announcement, not by asking.
+    assert h2.intfs[0].MAC() in h1.cmd(f"ip neigh show {vip}")
+    assert _pings(h1, vip, scaled(10) * SLOW)
+
+
+
+
+def test_check_servers_finds_the_vm_ready(server):
+    from experiments.servers import check_servers
+
+    found = check_servers(["localhost", server.address], ssh_config=str(server.ssh_config))
+    assert [f.name for f in found] == [f"{server.address}: {n}" for n in ("ssh", "mininet", "eucalab", "tunnel", "MTU")]
+    assert all(f.ok for f in found), [(f.name, f.detail) for f in found if not f.ok]
+
+
+def test_the_vms_clock_offset_is_measured_and_recorded_with_its_resolution(server):
+    from experiments.clocks import measure_clock_offset
+
+    recorded = json.loads((server.vm.out_dir / "clock.json").read_text())
+    assert recorded["server"] == server.address
+    assert (recorded["offset_s"], recorded["resolution_s"]) == (server.clock.offset_s, server.clock.resolution_s)
+    again = measure_clock_offset(server.ssh_command)
+    # The guest booted minutes ago, this machine long before: its monotonic clock is behind.
+    assert server.clock.offset_s < 0
+    assert server.clock.resolution_s < 1.0 and again.resolution_s < 1.0
+    # Two measurements agree within their resolutions (and a little drift of an emulated clock).
+    assert abs(server.clock.offset_s - again.offset_s) <= server.clock.resolution_s + again.resolution_s + 0.05
+
+
+def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(server, tmp_path):
+    """The controller runs on the first server; cluster 1's bridges, placed on the VM, connect
+    to it over OpenFlow on TCP across the servers' link and get their flows."""
+    import signal
+    import socket
+    import sys
+    from dataclasses import asdict
+
+    from experiments.deployment import _child_env
+    from topologies.placement import place
+    from topologies.plan import build_plan
+    from topologies.spec import spec_from_dict
+
+    plan = build_plan(spec_from_dict({"servers": ["localhost", server.address], "clusters": 1,
+                                      "ncs_per_cluster": 1, "vm_slots_per_nc": 1}))
+    remote = [n for n in place(plan).on(server.address) if n in plan.switches]
+    assert remote == ["swc1", "swc1a", "swc1b", "br1n1"]
+    ports = plan.switch_ports()
+    (tmp_path / "topology.json").write_text(json.dumps({
+        "mode": plan.spec.mode.value, "switches": {n: ports[n] for n in remote},
+        "pairs": [asdict(p) for p in plan.pairs if p.cluster == 1], "takeover": "garp"}))
+    with socket.socket() as sock:
+        sock.bind((server.nic.host_ip, 0))
+        port = sock.getsockname()[1]
+    with open(tmp_path / "controller.log", "wb") as log:
+        ctl = subprocess.Popen([sys.executable, "-m", "controllers", "--run-dir", str(tmp_path), "--port", str(port),
+                                "--host", server.nic.host_ip], stdout=log, stderr=subprocess.STDOUT,
+                               env=_child_env(), start_new_session=True)
+    try:
+        made = server.ssh(" ; ".join(
+            f"ovs-vsctl add-br {n} -- set bridge {n} other-config:datapath-id={plan.switches[n].dpid} "
+            f"fail_mode=secure other-config:disable-in-band=true protocols=OpenFlow13 "
+            f"-- set-controller {n} tcp:{server.nic.host_ip}:{port}" for n in remote))
+        assert made.returncode == 0, made.stderr
+        events = tmp_path / "controller" / "events.jsonl"
+        deadline = time.monotonic() + scaled(60) * SLOW
+        while not (events.exists() and '"controller.ready"' in events.read_text()):
+            assert ctl.poll() is None, (tmp_path / "controller.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the controller did not get every remote switch"
+            time.sleep(0.2)
+        state = server.ssh(" ; ".join(f"echo {n} $(ovs-vsctl get controller {n} is_connected) "
+                                      f"$(ovs-ofctl -O OpenFlow13 dump-flows {n} | grep -c actions=)"
+                                      for n in remote)).stdout.split("\n")
+        for line in filter(None, state):
+            name, connected, flows = line.split()
+            assert connected == "true" and int(flows) > 1, line
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        assert ctl.wait(timeout=scaled(30)) == 0
+        server.ssh(" ; ".join(f"ovs-vsctl --if-exists del-br {n}" for n in remote))
