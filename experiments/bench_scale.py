@@ -267,12 +267,14 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
 
 def experiment(spec: dict, trials: int, name: str):
     """``make run``'s experiment (experiments/definitions/default.yaml: its probes, faults
-    and timing) on ``spec``, ``trials`` trials of each HA component, keepalived left out."""
+    and timing) on ``spec``, ``trials`` trials of each HA component's failure, keepalived
+    and the planned switchovers left out."""
     from .failover import DEFINITIONS, Experiment
+    from .faults import PLANNED_SWITCHOVER
 
     exp = Experiment.load(DEFINITIONS / "default.yaml")
     exp.name, exp.spec, exp.capture = name, spec, False
-    exp.sets = [ts for ts in exp.sets if ts.target in TARGETS_ORDER]
+    exp.sets = [ts for ts in exp.sets if ts.target in TARGETS_ORDER and ts.fault != PLANNED_SWITCHOVER]
     for ts in exp.sets:
         ts.trials = trials
     return exp

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from components.common.events import read_events
 from tests.integration.test_aws_cli import readme_workflow
 
 from tests.support.clc_client import FakeCC, ec2_client, get_from, s3_client
 from tests.support.processes import ADMIN, clc_and_walrus
+
+pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
 
 def test_the_readme_s_aws_cli_workflow_against_the_components(tmp_path):

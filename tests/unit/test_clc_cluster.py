@@ -217,7 +217,7 @@ def test_user_data_is_served_to_its_instance_only(cloud):
 
 @pytest.mark.parametrize("data, why", [("not base64!", "BASE64"), ("QUFB" * 5462, "limited")])
 def test_bad_user_data_is_refused_and_starts_nothing(cloud, data, why):
-    from .clc_client import raw_call
+    from tests.support.clc_client import raw_call
 
     base, cc, ec2, ids, web = cloud
     emi = ec2.describe_images()["Images"][0]["ImageId"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from experiments import clocks, servers
 from experiments.rundir import REPO_ROOT
+
+pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
 LOCAL = {"mininet": "2.3.0", "eucalab_commit": "abc123", "tunnels": ["vxlan"]}
 

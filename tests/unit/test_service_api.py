@@ -21,6 +21,8 @@ from components.common.service import INTERNAL_TOKEN_HEADER, Service
 from tests.support.clc_client import create_account, raw_call
 from tests.support.processes import TOKEN, component
 
+pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
+
 V = {"Version": "2016-11-15"}
 
 

@@ -156,13 +156,14 @@ def test_botocore_s_aws_chunked_upload_with_a_trailing_checksum_is_decoded_and_c
         ChunkedDecoder(None, trailer=True).feed(b"3;chunk-signature=" + b"0" * 64 + b"\r\nabc\r\n")
 
 
+@pytest.mark.loopback  # starts a Walrus on 127.0.0.1
 def test_walrus_stores_botocore_s_aws_chunked_uploads_and_refuses_a_wrong_trailer(tmp_path):
     """The https form sent to a real Walrus (as a TLS terminator in front of it would pass it
     on): PutObject and a multipart part, with HTTP chunked transfer, as botocore sends them."""
     import http.client
 
-    from .clc_client import s3_client
-    from .components_helper import ADMIN, component
+    from tests.support.clc_client import s3_client
+    from tests.support.processes import ADMIN, component
 
     data = bytes(range(256)) * 40000  # 10 MB
     with component("walrus", tmp_path) as (base, _, _):

@@ -10,6 +10,8 @@ import pytest
 
 from experiments import timescale, vm
 
+pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
+
 
 def test_image_package_is_the_versioned_dependency():
     out = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n"
