@@ -1,6 +1,6 @@
 """CLC catch-up timing: a DISABLED member N ops behind its ENABLED peer, no root, loopback only.
 
-    python -m experiments.bench_clc_catchup 5000 50000
+    eucalab bench clc-catchup 5000 50000   (or python -m experiments.bench_clc_catchup)
 
 Two real CLC services in this process on loopback, the HA agent's view of the peer set
 by hand (as tests/unit/test_clc_replication.py does). For each N the ENABLED member
@@ -137,5 +137,11 @@ async def main(sizes: list[int]) -> None:
                   f"{worst * 1000:6.1f} ms ({outcome})", flush=True)
 
 
+def run(sizes: list[int]) -> int:
+    """Print the pull and push figures for each N of ``sizes``."""
+    asyncio.run(main(sizes))
+    return 0
+
+
 if __name__ == "__main__":
-    asyncio.run(main([int(a) for a in sys.argv[1:]] or [5000, 50000]))
+    sys.exit(run([int(a) for a in sys.argv[1:]] or [5000, 50000]))

@@ -1,6 +1,7 @@
 """Walrus beside moto's S3 server on loopback: boto3 GetObject latency of one small object.
 
-    python -m experiments.bench_cloud_walrus [--requests 300] [--size 65536] [--json FILE]
+    eucalab bench cloud-walrus [--requests 300] [--size 65536] [--json FILE]
+    (or python -m experiments.bench_cloud_walrus)
 
 Both servers run as processes started here on 127.0.0.1 and stopped by PID. One
 boto3 client per server (path-style, no retries); requests alternate between the
@@ -118,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64 * 1024, help="object size in bytes")
     parser.add_argument("--json", type=Path, help="also write the raw latencies here")
     args = parser.parse_args(argv)
-    results = run(args.requests, args.size)
-    print(f"GetObject of a {args.size // 1024} KiB object, boto3, loopback, {args.requests} requests each, "
+    return report(args.requests, args.size, args.json)
+
+
+def report(requests: int, size: int, json_path: Path | None = None) -> int:
+    """Measure both servers, print the percentiles; the raw latencies to ``json_path`` if given."""
+    results = run(requests, size)
+    print(f"GetObject of a {size // 1024} KiB object, boto3, loopback, {requests} requests each, "
           f"alternating\n")
     print(f"{'target':<20} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>7}")
     for name, r in results.items():
@@ -129,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     (walrus, moto) = (results["eucalab Walrus"]["ms"], results["moto_server 5.2.5"]["ms"])
     print(f"\nWalrus - moto: p50 {statistics.median(walrus) - statistics.median(moto):+.3f} ms, "
           f"p99 {percentile(walrus, 99) - percentile(moto, 99):+.3f} ms")
-    if args.json:
-        args.json.write_text(json.dumps({"requests": args.requests, "size": args.size, "results": results}))
+    if json_path:
+        json_path.write_text(json.dumps({"requests": requests, "size": size, "results": results}))
     return 0
 
 

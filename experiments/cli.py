@@ -1,24 +1,27 @@
-"""The ``eucalab`` command; every command it has:
+"""The ``eucalab`` command; every command it has (``eucalab X --help``, ``eucalab bench X
+--help``: its options):
 
     eucalab check [--servers SPEC]    preflight: what this machine can do, what is missing
     eucalab describe [SPEC] [--png F] hosts, networks, addresses, HA pairs (and a diagram)
     eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
     eucalab run                       the main job: the default failover experiment
-    eucalab experiment DEFINITION     a failover experiment definition (YAML)
+    eucalab experiment DEFINITION     a failover experiment definition (YAML), or a safe-floor one
     eucalab report DIR                a run's plots and report, made again from its raw data
     eucalab compare A B               two runs' results side by side
-    eucalab services [RUN_DIR]        every component's service state (like euca-describe-services)
+    eucalab services [RUN_DIR] [--enable|--disable|--stop|--start NAME]
+                                      every service's state (euca-describe-services), or change one
     eucalab bench bringup             bring-up/teardown time and memory versus plain Mininet
-    eucalab bench cloud               boto3 requests through the emulated network, beside moto
-    eucalab bench instances           RunInstances to a workload answering, warm and cold image cache
+    eucalab bench cloud               CLC and Walrus API latency through their VIPs, beside moto
+    eucalab bench cloud-walrus        Walrus beside moto's S3 server on loopback (no root)
+    eucalab bench clc-catchup [N ...] a DISABLED CLC N ops behind its peer catching up (no root)
+    eucalab bench instances           instance boots with a cold and a warm image cache
     eucalab bench s3cp [--mib 256]    aws s3 cp of a large file through the Walrus VIP, beside moto
     eucalab bench soak                HA pairs under loss, a CPU hog and arbitrators down: false failovers
     eucalab bench sdn                 flow setup, routed against direct throughput, flow-table size
     eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
     eucalab bench scale [--size CxNxS] xl.yaml with every service and 1,000 instances, beside plain Mininet
     eucalab run                       the main job on the default deployment
-    eucalab experiment FILE           a failover experiment definition, or a safe-floor one (kind: safe-floor)
     eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
                                       datapath, netem, 802.1Q) runs tests/kernel or a command
 """
@@ -118,46 +121,145 @@ def cmd_cleanup(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.what == "cloud":
-        from .bench_cloud import run
+    return args.bench(args)
 
-        return run(args.requests)
-    if args.what == "s3cp":
-        from .bench_s3cp import run
 
-        return run(args.mib, args.repeat)
-    if args.what == "instances":
-        from .bench_instances import run
-
-        return run(args.boots)
-    if args.what == "scale":
-        from .bench_scale import XL_SPEC, run
-
-        size = tuple(int(x) for x in args.size.split("x")) if args.size else None
-        if size is not None and len(size) != 3:
-            raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
-        return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch or 25,
-                   trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
-                   in_flight=args.in_flight)
-    if args.what == "sdn":
-        from .bench_sdn import run
-
-        return run(setups=args.setups, seconds=args.seconds, rounds=args.rounds)
-    if args.what == "lifecycle":
-        from .bench_lifecycle import run
-
-        checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
-        return run(lifecycles=max(checkpoints), batch=args.batch or 64, retention_s=args.retention_s,
-                   checkpoints=checkpoints)
-    if args.what == "soak":
-        from .bench_soak import run
-
-        return run(minutes=args.minutes, interval_ms=args.interval_ms, misses=args.misses, loss_pct=args.loss,
-                   hog_cores=args.hog_cores, loss_paths=args.loss_paths)
+def _bench_bringup(args) -> int:
     from .bench import bench_bringup
 
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     return bench_bringup(sizes, repeat=args.repeat, baseline=not args.no_baseline)
+
+
+def _bench_cloud(args) -> int:
+    from .bench_cloud import run
+
+    return run(args.requests)
+
+
+def _bench_cloud_walrus(args) -> int:
+    from .bench_cloud_walrus import report
+
+    return report(args.requests, args.size, args.json)
+
+
+def _bench_clc_catchup(args) -> int:
+    from .bench_clc_catchup import run
+
+    return run(args.ops)
+
+
+def _bench_instances(args) -> int:
+    from .bench_instances import run
+
+    return run(args.boots)
+
+
+def _bench_lifecycle(args) -> int:
+    from .bench_lifecycle import run
+
+    checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
+    return run(lifecycles=max(checkpoints), batch=args.batch, retention_s=args.retention_s,
+               checkpoints=checkpoints)
+
+
+def _bench_s3cp(args) -> int:
+    from .bench_s3cp import run
+
+    return run(args.mib, args.repeat)
+
+
+def _bench_scale(args) -> int:
+    from .bench_scale import XL_SPEC, run
+
+    size = tuple(int(x) for x in args.size.split("x")) if args.size else None
+    if size is not None and len(size) != 3:
+        raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
+    return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch,
+               trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
+               in_flight=args.in_flight)
+
+
+def _bench_sdn(args) -> int:
+    from .bench_sdn import run
+
+    return run(setups=args.setups, seconds=args.seconds, rounds=args.rounds)
+
+
+def _bench_soak(args) -> int:
+    from .bench_soak import run
+
+    return run(minutes=args.minutes, interval_ms=args.interval_ms, misses=args.misses, loss_pct=args.loss,
+               hog_cores=args.hog_cores, loss_paths=args.loss_paths)
+
+
+def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
+    """One subcommand per benchmark, each with only its own options."""
+    sub = bench.add_subparsers(dest="what", required=True, metavar="BENCHMARK")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        b = sub.add_parser(name, help=help, description=help)
+        b.set_defaults(bench=fn)
+        return b
+
+    b = add("bringup", _bench_bringup, "bring-up/teardown time and memory versus plain Mininet (root)")
+    b.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
+    b.add_argument("--repeat", type=int, default=1)
+    b.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
+
+    b = add("cloud", _bench_cloud, "CLC and Walrus API latency through their VIPs, beside moto (root)")
+    b.add_argument("--requests", type=int, default=300, help="requests per measurement")
+
+    b = add("cloud-walrus", _bench_cloud_walrus,
+            "Walrus beside moto's S3 server on loopback: GetObject latency of one object (no root)")
+    b.add_argument("--requests", type=int, default=300, help="GetObject requests per server")
+    b.add_argument("--size", type=int, default=64 * 1024, help="object size in bytes")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the raw latencies here")
+
+    b = add("clc-catchup", _bench_clc_catchup,
+            "CLC catch-up: a DISABLED member N ops behind its ENABLED peer, on loopback (no root)")
+    b.add_argument("ops", type=int, nargs="*", default=[5000, 50000], help="ops behind (default 5000 50000)")
+
+    b = add("instances", _bench_instances, "instance boots with a cold and a warm image cache (root)")
+    b.add_argument("--boots", type=int, default=100, help="boots per cache state")
+
+    b = add("lifecycle", _bench_lifecycle,
+            "CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles (no root)")
+    b.add_argument("--checkpoints", default="1000,10000,100000",
+                   help="instance lifecycles at which the figures are taken (the last is the total)")
+    b.add_argument("--batch", type=int, default=64, help="instances per RunInstances")
+    b.add_argument("--retention-s", type=float, default=5.0,
+                   help="how long terminated instances are kept (components default: 3600)")
+
+    b = add("s3cp", _bench_s3cp, "aws s3 cp of a large file through the Walrus VIP, beside moto (root)")
+    b.add_argument("--mib", type=int, default=256, help="size of the file copied (MiB)")
+    b.add_argument("--repeat", type=int, default=1)
+
+    b = add("scale", _bench_scale,
+            "xl.yaml with every service, 1,000 instances and crash trials per HA component, beside plain Mininet (root)")
+    b.add_argument("--spec", default=None, help="the deployment spec (default topologies/specs/xl.yaml)")
+    b.add_argument("--size", default=None, help="CLUSTERSxNCSxSLOTS instead of the spec's, e.g. 2x4x4")
+    b.add_argument("--instances", type=int, default=1000, help="instances running during the trials")
+    b.add_argument("--batch", type=int, default=25, help="instances per RunInstances")
+    b.add_argument("--trials", type=int, default=3, help="crash trials per target (CLC, Walrus, CC, SC)")
+    b.add_argument("--in-flight", type=int, default=None,
+                   help="no RunInstances while this many instances are pending (default: no limit)")
+    b.add_argument("--no-default", action="store_true", help="skip the default deployment's trials (the outage comparison)")
+    b.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
+
+    b = add("sdn", _bench_sdn, "flow setup, routed against direct throughput, flow-table size (root)")
+    b.add_argument("--setups", type=int, default=40, help="new instances timed for flow setup")
+    b.add_argument("--seconds", type=float, default=5.0, help="length of one iperf3 run")
+    b.add_argument("--rounds", type=int, default=3, help="iperf3 runs per path (direct, routed)")
+
+    b = add("soak", _bench_soak, "HA pairs under loss, a CPU hog and arbitrators down: false failovers (root)")
+    b.add_argument("--minutes", type=float, default=10.0, help="how long to run")
+    b.add_argument("--interval-ms", type=int, default=50, help="heartbeat interval")
+    b.add_argument("--misses", type=int, default=3, help="silent intervals before a peer is dead")
+    b.add_argument("--loss", type=float, default=1.0, help="percent of heartbeat packets dropped")
+    b.add_argument("--loss-paths", choices=["heartbeat", "all"], default="heartbeat",
+                   help="drop on the heartbeat link only, or also heartbeats on the cloud network")
+    b.add_argument("--hog-cores", type=int, default=1, help="cores kept busy by a CPU hog")
 
 
 def cmd_vm(args) -> int:
@@ -216,11 +318,9 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import safe_floor
     from .report import build
 
-    done = safe_floor.build(args.dir) / "report.md" if safe_floor.is_run(args.dir) else build(args.dir)
-    print(f"report written: {done}")
+    print(f"report written: {build(args.dir)}")
     return 0
 
 
@@ -270,37 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cleanup)
 
     s = sub.add_parser("bench", help="benchmarks that print figures")
-    s.add_argument("what", choices=["bringup", "cloud", "instances", "lifecycle", "s3cp", "scale", "sdn", "soak"])
-    s.add_argument("--requests", type=int, default=300, help="cloud: requests per measurement")
-    s.add_argument("--boots", type=int, default=100, help="instances: boots per cache state")
-    s.add_argument("--mib", type=int, default=256, help="s3cp: size of the file copied (MiB)")
-    s.add_argument("--sizes", default="1x4,2x8,4x16", help="CLUSTERSxNCS list (default 1x4,2x8,4x16)")
-    s.add_argument("--repeat", type=int, default=1)
-    s.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
-    s.add_argument("--minutes", type=float, default=10.0, help="soak: how long to run")
-    s.add_argument("--interval-ms", type=int, default=50, help="soak: heartbeat interval")
-    s.add_argument("--misses", type=int, default=3, help="soak: silent intervals before a peer is dead")
-    s.add_argument("--loss", type=float, default=1.0, help="soak: percent of heartbeat packets dropped")
-    s.add_argument("--loss-paths", choices=["heartbeat", "all"], default="heartbeat",
-                   help="soak: drop on the heartbeat link only, or also heartbeats on the cloud network")
-    s.add_argument("--hog-cores", type=int, default=1, help="soak: cores kept busy by a CPU hog")
-    s.add_argument("--setups", type=int, default=40, help="sdn: new instances timed for flow setup")
-    s.add_argument("--seconds", type=float, default=5.0, help="sdn: length of one iperf3 run")
-    s.add_argument("--rounds", type=int, default=3, help="sdn: iperf3 runs per path (direct, routed)")
-    s.add_argument("--checkpoints", default="1000,10000,100000",
-                   help="lifecycle: instance lifecycles at which the figures are taken (the last is the total)")
-    s.add_argument("--batch", type=int, default=None,
-                   help="lifecycle, scale: instances per RunInstances (default 64 and 25)")
-    s.add_argument("--spec", default=None, help="scale: the deployment spec (default topologies/specs/xl.yaml)")
-    s.add_argument("--size", default=None, help="scale: CLUSTERSxNCSxSLOTS instead of the spec's, e.g. 2x4x4")
-    s.add_argument("--instances", type=int, default=1000, help="scale: instances running during the trials")
-    s.add_argument("--trials", type=int, default=3, help="scale: failover trials per target (CLC, Walrus, CC, SC)")
-    s.add_argument("--in-flight", type=int, default=None,
-                   help="scale: no RunInstances while this many instances are pending (default: no limit)")
-    s.add_argument("--no-default", action="store_true",
-                   help="scale: skip the default deployment's trials (the outage comparison)")
-    s.add_argument("--retention-s", type=float, default=5.0,
-                   help="lifecycle: how long terminated instances are kept (components default: 3600)")
+    _add_bench_parsers(s)
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("vm", help="the kernel lane: a VM with Debian's kernel (OVS kernel datapath, netem, 802.1Q)")

@@ -1,10 +1,61 @@
-"""The eucalab command's help: its module docstring lists every command it has."""
+"""The eucalab command: its module docstring lists every command it has; every benchmark
+is a subcommand of ``eucalab bench`` with its own options, and the two that need no root
+run from the command line on loopback."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+
+import pytest
 
 from experiments import cli
+from experiments.cli import build_parser, main
+
+pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
+
+BENCHES = ("bringup", "cloud", "cloud-walrus", "clc-catchup", "instances", "lifecycle", "s3cp", "scale", "sdn", "soak")
+
+
+def _subcommands(parser) -> dict:
+    (action,) = [a for a in parser._actions if a.dest in ("command", "what")]
+    return action.choices
+
+
+def test_every_benchmark_is_a_subcommand_with_its_own_help():
+    benches = _subcommands(_subcommands(build_parser())["bench"])
+    assert sorted(benches) == sorted(BENCHES)
+    for name in BENCHES:
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "bench", name, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert f"eucalab bench {name}" in proc.stdout
+    # A benchmark's options are its own: sdn's are refused by soak.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "soak", "--setups", "3"])
+
+
+def test_bench_needs_a_benchmark_name():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench"])
+
+
+def test_bench_clc_catchup_runs(capsys):
+    assert main(["bench", "clc-catchup", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "pull     20 ops behind" in out and "caught up" in out
+    assert "push     20 ops behind" in out
+
+
+def test_bench_cloud_walrus_runs(tmp_path, capsys):
+    raw = tmp_path / "raw.json"
+    assert main(["bench", "cloud-walrus", "--requests", "3", "--size", "2048", "--json", str(raw)]) == 0
+    assert "Walrus - moto: p50" in capsys.readouterr().out
+    record = json.loads(raw.read_text())
+    assert record["requests"] == 3 and record["size"] == 2048
+    assert all(len(r["ms"]) == 3 for r in record["results"].values())
 
 
 def _commands() -> list[str]:
