@@ -47,11 +47,11 @@ def _spec(path: str | None):
 
 
 def cmd_check(args) -> int:
-    from . import preflight
+    from .testbed import preflight
 
     findings = preflight.run_checks()
     if args.servers:
-        from .servers import check_servers
+        from .testbed.servers import check_servers
 
         servers = _spec(args.servers).servers if args.servers.endswith((".yaml", ".yml")) else \
             ["localhost"] + [s for s in args.servers.split(",") if s and s != "localhost"]
@@ -75,7 +75,7 @@ def cmd_describe(args) -> int:
 def cmd_up(args) -> int:
     from mininet.cli import CLI
 
-    from .deployment import Deployment
+    from .testbed.deployment import Deployment
 
     if not args.script and not sys.stdin.isatty():
         raise SystemExit("eucalab up: no terminal for the Mininet CLI; give --script FILE "
@@ -108,7 +108,7 @@ def _print_summary(dep) -> None:
 
 
 def cmd_cleanup(args) -> int:
-    from .deployment import cleanup_runs
+    from .testbed.deployment import cleanup_runs
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab cleanup: needs root")
@@ -125,38 +125,38 @@ def cmd_bench(args) -> int:
 
 
 def _bench_bringup(args) -> int:
-    from .bench import bench_bringup
+    from .bench.bringup import bench_bringup
 
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     return bench_bringup(sizes, repeat=args.repeat, baseline=not args.no_baseline)
 
 
 def _bench_cloud(args) -> int:
-    from .bench_cloud import run
+    from .bench.cloud import run
 
     return run(args.requests)
 
 
 def _bench_cloud_walrus(args) -> int:
-    from .bench_cloud_walrus import report
+    from .bench.cloud_walrus import report
 
     return report(args.requests, args.size, args.json)
 
 
 def _bench_clc_catchup(args) -> int:
-    from .bench_clc_catchup import run
+    from .bench.clc_catchup import run
 
     return run(args.ops)
 
 
 def _bench_instances(args) -> int:
-    from .bench_instances import run
+    from .bench.instances import run
 
     return run(args.boots)
 
 
 def _bench_lifecycle(args) -> int:
-    from .bench_lifecycle import run
+    from .bench.lifecycle import run
 
     checkpoints = tuple(int(x) for x in args.checkpoints.split(","))
     return run(lifecycles=max(checkpoints), batch=args.batch, retention_s=args.retention_s,
@@ -164,13 +164,13 @@ def _bench_lifecycle(args) -> int:
 
 
 def _bench_s3cp(args) -> int:
-    from .bench_s3cp import run
+    from .bench.s3cp import run
 
     return run(args.mib, args.repeat)
 
 
 def _bench_scale(args) -> int:
-    from .bench_scale import XL_SPEC, run
+    from .bench.scale import XL_SPEC, run
 
     size = tuple(int(x) for x in args.size.split("x")) if args.size else None
     if size is not None and len(size) != 3:
@@ -181,13 +181,13 @@ def _bench_scale(args) -> int:
 
 
 def _bench_sdn(args) -> int:
-    from .bench_sdn import run
+    from .bench.sdn import run
 
     return run(setups=args.setups, seconds=args.seconds, rounds=args.rounds)
 
 
 def _bench_soak(args) -> int:
-    from .bench_soak import run
+    from .failover.soak import run
 
     return run(minutes=args.minutes, interval_ms=args.interval_ms, misses=args.misses, loss_pct=args.loss,
                hog_cores=args.hog_cores, loss_paths=args.loss_paths)
@@ -264,8 +264,8 @@ def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
 
 def cmd_vm(args) -> int:
     """The kernel lane: tests or any command on a kernel with openvswitch, netem and 802.1Q."""
-    from . import rundir as rd
-    from . import vm
+    from .testbed import rundir as rd
+    from .testbed import vm
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     out = Path(args.out) if args.out else rd.new_run_dir("kernel-lane" if args.action == "test" else "vm")
@@ -283,7 +283,7 @@ def cmd_vm(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: the default failover experiment on the default deployment."""
-    from .failover import DEFINITIONS
+    from .failover.runner import DEFINITIONS
 
     args.definition = str(DEFINITIONS / "default.yaml")
     return cmd_experiment(args)
@@ -292,11 +292,11 @@ def cmd_run(args) -> int:
 def cmd_experiment(args) -> int:
     import json
 
-    from .failover import run_definition
+    from .failover.runner import run_definition
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
-    from . import safe_floor
+    from .failover import safe_floor
 
     if safe_floor.is_safe_floor(args.definition):
         run_dir = safe_floor.run(args.definition, trials=args.trials, soak_minutes=getattr(args, "soak_minutes", None))
@@ -318,21 +318,21 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build
+    from .analysis.report import build
 
     print(f"report written: {build(args.dir)}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .report import compare
+    from .analysis.report import compare
 
     print(compare(args.a, args.b))
     return 0
 
 
 def cmd_services(args) -> int:
-    from .services import services_command
+    from .testbed.services import services_command
 
     for transition in ("enable", "disable", "stop", "start"):
         name = getattr(args, transition)
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("experiment", help="run a failover experiment definition (YAML)")
-    s.add_argument("definition", help="e.g. experiments/definitions/default.yaml")
+    s.add_argument("definition", help="e.g. experiments/failover/definitions/default.yaml")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
     s.set_defaults(fn=cmd_experiment)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; everything the run created was removed", file=sys.stderr)
         return 130
     except BaseException as exc:
-        from .deployment import DeploymentError, Terminated
+        from .testbed.deployment import DeploymentError, Terminated
 
         if isinstance(exc, Terminated):
             print(f"terminated by {exc}; everything the run created was removed", file=sys.stderr)

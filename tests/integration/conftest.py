@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import preflight
-from experiments.deployment import Deployment
+from experiments.testbed import preflight
+from experiments.testbed.deployment import Deployment
 from tests.support.runlogs import RunLogs
 from topologies.spec import DeploymentSpec, HeartbeatSpec
 

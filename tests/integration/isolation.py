@@ -13,8 +13,8 @@ import time
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from experiments.bench_sdn import capture, send_frames, tcp_answer
-from experiments.deployment import Deployment
+from experiments.bench.sdn import capture, send_frames, tcp_answer
+from experiments.testbed.deployment import Deployment
 
 
 def icmp(src: dict, dst: dict, **over) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.bench_scale import TARGETS_ORDER, run
+from experiments.bench.scale import TARGETS_ORDER, run
 from topologies.network import existing_bridges
 
 

@@ -7,7 +7,7 @@ import json
 
 import psutil
 
-from experiments.bench_soak import run, soak
+from experiments.failover.soak import run, soak
 
 
 def test_soak_applies_and_measures_every_stress(tmp_path):

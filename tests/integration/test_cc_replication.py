@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from topologies.spec import DeploymentSpec, HASpec, HeartbeatSpec
 
 from .conftest import aws_client

@@ -1,6 +1,6 @@
 """Mininet Cluster Edition across two kernels: this machine and the kernel-lane VM.
 
-The VM serves as a second server (experiments/vm.py ``serve``): one network card on a tap
+The VM serves as a second server (experiments/testbed/vm.py ``serve``): one network card on a tap
 device of this machine with a /30 of its own, sshd with this run's keys, Open vSwitch on
 its kernel datapath. Mininet's cluster classes (topologies/cluster.py) build one network
 over both: on this machine h1 and h3 and a VIP holder va, on the VM h2 and h4; h1, va and
@@ -17,8 +17,8 @@ import time
 import psutil
 import pytest
 
-from experiments import vm
-from experiments.timescale import scaled
+from experiments.testbed import vm
+from experiments.testbed.timescale import scaled
 from topologies import cluster as cl
 from topologies.placement import TUNNEL_MTU
 
@@ -172,7 +172,7 @@ def test_a_vip_moves_across_the_tunnel_by_gratuitous_arp(server, net):
 
 
 def test_check_servers_finds_the_vm_ready(server):
-    from experiments.servers import check_servers
+    from experiments.testbed.servers import check_servers
 
     found = check_servers(["localhost", server.address], ssh_config=str(server.ssh_config))
     assert [f.name for f in found] == [f"{server.address}: {n}" for n in ("ssh", "mininet", "eucalab", "tunnel", "MTU")]
@@ -180,7 +180,7 @@ def test_check_servers_finds_the_vm_ready(server):
 
 
 def test_the_vms_clock_offset_is_measured_and_recorded_with_its_resolution(server):
-    from experiments.clocks import measure_clock_offset
+    from experiments.testbed.clocks import measure_clock_offset
 
     recorded = json.loads((server.vm.out_dir / "clock.json").read_text())
     assert recorded["server"] == server.address
@@ -201,7 +201,7 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
     import sys
     from dataclasses import asdict
 
-    from experiments.deployment import _child_env
+    from experiments.testbed.deployment import _child_env
     from topologies.placement import place
     from topologies.plan import build_plan
     from topologies.spec import spec_from_dict

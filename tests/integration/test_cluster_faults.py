@@ -10,7 +10,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from experiments.deployment import Deployment
+from experiments.testbed.deployment import Deployment
 from tests.support.util import instance_leaving
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 

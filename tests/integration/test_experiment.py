@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from experiments.analysis import Probe, outage
-from experiments.failover import Experiment, Runner, TrialSet
-from experiments.report import build
+from experiments.analysis.measures import Probe, outage
+from experiments.analysis.report import build
+from experiments.failover.runner import Experiment, Runner, TrialSet
 
 
 def test_tiny_experiment_report_matches_raw_data(tmp_path):
@@ -50,7 +50,7 @@ def test_tiny_experiment_report_matches_raw_data(tmp_path):
 
 def test_a_cc_host_failure_leaves_edge_instances_answering(tmp_path):
     """The CC primary's host fails while users fetch HTTP from an instance's elastic IP every
-    10 ms (experiments/definitions/edge.yaml, shortened): in MANAGED the CC routes the
+    10 ms (experiments/failover/definitions/edge.yaml, shortened): in MANAGED the CC routes the
     instance and users wait for the takeover; in EDGE the NC's bridge translates the
     elastic IP and no probe fails while the CC pair fails over."""
     exp = Experiment(name="edge-tiny", seed=3, spec={"name": "edge-tiny", "clusters": 1, "ncs_per_cluster": 1},

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from components.common.events import read_events
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from tests.support.probes import HttpProbe as Probe
 from topologies.spec import DeploymentSpec
 

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from experiments.analysis import percentile
-from experiments.deployment import Deployment, wait_until
+from experiments.analysis.measures import percentile
+from experiments.testbed.deployment import Deployment, wait_until
 from tests.support import hademo
 from tests.support.probes import HttpProbe
 from topologies.spec import DeploymentSpec

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from components.common.ha_config import HEARTBEAT_PORT
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from tests.support.clc_client import create_account, upload_image
 from topologies.spec import DeploymentSpec, HeartbeatSpec
 

@@ -24,7 +24,7 @@ import pytest
 
 from components.common.ha_config import HEARTBEAT_PORT
 from components.sc import blockproto as bp
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from topologies.spec import DeploymentSpec
 
 from .conftest import aws_client

@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from experiments.deployment import wait_until
+from experiments.testbed.deployment import wait_until
 from tests.support.util import instance_leaving
 
 IMAGE = os.urandom(2 * 2**20)

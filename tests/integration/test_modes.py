@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from components.common.modes import MODES, NC_ENFORCED_MODES, features
-from experiments.bench_sdn import slot_interface
-from experiments.deployment import Deployment, wait_until
+from experiments.bench.sdn import slot_interface
+from experiments.testbed.deployment import Deployment, wait_until
 from tests.support.util import instance_leaving
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 

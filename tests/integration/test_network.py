@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import vswitchd
-from experiments.deployment import Deployment, cleanup_runs, wait_until
+from experiments.testbed import vswitchd
+from experiments.testbed.deployment import Deployment, cleanup_runs, wait_until
 from topologies.network import existing_bridges, existing_links
 from topologies.spec import DeploymentSpec, LinkSpec, NetworkMode
 
@@ -183,7 +183,7 @@ def test_larger_spec_and_clean_teardown(tmp_path):
 
 SCRIPT = """\
 import sys, time
-from experiments.deployment import Deployment
+from experiments.testbed.deployment import Deployment
 from topologies.spec import DeploymentSpec
 with Deployment(DeploymentSpec(name="test-crash", clusters=1, ncs_per_cluster=2),
                 run_dir=sys.argv[1]) as dep:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from experiments.bench_sdn import capture, intent_request
-from experiments.deployment import Deployment, wait_until
+from experiments.bench.sdn import capture, intent_request
+from experiments.testbed.deployment import Deployment, wait_until
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 

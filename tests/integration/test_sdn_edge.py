@@ -21,8 +21,8 @@ import ipaddress
 
 import pytest
 
-from experiments.bench_sdn import boot, capture, intent_request, put_intent, sdn_spec, start_listener, tcp_answer
-from experiments.deployment import Deployment
+from experiments.bench.sdn import boot, capture, intent_request, put_intent, sdn_spec, start_listener, tcp_answer
+from experiments.testbed.deployment import Deployment
 from topologies.spec import NetworkMode
 
 from .isolation import assert_attacks_fail, assert_broadcast_stays_inside_the_group, assert_denied

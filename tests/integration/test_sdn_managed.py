@@ -24,9 +24,9 @@ import time
 
 import pytest
 
-from experiments.bench_sdn import (apply_router, boot, forwarded_packets, group, instance, intent_request, put_intent,
+from experiments.bench.sdn import (apply_router, boot, forwarded_packets, group, instance, intent_request, put_intent,
                                    sdn_spec, start_listener, tcp_answer)
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from topologies.spec import NetworkMode
 
 from .isolation import assert_attacks_fail, assert_broadcast_stays_inside_the_group, assert_denied

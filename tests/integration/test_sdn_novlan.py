@@ -14,9 +14,9 @@ import time
 import pytest
 from scapy.layers.l2 import ARP, Ether
 
-from experiments.bench_sdn import (apply_router, boot, capture, group, instance, put_intent, sdn_spec, send_frames,
+from experiments.bench.sdn import (apply_router, boot, capture, group, instance, put_intent, sdn_spec, send_frames,
                                    start_listener, tcp_answer)
-from experiments.deployment import Deployment
+from experiments.testbed.deployment import Deployment
 from topologies.spec import NetworkMode
 
 MODE = NetworkMode.MANAGED_NOVLAN

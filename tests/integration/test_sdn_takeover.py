@@ -17,7 +17,7 @@ import pytest
 
 from components.common.events import read_events
 from controllers.vips import virtual_mac
-from experiments.deployment import Deployment, wait_until
+from experiments.testbed.deployment import Deployment, wait_until
 from tests.support.probes import HttpProbe as Probe
 from topologies.spec import DeploymentSpec, HASpec
 

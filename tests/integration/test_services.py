@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from experiments.deployment import wait_until
-from experiments.failover import Prober
-from experiments.services import ServiceAPI, pairs
+from experiments.failover.runner import Prober
+from experiments.testbed.deployment import wait_until
+from experiments.testbed.services import ServiceAPI, pairs
 
 
 def redundancy(rows) -> dict:

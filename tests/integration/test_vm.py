@@ -9,7 +9,7 @@ import subprocess
 
 import psutil
 
-from experiments import vm
+from experiments.testbed import vm
 
 
 def _qemus() -> set[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import preflight
+from experiments.testbed import preflight
 
 
 @pytest.fixture(scope="session", autouse=True)

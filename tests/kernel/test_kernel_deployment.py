@@ -7,8 +7,8 @@ heartbeat is relaxed to 500 ms x 3 and no outage is measured here.
 
 from __future__ import annotations
 
-from experiments.deployment import Deployment, wait_until
-from experiments.linkcheck import ping
+from experiments.testbed.deployment import Deployment, wait_until
+from experiments.testbed.linkcheck import ping
 from topologies.spec import spec_from_dict
 
 SPEC = {"name": "k-small", "clusters": 1, "ncs_per_cluster": 1, "vm_slots_per_nc": 1,

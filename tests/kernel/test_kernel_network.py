@@ -16,10 +16,10 @@ import json
 import statistics
 import subprocess
 
-from experiments import preflight
-from experiments.bench_sdn import start_listener, tcp_answer
-from experiments.deployment import Deployment, wait_until
-from experiments.linkcheck import binomial_interval, ping, round_trip_loss
+from experiments.bench.sdn import start_listener, tcp_answer
+from experiments.testbed import preflight
+from experiments.testbed.deployment import Deployment, wait_until
+from experiments.testbed.linkcheck import binomial_interval, ping, round_trip_loss
 from topologies.spec import spec_from_dict
 
 SMALL = {"clusters": 1, "ncs_per_cluster": 1, "vm_slots_per_nc": 1, "sdn": False,

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from experiments import bench_sdn
+from experiments.bench import sdn as bench_sdn
 
 
 def test_sdn_benchmark_runs_on_the_kernel_datapath():

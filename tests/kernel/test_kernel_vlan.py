@@ -18,9 +18,9 @@ from __future__ import annotations
 import pytest
 
 from components.common import vlan as vlans
-from experiments.bench_sdn import (apply_router, boot, capture, forwarded_packets, group, instance, run_ip,
+from experiments.bench.sdn import (apply_router, boot, capture, forwarded_packets, group, instance, run_ip,
                                    sdn_spec, start_listener, tcp_answer)
-from experiments.deployment import Deployment
+from experiments.testbed.deployment import Deployment
 from topologies.spec import NetworkMode
 
 MODE = NetworkMode.MANAGED

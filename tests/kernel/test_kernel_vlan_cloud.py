@@ -13,9 +13,9 @@ import os
 import pytest
 
 from components.common import vlan as vlans
-from experiments.bench_sdn import capture
-from experiments.deployment import Deployment, wait_until
-from experiments.timescale import scaled
+from experiments.bench.sdn import capture
+from experiments.testbed.deployment import Deployment, wait_until
+from experiments.testbed.timescale import scaled
 from topologies.spec import spec_from_dict
 
 SPEC = {"name": "k-vlan-cloud", "clusters": 1, "ncs_per_cluster": 1, "vm_slots_per_nc": 2, "sdn": False,

@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from components.common.groups import digest as group_digest
-from experiments.loopback import JsonHandler, StandIn
+from experiments.testbed.loopback import JsonHandler, StandIn
 
 from .processes import ADMIN, TOKEN
 

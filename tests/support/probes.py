@@ -2,7 +2,7 @@
 
 ``HttpProbe`` sends one GET every ``period`` from a host's namespace (default: the user
 host) in a thread of the test, one request at a time, each cut at ``timeout``. The
-outage it reports is the experiments' own measure (``experiments.analysis.outage``):
+outage it reports is the experiments' own measure (``experiments.analysis.measures.outage``):
 the longest time between two consecutive successful completions from the last success
 before the fault, so that a test and a failover experiment mean the same by it.
 """
@@ -15,8 +15,8 @@ import time
 from typing import Callable, NamedTuple
 from urllib.parse import urlsplit
 
-from experiments.analysis import Probe, outage
-from experiments.timescale import wait_until
+from experiments.analysis.measures import Probe, outage
+from experiments.testbed.timescale import wait_until
 
 
 class Answer(NamedTuple):
@@ -69,7 +69,7 @@ class HttpProbe:
         self._t.join(timeout=5)
 
     def outage_after(self, t_fault: float, until: float | None = None) -> float | None:
-        """Seconds without service around a fault at ``t_fault`` (experiments.analysis.outage);
+        """Seconds without service around a fault at ``t_fault`` (experiments.analysis.measures.outage);
         None if service never resumed."""
         return outage([Probe(a.sent, a.done, a.ok) for a in self.log], t_fault, until)
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from components.common.events import read_events
-from experiments.loopback import stop
+from experiments.testbed.loopback import stop
 
 from .util import free_port
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from experiments.loopback import free_port
-from experiments.timescale import scaled, wait_until
+from experiments.testbed.loopback import free_port
+from experiments.testbed.timescale import scaled, wait_until
 
 __all__ = ["free_port", "instance_leaving", "until", "wait_until"]
 

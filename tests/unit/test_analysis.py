@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.analysis import Probe, beyond_bound, bootstrap_ci, outage, outage_span, percentile, resolution, summarize
+from experiments.analysis.measures import Probe, beyond_bound, bootstrap_ci, outage, outage_span, percentile, resolution, summarize
 
 
 def stream(start, end, step, down=None, duration=0.002):

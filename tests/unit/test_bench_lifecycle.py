@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench_lifecycle import measure
+from experiments.bench.lifecycle import measure
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.bench_cloud_walrus import ADMIN, moto_process, walrus_process
-from experiments.bench_s3cp import MOTO_ENV, cli_round_trip, local
+from experiments.bench.cloud_walrus import ADMIN, moto_process, walrus_process
+from experiments.bench.s3cp import MOTO_ENV, cli_round_trip, local
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 

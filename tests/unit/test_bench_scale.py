@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench_scale import figure_rows, load_spec_dict, XL_SPEC, zone_plan
+from experiments.bench.scale import figure_rows, load_spec_dict, XL_SPEC, zone_plan
 from topologies.plan import build_plan
 from topologies.spec import spec_from_dict
 
@@ -52,9 +52,9 @@ def test_every_figure_is_printed_with_its_target_and_a_verdict():
 
 
 def test_the_trials_are_make_runs_for_the_four_ha_components():
-    from experiments.bench_scale import TARGETS_ORDER, experiment
-    from experiments.failover import DEFINITIONS, Experiment
-    from experiments.faults import PLANNED_SWITCHOVER
+    from experiments.bench.scale import TARGETS_ORDER, experiment
+    from experiments.failover.faults import PLANNED_SWITCHOVER
+    from experiments.failover.runner import DEFINITIONS, Experiment
 
     made = Experiment.load(DEFINITIONS / "default.yaml")
     exp = experiment({"name": "xl"}, 3, "xl")

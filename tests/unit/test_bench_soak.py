@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from experiments.bench_soak import (RULE_TAG, StateTail, enabled_twice, judge, keepalived_masters, loss_figures,
-                                    loss_rules, parse_counters)
+from experiments.failover.soak import (RULE_TAG, StateTail, enabled_twice, judge, keepalived_masters, loss_figures,
+                                       loss_rules, parse_counters)
 
 
 def ev(t, host, event, **kw):

@@ -32,7 +32,7 @@ def _runs() -> list[str]:
 def test_every_command_is_one_this_repository_runs():
     modprobe, container = _runs()
     # The kernel-lane VM loads its modules with exactly this command.
-    guest = (REPO / "experiments" / "vm_guest.sh").read_text().splitlines()
+    guest = (REPO / "experiments" / "testbed" / "vm_guest.sh").read_text().splitlines()
     assert modprobe.removeprefix("sudo ") in [line.strip() for line in guest]
     # The container runs CI's own entry point, which runs the README's test command.
     assert container.startswith("docker run --rm --privileged --network host")

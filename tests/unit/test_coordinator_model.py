@@ -1,13 +1,13 @@
-"""The model of Eucalyptus 3.x's coordinator (experiments/coordinator_model.py): who
+"""The model of Eucalyptus 3.x's coordinator (experiments/failover/coordinator_model.py): who
 coordinates, what one check round does, and the outage it allows."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments.coordinator_model import (COORDINATOR_CHECK_BACKOFF_SECS, FD_MAX_TRIES, FD_TIMEOUT_S,
-                                           HOST_CHECK_TIMEOUT_S, VERIFY_SUSPECT_TIMEOUT_S, ServiceView, bounds,
-                                           check_round, coordinator, outage, sample, view_change_s)
+from experiments.failover.coordinator_model import (COORDINATOR_CHECK_BACKOFF_SECS, FD_MAX_TRIES, FD_TIMEOUT_S,
+                                                    HOST_CHECK_TIMEOUT_S, VERIFY_SUSPECT_TIMEOUT_S, ServiceView, bounds,
+                                                    check_round, coordinator, outage, sample, view_change_s)
 
 
 def test_the_coordinator_is_the_clc_in_the_view_no_other_started_after():

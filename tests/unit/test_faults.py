@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.failover import Experiment
-from experiments.faults import (CATALOGUE, FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED, check_available,
-                                enabled_intervals, judge, overlap)
+from experiments.failover.runner import Experiment
+from experiments.failover.faults import (CATALOGUE, FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED, check_available,
+                                         enabled_intervals, judge, overlap)
 
 
 def verdict(expect, **kw):
@@ -87,12 +87,12 @@ def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_the_shipped_definitions_load():
-    from experiments.failover import DEFINITIONS
+    from experiments.failover.runner import DEFINITIONS
 
-    from experiments.failover import sweep_points
+    from experiments.failover.runner import sweep_points
     from topologies.spec import spec_from_dict
 
-    from experiments.safe_floor import SafeFloor, is_safe_floor
+    from experiments.failover.safe_floor import SafeFloor, is_safe_floor
 
     for path in sorted(DEFINITIONS.glob("*.yaml")):
         if is_safe_floor(path):
@@ -105,7 +105,7 @@ def test_the_shipped_definitions_load():
 
 
 def test_a_sweep_expands_to_every_combination_each_labelled(tmp_path):
-    from experiments.failover import sweep_points
+    from experiments.failover.runner import sweep_points
 
     path = tmp_path / "sweep.yaml"
     path.write_text("sweep: {spec.heartbeat.interval_ms: [20, 50], set.params.loss_percent: [1, 5]}\n"

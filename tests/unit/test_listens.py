@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.deployment import listens
+from experiments.testbed.deployment import listens
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000

@@ -11,8 +11,8 @@ import sys
 import pytest
 from rich.console import Console
 
-from experiments import preflight
-from experiments.preflight import Finding
+from experiments.testbed import preflight
+from experiments.testbed.preflight import Finding
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
@@ -142,7 +142,7 @@ def test_builder_probes_are_cached():
 
 
 def test_builder_probes_import_nothing_heavy():
-    code = ("import sys, experiments.preflight; "
+    code = ("import sys, experiments.testbed.preflight; "
             "heavy = [m for m in ('rich', 'mininet', 'os_ken') if m in sys.modules]; "
             "sys.exit('imported: ' + ' '.join(heavy) if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""The experiment's prober (experiments/prober.py) against an HTTP server on loopback: it
+"""The experiment's prober (experiments/failover/prober.py) against an HTTP server on loopback: it
 keeps its pace while requests hang, reports each one with its own times, and stops when
 its stdin closes."""
 
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from experiments.prober import matches, overhead
-from experiments.rundir import REPO_ROOT
+from experiments.failover.prober import matches, overhead
+from experiments.testbed.rundir import REPO_ROOT
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 
@@ -57,7 +57,7 @@ def server():
 
 def test_requests_keep_their_pace_while_some_hang_and_it_stops_on_stdin_close(server):
     srv, state = server
-    argv = [sys.executable, "-m", "experiments.prober", "--url", f"http://127.0.0.1:{srv.server_address[1]}/x",
+    argv = [sys.executable, "-m", "experiments.failover.prober", "--url", f"http://127.0.0.1:{srv.server_address[1]}/x",
             "--interval", "0.01", "--timeout", "0.2", "--expect", "equals", "--body-hex", b"hello\n".hex()]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
     time.sleep(0.5)
@@ -98,7 +98,7 @@ def test_overhead_figures():
 def test_a_2_ms_interval_keeps_its_pace(server):
     """The finer probing the safe-floor experiment uses: 2 ms between request starts."""
     srv, _ = server
-    argv = [sys.executable, "-m", "experiments.prober", "--url", f"http://127.0.0.1:{srv.server_address[1]}/x",
+    argv = [sys.executable, "-m", "experiments.failover.prober", "--url", f"http://127.0.0.1:{srv.server_address[1]}/x",
             "--interval", "0.002", "--timeout", "0.2", "--expect", "equals", "--body-hex", b"hello\n".hex()]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT)
     time.sleep(1.0)

@@ -1,4 +1,4 @@
-"""The integration tests' probe measures outage as the experiments do (experiments.analysis)."""
+"""The integration tests' probe measures outage as the experiments do (experiments.analysis.measures)."""
 
 from __future__ import annotations
 

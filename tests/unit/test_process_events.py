@@ -1,10 +1,10 @@
-"""experiments.deployment.Process.events: a started process's own events, read as its log grows."""
+"""experiments.testbed.deployment.Process.events: a started process's own events, read as its log grows."""
 
 from __future__ import annotations
 
 import json
 
-from experiments.deployment import Process
+from experiments.testbed.deployment import Process
 
 
 def _line(event: str, **fields) -> bytes:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from experiments.report import build
+from experiments.analysis.report import build
 
 
 def write_trials(path, records):

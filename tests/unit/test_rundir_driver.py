@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from experiments import rundir as rd
+from experiments.testbed import rundir as rd
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 

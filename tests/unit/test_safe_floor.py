@@ -1,11 +1,11 @@
-"""The safe-floor experiment's logic (experiments/safe_floor.py): which setting is the floor,
+"""The safe-floor experiment's logic (experiments/failover/safe_floor.py): which setting is the floor,
 the bounds an outage is judged against, and its definition's validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments.safe_floor import SafeFloor, bound, floor, outcome, render, soak_row, trial_sets, vrrp_bound
+from experiments.failover.safe_floor import SafeFloor, bound, floor, outcome, render, soak_row, trial_sets, vrrp_bound
 
 
 def clean(**extra):
@@ -99,7 +99,7 @@ def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_keepalived_rounds_its_interval_and_the_bound_follows_what_it_ran():
-    from experiments.safe_floor import advert_ms
+    from experiments.failover.safe_floor import advert_ms
 
     # Asked for 15 ms, keepalived sent one advert per 20 ms (it rounds to centiseconds).
     assert advert_ms({"soak_s": 60.0, "adverts": {"seen": 2978, "dropped": 37}}) == 20.1
@@ -116,7 +116,7 @@ def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
     import json
     from dataclasses import asdict
 
-    from experiments.safe_floor import build, is_run
+    from experiments.failover.safe_floor import build, is_run
 
     d = SafeFloor(intervals_ms=[50, 20], targets=[{"target": "clc"}])
     (tmp_path / "definition.json").write_text(json.dumps({**asdict(d), "run_soak_minutes": 1, "run_trials": 2}))
@@ -150,7 +150,7 @@ def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
 
 
 def test_a_promotion_no_trial_called_for_counts_against_the_floor():
-    from experiments.safe_floor import unexpected_promotions
+    from experiments.failover.safe_floor import unexpected_promotions
 
     trials = [{"target": "clc", "t_fault": 100.0, "hold_s": 0.05, "redundancy_restored_s": 5.0,
                "new_primary": "clc2"},

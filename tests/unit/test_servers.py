@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from experiments import clocks, servers
-from experiments.rundir import REPO_ROOT
+from experiments.testbed import clocks, servers
+from experiments.testbed.rundir import REPO_ROOT
 
 pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
@@ -59,7 +59,7 @@ def test_the_probe_line_runs_here_and_reports_this_machine():
     assert set(got) == {"mininet", "commit", "mtu", "tunnels"}
     assert got["mtu"] and got["mtu"] > 0
     # The same answers eucalab check compares against.
-    from experiments.versions import versions
+    from experiments.testbed.versions import versions
     here = versions()
     assert (got["mininet"], got["commit"]) == (here["mininet"], here["eucalab_commit"])
 

@@ -204,7 +204,7 @@ def test_during_a_switchover_requests_are_held_then_forwarded_unchanged_to_the_n
 
 
 def test_eucalab_services_reads_the_answer_and_says_which_pairs_are_redundant(cloud):
-    from experiments.services import pairs, parse_services, reached
+    from experiments.testbed.services import pairs, parse_services, reached
 
     base, members = cloud
     members.states["c1sc2"] = "STOPPED"

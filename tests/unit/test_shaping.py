@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.linkcheck import binomial_interval, parse_ping, round_trip_loss
+from experiments.testbed.linkcheck import binomial_interval, parse_ping, round_trip_loss
 from topologies.plan import build_plan
 from topologies.shaping import expected_qdiscs, interface_commands, shape_commands
 from topologies.spec import spec_from_dict

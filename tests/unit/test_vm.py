@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from experiments import timescale, vm
+from experiments.testbed import timescale, vm
 
 pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
@@ -90,12 +90,12 @@ def test_cpio_newc_round_trips_what_the_kernel_unpacks():
 
 def test_stage1_loads_modules_and_switches_root_into_the_guest_script():
     init = vm.stage1_init(["kernel/net/9p/9pnet.ko", "kernel/fs/9p/9p.ko"], "/cache/k/lib/modules",
-                          "/repo/experiments/vm_guest.sh")
+                          "/repo/experiments/testbed/vm_guest.sh")
     lines = init.splitlines()
     assert lines[0] == "#!/bin/busybox sh"
     assert lines.index("insmod /lib/modules/9pnet.ko") < lines.index("insmod /lib/modules/9p.ko")
     assert "mount --bind /lower/cache/k/lib/modules /newroot/usr/lib/modules" in init
-    assert lines[-1] == "exec switch_root /newroot /bin/bash /repo/experiments/vm_guest.sh"
+    assert lines[-1] == "exec switch_root /newroot /bin/bash /repo/experiments/testbed/vm_guest.sh"
 
 
 def test_qemu_command_has_no_disk_and_no_network(tmp_path):
@@ -153,7 +153,7 @@ def test_ssh_keys_and_config_are_the_runs_own(tmp_path):
 def test_cleanup_of_a_vm_server_kills_only_the_recorded_process(tmp_path):
     import subprocess
 
-    from experiments import rundir as rd
+    from experiments.testbed import rundir as rd
 
     def record(pid, start):
         return {"vm_server": {"qemu_pid": pid, "qemu_start": start, "tap": "euclnotthere0"}}

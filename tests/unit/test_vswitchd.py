@@ -1,4 +1,4 @@
-"""ovs-vswitchd's scheduling while deployments run (experiments/vswitchd.py), on a
+"""ovs-vswitchd's scheduling while deployments run (experiments/testbed/vswitchd.py), on a
 stand-in process: finding it, refusing what cannot be done, and putting back only
 what was recorded, only when no other run still uses the datapath."""
 
@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from experiments import rundir as rd
-from experiments import vswitchd
+from experiments.testbed import rundir as rd
+from experiments.testbed import vswitchd
 
 pytestmark = pytest.mark.loopback  # starts processes on 127.0.0.1 (tests/conftest.py)
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from components.common.events import read_events
-from experiments.loopback import JsonHandler
+from experiments.testbed.loopback import JsonHandler
 from tests.support.clc_client import s3_client
 from tests.support.processes import ADMIN, TOKEN, component
 from tests.support.util import free_port

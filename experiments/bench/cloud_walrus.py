@@ -1,7 +1,7 @@
 """Walrus beside moto's S3 server on loopback: boto3 GetObject latency of one small object.
 
     eucalab bench cloud-walrus [--requests 300] [--size 65536] [--json FILE]
-    (or python -m experiments.bench_cloud_walrus)
+    (or python -m experiments.bench.cloud_walrus)
 
 Both servers run as processes started here on 127.0.0.1 and stopped by PID. One
 boto3 client per server (path-style, no retries); requests alternate between the
@@ -28,8 +28,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from .analysis import percentile
-from .loopback import free_port, stop
+from ..analysis.measures import percentile
+from ..testbed.loopback import free_port, stop
 
 CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHWALRUS00001",
@@ -114,7 +114,7 @@ def run(requests: int = 300, size: int = 64 * 1024, warmup: int = 30) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_cloud_walrus", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.cloud_walrus", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--size", type=int, default=64 * 1024, help="object size in bytes")
     parser.add_argument("--json", type=Path, help="also write the raw latencies here")

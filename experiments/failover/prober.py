@@ -1,6 +1,6 @@
 """The user's requests during a trial, from a process of their own on the user host.
 
-``python -m experiments.prober --url URL --interval S --timeout S --expect {equals,contains,
+``python -m experiments.failover.prober --url URL --interval S --timeout S --expect {equals,contains,
 stripped} --body-hex HEX [--header NAME:VALUE ...]`` sends one plain HTTP request every
 interval, overlapping (one that hangs is cut at its timeout and never delays the next
 ones; no retries), and prints one line per request as it completes::
@@ -17,7 +17,7 @@ requests on the service it measures; that line says how much.
 Why a process of its own: the probes measure the outage, so nothing the fault injector
 does may delay them. Restarting the killed member forks the harness's large process,
 which pauses its threads; probes there would count that pause as outage
-(docs/experiments.md). Only the standard library (and experiments.analysis, which uses
+(docs/experiments.md). Only the standard library (and experiments.analysis.measures, which uses
 nothing else): the process starts in tens of ms.
 """
 
@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from experiments.analysis import percentile  # the standard library only
+from experiments.analysis.measures import percentile  # the standard library only
 
 
 def _mono() -> float:
@@ -80,7 +80,7 @@ def overhead(late_s: list[float], cpu_s: float, wall_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.prober", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.failover.prober", description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True)
     ap.add_argument("--interval", type=float, required=True, help="seconds between request starts")
     ap.add_argument("--timeout", type=float, required=True, help="seconds before a request is cut")

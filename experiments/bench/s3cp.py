@@ -23,8 +23,8 @@ from typing import Callable
 
 from topologies.spec import DeploymentSpec
 
-from .bench_cloud_walrus import moto_process
-from .deployment import Deployment
+from ..testbed.deployment import Deployment
+from .cloud_walrus import moto_process
 
 AWS = Path(sys.executable).parent / "aws"
 MOTO_ENV = ("AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_CONFIG_FILE=/dev/null "

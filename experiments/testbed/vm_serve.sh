@@ -1,5 +1,5 @@
 #!/bin/bash
-# The job of the kernel-lane VM serving as a second server (experiments/vm.py, serve()):
+# The job of the kernel-lane VM serving as a second server (experiments/testbed/vm.py, serve()):
 # sshd with this run's own keys, listening on the guest's address only. Open vSwitch
 # already runs. The host ends the VM by killing qemu (the guest keeps nothing).
 set -eu

@@ -12,7 +12,7 @@ virtual machine with Debian's own kernel and runs the same code inside it:
 * the guest has no disk: a small initramfs (busybox from ``busybox-static`` and the
   virtio, 9p and overlay modules) mounts this machine's ``/`` read-only over virtio-9p,
   lays a tmpfs over it, mounts the unpacked kernel's modules and switches root into
-  ``experiments/vm_guest.sh``, which starts Open vSwitch on the kernel datapath and runs
+  ``experiments/testbed/vm_guest.sh``, which starts Open vSwitch on the kernel datapath and runs
   the job; so the guest runs this machine's own Mininet, Open vSwitch and ``.venv``;
 * the job's output, its exit status and any files it writes to ``$EUCALAB_VM_OUT``
   come back through a second, writable 9p share: a directory the caller names.
@@ -504,9 +504,9 @@ def _raise_exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-# Under emulation every timeout of the testbed is stretched (experiments.timescale).
+# Under emulation every timeout of the testbed is stretched (experiments.testbed.timescale).
 TCG_TIME_SCALE = "10"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _python() -> str:

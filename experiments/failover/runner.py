@@ -1,12 +1,12 @@
 """Failover experiments: crash a primary, measure the outage a user sees, repeat; keepalived beside it.
 
-    eucalab run                                 the default experiment (experiments/definitions/default.yaml)
+    eucalab run                                 the default experiment (experiments/failover/definitions/default.yaml)
     eucalab experiment FILE                     any other definition (copy and edit the default)
 
 Flow: definition -> deployment -> workload (an instance with an elastic IP, an
 object, a signed EC2 request) -> trials (probe, fault at a seeded random phase,
 recovery, restore) -> raw data (trials.jsonl, probes.jsonl, every component's
-events) -> report (experiments/report.py).
+events) -> report (experiments/analysis/report.py).
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from components.common.events import read_events
 from components.common.modes import features
 from topologies.spec import COMPONENT_KINDS, spec_from_dict
 
-from .analysis import Probe, outage_span, resolution
-from .deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
+from ..analysis.measures import Probe, outage_span, resolution
+from ..testbed.deployment import REALTIME_PRIORITY, Deployment, _child_env, wait_until
 from .faults import (CATALOGUE, FAILOVER, PLANNED_SWITCHOVER, SWITCHOVER, FaultContext, check_available,
                      enabled_intervals, judge, overlap)
-from .preflight import datapath_ports
-from .rundir import REPO_ROOT, new_run_dir, write_json
+from ..testbed.preflight import datapath_ports
+from ..testbed.rundir import REPO_ROOT, new_run_dir, write_json
 
-DEFINITIONS = REPO_ROOT / "experiments" / "definitions"
+DEFINITIONS = REPO_ROOT / "experiments" / "failover" / "definitions"
 TARGETS = (*COMPONENT_KINDS, "keepalived")
-FAULTS = tuple(CATALOGUE)  # experiments/faults.py: what each does and the outcome it expects
+FAULTS = tuple(CATALOGUE)  # experiments/failover/faults.py: what each does and the outcome it expects
 # keepalived's equivalents: its responder crashes with it, or its master's priority is lowered.
 KEEPALIVED_FAULTS = ("sigkill", PLANNED_SWITCHOVER)
 MAINTENANCE_WEIGHT = 30  # keepalived's planned switchover: priorities are 100 and 90
@@ -153,7 +153,7 @@ class Experiment:
 
 
 class Prober:
-    """The user's requests during a trial (experiments/prober.py), in a process of its own on
+    """The user's requests during a trial (experiments/failover/prober.py), in a process of its own on
     the user host, so that nothing the harness does meanwhile (restarting a member, reading
     event logs) can delay them; each completed request arrives as a line on its stdout."""
 
@@ -162,14 +162,14 @@ class Prober:
         self.dep, self.url, self.headers = dep, url, headers
         self.interval, self.timeout, self.expect = interval, timeout, expect
         self.probes: list[Probe] = []
-        self.overhead: dict | None = None  # the prober's own cost, its last line (experiments/prober.py)
+        self.overhead: dict | None = None  # the prober's own cost, its last line (experiments/failover/prober.py)
         self._lock = threading.Lock()
         self._popen = None
         self._reader = threading.Thread(target=self._read, daemon=True)
 
     def start(self) -> "Prober":
         kind, want = self.expect
-        argv = [sys.executable, "-m", "experiments.prober", "--url", self.url, "--interval", str(self.interval),
+        argv = [sys.executable, "-m", "experiments.failover.prober", "--url", self.url, "--interval", str(self.interval),
                 "--timeout", str(self.timeout), "--expect", kind, "--body-hex", want.hex()]
         if self.dep.realtime:
             # The members it measures run at this priority: the prober must not queue behind them.
@@ -393,7 +393,7 @@ class Runner:
         self.exp = exp
         # Told before a deployment's services start (``starting(dep)``), when they are up
         # (``services_up(dep, seconds)``) and when the workload is ready, before the first
-        # trial (``prepared(dep)``): a benchmark measures there (experiments/bench_scale.py).
+        # trial (``prepared(dep)``): a benchmark measures there (experiments/bench/scale.py).
         self.observer = observer
         self.run_dir = run_dir or new_run_dir(exp.name)
         self.rng = random.Random(exp.seed)
@@ -463,7 +463,7 @@ class Runner:
 
     def _probe_for(self, target: str, w: dict) -> tuple[str, dict, tuple[str, bytes]]:
         """The URL a user requests of ``target``, its headers, and what a success returns
-        (experiments/prober.py: equals, contains or stripped, and the bytes)."""
+        (experiments/failover/prober.py: equals, contains or stripped, and the bytes)."""
         if target == "clc":
             url, headers = self._describe_request(w)
             return url, headers, ("contains", b"DescribeInstancesResponse")
@@ -785,9 +785,9 @@ class Runner:
         """Every sweep point (one when there is no sweep) on its own deployment, then the report."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from . import report
-        from .preflight import has_netem
-        from .versions import versions
+        from ..analysis import report
+        from ..testbed.preflight import has_netem
+        from ..testbed.versions import versions
 
         exp = self.exp
         points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
@@ -841,7 +841,7 @@ class Runner:
 
     def _record_paths(self, dep: Deployment, point: dict) -> None:
         """The network as users and arbitrators see it before the first fault (paths.jsonl)."""
-        from .linkcheck import measure_paths
+        from ..testbed.linkcheck import measure_paths
 
         with open(self.run_dir / "paths.jsonl", "a") as f:
             links = dataclasses.asdict(dep.spec.links)

@@ -23,8 +23,8 @@ from botocore.config import Config
 
 from topologies.spec import DeploymentSpec
 
-from .analysis import percentile
-from .deployment import Deployment
+from ..analysis.measures import percentile
+from ..testbed.deployment import Deployment
 
 CFG = Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
 

@@ -1,6 +1,6 @@
 """CLC catch-up timing: a DISABLED member N ops behind its ENABLED peer, no root, loopback only.
 
-    eucalab bench clc-catchup 5000 50000   (or python -m experiments.bench_clc_catchup)
+    eucalab bench clc-catchup 5000 50000   (or python -m experiments.bench.clc_catchup)
 
 Two real CLC services in this process on loopback, the HA agent's view of the peer set
 by hand (as tests/unit/test_clc_replication.py does). For each N the ENABLED member
@@ -33,7 +33,7 @@ from components.clc.ec2 import EC2Error
 from components.clc.service import CloudController
 from components.common.config import validate_config
 
-from .loopback import free_port
+from ..testbed.loopback import free_port
 
 TOKEN = "bench-token"
 TICK_S = 0.001

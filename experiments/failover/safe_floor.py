@@ -1,20 +1,20 @@
 """The safe floor of failover detection: the shortest timer with no false failover, and the outage there.
 
-    eucalab experiment experiments/definitions/safe-floor.yaml [--trials N] [--soak-minutes M]
+    eucalab experiment experiments/failover/definitions/safe-floor.yaml [--trials N] [--soak-minutes M]
 
 A failure detector can always be made faster by shortening its timer, until it starts to
 fail over when nothing failed. So two systems are compared at their safe floors, not at
 one setting. For each interval h of ``intervals_ms`` (eucalab's heartbeat with ``misses``
 misses; keepalived's VRRPv3 advert interval, on the same hosts):
 
-1. a soak (experiments/bench_soak.py) of ``soak_minutes`` on a deployment of its own:
+1. a soak (experiments/failover/soak.py) of ``soak_minutes`` on a deployment of its own:
    ``loss_pct`` of heartbeats (adverts) dropped, ``hog_cores`` cores busy, one arbitrator
    of every ENABLED member stopped, the deployment's services running; then keepalived's
    soak as long on the same deployment with the same loss and hog;
 2. a setting is safe when its soak saw 0 false failovers and 0 samples with two members
    serving; the floor is the shortest setting at which it and every longer one were safe
    (``floor``);
-3. crash trials at each floor on one deployment (experiments/failover.py): ``trials``
+3. crash trials at each floor on one deployment (experiments/failover/runner.py): ``trials``
    each of ``targets`` at eucalab's floor, and keepalived's at its own, probed every
    ``probe_interval_ms``.
 
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
-from .rundir import new_run_dir, write_json
+from ..testbed.rundir import new_run_dir, write_json
 
 KIND = "safe-floor"
-# keepalived's backup in these runs (experiments/failover.py: 100, then 90): its skew time.
+# keepalived's backup in these runs (experiments/failover/runner.py: 100, then 90): its skew time.
 KEEPALIVED_BACKUP_PRIORITY = 90
 # Taking over a VIP by gratuitous ARP on veth, measured (docs/ha.md): about a millisecond.
 TAKEOVER_MS = 1.0
@@ -44,7 +44,7 @@ TAKEOVER_MS = 1.0
 
 @dataclass
 class SafeFloor:
-    """A safe-floor definition (experiments/definitions/safe-floor.yaml)."""
+    """A safe-floor definition (experiments/failover/definitions/safe-floor.yaml)."""
 
     name: str = KIND
     kind: str = KIND
@@ -75,7 +75,7 @@ class SafeFloor:
         return d
 
     def validate(self, where: str = "safe-floor") -> None:
-        from .failover import FAULTS, TARGETS
+        from .runner import FAULTS, TARGETS
 
         if self.kind != KIND:
             raise ValueError(f"{where}: kind must be {KIND!r}")
@@ -189,8 +189,8 @@ def soak_row(summary: dict) -> dict:
 
 def trial_sets(d: SafeFloor, eucalab_floor: float | None, keepalived_floor: float | None, trials: int) -> list:
     """The crash trials at the floors: each target at eucalab's, keepalived at its own."""
-    from .deployment import REALTIME_PRIORITY
-    from .failover import TrialSet
+    from ..testbed.deployment import REALTIME_PRIORITY
+    from .runner import TrialSet
 
     sets = []
     if eucalab_floor is not None:
@@ -233,10 +233,10 @@ def outcome(d: SafeFloor, soaks: dict[float, dict], trials_summary: dict | None,
 
 def coordinator_rows(d: SafeFloor, n: int = 1000) -> dict:
     """The third detector beside the two measured: Eucalyptus 3.x's coordinator, as
-    experiments/coordinator_model.py models it, on the same targets and faults (outage
+    experiments/failover/coordinator_model.py models it, on the same targets and faults (outage
     p50/p99 over ``n`` random check phases, and the model's bounds; seconds)."""
+    from ..analysis.measures import percentile
     from . import coordinator_model as cm
-    from .analysis import percentile
 
     rows = {}
     for t in d.targets:
@@ -286,7 +286,7 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
         lines.append("")
     coord = coordinator_rows(d)
     lines += ["## Eucalyptus 3.x's coordinator (a model, not measured)", "",
-              "The same targets under experiments/coordinator_model.py: a check round every 10 s on the "
+              "The same targets under experiments/failover/coordinator_model.py: a check round every 10 s on the "
               "coordinator CLC, arbitrators probed with a 2 s reachability timeout; a CLC crash is the "
               "coordinator's own, seen first through the group view. Over 1000 random check phases:", "",
               "| target | fault | outage p50 (s) | p99 (s) | model bounds (s) |", "|---|---|---|---|---|"]
@@ -295,7 +295,7 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
         lines.append(f"| {target}{who} | {r['fault']} | {r['p50_s']:g} | {r['p99_s']:g} "
                      f"| {r['bounds_s'][0]:g}..{r['bounds_s'][1]:g} |")
     lines.append("")
-    lines += ["p99 needs at least 100 trials (experiments/analysis.py); the bound is (k-1)h..kh + takeover "
+    lines += ["p99 needs at least 100 trials (experiments/analysis/measures.py); the bound is (k-1)h..kh + takeover "
               f"({TAKEOVER_MS:g} ms) + one probe interval, and for VRRPv3 Master_Down_Interval - Adv .. "
               "Master_Down_Interval + the same.", ""]
     return "\n".join(lines)
@@ -303,8 +303,8 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
 
 def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None) -> Path:
     """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/)."""
-    from .bench_soak import soak
-    from .failover import Experiment, Runner
+    from .runner import Experiment, Runner
+    from .soak import soak
 
     d = SafeFloor.load(path)
     minutes = soak_minutes if soak_minutes is not None else d.soak_minutes

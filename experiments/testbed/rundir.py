@@ -22,7 +22,7 @@ from pathlib import Path
 
 from components.common.events import EventLog
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "results"
 REGISTRY = Path(os.environ.get("EUCALAB_REGISTRY", "/run/eucalab/runs"))
 

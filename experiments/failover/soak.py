@@ -16,7 +16,7 @@ at which two members of a pair are ENABLED is a false failover. The bench sample
 every pair's states every 100 ms, reads the members' event logs at the end, and exits
 1 on any false failover (a benchmark gate).
 
-With ``keepalived_advert_ms`` (the safe-floor experiment, experiments/safe_floor.py), the
+With ``keepalived_advert_ms`` (the safe-floor experiment, experiments/failover/safe_floor.py), the
 same deployment then soaks keepalived as long on the CLC pair's hosts, with the CLCs out
 of the way: VRRPv3 adverts at that interval, the same share of adverts dropped (protocol
 ``vrrp`` arriving on each host's cloud interface), the same CPU hog; every ``Entering
@@ -50,9 +50,9 @@ import psutil
 from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
-from .analysis import percentile
-from .rundir import new_run_dir, registry_entries, write_json
-from .timescale import wait_until
+from ..analysis.measures import percentile
+from ..testbed.rundir import new_run_dir, registry_entries, write_json
+from ..testbed.timescale import wait_until
 
 SAMPLE_S = 0.1
 # Events that change who serves: after start-up, in a soak where nothing fails, each is false.
@@ -361,8 +361,8 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
 
     from topologies.spec import spec_from_dict
 
-    from .deployment import REALTIME_PRIORITY, Deployment
-    from .versions import versions
+    from ..testbed.deployment import REALTIME_PRIORITY, Deployment
+    from ..testbed.versions import versions
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench soak: builds a network and needs root")
@@ -463,7 +463,7 @@ def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, core
                     rt_priority: int | None) -> dict:
     """keepalived on the CLC pair's hosts for ``seconds`` under advert loss and the CPU hog:
     its false failovers and the samples in which both hosts held the VIP."""
-    from .failover import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
+    from .runner import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
 
     hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
     try:

@@ -46,11 +46,11 @@ import boto3
 import psutil
 from botocore.config import Config
 
-from .analysis import percentile
-from .loopback import JsonHandler, StandIn, free_port
-from .loopback import stop as stop_process
+from ..analysis.measures import percentile
+from ..testbed.loopback import JsonHandler, StandIn, free_port
+from ..testbed.loopback import stop as stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN = {"account_id": "000000000001", "access_key": "AKIABENCHLIFECYCLE01",
          "secret_key": "bench-lifecycle-secret-0000000000000000a"}
 TOKEN = "bench-lifecycle-token"
@@ -257,7 +257,7 @@ def run(lifecycles: int = 100_000, batch: int = 64, retention_s: float = 5.0,
                       f"{r['seconds']:.0f}")
     console.print(table)
     console.print("CLC and CC as processes on loopback, the NC a stand-in (no workload, no network); stall: "
-                  "GET /health latency every 10 ms, p99 since the previous row (experiments/analysis.py percentile)")
+                  "GET /health latency every 10 ms, p99 since the previous row (experiments/analysis/measures.py percentile)")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# PID 1 of the kernel-lane VM (experiments/vm.py), after the initramfs switched root into
+# PID 1 of the kernel-lane VM (experiments/testbed/vm.py), after the initramfs switched root into
 # this machine's own files (read-only 9p under a tmpfs overlay). It makes the guest a
 # working Linux for Mininet and Open vSwitch, loads the kernel features the lane is for,
 # starts Open vSwitch on the kernel datapath, runs the job from job.json in the output
@@ -50,7 +50,7 @@ mkdir -p /var/log/openvswitch /etc/openvswitch
 mark ovs
 
 # A network card only when the job asked for one (the VM as a second server,
-# experiments/vm.py serve()): the interface with the MAC from job.json gets its address.
+# experiments/testbed/vm.py serve()): the interface with the MAC from job.json gets its address.
 nic=$(python3 -c 'import json, sys; n = json.load(open(sys.argv[1])).get("nic"); print(n["mac"], n["address"]) if n else None' "$OUT/job.json")
 if [ -n "$nic" ]; then
     set -- $nic

@@ -39,7 +39,7 @@ FAULT_CHAIN = "EUCALAB_FAULT"  # an iptables chain of the faulty host's own name
 class FaultContext:
     """What a fault acts on, and what it must undo."""
 
-    dep: object  # experiments.deployment.Deployment (not imported: this module stays pure data)
+    dep: object  # experiments.testbed.deployment.Deployment (not imported: this module stays pure data)
     pair: object  # topologies.plan.ServicePair
     primary: str
     peer: str
@@ -291,7 +291,7 @@ def both(ctx: FaultContext) -> None:
 def double(ctx: FaultContext) -> None:
     """The primary crashes; once its peer has taken over and acknowledged a new write, the
     crashed member restarts (catching up) and the new primary crashes in its turn."""
-    from .deployment import wait_until
+    from ..testbed.deployment import wait_until
 
     dep = ctx.dep
     _crash(ctx, ctx.primary)  # its restart stays registered until it has happened
@@ -312,7 +312,7 @@ def planned_switchover(ctx: FaultContext) -> None:
     """The operator moves the pair: ModifyService DISABLE of the ENABLED member, sent to the
     CLC from the user host as euca-modify-service would (the member hands over; nothing to
     restore: the pair is redundant the other way round)."""
-    from .services import ServiceAPI
+    from ..testbed.services import ServiceAPI
 
     t0 = time.monotonic()
     status, body = ServiceAPI(ctx.dep.run_dir, ctx.dep.net["user"].pid).call(

@@ -43,7 +43,7 @@ class Finding:
 
 def run_command(cmd: list[str], timeout: float = 5.0) -> tuple[int, str]:
     """Run ``cmd`` without a shell; never raises for a missing or hanging command. The
-    timeout is stretched on a slow machine (experiments.timescale)."""
+    timeout is stretched on a slow machine (experiments.testbed.timescale)."""
     timeout = scaled(timeout)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,

@@ -22,8 +22,8 @@ from botocore.config import Config
 
 from topologies.spec import DeploymentSpec
 
-from .analysis import percentile
-from .deployment import Deployment
+from ..analysis.measures import percentile
+from ..testbed.deployment import Deployment
 
 IMAGE_BYTES = 16 * 2**20
 

@@ -3,10 +3,10 @@
     eucalab bench scale [--spec topologies/specs/xl.yaml] [--size 2x4x4] [--instances 1000]
                         [--batch 25] [--in-flight N] [--trials 3] [--no-default] [--no-baseline]
 
-1. Plain Mininet builds the spec's hosts, switches and links (experiments/bench.py,
+1. Plain Mininet builds the spec's hosts, switches and links (experiments/bench/bringup.py,
    in a child process): its network up and down and peak memory.
 2. The spec's deployment runs the failover experiment's machinery
-   (experiments/failover.py's Runner, the probes and outage of ``make run``): network up
+   (experiments/failover/runner.py's Runner, the probes and outage of ``make run``): network up
    (the SDN controller included), services up (every HA pair one ENABLED and one
    DISABLED member, every NC started), then ``--instances`` instances started across all
    clusters by RunInstances in batches of ``--batch`` (round robin over the zones; with
@@ -38,8 +38,8 @@ import yaml
 
 from components.common.events import read_events
 
-from .analysis import percentile
-from .rundir import REPO_ROOT, new_run_dir
+from ..analysis.measures import percentile
+from ..testbed.rundir import REPO_ROOT, new_run_dir
 
 XL_SPEC = REPO_ROOT / "topologies" / "specs" / "xl.yaml"
 TARGETS_ORDER = ("clc", "walrus", "cc", "sc")
@@ -139,7 +139,7 @@ class Sampler:
 
 @dataclass
 class ScaleObserver:
-    """Told by the failover Runner where a deployment stands (experiments/failover.py)."""
+    """Told by the failover Runner where a deployment stands (experiments/failover/runner.py)."""
 
     instances: int
     batch: int
@@ -266,11 +266,11 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
 
 
 def experiment(spec: dict, trials: int, name: str):
-    """``make run``'s experiment (experiments/definitions/default.yaml: its probes, faults
+    """``make run``'s experiment (experiments/failover/definitions/default.yaml: its probes, faults
     and timing) on ``spec``, ``trials`` trials of each HA component's failure, keepalived
     and the planned switchovers left out."""
-    from .failover import DEFINITIONS, Experiment
-    from .faults import PLANNED_SWITCHOVER
+    from ..failover.faults import PLANNED_SWITCHOVER
+    from ..failover.runner import DEFINITIONS, Experiment
 
     exp = Experiment.load(DEFINITIONS / "default.yaml")
     exp.name, exp.spec, exp.capture = name, spec, False
@@ -314,9 +314,9 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
 
     from topologies.spec import spec_from_dict
 
-    from . import preflight
-    from .bench import _run_child
-    from .failover import Runner
+    from ..failover.runner import Runner
+    from ..testbed import preflight
+    from .bringup import _run_child
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench scale: needs root")

@@ -1,6 +1,6 @@
 """A live deployment: the network of a spec, the processes on its hosts, and a run directory.
 
-    from experiments.deployment import Deployment
+    from experiments.testbed.deployment import Deployment
     with Deployment(load_spec()) as dep:
         dep.start_services()                       # every component that exists
         clc = dep.host("clc", "primary")           # Mininet host

@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from .analysis import Probe, beyond_bound, percentile, summarize
+from .measures import Probe, beyond_bound, percentile, summarize
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -34,9 +34,9 @@ def load(run_dir: Path) -> dict:
 
 
 def _recompute_outages(data: dict) -> None:
-    """Outage from the raw probes (the definition in experiments/analysis.py), not as the
+    """Outage from the raw probes (the definition in experiments/analysis/measures.py), not as the
     trial recorded it: a report regenerated after a change of definition follows it."""
-    from .analysis import outage_span
+    from .measures import outage_span
 
     streams = {(p["set"], p["trial"]): p for p in data["probes"]}
     for t in data["trials"]:
@@ -106,7 +106,7 @@ def summary(data: dict) -> dict:
                      "redundancy_restored_s": summarize(s["restored_s"]),
                      "outage_beyond_detection_bound_ms": summarize(s.get("beyond_bound_ms", [])),
                      "outage_gap_beyond_detection_bound_ms": summarize(s.get("gap_beyond_bound_ms", [])),
-                     # Where "outage - bound" went (experiments/analysis.py, beyond_bound), in ms.
+                     # Where "outage - bound" went (experiments/analysis/measures.py, beyond_bound), in ms.
                      "beyond_bound_parts_ms": {k: _quantiles(v) for k, v in s.get("parts", {}).items()},
                      "datapath_ports": sorted(s.get("ports", ())),
                      "datapath_priority": sorted(s.get("priorities", ())),
@@ -160,7 +160,7 @@ PARTS_NOTE = ("Served again minus the detection bound, split: detection - bound 
               "took before the fault, on this network with nothing failing. Datapath ports: on the Open "
               "vSwitch datapath the bridges shared (the userspace datapath polls every one on each wake-up, "
               "so a request's time grows with them). ovs-vswitchd: its scheduling during the trials (FIFO: "
-              "realtime, ahead of the HA members and the prober, experiments/vswitchd.py). Each cell: p50 / p99 "
+              "realtime, ahead of the HA members and the prober, experiments/testbed/vswitchd.py). Each cell: p50 / p99 "
               "(max below 100 samples), ms.")
 
 
@@ -250,7 +250,7 @@ def plots(data: dict, run_dir: Path) -> list[str]:
 
 def _sweep_plots(data: dict, run_dir: Path, plt) -> list[str]:
     """Outage against each swept parameter (median, with the 5th-95th percentile range)."""
-    from .analysis import percentile
+    from .measures import percentile
 
     swept = sorted({k for t in data["trials"] for k in (t.get("point") or {})})
     made = []

@@ -1,6 +1,6 @@
 """SDN benchmark: flow setup time, routed throughput through the CC, flow-table size.
 
-    eucalab bench sdn [--setups 40] [--seconds 5] [--rounds 3]   (or python -m experiments.bench_sdn)
+    eucalab bench sdn [--setups 40] [--seconds 5] [--rounds 3]   (or python -m experiments.bench.sdn)
 
 Prints figures (it is not a timed test):
 
@@ -35,8 +35,8 @@ from components.common import control
 from components.common import vlan as vlans
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
-from .deployment import Deployment, wait_until
-from .timescale import scaled
+from ..testbed.deployment import Deployment, wait_until
+from ..testbed.timescale import scaled
 
 # -- the intent API from the driver ---------------------------------------------------------
 
@@ -317,7 +317,7 @@ def run(setups: int = 40, seconds: float = 5.0, rounds: int = 3) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.bench_sdn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench.sdn", description=__doc__.splitlines()[0])
     parser.add_argument("--setups", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one iperf3 run")
     parser.add_argument("--rounds", type=int, default=3, help="iperf3 runs per path")

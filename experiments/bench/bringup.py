@@ -97,7 +97,7 @@ def child_main(argv: list[str]) -> int:
 
 def _run_child(side: str, clusters: int, ncs: int, datapath: str, slots: int = 2) -> dict:
     """Build and stop one network in a child process (its memory its own); its figures."""
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench", side, str(clusters), str(ncs), datapath,
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench.bringup", side, str(clusters), str(ncs), datapath,
                            str(slots)], capture_output=True, text=True, timeout=900)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -111,7 +111,7 @@ def bench_bringup(sizes: list[tuple[int, int]], repeat: int = 1, baseline: bool 
     from rich.console import Console
     from rich.table import Table
 
-    from . import preflight
+    from ..testbed import preflight
 
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench: needs root")

@@ -1,0 +1,1 @@
+"""Benchmarks, each one an ``eucalab bench`` subcommand."""
