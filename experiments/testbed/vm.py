@@ -457,7 +457,7 @@ def start_vm(job: list[str], out_dir: Path, *, cwd: Path, env: dict[str, str] | 
     cpus = cpus or os.cpu_count() or 1
     out_dir.mkdir(parents=True, exist_ok=True)
     guest_env = {"EUCALAB_VM_OUT": "/mnt/eucalab-out", "EUCALAB_VM": accel, **(env or {})}
-    job_doc: dict = {"argv": job, "cwd": str(cwd), "env": guest_env}
+    job_doc: dict = {"argv": job, "cwd": str(cwd), "env": guest_env, "out": str(out_dir.resolve())}
     if nic is not None:
         job_doc["nic"] = {"mac": nic.mac, "address": f"{nic.guest_ip}/{nic.prefix}"}
     (out_dir / "job.json").write_text(json.dumps(job_doc))

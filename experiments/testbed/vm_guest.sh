@@ -82,11 +82,9 @@ rc=$?
 mark job
 # Run directories the job made in the repository's results/ (an experiment's, a bench's)
 # live in the guest's memory: copy them to the share (regular files; sockets stay).
-results=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["cwd"])' "$OUT/job.json")/results
-if [ -d "$results" ]; then
-    find "$results" -mindepth 1 -maxdepth 1 -type d -newer /run/eucalab-job-start \
-        -exec cp -r --no-preserve=mode -t "$OUT" {} + 2>/dev/null
-fi
+job_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$OUT/job.json" "$1"; }
+cwd=$(job_field cwd) host_out=$(job_field out)
+bash "$(dirname "$0")/vm_results.sh" "$cwd/results" "$OUT" "$host_out" /run/eucalab-job-start >/dev/null
 /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1
 trap - EXIT
 finish "$rc"

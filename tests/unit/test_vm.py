@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import lzma
+import os
 import stat
 import subprocess
+import time
 
 import pytest
 
 from experiments.testbed import timescale, vm
+from experiments.testbed.rundir import REPO_ROOT
 
 pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
@@ -168,3 +171,30 @@ def test_cleanup_of_a_vm_server_kills_only_the_recorded_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_guest_copies_the_jobs_run_directories_but_never_the_share_into_itself(tmp_path):
+    """``eucalab vm test`` keeps its share in results/, which the guest sees through the
+    host's root: copying every new directory of results/ copied the share into itself
+    over and over (over 9p cp cannot tell), until the VM's timeout."""
+    results, share = tmp_path / "repo" / "results", tmp_path / "share"
+    results.mkdir(parents=True)
+    share.mkdir()
+    stamp = tmp_path / "stamp"
+    stamp.touch()
+    os.utime(stamp, (time.time() - 60, time.time() - 60))
+    old = results / "20200101T000000Z-old"
+    old.mkdir()
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    made = results / "20261207T000000Z-experiment"
+    made.mkdir()
+    (made / "report.md").write_text("report\n")
+    host_out = results / "20261207T000000Z-kernel-lane"  # the share, as the guest sees it
+    host_out.mkdir()
+    script = REPO_ROOT / "experiments" / "testbed" / "vm_results.sh"
+    out = subprocess.run(["bash", str(script), str(results), str(share), str(host_out), str(stamp)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(made)]
+    assert sorted(p.name for p in share.iterdir()) == [made.name]
+    assert (share / made.name / "report.md").read_text() == "report\n"
