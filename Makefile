@@ -5,7 +5,7 @@ EUCALAB := .venv/bin/eucalab
 # Building networks needs root: as a normal user, run/test/bench go through sudo
 # (setup has already stopped with a clear message where there is no sudo).
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo -E)
-PYTEST  := -m pytest -v -ra -p no:cacheprovider
+PYTEST  := -m pytest -v -ra --durations=20 -p no:cacheprovider
 
 .PHONY: setup venv run test test-kernel unit integration bench clean
 
