@@ -61,12 +61,18 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("api: " + fmt, *args)
 
     def _reply(self, status: int, body: dict) -> None:
+        """Answer; a client that has gone meanwhile (its own timeout) is recorded as an
+        ``api.client_gone`` event, not a traceback: what it asked for has been done."""
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.close_connection = True
+            self.server.api._emit("api.client_gone", path=self.path, status=status, error=type(exc).__name__)
 
     def do_GET(self) -> None:  # noqa: N802
         api: IntentAPI = self.server.api

@@ -216,3 +216,39 @@ def test_standby_reports_survive_a_restart(tmp_path, topo):
     first.put(1, {"host": "c1cc2", "epoch": 5})
     assert first.flush()  # written off the request path, at once
     assert StandbyStore(tmp_path, topo).snapshot() == {1: {"host": "c1cc2", "epoch": 5}}
+
+
+def test_a_client_gone_before_its_answer_is_an_event_not_a_traceback(tmp_path, topo):
+    """A CC whose own timeout ended its request before the answer: the controller's write
+    met a closed socket and logged a BrokenPipeError traceback from its API thread."""
+    import threading
+
+    from experiments.testbed.timescale import wait_until
+
+    gone, events = threading.Event(), []
+
+    class Events:
+        def emit(self, event, **fields):
+            events.append((event, fields))
+
+    def apply(new, prev):
+        gone.wait(5)  # the client leaves while this runs
+        return {"installed": True}
+
+    api = IntentAPI(IntentStore(tmp_path, topo), apply, events=Events())
+    server = serve(tmp_path / "control.sock", api)
+    try:
+        it = intent()
+        it["epoch"] = 1
+        body = json.dumps(it).encode()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(tmp_path / "control.sock"))
+        client.sendall(b"PUT /intent/clusters/1 HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert wait_until(lambda: any(e == "intent.received" for e, _ in events), 5)
+        client.close()
+        gone.set()
+        assert wait_until(lambda: any(e == "api.client_gone" for e, _ in events), 5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert api.store.snapshot()[1]["epoch"] == 1  # what it asked for was done
