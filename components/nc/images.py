@@ -15,6 +15,10 @@ and the next attempt asks Walrus for the rest only (``Range: bytes=<have>-``). A
 attempt that brought no new byte counts against ``attempts``; one that did does not,
 so a download that keeps moving always finishes. The object changing under the
 download (another ETag in the answer) starts it again from zero.
+
+``ImageFetcher``: what a boot asks for, an image by bucket and key, found in Walrus (its
+ETag and size by a HEAD request), taken from the cache or downloaded into it, one
+download per image at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from pathlib import Path
 from typing import Callable
 
 import aiohttp
+
+from components.common.service import INTERNAL_TOKEN_HEADER
+
+from .instances import BootError
 
 PART_SUFFIX = ".part"
 
@@ -202,3 +210,58 @@ def _range_start(content_range: str) -> int | None:
         return int(content_range.split()[1].split("-")[0])
     except (IndexError, ValueError):
         return None
+
+
+class ImageFetcher:
+    """The images of the ``NodeController`` ``nc``: from its cache, or from Walrus into it."""
+
+    def __init__(self, nc, settings: ImageSettings, cache: ImageCache):
+        self.nc, self.settings, self.cache = nc, settings, cache
+        walrus = nc.config.get("endpoints", {}).get("walrus") or ""
+        self.walrus_base = walrus.split("/services/")[0]
+        self._locks: dict[str, asyncio.Lock] = {}  # ETag -> held while that image downloads
+
+    async def fetch_retrying(self, image: dict, attempts: int = 3) -> Path:
+        """Walrus unreachable for the HEAD (a congested path, a Walrus failover): tried
+        again. A download cut or stalled midway resumes by itself (``download``)."""
+        for attempt in range(attempts):
+            try:
+                return await self.fetch(image)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if attempt == attempts - 1:
+                    raise BootError(f"image download failed {attempts} times: {exc}") from None
+                self.nc.events.emit("image.retry", image=f"{image['bucket']}/{image['key']}", error=str(exc))
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def fetch(self, image: dict) -> Path:
+        """Download (or reuse the cached copy of) an image, verified against its ETag."""
+        nc = self.nc
+        key = f"{image['bucket']}/{image['key']}"
+        url = f"{self.walrus_base}/internal/object"
+        headers = {INTERNAL_TOKEN_HEADER: nc.config.get("internal_token", "")}
+        params = {"bucket": image["bucket"], "key": image["key"]}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.idle_timeout_s,
+                                        sock_read=self.settings.idle_timeout_s)
+        async with nc.http.head(url, params=params, headers=headers, timeout=timeout) as r:
+            if r.status == 404:
+                raise BootError(f"image {key} not found in Walrus")
+            if r.status != 200:
+                raise BootError(f"Walrus answered {r.status} for image {key}")
+            etag = r.headers.get("ETag", "").strip('"')
+            size = int(r.headers.get("Content-Length", "0"))
+        if not etag or "/" in etag or etag.startswith("."):
+            raise BootError(f"Walrus gave image {key} no usable ETag ({etag!r})")
+        # One download per image at a time: a second boot waits for the first one's file.
+        async with self._locks.setdefault(etag, asyncio.Lock()):
+            cached = self.cache.get(etag)
+            if cached is not None:
+                nc.events.emit("image.cached", image=key, etag=etag)
+                return cached
+            try:
+                path, resumed = await download(nc.http, url, params, headers, etag, size, self.cache,
+                                               self.settings, name=key)
+            except DownloadError as exc:
+                raise BootError(str(exc)) from None
+            nc.events.emit("image.downloaded", image=key, etag=etag, size=size, resumed=resumed)
+            return path

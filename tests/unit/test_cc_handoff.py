@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from components.cc import router
-from components.cc import service as cc_service
+from components.cc import nodes as cc_nodes
 from components.cc.service import ClusterController
 from components.common.service import INTERNAL_TOKEN_HEADER
 
@@ -123,8 +123,8 @@ def test_the_answer_comes_once_the_ncs_hold_the_instances(tmp_path, monkeypatch)
 
 
 def test_an_instance_its_nc_took_too_late_is_terminated_and_ended_there(tmp_path, monkeypatch):
-    monkeypatch.setattr(cc_service, "HANDOFF_S", 0.1)
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "HANDOFF_S", 0.1)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     ncs = {"c1n1": FakeNC(delay=0.3)}
 
     async def body(cc, client, url):
@@ -141,7 +141,7 @@ def test_an_instance_its_nc_took_too_late_is_terminated_and_ended_there(tmp_path
 
 
 def test_a_restarted_cc_does_not_bring_back_what_it_terminated(tmp_path, monkeypatch):
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     nc = FakeNC()
     nc.held["i-gone"] = {"id": "i-gone", "slot": "c1n1v1", "ip": "10.101.16.2", "mac": "d0:0d:0a:65:10:02",
                          "group": "sg-a", "state": "running"}
@@ -171,8 +171,8 @@ class SlowListingNC(FakeNC):
 
 
 def test_a_listing_taken_before_an_instance_was_terminated_does_not_bring_it_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(cc_service, "HANDOFF_S", 0.1)
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "HANDOFF_S", 0.1)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     nc = SlowListingNC(delay=0.15)
     nc.held["i-old"] = {"id": "i-old", "slot": "c1n1v2", "state": "running"}  # keeps the poller asking
 
@@ -194,7 +194,7 @@ def test_a_listing_taken_before_an_instance_was_terminated_does_not_bring_it_bac
 
 def test_a_run_withdrawn_during_its_hand_off_is_ended_on_the_nc(tmp_path, monkeypatch):
     """The CLC withdraws a run it stopped waiting for; the NC, slow, takes it after that."""
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     nc = FakeNC(delay=0.3)
 
     async def body(cc, client, url):
@@ -224,7 +224,7 @@ class HungNC(FakeNC):
 
 
 def test_an_nc_that_hangs_delays_no_other_ncs_states(tmp_path, monkeypatch):
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     hung, nc = HungNC(), FakeNC()
     record = {"slot": "c1n2v1", "state": "pending", "group": "sg-a", "ip": "10.101.16.3", "mac": "m",
               "public_ip": None}
@@ -258,7 +258,7 @@ class GarbledNC(FakeNC):
 
 
 def test_a_malformed_listing_is_reported_once_and_polling_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(cc_service, "POLL_S", 0.02)
+    monkeypatch.setattr(cc_nodes, "POLL_S", 0.02)
     nc = GarbledNC(garbled=3)
     nc.held["i-1"] = {"id": "i-1", "slot": "c1n1v1", "state": "running"}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import json
 import os
 import signal
 import socket
@@ -23,7 +22,8 @@ from aiohttp import ClientSession, UnixConnector
 from components.common.config import validate_config
 from components.common.events import read_events
 from components.nc import workload as workload_module
-from components.nc.service import NodeController, _start_time
+from components.nc.instances import _start_time
+from components.nc.service import NodeController
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
 from tests.support.util import free_port
@@ -328,7 +328,7 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
         os.close(fd1)
         os.close(fd2)
         assert (tmp_path / "sc" / "volumes" / "vol-0000abcd.img").read_bytes()[512:522] == b"own blocks"
-        await nc._close_disk("i-00000002")
+        await nc.volumes.close_disk("i-00000002")
         assert not nc.disk_path("i-00000002").parent.exists()
         nc.stop()
         await nc_task

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from components.common.config import validate_config
 from components.nc import images
 from components.nc.images import ImageCache
-from components.nc.service import BootError, NodeController
+from components.nc.instances import BootError
+from components.nc.service import NodeController
 
 TOKEN = "t0ken"
 BODY = os.urandom(3 * 2**20 + 17)
@@ -83,7 +84,7 @@ def _fetch(tmp_path, walrus: Walrus, **image_cfg):
         nc.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         t0 = time.monotonic()
         try:
-            return await nc._fetch_image({"bucket": "images", "key": "a.img"}), time.monotonic() - t0
+            return await nc.fetcher.fetch({"bucket": "images", "key": "a.img"}), time.monotonic() - t0
         except Exception as exc:
             return exc, time.monotonic() - t0
         finally:
@@ -192,7 +193,7 @@ def test_the_nc_bounds_its_cache_as_configured(tmp_path):
         try:
             for body in bodies:
                 walrus.body = body
-                await nc._fetch_image({"bucket": "images", "key": "a.img"})
+                await nc.fetcher.fetch({"bucket": "images", "key": "a.img"})
         finally:
             await nc.http.close()
             await server.close()

@@ -33,7 +33,7 @@ def tagged_nc(tmp_path, tagging: str = "host") -> tuple[NodeController, list]:
                 links.add(line.split(" name ")[1].split()[0])
         return ""
 
-    nc._in_slot = in_slot
+    nc.slotnet.in_slot = in_slot
     return nc, ran
 
 
@@ -44,7 +44,7 @@ def inst(iid: str, slot: str, vlan: int | None) -> dict:
 
 def test_boot_bridges_the_slots_port_into_its_vlan_in_the_ncs_own_namespace(tmp_path):
     nc, ran = tagged_nc(tmp_path)
-    asyncio.run(nc._join_vlan(inst("i-1", "c1n1v1", 10)))
+    asyncio.run(nc.slotnet.join_vlan(inst("i-1", "c1n1v1", 10)))
     own = [(argv, stdin) for ns, argv, stdin in ran if ns is None]
     assert own[0][0] == ["ip", "-o", "link", "show"]
     assert own[1][0] == ["ip", "-batch", "-"] and own[1][1].splitlines() == [
@@ -58,7 +58,7 @@ def test_boot_bridges_the_slots_port_into_its_vlan_in_the_ncs_own_namespace(tmp_
     assert all(ns is None for ns, _, _ in ran)  # nothing inside the slot: it stays untagged
     # A second instance of the VLAN joins the bridge the first one made.
     ran.clear()
-    asyncio.run(nc._join_vlan(inst("i-2", "c1n1v2", 10)))
+    asyncio.run(nc.slotnet.join_vlan(inst("i-2", "c1n1v2", 10)))
     assert not [line for _, _, stdin in ran for line in (stdin or "").splitlines() if line.startswith("link add")]
     assert "link set dev c1n1-eth2 master eucabr10" in ran[-1][2]
 
@@ -72,7 +72,7 @@ def test_the_end_of_an_instance_releases_its_port(tmp_path):
 
 def test_switch_tagging_leaves_the_ncs_interfaces_alone(tmp_path):
     nc, ran = tagged_nc(tmp_path, tagging="switch")
-    asyncio.run(nc._join_vlan(inst("i-1", "c1n1v1", 10)))
+    asyncio.run(nc.slotnet.join_vlan(inst("i-1", "c1n1v1", 10)))
     asyncio.run(nc._teardown_slot(inst("i-1", "c1n1v1", 10)))
     assert [ns for ns, _, _ in ran] == ["c1n1v1"]  # only the slot's own flush
 

@@ -218,7 +218,7 @@ def test_a_block_request_at_offset_minus_one_is_refused_before_the_wire():
 
 
 def test_the_ncs_answer_to_an_out_of_range_block_is_a_400():
-    from components.nc.service import _block_error
+    from components.nc.volumes import _block_error
 
     assert _block_error(bp.BlockError(bp.OUT_OF_RANGE, "beyond the end")).status == 400
     assert _block_error(bp.BlockError(bp.NOT_ATTACHED)).status == 502
