@@ -463,7 +463,7 @@ def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, core
                     rt_priority: int | None) -> dict:
     """keepalived on the CLC pair's hosts for ``seconds`` under advert loss and the CPU hog:
     its false failovers and the samples in which both hosts held the VIP."""
-    from .runner import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
+    from .keepalived import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
 
     hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
     try:
