@@ -1,6 +1,7 @@
 """The keepalived baseline: the same crash (or planned switchover) measured on keepalived
 (VRRP) fronting a trivial HTTP responder on the CLC pair's hosts and VIP, beside
-eucalab's own pairs, with the same prober."""
+eucalab's own pairs, with the same prober; and keepalived soaked under the soak's
+stresses (experiments/failover/soak.py), for its false failovers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..testbed.deployment import Deployment, wait_until
 from .experiment import TrialSet
 from .faults import PLANNED_SWITCHOVER
 from .probes import Prober, mono
+from .stress import CpuHog, loss_figures, loss_rules, rule_counters
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -194,3 +196,73 @@ class KeepalivedBaseline:
         drop_keepalived_vip(dep, master)
         start_http(dep, master)
         start_keepalived(dep, master, ts.advert_ms, 90, ts.params.get("rt_priority"))
+
+
+# keepalived says each transition on its log; one to MASTER after the pair settled is a takeover.
+KEEPALIVED_MASTER = b"Entering MASTER STATE"
+
+
+def keepalived_masters(log: bytes) -> int:
+    """Transitions to MASTER in (a part of) keepalived's console log."""
+    return sum(1 for line in log.splitlines() if KEEPALIVED_MASTER in line)
+
+
+def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, cores: list[int],
+                    rt_priority: int | None) -> dict:
+    """keepalived on the CLC pair's hosts for ``seconds`` under advert loss and the CPU hog:
+    its false failovers and the samples in which both hosts held the VIP."""
+    from .soak import SAMPLE_S
+
+    hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
+    try:
+        settle = max(0.5, 20 * advert_ms / 1000)  # one master, the same one, for 20 adverts
+        held: list = [None, time.monotonic()]
+
+        def settled() -> bool:
+            now_held = keepalived_holders(dep, hosts)
+            if now_held != held[0]:
+                held[:] = [now_held, time.monotonic()]
+            return len(now_held) == 1 and time.monotonic() - held[1] >= settle
+
+        if not wait_until(settled, 30, step=0.05):
+            raise RuntimeError(f"keepalived: no single master at start-up: {held[0]}")
+        logs = {h: dep.process(h, "keepalived").dir / "stdout.log" for h in hosts}
+        offsets = {h: logs[h].stat().st_size for h in hosts}
+        for h in hosts:
+            intf = dep.plan.hosts[h].intf("cloud").name
+            for rule in loss_rules(intf, loss_pct / 100, None, "vrrp", protocol="vrrp"):
+                out = dep[h].cmd("iptables -w " + " ".join(rule) + " 2>&1; echo rc=$?")
+                if not out.strip().endswith("rc=0"):
+                    raise RuntimeError(f"{h}: iptables {' '.join(rule)}: {out.strip()}")
+        before = rule_counters(dep, hosts)
+        hog = CpuHog(cores)
+        dual, none, n = [], 0, 0
+        try:
+            hog.start()
+            t0 = time.monotonic()
+            next_at = t0
+            while time.monotonic() - t0 < seconds:
+                holders = keepalived_holders(dep, hosts)
+                n += 1
+                if len(holders) > 1:
+                    dual.append({"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "holders": holders})
+                none += not holders
+                next_at += SAMPLE_S
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            wall = time.monotonic() - t0
+        finally:
+            hog.stop()
+        after = rule_counters(dep, hosts)
+        masters = {}
+        for h in hosts:
+            with open(logs[h], "rb") as f:
+                f.seek(offsets[h])
+                masters[h] = keepalived_masters(f.read())
+        diff = {h: {k: after[h].get(k, 0) - before[h].get(k, 0) for k in after[h]} for h in hosts}
+        vrrp = loss_figures({h: {k: v for k, v in c.items() if k.endswith("-vrrp")} for h, c in diff.items()})
+        return {"advert_ms": advert_ms, "rt_priority": rt_priority, "ok": not any(masters.values()) and not dual,
+                "false_failovers": sum(masters.values()), "masters_by_host": masters,
+                "dual_holder_samples": len(dual), "dual_holders": dual[:100], "no_holder_samples": none,
+                "samples": n, "soak_s": round(wall, 2), "adverts": vrrp.get("vrrp")}
+    finally:
+        stop_keepalived_pair(dep, hosts)
