@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from topologies.network import Created, kill_pids, teardown
+from topologies.created import Created, kill_pids, teardown
 
 from . import rundir as rd
 from . import vswitchd
