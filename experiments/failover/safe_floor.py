@@ -37,7 +37,7 @@ from ..testbed.rundir import new_run_dir, write_json
 from .experiment import read_definition
 
 KIND = "safe-floor"
-# keepalived's backup in these runs (experiments/failover/runner.py: 100, then 90): its skew time.
+# keepalived's backup in these runs (experiments/failover/keepalived.py: 100, then 90): its skew time.
 KEEPALIVED_BACKUP_PRIORITY = 90
 # Taking over a VIP by gratuitous ARP on veth, measured (docs/ha.md): about a millisecond.
 TAKEOVER_MS = 1.0
