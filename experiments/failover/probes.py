@@ -17,7 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..analysis.measures import Probe
-from ..testbed.deployment import REALTIME_PRIORITY, Deployment, _child_env
+from ..testbed.configs import REALTIME_PRIORITY
+from ..testbed.deployment import Deployment
+from ..testbed.processes import child_env
 from ..testbed.rundir import REPO_ROOT
 
 
@@ -50,7 +52,7 @@ class Prober:
         for name, value in self.headers.items():
             argv += ["--header", f"{name}:{value}"]
         self._popen = self.dep["user"].popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                             stderr=subprocess.DEVNULL, cwd=str(REPO_ROOT), env=_child_env())
+                                             stderr=subprocess.DEVNULL, cwd=str(REPO_ROOT), env=child_env())
         self._reader.start()
         return self
 
