@@ -370,7 +370,7 @@ class EucaNetwork:
                 args += ["--", "add-port", name, intf,
                          "--", "set", "interface", intf, f"ofport_request={self._port_no[intf]}"]
                 if intf in patch_peer:
-                    args += [f"type=patch", f"options:peer={patch_peer[intf]}"]
+                    args += ["type=patch", f"options:peer={patch_peer[intf]}"]
             if self.controller:
                 args += ["--", "set-controller", name, self.controller]
         run(args, timeout=300)
