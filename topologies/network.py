@@ -17,7 +17,8 @@ work as usual) but does the heavy work in batches:
   veths in one batch.
 
 Nothing here knows about experiments or components. ``created`` lists what was
-made, so that a run killed with SIGKILL can be cleaned up from its record.
+made, so that a run killed with SIGKILL can be cleaned up from its record (created.py,
+which deletes it).
 """
 
 from __future__ import annotations
@@ -27,30 +28,27 @@ import ctypes
 import fcntl
 import logging
 import os
-import signal
 import socket
 import struct
-import subprocess
 import time
-from dataclasses import dataclass, field
 
 from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host, OVSSwitch
 
-from components.common.vlan import link_names
-
+from .created import (Created, NetworkError, existing_bridges, existing_links, kill_pids, namespace_pids,
+                      root_netns, run, teardown)
 from .firewall import site_firewall
 from .plan import Plan
 
 log = logging.getLogger(__name__)
 
+# Defined in created.py (what a run made, and its teardown); imported from here by others too.
+__all__ = ["Created", "EucaNetwork", "NetworkError", "existing_bridges", "existing_links", "in_namespace",
+           "kill_pids", "namespace", "namespace_pids", "teardown", "tx_checksum_off"]
+
 SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x17
-
-
-class NetworkError(RuntimeError):
-    """The network could not be built (the message says why and what to do)."""
 
 
 class EucaHost(Host):
@@ -201,32 +199,6 @@ def _tx_off_all(interfaces) -> None:
             tx_checksum_off(intf.name, sock)
 
 
-def run(cmd: list[str], stdin: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    """Run a root-namespace command; on failure raise NetworkError with its output."""
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise NetworkError(f"{' '.join(cmd[:3])} failed: {(proc.stderr or proc.stdout).strip()[:2000]}")
-    return proc.stdout
-
-
-def existing_links() -> set[str]:
-    return link_names(run(["ip", "-o", "link", "show"], check=False))
-
-
-def existing_bridges() -> set[str]:
-    return set(run(["ovs-vsctl", "--timeout=10", "list-br"], check=False).split())
-
-
-@dataclass
-class Created:
-    """What a network run made in the root namespace, for exact cleanup."""
-
-    bridges: list[str] = field(default_factory=list)
-    root_links: list[str] = field(default_factory=list)  # veth ends left in the root namespace
-    shell_pids: list[int] = field(default_factory=list)
-    netns: list[int] = field(default_factory=list)  # inode numbers of the hosts' namespaces
-
-
 class EucaNetwork:
     """A Mininet network built from a plan.
 
@@ -309,7 +281,7 @@ class EucaNetwork:
             host.wait_prompt()
         # Only now is every shell surely inside its new namespace (mnexec unshares
         # after the fork): recording earlier could record the root namespace.
-        root_ns = _root_netns()
+        root_ns = root_netns()
         for host in hosts:
             ino = os.stat(f"/proc/{host.pid}/ns/net").st_ino
             if ino in root_ns:
@@ -398,7 +370,7 @@ class EucaNetwork:
                 args += ["--", "add-port", name, intf,
                          "--", "set", "interface", intf, f"ofport_request={self._port_no[intf]}"]
                 if intf in patch_peer:
-                    args += [f"type=patch", f"options:peer={patch_peer[intf]}"]
+                    args += ["type=patch", f"options:peer={patch_peer[intf]}"]
             if self.controller:
                 args += ["--", "set-controller", name, self.controller]
         run(args, timeout=300)
@@ -483,99 +455,3 @@ def _close_pty(node) -> None:
         except OSError:
             pass
     node.shell = None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(") ", 1)[1][0] != "Z"
-        except OSError:
-            return False
-
-
-def kill_pids(pids: list[int], sig: int = signal.SIGKILL, wait_s: float = 5.0) -> list[int]:
-    """Signal recorded PIDs and wait until they are gone; return any that survived."""
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + wait_s
-    left = [p for p in pids if pid_alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.01)
-        left = [p for p in left if pid_alive(p)]
-    return left
-
-
-def _root_netns() -> set[int]:
-    """Namespaces never to empty: this driver's own and init's (when visible)."""
-    inodes = {os.stat("/proc/self/ns/net").st_ino}
-    try:
-        inodes.add(os.stat("/proc/1/ns/net").st_ino)
-    except OSError:
-        pass
-    return inodes
-
-
-def namespace_pids(inodes: list[int]) -> list[int]:
-    """PIDs of every process living in one of the given network namespaces."""
-    # Never the namespace this driver or init lives in: that would be every process.
-    wanted = set(inodes) - _root_netns()
-    if not wanted:
-        return []
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.stat(f"/proc/{entry.name}/ns/net").st_ino in wanted:
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
-
-
-def teardown(created: Created) -> list[str]:
-    """Delete what a run created; returns the problems met (empty when clean)."""
-    problems = []
-    # Everything still running in the run's namespaces (host shells, their jobs, what
-    # components started inside VM slots) goes; the namespaces and their veths die with it.
-    left = kill_pids(created.shell_pids + namespace_pids(created.netns))
-    if left:
-        problems.append(f"processes still alive: {left}")
-    bridges = existing_bridges() & set(created.bridges)
-    if bridges:
-        args = ["ovs-vsctl", "--timeout=60"]
-        for br in sorted(bridges):
-            args += ["--", "--if-exists", "del-br", br]
-        try:
-            run(args, timeout=120)
-        except (NetworkError, subprocess.TimeoutExpired) as exc:
-            problems.append(str(exc))
-    # Veth pairs whose other end sat in a namespace vanish when the kernel reaps
-    # the namespace (in one batch, far faster than deleting them one by one). A
-    # namespace can outlive its processes while a socket opened in it is still
-    # open (e.g. a client's connection pool in the driver): such veths are deleted.
-    deadline = time.monotonic() + 1.5
-    present = existing_links() & set(created.root_links)
-    while present and time.monotonic() < deadline:
-        time.sleep(0.02)
-        present = existing_links() & set(created.root_links)
-    if present:
-        run(["ip", "-force", "-batch", "-"], check=False,
-            stdin="".join(f"link del dev {name}\n" for name in sorted(present)))
-        present = existing_links() & set(created.root_links)
-        if present:
-            problems.append(f"interfaces left: {sorted(present)[:10]}")
-    return problems

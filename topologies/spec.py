@@ -5,6 +5,10 @@ field and names it in the error, so a typo never turns silently into a default.
 
     spec = load_spec("topologies/specs/default.yaml")
     spec = DeploymentSpec()            # the default deployment, in code
+
+One file of about 500 lines, on purpose: the spec is one job (its fields, their limits,
+their validation and the loader), and the sections, ``DeploymentSpec.validate`` and the
+loader all use the field checks at its end.
 """
 
 from __future__ import annotations

@@ -34,9 +34,10 @@ from pathlib import Path
 import yaml
 
 from ..testbed.rundir import new_run_dir, write_json
+from .experiment import read_definition
 
 KIND = "safe-floor"
-# keepalived's backup in these runs (experiments/failover/runner.py: 100, then 90): its skew time.
+# keepalived's backup in these runs (experiments/failover/keepalived.py: 100, then 90): its skew time.
 KEEPALIVED_BACKUP_PRIORITY = 90
 # Taking over a VIP by gratuitous ARP on veth, measured (docs/ha.md): about a millisecond.
 TAKEOVER_MS = 1.0
@@ -65,17 +66,12 @@ class SafeFloor:
 
     @classmethod
     def load(cls, path: str | Path) -> "SafeFloor":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        d = cls(**data)
+        d = cls(**read_definition(cls, path))
         d.validate(str(path))
         return d
 
     def validate(self, where: str = "safe-floor") -> None:
-        from .runner import FAULTS, TARGETS
+        from .experiment import FAULTS, TARGETS
 
         if self.kind != KIND:
             raise ValueError(f"{where}: kind must be {KIND!r}")
@@ -190,7 +186,7 @@ def soak_row(summary: dict) -> dict:
 def trial_sets(d: SafeFloor, eucalab_floor: float | None, keepalived_floor: float | None, trials: int) -> list:
     """The crash trials at the floors: each target at eucalab's, keepalived at its own."""
     from ..testbed.deployment import REALTIME_PRIORITY
-    from .runner import TrialSet
+    from .experiment import TrialSet
 
     sets = []
     if eucalab_floor is not None:
@@ -303,7 +299,8 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
 
 def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None) -> Path:
     """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/)."""
-    from .runner import Experiment, Runner
+    from .experiment import Experiment
+    from .runner import Runner
     from .soak import soak
 
     d = SafeFloor.load(path)

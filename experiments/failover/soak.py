@@ -28,6 +28,8 @@ Writes ``results/<UTC>-soak/``: ``config.json``, ``versions.json``, ``events.jso
 (every HA member's events, merged by time), ``states.jsonl`` (state changes the
 sampler saw), ``load.jsonl`` (CPU every second), ``iptables.json`` (the loss rules'
 counters per host), ``summary.json``, and the deployment's own run directory.
+
+The stresses themselves are in stress.py, keepalived's soak in keepalived.py.
 """
 
 from __future__ import annotations
@@ -35,11 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,8 +49,10 @@ from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
 from ..analysis.measures import percentile
-from ..testbed.rundir import new_run_dir, registry_entries, write_json
+from ..testbed.rundir import new_run_dir, write_json
 from ..testbed.timescale import wait_until
+from .stress import (CpuHog, LoadSampler, add_loss, busy_seconds, cpu_seconds, loss_figures, ovs_pids, pick_cores,
+                     rule_counters, stop_arbitrators)
 
 SAMPLE_S = 0.1
 # Events that change who serves: after start-up, in a soak where nothing fails, each is false.
@@ -61,7 +61,6 @@ DISRUPTIONS = ("ha.promote", "ha.demote", "state.change")
 SUSPICIONS = ("ha.peer_dead", "ha.peer_alive", "ha.frozen", "ha.redundancy_lost", "ha.no_failover",
               "ha.cannot_promote", "ha.error", "arbitrator.fail", "arbitrator.recover", "arbitrator.all_failed",
               "arbitrator.confirm")
-RULE_TAG = "eucalab-soak"
 
 
 # -- pure logic ------------------------------------------------------------------------------------
@@ -112,126 +111,6 @@ def enabled_twice(states: dict[str, str | None], pairs: dict[str, list[str]]) ->
     return [name for name, members in pairs.items() if sum(states.get(m) == "ENABLED" for m in members) > 1]
 
 
-def loss_rules(interface: str, probability: float, port: int | None, path: str,
-               protocol: str = "udp") -> list[list[str]]:
-    """iptables arguments, in order, that count and randomly drop heartbeats arriving on ``interface``
-    (``protocol`` to ``port``; keepalived's adverts are protocol ``vrrp`` with no port).
-
-    The first rule has no target: its counter is every heartbeat seen; the second's is
-    every heartbeat dropped.
-    """
-    match = ["-i", interface, "-p", protocol, *(["--dport", str(port)] if port is not None else [])]
-    return [
-        ["-A", "INPUT", *match, "-m", "comment", "--comment", f"{RULE_TAG}-seen-{path}"],
-        ["-A", "INPUT", *match, "-m", "comment", "--comment", f"{RULE_TAG}-drop-{path}",
-         "-m", "statistic", "--mode", "random", "--probability", f"{probability:.6f}", "-j", "DROP"],
-    ]
-
-
-_COUNTER_LINE = re.compile(r"^\[(\d+):(\d+)\] .*--comment \"?(" + RULE_TAG + r"-[\w-]+)\"?")
-
-
-def parse_counters(iptables_save: str) -> dict[str, int]:
-    """Packets counted by each soak rule in ``iptables-save -c`` output: {comment: packets}."""
-    out = {}
-    for line in iptables_save.splitlines():
-        m = _COUNTER_LINE.match(line.strip())
-        if m:
-            out[m.group(3)] = out.get(m.group(3), 0) + int(m.group(1))
-    return out
-
-
-def loss_figures(counters: dict[str, dict[str, int]]) -> dict:
-    """Per path: heartbeats seen and dropped over every host, and the fraction dropped."""
-    paths: dict[str, dict[str, int]] = {}
-    for per_host in counters.values():
-        for comment, packets in per_host.items():
-            kind, path = comment[len(RULE_TAG) + 1:].split("-", 1)
-            paths.setdefault(path, {"seen": 0, "dropped": 0})[{"seen": "seen", "drop": "dropped"}[kind]] += packets
-    for p in paths.values():
-        p["drop_fraction"] = p["dropped"] / p["seen"] if p["seen"] else None
-    return paths
-
-
-# -- stresses --------------------------------------------------------------------------------------
-
-
-class CpuHog:
-    """Processes that busy-loop, one pinned to each of ``cores``; ended by PID."""
-
-    # The hog dies with the bench even if the bench is SIGKILLed (PR_SET_PDEATHSIG = 1).
-    _LOOP = ("import ctypes, os, signal, sys\n"
-             "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
-             "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"
-             "while True: pass\n")
-
-    def __init__(self, cores: list[int]):
-        self.cores = cores
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self) -> "CpuHog":
-        for core in self.cores:
-            p = subprocess.Popen([sys.executable, "-c", self._LOOP, str(os.getpid())], stdin=subprocess.DEVNULL)
-            self.procs.append(p)
-            os.sched_setaffinity(p.pid, {core})
-        return self
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = psutil.Process(p.pid).cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
-        self.procs = []
-
-
-def pick_cores(n: int) -> list[int]:
-    """The first ``n`` cores this process may run on."""
-    available = sorted(os.sched_getaffinity(0))
-    if n > len(available):
-        raise SystemExit(f"eucalab bench soak: --hog-cores {n}, but only {len(available)} cores are available")
-    return available[:n]
-
-
-class LoadSampler:
-    """The machine's CPU load every second: the soak's context (others may share the machine)."""
-
-    def __init__(self, path: Path):
-        self.samples: list[dict] = []
-        self._f = open(path, "a", buffering=1)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        psutil.cpu_percent(None, percpu=True)
-        while not self._stop.wait(1.0):
-            percpu = psutil.cpu_percent(None, percpu=True)
-            s = {"t_mono": time.monotonic(), "cpu_percent": round(sum(percpu) / len(percpu), 1),
-                 "percpu": percpu, "load1": os.getloadavg()[0],
-                 # Other deployments on the machine run their HA members at the same realtime priority.
-                 "other_runs": max(0, len(registry_entries()) - 1)}
-            self.samples.append(s)
-            self._f.write(json.dumps(s) + "\n")
-
-    def start(self) -> "LoadSampler":
-        self._t.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._t.join(timeout=3)
-        self._f.close()
-
-
 class StateTail:
     """A member's service state, and whether it is fenced (ENABLED but refusing every
     request after a freeze), from the new lines of its event log (read incrementally)."""
@@ -269,77 +148,6 @@ class StateTail:
 
 def _ha_members(dep) -> dict[str, list[str]]:
     return {p.name: p.members for p in dep.plan.pairs if p.secondary is not None}
-
-
-def _stop_arbitrators(dep, pairs: dict[str, list[str]]) -> list[dict]:
-    """Stop the first arbitrator of every pair's ENABLED member for the whole soak.
-
-    Both maintenance switches are used: the member's HA API, and the maintenance file
-    ``<data_dir>/arbitrators/<name>.stopped`` written first, because each arbitration
-    round re-reads the file and would start an arbitrator stopped through the API alone
-    again within a period.
-    """
-    stopped = []
-    for name, members in pairs.items():
-        host = next(m for m in members if dep.member_state(m) == "ENABLED")
-        arb = next(a.name for a in dep.plan.arbitrators if a.host == host)
-        cfg = dep.process(host).config
-        flag = Path(cfg["data_dir"]) / "arbitrators" / f"{arb}.stopped"
-        flag.parent.mkdir(parents=True, exist_ok=True)
-        flag.touch()
-        port = cfg["port"]
-        ip = dep.plan.hosts[host].ip_on("cloud")
-        out = dep[host].cmd(f"curl -s -m 5 -X POST -H 'X-Eucalab-Internal-Token: {dep.internal_token}' "
-                            f"http://{ip}:{port}/ha/arbitrators/{arb}/stop")
-        if '"stopped": true' not in out:
-            raise RuntimeError(f"{host}: stopping arbitrator {arb} failed: {out.strip()!r}")
-        dep.wait_event(dep.process(host), "arbitrator.advisory", timeout=10)
-        stopped.append({"pair": name, "host": host, "arbitrator": arb, "file": str(flag)})
-    return stopped
-
-
-def _add_loss(dep, pairs: dict[str, list[str]], loss_pct: float, paths: str) -> list[dict]:
-    """The loss rules on every HA host; returns what was installed where."""
-    installed = []
-    for name, members in pairs.items():
-        pair = next(p for p in dep.plan.pairs if p.name == name)
-        for host in members:
-            ph = dep.plan.hosts[host]
-            port = dep.process(host).config["ha"]["port"]
-            intfs = {"hb": ph.intf(pair.heartbeat_network).name}
-            if paths == "all":
-                intfs["cloud"] = ph.intf("cloud").name
-            for path, intf in intfs.items():
-                for rule in loss_rules(intf, loss_pct / 100, port, path):
-                    out = dep[host].cmd("iptables -w " + " ".join(rule) + " 2>&1; echo rc=$?")
-                    if not out.strip().endswith("rc=0"):
-                        raise RuntimeError(f"{host}: iptables {' '.join(rule)}: {out.strip()}")
-                installed.append({"host": host, "path": path, "interface": intf, "port": port})
-    return installed
-
-
-def _counters(dep, hosts: list[str]) -> dict[str, dict[str, int]]:
-    return {h: parse_counters(dep[h].cmd("iptables-save -c -t filter")) for h in hosts}
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total
-
-
-def _busy(t) -> float:
-    """Busy CPU seconds of the whole machine in a psutil.cpu_times() record."""
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
-
-
-def _ovs_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("ovs-vswitchd", "ovsdb-server")]
 
 
 def run(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_pct: float = 1.0,
@@ -398,35 +206,37 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
         # The soak starts before the stresses: a failover they cause counts.
         t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
         dep.events.emit("soak.start", pairs=pairs)
-        stopped = _stop_arbitrators(dep, pairs)
-        installed = _add_loss(dep, pairs, loss_pct, loss_paths)
-        counters_before = _counters(dep, hosts)
+        stopped = stop_arbitrators(dep, pairs)
+        installed = add_loss(dep, pairs, loss_pct, loss_paths)
+        counters_before = rule_counters(dep, hosts)
         load = LoadSampler(run_dir / "load.jsonl").start()
         hog = CpuHog(cores)
-        groups = {"deployment": [p.pid for p in dep.processes.values()], "ovs": _ovs_pids(), "driver": [os.getpid()]}
+        groups = {"deployment": [p.pid for p in dep.processes.values()], "ovs": ovs_pids(), "driver": [os.getpid()]}
         try:
             hog.start()
             dep.events.emit("soak.stressed", arbitrators_stopped=stopped, loss_rules=installed,
                             hog_pids=[p.pid for p in hog.procs], hog_cores=cores)
-            cpu0 = {k: _cpu_seconds(v) for k, v in groups.items()}
+            cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
             sys0 = psutil.cpu_times()
             wall0 = time.monotonic()
             dual, sampled = _sample(dep, pairs, minutes * 60, run_dir / "states.jsonl", console, progress)
             wall = time.monotonic() - wall0
             hog_s = hog.cpu_seconds()
-            cpu1 = {k: _cpu_seconds(v) for k, v in groups.items()}
+            cpu1 = {k: cpu_seconds(v) for k, v in groups.items()}
             sys1 = psutil.cpu_times()
         finally:
             hog.stop()
             load.stop()
         t_end = time.clock_gettime(time.CLOCK_MONOTONIC)
-        counters_after = _counters(dep, hosts)
+        counters_after = rule_counters(dep, hosts)
         dep.events.emit("soak.end")
         events = sorted((e for h in hosts for e in read_events(dep.process(h).events_path)),
                         key=lambda e: e.get("t_mono", 0.0))
         keepalived = None
         if keepalived_advert_ms is not None:
             console.print(f"  keepalived: {minutes:g} min, VRRPv3 advert {keepalived_advert_ms:g} ms, same stresses")
+            from .keepalived import keepalived_soak
+
             keepalived = keepalived_soak(dep, keepalived_advert_ms, minutes * 60, loss_pct, cores,
                                          REALTIME_PRIORITY if dep.realtime else None)
 
@@ -439,7 +249,7 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
     verdict = judge(events, t_start, t_end, dual)
     cores_used = {k: (cpu1[k] - cpu0[k]) / wall for k in groups}
     cores_used["hog"] = hog_s / wall
-    cores_used["machine"] = (_busy(sys1) - _busy(sys0)) / wall
+    cores_used["machine"] = (busy_seconds(sys1) - busy_seconds(sys0)) / wall
     cores_used["others"] = cores_used["machine"] - sum(v for k, v in cores_used.items() if k != "machine")
     summary = _summary(config, verdict, sampled, wall, startup_s, loss_figures(counters), load.samples,
                        cores_used, stopped, events, t_start, t_end, hosts)
@@ -448,76 +258,6 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
     write_json(run_dir / "summary.json", summary)
     _print(console, summary, run_dir)
     return run_dir, summary
-
-
-# keepalived says each transition on its log; one to MASTER after the pair settled is a takeover.
-KEEPALIVED_MASTER = b"Entering MASTER STATE"
-
-
-def keepalived_masters(log: bytes) -> int:
-    """Transitions to MASTER in (a part of) keepalived's console log."""
-    return sum(1 for line in log.splitlines() if KEEPALIVED_MASTER in line)
-
-
-def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, cores: list[int],
-                    rt_priority: int | None) -> dict:
-    """keepalived on the CLC pair's hosts for ``seconds`` under advert loss and the CPU hog:
-    its false failovers and the samples in which both hosts held the VIP."""
-    from .runner import keepalived_holders, start_keepalived_pair, stop_keepalived_pair
-
-    hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
-    try:
-        settle = max(0.5, 20 * advert_ms / 1000)  # one master, the same one, for 20 adverts
-        held: list = [None, time.monotonic()]
-
-        def settled() -> bool:
-            now_held = keepalived_holders(dep, hosts)
-            if now_held != held[0]:
-                held[:] = [now_held, time.monotonic()]
-            return len(now_held) == 1 and time.monotonic() - held[1] >= settle
-
-        if not wait_until(settled, 30, step=0.05):
-            raise RuntimeError(f"keepalived: no single master at start-up: {held[0]}")
-        logs = {h: dep.process(h, "keepalived").dir / "stdout.log" for h in hosts}
-        offsets = {h: logs[h].stat().st_size for h in hosts}
-        for h in hosts:
-            intf = dep.plan.hosts[h].intf("cloud").name
-            for rule in loss_rules(intf, loss_pct / 100, None, "vrrp", protocol="vrrp"):
-                out = dep[h].cmd("iptables -w " + " ".join(rule) + " 2>&1; echo rc=$?")
-                if not out.strip().endswith("rc=0"):
-                    raise RuntimeError(f"{h}: iptables {' '.join(rule)}: {out.strip()}")
-        before = _counters(dep, hosts)
-        hog = CpuHog(cores)
-        dual, none, n = [], 0, 0
-        try:
-            hog.start()
-            t0 = time.monotonic()
-            next_at = t0
-            while time.monotonic() - t0 < seconds:
-                holders = keepalived_holders(dep, hosts)
-                n += 1
-                if len(holders) > 1:
-                    dual.append({"t_mono": time.clock_gettime(time.CLOCK_MONOTONIC), "holders": holders})
-                none += not holders
-                next_at += SAMPLE_S
-                time.sleep(max(0.0, next_at - time.monotonic()))
-            wall = time.monotonic() - t0
-        finally:
-            hog.stop()
-        after = _counters(dep, hosts)
-        masters = {}
-        for h in hosts:
-            with open(logs[h], "rb") as f:
-                f.seek(offsets[h])
-                masters[h] = keepalived_masters(f.read())
-        diff = {h: {k: after[h].get(k, 0) - before[h].get(k, 0) for k in after[h]} for h in hosts}
-        vrrp = loss_figures({h: {k: v for k, v in c.items() if k.endswith("-vrrp")} for h, c in diff.items()})
-        return {"advert_ms": advert_ms, "rt_priority": rt_priority, "ok": not any(masters.values()) and not dual,
-                "false_failovers": sum(masters.values()), "masters_by_host": masters,
-                "dual_holder_samples": len(dual), "dual_holders": dual[:100], "no_holder_samples": none,
-                "samples": n, "soak_s": round(wall, 2), "adverts": vrrp.get("vrrp")}
-    finally:
-        stop_keepalived_pair(dep, hosts)
 
 
 def _sample(dep, pairs: dict[str, list[str]], seconds: float, path: Path, console,

@@ -6,12 +6,13 @@ answering JSON from a thread of its own.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .processes import terminate
 
 
 def free_port() -> int:
@@ -24,12 +25,7 @@ def free_port() -> int:
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     """SIGTERM a process we started, SIGKILL it after ``timeout``; its exit code."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate([proc], timeout)
     return proc.returncode
 
 

@@ -24,14 +24,19 @@ OUTCOME = {"ENABLE": "ENABLED", "DISABLE": "DISABLED", "STOP": "STOPPED", "START
 MODIFY_TIMEOUT_S = 15.0
 
 
-def _live_run() -> Path | None:
-    runs = []
+def _registry_records() -> list[tuple[Path, dict]]:
+    """Every readable entry of the registry of live runs, with its record."""
+    out = []
     for entry in registry_entries():
         try:
-            record = json.loads(entry.read_text())
+            out.append((entry, json.loads(entry.read_text())))
         except (OSError, ValueError):
             continue
-        runs.append((entry.stat().st_mtime, Path(record["run_dir"])))
+    return out
+
+
+def _live_run() -> Path | None:
+    runs = [(entry.stat().st_mtime, Path(record["run_dir"])) for entry, record in _registry_records()]
     if runs:
         return max(runs)[1]
     dirs = sorted((p for p in RESULTS.glob("*/") if (p / "hosts").is_dir() or (p / "deployment").is_dir()),
@@ -41,14 +46,8 @@ def _live_run() -> Path | None:
 
 def _live_record(run_dir: Path | None) -> dict | None:
     """The registry record of a live run (``run_dir``, or the newest live one)."""
-    live = []
-    for entry in registry_entries():
-        try:
-            record = json.loads(entry.read_text())
-        except (OSError, ValueError):
-            continue
-        if driver_alive(record) and (run_dir is None or Path(record["run_dir"]).resolve() == run_dir.resolve()):
-            live.append((entry.stat().st_mtime, entry.name, record))
+    live = [(entry.stat().st_mtime, entry.name, record) for entry, record in _registry_records()
+            if driver_alive(record) and (run_dir is None or Path(record["run_dir"]).resolve() == run_dir.resolve())]
     return max(live)[2] if live else None
 
 

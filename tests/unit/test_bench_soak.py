@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from experiments.failover.soak import (RULE_TAG, StateTail, enabled_twice, judge, keepalived_masters, loss_figures,
-                                       loss_rules, parse_counters)
+from experiments.failover.keepalived import keepalived_masters
+from experiments.failover.soak import StateTail, enabled_twice, judge
+from experiments.failover.stress import RULE_TAG, loss_figures, loss_rules, parse_counters
 
 
 def ev(t, host, event, **kw):

@@ -1,0 +1,117 @@
+"""The run's SDN controller (controllers/__main__.py) in the root namespace: started on a
+free loopback port before the network is built, waited for through its API until it has
+synchronised every switch, crashed and restarted as a fault, stopped at teardown."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from components.common import control
+
+from . import rundir as rd
+from .errors import DeploymentError
+from .processes import child_env, send_signal, tail, terminate
+from .timescale import scaled
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+
+class Controller:
+    """The deployment's SDN controller process and its API on the run's control socket."""
+
+    def __init__(self, dep: "Deployment"):
+        self.dep = dep
+        self.popen: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.start_time: int | None = None
+
+    @property
+    def socket(self) -> Path:
+        """The run's local control channel (a Unix socket every host can reach)."""
+        return control.socket_path(self.dep.run_dir)
+
+    @property
+    def dir(self) -> Path:
+        return self.dep.run_dir / "controller"
+
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, dict]:
+        """One request to the SDN controller's API on the run's control socket (docs/intent.md)."""
+        return control.call_blocking(self.socket, method, path, body, timeout)
+
+    def start(self) -> str:
+        """Start it on a free loopback port; returns the switches' controller URL."""
+        with socket.socket() as sock:  # a free loopback port for OpenFlow
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rd.write_json(self.dep.run_dir / "topology.json", self.dep.plan.controller_topology())
+        self._spawn()
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def _spawn(self) -> None:
+        dep = self.dep
+        argv = [sys.executable, "-m", "controllers", "--run-dir", str(dep.run_dir), "--port", str(self.port)]
+        with open(self.dir / "stdout.log", "ab") as out:
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=child_env(), cwd=str(self.dir), start_new_session=True)
+        self.start_time = rd.process_start_time(self.popen.pid)
+        if dep.network is not None:
+            dep.records.record(dep.network.created)
+        dep.events.emit("controller.start", pid=self.popen.pid, port=self.port)
+
+    def synced(self) -> bool:
+        """Whether this controller answers on its API and has synchronised every switch
+        (its ``GET /health``: the condition on which it logs ``controller.ready``)."""
+        try:
+            status, health = self.request("GET", "/health", timeout=1.0)
+        except (OSError, ValueError):  # not listening yet, or a predecessor's socket file
+            return False
+        return status == 200 and health.get("synced", -1) >= health.get("switches", 0) > 0
+
+    def wait_ready(self, timeout: float = 60.0, what: str = "the SDN controller") -> None:
+        """Wait until the controller has synchronised every switch, or fail with its output."""
+        timeout = scaled(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                break
+            if self.synced():
+                return
+            time.sleep(0.02)
+        raise DeploymentError(
+            f"{what} did not report ready within {timeout:.0f} s (exit code {self.popen.poll()}); "
+            f"last output:\n{tail(self.dir / 'stdout.log')}")
+
+    def crash(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the SDN controller (a fault); the switches keep their flows (fail-secure)."""
+        self.dep.events.emit("controller.signal", pid=self.popen.pid, signal=int(sig))
+        send_signal(self.popen.pid, sig)
+        self.popen.wait(timeout=10)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the controller again on the same port; it resynchronises from the intent."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.stop()
+        self._spawn()
+        self.wait_ready(timeout, what="the restarted SDN controller")
+
+    def stop(self) -> None:
+        proc = self.popen
+        if proc.poll() is None:
+            terminate([proc])
+        if self.dep.events:
+            self.dep.events.emit("controller.exit", pid=proc.pid, returncode=proc.returncode)
+        self.popen = None
+
+    def record_entry(self) -> list[dict]:
+        """Its line in the run's record of processes (none when it is not running)."""
+        if self.popen is None:
+            return []
+        return [{"host": None, "label": "controller", "pid": self.popen.pid, "start_time": self.start_time}]
