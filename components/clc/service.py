@@ -35,10 +35,11 @@ from components.common.names import valid_bucket, valid_key
 from components.common.supervise import supervise
 
 from .cluster import ClusterClient, ClusterError
+from .replication import ClcReplication
 from .services import ServiceDirectory
 from .ec2 import (EC2Error, Params, check_id, error_xml, new_id, parse_query, request_id, response_xml,
                   sub_list)
-from .state import KEEP_OPS, Compacted, Store, StoreError, redact, snapshot_from_lines, snapshot_lines
+from .state import KEEP_OPS, Store, redact
 
 log = logging.getLogger(__name__)
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
@@ -53,15 +54,6 @@ ACCOUNT_NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 IMAGE_NAME = re.compile(r"[A-Za-z0-9()\[\] ./'@_-]{3,128}")  # EC2's rule for AMI names
 WALRUS_CHECK_S = 2.0  # RegisterImage's read check of the image object
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1"}
-# Replication and catch-up move ops in batches of at most this many ops and (past the
-# first op) this much op text per request. Measured here (docs/ha.md, "CLC replication"): a
-# batch of 500 ops exports in ~6 ms on the sender's loop and applies in ~7 ms in the
-# receiver's worker thread, so one request stays far inside the replica session's 1 s
-# timeout on a loaded machine and far below the HA agent's 100 ms pause threshold,
-# and a 50,000-op backlog is 100 round trips of ~15 ms instead of one 2 s stall.
-BATCH_OPS = 500
-BATCH_BYTES = 256 * 1024
-CATCH_UP_POLL_S = 0.2  # how often a DISABLED member looks whether it is behind its ENABLED peer
 # Default of config ``terminated_retention_s``: how long a terminated instance stays in
 # DescribeInstances before it is forgotten (EC2 shows one for about an hour).
 TERMINATED_RETENTION_S = 3600.0
@@ -106,6 +98,7 @@ class CloudController(Service):
     api_paths = ("/",)  # the EC2 API answers there too
 
     def __init__(self, config: dict):
+        self.replication = ClcReplication(self)  # before the base class sets up the routes to it
         super().__init__(config)
         self.store = Store(Path(config["data_dir"]) / "clc.db", keep_ops=int(config.get("oplog_keep", KEEP_OPS)))
         self.zones: list[str] = list(config.get("zones") or ["cluster1"])
@@ -133,17 +126,10 @@ class CloudController(Service):
         self._ensure_admin()
         self.actions = {name[len("act_"):]: getattr(self, name) for name in dir(self) if name.startswith("act_")}
         self._sync_task: asyncio.Task | None = None
-        self._catchup_task: asyncio.Task | None = None
-        self.replica = None  # set up in on_start when HA is on
-        # One writer of what the peer sends at a time (pushes, catch-up, the reset on
-        # demotion), and none left running once this member is ENABLED (_on_promote).
-        self._replica_lock = asyncio.Lock()
-        # One push stream to the peer at a time: concurrent writes wait, and most find
-        # their op already sent by the push before them (a group commit).
-        self._push_lock = asyncio.Lock()
+        self.replica = None  # the session to the HA peer, opened in on_start when HA is on
         if self.ha is not None:
             self.ha.last_seq = lambda: self.store.last_seq
-            self.ha.on_promote = self._on_promote
+            self.ha.on_promote = self.replication.on_promote
             self.ha.on_demote = self._on_demote
 
     # -- set-up ---------------------------------------------------------------------------
@@ -160,8 +146,8 @@ class CloudController(Service):
             app.router.add_route("GET", path, self.handle_api)
             app.router.add_route("POST", path, self.handle_api)
         app.router.add_get("/internal/accounts/{access_key}", self.handle_account_lookup)
-        app.router.add_post("/internal/ha/ops", self.handle_replicate)
-        app.router.add_get("/internal/ha/ops", self.handle_export)
+        app.router.add_post("/internal/ha/ops", self.replication.handle_replicate)
+        app.router.add_get("/internal/ha/ops", self.replication.handle_export)
         app.router.add_get("/latest/meta-data/{path:.*}", self.handle_metadata)
         app.router.add_get("/latest/meta-data", self.handle_metadata)
         app.router.add_get("/latest/user-data", self.handle_user_data)
@@ -169,200 +155,23 @@ class CloudController(Service):
     async def on_start(self) -> None:
         await self.cluster.start()
         self._sync_task = asyncio.create_task(self._sync_loop())
-        if self.ha is not None:
-            import aiohttp
-
-            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
-                                                 timeout=aiohttp.ClientTimeout(total=1.0))
-            self._catchup_task = asyncio.create_task(self._catch_up_loop())
+        await self.replication.start()
 
     async def on_stop(self) -> None:
-        for task in (self._sync_task, self._catchup_task):
-            if task:
-                task.cancel()
+        if self._sync_task:
+            self._sync_task.cancel()
         await self.cluster.close()
         await self.services.close()
-        if self.replica is not None:
-            await self.replica.close()
+        await self.replication.stop()
 
-    # -- replication to the DISABLED peer (HA) ------------------------------------------------
-
-    def _peer_url(self) -> str:
-        return f"http://{self.ha.peer_address()}:{self.config['port']}"
+    # -- replication to the DISABLED peer (HA): replication.py ----------------------------------
 
     async def replicate(self, upto: int) -> None:
-        """Before a write is acknowledged, the DISABLED peer has it too (when it is alive);
-        raises ServiceUnavailable when the write may not be acknowledged."""
-        ha = self.ha
-        if ha is None or not ha.peer_alive():
-            return
-        refused = ha.peer_took_over()
-        if not refused and (ha.peer.state != "DISABLED" or ha.peer.last_seq >= upto):
-            return  # it has it, or (NOTREADY and the like) catches up before it may take over
-        if not refused:
-            try:
-                if await self._push(upto):
-                    return
-                refused = True
-            except Exception as exc:
-                self.events.emit("ha.replication_failed", error=repr(exc), upto=upto)
-        if not await ha.may_acknowledge_unreplicated(refused, upto):
-            self.events.emit("ha.write_not_acknowledged", upto=upto, refused=refused)
-            raise EC2Error("ServiceUnavailable", "the write could not be replicated to the peer; retry", 503)
-
-    async def _push(self, upto: int) -> bool:
-        """Send the peer every op up to ``upto`` in bounded requests, a snapshot first when
-        its position is older than the log; False when it refuses."""
-        ha = self.ha
-        async with self._push_lock:
-            pos = ha.peer.last_seq  # from here on ours: a heartbeat sent before a batch landed says less
-            while pos < upto:
-                body = await self._export_from(pos, epoch=ha.epoch)
-                async with self.replica.post(f"{self._peer_url()}/internal/ha/ops", data=body,
-                                             headers={"Content-Type": "application/json"}) as r:
-                    answer = await r.json()
-                if r.status != 200:
-                    self.events.emit("ha.replication_refused", status=r.status, answer=answer)
-                    return False
-                if int(answer["last_seq"]) <= pos:
-                    raise StoreError(f"the peer stayed at {answer['last_seq']} after a batch from {pos}")
-                pos = int(answer["last_seq"])
-                ha.peer.last_seq = max(ha.peer.last_seq, pos)
-        return True
-
-    async def _export_from(self, after: int, **envelope) -> bytes:
-        """What a peer at ``after`` needs next: a JSON line with ``envelope``'s keys and
-        ``"ops"`` (one batch), or, when the log no longer reaches back to it,
-        ``"snapshot": true`` followed by the snapshot's lines. A snapshot is as large as the
-        state (3 MB for 17,000 instances took 0.1 s to read and encode here), so it is read
-        and encoded in a worker thread."""
-        try:
-            ops = self.store.export_ops(after, limit=BATCH_OPS, max_bytes=BATCH_BYTES)
-        except Compacted:
-            def encode() -> bytes:
-                head = json.dumps({**envelope, "snapshot": True})
-                return "\n".join((head, *snapshot_lines(self.store.snapshot()))).encode()
-
-            return await asyncio.to_thread(encode)
-        return json.dumps({**envelope, "ops": ops}).encode()
-
-    @staticmethod
-    async def _decode(raw: bytes) -> dict:
-        """A body ``_export_from`` made, decoded a line at a time in a worker thread."""
-        def decode() -> dict:
-            head, _, rest = raw.partition(b"\n")
-            data = json.loads(head)
-            if data.get("snapshot"):
-                data["snapshot"] = snapshot_from_lines(rest.split(b"\n"))
-            return data
-
-        return await asyncio.to_thread(decode)
-
-    def _refusal(self, epoch: int) -> web.Response | None:
-        """Why this member may not take replicated state from a sender at ``epoch``, if it may not."""
-        ha = self.ha
-        if ha is None or self.state.value == "ENABLED":
-            return web.json_response({"error": "not a secondary"}, status=409)
-        if epoch < max(ha.epoch, ha.peer.epoch):
-            return web.json_response({"error": "stale epoch", "current": max(ha.epoch, ha.peer.epoch)}, status=409)
-        return None
-
-    async def _take(self, data: dict) -> int:
-        """Apply one batch of ops or install a snapshot, in a worker thread: the loop keeps
-        sending heartbeats meanwhile. The caller holds the replica lock."""
-        if "snapshot" in data:
-            last = await asyncio.to_thread(self.store.install_snapshot, data["snapshot"])
-            self.events.emit("ha.snapshot_installed", last_seq=last, epoch=data["snapshot"]["epoch"])
-            return last
-        return await asyncio.to_thread(self.store.apply_ops, data["ops"])
-
-    async def handle_replicate(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "clc")
-        try:
-            body = await self._decode(await request.read())
-            epoch = int(body["epoch"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": f"malformed replication body: {exc!r}"}, status=400)
-        async with self._replica_lock:
-            refusal = self._refusal(epoch)
-            if refusal is not None:
-                return refusal
-            try:
-                last = await self._take(body)
-            except Exception as exc:
-                return web.json_response({"error": str(exc), "last_seq": self.store.last_seq}, status=409)
-        return web.json_response({"last_seq": last})
-
-    async def handle_export(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "clc")
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError:
-            return web.json_response({"error": "after: a sequence number"}, status=400)
-        body = await self._export_from(after, epoch=self.ha.epoch if self.ha else 0, last_seq=self.store.last_seq)
-        return web.Response(body=body, content_type="application/json")
-
-    async def _catch_up_loop(self) -> None:
-        """``_catch_up_once`` every CATCH_UP_POLL_S, supervised (``clc.catch_up``)."""
-        await supervise(self.events, "clc.catch_up", self._catch_up_once, pause=CATCH_UP_POLL_S)
-
-    async def _catch_up_once(self) -> None:
-        """A DISABLED member pulls what it lacks from the ENABLED peer (after a restart, a cut
-        or a reset), one bounded batch per request until it has the peer's position (a
-        round of the supervised loop ``clc.catch_up``)."""
-        ha = self.ha
-        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED":
-            return
-        if ha.discard_pending:
-            await self._discard_if_superseded("a newer primary to catch up from")
-            if ha.discard_pending:
-                return  # never mix a kept ex-primary's state with the peer's
-        if ha.peer.last_seq <= self.store.last_seq:
-            return
-        try:
-            batches, target = 0, ha.peer.last_seq
-            while self.store.last_seq < target:
-                before = self.store.last_seq
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/ops",
-                                            params={"after": str(before)}) as r:
-                    raw = await r.read()
-                if r.status != 200:
-                    raise StoreError(f"the peer answered {r.status}: {raw[:200]!r}")
-                data = await self._decode(raw)
-                async with self._replica_lock:
-                    refusal = self._refusal(int(data["epoch"]))
-                    if refusal is not None:
-                        raise StoreError(f"not taking the peer's state: {refusal.text}")
-                    last = await self._take(data)
-                batches += 1
-                if last <= before:
-                    raise StoreError(f"no progress from {before} (the peer is at {data['last_seq']})")
-                target = max(target, int(data["last_seq"]))
-            self.events.emit("ha.caught_up", last_seq=self.store.last_seq, batches=batches)
-        except Exception as exc:
-            self.events.emit("ha.catch_up_failed", error=repr(exc))
-
-    async def _on_promote(self, epoch: int) -> None:
-        # A batch from the old primary may still be committing in a worker thread: let it
-        # finish (one bounded batch) so that the API's writes never wait for its lock, and
-        # every batch after this sees ENABLED and is refused.
-        async with self._replica_lock:
-            pass
+        """Before a write is acknowledged, the DISABLED peer has it too (ClcReplication.replicate)."""
+        await self.replication.replicate(upto)
 
     async def _on_demote(self, reason: str) -> None:
-        await self._discard_if_superseded(reason)
-
-    async def _discard_if_superseded(self, reason: str) -> None:
-        """An ex-primary may hold writes nobody acknowledged, whatever made it step down; the
-        new primary's state wins: start again from it (catch-up, through a snapshot when its
-        log no longer reaches back to the start). Only once an ENABLED peer holds a newer
-        position (HAAgent.may_discard_state); until then the state is kept."""
-        if not self.ha.may_discard_state():
-            return
-        async with self._replica_lock:
-            self.store.reset()
-        self.ha.discard_pending = False
-        self.events.emit("ha.state_reset", reason=reason)
+        await self.replication.on_demote(reason)
 
     def status_extra(self) -> dict:
         return {"last_seq": self.store.last_seq}

@@ -30,9 +30,9 @@ from aiohttp import web
 
 from components.common.files import write_atomic
 from components.common.service import Service
-from components.common.supervise import supervise
 
 from . import blockproto as bp
+from .replication import ScReplication
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -46,11 +46,6 @@ def public(vol: dict) -> dict:
     return {**vol, "attachment": {k: v for k, v in att.items() if k != "secret"} if att else att}
 
 
-def _flush_and_sync(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
 class NotAcknowledged(web.HTTPServiceUnavailable):
     """A change the peer did not take: never acknowledged (503 on the API)."""
 
@@ -59,6 +54,8 @@ class StorageController(Service):
     component = "sc"
 
     def __init__(self, config: dict):
+        # Before the base class sets up the routes, some of which lead to it.
+        self.replication = ScReplication(self, VOLUME_ID, NotAcknowledged)
         super().__init__(config)
         self.vol_dir = Path(config["data_dir"]) / "volumes"
         self.vol_dir.mkdir(parents=True, exist_ok=True)
@@ -78,10 +75,7 @@ class StorageController(Service):
         self.sessions: dict[str, set[asyncio.StreamWriter]] = {}  # volume -> its open block sessions
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
         self._block_servers: list[asyncio.AbstractServer] = []
-        self.replica = None
-        self._catchup: asyncio.Task | None = None
-        self._replicating = asyncio.Lock()
-        self._peer_took: tuple | None = None  # (peer boot, peer epoch, change) the peer last answered 200 to
+        self.replica = None  # the session to the HA peer, opened in on_start when HA is on
         self._disk = asyncio.Lock()  # one change at a time reaches the disk, in order
         if self.ha is not None:
             self.ha.last_seq = lambda: self.wseq
@@ -158,154 +152,8 @@ class StorageController(Service):
                 # peer has it before the client hears OK; FLUSH (the F operation) makes it durable
 
     async def _mutate(self, op: dict, data: bytes = b"") -> None:
-        """Apply a change and, under HA, have the DISABLED peer apply it before answering.
-
-        One change at a time is applied and shipped (``_replicating``), so each reaches the
-        peer with its own sequence number, in order: two concurrent changes (block writes to
-        two volumes) could otherwise ship one change under the other's number.
-        """
-        ha = self.ha
-        async with self._replicating:
-            seq = await self._apply(op, data)
-            if ha is None or self.replica is None or not ha.peer_alive():
-                return
-            if ha.peer_took_over():
-                refused = True  # the peer is primary now: never acknowledged
-            elif ha.peer.state != "DISABLED":
-                return  # NOTREADY and the like: it catches up before it may take over
-            elif self._peer_position() != seq - 1:
-                refused = False  # the peer is behind: acknowledged once its catch-up has this change
-            else:
-                refused = await self._replicate_op(op, data, seq)
-        if refused is not None and not await ha.may_acknowledge_unreplicated(refused, seq):
-            self.events.emit("ha.write_not_acknowledged", seq=seq, refused=refused)
-            raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
-
-    async def _replicate_op(self, op: dict, data: bytes, seq: int) -> bool | None:
-        """Ship change ``seq`` to the DISABLED peer: None taken, True refused, False no answer."""
-        ha = self.ha
-        refused = None
-        try:
-            async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
-                    "X-Eucalab-Op": json.dumps({"seq": seq, "epoch": ha.epoch, "op": op})}) as r:
-                if r.status == 200:
-                    ha.peer.last_seq = seq
-                    self._peer_took = (ha.peer.boot, ha.peer.epoch, seq)
-                else:
-                    refused = True
-                    self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
-        except Exception as exc:
-            refused = False
-            self.events.emit("ha.replication_failed", error=repr(exc))
-        return refused
-
-    def _peer_position(self) -> int:
-        """The change the DISABLED peer has last applied.
-
-        Its heartbeat says so, but a heartbeat sent before a change landed can arrive after
-        the peer's answer to it and say one less: the next change would then not be shipped
-        but left to the peer's catch-up (a copy of every volume), and, not caught up within
-        the HA window, refused with 503 although the peer was in step. So a change the same
-        incarnation of the peer, at the same epoch, answered 200 to counts as well.
-        """
-        peer = self.ha.peer
-        took = self._peer_took
-        if took is not None and took[:2] == (peer.boot, peer.epoch):
-            return max(peer.last_seq, took[2])
-        return peer.last_seq
-
-    def _peer_url(self) -> str:
-        return f"http://{self.ha.peer_address()}:{self.config['port']}"
-
-    async def handle_ha_apply(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "sc")
-        ha = self.ha
-        if ha is None or self.state.value == "ENABLED":
-            return self._error("Conflict", "not a secondary", 409)
-        try:
-            entry = json.loads(request.headers["X-Eucalab-Op"])
-            epoch, seq, op = int(entry["epoch"]), int(entry["seq"]), dict(entry["op"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
-        if epoch < max(ha.epoch, ha.peer.epoch):
-            return self._error("StaleEpoch", "a stale primary's change", 409)
-        data = await request.read()
-        try:
-            applied = await self._apply(op, data, seq=seq)
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
-        if not applied:
-            return self._error("Gap", f"have {self.wseq}, got {entry['seq']}: catching up instead", 409)
-        return web.json_response({"wseq": self.wseq})
-
-    async def handle_ha_state(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "sc")
-        return web.json_response({"wseq": self.wseq, "volumes": self.volumes})
-
-    async def handle_ha_volume(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request, "sc")
-        vid = request.match_info["id"]
-        if not VOLUME_ID.match(vid) or vid not in self.volumes:
-            return web.Response(status=404)
-        return web.FileResponse(self._path(vid))
-
-    async def _catch_up_loop(self) -> None:
-        """``_catch_up_once`` every 0.3 s, supervised (``sc.catch_up``)."""
-        await supervise(self.events, "sc.catch_up", self._catch_up_once, pause=0.3)
-
-    async def _catch_up_once(self) -> None:
-        """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole.
-
-        Everything is downloaded before anything is replaced, and nothing is replaced if
-        this member was promoted meanwhile (the peer died during the copy: its own state
-        is the pair's now) or the peer no longer serves: a copy cut short leaves the
-        member as it was, never half-updated."""
-        ha = self.ha
-        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
-                or ha.peer.last_seq <= self.wseq:
-            return
-        parts: dict[str, Path] = {}
-        try:
-            async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
-                r.raise_for_status()
-                state = await r.json()
-            bad = [v for v in state["volumes"] if not VOLUME_ID.match(v)]
-            if bad:
-                raise ValueError(f"the peer lists malformed volume ids {bad[:3]!r}")
-            for vid in state["volumes"]:
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
-                    r.raise_for_status()
-                    parts[vid] = tmp = self.vol_dir / f".{vid}.part"
-                    with open(tmp, "wb") as f:  # every write and the fsync off the loop
-                        async for chunk in r.content.iter_chunked(1 << 20):
-                            await asyncio.to_thread(f.write, chunk)
-                        await asyncio.to_thread(_flush_and_sync, f)
-            async with self._disk:
-                # Checked once the disk is this copy's: nothing may have changed since.
-                if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" \
-                        or int(state["wseq"]) <= self.wseq:
-                    self.events.emit("ha.catch_up_abandoned", state=self.state.value,
-                                     peer_state=ha.peer.state, peer_seq=int(state["wseq"]),
-                                     last_seq=self.wseq)
-                    return
-                gone = set(self.volumes) - set(state["volumes"])
-                await asyncio.to_thread(self._install, dict(parts), gone)
-                parts.clear()
-                self.volumes, self.wseq = state["volumes"], int(state["wseq"])
-                await self._save()
-            self.events.emit("ha.caught_up", last_seq=self.wseq)
-        except Exception as exc:
-            self.events.emit("ha.catch_up_failed", error=repr(exc))
-        finally:
-            for tmp in parts.values():
-                tmp.unlink(missing_ok=True)
-
-    def _install(self, parts: dict[str, Path], gone: set[str]) -> None:
-        """A finished catch-up's copies in place of the volumes, and the volumes the peer no longer has gone."""
-        for vid, tmp in parts.items():
-            os.replace(tmp, self._path(vid))
-        for vid in gone:
-            self._path(vid).unlink(missing_ok=True)
+        """Apply a change and, under HA, have the DISABLED peer apply it before answering (ScReplication.mutate)."""
+        await self.replication.mutate(op, data)
 
     def _path(self, vid: str) -> Path:
         return self.vol_dir / f"{vid}.img"
@@ -316,17 +164,12 @@ class StorageController(Service):
         app.router.add_delete("/volumes/{id}", self.handle_delete)
         app.router.add_post("/volumes/{id}/attach", self.handle_attach)
         app.router.add_post("/volumes/{id}/detach", self.handle_detach)
-        app.router.add_post("/internal/ha/sc", self.handle_ha_apply)
-        app.router.add_get("/internal/ha/sc/state", self.handle_ha_state)
-        app.router.add_get("/internal/ha/sc/volume/{id}", self.handle_ha_volume)
+        app.router.add_post("/internal/ha/sc", self.replication.handle_apply)
+        app.router.add_get("/internal/ha/sc/state", self.replication.handle_state)
+        app.router.add_get("/internal/ha/sc/volume/{id}", self.replication.handle_volume)
 
     async def on_start(self) -> None:
-        if self.ha is not None:
-            import aiohttp
-
-            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
-                                                 timeout=aiohttp.ClientTimeout(total=30))
-            self._catchup = asyncio.create_task(self._catch_up_loop())
+        await self.replication.start()
         for address in self.block_listen:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -337,10 +180,7 @@ class StorageController(Service):
     async def on_stop(self) -> None:
         for server in self._block_servers:
             server.close()
-        if self._catchup is not None:
-            self._catchup.cancel()
-        if self.replica is not None:
-            await self.replica.close()
+        await self.replication.stop()
 
     def status_extra(self) -> dict:
         return {"volumes": len(self.volumes), "block_port": self.block_port, "block_listen": self.block_listen}
