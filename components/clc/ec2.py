@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -149,6 +150,17 @@ ID_PATTERNS = {
 MALFORMED = {"instance": "InvalidInstanceID.Malformed", "group": "InvalidGroupId.Malformed",
              "volume": "InvalidVolumeID.Malformed", "image": "InvalidAMIID.Malformed",
              "allocation": "InvalidAllocationID.Malformed", "association": "InvalidAssociationID.Malformed"}
+
+
+def named(rows: list, ids: list[str], not_found: Callable[[list[str]], EC2Error]) -> list:
+    """The rows (with an ``id``) a Describe call names, every row when it names none;
+    ``not_found`` of the ids (sorted) that are not among them, raised, when some are not."""
+    if not ids:
+        return rows
+    missing = sorted(set(ids) - {r["id"] for r in rows})
+    if missing:
+        raise not_found(missing)
+    return [r for r in rows if r["id"] in ids]
 
 
 def check_id(kind: str, value: str) -> str:

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from components.common.replication import REPLICATION_FAILED, REPLICATION_REFUSED, Replication
+from components.common.routes import route
 
 from .ec2 import EC2Error
 from .state import Compacted, StoreError, snapshot_from_lines, snapshot_lines
@@ -142,6 +143,7 @@ class ClcReplication(Replication):
             return last
         return await asyncio.to_thread(self.store.apply_ops, data["ops"])
 
+    @route("POST", "/internal/ha/ops")
     async def handle_replicate(self, request: web.Request) -> web.Response:
         """POST /internal/ha/ops: the ENABLED peer's push."""
         self.svc.require_internal(request, "clc")
@@ -160,6 +162,7 @@ class ClcReplication(Replication):
                 return web.json_response({"error": str(exc), "last_seq": self.store.last_seq}, status=409)
         return web.json_response({"last_seq": last})
 
+    @route("GET", "/internal/ha/ops")
     async def handle_export(self, request: web.Request) -> web.Response:
         """GET /internal/ha/ops?after=N: what a peer at N lacks (its catch-up)."""
         self.svc.require_internal(request, "clc")

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from components.common.groups import digest as group_digest
 from components.common.modes import features
+from components.common.routes import add_routes, route
 from components.common.service import INSTANCE_HEADER, Service
 from components.common.sigv4 import SigV4Error, sign, verify
 from components.common.names import valid_bucket, valid_key
@@ -37,7 +38,7 @@ from components.common.supervise import supervise
 from .cluster import ClusterClient, ClusterError
 from .replication import ClcReplication
 from .services import ServiceDirectory
-from .ec2 import (EC2Error, Params, check_id, error_xml, new_id, parse_query, request_id, response_xml,
+from .ec2 import (EC2Error, Params, check_id, error_xml, named, new_id, parse_query, request_id, response_xml,
                   sub_list)
 from .state import KEEP_OPS, Store, redact
 
@@ -142,15 +143,7 @@ class CloudController(Service):
                          "default_group": "sg-" + hashlib.sha256(a["account_id"].encode()).hexdigest()[:8]})
 
     def setup_routes(self, app: web.Application) -> None:
-        for path in ("/services/Eucalyptus", "/services/Eucalyptus/", "/"):
-            app.router.add_route("GET", path, self.handle_api)
-            app.router.add_route("POST", path, self.handle_api)
-        app.router.add_get("/internal/accounts/{access_key}", self.handle_account_lookup)
-        app.router.add_post("/internal/ha/ops", self.replication.handle_replicate)
-        app.router.add_get("/internal/ha/ops", self.replication.handle_export)
-        app.router.add_get("/latest/meta-data/{path:.*}", self.handle_metadata)
-        app.router.add_get("/latest/meta-data", self.handle_metadata)
-        app.router.add_get("/latest/user-data", self.handle_user_data)
+        add_routes(app, self, self.replication)
 
     async def on_start(self) -> None:
         await self.cluster.start()
@@ -208,6 +201,8 @@ class CloudController(Service):
             chunks.append(chunk)
         return b"".join(chunks)
 
+    @route("GET", "/services/Eucalyptus", "/services/Eucalyptus/", "/", head=False)
+    @route("POST", "/services/Eucalyptus", "/services/Eucalyptus/", "/")
     async def handle_api(self, request: web.Request) -> web.Response:
         """One EC2 Query request: parse, authenticate, dispatch; every failure as EC2 error XML."""
         rid = request_id()
@@ -279,6 +274,7 @@ class CloudController(Service):
                          transition=answer.get("transition"))
         return {"return": True}
 
+    @route("GET", "/internal/accounts/{access_key}")
     async def handle_account_lookup(self, request: web.Request) -> web.Response:
         self.require_internal(request, "walrus")
         found = self._lookup(request.match_info["access_key"])
@@ -344,12 +340,9 @@ class CloudController(Service):
 
     async def act_DescribeImages(self, p: Params, account: str) -> dict:
         ids = [check_id("image", i) for i in p.list("ImageId")]
-        rows = self.store.q("SELECT * FROM images WHERE account=? OR public=1 ORDER BY id", account)
-        if ids:
-            missing = set(ids) - {r["id"] for r in rows}
-            if missing:
-                raise EC2Error("InvalidAMIID.NotFound", f"The image id '[{', '.join(sorted(missing))}]' does not exist")
-            rows = [r for r in rows if r["id"] in ids]
+        rows = named(self.store.q("SELECT * FROM images WHERE account=? OR public=1 ORDER BY id", account), ids,
+                     lambda missing: EC2Error("InvalidAMIID.NotFound",
+                                              f"The image id '[{', '.join(missing)}]' does not exist"))
         return {"imagesSet": [{"imageId": r["id"], "imageLocation": r["location"], "imageState": "available",
                                "imageOwnerId": r["account"], "isPublic": bool(r["public"]), "architecture": "x86_64",
                                "imageType": "machine", "name": r["name"], "rootDeviceType": "instance-store",
@@ -988,12 +981,8 @@ class CloudController(Service):
 
     async def act_DescribeVolumes(self, p: Params, account: str) -> dict:
         ids = [check_id("volume", v) for v in p.list("VolumeId")]
-        rows = self.store.q("SELECT * FROM volumes WHERE account=? ORDER BY created", account)
-        if ids:
-            missing = set(ids) - {r["id"] for r in rows}
-            if missing:
-                raise EC2Error("InvalidVolume.NotFound", f"The volume '{sorted(missing)[0]}' does not exist.")
-            rows = [r for r in rows if r["id"] in ids]
+        rows = named(self.store.q("SELECT * FROM volumes WHERE account=? ORDER BY created", account), ids,
+                     lambda missing: EC2Error("InvalidVolume.NotFound", f"The volume '{missing[0]}' does not exist."))
         return {"volumeSet": [self._volume_item(r) for r in rows]}
 
     # -- the metadata service ---------------------------------------------------------------------
@@ -1014,6 +1003,7 @@ class CloudController(Service):
         return self.store.one("SELECT * FROM instances WHERE private_ip=? AND state IN ('pending', 'running') "
                               "ORDER BY launched DESC LIMIT 1", address)
 
+    @route("GET", "/latest/user-data")
     async def handle_user_data(self, request: web.Request) -> web.Response:
         """The calling instance's user data, as given to RunInstances (404 without any, as EC2)."""
         row = self._caller_instance(request)
@@ -1021,6 +1011,7 @@ class CloudController(Service):
             return web.Response(status=404, text="not found\n")
         return web.Response(body=base64.b64decode(row["user_data"]), content_type="application/octet-stream")
 
+    @route("GET", "/latest/meta-data/{path:.*}", "/latest/meta-data")
     async def handle_metadata(self, request: web.Request) -> web.Response:
         """Instance metadata for the instance whose private address sent the request (404 for others)."""
         row = self._caller_instance(request)

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from components.common.replication import CATCH_UP_ABANDONED, REPLICATION_FAILED, REPLICATION_REFUSED, Replication
+from components.common.routes import route
 
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -101,6 +102,7 @@ class ScReplication(Replication):
 
     # -- the peer's endpoints -----------------------------------------------------------------
 
+    @route("POST", "/internal/ha/sc")
     async def handle_apply(self, request: web.Request) -> web.Response:
         """POST /internal/ha/sc: one change from the ENABLED peer, applied only as the next one."""
         svc = self.svc
@@ -124,11 +126,13 @@ class ScReplication(Replication):
             return svc._error("Gap", f"have {svc.wseq}, got {entry['seq']}: catching up instead", 409)
         return web.json_response({"wseq": svc.wseq})
 
+    @route("GET", "/internal/ha/sc/state")
     async def handle_state(self, request: web.Request) -> web.Response:
         """GET /internal/ha/sc/state: this member's position and volumes."""
         self.svc.require_internal(request, "sc")
         return web.json_response({"wseq": self.svc.wseq, "volumes": self.svc.volumes})
 
+    @route("GET", "/internal/ha/sc/volume/{id}")
     async def handle_volume(self, request: web.Request) -> web.StreamResponse:
         """GET /internal/ha/sc/volume/{id}: a volume's file."""
         self.svc.require_internal(request, "sc")

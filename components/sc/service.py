@@ -29,6 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from components.common.files import write_atomic
+from components.common.routes import add_routes, route
 from components.common.service import Service
 
 from . import blockproto as bp
@@ -159,14 +160,7 @@ class StorageController(Service):
         return self.vol_dir / f"{vid}.img"
 
     def setup_routes(self, app: web.Application) -> None:
-        app.router.add_get("/volumes", self.handle_list)
-        app.router.add_post("/volumes", self.handle_create)
-        app.router.add_delete("/volumes/{id}", self.handle_delete)
-        app.router.add_post("/volumes/{id}/attach", self.handle_attach)
-        app.router.add_post("/volumes/{id}/detach", self.handle_detach)
-        app.router.add_post("/internal/ha/sc", self.replication.handle_apply)
-        app.router.add_get("/internal/ha/sc/state", self.replication.handle_state)
-        app.router.add_get("/internal/ha/sc/volume/{id}", self.replication.handle_volume)
+        add_routes(app, self, self.replication)
 
     async def on_start(self) -> None:
         await self.replication.start()
@@ -198,10 +192,12 @@ class StorageController(Service):
                                    content_type="application/json")
         return vol
 
+    @route("GET", "/volumes")
     async def handle_list(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         return web.json_response({"volumes": [public(v) for v in self.volumes.values()]})
 
+    @route("POST", "/volumes")
     async def handle_create(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         try:
@@ -219,6 +215,7 @@ class StorageController(Service):
         self.events.emit("volume.create", volume=vid, size_mib=size)
         return web.json_response(public(self.volumes[vid]), status=201)
 
+    @route("DELETE", "/volumes/{id}")
     async def handle_delete(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
@@ -228,6 +225,7 @@ class StorageController(Service):
         self.events.emit("volume.delete", volume=vol["id"])
         return web.json_response({"id": vol["id"], "state": "deleted"})
 
+    @route("POST", "/volumes/{id}/attach")
     async def handle_attach(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
@@ -248,6 +246,7 @@ class StorageController(Service):
         return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block_port,
                                                              "secret": secret}})
 
+    @route("POST", "/volumes/{id}/detach")
     async def handle_detach(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
