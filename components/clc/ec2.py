@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from urllib.parse import parse_qsl
@@ -22,6 +23,11 @@ class EC2Error(Exception):
     def __init__(self, code: str, message: str, status: int = 400):
         self.code, self.message, self.status = code, message, status
         super().__init__(f"{code}: {message}")
+
+
+def iso(ts: float) -> str:
+    """A time as the EC2 API writes it (launchTime, createTime)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
 
 
 def request_id() -> str:
