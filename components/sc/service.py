@@ -6,24 +6,18 @@ Internal API (port 8773, header X-Eucalab-Internal-Token):
     DELETE /volumes/{id}                 delete (refused while attached: VolumeInUse)
     POST   /volumes/{id}/attach          {instance, nc}  -> {target: {host, port, secret}}
     POST   /volumes/{id}/detach
-Block service (port 3260, see blockproto.py): an NC logs in to an attached volume
-with the attachment's secret (challenge-response), from one of its own addresses, and
-reads and writes it; written data is on the SC's disk. Detaching (or attaching anew)
-closes the volume's sessions. The block service listens on the SC's own addresses and
-its service VIP (``block_listen``), never on 0.0.0.0; ``nc_addresses`` {nc: [addresses]}
-names the cluster's NCs, the only hosts a login is taken from.
+Block service (port 3260, blockservice.py): an NC logs in to an attached volume
+with the attachment's secret and reads and writes it; written data is on the SC's disk.
+Under HA every change reaches the DISABLED peer before it is acknowledged
+(replication.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import os
 import re
 import secrets
-import socket
-import struct
 from pathlib import Path
 
 from aiohttp import web
@@ -32,13 +26,10 @@ from components.common.files import write_atomic
 from components.common.routes import add_routes, route
 from components.common.service import Service
 
-from . import blockproto as bp
+from .blockservice import BlockService
 from .replication import ScReplication
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
-IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-MAX_VOLUME_ID = len("vol-00000000")
-REFUSED = b"login refused"  # one answer for every refusal: no such volume, not attached, not yours
 
 
 def public(vol: dict) -> dict:
@@ -64,18 +55,8 @@ class StorageController(Service):
         self.volumes: dict[str, dict] = {}
         self.wseq = 0  # how many changes this SC's volumes have seen (HA replication position)
         self._load()
-        self.block_port = int(config.get("block_port", bp.BLOCK_PORT))
-        # The block service's addresses: this member's own and the pair's VIP (bound before
-        # this member holds it, IP_FREEBIND), never the wildcard address.
-        self.block_listen = list(config.get("block_listen") or [config.get("listen_host", "127.0.0.1")])
-        if "0.0.0.0" in self.block_listen:
-            raise ValueError("block_listen: the SC's own addresses and VIP, not 0.0.0.0")
-        # The cluster's NCs and their addresses: a login is taken only from the NC the
-        # volume is attached to.
-        self.nc_addresses: dict[str, list[str]] = {n: list(a) for n, a in config.get("nc_addresses", {}).items()}
-        self.sessions: dict[str, set[asyncio.StreamWriter]] = {}  # volume -> its open block sessions
+        self.block = BlockService(self, config, NotAcknowledged)
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
-        self._block_servers: list[asyncio.AbstractServer] = []
         self.replica = None  # the session to the HA peer, opened in on_start when HA is on
         self._disk = asyncio.Lock()  # one change at a time reaches the disk, in order
         if self.ha is not None:
@@ -130,14 +111,10 @@ class StorageController(Service):
             elif kind == "meta":
                 self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
             if kind in ("delete", "meta"):
-                self._end_sessions(vid)  # detached, attached anew, or gone: its logins no longer hold
+                self.block.end_sessions(vid)  # detached, attached anew, or gone: its logins no longer hold
             self.wseq += 1
             await self._save()
             return self.wseq
-
-    def _end_sessions(self, vid: str) -> None:
-        for writer in self.sessions.pop(vid, set()):
-            writer.close()
 
     def _apply_files(self, op: dict, data: bytes) -> None:
         kind, path = op["type"], self._path(op["id"])
@@ -164,20 +141,19 @@ class StorageController(Service):
 
     async def on_start(self) -> None:
         await self.replication.start()
-        for address in self.block_listen:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # the VIP: held by whichever member serves
-            sock.bind((address, self.block_port))
-            self._block_servers.append(await asyncio.start_server(self._serve_block, sock=sock))
+        await self.block.start()
 
     async def on_stop(self) -> None:
-        for server in self._block_servers:
-            server.close()
+        self.block.stop()
         await self.replication.stop()
 
+    @property
+    def block_port(self) -> int:
+        """Where the block service listens."""
+        return self.block.port
+
     def status_extra(self) -> dict:
-        return {"volumes": len(self.volumes), "block_port": self.block_port, "block_listen": self.block_listen}
+        return {"volumes": len(self.volumes), "block_port": self.block.port, "block_listen": self.block.listen}
 
     # -- volumes API ----------------------------------------------------------------------
 
@@ -236,14 +212,14 @@ class StorageController(Service):
             return self._error("InvalidParameterValue", f"bad request: {exc}")
         if vol["attachment"] and vol["attachment"]["instance"] != instance:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
-        if nc not in self.nc_addresses:
+        if nc not in self.block.nc_addresses:
             return self._error("InvalidParameterValue", f"no NC {nc!r} in this cluster")
         secret = secrets.token_hex(32)  # this attachment's: the NC answers login challenges with it
         await self._mutate({"type": "meta", "id": vol["id"], "state": "in-use",
                             "attachment": {"instance": instance, "nc": nc, "secret": secret}})
         self.events.emit("volume.attach", volume=vol["id"], instance=instance, nc=nc)
         target_host = self.config.get("block_address") or request.host.split(":")[0]
-        return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block_port,
+        return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block.port,
                                                              "secret": secret}})
 
     @route("POST", "/volumes/{id}/detach")
@@ -253,105 +229,3 @@ class StorageController(Service):
         await self._mutate({"type": "meta", "id": vol["id"], "state": "available", "attachment": None})
         self.events.emit("volume.detach", volume=vol["id"])
         return web.json_response(public(vol))
-
-    # -- block service ----------------------------------------------------------------------
-
-    def _login(self, vid: str, challenge: bytes, answer: bytes, address: str) -> str | None:
-        """The attachment secret a login answer proves, or None: the volume must exist, be
-        attached, to the NC at ``address``, and the answer match the challenge under its
-        secret (compared in constant time; computed even for a stranger, so a refusal
-        takes as long whatever the reason)."""
-        vol = self.volumes.get(vid)
-        att = (vol or {}).get("attachment") or {}
-        secret = att.get("secret") or secrets.token_hex(32)
-        right = hmac.compare_digest(answer, bp.login_answer(secret, challenge, vid))
-        ours = address in self.nc_addresses.get(att.get("nc"), ())
-        return secret if right and ours and att.get("secret") else None
-
-    async def _serve_block(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        volume: str | None = None
-        secret: str | None = None  # the attachment's, proven at login: the session holds while it does
-        challenge: tuple[str, bytes] | None = None  # (volume, challenge) of a login under way
-        f = None
-        address = (writer.get_extra_info("peername") or ("",))[0]
-
-        async def reply(status: int, data: bytes = b"") -> None:
-            writer.write(bp.REPLY.pack(status, len(data)) + data)
-            await writer.drain()
-
-        try:
-            while True:
-                try:
-                    op, offset, length = bp.HEADER.unpack(await reader.readexactly(bp.HEADER.size))
-                except asyncio.IncompleteReadError:
-                    return
-                if length > bp.MAX_IO:
-                    await reply(bp.BAD_REQUEST, b"request too large")
-                    return
-                payload = await reader.readexactly(length) if op in (b"L", b"A", b"W") and length else b""
-                if op in (b"L", b"A"):
-                    await self.handover_settled()  # a planned switchover: answered once it is settled
-                    if not self.may_serve():
-                        # A standby (or a member that lost the pair) takes no session: the
-                        # initiator tries the VIP again until the primary answers there.
-                        await reply(bp.NOT_PRIMARY, b"not the primary: log in through the service VIP")
-                        return
-                    if volume is not None:
-                        await reply(bp.BAD_REQUEST, b"already logged in")
-                        return
-                    if op == b"L":
-                        if len(payload) > MAX_VOLUME_ID:  # no volume id is longer; nor goes into an event
-                            await reply(bp.BAD_REQUEST, b"volume id too long")
-                            return
-                        challenge = (payload.decode(errors="replace"), os.urandom(bp.CHALLENGE_BYTES))
-                        await reply(bp.OK, challenge[1])
-                        continue
-                    proven = self._login(challenge[0], challenge[1], payload, address) if challenge else None
-                    if proven is None:
-                        self.events.emit("block.login_refused", volume=challenge[0] if challenge else None,
-                                         address=address)
-                        await reply(bp.LOGIN_REFUSED, REFUSED)
-                        return
-                    volume, secret = challenge[0], proven
-                    f = open(self._path(volume), "r+b")
-                    self.sessions.setdefault(volume, set()).add(writer)
-                    await reply(bp.OK)
-                    continue
-                await self.handover_settled()
-                if not self.may_serve():
-                    await reply(bp.NOT_PRIMARY, b"no longer the primary: log in through the service VIP")
-                    return
-                att = self.volumes.get(volume, {}).get("attachment") if volume else None
-                if f is None or not att or att.get("secret") != secret:
-                    await reply(bp.NOT_ATTACHED, b"log in to an attached volume first")
-                    return
-                size = self.volumes[volume]["size_mib"] * 2**20
-                if op in (b"R", b"W") and offset + length > size:
-                    await reply(bp.OUT_OF_RANGE, b"beyond the end of the volume")
-                    continue
-                if op == b"R":
-                    f.seek(offset)
-                    await reply(bp.OK, f.read(length))
-                elif op == b"W":
-                    try:
-                        await self._mutate({"type": "write", "id": volume, "offset": offset}, payload)
-                    except NotAcknowledged:
-                        # No longer the primary to write through: the client logs in again
-                        # through the VIP, reaching the member that took over, and retries.
-                        await reply(bp.NOT_PRIMARY, b"this member is no longer primary: log in again")
-                        return
-                    await reply(bp.OK)
-                elif op == b"F":
-                    await asyncio.to_thread(os.fsync, f.fileno())  # off the loop: heartbeats keep going
-                    await reply(bp.OK)
-                else:
-                    await reply(bp.BAD_REQUEST, b"unknown operation")
-                    return
-        except (ConnectionError, struct.error, asyncio.IncompleteReadError):
-            return
-        finally:
-            if f is not None:
-                f.close()
-            if volume is not None:
-                self.sessions.get(volume, set()).discard(writer)
-            writer.close()
