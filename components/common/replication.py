@@ -6,10 +6,10 @@ a cut or a reset) pulls what it lacks (the catch-up). Both go over HTTP to the p
 service port with the run's internal token, on one client session per member.
 
 This module holds the part that is the same for the three: the peer's URL, the session,
-the supervised catch-up loop (``<component>.catch_up``) and when a round has work, the
-discard of an ex-primary's state that a newer primary superseded, the refusal of a write
-the peer did not take, and the events all three write. A component's own module
-(components/clc/replication.py, components/sc/replication.py,
+the supervised catch-up loop (``<component>.catch_up``) with the test of whether a round
+has work, the discard of an ex-primary's state that a newer primary superseded, the
+refusal of a write the peer did not take, and the events all three write. A component's
+own module (components/clc/replication.py, components/sc/replication.py,
 components/walrus/replication.py) says what it ships and pulls and how it applies it.
 """
 
