@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -21,6 +23,11 @@ class EC2Error(Exception):
     def __init__(self, code: str, message: str, status: int = 400):
         self.code, self.message, self.status = code, message, status
         super().__init__(f"{code}: {message}")
+
+
+def iso(ts: float) -> str:
+    """A time as the EC2 API writes it (launchTime, createTime)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
 
 
 def request_id() -> str:
@@ -149,6 +156,17 @@ ID_PATTERNS = {
 MALFORMED = {"instance": "InvalidInstanceID.Malformed", "group": "InvalidGroupId.Malformed",
              "volume": "InvalidVolumeID.Malformed", "image": "InvalidAMIID.Malformed",
              "allocation": "InvalidAllocationID.Malformed", "association": "InvalidAssociationID.Malformed"}
+
+
+def named(rows: list, ids: list[str], not_found: Callable[[list[str]], EC2Error]) -> list:
+    """The rows (with an ``id``) a Describe call names, every row when it names none;
+    ``not_found`` of the ids (sorted) that are not among them, raised, when some are not."""
+    if not ids:
+        return rows
+    missing = sorted(set(ids) - {r["id"] for r in rows})
+    if missing:
+        raise not_found(missing)
+    return [r for r in rows if r["id"] in ids]
 
 
 def check_id(kind: str, value: str) -> str:

@@ -4,7 +4,7 @@ A component's background loop (the CLC following its CCs, a catch-up from the HA
 the CC polling an NC, the HA agent's heartbeat ticker) is written as one *round*, an
 async function, and run by ``supervise``:
 
-    await supervise(self.events, "clc.sync", self._sync_once, pause=0.1)
+    await supervise(self.events, "clc.sync", self.once, pause=0.1)  # components/clc/sync.py
 
 The round runs, then the loop waits ``pause`` seconds (or what the round returned, when
 it paces itself) and runs it again, for as long as the task lives. An exception a round

@@ -6,49 +6,36 @@ Internal API (port 8773, header X-Eucalab-Internal-Token):
     DELETE /volumes/{id}                 delete (refused while attached: VolumeInUse)
     POST   /volumes/{id}/attach          {instance, nc}  -> {target: {host, port, secret}}
     POST   /volumes/{id}/detach
-Block service (port 3260, see blockproto.py): an NC logs in to an attached volume
-with the attachment's secret (challenge-response), from one of its own addresses, and
-reads and writes it; written data is on the SC's disk. Detaching (or attaching anew)
-closes the volume's sessions. The block service listens on the SC's own addresses and
-its service VIP (``block_listen``), never on 0.0.0.0; ``nc_addresses`` {nc: [addresses]}
-names the cluster's NCs, the only hosts a login is taken from.
+Block service (port 3260, blockservice.py): an NC logs in to an attached volume
+with the attachment's secret and reads and writes it; written data is on the SC's disk.
+Under HA every change reaches the DISABLED peer before it is acknowledged
+(replication.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import os
 import re
 import secrets
-import socket
-import struct
 from pathlib import Path
 
 from aiohttp import web
 
 from components.common.files import write_atomic
+from components.common.routes import add_routes, route
 from components.common.service import Service
-from components.common.supervise import supervise
 
-from . import blockproto as bp
+from .blockservice import BlockService
+from .replication import ScReplication
 
 VOLUME_ID = re.compile(r"^vol-[0-9a-f]{8}$")
-IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-MAX_VOLUME_ID = len("vol-00000000")
-REFUSED = b"login refused"  # one answer for every refusal: no such volume, not attached, not yours
 
 
 def public(vol: dict) -> dict:
     """A volume as the API shows it: without its attachment's secret."""
     att = vol.get("attachment")
     return {**vol, "attachment": {k: v for k, v in att.items() if k != "secret"} if att else att}
-
-
-def _flush_and_sync(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
 
 
 class NotAcknowledged(web.HTTPServiceUnavailable):
@@ -59,6 +46,8 @@ class StorageController(Service):
     component = "sc"
 
     def __init__(self, config: dict):
+        # Before the base class sets up the routes, some of which lead to it.
+        self.replication = ScReplication(self, VOLUME_ID, NotAcknowledged)
         super().__init__(config)
         self.vol_dir = Path(config["data_dir"]) / "volumes"
         self.vol_dir.mkdir(parents=True, exist_ok=True)
@@ -66,22 +55,9 @@ class StorageController(Service):
         self.volumes: dict[str, dict] = {}
         self.wseq = 0  # how many changes this SC's volumes have seen (HA replication position)
         self._load()
-        self.block_port = int(config.get("block_port", bp.BLOCK_PORT))
-        # The block service's addresses: this member's own and the pair's VIP (bound before
-        # this member holds it, IP_FREEBIND), never the wildcard address.
-        self.block_listen = list(config.get("block_listen") or [config.get("listen_host", "127.0.0.1")])
-        if "0.0.0.0" in self.block_listen:
-            raise ValueError("block_listen: the SC's own addresses and VIP, not 0.0.0.0")
-        # The cluster's NCs and their addresses: a login is taken only from the NC the
-        # volume is attached to.
-        self.nc_addresses: dict[str, list[str]] = {n: list(a) for n, a in config.get("nc_addresses", {}).items()}
-        self.sessions: dict[str, set[asyncio.StreamWriter]] = {}  # volume -> its open block sessions
+        self.block = BlockService(self, config, NotAcknowledged)
         self.max_size_mib = int(config.get("max_volume_mib", 1024))
-        self._block_servers: list[asyncio.AbstractServer] = []
-        self.replica = None
-        self._catchup: asyncio.Task | None = None
-        self._replicating = asyncio.Lock()
-        self._peer_took: tuple | None = None  # (peer boot, peer epoch, change) the peer last answered 200 to
+        self.replica = None  # the session to the HA peer, opened in on_start when HA is on
         self._disk = asyncio.Lock()  # one change at a time reaches the disk, in order
         if self.ha is not None:
             self.ha.last_seq = lambda: self.wseq
@@ -135,14 +111,10 @@ class StorageController(Service):
             elif kind == "meta":
                 self.volumes[vid].update(state=op["state"], attachment=op["attachment"])
             if kind in ("delete", "meta"):
-                self._end_sessions(vid)  # detached, attached anew, or gone: its logins no longer hold
+                self.block.end_sessions(vid)  # detached, attached anew, or gone: its logins no longer hold
             self.wseq += 1
             await self._save()
             return self.wseq
-
-    def _end_sessions(self, vid: str) -> None:
-        for writer in self.sessions.pop(vid, set()):
-            writer.close()
 
     def _apply_files(self, op: dict, data: bytes) -> None:
         kind, path = op["type"], self._path(op["id"])
@@ -158,192 +130,30 @@ class StorageController(Service):
                 # peer has it before the client hears OK; FLUSH (the F operation) makes it durable
 
     async def _mutate(self, op: dict, data: bytes = b"") -> None:
-        """Apply a change and, under HA, have the DISABLED peer apply it before answering.
-
-        One change at a time is applied and shipped (``_replicating``), so each reaches the
-        peer with its own sequence number, in order: two concurrent changes (block writes to
-        two volumes) could otherwise ship one change under the other's number.
-        """
-        ha = self.ha
-        async with self._replicating:
-            seq = await self._apply(op, data)
-            if ha is None or self.replica is None or not ha.peer_alive():
-                return
-            if ha.peer_took_over():
-                refused = True  # the peer is primary now: never acknowledged
-            elif ha.peer.state != "DISABLED":
-                return  # NOTREADY and the like: it catches up before it may take over
-            elif self._peer_position() != seq - 1:
-                refused = False  # the peer is behind: acknowledged once its catch-up has this change
-            else:
-                refused = await self._replicate_op(op, data, seq)
-        if refused is not None and not await ha.may_acknowledge_unreplicated(refused, seq):
-            self.events.emit("ha.write_not_acknowledged", seq=seq, refused=refused)
-            raise NotAcknowledged(text="the change could not be replicated to the peer; retry")
-
-    async def _replicate_op(self, op: dict, data: bytes, seq: int) -> bool | None:
-        """Ship change ``seq`` to the DISABLED peer: None taken, True refused, False no answer."""
-        ha = self.ha
-        refused = None
-        try:
-            async with self.replica.post(f"{self._peer_url()}/internal/ha/sc", data=data, headers={
-                    "X-Eucalab-Op": json.dumps({"seq": seq, "epoch": ha.epoch, "op": op})}) as r:
-                if r.status == 200:
-                    ha.peer.last_seq = seq
-                    self._peer_took = (ha.peer.boot, ha.peer.epoch, seq)
-                else:
-                    refused = True
-                    self.events.emit("ha.replication_refused", status=r.status, answer=await r.text())
-        except Exception as exc:
-            refused = False
-            self.events.emit("ha.replication_failed", error=repr(exc))
-        return refused
-
-    def _peer_position(self) -> int:
-        """The change the DISABLED peer has last applied.
-
-        Its heartbeat says so, but a heartbeat sent before a change landed can arrive after
-        the peer's answer to it and say one less: the next change would then not be shipped
-        but left to the peer's catch-up (a copy of every volume), and, not caught up within
-        the HA window, refused with 503 although the peer was in step. So a change the same
-        incarnation of the peer, at the same epoch, answered 200 to counts as well.
-        """
-        peer = self.ha.peer
-        took = self._peer_took
-        if took is not None and took[:2] == (peer.boot, peer.epoch):
-            return max(peer.last_seq, took[2])
-        return peer.last_seq
-
-    def _peer_url(self) -> str:
-        return f"http://{self.ha.peer_address()}:{self.config['port']}"
-
-    async def handle_ha_apply(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "sc")
-        ha = self.ha
-        if ha is None or self.state.value == "ENABLED":
-            return self._error("Conflict", "not a secondary", 409)
-        try:
-            entry = json.loads(request.headers["X-Eucalab-Op"])
-            epoch, seq, op = int(entry["epoch"]), int(entry["seq"]), dict(entry["op"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
-        if epoch < max(ha.epoch, ha.peer.epoch):
-            return self._error("StaleEpoch", "a stale primary's change", 409)
-        data = await request.read()
-        try:
-            applied = await self._apply(op, data, seq=seq)
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._error("InvalidParameterValue", f"bad change: {exc!r}")
-        if not applied:
-            return self._error("Gap", f"have {self.wseq}, got {entry['seq']}: catching up instead", 409)
-        return web.json_response({"wseq": self.wseq})
-
-    async def handle_ha_state(self, request: web.Request) -> web.Response:
-        self.require_internal(request, "sc")
-        return web.json_response({"wseq": self.wseq, "volumes": self.volumes})
-
-    async def handle_ha_volume(self, request: web.Request) -> web.StreamResponse:
-        self.require_internal(request, "sc")
-        vid = request.match_info["id"]
-        if not VOLUME_ID.match(vid) or vid not in self.volumes:
-            return web.Response(status=404)
-        return web.FileResponse(self._path(vid))
-
-    async def _catch_up_loop(self) -> None:
-        """``_catch_up_once`` every 0.3 s, supervised (``sc.catch_up``)."""
-        await supervise(self.events, "sc.catch_up", self._catch_up_once, pause=0.3)
-
-    async def _catch_up_once(self) -> None:
-        """A DISABLED SC behind its ENABLED peer copies the peer's volumes whole.
-
-        Everything is downloaded before anything is replaced, and nothing is replaced if
-        this member was promoted meanwhile (the peer died during the copy: its own state
-        is the pair's now) or the peer no longer serves: a copy cut short leaves the
-        member as it was, never half-updated."""
-        ha = self.ha
-        if self.state.value == "ENABLED" or not ha.peer_alive() or ha.peer.state != "ENABLED" \
-                or ha.peer.last_seq <= self.wseq:
-            return
-        parts: dict[str, Path] = {}
-        try:
-            async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/state") as r:
-                r.raise_for_status()
-                state = await r.json()
-            bad = [v for v in state["volumes"] if not VOLUME_ID.match(v)]
-            if bad:
-                raise ValueError(f"the peer lists malformed volume ids {bad[:3]!r}")
-            for vid in state["volumes"]:
-                async with self.replica.get(f"{self._peer_url()}/internal/ha/sc/volume/{vid}") as r:
-                    r.raise_for_status()
-                    parts[vid] = tmp = self.vol_dir / f".{vid}.part"
-                    with open(tmp, "wb") as f:  # every write and the fsync off the loop
-                        async for chunk in r.content.iter_chunked(1 << 20):
-                            await asyncio.to_thread(f.write, chunk)
-                        await asyncio.to_thread(_flush_and_sync, f)
-            async with self._disk:
-                # Checked once the disk is this copy's: nothing may have changed since.
-                if self.state.value == "ENABLED" or ha.peer.state != "ENABLED" \
-                        or int(state["wseq"]) <= self.wseq:
-                    self.events.emit("ha.catch_up_abandoned", state=self.state.value,
-                                     peer_state=ha.peer.state, peer_seq=int(state["wseq"]),
-                                     last_seq=self.wseq)
-                    return
-                gone = set(self.volumes) - set(state["volumes"])
-                await asyncio.to_thread(self._install, dict(parts), gone)
-                parts.clear()
-                self.volumes, self.wseq = state["volumes"], int(state["wseq"])
-                await self._save()
-            self.events.emit("ha.caught_up", last_seq=self.wseq)
-        except Exception as exc:
-            self.events.emit("ha.catch_up_failed", error=repr(exc))
-        finally:
-            for tmp in parts.values():
-                tmp.unlink(missing_ok=True)
-
-    def _install(self, parts: dict[str, Path], gone: set[str]) -> None:
-        """A finished catch-up's copies in place of the volumes, and the volumes the peer no longer has gone."""
-        for vid, tmp in parts.items():
-            os.replace(tmp, self._path(vid))
-        for vid in gone:
-            self._path(vid).unlink(missing_ok=True)
+        """Apply a change and, under HA, have the DISABLED peer apply it before answering (ScReplication.mutate)."""
+        await self.replication.mutate(op, data)
 
     def _path(self, vid: str) -> Path:
         return self.vol_dir / f"{vid}.img"
 
     def setup_routes(self, app: web.Application) -> None:
-        app.router.add_get("/volumes", self.handle_list)
-        app.router.add_post("/volumes", self.handle_create)
-        app.router.add_delete("/volumes/{id}", self.handle_delete)
-        app.router.add_post("/volumes/{id}/attach", self.handle_attach)
-        app.router.add_post("/volumes/{id}/detach", self.handle_detach)
-        app.router.add_post("/internal/ha/sc", self.handle_ha_apply)
-        app.router.add_get("/internal/ha/sc/state", self.handle_ha_state)
-        app.router.add_get("/internal/ha/sc/volume/{id}", self.handle_ha_volume)
+        add_routes(app, self, self.replication)
 
     async def on_start(self) -> None:
-        if self.ha is not None:
-            import aiohttp
-
-            self.replica = aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": self.config["internal_token"]},
-                                                 timeout=aiohttp.ClientTimeout(total=30))
-            self._catchup = asyncio.create_task(self._catch_up_loop())
-        for address in self.block_listen:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # the VIP: held by whichever member serves
-            sock.bind((address, self.block_port))
-            self._block_servers.append(await asyncio.start_server(self._serve_block, sock=sock))
+        await self.replication.start()
+        await self.block.start()
 
     async def on_stop(self) -> None:
-        for server in self._block_servers:
-            server.close()
-        if self._catchup is not None:
-            self._catchup.cancel()
-        if self.replica is not None:
-            await self.replica.close()
+        self.block.stop()
+        await self.replication.stop()
+
+    @property
+    def block_port(self) -> int:
+        """Where the block service listens."""
+        return self.block.port
 
     def status_extra(self) -> dict:
-        return {"volumes": len(self.volumes), "block_port": self.block_port, "block_listen": self.block_listen}
+        return {"volumes": len(self.volumes), "block_port": self.block.port, "block_listen": self.block.listen}
 
     # -- volumes API ----------------------------------------------------------------------
 
@@ -358,10 +168,12 @@ class StorageController(Service):
                                    content_type="application/json")
         return vol
 
+    @route("GET", "/volumes")
     async def handle_list(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         return web.json_response({"volumes": [public(v) for v in self.volumes.values()]})
 
+    @route("POST", "/volumes")
     async def handle_create(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         try:
@@ -379,6 +191,7 @@ class StorageController(Service):
         self.events.emit("volume.create", volume=vid, size_mib=size)
         return web.json_response(public(self.volumes[vid]), status=201)
 
+    @route("DELETE", "/volumes/{id}")
     async def handle_delete(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
@@ -388,6 +201,7 @@ class StorageController(Service):
         self.events.emit("volume.delete", volume=vol["id"])
         return web.json_response({"id": vol["id"], "state": "deleted"})
 
+    @route("POST", "/volumes/{id}/attach")
     async def handle_attach(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
@@ -398,121 +212,20 @@ class StorageController(Service):
             return self._error("InvalidParameterValue", f"bad request: {exc}")
         if vol["attachment"] and vol["attachment"]["instance"] != instance:
             return self._error("VolumeInUse", f"{vol['id']} is attached to {vol['attachment']['instance']}")
-        if nc not in self.nc_addresses:
+        if nc not in self.block.nc_addresses:
             return self._error("InvalidParameterValue", f"no NC {nc!r} in this cluster")
         secret = secrets.token_hex(32)  # this attachment's: the NC answers login challenges with it
         await self._mutate({"type": "meta", "id": vol["id"], "state": "in-use",
                             "attachment": {"instance": instance, "nc": nc, "secret": secret}})
         self.events.emit("volume.attach", volume=vol["id"], instance=instance, nc=nc)
         target_host = self.config.get("block_address") or request.host.split(":")[0]
-        return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block_port,
+        return web.json_response({**public(vol), "target": {"host": target_host, "port": self.block.port,
                                                              "secret": secret}})
 
+    @route("POST", "/volumes/{id}/detach")
     async def handle_detach(self, request: web.Request) -> web.Response:
         self.require_internal(request, "clc")
         vol = self._volume(request)
         await self._mutate({"type": "meta", "id": vol["id"], "state": "available", "attachment": None})
         self.events.emit("volume.detach", volume=vol["id"])
         return web.json_response(public(vol))
-
-    # -- block service ----------------------------------------------------------------------
-
-    def _login(self, vid: str, challenge: bytes, answer: bytes, address: str) -> str | None:
-        """The attachment secret a login answer proves, or None: the volume must exist, be
-        attached, to the NC at ``address``, and the answer match the challenge under its
-        secret (compared in constant time; computed even for a stranger, so a refusal
-        takes as long whatever the reason)."""
-        vol = self.volumes.get(vid)
-        att = (vol or {}).get("attachment") or {}
-        secret = att.get("secret") or secrets.token_hex(32)
-        right = hmac.compare_digest(answer, bp.login_answer(secret, challenge, vid))
-        ours = address in self.nc_addresses.get(att.get("nc"), ())
-        return secret if right and ours and att.get("secret") else None
-
-    async def _serve_block(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        volume: str | None = None
-        secret: str | None = None  # the attachment's, proven at login: the session holds while it does
-        challenge: tuple[str, bytes] | None = None  # (volume, challenge) of a login under way
-        f = None
-        address = (writer.get_extra_info("peername") or ("",))[0]
-
-        async def reply(status: int, data: bytes = b"") -> None:
-            writer.write(bp.REPLY.pack(status, len(data)) + data)
-            await writer.drain()
-
-        try:
-            while True:
-                try:
-                    op, offset, length = bp.HEADER.unpack(await reader.readexactly(bp.HEADER.size))
-                except asyncio.IncompleteReadError:
-                    return
-                if length > bp.MAX_IO:
-                    await reply(bp.BAD_REQUEST, b"request too large")
-                    return
-                payload = await reader.readexactly(length) if op in (b"L", b"A", b"W") and length else b""
-                if op in (b"L", b"A"):
-                    await self.handover_settled()  # a planned switchover: answered once it is settled
-                    if not self.may_serve():
-                        # A standby (or a member that lost the pair) takes no session: the
-                        # initiator tries the VIP again until the primary answers there.
-                        await reply(bp.NOT_PRIMARY, b"not the primary: log in through the service VIP")
-                        return
-                    if volume is not None:
-                        await reply(bp.BAD_REQUEST, b"already logged in")
-                        return
-                    if op == b"L":
-                        if len(payload) > MAX_VOLUME_ID:  # no volume id is longer; nor goes into an event
-                            await reply(bp.BAD_REQUEST, b"volume id too long")
-                            return
-                        challenge = (payload.decode(errors="replace"), os.urandom(bp.CHALLENGE_BYTES))
-                        await reply(bp.OK, challenge[1])
-                        continue
-                    proven = self._login(challenge[0], challenge[1], payload, address) if challenge else None
-                    if proven is None:
-                        self.events.emit("block.login_refused", volume=challenge[0] if challenge else None,
-                                         address=address)
-                        await reply(bp.LOGIN_REFUSED, REFUSED)
-                        return
-                    volume, secret = challenge[0], proven
-                    f = open(self._path(volume), "r+b")
-                    self.sessions.setdefault(volume, set()).add(writer)
-                    await reply(bp.OK)
-                    continue
-                await self.handover_settled()
-                if not self.may_serve():
-                    await reply(bp.NOT_PRIMARY, b"no longer the primary: log in through the service VIP")
-                    return
-                att = self.volumes.get(volume, {}).get("attachment") if volume else None
-                if f is None or not att or att.get("secret") != secret:
-                    await reply(bp.NOT_ATTACHED, b"log in to an attached volume first")
-                    return
-                size = self.volumes[volume]["size_mib"] * 2**20
-                if op in (b"R", b"W") and offset + length > size:
-                    await reply(bp.OUT_OF_RANGE, b"beyond the end of the volume")
-                    continue
-                if op == b"R":
-                    f.seek(offset)
-                    await reply(bp.OK, f.read(length))
-                elif op == b"W":
-                    try:
-                        await self._mutate({"type": "write", "id": volume, "offset": offset}, payload)
-                    except NotAcknowledged:
-                        # No longer the primary to write through: the client logs in again
-                        # through the VIP, reaching the member that took over, and retries.
-                        await reply(bp.NOT_PRIMARY, b"this member is no longer primary: log in again")
-                        return
-                    await reply(bp.OK)
-                elif op == b"F":
-                    await asyncio.to_thread(os.fsync, f.fileno())  # off the loop: heartbeats keep going
-                    await reply(bp.OK)
-                else:
-                    await reply(bp.BAD_REQUEST, b"unknown operation")
-                    return
-        except (ConnectionError, struct.error, asyncio.IncompleteReadError):
-            return
-        finally:
-            if f is not None:
-                f.close()
-            if volume is not None:
-                self.sessions.get(volume, set()).discard(writer)
-            writer.close()

@@ -14,10 +14,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-import components.clc.service as clc_service
+import components.clc.replication as clc_replication
 from components.clc.service import CloudController
 from components.common.config import validate_config
 from components.common.events import read_events
+from components.common.replication import CATCH_UP_POLL_S
 
 from tests.support.processes import HA_SECRET, TOKEN
 from tests.support.util import free_port, until
@@ -84,7 +85,7 @@ async def _stop(*things) -> None:
 
 
 def test_a_write_pushes_a_far_behind_peer_a_snapshot_then_bounded_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(clc_service, "BATCH_OPS", 7)
+    monkeypatch.setattr(clc_replication, "BATCH_OPS", 7)
 
     async def scenario():
         primary, secondary, server = await _pair(tmp_path, serve="secondary")
@@ -151,8 +152,8 @@ def test_a_member_stepping_down_keeps_its_state_until_a_newer_enabled_peer_is_th
 
 
 def test_a_reset_member_catches_up_through_a_snapshot_in_bounded_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(clc_service, "BATCH_OPS", 4)
-    monkeypatch.setattr(clc_service, "CATCH_UP_POLL_S", 0.02)
+    monkeypatch.setattr(clc_replication, "BATCH_OPS", 4)
+    monkeypatch.setitem(CATCH_UP_POLL_S, "clc", 0.02)
 
     async def scenario():
         primary, secondary, server = await _pair(tmp_path, serve="primary")
@@ -192,12 +193,12 @@ def test_a_stale_epoch_or_an_enabled_member_is_refused_and_nothing_applies(tmp_p
             _history(primary, 0)
             url = f"http://127.0.0.1:{server.port}/internal/ha/ops"
             secondary.ha.epoch = 5
-            body = await primary._export_from(0, epoch=4)
+            body = await primary.replication.export_from(0, epoch=4)
             async with aiohttp.ClientSession(headers={"X-Eucalab-Internal-Token": TOKEN}) as http:
                 async with http.post(url, data=body) as r:
                     assert (r.status, (await r.json())["error"]) == (409, "stale epoch")
                 secondary.state = secondary.state.__class__("ENABLED")
-                async with http.post(url, data=await primary._export_from(0, epoch=6)) as r:
+                async with http.post(url, data=await primary.replication.export_from(0, epoch=6)) as r:
                     assert (r.status, (await r.json())["error"]) == (409, "not a secondary")
                 secondary.state = secondary.state.__class__("DISABLED")
                 gap = json.dumps({"epoch": 6, "ops": primary.store.export_ops(3)}).encode()

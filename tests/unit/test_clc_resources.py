@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from components.clc import instances as clc_instances
 from components.clc import service as clc_service
 from components.clc.ec2 import Params
 from components.clc.state import Store
@@ -73,7 +74,7 @@ def test_the_retention_defaults_to_an_hour(tmp_path):
 def test_the_queries_of_the_sync_loop_and_the_api_use_indexes(tmp_path):
     store = Store(tmp_path / "clc.db")
     plans = {
-        "sync": f"SELECT id, state FROM instances WHERE zone='cluster1' AND {clc_service.LIVE}",
+        "sync": f"SELECT id, state FROM instances WHERE zone='cluster1' AND {clc_instances.LIVE}",
         "account": "SELECT * FROM instances WHERE account='1' ORDER BY launched, launch_index",
         "metadata": "SELECT * FROM instances WHERE private_ip='10.0.0.1' AND state IN ('pending', 'running')",
         "retire": "SELECT id FROM instances WHERE state='terminated' AND ended < 5",
@@ -90,11 +91,11 @@ def test_instance_ids_are_unique_against_the_store_and_the_runs_in_flight(tmp_pa
         emi = ec2.register_image(ImageLocation="images/r.img", Name="unique")["ImageId"]
         taken = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     ctl = clc_service.CloudController({**cfg, "events_path": None})
-    ctl._reserved_ids.add("i-0000000b")
+    ctl.instances._reserved_ids.add("i-0000000b")
     drawn = iter([taken, "i-0000000b", taken, "i-0000000c", "i-0000000c", "i-0000000d"])
-    monkeypatch.setattr(clc_service, "new_id", lambda prefix: next(drawn))
-    assert ctl._new_instance_ids(2) == ["i-0000000c", "i-0000000d"]
-    assert {"i-0000000b", "i-0000000c", "i-0000000d"} <= ctl._reserved_ids
+    monkeypatch.setattr(clc_instances, "new_id", lambda prefix: next(drawn))
+    assert ctl.instances._new_instance_ids(2) == ["i-0000000c", "i-0000000d"]
+    assert {"i-0000000b", "i-0000000c", "i-0000000d"} <= ctl.instances._reserved_ids
 
 
 def test_the_sync_loop_survives_a_malformed_view_and_goes_on(tmp_path):
@@ -196,9 +197,9 @@ RUN = Params({"ImageId": "emi-0000000a", "MinCount": "1", "MaxCount": "3"})
 
 def test_the_ids_of_a_run_are_released_whatever_the_cc_placed(tmp_path):
     ctl = _controller(tmp_path)
-    result = asyncio.run(ctl.act_RunInstances(RUN, ADMIN["account_id"]))
+    result = asyncio.run(ctl.instances.act_RunInstances(RUN, ADMIN["account_id"]))
     assert len(result["instancesSet"]) == 1
-    assert ctl._reserved_ids == set() and ctl._launching == {}
+    assert ctl.instances._reserved_ids == set() and ctl.instances._launching == {}
 
 
 def test_a_run_that_cannot_be_recorded_is_withdrawn_from_the_cc(tmp_path, monkeypatch):
@@ -212,6 +213,6 @@ def test_a_run_that_cannot_be_recorded_is_withdrawn_from_the_cc(tmp_path, monkey
 
     monkeypatch.setattr(ctl.store, "apply", failing)
     with pytest.raises(sqlite3.IntegrityError):
-        asyncio.run(ctl.act_RunInstances(RUN, ADMIN["account_id"]))
+        asyncio.run(ctl.instances.act_RunInstances(RUN, ADMIN["account_id"]))
     assert len(ctl.terminated) == 1 and ctl.store.q("SELECT id FROM instances") == []
-    assert ctl._reserved_ids == set() and ctl._launching == {}
+    assert ctl.instances._reserved_ids == set() and ctl.instances._launching == {}

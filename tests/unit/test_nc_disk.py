@@ -316,15 +316,15 @@ def test_the_nc_serves_an_instance_only_its_own_volumes(tmp_path):
                 async with api.post(f"{nc_base}/instances/i-00000002/volumes",
                                     json={"volume": "vol-0000abcd", "target": target}) as r:
                     assert r.status == 200, await r.text()
-                assert sc.sessions.get("vol-0000abcd")
+                assert sc.block.sessions.get("vol-0000abcd")
                 async with api.delete(f"{nc_base}/instances/i-00000002") as r:
                     assert r.status == 200
                 assert "vol-0000abcd" not in nc.attachments
                 for _ in range(100):
-                    if not sc.sessions.get("vol-0000abcd"):
+                    if not sc.block.sessions.get("vol-0000abcd"):
                         break
                     await asyncio.sleep(0.01)
-                assert not sc.sessions.get("vol-0000abcd")
+                assert not sc.block.sessions.get("vol-0000abcd")
         os.close(fd1)
         os.close(fd2)
         assert (tmp_path / "sc" / "volumes" / "vol-0000abcd.img").read_bytes()[512:522] == b"own blocks"

@@ -200,7 +200,7 @@ def _run_catch_up(tmp_path, peer, member, until: str) -> list[dict]:
     async def scenario():
         member.replica = ClientSession(headers={"X-Eucalab-Internal-Token": TOKEN})
         task = await _started(peer, tmp_path / "c1sc1.jsonl")
-        copier = asyncio.create_task(member._catch_up_loop())
+        copier = asyncio.create_task(member.replication.catch_up_loop())
         for _ in range(500):
             if any(e["event"] == until for e in read_events(tmp_path / "c1sc2.jsonl")):
                 break
@@ -227,9 +227,10 @@ def test_a_copy_cut_short_by_a_promotion_changes_nothing(tmp_path):
     promoted = []
 
     class DyingPeer(StorageController):
-        async def handle_ha_volume(self, request):
-            promoted[0].state = ServiceState.ENABLED
-            return await super().handle_ha_volume(request)
+        def _path(self, vid):  # once the member copies: the peer is serving it a volume's file
+            if promoted:
+                promoted[0].state = ServiceState.ENABLED
+            return super()._path(vid)
 
     peer, member = _catch_up_pair(tmp_path, free_port(), DyingPeer)
     promoted.append(member)
@@ -267,7 +268,7 @@ def test_concurrent_changes_reach_the_peer_in_order_each_with_its_own_sequence_n
         sc.replica = object()
         sc.ha = SimpleNamespace(peer_alive=lambda: True, peer_took_over=lambda: False,
                                 peer=SimpleNamespace(state="DISABLED", last_seq=0))
-        sc._replicate_op = replicate
+        sc.replication._replicate_op = replicate
         await asyncio.gather(*(sc._mutate({"type": "create", "id": f"vol-0000000{n}", "size_mib": 1})
                                for n in range(1, 4)))
 

@@ -159,7 +159,7 @@ def test_attach_names_an_nc_of_this_cluster(tmp_path):
 
 def test_the_block_service_listens_on_the_configured_addresses_only(tmp_path):
     async def body(sc, http, base, secret):
-        assert sorted(s.sockets[0].getsockname() for s in sc._block_servers) == [
+        assert sorted(s.sockets[0].getsockname() for s in sc.block.servers) == [
             ("127.0.0.1", sc.block_port), ("127.0.0.3", sc.block_port)]
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.2", sc.block_port)

@@ -76,13 +76,13 @@ def test_objects_larger_than_a_request_body_replicate_streamed(tmp_path):
 
             # Writes replicating at once: every op crosses once, and is applied once.
             applied = []
-            original = secondary._apply_replica
+            original = secondary.replication._apply_replica
 
             async def counting(entry, body):
                 applied.append(entry["seq"])
                 await original(entry, body)
 
-            secondary._apply_replica = counting
+            secondary.replication._apply_replica = counting
             _put_on(primary, "images", "a", b"a" * 300_000)
             _put_on(primary, "images", "b", b"b" * 10)
             await asyncio.gather(primary.replicate(), primary.replicate(), primary.replicate())
@@ -160,13 +160,13 @@ def test_multipart_parts_replicate_as_they_arrive_and_the_peer_assembles(tmp_pat
             return asyncio.to_thread(getattr(s3, method), **kw)
 
         fetched = []
-        original = secondary._fetch_from_peer
+        original = secondary.replication._fetch_from_peer
 
         async def fetching(entry):
             fetched.append(entry["op"]["type"])
             await original(entry)
 
-        secondary._fetch_from_peer = fetching
+        secondary.replication._fetch_from_peer = fetching
         try:
             primary.ha.last_sent = float("inf")  # serving, as if its heartbeats went out
             primary.ha.peer.heard, primary.ha.peer.state = float("inf"), "DISABLED"
