@@ -30,7 +30,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.ofproto import ofproto_v1_3
 
 from . import flows as fl
-from .flows import Flow
+from .flow import Flow
 from .intent import IntentStore, StandbyStore
 from .topology import Topology
 from .vips import VipStore
