@@ -34,7 +34,8 @@ The design and its guarantees are in docs/ha.md; in short:
   fixed virtual MAC here: nobody's ARP cache has to change.
 
 The agent (agent.py) is a facade over one part per concern, each a module of this package:
-heartbeats.py (sealing, sending, receiving, judging heartbeats), ticker.py (the ticker, the
+heartbeats.py (sealing, sending, receiving, judging heartbeats), heartbeat_thread.py (the
+heartbeats' own thread, off the event loop), ticker.py (the ticker, the
 pause detector, the silence deadline and the lease), decision.py (the state machine: decide,
 promote, demote, the freeze fence), epochs.py (epochs and incarnations on disk), vips.py
 (acquire, announce, redirect, release), arbitration.py (the arbitrators' rounds) and

@@ -13,6 +13,7 @@ from ..supervise import supervise
 from .arbitration import Arbitration
 from .decision import Decision
 from .epochs import Epochs
+from .heartbeat_thread import HeartbeatThread
 from .heartbeats import Heartbeats
 from .model import DISABLED, ENABLED, HANDOVER_DRAIN_S, HANDOVER_TIMEOUT_S, Arbitrator, Delegate, Handover, Peer, \
     _idle, _mono
@@ -106,7 +107,8 @@ class HAAgent:
         self.on_promote: Callable[[int], Awaitable[None]] | None = None
         self.on_demote: Callable[[str], Awaitable[None]] | None = None
         self._transport = transport
-        self._endpoints: list[asyncio.DatagramTransport] = []
+        self._endpoints: list = []  # the heartbeat sockets, one per listening address
+        self.heartbeat_thread: HeartbeatThread | None = None  # with real sockets only (not in unit tests)
         self._run_cmd = run  # tests record `ip addr` commands; by default rtnetlink does it
         self._tasks: list[asyncio.Task] = []
         self.arb_failed_seq: int | None = None  # our heartbeat that first said all arbitrators failed
@@ -142,7 +144,8 @@ class HAAgent:
 
     async def start(self) -> None:
         if self._transport is None:
-            await self.heartbeats.open()
+            self.heartbeats.open()
+            self.heartbeat_thread = HeartbeatThread(self, asyncio.get_running_loop())
         # Start DISABLED whatever the config said: the election decides (docs/ha.md).
         if self.svc.state is ENABLED:
             self.svc.set_state(DISABLED, "HA start: electing")
@@ -155,6 +158,12 @@ class HAAgent:
         self._tasks.append(asyncio.create_task(supervise(self.events, "ha.ticker", self.ticker._ticker_round,
                                                          pause=self.interval, max_backoff=self.interval,
                                                          first_pause=False)))
+        if self.heartbeat_thread is not None:
+            self.heartbeats.publish()
+            self.heartbeat_thread.start()
+            await asyncio.to_thread(self.heartbeat_thread.ready.wait, 1.0)
+            self.events.emit("ha.heartbeat_thread", policy=self.heartbeat_thread.policy,
+                             error=self.heartbeat_thread.error)
         arbitrate = self.arbitration.start()
         if arbitrate is not None:
             self._tasks.append(arbitrate)
@@ -165,6 +174,8 @@ class HAAgent:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.heartbeat_thread is not None:
+            await asyncio.to_thread(self.heartbeat_thread.stop)
         for transport in self._endpoints:
             transport.close()
         for t in list(self._running):

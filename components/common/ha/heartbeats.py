@@ -4,10 +4,11 @@ when they come from the peer's planned addresses and are newer than the last one
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
+import socket
+import threading
 
 from ..files import write_atomic
 from .model import (DISABLED, ENABLED, GARP_SCHEDULE_S, MAX_COUNTER, MAX_EPOCH, REJECT_REPORT_S, STATES,
@@ -49,33 +50,58 @@ class Heartbeats(Part):
         # one (captured and replayed) is refused even by a member that just restarted.
         self.peer_boot_file = agent.data / "ha-peer-boot"
         self.peer_boot_floor = _read_int(self.peer_boot_file)
+        # What a heartbeat says, as the loop last published it: the heartbeat thread sends it
+        # again every interval with a fresh sequence number. One sender at a time, in order.
+        self._latest: dict | None = None
+        self._send_lock = threading.Lock()
 
-    async def open(self) -> None:
-        """One UDP socket per listening address (unless a transport was given)."""
-        loop = asyncio.get_running_loop()
+    def open(self) -> None:
+        """One UDP socket per listening address (unless a transport was given), non-blocking:
+        the heartbeat thread (heartbeat_thread.py) sends and receives on them."""
         for address in self.cfg.listen:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=(address, self.port), reuse_port=True)
-            self._endpoints.append(transport)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address, self.port))
+            sock.setblocking(False)
+            self._endpoints.append(sock)
         self._transport = self._endpoints[0]
 
-    def _message(self, now: float) -> bytes:
+    def _fields(self) -> dict:
+        """What this member's heartbeat says now (on the loop: the component's ``last_seq``)."""
+        return {"pair": self.pair, "member": self.host, "epoch": self.epoch, "state": self.svc.state.value,
+                "boot": self.boot, "last_seq": self.last_seq(), "priority": self.priority,
+                "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
+                "fenced": self.fenced_since is not None,
+                "handover": self.handover is not None and self.handover.phase == "offered"}
+
+    def _message(self, now: float, fields: dict) -> bytes:
         self.seq += 1
         return seal(self.secret, json.dumps({
-            "pair": self.pair, "member": self.host, "epoch": self.epoch, "state": self.svc.state.value,
-            "seq": self.seq, "t_mono": now, "boot": self.boot, "ack": [self.peer.boot, self.peer.seq],
-            "last_seq": self.last_seq(), "priority": self.priority,
-            "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
-            "fenced": self.fenced_since is not None,
-            "handover": self.handover is not None and self.handover.phase == "offered",
-        }).encode())
+            **fields, "seq": self.seq, "t_mono": now, "ack": [self.peer.boot, self.peer.seq]}).encode())
 
     def send_heartbeat(self) -> None:
-        """One heartbeat on every path; renews the lease when at least one path took it."""
+        """One heartbeat on every path, at once (on the loop); renews the lease when at least
+        one path took it. What it says is what the heartbeat thread repeats from now on."""
         if self._transport is None:
             return
+        with self._send_lock:
+            self._latest = self._fields()
+            self._send(self._latest)
+
+    def publish(self) -> None:
+        """Refresh what the heartbeat thread sends, without sending (the loop's tick)."""
+        with self._send_lock:
+            self._latest = self._fields()
+
+    def send_latest(self) -> None:
+        """The heartbeat thread's send: the newest content the loop published."""
+        with self._send_lock:
+            if self._latest is not None:
+                self._send(self._latest)
+
+    def _send(self, fields: dict) -> None:
         now = self.clock()
-        msg = self._message(now)
+        msg = self._message(now, fields)
         sent = False
         for i, addr in enumerate(self.peer_addresses):
             try:
@@ -140,12 +166,14 @@ class Heartbeats(Part):
             return None
         return m
 
-    def on_heartbeat(self, data: bytes, addr) -> None:
+    def on_heartbeat(self, data: bytes, addr, arrived: float | None = None) -> None:
+        """A datagram from the network, judged on the loop; ``arrived``: when the heartbeat
+        thread took it in (the peer counts as heard from then), else now."""
         m = self._read_heartbeat(data, addr)
         if m is None:
             return
         member, boot, seq = m["member"], m["boot"], m["seq"]
-        now = self.clock()
+        now = self.clock() if arrived is None else arrived
         p = self.peer
         ack = m["ack"]
         newest = p.boot if p.boot is not None else self.peer_boot_floor or 0
@@ -189,7 +217,7 @@ class Heartbeats(Part):
             self.agent.arbitration.wake()
         if ack[0] == self.boot:
             p.acked = max(p.acked, ack[1])
-        self._arm_deadline()
+        self._arm_deadline(None if arrived is None else self.window - (self.clock() - arrived))
         if not was_alive:
             self.peer_dead_reported = False
             self.events.emit("ha.peer_alive", peer=member, epoch=p.epoch, state=p.state,
@@ -218,11 +246,3 @@ class Heartbeats(Part):
             if heard is not None and now - heard <= self.window:
                 return address
         return self.peer_addresses[0]
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, heartbeats: Heartbeats):
-        self.heartbeats = heartbeats
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.heartbeats.agent.on_heartbeat(data, addr)

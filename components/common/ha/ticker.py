@@ -61,9 +61,13 @@ class Ticker(Part):
         return max(self._next_tick - self.clock(), 0.0)
 
     def tick(self) -> None:
-        """One heartbeat period: freeze check, heartbeat, decision."""
+        """One heartbeat period: freeze check, heartbeat (or, beside the heartbeat thread, what
+        it sends), decision."""
         now = self.clock()
-        late = now - self.last_tick
+        # How late this process ran: beside the heartbeat thread, how late its heartbeats went
+        # out (a busy loop is no pause; a process not scheduled, or a wedged loop, is), else the loop's.
+        thread = self.agent.heartbeat_thread
+        late = now - self.last_tick if thread is None else thread.take_late()
         if late > 2 * self.interval and self.peer.heard is not None and self.last_tick - self.peer.heard <= self.window:
             # This process missed a whole tick while its peer was alive: it was not scheduled
             # (a starved host, or a virtual machine its hypervisor paused, which pauses the
@@ -87,7 +91,10 @@ class Ticker(Part):
                 self.fence_seq = self.seq + 1  # the heartbeat sent just below
                 self._spawn(self._release_vips())
         self.last_tick = now
-        self.send_heartbeat()
+        if thread is None or late > self.window:
+            self.send_heartbeat()  # after a freeze, the loop's heartbeat goes first (the thread waits for it)
+        else:
+            self.agent.heartbeats.publish()  # the thread sends it on time
         self._report_rejections()
         # Decisions run beside the ticker: a slow takeover step must never delay a heartbeat.
         self._spawn(self._decide("tick"))
