@@ -138,18 +138,27 @@ class IntentAPI:
 
     def put(self, cluster: int, body) -> tuple[int, dict]:
         with self._lock:
-            try:
-                intent, previous = self.store.put(cluster, body)
-            except IntentError as exc:
-                self._emit("intent.rejected", cluster=cluster, error=str(exc))
-                return 400, {"error": str(exc)}
-            except StaleEpoch as exc:
-                self._emit("intent.stale", cluster=cluster, epoch=body.get("epoch"), current=exc.current)
-                return 409, {"error": "stale epoch", "current": exc.current}
+            stored, refusal = self._put_checked("intent", self.store, cluster, {"cluster": cluster}, body, ("epoch",))
+            if refusal is not None:
+                return refusal
+            intent, previous = stored
             self._emit("intent.accepted", cluster=cluster, epoch=intent["epoch"], primary_cc=intent["primary_cc"],
                        groups=len(intent["groups"]), instances=len(intent["instances"]))
         result = self._apply(intent, previous)
         return 200, {"accepted": True, "epoch": intent["epoch"], **result}
+
+    def _put_checked(self, kind: str, store, key, who: dict, body, stale: tuple[str, ...]):
+        """``store.put(key, body)`` (the caller holds the lock): ((new, previous), None) when
+        accepted, else (None, the answer): 400 when invalid, 409 below the newest epoch, each
+        said in a ``<kind>.rejected`` or ``<kind>.stale`` event (with the body's ``stale`` fields)."""
+        try:
+            return store.put(key, body), None
+        except IntentError as exc:
+            self._emit(f"{kind}.rejected", **who, error=str(exc))
+            return None, (400, {"error": str(exc)})
+        except StaleEpoch as exc:
+            self._emit(f"{kind}.stale", **who, **{f: body.get(f) for f in stale}, current=exc.current)
+            return None, (409, {"error": "stale epoch", "current": exc.current})
 
     def put_standby(self, cluster: int, body) -> tuple[int, dict]:
         """A secondary CC that holds none of the router's addresses asks to be kept ready
@@ -196,15 +205,10 @@ class IntentAPI:
         if self.vips is None:
             return 404, {"error": "this controller steers no VIPs"}
         with self._lock:
-            try:
-                redirect, previous = self.vips.put(pair, body)
-            except IntentError as exc:
-                self._emit("vip.rejected", pair=pair, error=str(exc))
-                return 400, {"error": str(exc)}
-            except StaleEpoch as exc:
-                self._emit("vip.stale", pair=pair, epoch=body.get("epoch"), primary=body.get("primary"),
-                           current=exc.current)
-                return 409, {"error": "stale epoch", "current": exc.current}
+            stored, refusal = self._put_checked("vip", self.vips, pair, {"pair": pair}, body, ("epoch", "primary"))
+            if refusal is not None:
+                return refusal
+            redirect, previous = stored
             self._emit("vip.accepted", pair=pair, epoch=redirect["epoch"], primary=redirect["primary"])
         result = self._apply_redirect(redirect, previous)
         return 200, {"accepted": True, "epoch": redirect["epoch"], "primary": redirect["primary"], **result}

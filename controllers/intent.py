@@ -16,9 +16,9 @@ import re
 import threading
 from pathlib import Path
 
-from components.common.modes import MODES, features
+from components.common.modes import MANAGED_MODES, MODES, features
 
-from .topology import MANAGED_MODES, Topology
+from .topology import Topology
 
 PUBLIC_IP_POOL = ipaddress.ip_network("10.0.128.0/24")
 PROTOCOLS = ("tcp", "udp", "icmp", "-1", "all")
@@ -60,6 +60,17 @@ def _unknown(obj: dict, allowed: set[str], where: str) -> None:
         raise IntentError(f"{where}: unknown field(s) {', '.join(extra)}")
 
 
+def _objects(parent: dict, key: str, allowed: set[str], where: str):
+    """Each element of the list ``parent[key]`` with its path (``where.key[n]``), checked to be an
+    object that holds no field outside ``allowed``."""
+    for n, item in enumerate(_need(parent, key, list, where)):
+        at = f"{where}.{key}[{n}]"
+        if not isinstance(item, dict):
+            raise IntentError(f"{at}: expected an object")
+        _unknown(item, allowed, at)
+        yield at, item
+
+
 def _port(rule: dict, key: str, where: str, lo: int, hi: int) -> int:
     value = _need(rule, key, int, where)
     if not lo <= value <= hi:
@@ -92,13 +103,9 @@ def validate(intent, cluster: int, topo: Topology) -> dict:
         raise IntentError(f"intent.primary_cc: {primary!r} is not a CC of cluster {cluster} "
                           f"({', '.join(topo.cc_members(cluster))})")
     space = vm_space(cluster)
-    groups = _need(intent, "groups", list, "intent")
     out_groups, by_id, vlans, subnets = [], {}, set(), []
-    for n, g in enumerate(groups):
-        where = f"intent.groups[{n}]"
-        if not isinstance(g, dict):
-            raise IntentError(f"{where}: expected an object")
-        _unknown(g, {"id", "name", "account", "vlan", "subnet", "gateway", "rules"}, where)
+    for where, g in _objects(intent, "groups", {"id", "name", "account", "vlan", "subnet", "gateway", "rules"},
+                             "intent"):
         gid = _need(g, "id", str, where)
         if not _GROUP_ID.match(gid):
             raise IntentError(f"{where}.id: {gid!r} is not a group id (sg-...)")
@@ -132,13 +139,8 @@ def validate(intent, cluster: int, topo: Topology) -> dict:
             if gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
                 raise IntentError(f"{where}.gateway: {gateway} is not a host address of {subnet}")
         subnets.append(subnet)
-        rules = _need(g, "rules", list, where)
         out_rules = []
-        for r_n, rule in enumerate(rules):
-            rw = f"{where}.rules[{r_n}]"
-            if not isinstance(rule, dict):
-                raise IntentError(f"{rw}: expected an object")
-            _unknown(rule, {"protocol", "from_port", "to_port", "cidr", "source_group"}, rw)
+        for rw, rule in _objects(g, "rules", {"protocol", "from_port", "to_port", "cidr", "source_group"}, where):
             proto = str(_need(rule, "protocol", (str, int), rw)).lower()
             proto = {"6": "tcp", "17": "udp", "1": "icmp"}.get(proto, proto)
             if proto not in PROTOCOLS:
@@ -166,13 +168,9 @@ def validate(intent, cluster: int, topo: Topology) -> dict:
         by_id[gid] = norm
         out_groups.append(norm)
     slots = {hp.host: hp for hp in topo.host_ports(topo.private_network(cluster)) if hp.kind == "slot"}
-    instances = _need(intent, "instances", list, "intent")
     out_instances, ids, macs, ips, used_slots, publics = [], set(), set(), set(), set(), set()
-    for n, inst in enumerate(instances):
-        where = f"intent.instances[{n}]"
-        if not isinstance(inst, dict):
-            raise IntentError(f"{where}: expected an object")
-        _unknown(inst, {"id", "mac", "ip", "nc", "slot", "group", "public_ip"}, where)
+    for where, inst in _objects(intent, "instances", {"id", "mac", "ip", "nc", "slot", "group", "public_ip"},
+                                "intent"):
         iid = _need(inst, "id", str, where)
         if not _INSTANCE_ID.match(iid) or iid in ids:
             raise IntentError(f"{where}.id: {iid!r} is not a unique instance id (i-...)")

@@ -30,7 +30,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.ofproto import ofproto_v1_3
 
 from . import flows as fl
-from .flows import Flow
+from .flow import OFPVID_PRESENT, Flow
 from .intent import IntentStore, StandbyStore
 from .topology import Topology
 from .vips import VipStore
@@ -60,7 +60,7 @@ def _instructions(ofp, parser, flow: Flow) -> list:
             actions.append(parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=FIELD_BITS[a[1]]))
         elif a[0] == "push_vlan":
             actions.append(parser.OFPActionPushVlan(0x8100))
-            actions.append(parser.OFPActionSetField(vlan_vid=fl.OFPVID_PRESENT | a[1]))
+            actions.append(parser.OFPActionSetField(vlan_vid=OFPVID_PRESENT | a[1]))
         elif a[0] == "pop_vlan":
             actions.append(parser.OFPActionPopVlan())
         elif a[0] == "normal":

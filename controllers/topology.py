@@ -12,8 +12,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.common.modes import MANAGED_MODES  # noqa: F401 (re-exported)
-
 
 # Port kinds that lead to another switch: a trunk inside one network, or an uplink to
 # another network's switch (an EDGE NC bridge's to the cloud network).

@@ -18,7 +18,7 @@ repository, ``ig/planning_system.dita``, ``ig/planning_static.dita``,
   NC enforces the security groups of the instances it hosts, translates their elastic
   IPs and passes their metadata requests on. Eucalyptus did it with a per-NC agent
   (eucanetd) writing ebtables, ipset and iptables rules on the NC's bridge; here the
-  SDN controller's flows on each NC's Open vSwitch bridge do it (controllers/flows.py,
+  SDN controller's flows on each NC's Open vSwitch bridge do it (controllers/edge.py,
   ``edge_flows``), and the NC proxies the metadata service (components/nc/metadata.py).
 
 The metadata service: Eucalyptus's CC redirected 169.254.169.254 to the CLC as part of

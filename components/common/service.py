@@ -22,7 +22,7 @@ Eucalyptus's service API, member side: ``GET /internal/service`` says this membe
 state and epoch, ``POST /internal/service/{transition}`` starts an operator's transition
 (START, STOP, ENABLE, DISABLE, RESTART; the CLC's ModifyService calls it). During a
 planned switchover the gate holds new API requests, then forwards them (and whatever still
-reaches this member) to the new primary (components/common/ha.py).
+reaches this member) to the new primary (components/common/ha/switchover.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from controllers.flows import OFPVID_NONE, OFPVID_PRESENT, Flow
+from controllers.flow import OFPVID_NONE, OFPVID_PRESENT, Flow
 from controllers.topology import SWITCH_LINKS, Topology
 
 

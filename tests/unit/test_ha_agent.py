@@ -8,6 +8,7 @@ import json
 import pytest
 
 from components.common import ha as ha_mod
+from components.common.ha import vips as ha_vips
 from components.common.events import EventLog, read_events
 from components.common.ha import HAAgent, _mono
 from components.common.states import ServiceState
@@ -76,7 +77,7 @@ def run_in_loop(fn):
 
 
 def test_alone_at_start_it_promotes_takes_the_vip_and_persists_the_epoch(tmp_path, monkeypatch):
-    monkeypatch.setattr(ha_mod, "GARP_SCHEDULE_S", (0.0,))
+    monkeypatch.setattr(ha_vips, "GARP_SCHEDULE_S", (0.0,))  # where the VIPs are announced
     svc, agent = make_agent(tmp_path)
     decide(agent)
     assert svc.state is ServiceState.ENABLED and agent.epoch == 2

@@ -183,7 +183,7 @@ def test_heartbeat_sockets_bind_the_member_s_own_addresses_and_send_path_by_path
         agent = HAAgent(FakeService(tmp_path), cfg, run=lambda *a: asyncio.sleep(0, 0), garp=lambda i, a: None)
         await agent.start()
         try:
-            assert sorted(t.get_extra_info("sockname") for t in agent._endpoints) == [
+            assert sorted(s.getsockname() for s in agent._endpoints) == [
                 ("127.0.0.1", port), ("127.0.0.2", port)]
             for _ in range(100):
                 if {at for at, _, _ in received} == {"127.0.0.3", "127.0.0.4"}:

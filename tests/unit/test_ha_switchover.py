@@ -9,6 +9,7 @@ import json
 import pytest
 
 from components.common import ha as ha_mod
+from components.common.ha import vips as ha_vips
 from components.common.ha import TransitionError
 from components.common.states import ServiceState
 
@@ -37,7 +38,7 @@ def primary_with_standby(tmp_path, **kw):
 
 
 def test_a_planned_switchover_offers_the_pair_keeps_the_vip_until_the_peer_took_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(ha_mod, "GARP_SCHEDULE_S", (0.0,))
+    monkeypatch.setattr(ha_vips, "GARP_SCHEDULE_S", (0.0,))  # where the VIPs are announced
     svc, agent, wire = primary_with_standby(tmp_path)
 
     async def go():

@@ -14,7 +14,8 @@ from dataclasses import asdict
 import pytest
 
 from tests.support.fakeoftable import FakeFabric
-from controllers.flows import compute_flows, edge_bridges, edge_flows, port_masks
+from controllers.edge import edge_bridges, edge_flows, port_masks
+from controllers.flows import compute_flows
 from controllers.intent import validate
 from controllers.topology import Topology
 from topologies.plan import build_plan

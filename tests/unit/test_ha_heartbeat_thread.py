@@ -1,0 +1,203 @@
+"""The heartbeats do not wait behind the component's event loop.
+
+A member whose loop is held by a synchronous call (a slow disk, a long computation) for
+300 ms, six times its 50 ms heartbeat interval, keeps sending its heartbeats on time (its
+peer must not declare it dead: a false failover), and the peer's heartbeats count as heard
+when they arrived, so the peer's silence is judged at its real deadline, not a loop's delay
+after it. A stand-in peer on loopback (a process of its own) sends and receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.common.ha import HAAgent, _mono
+from components.common.events import read_events
+from components.common.ha.heartbeat_thread import LOOP_STALL_S
+from components.common.states import ServiceState
+
+from tests.support.processes import HA_SECRET
+from tests.support.util import until
+
+from .test_ha_agent import FakeService
+
+pytestmark = pytest.mark.loopback  # a stand-in peer process on 127.0.0.3
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 0.05
+BLOCK_S = 0.3
+ME, PEER = "127.0.0.1", "127.0.0.3"
+
+
+# The stand-in peer, clc2 on 127.0.0.3, in a process of its own (its clock readings never wait
+# for this process's interpreter lock): it sends its heartbeat (in the state it is given) every
+# interval until the monotonic time it reads on stdin, records when each of the agent's arrived
+# (the kernel's receive timestamp, SO_TIMESTAMPNS: the stand-in's own scheduling on a loaded
+# host does not count), and prints both lists as JSON once stdin closes.
+PEER_SCRIPT = r"""
+import json, os, select, socket, struct, sys, time
+from components.common.ha import seal
+SO_TIMESTAMPNS = 35  # Linux (asm-generic and x86): a struct timespec with each datagram
+port, interval, key, state = int(sys.argv[1]), float(sys.argv[2]), bytes.fromhex(sys.argv[3]), sys.argv[4]
+mono = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.3", port))
+sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+print("ready", flush=True)
+quiet_at, seq, sent, arrivals, next_send = float("inf"), 0, [], [], mono()
+while True:
+    now = mono()
+    if now >= next_send and now < quiet_at:
+        seq += 1
+        msg = {"pair": "clc", "member": "clc2", "epoch": 1, "state": state, "seq": seq, "boot": 7,
+               "t_mono": now, "ack": [None, 0], "last_seq": 0, "priority": 0, "arb_ok": True}
+        sock.sendto(seal(key, json.dumps(msg).encode()), ("127.0.0.1", port))
+        sent.append(now)
+        next_send += interval
+    ready, _, _ = select.select([sock, sys.stdin], [], [], max(0.0, min(next_send - mono(), 0.005)))
+    if sock in ready:
+        _, ancillary, _, _ = sock.recvmsg(65536, 64)
+        stamp = [struct.unpack("qq", d[:16]) for level, kind, d in ancillary if kind == SO_TIMESTAMPNS]
+        at = stamp[0][0] + stamp[0][1] / 1e9 - (time.time() - mono()) if stamp else mono()
+        arrivals.append(at)
+    if sys.stdin in ready:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        quiet_at = float(line)
+print(json.dumps({"sent": sent, "arrivals": arrivals}), flush=True)
+"""
+
+
+class StandInPeer:
+    def __init__(self, port: int, state: str = "ENABLED"):
+        self.proc = subprocess.Popen([sys.executable, "-c", PEER_SCRIPT, str(port), str(INTERVAL), HA_SECRET, state],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def quiet_at(self, t: float) -> None:
+        self.proc.stdin.write(f"{t}\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> dict:
+        self.proc.stdin.close()
+        out = json.loads(self.proc.stdout.readline())
+        self.proc.wait(5)
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((ME, 0))
+        return probe.getsockname()[1]
+
+
+def _hold(how: str, seconds: float) -> None:
+    """Hold the calling thread (the loop's) for ``seconds``: asleep in a system call, or
+    computing in Python (holding the interpreter lock but for its switch interval)."""
+    end = time.monotonic() + seconds
+    if how == "sleep":
+        time.sleep(seconds)
+    else:
+        while time.monotonic() < end:
+            sum(range(1000))
+
+
+def _config(tmp_path, port: int) -> dict:
+    return {"host": "clc1", "role": "secondary", "data_dir": str(tmp_path), "pair": {"name": "clc"},
+            "ha": {"peer": "clc2", "peer_addresses": [PEER], "port": port, "listen": [ME], "secret": HA_SECRET,
+                   "interval_ms": INTERVAL * 1000, "misses": 3}}
+
+
+@pytest.mark.parametrize("how", ["sleep", "busy"])
+def test_a_blocked_loop_delays_neither_the_heartbeats_sent_nor_the_peer_s_deadline(tmp_path, how):
+    port = _free_port()
+    cfg = _config(tmp_path, port)
+    svc = FakeService(tmp_path)
+
+    async def go(peer: StandInPeer):
+        agent = HAAgent(svc, cfg, run=lambda *a: asyncio.sleep(0, 0), garp=lambda i, a: None)
+        await agent.start()
+        try:
+            await until(lambda: agent.peer.state == "ENABLED", timeout=5)
+            await asyncio.sleep(3 * INTERVAL)
+            t0 = _mono()
+            # The peer falls silent a third of the way into the hold: its deadline (its last
+            # heartbeat's arrival plus the 150 ms window) passes while the loop is held.
+            peer.quiet_at(t0 + BLOCK_S / 3)
+            _hold(how, BLOCK_S)
+            t1 = _mono()
+            await until(lambda: agent.peer_dead_reported, timeout=2)
+            return agent, t0, t1
+        finally:
+            await agent.stop()
+
+    with StandInPeer(port) as peer:
+        agent, t0, t1 = asyncio.run(go(peer))
+        seen = peer.finish()
+    during = [t for t in seen["arrivals"] if t0 - INTERVAL <= t <= t1 + INTERVAL]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    # Sent on time while the loop was held: no gap near the hold's 300 ms (a loop-driven
+    # sender's gap), at most three intervals under a loaded host's scheduling.
+    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
+    last_sent = max(seen["sent"])
+    assert t0 < last_sent < t1
+    # The peer's last heartbeat counts from its arrival (within a few ms of its sending), not
+    # from when the loop was free again...
+    assert agent.peer.heard - last_sent < INTERVAL, (agent.peer.heard - last_sent, t1 - last_sent)
+    # ...so its death is declared at once after the hold, not a window after it.
+    events = read_events(tmp_path / "events.jsonl")
+    dead = [e for e in events if e["event"] == "ha.peer_dead"]
+    assert len(dead) == 1 and dead[0]["detected_at"] - t1 < INTERVAL, (dead, t1)
+    thread = [e for e in events if e["event"] == "ha.heartbeat_thread"]
+    assert thread and thread[0]["policy"] in ("SCHED_FIFO", "normal")
+
+
+def test_a_wedged_loop_falls_silent_and_fences_itself_when_it_comes_back(tmp_path):
+    """A loop held past LOOP_STALL_S is wedged, not busy: the thread stops speaking for it (the
+    peer may take over), and the loop's first tick after it fences the ENABLED member before
+    any heartbeat renews its lease."""
+    port = _free_port()
+    svc = FakeService(tmp_path)
+    hold = LOOP_STALL_S + 0.4
+
+    async def go(peer: StandInPeer):
+        agent = HAAgent(svc, _config(tmp_path, port), run=lambda *a: asyncio.sleep(0, 0), garp=lambda i, a: None)
+        await agent.start()
+        try:
+            await until(lambda: svc.state is ServiceState.ENABLED and agent.may_serve(), timeout=5)
+            t0 = _mono()
+            time.sleep(hold)
+            t1 = _mono()
+            served_after_hold = agent.may_serve()  # the lease ran out with the heartbeats
+            await until(lambda: agent.last_tick > t1, timeout=2)
+            return agent, t0, t1, not served_after_hold and agent.fenced_since is not None and not agent.may_serve()
+        finally:
+            await agent.stop()
+
+    with StandInPeer(port, state="NOTREADY") as peer:
+        agent, t0, t1, fenced_at_once = asyncio.run(go(peer))
+        seen = peer.finish()
+    during = [t for t in seen["arrivals"] if t0 <= t <= t1]
+    assert during and max(during) < t0 + LOOP_STALL_S + 2 * INTERVAL  # silent for the rest of the hold
+    assert fenced_at_once
+    frozen = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "ha.frozen"]
+    assert frozen and frozen[0]["fenced"] and frozen[0]["late_s"] > agent.window
