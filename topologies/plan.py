@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import networkx as nx
 
-from .spec import ARBITRATOR_TARGETS, DeploymentSpec, NetworkMode
+from .spec import ARBITRATOR_TARGETS, DeploymentSpec
 
 USER_NET = ipaddress.ip_network("198.51.100.0/24")
 EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")

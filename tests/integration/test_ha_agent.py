@@ -89,7 +89,6 @@ def events_since(dep, host: str, t: float, name: str) -> list[dict]:
 def test_kill9_vip_answers_from_the_secondary_within_a_second(ha):
     dep = ha
     primary = settle(dep)
-    pair = dep.plan.pair(PAIR)
     with probe_vip(dep) as probe:
         t = time.monotonic()
         dep.kill(primary)
@@ -183,7 +182,6 @@ def test_one_arbitrator_stopped_is_advisory_only(ha):
 def test_kill9_outage_over_trials(ha):
     """Client-observed outage of kill -9 (10 ms probe), over TRIALS failovers."""
     dep = ha
-    pair = dep.plan.pair(PAIR)
     outages, detections, takeovers = [], [], []
     for _ in range(TRIALS):
         primary = settle(dep)
