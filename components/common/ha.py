@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
 import time
@@ -258,6 +259,7 @@ class HAAgent:
         # to be dropped once a newer ENABLED peer is there to catch up from (may_discard_state).
         self.discard_pending = False
         self.handover: Handover | None = None
+        self._diversion: object | None = None  # the newest diversion of the peer's connections
         self.promoted_at = float("-inf")  # when this member last took the pair
         self.handover_drain_s = float(config.get("ha", {}).get("handover_drain_s", HANDOVER_DRAIN_S))
         self.handover_timeout_s = float(config.get("ha", {}).get("handover_timeout_s", HANDOVER_TIMEOUT_S))
@@ -536,6 +538,8 @@ class HAAgent:
         if self.svc.state is ENABLED:
             self.svc.set_state(DISABLED, "HA start: electing")
         await self._release_vips()
+        if self._run_cmd is None:
+            await self._load_rules(ha_net.undivert_ruleset())  # a diversion a crash left behind
         self.last_tick = self.clock()
         self.hold_until = self.last_tick + self.window + self.interval
         self._spawn(self._reserve_epochs())
@@ -941,11 +945,46 @@ class HAAgent:
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
         self.send_heartbeat()  # tell the peer first: it must not think it is primary
+        if reason == "planned switchover":
+            await self._divert_peer_connections()  # before the VIPs: they pull those connections here
         garp = await self._acquire_vips()
         self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected_at,
                          last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp,
                          epoch_persist_s=round(persist_s, 4))
         self._spawn(self._record_epoch(epoch))
+
+    async def _divert_peer_connections(self) -> None:
+        """The new holder after a planned switchover: for ``handover_drain_s`` (while the old
+        holder keeps its VIPs and answers), segments of connections the old holder accepted
+        that reach this member, as neighbours take its gratuitous ARP mid-connection, go on
+        to the old holder instead of being reset here (ha_net.divert_ruleset, docs/ha.md)."""
+        routes = []
+        for v in self.vips:
+            net = ipaddress.ip_network(f"{v.address}/{v.prefix}", strict=False)
+            peer = next((a for a in self.peer_addresses if ipaddress.ip_address(a) in net), None)
+            if peer is not None:
+                routes.append((v.address, peer, v.interface))
+        if not routes or not await self._load_rules(ha_net.divert_ruleset(routes)):
+            return
+        self.events.emit("ha.divert", to=routes[0][1], vips=[r[0] for r in routes], seconds=self.handover_drain_s)
+        self._diversion = diversion = object()  # a later switchover's diversion outlives this one's end
+
+        async def end() -> None:
+            await asyncio.sleep(self.handover_drain_s)
+            if self._diversion is diversion and await self._load_rules(ha_net.undivert_ruleset()):
+                self.events.emit("ha.divert_end")
+        self._spawn(end())
+
+    async def _load_rules(self, text: str) -> bool:
+        """nftables input in this member's namespace (tests: recorded as an ``nft`` command)."""
+        try:
+            if self._run_cmd is not None:
+                return await self._run_cmd("nft", text) == 0
+            ha_net.load_rules(text)  # one netlink transaction, well under a millisecond
+            return True
+        except (OSError, RuntimeError) as exc:
+            self.events.emit("ha.divert_failed", error=str(exc))
+            return False
 
     async def _record_epoch(self, epoch: int) -> None:
         """After the takeover: ha-epoch (what a restart advertises) and the reservation ahead."""
