@@ -56,6 +56,9 @@ class TrialSet:
     label: str | None = None
     hold_s: float | None = None  # how long a fault that expects no failover is held (default: see hold())
     params: dict = field(default_factory=dict)  # the fault's own parameters (loss_percent, network, ...)
+    # Spec fields this set changes ({mode: EDGE}): it runs on a deployment of its own, shared
+    # with the sets that change the same fields (experiment.deployments()).
+    spec: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -118,6 +121,23 @@ class Experiment:
                 ts.label = f"{ts.name} [{_point_label(point)}]"
         return e
 
+    def deployments(self) -> list["Experiment"]:
+        """This experiment split by deployment: the sets with no ``spec`` of their own on the
+        experiment's spec, then each distinct set ``spec`` (merged into it) with its sets."""
+        import copy
+
+        groups: dict[str, list[TrialSet]] = {}
+        for ts in self.sets:
+            groups.setdefault(json.dumps(ts.spec, sort_keys=True), []).append(ts)
+        out = []
+        for key, sets in sorted(groups.items(), key=lambda kv: kv[0] != "{}"):
+            e = copy.deepcopy(self)
+            e.sets = copy.deepcopy(sets)
+            for path, value in _flatten(json.loads(key)):
+                _set_path(e.spec, path, value, "spec." + ".".join(path))
+            out.append(e)
+        return out
+
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -146,7 +166,8 @@ class Experiment:
         exp = cls(sets=sets, **data)
         try:
             for point in sweep_points(exp.sweep):
-                spec_from_dict(exp.at(point).spec)
+                for e in exp.at(point).deployments():
+                    spec_from_dict(e.spec)
         except Exception as exc:
             raise ValueError(f"{path}: {exc}") from None
         return exp
@@ -242,6 +263,14 @@ def _set_path(tree: dict, keys: list[str], value, path: str) -> None:
         if not isinstance(tree, dict):
             raise ValueError(f"sweep: cannot set {path!r}")
     tree[keys[-1]] = value
+
+
+def _flatten(tree: dict, prefix: tuple = ()) -> list[tuple[list[str], object]]:
+    """(path, value) for every leaf of a nested mapping."""
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, prefix + (k,)) if isinstance(v, dict) else [(list(prefix + (k,)), v)]
+    return out
 
 
 def _slug(name: str) -> str:
@@ -790,7 +819,7 @@ class Runner:
         from ..testbed.versions import versions
 
         exp = self.exp
-        points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
+        points = [(point, e) for point in sweep_points(exp.sweep) for e in exp.at(point).deployments()]
         for _, e in points:  # refuse what this machine cannot do before building anything
             spec = spec_from_dict(e.spec)
             controller = (spec.sdn if e.sdn is None else e.sdn) or spec.ha.takeover == "sdn"
