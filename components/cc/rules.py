@@ -189,6 +189,13 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
             public_addresses.append(f"{inst['public_ip']}/{public_prefix}")
             dnat.append(f"ip daddr {inst['public_ip']} dnat to {inst['ip']}")
             snat.append(f'ip saddr {inst["ip"]} oifname "{pub}" snat to {inst["public_ip"]}')
+            # An answer this member has no connection for (a SYN-ACK to a SYN the peer
+            # forwarded, as neighbours move between the pair's members in a planned
+            # switchover) gets no NAT: it would leave with the instance's private address
+            # and the user would reset it. An elastic IP is one to one: translate it
+            # without the connection's state. Right after established,related.
+            fwd.insert(1, f'ct state invalid iifname {instances_in} ip saddr {inst["ip"]} oifname "{pub}" '
+                          f'ip daddr != {host.cloud_net} ip saddr set {inst["public_ip"]} counter accept')
     if groups:
         # Instances without an elastic IP reach beyond the cloud network through the CC's address.
         snat.append(f'ip saddr {host.vm_space} ip daddr != {host.cloud_net} oifname "{pub}" masquerade')

@@ -218,3 +218,48 @@ async def redirect_vip(control_socket: str, pair: str, epoch: int, primary: str,
     """
     return await control.call(control_socket, "PUT", f"/vips/{pair}",
                               {"pair": pair, "epoch": epoch, "primary": primary}, timeout)
+
+
+# -- a planned switchover: the peer's connections stay the peer's ---------------------------
+
+DIVERT_TABLE = "eucalab_handover"  # nftables table ip eucalab_handover, while a handover lasts
+
+
+def divert_ruleset(routes: list[tuple[str, str, str]]) -> str:
+    """nftables input for the new holder of a pair's VIPs right after a planned switchover:
+    every TCP segment to a VIP that belongs to a connection this host never saw open (no
+    SYN: conntrack picks it up mid-stream as new) is sent on, unchanged, to the old holder,
+    which accepted that connection and still holds the VIP; this host would answer it with a
+    reset. ``routes``: (VIP, the old holder's address on the VIP's network, interface).
+
+    A neighbour switches to the new holder whenever it takes the gratuitous ARP, which may
+    be in the middle of a connection: its next segments (the request after the handshake,
+    the acknowledgements of the answer, the FIN) reach the new holder. ``dup to`` resends a
+    copy through the routing of this host with the old holder as next hop (the destination
+    stays the VIP), and the original is dropped. A SYN, a RST, and any segment of a
+    connection this host saw open are not matched: new connections are served here.
+    """
+    rules = [f'ip daddr {vip} tcp flags & (syn | rst) == 0 ct state new dup to {peer} device "{intf}" drop'
+             for vip, peer, intf in routes]
+    body = "\n".join(f"    {r}" for r in rules)
+    return (f"table ip {DIVERT_TABLE}\ndelete table ip {DIVERT_TABLE}\n"
+            f"table ip {DIVERT_TABLE} {{\n  chain divert {{\n"
+            f"    type filter hook prerouting priority mangle; policy accept;\n{body}\n  }}\n}}\n")
+
+
+def undivert_ruleset() -> str:
+    """nftables input that ends the diversion (nothing to do if there is none)."""
+    return f"table ip {DIVERT_TABLE}\ndelete table ip {DIVERT_TABLE}\n"
+
+
+_NFT = None
+
+
+def load_rules(text: str) -> None:
+    """Load nftables input in this host's namespace (RuntimeError when nft refuses it)."""
+    global _NFT
+    if _NFT is None:
+        from .nft import Nftables
+
+        _NFT = Nftables()
+    _NFT.run(text)

@@ -267,14 +267,15 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
 
 def experiment(spec: dict, trials: int, name: str):
     """``make run``'s experiment (experiments/failover/definitions/default.yaml: its probes, faults
-    and timing) on ``spec``, ``trials`` trials of each HA component's failure, keepalived
-    and the planned switchovers left out."""
+    and timing) on ``spec``, ``trials`` trials of each HA component's failure, keepalived,
+    the planned switchovers and the sets on a deployment of their own (EDGE) left out."""
     from ..failover.faults import PLANNED_SWITCHOVER
     from ..failover.runner import DEFINITIONS, Experiment
 
     exp = Experiment.load(DEFINITIONS / "default.yaml")
     exp.name, exp.spec, exp.capture = name, spec, False
-    exp.sets = [ts for ts in exp.sets if ts.target in TARGETS_ORDER and ts.fault != PLANNED_SWITCHOVER]
+    exp.sets = [ts for ts in exp.sets if ts.target in TARGETS_ORDER and ts.fault != PLANNED_SWITCHOVER
+                and not ts.spec]
     for ts in exp.sets:
         ts.trials = trials
     return exp

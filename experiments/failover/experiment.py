@@ -4,6 +4,7 @@ its trial sets and its sweep, checked as they load."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class TrialSet:
     label: str | None = None
     hold_s: float | None = None  # how long a fault that expects no failover is held (default: see hold())
     params: dict = field(default_factory=dict)  # the fault's own parameters (loss_percent, network, ...)
+    # Spec fields this set changes ({mode: EDGE}): it runs on a deployment of its own, shared
+    # with the sets that change the same fields (experiment.deployments()).
+    spec: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -103,6 +107,23 @@ class Experiment:
                 ts.label = f"{ts.name} [{point_label(point)}]"
         return e
 
+    def deployments(self) -> list["Experiment"]:
+        """This experiment split by deployment: the sets with no ``spec`` of their own on the
+        experiment's spec, then each distinct set ``spec`` (merged into it) with its sets."""
+        import copy
+
+        groups: dict[str, list[TrialSet]] = {}
+        for ts in self.sets:
+            groups.setdefault(json.dumps(ts.spec, sort_keys=True), []).append(ts)
+        out = []
+        for key, sets in sorted(groups.items(), key=lambda kv: kv[0] != "{}"):
+            e = copy.deepcopy(self)
+            e.sets = copy.deepcopy(sets)
+            for path, value in _flatten(json.loads(key)):
+                set_path(e.spec, path, value, "spec." + ".".join(path))
+            out.append(e)
+        return out
+
     @classmethod
     def load(cls, path: str | Path) -> "Experiment":
         data = read_definition(cls, path)
@@ -127,7 +148,8 @@ class Experiment:
         exp = cls(sets=sets, **data)
         try:
             for point in sweep_points(exp.sweep):
-                spec_from_dict(exp.at(point).spec)
+                for e in exp.at(point).deployments():
+                    spec_from_dict(e.spec)
         except Exception as exc:
             raise ValueError(f"{path}: {exc}") from None
         return exp
@@ -158,3 +180,10 @@ def set_path(tree: dict, keys: list[str], value, path: str) -> None:
             raise ValueError(f"sweep: cannot set {path!r}")
     tree[keys[-1]] = value
 
+
+def _flatten(tree: dict, prefix: tuple = ()) -> list[tuple[list[str], object]]:
+    """(path, value) for every leaf of a nested mapping."""
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, prefix + (k,)) if isinstance(v, dict) else [(list(prefix + (k,)), v)]
+    return out

@@ -88,7 +88,7 @@ class Runner:
         from ..testbed.versions import versions
 
         exp = self.exp
-        points = [(point, exp.at(point)) for point in sweep_points(exp.sweep)]
+        points = [(point, e) for point in sweep_points(exp.sweep) for e in exp.at(point).deployments()]
         for _, e in points:  # refuse what this machine cannot do before building anything
             spec = spec_from_dict(e.spec)
             controller = (spec.sdn if e.sdn is None else e.sdn) or spec.ha.takeover == "sdn"

@@ -5,14 +5,17 @@ ENABLED one crashes), and `eucalab services` on the live run."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 from experiments.failover.runner import Prober
 from experiments.testbed.deployment import wait_until
 from experiments.testbed.services import ServiceAPI, pairs
+from topologies.network import namespace
 
 
 def redundancy(rows) -> dict:
@@ -69,3 +72,54 @@ def test_service_api_switchover_and_maintenance(deployment, s3):
     assert wait_until(lambda: dep.redundant(walrus), 30)
     assert s3.get_object(Bucket="switchover", Key="object")["Body"].read() == b"still here\n"
     assert all(redundancy(api.describe()).values())
+
+
+def test_planned_switchovers_lose_no_request(deployment, s3, ec2):
+    """A few switchovers each way of the CLC and Walrus under a user's requests every 5 ms
+    (a new connection each): none fails. And a connection the old primary accepted, used
+    again after the switchover (an HTTP client's kept-alive connection), is still answered:
+    the gateway now sends its segments to the new holder, which passes them on to the old
+    one instead of resetting them (docs/ha.md, "Planned switchover")."""
+    dep = deployment
+    api = ServiceAPI(dep.run_dir, dep.net["user"].pid)
+    s3.create_bucket(Bucket="switchovers")
+    s3.put_object(Bucket="switchovers", Key="object", Body=b"still here\n")
+    walrus_url = s3.generate_presigned_url("get_object", Params={"Bucket": "switchovers", "Key": "object"},
+                                           ExpiresIn=600)
+    clc_url = ec2.generate_presigned_url("describe_availability_zones", ExpiresIn=600)
+    targets = {"walrus": (walrus_url, ("equals", b"still here\n")),
+               "clc": (clc_url, ("contains", b"DescribeAvailabilityZonesResponse"))}
+    failed, kept_alive = {}, {}
+    for kind, (url, expect) in targets.items():
+        pair = dep.plan.pair(kind)
+        u = urlsplit(url)
+        path = f"{u.path}?{u.query}"
+        probe = Prober(dep, url, {}, 0.005, 0.3, expect).start()
+        try:
+            assert wait_until(lambda: sum(p.ok for p in probe.snapshot()) >= 20, 10)
+            for n in range(4):
+                assert wait_until(lambda: dep.redundant(pair), 20)
+                primary = next(m for m in pair.members if dep.member_state(m) == "ENABLED")
+                with namespace(dep.net["user"].pid):
+                    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+                    conn.connect()
+                    conn.auto_open = 0  # never a new connection (from outside the user host)
+                    conn.request("GET", path)  # accepted by the primary, kept open
+                    first = conn.getresponse()
+                    first.read()
+                assert first.status == 200
+                rows = api.modify(primary, "DISABLE")
+                assert states(rows)[primary] == "DISABLED"
+                try:
+                    conn.request("GET", path)  # its segments now reach the new primary first
+                    second = conn.getresponse()
+                    kept_alive[(kind, n)] = (second.status, expect[1] in second.read())
+                except (OSError, http.client.HTTPException) as exc:
+                    kept_alive[(kind, n)] = repr(exc)
+                conn.close()
+                time.sleep(0.3)
+        finally:
+            probes = probe.stop()
+        assert len(probes) > 200
+        failed[kind] = [(p.sent, p.done) for p in probes if not p.ok]
+    assert (kept_alive, failed) == ({k: (200, True) for k in kept_alive}, {"walrus": [], "clc": []})

@@ -101,7 +101,25 @@ def test_the_shipped_definitions_load():
         exp = Experiment.load(path)
         assert exp.sets, path
         for point in sweep_points(exp.sweep):  # every deployment it would build is a valid spec
-            spec_from_dict(exp.at(point).spec, netem=True)
+            for e in exp.at(point).deployments():
+                spec_from_dict(e.spec, netem=True)
+
+
+def test_a_set_with_a_spec_of_its_own_runs_on_a_deployment_of_its_own(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text("spec: {name: default, heartbeat: {interval_ms: 50}}\n"
+                    "sets: [{target: cc, trials: 2, fault: host, spec: {mode: EDGE}, label: edge},\n"
+                    "       {target: clc, trials: 3}, {target: cc, trials: 1, fault: host},\n"
+                    "       {target: sc, trials: 1, spec: {mode: EDGE}}]\n")
+    exp = Experiment.load(path)
+    first, edge = exp.deployments()
+    assert [s.target for s in first.sets] == ["clc", "cc"] and "mode" not in first.spec
+    assert [s.name for s in edge.sets] == ["edge", "eucalab SC crash"]
+    assert edge.spec == {"name": "default", "heartbeat": {"interval_ms": 50}, "mode": "EDGE"}
+    assert exp.spec == {"name": "default", "heartbeat": {"interval_ms": 50}}  # the definition is untouched
+    path.write_text("sets: [{target: cc, trials: 1, spec: {mode: MOON}}]\n")
+    with pytest.raises(ValueError, match="mode"):
+        Experiment.load(path)  # refused before anything is built
 
 
 def test_a_sweep_expands_to_every_combination_each_labelled(tmp_path):

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from components.common import ha as ha_mod
+from components.common import ha_net
 from components.common.ha import vips as ha_vips
 from components.common.ha import TransitionError
 from components.common.states import ServiceState
@@ -83,6 +84,52 @@ def test_the_standby_takes_an_offered_pair_at_once_even_when_it_would_lose_the_e
     decide(agent)
     assert svc.state is ENABLED and agent.epoch == 3
     assert agent.peer.handover
+
+
+def test_the_new_holder_passes_the_old_ones_connections_on_to_it_until_the_drain_ends(tmp_path):
+    """Segments of connections the old holder accepted go on to it (its address on the VIP's
+    network, not the heartbeat link's) from before the VIP is added here until the drain ends;
+    a takeover after a failure diverts nothing (the peer is dead)."""
+    svc, agent = make_agent(tmp_path, role="secondary")
+    agent.handover_drain_s = 0.02
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2, priority=5, handover=True)
+        await agent._decide("heartbeat")
+        assert svc.state is ENABLED
+        nft = [c for c in agent.commands if c[0] == "nft"]
+        assert len(nft) == 1 and nft[0][1] == ha_net.divert_ruleset([("10.0.0.10", "10.0.0.12", "clc1-eth0")])
+        vip = next(i for i, c in enumerate(agent.commands) if c[:3] == ("ip", "addr", "replace"))
+        assert agent.commands.index(nft[0]) < vip
+        await until(lambda: agent.commands[-1] == ("nft", ha_net.undivert_ruleset()))
+        # Taken again before the first diversion ended (switchovers in a row): the first
+        # one's end leaves the second in place.
+        agent.handover_drain_s = 0.2
+        await agent._divert_peer_connections()
+        agent.handover_drain_s = 0.01
+        await agent._divert_peer_connections()
+        await asyncio.sleep(0.3)
+        assert [c[1] == ha_net.undivert_ruleset() for c in agent.commands if c[0] == "nft"][-3:] == [False, False, True]
+
+    asyncio.run(go())
+    kinds = events(tmp_path)
+    assert kinds.index("ha.divert") < kinds.index("ha.promote") and "ha.divert_end" in kinds
+
+    svc, agent = make_agent(tmp_path / "failover", role="secondary")
+    run_in_loop(lambda: heartbeat(agent, state="NOTREADY", epoch=2, priority=5))
+    decide(agent)
+    assert svc.state is ENABLED and not [c for c in agent.commands if c[0] == "nft"]
+
+
+def test_the_diversion_matches_only_segments_of_connections_this_host_never_saw_open():
+    text = ha_net.divert_ruleset([("10.0.0.10", "10.0.0.12", "clc1-eth0"), ("10.1.0.10", "10.1.0.12", "clc1-eth1")])
+    assert text.startswith(ha_net.undivert_ruleset())  # replaces one a crash left behind
+    rules = [line.strip() for line in text.splitlines() if "dup to" in line]
+    assert rules == ['ip daddr 10.0.0.10 tcp flags & (syn | rst) == 0 ct state new dup to 10.0.0.12 device '
+                     '"clc1-eth0" drop',
+                     'ip daddr 10.1.0.10 tcp flags & (syn | rst) == 0 ct state new dup to 10.1.0.12 device '
+                     '"clc1-eth1" drop']
+    assert "hook prerouting priority mangle" in text  # after conntrack, before any NAT
 
 
 def test_a_standby_behind_does_not_take_an_offered_pair(tmp_path):

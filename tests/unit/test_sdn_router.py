@@ -77,6 +77,17 @@ def test_elastic_ip_nat_and_address_on_the_public_interface():
     assert cfg.private_addresses == ["10.101.16.1/28", "10.101.16.17/28"]
 
 
+def test_an_answer_without_a_connection_leaves_with_the_elastic_ip_not_the_private_address():
+    """A SYN-ACK to a SYN the other member of the pair forwarded (neighbours move between the
+    members in a planned switchover) has no connection here, so no NAT: it is translated
+    statelessly (an elastic IP is one to one), only towards outside the cloud network."""
+    fwd = chain(render_router(INTENT, HOST), "EUCA-FORWARD")
+    assert fwd[0] == "ct state established,related counter accept"
+    assert fwd[1] == ('ct state invalid iifname "c1cc1-eth1" ip saddr 10.101.16.2 oifname "c1cc1-eth0" '
+                      'ip daddr != 10.0.0.0/16 ip saddr set 10.0.128.5 counter accept')
+    assert sum("ip saddr set" in line for line in fwd) == 1  # instances without an elastic IP: none
+
+
 def test_metadata_dnat_exactly_once_and_never_snatted():
     cfg = render_router(INTENT, HOST)
     meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from .. import ha_net
 from ..ha_config import HAConfig, VIP
 from ..supervise import supervise
 from .arbitration import Arbitration
@@ -65,6 +66,8 @@ class HAAgent:
     _release_vips = Delegate("virtual_ips")
     _announce = Delegate("virtual_ips")
     _redirect = Delegate("virtual_ips")
+    _divert_peer_connections = Delegate("virtual_ips")
+    _load_rules = Delegate("virtual_ips")
 
     def __init__(self, service, config: dict, *, clock: Callable[[], float] | None = None,
                  transport=None, run: Callable[..., Awaitable[int]] | None = None,
@@ -150,6 +153,8 @@ class HAAgent:
         if self.svc.state is ENABLED:
             self.svc.set_state(DISABLED, "HA start: electing")
         await self._release_vips()
+        if self._run_cmd is None:
+            await self._load_rules(ha_net.undivert_ruleset())  # a diversion a crash left behind
         self.last_tick = self.clock()
         self.hold_until = self.last_tick + self.window + self.interval
         self._spawn(self._reserve_epochs())

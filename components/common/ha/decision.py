@@ -14,7 +14,7 @@ class Decision(Part):
     """Decides, promotes and demotes; ``peer_alive`` is the one judgement of the peer's silence."""
 
     SHARED = frozenset({
-        "_acquire_vips", "_next_epoch", "_offload", "_record_epoch", "_release_vips", "_reserve_epochs",
+        "_acquire_vips", "_divert_peer_connections", "_next_epoch", "_offload", "_record_epoch", "_release_vips", "_reserve_epochs",
         "_spawn", "all_arbitrators_failed", "arb_failed_seq", "clock", "discard_pending", "epoch",
         "epoch_file", "events", "fence_seq", "fenced_since", "handover", "hold_until", "interval",
         "last_seq", "may_serve", "on_demote", "on_promote", "paused_until", "peer", "peer_dead_reported",
@@ -219,6 +219,8 @@ class Decision(Part):
             await self.on_promote(self.epoch)
         self.svc.set_state(ENABLED, reason)
         self.send_heartbeat()  # tell the peer first: it must not think it is primary
+        if reason == "planned switchover":
+            await self._divert_peer_connections()  # before the VIPs: they pull those connections here
         garp = await self._acquire_vips()
         self.events.emit("ha.promote", epoch=self.epoch, reason=reason, detected_at=detected_at,
                          last_heard=self.peer.heard, vip_at=self.clock(), garp_sent=garp,

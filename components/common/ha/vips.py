@@ -4,6 +4,7 @@ locktime), or, for a VIP with takeover sdn, redirected by the SDN controller at 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 from .. import ha_net
 from ..ha_config import VIP
@@ -14,8 +15,8 @@ class Vips(Part):
     """Acquires, announces, redirects and releases the pair's VIPs on this member."""
 
     SHARED = frozenset({
-        "_run_cmd", "_spawn", "clock", "epoch", "events", "fenced_since", "garp_vips", "interval",
-        "learn_epoch", "sdn_vips", "svc", "vips"})
+        "_run_cmd", "_spawn", "clock", "epoch", "events", "fenced_since", "garp_vips", "handover_drain_s",
+        "interval", "learn_epoch", "peer_addresses", "sdn_vips", "svc", "vips"})
 
     def __init__(self, agent, garp=None, redirect=None):
         super().__init__(agent)
@@ -24,8 +25,43 @@ class Vips(Part):
         self._redirect_call = redirect or (lambda epoch: ha_net.redirect_vip(
             agent.cfg.control_socket, agent.pair, epoch, agent.host))
 
+        self._diversion: object | None = None  # the newest diversion of the peer's connections
+
     def close(self) -> None:
         self._garp_sender.close()
+
+    async def _divert_peer_connections(self) -> None:
+        """The new holder after a planned switchover: for ``handover_drain_s`` (while the old
+        holder keeps its VIPs and answers), segments of connections the old holder accepted
+        that reach this member, as neighbours take its gratuitous ARP mid-connection, go on
+        to the old holder instead of being reset here (ha_net.divert_ruleset, docs/ha.md)."""
+        routes = []
+        for v in self.vips:
+            net = ipaddress.ip_network(f"{v.address}/{v.prefix}", strict=False)
+            peer = next((a for a in self.peer_addresses if ipaddress.ip_address(a) in net), None)
+            if peer is not None:
+                routes.append((v.address, peer, v.interface))
+        if not routes or not await self._load_rules(ha_net.divert_ruleset(routes)):
+            return
+        self.events.emit("ha.divert", to=routes[0][1], vips=[r[0] for r in routes], seconds=self.handover_drain_s)
+        self._diversion = diversion = object()  # a later switchover's diversion outlives this one's end
+
+        async def end() -> None:
+            await asyncio.sleep(self.handover_drain_s)
+            if self._diversion is diversion and await self._load_rules(ha_net.undivert_ruleset()):
+                self.events.emit("ha.divert_end")
+        self._spawn(end())
+
+    async def _load_rules(self, text: str) -> bool:
+        """nftables input in this member's namespace (tests: recorded as an ``nft`` command)."""
+        try:
+            if self._run_cmd is not None:
+                return await self._run_cmd("nft", text) == 0
+            ha_net.load_rules(text)  # one netlink transaction, well under a millisecond
+            return True
+        except (OSError, RuntimeError) as exc:
+            self.events.emit("ha.divert_failed", error=str(exc))
+            return False
 
     async def _acquire_vips(self) -> bool:
         """Add the VIPs and announce them (gratuitous ARP, or the controller's redirect for a
