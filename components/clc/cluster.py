@@ -31,7 +31,7 @@ class ClusterClient:
         self.token = config.get("internal_token", "")
         self.timeout = float(config.get("cluster_timeout_s", 5.0))
         # A run's answer waits on the CC's intent push and its NCs' hand-off: milliseconds,
-        # seconds with the SDN controller stalled (components/cc/service.py HANDOFF_S). A
+        # seconds with the SDN controller stalled (components/cc/nodes.py HANDOFF_S). A
         # run not answered in time is withdrawn (``run``).
         self.run_timeout = float(config.get("cluster_run_timeout_s", 15.0))
         self.http: aiohttp.ClientSession | None = None

@@ -9,7 +9,7 @@ them as they are (VLAN clean), and the CC routes between groups with a sub-inter
 address and the cluster's infrastructure stay on the untagged interface.
 
 The functions here are pure: they name the interfaces and say the ``ip -batch``
-commands; the NC (components/nc/service.py) and the CC router (components/cc/router.py)
+commands; the NC (components/nc/slots.py) and the CC router (components/cc/router.py)
 run them in their own network namespaces.
 """
 

@@ -1,5 +1,5 @@
 """``vlan_tagging: host`` under the real cloud: CLC -> CC -> NC boot and terminate instances,
-and the NC component itself bridges each into its group's VLAN (components/nc/service.py).
+and the NC component itself bridges each into its group's VLAN (components/nc/slots.py).
 
 One cluster, one NC with two VM slots, MANAGED, no HA, no SDN controller. Two instances on
 the NC in two groups: "default" admits tcp 80 from anywhere, "closed" admits nothing.
