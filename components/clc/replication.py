@@ -15,7 +15,7 @@ import json
 import aiohttp
 from aiohttp import web
 
-from components.common.replication import REPLICATION_FAILED, REPLICATION_REFUSED, Replication
+from components.common.replication import REPLICATION_FAILED, REPLICATION_REFUSED, Replication, after_param
 from components.common.routes import route
 
 from .ec2 import EC2Error
@@ -166,10 +166,7 @@ class ClcReplication(Replication):
     async def handle_export(self, request: web.Request) -> web.Response:
         """GET /internal/ha/ops?after=N: what a peer at N lacks (its catch-up)."""
         self.svc.require_internal(request, "clc")
-        try:
-            after = int(request.query.get("after", "0"))
-        except ValueError:
-            return web.json_response({"error": "after: a sequence number"}, status=400)
+        after = after_param(request)
         ha = self.svc.ha
         body = await self.export_from(after, epoch=ha.epoch if ha else 0, last_seq=self.store.last_seq)
         return web.Response(body=body, content_type="application/json")

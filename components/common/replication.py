@@ -16,8 +16,10 @@ components/walrus/replication.py) says what it ships and pulls and how it applie
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
+from aiohttp import web
 
 from .supervise import supervise
 
@@ -34,6 +36,18 @@ REPLICATION_FAILED = "ha.replication_failed"  # a push got no answer from the pe
 REPLICATION_REFUSED = "ha.replication_refused"  # the peer answered a push with an error
 WRITE_NOT_ACKNOWLEDGED = "ha.write_not_acknowledged"  # a write refused: the peer may not have it
 STATE_RESET = "ha.state_reset"  # an ex-primary dropped its state for the new primary's
+
+
+def after_param(request: web.Request) -> int:
+    """``?after=N`` of a catch-up request (the last change the asking peer holds), or 400."""
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        after = -1
+    if after < 0:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "after: a sequence number (0 or more)"}),
+                                 content_type="application/json")
+    return after
 
 
 class Replication:

@@ -19,7 +19,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from components.common.replication import REPLICATION_FAILED, REPLICATION_REFUSED, Replication
+from components.common.replication import REPLICATION_FAILED, REPLICATION_REFUSED, Replication, after_param
 
 from .s3 import S3Error
 from .service import BYTE_OPS, OBJECT_FILE, STREAM_TIMEOUT, ReplicaError, check_replica
@@ -192,7 +192,7 @@ class WalrusReplication(Replication):
     async def handle_ops(self, request: web.Request) -> web.Response:
         """GET /internal/ha/ops?after=N: the ops after N."""
         self.svc.require_internal(request, "walrus")
-        return web.json_response({"ops": self.store.export_ops(int(request.query.get("after", "0")))})
+        return web.json_response({"ops": self.store.export_ops(after_param(request))})
 
     async def handle_file(self, request: web.Request) -> web.StreamResponse:
         """GET /internal/ha/file/{name}: an object's or a part's file."""

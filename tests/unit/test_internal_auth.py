@@ -172,3 +172,13 @@ def test_a_relayed_metadata_request_names_its_instance_with_the_ncs_credential_o
     got = asyncio.run(ask_all([(TOKENS.get(w), "10.101.2.5") for w in who] + [(TOKENS["nc"], "10.101.2.5x")]))
     assert dict(zip(who, got)) == {"nc": 404, "cc": 403, "walrus": 403, "none": 403}  # 404: no instance there
     assert got[-1] == 400
+
+
+@pytest.mark.parametrize("component", ["clc", "walrus"])
+@pytest.mark.parametrize("after", ["x", "1.5", "-1", ""])
+def test_a_malformed_catch_up_position_is_a_400_not_a_server_error(tmp_path, component, after):
+    """GET /internal/ha/ops?after=N from the peer: N that is no sequence number is refused
+    as the caller's error (Walrus answered 500 with a ValueError traceback)."""
+    svc = SERVICES[component](config(tmp_path, component))
+    got = asyncio.run(statuses(svc, [("GET", f"/internal/ha/ops?after={after}")], {component: TOKENS[component]}))
+    assert set(got.popitem()[1].values()) == {400}
