@@ -6,6 +6,20 @@ EUCALAB := .venv/bin/eucalab
 # (setup has already stopped with a clear message where there is no sudo).
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo -E)
 PYTEST  := -m pytest -v -ra --durations=20 -p no:cacheprovider
+# The unit tests run in two processes (pytest-xdist): most of their time is waiting on the
+# processes and sockets they start, each on free ports of its own. The integration tests
+# run one at a time: they build networks on this machine's one Open vSwitch.
+UNIT    := -n 2 -m 'not integration and not kernel' tests
+INTEG   := -m integration tests
+
+# $(call pytest,COMMAND): echo it, run it; pytest's exit 5 (no test collected) is a failure,
+# said so plainly.
+define pytest
+@echo "$(strip $(1))"
+@$(1) || { rc=$$?; \
+  [ $$rc -ne 5 ] || echo "make: pytest collected no tests (exit 5): that is a failure" >&2; \
+  exit $$rc; }
+endef
 
 .PHONY: setup venv run test test-kernel unit integration bench clean
 
@@ -20,15 +34,12 @@ venv:
 run: setup
 	$(SUDO) $(EUCALAB) run
 
-# Every test: unit and real-network integration (as root they run, never skip), then the
-# kernel lane (tests/kernel: OVS kernel datapath, netem, 802.1Q), here if this kernel has
-# them, else in a VM with Debian's kernel (eucalab vm test).
-# pytest exit 5 means no test was collected: a failure, said so plainly.
+# Every test: unit tests (in two processes), real-network integration tests (as root they
+# run, never skip), then the kernel lane (tests/kernel: OVS kernel datapath, netem, 802.1Q),
+# here if this kernel has them, else in a VM with Debian's kernel (eucalab vm test).
 test: setup
-	@echo "$(strip $(SUDO) $(PY) $(PYTEST) -m 'not kernel' tests)"
-	@$(SUDO) $(PY) $(PYTEST) -m 'not kernel' tests || { rc=$$?; \
-	  [ $$rc -ne 5 ] || echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; \
-	  exit $$rc; }
+	$(call pytest,$(SUDO) $(PY) $(PYTEST) $(UNIT))
+	$(call pytest,$(SUDO) $(PY) $(PYTEST) $(INTEG))
 	$(SUDO) $(EUCALAB) vm test
 
 # Only the kernel lane.
@@ -36,10 +47,10 @@ test-kernel: setup
 	$(SUDO) $(EUCALAB) vm test
 
 unit: venv
-	$(PY) $(PYTEST) -m 'not integration and not kernel' tests
+	$(call pytest,$(PY) $(PYTEST) $(UNIT))
 
 integration: setup
-	$(SUDO) $(PY) $(PYTEST) -m integration tests
+	$(call pytest,$(SUDO) $(PY) $(PYTEST) $(INTEG))
 
 bench: setup
 	$(SUDO) $(EUCALAB) bench bringup

@@ -86,7 +86,7 @@ def cleanup_runs(force: bool = False) -> list[str]:
             report.append(f"{record.get('run_dir')}: driver {record['driver_pid']} still running, left alone")
             continue
         if "vm_server" in record:  # the kernel-lane VM serving as a second server
-            from .vm import cleanup_server
+            from .vm_server import cleanup_server
 
             report.append(f"{record.get('run_dir')}: VM server: {cleanup_server(record)}")
             entry.unlink(missing_ok=True)

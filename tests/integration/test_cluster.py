@@ -1,6 +1,6 @@
 """Mininet Cluster Edition across two kernels: this machine and the kernel-lane VM.
 
-The VM serves as a second server (experiments/testbed/vm.py ``serve``): one network card on a tap
+The VM serves as a second server (experiments/testbed/vm_server.py ``serve``): one network card on a tap
 device of this machine with a /30 of its own, sshd with this run's keys, Open vSwitch on
 its kernel datapath. Mininet's cluster classes (topologies/cluster.py) build one network
 over both: on this machine h1 and h3 and a VIP holder va, on the VM h2 and h4; h1, va and
@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from experiments.testbed import vm
+from experiments.testbed import vm, vm_server
 from experiments.testbed.timescale import scaled
 from topologies import cluster as cl
 from topologies.placement import TUNNEL_MTU
@@ -33,7 +33,7 @@ def _qemus() -> set[int]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     before = _qemus()
-    with vm.serve(tmp_path_factory.mktemp("vm-server"), say=lambda _: None) as srv:
+    with vm_server.serve(tmp_path_factory.mktemp("vm-server"), say=lambda _: None) as srv:
         yield srv
     # Nothing left: qemu, its tap, this machine's bridge and tunnel end (the VM's went with it).
     assert _qemus() == before

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from experiments.testbed import timescale, vm
+from experiments.testbed import timescale, vm, vm_image, vm_server
 from experiments.testbed.rundir import REPO_ROOT
 
 pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.loopback  # starts processes (tests/conftest.py)
 
 def test_image_package_is_the_versioned_dependency():
     out = "linux-image-amd64\n  Depends: linux-image-6.1.0-57-amd64\n"
-    assert vm.image_package(out) == "linux-image-6.1.0-57-amd64"
-    with pytest.raises(vm.VMError, match="apt-get update"):
-        vm.image_package("linux-image-amd64\n")
+    assert vm_image.image_package(out) == "linux-image-6.1.0-57-amd64"
+    with pytest.raises(vm_image.VMError, match="apt-get update"):
+        vm_image.image_package("linux-image-amd64\n")
 
 
 def test_resolve_updates_the_lists_once_when_apt_knows_nothing():
@@ -32,7 +32,7 @@ def test_resolve_updates_the_lists_once_when_apt_knows_nothing():
         out = "  Depends: linux-image-6.1.0-9-amd64\n" if known and cmd[0] == "apt-cache" else ""
         return subprocess.CompletedProcess(cmd, 0, out, "")
 
-    assert vm.resolve_kernel_package(run) == "linux-image-6.1.0-9-amd64"
+    assert vm_image.resolve_kernel_package(run) == "linux-image-6.1.0-9-amd64"
     assert calls == [["apt-cache", "depends"], ["apt-get", "update"], ["apt-cache", "depends"]]
 
 
@@ -40,9 +40,9 @@ def test_extract_vmlinux_finds_the_elf_after_a_false_start():
     elf = b"\x7fELF" + bytes(range(256)) * 50
     decoy = lzma.compress(b"not a kernel", format=lzma.FORMAT_XZ)
     image = b"MZ" + b"\0" * 100 + decoy + b"\0" * 7 + lzma.compress(elf, format=lzma.FORMAT_XZ) + b"\0" * 64
-    assert vm.extract_vmlinux(image) == elf
-    with pytest.raises(vm.VMError):
-        vm.extract_vmlinux(b"MZ" + decoy)
+    assert vm_image.extract_vmlinux(image) == elf
+    with pytest.raises(vm_image.VMError):
+        vm_image.extract_vmlinux(b"MZ" + decoy)
 
 
 MODULES_DEP = """kernel/fs/9p/9p.ko: kernel/fs/netfs/netfs.ko kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko
@@ -57,14 +57,14 @@ kernel/fs/overlayfs/overlay.ko:
 
 
 def test_load_order_puts_dependencies_first_and_each_once():
-    order = vm.load_order(["9pnet_virtio", "9p", "overlay"], vm.module_dependencies(MODULES_DEP))
+    order = vm_image.load_order(["9pnet_virtio", "9p", "overlay"], vm_image.module_dependencies(MODULES_DEP))
     names = [p.rsplit("/", 1)[1] for p in order]
     assert sorted(names) == sorted(set(names))
     assert names.index("virtio.ko") < names.index("9pnet_virtio.ko")
     assert names.index("9pnet.ko") < names.index("9pnet_virtio.ko") < names.index("9p.ko")
     assert names.index("fscache.ko") < names.index("netfs.ko") < names.index("9p.ko")
-    with pytest.raises(vm.VMError, match="not in modules.dep"):
-        vm.load_order(["nonesuch"], vm.module_dependencies(MODULES_DEP))
+    with pytest.raises(vm_image.VMError, match="not in modules.dep"):
+        vm_image.load_order(["nonesuch"], vm_image.module_dependencies(MODULES_DEP))
 
 
 def _read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
@@ -87,12 +87,12 @@ def _read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
 def test_cpio_newc_round_trips_what_the_kernel_unpacks():
     entries = [("bin", stat.S_IFDIR | 0o755, b""), ("init", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
                ("lib/x.ko", stat.S_IFREG | 0o644, b"\x01" * 4097)]
-    back = _read_newc(vm.cpio_newc(entries))
+    back = _read_newc(vm_image.cpio_newc(entries))
     assert back == {name: (mode, data) for name, mode, data in entries}
 
 
 def test_stage1_loads_modules_and_switches_root_into_the_guest_script():
-    init = vm.stage1_init(["kernel/net/9p/9pnet.ko", "kernel/fs/9p/9p.ko"], "/cache/k/lib/modules",
+    init = vm_image.stage1_init(["kernel/net/9p/9pnet.ko", "kernel/fs/9p/9p.ko"], "/cache/k/lib/modules",
                           "/repo/experiments/testbed/vm_guest.sh")
     lines = init.splitlines()
     assert lines[0] == "#!/bin/busybox sh"
@@ -102,7 +102,7 @@ def test_stage1_loads_modules_and_switches_root_into_the_guest_script():
 
 
 def test_qemu_command_has_no_disk_and_no_network(tmp_path):
-    kernel = vm.Kernel("linux-image-x", "x", tmp_path)
+    kernel = vm_image.Kernel("linux-image-x", "x", tmp_path)
     cmd = vm.qemu_command(kernel, tmp_path / "i.cpio", tmp_path / "out", "tcg", 2, 2048)
     joined = " ".join(cmd)
     assert "-nic" not in cmd and "-drive" not in cmd and "-nodefaults" in cmd
@@ -123,7 +123,7 @@ def test_time_scale_refuses_nonsense(value):
 
 
 def test_qemu_command_gives_a_card_on_the_named_tap_only_when_asked(tmp_path):
-    kernel = vm.Kernel("linux-image-x", "x", tmp_path)
+    kernel = vm_image.Kernel("linux-image-x", "x", tmp_path)
     nic = vm.GuestNIC()
     cmd = vm.qemu_command(kernel, tmp_path / "i.cpio", tmp_path / "out", "tcg", 2, 2048, nic)
     netdev = cmd[cmd.index("-netdev") + 1]
@@ -139,7 +139,7 @@ def test_qemu_command_gives_a_card_on_the_named_tap_only_when_asked(tmp_path):
 
 def test_ssh_keys_and_config_are_the_runs_own(tmp_path):
     keys = tmp_path / "ssh"
-    config = vm.make_ssh_keys(keys, "10.99.0.2")
+    config = vm_server.make_ssh_keys(keys, "10.99.0.2")
     text = config.read_text()
     assert text.startswith("Host 10.99.0.2\n")
     assert f"IdentityFile {keys / 'client_key'}" in text and "IdentitiesOnly yes" in text
@@ -149,7 +149,7 @@ def test_ssh_keys_and_config_are_the_runs_own(tmp_path):
     assert (keys / "known_hosts").read_text() == f"10.99.0.2 {host_pub[0]} {host_pub[1]}\n"
     assert (keys / "client_key").stat().st_mode & 0o077 == 0
     # A second run makes other keys.
-    again = vm.make_ssh_keys(tmp_path / "ssh2", "10.99.0.2")
+    again = vm_server.make_ssh_keys(tmp_path / "ssh2", "10.99.0.2")
     assert (again.parent / "client_key.pub").read_text() != (keys / "client_key.pub").read_text()
 
 
@@ -164,9 +164,9 @@ def test_cleanup_of_a_vm_server_kills_only_the_recorded_process(tmp_path):
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         # A start time that does not match: the pid now belongs to another process, left alone.
-        assert vm.cleanup_server(record(proc.pid, 1)) == "nothing left"
+        assert vm_server.cleanup_server(record(proc.pid, 1)) == "nothing left"
         assert proc.poll() is None
-        assert vm.cleanup_server(record(proc.pid, rd.process_start_time(proc.pid))) == f"qemu {proc.pid} killed"
+        assert vm_server.cleanup_server(record(proc.pid, rd.process_start_time(proc.pid))) == f"qemu {proc.pid} killed"
         assert proc.wait(timeout=5) == -9
     finally:
         if proc.poll() is None:
