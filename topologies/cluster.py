@@ -7,7 +7,7 @@ they are and changes three things:
 
 * **ssh with the run's own configuration.** Mininet runs plain ``ssh`` (the user's
   ~/.ssh); every node here gets ``-F <config>``, the configuration a run made with its
-  own keys (``experiments/testbed/vm.py`` for the kernel-lane VM, docs/cluster.md for machines).
+  own keys (``experiments/testbed/vm_server.py`` for the kernel-lane VM, docs/cluster.md for machines).
 * **VXLAN where a kernel has no gretap.** ``RemoteGRELink`` needs the ``ip_gre`` module
   on both servers. Some kernels (containers, sandboxes) lack it but have VXLAN: then
   ``TunnelLink`` makes a VXLAN device instead, with the same key as its network
