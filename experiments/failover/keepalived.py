@@ -96,6 +96,23 @@ def keepalived_holders(dep: Deployment, hosts: list[str]) -> list[str]:
     return [h for h in hosts if f"{KEEPALIVED_VIP}/16" in dep[h].cmd("ip -o -4 addr show")]
 
 
+def settled_master(dep: Deployment, hosts: list[str], advert_ms: float, adverts: int = 20,
+                   timeout_s: float = 30) -> str | None:
+    """The one host holding the baseline's VIP once it has held it alone for ``adverts``
+    adverts (at least 0.5 s; with 0, the one holder now), or None. Right after the pair
+    starts both may hold it until one yields: a trial must not take that host for the master."""
+    settle = max(0.5, adverts * advert_ms / 1000) if adverts else 0.0
+    held: list = [None, time.monotonic()]
+
+    def settled() -> bool:
+        now_held = keepalived_holders(dep, hosts)
+        if now_held != held[0]:
+            held[:] = [now_held, time.monotonic()]
+        return len(now_held) == 1 and time.monotonic() - held[1] >= settle
+
+    return held[0][0] if wait_until(settled, timeout_s, step=0.05) else None
+
+
 def start_keepalived_pair(dep: Deployment, advert_ms: float, rt_priority: int | None = None,
                           planned: bool = False) -> list[str]:
     """keepalived and its HTTP responder on the CLC pair's hosts, with the eucalab CLC out
@@ -132,7 +149,9 @@ class KeepalivedBaseline:
         records = []
 
         for n in range(ts.trials):
-            master = next(iter(wait_until(lambda: keepalived_holders(dep, hosts), 15)), None)
+            # The pair's start settles for 20 adverts; later, the restored member rejoins as
+            # backup (nopreempt) or the master took its VIP back (planned): one holder suffices.
+            master = settled_master(dep, hosts, ts.advert_ms, adverts=20 if n == 0 else 0)
             record = {"set": ts.name, "target": "keepalived", "fault": ts.fault, "trial": n, "primary": master}
             if point:
                 record["point"] = point
@@ -215,17 +234,8 @@ def keepalived_soak(dep, advert_ms: float, seconds: float, loss_pct: float, core
 
     hosts = start_keepalived_pair(dep, advert_ms, rt_priority)
     try:
-        settle = max(0.5, 20 * advert_ms / 1000)  # one master, the same one, for 20 adverts
-        held: list = [None, time.monotonic()]
-
-        def settled() -> bool:
-            now_held = keepalived_holders(dep, hosts)
-            if now_held != held[0]:
-                held[:] = [now_held, time.monotonic()]
-            return len(now_held) == 1 and time.monotonic() - held[1] >= settle
-
-        if not wait_until(settled, 30, step=0.05):
-            raise RuntimeError(f"keepalived: no single master at start-up: {held[0]}")
+        if settled_master(dep, hosts, advert_ms) is None:
+            raise RuntimeError(f"keepalived: no single master at start-up: {keepalived_holders(dep, hosts)}")
         logs = {h: dep.process(h, "keepalived").dir / "stdout.log" for h in hosts}
         offsets = {h: logs[h].stat().st_size for h in hosts}
         for h in hosts:
