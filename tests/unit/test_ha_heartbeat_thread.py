@@ -79,8 +79,8 @@ print(json.dumps({"sent": sent, "arrivals": arrivals}), flush=True)
 
 
 class StandInPeer:
-    def __init__(self, port: int, state: str = "ENABLED"):
-        self.proc = subprocess.Popen([sys.executable, "-c", PEER_SCRIPT, str(port), str(INTERVAL), HA_SECRET, state],
+    def __init__(self, port: int, state: str = "ENABLED", interval: float = INTERVAL):
+        self.proc = subprocess.Popen([sys.executable, "-c", PEER_SCRIPT, str(port), str(interval), HA_SECRET, state],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert self.proc.stdout.readline().strip() == "ready"
@@ -201,3 +201,27 @@ def test_a_wedged_loop_falls_silent_and_fences_itself_when_it_comes_back(tmp_pat
     assert fenced_at_once
     frozen = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "ha.frozen"]
     assert frozen and frozen[0]["fenced"] and frozen[0]["late_s"] > agent.window
+
+
+def test_the_peer_is_heard_after_the_start_is_logged(tmp_path):
+    """The peer heard during start-up is logged after ha.start and the service's start
+    (``service.start`` is emitted right after ``start()`` returns): readers of the event log
+    take service.start for a new process, so an ha.peer_alive before it was forgotten and the
+    member never counted as a standby (the runner found the CLC pair not redundant)."""
+    port = _free_port()
+    svc = FakeService(tmp_path)
+
+    async def go():
+        agent = HAAgent(svc, _config(tmp_path, port), run=lambda *a: asyncio.sleep(0, 0), garp=lambda i, a: None)
+        await agent.start()
+        svc.events.emit("service.start", state=svc.state.value)  # ...as components/common/service.py does
+        try:
+            await until(lambda: agent.peer.state == "ENABLED", timeout=5)
+        finally:
+            await agent.stop()
+
+    with StandInPeer(port, interval=0.001):  # a heartbeat every millisecond: some arrive during start()
+        asyncio.run(go())
+    order = [e["event"] for e in read_events(tmp_path / "events.jsonl")
+             if e["event"] in ("ha.start", "service.start", "ha.peer_alive")]
+    assert order[:3] == ["ha.start", "service.start", "ha.peer_alive"], order

@@ -163,15 +163,19 @@ class HAAgent:
         self._tasks.append(asyncio.create_task(supervise(self.events, "ha.ticker", self.ticker._ticker_round,
                                                          pause=self.interval, max_backoff=self.interval,
                                                          first_pause=False)))
-        if self.heartbeat_thread is not None:
-            self.heartbeats.publish()
-            self.heartbeat_thread.start()
-            await asyncio.to_thread(self.heartbeat_thread.ready.wait, 1.0)
-            self.events.emit("ha.heartbeat_thread", policy=self.heartbeat_thread.policy,
-                             error=self.heartbeat_thread.error)
         arbitrate = self.arbitration.start()
         if arbitrate is not None:
             self._tasks.append(arbitrate)
+        if self.heartbeat_thread is not None:
+            # No await from here to the caller's service.start: the thread hands heartbeats to
+            # the loop at its next await, so ha.peer_alive follows ha.start and service.start
+            # in the event log (readers take service.start for a new process: an earlier
+            # peer_alive would be forgotten, and the member never counted as a standby).
+            self.heartbeats.publish()
+            self.heartbeat_thread.start()
+            self.heartbeat_thread.ready.wait(1.0)  # the thread's first lines: well under a millisecond
+            self.events.emit("ha.heartbeat_thread", policy=self.heartbeat_thread.policy,
+                             error=self.heartbeat_thread.error)
         self.events.emit("ha.start", pair=self.pair, epoch=self.epoch, interval_ms=self.interval * 1000,
                          misses=self.misses, peer_addresses=self.peer_addresses,
                          arbitrators=[a.name for a in self.arbitrators], vips=[v.address for v in self.vips])
