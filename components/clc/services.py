@@ -5,7 +5,7 @@ from its Empyrean endpoint; here they are two more EC2 Query actions on the CLC.
 knows every member of every pair from its config (``services``: type, partition, name,
 URI and the member's own internal URL) and asks each member its state over the internal
 channel (``GET /internal/service`` with the CLC's role token), or to change it
-(``POST /internal/service/{transition}``). The member decides (components/common/ha.py):
+(``POST /internal/service/{transition}``). The member decides (components/common/ha/switchover.py):
 a refusal there is a 400 here with its reason, and changes nothing.
 
 ENABLE on the DISABLED member of a pair whose other member is ENABLED is a planned

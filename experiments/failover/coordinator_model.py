@@ -2,7 +2,7 @@
 
 This is a model of the published source (the eucalyptus/eucalyptus repository, branch
 maint-3.4), not a reimplementation and not a measurement. eucalab's own HA decides peer
-to peer (components/common/ha.py); Eucalyptus 3.x decided centrally:
+to peer (components/common/ha/); Eucalyptus 3.x decided centrally:
 
 * One CLC is the coordinator: in its ``Hosts.isCoordinator()``, a CLC is the coordinator
   unless another CLC (a host with the database) in the current group view started after
