@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from components.common import vlan as vlans
+from components.common.procs import process_start_time
 
 # Instance states, as DescribeInstances names them.
 PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-down", "terminated"
@@ -24,14 +25,6 @@ PENDING, RUNNING, SHUTTING_DOWN, TERMINATED = "pending", "running", "shutting-do
 
 class BootError(Exception):
     """An instance could not boot; the reason ends up on the instance."""
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class Instances:
@@ -120,7 +113,7 @@ class Instances:
             await nc.slotnet.configure(inst)
             await nc.volumes.open_disk(inst)
             pid = await self._start_workload(inst, path)
-            nc._set(iid, RUNNING, pid=pid, pid_start=_start_time(pid))
+            nc._set(iid, RUNNING, pid=pid, pid_start=process_start_time(pid))
         except asyncio.CancelledError:
             raise
         except BootError as exc:
@@ -156,7 +149,7 @@ class Instances:
     @staticmethod
     def workload_alive(inst: dict) -> bool:
         pid = inst.get("pid")
-        return bool(pid) and _start_time(pid) == inst.get("pid_start") and _start_time(pid) is not None
+        return bool(pid) and process_start_time(pid) == inst.get("pid_start") and process_start_time(pid) is not None
 
     async def teardown(self, inst: dict) -> None:
         """Stop the workload, close its disk channel and clear the slot's interface; safe on
@@ -169,7 +162,7 @@ class Instances:
             except ProcessLookupError:
                 pass
             for _ in range(100):
-                if _start_time(pid) is None:
+                if process_start_time(pid) is None:
                     break
                 await asyncio.sleep(0.01)
             else:

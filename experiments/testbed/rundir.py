@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from components.common.events import EventLog
+from components.common.procs import process_start_time  # noqa: F401 (the testbed's name for it)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "results"
@@ -50,15 +51,6 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot): tells a PID reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class EventWriter(EventLog):

@@ -22,7 +22,7 @@ from aiohttp import ClientSession, UnixConnector
 from components.common.config import validate_config
 from components.common.events import read_events
 from components.nc import workload as workload_module
-from components.nc.instances import _start_time
+from components.common.procs import process_start_time as _start_time
 from components.nc.service import NodeController
 from components.sc import blockproto as bp
 from components.sc.service import StorageController
