@@ -103,6 +103,7 @@ class ClusterController(Service):
         if self.ha is not None:
             self.ha.on_promote = self.takeover.on_promote
             self.ha.on_demote = self.takeover.on_demote
+            self.ha.standby_ready = self.takeover.ready
 
     # What the managers keep, under the names the service had for them.
     _acked = _kept_by("replication", "acked")

@@ -69,6 +69,14 @@ class Takeover:
         error is a ``loop.failed`` event and the reports go on."""
         await supervise(self.cc.events, "cc.standby", self._standby_once, pause=self.cc.ha.interval)
 
+    def ready(self) -> bool:
+        """Whether this member could take the cluster at once (``HAAgent.standby_ready``):
+        with an SDN controller, withdrawn and staged at the newest epoch it knows of (the
+        switches hold it ready in the groups' VLANs); without one, always."""
+        if not Path(self.cc.control_socket).exists():
+            return True
+        return not self._serving() and self.standby_epoch is not None and self.standby_epoch == self.known_epoch()
+
     def _serving(self) -> bool:
         """Whether this member routes (primary, or not withdrawn): it reports no standby."""
         return self.cc.state.value == "ENABLED" or not self.cc.routing.withdrawn
@@ -88,6 +96,7 @@ class Takeover:
         if staged:
             self.standby_epoch, self.standby_unstaged = known, None
             cc.events.emit("intent.standby", epoch=known, staged=True)
+            cc.ha.send_heartbeat()  # ready: the peer may hand the cluster over (a planned switchover)
             return None
         if self.standby_unstaged != (known, status, answer.get("error")):
             self.standby_unstaged = (known, status, answer.get("error"))
