@@ -69,11 +69,16 @@ class Takeover:
         error is a ``loop.failed`` event and the reports go on."""
         await supervise(self.cc.events, "cc.standby", self._standby_once, pause=self.cc.ha.interval)
 
+    def kept_ready(self) -> bool:
+        """Whether the SDN controller keeps this member ready as a standby: MANAGED, the
+        groups' VLANs switched by the controller."""
+        return self.cc.control_socket is not None and self.cc.mode == "MANAGED"
+
     def ready(self) -> bool:
         """Whether this member could take the cluster at once (``HAAgent.standby_ready``):
-        with an SDN controller, withdrawn and staged at the newest epoch it knows of (the
-        switches hold it ready in the groups' VLANs); without one, always."""
-        if not Path(self.cc.control_socket).exists():
+        where the controller keeps it ready, withdrawn and staged at the newest epoch it
+        knows of (the switches hold it in the groups' VLANs already); elsewhere, always."""
+        if not self.kept_ready():
             return True
         return not self._serving() and self.standby_epoch is not None and self.standby_epoch == self.known_epoch()
 

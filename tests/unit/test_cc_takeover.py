@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from components.cc import router
@@ -288,11 +289,14 @@ def test_a_secondary_is_ready_for_a_planned_switchover_only_once_staged_at_the_n
     assert seen == [False, False, (True, 1), False, True]
 
 
-def test_without_a_controller_a_secondary_is_always_ready(tmp_path):
-    cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": "MANAGED",
-                            "ncs": {}, "control_socket": str(tmp_path / "none.sock"), "state": "DISABLED",
-                            "private_interface": "c1cc2-eth1", "public_interface": "c1cc2-eth0"})
-    assert cc.takeover.ready()
+@pytest.mark.parametrize("mode, controller", [("MANAGED", False), ("EDGE", True), ("MANAGED-NOVLAN", True)])
+def test_where_the_controller_keeps_no_standby_a_secondary_is_always_ready(tmp_path, mode, controller):
+    """No standby report there (the controller stages only MANAGED's CCs): nothing to wait for."""
+    cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": mode, "ncs": {},
+                            "control_socket": str(tmp_path / "control.sock") if controller else None,
+                            "state": "DISABLED", "private_interface": "c1cc2-eth1",
+                            "public_interface": "c1cc2-eth0"})
+    assert cc.takeover.ready() and not cc.takeover.kept_ready()
 
 
 def test_a_refused_standby_report_teaches_the_agent_the_controllers_epoch(tmp_path, monkeypatch):
