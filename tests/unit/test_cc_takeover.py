@@ -244,7 +244,7 @@ def run_cc(tmp_path, monkeypatch, log, answers, body, ha: FakeHA):
 
 async def promote(cc, standby_epoch: int, epoch: int) -> None:
     """The HA agent's promotion of a withdrawn member the controller staged: on_promote,
-    then ENABLED with no await between (components/common/ha.py, _promote)."""
+    then ENABLED with no await between (components/common/ha/decision.py, _promote)."""
     cc._withdrawn, cc._standby_epoch = True, standby_epoch
     await cc._on_promote(epoch)
     cc.set_state(cc.ServiceState.ENABLED, "test")
