@@ -92,6 +92,11 @@ class Takeover:
         if self._serving():
             return None
         known = self.known_epoch()
+        if self.standby_epoch is not None and self.standby_epoch != known:
+            # Staged at an older epoch: no longer ready. Say so at once, so that a planned
+            # switchover does not go by the heartbeat that said it was.
+            self.standby_epoch = None
+            cc.ha.send_heartbeat()
         if self.standby_epoch == known or not Path(cc.control_socket).exists():
             return None
         status, answer = await cc.intents.put_standby(known)

@@ -283,10 +283,11 @@ def test_a_secondary_is_ready_for_a_planned_switchover_only_once_staged_at_the_n
         ha.peer.epoch = 6  # the peer promoted again: not staged at that epoch yet
         seen.append(cc.takeover.ready())
         await until(lambda: cc._standby_epoch == 6)
-        seen.append(cc.takeover.ready())
+        seen.append((cc.takeover.ready(), ha.heartbeats))
 
     run_cc(tmp_path, monkeypatch, log, {}, body, ha)
-    assert seen == [False, False, (True, 1), False, True]
+    # A heartbeat at each change: ready at 4, not ready once 6 is known, ready at 6.
+    assert seen == [False, False, (True, 1), False, (True, 3)]
 
 
 @pytest.mark.parametrize("mode, controller", [("MANAGED", False), ("EDGE", True), ("MANAGED-NOVLAN", True)])
