@@ -103,6 +103,7 @@ class ClusterController(Service):
         if self.ha is not None:
             self.ha.on_promote = self.takeover.on_promote
             self.ha.on_demote = self.takeover.on_demote
+            self.ha.standby_ready = self.takeover.ready
 
     # What the managers keep, under the names the service had for them.
     _acked = _kept_by("replication", "acked")
@@ -140,7 +141,7 @@ class ClusterController(Service):
             # A CC restarting after a crash may have left routes and addresses in its
             # kernel: a member starts clean and routes only once elected.
             await self._withdraw_router()
-            if self.control_socket is not None and self.mode == "MANAGED":
+            if self.takeover.kept_ready():
                 self._standby_task = asyncio.create_task(self._standby_loop())
         elif self.state.value == "ENABLED":
             await self.publish_intent("start")

@@ -69,6 +69,19 @@ class Takeover:
         error is a ``loop.failed`` event and the reports go on."""
         await supervise(self.cc.events, "cc.standby", self._standby_once, pause=self.cc.ha.interval)
 
+    def kept_ready(self) -> bool:
+        """Whether the SDN controller keeps this member ready as a standby: MANAGED, the
+        groups' VLANs switched by the controller."""
+        return self.cc.control_socket is not None and self.cc.mode == "MANAGED"
+
+    def ready(self) -> bool:
+        """Whether this member could take the cluster at once (``HAAgent.standby_ready``):
+        where the controller keeps it ready, withdrawn and staged at the newest epoch it
+        knows of (the switches hold it in the groups' VLANs already); elsewhere, always."""
+        if not self.kept_ready():
+            return True
+        return not self._serving() and self.standby_epoch is not None and self.standby_epoch == self.known_epoch()
+
     def _serving(self) -> bool:
         """Whether this member routes (primary, or not withdrawn): it reports no standby."""
         return self.cc.state.value == "ENABLED" or not self.cc.routing.withdrawn
@@ -79,6 +92,11 @@ class Takeover:
         if self._serving():
             return None
         known = self.known_epoch()
+        if self.standby_epoch is not None and self.standby_epoch != known:
+            # Staged at an older epoch: no longer ready. Say so at once, so that a planned
+            # switchover does not go by the heartbeat that said it was.
+            self.standby_epoch = None
+            cc.ha.send_heartbeat()
         if self.standby_epoch == known or not Path(cc.control_socket).exists():
             return None
         status, answer = await cc.intents.put_standby(known)
@@ -88,6 +106,7 @@ class Takeover:
         if staged:
             self.standby_epoch, self.standby_unstaged = known, None
             cc.events.emit("intent.standby", epoch=known, staged=True)
+            cc.ha.send_heartbeat()  # ready: the peer may hand the cluster over (a planned switchover)
             return None
         if self.standby_unstaged != (known, status, answer.get("error")):
             self.standby_unstaged = (known, status, answer.get("error"))

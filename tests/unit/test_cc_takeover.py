@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from components.cc import router
@@ -176,6 +177,10 @@ class FakeHA:
         self.interval, self.epoch, self.superseded = 0.005, epoch, None
         self.peer = SimpleNamespace(epoch=peer_epoch)
         self.learned: list[int] = []
+        self.heartbeats = 0  # sent at once (what the heartbeat says changed)
+
+    def send_heartbeat(self) -> None:
+        self.heartbeats += 1
 
     def learn_epoch(self, epoch: int, why: str) -> None:
         self.learned.append(epoch)
@@ -258,6 +263,41 @@ def test_a_withdrawn_secondary_reports_itself_standby_at_the_newest_epoch_it_kno
 
     run_cc(tmp_path, monkeypatch, log, {}, body, ha)
     assert log == [("router", "withdrawn"), ("standby", "c1cc2", 4), ("standby", "c1cc2", 6)]
+
+
+def test_a_secondary_is_ready_for_a_planned_switchover_only_once_staged_at_the_newest_epoch(tmp_path, monkeypatch):
+    """A CC still routing (within a switchover's drain) or not staged at the controller would
+    lose instance traffic while the controller moves the groups' VLANs to it: its heartbeat
+    says it is not ready until the controller staged it, and says so at once when it is."""
+    log: list = []
+    ha = FakeHA(epoch=3, peer_epoch=4)
+    seen: list = []
+
+    async def body(cc):
+        seen.append(cc.takeover.ready())  # DISABLED, its router not withdrawn yet
+        await cc._withdraw_router()
+        seen.append(cc.takeover.ready())  # withdrawn, not reported yet
+        cc._standby_task = asyncio.create_task(cc._standby_loop())
+        await until(lambda: cc._standby_epoch == 4)
+        seen.append((cc.takeover.ready(), ha.heartbeats))
+        ha.peer.epoch = 6  # the peer promoted again: not staged at that epoch yet
+        seen.append(cc.takeover.ready())
+        await until(lambda: cc._standby_epoch == 6)
+        seen.append((cc.takeover.ready(), ha.heartbeats))
+
+    run_cc(tmp_path, monkeypatch, log, {}, body, ha)
+    # A heartbeat at each change: ready at 4, not ready once 6 is known, ready at 6.
+    assert seen == [False, False, (True, 1), False, (True, 3)]
+
+
+@pytest.mark.parametrize("mode, controller", [("MANAGED", False), ("EDGE", True), ("MANAGED-NOVLAN", True)])
+def test_where_the_controller_keeps_no_standby_a_secondary_is_always_ready(tmp_path, mode, controller):
+    """No standby report there (the controller stages only MANAGED's CCs): nothing to wait for."""
+    cc = ClusterController({"host": "c1cc2", "data_dir": str(tmp_path), "cluster": 1, "mode": mode, "ncs": {},
+                            "control_socket": str(tmp_path / "control.sock") if controller else None,
+                            "state": "DISABLED", "private_interface": "c1cc2-eth1",
+                            "public_interface": "c1cc2-eth0"})
+    assert cc.takeover.ready() and not cc.takeover.kept_ready()
 
 
 def test_a_refused_standby_report_teaches_the_agent_the_controllers_epoch(tmp_path, monkeypatch):

@@ -51,10 +51,10 @@ _SEQ = iter(range(1, 1_000_000))
 
 
 def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, ack=0,
-              addr="10.254.1.2", handover=False):
+              addr="10.254.1.2", handover=False, ready=True):
     msg = {"pair": "clc", "member": agent.cfg.peer, "epoch": epoch, "state": state, "seq": next(_SEQ), "boot": 7,
            "t_mono": _mono(), "ack": [agent.boot, ack], "last_seq": last_seq, "priority": priority,
-           "arb_ok": arb_ok, "fenced": False, "handover": handover}
+           "arb_ok": arb_ok, "fenced": False, "handover": handover, "ready": ready}
     agent.on_heartbeat(ha_mod.seal(agent.secret, json.dumps(msg).encode()), (addr, 7800))
 
 

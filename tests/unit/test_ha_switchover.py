@@ -250,6 +250,41 @@ def test_a_peer_behind_is_waited_for_while_this_member_serves_and_never_given_th
     assert "ha.handover_aborted" in events(tmp_path)
 
 
+def test_a_switchover_waits_until_the_peer_is_ready_and_past_the_drain_it_may_still_be_in(tmp_path):
+    """A peer not ready (a CC the SDN controller has not staged: it took the pair back within
+    the previous switchover's drain and still routes) is accepted as a standby, and the
+    switchover waits, serving as usual, until its heartbeat says it is ready; it may take the
+    drain and a timeout, not the timeout alone."""
+    svc, agent, wire = primary_with_standby(tmp_path)
+    agent.handover_timeout_s, agent.handover_drain_s = 0.1, 0.3
+
+    async def go():
+        heartbeat(agent, state="DISABLED", epoch=2, ready=False)
+        h = agent.transition("DISABLE") and agent.handover
+        await asyncio.sleep(0.2)  # past the timeout alone, within drain + timeout
+        assert h.phase == "waiting" and svc.state is ENABLED
+        assert not any(m.get("handover") for m in wire.sent)
+        heartbeat(agent, state="DISABLED", epoch=2, ready=True)
+        await until(lambda: h.phase == "offered")
+        assert svc.state is DISABLED
+
+    asyncio.run(go())
+
+
+def test_a_member_says_in_its_heartbeat_whether_it_could_take_the_pair_at_once(tmp_path):
+    svc, agent, wire = primary_with_standby(tmp_path)
+    staged = [False]
+    agent.standby_ready = lambda: staged[0]
+    agent.send_heartbeat()
+    said = [m["ready"] for m in wire.sent]
+    staged[0] = True
+    agent.send_heartbeat()
+    assert said and not any(said) and all(m["ready"] for m in wire.sent[len(said):])
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", epoch=2, ready=False))
+    assert not agent.peer.ready and agent.switchover._standby_ready(caught_up=False) \
+        and not agent.switchover._standby_ready()
+
+
 def test_stop_right_after_a_switchover_applies_once_the_forwarding_is_done(tmp_path):
     """DISABLE then STOP at once (maintenance of the old primary): the STOP is taken while the
     member still forwards, and it is STOPPED once its VIPs are gone."""

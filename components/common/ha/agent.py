@@ -28,7 +28,8 @@ class HAAgent:
 
     ``service`` needs ``events`` (an EventLog), ``state`` (a ServiceState) and
     ``set_state(state, reason)``. The component sets ``last_seq`` (its replicated-state
-    position), ``on_promote(epoch)`` and ``on_demote(reason)`` before ``start()``.
+    position), ``on_promote(epoch)`` and ``on_demote(reason)`` before ``start()``, and may set
+    ``standby_ready()`` (then it sends a heartbeat when that turns true).
     """
 
     # What the component asks (the request gate, the peer, replication's questions).
@@ -107,6 +108,9 @@ class HAAgent:
         self.paused_until = 0.0  # after this process missed a tick: the peer counts as heard until then
         self.peer_dead_reported = False
         self.last_seq: Callable[[], int] = lambda: 0
+        # Whether this member, DISABLED, could take the pair at once (a CC: staged at the SDN
+        # controller at the newest epoch); a planned switchover to it waits for it.
+        self.standby_ready: Callable[[], bool] = lambda: True
         self.on_promote: Callable[[int], Awaitable[None]] | None = None
         self.on_demote: Callable[[str], Awaitable[None]] | None = None
         self._transport = transport

@@ -37,7 +37,7 @@ class Heartbeats(Part):
         "_transport", "agent", "all_arbitrators_failed", "arb_confirm", "arbitrators", "boot", "cfg",
         "clock", "confirm_wanted", "epoch", "events", "fenced_since", "handover", "host", "joined_file",
         "last_sent", "last_seq", "pair", "peer", "peer_addresses", "peer_alive", "peer_dead_reported",
-        "port", "priority", "rejoining", "sdn_vips", "secret", "seq", "svc", "window"})
+        "port", "priority", "rejoining", "sdn_vips", "secret", "seq", "standby_ready", "svc", "window"})
 
     def __init__(self, agent):
         super().__init__(agent)
@@ -71,7 +71,7 @@ class Heartbeats(Part):
         return {"pair": self.pair, "member": self.host, "epoch": self.epoch, "state": self.svc.state.value,
                 "boot": self.boot, "last_seq": self.last_seq(), "priority": self.priority,
                 "arb_ok": not self.all_arbitrators_failed(), "arb_confirm": list(self.arb_confirm),
-                "fenced": self.fenced_since is not None,
+                "fenced": self.fenced_since is not None, "ready": bool(self.standby_ready()),
                 "handover": self.handover is not None and self.handover.phase == "offered"}
 
     def _message(self, now: float, fields: dict) -> bytes:
@@ -205,6 +205,7 @@ class Heartbeats(Part):
         p.last_seq, p.priority = m["last_seq"], m["priority"]
         arb_was_ok = p.arb_ok
         p.arb_ok, p.fenced = bool(m.get("arb_ok", True)), bool(m.get("fenced", False))
+        p.ready = bool(m.get("ready", True))
         p.handover = bool(m.get("handover", False)) and p.state == "DISABLED"
         h = self.handover
         if h is not None and p.state == "ENABLED" and p.epoch > h.epoch:

@@ -76,6 +76,7 @@ class Peer:
     priority: int = 0
     arb_ok: bool = True
     fenced: bool = False
+    ready: bool = True  # it could take the pair at once (a CC: staged at the SDN controller)
     arb_confirm: tuple = (0, False)  # (our heartbeat seq it answered, did any of its arbitrators answer)
     sent: float = 0.0  # the peer's own clock when it sent that heartbeat (for events only)
     boot: int | None = None  # the peer process's incarnation

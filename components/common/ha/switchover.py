@@ -71,10 +71,12 @@ class Switchover(Part):
 
     def _standby_ready(self, caught_up: bool = True) -> bool:
         """The peer could take the pair now: alive, DISABLED, reaching users, not fenced, and
-        (``caught_up``) holding everything this member has acknowledged."""
+        (``caught_up``) holding everything this member has acknowledged and ready to take it
+        at once (a CC staged at the SDN controller: a CC the controller has not staged loses
+        the users' packets that reach the groups' VLANs while their flows move to it)."""
         p = self.peer
         return (self.peer_alive() and p.state == "DISABLED" and p.arb_ok and not p.fenced
-                and (not caught_up or p.last_seq >= self.last_seq()))
+                and (not caught_up or (p.last_seq >= self.last_seq() and p.ready)))
 
     def _stop_for_maintenance(self) -> None:
         if self.svc.state is not STOPPED:
@@ -98,13 +100,15 @@ class Switchover(Part):
             if wait > 0:
                 await asyncio.sleep(wait)
             # A peer behind (back from maintenance, say) catches up first, while this member
-            # serves: nobody waits on it.
-            deadline = self.clock() + self.handover_timeout_s
+            # serves: nobody waits on it. A peer that handed the pair here within its drain
+            # is ready only once that drain is over (a CC withdraws its router, then the
+            # controller stages it): that is waited for too.
+            deadline = self.clock() + self.handover_drain_s + self.handover_timeout_s
             while not self._standby_ready() and self.clock() < deadline and self.svc.state is ENABLED:
                 await asyncio.sleep(self.interval)
             if not self._standby_ready():
-                await self._end_handover(h, None, "the peer is not ready to take over (behind, or no longer "
-                                         "a standby)")
+                await self._end_handover(h, None, "the peer is not ready to take over (behind, not staged, "
+                                         "or no longer a standby)")
                 return
             h.phase = "holding"
             t_hold = self.clock()
