@@ -17,6 +17,7 @@ import statistics
 import subprocess
 
 from experiments.bench.sdn import start_listener, tcp_answer
+from experiments.failover.faults import CATALOGUE, FaultContext
 from experiments.testbed import preflight
 from experiments.testbed.deployment import Deployment, wait_until
 from experiments.testbed.linkcheck import binomial_interval, ping, round_trip_loss
@@ -91,9 +92,19 @@ def test_loss_on_one_network_only_within_a_binomial_bound(tmp_path):
 def test_bandwidth_and_delay_together(tmp_path):
     rate, delay = 8.0, 5.0
     with Deployment(small("k-htb-delay", bw_mbit=rate, delay_ms=delay), run_dir=tmp_path / "run") as dep:
-        qdiscs = dep["clc1"].cmd(f"tc qdisc show dev {dep.plan.hosts['clc1'].interfaces[0].name}")
+        intf = dep.plan.hosts["clc1"].interfaces[0].name
+        qdiscs = dep["clc1"].cmd(f"tc qdisc show dev {intf}")
         assert "qdisc htb 5: root" in qdiscs and "qdisc netem 10: parent 5:1" in qdiscs
         assert min(ping(dep["clc1"], WALRUS, count=10, interval_s=0.1).rtts_ms) >= 4 * delay
+        # The delay fault adds to the link's own shaping, and restore puts exactly it back.
+        fault = FaultContext(dep, None, "clc1", None, params={"delay_ms": 30, "network": "cloud"})
+        CATALOGUE["delay"].inject(fault)
+        faulty = dep["clc1"].cmd(f"tc qdisc show dev {intf}")
+        assert "qdisc htb 5: root" in faulty and "qdisc netem 10: parent 5:1" in faulty, faulty
+        assert f"delay {delay + 30:g}ms" in faulty, faulty
+        assert min(ping(dep["clc1"], WALRUS, count=5, interval_s=0.1).rtts_ms) >= 4 * delay + 30
+        fault.restore()
+        assert dep["clc1"].cmd(f"tc qdisc show dev {intf}") == qdiscs
         server = dep.start("iperf", "walrus1", label="iperf", wait=False, argv=["iperf3", "-s", "-1"])
         assert wait_until(lambda: dep.listening("walrus1", 5201), timeout=5)
         out = dep["clc1"].cmd(f"iperf3 -c {WALRUS} -t 3 -J")
