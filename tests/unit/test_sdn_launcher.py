@@ -157,6 +157,22 @@ def test_the_deployment_reports_a_controller_that_exited_on_its_own(run):
             ctl.popen.wait()
 
 
+def test_the_teardown_reports_a_controller_that_exited_on_its_own(run, monkeypatch):
+    from experiments.testbed import vswitchd
+    from experiments.testbed.deployment import Deployment, DeploymentError
+
+    monkeypatch.setattr(vswitchd, "release", lambda exclude=None: None)  # no datapath of this run to put back
+    dep = Deployment(DeploymentSpec(name="t", clusters=1, ncs_per_cluster=1, vm_slots_per_nc=1), sdn=True)
+    dep.run_dir = run
+    (run / "controller").mkdir(exist_ok=True)
+    (run / "controller" / "stdout.log").write_text("the intent API thread died\n")
+    dep.controller_process.popen = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    dep.controller_process.popen.wait(timeout=10)
+    with pytest.raises(DeploymentError, match="exited on its own with code 1;(.|\n)*the intent API thread died"):
+        dep.down()
+    assert dep.controller is None  # torn down before it said so
+
+
 def _answers(ctl) -> bool:
     try:
         return ctl.request("GET", "/health", timeout=1.0)[0] == 200
