@@ -305,7 +305,8 @@ def cmd_experiment(args) -> int:
         return 0
     if getattr(args, "soak_minutes", None) is not None:
         raise SystemExit("eucalab: --soak-minutes is for safe-floor definitions (kind: safe-floor)")
-    run_dir = run_definition(args.definition, trials=args.trials)
+    only = [t for t in (getattr(args, "only", None) or "").split(",") if t] or None
+    run_dir = run_definition(args.definition, trials=args.trials, only=only)
     summary = json.loads((run_dir / "summary.json").read_text())
     for name, s in summary.items():
         o = s["outage_ms"]
@@ -393,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("definition", help="e.g. experiments/failover/definitions/default.yaml")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
+    s.add_argument("--only", metavar="TARGET,...",
+                   help="run only the sets of these targets (e.g. clc,walrus): a long definition in several runs")
     s.set_defaults(fn=cmd_experiment)
 
     s = sub.add_parser("report", help="regenerate plots and report of a run from its raw data")
