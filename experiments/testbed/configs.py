@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 REALTIME_PRIORITY = 10
 # The NC's, below them: it carries every volume request between an instance and the SC
 # (the block initiator, a kernel's work on a real node), and at the normal scheduler it
-# queued behind whatever else the machine ran (docs/ha.md, "Where the time beyond the
-# detection bound goes"). Below the members, so it never delays a heartbeat.
+# queued behind whatever else the machine ran (docs/ha.md, "Beyond the
+# detection bound"). Below the members, so it never delays a heartbeat.
 NC_REALTIME_PRIORITY = 5
 
 
