@@ -9,7 +9,8 @@
    (experiments/failover/runner.py's Runner, the probes and outage of ``make run``): network up
    (the SDN controller included), services up (every HA pair one ENABLED and one
    DISABLED member, every NC started), then ``--instances`` instances started across all
-   clusters by RunInstances in batches of ``--batch`` (round robin over the zones; with
+   clusters by RunInstances in batches of ``--batch`` (round robin over the zones, in as
+   many security groups as a cluster's subnets per group need; with
    ``--in-flight N`` no call while N instances are pending), timed from the first call to
    the last instance running, then ``--trials`` trials of each of CLC, Walrus, CC and SC
    with those instances running (``make run``'s faults: a crash, the CC's host failing).
@@ -36,7 +37,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from components.cc.netalloc import DEFAULT_ADDRS_PER_NET, instances_per_group
 from components.common.events import read_events
+from components.common.modes import MANAGED_MODES
 
 from ..analysis.measures import percentile
 from ..testbed.rundir import REPO_ROOT, new_run_dir
@@ -52,6 +55,9 @@ TARGET_PEAK_GIB = 16.0
 TARGET_INSTANCES_S = 120.0
 TARGET_OUTAGE_RATIO = 1.2  # the outage p50 at scale within 20% of the default deployment's
 RESERVE_GIB = 2.0  # memory the machine keeps available: no RunInstances below it
+# How long the launch may take before the count running is recorded and the trials go on:
+# the target's 2.5 times (the figure has missed by then), which keeps a full xl run short.
+LAUNCH_TIMEOUT_S = 2.5 * TARGET_INSTANCES_S
 
 
 class Sampler:
@@ -188,26 +194,36 @@ def _median(values: list[float]) -> float | None:
     return percentile(values, 50) if values else None
 
 
-def zone_plan(zones: dict[str, int], count: int, batch: int) -> list[tuple[str, int]]:
-    """RunInstances calls (zone, how many) starting ``count`` instances in batches of at most
-    ``batch``, round robin over the zones, none beyond a zone's free slots ``zones``."""
+def zone_plan(zones: dict[str, int], count: int, batch: int,
+              per_group: int | None = None) -> list[tuple[str, int, int]]:
+    """RunInstances calls (zone, security group index, how many) starting ``count`` instances
+    in batches of at most ``batch``, round robin over the zones, none beyond a zone's free
+    slots ``zones``. In MANAGED modes a group's subnet in a cluster addresses ``per_group``
+    instances (components/cc/netalloc.py): a zone's instances fill group 0, then group 1, ...,
+    and no call spans two groups. None: one group holds any number."""
     free = dict(zones)
     if count > sum(free.values()):
         raise ValueError(f"{count} instances do not fit in {sum(free.values())} free VM slots")
+    placed = dict.fromkeys(free, 0)
     calls, left = [], count
     while left:
         for zone in sorted(free):
             n = min(batch, free[zone], left)
+            group = placed[zone] // per_group if per_group else 0
+            if per_group:
+                n = min(n, per_group * (group + 1) - placed[zone])
             if n:
-                calls.append((zone, n))
+                calls.append((zone, group, n))
                 free[zone] -= n
+                placed[zone] += n
                 left -= n
     return calls
 
 
-def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserve_gib: float = RESERVE_GIB,
+def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOUT_S, reserve_gib: float = RESERVE_GIB,
                      in_flight: int | None = None) -> dict:
-    """Start ``count`` instances across every cluster; seconds from the first RunInstances
+    """Start ``count`` instances across every cluster, in as many security groups as their
+    addresses need (``zone_plan``); seconds from the first RunInstances
     to all of them running (or how many ran by ``timeout``). No further RunInstances once
     the machine has less than ``reserve_gib`` available: the figure then says memory
     bounded it (``memory_bound``) rather than the kernel's OOM killer choosing a victim.
@@ -228,7 +244,13 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
     slots = dep.spec.ncs_per_cluster * dep.spec.vm_slots_per_nc
     zones = {f"cluster{k}": slots - held.get(f"cluster{k}", 0) for k in range(1, dep.spec.clusters + 1)}
     ids: list[str] = []
-    calls = zone_plan(zones, count, batch)
+    managed = dep.spec.mode.value in MANAGED_MODES
+    cc_host = next(p.primary for p in dep.plan.pairs if p.kind == "cc")
+    per_group = instances_per_group(int(dep.component_config("cc", cc_host).get("addrs_per_net", DEFAULT_ADDRS_PER_NET)))
+    calls = zone_plan(zones, count, batch, per_group if managed else None)
+    group_ids = {}
+    for g in sorted({g for _, g, _ in calls}):
+        group_ids[g] = ec2.create_security_group(GroupName=f"scale-{g}", Description="scale bench")["GroupId"]
     t0 = time.monotonic()
     memory_bound, refused = None, []
 
@@ -236,7 +258,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
         return [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
                 for i in r["Instances"]] if ids else []
 
-    for zone, n in calls:
+    for zone, group, n in calls:
         while in_flight and states().count("pending") + n > in_flight and time.monotonic() - t0 < timeout:
             time.sleep(1.0)
         available = psutil.virtual_memory().available
@@ -244,7 +266,8 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
             memory_bound = {"after_instances": len(ids), "available_gib": available / 2**30}
             break
         try:
-            res = ec2.run_instances(ImageId=emi, MinCount=n, MaxCount=n, Placement={"AvailabilityZone": zone})
+            res = ec2.run_instances(ImageId=emi, MinCount=n, MaxCount=n, Placement={"AvailabilityZone": zone},
+                                    SecurityGroupIds=[group_ids[group]])
         except ClientError as exc:  # recorded; the other zones' instances still run, the trials still run
             refused.append({"zone": zone, "instances": n, "error": str(exc)[:300]})
             continue
@@ -261,7 +284,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = 900.0, reserv
     return {"instances_requested": count, "instances_running": running, "instances_failed": failed,
             "memory_bound": memory_bound, "available_gib_after": psutil.virtual_memory().available / 2**30,
             "run_refused": refused,
-            "run_calls": len(calls), "run_calls_s": calls_s,
+            "run_calls": len(calls), "run_calls_s": calls_s, "security_groups": len(group_ids),
             "instances_s": last if running == count else None}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from components.cc.netalloc import NetworkAllocator, AllocationError, instances_per_group
 from experiments.bench.scale import figure_rows, load_spec_dict, XL_SPEC, zone_plan
 from topologies.plan import build_plan
 from topologies.spec import spec_from_dict
@@ -12,10 +13,37 @@ from topologies.spec import spec_from_dict
 
 def test_instances_go_round_robin_in_batches_within_each_zones_free_slots():
     calls = zone_plan({"cluster1": 127, "cluster2": 128}, 250, 25)
-    assert sum(n for _, n in calls) == 250 and max(n for _, n in calls) == 25
-    assert calls[:2] == [("cluster1", 25), ("cluster2", 25)]
-    per_zone = {z: sum(n for zz, n in calls if zz == z) for z in ("cluster1", "cluster2")}
+    assert sum(n for _, _, n in calls) == 250 and max(n for _, _, n in calls) == 25
+    assert calls[:2] == [("cluster1", 0, 25), ("cluster2", 0, 25)]
+    per_zone = {z: sum(n for zz, _, n in calls if zz == z) for z in ("cluster1", "cluster2")}
     assert per_zone["cluster1"] <= 127 and per_zone["cluster2"] <= 128
+
+
+def test_a_zones_instances_spread_over_groups_each_within_its_subnets_addresses():
+    # xl: 8 clusters of 128 slots, 1,000 instances; a group's /27 addresses 29 instances a cluster
+    # (the CC refused the 26th to 50th of one group with InsufficientAddressCapacity before).
+    per_group = instances_per_group(32)
+    assert per_group == 29
+    calls = zone_plan({f"cluster{k}": 128 for k in range(1, 9)}, 1000, 25, per_group)
+    assert sum(n for _, _, n in calls) == 1000 and max(n for _, _, n in calls) <= 25
+    held: dict[tuple[str, int], int] = {}
+    for zone, group, n in calls:
+        held[(zone, group)] = held.get((zone, group), 0) + n
+    assert max(held.values()) <= per_group
+    per_zone = [sum(n for (z, _), n in held.items() if z == f"cluster{k}") for k in range(1, 9)]
+    assert max(per_zone) <= 128 and max(per_zone) - min(per_zone) <= 25  # round robin, a batch apart at most
+    assert {g for _, g in held} == {0, 1, 2, 3, 4}  # about 125 a cluster: 4 full groups and a fifth
+    # Without a subnet per group (SYSTEM, STATIC, EDGE) one group holds everything.
+    assert {g for _, g, _ in zone_plan({"cluster1": 128}, 100, 25)} == {0}
+
+
+def test_instances_per_group_is_what_the_ccs_allocator_addresses():
+    for addrs in (8, 32, 64):
+        alloc = NetworkAllocator("MANAGED", cluster=1, addrs_per_net=addrs)
+        for i in range(instances_per_group(addrs)):
+            alloc.allocate(f"i-{i}", "sg-1")
+        with pytest.raises(AllocationError, match="no free address"):
+            alloc.allocate("i-more", "sg-1")
 
 
 def test_more_instances_than_free_slots_is_refused():
