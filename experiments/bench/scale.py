@@ -229,7 +229,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
     bounded it (``memory_bound``) rather than the kernel's OOM killer choosing a victim.
     ``in_flight``: no RunInstances while that many instances are still pending (boots
     starting together starve each other, and the HA members, of CPU); None: no limit."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     ec2, s3 = dep.aws_client("ec2"), dep.aws_client("s3")
     s3.create_bucket(Bucket="scale")
@@ -254,12 +254,20 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
     t0 = time.monotonic()
     memory_bound, refused = None, []
 
-    def states() -> list[str]:
-        return [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-                for i in r["Instances"]] if ids else []
+    def states() -> list[str] | None:
+        """The launched instances' states; None while the CLC does not answer (a failover)."""
+        try:
+            return [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                    for i in r["Instances"]] if ids else []
+        except (ClientError, BotoCoreError):
+            return None
+
+    def held_back(n: int) -> bool:
+        now = states()
+        return now is None or now.count("pending") + n > in_flight
 
     for zone, group, n in calls:
-        while in_flight and states().count("pending") + n > in_flight and time.monotonic() - t0 < timeout:
+        while in_flight and held_back(n) and time.monotonic() - t0 < timeout:
             time.sleep(1.0)
         available = psutil.virtual_memory().available
         if available < reserve_gib * 2**30:
@@ -268,7 +276,9 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
         try:
             res = ec2.run_instances(ImageId=emi, MinCount=n, MaxCount=n, Placement={"AvailabilityZone": zone},
                                     SecurityGroupIds=[group_ids[group]])
-        except ClientError as exc:  # recorded; the other zones' instances still run, the trials still run
+        # Refused, or left unanswered by a CLC failing over: recorded; the other calls, the
+        # instances already launched and the trials go on.
+        except (ClientError, BotoCoreError) as exc:
             refused.append({"zone": zone, "instances": n, "error": str(exc)[:300]})
             continue
         ids += [i["InstanceId"] for i in res["Instances"]]
@@ -276,6 +286,9 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
     running, failed, last = 0, 0, None
     while ids and time.monotonic() - t0 < timeout:
         now = states()
+        if now is None:
+            time.sleep(1.0)
+            continue
         running, failed = now.count("running"), now.count("terminated")
         if running + failed >= len(ids):
             last = time.monotonic() - t0

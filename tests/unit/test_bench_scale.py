@@ -93,3 +93,68 @@ def test_the_trials_are_make_runs_for_the_four_ha_components():
                                                           and not ts.spec]  # not the EDGE deployment's
     assert (exp.probe_interval_ms, exp.probe_timeout_ms) == (made.probe_interval_ms, made.probe_timeout_ms)
     assert exp.spec == {"name": "xl"}
+
+
+class _FakeEC2:
+    """RunInstances and DescribeInstances as a CLC answers them, but the CLC fails over during
+    the second RunInstances (its connection closes unanswered) and the next DescribeInstances."""
+
+    def __init__(self):
+        self.instances: dict[str, str] = {}
+        self.calls: list[tuple[str, int, list[str]]] = []
+        self.lost = {"run": 2, "describe": 1}  # which call of each loses its answer
+
+    def _fail(self, what: str) -> None:
+        from botocore.exceptions import ConnectionClosedError
+
+        self.lost[what] -= 1
+        if self.lost[what] == 0:
+            raise ConnectionClosedError(endpoint_url="http://10.0.0.10:8773/services/Eucalyptus")
+
+    def register_image(self, **kw):
+        return {"ImageId": "emi-12345678"}
+
+    def create_security_group(self, GroupName, Description):  # noqa: N803 (boto3's names)
+        return {"GroupId": f"sg-{GroupName}"}
+
+    def run_instances(self, ImageId, MinCount, MaxCount, Placement, SecurityGroupIds):  # noqa: N803
+        self.calls.append((Placement["AvailabilityZone"], MinCount, SecurityGroupIds))
+        self._fail("run")
+        ids = [f"i-{len(self.instances) + k:08x}" for k in range(MinCount)]
+        self.instances.update(dict.fromkeys(ids, "running"))
+        return {"Instances": [{"InstanceId": i} for i in ids]}
+
+    def describe_instances(self, InstanceIds=None):  # noqa: N803
+        if InstanceIds is None:
+            return {"Reservations": []}
+        self._fail("describe")
+        return {"Reservations": [{"Instances": [{"InstanceId": i, "State": {"Name": self.instances[i]}}
+                                                for i in InstanceIds]}]}
+
+
+class _FakeS3:
+    def create_bucket(self, **kw):
+        pass
+
+    def put_object(self, **kw):
+        pass
+
+
+def test_a_clc_failing_over_during_the_launch_is_recorded_and_the_launch_goes_on():
+    # Run 20261207T070514Z: the CLC failed over during a RunInstances; botocore's
+    # ConnectionClosedError ended the launch and the deployment before any trial.
+    from types import SimpleNamespace
+
+    from experiments.bench.scale import launch_instances
+
+    ec2 = _FakeEC2()
+    spec = spec_from_dict({"name": "t", "clusters": 2, "ncs_per_cluster": 4, "vm_slots_per_nc": 8})
+    dep = SimpleNamespace(spec=spec, plan=build_plan(spec), aws_client=lambda kind: ec2 if kind == "ec2" else _FakeS3(),
+                          component_config=lambda component, host: {})
+    out = launch_instances(dep, 40, 10, timeout=30, reserve_gib=0)
+    assert len(ec2.calls) == 4 and out["run_calls"] == 4
+    assert len(out["run_refused"]) == 1 and "Connection was closed" in out["run_refused"][0]["error"]
+    assert out["instances_running"] == 30 and out["instances_failed"] == 0
+    assert out["instances_s"] is None  # 30 of 40: the figure is not met, never a pass
+    # 29 addresses per group a cluster: cluster1's 20 fit in group 0, so do cluster2's.
+    assert {tuple(g) for _, _, g in ec2.calls} == {("sg-scale-0",)} and out["security_groups"] == 1
