@@ -177,7 +177,7 @@ def _bench_scale(args) -> int:
         raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
     return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch,
                trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
-               in_flight=args.in_flight)
+               in_flight=args.in_flight, **({"launch_timeout": args.launch_timeout} if args.launch_timeout else {}))
 
 
 def _bench_sdn(args) -> int:
@@ -244,6 +244,9 @@ def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     b.add_argument("--trials", type=int, default=3, help="crash trials per target (CLC, Walrus, CC, SC)")
     b.add_argument("--in-flight", type=int, default=None,
                    help="no RunInstances while this many instances are pending (default: no limit)")
+    b.add_argument("--launch-timeout", type=float, default=None,
+                   help="seconds from the first RunInstances after which the count running is taken "
+                        "(default: 2.5 x the 120 s target)")
     b.add_argument("--no-default", action="store_true", help="skip the default deployment's trials (the outage comparison)")
     b.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
 

@@ -1,7 +1,8 @@
 """Scale benchmark: one machine, every service running, beside plain Mininet.
 
     eucalab bench scale [--spec topologies/specs/xl.yaml] [--size 2x4x4] [--instances 1000]
-                        [--batch 25] [--in-flight N] [--trials 3] [--no-default] [--no-baseline]
+                        [--batch 25] [--in-flight N] [--launch-timeout 300] [--trials 3]
+                        [--no-default] [--no-baseline]
 
 1. Plain Mininet builds the spec's hosts, switches and links (experiments/bench/bringup.py,
    in a child process): its network up and down and peak memory.
@@ -151,6 +152,7 @@ class ScaleObserver:
     batch: int
     sampler: Sampler
     in_flight: int | None = None
+    launch_timeout: float = LAUNCH_TIMEOUT_S
     figures: dict = field(default_factory=dict)
 
     def starting(self, dep) -> None:
@@ -184,7 +186,8 @@ class ScaleObserver:
 
     def prepared(self, dep) -> None:
         self.sampler.phase("instances")
-        self.figures.update(launch_instances(dep, self.instances, self.batch, in_flight=self.in_flight))
+        self.figures.update(launch_instances(dep, self.instances, self.batch, timeout=self.launch_timeout,
+                                             in_flight=self.in_flight))
         self.sampler.sample()
         self.sampler.pss()
         self.sampler.phase("trials")
@@ -345,7 +348,8 @@ def load_spec_dict(spec_path: str | Path, size: tuple[int, int, int] | None) -> 
 
 def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = None, instances: int = 1000,
         batch: int = 25, trials: int = 3, default: bool = True, baseline: bool = True,
-        results_root: Path | None = None, in_flight: int | None = None) -> int:
+        results_root: Path | None = None, in_flight: int | None = None,
+        launch_timeout: float = LAUNCH_TIMEOUT_S) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -374,7 +378,8 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
         mn = _run_child("mininet", spec.clusters, spec.ncs_per_cluster, datapath, spec.vm_slots_per_nc)
     sampler = Sampler().start()
     sampler.phase("network")
-    observer = ScaleObserver(instances=instances, batch=batch, sampler=sampler, in_flight=in_flight)
+    observer = ScaleObserver(instances=instances, batch=batch, sampler=sampler, in_flight=in_flight,
+                             launch_timeout=launch_timeout)
     console.print("  eucalab: deployment, services, instances, failover trials", style="dim")
     scale_dir = out_dir / "scale"
     scale_dir.mkdir()
