@@ -23,6 +23,11 @@ DEFAULT_ADDRS_PER_NET = 32  # Eucalyptus's VNET_ADDRSPERNET default; CC config `
 RESERVED_PER_NET = 3  # the network address, the gateway and the broadcast address
 
 
+def configured_addrs_per_net(config: dict) -> int:
+    """A CC's addresses per security group's subnet, from its config (``addrs_per_net``)."""
+    return int(config.get("addrs_per_net", DEFAULT_ADDRS_PER_NET))
+
+
 def instances_per_group(addrs_per_net: int = DEFAULT_ADDRS_PER_NET) -> int:
     """How many instances of one security group a MANAGED cluster can address (its subnet
     less the reserved addresses): more need another group."""

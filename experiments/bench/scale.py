@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from components.cc.netalloc import DEFAULT_ADDRS_PER_NET, instances_per_group
+from components.cc.netalloc import configured_addrs_per_net, instances_per_group
 from components.common.events import read_events
 from components.common.modes import MANAGED_MODES
 
@@ -59,6 +59,7 @@ RESERVE_GIB = 2.0  # memory the machine keeps available: no RunInstances below i
 # How long the launch may take before the count running is recorded and the trials go on:
 # the target's 2.5 times (the figure has missed by then), which keeps a full xl run short.
 LAUNCH_TIMEOUT_S = 2.5 * TARGET_INSTANCES_S
+LAUNCH_POLL_S = 1.0  # how often the launch asks DescribeInstances how its instances stand
 
 
 class Sampler:
@@ -249,7 +250,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
     ids: list[str] = []
     managed = dep.spec.mode.value in MANAGED_MODES
     cc_host = next(p.primary for p in dep.plan.pairs if p.kind == "cc")
-    per_group = instances_per_group(int(dep.component_config("cc", cc_host).get("addrs_per_net", DEFAULT_ADDRS_PER_NET)))
+    per_group = instances_per_group(configured_addrs_per_net(dep.component_config("cc", cc_host)))
     calls = zone_plan(zones, count, batch, per_group if managed else None)
     group_ids = {}
     for g in sorted({g for _, g, _ in calls}):
@@ -271,7 +272,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
 
     for zone, group, n in calls:
         while in_flight and held_back(n) and time.monotonic() - t0 < timeout:
-            time.sleep(1.0)
+            time.sleep(LAUNCH_POLL_S)
         available = psutil.virtual_memory().available
         if available < reserve_gib * 2**30:
             memory_bound = {"after_instances": len(ids), "available_gib": available / 2**30}
@@ -289,14 +290,12 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
     running, failed, last = 0, 0, None
     while ids and time.monotonic() - t0 < timeout:
         now = states()
-        if now is None:
-            time.sleep(1.0)
-            continue
-        running, failed = now.count("running"), now.count("terminated")
-        if running + failed >= len(ids):
-            last = time.monotonic() - t0
-            break
-        time.sleep(1.0)
+        if now is not None:
+            running, failed = now.count("running"), now.count("terminated")
+            if running + failed >= len(ids):
+                last = time.monotonic() - t0
+                break
+        time.sleep(LAUNCH_POLL_S)
     return {"instances_requested": count, "instances_running": running, "instances_failed": failed,
             "memory_bound": memory_bound, "available_gib_after": psutil.virtual_memory().available / 2**30,
             "run_refused": refused,
