@@ -79,6 +79,16 @@ def test_every_figure_is_printed_with_its_target_and_a_verdict():
     assert all(r["target"] for r in rows.values())
 
 
+def test_instances_not_all_running_by_the_launchs_end_miss_their_target():
+    # 30 of 40 ran by the launch's timeout: no time to all running, and the target is missed
+    # (it used to print "-", as for a launch never made).
+    fig = {"instances_running": 30, "instances_requested": 40, "instances_s": None}
+    (inst,) = [r for r in figure_rows(fig, None, None) if "instances running" in r["figure"]]
+    assert inst["figure"] == "30/40 instances running" and inst["eucalab"] == "-" and inst["met"] == "NO"
+    (never,) = [r for r in figure_rows({}, None, None) if "instances running" in r["figure"]]
+    assert never["met"] == "-"  # the deployment ended before any launch: not measured
+
+
 def test_the_trials_are_make_runs_for_the_four_ha_components():
     from experiments.bench.scale import TARGETS_ORDER, experiment
     from experiments.failover.faults import PLANNED_SWITCHOVER
