@@ -371,6 +371,11 @@ def build(run_dir: str | Path) -> Path:
         md += ["", "## Where the time beyond the detection bound goes", "", PARTS_NOTE, "",
                "| " + " | ".join(parts_head) + " |", "|" + "---|" * len(parts_head)]
         md += ["| " + " | ".join(r) + " |" for r in parts_rows]
+    detectors = detector_table(summ, exp)
+    if detectors is not None:
+        md += ["", "## Detectors side by side", "", DETECTORS_NOTE, "",
+               "| " + " | ".join(detectors[0]) + " |", "|" + "---|" * len(detectors[0])]
+        md += ["| " + " | ".join(r) + " |" for r in detectors[1]]
     flagged = [(n, f) for n, s in summ.items() for f in s["flagged"]]
     md += ["", "## Trials that went wrong", ""]
     md += [f"- {n} trial {f['trial']}: {f['status']}; " + "; ".join(f.get("flags") or [])
@@ -390,6 +395,8 @@ def build(run_dir: str | Path) -> Path:
     body = [f"<h1>Failover report: {html.escape(str(exp.get('name', run_dir.name)))}</h1>",
             f"<p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>", table,
             _html_targets(big),
+            ("<h2>Detectors side by side</h2><p>" + html.escape(DETECTORS_NOTE) + "</p>"
+             + _html_table(*detectors)) if detectors is not None else "",
             ("<h2>Where the time beyond the detection bound goes</h2><p>" + html.escape(PARTS_NOTE) + "</p>"
              + _html_table(parts_head, parts_rows)) if parts_rows else "",
             "<h2>Trials that went wrong</h2><ul>" + ("".join(
@@ -403,6 +410,53 @@ def build(run_dir: str | Path) -> Path:
     (run_dir / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>eucalab report"
                                          "</title></head><body>" + "\n".join(body) + "</body></html>\n")
     return run_dir / "report.md"
+
+
+# Who decides a failover, by the set's spec (ha.detector) or target, in the order of the table.
+DETECTOR_COLUMNS = {"coordinator": "Eucalyptus 3.x's coordinator", "keepalived": "keepalived's VRRP",
+                    "heartbeat": "eucalab's peer heartbeats"}
+DETECTORS_NOTE = ("The same faults under each detector, outage p50 / max ms (trials): Eucalyptus 3.x's "
+                  "coordinator CLC (ha.detector coordinator: check rounds every ha.coordinator_check_s), "
+                  "keepalived's VRRP (fronting a responder on the CLC pair's hosts and VIP, so in the CLC row "
+                  "only) and eucalab's peer heartbeats (ha.detector heartbeat). Under the coordinator, "
+                  "detection and takeover above still time the members' heartbeats, which decide nothing there.")
+
+
+def detector_of(set_def: dict, spec: dict) -> str:
+    """The detector a set's trials ran under: keepalived for its target, else the spec's ha.detector."""
+    if set_def.get("target") == "keepalived":
+        return "keepalived"
+    for source in (set_def.get("spec") or {}, spec or {}):
+        detector = (source.get("ha") or {}).get("detector")
+        if detector:
+            return detector
+    return "heartbeat"
+
+
+def detector_table(summ: dict, exp: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Outage by fault (rows) and detector (columns), from the sets' summaries; None unless the
+    run's crash and host-failure sets ran under more than one detector."""
+    from experiments.failover.experiment import TrialSet
+
+    cells: dict[tuple, dict[str, dict]] = {}
+    for d in exp.get("sets") or []:
+        ts = TrialSet(**d)
+        s = summ.get(ts.name)
+        if s is None or ts.fault not in ("sigkill", "host"):
+            continue
+        detector = detector_of(d, exp.get("spec") or {})
+        row = ("clc", "sigkill") if detector == "keepalived" else (ts.target, ts.fault)
+        cells.setdefault(row, {})[detector] = s
+    used = [k for k in DETECTOR_COLUMNS if any(k in c for c in cells.values())]
+    if len(used) < 2:
+        return None
+    words = {"sigkill": "process crash", "host": "host failure"}
+    rows = []
+    for (target, fault), by in cells.items():
+        rows.append([f"{target.upper()} {words[fault]}"] + [
+            f"{_fmt(by[k]['outage_ms'], 'p50')} / {_fmt(by[k]['outage_ms'], 'max')} ({by[k]['trials']})"
+            if k in by else "-" for k in used])
+    return ["fault"] + [DETECTOR_COLUMNS[k] for k in used], rows
 
 
 PATHS_NOTE = ("Round trips measured with ping (20 echo requests, 20 ms apart) once the services were up, "
