@@ -12,8 +12,9 @@ a CLC whose group view (components/clc/membership.py) no longer holds its peer. 
    one cycle late);
 3. decides with ``check_round`` (components/common/coordinator.py, the same function the
    model of the source computes outages with) and carries out its actions in order: DISABLE
-   each NOTREADY member, then ENABLE the DISABLED member of each service left without an
-   ENABLED one, through ``POST /internal/ha/order/{DISABLE,ENABLE}``. The member obeys
+   each NOTREADY member (one whose check went unanswered only in the coordinator's view: an
+   order would wait out the same timeout), then ENABLE the DISABLED member of each service
+   left without an ENABLED one, through ``POST /internal/ha/order/{DISABLE,ENABLE}``. The member obeys
    only the CLC's token and never takes the pair beside an alive ENABLED peer
    (components/common/ha/switchover.py, ``coordinator_order``): never two ENABLED.
 
@@ -87,9 +88,13 @@ class Coordinator:
         by_name = {m.name: m for m in members}
         done = []
         for action, name, reason in actions:
-            if action in ORDER_FOR_ACTION:
-                done.append({"action": action, "member": name, "reason": reason,
-                             "answer": await self.order(by_name[name], ORDER_FOR_ACTION[action])})
+            if action not in ORDER_FOR_ACTION:
+                continue
+            # A member whose check went unanswered is disabled in the coordinator's own view
+            # only: an order would wait out the same timeout before the peer's ENABLE.
+            answer = "unreachable: not sent" if said[name] is None and action == "disable" \
+                else await self.order(by_name[name], ORDER_FOR_ACTION[action])
+            done.append({"action": action, "member": name, "reason": reason, "answer": answer})
         self.rounds += 1
         self.clc.events.emit("coordinator.round", round=self.rounds, states=said,
                              actions=[list(a) for a in actions], orders=done,
