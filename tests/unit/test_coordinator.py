@@ -288,6 +288,7 @@ def test_only_the_coordinator_acts(tmp_path):
 # -- the group membership (loopback sockets) -------------------------------------------------
 
 FD, TRIES, VERIFY = 0.2, 2, 0.3
+LATE = 0.5  # how late the event loop may run on a loaded machine (the lower bounds are exact)
 
 
 class Peer:
@@ -339,7 +340,7 @@ def watch(tmp_path, fn):
 def test_a_crashed_peer_leaves_the_view_after_verify_suspect_only(tmp_path):
     took, why = watch(tmp_path, Peer.crash)
     bound = view_change_s("process", verify_s=VERIFY)
-    assert bound <= took < bound + 0.15 and "FD_SOCK" in why
+    assert bound <= took < bound + LATE and "FD_SOCK" in why
 
 
 def test_a_silent_peer_is_suspected_by_fd_then_verified(tmp_path):
@@ -347,20 +348,20 @@ def test_a_silent_peer_is_suspected_by_fd_then_verified(tmp_path):
     bound = view_change_s("host", verify_s=VERIFY, fd_timeout_s=FD, fd_max_tries=TRIES)
     # The ask under way when the peer fell silent was answered already: FD's misses start with
     # the next one, up to one FD_TIMEOUT_S after the fault.
-    assert bound <= took < bound + FD + 0.15 and "(FD)" in why
+    assert bound <= took < bound + FD + LATE and "(FD)" in why
 
 
 def test_a_peer_that_answers_stays_in_the_view(tmp_path):
     port = free_port()
     peer = Peer(port)
     m = Membership(EventLog(tmp_path / "m.jsonl", "clc1", "clc"), "127.0.0.1", "127.0.0.2", port,
-                   fd_timeout_s=0.05, fd_max_tries=TRIES, verify_s=VERIFY)
+                   fd_timeout_s=FD / 2, fd_max_tries=TRIES, verify_s=VERIFY)
 
     async def go():
         await peer.start()
         await m.start()
         await until(lambda: m.peer_in_view)
-        await asyncio.sleep(0.5)  # ten asks answered: an observation window, nothing must change
+        await asyncio.sleep(0.6)  # six asks answered: an observation window, nothing must change
         await m.stop()
     asyncio.run(go())
     assert m.peer_in_view and [e["event"] for e in read_events(tmp_path / "m.jsonl")] == ["membership.join"]
