@@ -53,6 +53,7 @@ def summary(data: dict) -> dict:
     streams = {(p.get("set"), p.get("trial")): p for p in data.get("probes", [])}
     for t in data["trials"]:
         s = sets.setdefault(t["set"], {"target": t.get("target"), "fault": t.get("fault"), "expect": t.get("expect"),
+                                       "detector": detector_of(t),
                                        "trials": 0, "ok": 0, "as_expected": 0, "flagged": [],
                                        "outage_ms": [], "detection_ms": [], "takeover_ms": [],
                                        "lost_writes": 0, "split_brain": 0, "two_enabled_ms": 0.0,
@@ -101,6 +102,7 @@ def summary(data: dict) -> dict:
     out = {}
     for name, s in sets.items():
         out[name] = {"target": s["target"], "fault": s["fault"], "expect": s["expect"], "trials": s["trials"],
+                     "detector": s["detector"],
                      "ok": s["ok"], "as_expected": s["as_expected"], "flagged": s["flagged"],
                      "two_enabled_ms": s["two_enabled_ms"], "false_failovers": s["false_failovers"],
                      "redundancy_restored_s": summarize(s["restored_s"]),
@@ -371,7 +373,7 @@ def build(run_dir: str | Path) -> Path:
         md += ["", "## Where the time beyond the detection bound goes", "", PARTS_NOTE, "",
                "| " + " | ".join(parts_head) + " |", "|" + "---|" * len(parts_head)]
         md += ["| " + " | ".join(r) + " |" for r in parts_rows]
-    detectors = detector_table(summ, exp)
+    detectors = detector_table(summ)
     if detectors is not None:
         md += ["", "## Detectors side by side", "", DETECTORS_NOTE, "",
                "| " + " | ".join(detectors[0]) + " |", "|" + "---|" * len(detectors[0])]
@@ -422,31 +424,21 @@ DETECTORS_NOTE = ("The same faults under each detector, outage p50 / max ms (tri
                   "detection and takeover above still time the members' heartbeats, which decide nothing there.")
 
 
-def detector_of(set_def: dict, spec: dict) -> str:
-    """The detector a set's trials ran under: keepalived for its target, else the spec's ha.detector."""
-    if set_def.get("target") == "keepalived":
-        return "keepalived"
-    for source in (set_def.get("spec") or {}, spec or {}):
-        detector = (source.get("ha") or {}).get("detector")
-        if detector:
-            return detector
-    return "heartbeat"
+def detector_of(trial: dict) -> str:
+    """Who decided a trial's failover: keepalived for its target, else the spec's ha.detector the
+    trial recorded (older runs recorded none: eucalab's heartbeats, the only one then)."""
+    return "keepalived" if trial.get("target") == "keepalived" else trial.get("detector") or "heartbeat"
 
 
-def detector_table(summ: dict, exp: dict) -> tuple[list[str], list[list[str]]] | None:
+def detector_table(summ: dict) -> tuple[list[str], list[list[str]]] | None:
     """Outage by fault (rows) and detector (columns), from the sets' summaries; None unless the
     run's crash and host-failure sets ran under more than one detector."""
-    from experiments.failover.experiment import TrialSet
-
     cells: dict[tuple, dict[str, dict]] = {}
-    for d in exp.get("sets") or []:
-        ts = TrialSet(**d)
-        s = summ.get(ts.name)
-        if s is None or ts.fault not in ("sigkill", "host"):
+    for s in summ.values():
+        if s["fault"] not in ("sigkill", "host"):
             continue
-        detector = detector_of(d, exp.get("spec") or {})
-        row = ("clc", "sigkill") if detector == "keepalived" else (ts.target, ts.fault)
-        cells.setdefault(row, {})[detector] = s
+        row = ("clc", "sigkill") if s["detector"] == "keepalived" else (s["target"], s["fault"])
+        cells.setdefault(row, {})[s["detector"]] = s
     used = [k for k in DETECTOR_COLUMNS if any(k in c for c in cells.values())]
     if len(used) < 2:
         return None

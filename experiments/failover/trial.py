@@ -247,7 +247,10 @@ class Trial:
             promote_reason=promote.get("reason") if promote else None,
             peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
             two_enabled_s=two_enabled, probes=len(probes), cpu_percent=s.cpu, load1=os.getloadavg()[0],
-            detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
+            # The heartbeat bound means nothing where the coordinator's rounds decide.
+            detector=dep.spec.ha.detector,
+            detection_bound_s=(dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000
+                               if dep.spec.ha.detector == "heartbeat" else None),
             lost_writes=lost, redundancy_restored_s=(s.t_settled - s.t_restore) if s.settled else None,
             two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
             **s.ctx.notes, prober=s.probe.overhead,

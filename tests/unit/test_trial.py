@@ -24,7 +24,7 @@ class StandInDeployment:
         (tmp_path / "events.jsonl").write_text("")
         self.pair = SimpleNamespace(name="cc1", kind="cc", members=[PRIMARY, SECONDARY], heartbeat_network="hb1")
         self.plan = SimpleNamespace(pair=lambda target, cluster=None: self.pair)
-        self.spec = SimpleNamespace(heartbeat=SimpleNamespace(interval_ms=20, misses=3))
+        self.spec = SimpleNamespace(heartbeat=SimpleNamespace(interval_ms=20, misses=3), ha=SimpleNamespace(detector="heartbeat"))
         self.events = SimpleNamespace(emit=lambda *args, **fields: None)
         self.state = {PRIMARY: "ENABLED", SECONDARY: "DISABLED"}
         self.killed: list[str] = []
