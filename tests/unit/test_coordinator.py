@@ -17,6 +17,7 @@ from components.clc.services import Member
 from components.common.coordinator import ServiceView, check_round, is_coordinator, view_change_s
 from components.common.events import EventLog, read_events
 from components.common.ha import TransitionError
+from components.common.ha import vips as ha_vips
 from components.common.ha_config import HAConfig
 from components.common.service import INTERNAL_TOKEN_HEADER
 from components.common.states import ServiceState
@@ -125,6 +126,33 @@ def test_an_enable_order_beside_an_alive_enabled_peer_never_makes_two_enabled(tm
         await agent._decide("tick")
     asyncio.run(go())
     assert svc.state is DISABLED and "ha.promote" not in events(tmp_path)
+
+
+@pytest.mark.parametrize("ordered_epoch, peer_epoch", [(1, 2), (2, 1)])
+def test_an_order_and_the_peer_s_election_at_the_same_moment_never_make_two_enabled(tmp_path, monkeypatch,
+                                                                                    ordered_epoch, peer_epoch):
+    # Both alive and DISABLED (a pair's start, or after a DISABLE of a member that is well
+    # again): the ordered member and its peer decide on the same heartbeats, each before
+    # hearing the other's promotion. Only the one that wins the election may promote.
+    monkeypatch.setattr(ha_vips, "GARP_SCHEDULE_S", (0.0,))  # the promotion's announcements, at once
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a_svc, a = coordinated(tmp_path / "a")
+    b_svc, b = coordinated(tmp_path / "b", role="secondary")
+    a.epoch, b.epoch = ordered_epoch, peer_epoch
+
+    async def go():
+        heartbeat(a, state="DISABLED", epoch=peer_epoch)
+        heartbeat(b, state="DISABLED", epoch=ordered_epoch)
+        a.hold_until = b.hold_until = 0.0
+        assert a.coordinator_order("ENABLE") == "enabling"
+        await asyncio.gather(a._decide("tick"), b._decide("tick"))
+        # Every decision the heartbeats and the order started, carried out.
+        while running := [t for x in (a, b) for t in x._running if not t.done()]:
+            await asyncio.gather(*running)
+    asyncio.run(go())
+    states = (a_svc.state, b_svc.state)
+    assert states == ((ENABLED, DISABLED) if ordered_epoch > peer_epoch else (DISABLED, ENABLED)), states
 
 
 def test_an_enable_order_waits_for_a_crashed_peer_s_heartbeats_to_stop(tmp_path):

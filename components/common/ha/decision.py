@@ -153,7 +153,9 @@ class Decision(Part):
                 return  # behind: catching up first (never serve older state)
             if p.handover:
                 await self._promote("planned switchover", now)
-            elif ordered:
+            elif ordered and (p.state in NOT_SERVING or self._outranks_peer()):
+                # Beside an alive DISABLED peer the order promotes only the member that would
+                # win the election: the peer, deciding at the same moment, never promotes too.
                 await self._promote("coordinator: ENABLE", now)
             elif p.state in NOT_SERVING:
                 if not waits:
