@@ -6,7 +6,8 @@ a CLC whose group view (components/clc/membership.py) no longer holds its peer. 
 
 1. checks every member of every HA service (the CLC pair, Walrus, each CC and SC) at once,
    over the network, ``GET /internal/service`` with the CLC role's token and
-   ``HOST_CHECK_TIMEOUT_S``; its own CLC member is checked in-process;
+   ``HOST_CHECK_TIMEOUT_S`` (no answer in time, or a garbled one, fails that member's
+   check only); its own CLC member is checked in-process;
 2. judges each member's arbitrators by what the member said of them in the previous round
    (the source judges the pings its previous check started: an arbitrator failure is acted on
    one cycle late);
@@ -30,12 +31,26 @@ import aiohttp
 
 from components.common.coordinator import HOST_CHECK_TIMEOUT_S, ServiceView, check_round, is_coordinator
 from components.common.ha import TransitionError
+from components.common.states import ServiceState
 from components.common.supervise import supervise
 
 from .membership import Membership
 from .services import Member
 
 ORDER_FOR_ACTION = {"disable": "DISABLE", "enable": "ENABLE"}
+STATES = frozenset(s.value for s in ServiceState)
+
+
+def member_said(answer) -> dict | None:
+    """A check's answer as the round reads it (``state``, ``arbitrators``), or None when it is
+    none: a garbled answer fails that member's check, as silence does, and the round goes on
+    for every other member."""
+    if not isinstance(answer, dict) or answer.get("state") not in STATES:
+        return None
+    arbitrators = answer.get("arbitrators") or []
+    if not isinstance(arbitrators, list) or not all(isinstance(a, bool) for a in arbitrators):
+        return None
+    return {"state": answer["state"], "arbitrators": arbitrators}
 
 
 class Coordinator:
@@ -73,14 +88,14 @@ class Coordinator:
         members = self.clc.services.members
         answers = await asyncio.gather(*(self.check(m) for m in members))
         pairs: dict[str, dict[str, ServiceView]] = {}
-        for m, answer in zip(members, answers):
+        for m, answer in zip(members, (member_said(a) for a in answers)):
             seen = self.arbitrators.get(m.name, [])
             if answer is None:  # its last known state, made NOTREADY by check_round
                 view = ServiceView(self.known.get(m.name, "DISABLED"), answered=False, arbitrators=seen)
             else:
                 view = ServiceView(answer["state"], arbitrators=seen)
                 self.known[m.name] = answer["state"]
-                self.arbitrators[m.name] = list(answer.get("arbitrators") or [])
+                self.arbitrators[m.name] = answer["arbitrators"]
             pairs.setdefault(m.pair, {})[m.name] = view
         # What the members said before the round decides (for the event).
         said = {n: v.state if v.answered else None for ms in pairs.values() for n, v in ms.items()}

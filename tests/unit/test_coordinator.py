@@ -283,6 +283,21 @@ def test_a_round_disables_the_failed_member_and_enables_its_peer_in_that_order(t
     assert rounds[-1]["states"]["walrus1"] is None and rounds[-1]["round"] == 2
 
 
+@pytest.mark.parametrize("garbled", [["ENABLED"], {"state": "ENABLED", "arbitrators": 7}, {"state": 5},
+                                     {"state": "ENABLED", "arbitrators": ["no"]}, {"arbitrators": []}])
+def test_a_garbled_answer_fails_that_member_s_check_and_the_round_goes_on(tmp_path, garbled):
+    clc = FakeCLC(tmp_path)
+    answers = {"clc1": {"state": "ENABLED"}, "clc2": {"state": "DISABLED"},
+               "walrus1": {"state": "ENABLED"}, "walrus2": {"state": "DISABLED"}}
+    c = ScriptedCoordinator(clc, answers)
+    asyncio.run(c.once())
+    answers["walrus1"] = garbled
+    asyncio.run(c.once())
+    assert c.orders == [("walrus2", "ENABLE")] and c.rounds == 2
+    said = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "coordinator.round"][-1]["states"]
+    assert said == {"clc1": "ENABLED", "clc2": "DISABLED", "walrus1": None, "walrus2": "DISABLED"}
+
+
 def test_arbitrators_are_judged_one_round_late_and_only_all_failing_is_fatal(tmp_path):
     clc = FakeCLC(tmp_path)
     answers = {"clc1": {"state": "ENABLED"}, "clc2": {"state": "DISABLED"},
