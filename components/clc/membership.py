@@ -65,7 +65,7 @@ class Membership:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer every ask on a watcher's connection, until it closes."""
         try:
-            while (line := await reader.readline()) == ASK:
+            while await reader.readline() == ASK:
                 writer.write(ANSWER)
                 await writer.drain()
         except OSError:

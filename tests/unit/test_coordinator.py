@@ -345,7 +345,7 @@ class Peer:
     async def start(self):
         async def serve(reader, writer):
             self.conns.append(writer)
-            while (line := await reader.readline()) == ASK:
+            while await reader.readline() == ASK:
                 if self.mode == "answer":
                     writer.write(ANSWER)
         self.server = await asyncio.start_server(serve, "127.0.0.2", self.port, reuse_address=True)
