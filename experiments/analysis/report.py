@@ -420,8 +420,9 @@ DETECTOR_COLUMNS = {"coordinator": "Eucalyptus 3.x's coordinator", "keepalived":
 DETECTORS_NOTE = ("The same faults under each detector, outage p50 / max ms (trials): Eucalyptus 3.x's "
                   "coordinator CLC (ha.detector coordinator: check rounds every ha.coordinator_check_s), "
                   "keepalived's VRRP (fronting a responder on the CLC pair's hosts and VIP, so in the CLC row "
-                  "only) and eucalab's peer heartbeats (ha.detector heartbeat). Under the coordinator, "
-                  "detection and takeover above still time the members' heartbeats, which decide nothing there.")
+                  "only) and eucalab's peer heartbeats (ha.detector heartbeat). Under the coordinator, detection "
+                  "above runs from the fault to the standby's decision on the coordinator's ENABLE order (the "
+                  "members' own heartbeats decide nothing there), and takeover from that decision to its VIP.")
 
 
 def detector_of(trial: dict) -> str:
