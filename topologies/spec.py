@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from components.common.coordinator import COORDINATOR_CHECK_BACKOFF_SECS, DETECTORS
 from components.common.ha_config import TAKEOVER_METHODS
 from components.common.kinds import PAIRED
 from components.common.modes import MANAGED_MODES, NC_ENFORCED_MODES
@@ -98,6 +99,11 @@ class HASpec:
     sc: bool = True
     # sdn: the deployment runs the SDN controller (Deployment starts it for this spec).
     takeover: str = "garp"
+    # Who decides a failover (docs/ha.md): heartbeat, each pair's members on their peer's
+    # heartbeats; coordinator, Eucalyptus 3.x's coordinator CLC on its check rounds, every
+    # coordinator_check_s seconds (the source's COORDINATOR_CHECK_BACKOFF_SECS by default).
+    detector: str = "heartbeat"
+    coordinator_check_s: float = COORDINATOR_CHECK_BACKOFF_SECS
 
     def enabled(self, kind: str) -> bool:
         return bool(getattr(self, kind))
@@ -269,6 +275,16 @@ class DeploymentSpec:
                 "the new primary) or sdn (the SDN controller redirects the VIP; the deployment "
                 "then runs the controller)",
             )
+        if self.ha.detector not in DETECTORS:
+            raise SpecError(
+                "ha.detector",
+                f"unknown detector {self.ha.detector!r}; choose heartbeat (each pair's members fail over "
+                "on their peer's heartbeats) or coordinator (Eucalyptus 3.x's coordinator CLC decides on "
+                "its check rounds)",
+            )
+        _check_float(self.ha.coordinator_check_s, "ha.coordinator_check_s", 0.1, 3600)
+        if self.ha.detector == "coordinator" and not self.ha.clc:
+            raise SpecError("ha.detector", "the coordinator is the CLC pair's: detector coordinator needs ha.clc: true")
         arb = self.arbitrators
         _check_int(arb.per_host, "arbitrators.per_host", 0, MAX_ARBITRATORS_PER_HOST)
         if not isinstance(arb.targets, list) or not arb.targets:

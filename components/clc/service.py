@@ -37,6 +37,7 @@ from .images import Images
 from .instances import Instances
 from .metadata import Metadata
 from .replication import ClcReplication
+from .coordinator import Coordinator
 from .services import ServiceDirectory
 from .state import KEEP_OPS, Store, redact
 from .sync import ClusterSync
@@ -95,6 +96,8 @@ class CloudController(Service):
         self.actions = {name[len("act_"):]: getattr(manager, name) for manager in self.managers
                         for name in dir(manager) if name.startswith("act_")}
         self.replica = None  # the session to the HA peer, opened in on_start when HA is on
+        # Eucalyptus 3.x's coordinator (ha.detector coordinator): this CLC's check rounds.
+        self.coordinator = Coordinator(self) if self.ha is not None and self.ha.detector == "coordinator" else None
         if self.ha is not None:
             self.ha.last_seq = lambda: self.store.last_seq
             self.ha.on_promote = self.replication.on_promote
@@ -107,8 +110,12 @@ class CloudController(Service):
         await self.cluster.start()
         self.sync.start()
         await self.replication.start()
+        if self.coordinator is not None:
+            await self.coordinator.start()
 
     async def on_stop(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         self.sync.stop()
         await self.cluster.close()
         await self.services.close()

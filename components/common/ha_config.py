@@ -16,6 +16,9 @@ reads it with ``HAConfig.from_config(config)``. Keys (all under ``config["ha"]``
                           network (``vip`` and ``private_vip`` as single dicts are accepted too);
                           ``takeover`` garp (default) or sdn: the SDN controller steers it
     control_socket        the SDN controller's Unix socket (needed by a VIP with takeover sdn)
+    detector              heartbeat (default: the members fail over on their peer's heartbeats) or
+                          coordinator (only the coordinator CLC's orders fail a pair over)
+    coordinator_check_s   seconds between the coordinator's check rounds (read by the CLC)
     arbitrators           [{name, target}] (``target_ip`` accepted for ``target``)
     arbitrator_period_s, arbitrator_timeout_s, arbitrator_fail_after
 
@@ -27,6 +30,8 @@ read by duck typing, so components stay ordinary programs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .coordinator import COORDINATOR_CHECK_BACKOFF_SECS, DETECTORS
 
 HEARTBEAT_PORT = 7800
 MIN_SECRET_BYTES = 32
@@ -73,6 +78,8 @@ class HAConfig:
     arbitrator_timeout_s: float = 0.5
     arbitrator_fail_after: int = 2
     control_socket: str | None = None
+    detector: str = "heartbeat"
+    coordinator_check_s: float = COORDINATOR_CHECK_BACKOFF_SECS
 
     @property
     def interval(self) -> float:
@@ -104,6 +111,12 @@ class HAConfig:
         interval_ms, misses = float(ha.get("interval_ms", 50)), int(ha.get("misses", 3))
         if interval_ms <= 0 or misses < 1:
             raise ValueError("ha.interval_ms must be > 0 and ha.misses >= 1")
+        detector = ha.get("detector", "heartbeat")
+        if detector not in DETECTORS:
+            raise ValueError(f"ha.detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
+        check_s = float(ha.get("coordinator_check_s", COORDINATOR_CHECK_BACKOFF_SECS))
+        if check_s <= 0:
+            raise ValueError("ha.coordinator_check_s must be > 0")
         for v in vips:
             if v.get("takeover", "garp") not in TAKEOVER_METHODS:
                 raise ValueError(f"ha.vips: takeover of {v['address']} must be garp or sdn, not {v['takeover']!r}")
@@ -121,7 +134,7 @@ class HAConfig:
             arbitrator_period_s=float(ha.get("arbitrator_period_s", 1.0)),
             arbitrator_timeout_s=float(ha.get("arbitrator_timeout_s", 0.5)),
             arbitrator_fail_after=int(ha.get("arbitrator_fail_after", 2)),
-            control_socket=ha.get("control_socket"),
+            control_socket=ha.get("control_socket"), detector=detector, coordinator_check_s=check_s,
         )
 
 
@@ -168,4 +181,6 @@ def ha_config_for(plan, host: str, secret: str, spec=None, control_socket: str |
         "arbitrator_timeout_s": spec.arbitrators.timeout_s,
         "arbitrator_fail_after": spec.arbitrators.fail_after,
         "control_socket": control_socket,
+        "detector": spec.ha.detector,
+        "coordinator_check_s": spec.ha.coordinator_check_s,
     }

@@ -107,6 +107,7 @@ class Service:
             self.ha = HAAgent(self, config)
             self.may_serve = self.ha.may_serve
             self.app.router.add_post("/ha/arbitrators/{name}/{action}", self.handle_arbitrator)
+            self.app.router.add_post("/internal/ha/order/{order}", self.handle_order)
             self.ha.wait_idle = lambda timeout: self._wait_count("in_flight", timeout)
             self.ha.wait_forwarded = lambda timeout: self._wait_count("forwarding", timeout)
         self.app.router.add_get("/internal/service", self.handle_service)
@@ -247,7 +248,9 @@ class Service:
                 "epoch": ha.epoch if ha else 0, "serving": self.may_serve(),
                 "peer": ({"name": ha.peer.member, "alive": ha.peer_alive(), "state": ha.peer.state}
                          if ha else None),
-                "handover": ha.handover.phase if ha and ha.handover else None}
+                "handover": ha.handover.phase if ha and ha.handover else None,
+                # Each arbitrator reachable? (the coordinator's check judges them)
+                "arbitrators": [not a.failed for a in ha.arbitrators] if ha else []}
 
     async def handle_service(self, request: web.Request) -> web.Response:
         """GET /internal/service: this member's service state (the CLC's DescribeServices asks)."""
@@ -269,6 +272,20 @@ class Service:
             status = 400 if exc.code == "InvalidParameterValue" else 409
             return web.json_response({"error": exc.code, "message": exc.message}, status=status)
         return web.json_response({"transition": taken, **self.service_status()})
+
+    async def handle_order(self, request: web.Request) -> web.Response:
+        """POST /internal/ha/order/{order}: the coordinator CLC's DISABLE or ENABLE (ha.detector
+        coordinator). A refusal is a 409 (400 for an unknown order) and changes nothing."""
+        from .ha import TransitionError
+
+        self.require_internal(request, "clc")
+        try:
+            done = self.ha.coordinator_order(request.match_info["order"])
+        except TransitionError as exc:
+            status = 400 if exc.code == "InvalidParameterValue" else 409
+            return web.json_response({"error": exc.code, "message": exc.message}, status=status)
+        return web.json_response({"order": request.match_info["order"].upper(), "done": done,
+                                  **self.service_status()})
 
     def caller_role(self, request: web.Request) -> str | None:
         """The role whose token the request carries, or None. Every role's digest is

@@ -53,6 +53,7 @@ def summary(data: dict) -> dict:
     streams = {(p.get("set"), p.get("trial")): p for p in data.get("probes", [])}
     for t in data["trials"]:
         s = sets.setdefault(t["set"], {"target": t.get("target"), "fault": t.get("fault"), "expect": t.get("expect"),
+                                       "detector": detector_of(t),
                                        "trials": 0, "ok": 0, "as_expected": 0, "flagged": [],
                                        "outage_ms": [], "detection_ms": [], "takeover_ms": [],
                                        "lost_writes": 0, "split_brain": 0, "two_enabled_ms": 0.0,
@@ -101,6 +102,7 @@ def summary(data: dict) -> dict:
     out = {}
     for name, s in sets.items():
         out[name] = {"target": s["target"], "fault": s["fault"], "expect": s["expect"], "trials": s["trials"],
+                     "detector": s["detector"],
                      "ok": s["ok"], "as_expected": s["as_expected"], "flagged": s["flagged"],
                      "two_enabled_ms": s["two_enabled_ms"], "false_failovers": s["false_failovers"],
                      "redundancy_restored_s": summarize(s["restored_s"]),
@@ -371,6 +373,11 @@ def build(run_dir: str | Path) -> Path:
         md += ["", "## Where the time beyond the detection bound goes", "", PARTS_NOTE, "",
                "| " + " | ".join(parts_head) + " |", "|" + "---|" * len(parts_head)]
         md += ["| " + " | ".join(r) + " |" for r in parts_rows]
+    detectors = detector_table(summ)
+    if detectors is not None:
+        md += ["", "## Detectors side by side", "", DETECTORS_NOTE, "",
+               "| " + " | ".join(detectors[0]) + " |", "|" + "---|" * len(detectors[0])]
+        md += ["| " + " | ".join(r) + " |" for r in detectors[1]]
     flagged = [(n, f) for n, s in summ.items() for f in s["flagged"]]
     md += ["", "## Trials that went wrong", ""]
     md += [f"- {n} trial {f['trial']}: {f['status']}; " + "; ".join(f.get("flags") or [])
@@ -390,6 +397,8 @@ def build(run_dir: str | Path) -> Path:
     body = [f"<h1>Failover report: {html.escape(str(exp.get('name', run_dir.name)))}</h1>",
             f"<p>{html.escape(md[2])}</p><p>{html.escape(md[4])}</p>", table,
             _html_targets(big),
+            ("<h2>Detectors side by side</h2><p>" + html.escape(DETECTORS_NOTE) + "</p>"
+             + _html_table(*detectors)) if detectors is not None else "",
             ("<h2>Where the time beyond the detection bound goes</h2><p>" + html.escape(PARTS_NOTE) + "</p>"
              + _html_table(parts_head, parts_rows)) if parts_rows else "",
             "<h2>Trials that went wrong</h2><ul>" + ("".join(
@@ -403,6 +412,44 @@ def build(run_dir: str | Path) -> Path:
     (run_dir / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>eucalab report"
                                          "</title></head><body>" + "\n".join(body) + "</body></html>\n")
     return run_dir / "report.md"
+
+
+# Who decides a failover, by the set's spec (ha.detector) or target, in the order of the table.
+DETECTOR_COLUMNS = {"coordinator": "Eucalyptus 3.x's coordinator", "keepalived": "keepalived's VRRP",
+                    "heartbeat": "eucalab's peer heartbeats"}
+DETECTORS_NOTE = ("The same faults under each detector, outage p50 / max ms (trials): Eucalyptus 3.x's "
+                  "coordinator CLC (ha.detector coordinator: check rounds every ha.coordinator_check_s), "
+                  "keepalived's VRRP (fronting a responder on the CLC pair's hosts and VIP, so in the CLC row "
+                  "only) and eucalab's peer heartbeats (ha.detector heartbeat). Under the coordinator, detection "
+                  "above runs from the fault to the standby's decision on the coordinator's ENABLE order (the "
+                  "members' own heartbeats decide nothing there), and takeover from that decision to its VIP.")
+
+
+def detector_of(trial: dict) -> str:
+    """Who decided a trial's failover: keepalived for its target, else the spec's ha.detector the
+    trial recorded (older runs recorded none: eucalab's heartbeats, the only one then)."""
+    return "keepalived" if trial.get("target") == "keepalived" else trial.get("detector") or "heartbeat"
+
+
+def detector_table(summ: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Outage by fault (rows) and detector (columns), from the sets' summaries; None unless the
+    run's crash and host-failure sets ran under more than one detector."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for s in summ.values():
+        if s["fault"] not in ("sigkill", "host"):
+            continue
+        row = ("clc", "sigkill") if s["detector"] == "keepalived" else (s["target"], s["fault"])
+        cells.setdefault(row, {})[s["detector"]] = s
+    used = [k for k in DETECTOR_COLUMNS if any(k in c for c in cells.values())]
+    if len(used) < 2:
+        return None
+    words = {"sigkill": "process crash", "host": "host failure"}
+    rows = []
+    for (target, fault), by in cells.items():
+        rows.append([f"{target.upper()} {words[fault]}"] + [
+            f"{_fmt(by[k]['outage_ms'], 'p50')} / {_fmt(by[k]['outage_ms'], 'max')} ({by[k]['trials']})"
+            if k in by else "-" for k in used])
+    return ["fault"] + [DETECTOR_COLUMNS[k] for k in used], rows
 
 
 PATHS_NOTE = ("Round trips measured with ping (20 echo requests, 20 ms apart) once the services were up, "

@@ -25,89 +25,28 @@ to peer (components/common/ha/); Eucalyptus 3.x decided centrally:
   VERIFY_SUSPECT's wait remains; a silent host is suspected by FD after its timeout times
   its tries, then verified.
 
-The constants carry the published names and values; JGroups' are its 2.x defaults
-(Eucalyptus set none of FD's or VERIFY_SUSPECT's). What the model assumes beyond the
-source is named too: ``HOST_CHECK_TIMEOUT_S``.
+The decision itself (``check_round``, ``coordinator``, ``view_change_s``) and the constants
+are one definition with the runtime coordinator (``ha.detector: coordinator``): both live in
+components.common.coordinator.py, with the published names and values; JGroups' are its
+2.x defaults (Eucalyptus set none of FD's or VERIFY_SUSPECT's). What the model assumes
+beyond the source is named there too: ``HOST_CHECK_TIMEOUT_S``. This module adds what only
+the model needs: the outage a fault allows at a given check phase.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
-# Topology.COORDINATOR_CHECK_BACKOFF_SECS: seconds between the coordinator's service checks.
-COORDINATOR_CHECK_BACKOFF_SECS = 10.0
-# The arbitrator probe: InetAddress.isReachable(address, 2000), in seconds.
-ARBITRATOR_REACHABLE_TIMEOUT_S = 2.0
-# JGroups 2.x defaults: VERIFY_SUSPECT re-checks a suspect this long; FD suspects a member
-# that answered none of FD_MAX_TRIES are-you-alive messages, FD_TIMEOUT_S apart.
-VERIFY_SUSPECT_TIMEOUT_S = 2.0
-FD_TIMEOUT_S = 3.0
-FD_MAX_TRIES = 2
-# This model's assumption: a check of a host that is down fails after the same 2 s the
-# arbitrator probes wait (the check request's own timeout is not modelled).
-HOST_CHECK_TIMEOUT_S = ARBITRATOR_REACHABLE_TIMEOUT_S
+from components.common.coordinator import (ARBITRATOR_REACHABLE_TIMEOUT_S, COORDINATOR_CHECK_BACKOFF_SECS,
+                                              FD_MAX_TRIES, FD_TIMEOUT_S, HOST_CHECK_TIMEOUT_S,
+                                              VERIFY_SUSPECT_TIMEOUT_S, ServiceView, check_round, coordinator,
+                                              view_change_s)
+
+__all__ = ["ARBITRATOR_REACHABLE_TIMEOUT_S", "COORDINATOR_CHECK_BACKOFF_SECS", "FD_MAX_TRIES", "FD_TIMEOUT_S",
+           "HOST_CHECK_TIMEOUT_S", "VERIFY_SUSPECT_TIMEOUT_S", "ServiceView", "check_round", "coordinator",
+           "view_change_s", "FAULTS", "outage", "bounds", "sample", "TARGETS"]
 
 FAULTS = ("process", "host", "arbitrators")
-
-
-@dataclass
-class ServiceView:
-    """What the coordinator's check round learns of one member of a service."""
-
-    state: str  # ENABLED DISABLED NOTREADY ...
-    answered: bool = True  # its check reached it
-    arbitrators: list[bool] = field(default_factory=list)  # each one reachable?
-
-
-def coordinator(clcs: dict[str, float], view: set[str]) -> str | None:
-    """The coordinator among the CLCs in the group ``view``: ``clcs`` maps each CLC to the
-    time it started; a CLC is the coordinator unless one in the view started after it."""
-    members = {c: t for c, t in clcs.items() if c in view}
-    return max(members, key=lambda c: (members[c], c)) if members else None
-
-
-def check_round(pairs: dict[str, dict[str, ServiceView]]) -> list[tuple[str, str, str]]:
-    """One RunChecks round on the coordinator: (action, member, reason) in order.
-
-    First every member is checked: one that did not answer, or whose arbitrators all
-    failed, goes NOTREADY (some failing is advisory). Then each service without a serving
-    ENABLED member has its NOTREADY members disabled and one DISABLED member promoted.
-    ``pairs`` (service -> member -> view) is updated in place.
-    """
-    actions = []
-    for members in pairs.values():
-        for name, m in members.items():
-            if m.state not in ("ENABLED", "DISABLED"):
-                continue
-            if not m.answered:
-                m.state = "NOTREADY"
-                actions.append(("notready", name, "check failed"))
-            elif m.arbitrators and not any(m.arbitrators):
-                m.state = "NOTREADY"
-                actions.append(("notready", name, "all arbitrators unreachable"))
-            elif m.arbitrators and not all(m.arbitrators):
-                actions.append(("advisory", name, "some arbitrators unreachable"))
-    for members in pairs.values():
-        if any(m.state == "ENABLED" for m in members.values()):
-            continue
-        for name, m in members.items():
-            if m.state == "NOTREADY":
-                actions.append(("disable", name, "NOTREADY"))
-        peer = next((n for n, m in members.items() if m.state == "DISABLED"), None)
-        if peer is not None:
-            members[peer].state = "ENABLED"
-            actions.append(("enable", peer, "no ENABLED member"))
-    return actions
-
-
-def view_change_s(fault: str) -> float:
-    """How long the group takes to drop a dead member: a crashed process's FD_SOCK socket
-    closes at once; a silent host is suspected by FD first. Either is then verified."""
-    if fault not in ("process", "host"):
-        raise ValueError("the group view drops a member for a process or host failure only")
-    suspect = 0.0 if fault == "process" else FD_TIMEOUT_S * FD_MAX_TRIES
-    return suspect + VERIFY_SUSPECT_TIMEOUT_S
 
 
 def outage(fault: str, phase_s: float, coordinator: bool = False) -> float:

@@ -66,6 +66,15 @@ class TrialState:
     cpu: float | None = None
 
 
+def decision_period_s(spec) -> float:
+    """How often the spec's detector decides: the heartbeat interval, or under ``ha.detector:
+    coordinator`` the coordinator's check cycle (a fault waits for the next round: its phase
+    within the cycle is its outage, so it is drawn over the whole cycle)."""
+    if spec.ha.detector == "coordinator":
+        return spec.ha.coordinator_check_s
+    return spec.heartbeat.interval_ms / 1000
+
+
 class Trial:
     """Runs the trials of one deployment for a runner (its experiment, seeded RNG and files)."""
 
@@ -165,8 +174,9 @@ class Trial:
         return True
 
     def inject(self, s: TrialState) -> None:
-        """At a random phase relative to the heartbeat, seeded: faults do not line up with ticks."""
-        s.phase = self.runner.rng.uniform(0, self.dep.spec.heartbeat.interval_ms / 1000)
+        """At a random phase of the period the failover is decided at, seeded: faults line up
+        neither with the heartbeat's ticks nor with the coordinator's check rounds."""
+        s.phase = self.runner.rng.uniform(0, decision_period_s(self.dep.spec))
         time.sleep(s.phase)
         s.t_fault = mono()
         try:
@@ -247,7 +257,10 @@ class Trial:
             promote_reason=promote.get("reason") if promote else None,
             peer_dead_after_s=(dead - t_fault) if dead else None, promotions=len(promotes),
             two_enabled_s=two_enabled, probes=len(probes), cpu_percent=s.cpu, load1=os.getloadavg()[0],
-            detection_bound_s=dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000,
+            # The heartbeat bound means nothing where the coordinator's rounds decide.
+            detector=dep.spec.ha.detector,
+            detection_bound_s=(dep.spec.heartbeat.misses * dep.spec.heartbeat.interval_ms / 1000
+                               if dep.spec.ha.detector == "heartbeat" else None),
             lost_writes=lost, redundancy_restored_s=(s.t_settled - s.t_restore) if s.settled else None,
             two_enabled_at_end=sum(dep.member_state(m) == "ENABLED" for m in pair.members) > 1,
             **s.ctx.notes, prober=s.probe.overhead,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,29 @@ def test_the_report_shows_the_measured_paths_and_link_parameters(tmp_path):
     (tmp_path / "paths.jsonl").unlink()
     build(tmp_path)
     assert "The network as measured" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_detectors_section_sets_the_same_faults_side_by_side(tmp_path):
+    from experiments.failover.experiment import Experiment
+
+    exp = Experiment.load(Path(__file__).parents[2] / "experiments/failover/definitions/detectors.yaml")
+    records = []
+    for ts in exp.sets:
+        detector = (ts.spec.get("ha") or {}).get("detector", "heartbeat")
+        outage = {"keepalived": 0.18, "coordinator": 5.0}.get("keepalived" if ts.target == "keepalived" else detector,
+                                                            0.14)
+        records += [dict(crash(i, outage + i / 100), set=ts.name, target=ts.target, fault=ts.fault, detector=detector)
+                    for i in range(2)]
+    write_trials(tmp_path / "trials.jsonl", records)
+    build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Detectors side by side" in md
+    assert ("| fault | Eucalyptus 3.x's coordinator | keepalived's VRRP | eucalab's peer heartbeats |") in md
+    assert "| CLC process crash | 5005.0 / 5010.0 (2) | 185.0 / 190.0 (2) | 145.0 / 150.0 (2) |" in md
+    assert "| CC host failure | 5005.0 / 5010.0 (2) | - | 145.0 / 150.0 (2) |" in md
+    assert "Detectors side by side" in (tmp_path / "report.html").read_text()
+    # One detector only (older runs recorded none: heartbeats): no such section.
+    write_trials(tmp_path / "trials.jsonl", [{k: v for k, v in r.items() if k != "detector"} for r in records
+                                             if r["detector"] == "heartbeat" and r["target"] != "keepalived"])
+    build(tmp_path)
+    assert "Detectors side by side" not in (tmp_path / "report.md").read_text()

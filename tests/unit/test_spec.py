@@ -16,7 +16,7 @@ SPECS = Path(__file__).resolve().parents[2] / "topologies" / "specs"
 @pytest.mark.parametrize("data,field,words", [
     # unknown keys, top level and nested
     ({"clusterz": 2}, "clusterz", "unknown field; known fields: name, clusters"),
-    ({"ha": {"foo": True}}, "ha.foo", "unknown field; known fields: cc, clc, sc, takeover, walrus"),
+    ({"ha": {"foo": True}}, "ha.foo", "unknown field; known fields: cc, clc, coordinator_check_s, detector, sc, takeover, walrus"),
     ({"links": {"delay": 5}}, "links.delay", "unknown field"),
     ({"heartbeat": {"interval": 10}}, "heartbeat.interval", "unknown field"),
     # negative and zero counts

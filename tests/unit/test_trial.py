@@ -24,7 +24,7 @@ class StandInDeployment:
         (tmp_path / "events.jsonl").write_text("")
         self.pair = SimpleNamespace(name="cc1", kind="cc", members=[PRIMARY, SECONDARY], heartbeat_network="hb1")
         self.plan = SimpleNamespace(pair=lambda target, cluster=None: self.pair)
-        self.spec = SimpleNamespace(heartbeat=SimpleNamespace(interval_ms=20, misses=3))
+        self.spec = SimpleNamespace(heartbeat=SimpleNamespace(interval_ms=20, misses=3), ha=SimpleNamespace(detector="heartbeat"))
         self.events = SimpleNamespace(emit=lambda *args, **fields: None)
         self.state = {PRIMARY: "ENABLED", SECONDARY: "DISABLED"}
         self.killed: list[str] = []
@@ -77,9 +77,11 @@ class StandInProber:
         return list(self.probes)
 
 
-def run_trial(tmp_path, during_warmup=None):
+def run_trial(tmp_path, during_warmup=None, setup=None):
     dep = StandInDeployment(tmp_path)
     runner = Runner(Experiment(capture=False, recovery_timeout_s=2.0), run_dir=tmp_path, progress=False)
+    if setup is not None:
+        setup(dep, runner)
     prober = StandInProber(during_warmup and (lambda: during_warmup(dep)))
     runner.prober = lambda dep, url, headers, expect: prober
     w = Workload(dep=dep, presigned="", disk="", iid="i-00000001", eip="198.51.100.1")
@@ -107,3 +109,17 @@ def test_a_takeover_during_the_warm_up_moves_the_fault_to_the_new_primary_and_is
     assert record["warmup_takeover"] == {"from": PRIMARY, "to": SECONDARY}
     assert any("takeover during the warm-up" in f for f in record["flags"])
     assert record["as_expected"] is False
+
+
+def test_under_the_coordinator_the_fault_falls_at_a_random_phase_of_its_check_cycle(tmp_path):
+    # A fault waits for the coordinator's next round: drawn within a heartbeat interval only,
+    # every trial would meet the cycle at about the same phase (the trials' own rhythm).
+    drawn = []
+
+    def setup(dep, runner):
+        dep.spec.ha = SimpleNamespace(detector="coordinator", coordinator_check_s=0.3)
+        uniform = runner.rng.uniform
+        runner.rng.uniform = lambda a, b: drawn.append((a, b)) or uniform(a, b)
+    dep, record = run_trial(tmp_path, setup=setup)
+    assert (0, 0.3) in drawn and 0 <= record["phase_s"] < 0.3
+    assert record["status"] == "ok"

@@ -44,6 +44,7 @@ class HAAgent:
     set_arbitrator_stopped = Delegate("arbitration")
     record_arbitration = Delegate("arbitration")
     transition = Delegate("switchover")
+    coordinator_order = Delegate("switchover")
     release_vips = Delegate("virtual_ips")
     # Heartbeats and ticks (tests drive them by hand).
     send_heartbeat = Delegate("heartbeats")
@@ -86,6 +87,8 @@ class HAAgent:
         self.vips: list[VIP] = self.cfg.vips
         self.garp_vips = [v for v in self.vips if v.takeover == "garp"]
         self.sdn_vips = [v for v in self.vips if v.takeover == "sdn"]
+        self.detector = self.cfg.detector  # heartbeat, or coordinator: a takeover waits for its order
+        self.enable_ordered_until = float("-inf")  # the coordinator's ENABLE stands until then
         self.superseded: int | None = None  # a newer epoch of this pair the SDN controller holds
         self.arbitrators = [Arbitrator(a.name, a.target, self.cfg.arbitrator_fail_after)
                             for a in self.cfg.arbitrators]

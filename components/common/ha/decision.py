@@ -16,7 +16,7 @@ class Decision(Part):
     SHARED = frozenset({
         "_acquire_vips", "_divert_peer_connections", "_next_epoch", "_offload", "_record_epoch", "_release_vips", "_reserve_epochs",
         "_spawn", "all_arbitrators_failed", "arb_failed_seq", "clock", "discard_pending", "epoch",
-        "epoch_file", "events", "fence_seq", "fenced_since", "handover", "hold_until", "interval",
+        "detector", "enable_ordered_until", "epoch_file", "events", "fence_seq", "fenced_since", "handover", "hold_until", "interval",
         "last_seq", "may_serve", "on_demote", "on_promote", "paused_until", "peer", "peer_dead_reported",
         "priority", "promoted_at", "rejoining", "reserved", "send_heartbeat", "superseded", "svc", "window"})
 
@@ -113,7 +113,9 @@ class Decision(Part):
             return
         if state is ENABLED:
             if self.all_arbitrators_failed():
-                if self._peer_confirms_users():
+                if self.detector == "coordinator":
+                    pass  # the coordinator judges the arbitrators on its rounds and disables this member
+                elif self._peer_confirms_users():
                     await self._demote("all arbitrators failed", to=NOTREADY)
                 elif not self._held_enabled:
                     # Users reach neither member (or the peer is gone): stepping down would
@@ -140,6 +142,10 @@ class Decision(Part):
         # DISABLED: take over only when users can reach us and the data is ours to serve.
         if now < self.hold_until or self.all_arbitrators_failed():
             return
+        # Under the coordinator a member takes over from a dead or failed peer only on its
+        # ENABLE order, and with the same guards as below (never beside an ENABLED peer).
+        ordered = now < self.enable_ordered_until
+        waits = self.detector == "coordinator" and not ordered
         if alive:
             if p.state == "ENABLED":
                 return
@@ -147,11 +153,18 @@ class Decision(Part):
                 return  # behind: catching up first (never serve older state)
             if p.handover:
                 await self._promote("planned switchover", now)
+            elif ordered and (p.state in NOT_SERVING or self._outranks_peer()):
+                # Beside an alive DISABLED peer the order promotes only the member that would
+                # win the election: the peer, deciding at the same moment, never promotes too.
+                await self._promote("coordinator: ENABLE", now)
             elif p.state in NOT_SERVING:
-                await self._promote(f"peer {p.state}" + ("" if p.arb_ok else ": it lost its arbitrators"), now)
+                if not waits:
+                    await self._promote(f"peer {p.state}" + ("" if p.arb_ok else ": it lost its arbitrators"), now)
             elif self._outranks_peer():
                 await self._promote("election", now)
             return
+        if p.heard is not None and waits:
+            return  # the peer's silence is the coordinator's to judge
         if p.heard is not None and self.last_seq() < p.last_seq:
             self._cannot_promote("missing replicated state", mine=self.last_seq(), peer=p.last_seq)
             return
@@ -159,7 +172,8 @@ class Decision(Part):
             self._cannot_promote("restarted without hearing its peer, which may hold newer state",
                                  epoch=self.epoch)
             return
-        await self._promote("peer dead" if p.heard is not None else "no peer at start", now)
+        await self._promote("coordinator: ENABLE" if ordered else "peer dead" if p.heard is not None
+                            else "no peer at start", now)
 
     def _cannot_promote(self, reason: str, **facts) -> None:
         """Log a refusal to take over once, not on every tick it is re-decided."""
@@ -208,6 +222,7 @@ class Decision(Part):
             self.rejoining = True
         persist_s = self.clock() - t0
         self.promoted_at = self.clock()
+        self.enable_ordered_until = float("-inf")  # carried out
         self.epoch = epoch
         self.discard_pending = False  # its state is the pair's now
         if self.handover is not None:

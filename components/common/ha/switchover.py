@@ -14,7 +14,8 @@ class Switchover(Part):
     """``transition()`` and the planned switchover it starts; the one in progress is ``agent.handover``."""
 
     SHARED = frozenset({
-        "_decide", "_promote", "_release_vips", "_spawn", "clock", "epoch", "events", "fenced_since",
+        "_decide", "_demote", "_promote", "_release_vips", "_spawn", "all_arbitrators_failed", "clock", "detector",
+        "enable_ordered_until", "epoch", "events", "fenced_since",
         "handover", "handover_drain_s", "handover_timeout_s", "hold_until", "interval", "last_seq",
         "on_demote", "peer", "peer_address", "peer_alive", "promoted_at", "send_heartbeat", "svc",
         "wait_forwarded", "wait_idle", "window"})
@@ -68,6 +69,42 @@ class Switchover(Part):
             if state is STOPPED:
                 self._start_after_maintenance()
         return name
+
+    # The coordinator's orders (ha.detector coordinator): what its check round decided.
+    ORDERS = ("DISABLE", "ENABLE")
+
+    def coordinator_order(self, name: str) -> str:
+        """Carry out the coordinator CLC's order for this member: DISABLE takes an ENABLED or
+        NOTREADY member out of service at once (a failed check: no handover), ENABLE makes a
+        DISABLED member take the pair, once its peer is neither alive and ENABLED nor ahead
+        (it waits up to two windows for a crashed peer's heartbeats to stop; then the order
+        lapses). Refused with TransitionError, changing nothing, under the heartbeat detector
+        or for an unknown order; returns what this member does."""
+        if self.detector != "coordinator":
+            raise TransitionError("IncorrectState", "this pair fails over on heartbeats (ha.detector heartbeat): "
+                                  "it takes no coordinator's orders")
+        name = name.upper()
+        if name not in self.ORDERS:
+            raise TransitionError("InvalidParameterValue", f"unknown order {name!r}: one of {', '.join(self.ORDERS)}")
+        state = self.svc.state
+        self.events.emit("ha.coordinator_order", order=name, state=state.value, epoch=self.epoch)
+        if name == "ENABLE":
+            if state is ENABLED:
+                return "none"
+            if state is not DISABLED or self.handover is not None:
+                raise TransitionError("IncorrectState", f"a {state.value} member cannot be ENABLED")
+            self.enable_ordered_until = self.clock() + 2 * self.window + self.interval
+            self._spawn(self._decide("coordinator: ENABLE"))
+            return "enabling"
+        if state is ENABLED and self.handover is None:
+            to = NOTREADY if self.all_arbitrators_failed() else DISABLED
+            self._spawn(self._demote("coordinator: DISABLE", to=to))
+            return "disabling"
+        if state is NOTREADY and not self.all_arbitrators_failed():
+            self.svc.set_state(DISABLED, "coordinator: DISABLE")
+            self.send_heartbeat()
+            return "disabled"
+        return "none"
 
     def _standby_ready(self, caught_up: bool = True) -> bool:
         """The peer could take the pair now: alive, DISABLED, reaching users, not fenced, and
