@@ -13,10 +13,13 @@ with their 2.x defaults as named in components/common/coordinator.py:
 * VERIFY_SUSPECT: a suspect is asked again, on a fresh connection, for
   ``VERIFY_SUSPECT_TIMEOUT_S``; only if it never answers does it leave the view.
 
-Each CLC listens on ``MEMBERSHIP_PORT`` (TCP, its heartbeat-link address) and watches its peer's.
-What travels is one line each way ("alive?" / "alive"); a stranger on the port learns nothing
-and can only make this CLC believe its peer alive for as long as it answers, which is what
-an attacker on the heartbeat link can do to JGroups too (docs/ha.md).
+Each CLC listens on ``MEMBERSHIP_PORT`` (TCP, its heartbeat-link address) and watches its peer's,
+connecting from its own heartbeat-link address. What travels is one line each way ("alive?" /
+"alive"). A connection from any address but the peer's is closed unanswered, and a line over
+the stream's limit ends its connection, so a stranger on the port can neither hold it nor
+fill the log; one that takes the peer's address on the heartbeat link can still make this CLC
+believe its peer alive for as long as it answers, which is what an attacker on the heartbeat
+link can do to JGroups too (docs/ha.md).
 """
 
 from __future__ import annotations
@@ -63,18 +66,24 @@ class Membership:
             self._server.close()
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer every ask on a watcher's connection, until it closes."""
+        """Answer every ask on the peer's watching connection, until it closes; a connection
+        from another address is closed unanswered."""
         try:
+            if (writer.get_extra_info("peername") or ("",))[0] != self.peer:
+                return
             while await reader.readline() == ASK:
                 writer.write(ANSWER)
                 await writer.drain()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a line over the stream's limit
             pass
         finally:
             writer.close()
 
     async def _connect(self, timeout: float):
-        return await asyncio.wait_for(asyncio.open_connection(self.peer, self.port), timeout)
+        """A connection to the peer's port from this CLC's own heartbeat-link address (the
+        only source the peer answers)."""
+        return await asyncio.wait_for(
+            asyncio.open_connection(self.peer, self.port, local_addr=(self.listen, 0)), timeout)
 
     async def _watch(self) -> None:
         while True:

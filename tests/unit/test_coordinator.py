@@ -408,3 +408,56 @@ def test_a_peer_that_answers_stays_in_the_view(tmp_path):
         await m.stop()
     asyncio.run(go())
     assert m.peer_in_view and [e["event"] for e in read_events(tmp_path / "m.jsonl")] == ["membership.join"]
+
+
+def test_the_membership_port_answers_its_peer_only_and_survives_a_line_over_the_limit(tmp_path):
+    """A stranger's connection is closed unanswered, and a line past the stream's limit ends
+    only its own connection, with nothing left to the event loop's handler (on the old code
+    the stranger was answered and the long line's ValueError went unhandled)."""
+    port = free_port()
+    m = Membership(EventLog(tmp_path / "m.jsonl", "clc1", "clc"), "127.0.0.1", "127.0.0.2", port,
+                   fd_timeout_s=FD, fd_max_tries=TRIES, verify_s=VERIFY)
+    unhandled = []
+
+    async def ask(source: str, line: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        try:
+            writer.write(line)
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(100), 2)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def go():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: unhandled.append(ctx))
+        server = await asyncio.start_server(m._answer, "127.0.0.1", port, reuse_address=True)
+        try:
+            said = [await ask("127.0.0.3", ASK), await ask("127.0.0.2", ASK),
+                    await ask("127.0.0.2", b"x" * 2 ** 17), await ask("127.0.0.2", ASK)]
+        finally:
+            server.close()
+        await asyncio.sleep(0.05)  # the closed connections' handlers finish
+        return said
+    assert asyncio.run(go()) == [b"", ANSWER, b"", ANSWER]
+    assert unhandled == []
+
+
+def test_the_watcher_connects_from_its_own_heartbeat_link_address(tmp_path):
+    """The watched side answers only its peer's address, so the watcher must come from it."""
+    port = free_port()
+    seen = []
+
+    async def go():
+        async def serve(reader, writer):
+            seen.append(writer.get_extra_info("peername")[0])
+            writer.close()
+        server = await asyncio.start_server(serve, "127.0.0.2", port, reuse_address=True)
+        m = Membership(EventLog(tmp_path / "m.jsonl", "clc1", "clc"), "127.0.0.3", "127.0.0.2", port)
+        reader, writer = await m._connect(2)
+        writer.close()
+        await until(lambda: seen)
+        server.close()
+    asyncio.run(go())
+    assert seen == ["127.0.0.3"]
