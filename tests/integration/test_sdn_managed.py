@@ -218,6 +218,11 @@ def move_router(dep, primary: str) -> None:
     host = dep.plan.hosts[primary]
     pub, priv = host.intf("cloud"), host.intf("priv1")
 
+    # Gratuitous ARP updates a neighbour entry, never creates one: resolve both first (the
+    # test may run before any other has sent traffic that way).
+    dep["gw"].cmd(f"ping -c 1 -W 1 {C1['public_ip']}")
+    dep[slot("c1")].cmd(f"ping -c 1 -W 1 {GC['gateway']}")
+
     def taken() -> bool:
         dep[primary].cmd(f"arping -q -U -c 1 -I {pub.name} {C1['public_ip']}; "
                          f"arping -q -U -c 1 -I {priv.name} {GC['gateway']}")
