@@ -170,14 +170,26 @@ def _bench_s3cp(args) -> int:
 
 
 def _bench_scale(args) -> int:
-    from .bench.scale import XL_SPEC, run
+    from .bench.scale import LAUNCH_TIMEOUT_S, XL_SPEC, run
 
     size = tuple(int(x) for x in args.size.split("x")) if args.size else None
     if size is not None and len(size) != 3:
         raise SystemExit("eucalab bench scale: --size is CLUSTERSxNCSxSLOTS, e.g. 2x4x4")
     return run(args.spec or XL_SPEC, size=size, instances=args.instances, batch=args.batch,
                trials=args.trials, default=not args.no_default, baseline=not args.no_baseline,
-               in_flight=args.in_flight)
+               in_flight=args.in_flight,
+               launch_timeout=LAUNCH_TIMEOUT_S if args.launch_timeout is None else args.launch_timeout)
+
+
+def _positive_seconds(text: str) -> float:
+    """An option's seconds: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: the seconds must be above 0")
+    return value
 
 
 def _bench_sdn(args) -> int:
@@ -244,6 +256,9 @@ def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     b.add_argument("--trials", type=int, default=3, help="crash trials per target (CLC, Walrus, CC, SC)")
     b.add_argument("--in-flight", type=int, default=None,
                    help="no RunInstances while this many instances are pending (default: no limit)")
+    b.add_argument("--launch-timeout", type=_positive_seconds, default=None,
+                   help="seconds from the first RunInstances after which the count running is taken "
+                        "(default: 2.5 x the 120 s target)")
     b.add_argument("--no-default", action="store_true", help="skip the default deployment's trials (the outage comparison)")
     b.add_argument("--no-baseline", action="store_true", help="skip plain Mininet")
 
@@ -305,7 +320,8 @@ def cmd_experiment(args) -> int:
         return 0
     if getattr(args, "soak_minutes", None) is not None:
         raise SystemExit("eucalab: --soak-minutes is for safe-floor definitions (kind: safe-floor)")
-    run_dir = run_definition(args.definition, trials=args.trials)
+    only = [t for t in (getattr(args, "only", None) or "").split(",") if t] or None
+    run_dir = run_definition(args.definition, trials=args.trials, only=only)
     summary = json.loads((run_dir / "summary.json").read_text())
     for name, s in summary.items():
         o = s["outage_ms"]
@@ -393,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("definition", help="e.g. experiments/failover/definitions/default.yaml")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
+    s.add_argument("--only", metavar="TARGET,...",
+                   help="run only the sets of these targets (e.g. clc,walrus): a long definition in several runs")
     s.set_defaults(fn=cmd_experiment)
 
     s = sub.add_parser("report", help="regenerate plots and report of a run from its raw data")

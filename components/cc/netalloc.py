@@ -19,6 +19,19 @@ from dataclasses import dataclass, field
 from components.common.modes import MANAGED_MODES, features
 
 VLAN_MIN, VLAN_MAX = 10, 4094
+DEFAULT_ADDRS_PER_NET = 32  # Eucalyptus's VNET_ADDRSPERNET default; CC config ``addrs_per_net``
+RESERVED_PER_NET = 3  # the network address, the gateway and the broadcast address
+
+
+def configured_addrs_per_net(config: dict) -> int:
+    """A CC's addresses per security group's subnet, from its config (``addrs_per_net``)."""
+    return int(config.get("addrs_per_net", DEFAULT_ADDRS_PER_NET))
+
+
+def instances_per_group(addrs_per_net: int = DEFAULT_ADDRS_PER_NET) -> int:
+    """How many instances of one security group a MANAGED cluster can address (its subnet
+    less the reserved addresses): more need another group."""
+    return addrs_per_net - RESERVED_PER_NET
 
 
 class AllocationError(Exception):
@@ -41,7 +54,7 @@ def mac_for(ip: str) -> str:
 
 
 class NetworkAllocator:
-    def __init__(self, mode: str, cluster: int, addrs_per_net: int = 32,
+    def __init__(self, mode: str, cluster: int, addrs_per_net: int = DEFAULT_ADDRS_PER_NET,
                  vm_space: str | None = None, flat_space: str | None = None,
                  flat_gateway: str | None = None):
         self.mode = mode

@@ -15,7 +15,7 @@ import aiohttp
 
 from components.common.supervise import supervise
 
-from .netalloc import AllocationError, NetworkAllocator
+from .netalloc import AllocationError, NetworkAllocator, configured_addrs_per_net
 from .scheduler import NodeState, Scheduler
 
 POLL_S = 0.1  # how often the CC asks its NCs for instance states
@@ -43,7 +43,7 @@ class Nodes:
         """A scheduler over this cluster's NCs and a network allocator, both holding nothing."""
         cc = self.cc
         return (Scheduler([NodeState(n, list(v["slots"])) for n, v in cc.ncs.items()], policy),
-                NetworkAllocator(cc.mode, cc.cluster, int(cc.config.get("addrs_per_net", 32))))
+                NetworkAllocator(cc.mode, cc.cluster, configured_addrs_per_net(cc.config)))
 
     def occupy(self, scheduler: Scheduler, alloc: NetworkAllocator) -> dict[str, str]:
         """Occupy the known instances' slots in ``scheduler`` and addresses in ``alloc``;

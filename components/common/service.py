@@ -69,12 +69,20 @@ MAX_BODY = 64 * 2**20
 log = logging.getLogger(__name__)
 
 
+def scheduler_policy(inherited: bool) -> int:
+    """SCHED_FIFO, with SCHED_RESET_ON_FORK unless what the process starts inherits it."""
+    return os.SCHED_FIFO if inherited else os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+
+
 class Service:
     component = "service"
     # Paths under these prefixes (or exactly these paths) are the user-facing API, gated by
     # the service state.
     api_prefixes: tuple[str, ...] = ()
     api_paths: tuple[str, ...] = ()
+    # Whether the threads and processes it starts once raised to ``realtime_priority``
+    # inherit that priority (the CC's ip and nft commands must: they are its takeover).
+    realtime_inherited = True
 
     def __init__(self, config: dict):
         self.config = config
@@ -307,7 +315,7 @@ class Service:
         prio = self.config.get("realtime_priority")
         if prio:
             try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(prio)))
+                os.sched_setscheduler(0, scheduler_policy(self.realtime_inherited), os.sched_param(int(prio)))
             except (PermissionError, OSError) as exc:
                 self.events.emit("service.no_realtime", error=str(exc))
         if self.ha is not None:

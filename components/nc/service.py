@@ -81,6 +81,9 @@ def _handler(manager: str, name: str):
 
 class NodeController(Service):
     component = "nc"
+    # Its instances' workloads and its threads (image work) stay at the normal scheduler:
+    # only its own loop, which carries the block sessions, runs at realtime.
+    realtime_inherited = False
 
     def __init__(self, config: dict):
         super().__init__(config)

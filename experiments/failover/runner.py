@@ -219,8 +219,21 @@ class _LoadRecorder:
         self.f.close()
 
 
-def run_definition(path: str | Path | None = None, trials: int | None = None) -> Path:
+def select_sets(exp: Experiment, targets: list[str]) -> list:
+    """The sets of ``exp`` whose target is one of ``targets``, in the definition's order;
+    a target the definition has no set of is an error (a typo must not run nothing)."""
+    have = {s.target for s in exp.sets}
+    unknown = sorted(set(targets) - have)
+    if unknown:
+        raise ValueError(f"{exp.name}: no set targets {', '.join(unknown)} (its targets: {', '.join(sorted(have))})")
+    return [s for s in exp.sets if s.target in targets]
+
+
+def run_definition(path: str | Path | None = None, trials: int | None = None,
+                   only: list[str] | None = None) -> Path:
     exp = Experiment.load(path or DEFINITIONS / "default.yaml")
+    if only is not None:
+        exp.sets = select_sets(exp, only)
     if trials is not None:
         for s in exp.sets:
             s.trials = min(s.trials, trials)

@@ -17,6 +17,21 @@ if TYPE_CHECKING:
 
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
+# The NC's, below them: it carries every volume request between an instance and the SC
+# (the block initiator, a kernel's work on a real node), and at the normal scheduler it
+# queued behind whatever else the machine ran (docs/ha.md, "Beyond the
+# detection bound"). Below the members, so it never delays a heartbeat.
+NC_REALTIME_PRIORITY = 5
+
+
+def realtime_priority(role: str, paired: bool, realtime: bool) -> int | None:
+    """The SCHED_FIFO priority a component raises itself to once started, or None: the
+    HA members' (``paired``) and the NC's, on a deployment that runs at realtime."""
+    if not realtime:
+        return None
+    if paired:
+        return REALTIME_PRIORITY
+    return NC_REALTIME_PRIORITY if role == "nc" else None
 
 
 def random_key(n: int, alphabet: str) -> str:
@@ -87,13 +102,15 @@ class Configs:
         if pair is not None:
             cfg["pair"] = {"name": pair.name, "primary": pair.primary, "secondary": pair.secondary,
                            "vip": pair.vip, "private_vip": pair.private_vip}
-        if pair is not None and pair.secondary is not None:
+        paired = pair is not None and pair.secondary is not None
+        if paired:
             cfg["ha"] = self.ha_config(pair, host)
-            if dep.realtime:
-                # Heartbeats at realtime priority: CPU starvation, not the network, causes
-                # most false failovers on a small host. The component raises itself once
-                # started, so that starting processes never starve running ones.
-                cfg["realtime_priority"] = REALTIME_PRIORITY
+        # Heartbeats at realtime priority: CPU starvation, not the network, causes most
+        # false failovers on a small host. The component raises itself once started, so
+        # that starting processes never starve running ones.
+        prio = realtime_priority(ph.role, paired, dep.realtime)
+        if prio is not None:
+            cfg["realtime_priority"] = prio
         if ph.role == "nc":
             # The NC boots instances into its VM slots by entering their namespaces.
             cfg["slots"] = [{"name": slot.name, "interface": slot.interfaces[0].name,

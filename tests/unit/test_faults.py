@@ -291,3 +291,13 @@ def test_the_delay_fault_adds_to_the_links_own_shaping_and_restores_exactly_it(l
             assert tree["root"][:2] == ("5:", "htb") and tree == {**built[intf][0], **{"5:1": tree["5:1"]}}
     ctx.restore()
     assert dep.tc.state() == built
+
+
+def test_only_runs_the_sets_of_the_targets_named():
+    from experiments.failover.runner import DEFINITIONS, select_sets
+
+    exp = Experiment.load(DEFINITIONS / "beyond-bound.yaml")
+    assert exp.probe_interval_ms == 5 and all(s.trials == 100 for s in exp.sets)
+    assert [s.target for s in select_sets(exp, ["sc", "clc"])] == ["clc", "sc"]  # the definition's order
+    with pytest.raises(ValueError, match="no set targets klc"):
+        select_sets(exp, ["clc", "klc"])  # a typo runs nothing rather than less
