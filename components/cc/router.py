@@ -33,7 +33,7 @@ from components.common import ha_net
 from components.common.nft import Nftables as _Nftables
 from components.common import vlan as vlans
 
-from .rules import TABLE, RouterConfig, RouterHost, _empty, render_router, withdraw_config
+from .rules import ROUTED_MARK, TABLE, RouterConfig, RouterHost, _empty, render_router, withdraw_config
 
 # The router's API: rendering (rules.py) and applying (here), one module to import.
 __all__ = ["ANNOUNCE_AGAIN_S", "RouterConfig", "RouterHost", "announce", "apply_router", "apply_router_async",
@@ -144,6 +144,21 @@ _KERNEL = _Kernel()
 _GARP = ha_net.GarpSender()
 
 
+def forget_routed() -> None:
+    """Forget every connection this host routed (``ROUTED_MARK``): it routes none any more.
+
+    Their segments now reach the peer, and a connection of the same addresses and ports
+    opened later through the peer would otherwise meet the old entry when a switchover
+    brings it back here: conntrack finds it out of that entry's window, calls it invalid,
+    so it gets no NAT, and the host holding the elastic IP answers it with a reset (one
+    lost request in a CC planned switchover of run 20261207T052412Z: the user's ports
+    had wrapped since the CC host failures a minute before, within TIME_WAIT's 120 s).
+    Without an entry, the segment is picked up mid-stream and translated as usual."""
+    err = ha_net.forget_connections(ROUTED_MARK)
+    if err:
+        raise RuntimeError(f"forgetting the routed connections: {os.strerror(err)}")
+
+
 def announce(intf: str, addresses: list[str]) -> list[str]:
     """Gratuitous ARP for addresses that arrived here, so neighbours learn at once (EUCA-2281).
 
@@ -203,6 +218,7 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False, annou
             _KERNEL.sync_neighbours(intf, neighbours)
     else:
         _KERNEL.neighbours.clear()  # a later promotion sets them again
+        forget_routed()
     steps.done("neighbours")
     told = added
     if primary and announce_held:

@@ -17,6 +17,10 @@ the primary CC holds, as Eucalyptus's CC did in MANAGED and MANAGED-NOVLAN modes
   member's own address, a heartbeat port, the SC or the CC and NC internal APIs;
 * nothing from an instance to the CC host itself but ICMP (EUCA-INPUT): the CC's
   internal API and heartbeats are out of a tenant's reach;
+* the connections it routes marked (``ROUTED_MARK``) and forgotten when it stops routing
+  (``apply_router``): a connection-tracking entry left from an earlier term would meet a
+  later connection of the same addresses and ports that opened through the peer, call its
+  segments invalid and leave them untranslated (docs/ha.md, "Planned switchover");
 * elastic IPs DNAT in and SNAT out; the metadata service 169.254.169.254:80 DNATed
   to the CLC's virtual IP port 8773 by exactly one rule (EUCA-3440 left rules pointing
   at both CLCs), without SNAT, so the CLC sees the instance's own address.
@@ -49,6 +53,7 @@ CHAIN_INPUT = "EUCA-INPUT"
 METADATA_IP = "169.254.169.254"
 PUBLIC_IP_POOL = "10.0.128.0/24"
 CLOUD_NET = "10.0.0.0/16"
+ROUTED_MARK = 0xEC  # the connection-tracking mark of connections the router translates or forwards
 
 
 @dataclass
@@ -199,6 +204,11 @@ def render_router(intent: dict, host: RouterHost) -> RouterConfig:
     if groups:
         # Instances without an elastic IP reach beyond the cloud network through the CC's address.
         snat.append(f'ip saddr {host.vm_space} ip daddr != {host.cloud_net} oifname "{pub}" masquerade')
+        # Every connection this router translates or forwards carries ROUTED_MARK (a nat
+        # chain sees a connection's first packet only), so that a member that stops routing
+        # forgets them (components/cc/router.py, apply_router) and none is left to a later term.
+        dnat[:0] = [f"ip daddr {host.public_pool} ct mark set {ROUTED_MARK:#x}",
+                    f"iifname {instances_in} ip saddr {host.vm_space} ct mark set {ROUTED_MARK:#x}"]
     sysctls = {"net.ipv4.ip_forward": "1",
                # Routing between group subnets on one interface must not teach instances
                # a direct path (ICMP redirects) around the CC's forward rules.

@@ -132,7 +132,7 @@ class GarpSender:
             self._sock = None
 
 
-# -- addresses over rtnetlink: a VIP is up microseconds after the decision ------------------
+# -- addresses over rtnetlink (a VIP is up microseconds after the decision), connections ---------
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -144,6 +144,10 @@ IFF_UP = 0x1
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 NLMSG_ERROR = 2
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+# Connection tracking over ctnetlink (nfnetlink subsystem 1): delete, and its mark filter.
+NETLINK_NETFILTER = 12
+IPCTNL_MSG_CT_DELETE = (1 << 8) | 2
+CTA_MARK, CTA_MARK_MASK = 8, 21
 
 
 def _rtattr(kind: int, payload: bytes) -> bytes:
@@ -191,9 +195,23 @@ def set_neighbour(interface: str, ip: str, mac: str) -> int:
     return _request(struct.pack("=IHHII", 16 + len(body), RTM_NEWNEIGH, flags, 1, 0) + body)
 
 
-def _request(message: bytes) -> int:
-    """Send one rtnetlink request (sequence number 1) and return the errno of its ack (0: done)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+def forget_connections(mark: int) -> int:
+    """``conntrack -D --mark MARK``: delete every connection-tracking entry of this network
+    namespace whose mark is ``mark`` (ctnetlink's flush, filtered by mark), in one request.
+
+    Returns 0 or the kernel's errno."""
+    return _request(_forget_request(mark, seq=1), NETLINK_NETFILTER)
+
+
+def _forget_request(mark: int, seq: int) -> bytes:
+    body = struct.pack("=BBH", socket.AF_INET, 0, 0)  # nfgenmsg: family, version 0, res_id
+    body += _rtattr(CTA_MARK, struct.pack("!I", mark)) + _rtattr(CTA_MARK_MASK, struct.pack("!I", 0xFFFFFFFF))
+    return struct.pack("=IHHII", 16 + len(body), IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def _request(message: bytes, protocol: int = NETLINK_ROUTE) -> int:
+    """Send one netlink request (sequence number 1) and return the errno of its ack (0: done)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as sock:
         sock.bind((0, 0))
         sock.send(message)
         while True:

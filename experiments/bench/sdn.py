@@ -107,9 +107,12 @@ def apply_router(dep: Deployment, intent: dict) -> None:
             raise RuntimeError(f"router on {cc} failed: {out}")
 
 
-def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str = "ok") -> None:
-    """A TCP responder on ``host`` answering each connection with ``reply`` (socat; $SOCAT_PEERADDR works)."""
-    dep.start("socat", host, argv=["socat", f"TCP-LISTEN:{port},fork,reuseaddr", f"SYSTEM:echo {reply}"],
+def start_listener(dep: Deployment, host: str, port: int, label: str, reply: str = "ok",
+                   after_request: bool = False) -> None:
+    """A TCP responder on ``host`` answering each connection with ``reply`` (socat; $SOCAT_PEERADDR works);
+    ``after_request``: once the client sent a line or ended its input, not at once."""
+    command = f"read request; echo {reply}" if after_request else f"echo {reply}"
+    dep.start("socat", host, argv=["socat", f"TCP-LISTEN:{port},fork,reuseaddr", f"SYSTEM:{command}"],
               label=label, wait=False)
     wait_until(lambda: f":{port} " in dep[host].cmd(f"ss -ltn 'sport = :{port}'"), timeout=5)
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +62,8 @@ def dep(tmp_path_factory):
         apply_router(d, intent)
         for name, inst in INSTANCES.items():
             start_listener(d, inst["slot"], 8080, f"l8080-{name}", reply=name)
-        start_listener(d, C1["slot"], 80, "l80-c1", reply="c1")
+        # c1 answers once the client has said something (a request, or the end of its input).
+        start_listener(d, C1["slot"], 80, "l80-c1", reply="c1", after_request=True)
         yield d
 
 
@@ -180,6 +183,89 @@ def test_controller_restart_keeps_an_allowed_tcp_flow(dep):
     last_start = max(i for i, e in enumerate(events) if e["event"] == "controller.start")
     synced = [e for e in events[last_start:] if e["event"] == "switch.synced"]
     assert synced and all(e["added"] == 0 and e["removed"] == 0 for e in synced), synced
+
+
+# A user's request on a connection of its own from a fixed port: connect, print "connected",
+# send the request once the file argv[4] exists, print the answer or the error.
+CLIENT = """
+import os, socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[3])))
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+while not os.path.exists(sys.argv[4]):
+    time.sleep(0.01)
+try:
+    s.sendall(b"GET\\n")
+    print("answer", s.recv(100).decode().strip() or "(closed)", flush=True)
+except OSError as exc:
+    print("error", repr(exc), flush=True)
+"""
+
+
+def move_router(dep, primary: str) -> None:
+    """The cluster's router to ``primary`` at the next epoch (its peer withdrawn first), as a CC
+    takeover moves it; returns once the user's gateway and c1 send to it (gratuitous ARP,
+    again until taken: a neighbour ignores an update within a second of the last)."""
+    _, body = intent_request(dep, "GET", "/intent")
+    intent = cluster_intent(epoch=body["clusters"]["1"]["epoch"] + 1, primary=primary)
+    apply_router(dep, intent)
+    dep.place_vip(dep.plan.pair("cc", 1), primary)
+    status, answer = put_intent(dep, intent)
+    assert status == 200 and answer["installed"], answer
+    host = dep.plan.hosts[primary]
+    pub, priv = host.intf("cloud"), host.intf("priv1")
+
+    # Gratuitous ARP updates a neighbour entry, never creates one: resolve both first (the
+    # test may run before any other has sent traffic that way).
+    dep["gw"].cmd(f"ping -c 1 -W 1 {C1['public_ip']}")
+    dep[slot("c1")].cmd(f"ping -c 1 -W 1 {GC['gateway']}")
+
+    def taken() -> bool:
+        dep[primary].cmd(f"arping -q -U -c 1 -I {pub.name} {C1['public_ip']}; "
+                         f"arping -q -U -c 1 -I {priv.name} {GC['gateway']}")
+        return (pub.mac in dep["gw"].cmd(f"ip neigh show {C1['public_ip']}")
+                and priv.mac in dep[slot("c1")].cmd(f"ip neigh show {GC['gateway']}"))
+
+    assert wait_until(taken, timeout=5, step=0.2), f"neighbours still send to the old router, not {primary}"
+
+
+def test_a_connection_opened_through_the_peer_survives_the_router_coming_back(dep, tmp_path):
+    """A connection whose handshake crossed one member and whose request reaches the other,
+    as a planned switchover moves the user's gateway between them. The member the router
+    comes back to had routed an earlier connection of the same addresses and ports (a
+    user's ports wrap within TIME_WAIT's 120 s): its entry, were it kept, would call the
+    request invalid, leave it untranslated, and the host holding the elastic IP would
+    reset it (what lost a request in run 20261207T052412Z). A member that stops routing
+    forgets the connections it routed (components/cc/router.py, forget_routed)."""
+    one, other = dep.plan.pair("cc", 1).members
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+
+    def client(label: str, port: int, go: Path):
+        return dep.start("python", "user", argv=[sys.executable, str(script), C1["public_ip"], "80", str(port),
+                                                 str(go)], label=label, wait=False)
+
+    def output(proc) -> str:
+        return (proc.dir / "stdout.log").read_text()
+
+    move_router(dep, one)
+    go = tmp_path / "go"
+    go.touch()
+    first = client("client-first", 41000, go)
+    assert first.popen.wait(timeout=10) == 0 and "answer c1" in output(first), output(first)
+    assert "sport=41000 " in dep[one].cmd("cat /proc/net/nf_conntrack")  # kept while it routes
+    move_router(dep, other)
+    assert "sport=41000 " not in dep[one].cmd("cat /proc/net/nf_conntrack")  # forgotten once it does not
+    go = tmp_path / "go-second"
+    second = client("client-second", 41000, go)  # same user address and port
+    assert wait_until(lambda: "connected" in output(second), timeout=5), output(second)  # handshake: other
+    move_router(dep, one)
+    go.touch()  # the request: one
+    assert second.popen.wait(timeout=10) == 0
+    assert "answer c1" in output(second), output(second)
 
 
 def _ping_counts(summary: str) -> tuple[int, int]:

@@ -88,6 +88,50 @@ def test_an_answer_without_a_connection_leaves_with_the_elastic_ip_not_the_priva
     assert sum("ip saddr set" in line for line in fwd) == 1  # instances without an elastic IP: none
 
 
+def test_every_connection_the_router_translates_or_forwards_is_marked():
+    """Marked on its first packet (a nat chain sees no other): to an elastic IP, and from an
+    instance; the CC host's own connections (its API, its VIP, heartbeats) are not."""
+    pre = chain(render_router(INTENT, HOST), "EUCA-PREROUTING")
+    assert pre[:2] == ["ip daddr 10.0.128.0/24 ct mark set 0xec",
+                       'iifname "c1cc1-eth1" ip saddr 10.101.16.0/20 ct mark set 0xec']
+    assert router.ROUTED_MARK == 0xEC
+    assert "ct mark" not in render_router({"groups": [], "instances": []}, HOST).ruleset
+
+
+def test_a_member_that_stops_routing_forgets_the_connections_it_routed(fake):
+    """An entry left from its term would meet a later connection of the same ports opened
+    through the peer (the user's ports wrap within TIME_WAIT's 120 s) when the cluster comes
+    back: out of window, invalid, untranslated, reset by this host (run 20261207T052412Z)."""
+    cfg = render_router(INTENT, HOST)
+    apply_router(cfg, primary=True)
+    assert fake.forgotten == []  # routing: its connections are live
+    apply_router(cfg, primary=False, armed=True)  # withdrawn after a switchover's drain
+    assert fake.forgotten == [router.ROUTED_MARK]
+    apply_router(withdraw_config(HOST), primary=False)  # a member starting: a crash's leftovers too
+    assert fake.forgotten == [router.ROUTED_MARK] * 2
+
+
+def test_forgetting_that_the_kernel_refuses_is_a_clear_error(fake, monkeypatch):
+    monkeypatch.setattr(router.ha_net, "forget_connections", lambda mark: 1)  # EPERM
+    with pytest.raises(RuntimeError, match="forgetting the routed connections: Operation not permitted"):
+        apply_router(withdraw_config(HOST), primary=False)
+
+
+def test_the_forget_request_is_ctnetlinks_delete_filtered_by_mark():
+    """``conntrack -D --mark 0xec``'s request: nfnetlink subsystem 1 (ctnetlink), message 2
+    (delete), no tuple (a flush), CTA_MARK and CTA_MARK_MASK in network byte order."""
+    import socket
+    import struct
+
+    from components.common import ha_net
+
+    msg = ha_net._forget_request(0xEC, seq=7)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", msg)
+    assert (length, kind, flags, seq) == (len(msg), 0x0102, 0x1 | 0x4, 7)
+    assert struct.unpack_from("=BBH", msg, 16) == (socket.AF_INET, 0, 0)
+    assert msg[20:] == struct.pack("=HH", 8, 8) + b"\0\0\0\xec" + struct.pack("=HH", 8, 21) + b"\xff" * 4
+
+
 def test_metadata_dnat_exactly_once_and_never_snatted():
     cfg = render_router(INTENT, HOST)
     meta = [line for line in chain(cfg, "EUCA-PREROUTING") if "169.254.169.254" in line]
@@ -142,6 +186,7 @@ class FakeHost:
         self.restored: list[str] = []
         self.announced: list[tuple[str, str]] = []
         self.neighbours: list[tuple[str, str, str]] = []
+        self.forgotten: list[int] = []  # ctnetlink flushes, by mark
 
     def run(self, argv, check=True):
         self.commands.append(argv)
@@ -181,6 +226,7 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(router.ha_net, "set_address", host.set_address)
     monkeypatch.setattr(router.ha_net, "set_neighbour",
                         lambda intf, ip, mac: host.neighbours.append((intf, ip, mac)) or 0)
+    monkeypatch.setattr(router.ha_net, "forget_connections", lambda mark: host.forgotten.append(mark) or 0)
     monkeypatch.setattr(router, "_KERNEL", router._Kernel())  # a fresh process
     monkeypatch.setattr(router._KERNEL.nft, "run", host.nft)
     monkeypatch.setattr(router, "announce", host.announce)
