@@ -6,7 +6,9 @@ serves the intent API on ``RUN/control.sock``, keeps accepted intents, standby
 reports, VIP redirects and its events under ``RUN/controller/``, and logs ``controller.ready`` once every switch
 is connected and synchronised.
 
-SIGTERM and SIGINT end it cleanly with exit code 0. os-ken's native hub cannot stop
+SIGTERM and SIGINT end it cleanly with exit code 0. If the API's thread dies, the
+controller logs ``controller.api_died`` and exits with code 1: a controller nobody can
+reach must not look alive (the deployment reports its exit). os-ken's native hub cannot stop
 its threads (HubThread has no kill(); run_apps raises on shutdown and a run_apps
 process ignored SIGINT here), so the main thread keeps the signals, closes the
 API, logs ``controller.stop`` and leaves with os._exit: the switches keep their
@@ -53,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     received: list[int] = []
+    api_died: list[BaseException | None] = []  # the API thread's end, when it was not ours
 
     def on_signal(signum, frame):
         received.append(signum)
         stop.set()
+
+    def on_api_exit(error: BaseException | None) -> None:
+        if not stop.is_set():  # not our own shutdown
+            api_died.append(error)
+            stop.set()
 
     # SIGUSR1 dumps every thread's stack to the log: os-ken runs many threads.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -75,22 +83,27 @@ def main(argv: list[str] | None = None) -> int:
                     health=lambda: {"switches": len(topo.switches), "synced": len(fabric.synced),
                                     "clusters": {str(k): v["epoch"] for k, v in store.snapshot().items()},
                                     "vips": {k: v["epoch"] for k, v in vips.snapshot().items()}})
-    server = serve(control.socket_path(run_dir), api)
+    server = serve(control.socket_path(run_dir), api, on_exit=on_api_exit)
     events.emit("controller.start", pid=os.getpid(), port=args.port,
                 intents={str(k): v["epoch"] for k, v in store.snapshot().items()})
     while not stop.wait(0.5):
         pass
-    server.shutdown()
+    if not api_died:
+        server.shutdown()
     server.server_close()
     for s in (store, vips, standbys):
         s.flush()
     control.socket_path(run_dir).unlink(missing_ok=True)
-    events.emit("controller.stop", signal=signal.Signals(received[0]).name)
+    if api_died:
+        logging.getLogger(__name__).error("the intent API thread died (%r): exiting with code 1", api_died[0])
+        events.emit("controller.api_died", error=repr(api_died[0]))
+    else:
+        events.emit("controller.stop", signal=signal.Signals(received[0]).name)
     events.close()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(1 if api_died else 0)
 
 
 if __name__ == "__main__":

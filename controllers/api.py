@@ -231,8 +231,10 @@ class IntentAPI:
             self.events.emit(event, **fields)
 
 
-def serve(path: str | Path, api: IntentAPI) -> _Server:
-    """Listen on the Unix socket ``path`` in a thread of its own; ``shutdown()`` ends it."""
+def serve(path: str | Path, api: IntentAPI, on_exit=None) -> _Server:
+    """Listen on the Unix socket ``path`` in a thread of its own; ``shutdown()`` ends it.
+    ``on_exit(error)`` is called from that thread when it ends: ``error`` is the exception
+    that ended it, or None (ended by ``shutdown()``)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         path.unlink()  # left by a controller that was killed
@@ -240,5 +242,17 @@ def serve(path: str | Path, api: IntentAPI) -> _Server:
         server = _Server(name, _Handler)
     os.chmod(path, 0o660)
     server.api = api
-    threading.Thread(target=server.serve_forever, name="intent-api", daemon=True).start()
+
+    def run() -> None:
+        error = None
+        try:
+            server.serve_forever()
+        except BaseException as exc:  # noqa: BLE001 (reported to the launcher, which exits)
+            error = exc
+            log.exception("the intent API thread died")
+        finally:
+            if on_exit is not None:
+                on_exit(error)
+
+    threading.Thread(target=run, name="intent-api", daemon=True).start()
     return server

@@ -2,11 +2,17 @@
 
 Mininet's TCLink prints netem errors and carries on; here every requested
 parameter is checked to have taken effect, and the build fails if it has not.
+
+A link's qdiscs: HTB at the root (handle 5:, one class 5:1) when it has a rate, and
+netem (handle 10:) below that class, or at the root without a rate. ``added_delay``
+puts a fault's delay on top of what the spec gives an interface and says how to put
+exactly that back.
 """
 
 from __future__ import annotations
 
 from .plan import Plan
+from .spec import LinkSpec
 
 
 class ShapingError(RuntimeError):
@@ -29,15 +35,33 @@ def shape_commands(intf: str, bw_mbit: float | None, delay_ms: float | None,
                     f"burst {burst} quantum {quantum}")
         parent = "parent 5:1"
     if delay_ms is not None or loss_pct is not None:
-        netem = f"qdisc add dev {intf} {parent} handle 10: netem"
-        if delay_ms is not None:
-            netem += f" delay {delay_ms}ms"
-            if jitter_ms is not None:
-                netem += f" {jitter_ms}ms"
-        if loss_pct is not None:
-            netem += f" loss {loss_pct}%"
-        cmds.append(netem)
+        cmds.append(_netem("add", intf, parent, delay_ms, jitter_ms, loss_pct))
     return cmds
+
+
+def _netem(verb: str, intf: str, parent: str, delay_ms: float | None, jitter_ms: float | None,
+           loss_pct: float | None) -> str:
+    """The tc batch line that adds (or changes) an interface's netem qdisc."""
+    netem = f"qdisc {verb} dev {intf} {parent} handle 10: netem"
+    if delay_ms is not None:
+        netem += f" delay {delay_ms}ms"
+        if jitter_ms is not None:
+            netem += f" {jitter_ms}ms"
+    if loss_pct is not None:
+        netem += f" loss {loss_pct}%"
+    return netem
+
+
+def added_delay(intf: str, shape: LinkSpec | None, delay_ms: float) -> tuple[list[str], list[str]]:
+    """tc batch lines adding ``delay_ms`` to an interface on top of the shaping its spec
+    gives it (``shape``, None: none; its rate, delay, jitter and loss stay), and the lines
+    that restore exactly that shaping. The root qdisc is never replaced: a spec's netem is
+    changed in place (packets queued in it stay), else a netem is added and then removed."""
+    parent = "parent 5:1" if shape is not None and shape.bw_mbit is not None else "root"
+    if shape is None or not shape.own_netem:
+        return [_netem("add", intf, parent, delay_ms, None, None)], [f"qdisc del dev {intf} {parent} handle 10:"]
+    more = _netem("change", intf, parent, (shape.delay_ms or 0) + delay_ms, shape.jitter_ms, shape.loss_pct)
+    return [more], [_netem("change", intf, parent, shape.delay_ms, shape.jitter_ms, shape.loss_pct)]
 
 
 def link_shapes(plan: Plan):
@@ -48,6 +72,14 @@ def link_shapes(plan: Plan):
         shape = plan.spec.links.for_network(plan.networks[link.network].kind)
         if shape.bw_mbit is not None or shape.own_netem:
             yield link, shape
+
+
+def interface_shape(plan: Plan, node: str, intf: str) -> LinkSpec | None:
+    """The link parameters the spec gives one end of a link (None: not shaped)."""
+    for link, shape in link_shapes(plan):
+        if (node, intf) in ((link.a, link.a_intf), (link.b, link.b_intf)):
+            return shape
+    return None
 
 
 def interface_commands(plan: Plan) -> list[tuple[str, str, list[str]]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from topologies.plan import CLOUD_NET, EXTERNAL_NET, USER_NET
+from topologies.shaping import added_delay, interface_shape
 
 FAILOVER, NO_FAILOVER, NO_OUTAGE, ONE_ENABLED = "failover", "no-failover", "no-outage", "one-enabled"
 SWITCHOVER = "switchover"
@@ -207,15 +208,22 @@ def loss(ctx: FaultContext) -> None:
 
 
 def delay(ctx: FaultContext) -> None:
-    """Delay on the primary's links to one network with netem (only where the kernel has it)."""
+    """Delay on the primary's links to one network with netem (only where the kernel has it),
+    added to the shaping the spec gives those links (its rate, delay, jitter and loss stay);
+    restore puts exactly the spec's shaping back."""
     ms = float(ctx.params.get("delay_ms", 20))
     node = ctx.dep[ctx.primary]
-    intfs = _intfs(ctx, ctx.primary, ctx.params.get("network", "heartbeat"))
-    ctx.undo.append(lambda: node.cmd("; ".join(f"tc qdisc del dev {i} root" for i in intfs) + " 2>/dev/null"))
-    out = node.cmd(" ; ".join(f"tc qdisc replace dev {i} root netem delay {ms:g}ms 2>&1 || echo FAILED: {i}"
-                              for i in intfs))
+    for intf in _intfs(ctx, ctx.primary, ctx.params.get("network", "heartbeat")):
+        more, back = added_delay(intf, interface_shape(ctx.dep.plan, ctx.primary, intf), ms)
+        _tc(node, ctx.primary, more, "netem refused the delay")
+        ctx.undo.append(lambda back=back: _tc(node, ctx.primary, back, "the link's own shaping was not restored"))
+
+
+def _tc(node, member: str, lines: list[str], what: str) -> None:
+    """tc batch lines in the member's namespace, each checked by its exit status."""
+    out = node.cmd(" ; ".join(f"tc {line} 2>&1 || echo FAILED: {line}" for line in lines))
     if "FAILED:" in out:
-        raise RuntimeError(f"netem refused the delay: {out.strip()[:200]}")
+        raise RuntimeError(f"{member}: {what}: {out.strip()[:300]}")
 
 
 def cpu(ctx: FaultContext) -> None:

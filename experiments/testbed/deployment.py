@@ -171,14 +171,15 @@ class Deployment:
             k: round(v, 4) for k, v in self.network.timings.items()})
 
     def down(self) -> None:
-        """Stop every process, then remove the network; safe to call more than once."""
+        """Stop every process, then remove the network; safe to call more than once. Raises
+        DeploymentError, once all is down, if the SDN controller had exited on its own: a
+        run it failed during did not run as specified."""
         t0 = time.monotonic()
         self.procs.stop_all()
         short = self.remote.collect()  # every server's event logs complete here
         if short and self.events:
             self.events.emit("server.events_short", paths=short)
-        if self.controller is not None:
-            self.controller_process.stop()
+        controller_died = self.controller_process.stop() if self.controller is not None else None
         # The last run to go puts ovs-vswitchd's scheduling back (vswitchd.py), before the
         # teardown: deleting bridges keeps ovs-vswitchd busy for seconds.
         vswitchd.release(exclude=self.records.registry_file)
@@ -194,6 +195,8 @@ class Deployment:
             self.events = None
         self.records.close()
         self._restore_signal_handlers()
+        if controller_died:
+            raise DeploymentError(controller_died)
 
     @property
     def distributed(self) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 from dataclasses import dataclass, field
 
 _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _REPLY = re.compile(r"time=([\d.]+) ms")
+_QDISC = re.compile(r"^qdisc (\S+) .*\n\s*Sent \d+ bytes (\d+) pkt \(dropped (\d+),", re.M)
 
 
 @dataclass
@@ -37,9 +39,44 @@ def parse_ping(text: str) -> PingResult:
     return PingResult(int(match.group(1)), int(match.group(2)), [float(x) for x in _REPLY.findall(text)])
 
 
-def ping(node, ip: str, count: int = 20, interval_s: float = 0.05, wait_s: float = 2.0) -> PingResult:
-    """Ping ``ip`` from an emulated host (a Mininet node), numerically, ``count`` times."""
-    return parse_ping(node.cmd(f"ping -n -c {count} -i {interval_s:g} -W {wait_s:g} {ip}"))
+def ping(node, ip: str, count: int = 20, interval_s: float = 0.05, wait_s: float = 2.0,
+         deadline_s: float | None = None) -> PingResult:
+    """Ping ``ip`` from an emulated host (a Mininet node), numerically, ``count`` times.
+
+    ping leaves two of its longest round trips after its last request, so a reply a
+    loaded machine holds up longer counts as lost; with ``deadline_s`` it waits for every
+    reply until then (``ping -w``), ending as soon as all ``count`` are in."""
+    deadline = f" -w {deadline_s:g}" if deadline_s is not None else ""
+    return parse_ping(node.cmd(f"ping -n -c {count} -i {interval_s:g} -W {wait_s:g}{deadline} {ip}"))
+
+
+def qdisc_counts(text: str, kind: str = "netem") -> tuple[int, int]:
+    """Packets the qdiscs of ``kind`` in ``tc -s qdisc show`` output sent and dropped, summed."""
+    sent = dropped = 0
+    for found, pkts, drops in _QDISC.findall(text):
+        if found == kind:
+            sent, dropped = sent + int(pkts), dropped + int(drops)
+    return sent, dropped
+
+
+def netem_counts(dep, network_kind: str) -> tuple[int, int]:
+    """Packets the netem queues at both ends of every link on networks of ``network_kind``
+    have sent and dropped so far, by their own counters: what netem did, apart from what
+    else a ping may count as lost (a neighbour resolution netem's loss held up, a reply
+    later than ping waited for)."""
+    from topologies.shaping import link_shapes
+
+    sent = dropped = 0
+    for link, _ in link_shapes(dep.plan):
+        if dep.plan.networks[link.network].kind != network_kind:
+            continue
+        for node, intf in ((link.a, link.a_intf), (link.b, link.b_intf)):
+            argv = ["tc", "-s", "qdisc", "show", "dev", intf]
+            out = (dep[node].cmd(" ".join(argv)) if node in dep.plan.hosts  # a switch's end: the root namespace
+                   else subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+            s, d = qdisc_counts(out)
+            sent, dropped = sent + s, dropped + d
+    return sent, dropped
 
 
 def binomial_interval(n: int, p: float, z: float = 4.5) -> tuple[int, int]:

@@ -201,6 +201,8 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
     import sys
     from dataclasses import asdict
 
+    from components.common import control
+    from experiments.testbed.controller import wait_ready
     from experiments.testbed.deployment import _child_env
     from topologies.placement import place
     from topologies.plan import build_plan
@@ -227,12 +229,8 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
             f"fail_mode=secure other-config:disable-in-band=true protocols=OpenFlow13 "
             f"-- set-controller {n} tcp:{server.nic.host_ip}:{port}" for n in remote))
         assert made.returncode == 0, made.stderr
-        events = tmp_path / "controller" / "events.jsonl"
-        deadline = time.monotonic() + scaled(60) * SLOW
-        while not (events.exists() and '"controller.ready"' in events.read_text()):
-            assert ctl.poll() is None, (tmp_path / "controller.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the controller did not get every remote switch"
-            time.sleep(0.2)
+        wait_ready(ctl, control.socket_path(tmp_path), tmp_path / "controller.log", 60 * SLOW,
+                   what="the controller on this server")
         state = server.ssh(" ; ".join(f"echo {n} $(ovs-vsctl get controller {n} is_connected) "
                                       f"$(ovs-ofctl -O OpenFlow13 dump-flows {n} | grep -c actions=)"
                                       for n in remote)).stdout.split("\n")

@@ -186,3 +186,108 @@ def test_an_interval_ends_where_its_process_was_killed_not_where_its_successor_s
     log = [ev(1, "state.change", to="ENABLED"), ev(9, "state.change", to="DISABLED"),
            ev(9, "service.start", state="DISABLED")]
     assert enabled_intervals(log, end=20, silenced_at=[2.5, 15]) == [(1, 2.5)]
+
+
+class _Tc:
+    """The qdiscs tc leaves on interfaces, for the lines shaping and faults use (qdisc add,
+    change, replace, del; class add): a fault's effect judged by the state it leaves."""
+
+    def __init__(self):
+        self.qdiscs: dict[str, dict[str, tuple[str, str, str]]] = {}  # dev -> parent -> (handle, kind, options)
+        self.classes: dict[str, set[str]] = {}
+
+    def run(self, line: str) -> bool:
+        words = line.split()
+        assert words[0] == "tc", line
+        obj, verb, dev, rest = words[1], words[2], words[4], words[5:]
+        tree, classes = self.qdiscs.setdefault(dev, {}), self.classes.setdefault(dev, set())
+        parent = "root" if rest[0] == "root" else rest[1]
+        rest = rest[1:] if rest[0] == "root" else rest[2:]
+        if obj == "class":
+            classes.add(rest[1])  # classid X
+            return any(h == parent for h, _, _ in tree.values())
+        handle = rest[1] if rest[:1] == ["handle"] else None
+        rest = rest[2:] if handle else rest
+        kind, options = (rest[0], " ".join(rest[1:])) if rest else (None, "")
+        have = tree.get(parent)
+        if verb == "del":
+            if have is None or (handle and have[0] != handle):
+                return False
+            if parent == "root":
+                tree.clear()
+                classes.clear()
+            else:
+                del tree[parent]
+            return True
+        if verb == "change" and (have is None or have[:2] != (handle, kind)):
+            return False
+        if verb == "add" and (have is not None or (parent != "root" and parent not in classes)):
+            return False
+        if verb == "replace" and parent == "root":
+            tree.clear()
+            classes.clear()
+        tree[parent] = (handle or (have[0] if have else None), kind, options)
+        return True
+
+    def cmd(self, text: str) -> str:
+        """A shell line of tc commands, as Mininet's node.cmd runs it."""
+        out = []
+        for part in text.split(";"):
+            line, _, on_fail = part.partition("||")
+            line = line.replace("2>&1", "").replace("2>/dev/null", "").strip()
+            if line and not self.run(line):
+                out.append(on_fail.replace("echo", "").strip() or f"error: {line}")
+        return "\n".join(out)
+
+    def state(self) -> dict:
+        return {dev: (dict(tree), sorted(self.classes[dev])) for dev, tree in self.qdiscs.items() if tree}
+
+
+class _Shaped:
+    """A deployment's shaping as the build leaves it, for the delay fault."""
+
+    def __init__(self, links: dict):
+        from topologies.plan import build_plan
+        from topologies.shaping import interface_commands
+        from topologies.spec import spec_from_dict
+
+        self.plan = build_plan(spec_from_dict({"clusters": 1, "ncs_per_cluster": 1, "links": links}, netem=True))
+        self.tc = _Tc()
+        for _, _, cmds in interface_commands(self.plan):
+            for line in cmds:
+                assert self.tc.run("tc " + line), line
+
+    def __getitem__(self, host: str) -> _Tc:
+        return self.tc
+
+
+@pytest.mark.parametrize("links, netem_before", [
+    ({"by_network": {"heartbeat": {"bw_mbit": 100, "delay_ms": 2, "jitter_ms": 1, "loss_pct": 0.5}}},
+     ("parent 5:1", 2, "1ms loss 0.5%")),
+    ({"bw_mbit": 100}, ("parent 5:1", None, None)),
+    ({"by_network": {"heartbeat": {"loss_pct": 1}}}, ("root", None, "loss 1%")),
+    ({}, ("root", None, None)),
+])
+def test_the_delay_fault_adds_to_the_links_own_shaping_and_restores_exactly_it(links, netem_before):
+    import re
+
+    from experiments.failover.faults import FaultContext
+
+    dep = _Shaped(links)
+    pair = next(p for p in dep.plan.pairs if p.kind == "clc")
+    built = dep.tc.state()
+    ctx = FaultContext(dep, pair, pair.primary, pair.secondary, params={"delay_ms": 20})
+    CATALOGUE["delay"].inject(ctx)
+    hb = [i.name for i in dep.plan.hosts[pair.primary].interfaces if i.network == pair.heartbeat_network]
+    where, delay, tail = netem_before
+    for intf in hb:
+        tree, _ = dep.tc.state()[intf]
+        assert where.split()[-1] in tree, tree  # the spec's rate (HTB at the root) is still there
+        _, kind, options = tree[where.split()[-1]]
+        assert kind == "netem", tree
+        assert float(re.match(r"delay ([\d.]+)ms", options).group(1)) == (delay or 0) + 20, options
+        assert options.partition("ms")[2].strip() == (tail or ""), options  # jitter and loss kept
+        if where != "root":
+            assert tree["root"][:2] == ("5:", "htb") and tree == {**built[intf][0], **{"5:1": tree["5:1"]}}
+    ctx.restore()
+    assert dep.tc.state() == built

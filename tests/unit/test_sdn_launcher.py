@@ -1,10 +1,13 @@
-"""The controller launcher as a process: starts without switches, serves the API, exits 0 on SIGTERM/SIGINT."""
+"""The controller launcher as a process: starts without switches, serves the API, exits 0 on
+SIGTERM/SIGINT and 1 when its API thread dies; the deployment's manager of it (experiments/
+testbed/controller.py) reports a controller that exited on its own."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,11 +33,25 @@ def _events(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _start(run: Path) -> subprocess.Popen:
+# The launcher with an API thread that answers one request and then dies (as an unexpected
+# exception in its serving loop would end it).
+_DYING_API = """
+import sys
+from controllers import api
+def serve_once_then_die(self, poll_interval=0.5):
+    self.handle_request()
+    raise RuntimeError("the serving loop broke")
+api._Server.serve_forever = serve_once_then_die
+from controllers.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start(run: Path, launcher: list[str] = ("-m", "controllers"), stdout=subprocess.DEVNULL) -> subprocess.Popen:
     starts = sum(e["event"] == "controller.start" for e in _events(run))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "controllers", "--run-dir", str(run), "--port", str(free_port())],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *launcher, "--run-dir", str(run), "--port", str(free_port())],
+                            env=env, stdout=stdout, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while sum(e["event"] == "controller.start" for e in _events(run)) == starts:
         assert proc.poll() is None and time.monotonic() < deadline, "controller did not start"
@@ -81,3 +98,83 @@ def test_signal_stops_it_cleanly(run, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_dead_api_thread_ends_the_controller_with_code_1(run):
+    (run / "controller").mkdir(exist_ok=True)
+    with open(run / "controller" / "stdout.log", "wb") as out:
+        proc = _start(run, ["-c", _DYING_API], stdout=out)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:  # its one request (unread: the process may end first)
+            sock.connect(str(run / "control.sock"))
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: controller\r\n\r\n")
+            assert proc.wait(timeout=10) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    last = _events(run)[-1]
+    assert last["event"] == "controller.api_died" and "the serving loop broke" in last["error"], last
+    assert "the intent API thread died" in (run / "controller" / "stdout.log").read_text()
+    assert not (run / "control.sock").exists()
+
+
+class _Driver:
+    """What the controller's manager uses of a deployment."""
+
+    def __init__(self, run: Path):
+        spec = DeploymentSpec(name="t", clusters=1, ncs_per_cluster=1, vm_slots_per_nc=1, mode=NetworkMode.MANAGED)
+        spec.arbitrators.per_host = 0
+        self.run_dir, self.plan, self.network, self.emitted = run, build_plan(spec), None, []
+        self.events = self
+
+    def emit(self, event: str, **fields) -> None:
+        self.emitted.append(event)
+
+
+def test_the_deployment_reports_a_controller_that_exited_on_its_own(run):
+    from experiments.testbed.controller import Controller
+    from experiments.testbed.errors import DeploymentError
+    from experiments.testbed.timescale import wait_until
+
+    ctl = Controller(_Driver(run))
+    ctl.start()
+    try:
+        assert wait_until(lambda: _answers(ctl), 20)
+        os.kill(ctl.popen.pid, signal.SIGKILL)  # not the deployment's doing (a crash fault is: below)
+        ctl.popen.wait(timeout=10)
+        with pytest.raises(DeploymentError, match="SDN controller .* exited on its own with code -9"):
+            ctl.request("GET", "/health")
+        assert "exited on its own with code -9" in ctl.stop()
+        # A crash fault is the deployment's own doing: not reported.
+        ctl.start()
+        assert wait_until(lambda: _answers(ctl), 20)
+        ctl.crash()
+        assert ctl.exited() is None and ctl.stop() is None
+    finally:
+        if ctl.popen is not None and ctl.popen.poll() is None:
+            ctl.popen.kill()
+            ctl.popen.wait()
+
+
+def test_the_teardown_reports_a_controller_that_exited_on_its_own(run, monkeypatch):
+    from experiments.testbed import vswitchd
+    from experiments.testbed.deployment import Deployment, DeploymentError
+
+    monkeypatch.setattr(vswitchd, "release", lambda exclude=None: None)  # no datapath of this run to put back
+    dep = Deployment(DeploymentSpec(name="t", clusters=1, ncs_per_cluster=1, vm_slots_per_nc=1), sdn=True)
+    dep.run_dir = run
+    (run / "controller").mkdir(exist_ok=True)
+    (run / "controller" / "stdout.log").write_text("the intent API thread died\n")
+    dep.controller_process.popen = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    dep.controller_process.popen.wait(timeout=10)
+    with pytest.raises(DeploymentError, match="exited on its own with code 1;(.|\n)*the intent API thread died"):
+        dep.down()
+    assert dep.controller is None  # torn down before it said so
+
+
+def _answers(ctl) -> bool:
+    try:
+        return ctl.request("GET", "/health", timeout=1.0)[0] == 200
+    except OSError:
+        return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.testbed.linkcheck import binomial_interval, parse_ping, round_trip_loss
+from experiments.testbed.linkcheck import binomial_interval, parse_ping, qdisc_counts, round_trip_loss
 from topologies.plan import build_plan
 from topologies.shaping import expected_qdiscs, interface_commands, shape_commands
 from topologies.spec import spec_from_dict
@@ -64,3 +64,19 @@ def test_binomial_interval_and_round_trip_loss():
     assert binomial_interval(100, 0.0) == (0, 1)
     assert abs(round_trip_loss([10, 10]) - 0.19) < 1e-9
     assert round_trip_loss([]) == 0.0
+
+
+# tc -s qdisc show, as a Mininet host's terminal returns it (CR LF).
+TC_STATS = ("qdisc htb 5: root refcnt 2 r2q 10 default 0x1 direct_packets_stat 0 direct_qlen 1000\r\n"
+            " Sent 98000 bytes 1000 pkt (dropped 0, overlimits 0 requeues 0) \r\n"
+            " backlog 0b 0p requeues 0\r\n"
+            "qdisc netem 10: parent 5:1 limit 1000 loss 10%\r\n"
+            " Sent 88200 bytes 900 pkt (dropped 100, overlimits 0 requeues 0) \r\n"
+            " backlog 0b 0p requeues 0\r\n")
+
+
+def test_qdisc_counts_reads_one_kind_of_queue():
+    assert qdisc_counts(TC_STATS) == (900, 100)
+    assert qdisc_counts(TC_STATS, "htb") == (1000, 0)
+    assert qdisc_counts(TC_STATS + TC_STATS.replace("5:1", "6:1")) == (1800, 200)
+    assert qdisc_counts("qdisc noqueue 0: root refcnt 2\n Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0)") == (0, 0)
