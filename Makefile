@@ -10,7 +10,7 @@ PYTEST  := -m pytest -v -ra --durations=20 -p no:cacheprovider
 # processes and sockets they start, each on free ports of its own. The integration tests
 # run one at a time: they build networks on this machine's one Open vSwitch.
 UNIT    := -n 2 -m 'not integration and not kernel' tests
-INTEG   := -m integration tests
+INTEG   := -m 'integration and not multiserver' tests
 
 # $(call pytest,COMMAND): echo it, run it; pytest's exit 5 (no test collected) is a failure,
 # said so plainly.
@@ -21,7 +21,7 @@ define pytest
   exit $$rc; }
 endef
 
-.PHONY: setup venv run test test-kernel unit integration bench clean
+.PHONY: setup venv run test test-kernel test-cluster unit integration bench clean
 
 setup:
 	@bash .ci/setup.sh
@@ -45,6 +45,11 @@ test: setup
 # Only the kernel lane.
 test-kernel: setup
 	$(SUDO) $(EUCALAB) vm test
+
+# A whole deployment over this machine and the kernel-lane VM (docs/cluster.md): a few
+# minutes more than make test can afford, so on its own.
+test-cluster: setup
+	$(call pytest,$(SUDO) $(PY) $(PYTEST) -m multiserver tests/integration/test_cluster.py)
 
 unit: venv
 	$(call pytest,$(PY) $(PYTEST) $(UNIT))

@@ -24,6 +24,7 @@ import subprocess
 from typing import Callable
 
 from mininet.examples.cluster import MininetCluster, Placer, RemoteGRELink, RemoteHost, RemoteMixin, RemoteOVSSwitch
+from mininet.node import Node
 from mininet.util import quietRun
 
 from .placement import TUNNEL_MTU, Placement
@@ -51,6 +52,16 @@ class ClusterHost(RemoteHost):
     def __init__(self, name, ssh_config: str | None = None, **params):
         self.sshbase = _ssh_base(ssh_config)
         super().__init__(name, **params)
+        # No continuation prompts: a script with a here-document (network.configure_hosts)
+        # would read them as its output.
+        self.cmd("PS2=")
+
+    def _popen(self, cmd, sudo=True, tt=True, **params):
+        if not self.isRemote:
+            # Here, a plain Mininet host's process: RemoteMixin would make it a process-group
+            # leader, and `mnexec -d` then forks and its first process exits at once.
+            return Node._popen(self, cmd, **params)
+        return super()._popen(cmd, sudo=sudo, tt=tt, **params)
 
 
 class ClusterSwitch(RemoteOVSSwitch):
@@ -87,16 +98,22 @@ class TunnelLink(RemoteGRELink):
         key = RemoteGRELink.GRE_KEY
         for node, intf, addr, local, remote in ((node1, intfname1, addr1, ip1, ip2),
                                                 (node2, intfname2, addr2, ip2, ip1)):
-            out = node.rcmd(f"ip link add name {intf} type vxlan id {key} local {local} remote {remote} "
-                            f"dstport {VXLAN_PORT}")
+            # One command line per end (each is an ssh session on a remote server), into
+            # the node's namespace (a switch's is the root namespace: the move is a no-op).
+            line = (f"ip link add name {intf} type vxlan id {key} local {local} remote {remote} "
+                    f"dstport {VXLAN_PORT} && ip link set dev {intf} {f'address {addr} ' if addr else ''}"
+                    f"mtu {TUNNEL_MTU} up && ip link set {intf} netns {node.pid}")
+            # rcmd runs a line through the remote shell; here it would run its words without one.
+            out = node.rcmd(line) if node.isRemote else _here(line)
             if out:
                 raise ClusterError(f"cannot make VXLAN device {intf} on {node.server}: {out.strip()}")
-            if addr:
-                node.rcmd(f"ip link set {intf} address {addr}")
-            node.rcmd(f"ip link set dev {intf} mtu {TUNNEL_MTU} up")
-            if not self.moveIntf(intf, node):
-                raise ClusterError(f"cannot move {intf} into {node} on {node.server}")
         return None
+
+
+def _here(line: str) -> str:
+    """A shell line in this machine's root namespace; its output (none when it worked)."""
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+    return proc.stdout + proc.stderr
 
 
 def placer_for(placement: Placement) -> type[Placer]:

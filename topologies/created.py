@@ -42,6 +42,10 @@ class Created:
     root_links: list[str] = field(default_factory=list)  # veth ends left in the root namespace
     shell_pids: list[int] = field(default_factory=list)
     netns: list[int] = field(default_factory=list)  # inode numbers of the hosts' namespaces
+    # On the other servers of a deployment over several (topologies/cluster_network.py): per
+    # server, how to reach it ("ssh": the command words), its bridges and switch ports, the
+    # run's processes there as {pid: start time} and the run's directory there ("run_dir").
+    remote: dict[str, dict] = field(default_factory=dict)
 
 
 def pid_alive(pid: int) -> bool:
@@ -138,3 +142,30 @@ def teardown(created: Created) -> list[str]:
         if present:
             problems.append(f"interfaces left: {sorted(present)[:10]}")
     return problems
+
+
+def remote_teardown_line(record: dict) -> str:
+    """One shell line that deletes on another server exactly what a run recorded making
+    there (``Created.remote[server]``): each recorded process killed with its process group
+    only while its start time still matches (a reused PID is left alone), the bridges, the
+    switch ports still present, and the run's directory there. It prints nothing when all
+    went; run as root on that server (over ssh)."""
+    parts = []
+    for pid, start in sorted(record.get("pids", {}).items()):
+        parts.append(f'[ "$(cut -d" " -f22 /proc/{int(pid)}/stat 2>/dev/null)" = "{int(start)}" ] '
+                     f"&& kill -KILL -- -{int(pid)} {int(pid)} 2>/dev/null")
+    bridges = [b for b in record.get("bridges", []) if _plain(b)]
+    if bridges:
+        parts.append("ovs-vsctl --timeout=60 " + " ".join(f"-- --if-exists del-br {b}" for b in bridges))
+    for link in record.get("root_links", []):
+        if _plain(link):
+            parts.append(f"{{ ! [ -e /sys/class/net/{link} ] || ip link del dev {link}; }}")
+    run_dir = record.get("run_dir")
+    if run_dir and run_dir.startswith("/") and _plain(run_dir.replace("/", "")) and run_dir.count("/") >= 2:
+        parts.append(f"rm -rf -- {run_dir}")
+    return " ; ".join(parts + ["true"])
+
+
+def _plain(name: str) -> bool:
+    """A name safe in a shell line as it is (bridge, interface and directory names are)."""
+    return bool(name) and all(c.isalnum() or c in "-_.:" for c in name)

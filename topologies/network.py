@@ -199,6 +199,43 @@ def _tx_off_all(interfaces) -> None:
             tx_checksum_off(intf.name, sock)
 
 
+def configure_hosts(plan: Plan, hosts) -> None:
+    """Addresses, routes, forwarding and (on the gateway) the site firewall of every host,
+    one script per host run in its own shell, all hosts at once (local or remote shells)."""
+    for host in hosts:
+        ph = plan.hosts[host.name]
+        lines = ["link set dev lo up"]
+        for intf in ph.interfaces:
+            if intf.ip:
+                lines.append(f"addr add {intf.ip} dev {intf.name}")
+            lines.append(f"link set dev {intf.name} up")
+        if ph.default_route:
+            lines.append(f"route add default via {ph.default_route}")
+        for dest, via in ph.routes:
+            lines.append(f"route add {dest} via {via}")
+        script = ("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+                  "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
+                  f"echo {1 if ph.forwarding else 0} > /proc/sys/net/ipv4/ip_forward; "
+                  "ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
+        if ph.role == "gateway":  # the site's firewall (topologies/firewall.py)
+            # One command group: each top-level line would be a prompt of its own, and
+            # the host's next command would read this one's end as its output.
+            script = "{ " + script + "\nnft -f - <<'EOF'\n" + site_firewall(plan) + "EOF\n}"
+        host.sendCmd(script)
+    errors = []
+    for host in hosts:
+        out = host.waitOutput()
+        if out.strip():
+            errors.append(f"{host.name}: {out.strip()[:300]}")
+        ph = plan.hosts[host.name]
+        for intf in ph.interfaces:
+            mi = host.nameToIntf[intf.name]
+            if intf.ip:
+                mi.ip, mi.prefixLen = intf.ip.split("/")[0], int(intf.ip.split("/")[1])
+    if errors:
+        raise NetworkError("configuring hosts failed:\n" + "\n".join(errors[:10]))
+
+
 class EucaNetwork:
     """A Mininet network built from a plan.
 
@@ -209,11 +246,11 @@ class EucaNetwork:
 
     def __init__(self, plan: Plan, datapath: str = "user", on_created=None, controller: str | None = None):
         if len(plan.spec.servers) > 1:
-            # Placement and tunnels exist (topologies/placement.py, topologies/cluster.py);
-            # building a whole deployment over them does not yet.
+            # Spread over several servers, a deployment is built by Mininet's cluster classes
+            # (topologies/cluster_network.py): this builder's batches run on this machine only.
             raise NetworkError(f"servers: {', '.join(plan.spec.servers)}: this builder builds a deployment "
-                               "on one machine only; deployments over several servers are not built yet "
-                               "(docs/cluster.md says what works across servers today)")
+                               "on one machine only; a spec with several servers is built by ClusterNetwork "
+                               "(topologies/cluster_network.py, what Deployment uses for it)")
         self.plan = plan
         self.datapath = datapath
         self.on_created = on_created or (lambda created: None)
@@ -376,38 +413,7 @@ class EucaNetwork:
         run(args, timeout=300)
 
     def _configure_hosts(self, net: Mininet) -> None:
-        for host in net.hosts:
-            ph = self.plan.hosts[host.name]
-            lines = ["link set dev lo up"]
-            for intf in ph.interfaces:
-                if intf.ip:
-                    lines.append(f"addr add {intf.ip} dev {intf.name}")
-                lines.append(f"link set dev {intf.name} up")
-            if ph.default_route:
-                lines.append(f"route add default via {ph.default_route}")
-            for dest, via in ph.routes:
-                lines.append(f"route add {dest} via {via}")
-            script = ("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-                      "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
-                      f"echo {1 if ph.forwarding else 0} > /proc/sys/net/ipv4/ip_forward; "
-                      "ip -batch - <<'EOF'\n" + "\n".join(lines) + "\nEOF")
-            if ph.role == "gateway":  # the site's firewall (topologies/firewall.py)
-                # One command group: each top-level line would be a prompt of its own, and
-                # the host's next command would read this one's end as its output.
-                script = "{ " + script + "\nnft -f - <<'EOF'\n" + site_firewall(self.plan) + "EOF\n}"
-            host.sendCmd(script)
-        errors = []
-        for host in net.hosts:
-            out = host.waitOutput()
-            if out.strip():
-                errors.append(f"{host.name}: {out.strip()[:300]}")
-            ph = self.plan.hosts[host.name]
-            for intf in ph.interfaces:
-                mi = host.nameToIntf[intf.name]
-                if intf.ip:
-                    mi.ip, mi.prefixLen = intf.ip.split("/")[0], int(intf.ip.split("/")[1])
-        if errors:
-            raise NetworkError("configuring hosts failed:\n" + "\n".join(errors[:10]))
+        configure_hosts(self.plan, net.hosts)
 
     def _shape_links(self, net: Mininet) -> None:
         """HTB bandwidth (and netem delay/loss) on both ends of every host link, verified."""

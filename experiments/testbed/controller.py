@@ -35,6 +35,7 @@ class Controller:
         self.popen: subprocess.Popen | None = None
         self.port: int | None = None
         self.start_time: int | None = None
+        self.address = "127.0.0.1"
         self._crashed = False  # killed by a fault (crash), not gone on its own
 
     @property
@@ -57,19 +58,23 @@ class Controller:
                 raise DeploymentError(died) from None
             raise
 
-    def start(self) -> str:
-        """Start it on a free loopback port; returns the switches' controller URL."""
-        with socket.socket() as sock:  # a free loopback port for OpenFlow
-            sock.bind(("127.0.0.1", 0))
+    def start(self, address: str = "127.0.0.1") -> str:
+        """Start it on a free port of ``address`` (loopback, or this machine's address
+        towards the other servers of a deployment over several); returns the switches'
+        controller URL."""
+        self.address = address
+        with socket.socket() as sock:  # a free port for OpenFlow
+            sock.bind((address, 0))
             self.port = sock.getsockname()[1]
         self.dir.mkdir(parents=True, exist_ok=True)
         rd.write_json(self.dep.run_dir / "topology.json", self.dep.plan.controller_topology())
         self._spawn()
-        return f"tcp:127.0.0.1:{self.port}"
+        return f"tcp:{address}:{self.port}"
 
     def _spawn(self) -> None:
         dep = self.dep
-        argv = [sys.executable, "-m", "controllers", "--run-dir", str(dep.run_dir), "--port", str(self.port)]
+        argv = [sys.executable, "-m", "controllers", "--run-dir", str(dep.run_dir), "--port", str(self.port),
+                "--host", self.address]
         with open(self.dir / "stdout.log", "ab") as out:
             self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=child_env(), cwd=str(self.dir), start_new_session=True)

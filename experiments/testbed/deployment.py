@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from components.common.service import OPERATOR, ROLES
+from topologies.cluster_network import ClusterNetwork, local_address_towards
 from topologies.network import EucaNetwork
 from topologies.plan import Plan, ServicePair, build_plan
 from topologies.spec import DeploymentSpec, SpecError
@@ -43,6 +44,7 @@ from .observe import HAObserver
 from .processes import COMPONENT_ORDER, Process, Processes, component_exists, controller_exists
 from .processes import child_env as _child_env
 from .records import RunRecords, cleanup_runs
+from .remote import RemoteServers
 from .timescale import wait_until
 
 # What other modules import from here (the managers' modules are this module's parts).
@@ -57,8 +59,11 @@ class Deployment:
     """The network of a spec plus the processes on its hosts, as a context manager."""
 
     def __init__(self, spec: DeploymentSpec | None = None, run_dir: Path | str | None = None,
-                 name: str | None = None, datapath: str | None = None, sdn: bool | None = None):
+                 name: str | None = None, datapath: str | None = None, sdn: bool | None = None,
+                 ssh_config: Path | str | None = None):
         self.spec = spec or DeploymentSpec()
+        # A spec with several servers (docs/cluster.md): ssh -F this to reach them (None: root's ~/.ssh).
+        self.ssh_config = str(ssh_config) if ssh_config else None
         self.name = name or self.spec.name
         self._run_dir_arg = Path(run_dir) if run_dir else None
         self._datapath_arg = datapath
@@ -97,6 +102,7 @@ class Deployment:
         self.configs, self.procs, self.netops = Configs(self), Processes(self), NetworkOps(self)
         self.controller_process, self.ha, self.clients = Controller(self), HAObserver(self), Clients(self)
         self.records = RunRecords(self)
+        self.remote = RemoteServers(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -135,9 +141,20 @@ class Deployment:
         t0 = time.monotonic()
         self._pick_free_tag()
         self.records.open(self._run_dir_arg)
-        controller_url = self.controller_process.start() if self.sdn else None
-        self.network = EucaNetwork(self.plan, datapath=datapath, on_created=self.records.record,
-                                   controller=controller_url)
+        if self.distributed:
+            self.remote.open()
+            # The controller listens where the other servers' bridges reach this machine.
+            address = local_address_towards(self.spec.servers[1])
+            controller_url = self.controller_process.start(address) if self.sdn else None
+            if self.sdn:
+                self.remote.forward_control_socket()
+            self.network = ClusterNetwork(self.plan, datapath=datapath, on_created=self.records.record,
+                                          controller=controller_url, ssh_config=self.ssh_config,
+                                          remote_dir=str(self.run_dir))
+        else:
+            controller_url = self.controller_process.start() if self.sdn else None
+            self.network = EucaNetwork(self.plan, datapath=datapath, on_created=self.records.record,
+                                       controller=controller_url)
         self.events.emit("network.build", datapath=datapath, hosts=len(self.plan.hosts),
                          switches=len(self.plan.switches), links=len(self.plan.links))
         self.net = self.network.build()
@@ -159,6 +176,9 @@ class Deployment:
         run it failed during did not run as specified."""
         t0 = time.monotonic()
         self.procs.stop_all()
+        short = self.remote.collect()  # every server's event logs complete here
+        if short and self.events:
+            self.events.emit("server.events_short", paths=short)
         controller_died = self.controller_process.stop() if self.controller is not None else None
         # The last run to go puts ovs-vswitchd's scheduling back (vswitchd.py), before the
         # teardown: deleting bridges keeps ovs-vswitchd busy for seconds.
@@ -177,6 +197,11 @@ class Deployment:
         self._restore_signal_handlers()
         if controller_died:
             raise DeploymentError(controller_died)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the spec spreads the deployment over several servers."""
+        return len(self.spec.servers) > 1
 
     def _pick_free_tag(self) -> None:
         """Choose a switch-name tag no bridge on this machine uses, so runs can coexist."""

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from components.common.kinds import START_ORDER
 
@@ -24,6 +24,7 @@ from .timescale import scaled
 
 if TYPE_CHECKING:
     from .deployment import Deployment
+    from .remote import RemoteRef
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ def child_env() -> dict:
     return env
 
 
+# What a process on another server gets of this environment (it has its own there).
+REMOTE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(rd.REPO_ROOT)}
+
+
 def send_signal(pid: int, sig: int) -> None:
     """Signal a process that may be gone already."""
     try:
@@ -61,17 +66,21 @@ def send_signal(pid: int, sig: int) -> None:
         pass
 
 
-def terminate(popens: list[subprocess.Popen], timeout: float = 5.0) -> None:
+def terminate(popens: list[subprocess.Popen], timeout: float = 5.0,
+              send: Callable[[subprocess.Popen, int], None] | None = None) -> None:
     """SIGTERM each process, wait up to ``timeout`` for them all, then SIGKILL (and reap)
-    any still running: how every process a deployment started is stopped."""
+    any still running: how every process a deployment started is stopped. ``send(popen,
+    sig)`` signals one (default: its pid here; a process on another server is signalled
+    there, and its local ssh ends with it)."""
+    send = send or (lambda popen, sig: send_signal(popen.pid, sig))
     for popen in popens:
-        send_signal(popen.pid, signal.SIGTERM)
+        send(popen, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for popen in popens:
         try:
             popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            send_signal(popen.pid, signal.SIGKILL)
+            send(popen, signal.SIGKILL)
             popen.wait(timeout=5)
 
 
@@ -97,6 +106,21 @@ class Process:
     _seen: list = field(default_factory=list, repr=False, compare=False)  # events parsed so far
     _read_to: int | None = field(default=None, repr=False, compare=False)  # log bytes parsed into _seen
     _reading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # On another server (remote.py): ``popen`` is the local ssh standing for it, ``pid`` and
+    # ``start_time`` are the process's there.
+    remote: "RemoteRef | None" = field(default=None, repr=False, compare=False)
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        """Send ``sig`` to this process (or its whole process group), wherever it runs."""
+        if self.remote is not None:
+            self.remote.signal(sig, group)
+        elif group:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            send_signal(self.pid, sig)
 
     @property
     def events_path(self) -> Path:
@@ -176,14 +200,21 @@ class Processes:
             argv = [sys.executable, "-m", f"components.{component}", "--config", str(pdir / "config")]
         events_log = pdir / "events.jsonl"
         offset = events_log.stat().st_size if events_log.exists() else 0
+        node, remote = dep.net[host], None
         with open(pdir / "stdout.log", "ab") as out:
-            popen = dep.net[host].popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=child_env(), cwd=str(pdir))
-        proc = Process(host, label, popen.pid, rd.process_start_time(popen.pid), pdir, popen, cfg, offset)
+            if getattr(node, "isRemote", False):  # a host on another server (remote.py)
+                files = {"config": (pdir / "config").read_text()} if cfg else {}
+                popen, remote = dep.remote.start(node, pdir, argv, REMOTE_ENV, files, out)
+            else:
+                popen = node.popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=child_env(), cwd=str(pdir))
+        pid, start = (remote.pid, remote.start_time) if remote else (popen.pid, rd.process_start_time(popen.pid))
+        proc = Process(host, label, pid, start, pdir, popen, cfg, offset, remote=remote)
         self.by_key[key] = proc
-        (pdir / "pid").write_text(f"{popen.pid}\n")
+        (pdir / "pid").write_text(f"{pid}\n")
         dep.records.record(dep.network.created)
-        dep.events.emit("process.start", host=host, label=label, pid=popen.pid, argv=argv[:6])
+        dep.events.emit("process.start", host=host, label=label, pid=pid, argv=argv[:6],
+                        **({"server": remote.server} if remote else {}))
         if wait and f"components.{component}" in argv:
             self.wait_event(proc, "service.start", timeout=timeout)
         return proc
@@ -222,14 +253,15 @@ class Processes:
     def stop(self, host: str, label: str | None = None, timeout: float = 5.0) -> int | None:
         """SIGTERM a process, SIGKILL it after ``timeout``; returns its exit code."""
         proc = self.process(host, label)
-        terminate([proc.popen], scaled(timeout))
+        terminate([proc.popen], scaled(timeout), send=lambda _, sig: proc.signal(sig))
         self._exited(proc)
         return proc.popen.returncode
 
     def stop_all(self) -> None:
         """Stop every process still running, all at once (the deployment's teardown)."""
         procs = [p for p in self.by_key.values() if p.alive()]
-        terminate([p.popen for p in procs])
+        by_popen = {id(p.popen): p for p in procs}
+        terminate([p.popen for p in procs], send=lambda popen, sig: by_popen[id(popen)].signal(sig))
         for p in procs:
             self._exited(p)
 
@@ -242,13 +274,7 @@ class Processes:
         proc = self.process(host, label)
         self.dep.events.emit("process.signal", host=proc.host, label=proc.label, pid=proc.pid, signal=int(sig),
                              group=group)
-        if group:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        else:
-            send_signal(proc.pid, sig)
+        proc.signal(sig, group)
 
     def start_services(self, kinds: tuple[str, ...] = COMPONENT_ORDER, timeout: float = 30.0) -> list[Process]:
         """Start every component that exists, on every member of its pair, in order."""

@@ -53,7 +53,8 @@ class RunRecords:
             "shell_start": {str(pid): rd.process_start_time(pid) for pid in created.shell_pids},
             # Each host's shell: `eucalab services` acts from the user host's namespace.
             "hosts": {h.name: h.pid for h in dep.net.hosts} if dep.net is not None else {},
-            "processes": [{"host": p.host, "label": p.label, "pid": p.pid, "start_time": p.start_time}
+            "processes": [{"host": p.host, "label": p.label, "pid": p.pid, "start_time": p.start_time,
+                           **({"server": p.remote.server} if p.remote else {})}
                           for p in dep.processes.values()] + dep.controller_process.record_entry(),
         }
         rd.write_json(dep.run_dir / "created.json", record)
@@ -99,9 +100,9 @@ def cleanup_runs(force: bool = False) -> list[str]:
             created.netns = []
         created.shell_pids = live_shells
         procs = [p["pid"] for p in record.get("processes", [])
-                 if rd.process_start_time(p["pid"]) == p.get("start_time")]
+                 if "server" not in p and rd.process_start_time(p["pid"]) == p.get("start_time")]
         kill_pids(procs)
-        problems = teardown(created)
+        problems = teardown(created) + _remote_teardown(created.remote)
         entry.unlink(missing_ok=True)
         report.append(f"{record.get('run_dir')}: cleaned ({len(procs)} processes, "
                       f"{len(live_shells)} hosts, {len(created.bridges)} bridges)"
@@ -110,3 +111,24 @@ def cleanup_runs(force: bool = False) -> list[str]:
     if restored:
         report.append(restored)
     return report
+
+
+def _remote_teardown(remote: dict[str, dict]) -> list[str]:
+    """On each other server of a deployment over several, delete what the run recorded
+    making there (its processes by pid and start time, bridges, ports, run directory),
+    over the ssh command it recorded; never Mininet's ``mn -c``."""
+    import subprocess
+
+    from topologies.created import remote_teardown_line
+
+    problems = []
+    for server, made in remote.items():
+        try:
+            out = subprocess.run(list(made["ssh"]) + [remote_teardown_line(made)], capture_output=True,
+                                 text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired, KeyError) as exc:
+            problems.append(f"{server}: {exc}")
+            continue
+        if out.returncode != 0 or out.stdout.strip():
+            problems.append(f"{server}: {(out.stdout + out.stderr).strip()[:300]}")
+    return problems

@@ -34,7 +34,11 @@ def ssh_config_text(keys: Path, address: str) -> str:
             "    GlobalKnownHostsFile /dev/null\n"
             "    StrictHostKeyChecking yes\n"
             "    BatchMode yes\n"
-            "    ConnectTimeout 20\n")
+            "    ConnectTimeout 20\n"
+            # One connection carries every session while serve() holds it open (an ssh
+            # log-in costs the emulated guest seconds); without it, ssh connects anew.
+            f"    ControlPath {keys / 'mux'}\n"
+            "    ControlMaster no\n")
 
 
 def make_ssh_keys(keys: Path, address: str, run: Runner = _run) -> Path:
@@ -106,6 +110,7 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     boot_timeout_s = boot_timeout_s or 60 * slow
     record = _register_server(out_dir, running, nic)
     server = VMServer(nic.guest_ip, config, nic, running)
+    master = None  # the ssh connection every session shares
     try:
         tap = Path("/sys/class/net", nic.tap)
         _wait_until(tap.exists, boot_timeout_s, f"tap device {nic.tap}", running)
@@ -116,6 +121,10 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
                 raise VMError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         _wait_until(lambda: "sshd" in running.timings, boot_timeout_s, "sshd in the guest", running)
         _wait_until(lambda: _answers(server), boot_timeout_s, f"ssh to {nic.guest_ip}", running)
+        master = subprocess.Popen(server.ssh_command[:-1] + ["-N", "-o", "ControlMaster=yes", nic.guest_ip],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        _wait_until(lambda: (config.parent / "mux").exists(), boot_timeout_s, "the ssh connection", running)
         # One clock story: the guest's monotonic clock against this machine's, beside the record.
         server.clock = measure_clock_offset(server.ssh_command)
         rd.write_json(out_dir / "clock.json", {"server": nic.guest_ip, **dataclasses.asdict(server.clock)})
@@ -123,6 +132,9 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
             f"{server.clock.offset_s:.6f} s +- {server.clock.resolution_s * 1e3:.2f} ms")
         yield server
     finally:
+        if master is not None and master.poll() is None:
+            master.terminate()
+            master.wait(timeout=10)
         # Nothing in the guest outlives it (memory only): no orderly power-off to wait for.
         running.close()
         record.unlink(missing_ok=True)

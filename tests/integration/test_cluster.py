@@ -11,6 +11,7 @@ switches, which is the tunnel between the servers.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 from experiments.testbed import vm, vm_server
-from experiments.testbed.timescale import scaled
+from experiments.testbed.timescale import scaled, wait_until
 from topologies import cluster as cl
 from topologies.placement import TUNNEL_MTU
 
@@ -85,13 +86,20 @@ def _pings(src, dst_ip: str, timeout_s: float) -> bool:
     return False
 
 
-def _capture(prefix: list[str], iface: str, bpf: str, seconds: float, count: int = 0) -> subprocess.Popen:
-    """tcpdump started (listening) on ``iface`` for at most ``seconds`` (or ``count``
-    frames); its stdout lists the frames that matched ``bpf``. ``prefix``: [] here, or the
-    ssh and nsenter words that run it elsewhere (one shell line after them)."""
-    line = f"timeout {seconds:.0f} tcpdump -l -nn -e {f'-c {count} ' if count else ''}-i {iface} {bpf}"
-    proc = subprocess.Popen(prefix + [line] if prefix else line.split(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _capture(server, host, iface: str, bpf: str, seconds: float, count: int = 0) -> subprocess.Popen:
+    """tcpdump started (listening) on ``iface`` in ``host``'s network namespace, on whichever
+    server the host is (``host`` None: this machine's root namespace), for at most
+    ``seconds`` (or ``count`` frames); its stdout lists the frames that matched ``bpf``.
+    ``_stop_capture`` ends it sooner."""
+    line = f"echo $$ >&2; exec timeout {seconds:.0f} tcpdump -l -nn -e {f'-c {count} ' if count else ''}-i {iface} {bpf}"
+    ns = f"nsenter --net=/proc/{host.pid}/ns/net" if host is not None else ""
+    if getattr(host, "isRemote", False):
+        argv = server.ssh_command + [f"{ns} sh -c {shlex.quote(line)}"]
+    else:
+        argv = ns.split() + ["sh", "-c", line]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.capture_pid = int(proc.stderr.readline())  # tcpdump's timeout on its server (exec keeps the pid)
+    proc.capture_server = server if getattr(host, "isRemote", False) else None
     said = ""
     while "listening on" not in said:  # tcpdump's first line may be its verbosity notice
         out = proc.stderr.readline()
@@ -100,13 +108,15 @@ def _capture(prefix: list[str], iface: str, bpf: str, seconds: float, count: int
     return proc
 
 
-def _in_ns(server, host) -> list[str]:
-    """The words that run a shell line in ``host``'s network namespace, on whichever
-    server the host is."""
-    ns = f"nsenter --net=/proc/{host.pid}/ns/net"
-    if getattr(host, "isRemote", False):
-        return server.ssh_command + [ns]
-    return ns.split() + ["sh", "-c"]
+def _stop_capture(proc: subprocess.Popen) -> str:
+    """End a capture where it runs and return what it saw. On the VM the local ssh shares
+    the server's one connection, which keeps the output open as long as the capture runs
+    there: stopping the local ssh would not end it."""
+    if proc.capture_server is not None:
+        proc.capture_server.ssh(f"kill {proc.capture_pid}")
+    else:
+        proc.terminate()
+    return proc.communicate(timeout=scaled(30) * SLOW)[0]
 
 
 def test_the_cross_server_link_is_a_tunnel_device_at_both_ends(server, net):
@@ -128,7 +138,7 @@ def test_the_cross_server_link_is_a_tunnel_device_at_both_ends(server, net):
 def test_hosts_reach_their_peers_across_the_tunnel_with_the_vlan_tag_on_it(server, net):
     mn, trunk, _ = net
     h1, h2, h3, h4 = mn["h1"], mn["h2"], mn["h3"], mn["h4"]
-    seen = _capture([], trunk.intf1.name, "vlan 10 and icmp", 60 * SLOW, count=2)
+    seen = _capture(server, None, trunk.intf1.name, "vlan 10 and icmp", 60 * SLOW, count=2)
     assert _pings(h1, h2.IP(), scaled(20) * SLOW)
     assert _pings(h2, h1.IP(), scaled(20) * SLOW)
     assert _pings(h3, h4.IP(), scaled(20) * SLOW)
@@ -142,14 +152,13 @@ def test_another_vlan_sees_nothing_across_the_tunnel(server, net):
     h1, h2, h4 = mn["h1"], mn["h2"], mn["h4"]
     mac = h1.intfs[0].MAC()
     # Positive control: the same capture on h2 (VLAN 10, same server as h4) sees h1's frames.
-    same = _capture(_in_ns(server, h2), h2.intfs[0].name, f"ether src {mac}", 60 * SLOW, count=1)
-    other = _capture(_in_ns(server, h4), h4.intfs[0].name, f"ether src {mac}", 60 * SLOW)
+    same = _capture(server, h2, h2.intfs[0].name, f"ether src {mac}", 60 * SLOW, count=1)
+    other = _capture(server, h4, h4.intfs[0].name, f"ether src {mac}", 60 * SLOW)
     # h1 is on this machine: a few seconds of its ARP broadcasts are enough for h4 to see one.
     assert not _pings(h1, h4.IP(), scaled(6))
     assert _pings(h1, h2.IP(), scaled(10) * SLOW)
     assert mac in same.communicate(timeout=60 * SLOW)[0]
-    other.terminate()
-    leaked = other.communicate()[0]
+    leaked = _stop_capture(other)
     assert mac not in leaked, leaked
 
 
@@ -241,3 +250,86 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
         ctl.send_signal(signal.SIGTERM)
         assert ctl.wait(timeout=scaled(30)) == 0
         server.ssh(" ; ".join(f"ovs-vsctl --if-exists del-br {n}" for n in remote))
+
+
+# A whole deployment over this machine and the VM (experiments/testbed/deployment.py with
+# topologies/cluster_network.py): one cluster, each HA pair's secondary on the server after
+# its primary's, so the CLC's primary runs here and its secondary on the VM, and their
+# heartbeats and the client path after a takeover cross the tunnel. The guest runs its
+# components 10-40 times slower: heartbeats every 500 ms, six missed before the peer counts
+# as dead (the default is 50 ms and 3), so a late heartbeat from the guest is no failure.
+# Building it costs 2.5-4.5 minutes here (the guest's ssh sessions and tunnels), too much for
+# make test's budget: these tests carry the marker ``multiserver`` and run by
+# `make test-cluster` (docs/cluster.md).
+SLOW_HA = {"heartbeat": {"interval_ms": 500, "misses": 6}}
+
+
+@pytest.fixture(scope="module")
+def deployment(server, tmp_path_factory):
+    from experiments.testbed.deployment import Deployment
+    from topologies.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "cluster", "servers": ["localhost", server.address], "clusters": 1,
+                           "ncs_per_cluster": 1, "vm_slots_per_nc": 1, "split_pairs": True, **SLOW_HA})
+    with Deployment(spec, run_dir=tmp_path_factory.mktemp("cluster-dep"), ssh_config=server.ssh_config) as dep:
+        dep.start_services(("clc",), timeout=scaled(60) * SLOW)
+        yield dep
+    # What the run made on the VM is gone with the run, the VM still up.
+    left = server.ssh("ovs-vsctl list-br; ls -d " + str(dep.run_dir) + " 2>/dev/null").stdout
+    assert not any(name.startswith(dep.tag) for name in left.split()) and str(dep.run_dir) not in left, left
+
+
+@pytest.mark.multiserver
+def test_a_deployment_spans_both_servers_with_the_controller_here_driving_the_vms_bridges(server, deployment):
+    dep = deployment
+    remote = dep.network.placement.on(server.address)
+    assert {"clc2", "c1cc1", "c1n1"} <= set(remote)
+    for name in (n for n in remote if n in dep.plan.switches):
+        state = server.ssh(f"ovs-vsctl get controller {name} is_connected").stdout.strip()
+        assert state == "true", (name, state)
+    # Every HA pair's members reach each other across the tunnel on their cloud or private network.
+    for pair in dep.plan.pairs:
+        a, b = pair.members
+        peer_ip = next(i.ip for i in dep.plan.hosts[b].interfaces if i.ip).split("/")[0]
+        assert _pings(dep[a], peer_ip, scaled(20) * SLOW), (a, b, peer_ip)
+    # The run's records: each server's clock offset with its resolution.
+    servers = json.loads((dep.run_dir / "servers.json").read_text())["servers"]
+    clock = servers[server.address]
+    assert clock["offset_s"] < 0 and 0 < clock["resolution_s"] < 1.0 and "clc2" in clock["nodes"]
+
+
+@pytest.mark.multiserver
+def test_a_failover_across_the_tunnel_gives_the_peer_the_service_and_the_vip(server, deployment):
+    dep = deployment
+    pair = next(p for p in dep.plan.pairs if p.kind == "clc")
+    here, there = pair.primary, pair.secondary
+    assert dep.network.placement.server_of[there] == server.address
+    assert wait_until(lambda: dep.redundant(pair), 30 * SLOW), [dep.member_state(m) for m in pair.members]
+    assert dep.member_state(here) == "ENABLED"
+    # The VM's member runs there: its pid and start time are the guest's, its events are here.
+    proc = dep.process(there)
+    assert proc.remote is not None and proc.remote.server == server.address
+    assert any(e["event"] == "service.start" for e in proc.events())
+    user = dep.host("user")
+    health = f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{pair.vip}:{pair.port}/health"
+    assert user.cmd(health).strip() == "200"
+    killed_at = time.clock_gettime(time.CLOCK_MONOTONIC)
+    dep.kill(here)  # the ENABLED member here crashes; its peer is across the tunnel
+    assert wait_until(lambda: dep.member_state(there) == "ENABLED", 60 * SLOW, step=0.1), \
+        [dep.member_state(m) for m in pair.members]
+    # The client path through the VIP answers again, now served from the VM.
+    assert wait_until(lambda: user.cmd(health).strip() == "200", 30 * SLOW)
+    # It holds the VIP on its cloud interface, on the VM.
+    assert f" {pair.vip}/" in dep[there].cmd("ip -o -4 addr show")
+    # Its events, written on the VM, are in the run directory here: the promotion and the
+    # VIP taken, stamped with the guest's clock, which servers.json's offset maps onto this
+    # machine's: the promotion came after the kill and before now.
+    assert wait_until(lambda: any(e["event"] == "ha.vip_acquired" and e["vip"] == pair.vip
+                                  for e in proc.events()), 10 * SLOW), proc.events()[-5:]
+    promoted = [e for e in proc.events() if e["event"] == "ha.promote"]
+    assert len(promoted) == 1, promoted
+    assert proc.events_path.is_relative_to(dep.run_dir)
+    clock = json.loads((dep.run_dir / "servers.json").read_text())["servers"][server.address]
+    promoted_here = promoted[0]["t_mono"] - clock["offset_s"]
+    slack = clock["resolution_s"] + 0.05  # and a little drift of the emulated clock
+    assert killed_at - slack < promoted_here < time.clock_gettime(time.CLOCK_MONOTONIC) + slack
