@@ -141,6 +141,8 @@ class Coordinator:
                     f"{m.internal}/internal/ha/order/{order}",
                     timeout=aiohttp.ClientTimeout(total=HOST_CHECK_TIMEOUT_S)) as r:
                 answer = await r.json(content_type=None)
+                if not isinstance(answer, dict):
+                    return f"garbled answer ({r.status})"
                 return answer.get("done", "") if r.status == 200 else f"refused: {answer.get('message', r.status)}"
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             return f"no answer: {exc or type(exc).__name__}"

@@ -41,7 +41,7 @@ def _mono() -> float:
 
 
 class Membership:
-    """This CLC's view of its peer: ``peer_in_view`` turns True once the peer answers and False
+    """This CLC's view of its peer: ``peer_in_view`` turns True once the peer answers an ask and False
     once it was suspected and not verified (events ``membership.*`` say when and why)."""
 
     def __init__(self, events: EventLog, listen: str, peer: str, port: int = MEMBERSHIP_PORT, *,
@@ -92,13 +92,15 @@ class Membership:
             except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(RETRY_S)
                 continue
-            if not self.peer_in_view:
-                self.peer_in_view = True
-                self.events.emit("membership.join", peer=self.peer)
             try:
                 why = await self._monitor(reader, writer)
             finally:
                 writer.close()
+            if not self.peer_in_view:
+                # Never answered on this connection: a kernel that accepts for a hung process
+                # (SIGSTOP, a wedged loop) does not make it a member.
+                await asyncio.sleep(RETRY_S)
+                continue
             suspected = self.clock()
             self.events.emit("membership.suspect", peer=self.peer, why=why)
             if await self._verify():
@@ -108,6 +110,12 @@ class Membership:
             self.left_at = self.clock()
             self.events.emit("membership.leave", peer=self.peer, why=why,
                              verify_s=round(self.left_at - suspected, 4))
+
+    def _join(self) -> None:
+        """The peer answered: it is in the view (it joins on its first answer, not on a connection)."""
+        if not self.peer_in_view:
+            self.peer_in_view = True
+            self.events.emit("membership.join", peer=self.peer)
 
     async def _monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         """Watch one connection until the peer is suspected; returns why (FD_SOCK or FD)."""
@@ -124,8 +132,10 @@ class Membership:
                         break
                     if not line:
                         return "connection closed (FD_SOCK)"
-                    answered = True
-            except OSError:
+                    if line == ANSWER:
+                        answered = True
+                        self._join()
+            except (OSError, ValueError):  # ValueError: a line over the stream's limit
                 return "connection closed (FD_SOCK)"
             misses = 0 if answered else misses + 1
             if misses >= self.fd_max_tries:

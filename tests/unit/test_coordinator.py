@@ -100,6 +100,9 @@ def test_the_same_member_under_the_heartbeat_detector_takes_over_on_its_own(tmp_
     assert svc.state is ENABLED
     with pytest.raises(TransitionError, match="takes no coordinator's orders"):
         agent.coordinator_order("DISABLE")
+    with pytest.raises(TransitionError) as exc:  # an unknown order is a 400 under either detector
+        agent.coordinator_order("PROMOTE")
+    assert exc.value.code == "InvalidParameterValue"
 
 
 def test_a_notready_peer_waits_for_the_order_too(tmp_path):
@@ -328,6 +331,32 @@ def test_only_the_coordinator_acts(tmp_path):
                                "answer": "unreachable: not sent"}
 
 
+@pytest.mark.parametrize("body", ["[1, 2]", '"done"', "7"])
+def test_an_order_answered_with_json_that_is_no_object_is_reported_not_raised(tmp_path, body):
+    """The round goes on to its other orders (on the old code .get on a list raised)."""
+    from aiohttp import web
+
+    async def answer(request):
+        return web.Response(text=body)
+    app = web.Application()
+    app.router.add_post("/internal/ha/order/{order}", answer)
+    clc = FakeCLC(tmp_path)
+
+    async def go():
+        server = TestServer(app, host="127.0.0.1", port=free_port())
+        await server.start_server()
+        try:
+            async with ClientSession() as http:
+                clc.services._session = lambda: http
+                c = Coordinator.__new__(Coordinator)
+                c.clc = clc
+                member = Member("t", "p", "walrus2", "", f"http://127.0.0.1:{server.port}", "walrus")
+                return await c.order(member, "ENABLE")
+        finally:
+            await server.close()
+    assert asyncio.run(go()) == "garbled answer (200)"
+
+
 # -- the group membership (loopback sockets) -------------------------------------------------
 
 FD, TRIES, VERIFY = 0.2, 2, 0.3
@@ -358,6 +387,10 @@ class Peer:
     def fall_silent(self):
         self.mode = "silent"
         self.server.close()
+
+    def hang(self):
+        """A hung process (SIGSTOP, a wedged loop): its kernel still accepts connections, nothing answers."""
+        self.mode = "silent"
 
 
 def watch(tmp_path, fn):
@@ -432,13 +465,18 @@ def test_the_membership_port_answers_its_peer_only_and_survives_a_line_over_the_
 
     async def go():
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: unhandled.append(ctx))
-        server = await asyncio.start_server(m._answer, "127.0.0.1", port, reuse_address=True)
+        ended = []
+
+        async def answer(reader, writer):
+            await m._answer(reader, writer)
+            ended.append(writer)
+        server = await asyncio.start_server(answer, "127.0.0.1", port, reuse_address=True)
         try:
             said = [await ask("127.0.0.3", ASK), await ask("127.0.0.2", ASK),
                     await ask("127.0.0.2", b"x" * 2 ** 17), await ask("127.0.0.2", ASK)]
+            await until(lambda: len(ended) == 4)  # every handler returned (none raised)
         finally:
             server.close()
-        await asyncio.sleep(0.05)  # the closed connections' handlers finish
         return said
     assert asyncio.run(go()) == [b"", ANSWER, b"", ANSWER]
     assert unhandled == []
@@ -461,3 +499,50 @@ def test_the_watcher_connects_from_its_own_heartbeat_link_address(tmp_path):
         server.close()
     asyncio.run(go())
     assert seen == ["127.0.0.3"]
+
+
+def test_a_hung_peer_leaves_the_view_and_stays_out_while_its_kernel_accepts(tmp_path):
+    """On the old code every accepted connection put the peer back in the view at once, so a
+    hung coordinator was out of it only for an instant after each VERIFY_SUSPECT."""
+    port = free_port()
+    peer = Peer(port)
+    m = Membership(EventLog(tmp_path / "m.jsonl", "clc1", "clc"), "127.0.0.1", "127.0.0.2", port,
+                   fd_timeout_s=FD, fd_max_tries=TRIES, verify_s=VERIFY)
+    seen = []
+
+    async def go():
+        await peer.start()
+        await m.start()
+        await until(lambda: m.peer_in_view)
+        peer.hang()
+        await until(lambda: not m.peer_in_view, timeout=5)
+        # An observation window of two more suspicion cycles: it must stay out.
+        for _ in range(int(2 * (FD * TRIES + VERIFY) / 0.05)):
+            seen.append(m.peer_in_view)
+            await asyncio.sleep(0.05)
+        await m.stop()
+    asyncio.run(go())
+    assert not any(seen) and len(peer.conns) >= 2
+    assert [e["event"] for e in read_events(tmp_path / "m.jsonl")].count("membership.join") == 1
+
+
+def test_a_peer_that_accepts_but_never_answers_never_joins(tmp_path):
+    port = free_port()
+    peer = Peer(port)
+    peer.mode = "silent"
+    m = Membership(EventLog(tmp_path / "m.jsonl", "clc1", "clc"), "127.0.0.1", "127.0.0.2", port,
+                   fd_timeout_s=FD / 2, fd_max_tries=TRIES, verify_s=VERIFY)
+    seen = []
+
+    async def go():
+        await peer.start()
+        await m.start()
+        # An observation window over several connections (each given up after TRIES asks):
+        # the peer must never be in the view.
+        for _ in range(30):
+            seen.append(m.peer_in_view)
+            await asyncio.sleep(0.05)
+        await m.stop()
+    asyncio.run(go())
+    assert len(peer.conns) >= 2 and not any(seen)
+    assert [e["event"] for e in read_events(tmp_path / "m.jsonl")] == []

@@ -80,12 +80,12 @@ class Switchover(Part):
         (it waits up to two windows for a crashed peer's heartbeats to stop; then the order
         lapses). Refused with TransitionError, changing nothing, under the heartbeat detector
         or for an unknown order; returns what this member does."""
-        if self.detector != "coordinator":
-            raise TransitionError("IncorrectState", "this pair fails over on heartbeats (ha.detector heartbeat): "
-                                  "it takes no coordinator's orders")
         name = name.upper()
         if name not in self.ORDERS:
             raise TransitionError("InvalidParameterValue", f"unknown order {name!r}: one of {', '.join(self.ORDERS)}")
+        if self.detector != "coordinator":
+            raise TransitionError("IncorrectState", "this pair fails over on heartbeats (ha.detector heartbeat): "
+                                  "it takes no coordinator's orders")
         state = self.svc.state
         self.events.emit("ha.coordinator_order", order=name, state=state.value, epoch=self.epoch)
         if name == "ENABLE":
