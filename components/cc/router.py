@@ -69,6 +69,9 @@ class _Kernel:
         self.neighbours: dict[str, str] = {}  # set by this process as primary, IP -> MAC
         self.sysctls: dict[str, str] = {}  # written by this process
         self.vlan_interfaces: set[str] | None = None  # VLAN sub-interfaces of the host (listed once)
+        # Whether connections routed here may be left (None: unknown, a new process after a
+        # crash may have left some); forgotten once a member stops routing, not on each re-arm.
+        self.routed_left: bool | None = None
 
     def set_sysctls(self, want: dict[str, str]) -> None:
         """Write the sysctls whose value this process has not written yet (a write is a
@@ -190,8 +193,9 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False, annou
     switchovers in a row, docs/ha.md) must pull the neighbours back from its peer.
 
     Returns what changed: {"added": [...], "announced": {interface: [...]}, "ms": {step: ms}}
-    (how long each step took: a takeover waits on all of them). Raises RuntimeError (a
-    command failed) or OSError (a sysctl could not be written).
+    (how long each step took: a takeover waits on all of them), and "errors" when forgetting
+    the routed connections failed (the rest is done; the next withdrawal tries again).
+    Raises RuntimeError (a command failed) or OSError (a sysctl could not be written).
     """
     steps = _Steps()
     _KERNEL.set_sysctls(config.sysctls)
@@ -213,12 +217,19 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False, annou
     added[config.public_interface] = _KERNEL.sync_addresses(
         config.public_interface, config.public_addresses if primary else [], config.managed_public)
     steps.done("addresses")
+    errors = []
     if primary:
         for intf, (_, neighbours) in private.items():
             _KERNEL.sync_neighbours(intf, neighbours)
+        _KERNEL.routed_left = True
     else:
         _KERNEL.neighbours.clear()  # a later promotion sets them again
-        forget_routed()
+        if _KERNEL.routed_left is not False:
+            try:
+                forget_routed()
+                _KERNEL.routed_left = False
+            except RuntimeError as exc:
+                errors.append(str(exc))
     steps.done("neighbours")
     told = added
     if primary and announce_held:
@@ -228,7 +239,8 @@ def apply_router(config: RouterConfig, primary: bool, armed: bool = False, annou
         announce(intf, addresses)
     steps.done("announce")
     announced = {i: a for i, a in told.items() if a}
-    return {"added": [x for addrs in added.values() for x in addrs], "announced": announced, "ms": steps.ms}
+    done = {"added": [x for addrs in added.values() for x in addrs], "announced": announced, "ms": steps.ms}
+    return {**done, "errors": errors} if errors else done
 
 
 class _Steps:

@@ -86,7 +86,8 @@ class Routing:
                 return
         self.withdrawn = True
         cc.events.emit("router.armed" if rearm else "router.withdrawn", gateways=len(config.gateways),
-                       elastic_ips=len(config.public_addresses), ms=result.get("ms"))
+                       elastic_ips=len(config.public_addresses), ms=result.get("ms"),
+                       **({"errors": result["errors"]} if result.get("errors") else {}))
 
     def rearm(self) -> None:
         """Arm the rules of the view just replicated here, beside the request; views that
