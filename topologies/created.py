@@ -161,7 +161,8 @@ def remote_teardown_line(record: dict) -> str:
         if _plain(link):
             parts.append(f"{{ ! [ -e /sys/class/net/{link} ] || ip link del dev {link}; }}")
     run_dir = record.get("run_dir")
-    if run_dir and run_dir.startswith("/") and _plain(run_dir.replace("/", "")) and run_dir.count("/") >= 2:
+    if run_dir and run_dir.startswith("/") and _plain(run_dir.replace("/", "")) and run_dir.count("/") >= 2 \
+            and not {"", ".", ".."} & set(run_dir[1:].split("/")):  # below two plain directories, no way up
         parts.append(f"rm -rf -- {run_dir}")
     return " ; ".join(parts + ["true"])
 

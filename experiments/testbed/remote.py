@@ -21,9 +21,11 @@ socket at its usual path there: ssh forwards that Unix socket to this machine's.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import shlex
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +60,24 @@ class RemoteRef:
         target = f"-- -{self.pid}" if group else str(self.pid)
         subprocess.run(self.ssh + [self.check_line(f"kill -{int(sig)} {target}")], capture_output=True,
                        timeout=scaled(60))
+
+
+def put_files(pdir: Path, files: dict[str, str]) -> tuple[str, bytes]:
+    """The shell line that makes ``pdir`` (and its ``data``) on another server and writes
+    ``files`` (name -> text) into it, and what it reads on its stdin: the texts travel as a
+    tar stream, never on a command line (a config holds the pair's key and the role tokens,
+    which ``ps`` shows to anyone on either machine), and everything is made readable by
+    root only."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    where = shlex.quote(str(pdir))
+    return f"umask 077 && mkdir -p {shlex.quote(str(pdir / 'data'))} && tar -x --no-same-owner -C {where}", \
+        buf.getvalue()
 
 
 def start_line(pdir: Path, ns_pid: int, argv: list[str], env: dict[str, str]) -> str:
@@ -97,8 +117,10 @@ class RemoteServers:
 
         return ssh_words(self.dep.ssh_config, server)
 
-    def run(self, server: str, line: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh(server) + [line], capture_output=True, text=True, timeout=scaled(timeout))
+    def run(self, server: str, line: str, timeout: float = 120, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        done = subprocess.run(self.ssh(server) + [line], input=stdin, capture_output=True, timeout=scaled(timeout))
+        return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                           done.stderr.decode(errors="replace"))
 
     def open(self) -> None:
         """Before the network: each server's clock offset (``servers.json``), the run's
@@ -136,9 +158,7 @@ class RemoteServers:
         """Start ``argv`` on ``node`` (a host on another server); ``files`` (name -> text) are
         written into ``pdir`` there first. Returns the local ssh process and the remote ref."""
         server = node.server
-        put = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(str(pdir / name))}"
-                          for name, text in files.items())
-        made = self.run(server, f"mkdir -p {shlex.quote(str(pdir / 'data'))}" + (f" && {put}" if put else ""))
+        made = self.run(server, *put_files(pdir, files))
         if made.returncode != 0:
             raise DeploymentError(f"{node.name} on {server}: cannot write its files: {made.stderr.strip()[:300]}")
         self._mirror(server, pdir / "events.jsonl")

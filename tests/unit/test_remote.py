@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.testbed.remote import PID_MARK, RemoteRef, parse_pid_line, start_line
+from experiments.testbed.remote import PID_MARK, RemoteRef, parse_pid_line, put_files, start_line
 from topologies.created import Created, remote_teardown_line
 
 pytestmark = pytest.mark.loopback
@@ -32,6 +32,20 @@ def test_a_remote_start_prints_its_own_pid_and_start_time_then_becomes_the_proce
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_remote_process_s_files_travel_on_stdin_and_are_root_s_alone(tmp_path):
+    """Its config holds the pair's key: never on a command line (ps shows it), never readable
+    by others (the old line printf'd the text into files of the default umask)."""
+    secret = "key 'x' $(y)\n" * 3
+    line, stdin = put_files(tmp_path / "p d", {"config.json": secret, "other": ""})
+    assert "key" not in line
+    subprocess.run(["bash", "-c", line], input=stdin, check=True)
+    made = tmp_path / "p d"
+    assert (made / "config.json").read_text() == secret and (made / "other").read_text() == ""
+    assert (made / "data").is_dir()
+    for path in (made, made / "data", made / "config.json", made / "other"):
+        assert path.stat().st_mode & 0o077 == 0, path
 
 
 def test_the_start_line_enters_the_hosts_namespace_with_quoted_words(tmp_path):
@@ -79,6 +93,8 @@ def test_remote_teardown_refuses_names_a_shell_would_read_otherwise():
                                  "pids": {}})
     assert "reboot" not in line and "$(x)" not in line and "rm -rf" not in line
     assert remote_teardown_line({"run_dir": "/tmp"}) == "true"
+    for way_up in ("/tmp/../etc", "/tmp/./..", "/tmp//etc/..", "/tmp/x/.."):
+        assert remote_teardown_line({"run_dir": way_up}) == "true", way_up
 
 
 def test_a_run_record_keeps_what_it_made_on_other_servers():
