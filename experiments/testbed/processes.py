@@ -58,6 +58,9 @@ def child_env() -> dict:
 REMOTE_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(rd.REPO_ROOT)}
 
 
+KILL_WAIT_S = 5.0  # how long a SIGKILLed process may take to end
+
+
 def send_signal(pid: int, sig: int) -> None:
     """Signal a process that may be gone already."""
     try:
@@ -81,7 +84,14 @@ def terminate(popens: list[subprocess.Popen], timeout: float = 5.0,
             popen.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             send(popen, signal.SIGKILL)
-            popen.wait(timeout=5)
+            try:
+                popen.wait(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                # The SIGKILL did not arrive (a server that ssh no longer reaches): end what
+                # stands for it here and go on to the others.
+                log.warning("pid %d did not end after SIGKILL; ending it here", popen.pid)
+                popen.kill()
+                popen.wait()
 
 
 def tail(path: Path, lines: int = 20) -> str:

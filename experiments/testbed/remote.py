@@ -57,9 +57,14 @@ class RemoteRef:
         return f'[ "$(cut -d" " -f22 /proc/{self.pid}/stat 2>/dev/null)" = "{self.start_time}" ] && {action}'
 
     def signal(self, sig: int, group: bool = False) -> None:
+        """Signal it there; a server ssh does not reach in time is logged, not raised (a
+        teardown goes on to the rest)."""
         target = f"-- -{self.pid}" if group else str(self.pid)
-        subprocess.run(self.ssh + [self.check_line(f"kill -{int(sig)} {target}")], capture_output=True,
-                       timeout=scaled(60))
+        try:
+            subprocess.run(self.ssh + [self.check_line(f"kill -{int(sig)} {target}")], capture_output=True,
+                           timeout=scaled(60))
+        except subprocess.TimeoutExpired:
+            log.warning("%s: signal %d to pid %d not delivered: ssh timed out", self.server, sig, self.pid)
 
 
 def put_files(pdir: Path, files: dict[str, str]) -> tuple[str, bytes]:
