@@ -163,7 +163,8 @@ class RemoteServers:
         """Start ``argv`` on ``node`` (a host on another server); ``files`` (name -> text) are
         written into ``pdir`` there first. Returns the local ssh process and the remote ref."""
         server = node.server
-        made = self.run(server, *put_files(pdir, files))
+        line, stdin = put_files(pdir, files)
+        made = self.run(server, line, stdin=stdin)
         if made.returncode != 0:
             raise DeploymentError(f"{node.name} on {server}: cannot write its files: {made.stderr.strip()[:300]}")
         self._mirror(server, pdir / "events.jsonl")
