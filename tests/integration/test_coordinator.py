@@ -54,12 +54,18 @@ def orders(dep, host: str, after: float) -> list[dict]:
             and e["t_mono"] > after]
 
 
-def test_the_coordinator_s_round_repairs_a_crashed_walrus(coordinated):
-    dep = coordinated
-    primary = heal(dep, "walrus")
-    secondary = next(m for p in dep.plan.pairs if p.name == "walrus" for m in p.members if m != primary)
+def crash_primary(dep, pair: str) -> tuple[str, str, float]:
+    """Kill the pair's ENABLED member once the pair is whole: (it, its peer, when)."""
+    primary = heal(dep, pair)
+    secondary = next(m for p in dep.plan.pairs if p.name == pair for m in p.members if m != primary)
     t = time.monotonic()
     dep.kill(primary)
+    return primary, secondary, t
+
+
+def test_the_coordinator_s_round_repairs_a_crashed_walrus(coordinated):
+    dep = coordinated
+    primary, secondary, t = crash_primary(dep, "walrus")
     # Its peer's heartbeats stop at once, but under the coordinator the standby waits for the
     # round: the next one (within a cycle) fails the check and orders the standby's ENABLE.
     assert wait_until(lambda: taken_over(dep, "walrus", primary), CHECK_S + HOST_CHECK_TIMEOUT_S + SLACK_S)
@@ -76,10 +82,7 @@ def test_the_coordinator_s_round_repairs_a_crashed_walrus(coordinated):
 
 def test_the_coordinator_clc_s_crash_makes_the_survivor_coordinator_and_enabled(coordinated):
     dep = coordinated
-    primary = heal(dep, "clc")
-    secondary = next(m for p in dep.plan.pairs if p.name == "clc" for m in p.members if m != primary)
-    t = time.monotonic()
-    dep.kill(primary)
+    primary, secondary, t = crash_primary(dep, "clc")
     # FD_SOCK suspects at once, VERIFY_SUSPECT drops it from the view, the survivor's next round.
     assert wait_until(lambda: taken_over(dep, "clc", primary),
                       VERIFY_SUSPECT_TIMEOUT_S + CHECK_S + SLACK_S)
