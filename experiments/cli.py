@@ -192,6 +192,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _interval_list(text: str) -> list[float]:
+    """``--intervals``: milliseconds, comma-separated, each above 0."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of milliseconds") from None
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more intervals above 0 ms, e.g. 20,15,10")
+    return values
+
+
 def _bench_sdn(args) -> int:
     from .bench.sdn import run
 
@@ -309,17 +320,25 @@ def cmd_experiment(args) -> int:
 
     from .failover.runner import run_definition
 
-    if os.geteuid() != 0:
-        raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
     from .failover import safe_floor
 
-    if safe_floor.is_safe_floor(args.definition):
-        run_dir = safe_floor.run(args.definition, trials=args.trials, soak_minutes=getattr(args, "soak_minutes", None))
+    intervals = getattr(args, "intervals", None)
+    is_floor = safe_floor.is_safe_floor(args.definition)
+    if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None):
+        raise SystemExit("eucalab: --soak-minutes and --intervals are for safe-floor definitions (kind: safe-floor)")
+    if intervals is not None:
+        try:
+            safe_floor.only_intervals(safe_floor.SafeFloor.load(args.definition), intervals)
+        except ValueError as e:
+            raise SystemExit(f"eucalab: {e}") from None
+    if os.geteuid() != 0:
+        raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
+    if is_floor:
+        run_dir = safe_floor.run(args.definition, trials=args.trials, soak_minutes=getattr(args, "soak_minutes", None),
+                                 intervals=intervals)
         print((run_dir / "report.md").read_text())
         print(f"report: {run_dir / 'report.md'} (soaks/ and trials/ beside it)")
         return 0
-    if getattr(args, "soak_minutes", None) is not None:
-        raise SystemExit("eucalab: --soak-minutes is for safe-floor definitions (kind: safe-floor)")
     only = [t for t in (getattr(args, "only", None) or "").split(",") if t] or None
     run_dir = run_definition(args.definition, trials=args.trials, only=only)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -409,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("definition", help="e.g. experiments/failover/definitions/default.yaml")
     s.add_argument("--trials", type=int, help="at most this many trials per configuration")
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
+    s.add_argument("--intervals", metavar="MS,...", type=_interval_list,
+                   help="safe-floor definitions: soak only these of the definition's settings (e.g. 20,15,10)")
     s.add_argument("--only", metavar="TARGET,...",
                    help="run only the sets of these targets (e.g. clc,walrus): a long definition in several runs")
     s.set_defaults(fn=cmd_experiment)

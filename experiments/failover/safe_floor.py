@@ -244,14 +244,21 @@ def coordinator_rows(d: SafeFloor, n: int = 1000) -> dict:
     return rows
 
 
-def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
-    """report.md of a safe-floor run."""
+def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int,
+           defined_ms: list[float] | None = None) -> str:
+    """report.md of a safe-floor run; ``defined_ms``: the definition's settings, when the run
+    soaked only some of them (``--intervals``)."""
     lines = [f"# Safe floor: {d.name}", "",
              f"Soak per setting: {soak_minutes:g} min ({d.loss_pct:g}% heartbeat/advert loss, {d.hog_cores} core(s) "
              f"busy, one arbitrator of each ENABLED member stopped); a setting is safe with 0 false failovers "
              f"and 0 samples with two serving. Crash trials at the floor: {trials} per set, probed every "
              f"{d.probe_interval_ms:g} ms. eucalab: heartbeat h x {d.misses} misses; keepalived: VRRPv3 advert h "
              f"(its VRRP process at SCHED_FIFO like eucalab's members).", ""]
+    skipped = [h for h in defined_ms or [] if h not in d.intervals_ms]
+    if skipped:
+        lines += [f"Settings soaked: {', '.join(f'{h:g}' for h in d.intervals_ms)} ms; not in this run "
+                  f"(`--intervals`): {', '.join(f'{h:g}' for h in skipped)} ms. The floor is judged among "
+                  "the settings soaked.", ""]
     for system, r in result.items():
         lines += [f"## {system}: floor {r['floor_ms'] if r['floor_ms'] is not None else 'none'} ms", "",
                   "| h (ms) | soaked (s) | false failovers | samples with two serving | latest tick (ms) "
@@ -297,17 +304,34 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int) -> str:
     return "\n".join(lines)
 
 
-def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None) -> Path:
-    """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/)."""
+def only_intervals(d: SafeFloor, intervals: list[float] | None) -> list[float]:
+    """The settings a run soaks: the definition's ``intervals_ms``, or those of them that
+    ``--intervals`` names (a long definition in parts; a setting it does not have is an error)."""
+    if intervals is None:
+        return list(d.intervals_ms)
+    unknown = [h for h in intervals if h not in d.intervals_ms]
+    if not intervals or unknown:
+        raise ValueError(f"--intervals: {', '.join(f'{h:g}' for h in unknown) or 'none given'}: "
+                         f"the definition's settings are {', '.join(f'{h:g}' for h in d.intervals_ms)} ms")
+    return [h for h in d.intervals_ms if h in intervals]
+
+
+def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None,
+        intervals: list[float] | None = None) -> Path:
+    """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/).
+    ``intervals``: soak only these of its settings; the floor is then judged among them."""
     from .experiment import Experiment
     from .runner import Runner
     from .soak import soak
 
     d = SafeFloor.load(path)
+    defined = list(d.intervals_ms)
+    d = dataclasses.replace(d, intervals_ms=only_intervals(d, intervals))
     minutes = soak_minutes if soak_minutes is not None else d.soak_minutes
     n = min(trials, d.trials) if trials is not None else d.trials
     run_dir = new_run_dir(d.name)
-    write_json(run_dir / "definition.json", {**dataclasses.asdict(d), "run_soak_minutes": minutes, "run_trials": n})
+    write_json(run_dir / "definition.json", {**dataclasses.asdict(d), "run_soak_minutes": minutes, "run_trials": n,
+                                             "run_defined_intervals_ms": defined})
     (run_dir / "soaks").mkdir()
     soaks: dict[float, dict] = {}
     for h in sorted(d.intervals_ms, reverse=True):
@@ -339,6 +363,7 @@ def build(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     raw = json.loads((run_dir / "definition.json").read_text())
     minutes, n = raw.pop("run_soak_minutes"), raw.pop("run_trials")
+    defined = raw.pop("run_defined_intervals_ms", None)
     d = SafeFloor(**raw)
     soaks = {float(h): r for h, r in json.loads((run_dir / "soaks.json").read_text()).items()}
     floors = floors_of(soaks)
@@ -357,7 +382,7 @@ def build(run_dir: str | Path) -> Path:
     result = outcome(d, soaks, trials_summary, floors, during)
     write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
                                           "trials": n, "coordinator_model": coordinator_rows(d)})
-    (run_dir / "report.md").write_text(render(d, result, minutes, n))
+    (run_dir / "report.md").write_text(render(d, result, minutes, n, defined))
     return run_dir
 
 

@@ -167,3 +167,51 @@ def test_a_promotion_no_trial_called_for_counts_against_the_floor():
              promote("clc2", 150.0),      # between trials
              promote("walrus2", 200.02)]  # a trial that recorded no new primary
     assert unexpected_promotions([expected, *false], trials) == false
+
+
+def test_a_run_soaks_only_the_settings_intervals_names(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from experiments.failover.safe_floor import build, only_intervals
+
+    d = SafeFloor()
+    assert only_intervals(d, None) == [50, 30, 20, 15, 10]
+    assert only_intervals(d, [10, 20, 15.0]) == [20, 15, 10]  # the definition's order: longest first
+    with pytest.raises(ValueError, match="25: the definition's settings are 50, 30, 20, 15, 10 ms"):
+        only_intervals(d, [20, 25])
+    with pytest.raises(ValueError, match="none given"):
+        only_intervals(d, [])
+
+    # The report says which settings this run left out; the floor is judged among those soaked.
+    run = SafeFloor(intervals_ms=[20, 10], targets=[{"target": "clc"}])
+    (tmp_path / "definition.json").write_text(json.dumps(
+        {**asdict(run), "run_soak_minutes": 10, "run_trials": 2, "run_defined_intervals_ms": [50, 30, 20, 15, 10]}))
+    (tmp_path / "soaks.json").write_text(json.dumps({"20": soak_row(soak_summary()),
+                                                     "10": soak_row(soak_summary(promotions=1))}))
+    build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Settings soaked: 20, 10 ms; not in this run (`--intervals`): 50, 30, 15 ms." in md
+    assert json.loads((tmp_path / "summary.json").read_text())["floors_ms"]["eucalab"] == 20.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--intervals", "20,x"], "not a comma-separated list"),
+    (["--intervals", "20,-5"], "above 0 ms"),
+    (["--intervals", ","], "above 0 ms"),
+])
+def test_intervals_on_the_command_line_get_a_clear_error(capsys, argv, message):
+    from experiments.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_a_setting_the_definition_lacks_is_refused_before_anything_runs():
+    from experiments.cli import main
+
+    with pytest.raises(SystemExit, match="--intervals: 25: the definition's settings are 50, 30, 20, 15, 10 ms"):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--intervals", "20,25"])
+    with pytest.raises(SystemExit, match="are for safe-floor definitions"):
+        main(["experiment", "experiments/failover/definitions/default.yaml", "--intervals", "20"])
