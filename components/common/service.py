@@ -74,6 +74,23 @@ def scheduler_policy(inherited: bool) -> int:
     return os.SCHED_FIFO if inherited else os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
 
 
+def scheduler_name(tid: int = 0) -> str:
+    """A thread's scheduling policy as events name it: "SCHED_FIFO" or "normal"."""
+    return "SCHED_FIFO" if os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO else "normal"
+
+
+def leave_realtime() -> None:
+    """Every thread of this process back to the normal scheduler. A member shutting down
+    does so first: its clean-up and the interpreter's finalization (90-100 ms of a CLC's
+    CPU, measured) at SCHED_FIFO hold every other thread at the same priority on that core,
+    other members' heartbeat threads among them (docs/ha.md, "The safe floor on this machine")."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile; or one never raised (lowering needs no privilege)
+
+
 class Service:
     component = "service"
     # Paths under these prefixes (or exactly these paths) are the user-facing API, gated by
@@ -344,11 +361,13 @@ class Service:
         finally:
             if self.ha is not None:
                 await self.ha.stop()
+            if prio:
+                leave_realtime()  # the rest is no heartbeat's business: it must not hold one up
             await self.on_stop()
             await runner.cleanup()
             if self._forwarder is not None:
                 await self._forwarder.close()
-            self.events.emit("service.stop", pid=os.getpid())
+            self.events.emit("service.stop", pid=os.getpid(), scheduler=scheduler_name())
             self.events.close()
 
     def run(self) -> None:

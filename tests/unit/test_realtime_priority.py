@@ -40,3 +40,32 @@ def test_a_child_of_a_process_at_the_ncs_policy_runs_at_the_normal_scheduler():
             "subprocess.run([sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.split() == [str(os.SCHED_FIFO), str(os.SCHED_OTHER)]
+
+
+@pytest.mark.loopback
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+def test_leaving_realtime_lowers_every_thread_of_the_process():
+    code = ("import os, threading; from components.common.service import leave_realtime, scheduler_name; "
+            f"os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param({REALTIME_PRIORITY})); "
+            "go, done = threading.Event(), threading.Event(); tid = []; "
+            "t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), go.set(), done.wait())); "
+            "t.start(); go.wait(); print(scheduler_name(0), scheduler_name(tid[0])); "
+            "leave_realtime(); print(scheduler_name(0), scheduler_name(tid[0])); done.set()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.split() == ["SCHED_FIFO", "SCHED_FIFO", "normal", "normal"]
+
+
+@pytest.mark.loopback
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+def test_a_component_at_realtime_shuts_down_at_the_normal_scheduler(tmp_path):
+    import signal
+
+    from components.common.events import read_events
+    from tests.support.processes import component
+
+    with component("walrus", tmp_path, realtime_priority=REALTIME_PRIORITY) as (_, _, proc):
+        assert os.sched_getscheduler(proc.pid) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    stop = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "service.stop"]
+    assert [e["scheduler"] for e in stop] == ["normal"]
