@@ -51,11 +51,11 @@ _SEQ = iter(range(1, 1_000_000))
 
 
 def heartbeat(agent, state="DISABLED", epoch=1, last_seq=0, priority=0, arb_ok=True, ack=0,
-              addr="10.254.1.2", handover=False, ready=True):
+              addr="10.254.1.2", handover=False, ready=True, arrived=None):
     msg = {"pair": "clc", "member": agent.cfg.peer, "epoch": epoch, "state": state, "seq": next(_SEQ), "boot": 7,
            "t_mono": _mono(), "ack": [agent.boot, ack], "last_seq": last_seq, "priority": priority,
            "arb_ok": arb_ok, "fenced": False, "handover": handover, "ready": ready}
-    agent.on_heartbeat(ha_mod.seal(agent.secret, json.dumps(msg).encode()), (addr, 7800))
+    agent.on_heartbeat(ha_mod.seal(agent.secret, json.dumps(msg).encode()), (addr, 7800), arrived)
 
 
 def decide(agent):
@@ -184,6 +184,26 @@ def test_heartbeats_on_either_path_keep_the_peer_alive(tmp_path):
     run_in_loop(lambda: heartbeat(agent, state="ENABLED", epoch=2, priority=1, addr="10.0.0.12"))
     decide(agent)  # only the cloud path answers: the heartbeat link is cut
     assert svc.state is ServiceState.DISABLED and agent.peer_alive()
+
+
+def test_a_peer_judged_dead_before_its_stamped_heartbeat_was_taken_in_is_alive_again(tmp_path):
+    # The heartbeat thread stamps a heartbeat when it arrives; the loop may judge the peer's
+    # silence before it takes that heartbeat in (a loop held by a CPU-starved machine). The
+    # peer was alive at the stamp, but ha.peer_dead is out: ha.peer_alive must follow, or
+    # every reader of the events (the testbed's "redundant", the reports) takes the pair
+    # for broken for good. Run 20261207T145927Z lost every crash trial after its eighth so.
+    svc, agent = make_agent(tmp_path, role="primary", state="ENABLED")
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED"))
+    agent.peer.heard -= 1.0  # silent since
+    decide(agent)
+    stamped = agent.peer.heard + agent.window / 2  # arrived within the window, taken in after the judgement
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", arrived=stamped))
+    peer_events = [e for e in events(tmp_path) if e in ("ha.peer_alive", "ha.peer_dead")]
+    assert peer_events == ["ha.peer_alive", "ha.peer_dead", "ha.peer_alive"]
+    # And a later silence is reported again.
+    agent.peer.heard -= 1.0
+    decide(agent)
+    assert [e for e in events(tmp_path) if e in ("ha.peer_alive", "ha.peer_dead")][-1] == "ha.peer_dead"
 
 
 def test_a_frozen_primary_refuses_to_serve_and_judges_only_fresh_heartbeats(tmp_path):

@@ -219,7 +219,9 @@ class Heartbeats(Part):
         if ack[0] == self.boot:
             p.acked = max(p.acked, ack[1])
         self._arm_deadline(None if arrived is None else self.window - (self.clock() - arrived))
-        if not was_alive:
+        if not was_alive or self.peer_dead_reported:
+            # Alive again: also when it was alive at the heartbeat's stamp but the loop had
+            # judged its silence before taking the heartbeat in (ha.peer_dead is out).
             self.peer_dead_reported = False
             self.events.emit("ha.peer_alive", peer=member, epoch=p.epoch, state=p.state,
                              my_state=self.svc.state.value)
