@@ -322,10 +322,17 @@ def cmd_experiment(args) -> int:
 
     from .failover import safe_floor
 
-    intervals = getattr(args, "intervals", None)
+    intervals, resume = getattr(args, "intervals", None), getattr(args, "resume", None)
     is_floor = safe_floor.is_safe_floor(args.definition)
-    if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None):
-        raise SystemExit("eucalab: --soak-minutes and --intervals are for safe-floor definitions (kind: safe-floor)")
+    if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None
+                         or resume is not None):
+        raise SystemExit("eucalab: --soak-minutes, --intervals and --resume are for safe-floor definitions "
+                         "(kind: safe-floor)")
+    if resume is not None:
+        if getattr(args, "soak_minutes", None) is not None or intervals is not None:
+            raise SystemExit("eucalab: --resume finishes a run as it was defined: no --soak-minutes or --intervals")
+        if not safe_floor.is_run(resume):
+            raise SystemExit(f"eucalab: --resume: {resume} is not a safe-floor run directory")
     if intervals is not None:
         try:
             safe_floor.only_intervals(safe_floor.SafeFloor.load(args.definition), intervals)
@@ -335,7 +342,7 @@ def cmd_experiment(args) -> int:
         raise SystemExit("eucalab: experiments build networks and need root (make run does it)")
     if is_floor:
         run_dir = safe_floor.run(args.definition, trials=args.trials, soak_minutes=getattr(args, "soak_minutes", None),
-                                 intervals=intervals)
+                                 intervals=intervals, resume=resume)
         print((run_dir / "report.md").read_text())
         print(f"report: {run_dir / 'report.md'} (soaks/ and trials/ beside it)")
         return 0
@@ -430,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
     s.add_argument("--intervals", metavar="MS,...", type=_interval_list,
                    help="safe-floor definitions: soak only these of the definition's settings (e.g. 20,15,10)")
+    s.add_argument("--resume", metavar="RUN_DIR",
+                   help="safe-floor definitions: finish a run that was cut (its missing soaks, then the crash "
+                        "trials, again from the first; --trials may lower their number)")
     s.add_argument("--only", metavar="TARGET,...",
                    help="run only the sets of these targets (e.g. clc,walrus): a long definition in several runs")
     s.set_defaults(fn=cmd_experiment)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from ..testbed.rundir import new_run_dir, write_json
+from ..testbed.rundir import new_run_dir, utc_stamp, write_json
 from .experiment import read_definition
 
 KIND = "safe-floor"
@@ -316,25 +316,50 @@ def only_intervals(d: SafeFloor, intervals: list[float] | None) -> list[float]:
     return [h for h in d.intervals_ms if h in intervals]
 
 
+def resume_plan(run_dir: str | Path, trials: int | None = None) -> tuple[SafeFloor, float, int, dict[float, dict]]:
+    """What a run cut short still has to do (``--resume DIR``): its definition, soak length and
+    trials per set (``trials`` lowers it), and the soaks it finished (soaks.json). Crash trials
+    it had begun are set aside as ``trials-cut-<UTC>/`` (kept, never reported), to run again."""
+    run_dir = Path(run_dir)
+    if not is_run(run_dir):
+        raise ValueError(f"--resume: {run_dir} is not a safe-floor run directory (no definition.json of kind {KIND})")
+    raw = json.loads((run_dir / "definition.json").read_text())
+    d = SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
+    n = min(trials, raw["run_trials"]) if trials is not None else raw["run_trials"]
+    path = run_dir / "soaks.json"
+    soaks = {float(h): r for h, r in json.loads(path.read_text()).items()} if path.exists() else {}
+    if (run_dir / "trials").exists():
+        (run_dir / "trials").rename(run_dir / f"trials-cut-{utc_stamp()}")
+    write_json(run_dir / "definition.json", {**raw, "run_trials": n})
+    return d, raw["run_soak_minutes"], n, soaks
+
+
 def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None,
-        intervals: list[float] | None = None) -> Path:
+        intervals: list[float] | None = None, resume: str | Path | None = None) -> Path:
     """Run a safe-floor definition; its run directory (report.md, summary.json, soaks/, trials/).
-    ``intervals``: soak only these of its settings; the floor is then judged among them."""
+    ``intervals``: soak only these of its settings; the floor is then judged among them.
+    ``resume``: finish the run in that directory (the soaks it lacks, then the crash trials)."""
     from .experiment import Experiment
     from .runner import Runner
     from .soak import soak
 
-    d = SafeFloor.load(path)
-    defined = list(d.intervals_ms)
-    d = dataclasses.replace(d, intervals_ms=only_intervals(d, intervals))
-    minutes = soak_minutes if soak_minutes is not None else d.soak_minutes
-    n = min(trials, d.trials) if trials is not None else d.trials
-    run_dir = new_run_dir(d.name)
-    write_json(run_dir / "definition.json", {**dataclasses.asdict(d), "run_soak_minutes": minutes, "run_trials": n,
-                                             "run_defined_intervals_ms": defined})
-    (run_dir / "soaks").mkdir()
-    soaks: dict[float, dict] = {}
+    if resume is not None:
+        run_dir = Path(resume)
+        d, minutes, n, soaks = resume_plan(run_dir, trials)
+    else:
+        d = SafeFloor.load(path)
+        defined = list(d.intervals_ms)
+        d = dataclasses.replace(d, intervals_ms=only_intervals(d, intervals))
+        minutes = soak_minutes if soak_minutes is not None else d.soak_minutes
+        n = min(trials, d.trials) if trials is not None else d.trials
+        run_dir = new_run_dir(d.name)
+        write_json(run_dir / "definition.json", {**dataclasses.asdict(d), "run_soak_minutes": minutes,
+                                                 "run_trials": n, "run_defined_intervals_ms": defined})
+        soaks = {}
+    (run_dir / "soaks").mkdir(exist_ok=True)
     for h in sorted(d.intervals_ms, reverse=True):
+        if h in soaks:
+            continue  # soaked before the run was cut
         soak_dir, summary = soak(minutes=minutes, interval_ms=h, misses=d.misses, loss_pct=d.loss_pct,
                                  hog_cores=d.hog_cores, spec_path=d.spec, results_root=run_dir / "soaks",
                                  keepalived_advert_ms=h if d.keepalived else None)

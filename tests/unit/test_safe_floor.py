@@ -215,3 +215,39 @@ def test_a_setting_the_definition_lacks_is_refused_before_anything_runs():
         main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--intervals", "20,25"])
     with pytest.raises(SystemExit, match="are for safe-floor definitions"):
         main(["experiment", "experiments/failover/definitions/default.yaml", "--intervals", "20"])
+
+
+def test_a_cut_run_resumes_with_its_soaks_and_its_trials_set_aside(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from experiments.failover.safe_floor import resume_plan
+
+    run = SafeFloor(intervals_ms=[20, 15, 10], targets=[{"target": "clc"}])
+    (tmp_path / "definition.json").write_text(json.dumps(
+        {**asdict(run), "run_soak_minutes": 10, "run_trials": 100, "run_defined_intervals_ms": [50, 30, 20, 15, 10]}))
+    (tmp_path / "soaks.json").write_text(json.dumps({"20": soak_row(soak_summary()), "15": soak_row(soak_summary())}))
+    (tmp_path / "trials").mkdir()
+    (tmp_path / "trials" / "trials.jsonl").write_text("{}\n")
+    d, minutes, n, soaks = resume_plan(tmp_path, trials=30)
+    assert d.intervals_ms == [20, 15, 10] and minutes == 10 and n == 30
+    assert sorted(soaks) == [15.0, 20.0]  # 10 ms is still to soak
+    assert not (tmp_path / "trials").exists()
+    cut = list(tmp_path.glob("trials-cut-*"))
+    assert len(cut) == 1 and (cut[0] / "trials.jsonl").exists()  # kept, not reported
+    raw = json.loads((tmp_path / "definition.json").read_text())
+    assert raw["run_trials"] == 30 and raw["run_defined_intervals_ms"] == [50, 30, 20, 15, 10]
+    with pytest.raises(ValueError, match="not a safe-floor run directory"):
+        resume_plan(tmp_path / "trials-nowhere")
+
+
+def test_resume_is_refused_with_a_clear_error_where_it_makes_no_sense(tmp_path):
+    from experiments.cli import main
+
+    with pytest.raises(SystemExit, match="not a safe-floor run directory"):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--resume", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no --soak-minutes or --intervals"):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--resume", str(tmp_path),
+              "--intervals", "10"])
+    with pytest.raises(SystemExit, match="are for safe-floor definitions"):
+        main(["experiment", "experiments/failover/definitions/default.yaml", "--resume", str(tmp_path)])
