@@ -344,7 +344,7 @@ def run(path: str | Path, trials: int | None = None, soak_minutes: float | None 
     from .soak import soak
 
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = Path(resume).resolve()
         d, minutes, n, soaks = resume_plan(run_dir, trials)
     else:
         d = SafeFloor.load(path)

@@ -65,7 +65,8 @@ class Deployment:
         # A spec with several servers (docs/cluster.md): ssh -F this to reach them (None: root's ~/.ssh).
         self.ssh_config = str(ssh_config) if ssh_config else None
         self.name = name or self.spec.name
-        self._run_dir_arg = Path(run_dir) if run_dir else None
+        # Absolute: the SDN controller and the components run in directories of their own.
+        self._run_dir_arg = Path(run_dir).resolve() if run_dir else None
         self._datapath_arg = datapath
         self.tag = random_key(2, string.ascii_lowercase)
         self.plan: Plan = build_plan(self.spec, tag=self.tag)

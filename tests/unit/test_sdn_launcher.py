@@ -178,3 +178,14 @@ def _answers(ctl) -> bool:
         return ctl.request("GET", "/health", timeout=1.0)[0] == 200
     except OSError:
         return False
+
+
+def test_a_relative_run_directory_is_taken_from_where_the_command_ran(tmp_path, monkeypatch):
+    # The SDN controller runs in a directory of its own: handed a relative run directory, it
+    # looked for the topology under its own and exited ("no .../controller/results/...").
+    from experiments.testbed.deployment import Deployment
+
+    monkeypatch.chdir(tmp_path)
+    dep = Deployment(DeploymentSpec(name="t", clusters=1, ncs_per_cluster=1, vm_slots_per_nc=1),
+                     run_dir="results/x-run")
+    assert dep._run_dir_arg == tmp_path / "results" / "x-run"
