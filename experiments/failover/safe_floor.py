@@ -41,6 +41,9 @@ KIND = "safe-floor"
 KEEPALIVED_BACKUP_PRIORITY = 90
 # Taking over a VIP by gratuitous ARP on veth, measured (docs/ha.md): about a millisecond.
 TAKEOVER_MS = 1.0
+# How long after a trial's restore its promotions still count as the trial's, when the trial
+# never saw redundancy back (``trial_promotions``).
+RECOVERY_WAIT_S = 10.0
 
 
 @dataclass
@@ -145,13 +148,18 @@ def trial_promotions(trials_dir: Path) -> tuple[list[dict], list[dict]]:
 
     path = trials_dir / "trials.jsonl"
     trials = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    faults = [t["t_fault"] for t in trials if t.get("t_fault") is not None and t.get("target") != "keepalived"]
-    if not faults:
+    ours = [t for t in trials if t.get("t_fault") is not None and t.get("target") != "keepalived"]
+    if not ours:
         return trials, []
-    first, last = min(faults), max(faults)
+    # Up to the end of the last of eucalab's trials (redundancy back; a trial that never got
+    # there: RECOVERY_WAIT_S): after it the runner stops the CLCs for keepalived's sets, and
+    # the survivor's takeover then is the harness's doing, not a false failover.
+    first = min(t["t_fault"] for t in ours)
+    last = max(t["t_fault"] + (t.get("hold_s") or 0) + (t.get("redundancy_restored_s") or RECOVERY_WAIT_S)
+               for t in ours)
     promotions = [e for path in sorted((trials_dir / "deployment" / "hosts").glob("*/events.jsonl"))
                   for e in read_events(path)
-                  if e.get("event") == "ha.promote" and first <= e.get("t_mono", -1) <= last + 10]
+                  if e.get("event") == "ha.promote" and first <= e.get("t_mono", -1) <= last]
     return trials, promotions
 
 

@@ -251,3 +251,27 @@ def test_resume_is_refused_with_a_clear_error_where_it_makes_no_sense(tmp_path):
               "--intervals", "10"])
     with pytest.raises(SystemExit, match="are for safe-floor definitions"):
         main(["experiment", "experiments/failover/definitions/default.yaml", "--resume", str(tmp_path)])
+
+
+def test_the_takeover_the_runner_causes_for_keepalived_is_no_false_failover(tmp_path):
+    # After eucalab's last trial the runner stops the CLCs to run keepalived on their hosts;
+    # the surviving CLC takes over then (run 20261207T161326Z: 0.2 s after the last trial's
+    # end). That is the harness's doing; a takeover between two trials is not.
+    import json
+
+    from experiments.failover.safe_floor import trial_promotions, unexpected_promotions
+
+    trials = [{"target": "clc", "t_fault": 100.0, "hold_s": 0.05, "redundancy_restored_s": 1.0,
+               "new_primary": "clc2"},
+              {"target": "walrus", "t_fault": 103.0, "hold_s": 0.05, "redundancy_restored_s": 1.0,
+               "new_primary": "walrus2"},
+              {"target": "keepalived", "t_fault": 110.0}]
+    (tmp_path / "trials.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trials))
+    for host, times in {"clc2": [100.03], "walrus2": [103.03], "clc1": [102.0, 104.3]}.items():
+        d = tmp_path / "deployment" / "hosts" / host
+        d.mkdir(parents=True)
+        (d / "events.jsonl").write_text("".join(json.dumps({"event": "ha.promote", "host": host, "t_mono": t})
+                                                + "\n" for t in times))
+    records, promotions = trial_promotions(tmp_path)
+    # 104.3 comes after the last trial ended (103 + 0.05 + 1.0): the CLC stopped for keepalived.
+    assert [e["t_mono"] for e in unexpected_promotions(promotions, records)] == [102.0]
