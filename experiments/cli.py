@@ -361,7 +361,11 @@ def cmd_experiment(args) -> int:
 
 def cmd_report(args) -> int:
     from .analysis.report import build
+    from .failover import safe_floor
 
+    if safe_floor.is_run(args.dir):  # its own report, from its soaks and its trials' summary
+        print(f"report written: {safe_floor.build(args.dir) / 'report.md'}")
+        return 0
     print(f"report written: {build(args.dir)}")
     return 0
 

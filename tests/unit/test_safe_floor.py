@@ -275,3 +275,19 @@ def test_the_takeover_the_runner_causes_for_keepalived_is_no_false_failover(tmp_
     records, promotions = trial_promotions(tmp_path)
     # 104.3 comes after the last trial ended (103 + 0.05 + 1.0): the CLC stopped for keepalived.
     assert [e["t_mono"] for e in unexpected_promotions(promotions, records)] == [102.0]
+
+
+def test_eucalab_report_rebuilds_a_safe_floor_run_as_one(tmp_path, capsys):
+    # It used to build a failover report there, over the safe-floor run's own report.md.
+    import json
+    from dataclasses import asdict
+
+    from experiments.cli import main
+
+    d = SafeFloor(intervals_ms=[20], targets=[{"target": "clc"}])
+    (tmp_path / "definition.json").write_text(json.dumps({**asdict(d), "run_soak_minutes": 10, "run_trials": 2}))
+    (tmp_path / "soaks.json").write_text(json.dumps({"20": soak_row(soak_summary())}))
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text().startswith("# Safe floor: safe-floor")
+    assert json.loads((tmp_path / "summary.json").read_text())["floors_ms"]["eucalab"] == 20.0
+    assert f"report written: {tmp_path / 'report.md'}" in capsys.readouterr().out
