@@ -81,8 +81,8 @@ def scheduler_name(tid: int = 0) -> str:
 
 def leave_realtime() -> None:
     """Every thread of this process back to the normal scheduler. A member shutting down
-    does so first: its clean-up and the interpreter's finalization (90-100 ms of a CLC's
-    CPU, measured) at SCHED_FIFO hold every other thread at the same priority on that core,
+    does so first: its clean-up and the interpreter's finalization (a CLC's last event to its
+    exit: 91 and 100 ms, measured) at SCHED_FIFO hold every other thread at the same priority on that core,
     other members' heartbeat threads among them (docs/ha.md, "The safe floor on this machine")."""
     for tid in os.listdir("/proc/self/task"):
         try:
