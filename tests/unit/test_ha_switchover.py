@@ -272,7 +272,9 @@ def test_a_switchover_waits_until_the_peer_is_ready_and_past_the_drain_it_may_st
 
 
 def test_a_member_says_in_its_heartbeat_whether_it_could_take_the_pair_at_once(tmp_path):
-    svc, agent, wire = primary_with_standby(tmp_path)
+    # A clock that stands still: the peer heard below stays alive however long this process
+    # waits between the heartbeat and the check (a loaded CI machine once took over 150 ms).
+    svc, agent, wire = primary_with_standby(tmp_path, clock=lambda: 1000.0)
     staged = [False]
     agent.standby_ready = lambda: staged[0]
     agent.send_heartbeat()
