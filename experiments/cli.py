@@ -192,6 +192,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """An option's count: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
 def _interval_list(text: str) -> list[float]:
     """``--intervals``: milliseconds, comma-separated, each above 0."""
     try:
@@ -333,6 +344,12 @@ def cmd_experiment(args) -> int:
             raise SystemExit("eucalab: --resume finishes a run as it was defined: no --soak-minutes or --intervals")
         if not safe_floor.is_run(resume):
             raise SystemExit(f"eucalab: --resume: {resume} is not a safe-floor run directory")
+        stored = json.loads((Path(resume) / "definition.json").read_text()).get("name")
+        if safe_floor.SafeFloor.load(args.definition).name != stored:
+            raise SystemExit(f"eucalab: --resume: {resume} is a run of {stored!r}, not of {args.definition}")
+        if (Path(resume) / "trials" / "summary.json").exists():
+            raise SystemExit(f"eucalab: --resume: {resume} finished its crash trials; `eucalab report {resume}` "
+                             "rebuilds its report, a new run measures again")
     if intervals is not None:
         try:
             safe_floor.only_intervals(safe_floor.SafeFloor.load(args.definition), intervals)
@@ -364,7 +381,10 @@ def cmd_report(args) -> int:
     from .failover import safe_floor
 
     if safe_floor.is_run(args.dir):  # its own report, from its soaks and its trials' summary
-        print(f"report written: {safe_floor.build(args.dir) / 'report.md'}")
+        try:
+            print(f"report written: {safe_floor.build(args.dir) / 'report.md'}")
+        except ValueError as e:
+            raise SystemExit(f"eucalab report: {e}") from None
         return 0
     print(f"report written: {build(args.dir)}")
     return 0
@@ -432,12 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_vm)
 
     s = sub.add_parser("run", help="the main job: the default failover experiment")
-    s.add_argument("--trials", type=int, help="at most this many trials per configuration")
+    s.add_argument("--trials", type=_positive_int, help="at most this many trials per configuration")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("experiment", help="run a failover experiment definition (YAML)")
     s.add_argument("definition", help="e.g. experiments/failover/definitions/default.yaml")
-    s.add_argument("--trials", type=int, help="at most this many trials per configuration")
+    s.add_argument("--trials", type=_positive_int, help="at most this many trials per configuration")
     s.add_argument("--soak-minutes", type=float, help="safe-floor definitions: soak each setting this long")
     s.add_argument("--intervals", metavar="MS,...", type=_interval_list,
                    help="safe-floor definitions: soak only these of the definition's settings (e.g. 20,15,10)")

@@ -331,15 +331,27 @@ def resume_plan(run_dir: str | Path, trials: int | None = None) -> tuple[SafeFlo
     run_dir = Path(run_dir)
     if not is_run(run_dir):
         raise ValueError(f"--resume: {run_dir} is not a safe-floor run directory (no definition.json of kind {KIND})")
+    if (run_dir / "trials" / "summary.json").exists():
+        raise ValueError(f"--resume: {run_dir} finished its crash trials; `eucalab report {run_dir}` rebuilds "
+                         "its report, a new run measures again")
+    # Everything read and checked before anything in the directory changes.
     raw = json.loads((run_dir / "definition.json").read_text())
-    d = SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
-    n = min(trials, raw["run_trials"]) if trials is not None else raw["run_trials"]
+    try:
+        d = SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
+        d.validate(str(run_dir / "definition.json"))
+        minutes, stored = float(raw["run_soak_minutes"]), int(raw["run_trials"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"--resume: {run_dir / 'definition.json'} is not a safe-floor run's: {e}") from None
+    n = min(trials, stored) if trials is not None else stored
     path = run_dir / "soaks.json"
     soaks = {float(h): r for h, r in json.loads(path.read_text()).items()} if path.exists() else {}
     if (run_dir / "trials").exists():
-        (run_dir / "trials").rename(run_dir / f"trials-cut-{utc_stamp()}")
+        cut = run_dir / f"trials-cut-{utc_stamp()}"
+        while cut.exists():  # two resumes within a second
+            cut = cut.with_name(cut.name + "-")
+        (run_dir / "trials").rename(cut)
     write_json(run_dir / "definition.json", {**raw, "run_trials": n})
-    return d, raw["run_soak_minutes"], n, soaks
+    return d, minutes, n, soaks
 
 
 def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None,
@@ -398,6 +410,9 @@ def build(run_dir: str | Path) -> Path:
     minutes, n = raw.pop("run_soak_minutes"), raw.pop("run_trials")
     defined = raw.pop("run_defined_intervals_ms", None)
     d = SafeFloor(**raw)
+    if not (run_dir / "soaks.json").exists():
+        raise ValueError(f"{run_dir}: no soak finished yet (no soaks.json): nothing to report; "
+                         "`eucalab experiment ... --resume` finishes the run")
     soaks = {float(h): r for h, r in json.loads((run_dir / "soaks.json").read_text()).items()}
     floors = floors_of(soaks)
     trials_path = run_dir / "trials" / "summary.json"

@@ -192,18 +192,31 @@ def test_a_peer_judged_dead_before_its_stamped_heartbeat_was_taken_in_is_alive_a
     # peer was alive at the stamp, but ha.peer_dead is out: ha.peer_alive must follow, or
     # every reader of the events (the testbed's "redundant", the reports) takes the pair
     # for broken for good. Run 20261207T145927Z lost every crash trial after its eighth so.
-    svc, agent = make_agent(tmp_path, role="primary", state="ENABLED")
-    run_in_loop(lambda: heartbeat(agent, state="DISABLED"))
-    agent.peer.heard -= 1.0  # silent since
-    decide(agent)
-    stamped = agent.peer.heard + agent.window / 2  # arrived within the window, taken in after the judgement
+    now = [1000.0]
+    svc, agent = make_agent(tmp_path, role="primary", state="ENABLED", clock=lambda: now[0])
+    w = agent.window
+
+    def peer_events():
+        return [e for e in events(tmp_path) if e in ("ha.peer_alive", "ha.peer_dead")]
+
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED"))  # heard at 1000
+    now[0] = 1000.0 + w + 0.01
+    decide(agent)  # silent past the window: dead
+    stamped = 1000.0 + w - 0.01  # arrived within the window, taken in after the judgement
     run_in_loop(lambda: heartbeat(agent, state="DISABLED", arrived=stamped))
-    peer_events = [e for e in events(tmp_path) if e in ("ha.peer_alive", "ha.peer_dead")]
-    assert peer_events == ["ha.peer_alive", "ha.peer_dead", "ha.peer_alive"]
-    # And a later silence is reported again.
-    agent.peer.heard -= 1.0
+    assert peer_events() == ["ha.peer_alive", "ha.peer_dead", "ha.peer_alive"] and agent.peer_alive()
+
+    # A stamp that is already stale now says nothing (the peer is not alive now) ...
+    now[0] += 1.0
     decide(agent)
-    assert [e for e in events(tmp_path) if e in ("ha.peer_alive", "ha.peer_dead")][-1] == "ha.peer_dead"
+    stale = agent.peer.heard + w - 0.01  # alive at its stamp, judged long after
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED", arrived=stale))
+    assert peer_events()[-1] == "ha.peer_dead" and not agent.peer_alive()
+    decide(agent)
+    assert peer_events().count("ha.peer_dead") == 2  # ... and is not reported dead twice
+    # ... until a fresh one.
+    run_in_loop(lambda: heartbeat(agent, state="DISABLED"))
+    assert peer_events()[-1] == "ha.peer_alive" and agent.peer_alive()
 
 
 def test_a_frozen_primary_refuses_to_serve_and_judges_only_fresh_heartbeats(tmp_path):

@@ -291,3 +291,50 @@ def test_eucalab_report_rebuilds_a_safe_floor_run_as_one(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text().startswith("# Safe floor: safe-floor")
     assert json.loads((tmp_path / "summary.json").read_text())["floors_ms"]["eucalab"] == 20.0
     assert f"report written: {tmp_path / 'report.md'}" in capsys.readouterr().out
+
+
+def _cut_run(tmp_path, **raw_extra):
+    import json
+    from dataclasses import asdict
+
+    run = SafeFloor(intervals_ms=[20, 10], targets=[{"target": "clc"}])
+    raw = {**asdict(run), "run_soak_minutes": 10, "run_trials": 100, **raw_extra}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "definition.json").write_text(json.dumps({k: v for k, v in raw.items() if v is not None}))
+    (tmp_path / "trials").mkdir()
+    return tmp_path
+
+
+def test_resume_refuses_before_it_moves_anything(tmp_path):
+    from experiments.failover.safe_floor import resume_plan
+
+    # A definition.json that lacks what the run wrote: refused, trials/ left where it is.
+    run = _cut_run(tmp_path / "a", run_soak_minutes=None)
+    with pytest.raises(ValueError, match="is not a safe-floor run's"):
+        resume_plan(run)
+    assert (run / "trials").is_dir() and not list(run.glob("trials-cut-*"))
+    # A run whose crash trials finished: nothing to resume; its trials stay reported.
+    run = _cut_run(tmp_path / "b")
+    (run / "trials" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="finished its crash trials"):
+        resume_plan(run)
+    assert (run / "trials" / "summary.json").exists()
+    # Two resumes within a second keep both cut trial directories.
+    run = _cut_run(tmp_path / "c")
+    resume_plan(run)
+    (run / "trials").mkdir()
+    resume_plan(run)
+    assert len(list(run.glob("trials-cut-*"))) == 2
+
+
+def test_resume_and_report_errors_on_the_command_line(tmp_path):
+    from experiments.cli import main
+
+    run = _cut_run(tmp_path / "r", name="another-floor")
+    with pytest.raises(SystemExit, match="is a run of 'another-floor', not of"):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--resume", str(run)])
+    # Cut before its first soak finished: no report to build, and it says so.
+    with pytest.raises(SystemExit, match="no soak finished yet"):
+        main(["report", str(run)])
+    with pytest.raises(SystemExit):
+        main(["experiment", "experiments/failover/definitions/safe-floor.yaml", "--trials", "0"])

@@ -219,9 +219,10 @@ class Heartbeats(Part):
         if ack[0] == self.boot:
             p.acked = max(p.acked, ack[1])
         self._arm_deadline(None if arrived is None else self.window - (self.clock() - arrived))
-        if not was_alive or self.peer_dead_reported:
+        if not was_alive or (self.peer_dead_reported and self.peer_alive()):
             # Alive again: also when it was alive at the heartbeat's stamp but the loop had
-            # judged its silence before taking the heartbeat in (ha.peer_dead is out).
+            # judged its silence before taking the heartbeat in (ha.peer_dead is out), as
+            # long as that stamp is still within the window now (a staler one says nothing).
             self.peer_dead_reported = False
             self.events.emit("ha.peer_alive", peer=member, epoch=p.epoch, state=p.state,
                              my_state=self.svc.state.value)
