@@ -31,19 +31,28 @@ def test_what_the_nc_starts_does_not_inherit_its_priority():
     assert scheduler_policy(NodeController.realtime_inherited) == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
 
 
+# Raising a process to SCHED_FIFO needs root: these run the code in a Python of their own.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+
+
+def printed(code: str) -> list[str]:
+    """What ``python -c code`` prints, word by word."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.split()
+
+
 @pytest.mark.loopback
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+@needs_root
 def test_a_child_of_a_process_at_the_ncs_policy_runs_at_the_normal_scheduler():
     code = ("import os, subprocess, sys; from components.common.service import scheduler_policy; "
             f"os.sched_setscheduler(0, scheduler_policy(False), os.sched_param({NC_REALTIME_PRIORITY})); "
             "print(os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK, flush=True); "
             "subprocess.run([sys.executable, '-c', 'import os; print(os.sched_getscheduler(0))'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
-    assert out.stdout.split() == [str(os.SCHED_FIFO), str(os.SCHED_OTHER)]
+    assert printed(code) == [str(os.SCHED_FIFO), str(os.SCHED_OTHER)]
 
 
 @pytest.mark.loopback
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+@needs_root
 def test_leaving_realtime_lowers_every_thread_of_the_process():
     code = ("import os, threading; from components.common.service import leave_realtime, scheduler_name; "
             f"os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param({REALTIME_PRIORITY})); "
@@ -51,12 +60,11 @@ def test_leaving_realtime_lowers_every_thread_of_the_process():
             "t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), go.set(), done.wait())); "
             "t.start(); go.wait(); print(scheduler_name(0), scheduler_name(tid[0])); "
             "leave_realtime(); print(scheduler_name(0), scheduler_name(tid[0])); done.set()")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
-    assert out.stdout.split() == ["SCHED_FIFO", "SCHED_FIFO", "normal", "normal"]
+    assert printed(code) == ["SCHED_FIFO", "SCHED_FIFO", "normal", "normal"]
 
 
 @pytest.mark.loopback
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+@needs_root
 def test_a_component_at_realtime_shuts_down_at_the_normal_scheduler(tmp_path):
     import signal
 
