@@ -342,14 +342,12 @@ def cmd_experiment(args) -> int:
     if resume is not None:
         if getattr(args, "soak_minutes", None) is not None or intervals is not None:
             raise SystemExit("eucalab: --resume finishes a run as it was defined: no --soak-minutes or --intervals")
-        if not safe_floor.is_run(resume):
-            raise SystemExit(f"eucalab: --resume: {resume} is not a safe-floor run directory")
-        stored = json.loads((Path(resume) / "definition.json").read_text()).get("name")
-        if safe_floor.SafeFloor.load(args.definition).name != stored:
-            raise SystemExit(f"eucalab: --resume: {resume} is a run of {stored!r}, not of {args.definition}")
-        if (Path(resume) / "trials" / "summary.json").exists():
-            raise SystemExit(f"eucalab: --resume: {resume} finished its crash trials; `eucalab report {resume}` "
-                             "rebuilds its report, a new run measures again")
+        try:
+            stored, _ = safe_floor.resumable(resume)
+        except ValueError as e:
+            raise SystemExit(f"eucalab: {e}") from None
+        if safe_floor.SafeFloor.load(args.definition).name != stored.name:
+            raise SystemExit(f"eucalab: --resume: {resume} is a run of {stored.name!r}, not of {args.definition}")
     if intervals is not None:
         try:
             safe_floor.only_intervals(safe_floor.SafeFloor.load(args.definition), intervals)

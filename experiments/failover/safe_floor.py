@@ -324,25 +324,33 @@ def only_intervals(d: SafeFloor, intervals: list[float] | None) -> list[float]:
     return [h for h in d.intervals_ms if h in intervals]
 
 
-def resume_plan(run_dir: str | Path, trials: int | None = None) -> tuple[SafeFloor, float, int, dict[float, dict]]:
-    """What a run cut short still has to do (``--resume DIR``): its definition, soak length and
-    trials per set (``trials`` lowers it), and the soaks it finished (soaks.json). Crash trials
-    it had begun are set aside as ``trials-cut-<UTC>/`` (kept, never reported), to run again."""
+def resumable(run_dir: str | Path) -> tuple[SafeFloor, dict]:
+    """A cut safe-floor run's definition and its raw ``definition.json``, checked; ValueError
+    (nothing changed) for a directory that is no safe-floor run, whose crash trials finished,
+    or whose definition.json lacks what the run wrote."""
     run_dir = Path(run_dir)
     if not is_run(run_dir):
         raise ValueError(f"--resume: {run_dir} is not a safe-floor run directory (no definition.json of kind {KIND})")
     if (run_dir / "trials" / "summary.json").exists():
         raise ValueError(f"--resume: {run_dir} finished its crash trials; `eucalab report {run_dir}` rebuilds "
                          "its report, a new run measures again")
-    # Everything read and checked before anything in the directory changes.
     raw = json.loads((run_dir / "definition.json").read_text())
     try:
         d = SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
         d.validate(str(run_dir / "definition.json"))
-        minutes, stored = float(raw["run_soak_minutes"]), int(raw["run_trials"])
+        float(raw["run_soak_minutes"]), int(raw["run_trials"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"--resume: {run_dir / 'definition.json'} is not a safe-floor run's: {e}") from None
-    n = min(trials, stored) if trials is not None else stored
+    return d, raw
+
+
+def resume_plan(run_dir: str | Path, trials: int | None = None) -> tuple[SafeFloor, float, int, dict[float, dict]]:
+    """What a run cut short still has to do (``--resume DIR``): its definition, soak length and
+    trials per set (``trials`` lowers it), and the soaks it finished (soaks.json). Crash trials
+    it had begun are set aside as ``trials-cut-<UTC>/`` (kept, never reported), to run again."""
+    run_dir = Path(run_dir)
+    d, raw = resumable(run_dir)  # everything checked before anything in the directory changes
+    n = min(trials, int(raw["run_trials"])) if trials is not None else int(raw["run_trials"])
     path = run_dir / "soaks.json"
     soaks = {float(h): r for h, r in json.loads(path.read_text()).items()} if path.exists() else {}
     if (run_dir / "trials").exists():
@@ -351,7 +359,7 @@ def resume_plan(run_dir: str | Path, trials: int | None = None) -> tuple[SafeFlo
             cut = cut.with_name(cut.name + "-")
         (run_dir / "trials").rename(cut)
     write_json(run_dir / "definition.json", {**raw, "run_trials": n})
-    return d, minutes, n, soaks
+    return d, float(raw["run_soak_minutes"]), n, soaks
 
 
 def run(path: str | Path, trials: int | None = None, soak_minutes: float | None = None,
