@@ -193,16 +193,16 @@ def soak_row(summary: dict) -> dict:
 
 def trial_sets(d: SafeFloor, eucalab_floor: float | None, keepalived_floor: float | None, trials: int) -> list:
     """The crash trials at the floors: each target at eucalab's, keepalived at its own."""
-    from ..testbed.deployment import REALTIME_PRIORITY
+    from ..testbed.configs import HEARTBEAT_PRIORITY
     from .experiment import TrialSet
 
     sets = []
     if eucalab_floor is not None:
         sets += [TrialSet(target=t["target"], fault=t.get("fault", "sigkill"), trials=trials) for t in d.targets]
     if keepalived_floor is not None:
-        # At the realtime priority eucalab's members run at: the same care for both detectors.
+        # At the realtime priority of eucalab's heartbeat threads: the same care for both detectors.
         sets.append(TrialSet(target="keepalived", trials=trials, advert_ms=keepalived_floor,
-                             params={"rt_priority": REALTIME_PRIORITY}))
+                             params={"rt_priority": HEARTBEAT_PRIORITY}))
     return sets
 
 
@@ -261,7 +261,7 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int,
              f"busy, one arbitrator of each ENABLED member stopped); a setting is safe with 0 false failovers "
              f"and 0 samples with two serving. Crash trials at the floor: {trials} per set, probed every "
              f"{d.probe_interval_ms:g} ms. eucalab: heartbeat h x {d.misses} misses; keepalived: VRRPv3 advert h "
-             f"(its VRRP process at SCHED_FIFO like eucalab's members).", ""]
+             f"(its VRRP process at SCHED_FIFO like eucalab's heartbeat threads).", ""]
     skipped = [h for h in defined_ms or [] if h not in d.intervals_ms]
     if skipped:
         lines += [f"Settings soaked: {', '.join(f'{h:g}' for h in d.intervals_ms)} ms; not in this run "

@@ -169,7 +169,8 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
 
     from topologies.spec import spec_from_dict
 
-    from ..testbed.deployment import REALTIME_PRIORITY, Deployment
+    from ..testbed.configs import HEARTBEAT_PRIORITY
+    from ..testbed.deployment import Deployment
     from ..testbed.versions import versions
 
     if os.geteuid() != 0:
@@ -238,7 +239,7 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
             from .keepalived import keepalived_soak
 
             keepalived = keepalived_soak(dep, keepalived_advert_ms, minutes * 60, loss_pct, cores,
-                                         REALTIME_PRIORITY if dep.realtime else None)
+                                         HEARTBEAT_PRIORITY if dep.realtime else None)
 
     with open(run_dir / "events.jsonl", "w") as f:
         for e in events:

@@ -8,6 +8,7 @@ import string
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from components.common.ha.heartbeat_thread import FIFO_PRIORITY as HEARTBEAT_THREAD_PRIORITY
 from components.common.ha_config import ha_config_for
 from components.common.service import token_digest
 from topologies.plan import PUBLIC_IP_POOL, ServicePair
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
+# Their heartbeat threads run above them (components/common/ha/heartbeat_thread.py), and so
+# does keepalived's VRRP process where it runs at realtime beside them (the same care for both
+# detectors): each does a detector's work only.
+HEARTBEAT_PRIORITY = HEARTBEAT_THREAD_PRIORITY
 # The NC's, below them: it carries every volume request between an instance and the SC
 # (the block initiator, a kernel's work on a real node), and at the normal scheduler it
 # queued behind whatever else the machine ran (docs/ha.md, "Beyond the

@@ -225,3 +225,63 @@ def test_the_peer_is_heard_after_the_start_is_logged(tmp_path):
     order = [e["event"] for e in read_events(tmp_path / "events.jsonl")
              if e["event"] in ("ha.start", "service.start", "ha.peer_alive")]
     assert order[:3] == ["ha.start", "service.start", "ha.peer_alive"], order
+
+
+# A thread computing at the members' own realtime priority (a member's loop serving a burst of
+# requests, the prober), pinned to one core for HOG_S, in a process of its own.
+HOG_S = 0.4
+HOG_SCRIPT = r"""
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[2])))
+print("hogging", flush=True)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    pass
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root")
+def test_a_busy_thread_at_the_members_priority_on_its_core_delays_no_heartbeat(tmp_path):
+    """Realtime threads of one priority do not preempt each other: a heartbeat thread at the
+    members' SCHED_FIFO 10 waited behind whatever else ran long at 10 on its core. It runs
+    above them, so a hog at 10 on its core delays no heartbeat (below it, ovs-vswitchd's 20)."""
+    from experiments.testbed.configs import HEARTBEAT_PRIORITY, REALTIME_PRIORITY
+
+    assert REALTIME_PRIORITY < HEARTBEAT_PRIORITY < 20  # vswitchd.PRIORITY, which forwards them
+    port = _free_port()
+    svc = FakeService(tmp_path)
+    core = min(os.sched_getaffinity(0))
+
+    async def go(peer: StandInPeer):
+        agent = HAAgent(svc, _config(tmp_path, port), run=lambda *a: asyncio.sleep(0, 0), garp=lambda i, a: None)
+        await agent.start()
+        try:
+            await until(lambda: agent.peer.state == "ENABLED", timeout=5)
+            tid = agent.heartbeat_thread._thread.native_id
+            assert os.sched_getscheduler(tid) == os.SCHED_FIFO
+            priority = os.sched_getparam(tid).sched_priority
+            os.sched_setaffinity(tid, {core})  # the thread alone: the loop may run anywhere
+            await asyncio.sleep(3 * INTERVAL)
+            hog = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", HOG_SCRIPT, str(core), str(REALTIME_PRIORITY), str(HOG_S),
+                stdout=asyncio.subprocess.PIPE)
+            assert (await hog.stdout.readline()).strip() == b"hogging"
+            t0 = _mono()
+            await hog.wait()
+            t1 = _mono()
+            await asyncio.sleep(3 * INTERVAL)
+            return priority, t0, t1
+        finally:
+            await agent.stop()
+
+    with StandInPeer(port) as peer:
+        priority, t0, t1 = asyncio.run(go(peer))
+        seen = peer.finish()
+    assert priority == HEARTBEAT_PRIORITY
+    assert t1 - t0 >= HOG_S * 0.8  # the hog ran its time
+    during = [t for t in seen["arrivals"] if t0 - INTERVAL <= t <= t1 + INTERVAL]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    # On time throughout: no gap near the hog's 400 ms (at the hog's priority the thread sent
+    # nothing until it ended), at most three intervals under a loaded host's scheduling.
+    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
