@@ -3,7 +3,8 @@
 
     eucalab check [--servers SPEC]    preflight: what this machine can do, what is missing
     eucalab describe [SPEC] [--png F] hosts, networks, addresses, HA pairs (and a diagram)
-    eucalab up [SPEC] [--script F]    bring a deployment up, start its services, open the CLI
+    eucalab up [SPEC] [--script F] [--ssh-config F]
+                                      bring a deployment up, start its services, open the CLI
     eucalab cleanup                   finish runs whose driver was killed
     eucalab run                       the main job: the default failover experiment
     eucalab experiment DEFINITION     a failover experiment definition (YAML), or a safe-floor one
@@ -22,8 +23,9 @@
     eucalab bench lifecycle           CLC and CC memory, replicated view, loop stalls after 1k-100k instance lifecycles
     eucalab bench scale [--size CxNxS] xl.yaml with every service and 1,000 instances, beside plain Mininet
     eucalab run                       the main job on the default deployment
-    eucalab vm test|run [ARGS]        the kernel lane: a VM with Debian's kernel (OVS kernel
-                                      datapath, netem, 802.1Q) runs tests/kernel or a command
+    eucalab vm test|run|serve [ARGS]  the kernel lane: a VM with Debian's kernel (OVS kernel
+                                      datapath, netem, 802.1Q) runs tests/kernel or a command,
+                                      or serves as a second server (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -86,7 +88,12 @@ def cmd_up(args) -> int:
     # Mininet prints through its own handler; keep it from printing twice via ours.
     logging.getLogger("mininet").propagate = False
     spec = _spec(args.spec)
-    with Deployment(spec, run_dir=args.run_dir) as dep:
+    if args.ssh_config and not Path(args.ssh_config).is_file():
+        raise SystemExit(f"eucalab up: --ssh-config {args.ssh_config}: no such file")
+    if args.ssh_config and len(spec.servers) < 2:
+        raise SystemExit(f"eucalab up: --ssh-config is for a spec with other servers; {args.spec or 'the default'} "
+                         "runs on this machine alone (servers: [localhost, ...], docs/cluster.md)")
+    with Deployment(spec, run_dir=args.run_dir, ssh_config=args.ssh_config) as dep:
         if not args.no_services:
             dep.start_services()
         _print_summary(dep)
@@ -305,14 +312,24 @@ def cmd_vm(args) -> int:
     from .testbed import vm
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    out = Path(args.out) if args.out else rd.new_run_dir("kernel-lane" if args.action == "test" else "vm")
+    if args.action == "serve" and argv:
+        raise SystemExit(f"eucalab vm serve: takes no command (got {' '.join(argv)}); "
+                         "it serves until Ctrl-C, SIGTERM or --timeout")
+    if args.action == "run" and not argv:
+        raise SystemExit("eucalab vm run: give the command to run inside the VM, e.g. "
+                         "eucalab vm run -- .venv/bin/eucalab check")
+    if args.action == "serve" and os.geteuid() != 0:
+        raise SystemExit("eucalab vm serve: needs root (qemu's tap device, its address on this machine)")
+    out = Path(args.out) if args.out else rd.new_run_dir(
+        {"test": "kernel-lane", "serve": "vm-server"}.get(args.action, "vm"))
     try:
+        if args.action == "serve":
+            from .testbed.vm_server import main_serve
+
+            return main_serve(out, accel=args.accel, timeout_s=args.timeout)
         if args.action == "test":
             return vm.main_test(argv, out, accel=args.accel, timeout_s=args.timeout,
                                 here=None if args.where == "auto" else args.where == "here")
-        if not argv:
-            raise SystemExit("eucalab vm run: give the command to run inside the VM, e.g. "
-                             "eucalab vm run -- .venv/bin/eucalab check")
         return vm.main_run(argv, out, accel=args.accel, timeout_s=args.timeout)
     except vm.VMError as exc:
         raise SystemExit(f"eucalab vm: {exc}") from None
@@ -427,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--script", metavar="FILE", help="run these Mininet CLI commands, then tear down")
     s.add_argument("--run-dir", metavar="DIR", help="run directory (default results/<UTC>-<name>)")
     s.add_argument("--no-services", action="store_true", help="network only, no component processes")
+    s.add_argument("--ssh-config", metavar="FILE",
+                   help="ssh client configuration for the spec's other servers (ssh -F; default: ssh's own)")
     s.set_defaults(fn=cmd_up)
 
     s = sub.add_parser("cleanup", help="remove what crashed runs left (only what they recorded)")
@@ -438,14 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("vm", help="the kernel lane: a VM with Debian's kernel (OVS kernel datapath, netem, 802.1Q)")
-    s.add_argument("action", choices=["test", "run"],
-                   help="test: the kernel-lane tests (tests/kernel); run: any command inside the VM")
+    s.add_argument("action", choices=["test", "run", "serve"],
+                   help="test: the kernel-lane tests (tests/kernel); run: any command inside the VM; "
+                        "serve: the VM as a second server for a deployment over two servers (docs/cluster.md)")
     s.add_argument("argv", nargs=argparse.REMAINDER, help="test: extra pytest arguments; run: the command")
     s.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                    help="auto: KVM where a guest boots under it, else TCG emulation")
     s.add_argument("--where", choices=["auto", "here", "vm"], default="auto",
                    help="test: auto runs here when this kernel has the features, else in the VM")
-    s.add_argument("--timeout", type=float, default=1200, help="seconds before qemu is stopped (default 1200)")
+    s.add_argument("--timeout", type=float, default=1200,
+                   help="seconds before qemu is stopped (default 1200; serve: how long it serves)")
     s.add_argument("--out", metavar="DIR", help="output directory (default results/<UTC>-kernel-lane or -vm)")
     s.set_defaults(fn=cmd_vm)
 

@@ -180,3 +180,34 @@ def cleanup_server(record: dict) -> str:
         _run(["ip", "link", "del", server["tap"]])
         done.append(f"{server['tap']} deleted")
     return ", ".join(done) or "nothing left"
+
+
+def main_serve(out_dir: Path, accel: str = "auto", timeout_s: float = 1200.0) -> int:
+    """``eucalab vm serve``: the VM up as a second server until SIGINT or SIGTERM, or for
+    ``timeout_s``, for ``eucalab up SPEC --ssh-config FILE`` with ``servers: [localhost,
+    ADDRESS]`` from another terminal (docs/cluster.md). Everything it made goes with it."""
+    stop = {"signal": None}
+
+    def _stop(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with serve(out_dir, accel=accel) as server:
+            print(f"vm: a second server at {server.address}: in a spec, servers: [localhost, {server.address}]; "
+                  f"then eucalab up SPEC --ssh-config {server.ssh_config}", flush=True)
+            print(f"vm: serving for at most {timeout_s:.0f} s (--timeout); Ctrl-C or SIGTERM "
+                  f"(kill {os.getpid()}) stops it", flush=True)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if server.vm.proc.poll() is not None:
+                    raise VMError(f"the VM ended on its own; console: {server.vm.console}")
+                time.sleep(0.5)
+            print(f"vm: {timeout_s:.0f} s served (--timeout): stopping", flush=True)
+    except KeyboardInterrupt:
+        print(f"vm: {stop['signal'] or 'SIGINT'}: stopped", flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

@@ -253,6 +253,48 @@ def test_the_sdn_controller_here_drives_a_clusters_switches_on_the_vm_over_tcp(s
         server.ssh(" ; ".join(f"ovs-vsctl --if-exists del-br {n}" for n in remote))
 
 
+@pytest.mark.multiserver
+def test_eucalab_up_builds_a_network_over_both_servers_from_the_command_line(server):
+    """What a user runs beside ``eucalab vm serve``: ``eucalab up SPEC --ssh-config FILE`` with
+    the VM among the spec's servers. A host placed on the VM answers from Debian's kernel there,
+    one placed here from this machine's; the run records the VM's clock; nothing is left on
+    the VM afterwards. Placed before the deployment's tests: one network on the VM at a time."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from experiments.testbed.vm import REPO
+
+    tmp = Path(tempfile.mkdtemp(prefix="up", dir="/tmp"))  # the run's control socket needs a short path
+    bridges_before = set(server.ssh("ovs-vsctl list-br").stdout.split())
+    try:
+        spec = tmp / "two.yaml"
+        spec.write_text(f"name: two\nservers: [localhost, {server.address}]\nclusters: 1\n"
+                        "ncs_per_cluster: 1\nvm_slots_per_nc: 1\n")
+        script = tmp / "cli.txt"
+        script.write_text("c1n1 uname -r\nclc1 uname -r\n")
+        run_dir = tmp / "run"
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "up", str(spec), "--no-services",
+                               "--script", str(script), "--ssh-config", str(server.ssh_config),
+                               "--run-dir", str(run_dir)],
+                              capture_output=True, text=True, cwd=REPO, timeout=scaled(90) * SLOW)
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 0, said[-3000:]
+        guest = server.ssh("uname -r").stdout.strip()
+        assert guest and guest != os.uname().release  # two kernels: the emulated Debian one, this one
+        lines = said.splitlines()
+        assert guest in lines and os.uname().release in lines, said[-3000:]
+        servers = json.loads((run_dir / "servers.json").read_text())["servers"]
+        assert "c1n1" in servers[server.address]["nodes"] and "clc1" not in servers[server.address]["nodes"]
+        assert "deployment down" in proc.stdout
+        left = server.ssh(f"ovs-vsctl list-br; ls -d {run_dir} 2>/dev/null").stdout
+        assert str(run_dir) not in left and set(left.split()) <= bridges_before, left
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # A whole deployment over this machine and the VM (experiments/testbed/deployment.py with
 # topologies/cluster_network.py): one cluster, each HA pair's secondary on the server after
 # its primary's, so the CLC's primary runs here and its secondary on the VM, and their

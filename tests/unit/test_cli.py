@@ -72,3 +72,24 @@ def test_the_docstring_names_every_command():
     listed = {line.split()[1] + (" " + line.split()[2] if line.split()[1] == "bench" else "")
               for line in cli.__doc__.splitlines() if line.strip().startswith("eucalab ")}
     assert sorted(listed) == sorted(_commands())
+
+
+def test_up_refuses_an_ssh_config_it_cannot_use_before_anything_is_built(tmp_path, capsys):
+    spec = tmp_path / "two.yaml"
+    spec.write_text("name: two\nservers: [localhost, 10.99.0.2]\nclusters: 1\n")
+    script = tmp_path / "cli.txt"
+    script.write_text("exit\n")
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["up", str(spec), "--script", str(script), "--ssh-config", str(tmp_path / "missing")])
+    config = tmp_path / "ssh_config"
+    config.write_text("Host 10.99.0.2\n")
+    # One server: nothing to reach over ssh, said so (the option would otherwise be ignored).
+    with pytest.raises(SystemExit, match="runs on this machine alone"):
+        main(["up", "--script", str(script), "--ssh-config", str(config)])
+    assert not list(tmp_path.glob("*/topology.json"))  # no run directory was made
+
+
+def test_vm_serve_takes_no_command(tmp_path):
+    with pytest.raises(SystemExit, match="takes no command"):
+        main(["vm", "serve", "--out", str(tmp_path / "vm"), "--", "true"])
+    assert not (tmp_path / "vm").exists()
