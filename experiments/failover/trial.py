@@ -66,6 +66,16 @@ class TrialState:
     cpu: float | None = None
 
 
+def promotions_within(events: dict[str, list[dict]], t_fault: float, t_settled: float) -> list[tuple[str, dict]]:
+    """Each member's ``ha.promote`` decided between the fault and full redundancy, as
+    (member, event). By when it was decided (``detected_at``), not when it was logged: the
+    line follows the state change and the VIP, which may already have made the pair look
+    redundant to the runner (a planned switchover's pair did, 0.5 ms before the line);
+    none may be decided after a restore."""
+    return [(m, e) for m, evs in events.items() for e in evs
+            if e["event"] == "ha.promote" and t_fault <= e.get("detected_at", e["t_mono"]) <= t_settled]
+
+
 def decision_period_s(spec) -> float:
     """How often the spec's detector decides: the heartbeat interval, or under ``ha.detector:
     coordinator`` the coordinator's check cycle (a fault waits for the next round: its phase
@@ -228,10 +238,7 @@ class Trial:
         fault_probes = [p for p in probes if t_fault <= p.sent < s.t_restore]
         rejoin_probes = [p for p in probes if p.sent >= s.t_restore]
         ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
-        # Up to full redundancy: a promotion is logged just after the state change and VIP
-        # that may already have let users in, and none may follow a restore.
-        promotes = [(m, e) for m in pair.members for e in ev[m]
-                    if e["event"] == "ha.promote" and t_fault <= e["t_mono"] <= s.t_settled]
+        promotes = promotions_within(ev, t_fault, s.t_settled)
         promote = next((e for m, e in promotes if m == peer), None)
         dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
                      and e["t_mono"] >= t_fault), None)

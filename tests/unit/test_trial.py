@@ -123,3 +123,20 @@ def test_under_the_coordinator_the_fault_falls_at_a_random_phase_of_its_check_cy
     dep, record = run_trial(tmp_path, setup=setup)
     assert (0, 0.3) in drawn and 0 <= record["phase_s"] < 0.3
     assert record["status"] == "ok"
+
+
+def test_a_promotion_logged_just_after_the_pair_looked_redundant_is_the_trials():
+    """Run 20261207T190150Z: a planned switchover's new primary changed state at +0.5246 s,
+    the runner saw the pair redundant at +0.5256 s, and the ha.promote line (written after the
+    VIP and its gratuitous ARP) came at +0.5264 s: the trial was judged "no failover"."""
+    from experiments.failover.trial import promotions_within
+
+    t_fault, t_settled = 100.0, 100.5259
+    promote = {"event": "ha.promote", "t_mono": 100.5264, "detected_at": 100.5234, "epoch": 9}
+    events = {PRIMARY: [{"event": "state.change", "t_mono": 100.5212, "to": "DISABLED"}],
+              SECONDARY: [{"event": "state.change", "t_mono": 100.5236, "to": "ENABLED"}, promote]}
+    assert promotions_within(events, t_fault, t_settled) == [(SECONDARY, promote)]
+    # One decided before the fault, or after redundancy was back, is not this trial's.
+    early = {**promote, "t_mono": 99.9, "detected_at": 99.8}
+    late = {**promote, "t_mono": 100.9, "detected_at": 100.8}
+    assert promotions_within({SECONDARY: [early, late]}, t_fault, t_settled) == []
