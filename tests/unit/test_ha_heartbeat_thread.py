@@ -104,6 +104,13 @@ class StandInPeer:
             self.proc.wait(5)
 
 
+def _with_peer(port: int, go, **peer_args) -> tuple:
+    """(what ``go(peer)`` returns, run to its end with a stand-in peer, and what the peer saw)."""
+    with StandInPeer(port, **peer_args) as peer:
+        result = asyncio.run(go(peer))
+        return result, peer.finish()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((ME, 0))
@@ -119,6 +126,14 @@ def _hold(how: str, seconds: float) -> None:
     else:
         while time.monotonic() < end:
             sum(range(1000))
+
+
+def _assert_sent_on_time(arrivals: list[float], t0: float, t1: float) -> None:
+    """The agent's heartbeats reached the peer from just before ``t0`` to just after ``t1``
+    with no gap of three intervals or more (a loaded host's scheduling stays under that)."""
+    during = [t for t in arrivals if t0 - INTERVAL <= t <= t1 + INTERVAL]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
 
 
 def _config(tmp_path, port: int) -> dict:
@@ -150,14 +165,10 @@ def test_a_blocked_loop_delays_neither_the_heartbeats_sent_nor_the_peer_s_deadli
         finally:
             await agent.stop()
 
-    with StandInPeer(port) as peer:
-        agent, t0, t1 = asyncio.run(go(peer))
-        seen = peer.finish()
-    during = [t for t in seen["arrivals"] if t0 - INTERVAL <= t <= t1 + INTERVAL]
-    gaps = [b - a for a, b in zip(during, during[1:])]
+    (agent, t0, t1), seen = _with_peer(port, go)
     # Sent on time while the loop was held: no gap near the hold's 300 ms (a loop-driven
-    # sender's gap), at most three intervals under a loaded host's scheduling.
-    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
+    # sender's gap).
+    _assert_sent_on_time(seen["arrivals"], t0, t1)
     last_sent = max(seen["sent"])
     assert t0 < last_sent < t1
     # The peer's last heartbeat counts from its arrival (within a few ms of its sending), not
@@ -193,9 +204,7 @@ def test_a_wedged_loop_falls_silent_and_fences_itself_when_it_comes_back(tmp_pat
         finally:
             await agent.stop()
 
-    with StandInPeer(port, state="NOTREADY") as peer:
-        agent, t0, t1, fenced_at_once = asyncio.run(go(peer))
-        seen = peer.finish()
+    (agent, t0, t1, fenced_at_once), seen = _with_peer(port, go, state="NOTREADY")
     during = [t for t in seen["arrivals"] if t0 <= t <= t1]
     assert during and max(during) < t0 + LOOP_STALL_S + 2 * INTERVAL  # silent for the rest of the hold
     assert fenced_at_once
@@ -275,13 +284,9 @@ def test_a_busy_thread_at_the_members_priority_on_its_core_delays_no_heartbeat(t
         finally:
             await agent.stop()
 
-    with StandInPeer(port) as peer:
-        priority, t0, t1 = asyncio.run(go(peer))
-        seen = peer.finish()
+    (priority, t0, t1), seen = _with_peer(port, go)
     assert priority == HEARTBEAT_PRIORITY
     assert t1 - t0 >= HOG_S * 0.8  # the hog ran its time
-    during = [t for t in seen["arrivals"] if t0 - INTERVAL <= t <= t1 + INTERVAL]
-    gaps = [b - a for a, b in zip(during, during[1:])]
     # On time throughout: no gap near the hog's 400 ms (at the hog's priority the thread sent
-    # nothing until it ended), at most three intervals under a loaded host's scheduling.
-    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
+    # nothing until it ended, or past the window).
+    _assert_sent_on_time(seen["arrivals"], t0, t1)
