@@ -82,18 +82,23 @@ def cmd_up(args) -> int:
     if not args.script and not sys.stdin.isatty():
         raise SystemExit("eucalab up: no terminal for the Mininet CLI; give --script FILE "
                          "(one CLI command per line) to drive the deployment non-interactively")
+    spec = _spec(args.spec)
+    ssh_config = None
+    if args.ssh_config:
+        if not Path(args.ssh_config).is_file():
+            raise SystemExit(f"eucalab up: --ssh-config {args.ssh_config}: no such file")
+        if len(spec.servers) < 2:
+            raise SystemExit(f"eucalab up: --ssh-config is for a spec with other servers; "
+                             f"{args.spec or 'the default'} runs on this machine alone "
+                             "(servers: [localhost, ...], docs/cluster.md)")
+        # Recorded for `eucalab cleanup`, which may run from another directory.
+        ssh_config = str(Path(args.ssh_config).resolve())
     from mininet.log import setLogLevel
 
     setLogLevel("info")  # the CLI's command output
     # Mininet prints through its own handler; keep it from printing twice via ours.
     logging.getLogger("mininet").propagate = False
-    spec = _spec(args.spec)
-    if args.ssh_config and not Path(args.ssh_config).is_file():
-        raise SystemExit(f"eucalab up: --ssh-config {args.ssh_config}: no such file")
-    if args.ssh_config and len(spec.servers) < 2:
-        raise SystemExit(f"eucalab up: --ssh-config is for a spec with other servers; {args.spec or 'the default'} "
-                         "runs on this machine alone (servers: [localhost, ...], docs/cluster.md)")
-    with Deployment(spec, run_dir=args.run_dir, ssh_config=args.ssh_config) as dep:
+    with Deployment(spec, run_dir=args.run_dir, ssh_config=ssh_config) as dep:
         if not args.no_services:
             dep.start_services()
         _print_summary(dep)
@@ -320,17 +325,19 @@ def cmd_vm(args) -> int:
                          "eucalab vm run -- .venv/bin/eucalab check")
     if args.action == "serve" and os.geteuid() != 0:
         raise SystemExit("eucalab vm serve: needs root (qemu's tap device, its address on this machine)")
-    out = Path(args.out) if args.out else rd.new_run_dir(
+    # Absolute: the server's ssh configuration names its keys by this path.
+    out = Path(args.out).resolve() if args.out else rd.new_run_dir(
         {"test": "kernel-lane", "serve": "vm-server"}.get(args.action, "vm"))
+    timeout_s = args.timeout if args.timeout is not None or args.action == "serve" else vm.DEFAULT_TIMEOUT_S
     try:
         if args.action == "serve":
             from .testbed.vm_server import main_serve
 
-            return main_serve(out, accel=args.accel, timeout_s=args.timeout)
+            return main_serve(out, accel=args.accel, timeout_s=timeout_s)
         if args.action == "test":
-            return vm.main_test(argv, out, accel=args.accel, timeout_s=args.timeout,
+            return vm.main_test(argv, out, accel=args.accel, timeout_s=timeout_s,
                                 here=None if args.where == "auto" else args.where == "here")
-        return vm.main_run(argv, out, accel=args.accel, timeout_s=args.timeout)
+        return vm.main_run(argv, out, accel=args.accel, timeout_s=timeout_s)
     except vm.VMError as exc:
         raise SystemExit(f"eucalab vm: {exc}") from None
 
@@ -465,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: KVM where a guest boots under it, else TCG emulation")
     s.add_argument("--where", choices=["auto", "here", "vm"], default="auto",
                    help="test: auto runs here when this kernel has the features, else in the VM")
-    s.add_argument("--timeout", type=float, default=1200,
-                   help="seconds before qemu is stopped (default 1200; serve: how long it serves)")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds before qemu is stopped (test, run: default 20 minutes; "
+                        "serve: none, it serves until Ctrl-C or SIGTERM)")
     s.add_argument("--out", metavar="DIR", help="output directory (default results/<UTC>-kernel-lane or -vm)")
     s.set_defaults(fn=cmd_vm)
 

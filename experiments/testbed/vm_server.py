@@ -108,10 +108,11 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     # Under emulation the guest runs about 10 times slower than this machine.
     slow = 1.0 if running.accel == "kvm" else float(TCG_TIME_SCALE)
     boot_timeout_s = boot_timeout_s or 60 * slow
-    record = _register_server(out_dir, running, nic)
     server = VMServer(nic.guest_ip, config, nic, running)
     master = None  # the ssh connection every session shares
+    record = None
     try:
+        record = _register_server(out_dir, running, nic)
         tap = Path("/sys/class/net", nic.tap)
         _wait_until(tap.exists, boot_timeout_s, f"tap device {nic.tap}", running)
         for cmd in (["ip", "addr", "add", f"{nic.host_ip}/{nic.prefix}", "dev", nic.tap],
@@ -134,10 +135,15 @@ def serve(out_dir: Path, *, accel: str = "auto", nic: GuestNIC = GuestNIC(),
     finally:
         if master is not None and master.poll() is None:
             master.terminate()
-            master.wait(timeout=10)
+            try:
+                master.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                master.kill()
+                master.wait(timeout=10)
         # Nothing in the guest outlives it (memory only): no orderly power-off to wait for.
         running.close()
-        record.unlink(missing_ok=True)
+        if record is not None:
+            record.unlink(missing_ok=True)
         say(f"vm: server at {nic.guest_ip} stopped; console: {running.console}")
 
 
@@ -182,14 +188,19 @@ def cleanup_server(record: dict) -> str:
     return ", ".join(done) or "nothing left"
 
 
-def main_serve(out_dir: Path, accel: str = "auto", timeout_s: float = 1200.0) -> int:
-    """``eucalab vm serve``: the VM up as a second server until SIGINT or SIGTERM, or for
-    ``timeout_s``, for ``eucalab up SPEC --ssh-config FILE`` with ``servers: [localhost,
-    ADDRESS]`` from another terminal (docs/cluster.md). Everything it made goes with it."""
+def main_serve(out_dir: Path, accel: str = "auto", timeout_s: float | None = None) -> int:
+    """``eucalab vm serve``: the VM up as a second server until SIGINT or SIGTERM (or for
+    ``timeout_s``, if given), for ``eucalab up SPEC --ssh-config FILE`` with ``servers:
+    [localhost, ADDRESS]`` from another terminal (docs/cluster.md). Everything it made goes
+    with it."""
     stop = {"signal": None}
 
     def _stop(signum, _frame):
         stop["signal"] = signal.Signals(signum).name
+        # A second Ctrl-C must not cut the teardown short (qemu runs in a session of its own
+        # and would outlive it): from here on both signals are ignored.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -197,9 +208,9 @@ def main_serve(out_dir: Path, accel: str = "auto", timeout_s: float = 1200.0) ->
         with serve(out_dir, accel=accel) as server:
             print(f"vm: a second server at {server.address}: in a spec, servers: [localhost, {server.address}]; "
                   f"then eucalab up SPEC --ssh-config {server.ssh_config}", flush=True)
-            print(f"vm: serving for at most {timeout_s:.0f} s (--timeout); Ctrl-C or SIGTERM "
-                  f"(kill {os.getpid()}) stops it", flush=True)
-            deadline = time.monotonic() + timeout_s
+            until = f"for {timeout_s:.0f} s (--timeout) or until" if timeout_s else "until"
+            print(f"vm: serving {until} Ctrl-C or SIGTERM (kill {os.getpid()})", flush=True)
+            deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
             while time.monotonic() < deadline:
                 if server.vm.proc.poll() is not None:
                     raise VMError(f"the VM ended on its own; console: {server.vm.console}")

@@ -79,17 +79,23 @@ def test_up_refuses_an_ssh_config_it_cannot_use_before_anything_is_built(tmp_pat
     spec.write_text("name: two\nservers: [localhost, 10.99.0.2]\nclusters: 1\n")
     script = tmp_path / "cli.txt"
     script.write_text("exit\n")
+    run_dir = tmp_path / "run"
     with pytest.raises(SystemExit, match="no such file"):
-        main(["up", str(spec), "--script", str(script), "--ssh-config", str(tmp_path / "missing")])
+        main(["up", str(spec), "--script", str(script), "--ssh-config", str(tmp_path / "missing"),
+              "--run-dir", str(run_dir)])
     config = tmp_path / "ssh_config"
     config.write_text("Host 10.99.0.2\n")
     # One server: nothing to reach over ssh, said so (the option would otherwise be ignored).
     with pytest.raises(SystemExit, match="runs on this machine alone"):
-        main(["up", "--script", str(script), "--ssh-config", str(config)])
-    assert not list(tmp_path.glob("*/topology.json"))  # no run directory was made
+        main(["up", "--script", str(script), "--ssh-config", str(config), "--run-dir", str(run_dir)])
+    assert not run_dir.exists()  # nothing was built
 
 
-def test_vm_serve_takes_no_command(tmp_path):
+def test_vm_serve_takes_no_command(monkeypatch):
+    from experiments.testbed import rundir
+
+    made = []
+    monkeypatch.setattr(rundir, "new_run_dir", lambda name: made.append(name))
     with pytest.raises(SystemExit, match="takes no command"):
-        main(["vm", "serve", "--out", str(tmp_path / "vm"), "--", "true"])
-    assert not (tmp_path / "vm").exists()
+        main(["vm", "serve", "--", "true"])
+    assert made == []  # refused before its run directory
