@@ -32,6 +32,8 @@ LOOP_STALL_S = 1.0
 # behind any loop or prober busy on its core (a member serving a burst of requests) until
 # that one blocked, 100-170 ms under 500 requests a second, past the 150 ms window.
 FIFO_PRIORITY = 15
+# Datagrams taken in per wake-up before the thread checks its send schedule again.
+RECEIVE_BATCH = 64
 
 
 class HeartbeatThread:
@@ -114,9 +116,10 @@ class HeartbeatThread:
                     return
 
     def _receive(self, sock) -> bool:
-        """Everything waiting on ``sock``, each handed to the loop with its arrival time;
-        False once the loop is gone."""
-        while True:
+        """What waits on ``sock``, each handed to the loop with its arrival time, at most
+        RECEIVE_BATCH at a time (a flood of datagrams must not keep the thread from its next
+        send: poll() wakes it again for the rest); False once the loop is gone."""
+        for _ in range(RECEIVE_BATCH):
             try:
                 data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
@@ -128,3 +131,4 @@ class HeartbeatThread:
                 self.loop.call_soon_threadsafe(self.agent.on_heartbeat, data, addr, arrived)
             except RuntimeError:
                 return False  # the loop is closed
+        return True
