@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 # SCHED_FIFO priority of the HA members once started (and of the experiments' prober).
 REALTIME_PRIORITY = 10
 # Their heartbeat threads run above them (components/common/ha/heartbeat_thread.py), and so
-# does keepalived's VRRP process where it runs at realtime beside them (the same care for both
-# detectors): each does a detector's work only.
+# does keepalived's VRRP process where it runs at realtime beside them: the detectors at one
+# priority (keepalived also decides and moves its VIPs there; eucalab does that on the
+# member's loop, at REALTIME_PRIORITY).
 HEARTBEAT_PRIORITY = HEARTBEAT_THREAD_PRIORITY
 # The NC's, below them: it carries every volume request between an instance and the SC
 # (the block initiator, a kernel's work on a real node), and at the normal scheduler it
