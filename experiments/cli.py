@@ -318,8 +318,8 @@ def cmd_vm(args) -> int:
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if args.action == "serve" and argv:
-        raise SystemExit(f"eucalab vm serve: takes no command (got {' '.join(argv)}); "
-                         "it serves until Ctrl-C, SIGTERM or --timeout")
+        raise SystemExit(f"eucalab vm serve: takes no command (got {' '.join(argv)}); options go before "
+                         "the action (eucalab vm [--out DIR] [--timeout S] serve); it serves until Ctrl-C or SIGTERM")
     if args.action == "run" and not argv:
         raise SystemExit("eucalab vm run: give the command to run inside the VM, e.g. "
                          "eucalab vm run -- .venv/bin/eucalab check")
