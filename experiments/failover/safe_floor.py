@@ -324,6 +324,11 @@ def only_intervals(d: SafeFloor, intervals: list[float] | None) -> list[float]:
     return [h for h in d.intervals_ms if h in intervals]
 
 
+def stored_definition(raw: dict) -> SafeFloor:
+    """The definition a run wrote to its definition.json (beside its own ``run_*`` fields)."""
+    return SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
+
+
 def resumable(run_dir: str | Path) -> tuple[SafeFloor, dict]:
     """A cut safe-floor run's definition and its raw ``definition.json``, checked; ValueError
     (nothing changed) for a directory that is no safe-floor run, whose crash trials finished,
@@ -336,7 +341,7 @@ def resumable(run_dir: str | Path) -> tuple[SafeFloor, dict]:
                          "its report, a new run measures again")
     raw = json.loads((run_dir / "definition.json").read_text())
     try:
-        d = SafeFloor(**{k: v for k, v in raw.items() if not k.startswith("run_")})
+        d = stored_definition(raw)
         d.validate(str(run_dir / "definition.json"))
         float(raw["run_soak_minutes"]), int(raw["run_trials"])
     except (KeyError, TypeError, ValueError) as e:
@@ -415,9 +420,9 @@ def build(run_dir: str | Path) -> Path:
     soaks.json, trials/summary.json); ``eucalab report DIR`` runs it again."""
     run_dir = Path(run_dir)
     raw = json.loads((run_dir / "definition.json").read_text())
-    minutes, n = raw.pop("run_soak_minutes"), raw.pop("run_trials")
-    defined = raw.pop("run_defined_intervals_ms", None)
-    d = SafeFloor(**raw)
+    minutes, n = raw["run_soak_minutes"], raw["run_trials"]
+    defined = raw.get("run_defined_intervals_ms")
+    d = stored_definition(raw)
     if not (run_dir / "soaks.json").exists():
         raise ValueError(f"{run_dir}: no soak finished yet (no soaks.json): nothing to report; "
                          "`eucalab experiment ... --resume` finishes the run")

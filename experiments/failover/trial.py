@@ -241,15 +241,16 @@ class Trial:
         fault_probes = [p for p in probes if t_fault <= p.sent < s.t_restore]
         rejoin_probes = [p for p in probes if p.sent >= s.t_restore]
         ev = {m: read_events(dep.process(m).events_path) for m in pair.members}
-        if s.recovered and s.fault.expect in (FAILOVER, SWITCHOVER) \
-                and not any(m == peer for m, _ in promotions_within(ev, t_fault, s.t_settled)):
+        promotes = promotions_within(ev, t_fault, s.t_settled)
+        if s.recovered and s.fault.expect in (FAILOVER, SWITCHOVER) and not any(m == peer for m, _ in promotes):
             # The peer took over, and its ha.promote line, written after its VIPs, may not be
             # there yet on a busy machine: a moment more for it.
             def logged() -> bool:
+                nonlocal promotes
                 ev[peer] = read_events(dep.process(peer).events_path)
-                return any(m == peer for m, _ in promotions_within(ev, t_fault, s.t_settled))
+                promotes = promotions_within(ev, t_fault, s.t_settled)
+                return any(m == peer for m, _ in promotes)
             wait_until(logged, 1.0)
-        promotes = promotions_within(ev, t_fault, s.t_settled)
         promote = next((e for m, e in promotes if m == peer), None)
         dead = next((e["detected_at"] for e in ev[peer] if e["event"] == "ha.peer_dead"
                      and e["t_mono"] >= t_fault), None)

@@ -210,12 +210,12 @@ def main_serve(out_dir: Path, accel: str = "auto", timeout_s: float | None = Non
                   f"then eucalab up SPEC --ssh-config {server.ssh_config}", flush=True)
             until = f"for {timeout_s:.0f} s (--timeout) or until" if timeout_s else "until"
             print(f"vm: serving {until} Ctrl-C or SIGTERM (kill {os.getpid()})", flush=True)
-            deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
-            while time.monotonic() < deadline:
-                if server.vm.proc.poll() is not None:
-                    raise VMError(f"the VM ended on its own; console: {server.vm.console}")
-                time.sleep(0.5)
-            print(f"vm: {timeout_s:.0f} s served (--timeout): stopping", flush=True)
+            try:
+                server.vm.proc.wait(timeout=timeout_s or None)  # a signal's KeyboardInterrupt ends it
+            except subprocess.TimeoutExpired:
+                print(f"vm: {timeout_s:.0f} s served (--timeout): stopping", flush=True)
+            else:
+                raise VMError(f"the VM ended on its own; console: {server.vm.console}")
     except KeyboardInterrupt:
         print(f"vm: {stop['signal'] or 'SIGINT'}: stopped", flush=True)
     finally:
