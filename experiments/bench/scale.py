@@ -270,9 +270,13 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
         now = states()
         return now is None or now.count("pending") + n > in_flight
 
-    for zone, group, n in calls:
+    not_called = 0
+    for k, (zone, group, n) in enumerate(calls):
         while in_flight and held_back(n) and time.monotonic() - t0 < timeout:
             time.sleep(LAUNCH_POLL_S)
+        if time.monotonic() - t0 >= timeout:
+            not_called = sum(c[2] for c in calls[k:])  # the launch's time is up: no more calls
+            break
         available = psutil.virtual_memory().available
         if available < reserve_gib * 2**30:
             memory_bound = {"after_instances": len(ids), "available_gib": available / 2**30}
@@ -288,17 +292,19 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
         ids += [i["InstanceId"] for i in res["Instances"]]
     calls_s = time.monotonic() - t0
     running, failed, last = 0, 0, None
-    while ids and time.monotonic() - t0 < timeout:
+    while ids:
         now = states()
         if now is not None:
             running, failed = now.count("running"), now.count("terminated")
             if running + failed >= len(ids):
                 last = time.monotonic() - t0
                 break
+        if time.monotonic() - t0 >= timeout:
+            break  # counted once more at the end, not left at the last poll before it
         time.sleep(LAUNCH_POLL_S)
     return {"instances_requested": count, "instances_running": running, "instances_failed": failed,
             "memory_bound": memory_bound, "available_gib_after": psutil.virtual_memory().available / 2**30,
-            "run_refused": refused,
+            "run_refused": refused, "instances_not_called": not_called, "launch_timeout_s": timeout,
             "run_calls": len(calls), "run_calls_s": calls_s, "security_groups": len(group_ids),
             "instances_s": last if running == count else None}
 
@@ -420,6 +426,9 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
                   f"{sampler.peak['vswitchd'] / 2**20:.0f} MiB")
     for r in fig.get("run_refused") or []:
         console.print(f"  RunInstances of {r['instances']} in {r['zone']} refused: {r['error']}")
+    if fig.get("instances_not_called"):
+        console.print(f"  the launch's {fig['launch_timeout_s']:g} s ran out with {fig['instances_not_called']} "
+                      "instances not yet asked for (no RunInstances after it)")
     if fig.get("memory_bound"):
         mb = fig["memory_bound"]
         console.print(f"  [bold]memory bound[/]: RunInstances stopped after {mb['after_instances']} instances with "

@@ -236,3 +236,26 @@ def test_the_launch_timeout_option_reaches_the_bench_and_refuses_no_time(monkeyp
     for bad in ("0", "-5", "nan", "soon"):  # 0 used to mean the default, silently
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["bench", "scale", "--launch-timeout", bad])
+
+
+def test_no_runinstances_goes_out_once_the_launchs_time_is_up(monkeypatch):
+    # Run 20261207T212008Z (xl): the launch's 300 s ran out while calls were still going
+    # out, and every call left was made all the same (the launch went on for 20 minutes);
+    # then the instances were never counted, the polls' time being up too.
+    from experiments.bench import scale
+
+    from types import SimpleNamespace
+
+    clock = [0.0]  # the bench's clock only, not the interpreter's
+    monkeypatch.setattr(scale, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda s: None))
+    ec2 = _FakeEC2()
+    answer = ec2.run_instances
+
+    def slow_run(**kw):
+        clock[0] += 12.0  # each RunInstances answered 12 s later, as a starved CLC does
+        return answer(**kw)
+
+    ec2.run_instances = slow_run
+    out = _launch(ec2, monkeypatch, 2, 8, 60, 10)  # 6 calls, 30 s for the launch
+    assert len(ec2.calls) == 3 and out["instances_not_called"] == 30
+    assert out["instances_running"] == 30 and out["instances_s"] is None
