@@ -16,7 +16,7 @@ from experiments.bench import sdn as bench_sdn
 def test_sdn_benchmark_runs_on_the_kernel_datapath():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert bench_sdn.run(setups=5, seconds=3, rounds=1) == 0
+        assert bench_sdn.run(setups=5, seconds=1, rounds=1) == 0
     text = out.getvalue()
     print(text)
     share = os.environ.get("EUCALAB_VM_OUT")
