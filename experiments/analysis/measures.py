@@ -133,3 +133,24 @@ def summarize(values: list[float]) -> dict:
         out["p99"] = percentile(values, 99)
     out["p50_ci95"] = list(bootstrap_ci(values))
     return out
+
+
+# A load sample (experiments/failover/stress.py LoadSampler) with at least this much CPU
+# stolen from one core counts as a stall of the machine: the hypervisor kept a virtual CPU
+# off its physical one (docs/ha.md, "What bounds the floor").
+STEAL_STALL_MS = 20.0
+
+
+def steal_summary(samples: list[dict]) -> dict:
+    """CPU stolen by the hypervisor over ``samples`` (LoadSampler's): in all, the most from
+    one core in one sample, and the samples with at least STEAL_STALL_MS from a core."""
+    per = [max(x.get("steal_ms") or [0.0]) for x in samples]
+    return {"total_ms": round(sum(sum(x.get("steal_ms") or []) for x in samples), 1),
+            "max_ms": max(per, default=0.0), "stalls": sum(v >= STEAL_STALL_MS for v in per),
+            "samples": len(samples)}
+
+
+def steal_near(samples: list[dict], t: float, period: float) -> float:
+    """The most CPU stolen from a core in the samples taken within ``period`` of ``t`` (each
+    covers the ``period`` before it): what the hypervisor took around a moment."""
+    return max((max(x.get("steal_ms") or [0.0]) for x in samples if abs(x["t_mono"] - t) <= period), default=0.0)

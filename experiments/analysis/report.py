@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from .measures import Probe, beyond_bound, percentile, summarize
+from .measures import STEAL_STALL_MS, Probe, beyond_bound, percentile, steal_summary, summarize
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -390,6 +390,7 @@ def build(run_dir: str | Path) -> Path:
     md += ["", "## Context", "",
            f"- CPU during the run: mean {sum(load_vals) / len(load_vals):.0f}%, max {max(load_vals):.0f}% "
            f"({len(load_vals)} samples)" if load_vals else "- CPU: not recorded",
+           steal_line(data["load"]),
            f"- wall time {timing.get('wall_s', 0):.0f} s, {timing.get('trials_per_minute', 0):.1f} trials/minute",
            "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())]
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
@@ -486,3 +487,15 @@ def compare(a: str | Path, b: str | Path) -> str:
                           f"{s[name]['outage_ms'].get('max', float('nan')):.1f}") if name in s and s[name]["ok"] else "-"
         lines.append(f"| {name} | {cell(sa)} | {cell(sb)} |")
     return "\n".join(lines)
+
+
+def steal_line(load: list[dict]) -> str:
+    """The report's line on CPU the hypervisor stole (load samples with ``steal_ms``)."""
+    have = [x for x in load if "steal_ms" in x]
+    if not have:
+        return "- CPU stolen by the hypervisor: not recorded"
+    st = steal_summary(have)
+    return (f"- CPU stolen by the hypervisor: {st['total_ms'] / 1000:.2f} s over the run, at most "
+            f"{st['max_ms']:.0f} ms from one core in one sample; {st['stalls']} of {st['samples']} samples "
+            f"with {STEAL_STALL_MS:g} ms or more (a virtual CPU held off that long stalls every thread on it, "
+            "heartbeat threads included: docs/ha.md, \"What bounds the floor\")")

@@ -33,8 +33,12 @@ from .experiment import (DEFINITIONS, FAULTS, KEEPALIVED_FAULTS, TARGETS, Experi
 from .faults import CATALOGUE, check_available
 from .keepalived import KeepalivedBaseline
 from .probes import Prober, mono
+from .stress import LoadSampler
 from .trial import Trial
 from .workload import Workload
+
+# The machine's load, sampled every half second through a run (a measurement's context).
+LOAD_PERIOD_S = 0.5
 
 # What other modules import from here.
 __all__ = ["DEFINITIONS", "FAULTS", "KEEPALIVED_FAULTS", "TARGETS", "Experiment", "Prober", "Runner", "TrialSet",
@@ -97,7 +101,7 @@ class Runner:
         write_json(self.run_dir / "experiment.json", dataclasses.asdict(exp))
         write_json(self.run_dir / "versions.json", versions())
         total = sum(s.trials for _, e in points for s in e.sets)
-        load = _LoadRecorder(self.run_dir / "load.jsonl").start()
+        load = LoadSampler(self.run_dir / "load.jsonl", period=LOAD_PERIOD_S).start()
         t0 = time.monotonic()
         try:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -192,31 +196,6 @@ class Runner:
                     self.keepalived_set(dep, ts, bar, point)
         finally:
             self.exp = saved
-
-
-
-class _LoadRecorder:
-    """The machine's CPU load during the run, every half second (a measurement's context)."""
-
-    def __init__(self, path: Path):
-        self.f = open(path, "a", buffering=1)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        psutil.cpu_percent(None)
-        while not self._stop.wait(0.5):
-            self.f.write(json.dumps({"t_mono": mono(), "cpu_percent": psutil.cpu_percent(None),
-                                     "load1": os.getloadavg()[0]}) + "\n")
-
-    def start(self):
-        self._t.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(timeout=2)
-        self.f.close()
 
 
 def select_sets(exp: Experiment, targets: list[str]) -> list:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ..analysis.measures import STEAL_STALL_MS, steal_near, steal_summary
 from ..testbed.rundir import new_run_dir, utc_stamp, write_json
 from .experiment import read_definition
 
@@ -294,6 +295,12 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int,
             lines += ["", f"During the crash trials ({dt['minutes']:g} min at {r['floor_ms']:g} ms on their own "
                       f"deployment), promotions no fault called for: {dt['false_failovers']} "
                       f"({', '.join(f'{k} {v}' for k, v in dt['by_host'].items()) or 'none'}): {verdict}."]
+            if "beside_steal" in dt:
+                st = dt["cpu_stolen"]
+                lines += ["", f"Of those, {dt['beside_steal']} came within a second of a load sample with "
+                          f"{STEAL_STALL_MS:g} ms or more of a core's CPU stolen by the hypervisor (over the "
+                          f"trials: {st['total_ms'] / 1000:.2f} s stolen, at most {st['max_ms']:.0f} ms in one "
+                          f"sample, {st['stalls']} such samples of {st['samples']})."]
         lines.append("")
     coord = coordinator_rows(d)
     lines += ["## Eucalyptus 3.x's coordinator (a model, not measured)", "",
@@ -438,8 +445,15 @@ def build(run_dir: str | Path) -> Path:
         by_host: dict[str, int] = {}
         for e in false:
             by_host[e["host"]] = by_host.get(e["host"], 0) + 1
+        from components.common.events import read_events
+
+        load = read_events(run_dir / "trials" / "load.jsonl")
+        stolen = [steal_near(load, e["t_mono"], 1.0) for e in false]
         during = {"false_failovers": len(false), "by_host": dict(sorted(by_host.items())),
-                  "minutes": round((max(faults) - min(faults)) / 60, 1) if faults else 0.0}
+                  "minutes": round((max(faults) - min(faults)) / 60, 1) if faults else 0.0,
+                  # How many came within a second of a load sample with a core's CPU stolen.
+                  "beside_steal": sum(v >= STEAL_STALL_MS for v in stolen), "stolen_ms_near": stolen,
+                  "cpu_stolen": steal_summary(load)}
     result = outcome(d, soaks, trials_summary, floors, during)
     write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
                                           "trials": n, "coordinator_model": coordinator_rows(d)})

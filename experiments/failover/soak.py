@@ -48,7 +48,7 @@ import psutil
 from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
-from ..analysis.measures import percentile
+from ..analysis.measures import percentile, steal_near, steal_summary
 from ..testbed.rundir import new_run_dir, write_json
 from ..testbed.timescale import wait_until
 from .stress import (CpuHog, LoadSampler, add_loss, busy_seconds, cpu_seconds, loss_figures, ovs_pids, pick_cores,
@@ -328,7 +328,10 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
     return {
         "ok": verdict.ok,
         "false_failovers": verdict.false_failovers,
-        "promotions": [brief(e) for e in verdict.promotions],
+        # Each with the CPU the hypervisor stole from a core around it (stress.LoadSampler).
+        "promotions": [{**brief(e), "stolen_ms_near": steal_near(load, e["t_mono"], 1.0)}
+                       for e in verdict.promotions],
+        "cpu_stolen": steal_summary(load),
         "demotions": [brief(e) for e in verdict.demotions],
         "state_changes": [brief(e) for e in verdict.state_changes],
         "dual_enabled_samples": len(verdict.dual_enabled),
@@ -385,6 +388,10 @@ def _print(console, s: dict, run_dir: Path) -> None:
                   f"{c['cpu_count']} cores; load1 mean {s['load1']['mean']}, max {s['load1']['max']}; "
                   f"other eucalab runs on the machine: up to {s['other_runs_max']}")
     console.print("  cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cu.items()))
+    st = s["cpu_stolen"]
+    console.print(f"  CPU stolen by the hypervisor: {st['total_ms'] / 1000:.2f} s, at most {st['max_ms']:.0f} ms "
+                  f"from one core in a second, {st['stalls']} of {st['samples']} seconds with 20 ms or more; "
+                  "each false failover's is in summary.json (promotions, stolen_ms_near)")
     k = s.get("keepalived")
     if k:
         adv = k["adverts"] or {}

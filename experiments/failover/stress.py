@@ -111,23 +111,36 @@ def pick_cores(n: int) -> list[int]:
     return available[:n]
 
 
-class LoadSampler:
-    """The machine's CPU load every second: the soak's context (others may share the machine)."""
+def steal_ms() -> list[float]:
+    """Milliseconds of CPU each core has had stolen since boot: time the hypervisor ran
+    something else while this machine's virtual CPU was ready (0 on bare metal)."""
+    return [1000.0 * getattr(c, "steal", 0.0) for c in psutil.cpu_times(percpu=True)]
 
-    def __init__(self, path: Path):
+
+class LoadSampler:
+    """The machine's load every ``period`` seconds, a measurement's context (others may
+    share the machine): CPU per core, the load average, other runs on the machine, and
+    the CPU the hypervisor stole from each core since the last sample (``steal_ms``)."""
+
+    def __init__(self, path: Path, period: float = 1.0):
         self.samples: list[dict] = []
+        self.period = period
         self._f = open(path, "a", buffering=1)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         psutil.cpu_percent(None, percpu=True)
-        while not self._stop.wait(1.0):
+        stolen = steal_ms()
+        while not self._stop.wait(self.period):
             percpu = psutil.cpu_percent(None, percpu=True)
+            now = steal_ms()
             s = {"t_mono": time.monotonic(), "cpu_percent": round(sum(percpu) / len(percpu), 1),
                  "percpu": percpu, "load1": os.getloadavg()[0],
+                 "steal_ms": [round(b - a, 1) for a, b in zip(stolen, now)],
                  # Other deployments on the machine run their HA members at the same realtime priority.
                  "other_runs": max(0, len(registry_entries()) - 1)}
+            stolen = now
             self.samples.append(s)
             self._f.write(json.dumps(s) + "\n")
 
@@ -211,4 +224,5 @@ def busy_seconds(t) -> float:
 
 def ovs_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("ovs-vswitchd", "ovsdb-server")]
+
 

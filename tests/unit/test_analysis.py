@@ -125,3 +125,17 @@ def test_beyond_bound_is_none_without_a_heartbeat_driven_promotion():
     assert beyond_bound({**trial, "promote_reason": "peer NOTREADY: it lost its arbitrators"}) is None
     assert beyond_bound({**trial, "new_primary": None}) is None
     assert beyond_bound({**trial, "detection_s": None}) is None  # the keepalived baseline
+
+
+def test_the_cpu_the_hypervisor_stole_is_summed_and_found_around_a_moment():
+    from experiments.analysis.measures import steal_near, steal_summary
+    from experiments.analysis.report import steal_line
+
+    load = [{"t_mono": 10.0, "steal_ms": [0.0, 0.0]}, {"t_mono": 10.5, "steal_ms": [100.0, 0.0]},
+            {"t_mono": 11.0, "steal_ms": [0.0, 10.0]}, {"t_mono": 13.0, "steal_ms": [0.0, 30.0]}]
+    assert steal_summary(load) == {"total_ms": 140.0, "max_ms": 100.0, "stalls": 2, "samples": 4}
+    assert steal_near(load, 10.4, 0.5) == 100.0 and steal_near(load, 12.0, 0.5) == 0.0
+    assert steal_near([], 10.0, 0.5) == 0.0
+    assert "0.14 s over the run, at most 100 ms from one core in one sample; 2 of 4 samples" in steal_line(load)
+    # A run recorded before steal was sampled says so, rather than 0.
+    assert steal_line([{"t_mono": 1.0, "cpu_percent": 5.0}]).endswith("not recorded")

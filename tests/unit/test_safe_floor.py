@@ -141,12 +141,21 @@ def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
         d.mkdir(parents=True)
         (d / "events.jsonl").write_text("".join(json.dumps({"event": "ha.promote", "host": host, "t_mono": t}) + "\n"
                                                 for t in times))
+    # The runner's load samples: a core's CPU stolen by the hypervisor just before clc1's
+    # promotion at 130.0 s (120 ms), little elsewhere.
+    (tmp_path / "trials" / "load.jsonl").write_text("".join(
+        json.dumps({"t_mono": t, "cpu_percent": 50.0, "steal_ms": [st, 0.0]}) + "\n"
+        for t, st in ((99.5, 0.0), (129.5, 0.0), (130.0, 120.0), (130.5, 10.0), (160.0, 0.0))))
     build(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["systems"]["eucalab"]["during_trials"] == {"false_failovers": 1, "by_host": {"clc1": 1},
-                                                              "minutes": 1.0}
-    assert "promotions no fault called for: 1 (clc1 1): **the floor did not hold**" in \
-        (tmp_path / "report.md").read_text()
+    during = summary["systems"]["eucalab"]["during_trials"]
+    assert {k: during[k] for k in ("false_failovers", "by_host", "minutes")} == {
+        "false_failovers": 1, "by_host": {"clc1": 1}, "minutes": 1.0}
+    assert during["beside_steal"] == 1 and during["stolen_ms_near"] == [120.0]
+    assert during["cpu_stolen"] == {"total_ms": 130.0, "max_ms": 120.0, "stalls": 1, "samples": 5}
+    report = (tmp_path / "report.md").read_text()
+    assert "promotions no fault called for: 1 (clc1 1): **the floor did not hold**" in report
+    assert "Of those, 1 came within a second of a load sample with 20 ms or more" in report
 
 
 def test_a_promotion_no_trial_called_for_counts_against_the_floor():
