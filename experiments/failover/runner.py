@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import threading
 import time
 from pathlib import Path
-
-import psutil
 
 from topologies.spec import spec_from_dict
 
@@ -32,7 +28,7 @@ from .experiment import (DEFINITIONS, FAULTS, KEEPALIVED_FAULTS, TARGETS, Experi
                          point_label, sweep_points)
 from .faults import CATALOGUE, check_available
 from .keepalived import KeepalivedBaseline
-from .probes import Prober, mono
+from .probes import Prober
 from .stress import LoadSampler
 from .trial import Trial
 from .workload import Workload
