@@ -4,6 +4,7 @@ testbed/controller.py) reports a controller that exited on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,7 +108,11 @@ def test_a_dead_api_thread_ends_the_controller_with_code_1(run):
     try:
         with socket.socket(socket.AF_UNIX) as sock:  # its one request (unread: the process may end first)
             sock.connect(str(run / "control.sock"))
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: controller\r\n\r\n")
+            # The connection is what ends the serving loop: the server may have taken it and
+            # closed it before the request goes out (seen on a loaded machine), so a refused
+            # send is no failure.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: controller\r\n\r\n")
             assert proc.wait(timeout=10) == 1
     finally:
         if proc.poll() is None:
