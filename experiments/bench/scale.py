@@ -60,6 +60,7 @@ RESERVE_GIB = 2.0  # memory the machine keeps available: no RunInstances below i
 # the target's 2.5 times (the figure has missed by then), which keeps a full xl run short.
 LAUNCH_TIMEOUT_S = 2.5 * TARGET_INSTANCES_S
 LAUNCH_POLL_S = 1.0  # how often the launch asks DescribeInstances how its instances stand
+LAUNCH_COUNT_S = 60.0  # past the launch's time, how long a CLC failing over gets to answer the count
 
 
 class Sampler:
@@ -270,7 +271,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
         now = states()
         return now is None or now.count("pending") + n > in_flight
 
-    not_called = 0
+    not_called, made = 0, 0
     for k, (zone, group, n) in enumerate(calls):
         while in_flight and held_back(n) and time.monotonic() - t0 < timeout:
             time.sleep(LAUNCH_POLL_S)
@@ -281,6 +282,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
         if available < reserve_gib * 2**30:
             memory_bound = {"after_instances": len(ids), "available_gib": available / 2**30}
             break
+        made += 1
         try:
             res = ec2.run_instances(ImageId=emi, MinCount=n, MaxCount=n, Placement={"AvailabilityZone": zone},
                                     SecurityGroupIds=[group_ids[group]])
@@ -300,13 +302,31 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
                 last = time.monotonic() - t0
                 break
         if time.monotonic() - t0 >= timeout:
-            break  # counted once more at the end, not left at the last poll before it
+            # Counted once more at the end, not left at the last poll before it; a CLC
+            # failing over just then gets LAUNCH_COUNT_S to answer, or no count is given.
+            if now is None:
+                now = _answered(states, LAUNCH_COUNT_S)
+                if now is None:
+                    running = failed = None
+                else:
+                    running, failed = now.count("running"), now.count("terminated")
+            break
         time.sleep(LAUNCH_POLL_S)
     return {"instances_requested": count, "instances_running": running, "instances_failed": failed,
             "memory_bound": memory_bound, "available_gib_after": psutil.virtual_memory().available / 2**30,
             "run_refused": refused, "instances_not_called": not_called, "launch_timeout_s": timeout,
-            "run_calls": len(calls), "run_calls_s": calls_s, "security_groups": len(group_ids),
+            "run_calls": made, "run_calls_planned": len(calls), "run_calls_s": calls_s, "security_groups": len(group_ids),
             "instances_s": last if running == count else None}
+
+
+def _answered(states, seconds: float) -> list[str] | None:
+    """The instances' states, asked until the CLC answers or ``seconds`` pass (None)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = states()
+        if now is not None or time.monotonic() >= deadline:
+            return now
+        time.sleep(LAUNCH_POLL_S)
 
 
 def experiment(spec: dict, trials: int, name: str):
@@ -440,6 +460,11 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
     return 0
 
 
+def _or_q(value) -> str:
+    """A count, or "?" where it could not be taken."""
+    return "?" if value is None else str(value)
+
+
 def figure_rows(fig: dict, mn: dict | None, ref: dict | None) -> list[dict]:
     """Every figure with its target and whether it is met (None: not measured)."""
     def num(v, unit, digits=1):
@@ -466,7 +491,7 @@ def figure_rows(fig: dict, mn: dict | None, ref: dict | None) -> list[dict]:
             mn["peak_mem"] / gib, f"<= {TARGET_PEAK_GIB:g} GiB", None if peak is None else peak / gib <= TARGET_PEAK_GIB,
             digits=2),
         # Launched but not all running by the launch's timeout (or memory's bound): missed.
-        row(f"{fig.get('instances_running', 0)}/{fig.get('instances_requested', 0)} instances running",
+        row(f"{_or_q(fig.get('instances_running', 0))}/{fig.get('instances_requested', 0)} instances running",
             inst, "s", None, f"<= {TARGET_INSTANCES_S:g} s",
             None if "instances_requested" not in fig else inst is not None and inst <= TARGET_INSTANCES_S),
     ]

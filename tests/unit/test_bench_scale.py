@@ -56,6 +56,10 @@ def test_the_xl_spec_is_8_clusters_of_32_ncs_with_4_slots_and_full_ha():
     assert (spec.clusters, spec.ncs_per_cluster, spec.vm_slots_per_nc) == (8, 32, 4)
     assert spec.mode.value == "MANAGED" and spec.sdn
     assert spec.ha.clc and spec.ha.walrus and spec.ha.cc and spec.ha.sc
+    # Arbitrators at Eucalyptus's 2 s reachability timeout: at xl a probe through the
+    # saturated datapath outlived the default 0.5 s (run 20261207T004622Z).
+    a = spec.arbitrators
+    assert (a.period_s, a.timeout_s, a.fail_after) == (2.0, 2.0, 3)
     plan = build_plan(spec)
     assert len(plan.hosts_by_role("nc")) == 256 and len(plan.hosts) > 1300
     small = spec_from_dict(load_spec_dict(XL_SPEC, (2, 4, 4)))
@@ -242,9 +246,9 @@ def test_no_runinstances_goes_out_once_the_launchs_time_is_up(monkeypatch):
     # Run 20261207T212008Z (xl): the launch's 300 s ran out while calls were still going
     # out, and every call left was made all the same (the launch went on for 20 minutes);
     # then the instances were never counted, the polls' time being up too.
-    from experiments.bench import scale
-
     from types import SimpleNamespace
+
+    from experiments.bench import scale
 
     clock = [0.0]  # the bench's clock only, not the interpreter's
     monkeypatch.setattr(scale, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda s: None))
@@ -256,6 +260,43 @@ def test_no_runinstances_goes_out_once_the_launchs_time_is_up(monkeypatch):
         return answer(**kw)
 
     ec2.run_instances = slow_run
-    out = _launch(ec2, monkeypatch, 2, 8, 60, 10)  # 6 calls, 30 s for the launch
+    out = _launch(ec2, monkeypatch, 2, 8, 60, 10)  # 7 calls (a group holds 29), 30 s for the launch
     assert len(ec2.calls) == 3 and out["instances_not_called"] == 30
+    assert (out["run_calls"], out["run_calls_planned"]) == (3, 7)
     assert out["instances_running"] == 30 and out["instances_s"] is None
+
+
+def test_a_clc_failing_over_as_the_launchs_time_runs_out_gets_time_to_answer_the_count(monkeypatch):
+    # Its count then is what it answers; a CLC that never answers gives no count, not 0.
+    from types import SimpleNamespace
+
+    from experiments.bench import scale
+
+    for never in (False, True):
+        clock = [0.0]
+
+        def sleep(s, clock=clock):
+            clock[0] += 1.0
+
+        monkeypatch.setattr(scale, "time", SimpleNamespace(monotonic=lambda clock=clock: clock[0], sleep=sleep))
+        ec2 = _FakeEC2(pending_for=10 ** 6)  # never all running within the launch's 30 s
+        answer = ec2.describe_instances
+        lost = []
+
+        def describe(InstanceIds=None, answer=answer, lost=lost, never=never):  # noqa: N803
+            if InstanceIds is not None and clock[0] >= 30.0 and (never or len(lost) < 5):
+                from botocore.exceptions import ConnectionClosedError
+
+                lost.append(clock[0])  # the CLC failing over: 5 answers lost, or every one
+                raise ConnectionClosedError(endpoint_url="http://10.0.0.10:8773/services/Eucalyptus")
+            return answer(InstanceIds=InstanceIds)
+
+        ec2.describe_instances = describe
+        out = _launch(ec2, monkeypatch, 2, 8, 20, 10)
+        if never:
+            assert out["instances_running"] is None and out["instances_s"] is None
+            assert clock[0] >= 30.0 + scale.LAUNCH_COUNT_S and len(lost) > 5
+            rows = scale.figure_rows(out, None, None)
+            assert any(r["figure"] == "?/20 instances running" and r["met"] == "NO" for r in rows)
+        else:
+            assert len(lost) == 5 and out["instances_running"] == 0 and out["instances_failed"] == 0
