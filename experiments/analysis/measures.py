@@ -136,21 +136,26 @@ def summarize(values: list[float]) -> dict:
 
 
 # A load sample (experiments/failover/stress.py LoadSampler) with at least this much CPU
-# stolen from one core counts as a stall of the machine: the hypervisor kept a virtual CPU
-# off its physical one (docs/ha.md, "What bounds the floor").
+# stolen from one core (in one burst or several) marks a moment the hypervisor may have
+# stalled the machine (docs/ha.md, "What bounds the floor here").
 STEAL_STALL_MS = 20.0
+# An event counts as beside a steal when a load sample taken within this of it had one.
+STEAL_WINDOW_S = 1.0
 
 
-def steal_summary(samples: list[dict]) -> dict:
-    """CPU stolen by the hypervisor over ``samples`` (LoadSampler's): in all, the most from
-    one core in one sample, and the samples with at least STEAL_STALL_MS from a core."""
-    per = [max(x.get("steal_ms") or [0.0]) for x in samples]
-    return {"total_ms": round(sum(sum(x.get("steal_ms") or []) for x in samples), 1),
-            "max_ms": max(per, default=0.0), "stalls": sum(v >= STEAL_STALL_MS for v in per),
-            "samples": len(samples)}
+def steal_summary(samples: list[dict]) -> dict | None:
+    """CPU stolen by the hypervisor over the ``samples`` that recorded it (LoadSampler's
+    ``steal_ms``): in all, the most from one core in one sample, and the samples with at
+    least STEAL_STALL_MS from a core. None when none recorded it (a run from before)."""
+    per = [max(x["steal_ms"]) for x in samples if x.get("steal_ms")]
+    if not per:
+        return None
+    return {"total_ms": round(sum(sum(x["steal_ms"]) for x in samples if x.get("steal_ms")), 1),
+            "max_ms": max(per), "stalls": sum(v >= STEAL_STALL_MS for v in per), "samples": len(per)}
 
 
-def steal_near(samples: list[dict], t: float, period: float) -> float:
-    """The most CPU stolen from a core in the samples taken within ``period`` of ``t`` (each
-    covers the ``period`` before it): what the hypervisor took around a moment."""
-    return max((max(x.get("steal_ms") or [0.0]) for x in samples if abs(x["t_mono"] - t) <= period), default=0.0)
+def steal_near(samples: list[dict], t: float, window: float = STEAL_WINDOW_S) -> float:
+    """The most CPU stolen from a core in the samples taken within ``window`` of ``t``
+    (each covers the period before it): what the hypervisor took around a moment."""
+    return max((max(x["steal_ms"]) for x in samples if x.get("steal_ms") and abs(x["t_mono"] - t) <= window),
+               default=0.0)

@@ -491,11 +491,11 @@ def compare(a: str | Path, b: str | Path) -> str:
 
 def steal_line(load: list[dict]) -> str:
     """The report's line on CPU the hypervisor stole (load samples with ``steal_ms``)."""
-    have = [x for x in load if "steal_ms" in x]
-    if not have:
+    st = steal_summary(load)
+    if st is None:
         return "- CPU stolen by the hypervisor: not recorded"
-    st = steal_summary(have)
     return (f"- CPU stolen by the hypervisor: {st['total_ms'] / 1000:.2f} s over the run, at most "
             f"{st['max_ms']:.0f} ms from one core in one sample; {st['stalls']} of {st['samples']} samples "
-            f"with {STEAL_STALL_MS:g} ms or more (a virtual CPU held off that long stalls every thread on it, "
-            "heartbeat threads included: docs/ha.md, \"What bounds the floor\")")
+            f"with {STEAL_STALL_MS:g} ms or more from one core (in one burst or several; a burst that long "
+            "holds every thread on that core, heartbeat threads included: docs/ha.md, \"What bounds the floor "
+            "here\")")

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import yaml
 
-from ..analysis.measures import STEAL_STALL_MS, steal_near, steal_summary
+from components.common.events import read_events
+
+from ..analysis.measures import STEAL_STALL_MS, STEAL_WINDOW_S, steal_near, steal_summary
 from ..testbed.rundir import new_run_dir, utc_stamp, write_json
 from .experiment import read_definition
 
@@ -145,8 +147,6 @@ def unexpected_promotions(promotions: list[dict], trials: list[dict], settle_s: 
 
 def trial_promotions(trials_dir: Path) -> tuple[list[dict], list[dict]]:
     """(the trial records, every ``ha.promote`` after the first fault) of a crash-trial run."""
-    from components.common.events import read_events
-
     path = trials_dir / "trials.jsonl"
     trials = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     ours = [t for t in trials if t.get("t_fault") is not None and t.get("target") != "keepalived"]
@@ -295,12 +295,16 @@ def render(d: SafeFloor, result: dict, soak_minutes: float, trials: int,
             lines += ["", f"During the crash trials ({dt['minutes']:g} min at {r['floor_ms']:g} ms on their own "
                       f"deployment), promotions no fault called for: {dt['false_failovers']} "
                       f"({', '.join(f'{k} {v}' for k, v in dt['by_host'].items()) or 'none'}): {verdict}."]
-            if "beside_steal" in dt:
-                st = dt["cpu_stolen"]
-                lines += ["", f"Of those, {dt['beside_steal']} came within a second of a load sample with "
-                          f"{STEAL_STALL_MS:g} ms or more of a core's CPU stolen by the hypervisor (over the "
-                          f"trials: {st['total_ms'] / 1000:.2f} s stolen, at most {st['max_ms']:.0f} ms in one "
-                          f"sample, {st['stalls']} such samples of {st['samples']})."]
+            st = dt.get("cpu_stolen")
+            if st is None:
+                lines += ["", "CPU stolen by the hypervisor during them: not recorded."]
+            else:
+                beside = (f"Of the takeovers, {dt['beside_steal']} came within {STEAL_WINDOW_S:g} s of such a "
+                          "sample. " if dt["false_failovers"] else "")
+                lines += ["", f"CPU stolen by the hypervisor during them: {st['total_ms'] / 1000:.2f} s, at most "
+                          f"{st['max_ms']:.0f} ms from one core in one load sample, {st['stalls']} of "
+                          f"{st['samples']} samples with {STEAL_STALL_MS:g} ms or more. {beside}"
+                          "(docs/ha.md, \"What bounds the floor here\")"]
         lines.append("")
     coord = coordinator_rows(d)
     lines += ["## Eucalyptus 3.x's coordinator (a model, not measured)", "",
@@ -445,15 +449,16 @@ def build(run_dir: str | Path) -> Path:
         by_host: dict[str, int] = {}
         for e in false:
             by_host[e["host"]] = by_host.get(e["host"], 0) + 1
-        from components.common.events import read_events
-
-        load = read_events(run_dir / "trials" / "load.jsonl")
-        stolen = [steal_near(load, e["t_mono"], 1.0) for e in false]
+        # The load samples over eucalab's trials only (not the start, keepalived's sets or the end).
+        load = [x for x in read_events(run_dir / "trials" / "load.jsonl")
+                if faults and min(faults) <= x.get("t_mono", -1) <= max(faults)]
         during = {"false_failovers": len(false), "by_host": dict(sorted(by_host.items())),
                   "minutes": round((max(faults) - min(faults)) / 60, 1) if faults else 0.0,
-                  # How many came within a second of a load sample with a core's CPU stolen.
-                  "beside_steal": sum(v >= STEAL_STALL_MS for v in stolen), "stolen_ms_near": stolen,
                   "cpu_stolen": steal_summary(load)}
+        if during["cpu_stolen"] is not None:
+            # How many came within STEAL_WINDOW_S of a load sample with a core's CPU stolen.
+            during["stolen_ms_near"] = [steal_near(load, e["t_mono"]) for e in false]
+            during["beside_steal"] = sum(v >= STEAL_STALL_MS for v in during["stolen_ms_near"])
     result = outcome(d, soaks, trials_summary, floors, during)
     write_json(run_dir / "summary.json", {"floors_ms": floors, "systems": result, "soak_minutes": minutes,
                                           "trials": n, "coordinator_model": coordinator_rows(d)})

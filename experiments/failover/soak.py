@@ -48,7 +48,7 @@ import psutil
 from components.common.events import read_events
 from topologies.spec import HeartbeatSpec, load_spec
 
-from ..analysis.measures import percentile, steal_near, steal_summary
+from ..analysis.measures import STEAL_STALL_MS, percentile, steal_near, steal_summary
 from ..testbed.rundir import new_run_dir, write_json
 from ..testbed.timescale import wait_until
 from .stress import (CpuHog, LoadSampler, add_loss, busy_seconds, cpu_seconds, loss_figures, ovs_pids, pick_cores,
@@ -329,7 +329,7 @@ def _summary(config, verdict: Verdict, sampled: int, wall: float, startup_s: flo
         "ok": verdict.ok,
         "false_failovers": verdict.false_failovers,
         # Each with the CPU the hypervisor stole from a core around it (stress.LoadSampler).
-        "promotions": [{**brief(e), "stolen_ms_near": steal_near(load, e["t_mono"], 1.0)}
+        "promotions": [{**brief(e), "stolen_ms_near": steal_near(load, e["t_mono"])}
                        for e in verdict.promotions],
         "cpu_stolen": steal_summary(load),
         "demotions": [brief(e) for e in verdict.demotions],
@@ -389,9 +389,11 @@ def _print(console, s: dict, run_dir: Path) -> None:
                   f"other eucalab runs on the machine: up to {s['other_runs_max']}")
     console.print("  cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cu.items()))
     st = s["cpu_stolen"]
-    console.print(f"  CPU stolen by the hypervisor: {st['total_ms'] / 1000:.2f} s, at most {st['max_ms']:.0f} ms "
-                  f"from one core in a second, {st['stalls']} of {st['samples']} seconds with 20 ms or more; "
-                  "each false failover's is in summary.json (promotions, stolen_ms_near)")
+    if st is not None:
+        console.print(f"  CPU stolen by the hypervisor (eucalab's soak): {st['total_ms'] / 1000:.2f} s, at most "
+                      f"{st['max_ms']:.0f} ms from one core in one sample, {st['stalls']} of {st['samples']} samples "
+                      f"with {STEAL_STALL_MS:g} ms or more; each false failover's in summary.json "
+                      "(promotions, stolen_ms_near)")
     k = s.get("keepalived")
     if k:
         adv = k["adverts"] or {}

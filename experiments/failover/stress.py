@@ -137,7 +137,9 @@ class LoadSampler:
             now = steal_ms()
             s = {"t_mono": time.monotonic(), "cpu_percent": round(sum(percpu) / len(percpu), 1),
                  "percpu": percpu, "load1": os.getloadavg()[0],
-                 "steal_ms": [round(b - a, 1) for a, b in zip(stolen, now)],
+                 # A core brought on or off line shifts /proc/stat's rows: no figure then.
+                 "steal_ms": ([round(max(0.0, b - a), 1) for a, b in zip(stolen, now)]
+                              if len(now) == len(stolen) else None),
                  # Other deployments on the machine run their HA members at the same realtime priority.
                  "other_runs": max(0, len(registry_entries()) - 1)}
             stolen = now
@@ -224,5 +226,3 @@ def busy_seconds(t) -> float:
 
 def ovs_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("ovs-vswitchd", "ovsdb-server")]
-
-

@@ -135,7 +135,9 @@ def test_the_cpu_the_hypervisor_stole_is_summed_and_found_around_a_moment():
             {"t_mono": 11.0, "steal_ms": [0.0, 10.0]}, {"t_mono": 13.0, "steal_ms": [0.0, 30.0]}]
     assert steal_summary(load) == {"total_ms": 140.0, "max_ms": 100.0, "stalls": 2, "samples": 4}
     assert steal_near(load, 10.4, 0.5) == 100.0 and steal_near(load, 12.0, 0.5) == 0.0
+    assert steal_near(load, 11.4) == 100.0 and steal_near(load, 12.0) == 30.0  # STEAL_WINDOW_S, 1 s
     assert steal_near([], 10.0, 0.5) == 0.0
     assert "0.14 s over the run, at most 100 ms from one core in one sample; 2 of 4 samples" in steal_line(load)
-    # A run recorded before steal was sampled says so, rather than 0.
+    # A run recorded before steal was sampled (or a sample without the figure) says so, rather than 0.
+    assert steal_summary([{"t_mono": 1.0, "cpu_percent": 5.0}, {"t_mono": 2.0, "steal_ms": None}]) is None
     assert steal_line([{"t_mono": 1.0, "cpu_percent": 5.0}]).endswith("not recorded")

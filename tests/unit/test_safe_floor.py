@@ -152,10 +152,19 @@ def test_a_run_directory_is_reported_again_from_its_raw_results(tmp_path):
     assert {k: during[k] for k in ("false_failovers", "by_host", "minutes")} == {
         "false_failovers": 1, "by_host": {"clc1": 1}, "minutes": 1.0}
     assert during["beside_steal"] == 1 and during["stolen_ms_near"] == [120.0]
-    assert during["cpu_stolen"] == {"total_ms": 130.0, "max_ms": 120.0, "stalls": 1, "samples": 5}
+    # Only the samples from the first fault to the last (99.5 s is before it).
+    assert during["cpu_stolen"] == {"total_ms": 130.0, "max_ms": 120.0, "stalls": 1, "samples": 4}
     report = (tmp_path / "report.md").read_text()
     assert "promotions no fault called for: 1 (clc1 1): **the floor did not hold**" in report
-    assert "Of those, 1 came within a second of a load sample with 20 ms or more" in report
+    assert "1 of 4 samples with 20 ms or more. Of the takeovers, 1 came within 1 s of such a sample." in report
+
+    # A run from before steal was recorded is rebuilt saying so, not with 0 stolen.
+    (tmp_path / "trials" / "load.jsonl").write_text("".join(
+        json.dumps({"t_mono": t, "cpu_percent": 50.0, "load1": 1.0}) + "\n" for t in (120.0, 130.0)))
+    build(tmp_path)
+    during = json.loads((tmp_path / "summary.json").read_text())["systems"]["eucalab"]["during_trials"]
+    assert during["cpu_stolen"] is None and "beside_steal" not in during
+    assert "CPU stolen by the hypervisor during them: not recorded." in (tmp_path / "report.md").read_text()
 
 
 def test_a_promotion_no_trial_called_for_counts_against_the_floor():
