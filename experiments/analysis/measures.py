@@ -147,11 +147,12 @@ def steal_summary(samples: list[dict]) -> dict | None:
     """CPU stolen by the hypervisor over the ``samples`` that recorded it (LoadSampler's
     ``steal_ms``): in all, the most from one core in one sample, and the samples with at
     least STEAL_STALL_MS from a core. None when none recorded it (a run from before)."""
-    per = [max(x["steal_ms"]) for x in samples if x.get("steal_ms")]
-    if not per:
+    recorded = [x["steal_ms"] for x in samples if x.get("steal_ms")]
+    if not recorded:
         return None
-    return {"total_ms": round(sum(sum(x["steal_ms"]) for x in samples if x.get("steal_ms")), 1),
-            "max_ms": max(per), "stalls": sum(v >= STEAL_STALL_MS for v in per), "samples": len(per)}
+    per = [max(cores) for cores in recorded]
+    return {"total_ms": round(sum(map(sum, recorded)), 1), "max_ms": max(per),
+            "stalls": sum(v >= STEAL_STALL_MS for v in per), "samples": len(per)}
 
 
 def steal_near(samples: list[dict], t: float, window: float = STEAL_WINDOW_S) -> float:

@@ -44,6 +44,7 @@ from components.common.modes import MANAGED_MODES
 
 from ..analysis.measures import percentile
 from ..testbed.rundir import REPO_ROOT, new_run_dir
+from ..testbed.timescale import wait_until
 
 XL_SPEC = REPO_ROOT / "topologies" / "specs" / "xl.yaml"
 TARGETS_ORDER = ("clc", "walrus", "cc", "sc")
@@ -305,7 +306,7 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
             # Counted once more at the end, not left at the last poll before it; a CLC
             # failing over just then gets LAUNCH_COUNT_S to answer, or no count is given.
             if now is None:
-                now = _answered(states, LAUNCH_COUNT_S)
+                now = wait_until(states, LAUNCH_COUNT_S, step=LAUNCH_POLL_S)
                 if now is None:
                     running = failed = None
                 else:
@@ -317,16 +318,6 @@ def launch_instances(dep, count: int, batch: int, timeout: float = LAUNCH_TIMEOU
             "run_refused": refused, "instances_not_called": not_called, "launch_timeout_s": timeout,
             "run_calls": made, "run_calls_planned": len(calls), "run_calls_s": calls_s, "security_groups": len(group_ids),
             "instances_s": last if running == count else None}
-
-
-def _answered(states, seconds: float) -> list[str] | None:
-    """The instances' states, asked until the CLC answers or ``seconds`` pass (None)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        now = states()
-        if now is not None or time.monotonic() >= deadline:
-            return now
-        time.sleep(LAUNCH_POLL_S)
 
 
 def experiment(spec: dict, trials: int, name: str):

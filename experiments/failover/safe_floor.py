@@ -450,10 +450,10 @@ def build(run_dir: str | Path) -> Path:
         for e in false:
             by_host[e["host"]] = by_host.get(e["host"], 0) + 1
         # The load samples over eucalab's trials only (not the start, keepalived's sets or the end).
-        load = [x for x in read_events(run_dir / "trials" / "load.jsonl")
-                if faults and min(faults) <= x.get("t_mono", -1) <= max(faults)]
+        first, last = (min(faults), max(faults)) if faults else (0.0, -1.0)
+        load = [x for x in read_events(run_dir / "trials" / "load.jsonl") if first <= x.get("t_mono", -1) <= last]
         during = {"false_failovers": len(false), "by_host": dict(sorted(by_host.items())),
-                  "minutes": round((max(faults) - min(faults)) / 60, 1) if faults else 0.0,
+                  "minutes": round((last - first) / 60, 1) if faults else 0.0,
                   "cpu_stolen": steal_summary(load)}
         if during["cpu_stolen"] is not None:
             # How many came within STEAL_WINDOW_S of a load sample with a core's CPU stolen.

@@ -242,16 +242,30 @@ def test_the_launch_timeout_option_reaches_the_bench_and_refuses_no_time(monkeyp
             cli.build_parser().parse_args(["bench", "scale", "--launch-timeout", bad])
 
 
+def _launch_clock(monkeypatch, sleep_s: float) -> list[float]:
+    """A clock of the launch's own (the bench's and the testbed's poller's, not the
+    interpreter's) that a sleep advances by ``sleep_s``; [now], to move it by hand."""
+    from types import SimpleNamespace
+
+    from experiments.bench import scale
+    from experiments.testbed import timescale
+
+    clock = [0.0]
+
+    def sleep(seconds):
+        clock[0] += sleep_s
+
+    fake = SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep)
+    monkeypatch.setattr(scale, "time", fake)
+    monkeypatch.setattr(timescale, "time", fake)
+    return clock
+
+
 def test_no_runinstances_goes_out_once_the_launchs_time_is_up(monkeypatch):
     # Run 20261207T212008Z (xl): the launch's 300 s ran out while calls were still going
     # out, and every call left was made all the same (the launch went on for 20 minutes);
     # then the instances were never counted, the polls' time being up too.
-    from types import SimpleNamespace
-
-    from experiments.bench import scale
-
-    clock = [0.0]  # the bench's clock only, not the interpreter's
-    monkeypatch.setattr(scale, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda s: None))
+    clock = _launch_clock(monkeypatch, sleep_s=0.0)
     ec2 = _FakeEC2()
     answer = ec2.run_instances
 
@@ -268,17 +282,10 @@ def test_no_runinstances_goes_out_once_the_launchs_time_is_up(monkeypatch):
 
 def test_a_clc_failing_over_as_the_launchs_time_runs_out_gets_time_to_answer_the_count(monkeypatch):
     # Its count then is what it answers; a CLC that never answers gives no count, not 0.
-    from types import SimpleNamespace
-
     from experiments.bench import scale
 
     for never in (False, True):
-        clock = [0.0]
-
-        def sleep(s, clock=clock):
-            clock[0] += 1.0
-
-        monkeypatch.setattr(scale, "time", SimpleNamespace(monotonic=lambda clock=clock: clock[0], sleep=sleep))
+        clock = _launch_clock(monkeypatch, sleep_s=1.0)
         ec2 = _FakeEC2(pending_for=10 ** 6)  # never all running within the launch's 30 s
         answer = ec2.describe_instances
         lost = []

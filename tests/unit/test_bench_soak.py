@@ -133,17 +133,15 @@ def test_state_tail_reads_only_complete_new_lines(tmp_path):
 
 def test_the_load_sampler_records_what_the_hypervisor_stole_from_each_core(tmp_path, monkeypatch):
     import json as _json
-    import time as _time
 
     from experiments.failover import stress
+    from experiments.testbed.timescale import wait_until
 
     # Milliseconds stolen from each core since boot, as /proc/stat counts them.
     stolen = iter([[1000.0, 2000.0], [1000.0, 2500.0], [1120.0, 2500.0]] + [[1120.0, 2500.0]] * 1000)
     monkeypatch.setattr(stress, "steal_ms", lambda: next(stolen))
     sampler = stress.LoadSampler(tmp_path / "load.jsonl", period=0.01).start()
-    deadline = _time.monotonic() + 5
-    while len(sampler.samples) < 2 and _time.monotonic() < deadline:
-        _time.sleep(0.01)
+    wait_until(lambda: len(sampler.samples) >= 2, 5)
     sampler.stop()
     first = [_json.loads(line) for line in (tmp_path / "load.jsonl").read_text().splitlines()][:2]
     assert [s["steal_ms"] for s in first] == [[0.0, 500.0], [120.0, 0.0]]
