@@ -4,7 +4,8 @@
 than one server is built here instead, node by node, with Mininet Cluster Edition as
 topologies/cluster.py adapts it: every host and switch of the plan on the server
 ``place(plan)`` gives it, a link between servers a tunnel (gretap, or VXLAN where a
-kernel has no gretap) with MTU 1450, the plan's interface names, MACs and OpenFlow port
+kernel has no gretap) with MTU 1450 (and every other link the same MTU, so that no frame
+is too big for a tunnel on its path), the plan's interface names, MACs and OpenFlow port
 numbers as on one machine, and every bridge (here and on the other servers) pointed at
 the deployment's SDN controller on this machine over OpenFlow/TCP.
 
@@ -186,15 +187,9 @@ class ClusterNetwork:
                 log.debug("tunnel %s-%s: %.1f s", link.a, link.b, time.monotonic() - t1)
                 continue
             server = where[link.a]
-            parts = []
-            for node, intf in ends:
-                part = f"name {intf}" + (f" address {macs[intf]}" if intf in macs else "")
-                if node in plan.hosts:
-                    part += f" netns {net[node].pid}"
-                else:
-                    ups[server].append(f"link set dev {intf} up")
-                parts.append(part)
-            batches[server].append(f"link add {parts[0]} type veth peer {parts[1]}")
+            batches[server].append(veth_line([(intf, macs.get(intf), net[node].pid if node in plan.hosts else None)
+                                              for node, intf in ends]))
+            ups[server] += [f"link set dev {intf} up" for node, intf in ends if node not in plan.hosts]
             intfs = [_register_intf(intf, net[node], port, macs.get(intf)) for (node, intf), port in zip(ends, ports)]
             net.links.append(PlannedLink(*intfs))
         for server, lines in batches.items():
@@ -252,6 +247,19 @@ class ClusterNetwork:
         return problems
 
 
+def veth_line(ends: list[tuple[str, str | None, int | None]]) -> str:
+    """The ``ip -batch`` line making one link within a server: a veth pair, each end
+    (interface name, MAC or None, the host's namespace pid or None for a switch port in
+    the root namespace) with TUNNEL_MTU, as on a tunnelled link. An end with more would
+    send frames that a tunnel on their path drops (a switch forwards a frame, never
+    fragments it, and the userspace datapath sends no "too big" back)."""
+    parts = []
+    for intf, mac, pid in ends:
+        part = f"name {intf}" + (f" address {mac}" if mac else "") + f" mtu {TUNNEL_MTU}"
+        parts.append(part + (f" netns {pid}" if pid is not None else ""))
+    return f"link add {parts[0]} type veth peer {parts[1]}"
+
+
 def _netns(pid: int) -> int:
     import os
 
@@ -268,4 +276,4 @@ def _close_shell(node) -> None:
             pass
 
 
-__all__ = ["ClusterNetwork", "TUNNEL_MTU", "local_address_towards", "ssh_words"]
+__all__ = ["ClusterNetwork", "TUNNEL_MTU", "local_address_towards", "ssh_words", "veth_line"]

@@ -316,7 +316,7 @@ def deployment(server, tmp_path_factory):
     spec = spec_from_dict({"name": "cluster", "servers": ["localhost", server.address], "clusters": 1,
                            "ncs_per_cluster": 1, "vm_slots_per_nc": 1, "split_pairs": True, **SLOW_HA})
     with Deployment(spec, run_dir=tmp_path_factory.mktemp("cluster-dep"), ssh_config=server.ssh_config) as dep:
-        dep.start_services(("clc",), timeout=scaled(60) * SLOW)
+        dep.start_services(timeout=scaled(60) * SLOW)
         yield dep
     # What the run made on the VM is gone with the run, the VM still up.
     left = server.ssh("ovs-vsctl list-br; ls -d " + str(dep.run_dir) + " 2>/dev/null").stdout
@@ -337,44 +337,127 @@ def test_a_deployment_spans_both_servers_with_the_controller_here_driving_the_vm
         a, b = pair.members
         peer_ip = next(i.ip for i in dep.plan.hosts[b].interfaces if i.ip).split("/")[0]
         assert _pings(dep[a], peer_ip, scaled(20) * SLOW), (a, b, peer_ip)
+    # Every link has the tunnels' MTU, here and there: a larger frame would be dropped by
+    # the first tunnel on its path.
+    for name in ("walrus1", "c1cc2", "c1n1", "c1cc1"):
+        mtus = dep[name].cmd("for f in /sys/class/net/*-eth*/mtu; do cat $f; done").split()
+        assert mtus and set(mtus) == {str(TUNNEL_MTU)}, (name, mtus)
     # The run's records: each server's clock offset with its resolution.
     servers = json.loads((dep.run_dir / "servers.json").read_text())["servers"]
     clock = servers[server.address]
     assert clock["offset_s"] < 0 and 0 < clock["resolution_s"] < 1.0 and "clc2" in clock["nodes"]
 
 
+def _health_from(pair) -> str:
+    """The host a pair's clients reach its VIP from: the user host for the CLC and Walrus;
+    the gateway, which routes users' requests, for a CC and an SC (the site firewall keeps
+    users off their VIPs)."""
+    return "user" if pair.kind in ("clc", "walrus") else "gw"
+
+
 @pytest.mark.multiserver
-def test_a_failover_across_the_tunnel_gives_the_peer_the_service_and_the_vip(server, deployment):
+def test_every_service_runs_on_both_servers_each_pair_redundant_across_the_tunnel(server, deployment):
     dep = deployment
-    pair = next(p for p in dep.plan.pairs if p.kind == "clc")
-    here, there = pair.primary, pair.secondary
-    assert dep.network.placement.server_of[there] == server.address
+    on_vm = set(dep.network.placement.on(server.address))
+    for pair in dep.plan.pairs:
+        assert wait_until(lambda: dep.redundant(pair), 30 * SLOW), [dep.member_state(m) for m in pair.members]
+        assert dep.member_state(pair.primary) == "ENABLED", pair.name
+        # split_pairs: one member here, the other on the VM.
+        assert len(on_vm & set(pair.members)) == 1, (pair.name, pair.members)
+        asked = dep[_health_from(pair)].cmd(
+            f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' http://{pair.vip}:{pair.port}/health")
+        assert asked.strip() == "200", (pair.name, asked)
+    # The NC on the VM reports to its cluster's CC, whose primary runs there too.
+    nc = dep.process("c1n1")
+    assert nc.remote is not None and any(e["event"] == "service.start" for e in nc.events())
+
+
+@pytest.fixture(scope="module")
+def instance(deployment):
+    """A user's instance on cluster 1's NC, which runs on the VM: its image stored in Walrus
+    here and fetched by the NC across the tunnel, an elastic IP on it (NAT at the CC)."""
+    import os
+
+    from .conftest import aws_client
+
+    dep = deployment
+    ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
+    s3.create_bucket(Bucket="images")
+    s3.put_object(Bucket="images", Key="cluster.img", Body=os.urandom(2**20))
+    emi = ec2.register_image(ImageLocation="images/cluster.img", Name="cluster-image")["ImageId"]
+    gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+    def described() -> dict:
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+
+    assert wait_until(lambda: described()["State"]["Name"] == "running", scaled(60) * SLOW), described()
+    eip = ec2.allocate_address()["PublicIp"]
+    ec2.associate_address(InstanceId=iid, PublicIp=eip)
+    return {"iid": iid, "eip": eip, "ec2": ec2}
+
+
+def _answers(dep, instance) -> bool:
+    """Does the instance answer the user host through its elastic IP (it serves its id)?"""
+    return dep["user"].cmd(f"curl -s -m 3 http://{instance['eip']}/").strip() == instance["iid"]
+
+
+@pytest.mark.multiserver
+def test_a_users_instance_runs_on_the_vms_nc_and_answers_through_its_elastic_ip(server, deployment, instance):
+    dep = deployment
+    assert dep.network.placement.server_of["c1n1"] == server.address
+    # The NC that runs it is the one on the VM (the only one), its slot there too.
+    nc = dep.process("c1n1")
+    assert wait_until(lambda: any(e["event"].startswith("instance.") and e.get("instance") == instance["iid"]
+                                  for e in nc.events()), 10 * SLOW), nc.events()[-5:]
+    assert wait_until(lambda: _answers(dep, instance), scaled(30) * SLOW)
+
+
+@pytest.mark.multiserver
+@pytest.mark.parametrize("kind", ["clc", "walrus", "cc", "sc"])
+def test_a_failover_across_the_tunnel_gives_the_peer_the_service_and_the_vip(server, deployment, instance, kind):
+    """Each pair's ENABLED member (the CLC's and Walrus's here, the cluster's CC's and SC's
+    on the VM) is killed; its peer on the other server takes the service and the VIP, the
+    clients' path answers again, and the user's instance on the VM through its elastic IP
+    (after the CC's failover NATed here, across the tunnel)."""
+    dep = deployment
+    pair = next(p for p in dep.plan.pairs if p.kind == kind)
+    old, new = pair.primary, pair.secondary
+    where = dep.network.placement.server_of
+    assert where[old] != where[new]
     assert wait_until(lambda: dep.redundant(pair), 30 * SLOW), [dep.member_state(m) for m in pair.members]
-    assert dep.member_state(here) == "ENABLED"
-    # The VM's member runs there: its pid and start time are the guest's, its events are here.
-    proc = dep.process(there)
-    assert proc.remote is not None and proc.remote.server == server.address
-    assert any(e["event"] == "service.start" for e in proc.events())
-    user = dep.host("user")
+    assert dep.member_state(old) == "ENABLED"
+    remote = dep.process(new if where[new] == server.address else old)
+    assert remote.remote is not None and remote.remote.server == server.address
+    assert any(e["event"] == "service.start" for e in remote.events())
+    client = dep[_health_from(pair)]
     health = f"curl -s -m 3 -o /dev/null -w '%{{http_code}}' http://{pair.vip}:{pair.port}/health"
-    assert user.cmd(health).strip() == "200"
+    assert client.cmd(health).strip() == "200"
     killed_at = time.clock_gettime(time.CLOCK_MONOTONIC)
-    dep.kill(here)  # the ENABLED member here crashes; its peer is across the tunnel
-    assert wait_until(lambda: dep.member_state(there) == "ENABLED", 60 * SLOW, step=0.1), \
+    dep.kill(old)  # the ENABLED member crashes; its peer is across the tunnel
+    assert wait_until(lambda: dep.member_state(new) == "ENABLED", 60 * SLOW, step=0.1), \
         [dep.member_state(m) for m in pair.members]
-    # The client path through the VIP answers again, now served from the VM.
-    assert wait_until(lambda: user.cmd(health).strip() == "200", 30 * SLOW)
-    # It holds the VIP on its cloud interface, on the VM.
-    assert f" {pair.vip}/" in dep[there].cmd("ip -o -4 addr show")
-    # Its events, written on the VM, are in the run directory here: the promotion and the
-    # VIP taken, stamped with the guest's clock, which servers.json's offset maps onto this
+    # The clients' path through the VIP answers again, now served from the other server.
+    assert wait_until(lambda: client.cmd(health).strip() == "200", 30 * SLOW)
+    held = dep[new].cmd("ip -o -4 addr show")
+    assert f" {pair.vip}/" in held, held
+    if pair.private_vip:  # a CC also takes over as its cluster's router
+        assert f" {pair.private_vip}/" in held, held
+    # Its events are in the run directory here, wherever it ran: the promotion and the VIP
+    # taken, stamped with its server's clock, which servers.json's offset maps onto this
     # machine's: the promotion came after the kill and before now.
+    proc = dep.process(new)
     assert wait_until(lambda: any(e["event"] == "ha.vip_acquired" and e["vip"] == pair.vip
                                   for e in proc.events()), 10 * SLOW), proc.events()[-5:]
     promoted = [e for e in proc.events() if e["event"] == "ha.promote"]
     assert len(promoted) == 1, promoted
     assert proc.events_path.is_relative_to(dep.run_dir)
-    clock = json.loads((dep.run_dir / "servers.json").read_text())["servers"][server.address]
-    promoted_here = promoted[0]["t_mono"] - clock["offset_s"]
-    slack = clock["resolution_s"] + 0.05  # and a little drift of the emulated clock
+    offset, slack = 0.0, 0.005
+    if where[new] == server.address:
+        clock = json.loads((dep.run_dir / "servers.json").read_text())["servers"][server.address]
+        offset, slack = clock["offset_s"], clock["resolution_s"] + 0.05  # and a little drift of the emulated clock
+    promoted_here = promoted[0]["t_mono"] - offset
     assert killed_at - slack < promoted_here < time.clock_gettime(time.CLOCK_MONOTONIC) + slack
+    assert wait_until(lambda: _answers(dep, instance), scaled(30) * SLOW)

@@ -62,3 +62,14 @@ def test_mininets_placer_places_as_the_plan_says():
     assert placer.place("clc1") == "localhost" and placer.place("c1n1") == "10.99.0.2"
     with pytest.raises(cl.ClusterError, match="h9 is not in the deployment's plan"):
         placer.place("h9")
+
+
+def test_a_link_within_a_server_has_the_tunnels_mtu_at_both_ends():
+    """A frame from a host whose link took the default 1500 bytes is dropped, unanswered,
+    by the 1450-byte tunnel on its way to another server: large transfers stall while
+    small requests pass."""
+    from topologies.cluster_network import TUNNEL_MTU, veth_line
+
+    line = veth_line([("walrus1-eth0", "02:ec:00:00:00:0a", 4242), ("swcla-eth3", None, None)])
+    assert line == (f"link add name walrus1-eth0 address 02:ec:00:00:00:0a mtu {TUNNEL_MTU} netns 4242 "
+                    f"type veth peer name swcla-eth3 mtu {TUNNEL_MTU}")
