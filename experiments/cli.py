@@ -353,12 +353,16 @@ def cmd_run(args) -> int:
 def cmd_experiment(args) -> int:
     import json
 
+    from .failover import safe_floor
+    from .failover.experiment import Experiment
     from .failover.runner import run_definition
 
-    from .failover import safe_floor
-
     intervals, resume = getattr(args, "intervals", None), getattr(args, "resume", None)
-    is_floor = safe_floor.is_safe_floor(args.definition)
+    try:  # a bad definition: its error, before anything is checked or built
+        is_floor = safe_floor.is_safe_floor(args.definition)
+        (safe_floor.SafeFloor if is_floor else Experiment).load(args.definition)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"eucalab: {e}") from None
     if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None
                          or resume is not None):
         raise SystemExit("eucalab: --soak-minutes, --intervals and --resume are for safe-floor definitions "

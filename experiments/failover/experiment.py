@@ -12,6 +12,7 @@ import yaml
 
 from topologies.spec import COMPONENT_KINDS, spec_from_dict
 
+from ..testbed.clocks import measured_on_one_machine
 from ..testbed.rundir import REPO_ROOT
 from .faults import CATALOGUE, PLANNED_SWITCHOVER
 
@@ -24,7 +25,12 @@ KEEPALIVED_FAULTS = ("sigkill", PLANNED_SWITCHOVER)
 
 def read_definition(cls, path: str | Path) -> dict:
     """A definition file's fields for the dataclass ``cls``; unknown fields are refused, by name."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a definition is a mapping of fields, not a {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
@@ -149,7 +155,7 @@ class Experiment:
         try:
             for point in sweep_points(exp.sweep):
                 for e in exp.at(point).deployments():
-                    spec_from_dict(e.spec)
+                    measured_on_one_machine(spec_from_dict(e.spec), "a failover experiment")
         except Exception as exc:
             raise ValueError(f"{path}: {exc}") from None
         return exp

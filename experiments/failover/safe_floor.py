@@ -34,8 +34,10 @@ from pathlib import Path
 import yaml
 
 from components.common.events import read_events
+from topologies.spec import spec_from_dict
 
 from ..analysis.measures import STEAL_STALL_MS, STEAL_WINDOW_S, steal_near, steal_summary
+from ..testbed.clocks import measured_on_one_machine
 from ..testbed.rundir import new_run_dir, utc_stamp, write_json
 from .experiment import read_definition
 
@@ -93,6 +95,10 @@ class SafeFloor:
             if t.get("target") not in TARGETS[:-1] or t.get("fault", "sigkill") not in FAULTS \
                     or set(t) - {"target", "fault"}:
                 raise ValueError(f"{where}: targets[{i}] must be {{target: clc|walrus|cc|sc, fault: ...}}")
+        try:
+            measured_on_one_machine(spec_from_dict(self.spec), "the safe floor")
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 # -- pure logic ------------------------------------------------------------------------------------
@@ -474,5 +480,8 @@ def is_run(run_dir: str | Path) -> bool:
 
 def is_safe_floor(path: str | Path) -> bool:
     """Whether a definition file is a safe-floor one (``kind: safe-floor``)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        return False  # not a definition of any kind: loading it says so
     return isinstance(data, dict) and data.get("kind") == KIND

@@ -307,3 +307,24 @@ def test_a_clc_failing_over_as_the_launchs_time_runs_out_gets_time_to_answer_the
             assert any(r["figure"] == "?/20 instances running" and r["met"] == "NO" for r in rows)
         else:
             assert len(lost) == 5 and out["instances_running"] == 0 and out["instances_failed"] == 0
+
+
+def test_a_spec_over_several_servers_is_refused_before_anything_is_made(tmp_path, monkeypatch):
+    """The bench's trials compare member events with this machine's clock, and another
+    server's carry its own: refused, with nothing written."""
+    from experiments.bench import scale
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text("servers: [localhost, 10.99.0.2]\nclusters: 1\nncs_per_cluster: 1\n")
+    from experiments.bench import bringup
+    from experiments.testbed import deployment, preflight
+
+    def built(*a, **kw):
+        raise AssertionError("a network was built")
+
+    for module, name in ((deployment, "Deployment"), (bringup, "_run_child"), (preflight, "datapath")):
+        monkeypatch.setattr(module, name, built)
+    monkeypatch.setattr(scale.os, "geteuid", lambda: 0)
+    with pytest.raises(SystemExit, match="measures on this machine only"):
+        scale.run(spec, results_root=tmp_path / "results")
+    assert not (tmp_path / "results").exists()

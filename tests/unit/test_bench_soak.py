@@ -148,3 +148,22 @@ def test_the_load_sampler_records_what_the_hypervisor_stole_from_each_core(tmp_p
     monkeypatch.undo()
     real = stress.steal_ms()  # /proc/stat's: one figure a core, never negative
     assert len(real) == stress.psutil.cpu_count() and min(real) >= 0.0
+
+
+def test_a_spec_over_several_servers_is_refused_before_anything_is_made(tmp_path, monkeypatch):
+    """Member events on another server carry that server's clock, which the soak's judge
+    compares with this machine's: refused, with nothing written."""
+    import pytest
+
+    from experiments.failover import soak
+
+    from experiments.testbed import deployment
+
+    def built(*a, **kw):
+        raise AssertionError("a deployment was built")
+
+    monkeypatch.setattr(deployment, "Deployment", built)
+    monkeypatch.setattr(soak.os, "geteuid", lambda: 0)
+    with pytest.raises(SystemExit, match="measures on this machine only.*10.99.0.2"):
+        soak.soak(minutes=0.1, spec_path={"servers": ["localhost", "10.99.0.2"]}, results_root=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -91,6 +91,30 @@ def test_up_refuses_an_ssh_config_it_cannot_use_before_anything_is_built(tmp_pat
     assert not run_dir.exists()  # nothing was built
 
 
+@pytest.mark.parametrize("body, message", [
+    ("sets: [{target: moon, trials: 1}]", "target must be one of"),
+    ("spec: {servers: [localhost, 10.99.0.2]}\nsets: [{target: clc, trials: 1}]", "measures on this machine only"),
+    ("kind: safe-floor\nmisses: 1\n", "misses"),
+    ("sets: [{target: clc", "not YAML"),
+    ("- clc\n- walrus\n", "a mapping of fields, not a list"),
+])
+def test_experiment_says_what_is_wrong_with_a_definition_and_builds_nothing(tmp_path, monkeypatch, body, message):
+    """Its error in one line, not a traceback, as root or not (checked before the rest)."""
+    from experiments.failover import runner, safe_floor
+
+    def ran(*a, **kw):
+        raise AssertionError("the definition ran")
+
+    monkeypatch.setattr(runner, "run_definition", ran)
+    monkeypatch.setattr(safe_floor, "run", ran)
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(SystemExit, match=f"^eucalab: {path}: .*{message}"):
+        main(["experiment", str(path)])
+    with pytest.raises(SystemExit, match="^eucalab: .*No such file.*missing.yaml"):
+        main(["experiment", str(tmp_path / "missing.yaml")])
+
+
 def test_vm_serve_takes_no_command(monkeypatch):
     from experiments.testbed import rundir
 

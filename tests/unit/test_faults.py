@@ -78,6 +78,8 @@ def test_faults_this_machine_cannot_inject_are_refused_with_the_reason():
     ("sets: [{target: clc, trials: 1, colour: red}]", "unknown field"),
     ("sets: [{target: keepalived, trials: 1, fault: uplink, advert_ms: 50}]", "sigkill"),
     ("sets: [{target: moon, trials: 1}]", "target must be one of"),
+    # Member events on another server carry its clock: measured here only.
+    ("spec: {servers: [localhost, 10.99.0.2]}\nsets: [{target: clc, trials: 1}]", "measures on this machine only"),
 ])
 def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
     path = tmp_path / "bad.yaml"

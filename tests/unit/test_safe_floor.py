@@ -90,6 +90,9 @@ def test_the_report_sets_each_setting_and_the_outage_beside_the_bound():
     ("kind: safe-floor\ntargets: [{target: clc, trials: 3}]\n", "targets"),
     ("kind: safe-floor\nsoak: 10\n", "unknown field"),
     ("kind: other\n", "kind must be"),
+    ("kind: safe-floor\nspec: {clusters: 0}\n", "clusters"),
+    # Member events on another server carry its clock: measured here only.
+    ("kind: safe-floor\nspec: {servers: [localhost, 10.99.0.2]}\n", "measures on this machine only"),
 ])
 def test_a_bad_definition_gets_a_clear_error(tmp_path, body, message):
     path = tmp_path / "bad.yaml"
