@@ -128,12 +128,13 @@ def _hold(how: str, seconds: float) -> None:
             sum(range(1000))
 
 
-def _assert_sent_on_time(arrivals: list[float], t0: float, t1: float) -> None:
+def _assert_sent_on_time(arrivals: list[float], t0: float, t1: float, limit: float = 3 * INTERVAL) -> None:
     """The agent's heartbeats reached the peer from just before ``t0`` to just after ``t1``
-    with no gap of three intervals or more (a loaded host's scheduling stays under that)."""
+    with no gap of ``limit`` or more (by default three intervals: a loaded host's scheduling
+    stays under that)."""
     during = [t for t in arrivals if t0 - INTERVAL <= t <= t1 + INTERVAL]
     gaps = [b - a for a, b in zip(during, during[1:])]
-    assert len(during) >= 5 and max(gaps) < 3 * INTERVAL, gaps
+    assert len(during) >= 5 and max(gaps) < limit, gaps
 
 
 def _config(tmp_path, port: int) -> dict:
@@ -296,8 +297,10 @@ def test_a_busy_thread_at_the_members_priority_on_its_core_delays_no_heartbeat(t
     assert priority == HEARTBEAT_PRIORITY
     assert t1 - t0 >= HOG_S * 0.8  # the hog ran its time
     # On time throughout: no gap near the hog's 400 ms (at the hog's priority the thread sent
-    # nothing until it ended, or past the window).
-    _assert_sent_on_time(seen["arrivals"], t0, t1)
+    # nothing until it ended, or past the window). Half the hog's time: a virtual machine's
+    # hypervisor can take a core for 100 ms at once (docs/ha.md, "What bounds the floor
+    # here"), which with one interval is three intervals, and failed this test once.
+    _assert_sent_on_time(seen["arrivals"], t0, t1, limit=HOG_S / 2)
 
 
 def test_a_flood_on_the_heartbeat_socket_is_taken_in_batches_between_sends():
