@@ -361,8 +361,10 @@ def cmd_experiment(args) -> int:
     try:  # a bad definition: its error, before anything is checked or built
         is_floor = safe_floor.is_safe_floor(args.definition)
         (safe_floor.SafeFloor if is_floor else Experiment).load(args.definition)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"eucalab: {e}") from None
+    except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError) as e:
+        # The loaders name the file and the field; a value of the wrong type fails deeper.
+        said = str(e) if str(args.definition) in str(e) else f"{args.definition}: not a valid definition: {e}"
+        raise SystemExit(f"eucalab: {said}") from None
     if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None
                          or resume is not None):
         raise SystemExit("eucalab: --soak-minutes, --intervals and --resume are for safe-floor definitions "

@@ -27,7 +27,8 @@ from mininet.node import RemoteController
 
 from . import cluster as cl
 from .created import Created, NetworkError, existing_bridges, remote_teardown_line, root_netns, run, teardown
-from .network import PlannedLink, _register_intf, _tx_off_all, configure_hosts, in_namespace, tx_checksum_off
+from .network import (PlannedLink, _register_intf, _tx_off_all, configure_hosts, in_namespace, tx_checksum_off,
+                      veth_line)
 from .placement import TUNNEL_MTU, Placement, place
 from .plan import Plan
 
@@ -188,7 +189,7 @@ class ClusterNetwork:
                 continue
             server = where[link.a]
             batches[server].append(veth_line([(intf, macs.get(intf), net[node].pid if node in plan.hosts else None)
-                                              for node, intf in ends]))
+                                              for node, intf in ends], mtu=TUNNEL_MTU))
             ups[server] += [f"link set dev {intf} up" for node, intf in ends if node not in plan.hosts]
             intfs = [_register_intf(intf, net[node], port, macs.get(intf)) for (node, intf), port in zip(ends, ports)]
             net.links.append(PlannedLink(*intfs))
@@ -247,19 +248,6 @@ class ClusterNetwork:
         return problems
 
 
-def veth_line(ends: list[tuple[str, str | None, int | None]]) -> str:
-    """The ``ip -batch`` line making one link within a server: a veth pair, each end
-    (interface name, MAC or None, the host's namespace pid or None for a switch port in
-    the root namespace) with TUNNEL_MTU, as on a tunnelled link. An end with more would
-    send frames that a tunnel on their path drops (a switch forwards a frame, never
-    fragments it, and the userspace datapath sends no "too big" back)."""
-    parts = []
-    for intf, mac, pid in ends:
-        part = f"name {intf}" + (f" address {mac}" if mac else "") + f" mtu {TUNNEL_MTU}"
-        parts.append(part + (f" netns {pid}" if pid is not None else ""))
-    return f"link add {parts[0]} type veth peer {parts[1]}"
-
-
 def _netns(pid: int) -> int:
     import os
 
@@ -276,4 +264,4 @@ def _close_shell(node) -> None:
             pass
 
 
-__all__ = ["ClusterNetwork", "TUNNEL_MTU", "local_address_towards", "ssh_words", "veth_line"]
+__all__ = ["ClusterNetwork", "TUNNEL_MTU", "local_address_towards", "ssh_words"]

@@ -153,6 +153,19 @@ def _register_intf(name: str, node, port: int, mac: str | None) -> Intf:
     return intf
 
 
+def veth_line(ends: list[tuple[str, str | None, int | None]], mtu: int | None = None) -> str:
+    """The ``ip -batch`` line making one link as a veth pair: each end (interface name, MAC
+    or None, the host's namespace pid or None for a switch port in the root namespace).
+    ``mtu``: both ends' (a deployment over several servers gives every link its tunnels'
+    MTU: a larger frame would be dropped by the first tunnel on its path, unanswered, since
+    a switch forwards a frame and never fragments it); None keeps the kernel's 1500."""
+    parts = []
+    for intf, mac, pid in ends:
+        part = f"name {intf}" + (f" address {mac}" if mac else "") + (f" mtu {mtu}" if mtu else "")
+        parts.append(part + (f" netns {pid}" if pid is not None else ""))
+    return f"link add {parts[0]} type veth peer {parts[1]}"
+
+
 def tx_checksum_off(ifname: str, sock: socket.socket | None = None) -> None:
     """``ethtool -K IFNAME tx off`` without a process: TCP needs it on the OVS userspace datapath."""
     own = sock is None
@@ -342,17 +355,8 @@ class EucaNetwork:
                 continue  # switch-to-switch: a patch port pair, made with the bridges
             if ends[0][0] not in host_pids:
                 ends.reverse()  # host end first
-            parts = []
-            for node, intf in ends:
-                part = f"name {intf}"
-                if intf in macs:
-                    part += f" address {macs[intf]}"
-                if node in host_pids:
-                    part += f" netns {host_pids[node]}"
-                else:
-                    up.append(f"link set dev {intf} up")
-                parts.append(part)
-            create.append(f"link add {parts[0]} type veth peer {parts[1]}")
+            create.append(veth_line([(intf, macs.get(intf), host_pids.get(node)) for node, intf in ends]))
+            up += [f"link set dev {intf} up" for node, intf in ends if node not in host_pids]
         run(["ip", "-batch", "-"], stdin="\n".join(create) + "\n")
         # Only the userspace datapath needs tx checksum offload off (TCP fails without);
         # the kernel datapath keeps the offload a real machine has.

@@ -376,14 +376,11 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
     from ..testbed.clocks import measured_on_one_machine
     from .bringup import _run_child
 
-    if os.geteuid() != 0:
-        raise SystemExit("eucalab bench scale: needs root")
     spec_dict = load_spec_dict(spec_path, size)
     spec = spec_from_dict(spec_dict)
-    try:
-        measured_on_one_machine(spec, "eucalab bench scale")
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+    measured_on_one_machine(spec, "eucalab bench scale", error=SystemExit)  # what is wrong first, then root
+    if os.geteuid() != 0:
+        raise SystemExit("eucalab bench scale: needs root")
     slots = spec.clusters * spec.ncs_per_cluster * spec.vm_slots_per_nc
     instances = min(instances, slots - 1)  # one slot holds the probes' instance
     console = Console(width=max(130, Console().width))

@@ -34,7 +34,8 @@ def read_definition(cls, path: str | Path) -> dict:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"{path}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"known: {', '.join(sorted(known))}")
     return data
 
 
@@ -166,6 +167,8 @@ def sweep_points(sweep: dict) -> list[dict]:
 
     if not sweep:
         return [{}]
+    if not isinstance(sweep, dict):
+        raise ValueError(f"sweep must be a mapping of field paths to lists of values, not a {type(sweep).__name__}")
     keys = list(sweep)
     for k in keys:
         if not isinstance(sweep[k], list) or not sweep[k]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from topologies.spec import spec_from_dict
 
 from ..analysis.measures import Probe
+from ..testbed.clocks import measured_on_one_machine
 from ..testbed.deployment import Deployment, wait_until
 from ..testbed.preflight import datapath_ports
 from ..testbed.rundir import new_run_dir, write_json
@@ -91,6 +92,7 @@ class Runner:
         points = [(point, e) for point in sweep_points(exp.sweep) for e in exp.at(point).deployments()]
         for _, e in points:  # refuse what this machine cannot do before building anything
             spec = spec_from_dict(e.spec)
+            measured_on_one_machine(spec, "a failover experiment")
             controller = (spec.sdn if e.sdn is None else e.sdn) or spec.ha.takeover == "sdn"
             for ts in e.sets:
                 check_available(CATALOGUE[ts.fault], netem=has_netem(), sdn=controller)

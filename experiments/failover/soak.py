@@ -169,22 +169,19 @@ def soak(minutes: float = 10.0, interval_ms: float = 50, misses: int = 3, loss_p
 
     from topologies.spec import spec_from_dict
 
+    from ..testbed.clocks import measured_on_one_machine
     from ..testbed.configs import HEARTBEAT_PRIORITY
     from ..testbed.deployment import Deployment
-    from ..testbed.clocks import measured_on_one_machine
     from ..testbed.versions import versions
 
+    base = spec_from_dict(spec_path) if isinstance(spec_path, dict) else load_spec(spec_path)
+    measured_on_one_machine(base, "eucalab bench soak", error=SystemExit)  # what is wrong first, then root
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench soak: builds a network and needs root")
     if not 0 <= loss_pct < 100:
         raise SystemExit("eucalab bench soak: --loss is a percentage in [0, 100)")
     console = Console(width=max(110, Console().width))
     cores = pick_cores(hog_cores)
-    base = spec_from_dict(spec_path) if isinstance(spec_path, dict) else load_spec(spec_path)
-    try:
-        measured_on_one_machine(base, "eucalab bench soak")
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
     spec = dataclasses.replace(base, name="soak", heartbeat=HeartbeatSpec(interval_ms=interval_ms, misses=misses))
     run_dir = new_run_dir("soak", results_root)
     config = {"minutes": minutes, "interval_ms": interval_ms, "misses": misses, "loss_pct": loss_pct,

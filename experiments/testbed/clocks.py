@@ -64,13 +64,13 @@ def measure_clock_offset(command: list[str], samples: int = 20) -> ClockOffset:
     return clock_offset(exchanges[1:])
 
 
-def measured_on_one_machine(spec, what: str) -> None:
-    """Refuse, before anything is built, to measure ``what`` (failover trials, soaks, the
-    scale bench) on a deployment over several servers: their analyses compare the times of
-    a member's events with this machine's (a fault, a probe), and another server's events
-    carry its own CLOCK_MONOTONIC. The numbers would be wrong, silently."""
+def measured_on_one_machine(spec, what: str, error: type[Exception] = ValueError) -> None:
+    """Refuse (``error``), before anything is built, to measure ``what`` (failover trials,
+    soaks, the scale bench) on a deployment over several servers: their analyses compare
+    the times of a member's events with this machine's (a fault, a probe), and another
+    server's events carry its own CLOCK_MONOTONIC. The numbers would be wrong, silently."""
     if len(spec.servers) > 1:
-        raise ValueError(
+        raise error(
             f"{what} measures on this machine only, and the spec lists {len(spec.servers)} servers "
             f"({', '.join(spec.servers)}): their analyses compare member events with this machine's "
             "clock, and other servers' events are not mapped onto it yet. Drop `servers` to measure; "

@@ -317,14 +317,15 @@ def test_a_spec_over_several_servers_is_refused_before_anything_is_made(tmp_path
     spec = tmp_path / "two.yaml"
     spec.write_text("servers: [localhost, 10.99.0.2]\nclusters: 1\nncs_per_cluster: 1\n")
     from experiments.bench import bringup
+    from experiments.failover import runner
     from experiments.testbed import deployment, preflight
 
     def built(*a, **kw):
         raise AssertionError("a network was built")
 
-    for module, name in ((deployment, "Deployment"), (bringup, "_run_child"), (preflight, "datapath")):
+    for module, name in ((deployment, "Deployment"), (runner, "Deployment"), (bringup, "_run_child"),
+                         (preflight, "datapath")):
         monkeypatch.setattr(module, name, built)
-    monkeypatch.setattr(scale.os, "geteuid", lambda: 0)
     with pytest.raises(SystemExit, match="measures on this machine only"):
         scale.run(spec, results_root=tmp_path / "results")
     assert not (tmp_path / "results").exists()

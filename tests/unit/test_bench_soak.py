@@ -163,7 +163,6 @@ def test_a_spec_over_several_servers_is_refused_before_anything_is_made(tmp_path
         raise AssertionError("a deployment was built")
 
     monkeypatch.setattr(deployment, "Deployment", built)
-    monkeypatch.setattr(soak.os, "geteuid", lambda: 0)
     with pytest.raises(SystemExit, match="measures on this machine only.*10.99.0.2"):
         soak.soak(minutes=0.1, spec_path={"servers": ["localhost", "10.99.0.2"]}, results_root=tmp_path)
     assert list(tmp_path.iterdir()) == []

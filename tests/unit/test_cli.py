@@ -97,6 +97,12 @@ def test_up_refuses_an_ssh_config_it_cannot_use_before_anything_is_built(tmp_pat
     ("kind: safe-floor\nmisses: 1\n", "misses"),
     ("sets: [{target: clc", "not YAML"),
     ("- clc\n- walrus\n", "a mapping of fields, not a list"),
+    ("1: a\nb: c\n", "unknown field"),
+    ("sets: 5\n", "not a valid definition"),
+    ("kind: safe-floor\ntargets: [clc]\n", "not a valid definition"),
+    ("kind: safe-floor\nsoak_minutes: x\n", "not a valid definition"),
+    (b"\xff\xfe\x00binary", "not a valid definition"),
+    ("sweep: [1]\nsets: [{target: clc, trials: 1}]\n", "sweep"),
 ])
 def test_experiment_says_what_is_wrong_with_a_definition_and_builds_nothing(tmp_path, monkeypatch, body, message):
     """Its error in one line, not a traceback, as root or not (checked before the rest)."""
@@ -108,7 +114,7 @@ def test_experiment_says_what_is_wrong_with_a_definition_and_builds_nothing(tmp_
     monkeypatch.setattr(runner, "run_definition", ran)
     monkeypatch.setattr(safe_floor, "run", ran)
     path = tmp_path / "bad.yaml"
-    path.write_text(body)
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
     with pytest.raises(SystemExit, match=f"^eucalab: {path}: .*{message}"):
         main(["experiment", str(path)])
     with pytest.raises(SystemExit, match="^eucalab: .*No such file.*missing.yaml"):

@@ -303,3 +303,24 @@ def test_only_runs_the_sets_of_the_targets_named():
     assert [s.target for s in select_sets(exp, ["sc", "clc"])] == ["clc", "sc"]  # the definition's order
     with pytest.raises(ValueError, match="no set targets klc"):
         select_sets(exp, ["clc", "klc"])  # a typo runs nothing rather than less
+
+
+def test_the_runner_refuses_a_spec_over_several_servers_before_building_anything(tmp_path, monkeypatch):
+    """A caller that builds an Experiment itself (the safe floor, the scale bench) meets the
+    same refusal as a definition file: trials compare member events with this machine's clock."""
+    from experiments.failover.runner import Runner, TrialSet
+    from experiments.testbed import deployment
+
+    def built(*a, **kw):
+        raise AssertionError("a deployment was built")
+
+    from experiments.failover import runner as runner_module
+
+    for module in (deployment, runner_module):
+        monkeypatch.setattr(module, "Deployment", built)
+    exp = Experiment(name="two", spec={"servers": ["localhost", "10.99.0.2"]},
+                     sets=[TrialSet(target="clc", trials=1)])
+    runner = Runner(exp, run_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="measures on this machine only"):
+        runner.run()
+    assert not (tmp_path / "experiment.json").exists()

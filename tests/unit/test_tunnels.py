@@ -68,8 +68,13 @@ def test_a_link_within_a_server_has_the_tunnels_mtu_at_both_ends():
     """A frame from a host whose link took the default 1500 bytes is dropped, unanswered,
     by the 1450-byte tunnel on its way to another server: large transfers stall while
     small requests pass."""
-    from topologies.cluster_network import TUNNEL_MTU, veth_line
+    from topologies.cluster_network import TUNNEL_MTU
+    from topologies.network import veth_line
 
-    line = veth_line([("walrus1-eth0", "02:ec:00:00:00:0a", 4242), ("swcla-eth3", None, None)])
-    assert line == (f"link add name walrus1-eth0 address 02:ec:00:00:00:0a mtu {TUNNEL_MTU} netns 4242 "
-                    f"type veth peer name swcla-eth3 mtu {TUNNEL_MTU}")
+    ends = [("walrus1-eth0", "02:ec:00:00:00:0a", 4242), ("swcla-eth3", None, None)]
+    assert veth_line(ends, mtu=TUNNEL_MTU) == (
+        f"link add name walrus1-eth0 address 02:ec:00:00:00:0a mtu {TUNNEL_MTU} netns 4242 "
+        f"type veth peer name swcla-eth3 mtu {TUNNEL_MTU}")
+    # On one machine the kernel's own 1500.
+    assert veth_line(ends) == ("link add name walrus1-eth0 address 02:ec:00:00:00:0a netns 4242 "
+                               "type veth peer name swcla-eth3")
