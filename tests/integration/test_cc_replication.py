@@ -5,12 +5,12 @@ instance leaves the CLC and the CC agreeing (a deployment of its own: it kills a
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 
 from experiments.testbed.deployment import Deployment, wait_until
+from tests.support.util import web_image
 from topologies.spec import DeploymentSpec, HASpec, HeartbeatSpec
 
 from .conftest import aws_client
@@ -24,12 +24,7 @@ def cloud(tmp_path_factory):
     with Deployment(spec, run_dir=tmp_path_factory.mktemp("cc-repl")) as dep:
         dep.start_services()
         ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
-        s3.create_bucket(Bucket="images")
-        s3.put_object(Bucket="images", Key="r.img", Body=os.urandom(2**20))
-        emi = ec2.register_image(ImageLocation="images/r.img", Name="replication")["ImageId"]
-        gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        emi, _ = web_image(ec2, s3, "r.img", "replication")
         yield dep, ec2, emi
 
 

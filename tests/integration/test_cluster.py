@@ -381,18 +381,13 @@ def test_every_service_runs_on_both_servers_each_pair_redundant_across_the_tunne
 def instance(deployment):
     """A user's instance on cluster 1's NC, which runs on the VM: its image stored in Walrus
     here and fetched by the NC across the tunnel, an elastic IP on it (NAT at the CC)."""
-    import os
+    from tests.support.util import web_image
 
     from .conftest import aws_client
 
     dep = deployment
     ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
-    s3.create_bucket(Bucket="images")
-    s3.put_object(Bucket="images", Key="cluster.img", Body=os.urandom(2**20))
-    emi = ec2.register_image(ImageLocation="images/cluster.img", Name="cluster-image")["ImageId"]
-    gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    emi, _ = web_image(ec2, s3, "cluster.img", "cluster-image")
     iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
 
     def described() -> dict:

@@ -14,6 +14,7 @@ import pytest
 from components.common.events import read_events
 from experiments.testbed.deployment import Deployment, wait_until
 from tests.support.probes import HttpProbe as Probe
+from tests.support.util import web_image
 from topologies.spec import DeploymentSpec
 
 from .conftest import aws_client
@@ -61,12 +62,7 @@ def ha(tmp_path_factory):
         for pair in ("clc", "walrus", "cc1", "sc1"):
             heal(dep, pair)
         ec2, s3 = aws_client(dep, "ec2"), aws_client(dep, "s3")
-        s3.create_bucket(Bucket="images")
-        s3.put_object(Bucket="images", Key="ha.img", Body=os.urandom(2**20))
-        emi = ec2.register_image(ImageLocation="images/ha.img", Name="ha-image")["ImageId"]
-        gid = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        emi, _ = web_image(ec2, s3, "ha.img", "ha-image")
         iid = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         assert wait_until(lambda: ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
                           ["State"]["Name"] == "running")

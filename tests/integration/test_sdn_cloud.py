@@ -7,13 +7,13 @@ Only their VLANs keep them apart at layer 2.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from experiments.bench.sdn import capture, intent_request
 from experiments.testbed.deployment import Deployment, wait_until
+from tests.support.util import web_image
 from topologies.spec import DeploymentSpec, HASpec, NetworkMode
 
 
@@ -25,12 +25,7 @@ def cloud(tmp_path_factory):
     with Deployment(spec, run_dir=tmp_path_factory.mktemp("sdn-cloud"), sdn=True) as dep:
         dep.start_services()
         ec2, s3 = dep.aws_client("ec2"), dep.aws_client("s3")
-        s3.create_bucket(Bucket="images")
-        s3.put_object(Bucket="images", Key="sdn.img", Body=os.urandom(2**20))
-        emi = ec2.register_image(ImageLocation="images/sdn.img", Name="sdn-e2e")["ImageId"]
-        default = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=default, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        emi, default = web_image(ec2, s3, "sdn.img", "sdn-e2e")
         closed = ec2.create_security_group(GroupName="closed", Description="no ingress")["GroupId"]
         ids = [ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, SecurityGroupIds=[g])["Instances"][0]
                ["InstanceId"] for g in (default, closed)]

@@ -8,7 +8,6 @@ the NC in two groups: "default" admits tcp 80 from anywhere, "closed" admits not
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -16,6 +15,7 @@ from components.common import vlan as vlans
 from experiments.bench.sdn import capture
 from experiments.testbed.deployment import Deployment, wait_until
 from experiments.testbed.timescale import scaled
+from tests.support.util import web_image
 from topologies.spec import spec_from_dict
 
 SPEC = {"name": "k-vlan-cloud", "clusters": 1, "ncs_per_cluster": 1, "vm_slots_per_nc": 2, "sdn": False,
@@ -33,12 +33,7 @@ def cloud(tmp_path_factory):
     with Deployment(spec_from_dict(SPEC), run_dir=tmp_path_factory.mktemp("vlan-cloud") / "run") as dep:
         dep.start_services()
         ec2, s3 = dep.aws_client("ec2"), dep.aws_client("s3")
-        s3.create_bucket(Bucket="images")
-        s3.put_object(Bucket="images", Key="vlan.img", Body=os.urandom(2**16))
-        emi = ec2.register_image(ImageLocation="images/vlan.img", Name="vlan-host")["ImageId"]
-        default = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=default, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        emi, default = web_image(ec2, s3, "vlan.img", "vlan-host", size=2**16)
         closed = ec2.create_security_group(GroupName="closed", Description="no ingress")["GroupId"]
         ids = [ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, SecurityGroupIds=[g])["Instances"][0]
                ["InstanceId"] for g in (default, closed)]
