@@ -363,7 +363,8 @@ def cmd_experiment(args) -> int:
         (safe_floor.SafeFloor if is_floor else Experiment).load(args.definition)
     except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError) as e:
         # The loaders name the file and the field; a value of the wrong type fails deeper.
-        said = str(e) if str(args.definition) in str(e) else f"{args.definition}: not a valid definition: {e}"
+        said = (str(e) if str(args.definition) in str(e)
+                else f"{args.definition}: not a valid definition: {type(e).__name__}: {e}")
         raise SystemExit(f"eucalab: {said}") from None
     if not is_floor and (getattr(args, "soak_minutes", None) is not None or intervals is not None
                          or resume is not None):

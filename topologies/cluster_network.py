@@ -188,8 +188,8 @@ class ClusterNetwork:
                 log.debug("tunnel %s-%s: %.1f s", link.a, link.b, time.monotonic() - t1)
                 continue
             server = where[link.a]
-            batches[server].append(veth_line([(intf, macs.get(intf), net[node].pid if node in plan.hosts else None)
-                                              for node, intf in ends], mtu=TUNNEL_MTU))
+            batches[server].append(link_within_server([(intf, macs.get(intf), net[node].pid if node in plan.hosts
+                                                        else None) for node, intf in ends]))
             ups[server] += [f"link set dev {intf} up" for node, intf in ends if node not in plan.hosts]
             intfs = [_register_intf(intf, net[node], port, macs.get(intf)) for (node, intf), port in zip(ends, ports)]
             net.links.append(PlannedLink(*intfs))
@@ -248,6 +248,12 @@ class ClusterNetwork:
         return problems
 
 
+def link_within_server(ends: list[tuple[str, str | None, int | None]]) -> str:
+    """The ``ip -batch`` line of a link between two nodes on one server (``veth_line``'s
+    ends): a veth pair with the tunnels' MTU, like every other link of the network."""
+    return veth_line(ends, mtu=TUNNEL_MTU)
+
+
 def _netns(pid: int) -> int:
     import os
 
@@ -264,4 +270,4 @@ def _close_shell(node) -> None:
             pass
 
 
-__all__ = ["ClusterNetwork", "TUNNEL_MTU", "local_address_towards", "ssh_words"]
+__all__ = ["ClusterNetwork", "TUNNEL_MTU", "link_within_server", "local_address_towards", "ssh_words"]

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Defined in created.py (what a run made, and its teardown); imported from here by others too.
 __all__ = ["Created", "EucaNetwork", "NetworkError", "existing_bridges", "existing_links", "in_namespace",
-           "kill_pids", "namespace", "namespace_pids", "teardown", "tx_checksum_off"]
+           "kill_pids", "namespace", "namespace_pids", "teardown", "tx_checksum_off", "veth_line"]
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x17

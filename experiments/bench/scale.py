@@ -376,8 +376,11 @@ def run(spec_path: str | Path = XL_SPEC, size: tuple[int, int, int] | None = Non
     from ..testbed.clocks import measured_on_one_machine
     from .bringup import _run_child
 
-    spec_dict = load_spec_dict(spec_path, size)
-    spec = spec_from_dict(spec_dict)
+    try:
+        spec_dict = load_spec_dict(spec_path, size)
+        spec = spec_from_dict(spec_dict)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a spec error is a ValueError
+        raise SystemExit(f"eucalab bench scale: {spec_path}: {' '.join(str(exc).split())}") from None
     measured_on_one_machine(spec, "eucalab bench scale", error=SystemExit)  # what is wrong first, then root
     if os.geteuid() != 0:
         raise SystemExit("eucalab bench scale: needs root")

@@ -64,7 +64,7 @@ def measure_clock_offset(command: list[str], samples: int = 20) -> ClockOffset:
     return clock_offset(exchanges[1:])
 
 
-def measured_on_one_machine(spec, what: str, error: type[Exception] = ValueError) -> None:
+def measured_on_one_machine(spec, what: str, error: type[BaseException] = ValueError) -> None:
     """Refuse (``error``), before anything is built, to measure ``what`` (failover trials,
     soaks, the scale bench) on a deployment over several servers: their analyses compare
     the times of a member's events with this machine's (a fault, a probe), and another

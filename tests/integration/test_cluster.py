@@ -346,6 +346,7 @@ def test_a_deployment_spans_both_servers_with_the_controller_here_driving_the_vm
     here = [(Path("/sys/class/net") / intf / "mtu").read_text().strip() for intf in created.root_links]
     there = server.ssh(" ; ".join(f"cat /sys/class/net/{intf}/mtu"
                                   for intf in created.remote[server.address]["root_links"])).stdout.split()
+    assert len(there) == len(created.remote[server.address]["root_links"]), there  # every one read
     assert here and there and set(here) == set(there) == {str(TUNNEL_MTU)}, (here, there)
     # The run's records: each server's clock offset with its resolution.
     servers = json.loads((dep.run_dir / "servers.json").read_text())["servers"]

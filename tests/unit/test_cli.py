@@ -99,8 +99,9 @@ def test_up_refuses_an_ssh_config_it_cannot_use_before_anything_is_built(tmp_pat
     ("- clc\n- walrus\n", "a mapping of fields, not a list"),
     ("1: a\nb: c\n", "unknown field"),
     ("sets: 5\n", "not a valid definition"),
-    ("kind: safe-floor\ntargets: [clc]\n", "not a valid definition"),
-    ("kind: safe-floor\nsoak_minutes: x\n", "not a valid definition"),
+    ("kind: safe-floor\ntargets: [clc]\n", r"targets\[0\] must be"),
+    ("kind: safe-floor\nsoak_minutes: x\n", "soak_minutes must be a number"),
+    ("kind: safe-floor\nintervals_ms: 5\n", "intervals_ms must be"),
     (b"\xff\xfe\x00binary", "not a valid definition"),
     ("sweep: [1]\nsets: [{target: clc, trials: 1}]\n", "sweep"),
 ])

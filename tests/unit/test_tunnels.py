@@ -68,11 +68,11 @@ def test_a_link_within_a_server_has_the_tunnels_mtu_at_both_ends():
     """A frame from a host whose link took the default 1500 bytes is dropped, unanswered,
     by the 1450-byte tunnel on its way to another server: large transfers stall while
     small requests pass."""
-    from topologies.cluster_network import TUNNEL_MTU
+    from topologies.cluster_network import TUNNEL_MTU, link_within_server
     from topologies.network import veth_line
 
     ends = [("walrus1-eth0", "02:ec:00:00:00:0a", 4242), ("swcla-eth3", None, None)]
-    assert veth_line(ends, mtu=TUNNEL_MTU) == (
+    assert link_within_server(ends) == (
         f"link add name walrus1-eth0 address 02:ec:00:00:00:0a mtu {TUNNEL_MTU} netns 4242 "
         f"type veth peer name swcla-eth3 mtu {TUNNEL_MTU}")
     # On one machine the kernel's own 1500.
