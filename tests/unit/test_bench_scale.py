@@ -329,3 +329,21 @@ def test_a_spec_over_several_servers_is_refused_before_anything_is_made(tmp_path
     with pytest.raises(SystemExit, match="measures on this machine only"):
         scale.run(spec, results_root=tmp_path / "results")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("body, message", [(None, "No such file"), ("clusters: [", "while parsing"),
+                                           ("clusters: 0\n", "clusters")])
+def test_a_bad_spec_file_is_one_line_before_anything_is_made(tmp_path, monkeypatch, body, message):
+    from experiments.bench import scale
+    from experiments.testbed import preflight
+
+    def built(*a, **kw):
+        raise AssertionError("a network was built")
+
+    monkeypatch.setattr(preflight, "datapath", built)
+    spec = tmp_path / "spec.yaml"
+    if body is not None:
+        spec.write_text(body)
+    with pytest.raises(SystemExit, match=f"^eucalab bench scale: {spec}: .*{message}"):
+        scale.run(spec, results_root=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
