@@ -140,7 +140,8 @@ class Experiment:
             if not isinstance(s, dict):
                 raise ValueError(f"{path}: sets[{i}] must be a mapping")
             if set(s) - set_fields:
-                raise ValueError(f"{path}: sets[{i}]: unknown field(s) {', '.join(sorted(map(str, set(s) - set_fields)))}; "
+                unknown = ", ".join(sorted(map(str, set(s) - set_fields)))
+                raise ValueError(f"{path}: sets[{i}]: unknown field(s) {unknown}; "
                                  f"known: {', '.join(sorted(set_fields))}")
             if s.get("target") not in TARGETS:
                 raise ValueError(f"{path}: sets[{i}].target must be one of {', '.join(TARGETS)}")

@@ -83,13 +83,13 @@ class SafeFloor:
 
         if self.kind != KIND:
             raise ValueError(f"{where}: kind must be {KIND!r}")
-        if not isinstance(self.intervals_ms, list) or not self.intervals_ms or any(not isinstance(h, (int, float)) or h <= 0 for h in self.intervals_ms):
+        if not isinstance(self.intervals_ms, list) or not self.intervals_ms \
+                or any(not isinstance(h, (int, float)) or h <= 0 for h in self.intervals_ms):
             raise ValueError(f"{where}: intervals_ms must be a non-empty list of positive intervals")
         if not isinstance(self.misses, int) or self.misses < 2:
             raise ValueError(f"{where}: misses must be an integer >= 2 (one miss makes the window the period)")
-        numbers = {"soak_minutes": self.soak_minutes, "trials": self.trials, "probe_interval_ms": self.probe_interval_ms,
-                   "loss_pct": self.loss_pct, "hog_cores": self.hog_cores, "probe_timeout_ms": self.probe_timeout_ms,
-                   "recovery_timeout_s": self.recovery_timeout_s}
+        numbers = {name: getattr(self, name) for name in ("soak_minutes", "trials", "probe_interval_ms", "loss_pct",
+                                                          "hog_cores", "probe_timeout_ms", "recovery_timeout_s")}
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{where}: {name} must be a number, not {value!r}")
@@ -98,8 +98,8 @@ class SafeFloor:
         if not 0 <= self.loss_pct < 100:
             raise ValueError(f"{where}: loss_pct is a percentage in [0, 100)")
         for i, t in enumerate(self.targets):
-            if not isinstance(t, dict) or t.get("target") not in TARGETS[:-1] or t.get("fault", "sigkill") not in FAULTS \
-                    or set(t) - {"target", "fault"}:
+            if not isinstance(t, dict) or t.get("target") not in TARGETS[:-1] \
+                    or t.get("fault", "sigkill") not in FAULTS or set(t) - {"target", "fault"}:
                 raise ValueError(f"{where}: targets[{i}] must be {{target: clc|walrus|cc|sc, fault: ...}}")
         try:
             measured_on_one_machine(spec_from_dict(self.spec), "the safe floor")
